@@ -1,0 +1,264 @@
+"""Load-balancing strategies: each a small object with one documented score.
+
+A strategy sees only the candidates it is handed (already filtered for eligibility by the balancer)
+and answers two questions:
+
+    scores(cands, now)      -> one number per candidate, higher is better (for the decision trace)
+    pick(cands, now, rng)   -> the index of the candidate to try next
+
+`pick` may keep state (smooth weighted round robin does) and may draw from the injected rng;
+nothing here reads a clock or the global random generator.
+
+Formulas (c = candidate, `now` in seconds):
+
+    round_robin     score = -last_pick(c)                       the least recently picked wins
+    weighted        nginx smooth weighted round robin:          cur(c) += w(c); pick argmax cur; cur(pick) -= Σw
+                    weights 5/1/1 give exactly 5/1/1 in every 7 picks; weight 0 is never picked
+                    while a positive weight exists
+    random          P(c) = w(c) / Σw (uniform when every weight is 0)
+    least_inflight  power of two choices: draw two distinct candidates uniformly, keep the one with
+                    fewer in-flight requests (ties: higher weight, then the first drawn)
+    error_aware     d = max(0, 1 - (now - last_failure)/window)
+                    score = max(0, 1 - (30·consecutive_failures + 40)·d / 200)
+                    (AxonHub's decayed form, scaled to [0,1]); d reaches 0 one window after the
+                    last failure, so every channel recovers. Ties: least recently picked.
+    composite       score = Σ_s weight_s · norm_s(c) over the configured terms, where
+                    norm_error_aware is the score above, norm_least_inflight = 1 - inflight/max(1, max inflight),
+                    norm_weighted = w / max w, norm_round_robin = 1 - recency rank/(n-1),
+                    norm_random = u ~ U[0,1); argmax, ties to the least recently picked.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from axonsim.config import Routing
+from axonsim.state import NEVER, ChannelState
+
+
+class Strategy:
+    name = "strategy"
+
+    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+        raise NotImplementedError
+
+    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random) -> int:
+        """Default: the best score, ties broken by the least recently picked candidate."""
+        return _argmax_lru(self.scores(cands, now), cands)
+
+
+def _argmax_lru(scores: list[float], cands: Sequence[ChannelState]) -> int:
+    best = 0
+    bs = scores[0]
+    bl = cands[0].last_pick
+    for i in range(1, len(scores)):
+        s = scores[i]
+        if s > bs or (s == bs and cands[i].last_pick < bl):
+            best, bs, bl = i, s, cands[i].last_pick
+    return best
+
+
+class RoundRobin(Strategy):
+    name = "round_robin"
+
+    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+        return [-float(c.last_pick) for c in cands]
+
+
+class Weighted(Strategy):
+    """Smooth weighted round robin (nginx). State: one running weight per channel name."""
+
+    name = "weighted"
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = {}
+
+    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+        cur = self.current
+        return [cur.get(c.name, 0.0) + c.weight for c in cands]
+
+    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random) -> int:
+        cur = self.current
+        total = 0.0
+        best = -1
+        best_v = 0.0
+        for i, c in enumerate(cands):
+            w = c.weight
+            if w <= 0:
+                continue
+            v = cur.get(c.name, 0.0) + w
+            cur[c.name] = v
+            total += w
+            if best < 0 or v > best_v:
+                best, best_v = i, v
+        if best < 0:  # every weight is 0: cold standby only, take them in round robin
+            return _argmax_lru([0.0] * len(cands), cands)
+        cur[cands[best].name] = best_v - total
+        return best
+
+
+class Random(Strategy):
+    name = "random"
+
+    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+        total = sum(c.weight for c in cands)
+        if total <= 0:
+            return [1.0 / len(cands)] * len(cands)
+        return [c.weight / total for c in cands]
+
+    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random) -> int:
+        total = 0.0
+        for c in cands:
+            total += c.weight
+        if total <= 0:
+            return int(rng.random() * len(cands))
+        u = rng.random() * total
+        acc = 0.0
+        for i, c in enumerate(cands):
+            acc += c.weight
+            if u < acc and c.weight > 0:
+                return i
+        return max(i for i, c in enumerate(cands) if c.weight > 0)
+
+
+class LeastInflight(Strategy):
+    name = "least_inflight"
+
+    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+        return [-float(c.inflight) for c in cands]
+
+    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random) -> int:
+        n = len(cands)
+        if n == 1:
+            return 0
+        i = int(rng.random() * n)
+        j = int(rng.random() * (n - 1))
+        if j >= i:
+            j += 1
+        a, b = cands[i], cands[j]
+        if b.inflight < a.inflight or (b.inflight == a.inflight and b.weight > a.weight):
+            return j
+        return i
+
+
+def error_score(c: ChannelState, now: float, window: float) -> float:
+    if c.last_failure == NEVER:
+        return 1.0
+    d = 1.0 - (now - c.last_failure) / window
+    if d <= 0.0:
+        return 1.0
+    s = 1.0 - (30.0 * c.consecutive_failures + 40.0) * d / 200.0
+    return s if s > 0.0 else 0.0
+
+
+class ErrorAware(Strategy):
+    name = "error_aware"
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+
+    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+        w = self.window
+        return [error_score(c, now, w) for c in cands]
+
+
+class Composite(Strategy):
+    """Weighted sum of normalised terms, fused into one pass over the candidates."""
+
+    name = "composite"
+
+    def __init__(self, weights: dict[str, float], window: float, rng_terms: bool = True) -> None:
+        self.w_err = weights.get("error_aware", 0.0)
+        self.w_inf = weights.get("least_inflight", 0.0)
+        self.w_wgt = weights.get("weighted", 0.0)
+        self.w_rr = weights.get("round_robin", 0.0)
+        self.w_rnd = weights.get("random", 0.0)
+        self.window = window
+
+    def terms(self, cands: Sequence[ChannelState], now: float, rng: random.Random | None) -> list[dict[str, float]]:
+        """Each term per candidate, for the decision trace (`rng=None` leaves the random term out)."""
+        max_inf = max(1, max(c.inflight for c in cands))
+        max_w = max(c.weight for c in cands) or 1.0
+        order = sorted(range(len(cands)), key=lambda i: cands[i].last_pick)
+        n = len(cands)
+        rank = {i: r for r, i in enumerate(order)}
+        out = []
+        for i, c in enumerate(cands):
+            t = {}
+            if self.w_err:
+                t["error_aware"] = error_score(c, now, self.window)
+            if self.w_inf:
+                t["least_inflight"] = 1.0 - c.inflight / max_inf
+            if self.w_wgt:
+                t["weighted"] = c.weight / max_w
+            if self.w_rr:
+                t["round_robin"] = 1.0 - rank[i] / (n - 1) if n > 1 else 1.0
+            if self.w_rnd and rng is not None:
+                t["random"] = rng.random()
+            out.append(t)
+        return out
+
+    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+        ws = {"error_aware": self.w_err, "least_inflight": self.w_inf, "weighted": self.w_wgt,
+              "round_robin": self.w_rr, "random": self.w_rnd}
+        return [sum(ws[k] * v for k, v in t.items()) for t in self.terms(cands, now, None)]
+
+    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random) -> int:
+        n = len(cands)
+        if n == 1:
+            return 0
+        if self.w_rr or self.w_rnd:
+            ws = {"error_aware": self.w_err, "least_inflight": self.w_inf, "weighted": self.w_wgt,
+                  "round_robin": self.w_rr, "random": self.w_rnd}
+            sc = [sum(ws[k] * v for k, v in t.items()) for t in self.terms(cands, now, rng)]
+            return _argmax_lru(sc, cands)
+        # Fast path (the simulator runs this once per attempt): one pass, no allocations.
+        max_inf = 1
+        max_w = 0.0
+        for c in cands:
+            if c.inflight > max_inf:
+                max_inf = c.inflight
+            if c.weight > max_w:
+                max_w = c.weight
+        if max_w <= 0.0:
+            max_w = 1.0
+        w_err, w_inf, w_wgt, window = self.w_err, self.w_inf / max_inf, self.w_wgt / max_w, self.window
+        best = 0
+        bs = -1.0
+        bl = 0
+        for i in range(n):
+            c = cands[i]
+            s = w_inf * (max_inf - c.inflight) + w_wgt * c.weight
+            if w_err:
+                lf = c.last_failure
+                if lf == NEVER:
+                    s += w_err
+                else:
+                    d = 1.0 - (now - lf) / window
+                    if d <= 0.0:
+                        s += w_err
+                    else:
+                        e = 1.0 - (30.0 * c.consecutive_failures + 40.0) * d / 200.0
+                        if e > 0.0:
+                            s += w_err * e
+            if s > bs or (s == bs and c.last_pick < bl):
+                best, bs, bl = i, s, c.last_pick
+        return best
+
+
+def make_strategy(routing: Routing) -> Strategy:
+    name = routing.strategy
+    if name == "round_robin":
+        return RoundRobin()
+    if name == "weighted":
+        return Weighted()
+    if name == "random":
+        return Random()
+    if name == "least_inflight":
+        return LeastInflight()
+    if name == "error_aware":
+        return ErrorAware(routing.error_window)
+    if name == "composite":
+        return Composite(routing.composite, routing.error_window)
+    raise ValueError(f"routing.strategy: unknown strategy {name!r}")

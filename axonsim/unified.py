@@ -1,0 +1,344 @@
+"""The unified model: one request/response/stream-event/usage/error vocabulary every wire format maps onto.
+
+Rules of this module:
+- It is a superset of what the four API families can say, not a copy of any one of them. A format
+  that cannot carry a field drops it and says so in docs/mapping.md ("lossy").
+- Provider-specific data that must survive a same-family round trip (signatures, cache_control,
+  unknown body fields) travels in explicit fields (`signature`, `cache_control`, `extra_body`),
+  never in hidden globals.
+- Stream events are small and flat: a format renders each one as it arrives (never buffered whole).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Content parts
+
+
+class TextPart(_Model):
+    type: Literal["text"] = "text"
+    text: str
+    cache_control: dict[str, Any] | None = None
+
+
+class ImagePart(_Model):
+    """An image either by URL (https) or inline (base64 `data` + `media_type`)."""
+
+    type: Literal["image"] = "image"
+    url: str | None = None
+    media_type: str | None = None
+    data: str | None = None  # base64, without the data: prefix
+    detail: str | None = None
+    cache_control: dict[str, Any] | None = None
+
+
+class ReasoningPart(_Model):
+    """Model reasoning ("thinking"). `signature` lets Anthropic/Gemini verify replayed thoughts;
+    `redacted` carries Anthropic's opaque redacted_thinking data in `data`."""
+
+    type: Literal["reasoning"] = "reasoning"
+    text: str = ""
+    signature: str | None = None
+    redacted: bool = False
+    data: str | None = None
+
+
+class ToolCall(_Model):
+    id: str
+    name: str
+    arguments: str = ""  # a JSON string, as OpenAI carries it; formats parse it when they need an object
+
+
+class ToolResultPart(_Model):
+    type: Literal["tool_result"] = "tool_result"
+    tool_call_id: str
+    name: str | None = None  # OpenAI/Anthropic omit it; Gemini needs it (looked up from the call)
+    content: list[TextPart | ImagePart] = Field(default_factory=list)
+    is_error: bool = False
+    cache_control: dict[str, Any] | None = None
+
+
+Part = Annotated[Union[TextPart, ImagePart, ReasoningPart, ToolResultPart], Field(discriminator="type")]
+
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class Message(_Model):
+    role: Role
+    content: list[Part] = Field(default_factory=list)
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    name: str | None = None
+    refusal: str | None = None
+
+    def text(self) -> str:
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+
+# --------------------------------------------------------------------------------------------------
+# Request
+
+
+class Tool(_Model):
+    """A function tool. Provider-native tools (Anthropic server tools, Gemini search) are kept
+    verbatim in `native` with `provider` naming the only family that can run them."""
+
+    type: Literal["function", "native"] = "function"
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+    cache_control: dict[str, Any] | None = None
+    provider: str | None = None
+    native: dict[str, Any] | None = None
+
+
+class ToolChoice(_Model):
+    mode: Literal["auto", "none", "required", "function"] = "auto"
+    name: str | None = None  # when mode == "function"
+    disable_parallel: bool | None = None
+
+
+class ResponseFormat(_Model):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class Sampling(_Model):
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    n: int | None = None
+
+
+class Request(_Model):
+    model: str
+    messages: list[Message]
+    tools: list[Tool] = Field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
+    sampling: Sampling = Field(default_factory=Sampling)
+    stream: bool = False
+    include_usage: bool = True  # what the *client* asked for in its stream; upstream always asks
+    reasoning_effort: str | None = None
+    reasoning_budget: int | None = None
+    metadata: dict[str, Any] | None = None
+    user: str | None = None
+    extra_body: dict[str, Any] = Field(default_factory=dict)  # unknown client fields, passed through
+
+
+# --------------------------------------------------------------------------------------------------
+# Usage, response
+
+
+class Usage(_Model):
+    """Token counts in OpenAI's convention: prompt includes cached, completion includes reasoning."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def finalised(self) -> Usage:
+        if not self.total_tokens:
+            self.total_tokens = self.prompt_tokens + self.completion_tokens
+        return self
+
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+
+
+class Response(_Model):
+    id: str
+    model: str
+    created: int = 0
+    message: Message
+    finish_reason: FinishReason | None = "stop"
+    usage: Usage | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Stream events
+
+
+class StreamStart(_Model):
+    type: Literal["start"] = "start"
+    id: str
+    model: str
+    created: int = 0
+    usage: Usage | None = None  # Anthropic announces input tokens up front
+
+
+class TextDelta(_Model):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ReasoningDelta(_Model):
+    type: Literal["reasoning"] = "reasoning"
+    text: str = ""
+    signature: str | None = None
+    redacted_data: str | None = None
+
+
+class ToolCallDelta(_Model):
+    """`index` numbers tool calls in order of appearance; `id`/`name` come with the first fragment."""
+
+    type: Literal["tool_call"] = "tool_call"
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class FinishEvent(_Model):
+    type: Literal["finish"] = "finish"
+    reason: FinishReason
+
+
+class UsageEvent(_Model):
+    type: Literal["usage"] = "usage"
+    usage: Usage
+
+
+class ErrorEvent(_Model):
+    """An upstream failure after the stream began: rendered as the client format's error event."""
+
+    type: Literal["error"] = "error"
+    error: Error
+
+
+StreamEvent = Union[StreamStart, TextDelta, ReasoningDelta, ToolCallDelta, FinishEvent, UsageEvent, ErrorEvent]
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+class ErrorKind(str, Enum):
+    """What went wrong, independent of wire format. The execution policy table is keyed on this."""
+
+    INVALID_REQUEST = "invalid_request"  # 400/413/422: the client's fault, never retried
+    AUTHENTICATION = "authentication"  # 401 (gateway key) or upstream key rejected
+    PERMISSION = "permission"  # 403
+    NOT_FOUND = "not_found"  # 404
+    RATE_LIMITED = "rate_limited"  # 429
+    OVERLOADED = "overloaded"  # 503 / 529
+    SERVER_ERROR = "server_error"  # other 5xx
+    TIMEOUT = "timeout"  # no (first) answer in time
+    CONNECTION = "connection"  # refused, reset, cut mid-way
+    UNAVAILABLE = "unavailable"  # the gateway has no channel able to serve
+
+
+class Error(_Model):
+    kind: ErrorKind
+    status: int
+    message: str
+    retry_after: float | None = None
+    param: str | None = None
+    code: str | None = None
+
+
+ErrorEvent.model_rebuild()
+
+
+def error_kind_for_status(status: int) -> ErrorKind:
+    """Classify an HTTP status from an upstream. 0 means no HTTP answer at all (connection failure)."""
+    if status == 0:
+        return ErrorKind.CONNECTION
+    if status == 401:
+        return ErrorKind.AUTHENTICATION
+    if status == 403:
+        return ErrorKind.PERMISSION
+    if status == 404:
+        return ErrorKind.NOT_FOUND
+    if status == 408 or status == 504:
+        return ErrorKind.TIMEOUT
+    if status == 429:
+        return ErrorKind.RATE_LIMITED
+    if status in (503, 529):
+        return ErrorKind.OVERLOADED
+    if status >= 500:
+        return ErrorKind.SERVER_ERROR
+    return ErrorKind.INVALID_REQUEST
+
+
+class StreamAggregator:
+    """Folds stream events into a Response: the stream → aggregate equivalence used by tests and by
+    drivers that need the final usage and text of a relayed stream."""
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.model = ""
+        self.created = 0
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.signature: str | None = None
+        self.redacted: list[str] = []
+        self.calls: dict[int, ToolCall] = {}
+        self.finish: FinishReason | None = None
+        self.usage: Usage | None = None
+        self.error: Error | None = None
+
+    def add(self, ev: StreamEvent) -> None:
+        if isinstance(ev, TextDelta):
+            self.text.append(ev.text)
+        elif isinstance(ev, ToolCallDelta):
+            call = self.calls.get(ev.index)
+            if call is None:
+                call = self.calls[ev.index] = ToolCall(id=ev.id or "", name=ev.name or "", arguments="")
+            else:
+                if ev.id and not call.id:
+                    call.id = ev.id
+                if ev.name and not call.name:
+                    call.name = ev.name
+            call.arguments += ev.arguments
+        elif isinstance(ev, ReasoningDelta):
+            self.reasoning.append(ev.text)
+            if ev.signature:
+                self.signature = ev.signature
+            if ev.redacted_data:
+                self.redacted.append(ev.redacted_data)
+        elif isinstance(ev, FinishEvent):
+            self.finish = ev.reason
+        elif isinstance(ev, UsageEvent):
+            self.usage = ev.usage
+        elif isinstance(ev, StreamStart):
+            self.id, self.model, self.created = ev.id, ev.model, ev.created
+            if ev.usage is not None and self.usage is None:
+                self.usage = ev.usage
+        elif isinstance(ev, ErrorEvent):
+            self.error = ev.error
+
+    def response(self) -> Response:
+        parts: list[Any] = []
+        if self.reasoning or self.signature:
+            parts.append(ReasoningPart(text="".join(self.reasoning), signature=self.signature))
+        for data in self.redacted:
+            parts.append(ReasoningPart(redacted=True, data=data))
+        if self.text:
+            parts.append(TextPart(text="".join(self.text)))
+        msg = Message(role="assistant", content=parts, tool_calls=[self.calls[i] for i in sorted(self.calls)])
+        usage = self.usage.finalised() if self.usage else None
+        return Response(id=self.id, model=self.model, created=self.created, message=msg,
+                        finish_reason=self.finish, usage=usage)

@@ -1,0 +1,63 @@
+"""Wire formats: each API family's JSON/SSE ⇄ the unified model, in both roles.
+
+Every format module (openai_chat, openai_responses, anthropic, gemini) provides the same names,
+so the drivers and the mock provider treat them alike:
+
+Inbound role (we are the server; a client speaks this format to us):
+    parse_request(body: bytes, model: str | None = None, stream: bool | None = None) -> Request
+        Raises FormatError (status 400, naming the field) on anything malformed. `model`/`stream`
+        come from the URL where the family puts them there (Gemini).
+    render_response(resp: Response) -> bytes                 the non-stream JSON body
+    StreamRenderer(req: Request)                             one per client stream:
+        .render(ev: StreamEvent) -> bytes                    the SSE bytes for one event (may be b"")
+        .finish() -> bytes                                   the closing bytes (`data: [DONE]`, ...)
+        .error(err: Error) -> bytes                          an in-stream error event, then the end
+    error_status(err: Error) -> int                          the family's status for an error
+    render_error(err: Error) -> bytes                        the family's error body
+    error_headers(err: Error) -> dict[str, str]              e.g. retry-after
+
+Outbound role (we are the client of a provider speaking this format):
+    request_path(upstream_model: str, stream: bool) -> str   appended to the channel's base_url
+    auth_headers(key: str) -> dict[str, str]                 the family's auth convention
+    build_request(req: Request, upstream_model: str) -> bytes
+    parse_response(body: bytes) -> Response                  raises FormatError if malformed
+    StreamParser()                                           one per upstream stream:
+        .feed(data: bytes) -> list[StreamEvent]              any chunking of the bytes
+        .close() -> list[StreamEvent]                        at EOF; raises FormatError if the
+                                                             stream ended without its terminal event
+    parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error
+
+All functions are pure: no I/O, no clock (ids and `created` come from the unified objects).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class FormatError(ValueError):
+    """Malformed or unsupported input; `param` names the offending field."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.status = status
+
+
+FORMAT_MODULES = {
+    "openai": "axonsim.formats.openai_chat",
+    "openai_chat": "axonsim.formats.openai_chat",
+    "openai_responses": "axonsim.formats.openai_responses",
+    "anthropic": "axonsim.formats.anthropic",
+    "gemini": "axonsim.formats.gemini",
+}
+
+
+def get_format(name: str) -> ModuleType:
+    """The format module for a channel type or client format name."""
+    try:
+        return importlib.import_module(FORMAT_MODULES[name])
+    except KeyError:
+        raise ValueError(f"unknown format {name!r}") from None

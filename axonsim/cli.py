@@ -1,0 +1,75 @@
+"""The `axonsim` command line: serve (the proxy), mock-provider, simulate.
+
+The commands that start servers import `server` inside their own functions: the library never
+imports the proxy otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from axonsim.config import ConfigError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.main import serve  # the one place the library reaches into the proxy
+
+    return serve(args)
+
+
+def _mock_provider(args: argparse.Namespace) -> int:
+    from server.mock_provider import run  # a server too: it stands a channel's model up for real
+
+    return run(args)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from axonsim.sim.cli import simulate_command
+
+    return simulate_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="axonsim", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway (the built-in demo when no --config is given)")
+    s.add_argument("--config", help="config YAML; without it, a demo with mock channels on loopback")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=_serve)
+
+    m = sub.add_parser("mock-provider", help="serve a provider API with a channel's behaviour model")
+    m.add_argument("--port", type=int, required=True)
+    m.add_argument("--host", default="127.0.0.1")
+    m.add_argument("--config", help="config YAML holding the channel")
+    m.add_argument("--channel", help="channel name in --config (default: the first)")
+    m.add_argument("--seed", type=int, default=None)
+    m.add_argument("--log-level", default="warning")
+    m.set_defaults(func=_mock_provider)
+
+    r = sub.add_parser("simulate", help="run a scenario in the discrete-event simulator")
+    r.add_argument("scenario", help="scenario YAML (the shared config with a workload section)")
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--out", help="directory for requests/attempts tables and the summary")
+    r.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    r.set_defaults(func=_simulate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"axonsim: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -247,6 +247,9 @@ class Composite(Strategy):
         return best
 
 
+STRATEGY_NAMES = ("round_robin", "weighted", "random", "least_inflight", "error_aware", "composite")
+
+
 def make_strategy(routing: Routing) -> Strategy:
     name = routing.strategy
     if name == "round_robin":

@@ -1,0 +1,86 @@
+"""Configuration: the contract's YAML loads; every mistake names its field at load time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from axonsim.config import ConfigError, load_config, parse_config
+
+CONTRACT = textwrap.dedent("""
+    gateway:
+      api_keys:
+        - {key: "sk-axon-demo", project: "demo"}
+    channels:
+      - name: openai-a
+        type: openai
+        base_url: http://127.0.0.1:9101/v1
+        api_keys: ["sk-upstream-1"]
+        models: ["gpt-4o-mini"]
+        model_mapping: {"fast": "gpt-4o-mini"}
+        weight: 100
+        priority: 0
+        behavior:
+          ttft: {dist: lognormal, median: 0.4, sigma: 0.5}
+          tokens_per_second: 120
+          max_concurrency: 64
+          when_full: reject
+          error_rate: 0.01
+    routing:
+      strategy: composite
+    workload:
+      arrival: {process: poisson, rate: 20}
+      requests: 10000
+""")
+
+
+def test_the_contract_example_loads(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(CONTRACT)
+    cfg = load_config(p)
+    ch = cfg.channels[0]
+    assert ch.serves("fast") == "gpt-4o-mini" and ch.serves("other") is None
+    assert ch.api_keys[0].name == "openai-a#0"
+    assert cfg.model_names() == ["gpt-4o-mini", "fast"]
+    assert cfg.workload.requests == 10000
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"channels": [{"name": "a", "models": ["m"], "weight": -1}]}, "channels[0].weight"),
+    ({"channels": [{"name": "a", "models": ["m"]}], "routing": {"strategy": "fastest"}}, "routing.strategy"),
+    ({"channels": [{"name": "a", "models": ["m"], "colour": "red"}]}, "channels[0].colour"),
+    ({"channels": [{"name": "a", "models": ["m"], "model_mapping": {"x": "y"}}]}, "channels[0]"),
+    ({"channels": [{"name": "a", "models": ["m"], "behavior": {"ttft": {"dist": "lognormal", "median": 1,
+                                                                        "sigma": -1}}}]},
+     "channels[0].behavior.ttft.sigma"),
+    ({"channels": []}, "channels"),
+    ({"channels": [{"name": "a", "models": ["m"]}, {"name": "a", "models": ["m"]}]}, "duplicate channel"),
+    ({"channels": [{"name": "a", "models": ["m"]}], "routing": {"composite": {"weighted": -1}}},
+     "routing.composite"),
+    ({"channels": [{"name": "a", "models": ["m"]}], "workload": {"arrival": {"rate": -3}, "requests": 5}},
+     "workload.arrival.rate"),
+])
+def test_mistakes_name_the_field(patch, field):
+    with pytest.raises(ConfigError) as e:
+        parse_config(patch, "x.yaml")
+    assert field in str(e.value) and "x.yaml" in str(e.value)
+
+
+def test_bad_yaml_names_the_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("channels:\n  - name: a\n    models: [m\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+"):
+        load_config(p)
+
+
+def test_cli_exits_2_on_a_malformed_config(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("channels:\n  - {name: a, models: [m], weight: -5}\n")
+    r = subprocess.run([sys.executable, "-m", "axonsim", "serve", "--config", str(p)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "channels[0].weight" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,8 +1,9 @@
-"""The balancer: within one priority group, which candidate to try next.
+"""The balancer: among one tier of candidates, which one to try next.
 
-Eligibility comes before scoring: a channel cooling down after a 429 is not offered to the
-strategy while any other candidate is free; if all are cooling, the one whose cooldown ends first
-is tried (a 429 answer is better than no attempt at all).
+Eligibility comes before scoring. A candidate that may not take an attempt now — disabled,
+auto-disabled, ejected, cooling down after a 429, its breaker open, at a local rate limit or quota,
+no key left — is never offered to the strategy (a call that would be wasted is not made); the
+decision trace says why. Tiers (priority groups, then weight-0 standbys) are execution's business.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import random
 from typing import Any
 
 from axonsim.candidates import Candidate
-from axonsim.strategies import Composite, Strategy
+from axonsim.strategies import Strategy
 
 
 class Balancer:
@@ -21,32 +22,40 @@ class Balancer:
         self.strategy = strategy
         self.seq = 0  # selection counter: round robin and tie-breaks read `last_pick`
 
-    def pick(self, cands: list[Candidate], now: float, rng: random.Random) -> Candidate:
-        eligible = [c for c in cands if c.state.cooldown_until <= now]
+    def eligible(self, cands: list[Candidate], now: float, tokens: int = 0) -> list[Candidate]:
+        return [c for c in cands if c.state.unavailable_reason(now, c.upstream_model, tokens) is None]
+
+    def pick(self, cands: list[Candidate], now: float, rng: random.Random, tokens: int = 0,
+             eligible: list[Candidate] | None = None) -> Candidate | None:
+        """The next candidate to try, or None when none may take an attempt now."""
+        if eligible is None:
+            eligible = self.eligible(cands, now, tokens)
         if not eligible:
-            chosen = min(cands, key=lambda c: c.state.cooldown_until)
-        elif len(eligible) == 1:
-            chosen = eligible[0]
-        else:
-            chosen = eligible[self.strategy.pick([c.state for c in eligible], now, rng)]
-        self.seq += 1
-        chosen.state.last_pick = self.seq
+            return None
+        chosen = eligible[0] if len(eligible) == 1 else eligible[self.strategy.pick([c.state for c in eligible], now, rng)]
+        self.mark(chosen, now)
         return chosen
 
-    def explain(self, cands: list[Candidate], now: float) -> list[dict[str, Any]]:
-        """Per candidate: eligibility and the strategy's score (and its terms, for composite)."""
-        states = [c.state for c in cands]
-        scores = self.strategy.scores(states, now)
-        terms = self.strategy.terms(states, now, None) if isinstance(self.strategy, Composite) else None
+    def mark(self, chosen: Candidate, now: float) -> None:
+        self.seq += 1
+        chosen.state.select(now, self.seq)
+
+    def explain(self, cands: list[Candidate], now: float, tokens: int = 0) -> list[dict[str, Any]]:
+        """Per candidate: why it is unavailable, or the strategy's score (and its terms, if any)."""
+        ok = [c for c in cands if c.state.unavailable_reason(now, c.upstream_model, tokens) is None]
+        states = [c.state for c in ok]
+        scores = self.strategy.scores(states, now) if states else []
+        terms = self.strategy.terms(states, now, None) if states else []
+        by_name = {c.state.name: i for i, c in enumerate(ok)}
         out = []
-        for i, c in enumerate(cands):
-            row: dict[str, Any] = {
-                "channel": c.state.name,
-                "upstream_model": c.upstream_model,
-                "cooling_down": c.state.cooldown_until > now,
-                "score": round(scores[i], 6),
-            }
-            if terms is not None:
-                row["terms"] = {k: round(v, 6) for k, v in terms[i].items()}
+        for c in cands:
+            row: dict[str, Any] = {"channel": c.state.name, "upstream_model": c.upstream_model}
+            i = by_name.get(c.state.name)
+            if i is None:
+                row["unavailable"] = c.state.unavailable_reason(now, c.upstream_model, tokens)
+            else:
+                row["score"] = round(scores[i], 6)
+                if terms and terms[i]:
+                    row["terms"] = {k: round(v, 6) for k, v in terms[i].items()}
             out.append(row)
         return out

@@ -117,9 +117,28 @@ class Gateway(_Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
 
 
+class LimitsConfig(_Strict):
+    """Local limits, enforced before a call is made (a channel or key at its limit is skipped)."""
+
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
+    max_concurrency: int | None = Field(None, ge=1)
+
+
+class QuotaConfig(_Strict):
+    """A usage allowance per window of `period` seconds starting at `offset` (daily at 00:00 UTC by
+    default when time is Unix time); exhausted → the channel is skipped until the window rolls."""
+
+    requests: int | None = Field(None, ge=0)
+    tokens: int | None = Field(None, ge=0)
+    period: float = Field(86400.0, gt=0)
+    offset: float = 0.0
+
+
 class UpstreamKey(_Strict):
     key: str = Field(min_length=1)
     name: str | None = None
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
 
 ChannelType = Literal["openai", "openai_responses", "anthropic", "gemini"]
@@ -137,6 +156,11 @@ class Channel(_Strict):
     enabled: bool = True
     behavior: Behavior = Field(default_factory=Behavior)
     timeouts: Timeouts | None = None
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    quota: QuotaConfig | None = None
+    retry: RetryOverride | None = None
+    key_strategy: Literal["round_robin", "random", "least_used"] = "round_robin"
+    price: Price | None = None  # per million tokens; falls back to the top-level price table
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -166,7 +190,16 @@ class Channel(_Strict):
 # Routing: strategy and retry policy
 
 
-STRATEGIES = ("round_robin", "weighted", "random", "least_inflight", "error_aware", "composite")
+# Every strategy name the YAML accepts (axonsim.strategies builds them): ours, AxonHub's named
+# mixes, LiteLLM's router strategies, Envoy's and Finagle's balancers.
+STRATEGIES = (
+    "round_robin", "weighted", "random", "least_inflight", "error_aware", "latency_aware", "composite",
+    "adaptive", "failover", "circuit-breaker", "round-robin",
+    "simple-shuffle", "least-busy", "usage-based", "latency-based", "cost-based",
+    "least_request", "peak_ewma",
+)
+COMPOSITE_TERMS = ("round_robin", "weighted", "random", "least_inflight", "error_aware", "latency_aware",
+                   "rate_limit_aware", "cost")
 
 ACTIONS = ("retry", "failover", "give_up")
 
@@ -179,12 +212,117 @@ class Backoff(_Strict):
     jitter: float = Field(0.5, ge=0, le=1)
 
 
+Action = Literal["retry", "failover", "give_up"]
+
+
+class ErrorPattern(_Strict):
+    """An error whose message contains `pattern` (a regular expression) gets `action`."""
+
+    pattern: str = Field(min_length=1)
+    action: Action
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        import re
+
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+
+class RetryBudget(_Strict):
+    enabled: bool = False
+    ratio: float = Field(0.2, ge=0, description="extra attempts allowed per client request in the window")
+    min_retries: int = Field(10, ge=0, description="extra attempts always allowed in the window")
+    window: float = Field(10.0, gt=0)
+
+
 class Retry(_Strict):
     max_attempts: int = Field(4, ge=1, description="cap on upstream attempts per client request")
     max_same_channel: int = Field(1, ge=0, description="retries on one channel before failing over")
     backoff: Backoff = Field(default_factory=Backoff)
-    # kind -> action; merged over the default table in axonsim.policy
-    on: dict[ErrorKind, Literal["retry", "failover", "give_up"]] = Field(default_factory=dict)
+    # Lookup order: error patterns, then status, then kind; merged over axonsim.policy's default table.
+    on: dict[ErrorKind, Action] = Field(default_factory=dict)
+    statuses: dict[int, Action] = Field(default_factory=dict)
+    patterns: list[ErrorPattern] = Field(default_factory=list)
+    deadline: float | None = Field(None, gt=0, description="total seconds per client request across attempts")
+    budget: RetryBudget = Field(default_factory=RetryBudget)
+
+
+class RetryOverride(_Strict):
+    """Per-channel retry policy, layered over routing.retry."""
+
+    max_same_channel: int | None = Field(None, ge=0)
+    on: dict[ErrorKind, Action] = Field(default_factory=dict)
+    statuses: dict[int, Action] = Field(default_factory=dict)
+    patterns: list[ErrorPattern] = Field(default_factory=list)
+
+
+class BreakerConfig(_Strict):
+    enabled: bool = True
+    failure_threshold: int = Field(5, ge=1)
+    open_time: float = Field(30.0, gt=0, description="first open period; doubles per trip")
+    max_open_time: float = Field(300.0, gt=0)
+    half_open_probes: int = Field(1, ge=1)
+
+
+class OutlierConfig(_Strict):
+    enabled: bool = False
+    consecutive_failures: int = Field(5, ge=1)
+    base_ejection_time: float = Field(30.0, gt=0)
+    max_ejection_time: float = Field(300.0, gt=0)
+    max_ejection_percent: float = Field(10.0, ge=0, le=100)
+
+
+class AutoDisableRule(_Strict):
+    status: int = Field(ge=400, le=599)
+    times: int = Field(1, ge=1)
+    action: Literal["permanent", "temporary"] = "temporary"
+    duration: float = Field(300.0, gt=0)
+    use_retry_after: bool = False
+
+
+def _default_auto_disable() -> list[AutoDisableRule]:
+    # AxonHub's defaults: bad credentials are permanent (until the config changes); overload is not.
+    return [AutoDisableRule(status=401, times=1, action="permanent"),
+            AutoDisableRule(status=403, times=1, action="permanent"),
+            AutoDisableRule(status=429, times=3, action="temporary", duration=300, use_retry_after=True),
+            AutoDisableRule(status=503, times=3, action="temporary", duration=300),
+            AutoDisableRule(status=529, times=3, action="temporary", duration=300)]
+
+
+class Health(_Strict):
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    key_breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    outlier: OutlierConfig = Field(default_factory=OutlierConfig)
+    auto_disable: list[AutoDisableRule] = Field(default_factory=_default_auto_disable)
+
+
+class Hedge(_Strict):
+    """Start a second attempt on another channel if the first has not produced a first event after
+    `delay` seconds, or after the given percentile of recently observed TTFT ("p95")."""
+
+    enabled: bool = False
+    delay: float | None = Field(None, gt=0)
+    percentile: float | None = Field(None, gt=0, lt=100)
+    min_samples: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> Hedge:
+        if self.enabled and (self.delay is None) == (self.percentile is None):
+            raise ValueError("hedge needs exactly one of delay or percentile")
+        return self
+
+
+class StrategyOptions(_Strict):
+    latency_buffer: float = Field(0.0, ge=0, description="LiteLLM lowest_latency_buffer")
+    choice_count: int = Field(2, ge=1, description="Envoy least_request choices")
+    active_request_bias: float = Field(1.0, ge=0, description="Envoy least_request bias")
+    ewma_decay: float = Field(10.0, gt=0, description="peak-EWMA decay time constant, seconds")
+    default_latency: float = Field(0.5, gt=0, description="peak-EWMA prior before any sample, seconds")
 
 
 class Cooldown(_Strict):
@@ -193,18 +331,32 @@ class Cooldown(_Strict):
 
 
 class Routing(_Strict):
-    strategy: Literal["round_robin", "weighted", "random", "least_inflight", "error_aware", "composite"] = "composite"
-    composite: dict[Literal["round_robin", "weighted", "random", "least_inflight", "error_aware"], float] = Field(
+    strategy: str = "composite"
+    composite: dict[str, float] = Field(
         default_factory=lambda: {"error_aware": 0.4, "least_inflight": 0.4, "weighted": 0.2}
     )
+    options: StrategyOptions = Field(default_factory=StrategyOptions)
     error_window: float = Field(300.0, gt=0, description="seconds over which a failure penalty decays to 0")
     retry: Retry = Field(default_factory=Retry)
     cooldown: Cooldown = Field(default_factory=Cooldown)
+    health: Health = Field(default_factory=Health)
+    hedge: Hedge = Field(default_factory=Hedge)
+    sticky: Literal["none", "trace", "thread"] = "none"
     ewma_alpha: float = Field(0.3, gt=0, le=1)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in STRATEGIES:
+            raise ValueError(f"unknown strategy {v!r}; choose one of: {', '.join(STRATEGIES)}")
+        return v
 
     @field_validator("composite")
     @classmethod
     def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        for k in v:
+            if k not in COMPOSITE_TERMS:
+                raise ValueError(f"unknown composite term {k!r}; choose from: {', '.join(COMPOSITE_TERMS)}")
         if any(w < 0 for w in v.values()):
             raise ValueError("composite weights must be >= 0")
         if not any(w > 0 for w in v.values()):
@@ -231,12 +383,66 @@ class Workload(_Strict):
 # --------------------------------------------------------------------------------------------------
 
 
+# Prices and the usage-log store (proxy only; see axonsim.pricing and server.store)
+
+
+class Price(_Strict):
+    """Currency units per million tokens; cached input defaults to input, reasoning to output."""
+
+    input: float = Field(0.0, ge=0)
+    cached_input: float | None = Field(None, ge=0)
+    output: float = Field(0.0, ge=0)
+    reasoning: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Price:
+        if self.cached_input is None:
+            self.cached_input = self.input
+        if self.reasoning is None:
+            self.reasoning = self.output
+        return self
+
+
+_STORE_SCHEMES = {"sqlite": "sqlite+aiosqlite", "sqlite+aiosqlite": "sqlite+aiosqlite",
+                  "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg",
+                  "postgresql+asyncpg": "postgresql+asyncpg"}
+
+
+class Store(_Strict):
+    """Where request/attempt records go. url None = SQLite file `axonsim.db` next to the config."""
+
+    url: str | None = None
+    store_bodies: bool = False
+    queue_size: int = Field(10000, ge=1, description="records held in memory (queue + unwritten) at most")
+    batch_size: int = Field(200, ge=1)
+    flush_interval: float = Field(0.5, gt=0, description="seconds a partial batch waits before it is written")
+    on_unreachable: Literal["fail", "degraded"] = "fail"
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, v: str | None) -> str | None:
+        # Plain scheme names are accepted and pinned to the async drivers the store runs on.
+        if v is None:
+            return v
+        scheme, sep, rest = v.partition("://")
+        if not sep or scheme not in _STORE_SCHEMES:
+            raise ValueError("must be sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db")
+        return f"{_STORE_SCHEMES[scheme]}://{rest}"
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> Store:
+        self.batch_size = min(self.batch_size, self.queue_size)
+        return self
+
+
 class Config(_Strict):
     gateway: Gateway = Field(default_factory=Gateway)
     channels: list[Channel] = Field(min_length=1)
     routing: Routing = Field(default_factory=Routing)
     workload: Workload | None = None
     seed: int | None = None
+    prices: dict[str, Price] = Field(default_factory=dict, description="model name -> price")
+    store: Store = Field(default_factory=Store)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

@@ -1,54 +1,127 @@
-"""Execution: attempts, same-channel retries, failover and backoff, as a generator of effects.
+"""Execution: attempts, same-channel retries, failover, backoff and hedging, as a generator of effects.
 
-Theory of operation. `Router.execute(...)` returns a generator. It yields one of two effects and
-is sent back what happened:
+Theory of operation. `Router.execute(...)` returns a generator. It yields effects and is sent back
+what happened:
 
-    outcome = yield Call(...)   # perform one upstream attempt; send back an Outcome
-    now     = yield Wait(s)     # let s seconds pass; send back the clock after it
+    outcome = yield Call(...)          perform one upstream attempt; send back its Outcome
+    now     = yield Wait(s)            let s seconds pass; send back the clock after it
+    handle  = yield Launch(call)       start an attempt without waiting for it (hedging only)
+    got     = yield Race(handles, t)   the first (handle, Outcome) among running attempts, or
+                                       None if `t` seconds pass first (t=None: no limit)
+    now     = yield Cancel(handle)     abandon a running attempt (the driver accounts it)
 
-It returns a Result: the winning Outcome (or the last failure) and one record per attempt.
+It returns a Result: the winning Outcome (or the last failure), one record per attempt, and — when
+asked — the decision trace.
 
 Rules of this module:
 1. It does not know whether it runs live or simulated. It never reads a clock (time comes in with
    each Outcome's `end` and each Wait's answer), never sleeps, never draws from a global random
    generator (the driver hands it a seeded `random.Random`).
-2. What to do after a failure is looked up in the policy table (axonsim.policy), never decided
-   by ad-hoc code here. Execution only counts: attempts against `max_attempts`, retries on one
-   channel against `max_same_channel`.
-3. Channel state is not touched here: drivers report attempts through ChannelState's four calls,
-   so a live and a simulated attempt feed the strategies the same signals.
-4. Every retry and every failover goes through a Wait (jittered backoff), so no two decisions of
-   one request fall on the same instant; this keeps drivers comparable bit for bit.
-5. For a stream, an attempt's Outcome arrives with its first event: that is the commit point.
-   Before it, failover is free; after it, the bytes belong to the client.
+2. What to do after a failure is looked up in the policy (axonsim.policy: a table, per-channel
+   layers on top), never decided ad hoc here. Execution only counts: attempts against
+   `max_attempts`, retries on one channel against `max_same_channel`, the deadline, the budget.
+3. Channel state is not touched here: drivers report attempts through the Call's four calls
+   (started / first_token / succeeded / failed), so a live and a simulated attempt feed the
+   strategies the same signals.
+4. Every retry and failover goes through a Wait (jittered backoff), so no two decisions of one
+   request fall on the same instant; this keeps drivers comparable bit for bit.
+5. For a stream, an attempt's Outcome arrives with its first event: the commit point. Before it,
+   failover is free; after it, the bytes belong to the client.
+6. Candidates are tried in tiers: each priority group's channels with a positive weight, in
+   priority order; then the weight-0 standbys ("only when nothing else is healthy").
 """
 
 from __future__ import annotations
 
+import math
 import random
+from collections import OrderedDict
 from collections.abc import Generator
 from typing import Any, Union
 
 from axonsim.balancer import Balancer
-from axonsim.candidates import Candidates
+from axonsim.candidates import Candidate, Candidates
 from axonsim.config import Config
+from axonsim.health import OutlierDetector
+from axonsim.limits import Budget
 from axonsim.policy import Action, Policy
 from axonsim.state import ChannelState
 from axonsim.strategies import make_strategy
 from axonsim.unified import Error, ErrorKind
 
 
+class TtftStats:
+    """Recent times to first token across channels, for percentile-triggered hedging."""
+
+    __slots__ = ("samples", "i", "cap", "_sorted", "_dirty")
+
+    def __init__(self, cap: int = 512) -> None:
+        self.samples: list[float] = []
+        self.i = 0
+        self.cap = cap
+        self._sorted: list[float] = []
+        self._dirty = 0
+
+    def add(self, v: float) -> None:
+        if len(self.samples) < self.cap:
+            self.samples.append(v)
+        else:
+            self.samples[self.i] = v
+            self.i = (self.i + 1) % self.cap
+        self._dirty += 1
+
+    def percentile(self, p: float) -> float | None:
+        if not self.samples:
+            return None
+        if self._dirty >= 32 or not self._sorted:  # re-sort now and then, not per request
+            self._sorted = sorted(self.samples)
+            self._dirty = 0
+        s = self._sorted
+        return s[min(len(s) - 1, max(0, math.ceil(p / 100.0 * len(s)) - 1))]
+
+
 class Call:
-    """Perform one attempt on `state`'s channel with key `key` (index into its keys, None if keyless)."""
+    """One attempt on `state`'s channel with key `key` (index into its keys; None if keyless).
 
-    __slots__ = ("state", "upstream_model", "key", "attempt", "request")
+    Drivers report the attempt through its four methods, which feed the channel state."""
 
-    def __init__(self, state: ChannelState, upstream_model: str, key: int | None, attempt: int, request: Any) -> None:
+    __slots__ = ("state", "upstream_model", "key", "attempt", "request", "tokens", "deadline", "start", "ttft",
+                 "stats")
+
+    def __init__(self, state: ChannelState, upstream_model: str, key: int | None, attempt: int, request: Any,
+                 tokens: int = 0, deadline: float | None = None, stats: TtftStats | None = None) -> None:
         self.state = state
         self.upstream_model = upstream_model
         self.key = key
         self.attempt = attempt
         self.request = request
+        self.tokens = tokens  # estimated tokens, for TPM limits and quotas
+        self.deadline = deadline  # absolute time by which the whole request must be done, or None
+        self.start = 0.0
+        self.ttft: float | None = None
+        self.stats = stats
+
+    def started(self, now: float) -> None:
+        self.start = now
+        self.state.started(now, self.key, self.upstream_model, self.tokens)
+
+    def first_token(self, now: float) -> None:
+        self.ttft = now - self.start
+        self.state.first_token(now, self.ttft)
+        if self.stats is not None:
+            self.stats.add(self.ttft)
+
+    def succeeded(self, now: float, output_tokens: int = 0) -> None:
+        self.state.succeeded(now, now - self.start, self.key, self.upstream_model, output_tokens, self.ttft)
+
+    def failed(self, now: float, outcome: Outcome) -> None:
+        if outcome.key is None:
+            outcome.key = self.key
+        self.state.failed(now, outcome, self.upstream_model)
+
+    def cancelled(self, now: float) -> None:
+        """Abandoned (hedge lost, client gone): frees its slots, says nothing about health."""
+        self.state.failed(now, Outcome(False, now, 0, None, key=self.key), self.upstream_model)
 
 
 class Wait:
@@ -58,7 +131,29 @@ class Wait:
         self.seconds = seconds
 
 
-Effect = Union[Call, Wait]
+class Launch:
+    __slots__ = ("call",)
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+
+
+class Race:
+    __slots__ = ("handles", "timeout")
+
+    def __init__(self, handles: tuple[int, ...], timeout: float | None) -> None:
+        self.handles = handles
+        self.timeout = timeout
+
+
+class Cancel:
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: int) -> None:
+        self.handle = handle
+
+
+Effect = Union[Call, Wait, Launch, Race, Cancel]
 
 
 class Outcome:
@@ -67,18 +162,9 @@ class Outcome:
 
     __slots__ = ("ok", "status", "kind", "retry_after", "end", "ttft", "key", "error", "payload")
 
-    def __init__(
-        self,
-        ok: bool,
-        end: float,
-        status: int = 200,
-        kind: ErrorKind | None = None,
-        retry_after: float | None = None,
-        ttft: float | None = None,
-        key: int | None = None,
-        error: Error | None = None,
-        payload: Any = None,
-    ) -> None:
+    def __init__(self, ok: bool, end: float, status: int = 200, kind: ErrorKind | None = None,
+                 retry_after: float | None = None, ttft: float | None = None, key: int | None = None,
+                 error: Error | None = None, payload: Any = None) -> None:
         self.ok = ok
         self.end = end
         self.status = status
@@ -95,10 +181,10 @@ class Outcome:
 
 
 class AttemptRecord:
-    __slots__ = ("n", "channel", "key", "upstream_model", "start", "end", "status", "kind", "next")
+    __slots__ = ("n", "channel", "key", "upstream_model", "start", "end", "status", "kind", "next", "decision")
 
     def __init__(self, n: int, channel: str, key: str | None, upstream_model: str, start: float, end: float,
-                 status: int, kind: ErrorKind | None, next: str) -> None:
+                 status: int, kind: ErrorKind | None, next: str, decision: int | None = None) -> None:
         self.n = n
         self.channel = channel
         self.key = key
@@ -107,31 +193,41 @@ class AttemptRecord:
         self.end = end
         self.status = status
         self.kind = kind
-        self.next = next  # what execution did next: done / retry / failover / give_up / cap / exhausted
+        # What execution did next: done / retry / failover / give_up / cap / budget / deadline /
+        # exhausted / hedge_lost
+        self.next = next
+        self.decision = decision  # index into Result.decisions (when explained)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "attempt": self.n, "channel": self.channel, "key": self.key, "upstream_model": self.upstream_model,
-            "start": self.start, "end": self.end, "status": self.status,
-            "error": self.kind.value if self.kind else None, "next": self.next,
-        }
+        return {"attempt": self.n, "channel": self.channel, "key": self.key, "upstream_model": self.upstream_model,
+                "start": self.start, "end": self.end, "status": self.status,
+                "error": self.kind.value if self.kind else None, "next": self.next, "decision": self.decision}
 
 
 class Result:
-    __slots__ = ("ok", "outcome", "attempts", "error", "end")
+    __slots__ = ("ok", "outcome", "attempts", "error", "end", "decisions", "call")
 
     def __init__(self, ok: bool, outcome: Outcome | None, attempts: list[AttemptRecord], error: Error | None,
-                 end: float) -> None:
+                 end: float, decisions: list[dict[str, Any]] | None = None, call: Call | None = None) -> None:
         self.ok = ok
         self.outcome = outcome  # the winning attempt, or the last failed one
         self.attempts = attempts
         self.error = error  # set when not ok: what the client is told
         self.end = end
+        self.decisions = decisions  # the decision trace, when asked for
+        self.call = call  # the winning attempt's Call: a committed stream reports its end through it
+
+    def explain(self) -> dict[str, Any]:
+        return {"decisions": self.decisions or [], "attempts": [a.as_dict() for a in self.attempts]}
 
 
-def no_channel(model: str) -> Error:
-    return Error(kind=ErrorKind.UNAVAILABLE, status=503,
-                 message=f"no channel is available for model {model!r}", code="no_channel_available")
+def no_channel(model: str, reasons: dict[str, str] | None = None, retry_after: float | None = None) -> Error:
+    why = ", ".join(f"{k}: {v}" for k, v in (reasons or {}).items())
+    msg = f"no channel is available for model {model!r}" + (f" ({why})" if why else "")
+    if retry_after is not None:
+        return Error(kind=ErrorKind.RATE_LIMITED, status=429, message=msg, retry_after=retry_after,
+                     code="rate_limited")
+    return Error(kind=ErrorKind.UNAVAILABLE, status=503, message=msg, code="no_channel_available")
 
 
 def unknown_model(model: str) -> Error:
@@ -139,69 +235,229 @@ def unknown_model(model: str) -> Error:
                  param="model", code="model_not_found")
 
 
+# Reasons that lift by themselves soon: when only these stand in the way, the client hears 429 +
+# Retry-After rather than 503.
+_WAITABLE = frozenset({"cooling_down", "rate_limited_locally", "quota_exhausted", "no_key_available"})
+
+
 class Router:
-    """Everything execution needs, built once from a Config: channel states, candidates, balancer
-    and policy. Both drivers hold one Router and drive `execute` for every request."""
+    """Everything execution needs, built once from a Config: channel states, candidates, balancer,
+    policy, budget. Both drivers hold one Router and drive `execute` for every request."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.states = [ChannelState(ch, i, config.routing) for i, ch in enumerate(config.channels)]
+        routing = config.routing
+        self.outlier = OutlierDetector(routing.health.outlier, len(config.channels))
+        self.states = [ChannelState(ch, i, routing, self.outlier, ch.price or _price(config, ch))
+                       for i, ch in enumerate(config.channels)]
         self.by_name = {s.name: s for s in self.states}
         self.candidates = Candidates(self.states)
-        self.balancer = Balancer(make_strategy(config.routing))
-        self.policy = Policy(config.routing.retry)
+        self.balancer = Balancer(make_strategy(routing, self.states))
+        self.policy = Policy(routing.retry, {ch.name: ch.retry for ch in config.channels if ch.retry})
+        self.budget = Budget(routing.retry.budget)
+        self.hedge = routing.hedge if routing.hedge.enabled else None
+        self.stats = TtftStats()
+        self.sticky_mode = routing.sticky
+        self.sticky: OrderedDict[str, str] = OrderedDict()  # trace/thread id -> last good channel
 
-    def execute(self, model: str, now: float, rng: random.Random,
-                request: Any = None) -> Generator[Effect, Any, Result]:
+    # ---------------------------------------------------------------------------------------------
+
+    def _tiers(self, model: str) -> list[list[Candidate]]:
+        groups = self.candidates.groups(model)
+        tiers = [[c for c in g if c.state.weight > 0] for g in groups]
+        standby = [[c for c in g if c.state.weight <= 0] for g in groups]
+        return [t for t in tiers + standby if t]
+
+    def _hedge_delay(self) -> float | None:
+        h = self.hedge
+        if h is None:
+            return None
+        if h.delay is not None:
+            return h.delay
+        if len(self.stats.samples) < h.min_samples:
+            return None
+        assert h.percentile is not None
+        return self.stats.percentile(h.percentile)
+
+    def remember(self, sticky_key: str | None, channel: str) -> None:
+        if sticky_key is None or self.sticky_mode == "none":
+            return
+        self.sticky[sticky_key] = channel
+        self.sticky.move_to_end(sticky_key)
+        if len(self.sticky) > 100_000:
+            self.sticky.popitem(last=False)
+
+    def execute(self, model: str, now: float, rng: random.Random, request: Any = None, tokens: int = 0,
+                sticky_key: str | None = None, explain: bool = False) -> Generator[Effect, Any, Result]:
         attempts: list[AttemptRecord] = []
+        decisions: list[dict[str, Any]] | None = [] if explain else None
         if not self.candidates.known(model):
-            return Result(False, None, attempts, unknown_model(model), now)
+            return Result(False, None, attempts, unknown_model(model), now, decisions)
         policy = self.policy
-        pick = self.balancer.pick
+        balancer = self.balancer
+        budget = self.budget
+        budget.on_request(now)
+        deadline = now + policy.deadline if policy.deadline is not None else None
+        sticky = self.sticky.get(sticky_key) if sticky_key is not None and self.sticky_mode != "none" else None
+        hedge_delay = self._hedge_delay()
         n = 0
         last: Outcome | None = None
-        for group in self.candidates.groups(model):
-            remaining = list(group)
+        unavailable: dict[str, str] = {}
+        soonest: float | None = None
+        for tier_no, tier in enumerate(self._tiers(model)):
+            remaining = list(tier)
             while remaining:
-                cand = pick(remaining, now, rng)
+                eligible = balancer.eligible(remaining, now, tokens)
+                if not eligible:
+                    for c in remaining:
+                        why = c.state.unavailable_reason(now, c.upstream_model, tokens) or "unavailable"
+                        unavailable[c.state.name] = why
+                        if why in _WAITABLE:
+                            until = _frees_at(c.state, now)
+                            soonest = until if soonest is None else min(soonest, until)
+                    break
+                decision = None
+                chosen_by = "strategy"
+                cand = None
+                if sticky is not None:
+                    cand = next((c for c in eligible if c.state.name == sticky), None)
+                    if cand is not None:
+                        balancer.mark(cand, now)
+                        chosen_by = "sticky"
+                    sticky = None  # one-shot
+                if decisions is not None:
+                    decision = len(decisions)
+                    decisions.append({"tier": tier_no, "time": now,
+                                      "candidates": balancer.explain(remaining, now, tokens)})
+                if cand is None:
+                    cand = balancer.pick(remaining, now, rng, tokens, eligible)
+                    assert cand is not None
+                if decisions is not None:
+                    decisions[-1].update(chosen=cand.state.name, by=chosen_by)
                 remaining.remove(cand)
                 st = cand.state
                 same = 0
+                max_same = 0 if chosen_by == "sticky" else policy.same_channel_limit(st.name)
                 while True:
-                    key = st.next_key()
+                    key = st.next_key(now, rng, tokens)
                     if key is None and st.keys:
-                        break  # its last key was rejected meanwhile
+                        unavailable[st.name] = "no_key_available"
+                        break
                     n += 1
                     start = now
-                    out: Outcome = yield Call(st, cand.upstream_model, key, n, request)
+                    call = Call(st, cand.upstream_model, key, n, request, tokens, deadline, self.stats)
+                    if hedge_delay is not None and n == 1 and remaining:
+                        out, call, extra = yield from self._hedged(call, hedge_delay, remaining, rng, tokens,
+                                                                   deadline, request, attempts, decision)
+                        n += extra
+                        st = call.state
+                        key = call.key
+                        start = call.start
+                    else:
+                        out = yield call
                     now = out.end
                     if out.ok:
-                        attempts.append(AttemptRecord(n, st.name, st.key_name(key), cand.upstream_model,
-                                                      start, now, out.status, None, "done"))
-                        return Result(True, out, attempts, None, now)
+                        attempts.append(AttemptRecord(n, st.name, st.key_name(key), call.upstream_model,
+                                                      start, now, out.status, None,
+                                                      "done", decision))
+                        self.remember(sticky_key, st.name)
+                        return Result(True, out, attempts, None, now, decisions, call)
                     last = out
                     kind = out.kind if out.kind is not None else ErrorKind.SERVER_ERROR
-                    action = policy.action(kind)
+                    message = out.error.message if out.error is not None else None
+                    action = policy.action(kind, out.status, message, st.name)
+                    rec = AttemptRecord(n, st.name, st.key_name(key), call.upstream_model, start, now, out.status,
+                                        kind, "", decision)
+                    attempts.append(rec)
                     if action is Action.GIVE_UP or n >= policy.max_attempts:
-                        nxt = "give_up" if action is Action.GIVE_UP else "cap"
-                        attempts.append(AttemptRecord(n, st.name, st.key_name(key), cand.upstream_model,
-                                                      start, now, out.status, kind, nxt))
-                        return Result(False, out, attempts, _client_error(out), now)
-                    if action is Action.RETRY and same < policy.max_same:
+                        rec.next = "give_up" if action is Action.GIVE_UP else "cap"
+                        return Result(False, out, attempts, _client_error(out), now, decisions)
+                    retry_here = action is Action.RETRY and same < max_same
+                    wait = policy.backoff(same + 1 if retry_here else 1, rng, out.retry_after if retry_here else None)
+                    if deadline is not None and now + wait >= deadline:
+                        rec.next = "deadline"
+                        return Result(False, out, attempts, _deadline_error(), now, decisions)
+                    if not budget.try_retry(now):
+                        rec.next = "budget"
+                        return Result(False, out, attempts, _client_error(out), now, decisions)
+                    if retry_here:
                         same += 1
-                        attempts.append(AttemptRecord(n, st.name, st.key_name(key), cand.upstream_model,
-                                                      start, now, out.status, kind, "retry"))
-                        now = yield Wait(policy.backoff(same, rng, out.retry_after))
+                        rec.next = "retry"
+                        now = yield Wait(wait)
                         continue
-                    attempts.append(AttemptRecord(n, st.name, st.key_name(key), cand.upstream_model,
-                                                  start, now, out.status, kind, "failover"))
-                    now = yield Wait(policy.backoff(1, rng))
+                    rec.next = "failover"
+                    now = yield Wait(wait)
                     break
         if attempts:
-            attempts[-1].next = "exhausted"
+            if attempts[-1].next in ("failover", "retry"):
+                attempts[-1].next = "exhausted"
         if last is None:
-            return Result(False, None, attempts, no_channel(model), now)
-        return Result(False, last, attempts, _client_error(last), now)
+            only_waitable = bool(unavailable) and all(v in _WAITABLE for v in unavailable.values())
+            retry_after = max(0.0, soonest - now) if (only_waitable and soonest is not None) else None
+            if retry_after is not None and math.isinf(retry_after):
+                retry_after = None
+            return Result(False, None, attempts, no_channel(model, unavailable, retry_after), now, decisions)
+        return Result(False, last, attempts, _client_error(last), now, decisions)
+
+    def _hedged(self, first: Call, delay: float, remaining: list[Candidate], rng: random.Random, tokens: int,
+                deadline: float | None, request: Any, attempts: list[AttemptRecord],
+                decision: int | None) -> Generator[Effect, Any, tuple[Outcome, Call, int]]:
+        """Run `first`; if it has no first event after `delay`, start one more attempt on the best
+        other candidate. The first success wins and the loser is cancelled and recorded; if both
+        fail, the later failure is returned. Returns (outcome, the Call it belongs to, extra attempts)."""
+        h1 = yield Launch(first)
+        got = yield Race((h1,), delay)
+        if got is not None:
+            return got[1], first, 0
+        now = first.start + delay
+        second = self.balancer.pick(remaining, now, rng, tokens)
+        if second is None:
+            got = yield Race((h1,), None)
+            return got[1], first, 0
+        remaining.remove(second)
+        key = second.state.next_key(now, rng, tokens)
+        call2 = Call(second.state, second.upstream_model, key, first.attempt + 1, request, tokens, deadline,
+                     self.stats)
+        h2 = yield Launch(call2)
+        calls = {h1: first, h2: call2}
+        running = [h1, h2]
+        while True:
+            h, o = yield Race(tuple(running), None)
+            running.remove(h)
+            c = calls[h]
+            if o.ok or not running:
+                for other in running:
+                    t = yield Cancel(other)
+                    lost = calls[other]
+                    attempts.append(AttemptRecord(lost.attempt, lost.state.name, lost.state.key_name(lost.key),
+                                                  lost.upstream_model, lost.start, t, 0, None, "hedge_lost", decision))
+                if c is call2:
+                    # the record the caller writes is the winner's: renumber so attempts stay ordered
+                    attempts.sort(key=lambda a: a.n)
+                return o, c, 1
+            attempts.append(AttemptRecord(c.attempt, c.state.name, c.state.key_name(c.key), c.upstream_model,
+                                          c.start, o.end, o.status, o.kind, "hedge_failed", decision))
+
+
+def _frees_at(st: ChannelState, now: float) -> float:
+    t = now + 1.0  # rate windows and keys free up continuously: suggest a short wait
+    if st.cooldown_until > now:
+        t = max(t, st.cooldown_until)
+    if st.quota is not None and not st.quota.allows(now, 0):
+        t = max(t, st.quota.resets_at(now))
+    return t
+
+
+def _price(config: Config, ch: Any) -> Any:
+    for m in ch.models:
+        if m in config.prices:
+            return config.prices[m]
+    return None
+
+
+def _deadline_error() -> Error:
+    return Error(kind=ErrorKind.TIMEOUT, status=504, message="the request's deadline passed before an answer",
+                 code="deadline_exceeded")
 
 
 # What the client is told when the upstream answer is final: its own request errors pass through;

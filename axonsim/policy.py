@@ -16,9 +16,10 @@ configured (`routing.retry.on`) and tested, plus the backoff formula.
 from __future__ import annotations
 
 import random
+import re
 from enum import Enum
 
-from axonsim.config import Retry
+from axonsim.config import Retry, RetryOverride
 from axonsim.unified import ErrorKind
 
 
@@ -42,21 +43,65 @@ DEFAULT_TABLE: dict[ErrorKind, Action] = {
 }
 
 
-class Policy:
-    __slots__ = ("table", "max_attempts", "max_same", "base", "cap", "jitter")
+class Rules:
+    """One layer of the lookup: error-message patterns, then statuses, then kinds."""
 
-    def __init__(self, retry: Retry) -> None:
+    __slots__ = ("kinds", "statuses", "patterns")
+
+    def __init__(self, spec: Retry | RetryOverride) -> None:
+        self.kinds = {ErrorKind(k): Action(a) for k, a in spec.on.items()}
+        self.statuses = {int(s): Action(a) for s, a in spec.statuses.items()}
+        self.patterns = [(re.compile(p.pattern), Action(p.action)) for p in spec.patterns]
+
+    def lookup(self, kind: ErrorKind, status: int, message: str | None) -> Action | None:
+        if message and self.patterns:
+            for rx, action in self.patterns:
+                if rx.search(message):
+                    return action
+        a = self.statuses.get(status)
+        if a is not None:
+            return a
+        return self.kinds.get(kind)
+
+
+class Policy:
+    """The global table with its configured changes, plus per-channel layers on top."""
+
+    __slots__ = ("table", "rules", "channels", "max_attempts", "max_same", "max_same_by_channel", "base", "cap",
+                 "jitter", "deadline")
+
+    def __init__(self, retry: Retry, overrides: dict[str, RetryOverride] | None = None) -> None:
         self.table = dict(DEFAULT_TABLE)
         for kind, action in retry.on.items():
             self.table[ErrorKind(kind)] = Action(action)
+        self.rules = Rules(retry) if (retry.statuses or retry.patterns) else None
+        self.channels = {name: Rules(o) for name, o in (overrides or {}).items()}
+        self.max_same_by_channel = {name: o.max_same_channel for name, o in (overrides or {}).items()
+                                    if o.max_same_channel is not None}
         self.max_attempts = retry.max_attempts
         self.max_same = retry.max_same_channel
         self.base = retry.backoff.base
         self.cap = retry.backoff.cap
         self.jitter = retry.backoff.jitter
+        self.deadline = retry.deadline
 
-    def action(self, kind: ErrorKind) -> Action:
+    def action(self, kind: ErrorKind, status: int = 0, message: str | None = None,
+               channel: str | None = None) -> Action:
+        """Channel layer first, then the global patterns/statuses, then the kind table."""
+        if channel is not None and self.channels:
+            layer = self.channels.get(channel)
+            if layer is not None:
+                a = layer.lookup(kind, status, message)
+                if a is not None:
+                    return a
+        if self.rules is not None:
+            a = self.rules.lookup(kind, status, None if not message else message)
+            if a is not None:
+                return a
         return self.table[kind]
+
+    def same_channel_limit(self, channel: str) -> int:
+        return self.max_same_by_channel.get(channel, self.max_same)
 
     def backoff(self, n: int, rng: random.Random, retry_after: float | None = None) -> float:
         """Delay before the n-th retry (n ≥ 1): min(cap, base·2^(n-1)) with its `jitter` share drawn

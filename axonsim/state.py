@@ -1,21 +1,27 @@
 """Channel state: the live signals strategies read, updated by both drivers through one small API.
 
-The API is four calls, made by whichever driver performs an attempt:
+The API is four calls, made by whichever driver performs an attempt (usually through the Call
+object, which knows its key, model and start time — see axonsim.execution.Call):
 
-    state.started(now)                   an attempt was sent
-    state.first_token(now, ttft)         its first event arrived (streams) or its answer (non-stream)
-    state.succeeded(now, latency)        it finished well
-    state.failed(now, outcome)           it failed (before or after the first token)
+    state.started(now, key, model, tokens)         an attempt was sent
+    state.first_token(now, ttft)                   its first event arrived (or its whole answer)
+    state.succeeded(now, latency, key, model, ...) it finished well
+    state.failed(now, outcome, model)              it failed (before or after the first token)
 
-Nothing here reads a clock: `now` is whatever the driver's clock says (the event loop's monotonic
-time live, `env.now` in the simulator).
+Health (breakers, ejection, auto-disable, quota) and local limits are kept here too, so that both
+worlds skip exactly the same channels. Nothing here reads a clock: `now` is whatever the driver's
+clock says (Unix time live, `env.now` in the simulator).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+import random
+from typing import TYPE_CHECKING, Any
 
 from axonsim.config import Channel, Routing
+from axonsim.health import AutoDisable, Breaker, Ejection, OutlierDetector, Quota
+from axonsim.limits import Limiter
 from axonsim.unified import ErrorKind
 
 if TYPE_CHECKING:
@@ -23,110 +29,283 @@ if TYPE_CHECKING:
 
 NEVER = float("-inf")
 
+# Failures that say something about the upstream's health (outlier ejection counts these).
+GATEWAY_FAILURES = frozenset({ErrorKind.SERVER_ERROR, ErrorKind.OVERLOADED, ErrorKind.TIMEOUT, ErrorKind.CONNECTION})
+# Failures that are the client's, not the channel's.
+CLIENT_FAULTS = frozenset({ErrorKind.INVALID_REQUEST, ErrorKind.NOT_FOUND})
+
 
 class KeyState:
-    __slots__ = ("name", "secret", "disabled", "failures")
+    __slots__ = ("name", "secret", "disabled", "disabled_until", "failures", "uses", "limiter", "breaker",
+                 "auto")
 
-    def __init__(self, name: str, secret: str) -> None:
+    def __init__(self, name: str, secret: str, limiter: Limiter, breaker: Breaker | None,
+                 auto: AutoDisable) -> None:
         self.name = name
         self.secret = secret
-        self.disabled = False  # 401/403: stays disabled until the config changes
+        self.disabled = False  # permanently (401/403): until the configuration changes
+        self.disabled_until = NEVER  # temporarily
         self.failures = 0
+        self.uses = 0
+        self.limiter = limiter
+        self.breaker = breaker
+        self.auto = auto
+
+    def available(self, now: float, tokens: int = 0) -> bool:
+        if self.disabled or self.disabled_until > now:
+            return False
+        if self.breaker is not None and not self.breaker.allows(now):
+            return False
+        return self.limiter.allows(now, tokens)
 
 
 class ChannelState:
     __slots__ = (
-        "channel", "name", "weight", "priority", "index", "keys", "_key_rr",
-        "inflight", "requests", "failures", "consecutive_failures", "last_failure", "cooldown_until",
-        "ewma_latency", "ewma_ttft", "last_pick", "alpha", "cooldown_default", "cooldown_max",
+        "channel", "name", "weight", "priority", "index", "keys", "_key_rr", "key_strategy",
+        "inflight", "requests", "failures", "consecutive_failures", "last_failure", "last_success",
+        "cooldown_until", "ewma_latency", "ewma_ttft", "ewma_tps", "last_pick", "alpha",
+        "cooldown_default", "cooldown_max", "breakers", "breaker_cfg", "ejection", "outlier",
+        "disabled_until", "auto", "limiter", "quota", "selections", "selections_at",
+        "peak_ewma", "peak_at", "price",
     )
 
-    def __init__(self, channel: Channel, index: int, routing: Routing) -> None:
+    def __init__(self, channel: Channel, index: int, routing: Routing,
+                 outlier: OutlierDetector | None = None, price: Any = None) -> None:
         self.channel = channel
         self.name = channel.name
         self.weight = float(channel.weight)
         self.priority = channel.priority
         self.index = index  # position in the config: the stable tie-breaker
-        self.keys = [KeyState(k.name or f"{channel.name}#{i}", k.key) for i, k in enumerate(channel.api_keys)]
+        health = routing.health
+        kb = health.key_breaker if health.key_breaker.enabled else None
+        self.keys = [KeyState(k.name or f"{channel.name}#{i}", k.key, Limiter(k.limits),
+                              Breaker(kb) if kb else None, AutoDisable(health.auto_disable))
+                     for i, k in enumerate(channel.api_keys)]
         self._key_rr = 0
+        self.key_strategy = channel.key_strategy
         self.inflight = 0
         self.requests = 0
         self.failures = 0
         self.consecutive_failures = 0
         self.last_failure = NEVER
+        self.last_success = NEVER
         self.cooldown_until = NEVER
         self.ewma_latency: float | None = None
         self.ewma_ttft: float | None = None
+        self.ewma_tps: float | None = None
         self.last_pick = -1  # selection sequence number, for round robin
         self.alpha = routing.ewma_alpha
         self.cooldown_default = routing.cooldown.default
         self.cooldown_max = routing.cooldown.max
+        self.breaker_cfg = health.breaker if health.breaker.enabled else None
+        self.breakers: dict[str, Breaker] = {}  # per upstream model
+        self.ejection = Ejection()
+        self.outlier = outlier
+        self.disabled_until = NEVER
+        self.auto = AutoDisable(health.auto_disable)
+        self.limiter = Limiter(channel.limits)
+        self.quota = Quota(channel.quota) if channel.quota else None
+        self.selections = 0.0  # selections, decayed over a 600 s horizon (AxonHub's request count)
+        self.selections_at = 0.0
+        self.peak_ewma: float | None = None  # Finagle peak-EWMA of latency (TTFT for streams)
+        self.peak_at = 0.0
+        self.price = price  # Price or None: what cost-based routing reads
 
     # -- the driver API --------------------------------------------------------------------------
 
-    def started(self, now: float) -> None:
+    def started(self, now: float, key: int | None = None, model: str | None = None, tokens: int = 0) -> None:
         self.inflight += 1
         self.requests += 1
+        self.limiter.on_start(now, tokens)
+        if self.quota is not None:
+            self.quota.on_start(now)
+            if tokens:
+                self.quota.on_tokens(now, tokens)
+        if model is not None and self.breaker_cfg is not None:
+            self.breaker(model).on_start(now)
+        if key is not None:
+            k = self.keys[key]
+            k.uses += 1
+            k.limiter.on_start(now, tokens)
+            if k.breaker is not None:
+                k.breaker.on_start(now)
 
     def first_token(self, now: float, ttft: float) -> None:
         e = self.ewma_ttft
         self.ewma_ttft = ttft if e is None else e + self.alpha * (ttft - e)
 
-    def succeeded(self, now: float, latency: float) -> None:
+    def succeeded(self, now: float, latency: float, key: int | None = None, model: str | None = None,
+                  output_tokens: int = 0, ttft: float | None = None) -> None:
         self.inflight -= 1
         self.consecutive_failures = 0
+        self.last_success = now
+        self.limiter.on_end()
         e = self.ewma_latency
         self.ewma_latency = latency if e is None else e + self.alpha * (latency - e)
+        gen = latency - (ttft or 0.0)
+        if output_tokens > 0 and gen > 0.01:
+            tps = output_tokens / gen
+            t = self.ewma_tps
+            self.ewma_tps = tps if t is None else t + self.alpha * (tps - t)
+        self._peak(now, ttft if ttft is not None else latency)
+        self.auto.on_success()
+        if self.outlier is not None:
+            self.outlier.on_result(self.name, self.ejection, now, False)
+        if model is not None and self.breaker_cfg is not None:
+            self.breaker(model).on_success(now)
+        if key is not None:
+            k = self.keys[key]
+            k.limiter.on_end()
+            k.auto.on_success()
+            if k.breaker is not None:
+                k.breaker.on_success(now)
 
-    def failed(self, now: float, outcome: Outcome) -> None:
+    def failed(self, now: float, outcome: Outcome, model: str | None = None) -> None:
         self.inflight -= 1
+        self.limiter.on_end()
+        key = outcome.key
+        k = self.keys[key] if key is not None and 0 <= key < len(self.keys) else None
+        if k is not None:
+            k.limiter.on_end()
         kind = outcome.kind
-        if kind is ErrorKind.INVALID_REQUEST or kind is ErrorKind.NOT_FOUND:
-            return  # the client's fault: says nothing about the channel's health
+        if kind is None or kind in CLIENT_FAULTS:
+            # the client's fault, or an abandoned attempt: says nothing about the channel's health
+            if model is not None and self.breaker_cfg is not None:
+                self.breaker(model).on_abandon()
+            if k is not None and k.breaker is not None:
+                k.breaker.on_abandon()
+            return
         self.failures += 1
         self.consecutive_failures += 1
         self.last_failure = now
         if kind is ErrorKind.RATE_LIMITED:
             wait = outcome.retry_after if outcome.retry_after is not None else self.cooldown_default
             self.cooldown_until = max(self.cooldown_until, now + min(max(wait, 0.0), self.cooldown_max))
-        elif kind is ErrorKind.AUTHENTICATION or kind is ErrorKind.PERMISSION:
-            key = outcome.key
-            if key is not None and 0 <= key < len(self.keys):
-                self.keys[key].disabled = True
+        if self.outlier is not None:
+            self.outlier.on_result(self.name, self.ejection, now, kind in GATEWAY_FAILURES)
+        if model is not None and self.breaker_cfg is not None and kind is not ErrorKind.RATE_LIMITED:
+            self.breaker(model).on_failure(now)
+        status = outcome.status
+        bad_key = kind is ErrorKind.AUTHENTICATION or kind is ErrorKind.PERMISSION
+        if k is not None:
+            k.failures += 1
+            if k.breaker is not None and kind is not ErrorKind.RATE_LIMITED:
+                k.breaker.on_failure(now)
+            fired = k.auto.on_status(status, outcome.retry_after)
+            if fired is not None and (bad_key or len(self.keys) > 1):
+                # With several keys the key is at fault; a lone key's overload is the channel's.
+                self._disable(k, fired, now)
+                return
+        fired = self.auto.on_status(status, outcome.retry_after)
+        if fired is not None:
+            if bad_key and k is not None:
+                self._disable(k, fired, now)
+            else:
+                action, seconds = fired
+                self.disabled_until = math.inf if action == "permanent" else max(self.disabled_until, now + seconds)
+
+    @staticmethod
+    def _disable(k: KeyState, fired: tuple[str, float], now: float) -> None:
+        action, seconds = fired
+        if action == "permanent":
+            k.disabled = True
+        else:
+            k.disabled_until = max(k.disabled_until, now + seconds)
+
+    def _peak(self, now: float, sample: float) -> None:
+        # Finagle's peak-EWMA: jump to a worse sample at once, decay towards better ones over time.
+        p = self.peak_ewma
+        if p is None or sample > p:
+            self.peak_ewma = sample
+        else:
+            w = math.exp(-(now - self.peak_at) / 10.0) if now > self.peak_at else 1.0
+            self.peak_ewma = p * w + sample * (1.0 - w)
+        self.peak_at = now
+
+    def breaker(self, model: str) -> Breaker:
+        b = self.breakers.get(model)
+        if b is None:
+            assert self.breaker_cfg is not None
+            b = self.breakers[model] = Breaker(self.breaker_cfg)
+        return b
 
     # -- what execution asks ---------------------------------------------------------------------
 
     def usable(self) -> bool:
-        """Enabled, and with a key that has not been rejected (a channel without keys is keyless)."""
-        if not self.channel.enabled:
+        """Enabled, and with a key that has not been rejected for good (keyless channels exist)."""
+        if not self.channel.enabled or self.disabled_until == math.inf:
             return False
         return not self.keys or any(not k.disabled for k in self.keys)
 
-    def next_key(self) -> int | None:
-        """Round robin over the keys not disabled; None for a keyless channel."""
-        n = len(self.keys)
+    def unavailable_reason(self, now: float, model: str | None = None, tokens: int = 0) -> str | None:
+        """None if this channel may take an attempt now, else why not (for the decision trace)."""
+        if not self.usable():
+            return "disabled"
+        if self.disabled_until > now:
+            return "auto_disabled"
+        if self.ejection.until > now:
+            return "ejected"
+        if self.cooldown_until > now:
+            return "cooling_down"
+        if model is not None and self.breaker_cfg is not None and not self.breaker(model).allows(now):
+            return "breaker_open"
+        if not self.limiter.allows(now, tokens):
+            return "rate_limited_locally"
+        if self.quota is not None and not self.quota.allows(now, tokens):
+            return "quota_exhausted"
+        if self.keys and not any(k.available(now, tokens) for k in self.keys):
+            return "no_key_available"
+        return None
+
+    def next_key(self, now: float = 0.0, rng: random.Random | None = None, tokens: int = 0) -> int | None:
+        """A key not disabled and within its limits, by the channel's key strategy; None if keyless
+        (or none is available)."""
+        keys = self.keys
+        n = len(keys)
         if n == 0:
             return None
+        ok = [i for i in range(n) if keys[i].available(now, tokens)]
+        if not ok:
+            return None
+        if self.key_strategy == "random" and rng is not None:
+            return ok[int(rng.random() * len(ok))]
+        if self.key_strategy == "least_used":
+            return min(ok, key=lambda i: (keys[i].limiter.window.usage(now)[0], i))
         for _ in range(n):
             i = self._key_rr % n
             self._key_rr += 1
-            if not self.keys[i].disabled:
+            if i in ok:
                 return i
-        return None
+        return ok[0]
 
     def key_name(self, index: int | None) -> str | None:
         return None if index is None else self.keys[index].name
 
+    def select(self, now: float, seq: int) -> None:
+        """Bookkeeping when the balancer chooses this channel (AxonHub counts at selection time)."""
+        self.last_pick = seq
+        if self.selections:
+            self.selections *= math.exp(-(now - self.selections_at) / 600.0) if now > self.selections_at else 1.0
+        self.selections += 1.0
+        self.selections_at = now
+
     def snapshot(self, now: float) -> dict[str, object]:
         return {
             "name": self.name,
+            "enabled": self.channel.enabled,
+            "available": self.unavailable_reason(now) is None,
+            "unavailable_reason": self.unavailable_reason(now),
             "inflight": self.inflight,
             "requests": self.requests,
             "failures": self.failures,
             "consecutive_failures": self.consecutive_failures,
             "seconds_since_failure": None if self.last_failure == NEVER else now - self.last_failure,
             "cooldown_remaining": max(0.0, self.cooldown_until - now),
+            "ejected_remaining": max(0.0, self.ejection.until - now),
             "ewma_latency": self.ewma_latency,
             "ewma_ttft": self.ewma_ttft,
-            "keys": [{"name": k.name, "disabled": k.disabled} for k in self.keys],
+            "ewma_tps": self.ewma_tps,
+            "breakers": {m: b.snapshot(now) for m, b in self.breakers.items()},
+            "keys": [{"name": k.name, "disabled": k.disabled, "disabled_remaining": max(0.0, k.disabled_until - now),
+                      "uses": k.uses} for k in self.keys],
         }

@@ -47,6 +47,10 @@ class Strategy:
         """Default: the best score, ties broken by the least recently picked candidate."""
         return _argmax_lru(self.scores(cands, now), cands)
 
+    def terms(self, cands: Sequence[ChannelState], now: float, rng: random.Random | None) -> list[dict[str, float]]:
+        """The named parts of each candidate's score, for the decision trace (none by default)."""
+        return [{} for _ in cands]
+
 
 def _argmax_lru(scores: list[float], cands: Sequence[ChannelState]) -> int:
     best = 0
@@ -250,7 +254,7 @@ class Composite(Strategy):
 STRATEGY_NAMES = ("round_robin", "weighted", "random", "least_inflight", "error_aware", "composite")
 
 
-def make_strategy(routing: Routing) -> Strategy:
+def make_strategy(routing: Routing, states: Sequence[ChannelState] = ()) -> Strategy:
     name = routing.strategy
     if name == "round_robin":
         return RoundRobin()

@@ -166,16 +166,21 @@ def test_no_strategy_ever_picks_outside_the_candidates(name, weights, inflight, 
     bal = Balancer(make_strategy(routing))
     rng = random.Random(seed)
     names = {c.state.name for c in cands}
+    free = {c.state.name for c in cands if c.state.cooldown_until <= 10.0}
     for _ in range(20):
-        assert bal.pick(cands, 10.0, rng).state.name in names
+        chosen = bal.pick(cands, 10.0, rng)
+        if chosen is None:
+            assert not free  # nothing may take an attempt now: nothing is picked
+        else:
+            assert chosen.state.name in names and chosen.state.name in free
 
 
 def test_cooling_channels_are_skipped_while_another_is_free():
     sts = states([1, 1])
     sts[0].cooldown_until = 5.0
     assert set(pick_many(RoundRobin(), sts, 4, now=1.0)) == {"c1"}
-    sts[1].cooldown_until = 3.0  # all cooling: the one that frees first
-    assert set(pick_many(RoundRobin(), sts, 2, now=1.0)) == {"c1"}
+    sts[1].cooldown_until = 3.0  # all cooling: no call is wasted, execution answers 429 + Retry-After
+    assert Balancer(RoundRobin()).pick([Candidate(s, "m") for s in sts], 1.0, random.Random(0)) is None
 
 
 def test_every_configured_strategy_name_builds():
@@ -186,7 +191,9 @@ def test_every_configured_strategy_name_builds():
 def test_explain_lists_scores_and_terms():
     sts = states([100, 50])
     bal = Balancer(Composite({"error_aware": 0.5, "weighted": 0.5}, 300.0))
+    sts[0].cooldown_until = 10.0
     rows = bal.explain([Candidate(s, "m") for s in sts], 0.0)
-    assert rows[0]["terms"] == {"error_aware": 1.0, "weighted": 1.0}
-    assert rows[1]["score"] == pytest.approx(0.75)
+    assert rows[0] == {"channel": "c0", "upstream_model": "m", "unavailable": "cooling_down"}
+    assert rows[1]["terms"] == {"error_aware": 1.0, "weighted": 1.0}
+    assert rows[1]["score"] == pytest.approx(1.0)
     assert ChannelState  # the state type is what strategies score

@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 from axonsim.candidates import Candidate
-from axonsim.strategies import Strategy
+from axonsim.strategies import NO_CONTEXT, PickContext, Strategy
 
 
 class Balancer:
@@ -26,13 +26,13 @@ class Balancer:
         return [c for c in cands if c.state.unavailable_reason(now, c.upstream_model, tokens) is None]
 
     def pick(self, cands: list[Candidate], now: float, rng: random.Random, tokens: int = 0,
-             eligible: list[Candidate] | None = None) -> Candidate | None:
+             eligible: list[Candidate] | None = None, ctx: PickContext = NO_CONTEXT) -> Candidate | None:
         """The next candidate to try, or None when none may take an attempt now."""
         if eligible is None:
             eligible = self.eligible(cands, now, tokens)
         if not eligible:
             return None
-        chosen = eligible[0] if len(eligible) == 1 else eligible[self.strategy.pick([c.state for c in eligible], now, rng)]
+        chosen = eligible[0] if len(eligible) == 1 else eligible[self.strategy.pick([c.state for c in eligible], now, rng, ctx)]
         self.mark(chosen, now)
         return chosen
 
@@ -40,11 +40,12 @@ class Balancer:
         self.seq += 1
         chosen.state.select(now, self.seq)
 
-    def explain(self, cands: list[Candidate], now: float, tokens: int = 0) -> list[dict[str, Any]]:
+    def explain(self, cands: list[Candidate], now: float, tokens: int = 0,
+                ctx: PickContext = NO_CONTEXT) -> list[dict[str, Any]]:
         """Per candidate: why it is unavailable, or the strategy's score (and its terms, if any)."""
         ok = [c for c in cands if c.state.unavailable_reason(now, c.upstream_model, tokens) is None]
         states = [c.state for c in ok]
-        scores = self.strategy.scores(states, now) if states else []
+        scores = self.strategy.scores(states, now, ctx) if states else []
         terms = self.strategy.terms(states, now, None) if states else []
         by_name = {c.state.name: i for i, c in enumerate(ok)}
         out = []

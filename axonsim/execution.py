@@ -46,7 +46,7 @@ from axonsim.health import OutlierDetector
 from axonsim.limits import Budget
 from axonsim.policy import Action, Policy
 from axonsim.state import ChannelState
-from axonsim.strategies import make_strategy
+from axonsim.strategies import PickContext, make_strategy
 from axonsim.unified import Error, ErrorKind
 
 
@@ -288,7 +288,8 @@ class Router:
             self.sticky.popitem(last=False)
 
     def execute(self, model: str, now: float, rng: random.Random, request: Any = None, tokens: int = 0,
-                sticky_key: str | None = None, explain: bool = False) -> Generator[Effect, Any, Result]:
+                sticky_key: str | None = None, explain: bool = False,
+                stream: bool = False) -> Generator[Effect, Any, Result]:
         attempts: list[AttemptRecord] = []
         decisions: list[dict[str, Any]] | None = [] if explain else None
         if not self.candidates.known(model):
@@ -300,6 +301,7 @@ class Router:
         deadline = now + policy.deadline if policy.deadline is not None else None
         sticky = self.sticky.get(sticky_key) if sticky_key is not None and self.sticky_mode != "none" else None
         hedge_delay = self._hedge_delay()
+        ctx = PickContext(model, stream, tokens)
         n = 0
         last: Outcome | None = None
         unavailable: dict[str, str] = {}
@@ -328,9 +330,9 @@ class Router:
                 if decisions is not None:
                     decision = len(decisions)
                     decisions.append({"tier": tier_no, "time": now,
-                                      "candidates": balancer.explain(remaining, now, tokens)})
+                                      "candidates": balancer.explain(remaining, now, tokens, ctx)})
                 if cand is None:
-                    cand = balancer.pick(remaining, now, rng, tokens, eligible)
+                    cand = balancer.pick(remaining, now, rng, tokens, eligible, ctx)
                     assert cand is not None
                 if decisions is not None:
                     decisions[-1].update(chosen=cand.state.name, by=chosen_by)
@@ -348,7 +350,7 @@ class Router:
                     call = Call(st, cand.upstream_model, key, n, request, tokens, deadline, self.stats)
                     if hedge_delay is not None and n == 1 and remaining:
                         out, call, extra = yield from self._hedged(call, hedge_delay, remaining, rng, tokens,
-                                                                   deadline, request, attempts, decision)
+                                                                   deadline, request, attempts, decision, ctx)
                         n += extra
                         st = call.state
                         key = call.key
@@ -401,7 +403,7 @@ class Router:
 
     def _hedged(self, first: Call, delay: float, remaining: list[Candidate], rng: random.Random, tokens: int,
                 deadline: float | None, request: Any, attempts: list[AttemptRecord],
-                decision: int | None) -> Generator[Effect, Any, tuple[Outcome, Call, int]]:
+                decision: int | None, ctx: PickContext) -> Generator[Effect, Any, tuple[Outcome, Call, int]]:
         """Run `first`; if it has no first event after `delay`, start one more attempt on the best
         other candidate. The first success wins and the loser is cancelled and recorded; if both
         fail, the later failure is returned. Returns (outcome, the Call it belongs to, extra attempts)."""
@@ -410,7 +412,7 @@ class Router:
         if got is not None:
             return got[1], first, 0
         now = first.start + delay
-        second = self.balancer.pick(remaining, now, rng, tokens)
+        second = self.balancer.pick(remaining, now, rng, tokens, None, ctx)
         if second is None:
             got = yield Race((h1,), None)
             return got[1], first, 0

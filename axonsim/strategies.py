@@ -37,15 +37,31 @@ from axonsim.config import Routing
 from axonsim.state import NEVER, ChannelState
 
 
+class PickContext:
+    """What a strategy may know about the request: its model (upstream name of the first
+    candidate), whether it streams, and its estimated tokens."""
+
+    __slots__ = ("model", "stream", "tokens")
+
+    def __init__(self, model: str = "", stream: bool = False, tokens: int = 0) -> None:
+        self.model = model
+        self.stream = stream
+        self.tokens = tokens
+
+
+NO_CONTEXT = PickContext()
+
+
 class Strategy:
     name = "strategy"
 
-    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+    def scores(self, cands: Sequence[ChannelState], now: float, ctx: PickContext = NO_CONTEXT) -> list[float]:
         raise NotImplementedError
 
-    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random) -> int:
+    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random,
+             ctx: PickContext = NO_CONTEXT) -> int:
         """Default: the best score, ties broken by the least recently picked candidate."""
-        return _argmax_lru(self.scores(cands, now), cands)
+        return _argmax_lru(self.scores(cands, now, ctx), cands)
 
     def terms(self, cands: Sequence[ChannelState], now: float, rng: random.Random | None) -> list[dict[str, float]]:
         """The named parts of each candidate's score, for the decision trace (none by default)."""
@@ -66,7 +82,7 @@ def _argmax_lru(scores: list[float], cands: Sequence[ChannelState]) -> int:
 class RoundRobin(Strategy):
     name = "round_robin"
 
-    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+    def scores(self, cands: Sequence[ChannelState], now: float, ctx: PickContext = NO_CONTEXT) -> list[float]:
         return [-float(c.last_pick) for c in cands]
 
 
@@ -78,11 +94,12 @@ class Weighted(Strategy):
     def __init__(self) -> None:
         self.current: dict[str, float] = {}
 
-    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+    def scores(self, cands: Sequence[ChannelState], now: float, ctx: PickContext = NO_CONTEXT) -> list[float]:
         cur = self.current
         return [cur.get(c.name, 0.0) + c.weight for c in cands]
 
-    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random) -> int:
+    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random,
+             ctx: PickContext = NO_CONTEXT) -> int:
         cur = self.current
         total = 0.0
         best = -1
@@ -105,13 +122,14 @@ class Weighted(Strategy):
 class Random(Strategy):
     name = "random"
 
-    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+    def scores(self, cands: Sequence[ChannelState], now: float, ctx: PickContext = NO_CONTEXT) -> list[float]:
         total = sum(c.weight for c in cands)
         if total <= 0:
             return [1.0 / len(cands)] * len(cands)
         return [c.weight / total for c in cands]
 
-    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random) -> int:
+    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random,
+             ctx: PickContext = NO_CONTEXT) -> int:
         total = 0.0
         for c in cands:
             total += c.weight
@@ -129,10 +147,11 @@ class Random(Strategy):
 class LeastInflight(Strategy):
     name = "least_inflight"
 
-    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+    def scores(self, cands: Sequence[ChannelState], now: float, ctx: PickContext = NO_CONTEXT) -> list[float]:
         return [-float(c.inflight) for c in cands]
 
-    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random) -> int:
+    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random,
+             ctx: PickContext = NO_CONTEXT) -> int:
         n = len(cands)
         if n == 1:
             return 0
@@ -162,7 +181,7 @@ class ErrorAware(Strategy):
     def __init__(self, window: float) -> None:
         self.window = window
 
-    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+    def scores(self, cands: Sequence[ChannelState], now: float, ctx: PickContext = NO_CONTEXT) -> list[float]:
         w = self.window
         return [error_score(c, now, w) for c in cands]
 
@@ -203,12 +222,13 @@ class Composite(Strategy):
             out.append(t)
         return out
 
-    def scores(self, cands: Sequence[ChannelState], now: float) -> list[float]:
+    def scores(self, cands: Sequence[ChannelState], now: float, ctx: PickContext = NO_CONTEXT) -> list[float]:
         ws = {"error_aware": self.w_err, "least_inflight": self.w_inf, "weighted": self.w_wgt,
               "round_robin": self.w_rr, "random": self.w_rnd}
         return [sum(ws[k] * v for k, v in t.items()) for t in self.terms(cands, now, None)]
 
-    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random) -> int:
+    def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random,
+             ctx: PickContext = NO_CONTEXT) -> int:
         n = len(cands)
         if n == 1:
             return 0

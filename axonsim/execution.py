@@ -193,8 +193,8 @@ class AttemptRecord:
         self.end = end
         self.status = status
         self.kind = kind
-        # What execution did next: done / retry / failover / give_up / cap / budget / deadline /
-        # exhausted / hedge_lost
+        # What execution did next: done / retry / next_key / failover / give_up / cap / budget /
+        # deadline / exhausted / hedge_lost / hedge_failed
         self.next = next
         self.decision = decision  # index into Result.decisions (when explained)
 
@@ -234,6 +234,8 @@ def unknown_model(model: str) -> Error:
     return Error(kind=ErrorKind.NOT_FOUND, status=404, message=f"the model {model!r} does not exist",
                  param="model", code="model_not_found")
 
+
+_KEY_FAULTS = frozenset({ErrorKind.AUTHENTICATION, ErrorKind.PERMISSION, ErrorKind.RATE_LIMITED})
 
 # Reasons that lift by themselves soon: when only these stand in the way, the client hears 429 +
 # Retry-After rather than 503.
@@ -374,8 +376,13 @@ class Router:
                     if action is Action.GIVE_UP or n >= policy.max_attempts:
                         rec.next = "give_up" if action is Action.GIVE_UP else "cap"
                         return Result(False, out, attempts, _client_error(out), now, decisions)
-                    retry_here = action is Action.RETRY and same < max_same
-                    wait = policy.backoff(same + 1 if retry_here else 1, rng, out.retry_after if retry_here else None)
+                    # A key pool: a key's own trouble (bad credentials, its rate limit) moves to another
+                    # key of the same channel rather than to another channel.
+                    key_swap = (kind in _KEY_FAULTS and action is Action.FAILOVER and key is not None
+                                and st.other_key_available(now, key, tokens))
+                    retry_here = key_swap or (action is Action.RETRY and same < max_same)
+                    wait = policy.backoff(same + 1 if retry_here else 1, rng,
+                                          out.retry_after if retry_here and not key_swap else None)
                     if deadline is not None and now + wait >= deadline:
                         rec.next = "deadline"
                         return Result(False, out, attempts, _deadline_error(), now, decisions)
@@ -383,8 +390,11 @@ class Router:
                         rec.next = "budget"
                         return Result(False, out, attempts, _client_error(out), now, decisions)
                     if retry_here:
-                        same += 1
-                        rec.next = "retry"
+                        if key_swap:
+                            rec.next = "next_key"
+                        else:
+                            same += 1
+                            rec.next = "retry"
                         now = yield Wait(wait)
                         continue
                     rec.next = "failover"

@@ -180,7 +180,11 @@ class ChannelState:
         self.last_failure = now
         if kind is ErrorKind.RATE_LIMITED:
             wait = outcome.retry_after if outcome.retry_after is not None else self.cooldown_default
-            self.cooldown_until = max(self.cooldown_until, now + min(max(wait, 0.0), self.cooldown_max))
+            until = now + min(max(wait, 0.0), self.cooldown_max)
+            if k is not None and len(self.keys) > 1:
+                k.disabled_until = max(k.disabled_until, until)  # a key pool: the limit is the key's
+            else:
+                self.cooldown_until = max(self.cooldown_until, until)
         if self.outlier is not None:
             self.outlier.on_result(self.name, self.ejection, now, kind in GATEWAY_FAILURES)
         if model is not None and self.breaker_cfg is not None and kind is not ErrorKind.RATE_LIMITED:
@@ -277,6 +281,9 @@ class ChannelState:
             if i in ok:
                 return i
         return ok[0]
+
+    def other_key_available(self, now: float, key: int | None, tokens: int = 0) -> bool:
+        return any(i != key and k.available(now, tokens) for i, k in enumerate(self.keys))
 
     def key_name(self, index: int | None) -> str | None:
         return None if index is None else self.keys[index].name

@@ -1,0 +1,290 @@
+"""Health and resilience in the core: breakers, ejection, cooldowns, auto-disable, quotas, local
+limits, the retry budget and deadline, hedging, standby tiers, stickiness and the decision trace.
+Everything runs on the tests' virtual-clock driver (tests/conftest.py), seeded."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from axonsim.config import ConfigError, parse_config
+from axonsim.execution import Outcome, Router
+from axonsim.unified import Error, error_kind_for_status
+
+
+def make(channels, **routing):
+    return Router(parse_config({"channels": channels, "routing": routing}))
+
+
+def chans(n, **per):
+    return [{"name": f"c{i}", "models": ["m"], **per.get(f"c{i}", {})} for i in range(n)]
+
+
+def fail(status, retry_after=None, after=1.0, message=None):
+    def answer(call, now):
+        err = Error(kind=error_kind_for_status(status), status=status, message=message or f"upstream {status}",
+                    retry_after=retry_after)
+        return Outcome.failure(now + after, err)
+    return answer
+
+
+def ok(after=1.0):
+    return lambda call, now: Outcome(True, now + after)
+
+
+def by_channel(table):
+    return lambda call, now: table[call.state.name](call, now)
+
+
+NO_RETRY = {"max_attempts": 1}
+
+
+def test_429_with_retry_after_5_moves_traffic_away_for_5s_then_back(driver):
+    r = make(chans(2), strategy="round_robin", retry={"max_same_channel": 0})
+    answers = {"c0": fail(429, retry_after=5.0, after=0.0), "c1": ok(0.0)}
+    res = driver(r, "m", by_channel(answers), now=100.0)
+    assert [a.channel for a in res.attempts] == ["c0", "c1"]
+    answers["c0"] = ok(0.0)
+    during = Counter(driver(r, "m", by_channel(answers), now=100.0 + t).attempts[0].channel for t in (0.5, 2, 4, 4.9))
+    after = Counter(driver(r, "m", by_channel(answers), now=105.1 + t).attempts[0].channel for t in range(4))
+    assert during == {"c1": 4}
+    assert after == {"c0": 2, "c1": 2}
+
+
+def test_breaker_opens_then_half_open_admits_the_configured_probes(driver):
+    r = make(chans(2), strategy="round_robin", retry=NO_RETRY,
+             health={"breaker": {"failure_threshold": 3, "open_time": 10, "half_open_probes": 2},
+                     "auto_disable": []})
+    c0 = r.by_name["c0"]
+    for t in range(3):
+        c0.last_pick = -10  # make round robin offer c0 first each time
+        driver(r, "m", by_channel({"c0": fail(500, after=0.0), "c1": ok(0.0)}), now=float(t))
+    assert c0.breaker("m").state == "open"
+    # open: no traffic to c0
+    assert {driver(r, "m", by_channel({"c1": ok(0.0)}), now=5.0).attempts[0].channel for _ in range(4)} == {"c1"}
+    # after open_time: half-open admits exactly 2 probes at once
+    b = c0.breaker("m")
+    assert b.allows(13.0) and b.state == "half_open"
+    b.on_start(13.0)
+    b.on_start(13.0)
+    assert not b.allows(13.0)
+    b.on_success(14.0)
+    assert b.state == "half_open"  # one success of two probes
+    b.on_success(14.0)
+    assert b.state == "closed"
+
+
+def test_breaker_reopens_on_probe_failure_with_exponential_backoff():
+    from axonsim.config import BreakerConfig
+    from axonsim.health import Breaker
+    b = Breaker(BreakerConfig(failure_threshold=1, open_time=10, max_open_time=35))
+    b.on_failure(0.0)
+    assert b.open_until == 10.0
+    assert b.allows(10.0)
+    b.on_start(10.0)
+    b.on_failure(10.5)
+    assert b.state == "open" and b.open_until == pytest.approx(30.5)  # 20 s: doubled
+    b.allows(31.0)
+    b.on_start(31.0)
+    b.on_failure(31.0)
+    assert b.open_until == pytest.approx(31.0 + 35.0)  # capped
+
+
+def test_outlier_ejection_cap_holds(driver):
+    # 10 channels, max 20 %: a broad incident ejects at most 2 of them.
+    r = make(chans(10), strategy="round_robin", retry=NO_RETRY,
+             health={"breaker": {"enabled": False}, "auto_disable": [],
+                     "outlier": {"enabled": True, "consecutive_failures": 2, "max_ejection_percent": 20}})
+    for i in range(60):
+        driver(r, "m", fail(503, after=0.0), now=float(i) * 0.01)
+    ejected = [s.name for s in r.states if s.ejection.until > 0.6]
+    assert len(ejected) == 2
+    assert r.outlier.max_ejected() == 2
+    # at least one channel is always left, even at 100 %
+    r1 = make(chans(1), retry=NO_RETRY, health={"outlier": {"enabled": True, "consecutive_failures": 1,
+                                                             "max_ejection_percent": 100}})
+    for i in range(5):
+        driver(r1, "m", fail(500, after=0.0), now=float(i))
+    assert r1.states[0].ejection.until < 0
+
+
+def test_ejection_time_grows_with_each_ejection(driver):
+    r = make(chans(3), strategy="round_robin", retry=NO_RETRY,
+             health={"breaker": {"enabled": False}, "auto_disable": [],
+                     "outlier": {"enabled": True, "consecutive_failures": 1, "base_ejection_time": 30,
+                                 "max_ejection_percent": 50}})
+    c0 = r.by_name["c0"]
+    c0.last_pick = -5
+    driver(r, "m", by_channel({"c0": fail(500, after=0.0)}), now=0.0)
+    assert c0.ejection.until == 30.0
+    c0.last_pick = -5
+    driver(r, "m", by_channel({"c0": fail(500, after=0.0)}), now=31.0)
+    assert c0.ejection.until == 31.0 + 60.0
+
+
+def test_auto_disable_temporary_then_automatic_reenable(driver):
+    r = make(chans(2, c0={"api_keys": ["k"]}), strategy="round_robin", retry={"max_same_channel": 0},
+             health={"breaker": {"enabled": False}})
+    c0 = r.by_name["c0"]
+    for t in range(3):  # 503 ×3 → temporary, 300 s
+        c0.last_pick = -10
+        driver(r, "m", by_channel({"c0": fail(503, after=0.0), "c1": ok(0.0)}), now=float(t))
+    assert c0.unavailable_reason(10.0) == "auto_disabled"
+    assert c0.unavailable_reason(2.0 + 300.1) is None
+
+
+def test_bad_key_is_disabled_alone_in_a_key_pool(driver):
+    r = make([{"name": "c0", "models": ["m"], "api_keys": ["good", "bad"]}])
+    answers = {"c0#0": ok(), "c0#1": fail(401)}
+    seen = []
+    for i in range(6):
+        res = driver(r, "m", lambda call, now: (seen.append(call.state.key_name(call.key)) or
+                                                answers[call.state.key_name(call.key)](call, now)), now=float(i))
+        assert res.ok
+    st = r.by_name["c0"]
+    assert st.keys[1].disabled and not st.keys[0].disabled and st.usable()
+    assert seen.count("c0#1") == 1  # tried once, never again
+
+
+def test_local_rpm_limit_skips_the_channel_before_a_call_is_wasted(driver):
+    r = make(chans(2, c0={"limits": {"rpm": 3}}), strategy="round_robin")
+    counts = Counter(driver(r, "m", ok(0.0), now=0.1 * i).attempts[0].channel for i in range(10))
+    assert counts["c0"] == 3 and counts["c1"] == 7
+    # a minute later c0 has room again
+    assert "c0" in {driver(r, "m", ok(0.0), now=130.0 + i).attempts[0].channel for i in range(2)}
+
+
+def test_tpm_limit_uses_the_estimated_tokens(driver):
+    r = make(chans(1, c0={"limits": {"tpm": 1000}}))
+    assert driver(r, "m", ok(0.0), tokens=600).ok
+    res = driver(r, "m", ok(0.0), tokens=600, now=1.0)
+    assert not res.ok and res.error.status == 429 and res.error.retry_after is not None
+    assert res.attempts == []  # no call was wasted
+
+
+def test_quota_window_resets_on_schedule(driver):
+    r = make(chans(1, c0={"quota": {"requests": 2, "period": 86400}}))
+    assert driver(r, "m", ok(0.0), now=10.0).ok
+    assert driver(r, "m", ok(0.0), now=20.0).ok
+    res = driver(r, "m", ok(0.0), now=30.0)
+    assert res.error.status == 429 and res.error.retry_after == pytest.approx(86400 - 30.0)
+    assert driver(r, "m", ok(0.0), now=86400.0 + 1).ok
+
+
+def test_retry_budget_bounds_amplification_under_a_failing_channel(driver):
+    retry = {"max_attempts": 5, "max_same_channel": 4,
+             "budget": {"enabled": True, "ratio": 0.2, "min_retries": 0, "window": 1000}}
+    r = make(chans(1), retry=retry, health={"breaker": {"enabled": False}, "auto_disable": []})
+    attempts = sum(len(driver(r, "m", fail(500, after=0.01), now=float(i)).attempts) for i in range(500))
+    assert attempts / 500 <= 1.2 + 0.01
+    unbudgeted = make(chans(1), retry={**retry, "budget": {"enabled": False}},
+                      health={"breaker": {"enabled": False}, "auto_disable": []})
+    assert sum(len(driver(unbudgeted, "m", fail(500, after=0.01), now=float(i)).attempts) for i in range(50)) == 250
+
+
+def test_total_deadline_stops_retrying(driver):
+    r = make(chans(1), retry={"max_attempts": 10, "max_same_channel": 10, "deadline": 5.0,
+                              "backoff": {"base": 1.0, "cap": 1.0, "jitter": 0.0}},
+             health={"breaker": {"enabled": False}, "auto_disable": []})
+    res = driver(r, "m", fail(500, after=1.0))
+    assert res.error.status == 504 and res.attempts[-1].next == "deadline"
+    assert res.end <= 5.0
+
+
+def test_per_channel_retry_override_and_error_patterns(driver):
+    r = make(chans(2, c0={"retry": {"statuses": {400: "failover"}}}), strategy="round_robin",
+             retry={"patterns": [{"pattern": "context length", "action": "failover"}]})
+    res = driver(r, "m", by_channel({"c0": fail(400), "c1": ok()}))
+    assert [a.next for a in res.attempts] == ["failover", "done"]  # c0's layer makes its 400 fail over
+    r.by_name["c1"].last_pick = -5  # c1 first
+    res = driver(r, "m", by_channel({"c1": fail(400, message="maximum context length exceeded"), "c0": ok()}))
+    assert [(a.channel, a.next) for a in res.attempts] == [("c1", "failover"), ("c0", "done")]  # global pattern
+    r.by_name["c1"].last_pick = -5
+    res = driver(r, "m", by_channel({"c0": fail(400, message="bad"), "c1": fail(400, message="bad")}))
+    assert [(a.channel, a.next) for a in res.attempts] == [("c1", "give_up")]  # no layer: a client error
+    assert res.error.status == 400
+
+
+def test_weight_zero_is_strict_standby(driver):
+    r = make(chans(3, c0={"weight": 0}), strategy="random", retry={"max_attempts": 10})
+    assert Counter(driver(r, "m", ok(0.0), seed=i).attempts[0].channel for i in range(300))["c0"] == 0
+    # it serves only when nothing else can
+    res = driver(r, "m", by_channel({"c1": fail(500), "c2": fail(500), "c0": ok()}),
+                 seed=1)
+    assert res.ok and res.attempts[-1].channel == "c0"
+
+
+def test_priority_tiers_before_standby_across_groups(driver):
+    r = make(chans(3, c0={"priority": 0, "weight": 0}, c1={"priority": 1}, c2={"priority": 2}),
+             retry={"max_attempts": 10})
+    res = driver(r, "m", by_channel({"c1": fail(500), "c2": fail(500), "c0": ok()}))
+    assert [a.channel for a in res.attempts] == ["c1", "c1", "c2", "c2", "c0"]
+
+
+def test_hedging_starts_exactly_one_extra_attempt_after_the_delay_and_cancels_the_loser(driver):
+    r = make(chans(2), strategy="round_robin", hedge={"enabled": True, "delay": 2.0})
+    log = []
+    res = driver(r, "m", by_channel({"c0": ok(10.0), "c1": ok(1.0)}), log=log)
+    assert res.ok
+    assert [e[:2] for e in log if e[0] in ("launch", "cancel")] == [("launch", "c0"), ("launch", "c1"),
+                                                                     ("cancel", "c0")]
+    launches = [e for e in log if e[0] == "launch"]
+    assert launches[1][2] - launches[0][2] == pytest.approx(2.0)
+    assert {(a.channel, a.next) for a in res.attempts} == {("c1", "done"), ("c0", "hedge_lost")}
+    assert res.call.state.name == "c1"
+    assert r.by_name["c0"].inflight == 0 and r.by_name["c0"].failures == 0  # cancelled, not failed
+    # a fast first attempt needs no hedge
+    log = []
+    driver(r, "m", by_channel({"c0": ok(1.0), "c1": ok(1.0)}), log=log)
+    assert sum(1 for e in log if e[0] == "launch") == 1
+
+
+def test_hedge_by_percentile_waits_for_samples(driver):
+    r = make(chans(2), strategy="round_robin", hedge={"enabled": True, "percentile": 95, "min_samples": 5})
+    assert r._hedge_delay() is None
+    for i in range(20):
+        r.stats.add(1.0 + i / 10)
+    assert r._hedge_delay() == pytest.approx(2.8)  # nearest rank: the 19th of 20
+
+
+def test_hedge_config_needs_exactly_one_trigger():
+    with pytest.raises(ConfigError, match="routing.hedge"):
+        make(chans(1), hedge={"enabled": True})
+
+
+def test_sticky_trace_prefers_the_previous_channel_once(driver):
+    r = make(chans(3), strategy="round_robin", sticky="trace")
+    first = driver(r, "m", ok(), sticky_key="t1").attempts[0].channel
+    assert all(driver(r, "m", ok(), sticky_key="t1", now=float(i)).attempts[0].channel == first for i in range(5))
+    # a failing sticky channel is tried once, then the others (no same-channel retry)
+    res = driver(r, "m", lambda call, now: fail(500)(call, now) if call.state.name == first else ok()(call, now),
+                 sticky_key="t1", now=10.0)
+    assert res.ok and res.attempts[0].channel == first and res.attempts[0].next == "failover"
+
+
+def test_decision_trace_names_candidates_scores_and_reasons(driver):
+    r = make(chans(3, c2={"enabled": True}), strategy="composite")
+    r.by_name["c1"].cooldown_until = 100.0
+    res = driver(r, "m", by_channel({"c0": fail(500), "c2": ok(), "c1": ok()}), explain=True,
+                 now=1.0)
+    trace = res.explain()
+    first = trace["decisions"][0]
+    assert {row["channel"] for row in first["candidates"]} == {"c0", "c1", "c2"}
+    assert next(row for row in first["candidates"] if row["channel"] == "c1")["unavailable"] == "cooling_down"
+    assert all("score" in row for row in first["candidates"] if row["channel"] != "c1")
+    assert trace["attempts"][-1]["next"] == "done"
+    assert all(a["key"] is None or "secret" not in a["key"] for a in trace["attempts"])
+
+
+@pytest.mark.parametrize("routing, field", [
+    ({"strategy": "fastest-ever"}, "routing.strategy"),
+    ({"composite": {"vibes": 1}}, "routing.composite"),
+    ({"retry": {"patterns": [{"pattern": "(", "action": "retry"}]}}, "routing.retry.patterns[0].pattern"),
+    ({"health": {"outlier": {"max_ejection_percent": 150}}}, "routing.health.outlier.max_ejection_percent"),
+    ({"retry": {"on": {"server_error": "explode"}}}, "routing.retry.on.server_error"),
+])
+def test_bad_routing_config_is_rejected_at_startup_naming_the_field(routing, field):
+    with pytest.raises(ConfigError) as e:
+        make(chans(1), **routing)
+    assert field in str(e.value)

@@ -54,7 +54,33 @@ class LogNormal(_Strict):
         return self.median * math.exp(self.sigma**2 / 2)
 
 
-Distribution = Union[Constant, Exponential, LogNormal]
+class Empirical(_Strict):
+    """Draw uniformly from observed values (e.g. TTFTs measured on a real provider)."""
+
+    dist: Literal["empirical"]
+    values: list[float] = Field(min_length=1)
+
+    @field_validator("values")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if any(x < 0 for x in v):
+            raise ValueError("values must be >= 0")
+        return v
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+
+class Gamma(_Strict):
+    """Gamma by its mean and coefficient of variation (cv = 1 is exponential; > 1 is bursty)."""
+
+    dist: Literal["gamma"]
+    mean: float = Field(gt=0)
+    cv: float = Field(gt=0)
+
+
+Distribution = Union[Constant, Exponential, LogNormal, Empirical, Gamma]
 
 
 def _coerce_dist(v: Any) -> Any:
@@ -77,22 +103,84 @@ class Faults(_Strict):
     rate_limited: float = Field(0.0, ge=0, le=1)  # 429 with Retry-After
     retry_after: float = Field(1.0, ge=0)  # seconds announced with a 429
     overloaded: float = Field(0.0, ge=0, le=1)  # 503/529
+    overload_slope: float = Field(0.0, ge=0, le=1, description="extra overload probability × utilisation")
+    overload_status: int = Field(503, ge=500, le=599)
+    bad_gateway: float = Field(0.0, ge=0, le=1)  # 502
     reset: float = Field(0.0, ge=0, le=1)  # connection reset before any byte
     stream_cut: float = Field(0.0, ge=0, le=1)  # stream ends mid-way, no terminal event
+    cut_after: float = Field(0.5, gt=0, lt=1, description="share of the output sent before a stream cut")
     timeout: float = Field(0.0, ge=0, le=1)  # never answers (hangs until the client gives up)
+
+
+class RateLimits(_Strict):
+    """The provider's own token buckets: capacity = the per-minute limit, refilled continuously at
+    limit/60 per second; a request that does not fit gets 429 with the exact Retry-After."""
+
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
+
+
+class Outages(_Strict):
+    """An alternating up/down renewal process: up periods ~ Exponential(mtbf), down periods ~ mttr."""
+
+    mtbf: float = Field(gt=0, description="mean time between failures, seconds")
+    mttr: Distribution = Field(description="repair time distribution, seconds")
+    status: int = Field(503, ge=500, le=599)
+
+    _coerce = field_validator("mttr", mode="before")(_coerce_dist)
+
+
+class Incident(_Strict):
+    """A scheduled incident: from `start` to `end` (seconds of simulated time, or Unix time live) the
+    channel answers `status` (an outage) or is a brownout (`ttft_factor`, extra `error_rate`)."""
+
+    start: float = Field(ge=0)
+    end: float
+    status: int | None = Field(None, ge=400, le=599)
+    ttft_factor: float = Field(1.0, gt=0)
+    error_rate: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Incident:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class ProviderQuota(_Strict):
+    """A provider-side allowance that resets every `period` seconds (daily by default): 429 once used."""
+
+    requests: int | None = Field(None, ge=0)
+    tokens: int | None = Field(None, ge=0)
+    period: float = Field(86400.0, gt=0)
 
 
 class Behavior(_Strict):
     ttft: Distribution = Field(default_factory=lambda: LogNormal(dist="lognormal", median=0.4, sigma=0.5))
-    tokens_per_second: float = Field(100.0, gt=0)
+    tokens_per_second: float | Distribution = 100.0
     output_tokens: Distribution = Field(default_factory=lambda: LogNormal(dist="lognormal", median=150, sigma=0.6))
+    prefill_per_token: float = Field(0.0, ge=0, description="seconds of extra TTFT per input token")
+    load_factor: float = Field(0.0, ge=0, description="TTFT × (1 + load_factor × utilisation)")
     max_concurrency: int | None = Field(None, ge=1)
     when_full: Literal["reject", "queue"] = "reject"
     error_rate: float = Field(0.0, ge=0, le=1)
     error_status: int = Field(500, ge=400, le=599)
     faults: Faults = Field(default_factory=Faults)
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+    outages: Outages | None = None
+    incidents: list[Incident] = Field(default_factory=list)
+    quota: ProviderQuota | None = None
 
     _coerce = field_validator("ttft", "output_tokens", mode="before")(_coerce_dist)
+
+    @field_validator("tokens_per_second", mode="before")
+    @classmethod
+    def _tps(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if v <= 0:
+                raise ValueError("must be > 0")
+            return float(v)
+        return v
 
 
 # --------------------------------------------------------------------------------------------------

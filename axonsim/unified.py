@@ -57,6 +57,7 @@ class ToolCall(_Model):
     id: str
     name: str
     arguments: str = ""  # a JSON string, as OpenAI carries it; formats parse it when they need an object
+    cache_control: dict[str, Any] | None = None  # Anthropic cache breakpoint on a replayed tool_use block
 
 
 class ToolResultPart(_Model):

@@ -49,6 +49,9 @@ class ReasoningPart(_Model):
     type: Literal["reasoning"] = "reasoning"
     text: str = ""
     signature: str | None = None
+    # Which family issued `signature` (anthropic / gemini / openai_responses): a signature is only
+    # replayed to the family that can verify it; elsewhere the reasoning travels as plain text.
+    signature_provider: str | None = None
     redacted: bool = False
     data: str | None = None
 
@@ -333,8 +336,9 @@ class StreamAggregator:
 
     def response(self) -> Response:
         parts: list[Any] = []
-        if self.reasoning or self.signature:
-            parts.append(ReasoningPart(text="".join(self.reasoning), signature=self.signature))
+        text = "".join(self.reasoning)
+        if text or self.signature:
+            parts.append(ReasoningPart(text=text, signature=self.signature))
         for data in self.redacted:
             parts.append(ReasoningPart(redacted=True, data=data))
         if self.text:

@@ -1,0 +1,508 @@
+"""The live driver: performs Router.execute's effects with asyncio (Call → an upstream attempt, Wait → sleep).
+
+Theory of operation. The core decides; this module only does what it is told and reports back:
+
+    Call    render the channel's format, send it through the Upstream seam, classify what came back
+            into an Outcome, report it through the Call's methods (started / first_token /
+            succeeded / failed / cancelled, which feed ChannelState), send the Outcome in.
+    Wait    asyncio.sleep, then send in the clock.
+    Launch  (hedging) the same attempt as a task; its handle goes back at once.
+    Race    the first finished of the given launched attempts (in completion order), or None when
+            the timeout passes first.
+    Cancel  cancel a launched attempt; it is accounted as abandoned (Call.cancelled).
+
+The clock (`Clock.now`) is Unix time that never jumps: the monotonic clock plus the offset to
+wall time taken once, because the core's quotas roll over on Unix-time windows (QuotaConfig) while
+durations must not go backwards when NTP steps the wall clock.
+
+Streams commit on the upstream's first content-bearing event (rule 5 of axonsim.execution): until
+then the start/role events are buffered and any failure is an ordinary failed attempt (failover
+is free); from then on the attempt's Outcome is ok and its payload is a LiveStream that the
+handler drains event by event. The stream's end is reported through the winning Call
+(succeeded / failed) by the LiveStream, when the stream really ends.
+
+Cancellation (the client went away) is accounted, not lost: the attempt in flight is reported
+through Call.cancelled (abandoned: frees its slot, says nothing about the channel's health), its
+upstream response is closed, and the attempts so far can be rebuilt from the Exchange's trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Iterable
+from types import ModuleType
+from typing import Any
+
+from axonsim.config import Timeouts
+from axonsim.execution import AttemptRecord, Call, Cancel, Launch, Outcome, Race, Result, Router, Wait
+from axonsim.formats import FormatError
+from axonsim.state import ChannelState
+from axonsim.unified import Error, ErrorEvent, ErrorKind, Request, Response, StreamEvent, Usage, error_kind_for_status
+from server.upstream import Limits, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimeout
+
+log = logging.getLogger("axonsim.server.driver")
+
+# Event types that commit a stream: the start (and an empty role/content delta) do not.
+_COMMIT_TYPES = frozenset({"reasoning", "tool_call", "finish", "usage"})
+
+CLIENT_CLOSED = 499  # nginx's "client closed request": the status of attempts abandoned for the client
+
+
+def _commits(ev: StreamEvent) -> bool:
+    t = ev.type
+    if t == "text":
+        return bool(ev.text)  # type: ignore[union-attr]
+    return t in _COMMIT_TYPES
+
+
+class Clock:
+    """Unix time that never jumps: monotonic time plus the wall-clock offset taken once."""
+
+    __slots__ = ("offset",)
+
+    def __init__(self) -> None:
+        self.offset = time.time() - time.monotonic()
+
+    def now(self) -> float:
+        return time.monotonic() + self.offset
+
+
+class Scrubber:
+    """Removes every configured upstream secret from a text (upstream error messages, log lines)."""
+
+    __slots__ = ("_secrets",)
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret that contains another is replaced whole.
+        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, "[redacted]")
+        return text
+
+
+class ChannelRuntime:
+    """What the driver needs per channel, computed once: its format module, URLs, auth headers, timeouts."""
+
+    __slots__ = ("state", "name", "fmt", "base_url", "limits", "_key_headers", "_keyless", "_urls")
+
+    def __init__(self, state: ChannelState, fmt: ModuleType, default_timeouts: Timeouts) -> None:
+        ch = state.channel
+        self.state = state
+        self.name = state.name
+        self.fmt = fmt
+        self.base_url = ch.base_url.rstrip("/")
+        self.limits = Limits(ch.timeouts or default_timeouts)
+        base = {"content-type": "application/json"}
+        self._keyless = base
+        self._key_headers = [{**base, **fmt.auth_headers(k.secret)} for k in state.keys]
+        self._urls: dict[tuple[str, bool], str] = {}
+
+    def url(self, upstream_model: str, stream: bool) -> str:
+        k = (upstream_model, stream)
+        u = self._urls.get(k)
+        if u is None:
+            u = self._urls[k] = self.base_url + self.fmt.request_path(upstream_model, stream)
+        return u
+
+    def headers(self, key: int | None) -> dict[str, str]:
+        return self._keyless if key is None else self._key_headers[key]
+
+
+class Answer:
+    """A non-stream attempt's payload: the parsed response, and the upstream bytes when the client
+    speaks the channel's format (then they are forwarded as they came)."""
+
+    __slots__ = ("response", "raw")
+
+    def __init__(self, response: Response, raw: bytes | None) -> None:
+        self.response = response
+        self.raw = raw
+
+
+class Exchange:
+    """One client request on its way through the driver."""
+
+    __slots__ = ("req", "raw", "client_fmt", "stream", "trace", "launched", "finished", "_built")
+
+    def __init__(self, req: Request, raw: bytes | None, client_fmt: ModuleType | None) -> None:
+        self.req = req
+        self.raw = raw  # the client's body, forwarded as is when the channel speaks its format
+        self.client_fmt = client_fmt
+        self.stream = req.stream
+        self.trace: list[list[Any]] = []  # [Call, Outcome | None] per attempt, in start order
+        self.launched: list[asyncio.Task[Outcome]] = []  # hedged attempts, by handle
+        self.finished: list[int] = []  # launched handles in the order they finished, not yet raced
+        self._built: dict[tuple[int, str], bytes] = {}
+
+    def attempt_records(self) -> list[dict[str, Any]]:
+        """The attempts so far in AttemptRecord form, for a request that did not reach a Result
+        (cancelled): `next` is inferred the way execution decides it (same channel → retry)."""
+        out = []
+        n = len(self.trace)
+        for i, (call, outc) in enumerate(self.trace):
+            if outc is None or (outc.status == CLIENT_CLOSED and outc.kind is None):
+                nxt, status, kind, end = "cancelled", CLIENT_CLOSED, None, outc.end if outc is not None else call.start
+            else:
+                if i == n - 1:
+                    nxt = "cancelled"
+                else:
+                    nxt = "retry" if self.trace[i + 1][0].state is call.state else "failover"
+                status, kind, end = outc.status, outc.kind, outc.end
+            st = call.state
+            out.append(AttemptRecord(call.attempt, st.name, st.key_name(call.key), call.upstream_model, call.start,
+                                     end, status, kind, nxt).as_dict())
+        return out
+
+
+class LiveDriver:
+    """Drives Router.execute for live requests. One per proxy; holds no per-request state."""
+
+    def __init__(self, router: Router, channels: list[ChannelRuntime], upstream: Upstream, rng: random.Random,
+                 scrub: Scrubber, clock: Clock | None = None, passthrough: bool = True, explain: bool = False) -> None:
+        self.router = router
+        self.channels = channels
+        self.upstream = upstream
+        self.rng = rng
+        self.scrub = scrub
+        self.clock = clock or Clock()
+        self.passthrough = passthrough
+        self.explain = explain
+
+    async def execute(self, ex: Exchange, tokens: int = 0, sticky_key: str | None = None) -> Result:
+        now = self.clock.now
+        req = ex.req
+        gen = self.router.execute(req.model, now(), self.rng, req, tokens=tokens, sticky_key=sticky_key,
+                                  explain=self.explain, stream=ex.stream)
+        try:
+            eff = next(gen)
+            while True:
+                cls = type(eff)
+                if cls is Call:
+                    eff = gen.send(await self._attempt(eff, ex))  # type: ignore[arg-type]
+                elif cls is Wait:
+                    await asyncio.sleep(eff.seconds)  # type: ignore[union-attr]
+                    eff = gen.send(now())
+                elif cls is Launch:
+                    eff = gen.send(self._launch(eff.call, ex))  # type: ignore[union-attr]
+                elif cls is Race:
+                    eff = gen.send(await self._race(eff, ex))  # type: ignore[arg-type]
+                elif cls is Cancel:
+                    await self._cancel(eff.handle, ex)  # type: ignore[union-attr]
+                    eff = gen.send(now())
+                else:
+                    raise TypeError(f"the live driver cannot perform the effect {eff!r}")
+        except StopIteration as stop:
+            result: Result = stop.value
+            if ex.launched:
+                await self._settle_launched(ex, result)
+            return result
+        except BaseException:
+            gen.close()
+            if ex.launched:
+                await self._settle_launched(ex, None)
+            raise
+
+    # -- hedging ---------------------------------------------------------------------------------
+
+    def _launch(self, call: Call, ex: Exchange) -> int:
+        handle = len(ex.launched)
+        task = asyncio.get_running_loop().create_task(self._attempt(call, ex))
+        task.add_done_callback(lambda _t, h=handle: ex.finished.append(h))
+        ex.launched.append(task)
+        return handle
+
+    async def _race(self, race: Race, ex: Exchange) -> tuple[int, Outcome] | None:
+        handles = race.handles
+        for h in ex.finished:
+            if h in handles:
+                ex.finished.remove(h)
+                return h, ex.launched[h].result()
+        tasks = [ex.launched[h] for h in handles]
+        await asyncio.wait(tasks, timeout=race.timeout, return_when=asyncio.FIRST_COMPLETED)
+        for h in ex.finished:
+            if h in handles:
+                ex.finished.remove(h)
+                return h, ex.launched[h].result()
+        return None
+
+    async def _cancel(self, handle: int, ex: Exchange) -> None:
+        task = ex.launched[handle]
+        if handle in ex.finished:
+            ex.finished.remove(handle)
+        if not task.done():
+            task.cancel()  # _attempt reports Call.cancelled
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            return
+        _abandon(task.result(), self.clock.now())
+
+    async def _settle_launched(self, ex: Exchange, result: Result | None) -> None:
+        """At the end of a hedged request: nothing launched may keep running or holding a stream."""
+        winner = result.outcome if result is not None and result.ok else None
+        for task in ex.launched:
+            if not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+            elif not task.cancelled() and task.exception() is None and task.result() is not winner:
+                _abandon(task.result(), self.clock.now())
+
+    # -- one attempt -----------------------------------------------------------------------------
+
+    async def _attempt(self, call: Call, ex: Exchange) -> Outcome:
+        ch = self.channels[call.state.index]
+        now = self.clock.now
+        entry: list[Any] = [call, None]
+        ex.trace.append(entry)
+        call.started(now())
+        try:
+            try:
+                body = self._body(ex, ch, call.upstream_model)
+            except FormatError as exc:
+                # The channel's format cannot carry this request: the client's problem, not the channel's.
+                out = Outcome.failure(now(), Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status,
+                                                   message=exc.message, param=exc.param), key=call.key)
+            else:
+                upreq = UpstreamRequest(ch.url(call.upstream_model, ex.stream), ch.headers(call.key), body, ex.stream,
+                                        ch.limits)
+                if ex.stream:
+                    out = await self._stream(ch, call, upreq)
+                else:
+                    out = await self._plain(ch, call, ex, upreq)
+        except asyncio.CancelledError:
+            t = now()
+            entry[1] = Outcome(False, t, CLIENT_CLOSED, None, key=call.key)
+            call.cancelled(t)
+            raise
+        entry[1] = out
+        if out.ok:
+            call.first_token(out.end)
+            if not ex.stream:
+                usage = out.payload.response.usage
+                call.succeeded(out.end, usage.completion_tokens if usage is not None else 0)
+        else:
+            call.failed(out.end, out)
+        return out
+
+    def _body(self, ex: Exchange, ch: ChannelRuntime, upstream_model: str) -> bytes:
+        req = ex.req
+        # Same format, same model, no stream: the client's own bytes are the upstream request
+        # (streams are rebuilt: the gateway always asks the upstream for usage).
+        if (self.passthrough and ex.raw is not None and ch.fmt is ex.client_fmt and not ex.stream
+                and upstream_model == req.model):
+            return ex.raw
+        k = (id(ch.fmt), upstream_model)
+        b = ex._built.get(k)
+        if b is None:
+            b = ex._built[k] = ch.fmt.build_request(req, upstream_model)
+        return b
+
+    async def _plain(self, ch: ChannelRuntime, call: Call, ex: Exchange, upreq: UpstreamRequest) -> Outcome:
+        now = self.clock.now
+        try:
+            resp = await self.upstream.send(upreq)
+            data = await resp.read()
+        except UpstreamError as exc:
+            return Outcome.failure(now(), transport_error(exc), key=call.key)
+        t = now()
+        status = resp.status
+        if not 200 <= status < 300:
+            return Outcome.failure(t, self.upstream_error(ch, status, resp.headers, data), key=call.key)
+        try:
+            parsed = ch.fmt.parse_response(data)
+        except Exception as exc:  # a malformed answer is the channel's failure, whatever the parser raised
+            log.warning("channel %s: malformed response (%s)", ch.name, self.scrub(str(exc))[:200])
+            return Outcome.failure(t, MALFORMED_RESPONSE, key=call.key)
+        raw = data if ch.fmt is ex.client_fmt and self.passthrough else None
+        return Outcome(True, t, status, ttft=t - call.start, key=call.key, payload=Answer(parsed, raw))
+
+    async def _stream(self, ch: ChannelRuntime, call: Call, upreq: UpstreamRequest) -> Outcome:
+        now = self.clock.now
+        try:
+            resp = await self.upstream.send(upreq)
+        except UpstreamError as exc:
+            return Outcome.failure(now(), transport_error(exc), key=call.key)
+        status = resp.status
+        if not 200 <= status < 300:
+            try:
+                data = await resp.read()
+            except UpstreamError:
+                data = b""
+            return Outcome.failure(now(), self.upstream_error(ch, status, resp.headers, data), key=call.key)
+        parser = ch.fmt.StreamParser()
+        pending: list[StreamEvent] = []
+        eof = False
+        try:
+            committed = False
+            while not committed:
+                chunk = await resp.next_chunk()
+                if chunk:
+                    evs = parser.feed(chunk)
+                else:
+                    eof = True
+                    evs = parser.close()  # raises if the stream ended without its terminal event
+                for ev in evs:
+                    if ev.type == "error":
+                        resp.close()
+                        return Outcome.failure(now(), self._scrubbed(ev.error), key=call.key)  # type: ignore[union-attr]
+                    pending.append(ev)
+                    if not committed and _commits(ev):
+                        committed = True
+                if eof:
+                    break  # a complete stream without content: an (empty) answer all the same
+        except UpstreamError as exc:
+            resp.close()
+            return Outcome.failure(now(), transport_error(exc), key=call.key)
+        except asyncio.CancelledError:
+            resp.close()
+            raise
+        except Exception as exc:
+            resp.close()
+            log.warning("channel %s: malformed stream (%s)", ch.name, self.scrub(str(exc))[:200])
+            return Outcome.failure(now(), MALFORMED_STREAM, key=call.key)
+        t = now()
+        stream = LiveStream(self, call, resp, parser, pending, eof)
+        return Outcome(True, t, status, ttft=t - call.start, key=call.key, payload=stream)
+
+    # -- error classification --------------------------------------------------------------------
+
+    def upstream_error(self, ch: ChannelRuntime, status: int, headers: Any, body: bytes) -> Error:
+        try:
+            err: Error = ch.fmt.parse_error(status, headers, body)
+        except Exception:
+            err = Error(kind=error_kind_for_status(status), status=status, message=f"the upstream answered HTTP {status}")
+        return self._scrubbed(err)
+
+    def _scrubbed(self, err: Error) -> Error:
+        clean = self.scrub(err.message)
+        return err if clean == err.message else err.model_copy(update={"message": clean})
+
+
+MALFORMED_RESPONSE = Error(kind=ErrorKind.SERVER_ERROR, status=502, message="the upstream sent a malformed response")
+MALFORMED_STREAM = Error(kind=ErrorKind.SERVER_ERROR, status=502, message="the upstream sent a malformed or truncated stream")
+
+
+def transport_error(exc: UpstreamError) -> Error:
+    """No usable HTTP answer: status 0, kind TIMEOUT or CONNECTION."""
+    if isinstance(exc, UpstreamTimeout):
+        return Error(kind=ErrorKind.TIMEOUT, status=0, message="the upstream did not answer in time")
+    return Error(kind=ErrorKind.CONNECTION, status=0, message="the connection to the upstream failed")
+
+
+def _mid_stream_error(exc: UpstreamError) -> Error:
+    if isinstance(exc, UpstreamTimeout):
+        return Error(kind=ErrorKind.TIMEOUT, status=504, message="the upstream stream stalled")
+    return Error(kind=ErrorKind.CONNECTION, status=502, message="the upstream stream was interrupted")
+
+
+def _abandon(out: Outcome, now: float) -> None:
+    """A finished attempt that execution no longer wants (a hedge that lost after committing)."""
+    if out.ok and isinstance(out.payload, LiveStream):
+        out.payload.abort(now)
+
+
+class LiveStream:
+    """A committed upstream stream: hands out unified events as they arrive and reports the
+    attempt's end through its Call (succeeded / failed / cancelled) exactly once."""
+
+    __slots__ = ("driver", "call", "resp", "parser", "pending", "eof", "done", "error", "usage", "finish", "end")
+
+    def __init__(self, driver: LiveDriver, call: Call, resp: UpstreamResponse, parser: Any,
+                 pending: list[StreamEvent], eof: bool) -> None:
+        self.driver = driver
+        self.call = call
+        self.resp = resp
+        self.parser = parser
+        self.pending = pending  # buffered until the commit: the handler sends these first
+        self.eof = eof
+        self.done = False
+        self.error: Error | None = None  # a failure after the commit
+        self.usage: Usage | None = None
+        self.finish: str | None = None
+        self.end: float | None = None  # clock when the stream ended, however it ended
+        self._note(pending)
+
+    async def next_events(self) -> list[StreamEvent] | None:
+        """The next batch of events ([] when a chunk held none); None once the stream is over.
+        A failure comes as a final ErrorEvent."""
+        if self.done:
+            return None
+        if self.eof:
+            self._succeed()
+            return None
+        try:
+            chunk = await self.resp.next_chunk()
+            if chunk:
+                evs = self.parser.feed(chunk)
+            else:
+                self.eof = True
+                evs = self.parser.close()
+        except UpstreamError as exc:
+            return [self._fail(_mid_stream_error(exc))]
+        except asyncio.CancelledError:
+            self.abort(self.driver.clock.now())
+            raise
+        except Exception:
+            return [self._fail(MALFORMED_STREAM)]
+        for i, ev in enumerate(evs):
+            t = ev.type
+            if t == "error":
+                err = self.driver._scrubbed(ev.error)  # type: ignore[union-attr]
+                return [*evs[:i], self._fail(err)]
+            if t == "usage":
+                self.usage = ev.usage  # type: ignore[union-attr]
+            elif t == "finish":
+                self.finish = ev.reason  # type: ignore[union-attr]
+        if self.eof:
+            self._succeed()
+        return evs
+
+    def abort(self, now: float) -> None:
+        """The client side ended first (disconnect, a lost hedge): abandoned, not the channel's fault."""
+        if not self.done:
+            self.done = True
+            self.end = now
+            self.resp.close()
+            self.call.cancelled(now)
+
+    def fail(self, err: Error) -> None:
+        """The gateway could not carry the stream on (its own error): counts as the attempt's failure."""
+        if not self.done:
+            self._fail(err)
+
+    def _note(self, evs: list[StreamEvent]) -> None:
+        for ev in evs:
+            t = ev.type
+            if t == "usage":
+                self.usage = ev.usage  # type: ignore[union-attr]
+            elif t == "start" and ev.usage is not None and self.usage is None:  # type: ignore[union-attr]
+                self.usage = ev.usage  # type: ignore[union-attr]
+            elif t == "finish":
+                self.finish = ev.reason  # type: ignore[union-attr]
+
+    def _succeed(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.end = now = self.driver.clock.now()
+        self.resp.close()
+        self.call.succeeded(now, self.usage.completion_tokens if self.usage is not None else 0)
+
+    def _fail(self, err: Error) -> ErrorEvent:
+        if not self.done:
+            self.done = True
+            self.error = err
+            self.end = now = self.driver.clock.now()
+            self.resp.close()
+            self.call.failed(now, Outcome.failure(now, err, key=self.call.key))
+        return ErrorEvent(error=err)

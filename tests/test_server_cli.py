@@ -1,0 +1,127 @@
+"""`axonsim serve` and `axonsim mock-provider` as commands: bad configs exit 2 naming the field; the demo works."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def axonsim(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "axonsim", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "axonsim", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited early ({proc.returncode}): {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("not healthy in time")
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
+
+
+def test_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("channels:\n  - name: a\n    models: [m]\n    weight: -3\n")
+    r = axonsim("serve", "--config", str(bad))
+    assert r.returncode == 2
+    assert "channels[0].weight" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unreadable_and_invalid_yaml_exit_2(tmp_path: Path) -> None:
+    r = axonsim("serve", "--config", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "missing.yaml" in r.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("channels: [\n")
+    r = axonsim("serve", "--config", str(broken))
+    assert r.returncode == 2 and "YAML" in r.stderr
+
+
+def test_workers_not_supported_yet() -> None:
+    r = axonsim("serve", "--workers", "2")
+    assert r.returncode == 2 and "--workers" in r.stderr
+
+
+def test_demo_serves_stream_and_non_stream() -> None:
+    port = free_port()
+    proc = start("serve", "--port", str(port), "--log-level", "warning")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        auth = {"Authorization": "Bearer sk-axon-demo"}
+        msg = [{"role": "user", "content": "Hello!"}]
+        ok = 0
+        for _ in range(3):  # one demo channel fails on purpose; failover must hide it
+            r = httpx.post(url + "/v1/chat/completions", json={"model": "demo-model", "messages": msg}, headers=auth,
+                           timeout=30)
+            assert r.status_code == 200, r.text
+            ok += bool(r.json()["choices"][0]["message"]["content"])
+        assert ok == 3
+        r = httpx.post(url + "/v1/chat/completions", json={"model": "demo-model", "stream": True, "messages": msg},
+                       headers=auth, timeout=30)
+        assert r.status_code == 200
+        lines = [ln[6:] for ln in r.text.split("\n") if ln.startswith("data: ")]
+        assert lines[-1] == "[DONE]" and "content" in orjson.loads(lines[1])["choices"][0]["delta"]
+        models = httpx.get(url + "/v1/models", headers=auth, timeout=5).json()
+        assert {"demo-model", "gpt-4o-mini"} <= {m["id"] for m in models["data"]}
+    finally:
+        out, err = stop(proc)
+    assert "sk-axon-demo" in out and "curl" in out
+    assert "sk-demo-upstream" not in out + err  # upstream keys are never printed
+
+
+def test_mock_provider_command(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("channels:\n"
+                   "  - {name: one, models: [m], behavior: {ttft: 0.01, output_tokens: 3}}\n"
+                   "  - {name: two, models: [x], api_keys: [k2], behavior: {ttft: 0.01, output_tokens: 4}}\n")
+    port = free_port()
+    proc = start("mock-provider", "--port", str(port), "--config", str(cfg), "--channel", "two", "--seed", "1")
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"Authorization": "Bearer k2"},
+                       json={"model": "x", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+    finally:
+        out, _ = stop(proc)
+    assert "two" in out and f"http://127.0.0.1:{port}/v1" in out
+    r = axonsim("mock-provider", "--port", "1", "--config", str(cfg), "--channel", "three")
+    assert r.returncode == 2 and "three" in r.stderr

@@ -1,0 +1,316 @@
+"""The live driver with a scripted upstream (MockUpstream): retries, failover, key rejection, streams, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from axonsim.config import parse_config
+from axonsim.formats import get_format
+from axonsim.unified import ErrorKind, Message, Request, TextPart
+from server.driver import Exchange, LiveStream
+from server.proxy import Proxy
+from server.upstream import (
+    HANG,
+    MockReply,
+    MockUpstream,
+    UpstreamConnectionError,
+    UpstreamRequest,
+    UpstreamTimeout,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+oc = get_format("openai_chat")
+
+SECRET_A = "upstream-secret-AAAA-0001"
+SECRET_B = "upstream-secret-BBBB-0002"
+
+
+def make_config(**routing: Any) -> Any:
+    return parse_config({
+        "gateway": {"api_keys": [{"key": "gw-key"}]},
+        "channels": [
+            {"name": "a", "type": "openai", "base_url": "http://a.test/v1", "api_keys": [SECRET_A], "models": ["m"],
+             "priority": 0},
+            {"name": "b", "type": "openai", "base_url": "http://b.test/v1", "api_keys": [SECRET_B], "models": ["m"],
+             "model_mapping": {"alias": "m"}, "priority": 1},
+        ],
+        # tiny backoff: the tests wait for real
+        "routing": {"retry": {"backoff": {"base": 0.001, "cap": 0.01}}, **routing},
+    })
+
+
+def chat_body(text: str = "hello", model: str = "m") -> bytes:
+    return orjson.dumps({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    })
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + (obj if isinstance(obj, bytes) else orjson.dumps(obj)) + b"\n\n"
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    return sse({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+ROLE = chunk({"role": "assistant", "content": ""})
+DONE = b"data: [DONE]\n\n"
+USAGE = sse({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+             "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+
+
+def good_stream(*texts: str) -> list[Any]:
+    return [ROLE, *[chunk({"content": t}) for t in texts], chunk({}, "stop"), USAGE, DONE]
+
+
+def error_body(status: int, message: str) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": "server_error" if status >= 500 else
+                                   "invalid_request_error", "param": None, "code": None}})
+
+
+def request(stream: bool = False, model: str = "m") -> Request:
+    return Request(model=model, messages=[Message(role="user", content=[TextPart(text="hi")])], stream=stream)
+
+
+def host(r: UpstreamRequest) -> str:
+    return r.url.split("/")[2]
+
+
+async def run(proxy: Proxy, req: Request, raw: bytes | None = None) -> tuple[Any, Exchange]:
+    ex = Exchange(req, raw, oc)
+    result = await proxy.driver.execute(ex)
+    return result, ex
+
+
+async def drain(stream: LiveStream) -> list[Any]:
+    out = list(stream.pending)
+    while True:
+        evs = await stream.next_events()
+        if evs is None:
+            return out
+        out.extend(evs)
+
+
+def states(proxy: Proxy) -> dict[str, Any]:
+    return {s.name: s for s in proxy.router.states}
+
+
+async def test_retry_then_failover() -> None:
+    def handler(r: UpstreamRequest) -> MockReply:
+        if host(r) == "a.test":
+            return MockReply(500, error_body(500, "boom"))
+        return MockReply(200, chat_body("from b"))
+
+    up = MockUpstream(handler)
+    proxy = Proxy(make_config(), up, seed=1)
+    result, _ = await run(proxy, request())
+    assert result.ok
+    assert [(a.channel, a.status, a.next) for a in result.attempts] == [
+        ("a", 500, "retry"), ("a", 500, "failover"), ("b", 200, "done")]
+    assert result.outcome.payload.response.message.text() == "from b"
+    st = states(proxy)
+    assert st["a"].failures == 2 and st["a"].inflight == 0
+    assert st["b"].failures == 0 and st["b"].inflight == 0 and st["b"].ewma_latency is not None
+    # the channel's own key, in the channel's auth convention
+    assert up.requests[0].headers["Authorization"] == f"Bearer {SECRET_A}"
+    assert up.requests[2].headers["Authorization"] == f"Bearer {SECRET_B}"
+
+
+async def test_401_disables_the_key_and_fails_over() -> None:
+    def handler(r: UpstreamRequest) -> MockReply:
+        if host(r) == "a.test":
+            return MockReply(401, error_body(401, "bad key"))
+        return MockReply(200, chat_body())
+
+    up = MockUpstream(handler)
+    proxy = Proxy(make_config(), up, seed=1)
+    result, _ = await run(proxy, request())
+    assert result.ok
+    assert [(a.channel, a.status, a.next) for a in result.attempts] == [("a", 401, "failover"), ("b", 200, "done")]
+    a = states(proxy)["a"]
+    assert a.keys[0].disabled and not a.usable()
+    # the next request does not even try channel a
+    result, _ = await run(proxy, request())
+    assert [a.channel for a in result.attempts] == ["b"]
+    assert len(up.requests) == 3
+
+
+async def test_upstream_400_goes_back_to_the_client_without_retry() -> None:
+    up = MockUpstream(lambda r: MockReply(400, orjson.dumps({"error": {
+        "message": f"bad temperature (key {SECRET_A})", "type": "invalid_request_error", "param": "temperature",
+        "code": None}})))
+    proxy = Proxy(make_config(), up, seed=1)
+    result, _ = await run(proxy, request())
+    assert not result.ok
+    assert len(up.requests) == 1
+    assert [(a.channel, a.next) for a in result.attempts] == [("a", "give_up")]
+    assert result.error.status == 400 and result.error.param == "temperature"
+    assert SECRET_A not in result.error.message and "[redacted]" in result.error.message
+    assert states(proxy)["a"].failures == 0  # the client's fault says nothing about the channel
+
+
+async def test_transport_failures_are_classified() -> None:
+    seen: list[str] = []
+
+    def handler(r: UpstreamRequest) -> MockReply:
+        seen.append(host(r))
+        if host(r) == "a.test":
+            return MockReply(exc=UpstreamTimeout("t") if len(seen) == 1 else UpstreamConnectionError("c"))
+        return MockReply(200, chat_body())
+
+    proxy = Proxy(make_config(), MockUpstream(handler), seed=1)
+    result, _ = await run(proxy, request())
+    assert result.ok
+    assert [(a.status, a.as_dict()["error"], a.next) for a in result.attempts] == [
+        (0, "timeout", "retry"), (0, "connection", "failover"), (200, None, "done")]
+
+
+async def test_all_channels_fail_maps_to_gateway_status() -> None:
+    up = MockUpstream(lambda r: MockReply(429, error_body(429, "slow down"), headers={"retry-after": "7"}))
+    proxy = Proxy(make_config(), up, seed=1)
+    result, _ = await run(proxy, request())
+    assert not result.ok
+    assert result.error.kind is ErrorKind.RATE_LIMITED and result.error.status == 429
+    assert result.error.retry_after == 7
+    assert [a.channel for a in result.attempts] == ["a", "b"]
+
+
+async def test_unknown_model_is_404_without_attempts() -> None:
+    up = MockUpstream(lambda r: MockReply(200, chat_body()))
+    proxy = Proxy(make_config(), up, seed=1)
+    result, _ = await run(proxy, request(model="nope"))
+    assert not result.ok and result.error.status == 404 and result.error.kind is ErrorKind.NOT_FOUND
+    assert result.attempts == [] and up.requests == []
+
+
+async def test_malformed_upstream_answer_is_a_channel_failure() -> None:
+    def handler(r: UpstreamRequest) -> MockReply:
+        return MockReply(200, b"<html>oops</html>" if host(r) == "a.test" else chat_body())
+
+    proxy = Proxy(make_config(), MockUpstream(handler), seed=1)
+    result, _ = await run(proxy, request())
+    assert result.ok
+    assert [(a.channel, a.as_dict()["error"]) for a in result.attempts] == [("a", "server_error"), ("a", "server_error"),
+                                                               ("b", None)]
+
+
+async def test_same_format_forwards_the_original_bytes() -> None:
+    up = MockUpstream(lambda r: MockReply(200, chat_body("x")))
+    proxy = Proxy(make_config(), up, seed=1)
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "x_custom": 1}'
+    req = oc.parse_request(raw)
+    result, _ = await run(proxy, req, raw)
+    assert up.requests[0].body is raw
+    assert result.outcome.payload.raw == chat_body("x")  # and the answer comes back as it was
+    # a mapped alias needs the upstream name in the body: rebuilt from the unified request
+    raw2 = b'{"model": "alias", "messages": [{"role": "user", "content": "hi"}]}'
+    await run(proxy, oc.parse_request(raw2), raw2)
+    assert orjson.loads(up.requests[1].body)["model"] == "m"
+    assert host(up.requests[1]) == "b.test"
+
+
+async def test_stream_fails_over_before_the_first_content_event() -> None:
+    def handler(r: UpstreamRequest) -> MockReply:
+        if host(r) == "a.test":
+            # the role event arrives, then the connection drops: nothing was committed
+            return MockReply(200, chunks=[ROLE, UpstreamConnectionError("reset")])
+        return MockReply(200, chunks=good_stream("Hel", "lo"))
+
+    up = MockUpstream(handler)
+    proxy = Proxy(make_config(), up, seed=1)
+    result, _ = await run(proxy, request(stream=True))
+    assert result.ok
+    assert [(a.channel, a.next) for a in result.attempts] == [("a", "retry"), ("a", "failover"), ("b", "done")]
+    stream = result.outcome.payload
+    assert isinstance(stream, LiveStream)
+    assert [e.type for e in stream.pending] == ["start", "text"]  # buffered role + the committing event
+    b = states(proxy)["b"]
+    assert b.inflight == 1  # committed, not finished: the stream still runs
+    events = await drain(stream)
+    assert "".join(e.text for e in events if e.type == "text") == "Hello"
+    assert [e.type for e in events][-2:] == ["finish", "usage"]
+    assert b.inflight == 0 and b.failures == 0 and b.ewma_latency is not None
+    assert stream.usage is not None and stream.usage.total_tokens == 5
+    assert all(r.closed for r in up.responses)
+
+
+async def test_error_after_commit_becomes_an_in_stream_error() -> None:
+    up = MockUpstream(lambda r: MockReply(200, chunks=[ROLE, chunk({"content": "partial"}), 0.01,
+                                                       UpstreamConnectionError("cut")]))
+    proxy = Proxy(make_config(), up, seed=1)
+    result, _ = await run(proxy, request(stream=True))
+    assert result.ok and len(result.attempts) == 1
+    events = await drain(result.outcome.payload)
+    assert events[-1].type == "error"
+    assert events[-1].error.kind is ErrorKind.CONNECTION
+    a = states(proxy)["a"]
+    assert a.inflight == 0 and a.failures == 1
+    # the client format renders it as OpenAI's in-stream error object, without [DONE]
+    renderer = oc.StreamRenderer(request(stream=True))
+    out = b"".join(renderer.render(e) for e in events[:-1]) + renderer.error(events[-1].error)
+    assert b'"error"' in out and b"[DONE]" not in out
+
+
+async def test_upstream_error_event_before_commit_fails_over() -> None:
+    def handler(r: UpstreamRequest) -> MockReply:
+        if host(r) == "a.test":
+            return MockReply(200, chunks=[ROLE, sse({"error": {"message": "overloaded", "type": "server_error"}})])
+        return MockReply(200, chunks=good_stream("ok"))
+
+    proxy = Proxy(make_config(), MockUpstream(handler), seed=1)
+    result, _ = await run(proxy, request(stream=True))
+    assert result.ok and result.attempts[-1].channel == "b"
+    assert result.attempts[0].as_dict()["error"] == "server_error"
+
+
+async def test_stream_http_error_fails_over() -> None:
+    def handler(r: UpstreamRequest) -> MockReply:
+        if host(r) == "a.test":
+            return MockReply(503, error_body(503, "busy"))
+        return MockReply(200, chunks=good_stream("ok"))
+
+    proxy = Proxy(make_config(), MockUpstream(handler), seed=1)
+    result, _ = await run(proxy, request(stream=True))
+    assert result.ok
+    assert [(a.channel, a.as_dict()["error"]) for a in result.attempts] == [("a", "overloaded"), ("a", "overloaded"), ("b", None)]
+
+
+async def test_cancel_during_an_attempt_is_accounted() -> None:
+    up = MockUpstream(lambda r: MockReply(200, chunks=[HANG]))
+    proxy = Proxy(make_config(), up, seed=1)
+    ex = Exchange(request(stream=True), None, oc)
+    task = asyncio.create_task(proxy.driver.execute(ex))
+    while not up.responses:
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    a = states(proxy)["a"]
+    assert a.inflight == 0 and a.failures == 0  # cancelled by the client: not the channel's fault
+    assert up.responses[0].cancelled and up.responses[0].closed
+    recs = ex.attempt_records()
+    assert [(r["channel"], r["status"], r["next"]) for r in recs] == [("a", 499, "cancelled")]
+
+
+async def test_cancel_after_commit_is_accounted() -> None:
+    up = MockUpstream(lambda r: MockReply(200, chunks=[ROLE, chunk({"content": "x"}), HANG]))
+    proxy = Proxy(make_config(), up, seed=1)
+    result, _ = await run(proxy, request(stream=True))
+    stream = result.outcome.payload
+    task = asyncio.create_task(drain(stream))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    a = states(proxy)["a"]
+    assert a.inflight == 0 and a.failures == 0
+    assert stream.done and up.responses[0].closed

@@ -1,0 +1,400 @@
+"""The running gateway over real HTTP on loopback, against mock providers: bad input, failures, streams, disconnects, secrets."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from server.proxy import Proxy
+from server.testing import GatewayServer, Stack
+from server.upstream import MockReply, MockUpstream
+
+pytestmark = pytest.mark.timeout(60)
+
+GW_KEY = "sk-gw-test"
+AUTH = {"Authorization": f"Bearer {GW_KEY}"}
+FAST = {"ttft": 0.01, "tokens_per_second": 2000, "output_tokens": 20}
+SHORT = {"connect": 1, "first_token": 0.3, "idle": 0.3, "total": 0.3}
+
+
+def secret(name: str) -> str:
+    return f"upstream-secret-{name}-7f3a9c"  # no "sk-" prefix: only the gateway's own scrubber can catch it
+
+
+def ch(name: str, model: str, behavior: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "type": "openai", "api_keys": [secret(name)], "models": [model],
+            "behavior": {**FAST, **(behavior or {})}, **kw}
+
+
+CHANNELS = [
+    ch("good", "ok-model", model_mapping={"alias": "ok-model"}),
+    ch("err500", "m500", {"error_rate": 1.0}),
+    ch("err429", "m429", {"faults": {"rate_limited": 1.0, "retry_after": 3}}),
+    ch("err503", "m503", {"faults": {"overloaded": 1.0}}),
+    ch("reset", "mreset", {"faults": {"reset": 1.0}}),
+    ch("hang", "mhang", {"faults": {"timeout": 1.0}}, timeouts=SHORT),
+    ch("cut", "mcut", {"faults": {"stream_cut": 1.0}, "output_tokens": 40, "tokens_per_second": 400}),
+    ch("slow", "slow", {"ttft": 0.02, "tokens_per_second": 20, "output_tokens": 400}),
+    ch("flaky", "fo", {"error_rate": 1.0}, priority=0),
+    ch("steady", "fo", priority=1),
+    ch("leaky", "mleak"),
+]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with Stack() as st:
+        # Breakers and auto-disable off: these channels fail on purpose, and every test wants to
+        # see the attempt reach its upstream (their own behaviour is the core's tests' business).
+        st.serve(CHANNELS, routing={"retry": {"backoff": {"base": 0.001, "cap": 0.01}},
+                                    "health": {"breaker": {"enabled": False}, "key_breaker": {"enabled": False},
+                                               "auto_disable": []}},
+                 # the leaky channel's provider rejects the gateway's key and quotes it back
+                 mock_kw={"leaky": {"accept_keys": ["something-else"], "leak_keys": True}})
+        yield st
+
+
+@pytest.fixture(scope="module")
+def gw(stack: Stack) -> GatewayServer:
+    return stack.gateways[0]
+
+
+@pytest.fixture(scope="module")
+def client(gw: GatewayServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gw.url, timeout=20) as c:
+        yield c
+
+
+def chat(client: httpx.Client, model: str = "ok-model", stream: bool = False, headers: dict[str, str] | None = None,
+         **extra: Any) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hello there"}], "stream": stream, **extra}
+    return client.post("/v1/chat/completions", json=body, headers=AUTH if headers is None else headers)
+
+
+def record(gw: GatewayServer, resp: httpx.Response) -> dict[str, Any]:
+    rid = resp.headers["x-request-id"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        rec = gw.proxy.find(rid)
+        if rec is not None:
+            return rec
+        time.sleep(0.01)
+    raise AssertionError(f"no record for {rid}")
+
+
+def openai_error(resp: httpx.Response) -> dict[str, Any]:
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    assert {"message", "type", "param", "code"} <= set(body["error"])
+    return body["error"]
+
+
+def sse_events(text: str) -> list[str]:
+    return [line[6:] for line in text.split("\n") if line.startswith("data: ")]
+
+
+# -- health, models, routing ------------------------------------------------------------------------
+
+
+def test_health(client: httpx.Client) -> None:
+    r = client.get("/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_models_list_needs_the_key(client: httpx.Client) -> None:
+    assert client.get("/v1/models").status_code == 401
+    r = client.get("/v1/models", headers=AUTH)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "list"
+    ids = [m["id"] for m in body["data"]]
+    assert "ok-model" in ids and "alias" in ids and all(m["object"] == "model" for m in body["data"])
+
+
+def test_unknown_path_is_an_openai_shaped_404(client: httpx.Client) -> None:
+    r = client.post("/v1/nothing-here", json={}, headers=AUTH)
+    assert r.status_code == 404
+    openai_error(r)
+
+
+# -- success -----------------------------------------------------------------------------------------
+
+
+def test_non_stream_answer_and_headers(client: httpx.Client, gw: GatewayServer) -> None:
+    r = chat(client)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"].startswith("The quick brown fox")
+    assert body["usage"]["completion_tokens"] == 20
+    assert r.headers["x-axonsim-attempts"] == "1"
+    assert r.headers["x-request-id"].startswith("req_")
+    rec = record(gw, r)
+    assert rec["status"] == 200 and rec["channels"] == ["good"] and rec["model"] == "ok-model"
+    assert rec["attempts"][0]["key"] == "good#0"  # the key's name, never its value
+    assert rec["usage"]["completion_tokens"] == 20 and rec["project"] == "test"
+
+
+def test_mapped_alias(client: httpx.Client) -> None:
+    r = chat(client, model="alias")
+    assert r.status_code == 200 and r.json()["model"] == "ok-model"
+
+
+def test_stream_answer(client: httpx.Client, gw: GatewayServer) -> None:
+    r = chat(client, stream=True, stream_options={"include_usage": True})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text.startswith("The quick brown fox")
+    assert chunks[-1]["usage"]["completion_tokens"] == 20
+    rec = record(gw, r)
+    assert rec["stream"] and rec["status"] == 200 and rec["usage"]["completion_tokens"] == 20
+    assert rec["ttft"] is not None and rec["ttft"] <= rec["latency"]
+    assert rec["outcome"] == "completed" and rec["channel"] == "good"
+    assert rec["attempts"][-1]["stream_end"] >= rec["attempts"][-1]["end"]
+
+
+def test_failover_is_visible_in_headers_and_record(client: httpx.Client, gw: GatewayServer, stack: Stack) -> None:
+    before = stack.by_name["flaky"].provider.stats["requests"]
+    r = chat(client, model="fo")
+    assert r.status_code == 200
+    assert r.headers["x-axonsim-attempts"] == "3"
+    rec = record(gw, r)
+    assert rec["channels"] == ["flaky", "steady"]
+    assert [a["next"] for a in rec["attempts"]] == ["retry", "failover", "done"]
+    assert stack.by_name["flaky"].provider.stats["requests"] == before + 2
+
+
+# -- bad input --------------------------------------------------------------------------------------
+
+
+def test_malformed_json_is_400(client: httpx.Client) -> None:
+    r = client.post("/v1/chat/completions", content=b'{"model": "ok-model", "messages": [', headers=AUTH)
+    assert r.status_code == 400
+    assert openai_error(r)["type"] == "invalid_request_error"
+    assert r.headers["x-axonsim-attempts"] == "0"
+
+
+def test_missing_messages_is_400_naming_it(client: httpx.Client) -> None:
+    r = client.post("/v1/chat/completions", json={"model": "ok-model"}, headers=AUTH)
+    assert r.status_code == 400
+    assert openai_error(r)["param"] == "messages"
+
+
+def test_missing_or_unknown_key_is_401(client: httpx.Client) -> None:
+    r = chat(client, headers={})
+    assert r.status_code == 401
+    assert openai_error(r)["type"] == "authentication_error"
+    r = chat(client, headers={"Authorization": "Bearer sk-wrong"})
+    assert r.status_code == 401
+    assert "sk-wrong" not in r.text
+    openai_error(r)
+
+
+def test_auth_comes_before_parsing(client: httpx.Client) -> None:
+    r = client.post("/v1/chat/completions", content=b"not json")
+    assert r.status_code == 401
+
+
+def test_unknown_model_is_404(client: httpx.Client) -> None:
+    r = chat(client, model="no-such-model")
+    assert r.status_code == 404
+    err = openai_error(r)
+    assert err["param"] == "model" and err["code"] == "model_not_found"
+
+
+# -- every channel failing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "status", "kind"), [
+    ("m500", 502, "server_error"),
+    ("m503", 503, "overloaded"),
+    ("mreset", 502, "connection"),
+    ("mhang", 504, "timeout"),
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_all_channels_failing(client: httpx.Client, gw: GatewayServer, model: str, status: int, kind: str,
+                              stream: bool) -> None:
+    r = chat(client, model=model, stream=stream)
+    assert r.status_code == status, r.text
+    openai_error(r)  # JSON, even for a stream request: nothing had been committed
+    rec = record(gw, r)
+    assert rec["status"] == status and rec["error_kind"] == kind and rec["outcome"] == "failed"
+    assert int(r.headers["x-axonsim-attempts"]) == len(rec["attempts"]) >= 1
+
+
+def test_upstream_429_then_cooldown(client: httpx.Client, gw: GatewayServer) -> None:
+    r = chat(client, model="m429")
+    assert r.status_code == 429
+    assert r.headers["retry-after"] == "3"  # the upstream's Retry-After, passed on
+    assert r.headers["x-axonsim-attempts"] == "1"
+    assert openai_error(r)["type"] == "rate_limit_exceeded"
+    # the channel now cools down: the gateway answers 429 itself, without an upstream attempt
+    r = chat(client, model="m429", stream=True)
+    assert r.status_code == 429 and r.headers["x-axonsim-attempts"] == "0"
+    assert 1 <= int(r.headers["retry-after"]) <= 3
+    openai_error(r)
+
+
+def test_stream_cut_after_commit_ends_with_an_in_stream_error(client: httpx.Client, gw: GatewayServer) -> None:
+    r = chat(client, model="mcut", stream=True)
+    assert r.status_code == 200
+    events = sse_events(r.text)
+    assert "[DONE]" not in events
+    last = orjson.loads(events[-1])
+    assert "error" in last and last["error"]["message"]
+    content = [orjson.loads(e) for e in events[:-1]]
+    assert any(c["choices"] and c["choices"][0]["delta"].get("content") for c in content)
+    rec = record(gw, r)
+    assert rec["status"] == 200 and rec["error_kind"] == "connection" and rec["outcome"] == "failed"
+    assert rec["attempts"][-1]["stream_error"] == "connection"
+    cut = next(s for s in gw.proxy.router.states if s.name == "cut")
+    assert cut.inflight == 0 and cut.failures >= 1
+
+
+# -- client disconnects -----------------------------------------------------------------------------
+
+
+def _wait(cond: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def test_client_disconnect_mid_stream_cancels_the_upstream(gw: GatewayServer, stack: Stack) -> None:
+    slow = stack.by_name["slow"].provider
+    cancelled_before = slow.stats["cancelled"]
+    n_before = len(gw.proxy.recent)
+    body = {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=gw.url, timeout=10) as c:
+        with c.stream("POST", "/v1/chat/completions", json=body, headers=AUTH) as r:
+            assert r.status_code == 200
+            got = b""
+            for piece in r.iter_raw():
+                got += piece
+                if b'"content":"The' in got:
+                    break
+            rid = r.headers["x-request-id"]
+    # the upstream stream (20 s long) was cancelled, and the request was accounted
+    _wait(lambda: slow.stats["cancelled"] > cancelled_before)
+    _wait(lambda: gw.proxy.find(rid) is not None)
+    rec = gw.proxy.find(rid)
+    assert rec["outcome"] == "cancelled" and rec["status"] == 499 and rec["channels"] == ["slow"]
+    assert len(gw.proxy.recent) > n_before
+    st = next(s for s in gw.proxy.router.states if s.name == "slow")
+    _wait(lambda: slow.inflight == 0)
+    assert st.inflight == 0 and st.failures == 0
+
+
+def test_client_disconnect_while_waiting_cancels_the_upstream(gw: GatewayServer, stack: Stack) -> None:
+    slow = stack.by_name["slow"].provider
+    cancelled_before = slow.stats["cancelled"]
+    body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=gw.url, timeout=0.3) as c, pytest.raises(httpx.ReadTimeout):
+        c.post("/v1/chat/completions", json=body, headers=AUTH)
+    _wait(lambda: slow.stats["cancelled"] > cancelled_before)
+    _wait(lambda: any(r["model"] == "slow" and not r["stream"] and r["outcome"] == "cancelled" for r in gw.proxy.recent))
+    st = next(s for s in gw.proxy.router.states if s.name == "slow")
+    _wait(lambda: st.inflight == 0)
+
+
+# -- secrets ----------------------------------------------------------------------------------------
+
+
+def test_no_upstream_secret_in_responses_or_logs(gw: GatewayServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    seen: list[str] = []
+    with httpx.Client(base_url=gw.url, timeout=10) as c:
+        for model in ("mleak", "m500", "mreset", "ok-model"):
+            for stream in (False, True):
+                r = chat(c, model=model, stream=stream)
+                seen.append(r.text + str(r.headers))
+        r = chat(c, model="mcut", stream=True)
+        seen.append(r.text + str(r.headers))
+    leak = chat(httpx.Client(base_url=gw.url, timeout=10), model="mleak")
+    assert leak.status_code == 502  # the upstream's 401 is the gateway's problem, not the client's
+    everything = "\n".join(seen) + "\n" + caplog.text + "\n" + repr(list(gw.proxy.recent))
+    assert "axonsim.server.access" in caplog.text  # the access lines were captured
+    for c in CHANNELS:
+        assert secret(c["name"]) not in everything
+
+
+def test_upstream_error_messages_are_scrubbed() -> None:
+    """An upstream 400 passes through to the client (no retry), minus any configured secret."""
+    key = "opaque-upstream-credential-123"
+
+    def handler(req: Any) -> MockReply:
+        return MockReply(400, orjson.dumps({"error": {"message": f"bad 'temperature' (your key {key})",
+                                                      "type": "invalid_request_error", "param": "temperature"}}))
+
+    from axonsim.config import parse_config
+
+    cfg = parse_config({"gateway": {"api_keys": [{"key": GW_KEY}]},
+                        "channels": [{"name": "x", "base_url": "http://x.test/v1", "api_keys": [key], "models": ["m"]}]})
+    up = MockUpstream(handler)
+    with Stack() as st:
+        g = st.gateway(Proxy(cfg, up, seed=1))
+        with httpx.Client(base_url=g.url, timeout=10) as c:
+            r = chat(c, model="m", temperature=5)
+    assert r.status_code == 400
+    err = openai_error(r)
+    assert err["param"] == "temperature" and key not in r.text and "[redacted]" in err["message"]
+    assert len(up.requests) == 1
+
+
+def test_internal_errors_are_500_without_a_trace(caplog: pytest.LogCaptureFixture) -> None:
+    from axonsim.config import parse_config
+
+    key = "opaque-upstream-credential-456"
+    cfg = parse_config({"gateway": {"api_keys": [{"key": GW_KEY}]},
+                        "channels": [{"name": "x", "base_url": "http://x.test/v1", "api_keys": [key], "models": ["m"]}]})
+    proxy = Proxy(cfg, MockUpstream(lambda r: MockReply(200, b"{}")), seed=1)
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError(f"kaboom with {key}")
+
+    proxy.driver.execute = broken  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO)
+    with Stack() as st:
+        g = st.gateway(proxy)
+        with httpx.Client(base_url=g.url, timeout=10) as c:
+            r = chat(c, model="m")
+    assert r.status_code == 500
+    err = openai_error(r)
+    assert "Traceback" not in r.text and "kaboom" not in r.text
+    assert err["type"] == "server_error"
+    assert "kaboom with [redacted]" in caplog.text and key not in caplog.text
+    assert proxy.recent[-1]["status"] == 500
+
+
+def test_on_request_done_hook_and_ring_bound() -> None:
+    from axonsim.config import parse_config
+
+    cfg = parse_config({"gateway": {"api_keys": [{"key": GW_KEY}]},
+                        "channels": [{"name": "x", "base_url": "http://x.test/v1", "models": ["m"]}]})
+    body = orjson.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                      "finish_reason": "stop"}]})
+    proxy = Proxy(cfg, MockUpstream(lambda r: MockReply(200, body)), seed=1, recent=3)
+    got: list[dict[str, Any]] = []
+    proxy.on_request_done = got.append
+    with Stack() as st:
+        g = st.gateway(proxy)
+        with httpx.Client(base_url=g.url, timeout=10) as c:
+            for _ in range(5):
+                assert chat(c, model="m").status_code == 200
+            assert chat(c, model="m", headers={}).status_code == 401
+    assert len(got) == 6 and len(proxy.recent) == 3
+    assert got[-1]["status"] == 401 and got[-1]["attempts"] == []
+    assert all(r["attempts"][0]["channel"] == "x" for r in got[:5])

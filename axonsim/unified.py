@@ -202,6 +202,7 @@ class ReasoningDelta(_Model):
     type: Literal["reasoning"] = "reasoning"
     text: str = ""
     signature: str | None = None
+    signature_provider: str | None = None
     redacted_data: str | None = None
 
 
@@ -298,6 +299,7 @@ class StreamAggregator:
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.signature: str | None = None
+        self.signature_provider: str | None = None
         self.redacted: list[str] = []
         self.calls: dict[int, ToolCall] = {}
         self.finish: FinishReason | None = None
@@ -321,6 +323,7 @@ class StreamAggregator:
             self.reasoning.append(ev.text)
             if ev.signature:
                 self.signature = ev.signature
+                self.signature_provider = ev.signature_provider
             if ev.redacted_data:
                 self.redacted.append(ev.redacted_data)
         elif isinstance(ev, FinishEvent):
@@ -338,7 +341,8 @@ class StreamAggregator:
         parts: list[Any] = []
         text = "".join(self.reasoning)
         if text or self.signature:
-            parts.append(ReasoningPart(text=text, signature=self.signature))
+            parts.append(ReasoningPart(text=text, signature=self.signature,
+                                       signature_provider=self.signature_provider))
         for data in self.redacted:
             parts.append(ReasoningPart(redacted=True, data=data))
         if self.text:

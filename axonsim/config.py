@@ -203,6 +203,8 @@ class Timeouts(_Strict):
 class Gateway(_Strict):
     api_keys: list[GatewayKey] = Field(default_factory=list)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    # Bearer keys for /admin/... only; a client key never opens the admin API (none: admin API closed).
+    admin_keys: list[str] = Field(default_factory=list)
 
 
 class LimitsConfig(_Strict):

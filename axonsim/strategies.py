@@ -25,7 +25,20 @@ Formulas (c = candidate, `now` in seconds):
     composite       score = Σ_s weight_s · norm_s(c) over the configured terms, where
                     norm_error_aware is the score above, norm_least_inflight = 1 - inflight/max(1, max inflight),
                     norm_weighted = w / max w, norm_round_robin = 1 - recency rank/(n-1),
-                    norm_random = u ~ U[0,1); argmax, ties to the least recently picked.
+                    norm_random = u ~ U[0,1),
+                    norm_latency_aware = AxonHub's LatencyAware score / 80 (axonsim.strategies_axonhub),
+                    norm_rate_limit_aware = clamp(limiter headroom after admitting the request, 0, 1)
+                    (1 with no limit configured),
+                    norm_cost = 1 - (p - min p)/max p with p = input + output price per million tokens
+                    (the cheapest gets 1; unpriced channels 0; all free → 1);
+                    argmax, ties to the least recently picked. The fused fast path covers the first
+                    three terms; any other term configured takes the general path.
+
+The other names in config.STRATEGIES are built from axonsim.strategies_axonhub (AxonHub's scorers
+and its named mixes `adaptive`, `failover`, `circuit-breaker`, `round-robin`, and our
+`latency_aware`) and axonsim.strategies_peers (LiteLLM's `simple-shuffle`, `least-busy`,
+`usage-based`, `latency-based`, `cost-based`; Envoy's `least_request`; Finagle's `peak_ewma`);
+their formulas are documented there and in docs/strategies.md.
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from axonsim.config import Routing
+from axonsim.config import STRATEGIES, Routing
 from axonsim.state import NEVER, ChannelState
 
 
@@ -63,7 +76,8 @@ class Strategy:
         """Default: the best score, ties broken by the least recently picked candidate."""
         return _argmax_lru(self.scores(cands, now, ctx), cands)
 
-    def terms(self, cands: Sequence[ChannelState], now: float, rng: random.Random | None) -> list[dict[str, float]]:
+    def terms(self, cands: Sequence[ChannelState], now: float, rng: random.Random | None,
+              ctx: PickContext = NO_CONTEXT) -> list[dict[str, float]]:
         """The named parts of each candidate's score, for the decision trace (none by default)."""
         return [{} for _ in cands]
 
@@ -197,15 +211,33 @@ class Composite(Strategy):
         self.w_wgt = weights.get("weighted", 0.0)
         self.w_rr = weights.get("round_robin", 0.0)
         self.w_rnd = weights.get("random", 0.0)
+        self.w_lat = weights.get("latency_aware", 0.0)
+        self.w_rl = weights.get("rate_limit_aware", 0.0)
+        self.w_cost = weights.get("cost", 0.0)
         self.window = window
+        self.ws = {"error_aware": self.w_err, "least_inflight": self.w_inf, "weighted": self.w_wgt,
+                   "round_robin": self.w_rr, "random": self.w_rnd, "latency_aware": self.w_lat,
+                   "rate_limit_aware": self.w_rl, "cost": self.w_cost}
+        # Terms the fused fast path does not compute (random and round_robin need the rng / a sort).
+        self.general = bool(self.w_rr or self.w_rnd or self.w_lat or self.w_rl or self.w_cost)
+        if self.w_lat:
+            from axonsim.strategies_axonhub import latency_aware_score  # that module builds on this one
 
-    def terms(self, cands: Sequence[ChannelState], now: float, rng: random.Random | None) -> list[dict[str, float]]:
+            self._latency = latency_aware_score
+
+    def terms(self, cands: Sequence[ChannelState], now: float, rng: random.Random | None,
+              ctx: PickContext = NO_CONTEXT) -> list[dict[str, float]]:
         """Each term per candidate, for the decision trace (`rng=None` leaves the random term out)."""
         max_inf = max(1, max(c.inflight for c in cands))
         max_w = max(c.weight for c in cands) or 1.0
         order = sorted(range(len(cands)), key=lambda i: cands[i].last_pick)
         n = len(cands)
         rank = {i: r for r, i in enumerate(order)}
+        if self.w_cost:
+            prices = [None if c.price is None else float(c.price.input) + float(c.price.output) for c in cands]
+            known = [p for p in prices if p is not None]
+            p_min = min(known) if known else 0.0
+            p_max = max(known) if known else 0.0
         out = []
         for i, c in enumerate(cands):
             t = {}
@@ -219,23 +251,29 @@ class Composite(Strategy):
                 t["round_robin"] = 1.0 - rank[i] / (n - 1) if n > 1 else 1.0
             if self.w_rnd and rng is not None:
                 t["random"] = rng.random()
+            if self.w_lat:
+                t["latency_aware"] = self._latency(c, ctx.stream) / 80.0
+            if self.w_rl:
+                h = c.limiter.headroom(now, ctx.tokens)
+                t["rate_limit_aware"] = 0.0 if h < 0.0 else 1.0 if h > 1.0 else h
+            if self.w_cost:
+                p = prices[i]
+                t["cost"] = 0.0 if p is None else 1.0 if p_max <= 0.0 else 1.0 - (p - p_min) / p_max
             out.append(t)
         return out
 
     def scores(self, cands: Sequence[ChannelState], now: float, ctx: PickContext = NO_CONTEXT) -> list[float]:
-        ws = {"error_aware": self.w_err, "least_inflight": self.w_inf, "weighted": self.w_wgt,
-              "round_robin": self.w_rr, "random": self.w_rnd}
-        return [sum(ws[k] * v for k, v in t.items()) for t in self.terms(cands, now, None)]
+        ws = self.ws
+        return [sum(ws[k] * v for k, v in t.items()) for t in self.terms(cands, now, None, ctx)]
 
     def pick(self, cands: Sequence[ChannelState], now: float, rng: random.Random,
              ctx: PickContext = NO_CONTEXT) -> int:
         n = len(cands)
         if n == 1:
             return 0
-        if self.w_rr or self.w_rnd:
-            ws = {"error_aware": self.w_err, "least_inflight": self.w_inf, "weighted": self.w_wgt,
-                  "round_robin": self.w_rr, "random": self.w_rnd}
-            sc = [sum(ws[k] * v for k, v in t.items()) for t in self.terms(cands, now, rng)]
+        if self.general:
+            ws = self.ws
+            sc = [sum(ws[k] * v for k, v in t.items()) for t in self.terms(cands, now, rng, ctx)]
             return _argmax_lru(sc, cands)
         # Fast path (the simulator runs this once per attempt): one pass, no allocations.
         max_inf = 1
@@ -271,11 +309,12 @@ class Composite(Strategy):
         return best
 
 
-STRATEGY_NAMES = ("round_robin", "weighted", "random", "least_inflight", "error_aware", "composite")
+STRATEGY_NAMES = STRATEGIES  # every name the YAML accepts builds
 
 
 def make_strategy(routing: Routing, states: Sequence[ChannelState] = ()) -> Strategy:
     name = routing.strategy
+    opts = routing.options
     if name == "round_robin":
         return RoundRobin()
     if name == "weighted":
@@ -288,4 +327,32 @@ def make_strategy(routing: Routing, states: Sequence[ChannelState] = ()) -> Stra
         return ErrorAware(routing.error_window)
     if name == "composite":
         return Composite(routing.composite, routing.error_window)
+    # These modules build on the classes above, so they are imported here, not at the top.
+    from axonsim import strategies_axonhub as ax
+    from axonsim import strategies_peers as peers
+
+    if name == "adaptive":
+        return ax.Adaptive(routing.error_window)
+    if name == "failover":
+        return ax.Failover()
+    if name == "circuit-breaker":
+        return ax.CircuitBreaker()
+    if name == "round-robin":
+        return ax.RoundRobinMix(routing.error_window)
+    if name == "latency_aware":
+        return ax.LatencyAware()
+    if name == "simple-shuffle":
+        return peers.SimpleShuffle()
+    if name == "least-busy":
+        return peers.LeastBusy()
+    if name == "usage-based":
+        return peers.UsageBased()
+    if name == "latency-based":
+        return peers.LatencyBased(opts.latency_buffer)
+    if name == "cost-based":
+        return peers.CostBased()
+    if name == "least_request":
+        return peers.LeastRequest(opts.choice_count, opts.active_request_bias)
+    if name == "peak_ewma":
+        return peers.PeakEwma(opts.ewma_decay, opts.default_latency)
     raise ValueError(f"routing.strategy: unknown strategy {name!r}")

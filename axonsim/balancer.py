@@ -46,7 +46,7 @@ class Balancer:
         ok = [c for c in cands if c.state.unavailable_reason(now, c.upstream_model, tokens) is None]
         states = [c.state for c in ok]
         scores = self.strategy.scores(states, now, ctx) if states else []
-        terms = self.strategy.terms(states, now, None) if states else []
+        terms = self.strategy.terms(states, now, None, ctx) if states else []
         by_name = {c.state.name: i for i, c in enumerate(ok)}
         out = []
         for c in cands:

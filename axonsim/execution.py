@@ -117,7 +117,7 @@ class Call:
     def failed(self, now: float, outcome: Outcome) -> None:
         if outcome.key is None:
             outcome.key = self.key
-        self.state.failed(now, outcome, self.upstream_model)
+        self.state.failed(now, outcome, self.upstream_model, now - self.start)
 
     def cancelled(self, now: float) -> None:
         """Abandoned (hedge lost, client gone): frees its slots, says nothing about health."""

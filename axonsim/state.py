@@ -160,8 +160,10 @@ class ChannelState:
             if k.breaker is not None:
                 k.breaker.on_success(now)
 
-    def failed(self, now: float, outcome: Outcome, model: str | None = None) -> None:
+    def failed(self, now: float, outcome: Outcome, model: str | None = None, elapsed: float | None = None) -> None:
         self.inflight -= 1
+        if elapsed is not None and outcome.kind is not None and outcome.kind not in CLIENT_FAULTS:
+            self._peak(now, elapsed)  # a failure costs the caller its time too: a hanging channel must look slow
         self.limiter.on_end()
         key = outcome.key
         k = self.keys[key] if key is not None and 0 <= key < len(self.keys) else None

@@ -51,8 +51,9 @@ from axonsim.state import NEVER, ChannelState
 
 
 class PickContext:
-    """What a strategy may know about the request: its model (upstream name of the first
-    candidate), whether it streams, and its estimated tokens."""
+    """What a strategy may know about the request: the model the client asked for (a candidate's
+    upstream name comes from `ChannelState.channel.serves(model)`), whether it streams, and its
+    estimated tokens."""
 
     __slots__ = ("model", "stream", "tokens")
 

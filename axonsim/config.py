@@ -234,6 +234,13 @@ class UpstreamKey(_Strict):
 ChannelType = Literal["openai", "openai_responses", "anthropic", "gemini"]
 
 
+class Capabilities(_Strict):
+    """What a channel can carry; requests that need more are routed elsewhere (or get a 400)."""
+
+    images: bool = True
+    context_window: int | None = Field(None, ge=1, description="tokens (input + output) the model accepts")
+
+
 class Channel(_Strict):
     name: str = Field(min_length=1)
     type: ChannelType = "openai"
@@ -250,6 +257,7 @@ class Channel(_Strict):
     quota: QuotaConfig | None = None
     retry: RetryOverride | None = None
     key_strategy: Literal["round_robin", "random", "least_used"] = "round_robin"
+    capabilities: Capabilities = Field(default_factory=Capabilities)
     price: Price | None = None  # per million tokens; falls back to the top-level price table
 
     @field_validator("api_keys", mode="before")

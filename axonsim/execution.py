@@ -41,6 +41,7 @@ from typing import Any, Union
 
 from axonsim.balancer import Balancer
 from axonsim.candidates import Candidate, Candidates
+from axonsim.capabilities import NO_NEEDS, Needs, missing
 from axonsim.config import Config
 from axonsim.health import OutlierDetector
 from axonsim.limits import Budget
@@ -264,8 +265,21 @@ class Router:
 
     # ---------------------------------------------------------------------------------------------
 
-    def _tiers(self, model: str) -> list[list[Candidate]]:
+    def _tiers(self, model: str, needs: Needs = NO_NEEDS,
+               lacking: dict[str, str] | None = None) -> list[list[Candidate]]:
         groups = self.candidates.groups(model)
+        if needs:
+            kept = []
+            for g in groups:
+                ok = []
+                for c in g:
+                    why = missing(c.state.channel, needs)
+                    if why is None:
+                        ok.append(c)
+                    elif lacking is not None:
+                        lacking[c.state.name] = why
+                kept.append(ok)
+            groups = kept
         tiers = [[c for c in g if c.state.weight > 0] for g in groups]
         standby = [[c for c in g if c.state.weight <= 0] for g in groups]
         return [t for t in tiers + standby if t]
@@ -290,8 +304,8 @@ class Router:
             self.sticky.popitem(last=False)
 
     def execute(self, model: str, now: float, rng: random.Random, request: Any = None, tokens: int = 0,
-                sticky_key: str | None = None, explain: bool = False,
-                stream: bool = False) -> Generator[Effect, Any, Result]:
+                sticky_key: str | None = None, explain: bool = False, stream: bool = False,
+                needs: Needs = NO_NEEDS) -> Generator[Effect, Any, Result]:
         attempts: list[AttemptRecord] = []
         decisions: list[dict[str, Any]] | None = [] if explain else None
         if not self.candidates.known(model):
@@ -308,7 +322,11 @@ class Router:
         last: Outcome | None = None
         unavailable: dict[str, str] = {}
         soonest: float | None = None
-        for tier_no, tier in enumerate(self._tiers(model)):
+        lacking: dict[str, str] = {}
+        tiers = self._tiers(model, needs, lacking)
+        if not tiers and lacking:
+            return Result(False, None, attempts, _cannot_carry(model, lacking), now, decisions)
+        for tier_no, tier in enumerate(tiers):
             remaining = list(tier)
             while remaining:
                 eligible = balancer.eligible(remaining, now, tokens)
@@ -465,6 +483,12 @@ def _price(config: Config, ch: Any) -> Any:
         if m in config.prices:
             return config.prices[m]
     return None
+
+
+def _cannot_carry(model: str, lacking: dict[str, str]) -> Error:
+    why = "; ".join(f"{name} lacks {what}" for name, what in lacking.items())
+    return Error(kind=ErrorKind.INVALID_REQUEST, status=400, code="unsupported_by_channels",
+                 message=f"no channel serving {model!r} can carry this request: {why}")
 
 
 def _deadline_error() -> Error:

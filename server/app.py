@@ -178,7 +178,12 @@ class GatewayApp:
             elif name == hh:
                 thread_id = value.decode("latin-1")[:200]
         try:
-            body = await _read_body(receive)
+            try:
+                body = await _read_body(receive)
+            except FormatError as exc:  # too large
+                error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message)
+                status = await _send_error(send, fmt, error, rid_b, 0)
+                return
             if body is None:
                 w.gone = True
                 status = CLIENT_CLOSED
@@ -261,7 +266,7 @@ class GatewayApp:
             self._log_exception(rid, exc)
             error = Error(kind=ErrorKind.SERVER_ERROR, status=500, message=f"internal gateway error (request {rid})")
             if stream is not None:
-                stream.fail(error)
+                stream.abort(clock())  # the gateway's own failure: not held against the channel
             w.done = True
             try:
                 if not started:

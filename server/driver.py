@@ -213,7 +213,12 @@ class LiveDriver:
     def _launch(self, call: Call, ex: Exchange) -> int:
         handle = len(ex.launched)
         task = asyncio.get_running_loop().create_task(self._attempt(call, ex))
-        task.add_done_callback(lambda _t, h=handle: ex.finished.append(h))
+        finished = ex.finished
+
+        def done(_: asyncio.Task[Outcome]) -> None:
+            finished.append(handle)  # completion order is what Race answers by
+
+        task.add_done_callback(done)
         ex.launched.append(task)
         return handle
 
@@ -468,17 +473,13 @@ class LiveStream:
         return evs
 
     def abort(self, now: float) -> None:
-        """The client side ended first (disconnect, a lost hedge): abandoned, not the channel's fault."""
+        """Our side ended first (client disconnect, a lost hedge, a gateway error): the attempt is
+        abandoned, which says nothing about the channel's health."""
         if not self.done:
             self.done = True
             self.end = now
             self.resp.close()
             self.call.cancelled(now)
-
-    def fail(self, err: Error) -> None:
-        """The gateway could not carry the stream on (its own error): counts as the attempt's failure."""
-        if not self.done:
-            self._fail(err)
 
     def _note(self, evs: list[StreamEvent]) -> None:
         for ev in evs:

@@ -56,7 +56,8 @@ def serve(args: argparse.Namespace) -> int:
     if demo is not None:
         print(demo.banner(args.host, args.port), flush=True)
     uv = uvicorn.Config(app, host=args.host, port=args.port, loop=_loop_name(), http="httptools", lifespan="on",
-                        access_log=False, log_level=log_level, server_header=False)
+                        access_log=False, log_level=log_level, server_header=False,
+                        proxy_headers=False)  # no X-Forwarded-* rewriting: the gateway does not use the peer address
     server = uvicorn.Server(uv)
     server.run()
     if not server.started:

@@ -1,11 +1,17 @@
 """The mock provider: a channel's API served for real, with the latency and faults of its behaviour model.
 
 It draws one AttemptPlan per request from axonsim.behavior.BehaviorModel (the class the simulator
-uses), then acts it out: waits the time to first token, then answers the fault — an HTTP error in
-the channel family's error shape (error_status, 429 with Retry-After, 503), a real TCP reset with
-no HTTP answer at all, or a hang — or the content: a JSON body after ttft + generation, or an SSE
-stream of `output_tokens` tokens paced at tokens_per_second, several tokens per event so long
-answers stay cheap; `stream_cut` stops half-way without the terminal event.
+uses, drawn the way the simulator's channel draws it: on arrival, with the current utilisation),
+then acts it out: waits the time to first token, then answers the fault — an HTTP error in the
+channel family's error shape (error_status, 429 with Retry-After, 502, 503/529, outages, quotas,
+rate limits), a real TCP reset with no HTTP answer at all, or a hang — or the content: a JSON body
+after ttft + generation, or an SSE stream of `output_tokens` tokens paced over the generation time,
+several tokens per event so long answers stay cheap; `stream_cut` stops after `cut_tokens` without
+the terminal event.
+
+Time for the behaviour model (outages, incidents, quota windows) is seconds since the provider
+started, as in a simulation run, so a scenario's schedule replays from the moment the mock starts
+(and the outage process, generated from t=0, does not have to be wound through decades of Unix time).
 
 Why aiohttp.web and not raw ASGI on uvicorn: a reset needs the socket (SO_LINGER 0, then abort),
 which aiohttp exposes as `request.transport` and ASGI does not.
@@ -37,7 +43,7 @@ from typing import Any
 
 from aiohttp import web
 
-from axonsim.behavior import ERROR, FULL_STATUS, OVERLOADED, RATE_LIMITED, RESET, STREAM_CUT, TIMEOUT, BehaviorModel
+from axonsim.behavior import FULL_STATUS, RESET, STREAM_CUT, TIMEOUT, AttemptPlan, BehaviorModel
 from axonsim.config import Channel, ConfigError, load_config
 from axonsim.formats import FormatError
 from axonsim.unified import (
@@ -63,7 +69,14 @@ log = logging.getLogger("axonsim.mock")
 WORDS = ("The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "a", "mock", "provider",
          "streams", "tokens", "at", "its", "configured", "pace", "and", "the", "gateway", "relays", "them.")
 
-HANG_SECONDS = 3600.0  # a `timeout` fault: long enough for any client deadline, finite for hygiene
+HANG_SECONDS = 3600.0
+_MESSAGES = {
+    "error": "the mock provider failed (injected error)",
+    "rate_limited": "rate limit reached (injected)",
+    "overloaded": "the mock provider is overloaded (injected)",
+    "bad_gateway": "bad gateway (injected)",
+    "outage": "the mock provider is down (injected outage)",
+}  # a `timeout` fault: long enough for any client deadline, finite for hygiene
 
 _GEMINI = re.compile(r"/models/([^/:]+):(generateContent|streamGenerateContent)$")
 
@@ -118,10 +131,11 @@ class MockProvider:
                  event_interval: float = 0.02, max_events: int = 200) -> None:
         self.channel = channel or default_channel()
         try:
-            self.model = BehaviorModel(self.channel.behavior)
+            self.model = BehaviorModel(self.channel.behavior, seed or 0)
         except ValueError as exc:
             raise ConfigError(f"channels[{self.channel.name}].behavior: {exc}") from None
         self.rng = random.Random(seed)
+        self.origin = time.monotonic()  # the behaviour model's t=0
         self.formats = load_formats()
         self.keys = frozenset(accept_keys if accept_keys is not None else (k.key for k in self.channel.api_keys))
         self.leak_keys = leak_keys
@@ -129,6 +143,7 @@ class MockProvider:
         self.event_interval = event_interval
         self.max_events = max_events
         mc = self.channel.behavior.max_concurrency
+        self.cap = mc
         self._sem = asyncio.Semaphore(mc) if mc else None
         self.queue = self.model.queue
         self.inflight = 0
@@ -193,14 +208,18 @@ class MockProvider:
             self.stats["unknown_model"] += 1
             return self._error(fmt, Error(kind=ErrorKind.NOT_FOUND, status=404, param="model", code="model_not_found",
                                           message=f"the model {req.model!r} does not exist"))
+        # Drawn on arrival, whatever happens next, with the utilisation of that moment: as the
+        # simulator's channel does, so the same seed gives the same plans in both worlds.
+        busy = self.inflight
+        plan = self.model.sample(self.rng, time.monotonic() - self.origin, busy / self.cap if self.cap else 0.0,
+                                 prompt_tokens(req))
         sem = self._sem
         if sem is not None:
             if sem.locked() and not self.queue:
                 self.stats["full"] += 1
-                return self._error(fmt, Error(kind=ErrorKind.OVERLOADED, status=FULL_STATUS,
+                return self._error(fmt, Error(kind=error_kind_for_status(FULL_STATUS), status=FULL_STATUS,
                                               message="the mock provider is at its maximum concurrency"))
             await sem.acquire()
-        plan = self.model.sample(self.rng)  # drawn once admitted: the plan starts when service starts
         self.inflight += 1
         try:
             return await self._act(request, fmt, req, plan)
@@ -212,17 +231,15 @@ class MockProvider:
             if sem is not None:
                 sem.release()
 
-    async def _act(self, request: web.Request, fmt: ModuleType, req: Request, plan: Any) -> web.StreamResponse:
+    async def _act(self, request: web.Request, fmt: ModuleType, req: Request, plan: AttemptPlan) -> web.StreamResponse:
         await asyncio.sleep(plan.ttft)
         fault = plan.fault
-        if fault is not None and fault != STREAM_CUT:
+        if fault is not None:
             self.stats[fault] += 1
-        if fault == ERROR or fault == RATE_LIMITED or fault == OVERLOADED:
-            kind = error_kind_for_status(plan.status)
-            msg = {ERROR: "the mock provider failed (injected error)",
-                   RATE_LIMITED: "rate limit reached (injected)",
-                   OVERLOADED: "the mock provider is overloaded (injected)"}[fault]
-            return self._error(fmt, Error(kind=kind, status=plan.status, message=msg, retry_after=plan.retry_after))
+        if plan.status >= 400:  # every HTTP fault: 5xx, 429 (quota, rate limit), outages
+            msg = _MESSAGES.get(fault or "", "the mock provider failed (injected fault)")
+            return self._error(fmt, Error(kind=error_kind_for_status(plan.status), status=plan.status, message=msg,
+                                          retry_after=plan.retry_after))
         if fault == RESET:
             _reset(request)
             return web.Response()  # never written: the transport is gone
@@ -231,28 +248,31 @@ class MockProvider:
             return self._error(fmt, Error(kind=ErrorKind.TIMEOUT, status=504, message="the mock provider hung"))
 
         tokens = max(1, plan.output_tokens)
+        generation = plan.generation
         finish = "stop"
+        cut = fault == STREAM_CUT
+        send_n = plan.cut_tokens if cut else tokens
         cap = req.sampling.max_tokens
         if cap is not None and 0 < cap < tokens:
+            if not cut:
+                generation = generation * cap / tokens
             tokens, finish = cap, "length"
-        tps = self.channel.behavior.tokens_per_second
+            send_n = min(send_n, cap)
+        per_token = generation / send_n if send_n else 0.0
         self._n += 1
         rid = f"mock-{self.channel.name}-{self._n}"
         pt = prompt_tokens(req)
-        cut = fault == STREAM_CUT
-        if cut:
-            self.stats[STREAM_CUT] += 1
         if req.stream:
-            return await self._stream(request, fmt, req, rid, pt, tokens, tps, finish, cut)
+            return await self._stream(request, fmt, req, rid, pt, tokens, send_n, per_token, finish, cut)
 
-        await asyncio.sleep(tokens / tps)
+        await asyncio.sleep(generation)
         text = "".join(token_text(i) for i in range(tokens))
         resp = Response(id=rid, model=req.model, created=int(time.time()),
                         message=Message(role="assistant", content=[TextPart(text=text)]), finish_reason=finish,  # type: ignore[arg-type]
                         usage=Usage(prompt_tokens=pt, completion_tokens=tokens, total_tokens=pt + tokens))
         out = fmt.render_response(resp)
         if cut:
-            # Half the body under a full Content-Length, then the connection drops.
+            # Part of the body under a full Content-Length, then the connection drops.
             sr = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
             sr.content_length = len(out)
             await sr.prepare(request)
@@ -264,7 +284,7 @@ class MockProvider:
         return web.Response(body=out, status=200, content_type="application/json")
 
     async def _stream(self, request: web.Request, fmt: ModuleType, req: Request, rid: str, pt: int, tokens: int,
-                      tps: float, finish: str, cut: bool) -> web.StreamResponse:
+                      send_n: int, per_token: float, finish: str, cut: bool) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         renderer = fmt.StreamRenderer(req)
         sr = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -274,8 +294,9 @@ class MockProvider:
                                           usage=Usage(prompt_tokens=pt)))
         # Tokens per event: enough that events come no faster than event_interval, and no more
         # than max_events of them, however long the answer.
-        batch = max(1, math.ceil(tps * self.event_interval), math.ceil(tokens / self.max_events))
-        send_n = tokens // 2 if cut else tokens
+        rate = 1.0 / per_token if per_token > 0 else math.inf
+        batch = max(1, math.ceil(tokens / self.max_events),
+                    math.ceil(rate * self.event_interval) if rate != math.inf else tokens)
         sent = 0
         while sent < send_n:
             k = min(batch, send_n - sent)
@@ -283,7 +304,7 @@ class MockProvider:
             await sr.write(buf)
             buf = b""
             sent += k
-            delay = t_first + sent / tps - loop.time()
+            delay = t_first + sent * per_token - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
         if cut:

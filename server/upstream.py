@@ -136,64 +136,144 @@ class AiohttpUpstream:
         lim = req.limits
         start = loop.time()
         total = start + lim.total
-        first = min(start + lim.first_token, total) if req.stream else total
+        if not req.stream:
+            # Headers and body under one deadline: one timeout per request, not two.
+            try:
+                async with asyncio.timeout_at(total):
+                    resp = await session.post(req.url, data=req.body, headers=req.headers,
+                                              timeout=lim.client_timeout, allow_redirects=False)
+                    try:
+                        body = await resp.read()
+                    finally:
+                        resp.release()
+            except _TRANSPORT_ERRORS as exc:
+                raise _classify(exc) from None
+            return _ReadResponse(resp.status, resp.headers, body)
+        first = min(start + lim.first_token, total)
         try:
             async with asyncio.timeout_at(first):
                 resp = await session.post(req.url, data=req.body, headers=req.headers, timeout=lim.client_timeout,
                                           allow_redirects=False)
         except _TRANSPORT_ERRORS as exc:
             raise _classify(exc) from None
-        return _AiohttpResponse(resp, loop, first, total, lim.idle)
+        return _StreamResponse(resp, loop, first, total, lim.idle)
 
 
-class _AiohttpResponse:
-    __slots__ = ("_resp", "_loop", "_first", "_total", "_idle", "_started", "_eof", "status", "headers")
+class _ReadResponse:
+    """A non-stream answer, already read whole."""
+
+    __slots__ = ("status", "headers", "_body")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self._body = body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def next_chunk(self) -> bytes:
+        body, self._body = self._body, b""
+        return body
+
+    def close(self) -> None:
+        pass
+
+
+class _StreamResponse:
+    """A streamed answer. Deadlines are kept by one watchdog timer per stream rather than a timeout
+    object per chunk (which costs more than the rest of relaying a chunk): a read notes when it
+    began, and the watchdog, when it fires during a read that has waited too long, closes the
+    connection, which wakes the read with an error that is reported as UpstreamTimeout. Time spent
+    relaying to a slow client is not counted as the upstream being idle."""
+
+    __slots__ = ("_resp", "_loop", "_first", "_total", "_idle", "_got_first", "_eof", "_reading", "_since",
+                 "_timer", "_expired", "status", "headers")
 
     def __init__(self, resp: aiohttp.ClientResponse, loop: asyncio.AbstractEventLoop, first: float, total: float,
                  idle: float) -> None:
         self._resp = resp
         self._loop = loop
-        self._first = first
-        self._total = total
+        self._first = first  # absolute deadline for the first chunk
+        self._total = total  # absolute deadline for everything
         self._idle = idle
-        self._started = False
+        self._got_first = False
         self._eof = False
+        self._reading = False
+        self._since = 0.0  # when the pending read began
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
 
+    def _deadline(self) -> float:
+        if not self._got_first:
+            return self._first
+        d = self._since + self._idle
+        return d if d < self._total else self._total
+
     async def read(self) -> bytes:
+        self._since = self._loop.time()
+        self._reading = True
+        self._got_first = True
+        self._idle = self._total  # a whole-body read is bounded by the total deadline only
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline(), self._fire)
         try:
-            async with asyncio.timeout_at(self._total):
-                data = await self._resp.read()
+            data = await self._resp.read()
         except _TRANSPORT_ERRORS as exc:
             self.close()
-            raise _classify(exc) from None
-        self._eof = True
-        self._resp.release()
+            raise (UpstreamTimeout("the upstream did not answer in time") if self._expired else _classify(exc)) from None
+        finally:
+            self._reading = False
+        self.close()
         return data
 
     async def next_chunk(self) -> bytes:
         if self._eof:
             return b""
-        if self._started:
-            deadline = self._loop.time() + self._idle
-            if deadline > self._total:
-                deadline = self._total
-        else:
-            deadline = self._first
-            self._started = True
+        self._since = self._loop.time()
+        self._reading = True
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline(), self._fire)
         try:
-            async with asyncio.timeout_at(deadline):
-                data = await self._resp.content.readany()
+            data = await self._resp.content.readany()
         except _TRANSPORT_ERRORS as exc:
             self.close()
-            raise _classify(exc) from None
+            raise (UpstreamTimeout("the upstream did not answer in time") if self._expired else _classify(exc)) from None
+        finally:
+            self._reading = False
+        if self._expired:
+            self.close()
+            raise UpstreamTimeout("the upstream did not answer in time")
         if not data:
             self._eof = True
+            self._disarm()
             self._resp.release()  # read to the end: the connection goes back to the pool
+        elif not self._got_first:
+            self._got_first = True
+            self._disarm()  # armed for the first-token deadline, which may lie beyond the idle one
         return data
 
+    def _fire(self) -> None:
+        self._timer = None
+        if self._eof or not self._reading:
+            return  # relaying meanwhile: the next read arms the timer again
+        deadline = self._deadline()
+        # A timer may run a hair early (clock resolution); a millisecond of slack avoids re-arming for nothing.
+        if self._loop.time() + 0.001 >= deadline:
+            self._expired = True
+            self._resp.close()  # wakes the pending read
+        else:
+            self._timer = self._loop.call_at(deadline, self._fire)  # the read began after the timer was set
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def close(self) -> None:
+        self._disarm()
         if not self._eof:
             self._eof = True
             self._resp.close()  # unread body: the connection cannot be reused
@@ -265,7 +345,7 @@ class MockResponse:
         self.finished = False  # read to the end
 
     async def read(self) -> bytes:
-        out = []
+        out: list[bytes] = []
         while True:
             c = await self.next_chunk()
             if not c:

@@ -314,3 +314,57 @@ async def test_cancel_after_commit_is_accounted() -> None:
     a = states(proxy)["a"]
     assert a.inflight == 0 and a.failures == 0
     assert stream.done and up.responses[0].closed
+
+
+def hedge_config() -> Any:
+    cfg = make_config(hedge={"enabled": True, "delay": 0.05})
+    # one priority group, so the hedge has another candidate to start
+    for ch in cfg.channels:
+        ch.priority = 0
+    return parse_config(cfg.model_dump(mode="json"))
+
+
+async def test_hedge_starts_a_second_attempt_and_cancels_the_loser() -> None:
+    slow_first: list[str] = []
+
+    async def handler(r: UpstreamRequest) -> MockReply:
+        slow_first.append(host(r))
+        if len(slow_first) == 1:
+            await asyncio.sleep(5)  # the first pick hangs before any answer
+        return MockReply(200, chat_body(f"from {host(r)}"))
+
+    up = MockUpstream(handler)
+    proxy = Proxy(hedge_config(), up, seed=3)
+    result, ex = await run(proxy, request())
+    assert result.ok
+    winner, loser = slow_first[1], slow_first[0]
+    assert result.outcome.payload.response.message.text() == f"from {winner}"
+    nexts = sorted(a.next for a in result.attempts)
+    assert nexts == ["done", "hedge_lost"]
+    st = states(proxy)
+    assert all(s.inflight == 0 for s in st.values())
+    assert all(s.failures == 0 for s in st.values())  # losing a hedge says nothing about health
+    assert all(t.done() for t in ex.launched)
+    assert loser != winner
+
+
+async def test_hedge_loser_that_committed_a_stream_is_closed() -> None:
+    calls: list[str] = []
+
+    async def handler(r: UpstreamRequest) -> MockReply:
+        calls.append(host(r))
+        if len(calls) == 1:
+            # commits late, after the hedge started, and then would stream forever
+            return MockReply(200, chunks=[0.2, ROLE, chunk({"content": "late"}), HANG])
+        return MockReply(200, chunks=[ROLE, chunk({"content": "fast"}), *good_stream("!")[1:]])
+
+    up = MockUpstream(handler)
+    proxy = Proxy(hedge_config(), up, seed=3)
+    result, ex = await run(proxy, request(stream=True))
+    assert result.ok
+    events = await drain(result.outcome.payload)
+    assert "".join(e.text for e in events if e.type == "text").startswith("fast")
+    await asyncio.sleep(0.3)  # past the loser's late commit
+    st = states(proxy)
+    assert all(s.inflight == 0 for s in st.values())
+    assert all(r.closed for r in up.responses)

@@ -44,6 +44,9 @@ CHANNELS = [
     ch("flaky", "fo", {"error_rate": 1.0}, priority=0),
     ch("steady", "fo", priority=1),
     ch("leaky", "mleak"),
+    # one token every 0.5 s against an idle timeout of 0.2 s: the stream stalls after its commit
+    ch("stall", "mstall", {"tokens_per_second": 2, "output_tokens": 10},
+       timeouts={"connect": 1, "first_token": 2, "idle": 0.2, "total": 10}),
 ]
 
 
@@ -259,6 +262,15 @@ def test_stream_cut_after_commit_ends_with_an_in_stream_error(client: httpx.Clie
     assert rec["attempts"][-1]["stream_error"] == "connection"
     cut = next(s for s in gw.proxy.router.states if s.name == "cut")
     assert cut.inflight == 0 and cut.failures >= 1
+
+
+def test_idle_timeout_after_commit_ends_with_an_in_stream_error(client: httpx.Client, gw: GatewayServer) -> None:
+    r = chat(client, model="mstall", stream=True)
+    assert r.status_code == 200
+    events = sse_events(r.text)
+    assert "[DONE]" not in events and "error" in orjson.loads(events[-1])
+    rec = record(gw, r)
+    assert rec["error_kind"] == "timeout" and rec["attempts"][-1]["stream_error"] == "timeout"
 
 
 # -- client disconnects -----------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""The aiohttp upstream: deadlines (connect, first token, idle, total), transport errors, connection reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from axonsim.config import Timeouts
+from server.upstream import AiohttpUpstream, Limits, UpstreamConnectionError, UpstreamRequest, UpstreamTimeout
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def _stream(request: web.Request) -> web.StreamResponse:
+    """?first=S (delay before the first chunk), ?gap=S (between chunks), ?n=N chunks."""
+    first = float(request.query.get("first", "0"))
+    gap = float(request.query.get("gap", "0"))
+    n = int(request.query.get("n", "3"))
+    r = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await r.prepare(request)
+    await asyncio.sleep(first)
+    for i in range(n):
+        if i:
+            await asyncio.sleep(gap)
+        await r.write(f"data: {i}\n\n".encode())
+    await r.write_eof()
+    return r
+
+
+async def _plain(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query.get("delay", "0")))
+    return web.json_response({"ok": True}, status=int(request.query.get("status", "200")))
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/stream", _stream)
+    app.router.add_post("/plain", _plain)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    yield f"http://{host}:{port}"
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[AiohttpUpstream]:
+    up = AiohttpUpstream()
+    await up.start()
+    yield up
+    await up.aclose()
+
+
+def req(url: str, stream: bool, **t: float) -> UpstreamRequest:
+    limits = Limits(Timeouts(**{"connect": 1, "first_token": 5, "idle": 5, "total": 10, **t}))
+    return UpstreamRequest(url, {"content-type": "application/json"}, b"{}", stream, limits)
+
+
+async def drain(resp: object) -> list[bytes]:
+    out = []
+    while True:
+        c = await resp.next_chunk()  # type: ignore[attr-defined]
+        if not c:
+            return out
+        out.append(c)
+
+
+async def test_stream_relays_chunks(server: str, upstream: AiohttpUpstream) -> None:
+    resp = await upstream.send(req(server + "/stream?n=3&gap=0.01", True))
+    assert resp.status == 200 and resp.headers["content-type"] == "text/event-stream"
+    assert b"".join(await drain(resp)) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+
+async def test_first_token_deadline(server: str, upstream: AiohttpUpstream) -> None:
+    resp = await upstream.send(req(server + "/stream?first=2", True, first_token=0.2))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(UpstreamTimeout):
+        await resp.next_chunk()
+    assert loop.time() - t0 < 1.5
+
+
+async def test_idle_deadline(server: str, upstream: AiohttpUpstream) -> None:
+    resp = await upstream.send(req(server + "/stream?n=3&gap=1", True, idle=0.2))
+    assert await resp.next_chunk() == b"data: 0\n\n"
+    with pytest.raises(UpstreamTimeout):
+        await resp.next_chunk()
+
+
+async def test_a_slow_consumer_is_not_an_idle_upstream(server: str, upstream: AiohttpUpstream) -> None:
+    resp = await upstream.send(req(server + "/stream?n=3&gap=0.01", True, idle=0.2))
+    chunks = []
+    while True:
+        c = await resp.next_chunk()
+        if not c:
+            break
+        chunks.append(c)
+        await asyncio.sleep(0.35)  # relaying to a slow client for longer than `idle`
+    assert b"".join(chunks).count(b"data:") == 3
+
+
+async def test_total_deadline(server: str, upstream: AiohttpUpstream) -> None:
+    resp = await upstream.send(req(server + "/stream?n=50&gap=0.05", True, idle=1, total=0.4))
+    with pytest.raises(UpstreamTimeout):
+        await drain(resp)
+
+
+async def test_non_stream_total_deadline(server: str, upstream: AiohttpUpstream) -> None:
+    with pytest.raises(UpstreamTimeout):
+        await upstream.send(req(server + "/plain?delay=2", False, total=0.2))
+    resp = await upstream.send(req(server + "/plain?status=503", False))
+    assert resp.status == 503 and await resp.read() == b'{"ok": true}'
+
+
+async def test_connection_refused(upstream: AiohttpUpstream) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound but not listening: connections are refused
+        with pytest.raises(UpstreamConnectionError):
+            await upstream.send(req(f"http://127.0.0.1:{port}/plain", False))
+
+
+async def test_connections_are_reused(server: str, upstream: AiohttpUpstream) -> None:
+    for _ in range(3):
+        resp = await upstream.send(req(server + "/stream?n=2", True))
+        await drain(resp)
+        resp = await upstream.send(req(server + "/plain", False))
+        await resp.read()
+    connector = upstream._session.connector  # type: ignore[union-attr]
+    assert connector is not None
+    assert sum(len(v) for v in connector._conns.values()) == 1  # one pooled keep-alive connection

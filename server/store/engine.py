@@ -1,0 +1,94 @@
+"""Database URLs and engines for the store: where the SQLite file lives, driver options, safe logging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+DEFAULT_DB_FILE = "axonsim.db"
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached or prepared at start-up (the CLI exits with code 2)."""
+
+
+def resolve_url(url: str | None, config_path: str | Path | None = None) -> str:
+    """The URL the store opens. None means `axonsim.db` next to the config file (or in the working
+    directory without one); a relative SQLite path is taken relative to the config file too, so a
+    config and its database move together."""
+    base = Path(config_path).resolve().parent if config_path is not None else Path.cwd()
+    if url is None:
+        return f"sqlite+aiosqlite:///{base / DEFAULT_DB_FILE}"
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:" \
+            and not u.database.startswith("file:") and not Path(u.database).is_absolute():
+        return u.set(database=str(base / u.database)).render_as_string(hide_password=False)
+    return url
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password masked: the only form that may reach a log line or an exception."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL still must not leak whatever it holds
+        return "<unparsable database url>"
+
+
+def url_password(url: str) -> str | None:
+    try:
+        pw = make_url(url).password
+    except Exception:
+        return None
+    return str(pw) if pw else None
+
+
+def is_memory_sqlite(url: str) -> bool:
+    u = make_url(url)
+    return u.get_backend_name() == "sqlite" and (not u.database or u.database == ":memory:")
+
+
+def make_engine(url: str, *, connect_timeout: float = 5.0, schema: str | None = None) -> AsyncEngine:
+    """An async engine with the options the store relies on.
+
+    `schema` (PostgreSQL only) sets the search_path, so tests and tenants can keep their tables apart.
+    """
+    u = make_url(url)
+    backend = u.get_backend_name()
+    kw: dict[str, Any] = {}
+    if backend == "sqlite":
+        if schema is not None:
+            raise ValueError("schema is only supported on PostgreSQL")
+        # `timeout` is SQLite's busy wait: how long a write waits for another writer's lock before
+        # it fails (and the batch is retried later) rather than stalling the writer indefinitely.
+        kw["connect_args"] = {"timeout": connect_timeout}
+        if is_memory_sqlite(url):
+            kw["poolclass"] = StaticPool  # every connection must see the same in-memory database
+    elif backend == "postgresql":
+        args: dict[str, Any] = {"timeout": connect_timeout}
+        if schema is not None:
+            args["server_settings"] = {"search_path": schema}
+        kw["connect_args"] = args
+        # Pooled connections die with the database; a ping on checkout replaces them after it returns.
+        kw["pool_pre_ping"] = True
+    else:
+        raise ValueError(f"unsupported store backend {backend!r}: use sqlite+aiosqlite or postgresql+asyncpg")
+    engine = create_async_engine(url, **kw)
+    if backend == "sqlite":
+        memory = is_memory_sqlite(url)
+
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            if not memory:
+                # WAL lets the admin API read while the writer writes.
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    return engine

@@ -1,0 +1,487 @@
+"""The store: a non-blocking `submit`, a bounded in-memory buffer, and one task that writes it in batches.
+
+Theory of operation. The proxy calls `submit(record)` once per client request; it appends to a
+deque and returns — it never awaits the database. One writer task takes up to `batch_size` records
+(waiting at most `flush_interval` for a partial batch to fill), turns them into rows (scrubbing
+secrets on the way, off the request's path) and writes them in one transaction.
+
+Rules:
+1. Bounded memory. Records held (waiting + being written) never exceed `queue_size`; a record
+   submitted beyond that is dropped and counted, never blocks the caller.
+2. A batch leaves memory only once it is committed. If the database is down the same batch is
+   retried with capped exponential backoff while new records queue behind it, so an outage loses
+   nothing within the bound.
+3. Exactly one row per request id. Inserts are ON CONFLICT DO NOTHING on the primary keys, so a
+   batch retried after a commit whose acknowledgement was lost changes nothing the second time.
+4. One bad record cannot wedge the queue: a batch the database rejects for its data (not for being
+   unreachable) is written record by record, and only the offending records are dropped.
+5. Logs say what changed, once: database down, database back, buffer full, buffer has room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from axonsim.config import Store as StoreSettings
+from server.store.engine import StoreUnavailable, is_memory_sqlite, make_engine, resolve_url, safe_url, url_password
+from server.store.migrations import upgrade
+from server.store.models import attempts_table, requests_table
+from server.store.records import RequestRecord
+from server.store.scrub import Scrubber, secrets_from_config
+
+if TYPE_CHECKING:
+    from axonsim.config import Config
+
+log = logging.getLogger("axonsim.store")
+
+_Prepared = tuple[dict[str, Any], list[dict[str, Any]]]
+
+
+def _classify(exc: BaseException) -> str:
+    """"record" when the data itself was refused, "down" when the database is unavailable, and
+    "unknown" when only asking the database whether it still answers can tell the two apart."""
+    if isinstance(exc, (sa_exc.IntegrityError, sa_exc.DataError, TypeError, ValueError, ArithmeticError)):
+        return "record"
+    if isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError):
+        return "record"  # a value the driver could not bind
+    if isinstance(exc, (OSError, TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError,
+                        sa_exc.ProgrammingError, sa_exc.DisconnectionError, sa_exc.TimeoutError)):
+        return "down"  # ProgrammingError: the tables are gone, so the schema is re-checked
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return "down"
+    return "unknown"
+
+
+def _num(v: float | None) -> float | None:
+    return v if v is None or math.isfinite(v) else None
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+        return True
+    except TimeoutError:
+        return False
+
+
+class Store:
+    """Usage-log and trace store. Use from one event loop: `await start()`, `submit()` per request,
+    `await close()` on shutdown (or `async with Store(...)`). `engine` serves server.store.queries."""
+
+    def __init__(
+        self,
+        settings: StoreSettings | None = None,
+        *,
+        config_path: str | Path | None = None,
+        secrets: Iterable[str] = (),
+        schema: str | None = None,
+        connect_timeout: float = 5.0,
+        write_timeout: float = 30.0,
+        retry_base: float = 0.1,
+        retry_cap: float = 5.0,
+    ) -> None:
+        s = settings if settings is not None else StoreSettings()
+        self.settings = s
+        self.url = resolve_url(s.url, config_path)
+        self.safe_url = safe_url(self.url)
+        self._schema = schema
+        self._connect_timeout = connect_timeout
+        self._write_timeout = write_timeout
+        self._retry_base = retry_base
+        self._retry_cap = retry_cap
+        self._bound = s.queue_size
+        self._batch = min(s.batch_size, s.queue_size)
+        self._interval = s.flush_interval
+        self._secrets = list(secrets)
+        self._scrub = self._make_scrubber(self._secrets)
+
+        self._buf: deque[RequestRecord] = deque()
+        self._inflight: list[_Prepared] = []
+        self._engine: AsyncEngine | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # the buffer went from empty to non-empty
+        self._full = asyncio.Event()  # a full batch is waiting, or someone wants it written now
+        self._kick = asyncio.Event()  # cut a retry backoff short (on close)
+        self._progress = asyncio.Event()  # some records were settled (written or dropped)
+        self._ready = False  # schema known to be at head on this engine
+        self._closing = False
+        self._closed = False
+        self._flushers = 0
+        self._overflowing = False
+        self._dropped_in_episode = 0
+        self._failures = 0
+        self._accepted = 0  # records taken into the buffer
+        self._settled = 0  # of those, records written or dropped since (what flush() waits on)
+
+        self._db_up = False
+        self.submitted = 0  # records offered to submit()
+        self.written = 0  # records committed to the database
+        self.dropped = 0  # records lost: buffer full, rejected by the database, or unwritten at close
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, config_path: str | Path | None = None, **kw: Any) -> Store:
+        """The store a proxy with `config` needs: its settings, and every key in it as a secret."""
+        return cls(config.store, config_path=config_path, secrets=secrets_from_config(config), **kw)
+
+    # ---------------------------------------------------------------------------------------------
+    # What the proxy and metrics read
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the store is not started")
+        return self._engine
+
+    @property
+    def store_bodies(self) -> bool:
+        return self.settings.store_bodies
+
+    @property
+    def queued(self) -> int:
+        """Records in memory, not yet committed (the queue-depth gauge)."""
+        return len(self._buf) + len(self._inflight)
+
+    @property
+    def db_up(self) -> bool:
+        return self._db_up
+
+    def stats(self) -> dict[str, Any]:
+        return {"submitted": self.submitted, "queued": self.queued, "written": self.written,
+                "dropped": self.dropped, "db_up": self._db_up, "last_error": self.last_error}
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        """Replace the secrets to scrub (on config reload); applies to records not yet prepared."""
+        self._secrets = list(secrets)
+        self._scrub = self._make_scrubber(self._secrets)
+
+    def _make_scrubber(self, secrets: list[str]) -> Scrubber:
+        pw = url_password(self.url)
+        return Scrubber([*secrets, pw] if pw else secrets)
+
+    # ---------------------------------------------------------------------------------------------
+    # Lifecycle
+
+    async def start(self) -> None:
+        """Open the database and migrate it to head; start the writer. Raises StoreUnavailable when
+        the database cannot be reached, unless on_unreachable is "degraded"."""
+        if self._task is not None:
+            return
+        self._engine = make_engine(self.url, connect_timeout=self._connect_timeout, schema=self._schema)
+        dialect = self._engine.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        self._ins_requests = insert(requests_table).on_conflict_do_nothing(index_elements=["id"])
+        self._ins_attempts = insert(attempts_table).on_conflict_do_nothing(index_elements=["request_id", "n"])
+        try:
+            await self._migrate()
+            self._ready = True
+            self._db_up = True
+        except Exception as exc:
+            reason = self._describe(exc)
+            self.last_error = reason
+            if self.settings.on_unreachable != "degraded":
+                await self._engine.dispose()
+                self._engine = None
+                raise StoreUnavailable(f"the store database {self.safe_url} is unavailable: {reason}") from exc
+            log.warning("store degraded: the database %s is unavailable (%s); serving on, keeping up to %d "
+                        "records in memory and retrying", self.safe_url, reason, self._bound)
+        self._task = asyncio.create_task(self._run(), name="axonsim-store-writer")
+
+    async def close(self, timeout: float | None = 30.0) -> None:
+        """Write everything submitted so far, then stop. If the database is still unavailable after
+        `timeout` seconds, whatever is left is counted as dropped and logged."""
+        if self._closed:
+            return
+        self._closing = True
+        for ev in (self._wake, self._full, self._kick):
+            ev.set()
+        task = self._task
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                task.cancel()
+                await asyncio.wait({task}, timeout=5.0)
+            elif not task.cancelled() and task.exception() is not None:
+                log.error("store writer failed", exc_info=task.exception())
+        lost = self.queued
+        if lost:
+            self._buf.clear()
+            self._inflight = []
+            self._drop_accepted(lost)
+            log.error("store closed with the database unavailable: %d records were not written", lost)
+        self._closed = True
+        if self._engine is not None:
+            await self._engine.dispose()
+
+    async def __aenter__(self) -> Store:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------------------------------------------
+    # The hot path
+
+    def submit(self, record: RequestRecord) -> bool:
+        """Hand over one request's record. Never blocks, never awaits; False when it was dropped
+        (buffer full or store closed). The store owns the record from here on."""
+        self.submitted += 1
+        if self._closing:
+            self.dropped += 1
+            return False
+        if len(self._buf) + len(self._inflight) >= self._bound:
+            self.dropped += 1
+            self._dropped_in_episode += 1
+            if not self._overflowing:
+                self._overflowing = True
+                log.error("store buffer full (%d records, database %s): dropping new records until it drains",
+                          self._bound, "down" if not self._db_up else "slow")
+            return False
+        self._buf.append(record)
+        self._accepted += 1
+        self._wake.set()
+        if len(self._buf) >= self._batch:
+            self._full.set()
+        return True
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record submitted before this call is written (or dropped), without
+        waiting for flush_interval. False if `timeout` passed first (e.g. the database is down)."""
+        target = self._accepted
+        self._flushers += 1
+        self._full.set()
+        try:
+            async with asyncio.timeout(timeout):
+                while self._settled < target:
+                    self._progress.clear()
+                    await self._progress.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._flushers -= 1
+
+    # ---------------------------------------------------------------------------------------------
+    # The writer task
+
+    async def _run(self) -> None:
+        # A bug in the loop must not silently stop all writing for the life of the process.
+        while True:
+            try:
+                await self._loop()
+                return
+            except Exception:
+                log.exception("store writer failed; restarting it")
+                await asyncio.sleep(self._retry_cap)
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._inflight:
+                if not self._buf:
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    if self._db_up:
+                        await self._wake.wait()
+                    elif not await _wait(self._wake, self._backoff()):
+                        await self._probe()  # idle while down: find out when it is back, for metrics
+                    continue
+                self._full.clear()
+                if len(self._buf) < self._batch and not self._closing and not self._flushers:
+                    await _wait(self._full, self._interval)
+                await self._take_batch()
+                if not self._inflight:
+                    continue
+            if await self._write_inflight():
+                self._failures = 0
+                self._mark_up()
+            else:
+                self._failures += 1
+                self._kick.clear()
+                if not self._closing:
+                    await _wait(self._kick, self._backoff())
+                elif self._failures > 1:
+                    # Closing with the database down: keep retrying until close() gives up on us.
+                    await asyncio.sleep(min(self._backoff(), 1.0))
+
+    def _backoff(self) -> float:
+        return min(self._retry_cap, self._retry_base * 2 ** max(self._failures - 1, 0))
+
+    async def _take_batch(self) -> None:
+        # Records move to _inflight one by one so the bound in submit() holds while we yield.
+        self._inflight = []
+        buf = self._buf
+        since_yield = 0
+        while buf and len(self._inflight) < self._batch:
+            rec = buf.popleft()
+            try:
+                prepared = self._prepare(rec)
+            except Exception:
+                log.exception("store: record %s cannot be stored; dropped", getattr(rec, "id", "?"))
+                self._drop_accepted(1)
+                continue
+            self._inflight.append(prepared)
+            # Scrubbing runs on the proxy's event loop: hand it back now and then (large bodies
+            # especially), so preparing a batch never holds up requests in flight.
+            since_yield += 1 + sum(len(v) for k in ("request_body", "response_body")
+                                   if isinstance(v := prepared[0][k], str)) // 4096
+            if since_yield >= 64:
+                since_yield = 0
+                await asyncio.sleep(0)
+
+    async def _write_inflight(self) -> bool:
+        """Write the in-flight batch; True when nothing of it is left in memory."""
+        batch = self._inflight
+        try:
+            await self._write(batch)
+        except Exception as exc:
+            if not await self._record_at_fault(exc):
+                self._mark_down(exc)
+                return False
+            return await self._write_one_by_one()
+        self._inflight = []
+        self._settle(len(batch))
+        return True
+
+    async def _write_one_by_one(self) -> bool:
+        while self._inflight:
+            item = self._inflight[0]
+            try:
+                await self._write([item])
+            except Exception as exc:
+                if not await self._record_at_fault(exc):
+                    self._mark_down(exc)
+                    return False
+                log.error("store: the database rejected record %s (%s); dropped", item[0]["id"], self._describe(exc))
+                self._inflight.pop(0)
+                self._drop_accepted(1)
+                continue
+            self._inflight.pop(0)
+            self._settle(1)
+        return True
+
+    async def _write(self, batch: list[_Prepared]) -> None:
+        engine = self.engine
+        async with asyncio.timeout(self._write_timeout):
+            if not self._ready:
+                await self._migrate()
+                self._ready = True
+            async with engine.begin() as conn:
+                await conn.execute(self._ins_requests, [b[0] for b in batch])
+                attempts = [a for b in batch for a in b[1]]
+                if attempts:
+                    await conn.execute(self._ins_attempts, attempts)
+
+    async def _migrate(self) -> None:
+        u = self.engine.url
+        if u.get_backend_name() == "sqlite" and u.database and not is_memory_sqlite(self.url):
+            folder = Path(u.database).parent
+            if not folder.is_dir():
+                # Checked here rather than left to the driver: a failed aiosqlite connect leaves its
+                # worker thread reporting to the event loop, which at start-up is about to close.
+                raise FileNotFoundError(f"the folder {folder} of the SQLite database does not exist")
+        await upgrade(self.engine)
+
+    async def _record_at_fault(self, exc: BaseException) -> bool:
+        kind = _classify(exc)
+        if kind != "unknown":
+            return kind == "record"
+        try:
+            async with asyncio.timeout(self._connect_timeout + 1.0), self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception:
+            return False
+        return True  # the database answers, so it is this data it will not take
+
+    async def _probe(self) -> None:
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await self._migrate()
+            self._ready = True
+        except Exception as exc:
+            self._failures += 1
+            self._mark_down(exc)
+            return
+        self._failures = 0
+        self._mark_up()
+
+    # ---------------------------------------------------------------------------------------------
+    # Bookkeeping
+
+    def _settle(self, n: int) -> None:
+        self.written += n
+        self._settled += n
+        self._progress.set()
+        self._maybe_room()
+
+    def _drop_accepted(self, n: int) -> None:
+        self.dropped += n
+        self._settled += n
+        self._progress.set()
+        self._maybe_room()
+
+    def _maybe_room(self) -> None:
+        if self._overflowing and self.queued < self._bound:
+            self._overflowing = False
+            log.warning("store buffer has room again; %d records were dropped while it was full",
+                        self._dropped_in_episode)
+            self._dropped_in_episode = 0
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self._ready = False  # re-check the schema on reconnection (it may be a new, empty database)
+        self.last_error = self._describe(exc)
+        if self._db_up:
+            self._db_up = False
+            log.warning("store: database %s unavailable (%s); keeping up to %d records in memory and retrying",
+                        self.safe_url, self.last_error, self._bound)
+
+    def _mark_up(self) -> None:
+        if not self._db_up:
+            self._db_up = True
+            self.last_error = None
+            log.warning("store: database %s is back; %d records waiting to be written", self.safe_url, self.queued)
+
+    def _describe(self, exc: BaseException) -> str:
+        orig = getattr(exc, "orig", None) or exc
+        text = f"{type(orig).__name__}: {orig}".splitlines()[0][:300]
+        return self._scrub.text(text) or ""
+
+    def _prepare(self, r: RequestRecord) -> _Prepared:
+        """A record as table rows: every text scrubbed, bodies only when configured."""
+        t = self._scrub.text
+        created = float(r.created_at) if r.created_at and math.isfinite(r.created_at) else time.time()
+        bodies = self.settings.store_bodies
+        req = {
+            "id": str(r.id), "created_at": created, "day": time.strftime("%Y-%m-%d", time.gmtime(created)),
+            "project": t(r.project) or "", "key_name": t(r.key_name), "client_format": t(r.client_format) or "",
+            "model": t(r.model) or "", "stream": bool(r.stream), "status": int(r.status),
+            "outcome": str(r.outcome), "error": t(r.error),
+            "latency": _num(r.latency), "ttft": _num(r.ttft), "overhead": _num(r.overhead),
+            "prompt_tokens": int(r.prompt_tokens), "completion_tokens": int(r.completion_tokens),
+            "cached_tokens": int(r.cached_tokens), "reasoning_tokens": int(r.reasoning_tokens),
+            "cost": _num(r.cost), "trace_id": t(r.trace_id), "thread_id": t(r.thread_id), "channel": t(r.channel),
+            "request_body": t(r.request_body) if bodies else None,
+            "response_body": t(r.response_body) if bodies else None,
+        }
+        attempts = [{
+            "request_id": req["id"], "n": int(a.n), "created_at": created, "channel": t(a.channel) or "",
+            "key_name": t(a.key_name), "upstream_model": t(a.upstream_model) or "", "status": int(a.status),
+            "error": t(a.error), "error_kind": t(a.error_kind), "latency": _num(a.latency), "ttft": _num(a.ttft),
+            "cost": _num(a.cost), "decision": self._scrub.json(a.decision) if a.decision is not None else None,
+        } for a in r.attempts]
+        return req, attempts

@@ -1,0 +1,777 @@
+"""The usage-log store against real SQLite and real PostgreSQL: records, draining, outages, bounds, queries, secrets.
+
+PostgreSQL: AXONSIM_TEST_PG (default postgresql://postgres@127.0.0.1:5432/test); each test gets its
+own schema, dropped afterwards. Outages are real: PostgreSQL is reached through a TCP forwarder on a
+loopback port that the test stops (dropping every connection) and restarts; SQLite is locked by
+another connection holding an exclusive transaction. Tests skip PostgreSQL when it is unreachable,
+unless AXONSIM_REQUIRE_POSTGRES=1 (CI), where they fail instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+
+from axonsim.config import ConfigError, Price, parse_config
+from axonsim.config import Store as StoreSettings
+from axonsim.execution import Outcome, Router
+from axonsim.pricing import cost, cost_for, price_for
+from axonsim.unified import Error, Usage, error_kind_for_status
+from server.store import (
+    STATUS_CLIENT_CLOSED,
+    AttemptRow,
+    RequestRecord,
+    Scrubber,
+    Store,
+    StoreUnavailable,
+    resolve_url,
+    secrets_from_config,
+)
+from server.store import queries as Q
+from server.store.migrations import current
+from server.store.models import Base
+
+pytestmark = pytest.mark.timeout(90)
+
+PG_DSN = os.environ.get("AXONSIM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_PG = os.environ.get("AXONSIM_REQUIRE_POSTGRES") == "1"
+WAIT = 30.0  # upper bound on any single wait in these tests; they finish far sooner
+
+
+def _pg_reason() -> str | None:
+    async def probe() -> None:
+        conn = await asyncpg.connect(PG_DSN, timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"PostgreSQL at {PG_DSN} is unreachable ({type(exc).__name__}: {exc})"
+    return None
+
+
+PG_UNAVAILABLE = _pg_reason()
+
+
+# --------------------------------------------------------------------------------------------------
+# Databases that can be taken away and given back
+
+
+class SqliteDB:
+    """A SQLite file; `down()` takes an exclusive lock from another connection, as a second
+    process would, so every write fails with "database is locked" until `up()`."""
+
+    kind = "sqlite"
+    schema = None
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url = f"sqlite+aiosqlite:///{path}"
+        self._lock: sqlite3.Connection | None = None
+
+    async def down(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        # Non-blocking attempts: a blocking wait here would stall the loop the writer needs.
+        async with asyncio.timeout(WAIT):
+            while True:
+                try:
+                    conn.execute("BEGIN EXCLUSIVE")
+                    break
+                except sqlite3.OperationalError:
+                    await asyncio.sleep(0.01)
+        self._lock = conn
+
+    async def up(self) -> None:
+        if self._lock is not None:
+            self._lock.execute("COMMIT")
+            self._lock.close()
+            self._lock = None
+
+    async def fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.path, timeout=5)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+    async def raw_text(self) -> str:
+        """Everything on disk, byte for byte (database file and WAL), as text."""
+        out = b""
+        for suffix in ("", "-wal", "-journal"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                out += p.read_bytes()
+        return out.decode("latin-1")
+
+    async def drop(self) -> None:
+        await self.up()
+
+
+class Forwarder:
+    """A TCP forwarder on a loopback port. `stop()` closes the listener and cuts every open
+    connection; `start()` listens on the same port again."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        if self.server is not None:
+            return
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for w in list(self.writers):
+            w.transport.abort()
+        self.writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers |= {writer, uw}
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                w.transport.abort()
+
+        await asyncio.gather(pipe(reader, uw), pipe(ur, writer))
+        self.writers -= {writer, uw}
+
+
+class PostgresDB:
+    """A fresh schema in the test database, reached through a Forwarder that `down()` stops."""
+
+    kind = "postgresql"
+
+    def __init__(self) -> None:
+        self.schema = f"axonsim_test_{uuid.uuid4().hex[:12]}"
+        dsn = sa.engine.make_url(PG_DSN)
+        self.fwd = Forwarder((dsn.host or "127.0.0.1", dsn.port or 5432))
+        self._dsn = dsn
+
+    @property
+    def url(self) -> str:
+        u = self._dsn.set(drivername="postgresql+asyncpg", host="127.0.0.1", port=self.fwd.port)
+        return u.render_as_string(hide_password=False)
+
+    async def create(self) -> None:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(f'CREATE SCHEMA "{self.schema}"')
+        finally:
+            await conn.close()
+        await self.fwd.start()
+
+    async def down(self) -> None:
+        await self.fwd.stop()
+
+    async def up(self) -> None:
+        await self.fwd.start()
+
+    async def fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": self.schema})
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    async def raw_text(self) -> str:
+        rows = await self.fetch("SELECT row_to_json(r)::text FROM requests r UNION ALL "
+                                "SELECT row_to_json(a)::text FROM attempts a")
+        return "\n".join(r[0] for r in rows)
+
+    async def drop(self) -> None:
+        await self.fwd.stop()
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "sqlite":
+        d: Any = SqliteDB(tmp_path / "store.db")
+    else:
+        if PG_UNAVAILABLE:
+            if REQUIRE_PG:
+                pytest.fail(PG_UNAVAILABLE + " and AXONSIM_REQUIRE_POSTGRES=1")
+            pytest.skip(PG_UNAVAILABLE)
+        d = PostgresDB()
+        await d.create()
+    try:
+        yield d
+    finally:
+        await d.drop()
+
+
+SECRETS = ["sk-upstream-SECRET-0001", "gw-client-SECRET-0002"]
+
+
+def make_store(db: Any, **settings: Any) -> Store:
+    s = StoreSettings(url=db.url, **settings)
+    # Short timeouts and backoff keep outage tests quick; none of them is asserted on.
+    # SQLite's connect timeout is its busy wait, which every write makes while the test holds the lock.
+    timeout = 0.2 if db.kind == "sqlite" else 1.0
+    return Store(s, schema=db.schema, secrets=SECRETS, connect_timeout=timeout, write_timeout=10.0,
+                 retry_base=0.02, retry_cap=0.2)
+
+
+async def until(cond: Callable[[], bool], what: str) -> None:
+    try:
+        async with asyncio.timeout(WAIT):
+            while not cond():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for: {what}") from None
+
+
+def rec(i: int = 0, **kw: Any) -> RequestRecord:
+    base: dict[str, Any] = dict(project="p", model="m", client_format="openai_chat", status=200,
+                                outcome="completed", created_at=1_700_000_000.0 + i, channel="c0",
+                                attempts=[AttemptRow(n=1, channel="c0", upstream_model="m", status=200)])
+    base.update(kw)
+    return RequestRecord(**base)
+
+
+async def ids_in(db: Any) -> list[str]:
+    return sorted(r[0] for r in await db.fetch("SELECT id FROM requests"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Pricing and configuration (pure)
+
+
+def test_cost_formula() -> None:
+    price = Price(input=2.0, cached_input=0.5, output=10.0, reasoning=20.0)
+    u = Usage(prompt_tokens=1_000, cached_tokens=400, completion_tokens=300, reasoning_tokens=100)
+    expected = (600 * 2.0 + 400 * 0.5 + 200 * 10.0 + 100 * 20.0) / 1_000_000
+    assert cost(u, price) == pytest.approx(expected)
+    # cached defaults to input and reasoning to output: then only prompt/completion totals matter
+    plain = Price(input=2.0, output=10.0)
+    assert (plain.cached_input, plain.reasoning) == (2.0, 10.0)
+    assert cost(u, plain) == pytest.approx((1_000 * 2.0 + 300 * 10.0) / 1_000_000)
+    # inconsistent upstream counts never make a term negative
+    odd = Usage(prompt_tokens=10, cached_tokens=50, completion_tokens=5, reasoning_tokens=9)
+    assert cost(odd, price) == pytest.approx((10 * 0.5 + 5 * 20.0) / 1_000_000)
+    assert cost(Usage(), price) == 0.0
+
+
+def test_price_lookup_prefers_the_upstream_model_and_unpriced_is_none() -> None:
+    prices = {"gpt-x": Price(input=1, output=1), "alias": Price(input=100, output=100)}
+    assert price_for(prices, "gpt-x", "alias") is prices["gpt-x"]
+    assert price_for(prices, "unknown", "alias") is prices["alias"]
+    assert cost_for(Usage(prompt_tokens=1_000_000), prices, "nope") is None
+    assert cost_for(None, prices, "gpt-x") is None
+    assert cost_for(Usage(prompt_tokens=1_000_000), prices, "gpt-x") == pytest.approx(1.0)
+
+
+def test_config_prices_and_store_section() -> None:
+    cfg = parse_config({"channels": [{"name": "a", "models": ["m"]}],
+                        "prices": {"m": {"input": 3, "output": 15, "cached_input": 0.3}}})
+    assert cfg.prices["m"].reasoning == 15 and cfg.prices["m"].cached_input == 0.3
+    s = cfg.store
+    assert (s.url, s.store_bodies, s.queue_size, s.batch_size, s.flush_interval, s.on_unreachable) == (
+        None, False, 10000, 200, 0.5, "fail")
+    cfg = parse_config({"channels": [{"name": "a", "models": ["m"]}],
+                        "store": {"url": "postgresql://u:pw@db/x", "on_unreachable": "degraded"}})
+    assert cfg.store.url == "postgresql+asyncpg://u:pw@db/x"
+    with pytest.raises(ConfigError, match=r"store\.url"):
+        parse_config({"channels": [{"name": "a", "models": ["m"]}], "store": {"url": "mysql://x/y"}})
+    with pytest.raises(ConfigError, match=r"prices\.m\.input"):
+        parse_config({"channels": [{"name": "a", "models": ["m"]}], "prices": {"m": {"input": -1}}})
+
+
+def test_default_database_is_a_file_next_to_the_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "conf" / "axonsim.yaml"
+    assert resolve_url(None, cfg) == f"sqlite+aiosqlite:///{tmp_path / 'conf' / 'axonsim.db'}"
+    assert resolve_url("sqlite+aiosqlite:///data/x.db", cfg) == f"sqlite+aiosqlite:///{tmp_path / 'conf/data/x.db'}"
+    assert resolve_url("sqlite+aiosqlite:////abs/x.db", cfg) == "sqlite+aiosqlite:////abs/x.db"
+    pg = "postgresql+asyncpg://u@h/db"
+    assert resolve_url(pg, cfg) == pg
+
+
+def test_scrubber_masks_every_form_of_a_secret() -> None:
+    s = Scrubber(['k"ey/1', "sk-abc"])
+    assert s.text('{"auth": "Bearer sk-abc"}') == '{"auth": "Bearer [REDACTED]"}'
+    assert s.text('{"k": "k\\"ey/1"}') == '{"k": "[REDACTED]"}'  # as it reads inside JSON
+    assert s.text("?key=k%22ey%2F1") == "?key=[REDACTED]"  # as it reads in a URL
+    assert s.text(b"raw sk-abc\x00") == "raw [REDACTED]\ufffd"
+    assert s.json({"sk-abc": ["x sk-abc", 1, float("nan")]}) == {"[REDACTED]": ["x [REDACTED]", 1, None]}
+    cfg = parse_config({"gateway": {"api_keys": [{"key": "gw"}]},
+                        "channels": [{"name": "a", "models": ["m"], "api_keys": ["up1", "up2"]}]})
+    assert sorted(secrets_from_config(cfg)) == ["gw", "up1", "up2"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Records: what the proxy writes for each way a request can end
+
+
+def _router() -> Router:
+    return Router(parse_config({
+        "channels": [{"name": f"c{i}", "models": ["m"], "api_keys": [{"key": SECRETS[0], "name": f"c{i}-key"}]}
+                     for i in range(2)],
+        "routing": {"strategy": "round_robin"},
+        "prices": {"m": {"input": 1.0, "output": 2.0}},
+    }))
+
+
+def _fail(status: int) -> Callable[[Any, float], Outcome]:
+    def answer(call: Any, now: float) -> Outcome:
+        return Outcome.failure(now + 0.5, Error(kind=error_kind_for_status(status), status=status,
+                                                message=f"upstream {status} for key {SECRETS[0]}"))
+    return answer
+
+
+def _ok(call: Any, now: float) -> Outcome:
+    return Outcome(True, now + 1.0)
+
+
+def _record_from(result: Any, router: Router, usage: Usage | None, **kw: Any) -> RequestRecord:
+    """What the proxy does with the core's Result: an AttemptRow per attempt, cost on the winner."""
+    prices = router.config.prices
+    rows = []
+    for a in result.attempts:
+        c = cost_for(usage, prices, a.upstream_model) if a.next == "done" else None
+        err = None if a.kind is None else f"{a.kind.value}: status {a.status} key {SECRETS[0]}"
+        rows.append(AttemptRow.from_core(a, cost=c, error=err, ttft=0.25 if a.next == "done" else None))
+    u = usage or Usage()
+    return RequestRecord(
+        project="proj", model="m", client_format="openai_chat", key_name="team-a",
+        status=200 if result.ok else result.error.status,
+        outcome="completed" if result.ok else "failed",
+        error=None if result.ok else result.error.message,
+        channel=result.attempts[-1].channel if result.ok else None,
+        prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+        cost=cost_for(usage, prices, "m"), attempts=rows, trace_id="tr-1", thread_id="th-1", **kw)
+
+
+async def test_records_for_success_failure_failover_and_cancel(db: Any, driver: Any) -> None:
+    router = _router()
+    usage = Usage(prompt_tokens=1_000, completion_tokens=500)
+    scripts = {"c0": [_fail(500), _fail(502)], "c1": [_ok]}
+    success = _record_from(driver(router, "m", _ok), router, usage)
+    failover = _record_from(driver(_router(), "m", lambda c, n: scripts[c.state.name].pop(0)(c, n)), router, usage)
+    failure = _record_from(driver(_router(), "m", _fail(503)), router, None)
+    cancel = RequestRecord(project="proj", model="m", client_format="anthropic", stream=True,
+                           status=STATUS_CLIENT_CLOSED, outcome="cancelled", error="client disconnected",
+                           attempts=[AttemptRow(n=1, channel="c0", upstream_model="m", status=200, ttft=0.3,
+                                                latency=1.2, key_name="c0-key")], channel="c0")
+    store = make_store(db)
+    await store.start()
+    for r in (success, failover, failure, cancel):
+        assert store.submit(r)
+    await store.close()
+    assert (store.written, store.dropped) == (4, 0)
+
+    reader = make_store(db)
+    await reader.start()
+    try:
+        got = {r.id: r for r in await Q.list_requests(reader.engine, Q.Filter(), with_attempts=True)}
+        assert set(got) == {success.id, failover.id, failure.id, cancel.id}
+
+        s = got[success.id]
+        assert (s.outcome, s.status, s.channel, s.prompt_tokens, s.trace_id, s.thread_id) == (
+            "completed", 200, success.channel, 1_000, "tr-1", "th-1")
+        assert s.cost == pytest.approx((1_000 * 1.0 + 500 * 2.0) / 1e6)
+        assert [(a.n, a.status, a.decision["next"]) for a in s.attempts] == [(1, 200, "done")]
+
+        f = got[failover.id]
+        assert [(a.channel, a.status, a.decision["next"]) for a in f.attempts] == [
+            ("c0", 500, "retry"), ("c0", 502, "failover"), ("c1", 200, "done")]
+        assert [a.key_name for a in f.attempts] == ["c0-key", "c0-key", "c1-key"]
+        assert f.attempts[0].error_kind == "server_error" and f.attempts[2].cost == pytest.approx(s.cost)
+        assert f.attempts[0].latency == pytest.approx(0.5) and f.attempts[2].ttft == 0.25
+
+        x = got[failure.id]
+        assert (x.outcome, x.status, x.cost) == ("failed", 503, None)
+        assert len(x.attempts) == 4 and x.attempts[-1].decision["next"] == "cap"
+
+        c = got[cancel.id]
+        assert (c.outcome, c.status, c.stream, c.client_format) == ("cancelled", 499, True, "anthropic")
+        assert c.attempts[0].latency == 1.2
+
+        one = await Q.get_request(reader.engine, failover.id)
+        assert one is not None and [a.n for a in one.attempts] == [1, 2, 3]
+        assert await Q.get_request(reader.engine, "missing") is None
+    finally:
+        await reader.close()
+
+
+async def test_migrations_match_the_models_and_reach_head(db: Any) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    store = make_store(db)
+    await store.start()
+    try:
+        assert await current(store.engine) == "0001"
+
+        def diff(conn: sa.Connection) -> list[Any]:
+            return compare_metadata(MigrationContext.configure(conn), Base.metadata)
+
+        async with store.engine.connect() as conn:
+            assert await conn.run_sync(diff) == []
+    finally:
+        await store.close()
+
+
+async def test_workers_starting_together_migrate_once(db: Any) -> None:
+    stores = [make_store(db) for _ in range(4)]
+    await asyncio.gather(*(s.start() for s in stores))
+    try:
+        assert {await current(s.engine) for s in stores} == {"0001"}
+        for i, s in enumerate(stores):
+            s.submit(rec(i))
+    finally:
+        for s in stores:
+            await s.close()
+    assert len(await ids_in(db)) == 4
+
+
+# --------------------------------------------------------------------------------------------------
+# The writer: off the hot path, drains, survives outages, bounded, idempotent
+
+
+async def test_writer_drains_on_close_without_waiting_for_the_interval(db: Any) -> None:
+    store = make_store(db, flush_interval=3600, batch_size=1000)
+    await store.start()
+    records = [rec(i) for i in range(120)]
+    for r in records:
+        store.submit(r)
+    assert store.queued == 120  # submit only buffers
+    await store.close()
+    assert (store.written, store.dropped, store.queued) == (120, 0, 0)
+    assert await ids_in(db) == sorted(r.id for r in records)
+    assert len(await db.fetch("SELECT request_id FROM attempts")) == 120
+
+
+async def test_batches_are_written_while_running(db: Any) -> None:
+    store = make_store(db, batch_size=10, flush_interval=0.05)
+    await store.start()
+    try:
+        for i in range(25):
+            store.submit(rec(i))
+        await until(lambda: store.written == 25, "25 records written by the running writer")
+        assert await store.flush(WAIT)
+        assert len(await ids_in(db)) == 25
+    finally:
+        await store.close()
+
+
+async def test_database_outage_loses_nothing_within_the_bound(db: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="axonsim.store")
+    store = make_store(db, queue_size=100, batch_size=7, flush_interval=0.01)
+    await store.start()
+    try:
+        before = [rec(i) for i in range(10)]
+        for r in before:
+            store.submit(r)
+        assert await store.flush(WAIT)
+
+        await db.down()
+        during = [rec(100 + i) for i in range(60)]
+        for r in during[:20]:
+            assert store.submit(r)
+        await until(lambda: not store.db_up, "the store noticing the outage")
+        for r in during[20:]:
+            assert store.submit(r)
+        # the writer keeps retrying while down: give it several failed rounds
+        failures_seen = store._failures
+        await until(lambda: store._failures >= failures_seen + 3, "several failed retries")
+        assert store.written == 10 and store.queued == 60 and store.dropped == 0
+
+        await db.up()
+        assert await store.flush(WAIT)
+        assert store.db_up
+        assert (store.written, store.dropped, store.queued) == (70, 0, 0)
+        assert await ids_in(db) == sorted(r.id for r in before + during)
+        # logged once per change of state, not once per retry
+        downs = [m for m in caplog.messages if "unavailable" in m]
+        ups = [m for m in caplog.messages if "is back" in m]
+        assert len(downs) == 1 and len(ups) == 1
+        assert all("SECRET" not in m for m in caplog.messages)
+    finally:
+        await db.up()
+        await store.close()
+
+
+async def test_past_the_bound_records_are_dropped_and_counted(db: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="axonsim.store")
+    store = make_store(db, queue_size=20, batch_size=5, flush_interval=0.01)
+    await store.start()
+    try:
+        await db.down()
+        records = [rec(i) for i in range(30)]
+        accepted = [store.submit(r) for r in records]
+        assert accepted == [True] * 20 + [False] * 10
+        assert (store.queued, store.dropped, store.submitted) == (20, 10, 30)
+        assert sum("buffer full" in m for m in caplog.messages) == 1
+
+        await db.up()
+        assert await store.flush(WAIT)
+        assert (store.written, store.dropped) == (20, 10)
+        assert await ids_in(db) == sorted(r.id for r in records[:20])
+        assert sum("has room again" in m for m in caplog.messages) == 1
+    finally:
+        await db.up()
+        await store.close()
+
+
+async def test_close_gives_up_after_its_timeout_and_counts_what_is_lost(db: Any) -> None:
+    store = make_store(db, flush_interval=0.01)
+    await store.start()
+    await db.down()
+    for i in range(5):
+        store.submit(rec(i))
+    await store.close(timeout=0.5)
+    assert (store.written, store.dropped, store.queued) == (0, 5, 0)
+    assert store.submit(rec(9)) is False and store.dropped == 6
+
+
+async def test_a_retried_batch_does_not_duplicate(db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_store(db, batch_size=50, flush_interval=0.01)
+    await store.start()
+    real_write = store._write
+    lost_acks = 0
+
+    async def commit_then_lose_the_ack(batch: list[Any]) -> None:
+        # The commit reaches the database, but the writer sees a dropped connection: it must retry.
+        nonlocal lost_acks
+        await real_write(batch)
+        if lost_acks < 2:
+            lost_acks += 1
+            raise ConnectionResetError("connection lost before the commit was acknowledged")
+
+    monkeypatch.setattr(store, "_write", commit_then_lose_the_ack)
+    try:
+        records = [rec(i, attempts=[AttemptRow(n=k, channel=f"c{k}", upstream_model="m", status=500 if k < 2 else 200)
+                                    for k in (1, 2)]) for i in range(30)]
+        for r in records:
+            store.submit(r)
+        store.submit(records[0])  # the same request submitted twice still makes one row
+        assert await store.flush(WAIT)
+        assert lost_acks == 2
+        assert await ids_in(db) == sorted(r.id for r in records)
+        assert len(await db.fetch("SELECT request_id, n FROM attempts")) == 60
+        assert store.dropped == 0
+    finally:
+        await store.close()
+
+
+async def test_unreachable_database_at_start(db: Any, tmp_path: Path) -> None:
+    if db.kind == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}"
+    else:
+        await db.down()  # nothing listens on the forwarder's port now
+        url = db.url.replace("postgresql+asyncpg://postgres@", "postgresql+asyncpg://postgres:hunter2@")
+    store = Store(StoreSettings(url=url), schema=db.schema, connect_timeout=1.0)
+    with pytest.raises(StoreUnavailable) as err:
+        await store.start()
+    assert "unavailable" in str(err.value) and "hunter2" not in str(err.value)
+
+
+async def test_degraded_start_buffers_until_the_database_appears(db: Any, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="axonsim.store")
+    if db.kind == "sqlite":
+        where = tmp_path / "later"
+        url = f"sqlite+aiosqlite:///{where / 'x.db'}"
+
+        async def appear() -> None:
+            where.mkdir()
+    else:
+        await db.down()
+        url = db.url
+
+        async def appear() -> None:
+            await db.up()
+    store = Store(StoreSettings(url=url, on_unreachable="degraded", flush_interval=0.01), schema=db.schema,
+                  connect_timeout=1.0, retry_base=0.02, retry_cap=0.2)
+    await store.start()
+    try:
+        assert not store.db_up
+        assert any("degraded" in m for m in caplog.messages)
+        records = [rec(i) for i in range(15)]
+        for r in records:
+            assert store.submit(r)
+        await appear()
+        assert await store.flush(WAIT)
+        assert store.db_up and store.written == 15
+        async with store.engine.connect() as conn:
+            n = (await conn.execute(sa.text("SELECT count(*) FROM requests"))).scalar_one()
+        assert n == 15
+    finally:
+        await store.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Secrets and bodies
+
+
+async def test_secrets_are_never_stored(db: Any) -> None:
+    up, gw = SECRETS
+    store = make_store(db, store_bodies=True)
+    await store.start()
+    r = RequestRecord(
+        project="p", model="m", client_format="openai_chat", status=502, outcome="failed",
+        key_name=gw,  # a proxy that fell back to the key as its name must not leak it
+        error=f"upstream said: invalid api key {up}",
+        request_body=f'{{"messages": [{{"role": "user", "content": "my key is {up}"}}]}}'.encode(),
+        response_body=f'{{"error": {{"message": "Incorrect API key provided: {up}"}}}}',
+        trace_id=gw,
+        attempts=[AttemptRow(n=1, channel="c0", upstream_model="m", status=401, key_name="c0#0",
+                             error=f"401 Bearer {up}", decision={"headers": {"authorization": f"Bearer {up}"},
+                                                                  up: [gw]})])
+    store.submit(r)
+    await store.close()
+    text = await db.raw_text()
+    assert r.id in text  # the record is really there...
+    assert "[REDACTED]" in text and "my key is" in text  # ...with its body, masked
+    assert up not in text and gw not in text
+
+
+async def test_bodies_are_kept_only_when_configured(db: Any) -> None:
+    store = make_store(db)  # store_bodies defaults to False
+    await store.start()
+    try:
+        store.submit(rec(1, request_body=b'{"x": 1}', response_body='{"y": 2}'))
+        assert await store.flush(WAIT)
+        assert await db.fetch("SELECT request_body, response_body FROM requests") == [(None, None)]
+    finally:
+        await store.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Queries for the admin API
+
+
+async def test_queries_filter_and_group(db: Any) -> None:
+    t0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+    day = 86_400.0
+
+    def att(ch: str, status: int, n: int = 1, cost: float | None = None) -> AttemptRow:
+        kind = None if status < 400 else error_kind_for_status(status).value
+        return AttemptRow(n=n, channel=ch, upstream_model="up-" + ch, status=status, error_kind=kind, cost=cost,
+                          latency=1.0, key_name=f"{ch}-k")
+
+    records = [
+        rec(0, project="a", model="m1", created_at=t0, channel="c0", cost=1.0, prompt_tokens=10,
+            attempts=[att("c0", 200, cost=1.0)]),
+        rec(0, project="a", model="m2", created_at=t0 + 10, channel="c1", cost=2.0, prompt_tokens=20,
+            attempts=[att("c0", 500), att("c1", 200, 2, 2.0)]),
+        rec(0, project="b", model="m1", created_at=t0 + 20, channel=None, status=503, outcome="failed", cost=None,
+            attempts=[att("c0", 503), att("c1", 503, 2)]),
+        rec(0, project="b", model="m1", created_at=t0 + day, channel="c1", cost=4.0, prompt_tokens=40,
+            attempts=[att("c1", 200, cost=4.0)], trace_id="T"),
+        rec(0, project="a", model="m1", created_at=t0 + day + 5, channel="c0", status=499, outcome="cancelled",
+            cost=None, attempts=[att("c0", 200)]),
+    ]
+    store = make_store(db)
+    await store.start()
+    try:
+        for r in records:
+            store.submit(r)
+        assert await store.flush(WAIT)
+        e = store.engine
+
+        async def ids(**kw: Any) -> list[str]:
+            return [r.id for r in await Q.list_requests(e, Q.Filter(**kw))]
+
+        newest_first = [r.id for r in reversed(records)]
+        assert await ids() == newest_first
+        assert await ids(project="a") == [records[4].id, records[1].id, records[0].id]
+        assert await ids(model="m2") == [records[1].id]
+        assert await ids(status=503) == [records[2].id]
+        assert await ids(outcome="cancelled") == [records[4].id]
+        assert await ids(trace_id="T") == [records[3].id]
+        # a channel matches every request that touched it, failovers included
+        assert await ids(channel="c1") == [records[3].id, records[2].id, records[1].id]
+        assert await ids(since=t0 + 10, until=t0 + day) == [records[2].id, records[1].id]
+        assert await ids(limit=2, offset=1) == newest_first[1:3]
+        assert await Q.count_requests(e, Q.Filter(project="a")) == 3
+
+        atts = await Q.list_attempts(e, Q.Filter(channel="c0"))
+        assert [(a.request_id, a.attempt.n) for a in atts] == [
+            (records[4].id, 1), (records[2].id, 1), (records[1].id, 1), (records[0].id, 1)]
+        assert [a.attempt.status for a in await Q.list_attempts(e, Q.Filter(status=503))] == [503, 503]
+        assert {a.project for a in await Q.list_attempts(e, Q.Filter(project="b"))} == {"b"}
+
+        by_pm = {(u.group["project"], u.group["model"]): u for u in await Q.usage(e, Q.Filter())}
+        a_m1 = by_pm[("a", "m1")]
+        assert (a_m1.requests, a_m1.completed, a_m1.cancelled, a_m1.cost, a_m1.unpriced, a_m1.prompt_tokens) == (
+            2, 1, 1, 1.0, 1, 10)
+        b_m1 = by_pm[("b", "m1")]
+        assert (b_m1.requests, b_m1.failed, b_m1.cost) == (2, 1, 4.0)
+
+        first_day = await Q.usage(e, Q.Filter(since=t0, until=t0 + day), by=["day", "channel"])
+        assert {(u.group["day"], u.group["channel"], u.requests, u.cost) for u in first_day} == {
+            ("2023-11-14", "c0", 1, 1.0), ("2023-11-14", "c1", 1, 2.0), ("2023-11-14", None, 1, 0.0)}
+
+        per_channel = {u.group["channel"]: u for u in await Q.attempt_usage(e, Q.Filter())}
+        assert (per_channel["c0"].attempts, per_channel["c0"].failures, per_channel["c0"].cost) == (4, 2, 1.0)
+        assert (per_channel["c1"].attempts, per_channel["c1"].failures, per_channel["c1"].cost) == (3, 1, 6.0)
+        assert per_channel["c1"].mean_latency == pytest.approx(1.0)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(("params", "bad"), [
+    ({"limit": "many"}, "limit"), ({"limit": "0"}, "limit"), ({"since": "yesterday"}, "since"),
+    ({"outcome": "exploded"}, "outcome"), ({"colour": "red"}, "colour"), ({"offset": "-1"}, "offset"),
+    ({"since": "200", "until": "100"}, "until"),
+])
+def test_bad_filters_name_the_parameter(params: dict[str, str], bad: str) -> None:
+    with pytest.raises(Q.QueryError) as err:
+        Q.Filter.from_params(params)
+    assert err.value.param == bad
+
+
+def test_filters_parse_times_and_group_names_are_checked() -> None:
+    f = Q.Filter.from_params({"since": "2023-11-14T22:13:20Z", "until": "1700000100", "status": "429"})
+    assert (f.since, f.until, f.status) == (1_700_000_000.0, 1_700_000_100.0, 429)
+    with pytest.raises(Q.QueryError) as err:
+        Q._groups(["project", "colour"], Q.USAGE_GROUPS)
+    assert err.value.param == "group_by"
+
+
+async def test_a_record_the_database_rejects_is_dropped_alone(db: Any) -> None:
+    store = make_store(db, batch_size=10, flush_interval=0.01)
+    await store.start()
+    try:
+        good = [rec(i) for i in range(5)]
+        # More tokens than the column holds: SQLite's driver and PostgreSQL's each refuse it.
+        bad = rec(99, prompt_tokens=2**63)
+        for r in good[:2] + [bad] + good[2:]:
+            store.submit(r)
+        assert await store.flush(WAIT)
+        assert await ids_in(db) == sorted(r.id for r in good)
+        assert (store.written, store.dropped) == (5, 1)
+    finally:
+        await store.close()

@@ -1,0 +1,7 @@
+"""The discrete-event simulator: SimPy drives the core's execution generator over channel models and a workload."""
+
+from axonsim.sim.driver import Simulation, simulate
+from axonsim.sim.results import SimResult
+from axonsim.sim.workload import Arrivals, poisson
+
+__all__ = ["Arrivals", "SimResult", "Simulation", "poisson", "simulate"]

@@ -1,0 +1,333 @@
+"""Simulated channel: the behaviour model, concurrency slots (a counter and a FIFO deque) and each attempt's timeline.
+
+Timeline of one attempt (t0 = when execution yields the Call, or Launches it):
+
+    t0       the attempt's draws are taken (fault, TTFT, output length) from this channel's own stream;
+             Call.started; a slot is taken, or the attempt queues (when_full: queue) or is answered
+             503 at once (when_full: reject)
+    tg       slot granted (tg = t0 unless it queued); TTFT and generation time count from here
+    tg+ttft  first token: a stream's Outcome is sent to execution here (the commit point); an
+             error status (500, 502, 429 with its Retry-After, 503, an outage's status) or a reset
+             is answered here
+    end      tg + ttft + generation: a non-stream answer's Outcome is sent here; a stream finishes;
+             a cut stream fails at the cut (after its commit), a cut non-stream body likewise
+
+The gateway's timeouts count from t0, queueing included (as the live upstream client counts them):
+no first token by t0 + first_token (or a `timeout` fault) → TIMEOUT at that instant, slot released;
+a queued attempt whose deadline passes leaves the queue; an attempt still running at t0 + total is
+cut there.
+
+The channel reports only what a live driver can observe (server/driver.py does the same): a
+non-stream attempt's first event is its whole answer, so Call.first_token is reported there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING
+
+from simpy.events import Event, Timeout
+
+from axonsim.behavior import FULL_STATUS, RESET, STREAM_CUT, TIMEOUT, AttemptPlan, BehaviorModel
+from axonsim.config import Timeouts
+from axonsim.execution import Call, Outcome
+from axonsim.state import ChannelState
+from axonsim.unified import Error, ErrorKind, error_kind_for_status
+
+if TYPE_CHECKING:
+    import random
+
+    from axonsim.sim.driver import SimRequest, Simulation
+
+# Fault labels the driver adds to the behaviour model's (attempts table, `fault` column).
+FULL = "full"  # rejected: every slot taken and when_full: reject
+QUEUE_TIMEOUT = "queue_timeout"  # timed out waiting for a slot
+CANCELLED = "cancelled"  # abandoned by execution (a hedge that lost)
+
+# Attempt phases.
+QUEUED, RUNNING, STREAMING, DONE, ABANDONED = range(5)
+
+
+class Attempt:
+    """One upstream attempt: what was drawn for it and what became of it. `handle` is its index in
+    the request's attempts (what a Launch answers), -1 for a plain Call."""
+
+    __slots__ = ("req", "ch", "call", "plan", "handle", "phase", "t_call", "t_grant", "t_first", "t_end", "status",
+                 "error", "fault", "tokens")
+
+    def __init__(self, req: SimRequest, ch: SimChannel, call: Call, plan: AttemptPlan, handle: int,
+                 t_call: float) -> None:
+        self.req = req
+        self.ch = ch
+        self.call = call
+        self.plan = plan
+        self.handle = handle
+        self.phase = RUNNING
+        self.t_call = t_call
+        self.t_grant = t_call
+        self.t_first = math.nan
+        self.t_end = t_call
+        self.status = 0
+        self.error: str | None = None
+        self.fault: str | None = plan.fault
+        self.tokens = 0
+
+
+class SimChannel:
+    """One channel's model in the simulator. `busy` counts held slots (what the provider limits);
+    ChannelState.inflight, which strategies read, also counts queued attempts (what the gateway sees)."""
+
+    __slots__ = ("sim", "env", "state", "index", "name", "model", "rng", "cap", "queue", "waiting", "busy",
+                 "t_first", "t_total", "guard", "errors", "e_full", "e_reset", "e_timeout", "e_cut")
+
+    def __init__(self, sim: Simulation, state: ChannelState, rng: random.Random, model_seed: int,
+                 gateway_timeouts: Timeouts) -> None:
+        ch = state.channel
+        b = ch.behavior
+        self.sim = sim
+        self.env = sim.env
+        self.state = state
+        self.index = state.index
+        self.name = ch.name
+        self.model = BehaviorModel(b, model_seed)  # the seed drives its outage process
+        self.rng = rng
+        self.cap: float = b.max_concurrency if b.max_concurrency is not None else math.inf
+        self.queue = self.model.queue
+        self.waiting: deque[Attempt] = deque()
+        self.busy = 0
+        to = ch.timeouts or gateway_timeouts
+        self.t_first = to.first_token
+        self.t_total = to.total
+        self.guard = False  # a queue-deadline check is scheduled
+        # Errors are immutable values: built once per channel and status, shared by the failed attempts.
+        self.errors: dict[int, Error] = {}
+        self.e_full = Error(kind=error_kind_for_status(FULL_STATUS), status=FULL_STATUS,
+                            message="the channel is at its maximum concurrency")
+        self.e_reset = Error(kind=ErrorKind.CONNECTION, status=0, message="the connection to the upstream failed")
+        self.e_timeout = Error(kind=ErrorKind.TIMEOUT, status=0, message="the upstream did not answer in time")
+        self.e_cut = Error(kind=ErrorKind.CONNECTION, status=0, message="the upstream stream was interrupted")
+
+    # -- admission ------------------------------------------------------------------------------
+
+    def submit(self, req: SimRequest, call: Call, now: float, handle: int) -> Attempt:
+        """Execution asked for an attempt on this channel at `now`."""
+        # Drawn now, whatever happens next: the stream's position depends only on the number of calls.
+        busy = self.busy
+        cap = self.cap
+        plan = self.model.sample(self.rng, now, busy / cap if busy else 0.0)
+        a = Attempt(req, self, call, plan, handle, now)
+        req.atts.append(a)
+        call.started(now)
+        if busy < cap:
+            self.busy = busy + 1
+            self._begin(a, now)
+        elif self.queue:
+            a.phase = QUEUED
+            self.waiting.append(a)
+            if not self.guard:
+                self.guard = True
+                Timeout(self.env, self.t_first, self).callbacks.append(_on_guard)
+        else:
+            a.fault = FULL
+            self.fail(a, now, self.e_full)
+        return a
+
+    def _begin(self, a: Attempt, now: float) -> None:
+        """A slot was granted to `a` at `now`: schedule what it comes to."""
+        a.t_grant = now
+        a.phase = RUNNING
+        plan = a.plan
+        fault = plan.fault
+        env = self.env
+        first = now + plan.ttft
+        deadline = a.t_call + self.t_first
+        if fault == TIMEOUT or first > deadline:
+            Timeout(env, deadline - now, a).callbacks.append(_on_timeout)
+        elif fault is None or fault == STREAM_CUT:
+            if a.req.stream:
+                Timeout(env, plan.ttft, a).callbacks.append(_on_first)
+            else:
+                end = first + plan.generation
+                total = a.t_call + self.t_total
+                if end > total:
+                    Timeout(env, total - now, a).callbacks.append(_on_timeout)
+                else:
+                    Timeout(env, end - now, a).callbacks.append(_on_answer)
+        else:
+            Timeout(env, plan.ttft, a).callbacks.append(_on_error)
+
+    def release(self, now: float) -> None:
+        """Free one slot; the head of the queue, if any, takes it at once."""
+        if self.waiting:
+            self._begin(self.waiting.popleft(), now)
+        else:
+            self.busy -= 1
+
+    # -- endings --------------------------------------------------------------------------------
+
+    def error(self, status: int, retry_after: float | None) -> Error:
+        """The Error an upstream answer with `status` is classified as (429s carry their Retry-After)."""
+        if retry_after is not None:
+            return Error(kind=error_kind_for_status(status), status=status, retry_after=retry_after,
+                         message=f"the upstream answered HTTP {status}")
+        err = self.errors.get(status)
+        if err is None:
+            err = self.errors[status] = Error(kind=error_kind_for_status(status), status=status,
+                                              message=f"the upstream answered HTTP {status}")
+        return err
+
+    def fail(self, a: Attempt, now: float, err: Error) -> None:
+        """The attempt failed before its commit: report, then tell execution."""
+        out = Outcome.failure(now, err, a.call.key)
+        a.phase = DONE
+        a.t_end = now
+        a.status = err.status
+        a.error = err.kind.value
+        a.call.failed(now, out)
+        self.sim.deliver(a, out)
+
+    def cancel(self, a: Attempt, now: float) -> None:
+        """Execution abandoned `a` (a hedge that lost): free what it holds, account it as cancelled."""
+        phase = a.phase
+        if phase == DONE or phase == ABANDONED:
+            return
+        if phase == QUEUED:
+            self.waiting.remove(a)
+        else:
+            self.release(now)
+        a.phase = ABANDONED
+        a.t_end = now
+        a.fault = CANCELLED
+        a.call.cancelled(now)
+
+    def expire_queue(self, now: float) -> None:
+        """Time out the queued attempts whose first-token deadline has passed. One timeout per
+        channel and FIFO order put the earliest deadlines at the head, so one check per channel
+        suffices, rescheduled for the new head's deadline."""
+        waiting = self.waiting
+        t_first = self.t_first
+        while waiting and waiting[0].t_call + t_first <= now:
+            a = waiting.popleft()
+            a.t_grant = now
+            a.fault = QUEUE_TIMEOUT
+            self.fail(a, now, self.e_timeout)
+        if waiting:
+            Timeout(self.env, waiting[0].t_call + t_first - now, self).callbacks.append(_on_guard)
+        else:
+            self.guard = False
+
+
+# Event callbacks: one per phase, at module level; the event's value is the Attempt (or the channel).
+# An attempt abandoned meanwhile (phase ABANDONED) ignores its events.
+
+
+def _on_error(ev: Event) -> None:
+    a: Attempt = ev._value
+    if a.phase != RUNNING:
+        return
+    ch = a.ch
+    now = ch.env._now
+    ch.release(now)
+    plan = a.plan
+    ch.fail(a, now, ch.e_reset if plan.fault == RESET else ch.error(plan.status, plan.retry_after))
+
+
+def _on_timeout(ev: Event) -> None:
+    a: Attempt = ev._value
+    if a.phase != RUNNING:
+        return
+    ch = a.ch
+    now = ch.env._now
+    ch.release(now)
+    if a.fault is None:
+        a.fault = TIMEOUT
+    ch.fail(a, now, ch.e_timeout)
+
+
+def _on_answer(ev: Event) -> None:
+    """A non-stream attempt's whole answer (or its truncated body) arrived."""
+    a: Attempt = ev._value
+    if a.phase != RUNNING:
+        return
+    ch = a.ch
+    now = ch.env._now
+    ch.release(now)
+    if a.plan.fault == STREAM_CUT:
+        ch.fail(a, now, ch.e_cut)
+        return
+    call = a.call
+    call.first_token(now)
+    tokens = a.plan.output_tokens
+    call.succeeded(now, tokens)
+    a.phase = DONE
+    a.t_first = a.t_end = now
+    a.status = 200
+    a.tokens = tokens
+    ch.sim.deliver(a, Outcome(True, now, 200, None, None, call.ttft, call.key))
+
+
+def _on_first(ev: Event) -> None:
+    """A stream's first token: the commit point. The rest of the stream plays out here, unseen by execution."""
+    a: Attempt = ev._value
+    if a.phase != RUNNING:
+        return
+    ch = a.ch
+    now = ch.env._now
+    call = a.call
+    call.first_token(now)
+    a.phase = STREAMING
+    a.t_first = now
+    a.status = 200
+    gen = a.plan.generation  # to the cut, for a cut stream
+    total = a.t_call + ch.t_total
+    if now + gen > total:
+        Timeout(ch.env, total - now, a).callbacks.append(_on_stream_timeout)
+    else:
+        Timeout(ch.env, gen, a).callbacks.append(_on_stream_end)
+    ch.sim.deliver(a, Outcome(True, now, 200, None, None, call.ttft, call.key))
+
+
+def _on_stream_end(ev: Event) -> None:
+    a: Attempt = ev._value
+    if a.phase != STREAMING:
+        return
+    ch = a.ch
+    now = ch.env._now
+    ch.release(now)
+    a.phase = DONE
+    a.t_end = now
+    plan = a.plan
+    if plan.fault == STREAM_CUT:
+        a.tokens = plan.cut_tokens
+        a.error = STREAM_CUT
+        a.call.failed(now, Outcome.failure(now, ch.e_cut, a.call.key))
+    else:
+        a.tokens = plan.output_tokens
+        a.call.succeeded(now, a.tokens)
+    ch.sim.stream_done(a)
+
+
+def _on_stream_timeout(ev: Event) -> None:
+    """A committed stream still running at the total timeout: the gateway cuts it."""
+    a: Attempt = ev._value
+    if a.phase != STREAMING:
+        return
+    ch = a.ch
+    now = ch.env._now
+    ch.release(now)
+    a.phase = DONE
+    a.t_end = now
+    a.error = ErrorKind.TIMEOUT.value
+    a.fault = TIMEOUT
+    plan = a.plan
+    planned = plan.cut_tokens if plan.fault == STREAM_CUT else plan.output_tokens
+    gen = plan.generation
+    a.tokens = min(planned, int(planned * (now - a.t_first) / gen)) if gen > 0 else 0
+    a.call.failed(now, Outcome.failure(now, ch.e_timeout, a.call.key))
+    ch.sim.stream_done(a)
+
+
+def _on_guard(ev: Event) -> None:
+    ch: SimChannel = ev._value
+    ch.expire_queue(ch.env._now)

@@ -1,0 +1,52 @@
+"""`axonsim simulate SCENARIO.yaml [--seed N] [--out DIR] [--format csv|parquet]`: run a scenario and print its summary."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from axonsim.config import load_config
+from axonsim.sim.driver import simulate
+from axonsim.sim.workload import require_workload
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:9.1f} ms"
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The summary as a small fixed-width table."""
+    pct = "{:6.2f} %".format
+    lines = [
+        f"requests        {s['requests']}   ({s['duration']:.1f} s simulated, seed {s['seed']})",
+        f"success         {pct(100 * s['success_rate'])}    errors {pct(100 * s['error_rate'])}"
+        f"    client 429 {pct(100 * s['client_429_rate'])}",
+        "                      p50          p95          p99",
+        f"latency       {_ms(s['latency_p50'])}  {_ms(s['latency_p95'])}  {_ms(s['latency_p99'])}",
+        f"ttft          {_ms(s['ttft_p50'])}  {_ms(s['ttft_p95'])}  {_ms(s['ttft_p99'])}",
+        f"attempts/req    {s['attempts_per_request']:.3f}   upstream errors {pct(100 * s['upstream_error_rate'])}"
+        f"    upstream 429 {pct(100 * s['upstream_429_rate'])}",
+        "",
+    ]
+    width = max(7, *(len(c) for c in s["share"]))
+    lines.append(f"{'channel':{width}}  served   attempts")
+    for c, share in s["share"].items():
+        lines.append(f"{c:{width}}  {pct(100 * share)}  {pct(100 * s['attempt_share'][c])}")
+    return "\n".join(lines)
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    config = load_config(args.scenario)  # ConfigError → message and exit 2 (axonsim.cli)
+    require_workload(config)
+    t0 = time.perf_counter()
+    result = simulate(config, seed=args.seed)
+    wall = time.perf_counter() - t0
+    summary = result.summary()
+    print(f"scenario        {args.scenario}")
+    print(format_summary(summary))
+    print(f"\nwall time       {wall:.2f} s ({summary['requests'] / wall:,.0f} requests/s)")
+    if args.out:
+        for p in result.to_files(args.out, args.format):
+            print(f"wrote           {p}")
+    return 0

@@ -1,0 +1,67 @@
+"""`axonsim simulate`: runs a scenario, writes its tables, prints the summary; exit 2 on a bad scenario."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from axonsim.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> Path:
+    data = yaml.safe_load((ROOT / "examples" / "basic.yaml").read_text())
+    data["workload"]["requests"] = 400
+    p = tmp_path / "scenario.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_simulate_writes_tables_and_prints_the_summary(scenario, tmp_path, capsys, fmt):
+    out = tmp_path / "out"
+    assert main(["simulate", str(scenario), "--seed", "3", "--out", str(out), "--format", fmt]) == 0
+    printed = capsys.readouterr().out
+    for word in ("success", "latency", "p99", "attempts/req", "fast", "standard", "flaky"):
+        assert word in printed
+    req = pd.read_csv(out / "requests.csv") if fmt == "csv" else pd.read_parquet(out / "requests.parquet")
+    att = pd.read_csv(out / "attempts.csv") if fmt == "csv" else pd.read_parquet(out / "attempts.parquet")
+    assert len(req) == 400 and len(att) >= 400
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests"] == 400 and summary["seed"] == 3
+
+
+def test_simulate_without_out_writes_nothing(scenario, tmp_path, capsys):
+    assert main(["simulate", str(scenario)]) == 0
+    assert "success" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scenario.yaml"]
+
+
+def test_malformed_scenario_exits_2_naming_the_field(scenario, capsys):
+    data = yaml.safe_load(scenario.read_text())
+    data["channels"][1]["behavior"]["max_concurrency"] = -3
+    scenario.write_text(yaml.safe_dump(data))
+    assert main(["simulate", str(scenario)]) == 2
+    err = capsys.readouterr().err
+    assert "channels[1].behavior.max_concurrency" in err and "Traceback" not in err
+
+
+def test_invalid_yaml_and_missing_file_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("channels: [\n")
+    assert main(["simulate", str(bad)]) == 2
+    assert main(["simulate", str(tmp_path / "nope.yaml")]) == 2
+    assert "configuration error" in capsys.readouterr().err
+
+
+def test_scenario_without_workload_exits_2(tmp_path, capsys):
+    p = tmp_path / "noworkload.yaml"
+    p.write_text(yaml.safe_dump({"channels": [{"name": "a", "models": ["m"]}]}))
+    assert main(["simulate", str(p)]) == 2
+    assert "workload" in capsys.readouterr().err

@@ -1,0 +1,341 @@
+"""Prometheus metrics for the gateway: per-request counters and histograms, channel and store state read at scrape time.
+
+Two kinds of metric live here:
+
+- **Observed** (counters, histograms): the proxy reports each finished client request once, with
+  `Metrics.observe_request(...)`, and brackets it with `inflight_inc()` / `inflight_dec()`.
+- **Read at scrape time** (gauges): channel state (in-flight, available, open breakers, cooldown,
+  EWMAs) comes from whatever Router is current when Prometheus scrapes — a config reload swaps the
+  Router and nothing has to be re-registered — and the store's queue depth / written / dropped /
+  database-up come from the store object's own counters. Nothing is pushed on the hot path for them.
+
+Why observed figures are plain Python numbers, turned into Prometheus families only at scrape time:
+prometheus-client's Counter/Histogram take a lock per update (measured here: ~2 µs per counter
+increment, ~5 µs per histogram observation, ~25 µs for one request's worth), while a cached list
+cell and a bisect cost well under 1 µs each, and the proxy updates them from one event-loop thread
+anyway. So: call the per-request methods and `render` from the event-loop thread.
+
+Every Metrics has its own CollectorRegistry: several apps in one process (tests, benchmarks) never
+see each other's numbers, and the global default registry is left alone.
+
+Label cardinality is bounded on purpose: a model label is a model the current config serves (any
+other name a client sends becomes "other", so a flood of made-up names cannot grow the series
+count), channel labels come from the config, and attempt outcomes are the core's error kinds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from axonsim.execution import Router
+
+log = logging.getLogger("axonsim.server.metrics")
+
+# Whole LLM calls: a cached short answer takes a few ms, a long reasoning stream minutes.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+# The gateway's own share: tens of µs when all is well, so the resolution is at the low end.
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+OTHER_MODEL = "other"  # label for model names the config does not serve
+NO_MODEL = "none"  # label when the request ended before a model was known (auth failure, bad body)
+MAX_MODELS = 500  # distinct model labels at most, even if a config serves more
+
+# Attempt outcomes: "success", "cancelled" (hedge lost, client gone), or an ErrorKind value.
+SUCCESS = "success"
+CANCELLED = "cancelled"
+_CANCELLED_NEXT = frozenset({"cancelled", "hedge_lost"})
+
+RouterSource = Any  # a Router, a zero-argument callable returning the current one (or None), or None
+StoreSource = Any  # a store object, a zero-argument callable returning it (or None), or None
+
+
+def _getter(source: Any) -> Callable[[], Any]:
+    if source is None:
+        return lambda: None
+    if callable(source):
+        return source  # type: ignore[no-any-return]
+    return lambda: source
+
+
+def attempt_outcome(a: Mapping[str, Any]) -> str:
+    """The outcome label of one attempt in AttemptRecord.as_dict() form (the proxy's record)."""
+    if a.get("next") in _CANCELLED_NEXT:
+        return CANCELLED
+    err = a.get("error")
+    if err:
+        return str(err)
+    broke = a.get("stream_error")  # a stream that failed after its commit point
+    if broke:
+        return str(broke)
+    status = a.get("status") or 0
+    return SUCCESS if 0 < status < 400 else "error"
+
+
+class _Hist:
+    """One histogram series: per-bucket (not cumulative) counts, the last one +Inf, and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, n: int) -> None:
+        self.counts = [0] * (n + 1)
+        self.total = 0.0
+
+    def observe(self, bounds: Sequence[float], v: float) -> None:
+        # Prometheus buckets are "less than or equal": the first bound >= v.
+        self.counts[bisect_left(bounds, v)] += 1
+        self.total += v
+
+    def cumulative(self, bounds: Sequence[float]) -> list[tuple[str, float]]:
+        out = []
+        acc = 0
+        for le, c in zip([*(repr(float(b)) for b in bounds), "+Inf"], self.counts, strict=True):
+            acc += c
+            out.append((le, float(acc)))
+        return out
+
+
+_Children = tuple[list[int], _Hist, _Hist]
+
+
+class Metrics:
+    """The gateway's metrics on a registry of its own.
+
+    `router` and `store` may be the objects themselves or zero-argument callables returning the
+    current ones (pass `lambda: proxy.router` so a reload's new Router is what the next scrape reads).
+    `now` is the clock channel state is read with (the proxy's clock; Unix seconds).
+    """
+
+    def __init__(self, router: RouterSource = None, store: StoreSource = None,
+                 now: Callable[[], float] = time.time, *, process: bool = True, namespace: str = "axonsim") -> None:
+        self.registry = CollectorRegistry()
+        self.namespace = namespace
+        self._router: Callable[[], Router | None] = _getter(router)
+        self._store: Callable[[], Any] = _getter(store)
+        self._now = now
+        self.inflight = 0
+        # (format, model label, status) -> [count]; (format, model label) -> latency / TTFT histogram
+        self._requests: dict[tuple[str, str, str], list[int]] = {}
+        self._latency: dict[tuple[str, str], _Hist] = {}
+        self._ttft: dict[tuple[str, str], _Hist] = {}
+        self._overhead = _Hist(len(OVERHEAD_BUCKETS))
+        self._attempts: dict[tuple[str, str], list[int]] = {}
+        # The fast path: the cells one raw (format, model, status) touches, found with one lookup.
+        self._fast: dict[tuple[str, str | None, int], _Children] = {}
+        self._models: set[str] = set()
+        self.registry.register(_Collector(self))
+        if process:
+            # CPU seconds and RSS: what the overhead benchmark and a memory alert read.
+            ProcessCollector(registry=self.registry)
+
+    # -- the per-request API -----------------------------------------------------------------------
+
+    def inflight_inc(self) -> None:
+        self.inflight += 1
+
+    def inflight_dec(self) -> None:
+        self.inflight -= 1
+
+    def observe_request(self, client_format: str, model: str | None, status: int, latency: float | None,
+                        ttft: float | None, overhead: float | None, attempts: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Count one finished client request. Times in seconds; None for a time not known (no first
+        byte sent, say). `attempts` are AttemptRecord.as_dict()-shaped dicts (the proxy's record)."""
+        children = self._fast.get((client_format, model, status))
+        if children is None:
+            children = self._children(client_format, model, status)
+        cell, lat, first = children
+        cell[0] += 1
+        if latency is not None:
+            lat.counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
+            lat.total += latency
+        if ttft is not None:
+            first.counts[bisect_left(LATENCY_BUCKETS, ttft)] += 1
+            first.total += ttft
+        if overhead is not None:
+            self._overhead.observe(OVERHEAD_BUCKETS, overhead)
+        if attempts:
+            cells = self._attempts
+            for a in attempts:
+                akey = (a["channel"], attempt_outcome(a))
+                c = cells.get(akey)
+                if c is None:
+                    c = cells[akey] = [0]
+                c[0] += 1
+
+    def _children(self, client_format: str, model: str | None, status: int) -> _Children:
+        label = self._model_label(model)
+        rkey = (client_format, label, str(status))
+        cell = self._requests.get(rkey)
+        if cell is None:
+            cell = self._requests[rkey] = [0]
+        hkey = (client_format, label)
+        lat = self._latency.get(hkey)
+        if lat is None:
+            lat = self._latency[hkey] = _Hist(len(LATENCY_BUCKETS))
+            self._ttft[hkey] = _Hist(len(LATENCY_BUCKETS))
+        children = (cell, lat, self._ttft[hkey])
+        if label == model or model is None:
+            # Only served models get a fast-path entry under their own name: a stream of made-up
+            # names must not grow this dict either.
+            self._fast[(client_format, model, status)] = children
+        return children
+
+    def _model_label(self, model: str | None) -> str:
+        if model is None:
+            return NO_MODEL
+        if model in self._models:
+            return model
+        router = self._router()
+        known = router is None or router.candidates.known(model)
+        if known and len(self._models) < MAX_MODELS:
+            self._models.add(model)
+            return model
+        return OTHER_MODEL
+
+    # -- exposition --------------------------------------------------------------------------------
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition body and its content type for GET /metrics (OpenMetrics if `accept` asks)."""
+        if accept:
+            encoder, content_type = choose_encoder(accept)
+            return encoder(self.registry), content_type
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _Collector:
+    """Turns the accumulated numbers, every channel's state and the store's counters into families."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+        self.ns = metrics.namespace
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # the families depend on the config at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterable[Metric]:
+        for part in (self._observed, self._channels, self._store):
+            try:
+                families = part()
+            except Exception:
+                # A broken reading must cost its own families, not the whole scrape.
+                log.exception("metrics: collecting %s failed", part.__name__)
+                continue
+            yield from families
+
+    def _observed(self) -> list[Metric]:
+        m = self.m
+        ns = self.ns
+        requests = CounterMetricFamily(f"{ns}_requests", "Client requests by client API format, model and HTTP status",
+                                       labels=["client_format", "model", "status"])
+        for rkey, cell in list(m._requests.items()):
+            requests.add_metric(list(rkey), float(cell[0]))
+        latency = HistogramMetricFamily(f"{ns}_request_duration_seconds",
+                                        "Client request latency, arrival to last byte",
+                                        labels=["client_format", "model"])
+        ttft = HistogramMetricFamily(f"{ns}_request_ttft_seconds",
+                                     "Time from a request's arrival to the first byte sent back",
+                                     labels=["client_format", "model"])
+        for fam, series in ((latency, m._latency), (ttft, m._ttft)):
+            for hkey, h in list(series.items()):
+                fam.add_metric(list(hkey), h.cumulative(LATENCY_BUCKETS), h.total)
+        overhead = HistogramMetricFamily(f"{ns}_gateway_overhead_seconds",
+                                         "Time the gateway itself spent on a request: total minus upstream wait",
+                                         labels=[])
+        overhead.add_metric([], m._overhead.cumulative(OVERHEAD_BUCKETS), m._overhead.total)
+        attempts = CounterMetricFamily(f"{ns}_upstream_attempts", "Upstream attempts by channel and outcome "
+                                       "(success, cancelled, or the error kind)", labels=["channel", "outcome"])
+        for akey, cell in list(m._attempts.items()):
+            attempts.add_metric(list(akey), float(cell[0]))
+        inflight = GaugeMetricFamily(f"{ns}_requests_inflight", "Client requests being served now", value=m.inflight)
+        return [requests, latency, ttft, overhead, attempts, inflight]
+
+    def _channels(self) -> list[Metric]:
+        router = self.m._router()
+        if router is None:
+            return []
+        now = self.m._now()
+        ns = self.ns
+        lab = ["channel"]
+        enabled = GaugeMetricFamily(f"{ns}_channel_enabled", "1 if the channel is enabled (config or admin API)",
+                                    labels=lab)
+        available = GaugeMetricFamily(f"{ns}_channel_available", "1 if the channel may take an attempt now",
+                                      labels=lab)
+        inflight = GaugeMetricFamily(f"{ns}_channel_inflight", "Upstream attempts in flight on the channel",
+                                     labels=lab)
+        breakers = GaugeMetricFamily(f"{ns}_channel_breakers_open", "Open circuit breakers on the channel "
+                                     "(one breaker per upstream model)", labels=lab)
+        cooldown = GaugeMetricFamily(f"{ns}_channel_cooldown_remaining_seconds",
+                                     "Seconds until the channel's rate-limit cooldown ends (0: none)", labels=lab)
+        ewma_lat = GaugeMetricFamily(f"{ns}_channel_ewma_latency_seconds", "EWMA of the channel's attempt latency "
+                                     "(absent before its first success)", labels=lab)
+        ewma_ttft = GaugeMetricFamily(f"{ns}_channel_ewma_ttft_seconds", "EWMA of the channel's time to first "
+                                      "token (absent before its first answer)", labels=lab)
+        keys = GaugeMetricFamily(f"{ns}_channel_key_available", "1 if the upstream key may take an attempt now "
+                                 "(keys by name, never the key)", labels=["channel", "key"])
+        for st in router.states:
+            snap = st.snapshot(now)
+            name = st.name
+            enabled.add_metric([name], 1.0 if snap["enabled"] else 0.0)
+            available.add_metric([name], 1.0 if snap["available"] else 0.0)
+            inflight.add_metric([name], float(st.inflight))
+            per_model = cast(Mapping[str, Mapping[str, Any]], snap["breakers"])
+            breakers.add_metric([name], float(sum(1 for b in per_model.values() if b["state"] == "open")))
+            cooldown.add_metric([name], cast(float, snap["cooldown_remaining"]))
+            if st.ewma_latency is not None:
+                ewma_lat.add_metric([name], float(st.ewma_latency))
+            if st.ewma_ttft is not None:
+                ewma_ttft.add_metric([name], float(st.ewma_ttft))
+            for k in st.keys:
+                keys.add_metric([name, k.name], 1.0 if k.available(now) else 0.0)
+        return [enabled, available, inflight, breakers, cooldown, ewma_lat, ewma_ttft, keys]
+
+    def _store(self) -> list[Metric]:
+        store = self.m._store()
+        if store is None:
+            return []
+        ns = self.ns
+        out: list[Metric] = [
+            GaugeMetricFamily(f"{ns}_store_queue_depth", "Usage records in memory, not yet committed",
+                              value=float(getattr(store, "queued", 0))),
+            CounterMetricFamily(f"{ns}_store_written", "Usage records committed to the database",
+                                value=float(getattr(store, "written", 0))),
+            CounterMetricFamily(f"{ns}_store_dropped", "Usage records lost (buffer full, rejected, unwritten at "
+                                "close)", value=float(getattr(store, "dropped", 0))),
+        ]
+        up = getattr(store, "db_up", None)
+        if up is not None:
+            out.append(GaugeMetricFamily(f"{ns}_store_db_up", "1 if the store's database is reachable",
+                                         value=1.0 if up else 0.0))
+        return out
+
+
+def metrics_router(metrics: Metrics, path: str = "/metrics") -> APIRouter:
+    """A FastAPI router serving GET `path` from `metrics`. Unauthenticated, as Prometheus expects:
+    keep it off a public listener if that matters."""
+    # Imported here so that importing this module does not pull FastAPI into a process that only
+    # needs Metrics (the raw-ASGI hot path, benchmarks).
+    from fastapi import APIRouter, Header, Response
+
+    router = APIRouter()
+
+    # async on purpose: it then runs on the event-loop thread, the only one that changes the numbers.
+    # (Annotations here must name only module-level or builtin types: FastAPI resolves them as strings.)
+    @router.get(path, summary="Prometheus metrics (text exposition format, or OpenMetrics if asked)",
+                response_class=Response, tags=["metrics"],
+                responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "The exposition"}})
+    async def prometheus_metrics(accept: str | None = Header(None)) -> Any:
+        body, content_type = metrics.render(accept)
+        return Response(body, media_type=content_type)
+
+    return router

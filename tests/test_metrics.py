@@ -1,0 +1,333 @@
+"""Prometheus metrics: the exposition parses, counts match what was observed, channel and store gauges follow live state."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from axonsim.config import Store as StoreSettings
+from axonsim.config import parse_config
+from axonsim.execution import Outcome, Router
+from axonsim.unified import ErrorKind
+from server.metrics import LATENCY_BUCKETS, OVERHEAD_BUCKETS, Metrics, attempt_outcome, metrics_router
+from server.store import AttemptRow, RequestRecord, Store
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def config(**routing: Any) -> Any:
+    return parse_config({
+        "channels": [
+            {"name": "alpha", "api_keys": ["upstream-secret-alpha-1"], "models": ["m1"], "priority": 0},
+            {"name": "beta", "api_keys": ["upstream-secret-beta-1"], "models": ["m1", "m2"], "priority": 1},
+            {"name": "gamma", "api_keys": [{"key": "upstream-secret-g1", "name": "g-one"},
+                                           {"key": "upstream-secret-g2", "name": "g-two"}], "models": ["m2"]},
+        ],
+        "routing": {"strategy": "round_robin", "retry": {"backoff": {"base": 0.001, "cap": 0.001, "jitter": 0}},
+                    **routing},
+    })
+
+
+def scrape(m: Metrics) -> dict[str, Any]:
+    body, content_type = m.render()
+    assert content_type.startswith("text/plain")
+    return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+
+def samples(fams: dict[str, Any], family: str, name: str | None = None) -> dict[tuple[tuple[str, str], ...], float]:
+    """{sorted label items: value} for the samples called `name` (default: the family's own name)."""
+    want = name or family
+    return {tuple(sorted(s.labels.items())): s.value for s in fams[family].samples if s.name == want}
+
+
+def value(fams: dict[str, Any], family: str, name: str | None = None, **labels: str) -> float:
+    key = tuple(sorted(labels.items()))
+    got = samples(fams, family, name)
+    assert key in got, f"{family} has no sample {labels}: {sorted(got)}"
+    return got[key]
+
+
+OK = {"attempt": 1, "channel": "alpha", "key": "alpha#0", "upstream_model": "m1", "status": 200, "error": None,
+      "next": "done"}
+
+
+def test_counts_match_observations() -> None:
+    m = Metrics(process=False)
+    m.observe_request("openai_chat", "m1", 200, 0.3, 0.05, 0.0002, [OK])
+    m.observe_request("openai_chat", "m1", 200, 3.0, 0.7, 0.0004, [OK])
+    m.observe_request("openai_chat", "m1", 502, 0.02, None, 0.003, [
+        {**OK, "status": 500, "error": "server_error", "next": "failover"},
+        {**OK, "channel": "beta", "status": 429, "error": "rate_limited", "next": "exhausted"}])
+    m.observe_request("anthropic", "m2", 200, 150.0, 0.001, 0.00001, [{**OK, "channel": "beta"}])
+    m.observe_request("gemini", None, 401, 0.0001, None, None, [])
+    fams = scrape(m)
+
+    assert samples(fams, "axonsim_requests", "axonsim_requests_total") == {
+        (("client_format", "openai_chat"), ("model", "m1"), ("status", "200")): 2.0,
+        (("client_format", "openai_chat"), ("model", "m1"), ("status", "502")): 1.0,
+        (("client_format", "anthropic"), ("model", "m2"), ("status", "200")): 1.0,
+        (("client_format", "gemini"), ("model", "none"), ("status", "401")): 1.0,
+    }
+    lat = "axonsim_request_duration_seconds"
+    assert value(fams, lat, lat + "_count", client_format="openai_chat", model="m1") == 3
+    assert value(fams, lat, lat + "_sum", client_format="openai_chat", model="m1") == pytest.approx(3.32)
+    # Cumulative buckets: 0.02 ≤ 0.025, 0.3 ≤ 0.5, 3.0 ≤ 5.0; 150 s is beyond the last bound.
+    assert value(fams, lat, lat + "_bucket", client_format="openai_chat", model="m1", le="0.025") == 1
+    assert value(fams, lat, lat + "_bucket", client_format="openai_chat", model="m1", le="0.5") == 2
+    assert value(fams, lat, lat + "_bucket", client_format="openai_chat", model="m1", le="2.5") == 2
+    assert value(fams, lat, lat + "_bucket", client_format="openai_chat", model="m1", le="5.0") == 3
+    assert value(fams, lat, lat + "_bucket", client_format="anthropic", model="m2", le="120.0") == 0
+    assert value(fams, lat, lat + "_bucket", client_format="anthropic", model="m2", le="+Inf") == 1
+    buckets = [s for s in fams[lat].samples if s.name == lat + "_bucket" and s.labels["model"] == "m1"]
+    assert [s.labels["le"] for s in buckets] == [*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf"]
+
+    ttft = "axonsim_request_ttft_seconds"
+    assert value(fams, ttft, ttft + "_count", client_format="openai_chat", model="m1") == 2  # None: not observed
+    assert value(fams, ttft, ttft + "_bucket", client_format="openai_chat", model="m1", le="0.05") == 1
+    assert value(fams, ttft, ttft + "_bucket", client_format="anthropic", model="m2", le="0.005") == 1
+
+    ov = "axonsim_gateway_overhead_seconds"
+    assert value(fams, ov, ov + "_count") == 4
+    assert value(fams, ov, ov + "_sum") == pytest.approx(0.00361)
+    assert value(fams, ov, ov + "_bucket", le="5e-05") == 1
+    assert value(fams, ov, ov + "_bucket", le="0.00025") == 2
+    assert value(fams, ov, ov + "_bucket", le="0.0005") == 3
+    assert value(fams, ov, ov + "_bucket", le="1.0") == 4
+    assert len(samples(fams, ov, ov + "_bucket")) == len(OVERHEAD_BUCKETS) + 1
+
+    assert samples(fams, "axonsim_upstream_attempts", "axonsim_upstream_attempts_total") == {
+        (("channel", "alpha"), ("outcome", "success")): 2.0,
+        (("channel", "alpha"), ("outcome", "server_error")): 1.0,
+        (("channel", "beta"), ("outcome", "rate_limited")): 1.0,
+        (("channel", "beta"), ("outcome", "success")): 1.0,
+    }
+
+
+def test_inflight_gauge() -> None:
+    m = Metrics(process=False)
+    m.inflight_inc()
+    m.inflight_inc()
+    m.inflight_inc()
+    m.inflight_dec()
+    assert value(scrape(m), "axonsim_requests_inflight") == 2
+
+
+def test_attempt_outcomes() -> None:
+    assert attempt_outcome(OK) == "success"
+    assert attempt_outcome({**OK, "status": 500, "error": "server_error", "next": "retry"}) == "server_error"
+    assert attempt_outcome({**OK, "status": 0, "next": "hedge_lost"}) == "cancelled"
+    assert attempt_outcome({**OK, "status": 499, "next": "cancelled"}) == "cancelled"
+    assert attempt_outcome({**OK, "stream_error": "connection"}) == "connection"  # broke after the commit
+    assert attempt_outcome({**OK, "status": 404}) == "error"
+
+
+def test_traffic_through_the_router_is_counted(driver: Any) -> None:
+    """Drive real requests through Router.execute (scripted upstreams) and report them the way the
+    proxy does: the attempt counts are the attempts execution made."""
+    router = Router(config())
+    m = Metrics(router, process=False)
+    sent = {"alpha": 0, "beta": 0}
+
+    def answer(call: Any, now: float) -> Outcome:
+        sent[call.state.name] += 1
+        if call.state.name == "alpha":  # alpha always fails with a 500: every request fails over to beta
+            return Outcome(False, now + 0.01, 500, ErrorKind.SERVER_ERROR)
+        return Outcome(True, now + 0.2)
+
+    for i in range(5):
+        res = driver(router, "m1", answer, now=float(i))
+        assert res.ok
+        m.observe_request("openai_chat", "m1", 200, 0.25, 0.2, 0.0001, [a.as_dict() for a in res.attempts])
+    fams = scrape(m)
+    attempts = samples(fams, "axonsim_upstream_attempts", "axonsim_upstream_attempts_total")
+    assert attempts == {(("channel", "alpha"), ("outcome", "server_error")): float(sent["alpha"]),
+                        (("channel", "beta"), ("outcome", "success")): float(sent["beta"])}
+    assert sent["beta"] == 5 and sent["alpha"] >= 1
+    assert value(fams, "axonsim_requests", "axonsim_requests_total", client_format="openai_chat", model="m1",
+                 status="200") == 5
+
+
+def test_unknown_models_share_one_label() -> None:
+    router = Router(config())
+    m = Metrics(router, process=False)
+    for i in range(300):
+        m.observe_request("openai_chat", f"made-up-{i}", 404, 0.001, None, 0.0001, [])
+    m.observe_request("openai_chat", "m2", 200, 0.1, 0.05, 0.0001, [])
+    got = samples(scrape(m), "axonsim_requests", "axonsim_requests_total")
+    assert got == {(("client_format", "openai_chat"), ("model", "other"), ("status", "404")): 300.0,
+                   (("client_format", "openai_chat"), ("model", "m2"), ("status", "200")): 1.0}
+    assert len(m._fast) == 1  # made-up names leave nothing behind on the fast path
+
+
+def test_channel_gauges_follow_router_state() -> None:
+    cfg = config(health={"breaker": {"failure_threshold": 1, "open_time": 30}, "key_breaker": {"enabled": False},
+                         "auto_disable": []})
+    router = Router(cfg)
+    clock = [1000.0]
+    m = Metrics(lambda: router, now=lambda: clock[0], process=False)
+    fams = scrape(m)
+    for ch in ("alpha", "beta", "gamma"):
+        assert value(fams, "axonsim_channel_available", channel=ch) == 1
+        assert value(fams, "axonsim_channel_enabled", channel=ch) == 1
+        assert value(fams, "axonsim_channel_inflight", channel=ch) == 0
+        assert value(fams, "axonsim_channel_breakers_open", channel=ch) == 0
+        assert value(fams, "axonsim_channel_cooldown_remaining_seconds", channel=ch) == 0
+    assert samples(fams, "axonsim_channel_ewma_latency_seconds") == {}  # no sample before a success
+    assert value(fams, "axonsim_channel_key_available", channel="gamma", key="g-two") == 1
+
+    alpha, beta, gamma = router.states
+    alpha.started(1000.0, 0, "m1")
+    alpha.started(1000.0, 0, "m1")
+    alpha.succeeded(1000.5, 0.5, 0, "m1", ttft=0.2)
+    alpha.first_token(1000.5, 0.2)
+    beta.started(1000.0, 0, "m1")
+    beta.failed(1000.1, Outcome(False, 1000.1, 500, ErrorKind.SERVER_ERROR, key=0), "m1")  # opens m1's breaker
+    gamma.started(1000.0, 1, "m2")
+    gamma.failed(1000.1, Outcome(False, 1000.1, 429, ErrorKind.RATE_LIMITED, retry_after=20, key=1), "m2")
+    gamma.keys[0].disabled = True
+    clock[0] = 1001.0
+    fams = scrape(m)
+    assert value(fams, "axonsim_channel_inflight", channel="alpha") == 1
+    assert value(fams, "axonsim_channel_ewma_latency_seconds", channel="alpha") == pytest.approx(0.5)
+    assert value(fams, "axonsim_channel_ewma_ttft_seconds", channel="alpha") == pytest.approx(0.2)
+    assert value(fams, "axonsim_channel_breakers_open", channel="beta") == 1
+    assert value(fams, "axonsim_channel_key_available", channel="gamma", key="g-one") == 0  # switched off
+    assert value(fams, "axonsim_channel_key_available", channel="gamma", key="g-two") == 0  # its 429
+    assert value(fams, "axonsim_channel_available", channel="gamma") == 0
+
+    beta.channel.enabled = False
+    fams = scrape(m)
+    assert value(fams, "axonsim_channel_enabled", channel="beta") == 0
+    assert value(fams, "axonsim_channel_available", channel="beta") == 0
+
+
+def test_single_key_429_is_a_channel_cooldown() -> None:
+    router = Router(config())
+    m = Metrics(lambda: router, now=lambda: 105.0, process=False)
+    alpha = router.states[0]
+    alpha.started(100.0, 0, "m1")
+    alpha.failed(100.0, Outcome(False, 100.0, 429, ErrorKind.RATE_LIMITED, retry_after=30, key=0), "m1")
+    fams = scrape(m)
+    assert value(fams, "axonsim_channel_cooldown_remaining_seconds", channel="alpha") == pytest.approx(25.0)
+    assert value(fams, "axonsim_channel_available", channel="alpha") == 0
+
+
+def test_a_reload_is_seen_at_the_next_scrape() -> None:
+    current = [Router(config())]
+    m = Metrics(lambda: current[0], process=False)
+    assert set(samples(scrape(m), "axonsim_channel_available")) == {
+        (("channel", "alpha"),), (("channel", "beta"),), (("channel", "gamma"),)}
+    current[0] = Router(parse_config({"channels": [{"name": "delta", "models": ["m9"]}]}))
+    assert set(samples(scrape(m), "axonsim_channel_available")) == {(("channel", "delta"),)}
+
+
+class FakeStore:
+    queued = 7
+    written = 1234
+    dropped = 5
+    db_up = False
+
+
+def test_store_gauges_read_the_store_counters() -> None:
+    m = Metrics(store=FakeStore(), process=False)
+    fams = scrape(m)
+    assert value(fams, "axonsim_store_queue_depth") == 7
+    assert value(fams, "axonsim_store_written", "axonsim_store_written_total") == 1234
+    assert value(fams, "axonsim_store_dropped", "axonsim_store_dropped_total") == 5
+    assert value(fams, "axonsim_store_db_up") == 0
+
+    bare = Metrics(store=object(), process=False)  # a store without the counters: zeros, no db_up
+    fams = scrape(bare)
+    assert value(fams, "axonsim_store_queue_depth") == 0
+    assert "axonsim_store_db_up" not in fams
+
+    assert not any(n.startswith("axonsim_store") for n in scrape(Metrics(process=False)))
+
+
+async def test_store_gauges_with_a_real_store(tmp_path: Path) -> None:
+    store = Store(StoreSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'm.db'}", flush_interval=0.01))
+    m = Metrics(store=lambda: store, process=False)
+    await store.start()
+    try:
+        for _ in range(3):
+            assert store.submit(RequestRecord(project="p", model="m1", client_format="openai_chat", status=200,
+                                              outcome="completed", attempts=[AttemptRow(1, "alpha", "m1", 200)]))
+        assert await store.flush(30)
+        fams = scrape(m)
+        assert value(fams, "axonsim_store_written", "axonsim_store_written_total") == 3
+        assert value(fams, "axonsim_store_queue_depth") == 0
+        assert value(fams, "axonsim_store_dropped", "axonsim_store_dropped_total") == 0
+        assert value(fams, "axonsim_store_db_up") == 1
+    finally:
+        await store.close()
+
+
+def test_registries_are_separate() -> None:
+    a = Metrics(process=False)
+    b = Metrics(process=False)
+    a.observe_request("openai_chat", "m1", 200, 0.1, 0.1, 0.001, [OK])
+    assert samples(scrape(a), "axonsim_requests", "axonsim_requests_total")
+    assert samples(scrape(b), "axonsim_requests", "axonsim_requests_total") == {}
+    global_names = {f.name for f in prometheus_client.REGISTRY.collect()}
+    assert not any(n.startswith("axonsim") for n in global_names)
+
+
+def test_a_failing_reading_costs_only_its_own_families(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> Router:
+        raise RuntimeError("no router")
+
+    m = Metrics(broken, process=False)
+    m.observe_request("openai_chat", None, 401, 0.001, None, 0.0001, [])
+    fams = scrape(m)
+    assert value(fams, "axonsim_requests", "axonsim_requests_total", client_format="openai_chat", model="none",
+                 status="401") == 1
+    assert "axonsim_channel_available" not in fams
+    assert "collecting _channels failed" in caplog.text
+
+
+def test_process_metrics_are_there_by_default() -> None:
+    fams = scrape(Metrics())
+    assert value(fams, "process_resident_memory_bytes") > 0
+
+
+def test_metrics_route_serves_both_formats() -> None:
+    router = Router(config())
+    m = Metrics(router, process=False)
+    m.observe_request("openai_chat", "m1", 200, 0.1, 0.05, 0.0002, [OK])
+    app = FastAPI()
+    app.include_router(metrics_router(m))
+    with TestClient(app) as client:
+        r = client.get("/metrics")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+        fams = {f.name: f for f in text_string_to_metric_families(r.text)}
+        assert value(fams, "axonsim_requests", "axonsim_requests_total", client_format="openai_chat", model="m1",
+                     status="200") == 1
+        om = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        assert om.headers["content-type"].startswith("application/openmetrics-text")
+        assert om.text.rstrip().endswith("# EOF")
+        assert "/metrics" in client.get("/openapi.json").json()["paths"]
+
+
+def test_no_secret_in_the_exposition() -> None:
+    router = Router(config())
+    m = Metrics(router)
+    m.observe_request("openai_chat", "m2", 200, 0.1, 0.05, 0.0002, [{**OK, "channel": "gamma", "key": "g-one"}])
+    text = m.render()[0].decode()
+    assert "upstream-secret" not in text
+    assert 'key="g-one"' in text  # keys by name
+
+
+def test_histogram_sums_stay_finite() -> None:
+    m = Metrics(process=False)
+    m.observe_request("openai_chat", "m1", 200, 0.0, 0.0, 0.0, [])
+    fams = scrape(m)
+    assert math.isfinite(value(fams, "axonsim_gateway_overhead_seconds", "axonsim_gateway_overhead_seconds_sum"))
+    assert value(fams, "axonsim_gateway_overhead_seconds", "axonsim_gateway_overhead_seconds_bucket", le="5e-05") == 1

@@ -533,6 +533,24 @@ class Store(_Strict):
         return self
 
 
+class SharedStateConfig(_Strict):
+    """Channel state shared by several proxy processes through Redis (server.shared_state).
+
+    url None: state stays in the process (one worker). Cooldowns, breakers, disables, rate-limit
+    counters and the round-robin position are synchronised every `sync_interval` seconds."""
+
+    url: str | None = Field(None, description="redis://[:password@]host:port/db (rediss:// for TLS)")
+    sync_interval: float = Field(0.1, gt=0, le=60, description="seconds between synchronisations")
+    key_prefix: str = Field("axonsim", min_length=1, description="namespace of every Redis key written")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be redis://host:port/db, rediss://... or unix:///path")
+        return v
+
+
 class Config(_Strict):
     gateway: Gateway = Field(default_factory=Gateway)
     channels: list[Channel] = Field(min_length=1)
@@ -541,6 +559,7 @@ class Config(_Strict):
     seed: int | None = None
     prices: dict[str, Price] = Field(default_factory=dict, description="model name -> price")
     store: Store = Field(default_factory=Store)
+    state: SharedStateConfig = Field(default_factory=SharedStateConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from axonsim.config import Channel
 from axonsim.unified import ImagePart, Request, ToolResultPart
 
-# Which channel type runs which family's native (server-side) tools.
-NATIVE_TOOL_CHANNEL = {"anthropic": "anthropic", "gemini": "gemini", "openai": "openai_responses",
+# Which channel type runs which family's native tools, keyed by `Tool.provider`: Anthropic server
+# tools, Gemini grounding/code execution, OpenAI Responses hosted tools (web_search, mcp, ...) and
+# OpenAI Chat's own custom tools (provider "openai") each reach only their own family's channels.
+NATIVE_TOOL_CHANNEL = {"anthropic": "anthropic", "gemini": "gemini", "openai": "openai",
                        "openai_responses": "openai_responses"}
 
 

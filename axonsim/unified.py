@@ -12,7 +12,7 @@ Rules of this module:
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,7 +72,7 @@ class ToolResultPart(_Model):
     cache_control: dict[str, Any] | None = None
 
 
-Part = Annotated[Union[TextPart, ImagePart, ReasoningPart, ToolResultPart], Field(discriminator="type")]
+Part = Annotated[TextPart | ImagePart | ReasoningPart | ToolResultPart, Field(discriminator="type")]
 
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -147,6 +147,10 @@ class Request(_Model):
     metadata: dict[str, Any] | None = None
     user: str | None = None
     extra_body: dict[str, Any] = Field(default_factory=dict)  # unknown client fields, passed through
+    # The client family that produced the request ("openai_chat" | "openai_responses" | "anthropic" |
+    # "gemini"), set by every parse_request: `extra_body` speaks that family's dialect, so a
+    # build_request passes it through only when `source` is its own family.
+    source: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,14 +237,14 @@ class ErrorEvent(_Model):
     error: Error
 
 
-StreamEvent = Union[StreamStart, TextDelta, ReasoningDelta, ToolCallDelta, FinishEvent, UsageEvent, ErrorEvent]
+StreamEvent = StreamStart | TextDelta | ReasoningDelta | ToolCallDelta | FinishEvent | UsageEvent | ErrorEvent
 
 
 # --------------------------------------------------------------------------------------------------
 # Errors
 
 
-class ErrorKind(str, Enum):
+class ErrorKind(str, Enum):  # noqa: UP042 (StrEnum would change str(kind) for every caller)
     """What went wrong, independent of wire format. The execution policy table is keyed on this."""
 
     INVALID_REQUEST = "invalid_request"  # 400/413/422: the client's fault, never retried

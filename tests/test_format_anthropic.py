@@ -665,7 +665,8 @@ def test_parse_request_details() -> None:
     assert roles == ["system", "user", "assistant", "tool", "user", "system"]
     assert req.messages[1].content[0] == ImagePart(url="https://x/y.png")
     asst = req.messages[2]
-    assert asst.content == [ReasoningPart(text="t", signature="s"), ReasoningPart(redacted=True, data="r")]
+    assert asst.content == [ReasoningPart(text="t", signature="s", signature_provider="anthropic"),
+                            ReasoningPart(redacted=True, data="r")]
     assert asst.tool_calls == [ToolCall(id="toolu_1", name="f", arguments='{"q":"é"}')]
     result = req.messages[3].content[0]
     assert isinstance(result, ToolResultPart) and result.is_error and result.name == "f"
@@ -736,7 +737,7 @@ def test_build_request_tools_choice_and_reasoning() -> None:
                   tool_choice=ToolChoice(mode="function", name="f", disable_parallel=True),
                   reasoning_effort="minimal", response_format=ResponseFormat(type="json_object"),
                   sampling=Sampling(max_tokens=500, temperature=0.2, top_k=3, n=1), user="u", metadata={"k": "v"},
-                  extra_body={"service_tier": "auto", "model": "ignored"})
+                  extra_body={"service_tier": "auto", "model": "ignored"}, source="anthropic")
     out = _build(req)
     assert out["tools"] == [{"name": "f", "input_schema": {"type": "object", "properties": {}}},
                             {"name": "g", "input_schema": {"type": "object", "properties": {}}}]
@@ -802,7 +803,8 @@ images = st.builds(ImagePart, media_type=st.sampled_from(["image/jpeg", "image/p
                    data=st.text(ALNUM, min_size=1, max_size=12), cache_control=cache) | st.builds(
     ImagePart, url=st.text(ALNUM, min_size=1, max_size=8).map(lambda s: f"https://img.test/{s}.png"), cache_control=cache)
 text_parts = st.builds(TextPart, text=texts, cache_control=cache)
-reasoning_parts = st.builds(ReasoningPart, text=st.text(max_size=10), signature=texts) | st.builds(
+reasoning_parts = st.builds(ReasoningPart, text=st.text(max_size=10), signature=texts,
+                            signature_provider=st.just("anthropic")) | st.builds(
     ReasoningPart, redacted=st.just(True), data=texts)
 usages = st.builds(lambda inp, read, write, out: Usage(prompt_tokens=inp + read + write, completion_tokens=out,
                                                        cached_tokens=read, cache_write_tokens=write).finalised(),
@@ -845,7 +847,7 @@ def conversations(draw: st.DrawFn) -> list[Message]:
 @st.composite
 def requests(draw: st.DrawFn) -> Request:
     req = Request(model=draw(ids), messages=draw(conversations()), stream=draw(st.booleans()),
-                  user=draw(st.none() | ids))
+                  user=draw(st.none() | ids), source="anthropic")
     req.tools = draw(st.lists(
         st.builds(Tool, name=ids, description=st.none() | texts, cache_control=cache, strict=st.none() | st.just(True),
                   parameters=json_obj.map(lambda d: {"type": "object", "properties": d}))
@@ -914,7 +916,7 @@ def event_streams(draw: st.DrawFn) -> list[StreamEvent]:
             events += [TextDelta(text=t) for t in draw(st.lists(texts, min_size=1, max_size=3))]
         elif kind == "thinking":
             events += [ReasoningDelta(text=t) for t in draw(st.lists(texts, min_size=1, max_size=3))]
-            events.append(ReasoningDelta(signature=draw(texts)))
+            events.append(ReasoningDelta(signature=draw(texts), signature_provider="anthropic"))
         elif kind == "redacted":
             events.append(ReasoningDelta(redacted_data=draw(texts)))
         else:

@@ -118,7 +118,7 @@ def test_sdk_request_maps_every_field() -> None:
 
     # the unsigned thought and the signature of the call that follows it are one reasoning block
     assert assistant.content == [ReasoningPart(text="**Planning**\n\nI need both tools.",
-                                               signature="gemini:EjRnZW1pbmktc2lnbmF0dXJl_v8=")]
+                                               signature="EjRnZW1pbmktc2lnbmF0dXJl_v8=", signature_provider="gemini")]
     assert assistant.tool_calls == [
         ToolCall(id="call_1_0", name="get_weather", arguments='{"city":"Paris","unit":"celsius"}'),
         ToolCall(id="call_1_1", name="get_time", arguments='{"time_zone":"Europe/Paris"}'),
@@ -239,9 +239,9 @@ def test_thought_signatures_stay_with_their_parts() -> None:
         {"functionCall": {"name": "f", "args": {"a": 1}}, "thoughtSignature": "U0lHMw=="},
     ]}
     req = g.parse_request(_history(USER, model_turn), "m")
-    assert req.messages[1].content == [ReasoningPart(text="think", signature="gemini:U0lHMQ=="),
-                                       ReasoningPart(text="", signature="gemini:U0lHMg=="), TextPart(text="answer"),
-                                       ReasoningPart(text="", signature="gemini:U0lHMw==")]
+    assert req.messages[1].content == [ReasoningPart(text="think", signature="U0lHMQ==", signature_provider="gemini"),
+                                       ReasoningPart(text="", signature="U0lHMg==", signature_provider="gemini"), TextPart(text="answer"),
+                                       ReasoningPart(text="", signature="U0lHMw==", signature_provider="gemini")]
     sent = orjson.loads(g.build_request(req, "gemini-3-pro-preview"))
     parts = sent["contents"][1]["parts"]
     assert parts == [{"text": "think", "thought": True, "thoughtSignature": "U0lHMQ=="},
@@ -252,7 +252,7 @@ def test_thought_signatures_stay_with_their_parts() -> None:
 def test_gemini3_text_signature_on_an_empty_last_part_survives() -> None:
     model_turn = {"role": "model", "parts": [{"text": "Mexico City."}, {"text": "", "thoughtSignature": "U0lH"}]}
     req = g.parse_request(_history(USER, model_turn, {"role": "user", "parts": [{"text": "thanks"}]}), "m")
-    assert req.messages[1].content == [TextPart(text="Mexico City."), ReasoningPart(signature="gemini:U0lH")]
+    assert req.messages[1].content == [TextPart(text="Mexico City."), ReasoningPart(signature="U0lH", signature_provider="gemini")]
     sent = orjson.loads(g.build_request(req, "m"))
     assert sent["contents"][1]["parts"] == model_turn["parts"]
 
@@ -297,11 +297,12 @@ def test_generation_config_mapping() -> None:
     json_only = g.parse_request(body({"contents": [USER], "generationConfig": {"responseMimeType": "application/json"}}), "m")
     assert json_only.response_format == ResponseFormat(type="json_object")
 
-    # dynamic thinking (-1) means nothing to other families: kept for a Gemini channel only
+    # dynamic thinking (-1) is the unified "model decides" (Anthropic's adaptive thinking); the
+    # thoughts stay hidden from a Gemini client that did not ask for them
     dyn = g.parse_request(body({"contents": [USER], "generationConfig": {"thinkingConfig": {"thinkingBudget": -1}}}), "m")
-    assert dyn.reasoning_budget is None
+    assert dyn.reasoning_budget == -1
     sent = orjson.loads(g.build_request(dyn, "gemini-2.5-flash"))
-    assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": -1}
+    assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": -1, "includeThoughts": False}
     # a client that asks for a budget but not for the thoughts does not get them from a Gemini channel
     quiet = g.parse_request(body({"contents": [USER], "generationConfig": {"thinkingConfig": {"thinkingBudget": 512}}}), "m")
     assert orjson.loads(g.build_request(quiet, "gemini-2.5-flash"))["generationConfig"]["thinkingConfig"] == \
@@ -372,7 +373,7 @@ def test_a_missing_model_is_rejected() -> None:
 
 TOOL_RESPONSE = Response(
     id="resp_1", model="claude-sonnet-4-5",
-    message=Message(role="assistant", content=[ReasoningPart(text="Need the weather.", signature="gemini:c2lnbmF0dXJl"),
+    message=Message(role="assistant", content=[ReasoningPart(text="Need the weather.", signature="c2lnbmF0dXJl", signature_provider="gemini"),
                                                TextPart(text="Checking.")],
                     tool_calls=[ToolCall(id="toolu_01", name="get_weather", arguments='{"city": "Paris"}'),
                                 ToolCall(id="toolu_02", name="get_time", arguments="")]),
@@ -409,12 +410,13 @@ def test_render_response_finish_reasons(reason: str, gemini: str) -> None:
 
 def test_render_response_keeps_a_thought_signature_on_the_thought() -> None:
     resp = Response(id="r", model="m", message=Message(role="assistant", content=[
-        ReasoningPart(text="hmm", signature="gemini:U0lH"), TextPart(text="42")]))
+        ReasoningPart(text="hmm", signature="U0lH", signature_provider="gemini"), TextPart(text="42")]))
     parts = orjson.loads(g.render_response(resp))["candidates"][0]["content"]["parts"]
     assert parts == [{"text": "hmm", "thought": True, "thoughtSignature": "U0lH"}, {"text": "42"}]
 
 
-ANTHROPIC_TURN = Message(role="assistant", content=[ReasoningPart(text="Need the weather.", signature="EqQBCkgIAR=="),
+ANTHROPIC_TURN = Message(role="assistant", content=[ReasoningPart(text="Need the weather.", signature="EqQBCkgIAR==",
+                                                                  signature_provider="anthropic"),
                                                     TextPart(text="Checking.")],
                          tool_calls=[ToolCall(id="toolu_01", name="get_weather", arguments='{"city":"Paris"}')])
 
@@ -459,7 +461,7 @@ def stream_of(resp: Response, pieces: int = 3) -> list[StreamEvent]:
         if isinstance(p, ReasoningPart):
             evs += [ReasoningDelta(text=t) for t in split(p.text) if t]
             if p.signature:
-                evs.append(ReasoningDelta(signature=p.signature))
+                evs.append(ReasoningDelta(signature=p.signature, signature_provider=p.signature_provider))
         elif isinstance(p, TextPart):
             evs += [TextDelta(text=t) for t in split(p.text)]
     for i, c in enumerate(resp.message.tool_calls):
@@ -514,16 +516,19 @@ def test_stream_renderer_puts_gemini_signatures_back_on_their_part() -> None:
 
 
 def test_stream_renderer_keeps_other_signatures_beside_their_thinking() -> None:
-    evs: list[StreamEvent] = [StreamStart(id="r", model="m"), ReasoningDelta(text="a"), ReasoningDelta(signature="S1"),
-                              ReasoningDelta(text="b"), ReasoningDelta(signature="S2"), TextDelta(text="x"),
+    evs: list[StreamEvent] = [StreamStart(id="r", model="m"), ReasoningDelta(text="a"),
+                              ReasoningDelta(signature="S1", signature_provider="anthropic"),
+                              ReasoningDelta(text="b"), ReasoningDelta(signature="S2", signature_provider="anthropic"),
+                              TextDelta(text="x"),
                               FinishEvent(reason="stop")]
     parts = [p for c in sse_payloads(b"".join(render_stream(evs))) for p in c["candidates"][0]["content"]["parts"]]
     assert [(p["text"], p.get("thought"), "thoughtSignature" in p) for p in parts] == [
         ("a", True, False), ("", True, True), ("b", True, False), ("", True, True), ("x", None, False), ("", None, False)]
     # and a Gemini client replaying those parts gives each signature to its own thinking
     replay = g.parse_request(_history(USER, {"role": "model", "parts": parts[:-1]}), "m")
-    assert replay.messages[1].content == [ReasoningPart(text="a", signature="S1"),
-                                          ReasoningPart(text="b", signature="S2"), TextPart(text="x")]
+    assert replay.messages[1].content == [ReasoningPart(text="a", signature="S1", signature_provider="anthropic"),
+                                          ReasoningPart(text="b", signature="S2", signature_provider="anthropic"),
+                                          TextPart(text="x")]
 
 
 def test_stream_renderer_error_ends_the_stream() -> None:
@@ -570,7 +575,8 @@ def test_parse_response_fixture_values() -> None:
     assert think.id == "2zR8aYTnEvahz7IPmq6EoQ0" and think.model == "gemini-2.5-pro"
     reasoning, answer = think.message.content
     assert isinstance(reasoning, ReasoningPart) and reasoning.text.startswith("**Defining the Goal**")
-    assert reasoning.signature and reasoning.signature.startswith("gemini:CiIBcsjaf")
+    assert reasoning.signature and reasoning.signature.startswith("CiIBcsjaf")
+    assert reasoning.signature_provider == "gemini"
     assert isinstance(answer, TextPart) and answer.text.endswith("Cross when clear.")
     assert think.finish_reason == "stop"
     # completion includes the thoughts; Gemini's candidatesTokenCount does not
@@ -582,7 +588,7 @@ def test_parse_response_fixture_values() -> None:
         ToolCall(id="call_SVV8aY6uBqe6qtsPmJbEuAM_0", name="get_weather", arguments='{"city":"Paris","unit":"celsius"}'),
         ToolCall(id="call_SVV8aY6uBqe6qtsPmJbEuAM_1", name="get_time", arguments='{"timezone":"Europe/Paris"}'),
     ]
-    assert tool.message.content == [ReasoningPart(signature="gemini:" + orjson.loads(fixture("gemini-tool.response.json"))
+    assert tool.message.content == [ReasoningPart(signature_provider="gemini", signature=orjson.loads(fixture("gemini-tool.response.json"))
                                                   ["candidates"][0]["content"]["parts"][0]["thoughtSignature"])]
 
     cached = g.parse_response(fixture("gemini-cached.response.json"))
@@ -746,9 +752,13 @@ def test_build_request_maps_an_openai_conversation() -> None:
         "seed": 1, "responseMimeType": "application/json", "responseJsonSchema": {"type": "object"},
         "thinkingConfig": {"thinkingBudget": 1024, "includeThoughts": True},  # 2.5 models take budgets
     }
-    # Gemini's own extras pass; another family's would only earn a 400
-    assert sent["safetySettings"] == [{"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "OFF"}]
-    assert "logprobs" not in sent
+    # extra_body passes only from a Gemini client (another family's would only earn a 400), and then
+    # only the fields Gemini knows
+    assert "safetySettings" not in sent and "logprobs" not in sent
+    own = orjson.loads(g.build_request(openai_style_request().model_copy(update={"source": "gemini"}),
+                                       "gemini-2.5-flash"))
+    assert own["safetySettings"] == [{"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "OFF"}]
+    assert "logprobs" not in own
 
 
 @pytest.mark.parametrize(("model", "effort", "thinking"), [
@@ -876,8 +886,9 @@ ident = st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1
 fname = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)
 text = st.text(min_size=1, max_size=40)
 b64 = st.binary(min_size=1, max_size=24).map(lambda b: base64.b64encode(b).decode())
-gemini_sig = b64.map(g.GEMINI_SIGNATURE_PREFIX.__add__)
-sig = gemini_sig | b64 | text  # Gemini's own, and other providers' (opaque strings)
+gemini_sig = b64.map(lambda s: (s, "gemini"))
+# Gemini's own, and other providers' (opaque strings): (signature, signature_provider)
+sig = gemini_sig | (b64 | text).flatmap(lambda s: st.sampled_from([(s, "anthropic"), (s, "openai_responses")]))
 json_value = st.recursive(
     st.none() | st.booleans() | st.integers(-(2 ** 53), 2 ** 53) | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
@@ -905,7 +916,8 @@ def responses(draw: st.DrawFn) -> Response:
     content: list[Any] = []
     thought, signature = draw(st.none() | text), draw(st.none() | sig)
     if thought or signature:
-        content.append(ReasoningPart(text=thought or "", signature=signature))
+        s, provider = signature or (None, None)
+        content.append(ReasoningPart(text=thought or "", signature=s, signature_provider=provider))
     if (answer := draw(st.none() | text)) is not None:
         content.append(TextPart(text=answer))
     finishes = ["tool_calls", "length", "content_filter"] if calls else ["stop", "length", "content_filter"]
@@ -943,10 +955,11 @@ def assistant_turn(draw: st.DrawFn, turn: int, exact: bool) -> list[Message]:
     # the calls (other shapes are normalised, which the fixed-point property covers)
     signature = draw(st.none() | (gemini_sig if exact else sig))
     if exact and calls:
-        signature, answer = signature or "gemini:U0lH", None
+        signature, answer = signature or ("U0lH", "gemini"), None
     content: list[Any] = []
     if thought or signature:
-        content.append(ReasoningPart(text=thought or "", signature=signature))
+        s, provider = signature or (None, None)
+        content.append(ReasoningPart(text=thought or "", signature=s, signature_provider=provider))
     if answer:
         content.append(TextPart(text=answer))
     if not content and not calls:
@@ -977,7 +990,7 @@ def requests(draw: st.DrawFn, exact: bool = True) -> Request:
         tools.append(Tool(type="native", name="googleSearch", provider="gemini", native={"googleSearch": {}}))
     choices = [None, ToolChoice(mode="auto"), ToolChoice(mode="none"), ToolChoice(mode="required")]
     choices += [ToolChoice(mode="function", name=t.name) for t in tools if t.type == "function"]
-    budget = draw(st.none() | st.integers(0, 32768))
+    budget = draw(st.none() | st.just(-1) | st.integers(0, 32768))  # -1: the model decides
     effort = draw(st.none() | st.sampled_from(["minimal", "low", "medium", "high"])) \
         if budget is None and model.startswith("gemini-3") else None
     return Request(
@@ -990,7 +1003,7 @@ def requests(draw: st.DrawFn, exact: bool = True) -> Request:
             stop=draw(st.none() | st.lists(text, min_size=1, max_size=3)), seed=draw(st.none() | st.integers(0, 2 ** 31)),
             presence_penalty=draw(st.none() | st.floats(-2, 2)), frequency_penalty=draw(st.none() | st.floats(-2, 2)),
             n=draw(st.none() | st.integers(1, 4))),
-        stream=draw(st.booleans()), reasoning_budget=budget, reasoning_effort=effort,
+        stream=draw(st.booleans()), reasoning_budget=budget, reasoning_effort=effort, source="gemini",
     )
 
 

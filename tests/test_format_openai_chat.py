@@ -292,8 +292,9 @@ def test_parse_request_full_mapping() -> None:
     assert m[3].content == [ReasoningPart(text="think")]
     assert m[3].tool_calls == [ToolCall(id="call_1", name="f", arguments='{"x":1}'),
                                ToolCall(id="call_2", name="g", arguments="{}")]
-    assert m[4].content == [ToolResultPart(tool_call_id="call_1", content=[TextPart(text="one")])]
-    assert m[5].content == [ToolResultPart(tool_call_id="call_2", content=[TextPart(text="two")])]
+    # the function name of a result is looked up from the call it answers (Gemini needs it)
+    assert m[4].content == [ToolResultPart(tool_call_id="call_1", name="f", content=[TextPart(text="one")])]
+    assert m[5].content == [ToolResultPart(tool_call_id="call_2", name="g", content=[TextPart(text="two")])]
     assert m[6].content == [ReasoningPart(text="openrouter style"), TextPart(text="ok")] and m[6].refusal == "no"
     assert req.tools == [Tool(name="f", description="d", parameters={"type": "object"}, strict=True), Tool(name="g")]
     assert req.tool_choice == ToolChoice(mode="function", name="f", disable_parallel=True)
@@ -738,6 +739,7 @@ def test_build_request_carries_everything() -> None:
         sampling=Sampling(temperature=0.0, top_k=5, max_tokens=64, stop=["x"], seed=1, n=2),
         stream=True, include_usage=False, reasoning_effort="high", reasoning_budget=1024,
         metadata={"a": "b"}, user="u", extra_body={"logprobs": True, "model": "ignored", "provider": {"sort": "price"}},
+        source="openai_chat",
     )
     out = json.loads(oc.build_request(req, "gpt-4o-mini"))
     assert out == {
@@ -1000,6 +1002,7 @@ def test_parse_response_error_body_with_200() -> None:
 names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=12)
 texts = st.text(min_size=1, max_size=30)
 ids = st.from_regex(r"call_[A-Za-z0-9]{1,10}", fullmatch=True)
+result_ids = st.from_regex(r"res_[A-Za-z0-9]{1,10}", fullmatch=True)
 floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
 small_ints = st.integers(-(2**53), 2**53)
 json_values = st.recursive(st.none() | st.booleans() | small_ints | texts,
@@ -1032,7 +1035,8 @@ def messages(draw: st.DrawFn) -> Message:
         content += draw(st.lists(text_parts, max_size=2))
         return Message(role=role, content=content, tool_calls=draw(st.lists(tool_calls, max_size=3)),
                        refusal=draw(st.none() | texts), name=name)
-    result = ToolResultPart(tool_call_id=draw(ids), content=draw(st.lists(text_parts, max_size=2)))
+    # ids no assistant call uses: a result answering a call would get that call's name (tested elsewhere)
+    result = ToolResultPart(tool_call_id=draw(result_ids), content=draw(st.lists(text_parts, max_size=2)))
     return Message(role="tool", content=[result])
 
 
@@ -1068,7 +1072,7 @@ def requests(draw: st.DrawFn) -> Request:
         tool_choice=tool_choice, response_format=rf, sampling=sampling, stream=draw(st.booleans()),
         include_usage=True, reasoning_effort=draw(st.none() | st.sampled_from(["low", "medium", "high"])),
         metadata=draw(st.none() | st.dictionaries(names, texts, max_size=3)), user=draw(st.none() | names),
-        extra_body=extra,
+        extra_body=extra, source="openai_chat",
     )
 
 

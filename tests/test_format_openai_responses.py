@@ -20,6 +20,7 @@ from pydantic import TypeAdapter
 
 from axonsim.formats import FormatError, get_format
 from axonsim.formats import openai_responses as fmt
+from axonsim.formats.signatures import export_signature
 from axonsim.formats.sse import SSEDecoder
 from axonsim.unified import (
     Error,
@@ -223,7 +224,7 @@ def test_parse_history_request_with_reasoning_tool_call_and_hosted_tool() -> Non
     assert result.content == [TextPart(text="Potato City")]
     function, hosted = req.tools
     assert function.type == "function" and function.strict is True and function.parameters
-    assert hosted == Tool(type="native", name="web_search", provider="openai",
+    assert hosted == Tool(type="native", name="web_search", provider="openai_responses",
                           native={"type": "web_search", "search_context_size": "low"})
     assert req.tool_choice == ToolChoice(mode="auto", disable_parallel=True)
     assert req.reasoning_effort == "medium" and req.stream is True
@@ -451,7 +452,8 @@ def test_stream_parser_done_events_without_deltas() -> None:
         {"type": "response.completed", "response": {"id": "r", "status": "completed", "usage": None}},
     ])
     resp = aggregate(parse_stream(data))
-    assert resp.message.content == [ReasoningPart(text="think", signature="gAAAAAsig"), TextPart(text="Hello")]
+    assert resp.message.content == [ReasoningPart(text="think", signature="gAAAAAsig", signature_provider=fmt.FAMILY),
+                                     TextPart(text="Hello")]
     assert resp.message.tool_calls == [ToolCall(id="c", name="f", arguments="{}")]
     assert resp.finish_reason == "tool_calls"
 
@@ -533,7 +535,8 @@ def test_render_response_status(finish: Any, status: str, reason: str | None) ->
 
 
 def test_render_response_output_items() -> None:
-    msg = Message(role="assistant", content=[ReasoningPart(text="plan", signature="gAAAAAsig"),
+    msg = Message(role="assistant", content=[ReasoningPart(text="plan", signature="gAAAAAsig",
+                                                           signature_provider=fmt.FAMILY),
                                              ReasoningPart(redacted=True, data="opaque"), TextPart(text="Hi")],
                   tool_calls=[ToolCall(id="call_1", name="f", arguments='{"a":1}')])
     obj = json.loads(fmt.render_response(Response(id="resp_9", model="m", created=7, message=msg,
@@ -628,9 +631,10 @@ def test_stream_renderer_first_event_without_stream_start() -> None:
 def test_stream_renderer_reasoning_signature_and_redacted() -> None:
     events: list[StreamEvent] = [
         StreamStart(id="resp_t", model="claude", created=1),
-        ReasoningDelta(text="Let me "), ReasoningDelta(text="think."), ReasoningDelta(signature="sigA"),
+        ReasoningDelta(text="Let me "), ReasoningDelta(text="think."),
+        ReasoningDelta(signature="sigA", signature_provider="anthropic"),
         ReasoningDelta(redacted_data="REDACTED"),
-        ReasoningDelta(text="More."), ReasoningDelta(signature="sigB"),
+        ReasoningDelta(text="More."), ReasoningDelta(signature="sigB", signature_provider="anthropic"),
         TextDelta(text="Answer."),
         ToolCallDelta(index=0, id="toolu_1", name="f", arguments='{"q":'), ToolCallDelta(index=0, arguments='"x"}'),
         FinishEvent(reason="tool_calls"), UsageEvent(usage=Usage(prompt_tokens=5, completion_tokens=6)),
@@ -639,9 +643,11 @@ def test_stream_renderer_reasoning_signature_and_redacted() -> None:
     lifecycle = check_lifecycle(data)
     items = lifecycle[-1][1]["response"]["output"]
     assert [i["type"] for i in items] == ["reasoning", "reasoning", "reasoning", "message", "function_call"]
-    assert items[0]["summary"][0]["text"] == "Let me think." and items[0]["encrypted_content"] == "sigA"
+    # Anthropic's signatures reach the Responses client wrapped with their provider (axonsim.formats.signatures)
+    assert items[0]["summary"][0]["text"] == "Let me think."
+    assert items[0]["encrypted_content"] == export_signature("sigA", "anthropic", fmt.FAMILY)
     assert items[1]["encrypted_content"] == fmt.REDACTED_PREFIX + "REDACTED"
-    assert items[2]["encrypted_content"] == "sigB"
+    assert items[2]["encrypted_content"] == export_signature("sigB", "anthropic", fmt.FAMILY)
     parsed = parse_stream(data)
     assert aggregate(parsed) == aggregate(events)
     assert any(isinstance(e, ReasoningDelta) and e.redacted_data == "REDACTED" for e in parsed)
@@ -767,6 +773,7 @@ def test_build_request_from_other_families() -> None:
         reasoning_budget=8000,
         stream=True,
         extra_body={"store": True, "include": ["message.output_text.logprobs"]},
+        source=fmt.FAMILY,  # extra_body is passed through only from a Responses client
     )
     body = json.loads(fmt.build_request(req, "gpt-5.5"))
     assert body["instructions"] == "Be brief."
@@ -903,7 +910,8 @@ _args = st.dictionaries(_ident, st.integers() | _text, max_size=3).map(lambda d:
 
 @st.composite
 def _responses(draw: st.DrawFn) -> Response:
-    content: list[Any] = draw(st.lists(st.builds(ReasoningPart, text=_text, signature=st.none() | _sig), max_size=2))
+    content: list[Any] = draw(st.lists(st.builds(ReasoningPart, text=_text) | st.builds(
+        ReasoningPart, text=_text, signature=_sig, signature_provider=st.just(fmt.FAMILY)), max_size=2))
     if draw(st.booleans()):
         content.append(TextPart(text=draw(_text)))
     calls = [ToolCall(id=f"call_{i}_{draw(_ident)}", name=draw(_ident), arguments=draw(_args))
@@ -938,7 +946,7 @@ def _events_for(resp: Response, rng: random.Random) -> list[StreamEvent]:
         if isinstance(part, ReasoningPart):
             events += [ReasoningDelta(text=c) for c in cuts(part.text)]
             if part.signature:
-                events.append(ReasoningDelta(signature=part.signature))
+                events.append(ReasoningDelta(signature=part.signature, signature_provider=part.signature_provider))
         elif isinstance(part, TextPart):
             events += [TextDelta(text=c) for c in cuts(part.text)]
     for i, call in enumerate(resp.message.tool_calls):
@@ -981,8 +989,8 @@ def _requests(draw: st.DrawFn) -> Request:
         parts = draw(st.lists(st.builds(TextPart, text=_text) | _image, min_size=1, max_size=3)) \
             if role == "user" else [TextPart(text=draw(_text))]
         messages.append(Message(role=role, content=parts))
-        content: list[Any] = draw(st.lists(st.builds(ReasoningPart, text=st.just("") | _text, signature=_sig),
-                                           max_size=2))
+        content: list[Any] = draw(st.lists(st.builds(ReasoningPart, text=st.just("") | _text, signature=_sig,
+                                                     signature_provider=st.just(fmt.FAMILY)), max_size=2))
         content += draw(st.lists(st.builds(TextPart, text=_text), max_size=2))
         calls = [ToolCall(id=f"call_{turn}_{i}", name=draw(_ident), arguments=draw(_args))
                  for i in range(draw(st.integers(0, 2)))]
@@ -997,7 +1005,7 @@ def _requests(draw: st.DrawFn) -> Request:
                   parameters=draw(st.none() | st.just({"type": "object", "properties": {}})),
                   strict=draw(st.booleans())) for _ in range(draw(st.integers(0, 2)))]
     if draw(st.booleans()):
-        tools.append(Tool(type="native", name="web_search", provider="openai", native={"type": "web_search"}))
+        tools.append(Tool(type="native", name="web_search", provider=fmt.FAMILY, native={"type": "web_search"}))
     choice = draw(st.none() | st.builds(ToolChoice, mode=st.sampled_from(["auto", "none", "required"]),
                                         disable_parallel=st.none() | st.booleans())
                   | st.builds(ToolChoice, mode=st.just("function"), name=_ident))
@@ -1012,6 +1020,7 @@ def _requests(draw: st.DrawFn) -> Request:
         stream=draw(st.booleans()), reasoning_effort=draw(st.none() | st.sampled_from(["low", "medium", "high"])),
         metadata=draw(st.none() | st.dictionaries(_ident, _ident, max_size=2)), user=draw(st.none() | _ident),
         extra_body=draw(st.sampled_from([{}, {"truncation": "auto"}, {"service_tier": "flex"}])),
+        source=fmt.FAMILY,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from axonsim.formats import FormatError
+from axonsim.formats.signatures import export_signature, import_signature, replayable
 from axonsim.formats.sse import SSEDecoder, SSEEvent, encode
 from axonsim.unified import (
     Error,
@@ -57,6 +58,8 @@ __all__ = [
     "render_response",
     "request_path",
 ]
+
+FAMILY = "anthropic"  # Request.source and signature_provider of what this module parses
 
 # The version we speak upstream. Clients may send newer ones (SDK 2.x sends 2026-10-21); we never
 # reject those inbound, but upstream we send the one whose wire shape this module implements.
@@ -242,6 +245,20 @@ def _dumps_input(v: Any) -> str:
     return orjson.dumps(v).decode()
 
 
+def _thinking_part(text: str, token: str) -> ReasoningPart:
+    """A thinking block as unified reasoning: its signature is Anthropic's unless the gateway wrapped
+    another family's (see axonsim.formats.signatures)."""
+    if not token:
+        return ReasoningPart(text=text)
+    sig, provider = import_signature(token, FAMILY)
+    return ReasoningPart(text=text, signature=sig, signature_provider=provider)
+
+
+def _signature_delta(token: str) -> ReasoningDelta:
+    sig, provider = import_signature(token, FAMILY)
+    return ReasoningDelta(signature=sig, signature_provider=provider)
+
+
 # --------------------------------------------------------------------------------------------------
 # Inbound: a client's Messages request → unified Request
 
@@ -285,7 +302,7 @@ def parse_request(body: bytes, model: str | None = None, stream: bool | None = N
         stops = _list(d["stop_sequences"], "stop_sequences")
         sampling.stop = [_str(s, f"stop_sequences.{k}") for k, s in enumerate(stops)] or None
 
-    req = Request(model=model, messages=messages, sampling=sampling)
+    req = Request(model=model, messages=messages, sampling=sampling, source=FAMILY)
     if stream is not None:
         req.stream = stream
     elif d.get("stream") is not None:
@@ -354,9 +371,9 @@ def _parse_assistant(blocks: list[Any], path: str, names: dict[str, str]) -> Mes
             parts.append(TextPart(text=_str(b.get("text"), f"{p}.text"), cache_control=_cache(b, p)))
         elif t == "thinking":
             sig = b.get("signature")
-            # "" is what we render for foreign reasoning: it means "no signature", never a real one.
-            signature = _str(sig, f"{p}.signature") if sig is not None else ""
-            parts.append(ReasoningPart(text=_str(b.get("thinking", ""), f"{p}.thinking"), signature=signature or None))
+            # "" is what we render for unsigned reasoning: it means "no signature", never a real one.
+            token = _str(sig, f"{p}.signature") if sig is not None else ""
+            parts.append(_thinking_part(_str(b.get("thinking", ""), f"{p}.thinking"), token))
         elif t == "redacted_thinking":
             parts.append(ReasoningPart(redacted=True, data=_str(b.get("data"), f"{p}.data")))
         elif t == "tool_use":
@@ -523,8 +540,10 @@ def _output_blocks(msg: Message, msg_id: str) -> list[dict[str, Any]]:
             if p.redacted:
                 blocks.append({"type": "redacted_thinking", "data": p.data or ""})
             elif p.text or p.signature:
-                # Foreign reasoning has no signature: shown as thinking, "" says it cannot be replayed.
-                blocks.append({"type": "thinking", "thinking": p.text, "signature": p.signature or ""})
+                # Unsigned reasoning is shown as thinking with "" (it cannot be replayed); another
+                # family's signature is wrapped so that a replay still knows whose it is.
+                sig = export_signature(p.signature, p.signature_provider, FAMILY) if p.signature else ""
+                blocks.append({"type": "thinking", "thinking": p.text, "signature": sig})
         elif isinstance(p, TextPart):
             if p.text:
                 blocks.append({"type": "text", "text": p.text})
@@ -661,7 +680,8 @@ class StreamRenderer:
         if ev.signature:
             if self._open != "thinking" or self._signed:
                 self._open_block("thinking", {"type": "thinking", "thinking": "", "signature": ""}, out)
-            out.append(self._delta({"type": "signature_delta", "signature": ev.signature}))
+            sig = export_signature(ev.signature, ev.signature_provider, FAMILY)
+            out.append(self._delta({"type": "signature_delta", "signature": sig}))
             self._signed = True
         if ev.redacted_data:
             self._open_block("redacted_thinking", {"type": "redacted_thinking", "data": ev.redacted_data}, out)
@@ -762,8 +782,9 @@ def build_request(req: Request, upstream_model: str) -> bytes:
     if output_config:
         body["output_config"] = output_config
 
-    for k, v in req.extra_body.items():
-        body.setdefault(k, v)
+    if req.source == FAMILY:  # another family's extra fields would only earn a 400 here
+        for k, v in req.extra_body.items():
+            body.setdefault(k, v)
     return orjson.dumps(body)
 
 
@@ -877,10 +898,10 @@ def _assistant_blocks(m: Message, path: str) -> list[dict[str, Any]]:
             if p.redacted:
                 if p.data:
                     blocks.append({"type": "redacted_thinking", "data": p.data})
-            elif p.signature:
+            elif replayable(p.signature, p.signature_provider, FAMILY):
                 blocks.append({"type": "thinking", "thinking": p.text, "signature": p.signature})
-            # Unsigned reasoning (another provider's, or a stream that lost it) would be rejected by
-            # Anthropic's signature check: it is dropped (lossy, documented).
+            # Unsigned reasoning (another provider's, or a stream that lost it) and reasoning signed by
+            # another family would be rejected by Anthropic's signature check: dropped (lossy, documented).
         elif isinstance(p, TextPart):
             if p.text:  # Anthropic rejects empty text blocks; OpenAI often sends "" beside tool calls
                 blocks.append(_text_block(p))
@@ -948,8 +969,8 @@ def parse_response(body: bytes) -> Response:
             parts.append(TextPart(text=_str(b.get("text"), f"{p}.text")))
         elif t == "thinking":
             sig = b.get("signature")
-            parts.append(ReasoningPart(text=_str(b.get("thinking", ""), f"{p}.thinking"),
-                                       signature=sig if isinstance(sig, str) and sig else None))
+            parts.append(_thinking_part(_str(b.get("thinking", ""), f"{p}.thinking"),
+                                        sig if isinstance(sig, str) else ""))
         elif t == "redacted_thinking":
             parts.append(ReasoningPart(redacted=True, data=_str(b.get("data"), f"{p}.data")))
         elif t == "tool_use":
@@ -1033,7 +1054,7 @@ class StreamParser:
                     out.append(ReasoningDelta(text=delta["thinking"]))
             elif dt == "signature_delta":
                 if delta["signature"] and kind == "thinking":
-                    out.append(ReasoningDelta(signature=delta["signature"]))
+                    out.append(_signature_delta(delta["signature"]))
             # citations_delta and deltas of server-tool blocks have no unified form
         elif t == "content_block_start":
             idx = d["index"]
@@ -1047,7 +1068,7 @@ class StreamParser:
                 if cb.get("thinking"):
                     out.append(ReasoningDelta(text=cb["thinking"]))
                 if cb.get("signature"):
-                    out.append(ReasoningDelta(signature=cb["signature"]))
+                    out.append(_signature_delta(cb["signature"]))
             elif kind == "redacted_thinking":
                 out.append(ReasoningDelta(redacted_data=cb["data"]))
             elif kind == "tool_use":

@@ -12,8 +12,8 @@ Theory of operation, in the few places where Gemini differs from the other famil
   name in the previous model turn.
 - Tool calls end with finishReason STOP; `tool_calls` is derived from the presence of functionCall parts.
 - Thought signatures (`thoughtSignature`, opaque base64) can sit on any part. Unified carries them in
-  `ReasoningPart.signature`, Gemini's marked `gemini:<base64>` so that no one replays them to another
-  provider and we never send another provider's to Gemini (see GEMINI_SIGNATURE_PREFIX). Reading: a
+  `ReasoningPart.signature` with `signature_provider="gemini"`, so that no one replays them to another
+  provider and we never send another provider's to Gemini (axonsim.formats.signatures). Reading: a
   signature on a thought part stays with that reasoning; one on a text/functionCall part is given to
   the unsigned reasoning just before it, or becomes a signature-only `ReasoningPart(text="")` at that
   position. Responses and streams fold into the StreamAggregator's shape (one reasoning part, last
@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 
 from axonsim.formats import FormatError
+from axonsim.formats.signatures import export_signature, import_signature
 from axonsim.formats.sse import SSEDecoder
 from axonsim.unified import (
     Error,
@@ -77,12 +78,12 @@ __all__ = [
 # Gemini (history from another provider). The API takes bytes, so it travels base64-encoded.
 SKIP_VALIDATOR_SIGNATURE = base64.b64encode(b"skip_thought_signature_validator").decode()
 
-# Unified signatures carry no provenance, and a provider rejects another's (Gemini 3 validates the
-# first functionCall's). Gemini-issued signatures are therefore marked in unified with this prefix;
-# any other format sees an opaque string. Another provider's signature shown to a Gemini client is
-# wrapped in a base64 envelope (the SDK decodes thoughtSignature as bytes) and unwrapped on replay.
-GEMINI_SIGNATURE_PREFIX = "gemini:"
-_ENVELOPE = b"axonsim:foreign-signature:"
+# This family's name: `Request.source` of what parse_request reads, `signature_provider` of Gemini's
+# thought signatures and `Tool.provider` of its native tools. A provider rejects another's signatures
+# (Gemini 3 validates the first functionCall's), so only signatures whose provider is "gemini" are
+# sent to Gemini; another provider's, shown to a Gemini client, is wrapped in a base64 envelope (the
+# SDK decodes thoughtSignature as bytes) that names its provider, and unwrapped on replay.
+FAMILY = "gemini"
 
 # Malformed upstream output is the provider's fault, not the client's: a bad gateway.
 _UPSTREAM = 502
@@ -247,22 +248,15 @@ def _std_b64(data: str) -> str:
     return data.replace("-", "+").replace("_", "/")
 
 
-def _sig_in(raw: str) -> str:
-    """A thoughtSignature from the wire → unified: an enveloped foreign one unwrapped, Gemini's marked."""
-    try:
-        data = base64.b64decode(_std_b64(raw) + "=" * (-len(raw) % 4), validate=True)
-    except ValueError:  # binascii.Error
-        data = b""
-    if data.startswith(_ENVELOPE):
-        return data[len(_ENVELOPE):].decode("utf-8", "replace")
-    return GEMINI_SIGNATURE_PREFIX + raw
+def _sig_in(raw: str) -> tuple[str, str]:
+    """A thoughtSignature from the wire → (signature, provider): an enveloped foreign one unwrapped,
+    anything else Gemini's own."""
+    return import_signature(raw, FAMILY)
 
 
-def _sig_out(sig: str) -> tuple[str, bool]:
+def _sig_out(sig: str, provider: str | None) -> tuple[str, bool]:
     """A unified signature → (thoughtSignature value, issued by Gemini)."""
-    if sig.startswith(GEMINI_SIGNATURE_PREFIX):
-        return sig[len(GEMINI_SIGNATURE_PREFIX):], True
-    return base64.b64encode(_ENVELOPE + sig.encode()).decode(), False
+    return export_signature(sig, provider, FAMILY), provider == FAMILY
 
 
 def _sniff_image(data: str) -> str:
@@ -427,7 +421,7 @@ def _model_parts(m: Message, *, outbound: bool) -> list[dict[str, Any]]:
         if isinstance(p, ReasoningPart):
             if p.redacted:
                 continue  # Anthropic's encrypted thinking: nothing Gemini can read (lossy)
-            wire, ours = _sig_out(p.signature) if p.signature else (None, False)
+            wire, ours = _sig_out(p.signature, p.signature_provider) if p.signature else (None, False)
             if wire is not None and not ours and outbound:
                 wire = None  # it would fail Gemini's signature check
             if p.text:
@@ -522,7 +516,7 @@ def parse_request(body: bytes, model: str | None = None, stream: bool | None = N
 
     return Request(model=model, messages=messages, tools=tools, tool_choice=tool_choice,
                    response_format=response_format, sampling=sampling, stream=bool(stream),
-                   reasoning_effort=effort, reasoning_budget=budget, extra_body=extra)
+                   reasoning_effort=effort, reasoning_budget=budget, extra_body=extra, source=FAMILY)
 
 
 def _part_kind(p: Any, path: str) -> tuple[str, Any]:
@@ -561,14 +555,14 @@ def _system_message(system: Any) -> Message:
     return Message(role="system", content=texts)
 
 
-def _attach_signature(content: list[Any], sig: str) -> None:
+def _attach_signature(content: list[Any], sig: tuple[str, str]) -> None:
     """A signature on a non-thought part belongs to the reasoning just before it, if unsigned;
     otherwise it is kept in place as a signature-only reasoning part."""
     last = content[-1] if content else None
     if isinstance(last, ReasoningPart) and last.signature is None and not last.redacted:
-        last.signature = sig
+        last.signature, last.signature_provider = sig
     else:
-        content.append(ReasoningPart(text="", signature=sig))
+        content.append(ReasoningPart(text="", signature=sig[0], signature_provider=sig[1]))
 
 
 def _contents_to_messages(contents: list[Any]) -> list[Message]:
@@ -621,20 +615,20 @@ def _model_turn(parts: list[Any], turn: int, path: str) -> Message:
     for j, p in enumerate(parts):
         ppath = f"{path}.parts[{j}]"
         kind, v = _part_kind(p, ppath)
-        sig = _get(p, "thoughtSignature")
-        if sig is not None:
-            sig = _sig_in(_str(sig, f"{ppath}.thoughtSignature")) if sig else None
+        raw_sig = _get(p, "thoughtSignature")
+        sig = _sig_in(_str(raw_sig, f"{ppath}.thoughtSignature")) if raw_sig is not None and raw_sig else None
         if kind == "text":
             text = _str(v, f"{ppath}.text")
             if _get(p, "thought") is True:
                 if not text and not sig:
                     continue
+                signature, provider = sig if sig else (None, None)
                 last = content[-1] if content else None
                 if isinstance(last, ReasoningPart) and last.signature is None and not last.redacted:
                     last.text += text  # consecutive thought parts are one reasoning block
-                    last.signature = sig
+                    last.signature, last.signature_provider = signature, provider
                 else:
-                    content.append(ReasoningPart(text=text, signature=sig))
+                    content.append(ReasoningPart(text=text, signature=signature, signature_provider=provider))
                 continue
             if sig:
                 _attach_signature(content, sig)
@@ -795,8 +789,8 @@ def _parse_generation_config(
         t_extra = {k: v for k, v in t.items() if k not in ("thinkingBudget", "thinkingLevel", "includeThoughts")}
         if (b := t.get("thinkingBudget")) is not None:
             budget = _int(b, "generationConfig.thinkingConfig.thinkingBudget")
-            if budget < 0:  # -1 = dynamic: meaningless to other families, kept for a Gemini channel
-                t_extra["thinkingBudget"], budget = budget, None
+            if budget < 0:  # -1 = dynamic: the unified "model decides" (Anthropic's adaptive thinking)
+                budget = -1
         if (lv := t.get("thinkingLevel")) is not None:
             effort = _str(lv, "generationConfig.thinkingConfig.thinkingLevel").lower()
         # build_request shows thoughts whenever thinking is asked for; a Gemini client that chose
@@ -864,10 +858,10 @@ class StreamRenderer:
             if ev.text:
                 part: dict[str, Any] = {"text": ev.text, "thought": True}
                 if ev.signature:
-                    part["thoughtSignature"] = _sig_out(ev.signature)[0]
+                    part["thoughtSignature"] = _sig_out(ev.signature, ev.signature_provider)[0]
                 return self._flush_calls() + self._emit(part)
             if ev.signature:
-                wire, ours = _sig_out(ev.signature)
+                wire, ours = _sig_out(ev.signature, ev.signature_provider)
                 if not ours:  # another provider's: it signs the thinking just sent, so it goes out beside it
                     return self._flush_calls() + self._emit({"text": "", "thought": True, "thoughtSignature": wire})
                 # Gemini's own (our parser emits it just before its part): it rides the next part
@@ -1061,10 +1055,11 @@ def build_request(req: Request, upstream_model: str) -> bytes:
     gen = _generation_config(req, upstream_model)
     if gen:
         body["generationConfig"] = gen
-    for key, val in req.extra_body.items():
+    # Only a Gemini client's extras, and only the fields Gemini knows, are passed through.
+    for key, val in (req.extra_body.items() if req.source == FAMILY else ()):
         ck = _camel(key)
         if ck not in _PASSTHROUGH:
-            continue  # another family's extras would only earn a 400 from Gemini
+            continue  # anything else would only earn a 400 from Gemini
         if isinstance(val, dict) and isinstance(body.get(ck), dict):
             _deep_merge(body[ck], val)
         else:
@@ -1135,7 +1130,7 @@ def _generation_config(req: Request, model: str) -> dict[str, Any]:
             g["responseJsonSchema"] = rf.json_schema
     thinking: dict[str, Any] = {}
     if req.reasoning_budget is not None:
-        thinking["thinkingBudget"] = req.reasoning_budget
+        thinking["thinkingBudget"] = max(req.reasoning_budget, -1)  # any negative: dynamic (-1)
     elif req.reasoning_effort:
         effort = req.reasoning_effort.lower()
         if _BUDGET_MODELS.search(model):  # 1.x/2.x models know budgets only
@@ -1209,15 +1204,15 @@ class _Reader:
     def _part(self, p: Any, out: list[StreamEvent]) -> None:
         if not isinstance(p, dict):
             raise FormatError("a Gemini part must be an object", None, _UPSTREAM)
-        sig = _get(p, "thoughtSignature")
-        sig = _sig_in(sig) if isinstance(sig, str) and sig else None
+        raw_sig = _get(p, "thoughtSignature")
+        sig, provider = _sig_in(raw_sig) if isinstance(raw_sig, str) and raw_sig else (None, None)
         text = _get(p, "text")
         if isinstance(text, str) and _get(p, "thought") is True:
             if text or sig:
-                out.append(ReasoningDelta(text=text, signature=sig))
+                out.append(ReasoningDelta(text=text, signature=sig, signature_provider=provider))
             return
         if sig:  # emitted just before its part, so the renderer puts it back on the same part
-            out.append(ReasoningDelta(text="", signature=sig))
+            out.append(ReasoningDelta(text="", signature=sig, signature_provider=provider))
         if isinstance(text, str):
             if text:
                 out.append(TextDelta(text=text))

@@ -73,7 +73,8 @@ __all__ = [
     "request_path",
 ]
 
-PROVIDER = "openai"  # the `Tool.provider` of OpenAI-only tools kept verbatim
+PROVIDER = "openai"  # the `Tool.provider` of OpenAI Chat-only tools kept verbatim
+FAMILY = "openai_chat"  # the `Request.source` of what parse_request reads
 
 _UPSTREAM = 502  # FormatError status when it is the provider, not the client, that spoke badly
 
@@ -297,6 +298,20 @@ def _parse_message(m: Any, i: int) -> Obj:
     raise _bad(f"Invalid role {role!r}: expected system, developer, user, assistant or tool.", path + ".role")
 
 
+def _name_tool_results(messages: list[Obj]) -> list[Obj]:
+    """OpenAI tool messages carry no function name; Gemini needs it. Like the other families' parsers,
+    take it from the earlier assistant tool call with the same id (a `name` the client sent wins)."""
+    names: dict[str, str] = {}
+    for m in messages:
+        for c in m.get("tool_calls", ()):
+            names[c["id"]] = c["name"]
+        if m["role"] == "tool":
+            result = m["content"][0]
+            if "name" not in result and result["tool_call_id"] in names:
+                result["name"] = names[result["tool_call_id"]]
+    return messages
+
+
 def _parse_tools(v: Any) -> list[Obj]:
     if not isinstance(v, list):
         raise _bad("'tools' must be an array.", "tools")
@@ -398,7 +413,8 @@ def parse_request(body: bytes, model: str | None = None, stream: bool | None = N
         raise _bad("'messages' must be an array of messages.", "messages")
     if not msgs:
         raise _bad("'messages' must contain at least one message.", "messages")
-    out: Obj = {"model": mdl, "messages": [_parse_message(m, i) for i, m in enumerate(msgs)]}
+    out: Obj = {"model": mdl, "messages": _name_tool_results([_parse_message(m, i) for i, m in enumerate(msgs)]),
+                "source": FAMILY}
 
     extra: Obj = {}
     sampling: Obj = {}
@@ -879,8 +895,9 @@ def build_request(req: Request, upstream_model: str) -> bytes:
         body["metadata"] = req.metadata
     if req.user is not None:
         body["user"] = req.user
-    for k, v in req.extra_body.items():
-        body.setdefault(k, v)
+    if req.source == FAMILY:  # another family's extra fields mean nothing (or a 400) to OpenAI
+        for k, v in req.extra_body.items():
+            body.setdefault(k, v)
     return orjson.dumps(body)
 
 

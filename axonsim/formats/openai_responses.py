@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from axonsim.formats import FormatError
+from axonsim.formats.signatures import export_signature, import_signature, replayable
 from axonsim.formats.sse import SSEDecoder, SSEEvent, encode
 from axonsim.unified import (
     Error,
@@ -53,6 +54,11 @@ from axonsim.unified import (
 )
 
 JSON = dict[str, Any]
+
+# This family's name: `Request.source` of what parse_request reads, `signature_provider` of OpenAI's
+# encrypted reasoning, and `Tool.provider` of hosted tools (web_search, file_search, mcp, ...), which
+# only an OpenAI Responses channel can run (Chat's own custom tools are provider "openai").
+FAMILY = "openai_responses"
 
 # Anthropic's redacted_thinking has no Responses equivalent, but a Responses client must hand it
 # back verbatim for the next turn to be valid upstream; we carry it as an opaque reasoning item.
@@ -186,6 +192,7 @@ def parse_request(body: bytes, model: str | None = None, stream: bool | None = N
         metadata=_opt(obj, "metadata", dict, "metadata", "an object"),
         user=_opt(obj, "user", str, "user", "a string"),
         extra_body=extra,
+        source=FAMILY,
     )
 
 
@@ -322,7 +329,10 @@ def _parse_reasoning_item(item: JSON, where: str) -> ReasoningPart | None:
     text = _reasoning_text(item, where)
     if not text and enc is None:
         return None  # nothing a provider could use: without encrypted_content the id needs stored state
-    return ReasoningPart(text=text, signature=enc)
+    if enc is None:
+        return ReasoningPart(text=text)
+    sig, provider = import_signature(enc, FAMILY)
+    return ReasoningPart(text=text, signature=sig, signature_provider=provider)
 
 
 def _reasoning_text(item: JSON, where: str) -> str:
@@ -366,7 +376,7 @@ def _parse_tools(value: Any) -> list[Tool]:
             # Hosted tools (web_search, file_search, mcp, ...) run inside OpenAI: kept verbatim so
             # that candidate selection can route them only to OpenAI Responses channels.
             name = t.get("name") if isinstance(t.get("name"), str) else ttype
-            tools.append(Tool(type="native", name=name, provider="openai", native=dict(t)))
+            tools.append(Tool(type="native", name=name, provider=FAMILY, native=dict(t)))
         else:
             raise FormatError(f"missing required field '{where}.type'", f"{where}.type")
     return tools
@@ -437,7 +447,8 @@ def _reasoning_item(item_id: str, part: ReasoningPart, status: str | None = None
         item = {"id": item_id, "type": "reasoning",
                 "summary": [{"type": "summary_text", "text": part.text}] if part.text else []}
         if part.signature is not None:
-            item["encrypted_content"] = part.signature
+            # Another family's signature is wrapped, so that a replay still knows whose it is.
+            item["encrypted_content"] = export_signature(part.signature, part.signature_provider, FAMILY)
     if status:
         item["status"] = status
     return item
@@ -492,7 +503,7 @@ def _status_fields(finish: FinishReason | None) -> tuple[str, JSON | None, JSON 
 
 def _tool_obj(t: Tool) -> JSON | None:
     if t.type == "native":
-        return dict(t.native) if t.provider == "openai" and t.native else None
+        return dict(t.native) if t.provider == FAMILY and t.native else None
     return {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters,
             "strict": t.strict}
 
@@ -581,6 +592,7 @@ class _Item:
     call_id: str = ""
     name: str = ""
     signature: str | None = None
+    signature_provider: str | None = None
     summary_open: bool = False
 
 
@@ -703,7 +715,8 @@ class StreamRenderer:
             return _message_item(item.id, [_text_part(text)], status)
         if item.kind == "function_call":
             return _call_item(item.id, item.call_id, item.name, text, status)
-        return _reasoning_item(item.id, ReasoningPart(text=text, signature=item.signature), status)
+        return _reasoning_item(item.id, ReasoningPart(text=text, signature=item.signature,
+                                                      signature_provider=item.signature_provider), status)
 
     def _close_content(self, status: str = "completed") -> bytes:
         item = self._content
@@ -787,6 +800,7 @@ class StreamRenderer:
                 item = self._content
                 assert item is not None
             item.signature = ev.signature
+            item.signature_provider = ev.signature_provider
         if ev.redacted_data:
             out += self._close_all("completed")
             item = self._new_item("reasoning", "rs")
@@ -900,16 +914,14 @@ def auth_headers(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-# A reasoning signature is replayed upstream only if it is OpenAI's own encrypted_content (a
-# Fernet token, which always starts with version byte 0x80 → "gAAAAA"). An Anthropic or Gemini
-# signature left in a history after a failover would make OpenAI reject the whole request.
-_OPENAI_ENCRYPTED = re.compile(r"^gAAAAA")
-
-
-def _effort_for_budget(budget: int) -> str:
-    # Anthropic/Gemini speak in token budgets, OpenAI in effort levels; thresholds are a policy.
-    if budget <= 0:
+def _effort_for_budget(budget: int) -> str | None:
+    """Anthropic/Gemini speak in token budgets, OpenAI in effort levels; thresholds are a policy.
+    0 means no reasoning; a negative budget (Anthropic `adaptive`, Gemini `-1`) means the model
+    decides: None, i.e. reasoning on at OpenAI's default effort."""
+    if budget == 0:
         return "none"
+    if budget < 0:
+        return None
     if budget < 4096:
         return "low"
     if budget < 16384:
@@ -936,7 +948,7 @@ def build_request(req: Request, upstream_model: str) -> bytes:
         tools = []
         for i, t in enumerate(req.tools):
             if t.type == "native":
-                if t.provider != "openai" or not t.native:
+                if t.provider != FAMILY or not t.native:
                     raise FormatError(f"tool {t.name!r} is a native tool of {t.provider or 'another provider'} "
                                       "and cannot be sent to an OpenAI Responses channel", f"tools[{i}]")
                 tools.append(dict(t.native))
@@ -960,20 +972,22 @@ def build_request(req: Request, upstream_model: str) -> bytes:
     if s.max_tokens is not None:
         body["max_output_tokens"] = s.max_tokens
 
-    extra = dict(req.extra_body)
+    # Another family's extra fields (and its `reasoning`/`text`/`include` shapes) are not ours.
+    extra = dict(req.extra_body) if req.source == FAMILY else {}
     effort = req.reasoning_effort
     if effort is None and req.reasoning_budget is not None:
         effort = _effort_for_budget(req.reasoning_budget)
+    thinking = effort not in (None, "none") or (effort is None and (req.reasoning_budget or 0) < 0)
     reasoning = _dict_or_empty(extra.pop("reasoning", None))
     if effort is not None:
         reasoning["effort"] = effort
-        if effort != "none":
-            reasoning.setdefault("summary", "auto")  # without it OpenAI returns no reasoning text
+    if thinking:
+        reasoning.setdefault("summary", "auto")  # without it OpenAI returns no reasoning text
     if reasoning:
         body["reasoning"] = reasoning
     raw_include = extra.pop("include", None)
     include = [x for x in raw_include if isinstance(x, str)] if isinstance(raw_include, list) else []
-    if effort not in (None, "none") and "reasoning.encrypted_content" not in include:
+    if thinking and "reasoning.encrypted_content" not in include:
         # store=false: the encrypted reasoning is the only way to replay it on the next turn
         include.append("reasoning.encrypted_content")
     if include:
@@ -1062,9 +1076,9 @@ def _assistant_items(m: Message, where: str, items: list[JSON]) -> None:
 
     for p in m.content:
         if isinstance(p, ReasoningPart):
-            # Only OpenAI's own encrypted reasoning can be replayed (store=false): plain
-            # text reasoning and other providers' signatures are dropped (lossy).
-            if p.redacted or p.signature is None or not _OPENAI_ENCRYPTED.match(p.signature):
+            # Only OpenAI's own encrypted reasoning can be replayed (store=false): plain text
+            # reasoning, redacted thinking and other families' signatures are dropped (lossy).
+            if p.redacted or not replayable(p.signature, p.signature_provider, FAMILY):
                 continue
             flush()
             # No item id: with store=false OpenAI would look the id up and fail.
@@ -1295,10 +1309,10 @@ class StreamParser:
             except FormatError:
                 full = ""
             rest = _rest(full, self._reasoning.get(oi, ""))
-            sig = enc if isinstance(enc, str) else None
+            sig, provider = import_signature(enc, FAMILY) if isinstance(enc, str) and enc else (None, None)
             if rest or sig:
                 self._reasoning[oi] = self._reasoning.get(oi, "") + rest
-                out.append(ReasoningDelta(text=rest, signature=sig))
+                out.append(ReasoningDelta(text=rest, signature=sig, signature_provider=provider))
 
     def _on_text_delta(self, obj: JSON, out: list[StreamEvent]) -> None:
         delta = obj.get("delta")

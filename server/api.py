@@ -6,6 +6,7 @@ declared here only so /docs lists them, with a handler that says so if ever reac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,7 +20,15 @@ def _openai_error(status: int, message: str, type_: str, code: str | None = None
     return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}}, status_code=status)
 
 
-def build_api(proxy: Proxy) -> FastAPI:
+def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
+    """`proxy` or a function returning the current one (so a config reload is seen here too)."""
+    if isinstance(proxy, Proxy):
+        fixed = proxy
+
+        def current() -> Proxy:
+            return fixed
+    else:
+        current = proxy
     api = FastAPI(
         title="AxonSim gateway",
         version="0.1.0",
@@ -39,19 +48,20 @@ def build_api(proxy: Proxy) -> FastAPI:
 
     @api.get("/health", summary="Readiness: 200 once the gateway serves traffic")
     async def health() -> Any:
-        if not proxy.ready:
+        if not current().ready:
             return JSONResponse({"status": "starting"}, status_code=503)
         return {"status": "ok"}
 
     @api.get("/v1/models", summary="The model names clients may request (OpenAI list shape)")
     async def models(request: Request) -> Any:
-        if proxy.auth.authenticate(request.scope["headers"], request.scope["query_string"]) is None:
+        p = current()
+        if p.auth.authenticate(request.scope["headers"], request.scope["query_string"]) is None:
             return _openai_error(401, "missing or invalid gateway API key", "authentication_error", "invalid_api_key")
         return {"object": "list",
                 "data": [{"id": m, "object": "model", "created": 0, "owned_by": "axonsim"}
-                         for m in proxy.config.model_names()]}
+                         for m in p.config.model_names()]}
 
-    for path in proxy.routes.paths():
+    for path in current().routes.paths():
         if not path.startswith("/v1") and not path.startswith("/anthropic"):
             continue
 

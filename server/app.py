@@ -105,23 +105,23 @@ class GatewayApp:
     """The ASGI entry point. `fallback` gets every request that is not a client-API POST."""
 
     def __init__(self, proxy: Proxy, fallback: ASGIApp | None = None) -> None:
+        # `proxy` may be replaced while serving (a config reload builds a new one): each request
+        # reads it once and keeps the Proxy it started with.
         self.proxy = proxy
         if fallback is None:
             from server.api import build_api  # FastAPI is imported only if this app serves it
 
-            fallback = build_api(proxy)
+            fallback = build_api(lambda: self.proxy)
         self.fallback = fallback
-        self._match = proxy.routes.match
-        self._driver = proxy.driver
-        self._auth = proxy.auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t = scope["type"]
         if t == "http":
             if scope["method"] == "POST":
-                route = self._match(scope["path"])
+                proxy = self.proxy
+                route = proxy.routes.match(scope["path"])
                 if route is not None:
-                    await self._api(scope, receive, send, route)
+                    await self._api(proxy, scope, receive, send, route)
                     return
             await self.fallback(scope, receive, send)
         elif t == "lifespan":
@@ -149,8 +149,7 @@ class GatewayApp:
 
     # -- the client-API handler ------------------------------------------------------------------
 
-    async def _api(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
-        proxy = self.proxy
+    async def _api(self, proxy: Proxy, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
         clock = proxy.clock.now
         t0 = clock()
         fmt = route.fmt
@@ -188,7 +187,7 @@ class GatewayApp:
                 w.gone = True
                 status = CLIENT_CLOSED
                 return
-            key = self._auth.authenticate(scope["headers"], scope["query_string"])
+            key = proxy.auth.authenticate(scope["headers"], scope["query_string"])
             if key is None:
                 error = _auth_error(scope)
                 status = await _send_error(send, fmt, error, rid_b, 0)
@@ -207,7 +206,7 @@ class GatewayApp:
             sticky = trace_id if proxy.sticky == "trace" else thread_id if proxy.sticky == "thread" else None
             # A rough token estimate for local TPM limits and quotas: ~4 bytes of request per token.
             tokens = len(body) // 4 + (req.sampling.max_tokens or 0)
-            result = await self._driver.execute(ex, tokens, sticky)
+            result = await proxy.driver.execute(ex, tokens, sticky)
             n = len(result.attempts)
             if not result.ok or result.outcome is None:
                 error = _client_facing(result.error)
@@ -263,7 +262,7 @@ class GatewayApp:
                 task.uncancel()
             status = CLIENT_CLOSED
         except Exception as exc:
-            self._log_exception(rid, exc)
+            self._log_exception(proxy, rid, exc)
             error = Error(kind=ErrorKind.SERVER_ERROR, status=500, message=f"internal gateway error (request {rid})")
             if stream is not None:
                 stream.abort(clock())  # the gateway's own failure: not held against the channel
@@ -289,10 +288,10 @@ class GatewayApp:
                 watcher.cancel()
             if stream is not None and w.gone:
                 stream.abort(clock())
-            self._record(scope, route, rid, t0, clock() - t0, ttfb, key, model, is_stream, status, error, usage,
+            self._record(proxy, scope, route, rid, t0, clock() - t0, ttfb, key, model, is_stream, status, error, usage,
                          result, ex, stream, w.gone, trace_id, thread_id)
 
-    def _record(self, scope: Scope, route: Route, rid: str, t0: float, latency: float, ttfb: float | None,
+    def _record(self, proxy: Proxy, scope: Scope, route: Route, rid: str, t0: float, latency: float, ttfb: float | None,
                 key: Any, model: str | None, is_stream: bool, status: int, error: Error | None, usage: Usage | None,
                 result: Result | None, ex: Exchange | None, stream: LiveStream | None, gone: bool,
                 trace_id: str | None, thread_id: str | None) -> None:
@@ -322,7 +321,7 @@ class GatewayApp:
             outcome = "failed"
         else:
             outcome = "completed"
-        self.proxy.request_done({
+        proxy.request_done({
             "id": rid, "created_at": t0, "method": "POST", "path": scope["path"], "client_format": route.name,
             "model": model, "stream": is_stream,
             "project": key.project if key is not None else None,
@@ -338,10 +337,10 @@ class GatewayApp:
             "decisions": result.decisions if result is not None else None,
         })
 
-    def _log_exception(self, rid: str, exc: BaseException) -> None:
+    def _log_exception(self, proxy: Proxy, rid: str, exc: BaseException) -> None:
         # Formatted here so the scrubber sees the text: an exception message may quote a header value.
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        log.error("request %s failed inside the gateway:\n%s", rid, self.proxy.scrub(text))
+        log.error("request %s failed inside the gateway:\n%s", rid, proxy.scrub(text))
 
 
 _UPSTREAM_CREDENTIALS = (ErrorKind.AUTHENTICATION, ErrorKind.PERMISSION)
@@ -367,7 +366,8 @@ def _auth_error(scope: Scope) -> Error:
         return Error(kind=ErrorKind.AUTHENTICATION, status=401, message="invalid gateway API key",
                      code="invalid_api_key")
     return Error(kind=ErrorKind.AUTHENTICATION, status=401,
-                 message="missing gateway API key: send it as 'Authorization: Bearer KEY'", code="missing_api_key")
+                 message="missing gateway API key: send it as 'Authorization: Bearer KEY' (or x-api-key, "
+                         "x-goog-api-key)", code="missing_api_key")
 
 
 async def _send_plain_500(send: Send, rid_b: bytes) -> None:

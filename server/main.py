@@ -52,6 +52,14 @@ def serve(args: argparse.Namespace) -> int:
         proxy.startup_hooks.append(demo.start)
         proxy.shutdown_hooks.append(demo.stop)
     app = GatewayApp(proxy)
+    if config.state.url:
+        # Several processes agree on cooldowns, breakers, limits and round robin through Redis; the
+        # getter follows a config reload's new Router. Redis down: serve on local state (logged).
+        from server.shared_state import SharedState
+
+        shared = SharedState(lambda: app.proxy.router, config.state, clock=proxy.clock.now)
+        proxy.startup_hooks.append(shared.start)
+        proxy.shutdown_hooks.append(shared.close)
 
     if demo is not None:
         print(demo.banner(args.host, args.port), flush=True)

@@ -1,0 +1,717 @@
+"""Channel state shared by several proxy processes through Redis, synchronised off the hot path.
+
+Rules:
+1. Requests never touch Redis. A background task synchronises every `state.sync_interval` seconds;
+   between syncs each process routes on its local state exactly as a single worker would. The
+   price of that is a propagation delay of about one or two intervals.
+2. "Most severe wins". A cooldown, an auto-disable, an outlier ejection, an open breaker (channel ×
+   model, and per key) or a disabled key seen by one process is applied by every process, so they
+   all skip the same channels. Values are absolute Unix times (the proxy's clock is Unix-aligned),
+   merged with max() by a Lua script, so pushes commute and nobody needs a lock.
+3. Lifts travel too, as markers: a breaker that closed after its probes, or an operator's enable
+   (admin API) of a channel or key. A lift names the incident it ends (its `until`), so it ends that
+   incident everywhere but never a newer, more severe one.
+4. Nothing stale outlives its meaning. One Redis hash per channel holds its fields; its TTL is the
+   longest remaining duration among them, and expired fields are dropped whenever it is written.
+   Permanent states (rejected credentials) live `PERMANENT_TTL` and are refreshed by every process
+   that still holds them, so they last as long as some process does, as in one process.
+5. Rate-limit counters (RPM/TPM per channel and key, and quotas) are shared as per-window counts:
+   each process adds its local increments with HINCRBY on the window's key and adopts the totals,
+   so a limit holds across processes (it can overshoot by what the fleet admits within one interval).
+6. Round robin (best effort): the selection counter and each channel's last pick live in Redis,
+   so a process does not restart the rotation from the first channel; between syncs each process
+   rotates on its own, so two processes may pick the same channel within one interval.
+7. Redis down: keep serving on local state, log once per change (down / back up), count errors,
+   retry with exponential backoff. Local changes made meanwhile are pushed when Redis returns, and a
+   Redis that lost its data is refilled from the processes' local state.
+8. The Router is read through a getter on every sync: a config reload's new Router adopts the
+   fleet's state at the next sync.
+
+State that stays local: in-flight counts, EWMAs, error counts, auto-disable streaks, sticky routing.
+
+Redis keys (prefix `state.key_prefix`; `<ch>` is the channel's name plus a fingerprint of its type,
+base URL and keys, so a channel whose endpoint or credentials change in the config starts clean):
+    <prefix>:ch:<ch>         hash: field -> "a:<until>[:<extra>]" (active) | "l:<until>:<lifted at>"
+    <prefix>:ver             counter bumped by every change to a channel hash (cheap change detection)
+    <prefix>:rl:<minute>     hash: "<ch>|c|r" / "<ch>|k<i>|t" -> requests / tokens in that minute
+    <prefix>:q:<ch>:<window> hash: r, t -> a quota window's requests / tokens
+    <prefix>:rr:seq, <prefix>:rr:last   the shared selection counter and each channel's last pick
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from axonsim.config import SharedStateConfig
+from axonsim.execution import Router
+from axonsim.health import CLOSED, OPEN, Breaker
+from axonsim.limits import WINDOW, Limiter, RateWindow
+from axonsim.state import NEVER, ChannelState
+
+log = logging.getLogger("axonsim.server.shared_state")
+
+# A permanent state is sent as PERMANENT + the time it was first seen, so that a new incident after
+# a lift is told apart from the old one (all permanent values sort after every temporary one).
+PERMANENT = 1e12
+PERMANENT_TTL = 3600.0  # seconds a permanent state lives in Redis without a process refreshing it
+LIFT_KEEP = 60.0  # seconds a lift marker stays visible, for processes that sync late
+RATE_TTL = 120  # a minute window is read until the end of the next minute
+RR_TTL = 86400  # round-robin position: forgotten after a day without traffic
+FULL_PULL_EVERY = 5.0  # seconds: re-read every channel hash even if the version counter says nothing changed
+
+# Merge pushed values into one channel hash; drop expired fields; set the TTL; return the hash.
+# ARGV: now, lift keep, permanent ttl, then (op, field, value) triples; op 'max' pushes an active
+# value "until[:extra]", op 'lift' ends the incident whose until is `value`.
+_MERGE = """
+local h, now, keep, perm_ttl = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local changed = false
+local function parse(v)
+  local s, u, x = string.match(v, '^(%a):([^:]+):?(.*)$')
+  return s, tonumber(u), x
+end
+for i = 4, #ARGV, 3 do
+  local op, f, arg = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local ustr = string.match(arg, '^([^:]+)')
+  local u = tonumber(ustr)
+  local cur = redis.call('HGET', h, f)
+  local s, cu = nil, nil
+  if cur then s, cu = parse(cur) end
+  if op == 'max' then
+    if not cur or u > cu then
+      redis.call('HSET', h, f, 'a:' .. arg)
+      changed = true
+    end
+  elseif not cur or (s == 'a' and cu <= u) or (s == 'l' and cu < u) then
+    redis.call('HSET', h, f, 'l:' .. ustr .. ':' .. ARGV[1])
+    changed = true
+  end
+end
+local all = redis.call('HGETALL', h)
+local maxexp = nil
+for i = 1, #all, 2 do
+  local s, u, x = parse(all[i + 1])
+  local exp
+  if s == 'a' then
+    if u >= 1e12 then exp = now + perm_ttl else exp = u end
+  else
+    exp = (tonumber(x) or 0) + keep
+  end
+  if exp <= now then
+    redis.call('HDEL', h, all[i])
+  elseif not maxexp or exp > maxexp then
+    maxexp = exp
+  end
+end
+if maxexp then redis.call('PEXPIRE', h, math.ceil((maxexp - now) * 1000)) end
+if changed then
+  redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], 86400)
+end
+return redis.call('HGETALL', h)
+"""
+
+# Add this process's selections to the shared counter; map its picks (offsets 1..d into its
+# share of the counter) onto shared sequence numbers, keeping the latest per channel.
+_ROUND_ROBIN = """
+local d = tonumber(ARGV[1])
+local t = redis.call('INCRBY', KEYS[1], d)
+local base = t - d
+for i = 3, #ARGV, 2 do
+  local v = base + tonumber(ARGV[i + 1])
+  local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1')
+  if v > cur then redis.call('HSET', KEYS[2], ARGV[i], v) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return {t, redis.call('HGETALL', KEYS[2])}
+"""
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, fit for logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+def channel_id(st: ChannelState) -> str:
+    """The channel's name plus a fingerprint of what makes it the same upstream (never a secret)."""
+    ch = st.channel
+    h = hashlib.sha256(f"{ch.type}\n{ch.base_url}".encode())
+    for k in st.keys:
+        h.update(f"\n{k.name}\t{k.secret}".encode())
+    return f"{st.name}:{h.hexdigest()[:10]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Channel fields: how each piece of severity state reads and applies
+
+
+def _enc(raw: float, held: float, now: float) -> float:
+    """A local time as sent: a permanent state keeps the stamp it was first shared with."""
+    if raw == math.inf:
+        return held if held >= PERMANENT else PERMANENT + now
+    return raw
+
+
+def _dec(v: float) -> float:
+    return math.inf if v >= PERMANENT else v
+
+
+def _breaker_value(b: Breaker | None) -> float:
+    # Open or half-open (not yet recovered) counts as its last open_until; closed as nothing.
+    if b is None or b.state == CLOSED:
+        return NEVER
+    return b.open_until
+
+
+def _open_breaker(b: Breaker, until: float, trips: int) -> None:
+    if until > b.open_until or b.state == CLOSED:
+        b.state = OPEN
+        b.open_until = max(b.open_until, until)
+        b.trips = max(b.trips, trips)
+        b.probes = 0
+        b.probe_successes = 0
+
+
+def _close_breaker(b: Breaker, until: float) -> None:
+    # Only the incident that was lifted: a breaker re-opened later keeps its own verdict.
+    if b.state != CLOSED and b.open_until <= until:
+        b.state = CLOSED
+        b.failures = 0
+        b.trips = 0
+        b.probes = 0
+        b.probe_successes = 0
+
+
+def _raw_fields(st: ChannelState) -> Iterator[tuple[str, float, str]]:
+    """(field, local value, extra) for every piece of this channel's shared state."""
+    yield "cd", st.cooldown_until, ""
+    yield "dis", st.disabled_until, ""
+    yield "ej", st.ejection.until, ""
+    for model, b in st.breakers.items():
+        yield f"b:{model}", _breaker_value(b), str(b.trips)
+    for i, k in enumerate(st.keys):
+        yield f"k:{i}", math.inf if k.disabled else k.disabled_until, ""
+        if k.breaker is not None:
+            yield f"kb:{i}", _breaker_value(k.breaker), str(k.breaker.trips)
+
+
+def _local_value(st: ChannelState, name: str) -> float:
+    kind, _, arg = name.partition(":")
+    if kind == "cd":
+        return st.cooldown_until
+    if kind == "dis":
+        return st.disabled_until
+    if kind == "ej":
+        return st.ejection.until
+    if kind == "b":
+        return _breaker_value(st.breakers.get(arg))
+    if kind in ("k", "kb") and arg.isdigit() and int(arg) < len(st.keys):
+        k = st.keys[int(arg)]
+        if kind == "k":
+            return math.inf if k.disabled else k.disabled_until
+        return _breaker_value(k.breaker)
+    return NEVER
+
+
+def _apply(st: ChannelState, name: str, until: float, extra: str, lifted: bool, now: float) -> None:
+    """Make the local state at least as severe as `until` (or end the incident `until`, if lifted)."""
+    kind, _, arg = name.partition(":")
+    u = _dec(until)
+    if kind == "cd":
+        if lifted:
+            if st.cooldown_until <= u:
+                st.cooldown_until = NEVER
+        else:
+            st.cooldown_until = max(st.cooldown_until, u)
+    elif kind == "dis":
+        if lifted:
+            if st.disabled_until <= u:
+                st.disabled_until = NEVER
+        else:
+            st.disabled_until = max(st.disabled_until, u)
+    elif kind == "ej":
+        det = st.outlier
+        if lifted:
+            if st.ejection.until <= u:
+                st.ejection.until = NEVER
+                if det is not None:
+                    det.ejected.pop(st.name, None)
+        elif u > st.ejection.until:
+            # The pool-wide cap holds fleet-wide too: never eject past it, whoever ejected first.
+            if det is not None and st.name not in det.ejected and det.currently_ejected(now) >= det.max_ejected():
+                return
+            st.ejection.until = u
+            if det is not None:
+                det.ejected[st.name] = u
+    elif kind == "b":
+        if st.breaker_cfg is None:
+            return
+        b = st.breakers.get(arg)
+        if lifted:
+            if b is not None:
+                _close_breaker(b, u)
+        else:
+            _open_breaker(st.breaker(arg), u, int(extra) if extra.isdigit() else 0)
+    elif kind in ("k", "kb") and arg.isdigit() and int(arg) < len(st.keys):
+        k = st.keys[int(arg)]
+        if kind == "kb":
+            if k.breaker is None:
+                return
+            if lifted:
+                _close_breaker(k.breaker, u)
+            else:
+                _open_breaker(k.breaker, u, int(extra) if extra.isdigit() else 0)
+        elif lifted:
+            if (math.inf if k.disabled else k.disabled_until) <= u:
+                k.disabled = False
+                k.disabled_until = NEVER
+        elif u == math.inf:
+            k.disabled = True
+        else:
+            k.disabled_until = max(k.disabled_until, u)
+
+
+def _parse(raw: str) -> tuple[bool, float, str] | None:
+    """(lifted, until, extra or lifted-at) from a hash value; None if unreadable."""
+    state, _, rest = raw.partition(":")
+    u, _, extra = rest.partition(":")
+    try:
+        return state == "l", float(u), extra
+    except ValueError:
+        return None
+
+
+def _num(v: float) -> str:
+    return repr(float(v))
+
+
+# --------------------------------------------------------------------------------------------------
+# Counters: a RateWindow holds its counts in four slots; these read and set one minute's pair.
+
+
+def _window_counts(rw: RateWindow, w: int) -> tuple[int, int] | None:
+    # RateWindow offers no setter: its whole state is these slots (current and previous minute).
+    if rw._win == w:
+        return rw._cur_req, rw._cur_tok
+    if rw._win == w + 1:
+        return rw._prev_req, rw._prev_tok
+    return None
+
+
+def _window_set(rw: RateWindow, w: int, req: int, tok: int) -> None:
+    if rw._win == w:
+        rw._cur_req, rw._cur_tok = req, tok
+    elif rw._win == w + 1:
+        rw._prev_req, rw._prev_tok = req, tok
+
+
+def _limited(lim: Limiter) -> bool:
+    return lim.cfg.rpm is not None or lim.cfg.tpm is not None
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _pairs(v: Any) -> dict[str, str]:
+    """A Lua-returned HGETALL (a flat list) as a dict."""
+    if isinstance(v, dict):
+        return v
+    it = iter(v or [])
+    return dict(zip(it, it, strict=False))
+
+
+@dataclass
+class _Chan:
+    st: ChannelState
+    cid: str  # channel id: name + fingerprint
+    hkey: str  # its Redis hash
+    seen: dict[str, float] = field(default_factory=dict)  # field -> the remote value last seen
+    held: dict[str, float] = field(default_factory=dict)  # field -> the local value after the last sync
+    refreshed: dict[str, float] = field(default_factory=dict)  # field -> when a permanent value was last sent
+
+
+# (limiter id, limiter, minute, its counts for that minute and the one before, at the snapshot)
+_RateSnap = tuple[str, Limiter, int, tuple[int, int], tuple[int, int]]
+# (channel, quota window, requests, tokens at the snapshot)
+_QuotaSnap = tuple[_Chan, int, int, int]
+
+
+class _RouterSync:
+    """What the synchronisation of one Router remembers; a new Router (a config reload) starts afresh."""
+
+    def __init__(self, router: Router, prefix: str) -> None:
+        self.router = router
+        self.chans = [_Chan(st, cid, f"{prefix}:ch:{cid}") for st in router.states for cid in [channel_id(st)]]
+        self.limiters: list[tuple[str, Limiter]] = []
+        for c in self.chans:
+            if _limited(c.st.limiter):
+                self.limiters.append((f"{c.cid}|c", c.st.limiter))
+            for i, k in enumerate(c.st.keys):
+                if _limited(k.limiter):
+                    self.limiters.append((f"{c.cid}|k{i}", k.limiter))
+        self.quotas = [c for c in self.chans if c.st.quota is not None]
+        self.rate_base: dict[str, dict[int, tuple[int, int]]] = {}  # limiter id -> minute -> shared totals
+        self.quota_base: dict[str, tuple[int, int, int]] = {}  # channel id -> (window, requests, tokens)
+        self.rr_base = router.balancer.seq  # local selections up to here are in the shared counter already
+        self.rr_total = -1  # the shared counter last seen; a drop means Redis lost it
+        self.version: str | None = None
+        self.last_full = -math.inf
+
+
+class SharedState:
+    """Synchronise the current Router's channel state with Redis every `cfg.sync_interval` seconds.
+
+    `router_getter` returns the Router in use (called on every sync, so a reload is followed);
+    `clock` is the proxy's Unix-aligned clock. `up`, `errors` and `last_error` are for metrics."""
+
+    def __init__(self, router_getter: Callable[[], Router], cfg: SharedStateConfig, *,
+                 clock: Callable[[], float] = time.time, timeout: float = 1.0, max_backoff: float = 5.0) -> None:
+        if not cfg.url:
+            raise ValueError("SharedState needs state.url (redis://...)")
+        self.cfg = cfg
+        self.url = redact_url(cfg.url)
+        self._get_router = router_getter
+        self._clock = clock
+        self._timeout = timeout  # per Redis call: a hung Redis must not stall the sync loop for long
+        self._max_backoff = max_backoff
+        p = self._prefix = cfg.key_prefix
+        self._ver_key = f"{p}:ver"
+        self._rr_keys = [f"{p}:rr:seq", f"{p}:rr:last"]
+        self._redis: Redis | None = None
+        self._merge: Any = None
+        self._rr: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._sync: _RouterSync | None = None
+        self._lock = asyncio.Lock()  # close() may sync while the loop's last sync is still running
+        self._was_up: bool | None = None  # None before the first attempt, whose outcome is logged either way
+        self._force_full = True
+        self._closing = False
+        self.up = False
+        self.errors = 0  # failed synchronisations since start
+        self.last_error: str | None = None
+        self.syncs = 0  # successful synchronisations
+        self.last_sync: float | None = None  # clock time of the last successful one
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and synchronise once (so a new process starts with the fleet's state), then
+        keep synchronising in the background. An unreachable Redis is logged, never raised."""
+        if self._task is not None:
+            return
+        assert self.cfg.url is not None
+        self._closing = False
+        # No retries inside redis-py: a failed sync is simply tried again by the loop, with backoff.
+        self._redis = Redis.from_url(self.cfg.url, decode_responses=True, socket_timeout=self._timeout,
+                                     socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0))
+        self._merge = self._redis.register_script(_MERGE)
+        self._rr = self._redis.register_script(_ROUND_ROBIN)
+        await self.sync_once()
+        self._task = asyncio.create_task(self._run(), name="axonsim-shared-state")
+
+    async def close(self) -> None:
+        """Stop the background task, push what changed since the last sync, disconnect."""
+        task, self._task = self._task, None
+        self._closing = True
+        if task is not None:
+            # The flag as well as the cancel: a cancel that lands in a Redis call as its socket times
+            # out can come back as a TimeoutError (asyncio.timeout), which the loop would survive.
+            task.cancel()
+            await asyncio.wait({task}, timeout=self._timeout + 1.0)
+        if self._redis is not None:
+            if self.up:
+                await self.sync_once()
+            try:
+                await self._redis.aclose()
+            except Exception:  # closing a broken connection must not fail a shutdown
+                pass
+            self._redis = None
+
+    def status(self) -> dict[str, Any]:
+        """For the admin API and metrics."""
+        return {"url": self.url, "up": self.up, "errors": self.errors, "last_error": self.last_error,
+                "syncs": self.syncs, "last_sync": self.last_sync, "sync_interval": self.cfg.sync_interval}
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._closing:
+            delay = self.cfg.sync_interval
+            if failures:
+                delay = min(self._max_backoff, max(delay, delay * 2.0 ** failures))
+            await asyncio.sleep(delay)
+            if self._closing:
+                break
+            ok = await self.sync_once()
+            failures = 0 if ok else failures + 1
+
+    # -- one synchronisation ---------------------------------------------------------------------
+
+    async def sync_once(self) -> bool:
+        """Push local changes and pull the others'; False (local state untouched) if Redis failed."""
+        if self._redis is None:
+            return False
+        async with self._lock:
+            try:
+                await self._sync_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # whatever Redis or the network did, this process keeps serving
+                self._failed(exc)
+                return False
+            self._succeeded()
+            return True
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.up = False
+        if self._was_up is not False:
+            log.warning("shared state: Redis at %s is unreachable (%s); serving on this process's local channel "
+                        "state until it returns", self.url, self.last_error)
+        self._was_up = False
+
+    def _succeeded(self) -> None:
+        self.up = True
+        self.syncs += 1
+        self.last_sync = self._clock()
+        if self._was_up is False:
+            log.warning("shared state: Redis at %s is reachable again; channel state is shared again "
+                        "(%d failed syncs so far)", self.url, self.errors)
+        elif self._was_up is None:
+            log.info("shared state: channel state shared through Redis at %s every %.3g s", self.url,
+                     self.cfg.sync_interval)
+        if self._was_up is not True:
+            self._force_full = True  # Redis may have lost its data, or others changed much meanwhile
+        self._was_up = True
+
+    def _current(self) -> _RouterSync:
+        router = self._get_router()
+        s = self._sync
+        if s is None or s.router is not router:
+            s = self._sync = _RouterSync(router, self._prefix)
+            self._force_full = True
+        return s
+
+    async def _sync_once(self) -> None:
+        assert self._redis is not None
+        s = self._current()
+        now = self._clock()
+        pipe = self._redis.pipeline(transaction=False)
+        pushed: list[_Chan] = []
+        for c in s.chans:
+            ops = self._ops(c, now)
+            if ops:
+                await self._merge(keys=[c.hkey, self._ver_key],
+                                  args=[_num(now), _num(LIFT_KEEP), _num(PERMANENT_TTL), *ops], client=pipe)
+                pushed.append(c)
+        pipe.get(self._ver_key)
+        n0 = len(pipe)
+        rate = self._rate_push(s, pipe, now)
+        n1 = len(pipe)
+        quota = self._quota_push(s, pipe, now)
+        n2 = len(pipe)
+        s0 = s.router.balancer.seq
+        await self._rr_push(s, pipe, s0)
+        res = await pipe.execute()
+        if self._get_router() is not s.router:
+            return  # swapped while we waited: the new Router adopts the shared state next time
+        now = self._clock()
+        for c, h in zip(pushed, res, strict=False):
+            self._pulled(c, _pairs(h), now)
+        version = res[n0 - 1]
+        self._rate_pull(s, rate, res[n0:n1], now)
+        self._quota_pull(s, quota, res[n1:n2], now)
+        self._rr_pull(s, s0, res[n2])
+
+        if self._force_full or version != s.version or now - s.last_full >= FULL_PULL_EVERY:
+            rest = [c for c in s.chans if c not in pushed]
+            if rest:
+                pipe = self._redis.pipeline(transaction=False)
+                for c in rest:
+                    pipe.hgetall(c.hkey)
+                got = await pipe.execute()
+                if self._get_router() is not s.router:
+                    return
+                now = self._clock()
+                for c, h in zip(rest, got, strict=True):
+                    self._pulled(c, h, now)
+            s.version = version
+            s.last_full = now
+            self._force_full = False
+
+    # -- channel fields --------------------------------------------------------------------------
+
+    def _ops(self, c: _Chan, now: float) -> list[str]:
+        """(op, field, value) triples for the merge script: what changed here since the last sync."""
+        ops: list[str] = []
+        for name, raw, extra in _raw_fields(c.st):
+            held = c.held.get(name, NEVER)
+            local = _enc(raw, held, now)
+            if local > c.seen.get(name, NEVER) and local > now:
+                ops += ["max", name, _num(local) + (f":{extra}" if extra else "")]
+                if local >= PERMANENT:
+                    c.refreshed[name] = now
+            elif local >= PERMANENT and now - c.refreshed.get(name, -math.inf) >= PERMANENT_TTL / 4:
+                # Still held here: re-sent so that its TTL is renewed (the merge is a no-op otherwise).
+                ops += ["max", name, _num(local)]
+                c.refreshed[name] = now
+            elif local < held and (held > now or (local == NEVER and name.startswith(("b:", "kb:")))):
+                # Ended before its time (an operator's enable), or a breaker that recovered.
+                ops += ["lift", name, _num(held)]
+        return ops
+
+    def _pulled(self, c: _Chan, remote: dict[str, str], now: float) -> None:
+        """Apply a channel's hash as read from Redis: escalations and lifts, then remember both sides."""
+        st = c.st
+        c.seen = {}  # a field absent from Redis expired, or was lost (then it is pushed again from here)
+        for name, raw in remote.items():
+            parsed = _parse(raw)
+            if parsed is None:
+                continue
+            lifted, until, extra = parsed
+            c.seen[name] = until
+            local = _enc(_local_value(st, name), c.held.get(name, NEVER), now)
+            if lifted:
+                if local != NEVER and local <= until:
+                    _apply(st, name, until, extra, True, now)
+            elif until > local:
+                _apply(st, name, until, extra, False, now)
+            if not lifted and until >= PERMANENT and _local_value(st, name) == math.inf:
+                # Adopt the shared stamp of a permanent state, so it is not sent back as a new one.
+                c.held[name] = max(until, c.held.get(name, NEVER))
+        for name, value, _ in _raw_fields(st):
+            c.held[name] = _enc(value, c.held.get(name, NEVER), now)
+
+    # -- rate-limit counters ---------------------------------------------------------------------
+
+    def _rate_push(self, s: _RouterSync, pipe: Any, now: float) -> list[_RateSnap]:
+        if not s.limiters:
+            return []
+        w = int(now // WINDOW)
+        snaps: list[_RateSnap] = []
+        wrote: set[int] = set()
+        for lid, lim in s.limiters:
+            rw = lim.window
+            rw.usage(now)  # rolls the window to `now`
+            cur = _window_counts(rw, w) or (0, 0)
+            prev = _window_counts(rw, w - 1) or (0, 0)
+            base = s.rate_base.get(lid, {})
+            for win, (req, tok) in ((w, cur), (w - 1, prev)):
+                b = base.get(win, (0, 0))
+                key = f"{self._prefix}:rl:{win}"
+                if req > b[0]:
+                    pipe.hincrby(key, f"{lid}|r", req - b[0])
+                    wrote.add(win)
+                if tok > b[1]:
+                    pipe.hincrby(key, f"{lid}|t", tok - b[1])
+                    wrote.add(win)
+            snaps.append((lid, lim, w, cur, prev))
+        for win in sorted(wrote):
+            pipe.expire(f"{self._prefix}:rl:{win}", RATE_TTL)
+        pipe.hgetall(f"{self._prefix}:rl:{w}")
+        pipe.hgetall(f"{self._prefix}:rl:{w - 1}")
+        return snaps
+
+    def _rate_pull(self, s: _RouterSync, snaps: list[_RateSnap], res: list[Any], now: float) -> None:
+        if not snaps:
+            return
+        totals = {snaps[0][2]: res[-2] or {}, snaps[0][2] - 1: res[-1] or {}}
+        for lid, lim, w, cur, prev in snaps:
+            rw = lim.window
+            rw.usage(now)
+            base: dict[int, tuple[int, int]] = {}
+            for win, snap in ((w, cur), (w - 1, prev)):
+                t = totals[win]
+                total = (_int(t.get(f"{lid}|r")), _int(t.get(f"{lid}|t")))
+                base[win] = total
+                held = _window_counts(rw, win)
+                if held is not None:
+                    # Shared totals (which include what was pushed) plus what arrived here meanwhile.
+                    _window_set(rw, win, total[0] + max(0, held[0] - snap[0]), total[1] + max(0, held[1] - snap[1]))
+            s.rate_base[lid] = base
+
+    # -- quotas ----------------------------------------------------------------------------------
+
+    def _quota_push(self, s: _RouterSync, pipe: Any, now: float) -> list[_QuotaSnap]:
+        snaps: list[_QuotaSnap] = []
+        for c in s.quotas:
+            q = c.st.quota
+            assert q is not None
+            q.allows(now, 0)  # rolls the window to `now`
+            win, req, tok = q.window, q.requests, q.tokens
+            bwin, breq, btok = s.quota_base.get(c.cid, (win, 0, 0))
+            if bwin != win:
+                breq = btok = 0
+            key = f"{self._prefix}:q:{c.cid}:{q.cfg.period:g}:{win}"
+            pipe.hincrby(key, "r", max(0, req - breq))
+            pipe.hincrby(key, "t", max(0, tok - btok))
+            pipe.expire(key, int(q.cfg.period) + RATE_TTL)
+            snaps.append((c, win, req, tok))
+        return snaps
+
+    def _quota_pull(self, s: _RouterSync, snaps: list[_QuotaSnap], res: list[Any], now: float) -> None:
+        for j, (c, win, req, tok) in enumerate(snaps):
+            total_r, total_t = _int(res[3 * j]), _int(res[3 * j + 1])
+            s.quota_base[c.cid] = (win, total_r, total_t)
+            q = c.st.quota
+            assert q is not None
+            q.allows(now, 0)
+            if q.window == win:
+                q.requests = total_r + max(0, q.requests - req)
+                q.tokens = total_t + max(0, q.tokens - tok)
+
+    # -- round robin -----------------------------------------------------------------------------
+
+    async def _rr_push(self, s: _RouterSync, pipe: Any, s0: int) -> None:
+        base = s.rr_base
+        args: list[Any] = [max(0, s0 - base), RR_TTL]
+        for c in s.chans:
+            lp = c.st.last_pick
+            if lp > base:
+                args += [c.cid, lp - base]
+        await self._rr(keys=self._rr_keys, args=args, client=pipe)
+
+    def _rr_pull(self, s: _RouterSync, s0: int, res: Any) -> None:
+        total = _int(res[0])
+        last = _pairs(res[1])
+        bal = s.router.balancer
+        if total < s.rr_total:
+            # Redis lost the counter: send the whole local count next time, so that the shared
+            # numbers start above every number this process has handed out.
+            s.rr_base = 0
+            s.rr_total = -1
+            return
+        shift = total - s0  # local selection x in (rr_base, seq] is shared number x + shift
+        for c in s.chans:
+            st = c.st
+            lp = st.last_pick + shift if st.last_pick > s.rr_base else st.last_pick
+            st.last_pick = max(lp, _int(last.get(c.cid, -1)))
+        bal.seq += shift
+        s.rr_base = total
+        s.rr_total = total

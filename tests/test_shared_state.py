@@ -1,0 +1,555 @@
+"""Channel state shared through Redis (server.shared_state): two Routers stand for two proxy processes.
+
+Against a real Redis at 127.0.0.1:6379 (database 15, a fresh key prefix per test): skipped with the
+reason when it is unreachable, a failure when AXONSIM_REQUIRE_REDIS=1. The outage tests run their
+own `redis-server` on a free port; the end-to-end test runs two real `axonsim serve` processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from conftest import drive
+
+from axonsim.config import Config, parse_config
+from axonsim.execution import Call, Outcome, Router
+from axonsim.health import CLOSED, OPEN
+from axonsim.state import NEVER
+from axonsim.unified import ErrorKind
+from server.shared_state import PERMANENT, SharedState, redact_url
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("AXONSIM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REQUIRED = os.environ.get("AXONSIM_REQUIRE_REDIS") == "1"
+INTERVAL = 0.05
+
+
+def _unavailable(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{reason} (AXONSIM_REQUIRE_REDIS=1)")
+    pytest.skip(reason)
+
+
+def _ping(url: str) -> str | None:
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture
+def redis_url() -> str:
+    err = _ping(REDIS_URL)
+    if err is not None:
+        _unavailable(f"Redis is not reachable at {REDIS_URL}: {err}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    p = f"axonsim-test-{uuid.uuid4().hex[:10]}"
+    yield p
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{p}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def rdb(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def clock() -> Callable[[], float]:
+    """Unix time shifted so that each test starts 20 s into a minute: per-minute rate windows then
+    never roll over mid-test. Both "processes" of a test read the same clock, as live ones do."""
+    t = time.time()
+    offset = (math.floor(t / 60) + 1) * 60 + 20 - t
+    return lambda: time.time() + offset
+
+
+def make_config(url: str, prefix: str, channels: list[dict[str, Any]] | None = None,
+                routing: dict[str, Any] | None = None) -> Config:
+    return parse_config({
+        "channels": channels or [{"name": "a", "models": ["m"], "priority": 0},
+                                 {"name": "b", "models": ["m"], "priority": 1}],
+        "routing": {"strategy": "round_robin", **(routing or {})},
+        "state": {"url": url, "sync_interval": INTERVAL, "key_prefix": prefix},
+    }, "<test>")
+
+
+@asynccontextmanager
+async def pair(cfg: Config, clock: Callable[[], float], url: str | None = None,
+               **kw: Any) -> AsyncIterator[tuple[Router, Router, SharedState, SharedState]]:
+    """Two Routers from one config (two processes), each synchronised by its own SharedState."""
+    state = cfg.state if url is None else cfg.state.model_copy(update={"url": url})
+    ra, rb = Router(cfg), Router(cfg)
+    sa = SharedState(lambda: ra, state, clock=clock, **kw)
+    sb = SharedState(lambda: rb, state, clock=clock, **kw)
+    await sa.start()
+    await sb.start()
+    try:
+        yield ra, rb, sa, sb
+    finally:
+        await sa.close()
+        await sb.close()
+
+
+async def eventually(cond: Callable[[], bool], what: str, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.01)
+
+
+def answers(spec: dict[str, Any]) -> Callable[[Call, float], Outcome]:
+    """Each channel (or (channel, key index)) answers with ok / a status; default ok."""
+
+    def answer(call: Call, now: float) -> Outcome:
+        what = spec.get((call.state.name, call.key), spec.get(call.state.name, "ok"))
+        end = now + 0.01
+        if what == "ok":
+            return Outcome(True, end)
+        if what == 429:
+            return Outcome(False, end, 429, ErrorKind.RATE_LIMITED, retry_after=spec.get("retry_after", 30.0))
+        if what == 401:
+            return Outcome(False, end, 401, ErrorKind.AUTHENTICATION)
+        assert what == 500
+        return Outcome(False, end, 500, ErrorKind.SERVER_ERROR)
+
+    return answer
+
+
+def calls(router: Router, clock: Callable[[], float], spec: dict[str, Any] | None = None,
+          **kw: Any) -> list[tuple[str, int | None]]:
+    """One request through `router` now; the (channel, key) of each attempt."""
+    log: list[Any] = []
+    drive(router, "m", answers(spec or {}), now=clock(), log=log, **kw)
+    return [(e[1], e[2]) for e in log if e[0] == "call"]
+
+
+def channel_hash(rdb: redis.Redis, prefix: str, name: str) -> tuple[str | None, dict[str, str]]:
+    keys = list(rdb.scan_iter(match=f"{prefix}:ch:{name}:*"))
+    if not keys:
+        return None, {}
+    return keys[0], rdb.hgetall(keys[0])
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_a_429_cooldown_on_one_process_is_honoured_by_the_other(redis_url: str, prefix: str,
+                                                                       clock: Callable[[], float]) -> None:
+    cfg = make_config(redis_url, prefix)
+    async with pair(cfg, clock) as (ra, rb, sa, sb):
+        assert sa.up and sb.up
+        assert calls(rb, clock)[0][0] == "a"  # control: B tries the first-priority channel first
+        assert calls(ra, clock, {"a": 429})[:2] == [("a", None), ("b", None)]
+        until = ra.by_name["a"].cooldown_until
+        assert until > clock() + 25
+        await eventually(lambda: rb.by_name["a"].cooldown_until == until, "B adopts A's cooldown",
+                         timeout=10 * INTERVAL)
+        assert rb.by_name["a"].unavailable_reason(clock()) == "cooling_down"
+        for _ in range(3):
+            assert calls(rb, clock) == [("b", None)]
+
+
+async def test_an_open_breaker_is_open_everywhere_and_its_recovery_closes_it_everywhere(
+        redis_url: str, prefix: str, clock: Callable[[], float]) -> None:
+    cfg = make_config(redis_url, prefix, routing={
+        "retry": {"max_same_channel": 0},
+        "health": {"breaker": {"failure_threshold": 2, "open_time": 2.0}}})
+    async with pair(cfg, clock) as (ra, rb, _, _):
+        for _ in range(2):
+            calls(ra, clock, {"a": 500})
+        ba = ra.by_name["a"].breakers["m"]
+        assert ba.state == OPEN and ba.trips == 1
+        await eventually(lambda: "m" in rb.by_name["a"].breakers and rb.by_name["a"].breakers["m"].state == OPEN,
+                         "B's breaker opens")
+        bb = rb.by_name["a"].breakers["m"]
+        assert bb.open_until == ba.open_until and bb.trips == 1
+        assert rb.by_name["a"].unavailable_reason(clock(), "m") == "breaker_open"
+        assert calls(rb, clock) == [("b", None)]
+        # After the open time, A's probe succeeds: B's breaker closes without a probe of its own.
+        while clock() < ba.open_until:
+            await asyncio.sleep(0.02)
+        assert calls(ra, clock) == [("a", None)]
+        assert ba.state == CLOSED
+        await eventually(lambda: bb.state == CLOSED, "B's breaker closes")
+        assert bb.trips == 0 and bb.probes == 0
+        assert calls(rb, clock) == [("a", None)]
+
+
+async def test_a_rejected_key_is_skipped_everywhere_and_an_enable_lifts_it_everywhere(
+        redis_url: str, prefix: str, clock: Callable[[], float], rdb: redis.Redis) -> None:
+    cfg = make_config(redis_url, prefix, channels=[
+        {"name": "a", "models": ["m"], "api_keys": [{"key": "sk-up-0", "name": "k0"}, {"key": "sk-up-1", "name": "k1"}]}])
+    async with pair(cfg, clock) as (ra, rb, _, _):
+        assert ("a", 0) in calls(ra, clock, {("a", 0): 401})
+        assert ra.by_name["a"].keys[0].disabled
+        k0 = rb.by_name["a"].keys[0]
+        await eventually(lambda: k0.disabled, "B disables the key")
+        assert not rb.by_name["a"].keys[1].disabled
+        for _ in range(4):
+            assert calls(rb, clock) == [("a", 1)]
+        # Converged: nothing is sent back and forth any more.
+        version = rdb.get(f"{prefix}:ver")
+        await asyncio.sleep(10 * INTERVAL)
+        assert rdb.get(f"{prefix}:ver") == version
+        _, fields = channel_hash(rdb, prefix, "a")
+        assert float(fields["k:0"].split(":")[1]) >= PERMANENT
+        assert "sk-up" not in repr(fields) and not any("sk-up" in k for k in rdb.scan_iter(match=f"{prefix}:*"))
+
+        # An operator enables the key on A (what the admin API does): B follows.
+        ka = ra.by_name["a"].keys[0]
+        ka.disabled, ka.disabled_until = False, NEVER
+        await eventually(lambda: not k0.disabled, "B re-enables the key")
+        assert not ka.disabled
+        # A fresh rejection after the enable is a new incident: the lift does not swallow it.
+        assert ("a", 0) in calls(rb, clock, {("a", 0): 401})
+        assert k0.disabled
+        await eventually(lambda: ka.disabled, "A disables the key again")
+
+
+async def test_auto_disable_and_key_cooldowns_are_shared(redis_url: str, prefix: str,
+                                                         clock: Callable[[], float]) -> None:
+    cfg = make_config(redis_url, prefix, channels=[
+        {"name": "a", "models": ["m"], "api_keys": ["sk-0", "sk-1"]},
+        {"name": "b", "models": ["m"], "priority": 1}])
+    async with pair(cfg, clock) as (ra, rb, _, _):
+        # A 429 on one key of a pool cools that key down, not the channel.
+        calls(ra, clock, {("a", 0): 429})
+        until = ra.by_name["a"].keys[0].disabled_until
+        assert until > clock()
+        await eventually(lambda: rb.by_name["a"].keys[0].disabled_until == until, "B cools the key down")
+        # The auto-disable rule (503 three times) disables the channel for a while.
+        st = ra.by_name["a"]
+        for _ in range(3):
+            call = Call(st, "m", None, 1, None)
+            call.started(clock())
+            call.failed(clock(), Outcome(False, clock(), 503, ErrorKind.OVERLOADED))
+        assert st.disabled_until > clock() + 200
+        await eventually(lambda: rb.by_name["a"].disabled_until == st.disabled_until, "B auto-disables the channel")
+        assert calls(rb, clock) == [("b", None)]
+
+
+async def test_rate_limit_counters_add_up_across_processes(redis_url: str, prefix: str,
+                                                           clock: Callable[[], float]) -> None:
+    cfg = make_config(redis_url, prefix, channels=[
+        {"name": "a", "models": ["m"], "limits": {"rpm": 4, "tpm": 10000},
+         "api_keys": [{"key": "sk-a", "limits": {"rpm": 100}}]},
+        {"name": "b", "models": ["m"], "priority": 1}])
+    async with pair(cfg, clock) as (ra, rb, _, _):
+        for r in (ra, ra, rb, rb):
+            assert calls(r, clock, tokens=100) == [("a", 0)]
+        for r in (ra, rb):
+            st = r.by_name["a"]
+            await eventually(lambda st=st: st.limiter.window.usage(clock()) == (4.0, 400.0), "the totals add up")
+            assert st.keys[0].limiter.window.usage(clock())[0] == 4.0
+            assert st.unavailable_reason(clock()) == "rate_limited_locally"
+        # Each process admitted two: alone, either would still send to `a`.
+        assert calls(ra, clock) == [("b", None)] and calls(rb, clock) == [("b", None)]
+
+
+async def test_quotas_add_up_across_processes(redis_url: str, prefix: str, clock: Callable[[], float]) -> None:
+    cfg = make_config(redis_url, prefix, channels=[
+        {"name": "a", "models": ["m"], "quota": {"requests": 3}},
+        {"name": "b", "models": ["m"], "priority": 1}])
+    async with pair(cfg, clock) as (ra, rb, _, _):
+        for r in (ra, ra, rb):
+            assert calls(r, clock) == [("a", None)]
+        for r in (ra, rb):
+            q = r.by_name["a"].quota
+            assert q is not None
+            await eventually(lambda q=q: q.requests == 3, "the quota counts add up")
+            assert r.by_name["a"].unavailable_reason(clock()) == "quota_exhausted"
+
+
+async def test_round_robin_continues_across_processes(redis_url: str, prefix: str,
+                                                      clock: Callable[[], float]) -> None:
+    cfg = make_config(redis_url, prefix, channels=[{"name": n, "models": ["m"]} for n in "abc"])
+    async with pair(cfg, clock) as (ra, rb, _, _):
+        assert calls(ra, clock) == [("a", None)]
+        await eventually(lambda: rb.by_name["a"].last_pick > max(rb.by_name[n].last_pick for n in "bc"),
+                         "B learns A's pick")
+        assert calls(rb, clock) == [("b", None)]  # not "a" again: the rotation goes on
+        await eventually(lambda: ra.by_name["b"].last_pick > ra.by_name["a"].last_pick, "A learns B's pick")
+        assert calls(ra, clock) == [("c", None)]
+        await eventually(lambda: rb.by_name["c"].last_pick > rb.by_name["b"].last_pick, "B learns A's second pick")
+        assert calls(rb, clock) == [("a", None)]
+
+
+async def test_the_outlier_ejection_cap_holds_across_processes(redis_url: str, prefix: str,
+                                                               clock: Callable[[], float]) -> None:
+    cfg = make_config(redis_url, prefix, channels=[{"name": n, "models": ["m"]} for n in "ab"], routing={
+        "health": {"outlier": {"enabled": True, "consecutive_failures": 1, "max_ejection_percent": 50}}})
+    async with pair(cfg, clock) as (ra, rb, _, _):
+        # Each process ejects a different channel before either syncs (no await in between).
+        for r, name in ((ra, "a"), (rb, "b")):
+            call = Call(r.by_name[name], "m", None, 1, None)
+            call.started(clock())
+            call.failed(clock(), Outcome(False, clock(), 500, ErrorKind.SERVER_ERROR))
+            assert r.by_name[name].ejection.until > clock()
+        await asyncio.sleep(10 * INTERVAL)
+        # Adopting the other's ejection would empty the pool: the cap (one of two) refuses it.
+        assert ra.by_name["b"].ejection.until < clock() and rb.by_name["a"].ejection.until < clock()
+        assert calls(ra, clock) == [("b", None)] and calls(rb, clock) == [("a", None)]
+
+
+async def test_state_lives_in_redis_exactly_as_long_as_it_means_something(
+        redis_url: str, prefix: str, clock: Callable[[], float], rdb: redis.Redis) -> None:
+    cfg = make_config(redis_url, prefix)
+    async with pair(cfg, clock) as (ra, rb, _, _):
+        calls(ra, clock, {"a": 429, "retry_after": 1.5})
+        remaining = ra.by_name["a"].cooldown_until - clock()
+        await eventually(lambda: channel_hash(rdb, prefix, "a")[0] is not None, "A pushes the cooldown")
+        key, fields = channel_hash(rdb, prefix, "a")
+        assert key is not None and set(fields) == {"cd"}
+        ttl = rdb.pttl(key) / 1000.0
+        assert remaining - 0.5 < ttl <= remaining + 0.01
+        await eventually(lambda: rb.by_name["a"].unavailable_reason(clock()) == "cooling_down", "B cools down")
+        await eventually(lambda: not rdb.exists(key), "the hash expires with the cooldown", timeout=remaining + 1.0)
+        assert rb.by_name["a"].unavailable_reason(clock()) is None
+        assert calls(rb, clock) == [("a", None)]
+        limits = [k for k in rdb.scan_iter(match=f"{prefix}:*") if rdb.ttl(k) == -1]
+        assert limits == [], "every key written has a TTL"
+
+
+async def test_a_reloaded_router_adopts_the_shared_state(redis_url: str, prefix: str,
+                                                         clock: Callable[[], float]) -> None:
+    cfg = make_config(redis_url, prefix)
+    current = [Router(cfg)]
+    ra = Router(cfg)
+    sa = SharedState(lambda: ra, cfg.state, clock=clock)
+    sb = SharedState(lambda: current[0], cfg.state, clock=clock)
+    await sa.start()
+    await sb.start()
+    try:
+        calls(ra, clock, {"a": 429})
+        await eventually(lambda: current[0].by_name["a"].cooldown_until > clock(), "B cools down")
+        current[0] = Router(cfg)  # a config reload builds a new Router
+        assert current[0].by_name["a"].cooldown_until == NEVER
+        await eventually(lambda: current[0].by_name["a"].cooldown_until == ra.by_name["a"].cooldown_until,
+                         "the new Router adopts the cooldown")
+    finally:
+        await sa.close()
+        await sb.close()
+
+
+# -- Redis down --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    return sum(1 for r in caplog.records if r.name == "axonsim.server.shared_state" and r.levelno == logging.WARNING
+               and text in r.getMessage())
+
+
+async def test_unreachable_redis_keeps_serving_on_local_state_and_says_so(
+        redis_url: str, prefix: str, clock: Callable[[], float], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "axonsim.server.shared_state")
+    cfg = make_config(redis_url, prefix)
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    async with pair(cfg, clock, url=url, max_backoff=0.2) as (ra, _, sa, _):
+        assert not sa.up and sa.errors >= 1 and sa.last_error
+        assert calls(ra, clock, {"a": 429}) == [("a", None), ("b", None)]
+        assert calls(ra, clock) == [("b", None)]  # the local cooldown holds
+        await asyncio.sleep(0.6)
+        assert not sa.up and sa.errors >= 2
+        assert sa.status()["up"] is False
+    assert _warnings(caplog, "unreachable") == 2  # once per instance, not once per failed sync
+    assert "hunter2" not in caplog.text and redact_url(url) in caplog.text
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Start (again) a throwaway redis-server on one free port; stop it at the end."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        _unavailable("redis-server is not installed (needed to take a Redis down and up again)")
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        deadline = time.monotonic() + 10
+        while _ping(f"redis://127.0.0.1:{port}/0") is not None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("the test's redis-server did not start")
+            time.sleep(0.02)
+        return proc
+
+    start.port = port  # type: ignore[attr-defined]
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            p.wait(10)
+
+
+async def test_redis_going_away_and_coming_back(redis_url: str, prefix: str, clock: Callable[[], float],
+                                               redis_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "axonsim.server.shared_state")
+    proc = redis_server()
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    cfg = make_config(redis_url, prefix, channels=[{"name": n, "models": ["m"], "priority": i}
+                                                   for i, n in enumerate("abc")])
+    async with pair(cfg, clock, url=url, max_backoff=0.2) as (ra, rb, sa, sb):
+        calls(ra, clock, {"a": 429})
+        await eventually(lambda: rb.by_name["a"].cooldown_until > clock(), "B cools `a` down")
+
+        proc.terminate()
+        proc.wait(10)
+        await eventually(lambda: not sa.up and not sb.up, "both notice Redis is gone")
+        assert sa.errors >= 1 and sa.last_error
+        # Both keep routing on what they know; A learns of a 429 on `b` on its own.
+        assert calls(ra, clock, {"b": 429}) == [("b", None), ("c", None)]
+        assert calls(rb, clock) == [("b", None)]  # B still knows `a` cools down; `b` it cannot know
+        assert calls(ra, clock) == [("c", None)]
+
+        redis_server()  # back, and empty (no persistence)
+        await eventually(lambda: sa.up and sb.up, "both reconnect", timeout=5)
+        await eventually(lambda: rb.by_name["b"].cooldown_until == ra.by_name["b"].cooldown_until,
+                         "what A learnt meanwhile reaches B")
+        assert calls(rb, clock) == [("c", None)]
+        # The new Redis lost everything: the processes refill it from their local state.
+        check = redis.Redis.from_url(url, decode_responses=True)
+        try:
+            await eventually(lambda: any(check.hexists(k, "cd") for k in check.scan_iter(match=f"{prefix}:ch:a:*")),
+                             "`a`'s cooldown is back in Redis")
+        finally:
+            check.close()
+    assert _warnings(caplog, "unreachable") == 2
+    assert _warnings(caplog, "reachable again") == 2
+
+
+# -- end to end: two proxy processes ------------------------------------------------------------------
+
+
+def _start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "axonsim", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited early ({proc.returncode}): {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not healthy in time")
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
+
+
+def test_two_proxy_processes_share_a_cooldown(redis_url: str, prefix: str, rdb: redis.Redis, tmp_path: Path) -> None:
+    m1, m2, p1, p2 = (free_port() for _ in range(4))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"""
+gateway:
+  api_keys: [{{key: sk-gw-test, project: test}}]
+channels:
+  - name: limited
+    base_url: http://127.0.0.1:{m1}/v1
+    api_keys: [sk-upstream-limited]
+    models: [m]
+    priority: 0
+    behavior: {{ttft: 0.01, output_tokens: 3, faults: {{rate_limited: 1.0, retry_after: 4}}}}
+  - name: spare
+    base_url: http://127.0.0.1:{m2}/v1
+    api_keys: [sk-upstream-spare]
+    models: [m]
+    priority: 1
+    behavior: {{ttft: 0.01, output_tokens: 3}}
+routing:
+  retry: {{max_same_channel: 0}}
+state: {{url: "{redis_url}", sync_interval: {INTERVAL}, key_prefix: {prefix}}}
+""")
+    procs = [_start("mock-provider", "--config", str(cfg), "--channel", "limited", "--port", str(m1)),
+             _start("mock-provider", "--config", str(cfg), "--channel", "spare", "--port", str(m2))]
+    try:
+        for port, proc in zip((m1, m2), procs, strict=True):
+            _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        for port in (p1, p2):
+            procs.append(_start("serve", "--config", str(cfg), "--port", str(port), "--log-level", "info"))
+            _wait_healthy(f"http://127.0.0.1:{port}", procs[-1])
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        auth = {"Authorization": "Bearer sk-gw-test"}
+
+        def ask(port: int) -> httpx.Response:
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers=auth, timeout=30)
+            assert r.status_code == 200, r.text
+            return r
+
+        # Proxy 1: `limited` answers 429 + Retry-After, then `spare` serves.
+        assert ask(p1).headers["x-axonsim-attempts"] == "2"
+        deadline = time.monotonic() + 5
+        while not channel_hash(rdb, prefix, "limited")[1].get("cd"):
+            assert time.monotonic() < deadline, "proxy 1 never shared its cooldown (is SharedState started?)"
+            time.sleep(0.02)
+        until = float(channel_hash(rdb, prefix, "limited")[1]["cd"].split(":")[1])
+        time.sleep(10 * INTERVAL)  # proxy 2 pulls within a few intervals
+        # Proxy 2 has never called `limited`: one attempt means it skipped it, knowing the cooldown.
+        assert time.time() < until - 1
+        assert ask(p2).headers["x-axonsim-attempts"] == "1"
+        assert ask(p2).headers["x-axonsim-attempts"] == "1"
+        # Once the cooldown is over, proxy 2 tries `limited` again (which still answers 429).
+        time.sleep(max(0.0, until - time.time()) + 0.3)
+        assert ask(p2).headers["x-axonsim-attempts"] == "2"
+    finally:
+        outs = [_stop(p) for p in reversed(procs)]
+    logs = "".join(o + e for o, e in outs)
+    assert "Traceback" not in logs
+    assert logs.count("channel state shared through Redis") == 2  # each proxy says it shares its state
+    assert "sk-upstream" not in logs

@@ -131,8 +131,9 @@ class Outages(_Strict):
 
 
 class Incident(_Strict):
-    """A scheduled incident: from `start` to `end` (seconds of simulated time, or Unix time live) the
-    channel answers `status` (an outage) or is a brownout (`ttft_factor`, extra `error_rate`)."""
+    """A scheduled incident: from `start` to `end` seconds after the run starts (the simulation's
+    t=0, or the mock provider's start) the channel answers `status` (an outage) or is a brownout
+    (`ttft_factor`, extra `error_rate`)."""
 
     start: float = Field(ge=0)
     end: float

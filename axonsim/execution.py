@@ -499,6 +499,8 @@ def _deadline_error() -> Error:
 # What the client is told when the upstream answer is final: its own request errors pass through;
 # the gateway's upstream troubles become gateway statuses (an upstream 401 is not the client's 401).
 _CLIENT_STATUS = {
+    # kind becomes SERVER_ERROR below: formats derive the status from the kind, and the client's own
+    # credentials were fine
     ErrorKind.AUTHENTICATION: (502, "the upstream rejected this gateway's credentials"),
     ErrorKind.PERMISSION: (502, "the upstream refused this gateway's credentials"),
     ErrorKind.RATE_LIMITED: (429, None),
@@ -519,5 +521,7 @@ def _client_error(out: Outcome) -> Error:
             return err
         return Error(kind=kind, status=out.status or 400, message=message)
     status, fixed = _CLIENT_STATUS[kind]
+    if kind is ErrorKind.AUTHENTICATION or kind is ErrorKind.PERMISSION:
+        kind = ErrorKind.SERVER_ERROR
     return Error(kind=kind, status=status, message=fixed or message, retry_after=out.retry_after,
                  code=err.code if err is not None and fixed is None else None)

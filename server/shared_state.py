@@ -9,8 +9,8 @@ Rules:
    all skip the same channels. Values are absolute Unix times (the proxy's clock is Unix-aligned),
    merged with max() by a Lua script, so pushes commute and nobody needs a lock.
 3. Lifts travel too, as markers: a breaker that closed after its probes, or an operator's enable
-   (admin API) of a channel or key. A lift names the incident it ends (its `until`), so it ends that
-   incident everywhere but never a newer, more severe one.
+   (admin API) that ends a channel's auto-disable or a key's disable. A lift names the incident it
+   ends (its `until`), so it ends that incident everywhere but never a newer, more severe one.
 4. Nothing stale outlives its meaning. One Redis hash per channel holds its fields; its TTL is the
    longest remaining duration among them, and expired fields are dropped whenever it is written.
    Permanent states (rejected credentials) live `PERMANENT_TTL` and are refreshed by every process
@@ -27,7 +27,8 @@ Rules:
 8. The Router is read through a getter on every sync: a config reload's new Router adopts the
    fleet's state at the next sync.
 
-State that stays local: in-flight counts, EWMAs, error counts, auto-disable streaks, sticky routing.
+State that stays local: in-flight counts, EWMAs, error counts, auto-disable streaks, sticky routing,
+and the admin API's channel switch (`enabled`, part of the process's config until its next reload).
 
 Redis keys (prefix `state.key_prefix`; `<ch>` is the channel's name plus a fingerprint of its type,
 base URL and keys, so a channel whose endpoint or credentials change in the config starts clean):
@@ -346,7 +347,7 @@ def _pairs(v: Any) -> dict[str, str]:
     return dict(zip(it, it, strict=False))
 
 
-@dataclass
+@dataclass(eq=False)  # identity: `c in pushed` must not compare whole dicts
 class _Chan:
     st: ChannelState
     cid: str  # channel id: name + fingerprint

@@ -33,7 +33,7 @@ from axonsim.execution import Call, Outcome, Router
 from axonsim.health import CLOSED, OPEN
 from axonsim.state import NEVER
 from axonsim.unified import ErrorKind
-from server.shared_state import PERMANENT, SharedState, redact_url
+from server.shared_state import PERMANENT, PERMANENT_TTL, SharedState, redact_url
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -227,8 +227,9 @@ async def test_a_rejected_key_is_skipped_everywhere_and_an_enable_lifts_it_every
         version = rdb.get(f"{prefix}:ver")
         await asyncio.sleep(10 * INTERVAL)
         assert rdb.get(f"{prefix}:ver") == version
-        _, fields = channel_hash(rdb, prefix, "a")
+        key, fields = channel_hash(rdb, prefix, "a")
         assert float(fields["k:0"].split(":")[1]) >= PERMANENT
+        assert key is not None and 0 < rdb.pttl(key) <= PERMANENT_TTL * 1000  # refreshed while held, not forever
         assert "sk-up" not in repr(fields) and not any("sk-up" in k for k in rdb.scan_iter(match=f"{prefix}:*"))
 
         # An operator enables the key on A (what the admin API does): B follows.

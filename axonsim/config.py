@@ -206,6 +206,12 @@ class Gateway(_Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     # Bearer keys for /admin/... only; a client key never opens the admin API (none: admin API closed).
     admin_keys: list[str] = Field(default_factory=list)
+    # Request headers naming a trace / a conversation thread (AxonHub's AH-Trace-Id / AH-Thread-Id are
+    # accepted too); echoed in the response, never forwarded upstream. Proxy only.
+    trace_header: str = Field("x-axonsim-trace-id", min_length=1)
+    thread_header: str = Field("x-axonsim-thread-id", min_length=1)
+    # Seconds a graceful shutdown lets in-flight requests and streams run before they are cancelled.
+    shutdown_timeout: float = Field(30.0, ge=0)
 
 
 class LimitsConfig(_Strict):
@@ -242,6 +248,12 @@ class Capabilities(_Strict):
     context_window: int | None = Field(None, ge=1, description="tokens (input + output) the model accepts")
 
 
+class Probe(_Strict):
+    """A periodic test request to the channel (proxy only); its result feeds channel state like real traffic."""
+
+    interval: float = Field(gt=0, description="seconds between two probes")
+
+
 class Channel(_Strict):
     name: str = Field(min_length=1)
     type: ChannelType = "openai"
@@ -260,6 +272,7 @@ class Channel(_Strict):
     key_strategy: Literal["round_robin", "random", "least_used"] = "round_robin"
     capabilities: Capabilities = Field(default_factory=Capabilities)
     price: Price | None = None  # per million tokens; falls back to the top-level price table
+    probe: Probe | None = None  # periodic probes; None: only real traffic (and admin tests) reach the channel
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -23,7 +23,7 @@ class Balancer:
         self.seq = 0  # selection counter: round robin and tie-breaks read `last_pick`
 
     def eligible(self, cands: list[Candidate], now: float, tokens: int = 0) -> list[Candidate]:
-        return [c for c in cands if c.state.unavailable_reason(now, c.upstream_model, tokens) is None]
+        return [c for c in cands if c.state.eligible(now, c.upstream_model, tokens)]
 
     def pick(self, cands: list[Candidate], now: float, rng: random.Random, tokens: int = 0,
              eligible: list[Candidate] | None = None, ctx: PickContext = NO_CONTEXT) -> Candidate | None:

@@ -34,6 +34,10 @@ class Candidates:
             m: [groups[p] for p in sorted(groups)] for m, groups in by_model.items()
         }
 
+    def all_groups(self, model: str) -> list[list[Candidate]]:
+        """Priority groups for `model`, usable or not (callers check availability per attempt)."""
+        return self._groups.get(model, [])
+
     def known(self, model: str) -> bool:
         return model in self._groups
 

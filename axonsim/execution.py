@@ -262,11 +262,25 @@ class Router:
         self.stats = TtftStats()
         self.sticky_mode = routing.sticky
         self.sticky: OrderedDict[str, str] = OrderedDict()  # trace/thread id -> last good channel
+        self._tier_cache: dict[str, list[list[Candidate]]] = {}
 
     # ---------------------------------------------------------------------------------------------
 
+    def _static_tiers(self, model: str) -> list[list[Candidate]]:
+        """Each priority group's positive-weight channels, then every group's standbys; whether a
+        channel may take an attempt right now is the balancer's question, asked per pick."""
+        groups = self.candidates.all_groups(model)
+        tiers = [[c for c in g if c.state.weight > 0] for g in groups]
+        standby = [[c for c in g if c.state.weight <= 0] for g in groups]
+        return [t for t in tiers + standby if t]
+
     def _tiers(self, model: str, needs: Needs = NO_NEEDS,
                lacking: dict[str, str] | None = None) -> list[list[Candidate]]:
+        if not needs:
+            tiers = self._tier_cache.get(model)
+            if tiers is None:
+                tiers = self._tier_cache[model] = self._static_tiers(model)
+            return tiers
         groups = self.candidates.groups(model)
         if needs:
             kept = []
@@ -313,23 +327,28 @@ class Router:
         policy = self.policy
         balancer = self.balancer
         budget = self.budget
-        budget.on_request(now)
+        budget_on = budget.cfg.enabled
+        if budget_on:
+            budget.on_request(now)
         deadline = now + policy.deadline if policy.deadline is not None else None
         sticky = self.sticky.get(sticky_key) if sticky_key is not None and self.sticky_mode != "none" else None
-        hedge_delay = self._hedge_delay()
+        hedge_delay = self._hedge_delay() if self.hedge is not None else None
         ctx = PickContext(model, stream, tokens)
         n = 0
         last: Outcome | None = None
         unavailable: dict[str, str] = {}
         soonest: float | None = None
-        lacking: dict[str, str] = {}
-        tiers = self._tiers(model, needs, lacking)
-        if not tiers and lacking:
-            return Result(False, None, attempts, _cannot_carry(model, lacking), now, decisions)
+        if needs:
+            lacking: dict[str, str] = {}
+            tiers = self._tiers(model, needs, lacking)
+            if not tiers and lacking:
+                return Result(False, None, attempts, _cannot_carry(model, lacking), now, decisions)
+        else:
+            tiers = self._tiers(model)
         for tier_no, tier in enumerate(tiers):
             remaining = list(tier)
             while remaining:
-                eligible = balancer.eligible(remaining, now, tokens)
+                eligible = [c for c in remaining if c.state.eligible(now, c.upstream_model, tokens)]
                 if not eligible:
                     for c in remaining:
                         why = c.state.unavailable_reason(now, c.upstream_model, tokens) or "unavailable"
@@ -359,7 +378,8 @@ class Router:
                 remaining.remove(cand)
                 st = cand.state
                 same = 0
-                max_same = 0 if chosen_by == "sticky" else policy.same_channel_limit(st.name)
+                max_same = 0 if chosen_by == "sticky" else (
+                    policy.same_channel_limit(st.name) if policy.max_same_by_channel else policy.max_same)
                 while True:
                     key = st.next_key(now, rng, tokens)
                     if key is None and st.keys:
@@ -382,7 +402,8 @@ class Router:
                         attempts.append(AttemptRecord(n, st.name, st.key_name(key), call.upstream_model,
                                                       start, now, out.status, None,
                                                       "done", decision))
-                        self.remember(sticky_key, st.name)
+                        if sticky_key is not None:
+                            self.remember(sticky_key, st.name)
                         return Result(True, out, attempts, None, now, decisions, call)
                     last = out
                     kind = out.kind if out.kind is not None else ErrorKind.SERVER_ERROR
@@ -404,7 +425,7 @@ class Router:
                     if deadline is not None and now + wait >= deadline:
                         rec.next = "deadline"
                         return Result(False, out, attempts, _deadline_error(), now, decisions)
-                    if not budget.try_retry(now):
+                    if budget_on and not budget.try_retry(now):
                         rec.next = "budget"
                         return Result(False, out, attempts, _client_error(out), now, decisions)
                     if retry_here:

@@ -50,12 +50,14 @@ class RateWindow:
 class Limiter:
     """RPM / TPM / concurrency limits of one channel or key."""
 
-    __slots__ = ("cfg", "window", "inflight")
+    __slots__ = ("cfg", "window", "inflight", "active")
 
     def __init__(self, cfg: LimitsConfig) -> None:
         self.cfg = cfg
         self.window = RateWindow()
         self.inflight = 0
+        # nothing configured: callers skip the bookkeeping entirely
+        self.active = cfg.rpm is not None or cfg.tpm is not None or cfg.max_concurrency is not None
 
     def headroom(self, now: float, tokens: int) -> float:
         """1 − the highest utilisation ratio after admitting this request; ≤ 0 means at the limit."""

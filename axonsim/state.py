@@ -20,7 +20,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from axonsim.config import Channel, Routing
-from axonsim.health import AutoDisable, Breaker, Ejection, OutlierDetector, Quota
+from axonsim.health import CLOSED, AutoDisable, Breaker, Ejection, OutlierDetector, Quota
 from axonsim.limits import Limiter
 from axonsim.unified import ErrorKind
 
@@ -37,7 +37,7 @@ CLIENT_FAULTS = frozenset({ErrorKind.INVALID_REQUEST, ErrorKind.NOT_FOUND})
 
 class KeyState:
     __slots__ = ("name", "secret", "disabled", "disabled_until", "failures", "uses", "limiter", "breaker",
-                 "auto")
+                 "auto", "has_limits")
 
     def __init__(self, name: str, secret: str, limiter: Limiter, breaker: Breaker | None,
                  auto: AutoDisable) -> None:
@@ -50,6 +50,13 @@ class KeyState:
         self.limiter = limiter
         self.breaker = breaker
         self.auto = auto
+        self.has_limits = limiter.active
+
+    def quiet(self, now: float) -> bool:
+        """Nothing about this key needs checking beyond `disabled` (the fast path)."""
+        b = self.breaker
+        return (not self.has_limits and self.disabled_until <= now and not self.auto.counts
+                and (b is None or (b.state == CLOSED and b.failures == 0)))
 
     def available(self, now: float, tokens: int = 0) -> bool:
         if self.disabled or self.disabled_until > now:
@@ -66,7 +73,7 @@ class ChannelState:
         "cooldown_until", "ewma_latency", "ewma_ttft", "ewma_tps", "last_pick", "alpha",
         "cooldown_default", "cooldown_max", "breakers", "breaker_cfg", "ejection", "outlier",
         "disabled_until", "auto", "limiter", "quota", "selections", "selections_at",
-        "peak_ewma", "peak_at", "price",
+        "peak_ewma", "peak_at", "price", "slow", "has_limits", "track", "outlier_on",
     )
 
     def __init__(self, channel: Channel, index: int, routing: Routing,
@@ -110,24 +117,37 @@ class ChannelState:
         self.peak_ewma: float | None = None  # Finagle peak-EWMA of latency (TTFT for streams)
         self.peak_at = 0.0
         self.price = price  # Price or None: what cost-based routing reads
+        # The fast path. Most attempts meet a channel with nothing configured beyond the basics and
+        # nothing going on: `slow` says whether anything beyond the timed exclusions (limits, quota,
+        # a breaker or key that is not quiet) must be looked at. The driver API keeps it current;
+        # whoever changes health from outside (shared state, admin) calls refresh().
+        self.has_limits = self.limiter.active
+        # usage-based routing reads the rate windows even where no limit is set
+        self.track = self.has_limits or routing.strategy == "usage-based"
+        self.outlier_on = outlier is not None and outlier.cfg.enabled
+        self.slow = False
+        self.refresh(0.0)
 
     # -- the driver API --------------------------------------------------------------------------
 
     def started(self, now: float, key: int | None = None, model: str | None = None, tokens: int = 0) -> None:
         self.inflight += 1
         self.requests += 1
-        self.limiter.on_start(now, tokens)
-        if self.quota is not None:
-            self.quota.on_start(now)
-            if tokens:
-                self.quota.on_tokens(now, tokens)
-        if model is not None and self.breaker_cfg is not None:
-            self.breaker(model).on_start(now)
+        if self.track:
+            self.limiter.on_start(now, tokens)
+        if self.slow:
+            if self.quota is not None:
+                self.quota.on_start(now)
+                if tokens:
+                    self.quota.on_tokens(now, tokens)
+            if model is not None and self.breaker_cfg is not None:
+                self.breaker(model).on_start(now)  # counts half-open probes
         if key is not None:
             k = self.keys[key]
             k.uses += 1
-            k.limiter.on_start(now, tokens)
-            if k.breaker is not None:
+            if k.has_limits:
+                k.limiter.on_start(now, tokens)
+            if k.breaker is not None and k.breaker.state != CLOSED:
                 k.breaker.on_start(now)
 
     def first_token(self, now: float, ttft: float) -> None:
@@ -139,7 +159,8 @@ class ChannelState:
         self.inflight -= 1
         self.consecutive_failures = 0
         self.last_success = now
-        self.limiter.on_end()
+        if self.track:
+            self.limiter.on_end()
         e = self.ewma_latency
         self.ewma_latency = latency if e is None else e + self.alpha * (latency - e)
         gen = latency - (ttft or 0.0)
@@ -148,26 +169,36 @@ class ChannelState:
             t = self.ewma_tps
             self.ewma_tps = tps if t is None else t + self.alpha * (tps - t)
         self._peak(now, ttft if ttft is not None else latency)
+        if key is not None:
+            k = self.keys[key]
+            if k.has_limits:
+                k.limiter.on_end()
+        if not self.slow:
+            return
         self.auto.on_success()
-        if self.outlier is not None:
-            self.outlier.on_result(self.name, self.ejection, now, False)
+        if self.outlier_on:
+            self.outlier.on_result(self.name, self.ejection, now, False)  # type: ignore[union-attr]
         if model is not None and self.breaker_cfg is not None:
             self.breaker(model).on_success(now)
         if key is not None:
-            k = self.keys[key]
-            k.limiter.on_end()
             k.auto.on_success()
             if k.breaker is not None:
                 k.breaker.on_success(now)
+        self.refresh(now)
 
     def failed(self, now: float, outcome: Outcome, model: str | None = None, elapsed: float | None = None) -> None:
+        self._failed(now, outcome, model, elapsed)
+        self.refresh(now)
+
+    def _failed(self, now: float, outcome: Outcome, model: str | None, elapsed: float | None) -> None:
         self.inflight -= 1
         if elapsed is not None and outcome.kind is not None and outcome.kind not in CLIENT_FAULTS:
             self._peak(now, elapsed)  # a failure costs the caller its time too: a hanging channel must look slow
-        self.limiter.on_end()
+        if self.track:
+            self.limiter.on_end()
         key = outcome.key
         k = self.keys[key] if key is not None and 0 <= key < len(self.keys) else None
-        if k is not None:
+        if k is not None and k.has_limits:
             k.limiter.on_end()
         kind = outcome.kind
         if kind is None or kind in CLIENT_FAULTS:
@@ -187,8 +218,8 @@ class ChannelState:
                 k.disabled_until = max(k.disabled_until, until)  # a key pool: the limit is the key's
             else:
                 self.cooldown_until = max(self.cooldown_until, until)
-        if self.outlier is not None:
-            self.outlier.on_result(self.name, self.ejection, now, kind in GATEWAY_FAILURES)
+        if self.outlier_on:
+            self.outlier.on_result(self.name, self.ejection, now, kind in GATEWAY_FAILURES)  # type: ignore[union-attr]
         if model is not None and self.breaker_cfg is not None and kind is not ErrorKind.RATE_LIMITED:
             self.breaker(model).on_failure(now)
         status = outcome.status
@@ -227,6 +258,21 @@ class ChannelState:
             w = math.exp(-(now - self.peak_at) / 10.0) if now > self.peak_at else 1.0
             self.peak_ewma = p * w + sample * (1.0 - w)
         self.peak_at = now
+
+    def refresh(self, now: float) -> None:
+        """Recompute the fast-path flag after health changed outside the driver API."""
+        self.slow = (self.has_limits or self.quota is not None or bool(self.auto.counts)
+                     or any(b.state != CLOSED or b.failures for b in self.breakers.values())
+                     or any(not k.quiet(now) for k in self.keys))
+
+    def eligible(self, now: float, model: str | None = None, tokens: int = 0) -> bool:
+        """May this channel take an attempt now? (unavailable_reason(...) is None, cheaply)"""
+        if (self.cooldown_until > now or self.disabled_until > now or self.ejection.until > now
+                or not self.channel.enabled):
+            return False
+        if self.slow:
+            return self.unavailable_reason(now, model, tokens) is None
+        return True
 
     def breaker(self, model: str) -> Breaker:
         b = self.breakers.get(model)
@@ -270,6 +316,11 @@ class ChannelState:
         n = len(keys)
         if n == 0:
             return None
+        if not self.slow and self.key_strategy == "round_robin":
+            i = self._key_rr % n
+            if not keys[i].disabled:
+                self._key_rr += 1
+                return i
         ok = [i for i in range(n) if keys[i].available(now, tokens)]
         if not ok:
             return None

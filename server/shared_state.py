@@ -238,6 +238,11 @@ def _local_value(st: ChannelState, name: str) -> float:
 
 def _apply(st: ChannelState, name: str, until: float, extra: str, lifted: bool, now: float) -> None:
     """Make the local state at least as severe as `until` (or end the incident `until`, if lifted)."""
+    _apply_one(st, name, until, extra, lifted, now)
+    st.refresh(now)  # the core's fast path must see breakers and keys changed from outside
+
+
+def _apply_one(st: ChannelState, name: str, until: float, extra: str, lifted: bool, now: float) -> None:
     kind, _, arg = name.partition(":")
     u = _dec(until)
     if kind == "cd":

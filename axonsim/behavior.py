@@ -162,10 +162,14 @@ class BehaviorModel:
                                or self._prefill or self._load or self._slope)
 
     def sample(self, rng: random.Random, now: float = 0.0, utilisation: float = 0.0,
-               input_tokens: int = 0) -> AttemptPlan:
+               input_tokens: int = 0, output_tokens: int | None = None) -> AttemptPlan:
+        """`output_tokens`: the request's own output length (a workload or trace that knows it);
+        the model's draw is still taken, so the stream's position does not depend on it."""
         u = rng.random()
         ttft = self._ttft(rng)
         tokens = int(round(self._tokens(rng)))
+        if output_tokens is not None:
+            tokens = output_tokens
         tps = self._tps(rng)
         if self._has_state:
             plan = self._stateful(u, ttft, tokens, tps, now, utilisation, input_tokens)

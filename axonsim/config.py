@@ -8,10 +8,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from axonsim.unified import ErrorKind
 
@@ -80,7 +90,23 @@ class Gamma(_Strict):
     cv: float = Field(gt=0)
 
 
-Distribution = Union[Constant, Exponential, LogNormal, Empirical, Gamma]
+DIST_TAGS = ("constant", "exponential", "lognormal", "empirical", "gamma")
+
+
+def _dist_tag(v: Any) -> str | None:
+    # Tagged by `dist` (a mapping without one is a constant), so a mistake is reported against the
+    # distribution the user meant (`ttft.sigma: >= 0`), not against every member of the union.
+    d = v.get("dist", "constant") if isinstance(v, dict) else getattr(v, "dist", None)
+    return "constant" if d == "deterministic" else d
+
+
+Distribution = Annotated[
+    Annotated[Constant, Tag("constant")] | Annotated[Exponential, Tag("exponential")]
+    | Annotated[LogNormal, Tag("lognormal")] | Annotated[Empirical, Tag("empirical")]
+    | Annotated[Gamma, Tag("gamma")],
+    Discriminator(_dist_tag, custom_error_type="distribution",
+                  custom_error_message="dist must be one of " + ", ".join(DIST_TAGS)),
+]
 
 
 def _coerce_dist(v: Any) -> Any:
@@ -480,16 +506,116 @@ class Routing(_Strict):
 # Workload (simulator only)
 
 
+def _check_shares(v: dict[str, float] | None) -> dict[str, float] | None:
+    if v is not None:
+        for m, share in v.items():
+            if not share >= 0:
+                raise ValueError(f"{m}: a share must be >= 0, got {share}")
+        if not any(share > 0 for share in v.values()):
+            raise ValueError("at least one share must be positive")
+    return v
+
+
+class RateRamp(_Strict):
+    """The arrival rate moves linearly from `arrival.rate` at t=`start` to `to` at t=`start + over`,
+    and stays there."""
+
+    to: float = Field(ge=0, description="requests per second at the end of the ramp")
+    over: float = Field(gt=0, description="seconds the ramp takes")
+    start: float = Field(0.0, ge=0)
+
+
+class Diurnal(_Strict):
+    """rate(t) = rate × (1 + amplitude·sin(2π(t − phase)/period)): a daily (or any period) swing."""
+
+    amplitude: float = Field(ge=0, le=1)
+    period: float = Field(86400.0, gt=0)
+    phase: float = 0.0
+
+
 class Arrival(_Strict):
-    process: Literal["poisson"] = "poisson"
-    rate: float = Field(gt=0, description="requests per second")
+    """Inter-arrival process. poisson: exponential gaps (with `ramp` / `diurnal`: non-homogeneous,
+    drawn by thinning); gamma: Gamma gaps with coefficient of variation `cv` (> 1 is bursty)."""
+
+    process: Literal["poisson", "gamma"] = "poisson"
+    rate: float = Field(gt=0, description="requests per second (the base rate of a ramp or curve)")
+    cv: float | None = Field(None, gt=0, description="gamma: coefficient of variation of the gaps")
+    ramp: RateRamp | None = None
+    diurnal: Diurnal | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Arrival:
+        if self.process == "gamma" and self.cv is None:
+            raise ValueError("cv: a gamma process needs its coefficient of variation")
+        if self.process != "gamma" and self.cv is not None:
+            raise ValueError("cv: only a gamma process has one (process: gamma)")
+        if self.process == "gamma" and (self.ramp is not None or self.diurnal is not None):
+            raise ValueError("ramp/diurnal: a time-varying rate needs process: poisson")
+        return self
+
+
+class TraceSource(_Strict):
+    """Replay of recorded arrivals. `azure`: TIMESTAMP,ContextTokens,GeneratedTokens (the Azure LLM
+    inference traces); `usage_log`: an export (CSV or Parquet) of the proxy's requests table —
+    created_at, model, stream, prompt_tokens, completion_tokens (project optional). Arrival = seconds
+    since the first row × `time_scale`. A relative `path` is read from the scenario file's folder."""
+
+    path: str = Field(min_length=1)
+    format: Literal["azure", "usage_log"] = "azure"
+    time_scale: float = Field(1.0, gt=0, description="multiplies the trace's times (0.5 = twice as fast)")
+
+
+class Tenant(_Strict):
+    """One project's traffic: its own arrival process and mix; unset fields take the workload's."""
+
+    project: str = Field(min_length=1)
+    arrival: Arrival
+    models: dict[str, float] | None = None
+    stream: float | None = Field(None, ge=0, le=1)
+    input_tokens: Distribution | None = None
+    output_tokens: Distribution | None = None
+    max_tokens: int | None = Field(None, ge=0)
+
+    _coerce = field_validator("input_tokens", "output_tokens", mode="before")(_coerce_dist)
+    _shares = field_validator("models")(_check_shares)
 
 
 class Workload(_Strict):
-    arrival: Arrival
-    requests: int = Field(gt=0)
+    """The client side of a simulation: one arrival process, or several tenants, or a trace.
+
+    `requests` and/or `duration` bound a synthetic workload (whichever ends first); for a trace
+    they cut it short. `output_tokens` unset: each attempt's channel behaviour draws the output.
+    The token estimate that local TPM limits and quotas count (as the live proxy does) is
+    input + `max_tokens`, or input + the request's drawn output when no max_tokens is set."""
+
+    arrival: Arrival | None = None
+    requests: int | None = Field(None, gt=0)
+    duration: float | None = Field(None, gt=0, description="seconds of arrivals")
     models: dict[str, float] | None = None  # model -> share; default: the first channel's first model
     stream: float = Field(0.0, ge=0, le=1, description="share of streaming requests")
+    project: str = Field("default", min_length=1)
+    input_tokens: Distribution | None = None
+    output_tokens: Distribution | None = None
+    max_tokens: int | None = Field(None, ge=0, description="the clients' max_tokens")
+    tenants: list[Tenant] = Field(default_factory=list)
+    trace: TraceSource | None = None
+
+    _coerce = field_validator("input_tokens", "output_tokens", mode="before")(_coerce_dist)
+
+    _shares = field_validator("models")(_check_shares)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Workload:
+        given = [name for name, v in (("arrival", self.arrival), ("tenants", self.tenants), ("trace", self.trace))
+                 if v]
+        if len(given) != 1:
+            raise ValueError("give exactly one of arrival, tenants or trace"
+                             + (f" (found {', '.join(given)})" if given else ""))
+        if self.trace is None and self.requests is None and self.duration is None:
+            raise ValueError("requests or duration: a synthetic workload needs one to end")
+        if len({t.project for t in self.tenants}) != len(self.tenants):
+            raise ValueError("tenants: project names must be unique")
+        return self
 
 
 # --------------------------------------------------------------------------------------------------
@@ -574,6 +700,10 @@ class Config(_Strict):
     prices: dict[str, Price] = Field(default_factory=dict, description="model name -> price")
     store: Store = Field(default_factory=Store)
     state: SharedStateConfig = Field(default_factory=SharedStateConfig)
+    # Where this config was read from, for messages about it found after loading (the simulator's
+    # checks against the run's horizon, trace files named relative to the scenario).
+    _source: str | None = PrivateAttr(default=None)
+    _lines: dict[str, int] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -582,12 +712,28 @@ class Config(_Strict):
             if ch.name in seen:
                 raise ValueError(f"duplicate channel name {ch.name!r}")
             seen.add(ch.name)
-        if self.workload and self.workload.models:
+        if self.workload:
             served = {m for ch in self.channels for m in [*ch.models, *ch.model_mapping]}
-            for m in self.workload.models:
-                if m not in served:
-                    raise ValueError(f"workload.models: no channel serves {m!r}")
+            mixes = [("workload.models", self.workload.models)]
+            mixes += [(f"workload.tenants[{i}].models", t.models) for i, t in enumerate(self.workload.tenants)]
+            for where, mix in mixes:
+                for m in mix or ():
+                    if m not in served:
+                        raise ValueError(f"{where}: no channel serves {m!r}")
         return self
+
+    def where(self, path: str) -> str:
+        """`file: line N: path` for a message about the field at `path`, as far as it is known."""
+        line = line_of(self._lines, path)
+        src = self._source
+        if src is None:
+            return path
+        return f"{src}: line {line}: {path}" if line else f"{src}: {path}"
+
+    @property
+    def source(self) -> str | None:
+        """The file this config was loaded from (None when built in code)."""
+        return self._source
 
     def model_names(self) -> list[str]:
         """Every name a client may ask for, in config order."""
@@ -599,30 +745,81 @@ class Config(_Strict):
         return list(out)
 
 
+_BRANCHES = frozenset({*DIST_TAGS, "Constant", "Exponential", "LogNormal", "Empirical", "Gamma", "float", "int"})
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            if str(part) in ("constant", "exponential", "lognormal", "Constant", "Exponential", "LogNormal"):
+            if str(part) in _BRANCHES or str(part).startswith("tagged-union["):
                 continue  # union branch names: noise for the reader
             out += ("." if out else "") + str(part)
     return out
 
 
-def parse_config(data: Any, source: str = "<config>") -> Config:
+def yaml_lines(text: str) -> dict[str, int]:
+    """Field path (as error messages spell it: `channels[1].behavior.ttft`) -> 1-based line of the
+    YAML text where it is written. Empty if the text does not compose."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, int] = {}
+
+    def walk(node: yaml.Node, path: str, depth: int) -> None:
+        if depth > 64:  # anchors can nest deeply; a line map is only a convenience
+            return
+        out.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    sub = f"{path}.{k.value}" if path else str(k.value)
+                    out.setdefault(sub, k.start_mark.line + 1)  # the key's line, where a reader looks
+                    walk(v, sub, depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, f"{path}[{i}]", depth + 1)
+
+    if root is not None:
+        walk(root, "", 0)
+    return out
+
+
+def line_of(lines: dict[str, int], path: str) -> int | None:
+    """The line of `path`, or of its nearest written ancestor (a missing field is reported where its
+    parent is)."""
+    while path:
+        if path in lines:
+            return lines[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+    return None
+
+
+def parse_config(data: Any, source: str = "<config>", lines: dict[str, int] | None = None) -> Config:
+    """Validate `data`; `lines` (from yaml_lines) puts the line number into every error message."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors()[:8]:
+        errors = exc.errors()
+        # `float | Distribution` fields fail on both branches; the number branch says nothing useful
+        # when the value is a mapping, so it is dropped when another error remains.
+        kept = [e for e in errors if not (e["loc"] and e["loc"][-1] in ("float", "int"))]
+        out = []
+        for err in (kept or errors)[:8]:
             where = _loc(err["loc"]) or "(top level)"
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {where}: {msg}")
-        raise ConfigError("\n".join(lines)) from None
+            line = line_of(lines, where) if lines else None
+            out.append(f"{source}: line {line}: {where}: {msg}" if line else f"{source}: {where}: {msg}")
+        raise ConfigError("\n".join(out)) from None
+    cfg._source = source
+    cfg._lines = lines or {}
+    return cfg
 
 
 def load_config(path: str | Path) -> Config:
@@ -637,4 +834,4 @@ def load_config(path: str | Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{p}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_config(data, str(p))
+    return parse_config(data, str(p), yaml_lines(text))

@@ -1,4 +1,4 @@
-"""The `axonsim` command line: serve (the proxy), mock-provider, simulate.
+"""The `axonsim` command line: serve (the proxy), mock-provider, simulate, report.
 
 The commands that start servers import `server` inside their own functions: the library never
 imports the proxy otherwise.
@@ -30,6 +30,12 @@ def _simulate(args: argparse.Namespace) -> int:
     return simulate_command(args)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from axonsim.report.cli import report_command  # matplotlib loads only for this command
+
+    return report_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="axonsim", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -57,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="directory for requests/attempts tables and the summary")
     r.add_argument("--format", choices=["csv", "parquet"], default="csv")
     r.set_defaults(func=_simulate)
+
+    rp = sub.add_parser("report", help="render simulation or sweep results as Markdown + HTML with plots")
+    rp.add_argument("results", help="a directory written by `axonsim simulate --out` or by a sweep's to_files")
+    rp.add_argument("--out", help="directory for report.md, report.html and figures/ (default: RESULTS/report)")
+    rp.add_argument("--scenario", help="scenario YAML of a simulate directory (its incident windows and strategy)")
+    rp.set_defaults(func=_report)
     return p
 
 

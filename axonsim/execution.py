@@ -266,10 +266,10 @@ class Router:
 
     # ---------------------------------------------------------------------------------------------
 
-    def _static_tiers(self, model: str) -> list[list[Candidate]]:
+    @staticmethod
+    def _split(groups: list[list[Candidate]]) -> list[list[Candidate]]:
         """Each priority group's positive-weight channels, then every group's standbys; whether a
-        channel may take an attempt right now is the balancer's question, asked per pick."""
-        groups = self.candidates.all_groups(model)
+        channel may take an attempt right now is asked per pick."""
         tiers = [[c for c in g if c.state.weight > 0] for g in groups]
         standby = [[c for c in g if c.state.weight <= 0] for g in groups]
         return [t for t in tiers + standby if t]
@@ -279,24 +279,19 @@ class Router:
         if not needs:
             tiers = self._tier_cache.get(model)
             if tiers is None:
-                tiers = self._tier_cache[model] = self._static_tiers(model)
+                tiers = self._tier_cache[model] = self._split(self.candidates.all_groups(model))
             return tiers
-        groups = self.candidates.groups(model)
-        if needs:
-            kept = []
-            for g in groups:
-                ok = []
-                for c in g:
-                    why = missing(c.state.channel, needs)
-                    if why is None:
-                        ok.append(c)
-                    elif lacking is not None:
-                        lacking[c.state.name] = why
-                kept.append(ok)
-            groups = kept
-        tiers = [[c for c in g if c.state.weight > 0] for g in groups]
-        standby = [[c for c in g if c.state.weight <= 0] for g in groups]
-        return [t for t in tiers + standby if t]
+        kept = []
+        for g in self.candidates.all_groups(model):
+            ok = []
+            for c in g:
+                why = missing(c.state.channel, needs)
+                if why is None:
+                    ok.append(c)
+                elif lacking is not None:
+                    lacking[c.state.name] = why
+            kept.append(ok)
+        return self._split(kept)
 
     def _hedge_delay(self) -> float | None:
         h = self.hedge

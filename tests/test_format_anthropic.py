@@ -304,9 +304,9 @@ def test_renderer_switches_blocks_and_replays_signatures() -> None:
         StreamStart(id="msg_1", model="claude-x", usage=Usage(prompt_tokens=50, cached_tokens=30, cache_write_tokens=5)),
         ReasoningDelta(text="let me "),
         ReasoningDelta(text="think"),
-        ReasoningDelta(signature="sig-1"),
+        ReasoningDelta(signature="sig-1", signature_provider="anthropic"),
         ReasoningDelta(text="again"),  # after a signature: a new thinking block
-        ReasoningDelta(signature="sig-2"),
+        ReasoningDelta(signature="sig-2", signature_provider="anthropic"),
         ReasoningDelta(redacted_data="opaque"),
         TextDelta(text="Calling."),
         ToolCallDelta(index=0, id="call.1:x", name="f", arguments='{"a"'),
@@ -463,7 +463,8 @@ def test_stop_reasons(stop: str, finish: str) -> None:
 
 def test_render_response_blocks() -> None:
     resp = Response(id="msg_9", model="claude-x", message=Message(role="assistant", content=[
-        ReasoningPart(text="hmm", signature="sig"), ReasoningPart(redacted=True, data="opaque"),
+        ReasoningPart(text="hmm", signature="sig", signature_provider="anthropic"),
+        ReasoningPart(redacted=True, data="opaque"),
         ReasoningPart(text="foreign thought"), TextPart(text=""), TextPart(text="Hi")],
         tool_calls=[ToolCall(id="call:1", name="f", arguments='{"x": [1]}'), ToolCall(id="", name="g", arguments="oops")]),
         finish_reason="stop", usage=Usage(prompt_tokens=4, completion_tokens=2))

@@ -616,7 +616,11 @@ def _model_turn(parts: list[Any], turn: int, path: str) -> Message:
         ppath = f"{path}.parts[{j}]"
         kind, v = _part_kind(p, ppath)
         raw_sig = _get(p, "thoughtSignature")
-        sig = _sig_in(_str(raw_sig, f"{ppath}.thoughtSignature")) if raw_sig is not None and raw_sig else None
+        raw_sig = _str(raw_sig, f"{ppath}.thoughtSignature") if raw_sig is not None else None
+        # Google's placeholder (which build_request itself puts on calls of another provider's
+        # history) is not a signature: unified carries none, and build_request puts it back.
+        placeholder = raw_sig is not None and raw_sig.rstrip("=") == SKIP_VALIDATOR_SIGNATURE.rstrip("=")
+        sig = _sig_in(raw_sig) if raw_sig and not placeholder else None
         if kind == "text":
             text = _str(v, f"{ppath}.text")
             if _get(p, "thought") is True:

@@ -539,7 +539,7 @@ def _envelope(resp_id: str, model: str, created: int, status: str, output: list[
     if req is not None:
         tools = [o for o in (_tool_obj(t) for t in req.tools) if o is not None]
         if req.messages and req.messages[0].role == "system":
-            instructions = req.messages[0].text()
+            instructions = _instructions(req.messages[0])
         sampling = req.sampling
     return {
         "id": resp_id,
@@ -929,6 +929,12 @@ def _effort_for_budget(budget: int) -> str | None:
     return "high"
 
 
+def _instructions(m: Message) -> str:
+    """A leading system message as `instructions`, which is one string: several text blocks (Anthropic's
+    system list, Gemini's systemInstruction parts) are joined by a blank line, so they stay apart."""
+    return "\n\n".join(p.text for p in m.content if isinstance(p, TextPart))
+
+
 def _dict_or_empty(value: Any) -> JSON:
     # extra_body may have been filled by another family's client, in another shape
     return dict(value) if isinstance(value, dict) else {}
@@ -940,7 +946,7 @@ def build_request(req: Request, upstream_model: str) -> bytes:
     body: JSON = {"model": upstream_model}
     messages = req.messages
     if messages and messages[0].role == "system":
-        body["instructions"] = messages[0].text()
+        body["instructions"] = _instructions(messages[0])
         messages = messages[1:]
     body["input"] = _build_input(messages, 1 if len(messages) < len(req.messages) else 0)
 

@@ -14,6 +14,8 @@ and `ReasoningDelta.signature_provider` name that family. Rules every format fol
 - Parsing (`parse_request`, and also `parse_response` / `StreamParser`, so that a gateway chained
   behind another AxonSim keeps provenance): `import_signature(token, family)` → (signature, provider);
   a token that is not wrapped is the parsing family's own.
+- A signature whose provider is not known (`signature_provider=None`: only hand-built unified objects
+  have one, every parser sets it) is wrapped as provider "unknown": shown to clients, never replayed.
 """
 
 from __future__ import annotations
@@ -21,21 +23,23 @@ from __future__ import annotations
 import base64
 import binascii
 
-__all__ = ["FAMILIES", "WRAP_PREFIX", "export_signature", "import_signature", "replayable"]
+__all__ = ["FAMILIES", "UNKNOWN", "WRAP_PREFIX", "export_signature", "import_signature", "replayable"]
 
 # The four client/channel families, as `Request.source` and `signature_provider` spell them.
 FAMILIES = frozenset({"openai_chat", "openai_responses", "anthropic", "gemini"})
+UNKNOWN = "unknown"  # the provider of a signature whose issuer the gateway does not know
 
 _MAGIC = b"axonsim.sig:"  # 12 bytes, so every wrapped token starts with the same 16 base64 characters
 WRAP_PREFIX = base64.b64encode(_MAGIC).decode()  # "YXhvbnNpbS5zaWc6"
 
 
 def export_signature(signature: str, provider: str | None, family: str) -> str:
-    """`signature` as a client of `family` is shown it: verbatim when it is the family's own (or of
-    unknown provenance), else wrapped with its provider."""
-    if provider is None or provider == family:
+    """`signature` as a client of `family` is shown it: verbatim when it is the family's own, else
+    wrapped with its provider ("unknown" when it has none), so that a replay is never taken for the
+    client family's own."""
+    if provider == family:
         return signature
-    return base64.b64encode(_MAGIC + provider.encode() + b":" + signature.encode()).decode()
+    return base64.b64encode(_MAGIC + (provider or UNKNOWN).encode() + b":" + signature.encode()).decode()
 
 
 def import_signature(token: str, family: str) -> tuple[str, str]:
@@ -53,7 +57,7 @@ def import_signature(token: str, family: str) -> tuple[str, str]:
                 p, s = provider.decode(), sig.decode()
             except UnicodeDecodeError:
                 return token, family
-            if p in FAMILIES and s:
+            if (p in FAMILIES or p == UNKNOWN) and s:
                 return s, p
     return token, family
 

@@ -14,17 +14,26 @@ Timeouts are per channel (Channel.timeouts, else gateway.timeouts) and resolved 
     idle         streams: longest gap between two chunks after the first
     total        the whole attempt, body included (non-stream requests wait up to this for headers,
                  since providers only answer once the whole completion is generated)
+
+Deadlines are kept on one shared loop timer (Deadlines), not a timer per request: `asyncio.timeout`
+per attempt costs a Timeout object, a timer armed and cancelled and the task's cancel bookkeeping,
+several µs per request; here a wait costs a set insert and removal, and the timer is re-armed only
+when a deadline earlier than the armed one arrives (rare: most requests share their timeouts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
 
 from axonsim.config import Timeouts
+
+log = logging.getLogger("axonsim.server.upstream")
 
 
 class UpstreamError(Exception):
@@ -102,6 +111,106 @@ def _classify(exc: BaseException) -> UpstreamError:
 
 
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+_TIMED_OUT = "the upstream did not answer in time"
+
+
+class _Watch:
+    """One pending wait on the shared timer: `fire` is called once `at` has passed."""
+
+    __slots__ = ("at", "expired")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.expired = False
+
+    def fire(self) -> None:
+        raise NotImplementedError
+
+
+class _CancelTask(_Watch):
+    """Cancels the task waiting (on headers or a whole body): delivered at its await, inside `send`."""
+
+    __slots__ = ("task", "cancelling")
+
+    def __init__(self, at: float, task: asyncio.Task[Any]) -> None:
+        super().__init__(at)
+        self.task = task
+        self.cancelling = task.cancelling()  # cancel requests that were not ours, to tell them apart
+
+    def fire(self) -> None:
+        self.task.cancel()
+
+    def settle(self) -> bool:
+        """After the wait, if it expired: withdraw our cancel request; True if no other one is pending."""
+        return self.task.uncancel() <= self.cancelling
+
+
+class _CloseResponse(_Watch):
+    """Closes a stream's connection, which wakes its pending read with an error."""
+
+    __slots__ = ("resp",)
+
+    def __init__(self, at: float, resp: aiohttp.ClientResponse) -> None:
+        super().__init__(at)
+        self.resp = resp
+
+    def fire(self) -> None:
+        self.resp.close()
+
+
+class Deadlines:
+    """The deadlines of every pending upstream wait, on one loop timer.
+
+    `add` a watch before awaiting and `discard` it after. The timer stays armed at the earliest
+    deadline it knows of; a later deadline (the usual case: the same timeouts for every request)
+    does not touch it. When it fires it expires every watch that is due (a millisecond of slack:
+    timers may run a hair early), then re-arms at the earliest deadline left, if any."""
+
+    __slots__ = ("_loop", "_watches", "_timer", "_armed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._watches: set[_Watch] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed = math.inf
+
+    def __len__(self) -> int:
+        return len(self._watches)
+
+    def add(self, w: _Watch) -> None:
+        self._watches.add(w)
+        if w.at < self._armed:
+            self._arm(w.at)
+
+    def discard(self, w: _Watch) -> None:
+        self._watches.discard(w)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._armed = math.inf
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed = at
+        self._timer = self._loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._armed = math.inf
+        due = self._loop.time() + 0.001
+        expired = [w for w in self._watches if w.at <= due]
+        for w in expired:
+            self._watches.discard(w)
+            w.expired = True
+            try:
+                w.fire()
+            except Exception:  # a failing callback must not stop the other deadlines
+                log.exception("an upstream deadline callback failed")
+        if self._watches:
+            self._arm(min(w.at for w in self._watches))
 
 
 class AiohttpUpstream:
@@ -112,11 +221,13 @@ class AiohttpUpstream:
         self._keepalive = keepalive_timeout
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: Deadlines | None = None
 
     async def start(self) -> None:
         if self._session is not None:
             return
         self._loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(self._loop)
         connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, keepalive_timeout=self._keepalive,
                                          ttl_dns_cache=300)
         # No cookie jar: a gateway must not carry one provider answer's cookies into another request.
@@ -124,6 +235,8 @@ class AiohttpUpstream:
                                               skip_auto_headers=("User-Agent",), auto_decompress=True)
 
     async def aclose(self) -> None:
+        if self._deadlines is not None:
+            self._deadlines.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -131,32 +244,45 @@ class AiohttpUpstream:
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
         session = self._session
         loop = self._loop
-        if session is None or loop is None:
+        deadlines = self._deadlines
+        task = asyncio.current_task()
+        if session is None or loop is None or deadlines is None:
             raise RuntimeError("AiohttpUpstream.start() was not awaited")
+        if task is None:
+            raise RuntimeError("AiohttpUpstream.send must run in a task")
         lim = req.limits
         start = loop.time()
         total = start + lim.total
-        if not req.stream:
-            # Headers and body under one deadline: one timeout per request, not two.
-            try:
-                async with asyncio.timeout_at(total):
-                    resp = await session.post(req.url, data=req.body, headers=req.headers,
-                                              timeout=lim.client_timeout, allow_redirects=False)
-                    try:
-                        body = await resp.read()
-                    finally:
-                        resp.release()
-            except _TRANSPORT_ERRORS as exc:
-                raise _classify(exc) from None
-            return _ReadResponse(resp.status, resp.headers, body)
-        first = min(start + lim.first_token, total)
+        # Non-stream: headers and body under the total deadline. Stream: the headers under the
+        # first-token deadline; the body's deadlines are the _StreamResponse's.
+        w = _CancelTask(total if not req.stream else min(start + lim.first_token, total), task)
+        deadlines.add(w)
         try:
-            async with asyncio.timeout_at(first):
-                resp = await session.post(req.url, data=req.body, headers=req.headers, timeout=lim.client_timeout,
-                                          allow_redirects=False)
+            resp = await session.post(req.url, data=req.body, headers=req.headers, timeout=lim.client_timeout,
+                                      allow_redirects=False)
+            if req.stream:
+                deadlines.discard(w)  # before the response exists as ours: nothing may cancel after this
+                if w.expired and w.settle():  # pragma: no cover - cancel requests are delivered at an await
+                    resp.close()
+                    raise UpstreamTimeout(_TIMED_OUT)
+                return _StreamResponse(resp, loop, deadlines, w.at, total, lim.idle)
+            try:
+                body = await resp.read()
+            finally:
+                resp.release()
+        except asyncio.CancelledError:
+            if w.expired and w.settle():
+                raise UpstreamTimeout(_TIMED_OUT) from None
+            raise  # not ours (client gone, shutdown), or ours and another one too
         except _TRANSPORT_ERRORS as exc:
+            if w.expired and w.settle():
+                raise UpstreamTimeout(_TIMED_OUT) from None
             raise _classify(exc) from None
-        return _StreamResponse(resp, loop, first, total, lim.idle)
+        finally:
+            deadlines.discard(w)
+        if w.expired:  # pragma: no cover - only if a library swallowed our cancel; keep the count right
+            w.settle()
+        return _ReadResponse(resp.status, resp.headers, body)
 
 
 class _ReadResponse:
@@ -181,99 +307,80 @@ class _ReadResponse:
 
 
 class _StreamResponse:
-    """A streamed answer. Deadlines are kept by one watchdog timer per stream rather than a timeout
-    object per chunk (which costs more than the rest of relaying a chunk): a read notes when it
-    began, and the watchdog, when it fires during a read that has waited too long, closes the
+    """A streamed answer. Its deadlines are watches on the shared timer (Deadlines), registered only
+    while a read is pending: the first chunk by the first-token deadline, each later one by `idle`
+    from when its read began, everything by the total deadline. A deadline that passes closes the
     connection, which wakes the read with an error that is reported as UpstreamTimeout. Time spent
     relaying to a slow client is not counted as the upstream being idle."""
 
-    __slots__ = ("_resp", "_loop", "_first", "_total", "_idle", "_got_first", "_eof", "_reading", "_since",
-                 "_timer", "_expired", "status", "headers")
+    __slots__ = ("_resp", "_loop", "_deadlines", "_watch", "_first", "_total", "_idle", "_got_first", "_eof",
+                 "status", "headers")
 
-    def __init__(self, resp: aiohttp.ClientResponse, loop: asyncio.AbstractEventLoop, first: float, total: float,
-                 idle: float) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, loop: asyncio.AbstractEventLoop, deadlines: Deadlines,
+                 first: float, total: float, idle: float) -> None:
         self._resp = resp
         self._loop = loop
+        self._deadlines = deadlines
+        self._watch = _CloseResponse(first, resp)
         self._first = first  # absolute deadline for the first chunk
         self._total = total  # absolute deadline for everything
         self._idle = idle
         self._got_first = False
         self._eof = False
-        self._reading = False
-        self._since = 0.0  # when the pending read began
-        self._timer: asyncio.TimerHandle | None = None
-        self._expired = False
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
 
-    def _deadline(self) -> float:
-        if not self._got_first:
-            return self._first
-        d = self._since + self._idle
-        return d if d < self._total else self._total
+    def _expect(self, whole: bool = False) -> _Watch:
+        """Register the pending read's deadline."""
+        w = self._watch
+        if whole:
+            w.at = self._total  # a whole-body read is bounded by the total deadline only
+        elif not self._got_first:
+            w.at = self._first
+        else:
+            d = self._loop.time() + self._idle
+            w.at = d if d < self._total else self._total
+        self._deadlines.add(w)
+        return w
 
     async def read(self) -> bytes:
-        self._since = self._loop.time()
-        self._reading = True
         self._got_first = True
-        self._idle = self._total  # a whole-body read is bounded by the total deadline only
-        if self._timer is None:
-            self._timer = self._loop.call_at(self._deadline(), self._fire)
+        w = self._expect(whole=True)
         try:
             data = await self._resp.read()
         except _TRANSPORT_ERRORS as exc:
             self.close()
-            raise (UpstreamTimeout("the upstream did not answer in time") if self._expired else _classify(exc)) from None
+            raise (UpstreamTimeout(_TIMED_OUT) if w.expired else _classify(exc)) from None
         finally:
-            self._reading = False
+            self._deadlines.discard(w)
         self.close()
+        if w.expired:
+            raise UpstreamTimeout(_TIMED_OUT)
         return data
 
     async def next_chunk(self) -> bytes:
         if self._eof:
             return b""
-        self._since = self._loop.time()
-        self._reading = True
-        if self._timer is None:
-            self._timer = self._loop.call_at(self._deadline(), self._fire)
+        w = self._expect()
         try:
             data = await self._resp.content.readany()
         except _TRANSPORT_ERRORS as exc:
             self.close()
-            raise (UpstreamTimeout("the upstream did not answer in time") if self._expired else _classify(exc)) from None
+            raise (UpstreamTimeout(_TIMED_OUT) if w.expired else _classify(exc)) from None
         finally:
-            self._reading = False
-        if self._expired:
+            self._deadlines.discard(w)
+        if w.expired:
             self.close()
-            raise UpstreamTimeout("the upstream did not answer in time")
+            raise UpstreamTimeout(_TIMED_OUT)
         if not data:
             self._eof = True
-            self._disarm()
             self._resp.release()  # read to the end: the connection goes back to the pool
-        elif not self._got_first:
+        else:
             self._got_first = True
-            self._disarm()  # armed for the first-token deadline, which may lie beyond the idle one
         return data
 
-    def _fire(self) -> None:
-        self._timer = None
-        if self._eof or not self._reading:
-            return  # relaying meanwhile: the next read arms the timer again
-        deadline = self._deadline()
-        # A timer may run a hair early (clock resolution); a millisecond of slack avoids re-arming for nothing.
-        if self._loop.time() + 0.001 >= deadline:
-            self._expired = True
-            self._resp.close()  # wakes the pending read
-        else:
-            self._timer = self._loop.call_at(deadline, self._fire)  # the read began after the timer was set
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
     def close(self) -> None:
-        self._disarm()
+        self._deadlines.discard(self._watch)
         if not self._eof:
             self._eof = True
             self._resp.close()  # unread body: the connection cannot be reused

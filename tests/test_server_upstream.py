@@ -10,13 +10,22 @@ import pytest
 from aiohttp import web
 
 from axonsim.config import Timeouts
-from server.upstream import AiohttpUpstream, Limits, UpstreamConnectionError, UpstreamRequest, UpstreamTimeout
+from server.upstream import (
+    AiohttpUpstream,
+    Deadlines,
+    Limits,
+    UpstreamConnectionError,
+    UpstreamRequest,
+    UpstreamTimeout,
+    _Watch,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
 
 async def _stream(request: web.Request) -> web.StreamResponse:
-    """?first=S (delay before the first chunk), ?gap=S (between chunks), ?n=N chunks."""
+    """?head=S (delay before the headers), ?first=S (then before the first chunk), ?gap=S (between chunks), ?n=N chunks."""
+    await asyncio.sleep(float(request.query.get("head", "0")))
     first = float(request.query.get("first", "0"))
     gap = float(request.query.get("gap", "0"))
     n = int(request.query.get("n", "3"))
@@ -136,3 +145,72 @@ async def test_connections_are_reused(server: str, upstream: AiohttpUpstream) ->
     connector = upstream._session.connector  # type: ignore[union-attr]
     assert connector is not None
     assert sum(len(v) for v in connector._conns.values()) == 1  # one pooled keep-alive connection
+
+
+async def test_stream_headers_are_bounded_by_the_first_token_deadline(server: str, upstream: AiohttpUpstream) -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(UpstreamTimeout):
+        await upstream.send(req(server + "/stream?head=2", True, first_token=0.2))
+    assert loop.time() - t0 < 1.5
+
+
+async def test_a_timeout_leaves_the_task_uncancelled(server: str, upstream: AiohttpUpstream) -> None:
+    with pytest.raises(UpstreamTimeout):
+        await upstream.send(req(server + "/plain?delay=2", False, total=0.2))
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0.01)  # no cancel request left pending on the task
+    resp = await upstream.send(req(server + "/plain", False))
+    assert resp.status == 200
+    assert len(upstream._deadlines) == 0  # type: ignore[arg-type]
+
+
+async def test_an_outside_cancel_is_not_a_timeout(server: str, upstream: AiohttpUpstream) -> None:
+    task = asyncio.ensure_future(upstream.send(req(server + "/plain?delay=2", False, total=5)))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(upstream._deadlines) == 0  # type: ignore[arg-type]
+
+
+async def test_a_shorter_deadline_after_a_longer_one_still_fires_on_time(server: str,
+                                                                         upstream: AiohttpUpstream) -> None:
+    loop = asyncio.get_running_loop()
+    slow_ok = asyncio.ensure_future(upstream.send(req(server + "/plain?delay=0.8", False, total=10)))
+    await asyncio.sleep(0.05)  # the shared timer is armed at the long deadline first
+    t0 = loop.time()
+    with pytest.raises(UpstreamTimeout):
+        await upstream.send(req(server + "/plain?delay=3", False, total=0.2))
+    assert loop.time() - t0 < 0.7
+    resp = await slow_ok  # the other request is untouched
+    assert resp.status == 200 and await resp.read() == b'{"ok": true}'
+
+
+async def test_deadlines_fire_in_order_and_rearm() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+
+    class W(_Watch):
+        __slots__ = ("name",)
+
+        def __init__(self, at: float, name: str) -> None:
+            super().__init__(at)
+            self.name = name
+
+        def fire(self) -> None:
+            fired.append(self.name)
+
+    d = Deadlines(loop)
+    now = loop.time()
+    late, early, gone = W(now + 0.15, "late"), W(now + 0.05, "early"), W(now + 0.02, "gone")
+    d.add(late)
+    d.add(early)  # earlier than the armed timer: re-armed
+    d.add(gone)
+    d.discard(gone)  # finished in time: never fires
+    await asyncio.sleep(0.1)
+    assert fired == ["early"] and early.expired and not late.expired
+    await asyncio.sleep(0.1)
+    assert fired == ["early", "late"] and len(d) == 0
+    d.close()

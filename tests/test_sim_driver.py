@@ -33,9 +33,8 @@ def chan(name: str, **behavior) -> dict:
 
 def run_at(cfg, times: list[float], stream: bool | list[bool] = False, seed: int = 0) -> tuple[SimResult, Simulation]:
     """Requests arriving at the given instants (a hand-made workload, replayed by the same driver)."""
-    gaps = [times[0]] + [b - a for a, b in zip(times, times[1:], strict=False)]
     flags = stream if isinstance(stream, list) else [stream] * len(times)
-    sim = Simulation(cfg, seed, Arrivals(gaps, [0] * len(times), flags, ["m"]))
+    sim = Simulation(cfg, seed, Arrivals(list(times), [0] * len(times), flags, ["m"]))
     return sim.run(), sim
 
 
@@ -266,7 +265,7 @@ def test_same_seed_is_bit_identical_across_processes():
 def test_prefixes_agree_whatever_the_run_length():
     cfg = load_config(BASIC)
     short, long = poisson(cfg, 4, 100), poisson(cfg, 4, 1000)
-    assert short.gaps == long.gaps[:100] and short.model == long.model[:100] and short.stream == long.stream[:100]
+    assert short.times == long.times[:100] and short.model == long.model[:100] and short.stream == long.stream[:100]
 
 
 # -- workload and results ---------------------------------------------------------------------------
@@ -282,7 +281,7 @@ def test_workload_model_and_stream_shares():
     assert arr.models == ["x", "y"]
     assert sum(1 for m in arr.model if m == 0) / len(arr) == pytest.approx(0.75, abs=0.015)
     assert sum(arr.stream) / len(arr) == pytest.approx(0.25, abs=0.015)
-    assert sum(arr.gaps) / len(arr) == pytest.approx(0.01, rel=0.03)
+    assert arr.times[-1] / len(arr) == pytest.approx(0.01, rel=0.03)
 
 
 def test_default_model_is_the_first_channels_first_model():
@@ -297,19 +296,18 @@ def test_a_config_without_workload_is_refused_clearly():
 
 
 def test_negative_model_shares_are_refused():
-    cfg = config([chan("a")], workload={"arrival": {"process": "poisson", "rate": 1}, "requests": 5,
-                                        "models": {"m": -1}})
     with pytest.raises(ConfigError, match=r"workload\.models"):
-        simulate(cfg)
+        config([chan("a")], workload={"arrival": {"process": "poisson", "rate": 1}, "requests": 5,
+                                      "models": {"m": -1}})
 
 
 def test_tables_and_summary_have_the_documented_shape(tmp_path):
     res = simulate(load_config(BASIC), seed=1, requests=2000)
     req, att = res.requests, res.attempts
-    assert list(req.columns) == ["id", "arrival", "model", "stream", "ok", "status", "error", "attempts", "channel",
-                                 "ttft", "latency", "end", "output_tokens"]
+    assert list(req.columns) == ["id", "arrival", "project", "model", "stream", "ok", "status", "error", "attempts",
+                                 "channel", "ttft", "latency", "end", "input_tokens", "output_tokens", "cost"]
     assert list(att.columns) == ["request", "attempt", "channel", "key", "start", "end", "queue_wait", "status",
-                                 "error", "fault", "next"]
+                                 "error", "fault", "next", "retry_after"]
     assert len(req) == 2000 and req.id.tolist() == list(range(2000))
     assert req.arrival.is_monotonic_increasing
     assert (req.latency == req.end - req.arrival).all()
@@ -326,7 +324,7 @@ def test_tables_and_summary_have_the_documented_shape(tmp_path):
     assert s["attempts_per_request"] == pytest.approx(len(att) / len(req))
     for fmt in ("csv", "parquet"):
         paths = res.to_files(tmp_path / fmt, format=fmt)
-        assert [p.name for p in paths] == [f"requests.{fmt}", f"attempts.{fmt}", "summary.json"]
+        assert [p.name for p in paths] == [f"requests.{fmt}", f"attempts.{fmt}", f"timeseries.{fmt}", "summary.json"]
         back = pd.read_csv(paths[0]) if fmt == "csv" else pd.read_parquet(paths[0])
         assert len(back) == 2000
     with pytest.raises(ValueError):

@@ -19,15 +19,23 @@ cut there.
 
 The channel reports only what a live driver can observe (server/driver.py does the same): a
 non-stream attempt's first event is its whole answer, so Call.first_token is reported there.
+
+Scheduling. An attempt (or the channel, for its queue deadline) is its own SimPy event: SimPy's
+`Environment.step` needs only `callbacks` and `_ok` of what it pops, so `at()` pushes the object
+with a constant one-callback tuple straight onto the environment's queue, with SimPy's own
+(time, priority, id) key. This skips a Timeout object and its constructor per event (about a
+third of SimPy's cost here) and keeps SimPy's ordering: same-instant events run in the order they
+were scheduled. An attempt has at most one pending event at a time, which is what makes this safe.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING
+from heapq import heappush
+from typing import TYPE_CHECKING, Any
 
-from simpy.events import Event, Timeout
+from simpy.events import NORMAL
 
 from axonsim.behavior import FULL_STATUS, RESET, STREAM_CUT, TIMEOUT, AttemptPlan, BehaviorModel
 from axonsim.config import Timeouts
@@ -36,9 +44,8 @@ from axonsim.state import ChannelState
 from axonsim.unified import Error, ErrorKind, error_kind_for_status
 
 if TYPE_CHECKING:
-    import random
-
     from axonsim.sim.driver import SimRequest, Simulation
+    from axonsim.sim.streams import ChannelRandom
 
 # Fault labels the driver adds to the behaviour model's (attempts table, `fault` column).
 FULL = "full"  # rejected: every slot taken and when_full: reject
@@ -49,12 +56,24 @@ CANCELLED = "cancelled"  # abandoned by execution (a hedge that lost)
 QUEUED, RUNNING, STREAMING, DONE, ABANDONED = range(5)
 
 
+NAN = math.nan
+
+
+def at(env: Any, delay: float, obj: Any, callbacks: tuple[Any, ...]) -> None:
+    """Schedule `obj` as an event `delay` seconds from now (see the module docstring). The hot
+    paths below inline these two lines."""
+    obj.callbacks = callbacks
+    heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), obj))
+
+
 class Attempt:
     """One upstream attempt: what was drawn for it and what became of it. `handle` is its index in
-    the request's attempts (what a Launch answers), -1 for a plain Call."""
+    the request's attempts (what a Launch answers), -1 for a plain Call. `t_grant` is NaN until
+    it holds a slot (a rejected or queue-expired attempt never does)."""
 
     __slots__ = ("req", "ch", "call", "plan", "handle", "phase", "t_call", "t_grant", "t_first", "t_end", "status",
-                 "error", "fault", "tokens")
+                 "error", "fault", "tokens", "callbacks")
+    _ok = True  # what SimPy's step() checks of an event it has run
 
     def __init__(self, req: SimRequest, ch: SimChannel, call: Call, plan: AttemptPlan, handle: int,
                  t_call: float) -> None:
@@ -65,13 +84,14 @@ class Attempt:
         self.handle = handle
         self.phase = RUNNING
         self.t_call = t_call
-        self.t_grant = t_call
-        self.t_first = math.nan
+        self.t_grant = NAN
+        self.t_first = NAN
         self.t_end = t_call
         self.status = 0
         self.error: str | None = None
         self.fault: str | None = plan.fault
         self.tokens = 0
+        self.callbacks: tuple[Any, ...] | None = None
 
 
 class SimChannel:
@@ -79,9 +99,10 @@ class SimChannel:
     ChannelState.inflight, which strategies read, also counts queued attempts (what the gateway sees)."""
 
     __slots__ = ("sim", "env", "state", "index", "name", "model", "rng", "cap", "queue", "waiting", "busy",
-                 "t_first", "t_total", "guard", "errors", "e_full", "e_reset", "e_timeout", "e_cut")
+                 "t_first", "t_total", "guard", "errors", "e_full", "e_reset", "e_timeout", "e_cut", "callbacks")
+    _ok = True  # the channel is the event of its queue-deadline check
 
-    def __init__(self, sim: Simulation, state: ChannelState, rng: random.Random, model_seed: int,
+    def __init__(self, sim: Simulation, state: ChannelState, rng: ChannelRandom, model_seed: int,
                  gateway_timeouts: Timeouts) -> None:
         ch = state.channel
         b = ch.behavior
@@ -100,6 +121,7 @@ class SimChannel:
         self.t_first = to.first_token
         self.t_total = to.total
         self.guard = False  # a queue-deadline check is scheduled
+        self.callbacks: tuple[Any, ...] | None = None
         # Errors are immutable values: built once per channel and status, shared by the failed attempts.
         self.errors: dict[int, Error] = {}
         self.e_full = Error(kind=error_kind_for_status(FULL_STATUS), status=FULL_STATUS,
@@ -115,7 +137,8 @@ class SimChannel:
         # Drawn now, whatever happens next: the stream's position depends only on the number of calls.
         busy = self.busy
         cap = self.cap
-        plan = self.model.sample(self.rng, now, busy / cap if busy else 0.0)
+        out = req.out
+        plan = self.model.sample(self.rng, now, busy / cap if busy else 0.0, req.inp, out if out >= 0 else None)  # type: ignore[arg-type]
         a = Attempt(req, self, call, plan, handle, now)
         req.atts.append(a)
         call.started(now)
@@ -127,7 +150,7 @@ class SimChannel:
             self.waiting.append(a)
             if not self.guard:
                 self.guard = True
-                Timeout(self.env, self.t_first, self).callbacks.append(_on_guard)
+                at(self.env, self.t_first, self, _GUARD)
         else:
             a.fault = FULL
             self.fail(a, now, self.e_full)
@@ -143,19 +166,21 @@ class SimChannel:
         first = now + plan.ttft
         deadline = a.t_call + self.t_first
         if fault == TIMEOUT or first > deadline:
-            Timeout(env, deadline - now, a).callbacks.append(_on_timeout)
+            at(env, deadline - now, a, _TIMEOUT)
         elif fault is None or fault == STREAM_CUT:
             if a.req.stream:
-                Timeout(env, plan.ttft, a).callbacks.append(_on_first)
+                a.callbacks = _FIRST
+                heappush(env._queue, (now + plan.ttft, NORMAL, next(env._eid), a))
             else:
                 end = first + plan.generation
                 total = a.t_call + self.t_total
                 if end > total:
-                    Timeout(env, total - now, a).callbacks.append(_on_timeout)
+                    at(env, total - now, a, _TIMEOUT)
                 else:
-                    Timeout(env, end - now, a).callbacks.append(_on_answer)
+                    a.callbacks = _ANSWER
+                    heappush(env._queue, (now + (end - now), NORMAL, next(env._eid), a))
         else:
-            Timeout(env, plan.ttft, a).callbacks.append(_on_error)
+            at(env, plan.ttft, a, _ERROR)
 
     def release(self, now: float) -> None:
         """Free one slot; the head of the queue, if any, takes it at once."""
@@ -209,21 +234,19 @@ class SimChannel:
         t_first = self.t_first
         while waiting and waiting[0].t_call + t_first <= now:
             a = waiting.popleft()
-            a.t_grant = now
             a.fault = QUEUE_TIMEOUT
             self.fail(a, now, self.e_timeout)
         if waiting:
-            Timeout(self.env, waiting[0].t_call + t_first - now, self).callbacks.append(_on_guard)
+            at(self.env, waiting[0].t_call + t_first - now, self, _GUARD)
         else:
             self.guard = False
 
 
-# Event callbacks: one per phase, at module level; the event's value is the Attempt (or the channel).
+# Event callbacks: one per phase, at module level; the event is the Attempt (or the channel).
 # An attempt abandoned meanwhile (phase ABANDONED) ignores its events.
 
 
-def _on_error(ev: Event) -> None:
-    a: Attempt = ev._value
+def _on_error(a: Attempt) -> None:
     if a.phase != RUNNING:
         return
     ch = a.ch
@@ -233,8 +256,7 @@ def _on_error(ev: Event) -> None:
     ch.fail(a, now, ch.e_reset if plan.fault == RESET else ch.error(plan.status, plan.retry_after))
 
 
-def _on_timeout(ev: Event) -> None:
-    a: Attempt = ev._value
+def _on_timeout(a: Attempt) -> None:
     if a.phase != RUNNING:
         return
     ch = a.ch
@@ -245,9 +267,8 @@ def _on_timeout(ev: Event) -> None:
     ch.fail(a, now, ch.e_timeout)
 
 
-def _on_answer(ev: Event) -> None:
+def _on_answer(a: Attempt) -> None:
     """A non-stream attempt's whole answer (or its truncated body) arrived."""
-    a: Attempt = ev._value
     if a.phase != RUNNING:
         return
     ch = a.ch
@@ -267,9 +288,8 @@ def _on_answer(ev: Event) -> None:
     ch.sim.deliver(a, Outcome(True, now, 200, None, None, call.ttft, call.key))
 
 
-def _on_first(ev: Event) -> None:
+def _on_first(a: Attempt) -> None:
     """A stream's first token: the commit point. The rest of the stream plays out here, unseen by execution."""
-    a: Attempt = ev._value
     if a.phase != RUNNING:
         return
     ch = a.ch
@@ -282,14 +302,15 @@ def _on_first(ev: Event) -> None:
     gen = a.plan.generation  # to the cut, for a cut stream
     total = a.t_call + ch.t_total
     if now + gen > total:
-        Timeout(ch.env, total - now, a).callbacks.append(_on_stream_timeout)
+        at(ch.env, total - now, a, _STREAM_TIMEOUT)
     else:
-        Timeout(ch.env, gen, a).callbacks.append(_on_stream_end)
+        env = ch.env
+        a.callbacks = _STREAM_END
+        heappush(env._queue, (now + gen, NORMAL, next(env._eid), a))
     ch.sim.deliver(a, Outcome(True, now, 200, None, None, call.ttft, call.key))
 
 
-def _on_stream_end(ev: Event) -> None:
-    a: Attempt = ev._value
+def _on_stream_end(a: Attempt) -> None:
     if a.phase != STREAMING:
         return
     ch = a.ch
@@ -308,9 +329,8 @@ def _on_stream_end(ev: Event) -> None:
     ch.sim.stream_done(a)
 
 
-def _on_stream_timeout(ev: Event) -> None:
+def _on_stream_timeout(a: Attempt) -> None:
     """A committed stream still running at the total timeout: the gateway cuts it."""
-    a: Attempt = ev._value
     if a.phase != STREAMING:
         return
     ch = a.ch
@@ -328,6 +348,15 @@ def _on_stream_timeout(ev: Event) -> None:
     ch.sim.stream_done(a)
 
 
-def _on_guard(ev: Event) -> None:
-    ch: SimChannel = ev._value
+def _on_guard(ch: SimChannel) -> None:
     ch.expire_queue(ch.env._now)
+
+
+# One constant callbacks tuple per phase: scheduling allocates no list.
+_ERROR = (_on_error,)
+_TIMEOUT = (_on_timeout,)
+_ANSWER = (_on_answer,)
+_FIRST = (_on_first,)
+_STREAM_END = (_on_stream_end,)
+_STREAM_TIMEOUT = (_on_stream_timeout,)
+_GUARD = (_on_guard,)

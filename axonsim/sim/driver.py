@@ -1,87 +1,145 @@
 """The SimPy driver: replays a workload through the core's execution generator, one callback per phase, no Process per request.
 
-For every arrival the driver creates `router.execute(model, now, core_rng, request, stream=...)`
+For every arrival the driver creates `router.execute(model, now, core_rng, request, tokens=...,
+stream=..., explain=...)` — the token estimate is the one the live proxy passes (prompt plus the
+client's max_tokens or expected output), so local TPM limits and quotas act alike in both worlds —
 and steps it. Effects:
 
     Call     the channel model (axonsim.sim.channel) performs the attempt and later sends its
              Outcome back through `deliver`
-    Wait     a SimPy Timeout whose callback sends the clock back
+    Wait     an event whose callback sends the clock back
     Launch   (hedging) the attempt starts as for a Call; its handle is sent back at once and its
              Outcome is kept until a Race asks for it
     Race     the first kept or arriving Outcome among the handles, or None when the timeout passes
     Cancel   the attempt is abandoned (slot freed, Call.cancelled); the clock is sent back
 
-The request context travels as the events' value, so a request costs about three events (arrival,
-first token or answer, stream end) plus one per retry wait; effects that need no time are answered
-synchronously in `step`'s loop.
+The request (or attempt) is itself the event SimPy runs (axonsim.sim.channel.at), so a request
+costs about three events (arrival, first token or answer, stream end) plus one per retry wait;
+effects that need no time are answered synchronously in `step`'s loop.
 
 Determinism: every random draw comes from a stream kept for one purpose (axonsim.sim.streams) and
 is taken when a request arrives or a Call is made, never when a slot is granted; events at the
 same instant run in the order they were scheduled. Same seed → the same tables, bit for bit.
+
+Time series: a sampler event on a fixed grid reads each channel's routing state (read-only: it
+must not tick a breaker that the traffic itself would tick later); in-flight, queue and 429
+counts are computed afterwards from the attempt columns, which costs nothing per event.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
+from heapq import heappush
 from typing import Any
 
 import simpy
-from simpy.events import Event, Timeout
+from simpy.events import NORMAL
 
 from axonsim.config import Config
 from axonsim.execution import Call, Cancel, Effect, Launch, Outcome, Race, Result, Router, Wait
-from axonsim.sim.channel import DONE, Attempt, SimChannel
-from axonsim.sim.results import Recorder, SimResult
-from axonsim.sim.streams import CHANNEL_BASE, CHANNEL_STATE_BASE, CORE, derive, py_stream
-from axonsim.sim.workload import Arrivals, poisson, require_workload
+from axonsim.sim.channel import DONE, Attempt, SimChannel, at
+from axonsim.sim.results import STATES, Recorder, SimResult
+from axonsim.sim.streams import CHANNEL_STATE_BASE, CORE, channel_stream, derive, py_stream
+from axonsim.sim.workload import Arrivals, build_arrivals, check_scenario, horizon, require_workload
 
 _PENDING = object()  # an effect that must wait for an event
 
 
 class SimRequest:
-    """One client request in flight: its execution generator and its attempts so far."""
+    """One client request in flight: its execution generator and its attempts so far. `out` is
+    the output length the workload fixed (-1: the channel's behaviour decides)."""
 
-    __slots__ = ("id", "arrival", "stream", "gen", "atts", "result", "race", "ready")
+    __slots__ = ("id", "arrival", "stream", "inp", "out", "gen", "atts", "result", "race", "ready", "callbacks")
+    _ok = True  # the request is the event of its retry waits
 
-    def __init__(self, id: int, arrival: float, stream: bool) -> None:
+    def __init__(self, id: int, arrival: float, stream: bool, inp: int, out: int) -> None:
         self.id = id
         self.arrival = arrival
         self.stream = stream
+        self.inp = inp
+        self.out = out
         self.gen: Generator[Effect, Any, Result] | None = None
         self.atts: list[Attempt] = []
         self.result: Result | None = None  # a committed stream's Result, while the stream plays out
         self.race: Race | None = None  # the Race execution is waiting on (hedging)
         self.ready: list[tuple[int, Outcome]] | None = None  # launched attempts' Outcomes not yet raced
+        self.callbacks: tuple[Any, ...] | None = None
+
+
+class _Tick:
+    """An event that is not a request or an attempt: the next arrival, a grid sample, a race timeout."""
+
+    __slots__ = ("callbacks", "value")
+    _ok = True
+
+    def __init__(self, value: Any = None) -> None:
+        self.callbacks: tuple[Any, ...] | None = None
+        self.value = value
+
+
+def nice_step(span: float, points: int = 1000) -> float:
+    """A round grid step (1, 2 or 5 × 10^k seconds) giving at most about `points` samples over `span`."""
+    raw = max(span, 1e-9) / points
+    k = math.floor(math.log10(raw))
+    for m in (1.0, 2.0, 5.0, 10.0):
+        if m * 10**k >= raw:
+            return m * 10**k
+    return 10.0 ** (k + 1)  # pragma: no cover
 
 
 class Simulation:
-    """One run: a SimPy environment, the core's Router, one SimChannel per configured channel."""
+    """One run: a SimPy environment, the core's Router, one SimChannel per configured channel.
 
-    def __init__(self, config: Config, seed: int, arrivals: Arrivals) -> None:
+    `explain`: execute with the decision trace, attached to the attempt rows. `step`: seconds
+    between time-series samples (None or 0: no time series)."""
+
+    def __init__(self, config: Config, seed: int, arrivals: Arrivals, explain: bool = False,
+                 step: float | None = None) -> None:
+        if step is not None and not (step >= 0 and math.isfinite(step)):
+            raise ValueError(f"step must be a finite number of seconds >= 0, got {step}")
         self.config = config
         self.seed = seed
         self.arrivals = arrivals
+        self.explain = explain
+        self.step_size = step or None
         self.env = simpy.Environment()
         self.router = Router(config)
         self.core_rng = py_stream(seed, CORE)
         timeouts = config.gateway.timeouts
-        self.channels = [SimChannel(self, st, py_stream(seed, CHANNEL_BASE + st.index),
+        self.channels = [SimChannel(self, st, channel_stream(seed, st.index),
                                     derive(seed, CHANNEL_STATE_BASE + st.index), timeouts)
                          for st in self.router.states]
-        self.recorder = Recorder(len(arrivals), [st.name for st in self.router.states])
+        self.recorder = Recorder(len(arrivals), [st.name for st in self.router.states], explain)
         self._next = 0
-        # Bound once: a bound method per event would be allocated anew each time.
-        self._arrive = self._on_arrival
-        self._resume = self._on_wait
+        self._open = 0  # requests arrived and not yet recorded
+        self._tick = _Tick()
+        self._sampler = _Tick()
+        self.samples: list[list[int]] = []  # per grid point: each channel's routing state code
+        # Bound once: a bound method (or callbacks tuple) per event would be allocated anew each time.
+        self._execute = self.router.execute
         self._finish = self.recorder.finish
+        self._resume = (self._on_wait,)
+        self._arrive = (self._on_arrival,)
+        self._n = len(arrivals)
+        names = arrivals.models
+        self._model_names = [names[m] for m in arrivals.model]  # one lookup per arrival, not two
 
     def run(self) -> SimResult:
         arr = self.arrivals
-        Timeout(self.env, arr.gaps[0], None).callbacks.append(self._arrive)
-        self.env.run()
-        if self._next != len(arr):  # pragma: no cover - a driver bug, not a user error
-            raise RuntimeError(f"simulation stopped after {self._next} of {len(arr)} arrivals")
-        return SimResult(self.recorder, arr, self.seed, self.config)
+        env = self.env
+        if len(arr):
+            self._tick.callbacks = self._arrive
+            heappush(env._queue, (arr.times[0], NORMAL, next(env._eid), self._tick))
+        if self.step_size is not None:
+            self._sampler.value = 0
+            self._sampler.callbacks = (self._on_sample,)
+            heappush(env._queue, (0.0, NORMAL, next(env._eid), self._sampler))
+        env.run()
+        if self._next != len(arr) or self._open:  # pragma: no cover - a driver bug, not a user error
+            raise RuntimeError(f"simulation stopped after {self._next} of {len(arr)} arrivals, {self._open} open")
+        return SimResult(self.recorder, arr, self.seed, self.config, self.step_size, self.samples,
+                         self.channels)
 
     # -- the effect loop --------------------------------------------------------------------------
 
@@ -101,7 +159,7 @@ class Simulation:
                 self.channels[eff.state.index].submit(req, eff, self.env._now, -1)  # type: ignore[union-attr,arg-type]
                 return
             if cls is Wait:
-                Timeout(self.env, eff.seconds, req).callbacks.append(self._resume)  # type: ignore[union-attr]
+                at(self.env, eff.seconds, req, self._resume)  # type: ignore[union-attr]
                 return
             value = self._hedging(req, eff)
             if value is _PENDING:
@@ -124,7 +182,7 @@ class Simulation:
                     return (h, out)
             req.race = eff
             if eff.timeout is not None:
-                Timeout(self.env, eff.timeout, (req, eff)).callbacks.append(self._race_timeout)
+                at(self.env, eff.timeout, _Tick((req, eff)), (self._race_timeout,))
             return _PENDING
         if isinstance(eff, Cancel):
             a = req.atts[eff.handle]
@@ -148,31 +206,48 @@ class Simulation:
             assert req.ready is not None
             req.ready.append((a.handle, out))
 
-    def _race_timeout(self, ev: Event) -> None:
-        req, race = ev._value
+    def _race_timeout(self, tick: _Tick) -> None:
+        req, race = tick.value
         if req.race is race:
             req.race = None
             self.step(req, None)
 
-    def _on_wait(self, ev: Event) -> None:
-        self.step(ev._value, self.env._now)
+    def _on_wait(self, req: SimRequest) -> None:
+        self.step(req, self.env._now)
 
-    def _on_arrival(self, ev: Event) -> None:
+    def _on_arrival(self, tick: _Tick) -> None:
         i = self._next
         self._next = i + 1
-        now = self.env._now
+        self._open += 1
+        env = self.env
+        now = env._now
         arr = self.arrivals
         stream = arr.stream[i]
-        req = SimRequest(i, now, stream)
-        self.recorder.arrival[i] = now
-        req.gen = self.router.execute(arr.models[arr.model[i]], now, self.core_rng, req, stream=stream)
+        req = SimRequest(i, now, stream, arr.input_tokens[i], arr.output_tokens[i])
+        req.gen = self._execute(self._model_names[i], now, self.core_rng, req, tokens=arr.tokens[i],
+                                explain=self.explain, stream=stream)
         self.step(req, None)
-        if i + 1 < len(arr.gaps):
-            Timeout(self.env, arr.gaps[i + 1], None).callbacks.append(self._arrive)
+        i += 1
+        if i < self._n:
+            # Absolute times: a trace's arrivals land exactly where the trace puts them.
+            tick.callbacks = self._arrive
+            heappush(env._queue, (arr.times[i], NORMAL, next(env._eid), tick))
+
+    def _on_sample(self, tick: _Tick) -> None:
+        now = self.env._now
+        self.samples.append([route_state(st, now) for st in self.router.states])
+        if self._open or self._next < len(self.arrivals):
+            k = tick.value + 1
+            tick.value = k
+            tick.callbacks = (self._on_sample,)
+            # k·step, not a running sum: the grid does not drift
+            heappush(self.env._queue, (k * self.step_size, NORMAL, next(self.env._eid), tick))  # type: ignore[operator]
 
     def _done(self, req: SimRequest, result: Result) -> None:
         if result.ok and req.stream:
-            winner = self._winner(req, result)
+            winner = req.atts[-1]  # the last attempt, unless a hedge was won by the earlier one
+            if winner.call is not result.call:
+                winner = self._winner(req, result)
             if winner.phase != DONE:
                 req.result = result  # committed: the stream plays out, stream_done records it
                 return
@@ -182,11 +257,12 @@ class Simulation:
         """A committed stream ended (well, cut, or timed out)."""
         req = a.req
         result = req.result
-        if result is not None and a is self._winner(req, result):
+        if result is not None and (a.call is result.call or a is self._winner(req, result)):
             self._close(req, result)
 
     def _close(self, req: SimRequest, result: Result) -> None:
         self._finish(req, result, self.env._now)
+        self._open -= 1
         # The request's objects point at each other (attempts and calls at the request, the
         # request at its generator and result): cut the links so refcounting frees them, not the GC.
         req.atts = []
@@ -202,12 +278,46 @@ class Simulation:
         raise RuntimeError("the winning Call is not among the request's attempts")  # pragma: no cover
 
 
-def simulate(config: Config, seed: int | None = None, requests: int | None = None) -> SimResult:
+def route_state(st: Any, now: float) -> int:
+    """The channel's routing state as a code into results.STATES, read without side effects:
+    `unavailable_reason` would tick breakers from OPEN to HALF_OPEN, which changes how a late
+    failure is counted, so a sample would change the run it observes."""
+    if not st.usable():
+        return 1
+    if st.disabled_until > now:
+        return 2
+    if st.ejection.until > now:
+        return 3
+    if st.cooldown_until > now:
+        return 4
+    for b in st.breakers.values():
+        if b.state == "open" and now < b.open_until:
+            return 5
+    keys = st.keys
+    if keys and all(k.disabled or k.disabled_until > now for k in keys):
+        return 6
+    return 0
+
+
+assert STATES[0] == "available" and len(STATES) == 7
+
+
+def simulate(config: Config, seed: int | None = None, requests: int | None = None, *, explain: bool = False,
+             step: float | str | None = "auto") -> SimResult:
     """Run `config`'s workload (its first `requests` requests if given) in the simulator.
 
-    `seed` defaults to the config's `seed`, then 0: a run is always reproducible.
+    `seed` defaults to the config's `seed`, then 0: a run is always reproducible. `explain`
+    attaches the core's decision trace to the attempt rows. `step` is the time-series grid in
+    seconds ("auto": about 1000 samples over the run; None or 0: none).
     """
     require_workload(config)
+    check_scenario(config)  # the scenario as written: its own horizon, whatever `requests` cuts off
     if seed is None:
         seed = config.seed if config.seed is not None else 0
-    return Simulation(config, seed, poisson(config, seed, requests)).run()
+    arrivals = build_arrivals(config, seed, requests)
+    if step == "auto":
+        span = arrivals.times[-1] if len(arrivals) else horizon(config)[0]
+        step = nice_step(span) if span > 0 else None
+    elif isinstance(step, str):
+        raise ValueError(f"step must be a number of seconds, None or 'auto', not {step!r}")
+    return Simulation(config, seed, arrivals, explain=explain, step=step).run()

@@ -1,94 +1,92 @@
-"""Simulation results: column recording during the run, pandas tables and a summary built only when asked."""
+"""Simulation results: one tuple per request and per attempt during the run; pandas tables, time series and a summary built only when asked."""
 
 from __future__ import annotations
 
 import json
 import math
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from axonsim.behavior import BehaviorModel
+from axonsim.pricing import cost_for
+from axonsim.unified import Usage
+
 if TYPE_CHECKING:
     from axonsim.config import Config
     from axonsim.execution import AttemptRecord, Result
-    from axonsim.sim.channel import Attempt
+    from axonsim.sim.channel import Attempt, SimChannel
     from axonsim.sim.driver import SimRequest
     from axonsim.sim.workload import Arrivals
 
 NAN = math.nan
 
+# Routing states the time series reports (codes written by driver.route_state).
+STATES = ["available", "disabled", "auto_disabled", "ejected", "cooling_down", "breaker_open", "no_key_available"]
+
+# Request tuple fields, in order.
+_R = ("id", "ok", "status", "error", "attempts", "channel", "ttft", "end", "tokens")
+_R_TYPES = {"ok": bool, "status": np.int64, "error": object, "attempts": np.int64, "channel": np.int64,
+            "ttft": np.float64, "end": np.float64, "tokens": np.int64}
+# Attempt tuple fields, in order (then the decision, when explained).
+_A = ("request", "attempt", "channel", "key", "start", "grant", "end", "status", "error", "fault", "next",
+      "retry_after")
+_A_TYPES = {"attempt": np.int64, "channel": np.int64, "key": object, "start": np.float64, "grant": np.float64,
+            "end": np.float64, "status": np.int64, "error": object, "fault": object, "next": object}
+
+
 class Recorder:
-    """Plain column lists: request columns preallocated and set by request id, attempt columns appended
-    when their request finishes (about 0.3 µs a value, against ~2 µs a row for a list of dicts)."""
+    """One tuple appended per finished request and per attempt (a tuple and an append cost less
+    than a dozen column appends); columns are made from them once, after the run."""
 
-    __slots__ = ("channels", "arrival", "ok", "status", "error", "attempts", "channel", "ttft", "end", "tokens",
-                 "a_request", "a_n", "a_channel", "a_key", "a_start", "a_end", "a_wait", "a_status", "a_error",
-                 "a_fault", "a_next")
+    __slots__ = ("channels", "n", "explain", "req_rows", "att_rows")
 
-    def __init__(self, n: int, channels: list[str]) -> None:
+    def __init__(self, n: int, channels: list[str], explain: bool = False) -> None:
         self.channels = channels
-        self.arrival: list[float] = [NAN] * n
-        self.ok: list[bool] = [False] * n
-        self.status: list[int] = [0] * n
-        self.error: list[str | None] = [None] * n
-        self.attempts: list[int] = [0] * n
-        self.channel: list[int] = [-1] * n
-        self.ttft: list[float] = [NAN] * n
-        self.end: list[float] = [NAN] * n
-        self.tokens: list[int] = [0] * n
-        self.a_request: list[int] = []
-        self.a_n: list[int] = []
-        self.a_channel: list[int] = []
-        self.a_key: list[str | None] = []
-        self.a_start: list[float] = []
-        self.a_end: list[float] = []
-        self.a_wait: list[float] = []
-        self.a_status: list[int] = []
-        self.a_error: list[str | None] = []
-        self.a_fault: list[str | None] = []
-        self.a_next: list[str] = []
+        self.n = n
+        self.explain = explain
+        self.req_rows: list[tuple[Any, ...]] = []
+        self.att_rows: list[tuple[Any, ...]] = []
 
     def finish(self, req: SimRequest, result: Result, now: float) -> None:
         """Record a finished request and its attempts (a stream finishes after its commit)."""
         i = req.id
         atts = req.atts
         recs = result.attempts
-        pairs = zip(recs, atts, strict=True) if req.ready is None else _pair_hedged(recs, atts)
-        for rec, a in pairs:
-            self.a_request.append(i)
-            self.a_n.append(a.call.attempt)
-            self.a_channel.append(a.ch.index)
-            self.a_key.append(rec.key)
-            self.a_start.append(a.t_call)
-            self.a_end.append(a.t_end)
-            self.a_wait.append(a.t_grant - a.t_call)
-            self.a_status.append(a.status)
-            self.a_error.append(a.error)
-            self.a_fault.append(a.fault)
-            self.a_next.append(rec.next)
-        self.attempts[i] = len(recs)
-        self.end[i] = now
+        rows = self.att_rows
+        if self.explain:
+            decisions = result.decisions or []
+            pairs = zip(recs, atts, strict=True) if req.ready is None else _pair_hedged(recs, atts)
+            for rec, a in pairs:
+                rows.append((i, a.call.attempt, a.ch.index, rec.key, a.t_call, a.t_grant, a.t_end, a.status, a.error,
+                             a.fault, rec.next, a.plan.retry_after,
+                             decisions[rec.decision] if rec.decision is not None else None))
+        elif req.ready is None and len(recs) == 1:  # the common case, without a loop
+            a = atts[0]
+            rec = recs[0]
+            rows.append((i, a.call.attempt, a.ch.index, rec.key, a.t_call, a.t_grant, a.t_end, a.status, a.error,
+                         a.fault, rec.next, a.plan.retry_after))
+        else:
+            pairs = zip(recs, atts, strict=True) if req.ready is None else _pair_hedged(recs, atts)
+            for rec, a in pairs:
+                rows.append((i, a.call.attempt, a.ch.index, rec.key, a.t_call, a.t_grant, a.t_end, a.status, a.error,
+                             a.fault, rec.next, a.plan.retry_after))
         if result.ok:
             call = result.call
             win = atts[-1]
             if win.call is not call:
                 win = next(a for a in atts if a.call is call)
-            self.channel[i] = win.ch.index
-            self.status[i] = 200
             err = win.error  # a committed stream can still fail: cut or timed out
-            self.ok[i] = err is None
-            self.error[i] = err
-            self.ttft[i] = win.t_first - req.arrival
-            self.tokens[i] = win.tokens
+            self.req_rows.append((i, err is None, 200, err, len(recs), win.ch.index, win.t_first - req.arrival, now,
+                                  win.tokens))
         else:
-            if atts:
-                self.channel[i] = atts[-1].ch.index
             e = result.error
             assert e is not None
-            self.status[i] = e.status
-            self.error[i] = e.kind.value
+            self.req_rows.append((i, False, e.status, e.kind.value, len(recs), atts[-1].ch.index if atts else -1,
+                                  NAN, now, 0))
 
 
 def _pair_hedged(recs: list[AttemptRecord], atts: list[Attempt]) -> list[tuple[AttemptRecord, Attempt]]:
@@ -100,7 +98,7 @@ def _pair_hedged(recs: list[AttemptRecord], atts: list[Attempt]) -> list[tuple[A
     return [(by[(a.ch.name, a.call.start)], a) for a in atts]
 
 
-def _categorical(codes: list[int], names: list[str]) -> pd.Categorical:
+def _categorical(codes: np.ndarray | list[int], names: list[str]) -> pd.Categorical:
     return pd.Categorical.from_codes(np.asarray(codes, dtype=np.int64), categories=names)
 
 
@@ -108,129 +106,339 @@ def _pct(x: np.ndarray, q: float) -> float | None:
     return float(np.percentile(x, q)) if x.size else None
 
 
+def _column(rows: list[tuple[Any, ...]], j: int, dtype: Any) -> np.ndarray:
+    values = list(map(itemgetter(j), rows))  # a C loop: about 20 ns a row
+    if dtype is object:
+        out = np.empty(len(rows), dtype=object)
+        out[:] = values
+        return out
+    return np.asarray(values, dtype=dtype)
+
+
 class SimResult:
     """What a simulation produced.
 
-    `requests`: one row per client request — `ok` is False for a stream that failed after its commit
-    (error `stream_cut` or `timeout`, status 200: the client already had its headers); `ttft` is
-    what the client saw: the first token of a stream, the whole answer of a non-stream request;
-    `latency` = `end` − `arrival`; `channel` is the final attempt's.
+    `requests`: one row per client request — `project` and `model` it came with; `ok` is False for
+    a stream that failed after its commit (error `stream_cut` or `timeout`, status 200: the client
+    already had its headers); `ttft` is what the client saw: the first token of a stream, the whole
+    answer of a non-stream request; `latency` = `end` − `arrival`; `channel` is the final attempt's;
+    `cost` = the served tokens (input + output) at the channel's price for the model
+    (axonsim.pricing.cost_for; NaN when that model has no price, 0 when no channel answered).
     `attempts`: one row per upstream attempt — `start` when execution made the Call, `queue_wait`
     until a slot was granted, `end` when it finished (a stream's end, not its commit), `status` 0
     when there was no HTTP answer, `fault` what the behaviour model drew (`full`: rejected at
-    max_concurrency; `queue_timeout`: timed out waiting for a slot), `next` what execution did next.
+    max_concurrency; `queue_timeout`: timed out waiting for a slot), `next` what execution did next,
+    `retry_after` what a 429 announced; `decision` (simulate(explain=True) only) the core's
+    decision trace for the pick that chose this attempt's channel.
+    `timeseries`: per channel, on a fixed grid (see `step`), in-flight attempts (what the gateway
+    counts), busy slots and queue length at each instant; attempts, 429s and errors that ended in
+    the step up to it; the gateway's routing `state` (available, cooling_down, breaker_open, ...)
+    and whether the provider was `up` (no outage, no scheduled status incident).
     """
 
-    def __init__(self, recorder: Recorder, arrivals: Arrivals, seed: int, config: Config) -> None:
+    def __init__(self, recorder: Recorder, arrivals: Arrivals, seed: int, config: Config,
+                 step: float | None = None, samples: list[list[int]] | None = None,
+                 channels: list[SimChannel] | None = None) -> None:
         self.seed = seed
         self.config = config
         self.channels = recorder.channels
+        self.step = step
         self._rec = recorder
         self._arrivals = arrivals
+        self._samples = samples or []
+        self._models = [ch.model for ch in channels] if channels is not None else None
+        self._req: dict[str, np.ndarray] = {}
+        self._att: dict[str, np.ndarray] = {}
+        self._ids: np.ndarray | None = None
+        self._order: np.ndarray | None = None
         self._requests: pd.DataFrame | None = None
         self._attempts: pd.DataFrame | None = None
+        self._timeseries: pd.DataFrame | None = None
 
     def __len__(self) -> int:
-        return len(self._rec.ok)
+        return self._rec.n
+
+    # -- columns ----------------------------------------------------------------------------------
+
+    def _rcol(self, name: str) -> np.ndarray:
+        """One request column in id order (rows were recorded in completion order), built on first use."""
+        col = self._req.get(name)
+        if col is None:
+            rows = self._rec.req_rows
+            if name == "arrival":
+                col = np.asarray(self._arrivals.times, dtype=np.float64)
+            elif name == "input_tokens":
+                col = np.asarray(self._arrivals.input_tokens, dtype=np.int64)
+            elif name == "cost":
+                col = self._cost()
+            else:
+                if self._ids is None:
+                    self._ids = np.asarray(list(map(itemgetter(0), rows)), dtype=np.int64)
+                dtype = _R_TYPES[name]
+                col = np.empty(self._rec.n, dtype=dtype)
+                col[self._ids] = _column(rows, _R.index(name), dtype)
+            self._req[name] = col
+        return col
+
+    def _acol(self, name: str) -> np.ndarray:
+        """One attempt column ordered by request, then attempt, built on first use."""
+        col = self._att.get(name)
+        if col is None:
+            rows = self._rec.att_rows
+            if self._order is None:
+                req = np.asarray(list(map(itemgetter(0), rows)), dtype=np.int64)
+                self._order = np.argsort(req, kind="stable")
+                self._att["request"] = req[self._order]
+                if name == "request":
+                    return self._att["request"]
+            if name == "retry_after":  # None unless a 429 announced one
+                j = _A.index(name)
+                col = np.fromiter((NAN if r[j] is None else r[j] for r in rows), dtype=np.float64, count=len(rows))
+            elif name == "failed":
+                j = _A.index("error")
+                col = np.fromiter((r[j] is not None for r in rows), dtype=bool, count=len(rows))
+            elif name == "decision":
+                col = _column(rows, len(_A), object)
+            else:
+                col = _column(rows, _A.index(name), _A_TYPES[name])
+            col = col[self._order]
+            self._att[name] = col
+        return col
+
+    def _cost(self) -> np.ndarray:
+        """Served tokens at the price of (channel, model), computed once per pair through
+        axonsim.pricing: the formula is linear in tokens, so a rate per million tokens is the cost
+        of a million of them."""
+        arr = self._arrivals
+        k = len(self.channels)
+        m = len(arr.models)
+        rate_in = np.full((k + 1, m), 0.0)  # row k: no channel answered → nothing billed
+        rate_out = np.full((k + 1, m), 0.0)
+        config = self.config
+        for c, ch in enumerate(config.channels):
+            for j, model in enumerate(arr.models):
+                upstream = ch.serves(model)
+                prices = dict(config.prices)
+                names: tuple[str | None, ...] = (upstream, model)
+                if ch.price is not None:  # the channel's own price wins over the table
+                    prices = {"__channel__": ch.price}
+                    names = ("__channel__",)
+                one_in = cost_for(Usage(prompt_tokens=1_000_000), prices, *names)
+                one_out = cost_for(Usage(completion_tokens=1_000_000), prices, *names)
+                rate_in[c, j] = NAN if one_in is None else one_in
+                rate_out[c, j] = NAN if one_out is None else one_out
+        model = np.asarray(arr.model, dtype=np.int64)
+        channel = self._rcol("channel")
+        ch_idx = np.where(channel >= 0, channel, k)
+        served = self._rcol("status") == 200  # a cut stream was still generated, and billed, up to the cut
+        inp = np.asarray(arr.input_tokens, dtype=np.float64)
+        out = self._rcol("tokens").astype(np.float64)
+        cost = (inp * rate_in[ch_idx, model] + out * rate_out[ch_idx, model]) / 1e6
+        return np.where(served, cost, 0.0)
+
+    # -- tables -----------------------------------------------------------------------------------
 
     @property
     def requests(self) -> pd.DataFrame:
         if self._requests is None:
-            r = self._rec
-            arrival = np.asarray(r.arrival, dtype=np.float64)
-            end = np.asarray(r.end, dtype=np.float64)
+            r = self._rcol
+            arr = self._arrivals
+            arrival = r("arrival")
+            end = r("end")
             self._requests = pd.DataFrame({
                 "id": np.arange(len(arrival), dtype=np.int64),
                 "arrival": arrival,
-                "model": _categorical(self._arrivals.model, self._arrivals.models),
-                "stream": np.asarray(self._arrivals.stream, dtype=bool),
-                "ok": np.asarray(r.ok, dtype=bool),
-                "status": np.asarray(r.status, dtype=np.int64),
-                "error": pd.Series(r.error, dtype=object),
-                "attempts": np.asarray(r.attempts, dtype=np.int64),
-                "channel": _categorical(r.channel, self.channels),
-                "ttft": np.asarray(r.ttft, dtype=np.float64),
+                "project": _categorical(arr.project, arr.projects),
+                "model": _categorical(arr.model, arr.models),
+                "stream": np.asarray(arr.stream, dtype=bool),
+                "ok": r("ok"),
+                "status": r("status"),
+                "error": pd.Series(r("error"), dtype=object),
+                "attempts": r("attempts"),
+                "channel": _categorical(r("channel"), self.channels),
+                "ttft": r("ttft"),
                 "latency": end - arrival,
                 "end": end,
-                "output_tokens": np.asarray(r.tokens, dtype=np.int64),
+                "input_tokens": r("input_tokens"),
+                "output_tokens": r("tokens"),
+                "cost": r("cost"),
             })
         return self._requests
 
     @property
     def attempts(self) -> pd.DataFrame:
         if self._attempts is None:
-            r = self._rec
-            # Recorded as requests finished; ordered here by request, then attempt.
-            order = np.argsort(np.asarray(r.a_request, dtype=np.int64), kind="stable")
-
-            def col(values: list[Any], dtype: Any) -> np.ndarray:
-                return np.asarray(values, dtype=dtype)[order]
-
-            self._attempts = pd.DataFrame({
-                "request": col(r.a_request, np.int64),
-                "attempt": col(r.a_n, np.int64),
-                "channel": pd.Categorical.from_codes(col(r.a_channel, np.int64), categories=self.channels),
-                "key": pd.Series(col(r.a_key, object), dtype=object),
-                "start": col(r.a_start, np.float64),
-                "end": col(r.a_end, np.float64),
-                "queue_wait": col(r.a_wait, np.float64),
-                "status": col(r.a_status, np.int64),
-                "error": pd.Series(col(r.a_error, object), dtype=object),
-                "fault": pd.Series(col(r.a_fault, object), dtype=object),
-                "next": pd.Series(col(r.a_next, object), dtype=object),
+            a = self._acol
+            grant = a("grant")
+            end = a("end")
+            start = a("start")
+            waited_until = np.where(np.isnan(grant), end, grant)
+            df = pd.DataFrame({
+                "request": a("request"),
+                "attempt": a("attempt"),
+                "channel": _categorical(a("channel"), self.channels),
+                "key": pd.Series(a("key"), dtype=object),
+                "start": start,
+                "end": end,
+                "queue_wait": waited_until - start,
+                "status": a("status"),
+                "error": pd.Series(a("error"), dtype=object),
+                "fault": pd.Series(a("fault"), dtype=object),
+                "next": pd.Series(a("next"), dtype=object),
+                "retry_after": a("retry_after"),
             })
+            if self._rec.explain:
+                df["decision"] = pd.Series(a("decision"), dtype=object)
+            self._attempts = df
         return self._attempts
 
+    @property
+    def timeseries(self) -> pd.DataFrame:
+        """Per channel and grid instant (long format): time, channel, inflight, busy, queue,
+        attempts, rate_limited, errors, state, available, up, incident. Empty without a step."""
+        if self._timeseries is None:
+            self._timeseries = self._build_timeseries()
+        return self._timeseries
+
+    def _build_timeseries(self) -> pd.DataFrame:
+        cols = ["time", "channel", "inflight", "busy", "queue", "attempts", "rate_limited", "errors", "state",
+                "available", "up", "incident"]
+        if self.step is None or not self._samples:
+            return pd.DataFrame({c: [] for c in cols})
+        a = self._acol
+        grid = np.arange(len(self._samples), dtype=np.float64) * self.step
+        states = np.asarray(self._samples, dtype=np.int64)  # (grid, channel)
+        frames = []
+        for c, name in enumerate(self.channels):
+            mine = a("channel") == c
+            start = np.sort(a("start")[mine])
+            end_all = a("end")[mine]
+            end = np.sort(end_all)
+            grant_all = a("grant")[mine]
+            held = ~np.isnan(grant_all)
+            grant = np.sort(grant_all[held])
+            end_held = np.sort(end_all[held])
+            # The state after every event at a grid instant: counts of starts/ends at or before it.
+            inflight = np.searchsorted(start, grid, "right") - np.searchsorted(end, grid, "right")
+            busy = np.searchsorted(grant, grid, "right") - np.searchsorted(end_held, grid, "right")
+            # Attempts that ended in (t - step, t] are counted at t.
+            nbin = len(grid)
+            b = np.minimum(np.searchsorted(grid, end_all, "left"), nbin - 1)
+            status = a("status")[mine]
+            failed = a("failed")[mine]
+            up, incident = self._provider(c, grid)
+            frames.append(pd.DataFrame({
+                "time": grid,
+                "channel": name,
+                "inflight": inflight,
+                "busy": busy,
+                "queue": inflight - busy,
+                "attempts": np.bincount(b, minlength=nbin),
+                "rate_limited": np.bincount(b[status == 429], minlength=nbin),
+                "errors": np.bincount(b[failed], minlength=nbin),
+                "state": _categorical(states[:, c], STATES),
+                "available": states[:, c] == 0,
+                "up": up,
+                "incident": incident,
+            }))
+        df = pd.concat(frames, ignore_index=True)
+        df["channel"] = pd.Categorical(df["channel"], categories=self.channels)
+        return df[cols]
+
+    def _provider(self, c: int, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whether the provider itself was up at each grid instant (no renewal outage, no scheduled
+        incident with a status) and whether any scheduled incident was on. The outage process is
+        drawn from its own seed: a fresh copy replays the run's periods exactly."""
+        b = self.config.channels[c].behavior
+        up = np.ones(len(grid), dtype=bool)
+        incident = np.zeros(len(grid), dtype=bool)
+        for inc in b.incidents:
+            on = (grid >= inc.start) & (grid < inc.end)
+            incident |= on
+            if inc.status is not None:
+                up &= ~on
+        if b.outages is not None and self._models is not None:
+            from axonsim.sim.streams import CHANNEL_STATE_BASE, derive
+
+            process = BehaviorModel(b, derive(self.seed, CHANNEL_STATE_BASE + c)).outages
+            assert process is not None
+            up &= np.fromiter((not process.down(float(t)) for t in grid), dtype=bool, count=len(grid))
+        return up, incident
+
+    # -- summary ----------------------------------------------------------------------------------
+
     def summary(self) -> dict[str, Any]:
-        """Success and error rates, p50/p95/p99 latency and TTFT (of successful requests), upstream
-        attempts per client request (retry amplification), 429 rates, and per channel the share of
-        successful requests it served and of upstream attempts it received."""
-        r = self._rec
-        n = len(r.ok)
-        ok = np.asarray(r.ok, dtype=bool)
-        arrival = np.asarray(r.arrival, dtype=np.float64)
-        end = np.asarray(r.end, dtype=np.float64)
-        latency = (end - arrival)[ok]
-        ttft = np.asarray(r.ttft, dtype=np.float64)[ok]
-        served = np.asarray(r.channel, dtype=np.int64)[ok]
-        a_ch = np.asarray(r.a_channel, dtype=np.int64)
-        a_status = np.asarray(r.a_status, dtype=np.int64)
-        a_failed = np.fromiter((e is not None for e in r.a_error), dtype=bool, count=len(r.a_error))
+        """Success and error rates, p50/p95/p99 latency and TTFT (of successful requests), retry
+        amplification (upstream attempts per client request), 429 rates, cost, per channel the
+        share of successful requests it served and of upstream attempts it received, per project
+        the success rate and cost."""
+        r = self._rcol
+        a = self._acol
+        n = self._rec.n
+        ok = r("ok")
+        end = r("end")
+        latency = (end - r("arrival"))[ok]
+        ttft = r("ttft")[ok]
+        served = r("channel")[ok]
+        a_ch = a("channel")
+        a_status = a("status")
+        a_failed = a("failed")
         n_att = len(a_ch)
         n_ok = int(ok.sum())
         k = len(self.channels)
         served_counts = np.bincount(served, minlength=k) if served.size else np.zeros(k, dtype=np.int64)
         att_counts = np.bincount(a_ch, minlength=k) if n_att else np.zeros(k, dtype=np.int64)
         duration = float(np.nanmax(end)) if n else 0.0
-        return {
+        cost = r("cost")
+        priced = ~np.isnan(cost)
+        total_cost = float(cost[priced].sum()) if priced.any() else None
+        arr = self._arrivals
+        proj = np.asarray(arr.project, dtype=np.int64)
+        amplification = n_att / n if n else 0.0
+        out: dict[str, Any] = {
             "seed": self.seed,
             "requests": n,
             "duration": duration,
             "success_rate": n_ok / n if n else 0.0,
             "error_rate": 1.0 - n_ok / n if n else 0.0,
-            "client_429_rate": float(np.count_nonzero(np.asarray(r.status) == 429)) / n if n else 0.0,
+            "client_429_rate": float(np.count_nonzero(r("status") == 429)) / n if n else 0.0,
             "latency_p50": _pct(latency, 50),
             "latency_p95": _pct(latency, 95),
             "latency_p99": _pct(latency, 99),
             "ttft_p50": _pct(ttft, 50),
             "ttft_p95": _pct(ttft, 95),
             "ttft_p99": _pct(ttft, 99),
-            "attempts_per_request": n_att / n if n else 0.0,
+            "attempts_per_request": amplification,
+            "retry_amplification": amplification,
             "upstream_attempts": n_att,
             "upstream_error_rate": float(a_failed.sum()) / n_att if n_att else 0.0,
             "upstream_429_rate": float(np.count_nonzero(a_status == 429)) / n_att if n_att else 0.0,
+            "cost": total_cost,
+            "cost_per_request": total_cost / n if total_cost is not None and n else None,
             "share": {c: float(served_counts[j]) / n_ok if n_ok else 0.0 for j, c in enumerate(self.channels)},
             "attempt_share": {c: float(att_counts[j]) / n_att if n_att else 0.0 for j, c in enumerate(self.channels)},
         }
+        if len(arr.projects) > 1:
+            out["project_success_rate"] = {p: float(ok[proj == j].mean()) if (proj == j).any() else 0.0
+                                           for j, p in enumerate(arr.projects)}
+            out["project_cost"] = {p: float(cost[(proj == j) & priced].sum()) if priced.any() else None
+                                   for j, p in enumerate(arr.projects)}
+        return out
 
     def to_files(self, directory: str | Path, format: str = "csv") -> list[Path]:
-        """Write requests.<fmt>, attempts.<fmt> and summary.json into `directory`; return the paths."""
+        """Write requests.<fmt>, attempts.<fmt>, timeseries.<fmt> (when sampled) and summary.json
+        into `directory`; return the paths. Decision traces are written as JSON text."""
         if format not in ("csv", "parquet"):
             raise ValueError(f"format must be 'csv' or 'parquet', not {format!r}")
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         paths = []
-        for name, df in (("requests", self.requests), ("attempts", self.attempts)):
+        tables = [("requests", self.requests), ("attempts", self.attempts)]
+        if self.step is not None:
+            tables.append(("timeseries", self.timeseries))
+        for name, df in tables:
+            if "decision" in df.columns:
+                df = df.assign(decision=[None if d is None else json.dumps(d) for d in df["decision"]])
             p = out / f"{name}.{format}"
             if format == "csv":
                 df.to_csv(p, index=False)

@@ -15,15 +15,21 @@ from axonsim.unified import ImagePart, Request, ToolResultPart
 NATIVE_TOOL_CHANNEL = {"anthropic": "anthropic", "gemini": "gemini", "openai": "openai",
                        "openai_responses": "openai_responses"}
 
+# Channel types whose API has an embeddings endpoint the gateway speaks: OpenAI's /embeddings and
+# Gemini's :embedContent. Anthropic has none; a Responses channel is configured for the Responses API
+# only, and its base URL is not promised to serve anything else.
+EMBEDDING_CHANNELS = frozenset({"openai", "gemini"})
+
 
 @dataclass(frozen=True, slots=True)
 class Needs:
     images: bool = False
     native_tools: frozenset[str] = frozenset()  # providers whose native tools the request uses
     context_tokens: int = 0  # estimated input + requested output
+    embeddings: bool = False  # an embeddings request: only EMBEDDING_CHANNELS can serve it
 
     def __bool__(self) -> bool:
-        return self.images or bool(self.native_tools) or self.context_tokens > 0
+        return self.images or bool(self.native_tools) or self.context_tokens > 0 or self.embeddings
 
 
 NO_NEEDS = Needs()
@@ -58,6 +64,8 @@ def needs_of(req: Request) -> Needs:
 def missing(channel: Channel, needs: Needs) -> str | None:
     """None if `channel` can carry the request, else what it lacks."""
     caps = channel.capabilities
+    if needs.embeddings and channel.type not in EMBEDDING_CHANNELS:
+        return "an embeddings API"
     if needs.images and not caps.images:
         return "images"
     for provider in needs.native_tools:

@@ -21,12 +21,26 @@ It is generic over the API family: it speaks through the format modules' inbound
 module is present, by path suffix, so any base URL prefix works:
     .../chat/completions  .../responses  .../messages  .../models/{model}:generateContent|:streamGenerateContent
 A channel's `base_url` is what that provider's SDK takes (`base_url_for`).
+
+Embeddings (OpenAI `.../embeddings`, Gemini `...:embedContent` / `:batchEmbedContents`) are served
+with the same behaviour model (latency, faults); the vectors are deterministic — a hash of the model
+and the text, unit length, `embedding_dim` values unless the request asks for a dimension — so a
+test can compute the expected vector (`embedding_vector`).
+
+Scripted mode (opt-in, for tests: `script=`): a function of the parsed request that returns the
+unified Response to answer with (text, reasoning with its signature, tool calls, finish reason,
+usage), or None for the ordinary filler answer. The Response is rendered by the channel family's
+own inbound renderer, non-stream or as a stream of small deltas, so a client sees exactly what a
+provider of that family would send. Faults and time to first token still apply. In scripted mode the
+provider also keeps the last requests it received (`received`), so a test can check what the
+gateway sent upstream.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import math
 import random
@@ -36,10 +50,10 @@ import socket
 import struct
 import sys
 import time
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -51,15 +65,20 @@ from axonsim.unified import (
     ErrorKind,
     FinishEvent,
     Message,
+    ReasoningDelta,
+    ReasoningPart,
     Request,
     Response,
+    StreamEvent,
     StreamStart,
     TextDelta,
     TextPart,
+    ToolCallDelta,
     Usage,
     UsageEvent,
     error_kind_for_status,
 )
+from server import embeddings as emb
 from server.auth import extract_key
 from server.routes import load_formats
 
@@ -79,6 +98,64 @@ _MESSAGES = {
 }  # a `timeout` fault: long enough for any client deadline, finite for hygiene
 
 _GEMINI = re.compile(r"/models/([^/:]+):(generateContent|streamGenerateContent)$")
+_GEMINI_EMBED = re.compile(r"/models/([^/:]+):(embedContent|batchEmbedContents)$")
+
+# Scripted mode: the parsed request -> the answer to give (None: the ordinary filler answer).
+Script = Callable[[Request], "Response | None"]
+
+
+class Received(NamedTuple):
+    """A request as a scripted provider received it: the raw body and its parse by the channel's format."""
+
+    path: str
+    body: bytes
+    request: Request
+
+
+def embedding_vector(model: str, text: str, dim: int) -> list[float]:
+    """The mock's embedding of `text`: deterministic, unit length, from SHA-256 of model and text."""
+    vals: list[float] = []
+    counter = 0
+    seed = f"{model}\x00{text}".encode()
+    while len(vals) < dim:
+        block = hashlib.sha256(seed + counter.to_bytes(4, "little")).digest()
+        counter += 1
+        for i in range(0, 32, 4):
+            vals.append(int.from_bytes(block[i:i + 4], "little") / 2**31 - 1.0)
+    vals = vals[:dim]
+    norm = math.sqrt(sum(v * v for v in vals)) or 1.0
+    return [v / norm for v in vals]
+
+
+def script_events(resp: Response, chunk: int = 7) -> list[StreamEvent]:
+    """A scripted Response as the stream events a provider would send: reasoning, then text, then
+    tool calls, in deltas of `chunk` characters (so clients must reassemble), then finish and usage."""
+    def pieces(s: str) -> list[str]:
+        return [s[i:i + chunk] for i in range(0, len(s), chunk)] or [""]
+
+    u = resp.usage
+    evs: list[StreamEvent] = [StreamStart(id=resp.id, model=resp.model, created=resp.created,
+                                          usage=Usage(prompt_tokens=u.prompt_tokens, cached_tokens=u.cached_tokens)
+                                          if u is not None else None)]
+    for p in resp.message.content:
+        if isinstance(p, ReasoningPart):
+            if p.redacted:
+                evs.append(ReasoningDelta(redacted_data=p.data))
+                continue
+            evs.extend(ReasoningDelta(text=t) for t in pieces(p.text))
+            if p.signature:
+                evs.append(ReasoningDelta(signature=p.signature, signature_provider=p.signature_provider))
+        elif isinstance(p, TextPart):
+            evs.extend(TextDelta(text=t) for t in pieces(p.text))
+    for i, c in enumerate(resp.message.tool_calls):
+        args = pieces(c.arguments)
+        evs.append(ToolCallDelta(index=i, id=c.id, name=c.name, arguments=args[0]))
+        evs.extend(ToolCallDelta(index=i, arguments=a) for a in args[1:])
+    if resp.finish_reason is not None:
+        evs.append(FinishEvent(reason=resp.finish_reason))
+    if u is not None:
+        evs.append(UsageEvent(usage=u))
+    return evs
 
 
 def base_url_for(channel_type: str, host: str, port: int) -> str:
@@ -128,7 +205,8 @@ class MockProvider:
 
     def __init__(self, channel: Channel | None = None, *, seed: int | None = None,
                  accept_keys: Iterable[str] | None = None, leak_keys: bool = False,
-                 event_interval: float = 0.02, max_events: int = 200) -> None:
+                 event_interval: float = 0.02, max_events: int = 200, embedding_dim: int = 16,
+                 script: Script | None = None, script_chunk: int = 7, keep_received: int = 256) -> None:
         self.channel = channel or default_channel()
         try:
             self.model = BehaviorModel(self.channel.behavior, seed or 0)
@@ -149,6 +227,11 @@ class MockProvider:
         self.inflight = 0
         self.stats: Counter[str] = Counter()  # requests, ok, faults by kind, full, cancelled, unauthorized ...
         self._n = 0
+        self.embedding_dim = embedding_dim
+        self.script = script
+        self.script_chunk = script_chunk
+        # Only scripted providers keep what they received: tests read it; a load test must not grow.
+        self.received: deque[Received] = deque(maxlen=keep_received if script is not None else 0)
 
     # -- routing ---------------------------------------------------------------------------------
 
@@ -183,6 +266,9 @@ class MockProvider:
     # -- one request -----------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        embed = self.embed_route(request.path)
+        if embed is not None:
+            return await self._handle_embeddings(request, *embed)
         route = self.route(request.path)
         if route is None:
             return web.json_response({"error": {"message": f"no such route: {request.path}", "type": "not_found"}},
@@ -190,14 +276,9 @@ class MockProvider:
         fmt, url_model, url_stream = route
         self.stats["requests"] += 1
         body = await request.read()
-        if self.keys:
-            key = extract_key(((k.lower().encode("latin-1"), v.encode("latin-1"))
-                               for k, v in request.headers.items()), request.query_string.encode("latin-1"))
-            if key not in self.keys:
-                self.stats["unauthorized"] += 1
-                msg = "invalid API key" + (f": {key}" if self.leak_keys and key else "")
-                return self._error(fmt, Error(kind=ErrorKind.AUTHENTICATION, status=401, message=msg,
-                                              code="invalid_api_key"))
+        denied = self._check_key(request, fmt)
+        if denied is not None:
+            return denied
         try:
             req = fmt.parse_request(body, url_model, url_stream)
         except FormatError as exc:
@@ -205,14 +286,38 @@ class MockProvider:
             return self._error(fmt, Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message,
                                           param=exc.param))
         if self.models is not None and req.model not in self.models:
-            self.stats["unknown_model"] += 1
-            return self._error(fmt, Error(kind=ErrorKind.NOT_FOUND, status=404, param="model", code="model_not_found",
-                                          message=f"the model {req.model!r} does not exist"))
+            return self._unknown_model(fmt, req.model)
+        scripted = None
+        if self.script is not None:
+            self.received.append(Received(request.path, body, req))
+            scripted = self.script(req)
+        return await self._admit(request, fmt, prompt_tokens(req),
+                                 lambda plan: self._act(request, fmt, req, plan, scripted))
+
+    def _check_key(self, request: web.Request, fmt: ModuleType) -> web.Response | None:
+        if not self.keys:
+            return None
+        key = extract_key(((k.lower().encode("latin-1"), v.encode("latin-1"))
+                           for k, v in request.headers.items()), request.query_string.encode("latin-1"))
+        if key in self.keys:
+            return None
+        self.stats["unauthorized"] += 1
+        msg = "invalid API key" + (f": {key}" if self.leak_keys and key else "")
+        return self._error(fmt, Error(kind=ErrorKind.AUTHENTICATION, status=401, message=msg, code="invalid_api_key"))
+
+    def _unknown_model(self, fmt: ModuleType, model: str) -> web.Response:
+        self.stats["unknown_model"] += 1
+        return self._error(fmt, Error(kind=ErrorKind.NOT_FOUND, status=404, param="model", code="model_not_found",
+                                      message=f"the model {model!r} does not exist"))
+
+    async def _admit(self, request: web.Request, fmt: ModuleType, tokens_in: int,
+                     act: Callable[[AttemptPlan], Any]) -> web.StreamResponse:
+        """Draw the plan and run `act(plan)` inside the concurrency limit."""
         # Drawn on arrival, whatever happens next, with the utilisation of that moment: as the
         # simulator's channel does, so the same seed gives the same plans in both worlds.
         busy = self.inflight
         plan = self.model.sample(self.rng, time.monotonic() - self.origin, busy / self.cap if self.cap else 0.0,
-                                 prompt_tokens(req))
+                                 tokens_in)
         sem = self._sem
         if sem is not None:
             if sem.locked() and not self.queue:
@@ -222,7 +327,8 @@ class MockProvider:
             await sem.acquire()
         self.inflight += 1
         try:
-            return await self._act(request, fmt, req, plan)
+            out: web.StreamResponse = await act(plan)
+            return out
         except asyncio.CancelledError:
             self.stats["cancelled"] += 1  # the client went away (aiohttp cancels the handler)
             raise
@@ -231,7 +337,8 @@ class MockProvider:
             if sem is not None:
                 sem.release()
 
-    async def _act(self, request: web.Request, fmt: ModuleType, req: Request, plan: AttemptPlan) -> web.StreamResponse:
+    async def _fault(self, request: web.Request, fmt: ModuleType, plan: AttemptPlan) -> web.StreamResponse | None:
+        """Wait the time to first token, then act out the plan's fault; None if there is none to answer."""
         await asyncio.sleep(plan.ttft)
         fault = plan.fault
         if fault is not None:
@@ -246,6 +353,16 @@ class MockProvider:
         if fault == TIMEOUT:
             await asyncio.sleep(HANG_SECONDS)
             return self._error(fmt, Error(kind=ErrorKind.TIMEOUT, status=504, message="the mock provider hung"))
+        return None
+
+    async def _act(self, request: web.Request, fmt: ModuleType, req: Request, plan: AttemptPlan,
+                   scripted: Response | None = None) -> web.StreamResponse:
+        failed = await self._fault(request, fmt, plan)
+        if failed is not None:
+            return failed
+        if scripted is not None:
+            return await self._scripted(request, fmt, req, scripted)
+        fault = plan.fault
 
         tokens = max(1, plan.output_tokens)
         generation = plan.generation
@@ -319,6 +436,69 @@ class MockProvider:
         await sr.write_eof()
         self.stats["ok"] += 1
         return sr
+
+    async def _scripted(self, request: web.Request, fmt: ModuleType, req: Request,
+                        resp: Response) -> web.StreamResponse:
+        """Answer with a scripted Response (scripted mode), rendered by the family's inbound renderer.
+        The answer names the requested model, as a provider does."""
+        self._n += 1
+        resp = resp.model_copy(update={"model": req.model, "id": resp.id or f"mock-{self.channel.name}-{self._n}",
+                                       "created": resp.created or int(time.time())})
+        self.stats["ok"] += 1
+        if not req.stream:
+            return web.Response(body=fmt.render_response(resp), status=200, content_type="application/json")
+        renderer = fmt.StreamRenderer(req)
+        sr = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await sr.prepare(request)
+        for ev in script_events(resp, self.script_chunk):
+            data = renderer.render(ev)
+            if data:
+                await sr.write(data)  # event by event: the gateway's parser sees realistic chunking
+        await sr.write(renderer.finish())
+        await sr.write_eof()
+        return sr
+
+    def embed_route(self, path: str) -> tuple[emb.Family, str | None, str | None] | None:
+        if path.endswith("/embeddings") and "openai_chat" in self.formats:
+            return "openai", None, None
+        if "gemini" in self.formats:
+            m = _GEMINI_EMBED.search(path)
+            if m is not None:
+                return "gemini", m.group(1), m.group(2)
+        return None
+
+    async def _handle_embeddings(self, request: web.Request, family: emb.Family, url_model: str | None,
+                                 action: str | None) -> web.StreamResponse:
+        fmt = self.formats["gemini" if family == "gemini" else "openai_chat"]  # renders the family's errors
+        self.stats["requests"] += 1
+        self.stats["embeddings"] += 1
+        body = await request.read()
+        denied = self._check_key(request, fmt)
+        if denied is not None:
+            return denied
+        try:
+            req = emb.parse_request(family, body, url_model, action)
+        except FormatError as exc:
+            self.stats["bad_request"] += 1
+            return self._error(fmt, Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message,
+                                          param=exc.param))
+        if self.models is not None and req.model not in self.models:
+            return self._unknown_model(fmt, req.model)
+        if any(not isinstance(x, str) for x in req.inputs):
+            # The mock has no tokenizer: a token-id input is embedded as its decimal spelling.
+            req.inputs = [x if isinstance(x, str) else " ".join(map(str, x)) for x in req.inputs]
+        tokens = req.estimated_tokens()
+
+        async def act(plan: AttemptPlan) -> web.StreamResponse:
+            failed = await self._fault(request, fmt, plan)
+            if failed is not None:
+                return failed
+            dim = req.dimensions or self.embedding_dim
+            res = emb.EmbedResult([embedding_vector(req.model, str(t), dim) for t in req.inputs], tokens, tokens)
+            self.stats["ok"] += 1
+            return web.Response(body=emb.render_response(res, req), status=200, content_type="application/json")
+
+        return await self._admit(request, fmt, tokens, act)
 
     def _error(self, fmt: ModuleType, err: Error) -> web.Response:
         headers = {k: str(v) for k, v in fmt.error_headers(err).items()}

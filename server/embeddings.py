@@ -1,0 +1,593 @@
+"""Embeddings routed like chat: OpenAI `/v1/embeddings` and Gemini `:embedContent` / `:batchEmbedContents` in, any embedding-capable channel out.
+
+Theory of operation:
+- Wire formats (pure functions, both roles, both families): the client's body is parsed into an
+  EmbedRequest; a channel's answer is parsed into an EmbedResult; each is rendered in the other
+  family when client and channel differ. The mock provider serves embeddings with the same functions
+  (inbound role), so what it answers is exactly what a provider of that family sends.
+- Routing: the request goes through the chat Router — same candidates, balancer, retries, failover,
+  channel state — with `Needs(embeddings=True)`, so only channel types with an embeddings API
+  (axonsim.capabilities.EMBEDDING_CHANNELS: openai, gemini) are candidates, and a model that only
+  Anthropic / Responses channels serve gets a 400 naming why.
+- Execution: EmbeddingsDriver is the LiveDriver with one different attempt (an embeddings call
+  instead of a chat call); the effects loop, hedging and accounting are the chat driver's own.
+- What does not cross families (docs/mapping.md has the list): Gemini `taskType`/`title` reach only
+  Gemini channels; OpenAI `user` and unknown fields reach only OpenAI channels; token-id inputs
+  cannot go to a Gemini channel (400); only text parts of a Gemini content are embedded (else 400).
+  When a channel reports no usage (Gemini's embed API often does not), usage is the gateway's
+  estimate of ≈ 4 characters per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import math
+import struct
+import traceback
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+from axonsim.capabilities import Needs
+from axonsim.execution import Call, Outcome
+from axonsim.formats import FormatError
+from axonsim.unified import Error, ErrorKind, Usage
+from server.driver import CLIENT_CLOSED, MALFORMED_RESPONSE, ChannelRuntime, Exchange, LiveDriver, transport_error
+from server.upstream import UpstreamError, UpstreamRequest
+
+if TYPE_CHECKING:
+    from server.proxy import Proxy
+    from server.routes import Route
+
+log = logging.getLogger("axonsim.server.embeddings")
+
+Family = Literal["openai", "gemini"]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+EMBEDDINGS = Needs(embeddings=True)
+
+# Which embeddings dialect a channel type speaks (the keys are axonsim.capabilities.EMBEDDING_CHANNELS).
+CHANNEL_FAMILY: dict[str, Family] = {"openai": "openai", "gemini": "gemini"}
+
+_UPSTREAM = 502  # FormatError status when the provider, not the client, spoke badly
+_OPENAI_FIELDS = frozenset({"model", "input", "dimensions", "encoding_format", "user"})
+
+
+@dataclass(slots=True)
+class EmbedRequest:
+    """One embeddings request, whichever family sent it. `model` and `stream` are what the chat
+    driver's effects loop reads (an embeddings request never streams)."""
+
+    model: str
+    inputs: list[str | list[int]]
+    source: Family
+    dimensions: int | None = None
+    encoding_format: Literal["float", "base64"] = "float"  # what an OpenAI client wants back
+    user: str | None = None
+    task_type: str | None = None  # Gemini only
+    title: str | None = None  # Gemini only
+    batch: bool = True  # a Gemini client's :batchEmbedContents (answer `embeddings`) vs :embedContent (`embedding`)
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown OpenAI fields, for OpenAI channels only
+    stream: bool = False
+
+    def estimated_tokens(self) -> int:
+        """≈ 4 characters per token (a token-id input counts its ids): for local TPM limits, and the
+        usage reported when a channel reports none."""
+        n = 0
+        for x in self.inputs:
+            n += len(x) if isinstance(x, list) else math.ceil(len(x) / 4)
+        return max(1, n)
+
+
+@dataclass(slots=True)
+class EmbedResult:
+    vectors: list[list[float]]
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+def _bad(message: str, param: str | None, status: int = 400) -> FormatError:
+    return FormatError(message, param, status)
+
+
+def _load_object(body: bytes, what: str, status: int = 400) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise _bad(f"{what} is not valid JSON", None, status) from None
+    if not isinstance(obj, dict):
+        raise _bad(f"{what} must be a JSON object", None, status)
+    return obj
+
+
+def _get(d: dict[str, Any], key: str) -> Any:
+    """A Gemini field in either spelling: lowerCamelCase is canonical, the server also accepts snake_case."""
+    v = d.get(key)
+    if v is None:
+        snake = "".join("_" + c.lower() if c.isupper() else c for c in key)
+        if snake != key:
+            v = d.get(snake)
+    return v
+
+
+def _positive_int(v: Any, param: str) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise _bad(f"{param} must be a positive integer", param)
+    return v
+
+
+def _opt_str(v: Any, param: str) -> str | None:
+    if v is not None and not isinstance(v, str):
+        raise _bad(f"{param} must be a string", param)
+    return v
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenAI family
+
+
+def parse_openai_request(body: bytes) -> EmbedRequest:
+    """Inbound: an OpenAI `/embeddings` body. FormatError (400, naming the field) if malformed."""
+    d = _load_object(body, "the request body")
+    model = d.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model is required (a string)", "model")
+    raw = d.get("input")
+    if raw is None:
+        raise _bad("input is required: a string, an array of strings, or token arrays", "input")
+    inputs: list[str | list[int]]
+    if isinstance(raw, str):
+        inputs = [raw]
+    elif isinstance(raw, list) and raw and all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
+        inputs = [list(raw)]  # one input given as token ids
+    elif isinstance(raw, list) and raw:
+        inputs = []
+        for i, x in enumerate(raw):
+            if isinstance(x, str):
+                inputs.append(x)
+            elif isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x):
+                inputs.append(list(x))
+            else:
+                raise _bad(f"input[{i}] must be a non-empty string or an array of token ids", f"input[{i}]")
+    else:
+        raise _bad("input must be a non-empty string or array", "input")
+    for i, x in enumerate(inputs):
+        if x == "":
+            raise _bad(f"input[{i}] must not be empty", f"input[{i}]")
+    enc = d.get("encoding_format", "float")
+    if enc is None:
+        enc = "float"
+    if enc not in ("float", "base64"):
+        raise _bad("encoding_format must be 'float' or 'base64'", "encoding_format")
+    return EmbedRequest(model=model, inputs=inputs, source="openai",
+                        dimensions=_positive_int(d.get("dimensions"), "dimensions"),
+                        encoding_format=enc, user=_opt_str(d.get("user"), "user"),
+                        extra={k: v for k, v in d.items() if k not in _OPENAI_FIELDS})
+
+
+def _b64_floats(vec: list[float]) -> str:
+    # The OpenAI wire's base64 is little-endian float32, which the SDKs decode with numpy or array.
+    return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+
+
+def _floats_b64(s: str, where: str) -> list[float]:
+    try:
+        raw = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad(f"{where} is not valid base64", None, _UPSTREAM) from None
+    if len(raw) % 4:
+        raise _bad(f"{where} is not a whole number of float32 values", None, _UPSTREAM)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+def render_openai_response(res: EmbedResult, req: EmbedRequest) -> bytes:
+    """Inbound: the answer an OpenAI client expects, in the encoding it asked for."""
+    b64 = req.encoding_format == "base64"
+    data = [{"object": "embedding", "index": i, "embedding": _b64_floats(v) if b64 else v}
+            for i, v in enumerate(res.vectors)]
+    return orjson.dumps({"object": "list", "data": data, "model": req.model,
+                         "usage": {"prompt_tokens": res.prompt_tokens, "total_tokens": res.total_tokens}})
+
+
+def build_openai_request(req: EmbedRequest, upstream_model: str) -> tuple[str, bytes]:
+    """Outbound: (path under the channel's base_url, body) for an OpenAI channel."""
+    body: dict[str, Any] = {}
+    if req.source == "openai":
+        body.update(req.extra)  # the client's own dialect: passed through untouched
+    body["model"] = upstream_model
+    body["input"] = req.inputs
+    # An OpenAI client's choice is kept (the SDK asks base64: 4x smaller); a Gemini client's request
+    # asks floats, which every OpenAI-compatible server supports.
+    body["encoding_format"] = req.encoding_format if req.source == "openai" else "float"
+    if req.dimensions is not None:
+        body["dimensions"] = req.dimensions
+    if req.user is not None:
+        body["user"] = req.user
+    return "/embeddings", orjson.dumps(body)
+
+
+def _usage_ints(u: Any, prompt_key: str, total_key: str) -> tuple[int, int]:
+    if not isinstance(u, dict):
+        return 0, 0
+    p, t = u.get(prompt_key), u.get(total_key)
+    p = p if isinstance(p, int) and not isinstance(p, bool) and p >= 0 else 0
+    t = t if isinstance(t, int) and not isinstance(t, bool) and t >= 0 else 0
+    return p, t
+
+
+def _vector(v: Any, where: str) -> list[float]:
+    if isinstance(v, str):
+        return _floats_b64(v, where)
+    if isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        return [float(x) for x in v]
+    raise _bad(f"{where} is not an embedding vector", None, _UPSTREAM)
+
+
+def parse_openai_response(body: bytes, n: int) -> EmbedResult:
+    """Outbound: an OpenAI channel's answer for `n` inputs. FormatError (502) if malformed."""
+    d = _load_object(body, "the upstream response", _UPSTREAM)
+    data = d.get("data")
+    if not isinstance(data, list) or len(data) != n:
+        raise _bad(f"the upstream response has no data list of {n} embeddings", None, _UPSTREAM)
+    vectors: list[list[float] | None] = [None] * n
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise _bad(f"data[{i}] is not an object", None, _UPSTREAM)
+        idx = item.get("index", i)
+        if not isinstance(idx, int) or not 0 <= idx < n or vectors[idx] is not None:
+            raise _bad(f"data[{i}].index is missing or repeated", None, _UPSTREAM)
+        vectors[idx] = _vector(item.get("embedding"), f"data[{i}].embedding")
+    p, t = _usage_ints(d.get("usage"), "prompt_tokens", "total_tokens")
+    return EmbedResult([v for v in vectors if v is not None], p, t or p)
+
+
+# --------------------------------------------------------------------------------------------------
+# Gemini family
+
+
+def _content_text(c: Any, path: str) -> str:
+    if not isinstance(c, dict):
+        raise _bad(f"{path} must be a Content object with parts", path)
+    parts = c.get("parts")
+    if not isinstance(parts, list) or not parts:
+        raise _bad(f"{path}.parts must be a non-empty array", f"{path}.parts")
+    texts = []
+    for j, p in enumerate(parts):
+        t = p.get("text") if isinstance(p, dict) else None
+        if not isinstance(t, str):
+            raise _bad(f"{path}.parts[{j}]: only text parts can be embedded through this gateway",
+                       f"{path}.parts[{j}]")
+        texts.append(t)
+    # Several text parts of one content are one input (the API embeds a content, not a part).
+    return " ".join(texts)
+
+
+def parse_gemini_request(body: bytes, model: str | None, action: str) -> EmbedRequest:
+    """Inbound: a Gemini `:embedContent` (one content) or `:batchEmbedContents` (`requests[]`) body;
+    `model` comes from the URL."""
+    d = _load_object(body, "the request body")
+    if not model:
+        raise _bad("the model is required in the URL (models/{model}:embedContent)", "model")
+    model = model.removeprefix("models/")
+    if action == "embedContent":
+        items = [(d, "")]
+    else:
+        reqs = d.get("requests")
+        if not isinstance(reqs, list) or not reqs:
+            raise _bad("requests is required: a non-empty array of EmbedContentRequest", "requests")
+        items = [(r, f"requests[{i}].") for i, r in enumerate(reqs)]
+    inputs: list[str | list[int]] = []
+    opts: tuple[Any, Any, Any] | None = None
+    for r, where in items:
+        if not isinstance(r, dict):
+            raise _bad(f"{where.rstrip('.')} must be an object", where.rstrip(".") or None)
+        c = r.get("content")
+        if c is None:
+            raise _bad(f"{where}content is required", f"{where}content")
+        inputs.append(_content_text(c, f"{where}content"))
+        mine = (_positive_int(_get(r, "outputDimensionality"), f"{where}outputDimensionality"),
+                _opt_str(_get(r, "taskType"), f"{where}taskType"), _opt_str(r.get("title"), f"{where}title"))
+        if opts is None:
+            opts = mine
+        elif mine != opts:
+            # The batch goes upstream as one call (and to an OpenAI channel as one `dimensions`).
+            raise _bad(f"{where}: every request of a batch must ask the same outputDimensionality, taskType "
+                       "and title", where.rstrip("."))
+    assert opts is not None
+    return EmbedRequest(model=model, inputs=inputs, source="gemini", dimensions=opts[0], task_type=opts[1],
+                        title=opts[2], batch=action != "embedContent")
+
+
+def render_gemini_response(res: EmbedResult, req: EmbedRequest) -> bytes:
+    usage = {"promptTokenCount": res.prompt_tokens, "totalTokenCount": res.total_tokens}
+    if not req.batch:
+        return orjson.dumps({"embedding": {"values": res.vectors[0]}, "usageMetadata": usage})
+    return orjson.dumps({"embeddings": [{"values": v} for v in res.vectors], "usageMetadata": usage})
+
+
+def build_gemini_request(req: EmbedRequest, upstream_model: str) -> tuple[str, bytes]:
+    """Outbound: (path under the channel's base_url, body) for a Gemini channel."""
+    model = upstream_model.removeprefix("models/")
+    texts = []
+    for i, x in enumerate(req.inputs):
+        if not isinstance(x, str):
+            raise _bad(f"input[{i}]: token-id input cannot be sent to a Gemini channel (it embeds text)",
+                       f"input[{i}]")
+        texts.append(x)
+
+    def one(text: str) -> dict[str, Any]:
+        r: dict[str, Any] = {"model": f"models/{model}", "content": {"parts": [{"text": text}]}}
+        if req.source == "gemini":  # no OpenAI equivalent: only a Gemini client's own options
+            if req.task_type is not None:
+                r["taskType"] = req.task_type
+            if req.title is not None:
+                r["title"] = req.title
+        if req.dimensions is not None:
+            r["outputDimensionality"] = req.dimensions
+        return r
+
+    if len(texts) == 1 and not req.batch:
+        return f"/models/{model}:embedContent", orjson.dumps(one(texts[0]))
+    return f"/models/{model}:batchEmbedContents", orjson.dumps({"requests": [one(t) for t in texts]})
+
+
+def parse_gemini_response(body: bytes, n: int) -> EmbedResult:
+    d = _load_object(body, "the upstream response", _UPSTREAM)
+    items: Any = [d["embedding"]] if "embedding" in d else d.get("embeddings")
+    if not isinstance(items, list):
+        raise _bad("the upstream response has neither embedding nor embeddings", None, _UPSTREAM)
+    if len(items) != n:
+        raise _bad(f"the upstream answered {len(items)} embeddings for {n} inputs", None, _UPSTREAM)
+    vectors = []
+    for i, e in enumerate(items):
+        if not isinstance(e, dict):
+            raise _bad(f"embeddings[{i}] is not an object", None, _UPSTREAM)
+        vectors.append(_vector(e.get("values"), f"embeddings[{i}].values"))
+    p, t = _usage_ints(_get(d, "usageMetadata"), "promptTokenCount", "totalTokenCount")
+    return EmbedResult(vectors, p, t or p)
+
+
+def parse_request(family: Family, body: bytes, model: str | None, action: str | None) -> EmbedRequest:
+    if family == "gemini":
+        return parse_gemini_request(body, model, action or "embedContent")
+    return parse_openai_request(body)
+
+
+def render_response(res: EmbedResult, req: EmbedRequest) -> bytes:
+    if req.source == "gemini":
+        return render_gemini_response(res, req)
+    return render_openai_response(res, req)
+
+
+def build_request(family: Family, req: EmbedRequest, upstream_model: str) -> tuple[str, bytes]:
+    if family == "gemini":
+        return build_gemini_request(req, upstream_model)
+    return build_openai_request(req, upstream_model)
+
+
+def parse_response(family: Family, body: bytes, n: int) -> EmbedResult:
+    if family == "gemini":
+        return parse_gemini_response(body, n)
+    return parse_openai_response(body, n)
+
+
+# --------------------------------------------------------------------------------------------------
+# Execution: the chat driver with an embeddings attempt
+
+
+class EmbedExchange(Exchange):
+    __slots__ = ("embed",)
+
+    def __init__(self, req: EmbedRequest, raw: bytes | None) -> None:
+        # Exchange and LiveDriver.execute read only `model` and `stream` of the request.
+        super().__init__(req, raw, None)  # type: ignore[arg-type]
+        self.embed = req
+
+
+class EmbeddingsDriver(LiveDriver):
+    """LiveDriver whose attempt is an embeddings call: retries, failover, hedging and the reports to
+    channel state are the chat driver's, line for line."""
+
+    @classmethod
+    def of(cls, d: LiveDriver) -> EmbeddingsDriver:
+        return cls(d.router, d.channels, d.upstream, d.rng, d.scrub, d.clock, d.passthrough, d.explain)
+
+    async def _attempt(self, call: Call, ex: Exchange) -> Outcome:
+        assert isinstance(ex, EmbedExchange)
+        ch = self.channels[call.state.index]
+        now = self.clock.now
+        entry: list[Any] = [call, None]
+        ex.trace.append(entry)
+        call.started(now())
+        try:
+            out = await self._embed(call, ch, ex.embed)
+        except asyncio.CancelledError:
+            t = now()
+            entry[1] = Outcome(False, t, CLIENT_CLOSED, None, key=call.key)
+            call.cancelled(t)
+            raise
+        entry[1] = out
+        if out.ok:
+            call.first_token(out.end)
+            call.succeeded(out.end, 0)  # no output tokens: embeddings only read
+        else:
+            call.failed(out.end, out)
+        return out
+
+    async def _embed(self, call: Call, ch: ChannelRuntime, req: EmbedRequest) -> Outcome:
+        now = self.clock.now
+        family = CHANNEL_FAMILY.get(ch.state.channel.type)
+        if family is None:  # execution filters these out (Needs.embeddings); defensive only
+            return Outcome.failure(now(), Error(kind=ErrorKind.INVALID_REQUEST, status=400,
+                                                message=f"channel {ch.name} has no embeddings API"), key=call.key)
+        try:
+            path, body = build_request(family, req, call.upstream_model)
+        except FormatError as exc:
+            # The channel's family cannot carry this request: the client's problem, not the channel's.
+            return Outcome.failure(now(), Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status,
+                                                message=exc.message, param=exc.param), key=call.key)
+        upreq = UpstreamRequest(ch.base_url + path, ch.headers(call.key), body, False, ch.limits)
+        try:
+            resp = await self.upstream.send(upreq)
+            data = await resp.read()
+        except UpstreamError as exc:
+            return Outcome.failure(now(), transport_error(exc), key=call.key)
+        t = now()
+        if not 200 <= resp.status < 300:
+            return Outcome.failure(t, self.upstream_error(ch, resp.status, resp.headers, data), key=call.key)
+        try:
+            res = parse_response(family, data, len(req.inputs))
+        except Exception as exc:  # a malformed answer is the channel's failure, whatever the parser raised
+            log.warning("channel %s: malformed embeddings response (%s)", ch.name, self.scrub(str(exc))[:200])
+            return Outcome.failure(t, MALFORMED_RESPONSE, key=call.key)
+        if not res.prompt_tokens:
+            res.prompt_tokens = req.estimated_tokens()
+            res.total_tokens = max(res.total_tokens, res.prompt_tokens)
+        return Outcome(True, t, resp.status, ttft=t - call.start, key=call.key, payload=res)
+
+
+# --------------------------------------------------------------------------------------------------
+# The ASGI handler (a Route's `handler`; server.app hands it the request)
+
+
+async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+    # The chat handler's helpers: one behaviour for body limits, auth errors, disconnects and error
+    # bodies across every client API.
+    from server.app import (
+        _auth_error,
+        _client_facing,
+        _read_body,
+        _send_error,
+        _Watch,
+        _watch_disconnect,
+        new_request_id,
+    )
+
+    clock = proxy.clock.now
+    t0 = clock()
+    fmt = route.fmt  # the family's chat format module: it renders this family's errors
+    family: Family = "gemini" if route.name == "gemini_embeddings" else "openai"
+    rid = new_request_id()
+    rid_b = rid.encode()
+    w = _Watch()
+    watcher: asyncio.Task[Any] | None = None
+    task = asyncio.current_task()
+    result = None
+    key = None
+    model = route.model
+    status = 500
+    started = False
+    error: Error | None = None
+    usage: Usage | None = None
+    trace_id = thread_id = None
+    for name, value in scope["headers"]:
+        if name == proxy.trace_header:
+            trace_id = value.decode("latin-1")[:200]
+        elif name == proxy.thread_header:
+            thread_id = value.decode("latin-1")[:200]
+    ex: EmbedExchange | None = None
+    try:
+        try:
+            body = await _read_body(receive)
+        except FormatError as exc:
+            error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message)
+            status = await _send_error(send, fmt, error, rid_b, 0)
+            return
+        if body is None:
+            w.gone = True
+            status = CLIENT_CLOSED
+            return
+        key = proxy.auth.authenticate(scope["headers"], scope["query_string"])
+        if key is None:
+            error = _auth_error(scope)
+            status = await _send_error(send, fmt, error, rid_b, 0)
+            return
+        try:
+            req = parse_request(family, body, route.model, route.action)
+        except FormatError as exc:
+            error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message, param=exc.param)
+            status = await _send_error(send, fmt, error, rid_b, 0)
+            return
+        model = req.model
+        if task is not None:
+            watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, w))
+        ex = EmbedExchange(req, body)
+        sticky = trace_id if proxy.sticky == "trace" else thread_id if proxy.sticky == "thread" else None
+        result = await EmbeddingsDriver.of(proxy.driver).execute(ex, req.estimated_tokens(), sticky, EMBEDDINGS)
+        n = len(result.attempts)
+        w.done = True
+        if not result.ok or result.outcome is None:
+            error = _client_facing(result.error)
+            status = await _send_error(send, fmt, error, rid_b, n)
+            return
+        res: EmbedResult = result.outcome.payload
+        usage = Usage(prompt_tokens=res.prompt_tokens, total_tokens=res.total_tokens)
+        out = render_response(res, req)
+        status = 200
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode()),
+                                (b"x-request-id", rid_b), (b"x-axonsim-attempts", str(n).encode())]})
+        started = True
+        await send({"type": "http.response.body", "body": out, "more_body": False})
+    except asyncio.CancelledError:
+        if not w.gone:
+            raise
+        if task is not None:
+            task.uncancel()
+        status = CLIENT_CLOSED
+    except Exception as exc:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        log.error("request %s failed inside the gateway:\n%s", rid, proxy.scrub(text))
+        error = Error(kind=ErrorKind.SERVER_ERROR, status=500, message=f"internal gateway error (request {rid})")
+        if not started:
+            try:
+                status = await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0)
+            except Exception:
+                pass
+    finally:
+        w.done = True
+        if watcher is not None:
+            watcher.cancel()
+        _record(proxy, scope, route, rid, t0, clock() - t0, key, model, status, error, usage, result, ex, w.gone,
+                trace_id, thread_id)
+
+
+def _record(proxy: Proxy, scope: Scope, route: Route, rid: str, t0: float, latency: float, key: Any,
+            model: str | None, status: int, error: Error | None, usage: Usage | None, result: Any,
+            ex: EmbedExchange | None, gone: bool, trace_id: str | None, thread_id: str | None) -> None:
+    """The request record, in the chat handler's shape (server.proxy lists the fields)."""
+    if result is not None:
+        attempts = [a.as_dict() for a in result.attempts]
+    elif gone and ex is not None:
+        attempts = ex.attempt_records()
+    else:
+        attempts = []
+    channels: list[str] = []
+    for a in attempts:
+        if a["channel"] not in channels:
+            channels.append(a["channel"])
+    outcome = "cancelled" if gone else "failed" if status >= 400 or error is not None else "completed"
+    proxy.request_done({
+        "id": rid, "created_at": t0, "method": "POST", "path": scope["path"], "client_format": route.name,
+        "model": model, "stream": False,
+        "project": key.project if key is not None else None,
+        "key_name": (key.name or key.project) if key is not None else None,
+        "status": status, "outcome": outcome,
+        "error": error.message if error is not None else None,
+        "error_kind": error.kind.value if error is not None else None,
+        "latency": latency, "ttft": None,
+        "usage": usage.model_dump() if usage is not None else None,
+        "channel": result.attempts[-1].channel if result is not None and result.ok and result.attempts else None,
+        "channels": channels, "attempts": attempts,
+        "trace_id": trace_id, "thread_id": thread_id,
+        "decisions": result.decisions if result is not None else None,
+    })

@@ -945,7 +945,8 @@ def build_request(req: Request, upstream_model: str) -> bytes:
         raise FormatError("OpenAI Responses returns one answer per request; 'n' > 1 cannot be served", "n")
     body: JSON = {"model": upstream_model}
     messages = req.messages
-    if messages and messages[0].role == "system":
+    if messages and messages[0].role == "system" and all(isinstance(p, TextPart) for p in messages[0].content):
+        # `instructions` is text only: a system message with an image stays an input item
         body["instructions"] = _instructions(messages[0])
         messages = messages[1:]
     body["input"] = _build_input(messages, 1 if len(messages) < len(req.messages) else 0)

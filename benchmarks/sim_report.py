@@ -2,8 +2,8 @@
 
     python benchmarks/sim_report.py [--seeds 1 2 3] [--requests N] [--workers N] [--out DIR]
 
-Sized to finish in about a minute on two cores: each scenario's own workload (about 1200 s of
-simulated traffic, long enough to cover the scheduled incidents at t=300–900 s). The sweep's tables
+Sized to finish in a minute or two on two cores: each run is its scenario's own workload (about
+1200 s of simulated traffic, long enough to cover the scheduled incidents at t=300–900 s). The sweep's tables
 (summary, aggregate, per-run request tables) are written beside the report, so `axonsim report
 benchmarks/out/sim_report` can render it again.
 """
@@ -26,7 +26,7 @@ from axonsim.sim import sweep  # noqa: E402
 
 STRATEGIES = ["round_robin", "weighted", "least_inflight", "error_aware", "composite", "adaptive",
               "least_request", "peak_ewma"]
-SCENARIOS = ["steady", "outage", "brownout", "flapping"]  # report order: calm first, then each kind of trouble
+SCENARIOS = ["steady", "outage", "brownout", "flapping", "burst"]  # report order: calm first, then each kind of trouble
 
 
 def main(argv: list[str] | None = None) -> int:

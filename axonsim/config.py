@@ -437,6 +437,9 @@ class Health(_Strict):
     key_breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     outlier: OutlierConfig = Field(default_factory=OutlierConfig)
     auto_disable: list[AutoDisableRule] = Field(default_factory=_default_auto_disable)
+    # Envoy's panic mode: when health checks (breakers, ejection, temporary auto-disable) have taken
+    # every candidate out, try them anyway rather than fail every request without an attempt.
+    panic: bool = True
 
 
 class Hedge(_Strict):

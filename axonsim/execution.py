@@ -236,6 +236,9 @@ def unknown_model(model: str) -> Error:
                  param="model", code="model_not_found")
 
 
+# Exclusions by health checks, which panic mode may override.
+_HEALTH = frozenset({"auto_disabled", "ejected", "breaker_open"})
+
 _KEY_FAULTS = frozenset({ErrorKind.AUTHENTICATION, ErrorKind.PERMISSION, ErrorKind.RATE_LIMITED})
 
 # Reasons that lift by themselves soon: when only these stand in the way, the client hears 429 +
@@ -263,6 +266,7 @@ class Router:
         self.sticky_mode = routing.sticky
         self.sticky: OrderedDict[str, str] = OrderedDict()  # trace/thread id -> last good channel
         self._tier_cache: dict[str, list[list[Candidate]]] = {}
+        self.panic_mode = routing.health.panic
 
     # ---------------------------------------------------------------------------------------------
 
@@ -340,10 +344,19 @@ class Router:
                 return Result(False, None, attempts, _cannot_carry(model, lacking), now, decisions)
         else:
             tiers = self._tiers(model)
-        for tier_no, tier in enumerate(tiers):
+        panic: list[Candidate] = []
+        n_tiers = len(tiers)
+        tier_no = 0
+        while tier_no < len(tiers):
+            tier = tiers[tier_no]
+            in_panic = tier_no >= n_tiers
+            tier_no += 1
             remaining = list(tier)
             while remaining:
-                eligible = [c for c in remaining if c.state.eligible(now, c.upstream_model, tokens)]
+                if in_panic:
+                    eligible = remaining
+                else:
+                    eligible = [c for c in remaining if c.state.eligible(now, c.upstream_model, tokens)]
                 if not eligible:
                     for c in remaining:
                         why = c.state.unavailable_reason(now, c.upstream_model, tokens) or "unavailable"
@@ -351,9 +364,11 @@ class Router:
                         if why in _WAITABLE:
                             until = _frees_at(c.state, now)
                             soonest = until if soonest is None else min(soonest, until)
+                        elif why in _HEALTH and self.panic_mode:
+                            panic.append(c)
                     break
                 decision = None
-                chosen_by = "strategy"
+                chosen_by = "panic" if in_panic else "strategy"
                 cand = None
                 if sticky is not None:
                     cand = next((c for c in eligible if c.state.name == sticky), None)
@@ -363,7 +378,7 @@ class Router:
                     sticky = None  # one-shot
                 if decisions is not None:
                     decision = len(decisions)
-                    decisions.append({"tier": tier_no, "time": now,
+                    decisions.append({"tier": "panic" if in_panic else tier_no - 1, "time": now,
                                       "candidates": balancer.explain(remaining, now, tokens, ctx)})
                 if cand is None:
                     cand = balancer.pick(remaining, now, rng, tokens, eligible, ctx)
@@ -434,6 +449,11 @@ class Router:
                     rec.next = "failover"
                     now = yield Wait(wait)
                     break
+            if tier_no == n_tiers and n == 0 and panic:
+                # every candidate is out on health grounds and nothing was tried: panic mode
+                tiers = [*tiers, panic]
+                if decisions is not None:
+                    decisions.append({"tier": "panic", "time": now, "candidates": [c.state.name for c in panic]})
         if attempts:
             if attempts[-1].next in ("failover", "retry"):
                 attempts[-1].next = "exhausted"

@@ -288,3 +288,22 @@ def test_bad_routing_config_is_rejected_at_startup_naming_the_field(routing, fie
     with pytest.raises(ConfigError) as e:
         make(chans(1), **routing)
     assert field in str(e.value)
+
+
+def test_panic_mode_tries_health_excluded_channels_rather_than_fail_without_an_attempt(driver):
+    # Envoy's panic threshold: when breakers/ejection/auto-disable have taken every candidate out,
+    # requests still get an attempt instead of a 503 with none.
+    r = make(chans(2), strategy="round_robin", retry=NO_RETRY,
+             health={"breaker": {"failure_threshold": 1, "open_time": 100}, "auto_disable": []})
+    for i in range(2):
+        driver(r, "m", fail(500, after=0.0), now=float(i))
+    assert all(s.breaker("m").state == "open" for s in r.states)
+    res = driver(r, "m", ok(0.0), now=5.0, explain=True)
+    assert res.ok and len(res.attempts) == 1
+    assert res.decisions[-1]["by"] == "panic"
+    strict = make(chans(2), strategy="round_robin", retry=NO_RETRY,
+                  health={"breaker": {"failure_threshold": 1, "open_time": 100}, "auto_disable": [], "panic": False})
+    for i in range(2):
+        driver(strict, "m", fail(500, after=0.0), now=float(i))
+    res = driver(strict, "m", ok(0.0), now=5.0)
+    assert not res.ok and res.attempts == [] and res.error.status == 503

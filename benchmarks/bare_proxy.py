@@ -2,11 +2,11 @@
 one shared aiohttp.ClientSession, orjson) with none of the gateway's work — no auth, routing,
 retries, records. It shows, in the same run, what this machine allows for a Python proxy.
 
-Per request: read the body, parse JSON, read `model` and `stream`, forward the original bytes to
-the one upstream with its key, relay status, content type and body; a stream is relayed chunk by
+Per request: read the body, parse JSON, read `model` and `stream`, pick the upstream from a
+`model → base URL` dict (`--route`, else `--upstream`), forward the original bytes with its key, relay status, content type and body; a stream is relayed chunk by
 chunk as it arrives (`iter_any`). Invalid JSON → 400.
 
-    python -m benchmarks.bare_proxy --port 9002 --upstream http://127.0.0.1:9001/v1
+    python -m benchmarks.bare_proxy --port 9002 --upstream http://127.0.0.1:9001/v1 [--route MODEL=URL ...]
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ _BAD = b'{"error":{"message":"invalid JSON body","type":"invalid_request_error"}
 
 
 class BareProxy:
-    def __init__(self, upstream: str, key: str) -> None:
+    def __init__(self, upstream: str, key: str, routes: dict[str, str] | None = None) -> None:
         self.url = upstream.rstrip("/") + "/chat/completions"
+        self.urls = {m: u.rstrip("/") + "/chat/completions" for m, u in (routes or {}).items()}
         self.headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
         self.session: aiohttp.ClientSession | None = None
 
@@ -63,9 +64,8 @@ class BareProxy:
                                     (b"content-length", str(len(_BAD)).encode())]})
             await send({"type": "http.response.body", "body": _BAD})
             return
-        del model  # a real proxy would route by it; there is one upstream here
         assert self.session is not None
-        async with self.session.post(self.url, data=body, headers=self.headers) as resp:
+        async with self.session.post(self.urls.get(model, self.url), data=body, headers=self.headers) as resp:
             ct = resp.headers.get("content-type", "application/json").encode("latin-1")
             if not stream:
                 data = await resp.read()
@@ -87,8 +87,10 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--upstream", required=True, help="the mock's base URL, e.g. http://127.0.0.1:9001/v1")
     p.add_argument("--key", default="sk-bench-upstream")
+    p.add_argument("--route", action="append", default=[], metavar="MODEL=URL")
     a = p.parse_args()
-    uvicorn.run(BareProxy(a.upstream, a.key), host=a.host, port=a.port, loop="uvloop", http="httptools",
+    routes = dict(r.split("=", 1) for r in a.route)
+    uvicorn.run(BareProxy(a.upstream, a.key, routes), host=a.host, port=a.port, loop="uvloop", http="httptools",
                 lifespan="on", access_log=False, log_level="warning", server_header=False)
 
 

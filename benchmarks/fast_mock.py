@@ -7,12 +7,18 @@ request so that it is not the bottleneck of a "direct" cell. Every POST whose pa
 each frame its own ASGI body message (so it leaves as its own HTTP chunk, like a real provider's).
 Any other request: GET → 200 `ok` (health), else 404.
 
-    python -m benchmarks.fast_mock --port 9001
+`--first-gap-ms G` paces a stream like a provider that has just started generating: the role frame
+and the first content frame at once, then a pause of G ms, then the rest. The benchmark's TTFB probe
+uses such a mock so that it times the path to the first content event, not the parsing of a whole
+stream that arrived in one read.
+
+    python -m benchmarks.fast_mock --port 9001 [--first-gap-ms 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import orjson
@@ -52,6 +58,9 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no
 _TEXT_HEADERS = [(b"content-type", b"text/plain"), (b"content-length", b"2")]
 
 
+FIRST_GAP = 0.0  # seconds; set by --first-gap-ms
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while True:
@@ -87,7 +96,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": _RESPONSE})
         return
     await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-    for frame in STREAM_FRAMES:
+    for i, frame in enumerate(STREAM_FRAMES):
+        if i == 2 and FIRST_GAP:
+            await asyncio.sleep(FIRST_GAP)
         await send({"type": "http.response.body", "body": frame, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -98,7 +109,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--first-gap-ms", type=float, default=0.0)
     a = p.parse_args()
+    global FIRST_GAP
+    FIRST_GAP = a.first_gap_ms / 1000.0
     uvicorn.run(app, host=a.host, port=a.port, loop="uvloop", http="httptools", lifespan="on", access_log=False,
                 log_level="warning", server_header=False, date_header=False)
 

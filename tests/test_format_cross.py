@@ -806,3 +806,25 @@ def test_property_signed_stream_identity_through_any_two_signing_families(
     a, b = pair
     events = events_of(resp, rng)
     assert aggregate(stream_through(b, stream_through(a, events, rng), rng)) == resp
+
+
+def test_what_a_channel_cannot_carry_is_a_clear_400_not_a_drop() -> None:
+    # an Anthropic client's tool result with a screenshot: OpenAI Chat tool messages take text only
+    shot = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    claude = parse_client("anthropic", orjson.dumps({"model": "c", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "look"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "screen", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [shot]}]}]}))
+    with pytest.raises(FormatError) as exc:
+        FMT["openai_chat"].build_request(claude, "m")
+    assert exc.value.status == 400 and exc.value.param == "messages[2].content[0].content"
+    for family in ("openai_responses", "anthropic", "gemini"):  # they carry images in tool results
+        result = via(family, claude).messages[2].content[0]
+        assert isinstance(result, ToolResultPart)
+        assert [x.data for x in result.content if isinstance(x, ImagePart)] == ["iVBORw0KGgo="]
+    # a Gemini client's HEIC photo: Anthropic takes jpeg, png, gif and webp only
+    gem = parse_client("gemini", orjson.dumps({"contents": [{"parts": [
+        {"text": "what is this?"}, {"inlineData": {"mimeType": "image/heic", "data": "AAAA"}}]}]}))
+    with pytest.raises(FormatError) as exc:
+        A.build_request(gem, "m")
+    assert exc.value.status == 400 and "image/heic" in exc.value.message

@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--out", help="directory for requests/attempts tables and the summary")
     r.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    r.add_argument("--requests", type=int, default=None, help="replay only the workload's first N requests")
+    r.add_argument("--step", default="auto",
+                   help="time-series grid in seconds ('auto': about 1000 samples; 0: no time series)")
+    r.add_argument("--explain", action="store_true", help="attach the decision trace to each attempt row")
     r.set_defaults(func=_simulate)
 
     rp = sub.add_parser("report", help="render simulation or sweep results as Markdown + HTML with plots")

@@ -65,3 +65,31 @@ def test_scenario_without_workload_exits_2(tmp_path, capsys):
     p.write_text(yaml.safe_dump({"channels": [{"name": "a", "models": ["m"]}]}))
     assert main(["simulate", str(p)]) == 2
     assert "workload" in capsys.readouterr().err
+
+
+def test_simulate_flags_requests_step_explain(scenario, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["simulate", str(scenario), "--requests", "150", "--step", "1", "--explain", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert len(pd.read_csv(out / "requests.csv")) == 150
+    att = pd.read_csv(out / "attempts.csv")
+    assert json.loads(att.decision.iloc[0])["chosen"] == att.channel.iloc[0]
+    ts = pd.read_csv(out / "timeseries.csv")
+    assert set(ts.channel) == {"fast", "standard", "flaky"}
+    assert ts[ts.channel == "fast"].time.diff().dropna().eq(1.0).all()
+    assert main(["simulate", str(scenario), "--step", "0", "--out", str(tmp_path / "none")]) == 0
+    assert not (tmp_path / "none" / "timeseries.csv").exists()
+
+
+@pytest.mark.parametrize("flags", [["--step", "soon"], ["--step", "-1"], ["--requests", "0"]])
+def test_bad_simulate_flags_exit_2(scenario, capsys, flags):
+    assert main(["simulate", str(scenario), *flags]) == 2
+    err = capsys.readouterr().err
+    assert flags[0] in err and "Traceback" not in err
+
+
+def test_the_example_scenarios_run(capsys):
+    for name in ("basic", "incident", "replay", "tenants"):
+        assert main(["simulate", str(ROOT / "examples" / f"{name}.yaml"), "--requests", "300", "--step", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "cost" in printed and "project" in printed

@@ -63,7 +63,8 @@ def at(env: Any, delay: float, obj: Any, callbacks: tuple[Any, ...]) -> None:
     """Schedule `obj` as an event `delay` seconds from now (see the module docstring). The hot
     paths below inline these two lines."""
     obj.callbacks = callbacks
-    heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), obj))
+    queue: list[Any] = env._queue
+    heappush(queue, (env._now + delay, NORMAL, next(env._eid), obj))
 
 
 class Attempt:
@@ -98,8 +99,9 @@ class SimChannel:
     """One channel's model in the simulator. `busy` counts held slots (what the provider limits);
     ChannelState.inflight, which strategies read, also counts queued attempts (what the gateway sees)."""
 
-    __slots__ = ("sim", "env", "state", "index", "name", "model", "rng", "cap", "queue", "waiting", "busy",
-                 "t_first", "t_total", "guard", "errors", "e_full", "e_reset", "e_timeout", "e_cut", "callbacks")
+    __slots__ = ("sim", "env", "heap", "eid", "state", "index", "name", "model", "rng", "cap", "queue", "waiting",
+                 "busy", "t_first", "t_total", "guard", "errors", "e_full", "e_reset", "e_timeout", "e_cut",
+                 "callbacks")
     _ok = True  # the channel is the event of its queue-deadline check
 
     def __init__(self, sim: Simulation, state: ChannelState, rng: ChannelRandom, model_seed: int,
@@ -108,6 +110,10 @@ class SimChannel:
         b = ch.behavior
         self.sim = sim
         self.env = sim.env
+        # SimPy's event queue and id counter, bound once (see `at`); typed loosely because what is
+        # pushed is an attempt, not a simpy Event.
+        self.heap: list[Any] = sim.env._queue
+        self.eid = sim.env._eid
         self.state = state
         self.index = state.index
         self.name = ch.name
@@ -170,7 +176,7 @@ class SimChannel:
         elif fault is None or fault == STREAM_CUT:
             if a.req.stream:
                 a.callbacks = _FIRST
-                heappush(env._queue, (now + plan.ttft, NORMAL, next(env._eid), a))
+                heappush(self.heap, (now + plan.ttft, NORMAL, next(self.eid), a))
             else:
                 end = first + plan.generation
                 total = a.t_call + self.t_total
@@ -178,7 +184,7 @@ class SimChannel:
                     at(env, total - now, a, _TIMEOUT)
                 else:
                     a.callbacks = _ANSWER
-                    heappush(env._queue, (now + (end - now), NORMAL, next(env._eid), a))
+                    heappush(self.heap, (now + (end - now), NORMAL, next(self.eid), a))
         else:
             at(env, plan.ttft, a, _ERROR)
 
@@ -304,9 +310,8 @@ def _on_first(a: Attempt) -> None:
     if now + gen > total:
         at(ch.env, total - now, a, _STREAM_TIMEOUT)
     else:
-        env = ch.env
         a.callbacks = _STREAM_END
-        heappush(env._queue, (now + gen, NORMAL, next(env._eid), a))
+        heappush(ch.heap, (now + gen, NORMAL, next(ch.eid), a))
     ch.sim.deliver(a, Outcome(True, now, 200, None, None, call.ttft, call.key))
 
 

@@ -104,6 +104,7 @@ class Simulation:
         self.explain = explain
         self.step_size = step or None
         self.env = simpy.Environment()
+        self._heap: list[Any] = self.env._queue  # what is pushed is a request or a tick (channel.at)
         self.router = Router(config)
         self.core_rng = py_stream(seed, CORE)
         timeouts = config.gateway.timeouts
@@ -130,11 +131,11 @@ class Simulation:
         env = self.env
         if len(arr):
             self._tick.callbacks = self._arrive
-            heappush(env._queue, (arr.times[0], NORMAL, next(env._eid), self._tick))
+            heappush(self._heap, (arr.times[0], NORMAL, next(env._eid), self._tick))
         if self.step_size is not None:
             self._sampler.value = 0
             self._sampler.callbacks = (self._on_sample,)
-            heappush(env._queue, (0.0, NORMAL, next(env._eid), self._sampler))
+            heappush(self._heap, (0.0, NORMAL, next(env._eid), self._sampler))
         env.run()
         if self._next != len(arr) or self._open:  # pragma: no cover - a driver bug, not a user error
             raise RuntimeError(f"simulation stopped after {self._next} of {len(arr)} arrivals, {self._open} open")
@@ -231,7 +232,7 @@ class Simulation:
         if i < self._n:
             # Absolute times: a trace's arrivals land exactly where the trace puts them.
             tick.callbacks = self._arrive
-            heappush(env._queue, (arr.times[i], NORMAL, next(env._eid), tick))
+            heappush(self._heap, (arr.times[i], NORMAL, next(env._eid), tick))
 
     def _on_sample(self, tick: _Tick) -> None:
         now = self.env._now
@@ -241,7 +242,9 @@ class Simulation:
             tick.value = k
             tick.callbacks = (self._on_sample,)
             # k·step, not a running sum: the grid does not drift
-            heappush(self.env._queue, (k * self.step_size, NORMAL, next(self.env._eid), tick))  # type: ignore[operator]
+            step = self.step_size
+            assert step is not None
+            heappush(self._heap, (k * step, NORMAL, next(self.env._eid), tick))
 
     def _done(self, req: SimRequest, result: Result) -> None:
         if result.ok and req.stream:

@@ -216,10 +216,10 @@ class SimResult:
         rate_out = np.full((k + 1, m), 0.0)
         config = self.config
         for c, ch in enumerate(config.channels):
-            for j, model in enumerate(arr.models):
-                upstream = ch.serves(model)
+            for j, name in enumerate(arr.models):
+                upstream = ch.serves(name)
                 prices = dict(config.prices)
-                names: tuple[str | None, ...] = (upstream, model)
+                names: tuple[str | None, ...] = (upstream, name)
                 if ch.price is not None:  # the channel's own price wins over the table
                     prices = {"__channel__": ch.price}
                     names = ("__channel__",)

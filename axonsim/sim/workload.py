@@ -453,7 +453,7 @@ def read_azure_trace(path: str | Path, time_scale: float = 1.0) -> Trace:
         i = int(bad[0])
         raise _bad(path, f"line {lines[i]}", "TIMESTAMP", f"{stamps[i]!r} is not a timestamp")
     ns = ts.to_numpy().astype("datetime64[ns]").astype(np.int64)
-    return _ordered(path, ns, 1e-9 * time_scale, np.asarray(inp, dtype=np.int64), np.asarray(out, dtype=np.int64),
+    return _ordered(path, ns, time_scale, np.asarray(inp, dtype=np.int64), np.asarray(out, dtype=np.int64),
                     line=np.asarray(lines, dtype=np.int64))
 
 
@@ -523,20 +523,25 @@ def read_usage_log(path: str | Path, time_scale: float = 1.0) -> Trace:
         raise _bad(path, where(int(empty[0])), "model", "is empty")
     project = df["project"].astype(str).tolist() if "project" in df.columns else None
     rows = np.arange(len(df), dtype=np.int64) + (1 if parquet else 2)
-    # Seconds as integer nanoseconds, so that ordering and subtraction are exact.
-    ns = np.rint(secs * 1e9).astype(np.int64)
-    return _ordered(path, ns, 1e-9 * time_scale, counts("prompt_tokens"), counts("completion_tokens"),
+    return _ordered(path, secs, time_scale, counts("prompt_tokens"), counts("completion_tokens"),
                     models.tolist(), flags("stream"), project, rows)
 
 
-def _ordered(path: Path, ns: np.ndarray, scale: float, inp: np.ndarray, out: np.ndarray,
+def _ordered(path: Path, stamps: np.ndarray, scale: float, inp: np.ndarray, out: np.ndarray,
              model: list[str] | None = None, stream: np.ndarray | None = None, project: list[str] | None = None,
              line: np.ndarray | None = None) -> Trace:
     """Rows in time order (a stable sort: an export in id order need not be in time order), arrival
-    = (t - first) × scale."""
-    order = np.argsort(ns, kind="stable")
-    ns = ns[order]
-    times = (ns - ns[0]).astype(np.float64) * scale
+    = (t - first) × scale. `stamps` are integer nanoseconds (exact to subtract) or float seconds
+    (Unix seconds differ exactly when both are representable; converting them to nanoseconds
+    first would round at 1e18)."""
+    order = np.argsort(stamps, kind="stable")
+    stamps = stamps[order]
+    if stamps.dtype.kind == "i":
+        times = (stamps - stamps[0]).astype(np.float64) * 1e-9
+    else:
+        times = stamps - stamps[0]
+    if scale != 1.0:
+        times = times * scale
     pick = order.tolist()
     return Trace(path, times, inp[order], out[order],
                  [model[i] for i in pick] if model is not None else None,

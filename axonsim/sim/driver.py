@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from heapq import heappush
+from heapq import heappop, heappush
 from typing import Any
 
 import simpy
@@ -136,11 +136,29 @@ class Simulation:
             self._sampler.value = 0
             self._sampler.callbacks = (self._on_sample,)
             heappush(self._heap, (0.0, NORMAL, next(env._eid), self._sampler))
-        env.run()
+        self._loop()
         if self._next != len(arr) or self._open:  # pragma: no cover - a driver bug, not a user error
             raise RuntimeError(f"simulation stopped after {self._next} of {len(arr)} arrivals, {self._open} open")
         return SimResult(self.recorder, arr, self.seed, self.config, self.step_size, self.samples,
                          self.channels)
+
+    def _loop(self) -> None:
+        """`env.run()` with SimPy's `Environment.step` written out in the loop: the same queue, the
+        same (time, priority, id) order, the same clock, the same handling of a failed event — a
+        SimPy Process or Timeout added to `env` runs exactly as under env.run(). Calling step()
+        per event is about a tenth of a run's time; the loop is SimPy's own, minus that call."""
+        env = self.env
+        queue = self._heap
+        pop = heappop
+        while queue:
+            env._now, _, _, event = pop(queue)
+            callbacks, event.callbacks = event.callbacks, None
+            for callback in callbacks:
+                callback(event)
+            if not event._ok and not hasattr(event, "_defused"):
+                exc = type(event._value)(*event._value.args)
+                exc.__cause__ = event._value
+                raise exc
 
     # -- the effect loop --------------------------------------------------------------------------
 

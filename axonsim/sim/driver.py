@@ -38,6 +38,7 @@ from simpy.events import NORMAL
 
 from axonsim.config import Config
 from axonsim.execution import Call, Cancel, Effect, Launch, Outcome, Race, Result, Router, Wait
+from axonsim.health import OPEN
 from axonsim.sim.channel import DONE, Attempt, SimChannel, at
 from axonsim.sim.results import STATES, Recorder, SimResult
 from axonsim.sim.streams import CHANNEL_STATE_BASE, CORE, channel_stream, derive, py_stream
@@ -312,7 +313,7 @@ def route_state(st: Any, now: float) -> int:
     if st.cooldown_until > now:
         return 4
     for b in st.breakers.values():
-        if b.state == "open" and now < b.open_until:
+        if b.state == OPEN and now < b.open_until:
             return 5
     keys = st.keys
     if keys and all(k.disabled or k.disabled_until > now for k in keys):

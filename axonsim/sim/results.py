@@ -13,6 +13,7 @@ import pandas as pd
 
 from axonsim.behavior import BehaviorModel
 from axonsim.pricing import cost_for
+from axonsim.sim.streams import CHANNEL_STATE_BASE, derive
 from axonsim.unified import Usage
 
 if TYPE_CHECKING:
@@ -358,8 +359,6 @@ class SimResult:
             if inc.status is not None:
                 up &= ~on
         if b.outages is not None and self._models is not None:
-            from axonsim.sim.streams import CHANNEL_STATE_BASE, derive
-
             process = BehaviorModel(b, derive(self.seed, CHANNEL_STATE_BASE + c)).outages
             assert process is not None
             up &= np.fromiter((not process.down(float(t)) for t in grid), dtype=bool, count=len(grid))

@@ -650,9 +650,11 @@ def horizon(config: Config) -> tuple[float, str]:
     return end, how
 
 
-def check_scenario(config: Config) -> float:
+def check_scenario(config: Config) -> float | None:
     """Refuse what the workload makes impossible: a scheduled incident that starts after the run's
-    arrivals end can never be seen. Returns the horizon."""
+    arrivals end can never be seen. Returns the horizon (None when there is nothing to check)."""
+    if not any(ch.behavior.incidents for ch in config.channels):
+        return None
     end, how = horizon(config)
     for i, ch in enumerate(config.channels):
         for j, inc in enumerate(ch.behavior.incidents):

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.models_api import gemini_model_list, is_gemini_client, models_router
 from server.proxy import Proxy
 
 
@@ -55,11 +56,15 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
     @api.get("/v1/models", summary="The model names clients may request (OpenAI list shape)")
     async def models(request: Request) -> Any:
         p = current()
+        if is_gemini_client(request.scope["headers"], request.scope["query_string"]):  # google-genai's default /v1/
+            return gemini_model_list(p, request)
         if p.auth.authenticate(request.scope["headers"], request.scope["query_string"]) is None:
             return _openai_error(401, "missing or invalid gateway API key", "authentication_error", "invalid_api_key")
         return {"object": "list",
                 "data": [{"id": m, "object": "model", "created": 0, "owned_by": "axonsim"}
                          for m in p.config.model_names()]}
+
+    api.include_router(models_router(current))  # Gemini's model list, /v1/models/{model}
 
     for path in current().routes.paths():
         if not path.startswith("/v1") and not path.startswith("/anthropic"):

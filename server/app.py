@@ -121,7 +121,10 @@ class GatewayApp:
                 proxy = self.proxy
                 route = proxy.routes.match(scope["path"])
                 if route is not None:
-                    await self._api(proxy, scope, receive, send, route)
+                    if route.handler is not None:  # a non-chat API (embeddings) brings its own handler
+                        await route.handler(proxy, scope, receive, send, route)
+                    else:
+                        await self._api(proxy, scope, receive, send, route)
                     return
             await self.fallback(scope, receive, send)
         elif t == "lifespan":

@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
+from axonsim.capabilities import NO_NEEDS, Needs
 from axonsim.config import Timeouts
 from axonsim.execution import AttemptRecord, Call, Cancel, Launch, Outcome, Race, Result, Router, Wait
 from axonsim.formats import FormatError
@@ -174,11 +175,12 @@ class LiveDriver:
         self.passthrough = passthrough
         self.explain = explain
 
-    async def execute(self, ex: Exchange, tokens: int = 0, sticky_key: str | None = None) -> Result:
+    async def execute(self, ex: Exchange, tokens: int = 0, sticky_key: str | None = None,
+                      needs: Needs = NO_NEEDS) -> Result:
         now = self.clock.now
         req = ex.req
         gen = self.router.execute(req.model, now(), self.rng, req, tokens=tokens, sticky_key=sticky_key,
-                                  explain=self.explain, stream=ex.stream)
+                                  explain=self.explain, stream=ex.stream, needs=needs)
         try:
             eff = next(gen)
             while True:

@@ -3,29 +3,41 @@
 One table for every API family; a family is served as soon as its format module imports, so the
 handler never changes when a format is added. Fixed paths are a dict lookup (matches are prebuilt:
 no allocation per request); only Gemini, whose model and action live in the path, needs a regex.
+
+Chat-style routes are served by server.app's handler. A route that is not chat (embeddings) brings
+its own `handler`, which server.app calls instead.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from types import ModuleType
+from typing import Any
 
 from axonsim.formats import get_format
 
 log = logging.getLogger("axonsim.server.routes")
 
 
+# (proxy, scope, receive, send, route) -> None: an ASGI handler for one non-chat client API
+Handler = Callable[[Any, Any, Any, Any, "Route"], Awaitable[None]]
+
+
 class Route:
     """A matched client-API path: the client's format module, plus what the URL itself says."""
 
-    __slots__ = ("name", "fmt", "model", "stream")
+    __slots__ = ("name", "fmt", "model", "stream", "handler", "action")
 
-    def __init__(self, name: str, fmt: ModuleType, model: str | None = None, stream: bool | None = None) -> None:
-        self.name = name  # client format name, as in axonsim.formats.FORMAT_MODULES
-        self.fmt = fmt
+    def __init__(self, name: str, fmt: ModuleType, model: str | None = None, stream: bool | None = None,
+                 handler: Handler | None = None, action: str | None = None) -> None:
+        self.name = name  # client format name, as in axonsim.formats.FORMAT_MODULES (or "*_embeddings")
+        self.fmt = fmt  # for a non-chat route: the family's chat module, which renders its errors
         self.model = model
         self.stream = stream
+        self.handler = handler  # None: server.app's chat handler serves it
+        self.action = action  # Gemini's method from the URL, for non-chat routes (embedContent, ...)
 
 
 # path -> client format
@@ -37,8 +49,16 @@ FIXED_PATHS: dict[str, str] = {
     "/anthropic/v1/messages": "anthropic",
 }
 
-# /v1beta/models/M:generateContent, /v1/..., /gemini/v1beta/..., /gemini/models/...
-GEMINI_PATH = re.compile(r"^/(?:gemini/)?(?:(?:v1beta|v1)/)?models/([^/:]+):(generateContent|streamGenerateContent)$")
+# path -> client family, for OpenAI embeddings (served by server.embeddings)
+EMBEDDING_PATHS: dict[str, str] = {
+    "/v1/embeddings": "openai_chat",
+    "/embeddings": "openai_chat",  # clients configured with a base URL without /v1
+}
+
+# /v1beta/models/M:generateContent, /v1/..., /gemini/v1beta/..., /gemini/models/...; and the
+# embeddings methods on the same paths
+GEMINI_PATH = re.compile(r"^/(?:gemini/)?(?:(?:v1beta|v1)/)?models/([^/:]+)"
+                         r":(generateContent|streamGenerateContent|embedContent|batchEmbedContents)$")
 
 
 def load_formats(names: tuple[str, ...] = ("openai_chat", "openai_responses", "anthropic", "gemini")) -> dict[str, ModuleType]:
@@ -54,11 +74,27 @@ def load_formats(names: tuple[str, ...] = ("openai_chat", "openai_responses", "a
     return out
 
 
+def load_embeddings() -> Handler | None:
+    """The embeddings handler, imported late (it imports the proxy's driver, which imports this
+    module's users); if it fails to import, the embeddings routes are off and chat still serves."""
+    try:
+        from server.embeddings import serve
+    except Exception:
+        log.warning("embeddings failed to import: their routes are off", exc_info=True)
+        return None
+    return serve
+
+
 class RouteTable:
-    def __init__(self, formats: dict[str, ModuleType]) -> None:
+    def __init__(self, formats: dict[str, ModuleType], embeddings: bool = True) -> None:
         self.formats = formats
         self._fixed = {path: Route(name, formats[name]) for path, name in FIXED_PATHS.items() if name in formats}
         self._gemini = formats.get("gemini")
+        self._embed = load_embeddings() if embeddings else None
+        if self._embed is not None:
+            for path, name in EMBEDDING_PATHS.items():
+                if name in formats:
+                    self._fixed[path] = Route("openai_embeddings", formats[name], handler=self._embed)
 
     def match(self, path: str) -> Route | None:
         r = self._fixed.get(path)
@@ -67,7 +103,11 @@ class RouteTable:
         if self._gemini is not None and ":" in path:
             m = GEMINI_PATH.match(path)
             if m is not None:
-                return Route("gemini", self._gemini, m.group(1), m.group(2) == "streamGenerateContent")
+                action = m.group(2)
+                if action == "generateContent" or action == "streamGenerateContent":
+                    return Route("gemini", self._gemini, m.group(1), action == "streamGenerateContent")
+                if self._embed is not None:
+                    return Route("gemini_embeddings", self._gemini, m.group(1), handler=self._embed, action=action)
         return None
 
     def paths(self) -> list[str]:
@@ -75,4 +115,6 @@ class RouteTable:
         out = list(self._fixed)
         if self._gemini is not None:
             out.append("/{v1beta|v1|gemini/...}/models/{model}:generateContent|:streamGenerateContent")
+            if self._embed is not None:
+                out.append("/{v1beta|v1|gemini/...}/models/{model}:embedContent|:batchEmbedContents")
         return out

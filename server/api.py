@@ -1,24 +1,59 @@
-"""The FastAPI side of the gateway: health, the model list, OpenAPI docs — everything off the hot path.
+"""The FastAPI side of the gateway: health, the model list, metrics, the admin API, OpenAPI docs — everything off the hot path.
 
 The client-API POST routes never reach this app (server.app answers them in raw ASGI); they are
 declared here only so /docs lists them, with a handler that says so if ever reached.
+
+Mounted here:
+    GET  /health, GET /v1/models
+    GET  /metrics                                Prometheus exposition (server.metrics), no auth
+    /admin/...                                   server.admin (admin keys), plus the channel tests:
+    POST /admin/channels/{name}/test             one small real request to the channel (server.probes)
+    POST /admin/test                             the same for every channel, concurrently
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.admin import AdminContext, AdminError, admin_router
+from server.metrics import metrics_router
 from server.models_api import gemini_model_list, is_gemini_client, models_router
+from server.probes import run_test
 from server.proxy import Proxy
+from server.store.scrub import Scrubber, secrets_from_config
 
 
 def _openai_error(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}}, status_code=status)
+
+
+class ChannelTestOut(BaseModel):
+    channel: str
+    model: str = Field(description="the upstream model tested (the channel's first unless `model` was given)")
+    key: str | None = Field(None, description="the upstream key's name (never the key)")
+    stream: bool
+    ok: bool
+    status: int | None = Field(None, description="the upstream's HTTP status (0: no HTTP answer)")
+    latency: float | None = Field(None, description="seconds to the end of the answer")
+    ttft: float | None = Field(None, description="seconds to the first content (the whole answer when not streaming)")
+    error: str | None = None
+    error_kind: str | None = None
+    reply: str | None = Field(None, description="the start of the answer")
+
+
+class ChannelTestsOut(BaseModel):
+    results: list[ChannelTestOut]
+
+
+_TEST_TIMEOUT = Query(30.0, gt=0, le=600, description="seconds the test may take")
+_TEST_STREAM = Query(True, description="stream the answer (TTFT is then the provider's first token)")
 
 
 def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
@@ -65,6 +100,41 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
                          for m in p.config.model_names()]}
 
     api.include_router(models_router(current))  # Gemini's model list, /v1/models/{model}
+    api.include_router(metrics_router(current().metrics))
+    admin = admin_router(AdminContext(router=lambda: current().router, store=lambda: current().store,
+                                      reload=lambda: current().reload(), now=lambda: current().clock.now(),
+                                      find=lambda rid: current().find(rid)))
+
+    def scrubbed(p: Proxy, body: BaseModel) -> JSONResponse:
+        # The answer quotes upstream error messages: every configured secret is masked, as in the admin API.
+        return JSONResponse(Scrubber(secrets_from_config(p.config)).json(body.model_dump()))
+
+    # Routes added to the admin router inherit its guard: admin key, errors in the admin shape.
+    @admin.post("/channels/{name}/test", response_model=ChannelTestOut,
+                summary="Send a small real request to one channel (AxonHub's default test prompt) and report status, "
+                "latency and TTFT; the result feeds the channel's state like real traffic")
+    async def test_channel(name: str, stream: bool = _TEST_STREAM, timeout: float = _TEST_TIMEOUT,
+                           model: str | None = Query(None, description="an upstream model of the channel")) -> Any:
+        p = current()
+        rt = p.rt
+        st = rt.router.by_name.get(name)
+        if st is None:
+            raise AdminError(404, f"no channel named {name!r}", "name")
+        if model is not None and model not in st.channel.models:
+            raise AdminError(400, f"channel {name!r} has no model {model!r}; it has {', '.join(st.channel.models)}",
+                             "model")
+        res = await run_test(rt, st, stream=stream, timeout=timeout, model=model)
+        return scrubbed(p, ChannelTestOut(**res))
+
+    @admin.post("/test", response_model=ChannelTestsOut,
+                summary="Test every channel at once (see /admin/channels/{name}/test)")
+    async def test_all(stream: bool = _TEST_STREAM, timeout: float = _TEST_TIMEOUT) -> Any:
+        p = current()
+        rt = p.rt
+        got = await asyncio.gather(*(run_test(rt, st, stream=stream, timeout=timeout) for st in rt.router.states))
+        return scrubbed(p, ChannelTestsOut(results=[ChannelTestOut(**r) for r in got]))
+
+    api.include_router(admin)
 
     for path in current().routes.paths():
         if not path.startswith("/v1") and not path.startswith("/anthropic"):

@@ -15,11 +15,25 @@ Request life:
 A task watches for `http.disconnect` meanwhile and cancels the request, which cancels the upstream
 call; the cancellation is accounted (channel state, record). Every failure is answered in the
 client's own error shape; an unexpected exception is logged (secrets scrubbed) and becomes a 500.
+
+Each request reads the proxy's current Runtime once (`proxy.rt`) and keeps it to the end, so a
+config reload swaps the next request's routing without touching this one's.
+
+Response headers on every client-API answer: x-request-id; the trace and thread ids (taken from
+the request — gateway.trace_header / thread_header, or AxonHub's AH-Trace-Id / AH-Thread-Id — or
+generated, and echoed under the configured names); x-axonsim-attempts; x-axonsim-overhead-ms (the
+gateway's own time so far: elapsed minus upstream waits; for a stream, up to its first byte); and,
+when the request carried `X-AxonSim-Explain: 1`, x-axonsim-explain: the decision trace as compact
+JSON (channels and keys by name only).
+
+After the last byte, the request's one record goes to Proxy.request_done (metrics, the store's
+queue, the recent ring): nothing there waits on I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import traceback
@@ -27,12 +41,15 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from types import ModuleType
 from typing import Any
 
+import orjson
+
 from axonsim.execution import Result
 from axonsim.formats import FormatError
 from axonsim.unified import Error, ErrorKind, Usage
 from server.driver import CLIENT_CLOSED, Exchange, LiveStream
-from server.proxy import Proxy
+from server.proxy import H_AH_THREAD, H_AH_TRACE, H_EXPLAIN, H_THREAD, H_TRACE, Proxy, Runtime, request_cost
 from server.routes import Route
+from server.store import StoreUnavailable
 
 log = logging.getLogger("axonsim.server")
 
@@ -43,6 +60,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY = 32 * 1024 * 1024  # beyond this a request is refused with 413 before it is parsed
+MAX_ID = 200  # bytes of a client's trace/thread id kept (and echoed)
+MAX_EXPLAIN = 8000  # bytes of the x-axonsim-explain header; a longer trace is left to /admin/requests/{id}
 
 _JSON = (b"content-type", b"application/json")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
@@ -56,6 +75,29 @@ def _attempts_value(n: int) -> bytes:
 
 def new_request_id() -> str:
     return "req_" + os.urandom(12).hex()
+
+
+# Generated trace/thread ids: 32 hex digits like a W3C trace id, a random per-process prefix and a
+# counter (unique across workers and restarts without a syscall per request).
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+def new_trace_id() -> bytes:
+    return f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFFFFFFFFFF:016x}".encode()
+
+
+def _ms(seconds: float) -> bytes:
+    return b"%.3f" % (seconds * 1000.0 if seconds > 0.0 else 0.0)
+
+
+def _explain_value(result: Result | None, rid: str) -> bytes:
+    if result is None:
+        return b'{"decisions":[],"attempts":[]}'
+    v = orjson.dumps(result.explain())
+    if len(v) > MAX_EXPLAIN:
+        return orjson.dumps({"truncated": True, "see": f"/admin/requests/{rid}"})
+    return v
 
 
 class _Watch:
@@ -105,8 +147,8 @@ class GatewayApp:
     """The ASGI entry point. `fallback` gets every request that is not a client-API POST."""
 
     def __init__(self, proxy: Proxy, fallback: ASGIApp | None = None) -> None:
-        # `proxy` may be replaced while serving (a config reload builds a new one): each request
-        # reads it once and keeps the Proxy it started with.
+        # The Proxy lives as long as the app; a config reload swaps its Runtime (proxy.rt), which
+        # each request reads once and keeps.
         self.proxy = proxy
         if fallback is None:
             from server.api import build_api  # FastAPI is imported only if this app serves it
@@ -119,12 +161,13 @@ class GatewayApp:
         if t == "http":
             if scope["method"] == "POST":
                 proxy = self.proxy
-                route = proxy.routes.match(scope["path"])
+                rt = proxy.rt
+                route = rt.routes.match(scope["path"])
                 if route is not None:
                     if route.handler is not None:  # a non-chat API (embeddings) brings its own handler
                         await route.handler(proxy, scope, receive, send, route)
                     else:
-                        await self._api(proxy, scope, receive, send, route)
+                        await self._api(proxy, rt, scope, receive, send, route)
                     return
             await self.fallback(scope, receive, send)
         elif t == "lifespan":
@@ -139,7 +182,10 @@ class GatewayApp:
                 try:
                     await self.proxy.startup()
                 except Exception as exc:
-                    log.exception("startup failed")
+                    if isinstance(exc, StoreUnavailable):  # says all there is to say (URL without its password)
+                        log.error("startup failed: %s", exc)
+                    else:
+                        log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": self.proxy.scrub(str(exc))})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -152,9 +198,12 @@ class GatewayApp:
 
     # -- the client-API handler ------------------------------------------------------------------
 
-    async def _api(self, proxy: Proxy, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+    async def _api(self, proxy: Proxy, rt: Runtime, scope: Scope, receive: Receive, send: Send,
+                   route: Route) -> None:
         clock = proxy.clock.now
         t0 = clock()
+        metrics = proxy.metrics
+        metrics.inflight_inc()
         fmt = route.fmt
         rid = new_request_id()
         rid_b = rid.encode()
@@ -172,49 +221,78 @@ class GatewayApp:
         usage: Usage | None = None
         error: Error | None = None
         ttfb: float | None = None
-        trace_id = thread_id = None
-        th, hh = proxy.trace_header, proxy.thread_header
+        body: bytes | None = None
+        out: bytes | None = None
+        store = proxy.store
+        sent: list[bytes] | None = [] if store is not None and store.store_bodies else None  # stream bytes, kept
+        trace_b: bytes | None = None
+        thread_b: bytes | None = None
+        explain = False
+        kinds = rt.header_kinds
         for name, value in scope["headers"]:
-            if name == th:
-                trace_id = value.decode("latin-1")[:200]
-            elif name == hh:
-                thread_id = value.decode("latin-1")[:200]
+            k = kinds.get(name)
+            if k is not None:
+                if k == H_TRACE:
+                    trace_b = value[:MAX_ID]
+                elif k == H_THREAD:
+                    thread_b = value[:MAX_ID]
+                elif k == H_AH_TRACE:
+                    if trace_b is None:
+                        trace_b = value[:MAX_ID]
+                elif k == H_AH_THREAD:
+                    if thread_b is None:
+                        thread_b = value[:MAX_ID]
+                elif k == H_EXPLAIN:
+                    explain = value.strip().lower() in (b"1", b"true", b"yes")
+        # Only a client's own id is a sticky key: a generated one is never seen again, and
+        # remembering it would only fill the Router's sticky table.
+        sticky_b = trace_b if rt.sticky == "trace" else thread_b if rt.sticky == "thread" else None
+        if trace_b is None:
+            trace_b = new_trace_id()
+        if thread_b is None:
+            thread_b = new_trace_id()
+        ids = [(b"x-request-id", rid_b), (rt.trace_name, trace_b), (rt.thread_name, thread_b)]
         try:
             try:
                 body = await _read_body(receive)
             except FormatError as exc:  # too large
                 error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message)
-                status = await _send_error(send, fmt, error, rid_b, 0)
+                status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
                 return
             if body is None:
                 w.gone = True
                 status = CLIENT_CLOSED
                 return
-            key = proxy.auth.authenticate(scope["headers"], scope["query_string"])
+            key = rt.auth.authenticate(scope["headers"], scope["query_string"])
             if key is None:
                 error = _auth_error(scope)
-                status = await _send_error(send, fmt, error, rid_b, 0)
+                status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
                 return
             try:
                 req = fmt.parse_request(body, route.model, route.stream)
             except FormatError as exc:
                 error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message, param=exc.param)
-                status = await _send_error(send, fmt, error, rid_b, 0)
+                status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
                 return
             model = req.model
             is_stream = req.stream
             if task is not None:
                 watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, w))
             ex = Exchange(req, body, fmt)
-            sticky = trace_id if proxy.sticky == "trace" else thread_id if proxy.sticky == "thread" else None
+            sticky = sticky_b.decode("latin-1") if sticky_b is not None else None
             # A rough token estimate for local TPM limits and quotas: ~4 bytes of request per token.
             tokens = len(body) // 4 + (req.sampling.max_tokens or 0)
-            result = await proxy.driver.execute(ex, tokens, sticky)
+            if explain:
+                result = await rt.driver.execute(ex, tokens, sticky, explain=True)
+            else:
+                result = await rt.driver.execute(ex, tokens, sticky)
             n = len(result.attempts)
             if not result.ok or result.outcome is None:
                 error = _client_facing(result.error)
                 w.done = True
-                status = await _send_error(send, fmt, error, rid_b, n)
+                status = await _send_error(send, fmt, error, rid_b, n,
+                                           _tail(ids, clock() - t0 - ex.waited, _explain_value(result, rid) if explain
+                                                 else None))
                 return
             payload = result.outcome.payload
             if not is_stream:
@@ -222,9 +300,10 @@ class GatewayApp:
                 usage = payload.response.usage
                 status = 200
                 w.done = True
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [_JSON, (b"content-length", str(len(out)).encode()), (b"x-request-id", rid_b),
-                                        (b"x-axonsim-attempts", _attempts_value(n))]})
+                ttfb = clock() - t0
+                headers = [_JSON, (b"content-length", str(len(out)).encode()), (b"x-axonsim-attempts", _attempts_value(n)),
+                           *_tail(ids, ttfb - ex.waited, _explain_value(result, rid) if explain else None)]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
                 started = True
                 await send({"type": "http.response.body", "body": out, "more_body": False})
                 return
@@ -234,11 +313,14 @@ class GatewayApp:
             renderer = fmt.StreamRenderer(req)
             first = b"".join([renderer.render(ev) for ev in stream.pending])
             status = 200
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [*_SSE_HEADERS, (b"x-request-id", rid_b), (b"x-axonsim-attempts", _attempts_value(n))]})
+            headers = [*_SSE_HEADERS, (b"x-axonsim-attempts", _attempts_value(n)),
+                       *_tail(ids, clock() - t0 - ex.waited, _explain_value(result, rid) if explain else None)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             started = True
             if first:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
+                if sent is not None:
+                    sent.append(first)
             ttfb = clock() - t0
             tail = b""
             while True:
@@ -256,23 +338,33 @@ class GatewayApp:
                 data = b"".join([renderer.render(ev) for ev in evs])
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
+                    if sent is not None:
+                        sent.append(data)
             w.done = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
+            if sent is not None:
+                sent.append(tail)
         except asyncio.CancelledError:
             if not w.gone:
-                raise  # not the client's doing (server shutdown): let it propagate
+                # Not the client's doing (the server's shutdown deadline passed): recorded, then propagated.
+                error = Error(kind=ErrorKind.SERVER_ERROR, status=503, message="the gateway shut down before the "
+                              "request finished")
+                if not started:
+                    status = 503
+                raise
             if task is not None:
                 task.uncancel()
             status = CLIENT_CLOSED
         except Exception as exc:
-            self._log_exception(proxy, rid, exc)
+            self._log_exception(rt, rid, exc)
             error = Error(kind=ErrorKind.SERVER_ERROR, status=500, message=f"internal gateway error (request {rid})")
             if stream is not None:
                 stream.abort(clock())  # the gateway's own failure: not held against the channel
             w.done = True
             try:
                 if not started:
-                    status = await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0)
+                    status = await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0,
+                                               _tail(ids, clock() - t0 - (ex.waited if ex else 0.0), None))
                 else:
                     # Mid-stream: the client gets the in-stream error event of its format, then the end.
                     tail = b""
@@ -287,17 +379,27 @@ class GatewayApp:
                     await _send_plain_500(send, rid_b)
         finally:
             w.done = True
+            metrics.inflight_dec()
             if watcher is not None:
                 watcher.cancel()
             if stream is not None and w.gone:
                 stream.abort(clock())
-            self._record(proxy, scope, route, rid, t0, clock() - t0, ttfb, key, model, is_stream, status, error, usage,
-                         result, ex, stream, w.gone, trace_id, thread_id)
+            latency = clock() - t0
+            waited = 0.0
+            if ex is not None:
+                waited = ex.waited + (stream.waited if stream is not None else 0.0)
+            resp_body = None
+            if sent is not None:
+                resp_body = out if out is not None else b"".join(sent) if sent else None
+            self._record(proxy, rt, scope, route, rid, t0, latency, latency - waited, ttfb, key, model, is_stream,
+                         status, error, usage, result, ex, stream, w.gone, trace_b, thread_b,
+                         body if sent is not None else None, resp_body)
 
-    def _record(self, proxy: Proxy, scope: Scope, route: Route, rid: str, t0: float, latency: float, ttfb: float | None,
-                key: Any, model: str | None, is_stream: bool, status: int, error: Error | None, usage: Usage | None,
-                result: Result | None, ex: Exchange | None, stream: LiveStream | None, gone: bool,
-                trace_id: str | None, thread_id: str | None) -> None:
+    def _record(self, proxy: Proxy, rt: Runtime, scope: Scope, route: Route, rid: str, t0: float, latency: float,
+                overhead: float, ttfb: float | None, key: Any, model: str | None, is_stream: bool, status: int,
+                error: Error | None, usage: Usage | None, result: Result | None, ex: Exchange | None,
+                stream: LiveStream | None, gone: bool, trace_b: bytes, thread_b: bytes, request_body: bytes | None,
+                response_body: bytes | None) -> None:
         if result is not None:
             attempts = [a.as_dict() for a in result.attempts]
         elif gone and ex is not None:
@@ -324,6 +426,7 @@ class GatewayApp:
             outcome = "failed"
         else:
             outcome = "completed"
+        answered = result is not None and result.ok and bool(result.attempts)
         proxy.request_done({
             "id": rid, "created_at": t0, "method": "POST", "path": scope["path"], "client_format": route.name,
             "model": model, "stream": is_stream,
@@ -332,18 +435,20 @@ class GatewayApp:
             "status": status, "outcome": outcome,
             "error": error.message if error is not None else None,
             "error_kind": error.kind.value if error is not None else None,
-            "latency": latency, "ttft": ttfb,
+            "latency": latency, "ttft": ttfb if status == 200 else None,
+            "overhead": overhead if overhead > 0.0 else 0.0,
             "usage": usage.model_dump() if usage is not None else None,
-            "channel": result.attempts[-1].channel if result is not None and result.ok and result.attempts else None,
+            "cost": request_cost(rt, usage, attempts, model) if answered else None,
+            "channel": result.attempts[-1].channel if answered else None,  # type: ignore[union-attr]
             "channels": channels, "attempts": attempts,
-            "trace_id": trace_id, "thread_id": thread_id,
+            "trace_id": trace_b.decode("latin-1"), "thread_id": thread_b.decode("latin-1"),
             "decisions": result.decisions if result is not None else None,
-        })
+        }, rt, ex, request_body, response_body)
 
-    def _log_exception(self, proxy: Proxy, rid: str, exc: BaseException) -> None:
+    def _log_exception(self, rt: Runtime, rid: str, exc: BaseException) -> None:
         # Formatted here so the scrubber sees the text: an exception message may quote a header value.
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        log.error("request %s failed inside the gateway:\n%s", rid, proxy.scrub(text))
+        log.error("request %s failed inside the gateway:\n%s", rid, rt.scrub(text))
 
 
 _UPSTREAM_CREDENTIALS = (ErrorKind.AUTHENTICATION, ErrorKind.PERMISSION)
@@ -381,11 +486,24 @@ async def _send_plain_500(send: Send, rid_b: bytes) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _send_error(send: Send, fmt: ModuleType, err: Error, rid_b: bytes, attempts: int) -> int:
+def _tail(ids: list[tuple[bytes, bytes]], overhead: float, explain: bytes | None) -> list[tuple[bytes, bytes]]:
+    """The headers every client-API answer ends with: ids, the overhead so far, the explained trace."""
+    out = [*ids, (b"x-axonsim-overhead-ms", _ms(overhead))]
+    if explain is not None:
+        out.append((b"x-axonsim-explain", explain))
+    return out
+
+
+async def _send_error(send: Send, fmt: ModuleType, err: Error, rid_b: bytes, attempts: int,
+                      extra: list[tuple[bytes, bytes]] | None = None) -> int:
+    """The error in the client's format. `extra`: headers that replace the bare x-request-id (see _tail)."""
     status: int = fmt.error_status(err)
     body: bytes = fmt.render_error(err)
-    headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", rid_b),
-               (b"x-axonsim-attempts", _attempts_value(attempts))]
+    headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-axonsim-attempts", _attempts_value(attempts))]
+    if extra is None:
+        headers.append((b"x-request-id", rid_b))
+    else:
+        headers.extend(extra)
     for k, v in fmt.error_headers(err).items():
         headers.append((k.lower().encode("latin-1"), str(v).encode("latin-1")))
     await send({"type": "http.response.start", "status": status, "headers": headers})

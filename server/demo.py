@@ -3,17 +3,25 @@
 The mock providers run in the gateway's own process and event loop (started by the proxy's
 startup hook) on sockets bound before the config is built, so their ports are known up front and
 cannot be taken by anyone else in between. No network is needed.
+
+The demo has no config file to put its usage log next to, so its SQLite database lives in a fresh
+temporary directory (named in the banner) that is deleted when the demo stops: running the demo
+leaves nothing behind in the working directory.
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from axonsim.config import Config, parse_config
 from server.mock_provider import MockProvider, MockServer, base_url_for, start_mock
 
 DEMO_KEY = "sk-axon-demo"
+DEMO_ADMIN_KEY = "sk-axon-demo-admin"
 DEMO_MODEL = "demo-model"
 
 
@@ -63,10 +71,16 @@ class Demo:
             s.bind((host, 0))
             self.sockets.append(s)
         ports = [s.getsockname()[1] for s in self.sockets]
+        self.dir = Path(tempfile.mkdtemp(prefix="axonsim-demo-"))
+        self.db = self.dir / "axonsim.db"
         self.config: Config = parse_config({
-            "gateway": {"api_keys": [{"key": DEMO_KEY, "project": "demo", "name": "demo"}]},
+            "gateway": {"api_keys": [{"key": DEMO_KEY, "project": "demo", "name": "demo"}],
+                        "admin_keys": [DEMO_ADMIN_KEY]},
             "channels": _channels(host, ports),
             "routing": {"strategy": "composite"},
+            "store": {"url": f"sqlite+aiosqlite:///{self.db}"},
+            # Priced, so the usage log and /admin/usage show costs (per million tokens, made up).
+            "prices": {DEMO_MODEL: {"input": 0.15, "output": 0.6}},
         }, "<demo>")
         self.providers = [MockProvider(ch, seed=None if seed is None else seed + i)
                           for i, ch in enumerate(self.config.channels)]
@@ -77,9 +91,16 @@ class Demo:
             self.servers.append(await start_mock(provider, sock=sock))
 
     async def stop(self) -> None:
+        """Stop the mock providers and delete the usage log (the proxy runs this hook after its
+        store has closed; a process stopped by SIGTERM runs nothing after the server returns)."""
         for s in self.servers:
             await s.stop()
         self.servers = []
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Delete the temporary usage-log directory."""
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def banner(self, host: str, port: int) -> str:
         url = f"http://{host}:{port}"
@@ -92,10 +113,13 @@ class Demo:
             f"  gateway API key: {DEMO_KEY}\n"
             f"  models: {', '.join(self.config.model_names())}\n"
             f"  mock channels on loopback: {chans}\n"
+            f"  usage log: SQLite at {self.db} (a temporary directory, deleted when the demo stops)\n"
+            f"  admin API: {url}/admin with 'Authorization: Bearer {DEMO_ADMIN_KEY}'   metrics: {url}/metrics\n"
             f"Try:\n"
             f"  curl {url}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' \\\n"
             f"       -H 'Content-Type: application/json' -d '{body}'\n"
             f"  curl -N {url}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' \\\n"
             f"       -H 'Content-Type: application/json' -d '{sbody}'\n"
+            f"  curl {url}/admin/requests -H 'Authorization: Bearer {DEMO_ADMIN_KEY}'\n"
             f"  OpenAI SDK: OpenAI(base_url=\"{url}/v1\", api_key=\"{DEMO_KEY}\")"
         )

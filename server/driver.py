@@ -127,9 +127,14 @@ class Answer:
 
 
 class Exchange:
-    """One client request on its way through the driver."""
+    """One client request on its way through the driver.
 
-    __slots__ = ("req", "raw", "client_fmt", "stream", "trace", "launched", "finished", "_built")
+    `waited` adds up the time spent waiting on upstreams (sending and reading up to the stream's
+    commit, and the backoff waits execution asks for): the handler's gateway overhead is the rest.
+    Overlapping waits (hedged attempts) count once."""
+
+    __slots__ = ("req", "raw", "client_fmt", "stream", "trace", "launched", "finished", "_built", "waited",
+                 "_nwait", "_wait_t0")
 
     def __init__(self, req: Request, raw: bytes | None, client_fmt: ModuleType | None) -> None:
         self.req = req
@@ -140,6 +145,19 @@ class Exchange:
         self.launched: list[asyncio.Task[Outcome]] = []  # hedged attempts, by handle
         self.finished: list[int] = []  # launched handles in the order they finished, not yet raced
         self._built: dict[tuple[int, str], bytes] = {}
+        self.waited = 0.0
+        self._nwait = 0
+        self._wait_t0 = 0.0
+
+    def wait_begin(self) -> None:
+        if not self._nwait:
+            self._wait_t0 = time.monotonic()
+        self._nwait += 1
+
+    def wait_end(self) -> None:
+        self._nwait -= 1
+        if not self._nwait:
+            self.waited += time.monotonic() - self._wait_t0
 
     def attempt_records(self) -> list[dict[str, Any]]:
         """The attempts so far in AttemptRecord form, for a request that did not reach a Result
@@ -176,11 +194,13 @@ class LiveDriver:
         self.explain = explain
 
     async def execute(self, ex: Exchange, tokens: int = 0, sticky_key: str | None = None,
-                      needs: Needs = NO_NEEDS) -> Result:
+                      needs: Needs = NO_NEEDS, explain: bool | None = None) -> Result:
+        """`explain` asks for the decision trace of this request (None: the driver's default)."""
         now = self.clock.now
         req = ex.req
         gen = self.router.execute(req.model, now(), self.rng, req, tokens=tokens, sticky_key=sticky_key,
-                                  explain=self.explain, stream=ex.stream, needs=needs)
+                                  explain=self.explain if explain is None else explain, stream=ex.stream,
+                                  needs=needs)
         try:
             eff = next(gen)
             while True:
@@ -188,7 +208,11 @@ class LiveDriver:
                 if cls is Call:
                     eff = gen.send(await self._attempt(eff, ex))  # type: ignore[arg-type]
                 elif cls is Wait:
-                    await asyncio.sleep(eff.seconds)  # type: ignore[union-attr]
+                    ex.wait_begin()  # a backoff the upstream's failure asked for: not the gateway's own time
+                    try:
+                        await asyncio.sleep(eff.seconds)  # type: ignore[union-attr]
+                    finally:
+                        ex.wait_end()
                     eff = gen.send(now())
                 elif cls is Launch:
                     eff = gen.send(self._launch(eff.call, ex))  # type: ignore[union-attr]
@@ -209,6 +233,11 @@ class LiveDriver:
             if ex.launched:
                 await self._settle_launched(ex, None)
             raise
+
+    async def attempt(self, call: Call, ex: Exchange) -> Outcome:
+        """One attempt outside Router.execute (channel tests, probes), performed and reported
+        through the Call exactly like an attempt of client traffic."""
+        return await self._attempt(call, ex)
 
     # -- hedging ---------------------------------------------------------------------------------
 
@@ -283,7 +312,7 @@ class LiveDriver:
                 upreq = UpstreamRequest(ch.url(call.upstream_model, ex.stream), ch.headers(call.key), body, ex.stream,
                                         ch.limits)
                 if ex.stream:
-                    out = await self._stream(ch, call, upreq)
+                    out = await self._stream(ch, call, ex, upreq)
                 else:
                     out = await self._plain(ch, call, ex, upreq)
         except asyncio.CancelledError:
@@ -316,11 +345,14 @@ class LiveDriver:
 
     async def _plain(self, ch: ChannelRuntime, call: Call, ex: Exchange, upreq: UpstreamRequest) -> Outcome:
         now = self.clock.now
+        ex.wait_begin()
         try:
             resp = await self.upstream.send(upreq)
             data = await resp.read()
         except UpstreamError as exc:
             return Outcome.failure(now(), transport_error(exc), key=call.key)
+        finally:
+            ex.wait_end()
         t = now()
         status = resp.status
         if not 200 <= status < 300:
@@ -333,18 +365,24 @@ class LiveDriver:
         raw = data if ch.fmt is ex.client_fmt and self.passthrough else None
         return Outcome(True, t, status, ttft=t - call.start, key=call.key, payload=Answer(parsed, raw))
 
-    async def _stream(self, ch: ChannelRuntime, call: Call, upreq: UpstreamRequest) -> Outcome:
+    async def _stream(self, ch: ChannelRuntime, call: Call, ex: Exchange, upreq: UpstreamRequest) -> Outcome:
         now = self.clock.now
+        ex.wait_begin()
         try:
             resp = await self.upstream.send(upreq)
         except UpstreamError as exc:
             return Outcome.failure(now(), transport_error(exc), key=call.key)
+        finally:
+            ex.wait_end()
         status = resp.status
         if not 200 <= status < 300:
+            ex.wait_begin()
             try:
                 data = await resp.read()
             except UpstreamError:
                 data = b""
+            finally:
+                ex.wait_end()
             return Outcome.failure(now(), self.upstream_error(ch, status, resp.headers, data), key=call.key)
         parser = ch.fmt.StreamParser()
         pending: list[StreamEvent] = []
@@ -352,7 +390,11 @@ class LiveDriver:
         try:
             committed = False
             while not committed:
-                chunk = await resp.next_chunk()
+                ex.wait_begin()
+                try:
+                    chunk = await resp.next_chunk()
+                finally:
+                    ex.wait_end()
                 if chunk:
                     evs = parser.feed(chunk)
                 else:
@@ -422,7 +464,8 @@ class LiveStream:
     """A committed upstream stream: hands out unified events as they arrive and reports the
     attempt's end through its Call (succeeded / failed / cancelled) exactly once."""
 
-    __slots__ = ("driver", "call", "resp", "parser", "pending", "eof", "done", "error", "usage", "finish", "end")
+    __slots__ = ("driver", "call", "resp", "parser", "pending", "eof", "done", "error", "usage", "finish", "end",
+                 "waited")
 
     def __init__(self, driver: LiveDriver, call: Call, resp: UpstreamResponse, parser: Any,
                  pending: list[StreamEvent], eof: bool) -> None:
@@ -437,6 +480,7 @@ class LiveStream:
         self.usage: Usage | None = None
         self.finish: str | None = None
         self.end: float | None = None  # clock when the stream ended, however it ended
+        self.waited = 0.0  # seconds spent waiting for upstream chunks after the commit (for the overhead)
         self._note(pending)
 
     async def next_events(self) -> list[StreamEvent] | None:
@@ -447,8 +491,10 @@ class LiveStream:
         if self.eof:
             self._succeed()
             return None
+        t = time.monotonic()
         try:
             chunk = await self.resp.next_chunk()
+            self.waited += time.monotonic() - t
             if chunk:
                 evs = self.parser.feed(chunk)
             else:

@@ -1,14 +1,41 @@
-"""`axonsim serve`: load the config (or build the demo), then run the gateway on uvicorn (uvloop + httptools)."""
+"""`axonsim serve`: load the config (or build the demo), check the store, then run the gateway on uvicorn (uvloop + httptools).
+
+One worker: the app is built here and served in this process. `--workers N`: uvicorn's own
+multi-process mode — a parent that holds the listening socket and supervises N worker processes,
+each of which builds its own gateway from the config file through `worker_app` (an app factory).
+Without `state.url`, every worker keeps its own channel state (cooldowns, breakers, round robin);
+with it, they share it through Redis (server.shared_state).
+
+Exit codes: 0 after a clean shutdown; 2 for a bad config, an unreachable store database (unless
+`store.on_unreachable: degraded`) or bad arguments; 1 if the server could not start otherwise.
+
+Graceful shutdown (SIGINT/SIGTERM; a second SIGINT forces it): stop accepting, let in-flight
+requests and streams finish for up to `gateway.shutdown_timeout` seconds (then cancel them), stop
+the probes, close the upstream session, drain the store, stop the shared-state sync.
+SIGHUP: one worker re-reads its config file (Proxy.reload); the multi-worker parent replaces its
+workers one by one instead (uvicorn), each old worker finishing its requests first.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
+import signal
 import sys
+from pathlib import Path
+from typing import Any
 
-from axonsim.config import load_config
+from axonsim.config import Config, load_config
 from server.app import GatewayApp
-from server.proxy import Proxy
+from server.proxy import Proxy, store_secrets
+
+log = logging.getLogger("axonsim.server")
+
+# How the parent tells its worker processes what to serve (spawned workers inherit the environment).
+ENV_CONFIG = "AXONSIM_SERVE_CONFIG"
+ENV_LOG_LEVEL = "AXONSIM_SERVE_LOG_LEVEL"
 
 
 def _setup_logging(level: str) -> None:
@@ -28,46 +55,173 @@ def _loop_name() -> str:
     return "uvloop"
 
 
-def serve(args: argparse.Namespace) -> int:
-    """Run until interrupted; ConfigError propagates to the CLI (message naming the field, exit 2)."""
-    import uvicorn
+def build_proxy(config: Config, config_path: str | Path | None, demo: Any = None) -> Proxy:
+    """The production gateway: store (SQLite next to the config by default), metrics, shared state
+    when state.url is set, a SIGHUP reload, the demo's mock providers when it is the demo."""
+    from server.store import Store
 
-    workers = getattr(args, "workers", 1) or 1
-    if workers != 1:
-        print("axonsim serve: --workers N is not supported yet; run one worker (the default)", file=sys.stderr)
-        return 2
-    log_level = str(getattr(args, "log_level", "info")).lower()
-    _setup_logging(log_level)
-
-    demo = None
-    if args.config:
-        config = load_config(args.config)
-    else:
-        from server.demo import Demo
-
-        demo = Demo(host="127.0.0.1")
-        config = demo.config
-    proxy = Proxy(config)
+    store = Store(config.store, config_path=config_path, secrets=store_secrets(config))
+    proxy = Proxy(config, store=store, config_path=config_path)
     if demo is not None:
         proxy.startup_hooks.append(demo.start)
         proxy.shutdown_hooks.append(demo.stop)
-    app = GatewayApp(proxy)
     if config.state.url:
         # Several processes agree on cooldowns, breakers, limits and round robin through Redis; the
         # getter follows a config reload's new Router. Redis down: serve on local state (logged).
         from server.shared_state import SharedState
 
-        shared = SharedState(lambda: app.proxy.router, config.state, clock=proxy.clock.now)
+        shared = SharedState(lambda: proxy.router, config.state, clock=proxy.clock.now)
+        proxy.shared_state = shared
         proxy.startup_hooks.append(shared.start)
         proxy.shutdown_hooks.append(shared.close)
+    if config_path is not None:
+        async def sighup() -> None:
+            try:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: _reload_soon(proxy))
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP here
+                pass
 
+        proxy.startup_hooks.append(sighup)
+    return proxy
+
+
+def _reload_soon(proxy: Proxy) -> None:
+    async def go() -> None:
+        try:
+            await proxy.reload()
+        except Exception as exc:
+            log.error("reload on SIGHUP failed; the previous configuration stays: %s", exc)
+
+    asyncio.get_running_loop().create_task(go())
+
+
+def worker_app() -> GatewayApp:
+    """The app factory each worker process calls (uvicorn `factory=True`)."""
+    path = os.environ[ENV_CONFIG]
+    _setup_logging(os.environ.get(ENV_LOG_LEVEL, "info"))
+    return GatewayApp(build_proxy(load_config(path), path))
+
+
+def check_store(config: Config, config_path: str | Path | None) -> str | None:
+    """Open the store's database once and migrate it, before any worker starts: None if it is
+    usable, else the reason. (Each worker then finds the schema at head.)"""
+    from server.store import Store, StoreUnavailable
+
+    async def go() -> None:
+        store = Store.from_config(config, config_path)
+        await store.start()
+        await store.close()
+
+    try:
+        asyncio.run(go())
+    except StoreUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def _banner(config: Config, config_path: Path, host: str, port: int, workers: int) -> str:
+    from server.store import resolve_url
+    from server.store.engine import safe_url
+
+    url = f"http://{host}:{port}"
+    store = config.store
+    state = config.state
+    if state.url:
+        from server.shared_state import redact_url
+
+        shared = f"in Redis at {redact_url(state.url)}, synchronised every {state.sync_interval:g} s"
+    elif workers > 1:
+        shared = f"per process: each of the {workers} workers keeps its own (set state.url to share it through Redis)"
+    else:
+        shared = "in this process (set state.url to share it through Redis with other processes)"
+    admin = (f"{url}/admin ({len(config.gateway.admin_keys)} admin key(s))" if config.gateway.admin_keys
+             else "closed (no gateway.admin_keys)")
+    return (
+        f"AxonSim gateway on {url} ({workers} worker{'s' if workers != 1 else ''})\n"
+        f"  config: {config_path} (POST /admin/reload or SIGHUP re-reads it)\n"
+        f"  usage log: {safe_url(resolve_url(store.url, config_path))}"
+        f"{' (on_unreachable: degraded)' if store.on_unreachable == 'degraded' else ''}\n"
+        f"  channel state: {shared}\n"
+        f"  metrics: {url}/metrics   admin API: {admin}   docs: {url}/docs\n"
+        f"  shutdown: in-flight requests get up to {config.gateway.shutdown_timeout:g} s"
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run until interrupted; ConfigError propagates to the CLI (message naming the field, exit 2)."""
+    import uvicorn
+
+    workers = getattr(args, "workers", None)
+    workers = 1 if workers is None else workers
+    if workers < 1:
+        print("axonsim serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    log_level = str(getattr(args, "log_level", "info")).lower()
+    _setup_logging(log_level)
+
+    demo = None
+    config_path: Path | None = None
+    if args.config:
+        config_path = Path(args.config).resolve()
+        config = load_config(config_path)
+    else:
+        if workers != 1:
+            print("axonsim serve: the built-in demo runs in one process (its mock providers live in it); "
+                  "--workers needs --config", file=sys.stderr)
+            return 2
+        from server.demo import Demo
+
+        demo = Demo(host="127.0.0.1")
+        config = demo.config
+    if config.store.on_unreachable != "degraded":
+        problem = check_store(config, config_path)
+        if problem is not None:
+            print(f"axonsim serve: cannot start: {problem}\n  (fix store.url, or set store.on_unreachable: degraded "
+                  "to serve without it and buffer records until it comes back)", file=sys.stderr)
+            if demo is not None:
+                demo.cleanup()
+            return 2
+
+    common: dict[str, Any] = dict(
+        host=args.host, port=args.port, loop=_loop_name(), http="httptools", lifespan="on", access_log=False,
+        log_level=log_level, server_header=False,
+        proxy_headers=False,  # no X-Forwarded-* rewriting: the gateway does not use the peer address
+        timeout_graceful_shutdown=config.gateway.shutdown_timeout,
+    )
     if demo is not None:
         print(demo.banner(args.host, args.port), flush=True)
-    uv = uvicorn.Config(app, host=args.host, port=args.port, loop=_loop_name(), http="httptools", lifespan="on",
-                        access_log=False, log_level=log_level, server_header=False,
-                        proxy_headers=False)  # no X-Forwarded-* rewriting: the gateway does not use the peer address
-    server = uvicorn.Server(uv)
-    server.run()
+    else:
+        assert config_path is not None
+        print(_banner(config, config_path, args.host, args.port, workers), flush=True)
+
+    if workers > 1:
+        from uvicorn.config import STARTUP_FAILURE
+        from uvicorn.supervisors import Multiprocess
+
+        assert config_path is not None
+        os.environ[ENV_CONFIG] = str(config_path)
+        os.environ[ENV_LOG_LEVEL] = log_level
+        uv = uvicorn.Config("server.main:worker_app", factory=True, workers=workers, **common)
+        supervisor = Multiprocess(uv, sockets=[uv.bind_socket()])
+        supervisor.run()
+        if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+            print("axonsim serve: a worker failed to start (its log says why); stopped", file=sys.stderr)
+            return 1
+        return 0
+
+    proxy = build_proxy(config, config_path, demo)
+    server = uvicorn.Server(uvicorn.Config(GatewayApp(proxy), **common))
+    try:
+        server.run()
+    finally:
+        if demo is not None:
+            demo.cleanup()  # if start-up failed; after a shutdown its hook has done it already
+    if proxy.startup_error is not None:
+        from server.store import StoreUnavailable
+
+        if isinstance(proxy.startup_error, StoreUnavailable):
+            print(f"axonsim serve: cannot start: {proxy.startup_error}", file=sys.stderr)
+            return 2
     if not server.started:
         return 1
     return 0

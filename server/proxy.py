@@ -1,53 +1,85 @@
-"""The proxy's runtime, built once from a Config: router, channel runtimes, auth, upstream, driver, request log.
+"""The proxy's runtime: what is built once from a Config (swapped whole on reload) and what lives for the process.
 
-Everything that can be computed before the first request is computed here (format modules,
-per-channel URLs/headers/timeouts, the auth table, the secret scrubber), so a request only does
-request work. The ASGI app (server.app) and the FastAPI side (server.api) both read this object.
+Two layers, so that a config reload never drops a request:
+
+- `Runtime`: everything derived from one Config — Router (channel state), channel runtimes (URLs,
+  auth headers, timeouts), the gateway-key table, the secret scrubber, the driver, the client-API
+  route table, the trace/thread header table, the price lookups. Everything that can be computed
+  before the first request is computed here, so a request only does request work.
+- `Proxy`: the process-wide parts — upstream session, seeded RNG, clock, usage-log store, metrics,
+  the recent-requests ring, probes, start-up/shutdown. `proxy.rt` is the current Runtime. A request
+  reads it once when it arrives and keeps it to the end; `reload()` builds a new Runtime and swaps
+  it in with one assignment, so in-flight requests finish on the old one and new ones use the new.
 
 Request records: every client request ends in exactly one record, a dict kept in a bounded
-in-memory ring (`recent`) and handed to the `on_request_done` hook, where the persistent store
-plugs in. A hook must be quick and must not raise; if it does, the error is logged and the
-request is unaffected. Field names follow server.store.RequestRecord where they overlap:
+in-memory ring (`recent`) and passed to `request_done`, which counts it in the metrics, submits it to
+the store as a RequestRecord (the store writes it from its own task, in batches; `submit` never
+waits) and hands it to the optional `on_request_done` hook. A hook must be quick and must not
+raise; if it does, the error is logged and the request is unaffected. Field names follow
+server.store.RequestRecord where they overlap:
 
     id, created_at (unix s), method, path, client_format, model, stream, project, key_name (never the
     key), status (499: the client went away), outcome (completed | failed | cancelled), error,
-    error_kind, latency (s, arrival to last byte), ttft (s, arrival to first byte sent), usage (dict or
-    None), channel (the one that answered), channels (all tried, in order), trace_id, thread_id,
-    attempts: AttemptRecord.as_dict() each (times on the proxy clock: unix seconds), the answering
-    stream's also with `stream_end` and, if it broke after the commit, `stream_error`;
-    decisions: the core's decision trace (only when the proxy is built with explain=True).
+    error_kind, latency (s, arrival to last byte), ttft (s, arrival to first byte of a successful
+    answer), overhead (s: latency minus the time spent waiting on upstreams, backoffs included),
+    usage (dict or None), cost (None: unpriced), channel (the one that answered), channels (all tried,
+    in order), trace_id, thread_id, attempts: AttemptRecord.as_dict() each (times on the proxy clock:
+    unix seconds), the answering stream's also with `stream_end` and, if it broke after the commit,
+    `stream_error`; decisions: the core's decision trace (when explained: X-AxonSim-Explain, or a
+    proxy built with explain=True).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from axonsim.config import Config, ConfigError
+from axonsim.config import Config, ConfigError, Price, load_config
 from axonsim.execution import Router
 from axonsim.formats import get_format
+from axonsim.pricing import cost as price_cost
+from axonsim.state import ChannelState
+from axonsim.unified import Usage
 from server.auth import GatewayAuth
-from server.driver import ChannelRuntime, Clock, LiveDriver, Scrubber
+from server.driver import ChannelRuntime, Clock, Exchange, LiveDriver, Scrubber
+from server.metrics import Metrics
 from server.routes import RouteTable, load_formats
+from server.store.records import AttemptRow, RequestRecord
 from server.upstream import AiohttpUpstream, Upstream
+
+if TYPE_CHECKING:
+    from server.probes import Probes
+    from server.store import Store
 
 log = logging.getLogger("axonsim.server")
 access_log = logging.getLogger("axonsim.server.access")
 
 RequestHook = Callable[[dict[str, Any]], None]
 
+# What a request header carries (Runtime.header_kinds maps raw lower-case names to these).
+H_TRACE, H_THREAD, H_AH_TRACE, H_AH_THREAD, H_EXPLAIN = 1, 2, 3, 4, 5
+AH_TRACE = b"ah-trace-id"  # AxonHub's names, accepted so its clients keep their traces
+AH_THREAD = b"ah-thread-id"
+EXPLAIN_HEADER = b"x-axonsim-explain"
 
-class Proxy:
-    # Request headers naming a trace / a conversation thread: kept in the record and used as the
-    # sticky-routing key (routing.sticky); never forwarded upstream (no client header is).
-    trace_header = b"x-trace-id"
-    thread_header = b"x-thread-id"
+MAX_STORED_BODY = 1 << 20  # bytes of a request/response body kept when store.store_bodies is on
 
-    def __init__(self, config: Config, upstream: Upstream | None = None, *, seed: int | None = None,
-                 recent: int = 1000, passthrough: bool = True, explain: bool = False) -> None:
+
+def _lower(name: str) -> bytes:
+    return name.strip().lower().encode("latin-1")
+
+
+class Runtime:
+    """Everything built from one Config; replaced whole by Proxy.reload (never mutated in place
+    except for channel state, which is the Router's job)."""
+
+    def __init__(self, config: Config, upstream: Upstream, rng: random.Random, clock: Clock, passthrough: bool,
+                 explain: bool) -> None:
         self.config = config
         self.router = Router(config)
         self.auth = GatewayAuth(config.gateway.api_keys)
@@ -61,37 +93,187 @@ class Proxy:
             channels.append(ChannelRuntime(st, fmt, config.gateway.timeouts))
         self.channels = channels
         self.scrub = Scrubber(k.secret for st in self.router.states for k in st.keys)
+        self.driver = LiveDriver(self.router, channels, upstream, rng, self.scrub, clock, passthrough, explain)
+        self.sticky = config.routing.sticky
+        self.routes = RouteTable(load_formats())
+        g = config.gateway
+        self.trace_name = _lower(g.trace_header)
+        self.thread_name = _lower(g.thread_header)
+        # AxonHub's names first, so configured names that happen to be the same win.
+        self.header_kinds: dict[bytes, int] = {AH_TRACE: H_AH_TRACE, AH_THREAD: H_AH_THREAD, EXPLAIN_HEADER: H_EXPLAIN,
+                                               self.trace_name: H_TRACE, self.thread_name: H_THREAD}
+        self.prices: Mapping[str, Price] = config.prices
+        self.channel_prices: dict[str, Price] = {ch.name: ch.price for ch in config.channels if ch.price is not None}
+        self.priced = bool(self.prices or self.channel_prices)
+
+    def price(self, channel: str, upstream_model: str | None, model: str | None) -> Price | None:
+        """The channel's own price, else the table's for the upstream model, else for the requested name."""
+        p = self.channel_prices.get(channel)
+        if p is not None:
+            return p
+        prices = self.prices
+        if upstream_model is not None and upstream_model in prices:
+            return prices[upstream_model]
+        if model is not None and model in prices:
+            return prices[model]
+        return None
+
+
+class Proxy:
+    """The gateway's process-wide state; `rt` is the current Runtime (see the module docstring)."""
+
+    def __init__(self, config: Config, upstream: Upstream | None = None, *, seed: int | None = None,
+                 recent: int = 1000, passthrough: bool = True, explain: bool = False, store: Store | None = None,
+                 config_path: str | Path | None = None, metrics: Metrics | None = None) -> None:
         self.upstream: Upstream = upstream if upstream is not None else AiohttpUpstream()
         # One seeded generator for jitter and strategy draws; the OS seeds it when the config has no seed.
         self.rng = random.Random(seed if seed is not None else config.seed)
         self.clock = Clock()
-        self.driver = LiveDriver(self.router, channels, self.upstream, self.rng, self.scrub, self.clock, passthrough,
-                                 explain)
-        self.sticky = config.routing.sticky
-        self.routes = RouteTable(load_formats())
+        self.passthrough = passthrough
+        self.explain = explain
+        self.rt = Runtime(config, self.upstream, self.rng, self.clock, passthrough, explain)
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.store = store
+        self.metrics = metrics if metrics is not None else Metrics(router=lambda: self.rt.router,
+                                                                   store=lambda: self.store, now=self.clock.now)
         self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
         self.on_request_done: RequestHook | None = None
         self.ready = False
+        self.startup_error: BaseException | None = None  # why start-up failed (serve maps it to an exit code)
+        self.shared_state: Any = None  # server.shared_state.SharedState when state.url is set
         self.startup_hooks: list[Callable[[], Awaitable[None]]] = []
         self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._reload_lock = asyncio.Lock()
+        from server.probes import Probes  # here: probes import this module
+
+        self.probes: Probes = Probes(self)
+
+    # -- the current runtime, by its old names -------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self.rt.config
+
+    @property
+    def router(self) -> Router:
+        return self.rt.router
+
+    @property
+    def auth(self) -> GatewayAuth:
+        return self.rt.auth
+
+    @property
+    def channels(self) -> list[ChannelRuntime]:
+        return self.rt.channels
+
+    @property
+    def scrub(self) -> Scrubber:
+        return self.rt.scrub
+
+    @property
+    def driver(self) -> LiveDriver:
+        return self.rt.driver
+
+    @property
+    def routes(self) -> RouteTable:
+        return self.rt.routes
+
+    @property
+    def sticky(self) -> str:
+        return self.rt.sticky
+
+    @property
+    def trace_header(self) -> bytes:
+        """The configured trace-id request header, lower-case bytes as ASGI spells header names."""
+        return self.rt.trace_name
+
+    @property
+    def thread_header(self) -> bytes:
+        return self.rt.thread_name
+
+    # -- lifecycle -----------------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        for hook in self.startup_hooks:
-            await hook()
-        await self.upstream.start()
+        """Store first (StoreUnavailable if its database is down and not allowed to be), then the
+        hooks (demo mocks, shared state), the upstream session, the probes."""
+        try:
+            if self.store is not None:
+                await self.store.start()
+            for hook in self.startup_hooks:
+                await hook()
+            await self.upstream.start()
+        except BaseException as exc:
+            self.startup_error = exc
+            raise
+        self.probes.start()
         self.ready = True
 
     async def shutdown(self) -> None:
+        """Called once the server has stopped accepting and in-flight requests have finished (or
+        the shutdown deadline passed): probes, upstream session, then the store drains."""
         self.ready = False
-        await self.upstream.aclose()
+        await self.probes.stop()
+        try:
+            await self.upstream.aclose()
+        except Exception:
+            log.exception("closing the upstream session failed")
+        if self.store is not None:
+            try:
+                await self.store.close(timeout=max(self.config.gateway.shutdown_timeout, 1.0))
+            except Exception:
+                log.exception("closing the store failed")
         for hook in reversed(self.shutdown_hooks):
             try:
                 await hook()
             except Exception:
                 log.exception("shutdown hook failed")
 
-    def request_done(self, record: dict[str, Any]) -> None:
+    # -- reload --------------------------------------------------------------------------------------
+
+    async def reload(self, config: Config | None = None) -> None:
+        """Re-read the config file (or take `config`), build a new Runtime and swap it in.
+
+        ConfigError leaves everything as it was. Channel state carries over for channels whose
+        config did not change (see carry_over); requests in flight finish on the old Runtime."""
+        async with self._reload_lock:
+            if config is None:
+                if self.config_path is None:
+                    raise NotImplementedError("this gateway was started without a config file (the demo): "
+                                              "there is nothing to re-read")
+                config = load_config(self.config_path)
+            old = self.rt
+            new = Runtime(config, self.upstream, self.rng, self.clock, self.passthrough, self.explain)
+            kept = carry_over(old.router, new.router, self.clock.now())
+            self.rt = new
+            if self.store is not None:
+                # The old keys too: a record of a request that ran on the old config may still quote one.
+                self.store.set_secrets([*store_secrets(config), *store_secrets(old.config)])
+            self.probes.restart()
+            restart_only = [k for k in ("store", "state") if getattr(old.config, k) != getattr(config, k)]
+            if old.config.gateway.shutdown_timeout != config.gateway.shutdown_timeout:
+                restart_only.append("gateway.shutdown_timeout")
+            log.info("configuration reloaded: %d channels (state kept for %d unchanged)", len(new.router.states),
+                     len(kept))
+            if restart_only:
+                log.warning("configuration reloaded, but %s changes apply only after a restart", ", ".join(restart_only))
+
+    # -- records -------------------------------------------------------------------------------------
+
+    def request_done(self, record: dict[str, Any], rt: Runtime | None = None, ex: Exchange | None = None,
+                     request_body: bytes | None = None, response_body: bytes | None = None) -> None:
+        """One finished client request: ring, metrics, store, hook, access log. Never raises."""
         self.recent.append(record)
+        try:
+            self.metrics.observe_request(record["client_format"], record["model"], record["status"],
+                                         record["latency"], record["ttft"], record.get("overhead"), record["attempts"])
+        except Exception:
+            log.exception("metrics: observing a request failed")
+        store = self.store
+        if store is not None:
+            try:
+                store.submit(store_record(record, rt or self.rt, ex, request_body, response_body))
+            except Exception:
+                log.exception("store: building the record of request %s failed", record["id"])
         hook = self.on_request_done
         if hook is not None:
             try:
@@ -115,6 +297,149 @@ class Proxy:
     def channel_states(self) -> list[dict[str, object]]:
         now = self.clock.now()
         return [st.snapshot(now) for st in self.router.states]
+
+
+def store_secrets(config: Config) -> list[str]:
+    """What the store masks in everything it writes: every key of the config — upstream, client
+    and admin (a client may paste any of them into a prompt)."""
+    from server.store import secrets_from_config
+
+    return [*secrets_from_config(config), *config.gateway.admin_keys]
+
+
+def request_cost(rt: Runtime, usage: Usage | None, attempts: Sequence[Mapping[str, Any]],
+                 model: str | None) -> float | None:
+    """What the answering attempt cost (None: unpriced, or no attempt answered)."""
+    if not rt.priced or usage is None or not attempts:
+        return None
+    last = attempts[-1]
+    p = rt.price(last["channel"], last["upstream_model"], model)
+    return None if p is None else price_cost(usage, p)
+
+
+def store_record(rec: Mapping[str, Any], rt: Runtime, ex: Exchange | None, request_body: bytes | None,
+                 response_body: bytes | None) -> RequestRecord:
+    """The proxy's record dict as the store's RequestRecord with its AttemptRows (built in the
+    request's task after the last byte was sent; the store writes it later from its own task).
+
+    An attempt's `decision` JSON keeps only what its columns do not: what execution did next, how
+    a committed stream broke, and — for an explained request — the routing decision that chose
+    its channel. (The store scrubs every JSON value it writes, so a fuller copy would double the
+    writer's cost per record for information the columns already hold.)"""
+    usage = rec["usage"]
+    model = rec["model"]
+    rows = []
+    atts = rec["attempts"]
+    if atts:
+        decisions = rec.get("decisions")
+        cost = rec.get("cost")  # records from other handlers (embeddings) may not carry one
+        failures: dict[int, str] = {}
+        last = len(atts) - 1
+        for i, a in enumerate(atts):
+            if a["error"] is not None and ex is not None and not failures:
+                # The driver's scrubbed error messages live in the exchange's trace, by attempt number.
+                for call, out in ex.trace:
+                    if out is not None and out.error is not None:
+                        failures[call.attempt] = out.error.message
+            start, end = a["start"], a["end"]
+            kind = a["error"]
+            broke = a.get("stream_error")
+            decision: dict[str, Any] = {"next": a["next"]}
+            if broke is not None:
+                decision["stream_error"] = broke
+            d = a["decision"]
+            if decisions and d is not None and 0 <= d < len(decisions):
+                decision["choice"] = decisions[d]
+            stream_end = a.get("stream_end")
+            answered = kind is None and a["next"] == "done"
+            if i == last and answered:
+                a_cost = cost
+            elif rt.priced and rt.price(a["channel"], a["upstream_model"], model) is not None:
+                a_cost = 0.0  # a failed attempt is not billed
+            else:
+                a_cost = None
+            rows.append(AttemptRow(
+                n=a["attempt"], channel=a["channel"], upstream_model=a["upstream_model"], status=a["status"],
+                key_name=a["key"],
+                error=failures.get(a["attempt"], kind) if kind is not None else (rec["error"] if broke else None),
+                error_kind=kind or broke,
+                latency=(stream_end if stream_end is not None else end) - start,
+                ttft=(end - start) if answered else None, cost=a_cost, decision=decision,
+            ))
+    return RequestRecord(
+        id=rec["id"], created_at=rec["created_at"], project=rec["project"] or "", key_name=rec["key_name"],
+        model=model or "", client_format=rec["client_format"], stream=bool(rec["stream"]), status=rec["status"],
+        outcome=rec["outcome"], error=rec["error"], latency=rec["latency"], ttft=rec["ttft"],
+        overhead=rec.get("overhead"), cost=rec.get("cost"), trace_id=rec["trace_id"], thread_id=rec["thread_id"],
+        channel=rec["channel"],
+        prompt_tokens=usage["prompt_tokens"] if usage else 0,
+        completion_tokens=usage["completion_tokens"] if usage else 0,
+        cached_tokens=usage.get("cached_tokens", 0) if usage else 0,
+        reasoning_tokens=usage.get("reasoning_tokens", 0) if usage else 0,
+        request_body=request_body[:MAX_STORED_BODY] if request_body is not None else None,
+        response_body=response_body[:MAX_STORED_BODY] if response_body is not None else None,
+        attempts=rows,
+    )
+
+
+# -- carrying channel state over a reload -----------------------------------------------------------
+
+# Plain values copied from an unchanged channel's old state to its new one.
+_VALUES = ("requests", "failures", "consecutive_failures", "last_failure", "last_success", "cooldown_until",
+           "ewma_latency", "ewma_ttft", "ewma_tps", "last_pick", "disabled_until", "selections", "selections_at",
+           "peak_ewma", "peak_at", "_key_rr")
+_KEY_VALUES = ("disabled", "disabled_until", "failures", "uses")
+
+
+def carry_over(old: Router, new: Router, now: float) -> list[str]:
+    """Give the new Router's channels the live state of the old one's, for every channel whose
+    config is unchanged (compared field by field, so an admin-API switch made since the last load
+    counts as a change: switches last until the next reload). Returns the channels carried over.
+
+    What moves: health and performance figures (cooldown, auto-disable, EWMAs, counters, the
+    round-robin position), per-key disables, and — shared by reference, so attempts still running
+    on the old Router keep them right — the limiters and quota counters; breakers, outlier
+    ejection and auto-disable streaks too when the health config is unchanged. What does not: the
+    in-flight count (attempts running on the old Router report to the old state, so the new one
+    starts at 0 and counts only its own), and everything of a changed or new channel."""
+    kept: list[str] = []
+    same_health = old.config.routing.health == new.config.routing.health
+    for st in new.states:
+        prev = old.by_name.get(st.name)
+        if prev is None or prev.channel != st.channel:
+            continue
+        _carry_channel(prev, st, same_health, new, now)
+        kept.append(st.name)
+    if old.config.routing == new.config.routing:
+        new.balancer.seq = old.balancer.seq
+        new.stats = old.stats
+        new.budget = old.budget
+    if kept and new.sticky_mode != "none":
+        names = set(kept)
+        for k, v in old.sticky.items():
+            if v in names:
+                new.sticky[k] = v
+    return kept
+
+
+def _carry_channel(prev: ChannelState, st: ChannelState, same_health: bool, new: Router, now: float) -> None:
+    for name in _VALUES:
+        setattr(st, name, getattr(prev, name))
+    st.limiter = prev.limiter
+    st.quota = prev.quota
+    for kp, kn in zip(prev.keys, st.keys, strict=True):
+        for name in _KEY_VALUES:
+            setattr(kn, name, getattr(kp, name))
+        kn.limiter = kp.limiter
+        if same_health:
+            kn.breaker = kp.breaker
+            kn.auto = kp.auto
+    if same_health:
+        st.breakers = prev.breakers
+        st.auto = prev.auto
+        st.ejection = prev.ejection
+        if prev.ejection.until > now:
+            new.outlier.ejected[st.name] = prev.ejection.until
 
 
 def _safe(s: str | None) -> str:

@@ -18,7 +18,7 @@ import uvicorn
 from axonsim.config import Channel, Config, parse_config
 from server.app import GatewayApp
 from server.mock_provider import MockProvider, MockServer, start_mock
-from server.proxy import Proxy
+from server.proxy import Proxy, store_secrets
 
 T = TypeVar("T")
 
@@ -73,9 +73,12 @@ async def start_gateway(proxy: Proxy) -> GatewayServer:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    # log_config=None: leave logging alone, so pytest's caplog sees the gateway's log lines.
+    # log_config=None: leave logging alone, so pytest's caplog sees the gateway's log lines. The
+    # shutdown deadline is the config's, capped so a test's teardown never waits long.
     config = uvicorn.Config(GatewayApp(proxy), lifespan="on", log_config=None, access_log=False, http="httptools",
-                            server_header=False, timeout_graceful_shutdown=5)
+                            server_header=False,
+                            # uvicorn annotates int but passes it to asyncio.wait_for: seconds as a float work
+                            timeout_graceful_shutdown=min(proxy.config.gateway.shutdown_timeout, 5.0))  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     deadline = time.monotonic() + 10
@@ -102,6 +105,7 @@ class Stack:
         self.mocks: list[MockServer] = []
         self.gateways: list[GatewayServer] = []
         self.by_name: dict[str, MockServer] = {}  # mocks started by serve(), by channel name
+        self.config_dict: dict[str, Any] = {}  # the last config serve() built, as a dict (base URLs filled in)
 
     def mock(self, channel: Channel | MockProvider, **kw: Any) -> MockServer:
         provider = channel if isinstance(channel, MockProvider) else MockProvider(channel, **kw)
@@ -121,9 +125,11 @@ class Stack:
 
     def serve(self, channels: list[dict[str, Any]], gateway: dict[str, Any] | None = None,
               routing: dict[str, Any] | None = None, mock_kw: dict[str, dict[str, Any]] | None = None,
-              seed: int = 1, **proxy_kw: Any) -> GatewayServer:
+              seed: int = 1, extra: dict[str, Any] | None = None, **proxy_kw: Any) -> GatewayServer:
         """Start one mock provider per channel spec (a config dict without base_url), then a gateway
-        whose config points each channel at its mock. `mock_kw[name]` goes to that MockProvider."""
+        whose config points each channel at its mock. `mock_kw[name]` goes to that MockProvider;
+        `extra` holds more top-level config sections (prices, store, state); `proxy_kw` goes to
+        Proxy, except `store=True`, which means a Store for the config (keyword arguments in `store_kw`)."""
         specs = []
         for i, spec in enumerate(channels):
             spec = dict(spec)
@@ -132,8 +138,14 @@ class Stack:
             self.by_name[ch.name] = m
             spec["base_url"] = m.base_url
             specs.append(spec)
-        config = parse_config({"gateway": gateway or {"api_keys": [{"key": "sk-gw-test", "project": "test"}]},
-                               "channels": specs, "routing": routing or {}}, "<test>")
+        data = {"gateway": gateway or {"api_keys": [{"key": "sk-gw-test", "project": "test"}]},
+                "channels": specs, "routing": routing or {}, **(extra or {})}
+        config = parse_config(data, "<test>")
+        self.config_dict = data
+        if proxy_kw.get("store") is True:
+            from server.store import Store
+
+            proxy_kw["store"] = Store(config.store, secrets=store_secrets(config), **proxy_kw.pop("store_kw", {}))
         return self.gateway(config, seed=seed, **proxy_kw)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:

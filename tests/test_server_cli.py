@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -75,8 +76,10 @@ def test_unreadable_and_invalid_yaml_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and "YAML" in r.stderr
 
 
-def test_workers_not_supported_yet() -> None:
+def test_the_demo_runs_in_one_process() -> None:
     r = axonsim("serve", "--workers", "2")
+    assert r.returncode == 2 and "--workers needs --config" in r.stderr
+    r = axonsim("serve", "--workers", "0")
     assert r.returncode == 2 and "--workers" in r.stderr
 
 
@@ -102,10 +105,21 @@ def test_demo_serves_stream_and_non_stream() -> None:
         assert lines[-1] == "[DONE]" and "content" in orjson.loads(lines[1])["choices"][0]["delta"]
         models = httpx.get(url + "/v1/models", headers=auth, timeout=5).json()
         assert {"demo-model", "gpt-4o-mini"} <= {m["id"] for m in models["data"]}
+        # Usage records: the demo's SQLite store, read through its admin API.
+        admin = {"Authorization": "Bearer sk-axon-demo-admin"}
+        deadline = time.monotonic() + 10
+        while httpx.get(url + "/admin/requests", headers=admin, timeout=5).json()["total"] < 4:
+            assert time.monotonic() < deadline, "the demo's records never reached its store"
+            time.sleep(0.05)
+        assert "axonsim_requests_total" in httpx.get(url + "/metrics", timeout=5).text
     finally:
         out, err = stop(proc)
     assert "sk-axon-demo" in out and "curl" in out
     assert "sk-demo-upstream" not in out + err  # upstream keys are never printed
+    # The usage log lived in a temporary directory, named in the banner and gone after the demo.
+    db = re.search(r"usage log: SQLite at (\S+)", out)
+    assert db is not None and "temporary" in out
+    assert not Path(db.group(1)).parent.exists()
 
 
 def test_mock_provider_command(tmp_path: Path) -> None:

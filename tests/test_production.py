@@ -1,0 +1,812 @@
+"""The proxy wired for production, over real HTTP on loopback: usage records in SQLite and PostgreSQL, metrics, admin API, traces, reload, probes, `axonsim serve`.
+
+PostgreSQL: AXONSIM_TEST_PG (default postgresql://postgres@127.0.0.1:5432/test), one schema per test,
+dropped afterwards; skipped with the reason when unreachable, a failure when AXONSIM_REQUIRE_POSTGRES=1.
+Two processes sharing a cooldown through Redis is tests/test_shared_state.py's end-to-end test
+(two `axonsim serve` processes); here `--workers 2` is shown to serve and record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from axonsim.behavior import BehaviorModel
+from axonsim.config import Behavior, Channel, load_config, parse_config
+from axonsim.execution import Outcome, Router
+from axonsim.unified import ErrorKind
+from server.mock_provider import MockProvider
+from server.proxy import Proxy, carry_over
+from server.testing import GatewayServer, Stack
+from server.upstream import MockReply, MockUpstream, UpstreamRequest
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_DSN = os.environ.get("AXONSIM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_PG = os.environ.get("AXONSIM_REQUIRE_POSTGRES") == "1"
+
+# Recognisable secrets, none with an "sk-" prefix: only the gateway's own scrubbing can catch them.
+GW_KEY = "gw-client-secret-3e9d1a77"
+ADMIN_KEY = "admin-secret-77c1f0b2"
+AUTH = {"Authorization": f"Bearer {GW_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+FAST = {"ttft": 0.01, "tokens_per_second": 2000, "output_tokens": 20}
+
+
+def secret(name: str) -> str:
+    return f"upstream-secret-{name}-5b2e8c"
+
+
+def ch(name: str, model: str, behavior: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "type": "openai", "api_keys": [secret(name)], "models": [model],
+            "behavior": {**FAST, **(behavior or {})}, **kw}
+
+
+CHANNELS = [
+    ch("good", "ok"),
+    ch("flaky", "fo", {"error_rate": 1.0}, priority=0),
+    ch("steady", "fo", priority=1),
+    ch("bad", "fail", {"error_rate": 1.0}),
+    ch("slow", "slow", {"ttft": 0.02, "tokens_per_second": 20, "output_tokens": 400}),
+    ch("medium", "medium", {"ttft": 0.02, "tokens_per_second": 60, "output_tokens": 40}),
+    ch("leaky", "leak"),
+]
+SECRETS = [*(secret(c["name"]) for c in CHANNELS), GW_KEY, ADMIN_KEY]
+GATEWAY = {"api_keys": [{"key": GW_KEY, "project": "acme", "name": "acme-app"}], "admin_keys": [ADMIN_KEY]}
+# Breakers and auto-disable off: these channels fail on purpose and every request should reach them.
+ROUTING = {"retry": {"max_same_channel": 0, "backoff": {"base": 0.001, "cap": 0.01}},
+           "health": {"breaker": {"enabled": False}, "key_breaker": {"enabled": False}, "auto_disable": [],
+                      "outlier": {"enabled": False}}}
+PRICES = {"ok": {"input": 1.0, "output": 2.0}}
+MOCK_KW = {"leaky": {"accept_keys": ["something-else"], "leak_keys": True}}  # rejects our key, quotes it back
+
+
+def chat(c: httpx.Client, model: str = "ok", stream: bool = False, headers: dict[str, str] | None = None,
+         content: str = "Hello there", **extra: Any) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "stream": stream, **extra}
+    return c.post("/v1/chat/completions", json=body, headers=AUTH if headers is None else headers)
+
+
+def until(cond: Callable[[], Any], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cancel_mid_stream(gw: GatewayServer, model: str = "slow") -> str:
+    """A client that reads the first content of a stream, then hangs up; the request's id."""
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=gw.url, timeout=10) as c, c.stream("POST", "/v1/chat/completions", json=body,
+                                                                  headers=AUTH) as r:
+        assert r.status_code == 200
+        got = b""
+        for piece in r.iter_raw():
+            got += piece
+            if b'"content":"The' in got:
+                break
+        return r.headers["x-request-id"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Databases
+
+
+def _pg_reason() -> str | None:
+    async def probe() -> None:
+        conn = await asyncpg.connect(PG_DSN, timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"PostgreSQL at {PG_DSN} is unreachable ({type(exc).__name__}: {exc})"
+    return None
+
+
+PG_UNAVAILABLE = _pg_reason()
+
+
+class DB:
+    """A store database the test can read behind the gateway's back."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        if kind == "sqlite":
+            self.path = tmp_path / "gateway.db"
+            self.url = f"sqlite+aiosqlite:///{self.path}"
+            self.store_kw: dict[str, Any] = {}
+        else:
+            self.schema = "prod_" + uuid.uuid4().hex[:12]
+            self.url = PG_DSN
+            self.store_kw = {"schema": self.schema}
+            self._pg(f'CREATE SCHEMA "{self.schema}"')
+
+    def _pg(self, sql: str, fetch: bool = False) -> list[dict[str, Any]]:
+        async def go() -> list[dict[str, Any]]:
+            conn = await asyncpg.connect(PG_DSN, timeout=5)
+            try:
+                if not fetch:
+                    await conn.execute(sql)
+                    return []
+                await conn.execute(f'SET search_path TO "{self.schema}"')
+                return [dict(r) for r in await conn.fetch(sql)]
+            finally:
+                await conn.close()
+
+        return asyncio.run(go())
+
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        if self.kind == "postgresql":
+            return self._pg(sql, fetch=True)
+        conn = sqlite3.connect(self.path, timeout=5)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute(sql).fetchall()]
+        finally:
+            conn.close()
+
+    def raw_text(self) -> str:
+        if self.kind == "postgresql":
+            return "\n".join(str(r) for r in self.rows("SELECT * FROM requests") + self.rows("SELECT * FROM attempts"))
+        out = b""
+        for suffix in ("", "-wal", "-journal"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                out += p.read_bytes()
+        return out.decode("latin-1")
+
+    def drop(self) -> None:
+        if self.kind == "postgresql":
+            self._pg(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DB]:
+    if request.param == "postgresql" and PG_UNAVAILABLE:
+        if REQUIRE_PG:
+            pytest.fail(PG_UNAVAILABLE + " and AXONSIM_REQUIRE_POSTGRES=1")
+        pytest.skip(PG_UNAVAILABLE)
+    d = DB(request.param, tmp_path)
+    try:
+        yield d
+    finally:
+        d.drop()
+
+
+def serve(st: Stack, db: DB, *, store: dict[str, Any] | None = None, **kw: Any) -> GatewayServer:
+    kw.setdefault("routing", ROUTING)
+    return st.serve(CHANNELS, gateway=GATEWAY, mock_kw=MOCK_KW, store=True, store_kw=db.store_kw,
+                    extra={"prices": PRICES, "store": {"url": db.url, "flush_interval": 0.02, **(store or {})}}, **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# Usage records
+
+
+def test_one_record_per_request_for_every_outcome(db: DB) -> None:
+    with Stack() as st:
+        gw = serve(st, db)
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            ok = chat(c, "ok", headers={**AUTH, "X-AxonSim-Trace-Id": "trace-1", "X-AxonSim-Thread-Id": "thread-1"})
+            fo = chat(c, "fo")
+            bad = chat(c, "fail")
+            nokey = chat(c, "ok", headers={})
+            streamed = chat(c, "ok", stream=True, stream_options={"include_usage": True})
+        cancelled = cancel_mid_stream(gw)
+        until(lambda: gw.proxy.find(cancelled) is not None, "the cancelled request's record")
+        assert st.call(gw.proxy.store.flush(20))
+        for r, status in ((ok, 200), (fo, 200), (bad, 502), (nokey, 401), (streamed, 200)):
+            assert r.status_code == status, r.text
+
+        rows = {r["id"]: r for r in db.rows("SELECT * FROM requests")}
+        ids = {name: r.headers["x-request-id"] for name, r in
+               (("ok", ok), ("fo", fo), ("bad", bad), ("nokey", nokey), ("streamed", streamed))}
+        ids["cancelled"] = cancelled
+        assert set(rows) == set(ids.values())  # exactly one row per client request, nothing else
+        attempts: dict[str, list[dict[str, Any]]] = {}
+        for a in db.rows("SELECT * FROM attempts ORDER BY request_id, n"):
+            attempts.setdefault(a["request_id"], []).append(a)
+
+        r = rows[ids["ok"]]
+        assert (r["status"], r["outcome"], r["channel"], r["project"], r["key_name"]) == (200, "completed", "good",
+                                                                                         "acme", "acme-app")
+        assert (r["trace_id"], r["thread_id"]) == ("trace-1", "thread-1")
+        assert r["completion_tokens"] == 20 and r["prompt_tokens"] > 0
+        assert r["cost"] == pytest.approx((r["prompt_tokens"] * 1.0 + 20 * 2.0) / 1e6)
+        assert 0 <= r["overhead"] <= r["latency"] and r["ttft"] <= r["latency"]
+        [a] = attempts[ids["ok"]]
+        assert (a["channel"], a["status"], a["key_name"], a["cost"]) == ("good", 200, "good#0", r["cost"])
+        assert a["latency"] > 0 and a["ttft"] is not None
+
+        r = rows[ids["fo"]]
+        assert (r["status"], r["outcome"], r["channel"], r["cost"]) == (200, "completed", "steady", None)
+        assert [(a["channel"], a["status"], a["error_kind"]) for a in attempts[ids["fo"]]] == [
+            ("flaky", 500, "server_error"), ("steady", 200, None)]
+
+        r = rows[ids["bad"]]
+        assert (r["status"], r["outcome"], r["channel"]) == (502, "failed", None) and r["error"]
+        assert [(a["channel"], a["error_kind"]) for a in attempts[ids["bad"]]] == [("bad", "server_error")]
+
+        r = rows[ids["nokey"]]
+        assert (r["status"], r["outcome"], r["project"]) == (401, "failed", "") and ids["nokey"] not in attempts
+
+        r = rows[ids["streamed"]]
+        assert (r["status"], r["stream"], r["completion_tokens"]) == (200, True, 20) and r["cost"] > 0
+
+        r = rows[ids["cancelled"]]
+        assert (r["status"], r["outcome"], r["model"], r["stream"]) == (499, "cancelled", "slow", True)
+        assert [a["channel"] for a in attempts[ids["cancelled"]]] == ["slow"]
+
+
+def test_the_writer_drains_on_shutdown_and_streams_finish(db: DB) -> None:
+    """A long flush interval keeps everything in memory until the gateway stops: the graceful
+    shutdown lets the in-flight stream finish, then the store writes every record."""
+    with Stack() as st:
+        gw = serve(st, db, store={"flush_interval": 60, "batch_size": 1000})
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            ids = [chat(c, "ok").headers["x-request-id"] for _ in range(15)]
+        got: dict[str, Any] = {}
+        started = threading.Event()
+
+        def stream() -> None:
+            body = {"model": "medium", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            with httpx.Client(base_url=gw.url, timeout=20) as c, c.stream("POST", "/v1/chat/completions",
+                                                                          json=body, headers=AUTH) as r:
+                started.set()
+                got["id"] = r.headers["x-request-id"]
+                got["text"] = r.read().decode()
+
+        t = threading.Thread(target=stream)
+        t.start()
+        assert started.wait(10)
+        assert db.rows("SELECT count(*) AS n FROM requests")[0]["n"] == 0  # nothing written yet
+        st.call(gw.stop(), 30)
+        t.join(10)
+        assert got["text"].rstrip().endswith("data: [DONE]")  # the stream ran to its end
+        store = gw.proxy.store
+        assert (store.written, store.dropped, store.queued) == (16, 0, 0)
+    rows = db.rows("SELECT id, outcome FROM requests")
+    assert sorted(r["id"] for r in rows) == sorted([*ids, got["id"]])
+    assert all(r["outcome"] == "completed" for r in rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def scrape(url: str) -> dict[str, Any]:
+    r = httpx.get(url + "/metrics", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {f.name: f for f in text_string_to_metric_families(r.text)}
+
+
+def sample(fams: dict[str, Any], name: str, **labels: str) -> float:
+    family = re.sub(r"_(total|count|sum|bucket)$", "", name)
+    for s in fams[family].samples:
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+            return float(s.value)
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+def test_metrics_count_the_traffic_sent(tmp_path: Path) -> None:
+    d = DB("sqlite", tmp_path)
+    with Stack() as st:
+        gw = serve(st, d)
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            for _ in range(3):
+                assert chat(c, "ok").status_code == 200
+            assert chat(c, "ok", stream=True).status_code == 200
+            for _ in range(2):
+                assert chat(c, "fail").status_code == 502
+            assert chat(c, "fo").status_code == 200
+            assert chat(c, "ok", headers={}).status_code == 401
+            assert c.post("/v1/messages", json={"model": "ok", "max_tokens": 5,
+                                                "messages": [{"role": "user", "content": "hi"}]},
+                          headers=AUTH).status_code == 200
+        until(lambda: len(gw.proxy.recent) == 9, "nine records")
+        fams = scrape(gw.url)
+    total = "axonsim_requests_total"
+    assert sample(fams, total, client_format="openai_chat", model="ok", status="200") == 4
+    assert sample(fams, total, client_format="openai_chat", model="fail", status="502") == 2
+    assert sample(fams, total, client_format="openai_chat", model="fo", status="200") == 1
+    assert sample(fams, total, client_format="openai_chat", model="none", status="401") == 1  # before parsing
+    assert sample(fams, total, client_format="anthropic", model="ok", status="200") == 1
+    assert sum(s.value for s in fams["axonsim_requests"].samples if s.name == total) == 9
+    att = "axonsim_upstream_attempts_total"
+    assert sample(fams, att, channel="good", outcome="success") == 5
+    assert sample(fams, att, channel="bad", outcome="server_error") == 2
+    assert sample(fams, att, channel="flaky", outcome="server_error") == 1
+    assert sample(fams, att, channel="steady", outcome="success") == 1
+    assert sample(fams, "axonsim_gateway_overhead_seconds_count") == 9
+    assert sample(fams, "axonsim_request_duration_seconds_count", client_format="openai_chat", model="ok") == 4
+    assert sample(fams, "axonsim_request_ttft_seconds_count", client_format="openai_chat", model="ok") == 4
+    assert sample(fams, "axonsim_requests_inflight") == 0
+    assert sample(fams, "axonsim_channel_enabled", channel="good") == 1
+    assert "axonsim_store_queue_depth" in fams
+
+
+# --------------------------------------------------------------------------------------------------
+# Admin API
+
+
+@pytest.fixture(scope="module")
+def admin_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, GatewayServer]]:
+    d = DB("sqlite", tmp_path_factory.mktemp("admin"))
+    with Stack() as st:
+        yield st, serve(st, d)
+
+
+def test_admin_needs_its_own_key(admin_stack: tuple[Stack, GatewayServer]) -> None:
+    _, gw = admin_stack
+    with httpx.Client(base_url=gw.url, timeout=20) as c:
+        for method, path in (("GET", "/admin/requests"), ("GET", "/admin/channels"),
+                             ("POST", "/admin/channels/good/disable"), ("POST", "/admin/channels/good/test"),
+                             ("POST", "/admin/test"), ("POST", "/admin/reload")):
+            assert c.request(method, path).status_code == 401
+            assert c.request(method, path, headers={"Authorization": "Bearer nope"}).status_code == 401
+            r = c.request(method, path, headers=AUTH)
+            assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+        assert c.get("/admin/channels/good", headers=ADMIN).json()["enabled"] is True
+
+
+def test_admin_filters_and_request_detail(admin_stack: tuple[Stack, GatewayServer]) -> None:
+    st, gw = admin_stack
+    with httpx.Client(base_url=gw.url, timeout=20) as c:
+        fo = chat(c, "fo", headers={**AUTH, "X-AxonSim-Explain": "1", "X-AxonSim-Trace-Id": "tr-admin"})
+        bad = chat(c, "fail")
+        assert st.call(gw.proxy.store.flush(20))
+        r = c.get("/admin/requests", params={"model": "fo", "trace_id": "tr-admin"}, headers=ADMIN)
+        assert r.status_code == 200 and [x["id"] for x in r.json()["data"]] == [fo.headers["x-request-id"]]
+        failed = c.get("/admin/requests", params={"outcome": "failed", "model": "fail"}, headers=ADMIN).json()
+        assert bad.headers["x-request-id"] in [x["id"] for x in failed["data"]]
+        assert all(x["outcome"] == "failed" for x in failed["data"])
+        atts = c.get("/admin/attempts", params={"channel": "flaky"}, headers=ADMIN).json()["data"]
+        assert fo.headers["x-request-id"] in [a["request_id"] for a in atts]
+        for params, param in (({"status": "abc"}, "status"), ({"sorcery": "1"}, "sorcery"),
+                              ({"since": "yesterday-ish"}, "since")):
+            r = c.get("/admin/requests", params=params, headers=ADMIN)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+        detail = c.get(f"/admin/requests/{fo.headers['x-request-id']}", headers=ADMIN).json()
+        assert [a["channel"] for a in detail["attempts"]] == ["flaky", "steady"]
+        # The decision trace of an explained request is kept with its attempts.
+        assert detail["attempts"][0]["decision"]["choice"]["chosen"] == "flaky"
+        usage = c.get("/admin/usage", params={"group_by": "model"}, headers=ADMIN).json()
+        assert {g["group"]["model"] for g in usage["data"]} >= {"fo", "fail"}
+
+
+def test_a_channel_disabled_through_the_admin_api_gets_no_traffic(admin_stack: tuple[Stack, GatewayServer]) -> None:
+    st, gw = admin_stack
+    flaky = st.by_name["flaky"].provider
+    with httpx.Client(base_url=gw.url, timeout=20) as c:
+        r = c.post("/admin/channels/flaky/disable", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["enabled"] is False
+        before = flaky.stats["requests"]
+        for _ in range(4):
+            r = chat(c, "fo")
+            assert r.status_code == 200 and r.headers["x-axonsim-attempts"] == "1"
+        assert flaky.stats["requests"] == before
+        assert c.post("/admin/channels/flaky/enable", headers=ADMIN).json()["enabled"] is True
+        assert chat(c, "fo").headers["x-axonsim-attempts"] == "2"
+        assert flaky.stats["requests"] == before + 1
+
+
+def test_channel_tests_report_status_latency_and_ttft(admin_stack: tuple[Stack, GatewayServer]) -> None:
+    st, gw = admin_stack
+    good = st.by_name["good"].provider
+    with httpx.Client(base_url=gw.url, timeout=30) as c:
+        before = good.stats["requests"]
+        r = c.post("/admin/channels/good/test", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        res = r.json()
+        assert res["ok"] and res["status"] == 200 and res["key"] == "good#0" and res["stream"]
+        assert 0 < res["ttft"] <= res["latency"] and res["reply"].startswith("The quick")
+        assert good.stats["requests"] == before + 1  # a real request reached the provider
+        res = c.post("/admin/channels/bad/test", params={"stream": "false"}, headers=ADMIN).json()
+        assert not res["ok"] and res["status"] == 500 and res["error_kind"] == "server_error"
+        assert c.post("/admin/channels/nope/test", headers=ADMIN).status_code == 404
+        everything = c.post("/admin/test", headers=ADMIN).json()["results"]
+        assert {x["channel"]: x["ok"] for x in everything if x["channel"] != "slow"} == {
+            "good": True, "flaky": False, "steady": True, "bad": False, "medium": True, "leaky": False}
+
+
+# --------------------------------------------------------------------------------------------------
+# Secrets
+
+
+def test_keys_never_reach_records_logs_or_admin_answers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    d = DB("sqlite", tmp_path)
+    seen: list[str] = []
+    with Stack() as st:
+        gw = serve(st, d, store={"store_bodies": True})
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            # A client pastes keys into its prompt; the leaky provider quotes our upstream key back.
+            pasted = f"my keys: {GW_KEY} {ADMIN_KEY} {secret('good')}"
+            for model in ("ok", "leak", "fail", "fo"):
+                for stream in (False, True):
+                    r = chat(c, model, stream=stream, content=pasted, headers={**AUTH, "X-AxonSim-Explain": "1"})
+                    seen.append(r.text + str(r.headers))
+            ids = [x["id"] for x in gw.proxy.recent]
+            assert st.call(gw.proxy.store.flush(20))
+            for path in ("/admin/requests", "/admin/attempts", "/admin/channels", "/admin/usage", "/admin/store",
+                         *(f"/admin/requests/{i}" for i in ids)):
+                r = c.get(path, headers=ADMIN)
+                assert r.status_code == 200, (path, r.text)
+                seen.append(r.text)
+            seen.append(c.post("/admin/test", headers=ADMIN).text)
+        stored = d.rows("SELECT request_body FROM requests WHERE request_body IS NOT NULL")
+        assert stored and all("[REDACTED]" in r["request_body"] for r in stored)  # bodies kept, keys masked
+    everything = "\n".join(seen) + caplog.text + d.raw_text() + repr(list(gw.proxy.recent))
+    assert "axonsim.server.access" in caplog.text
+    for s in SECRETS:
+        assert s not in everything, s
+
+
+# --------------------------------------------------------------------------------------------------
+# Traces, threads, explain, overhead (a scripted upstream that keeps what it was sent)
+
+
+def answer(req: UpstreamRequest) -> MockReply:
+    return MockReply(200, orjson.dumps({
+        "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}))
+
+
+def scripted(routing: dict[str, Any] | None = None, gateway: dict[str, Any] | None = None) -> tuple[Proxy, MockUpstream]:
+    cfg = parse_config({"gateway": {**GATEWAY, **(gateway or {})},
+                        "channels": [{"name": n, "base_url": f"http://{n}.test/v1", "api_keys": [secret(n)],
+                                      "models": ["m"]} for n in ("a", "b")],
+                        "routing": {"strategy": "round_robin", **(routing or {})}})
+    up = MockUpstream(answer)
+    return Proxy(cfg, up, seed=1), up
+
+
+def test_trace_and_thread_ids_are_echoed_recorded_and_never_forwarded() -> None:
+    proxy, up = scripted()
+    with Stack() as st:
+        gw = st.gateway(proxy)
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            r = chat(c, "m", headers={**AUTH, "X-AxonSim-Trace-Id": "trace-42", "X-AxonSim-Thread-Id": "thread-7"})
+            assert (r.headers["x-axonsim-trace-id"], r.headers["x-axonsim-thread-id"]) == ("trace-42", "thread-7")
+            rec = proxy.find(r.headers["x-request-id"])
+            assert rec is not None and (rec["trace_id"], rec["thread_id"]) == ("trace-42", "thread-7")
+            # AxonHub's header names are accepted and echoed under ours.
+            r = chat(c, "m", headers={**AUTH, "AH-Trace-Id": "ah-trace", "AH-Thread-Id": "ah-thread"})
+            assert (r.headers["x-axonsim-trace-id"], r.headers["x-axonsim-thread-id"]) == ("ah-trace", "ah-thread")
+            # Absent: generated, 32 hex digits, different per request.
+            got = [chat(c, "m").headers for _ in range(2)]
+            for h in got:
+                assert re.fullmatch(r"[0-9a-f]{32}", h["x-axonsim-trace-id"])
+                assert re.fullmatch(r"[0-9a-f]{32}", h["x-axonsim-thread-id"])
+            assert got[0]["x-axonsim-trace-id"] != got[1]["x-axonsim-trace-id"]
+    assert len(up.requests) == 4
+    for req in up.requests:
+        names = {k.lower() for k in req.headers}
+        assert names == {"content-type", "authorization"}, names  # nothing of the client's is forwarded
+        assert GW_KEY not in str(req.headers) and b"trace" not in req.body
+
+
+def test_configured_header_names_and_sticky_traces() -> None:
+    proxy, up = scripted(routing={"sticky": "trace"}, gateway={"trace_header": "X-Request-Trace",
+                                                               "thread_header": "X-Conversation"})
+    with Stack() as st:
+        gw = st.gateway(proxy)
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            r = chat(c, "m", headers={**AUTH, "X-Request-Trace": "t1", "X-Conversation": "c1"})
+            assert (r.headers["x-request-trace"], r.headers["x-conversation"]) == ("t1", "c1")
+            first = proxy.find(r.headers["x-request-id"])["channel"]  # type: ignore[index]
+            sticky = [proxy.find(chat(c, "m", headers={**AUTH, "X-Request-Trace": "t1"}).headers["x-request-id"])
+                      for _ in range(4)]
+            assert {x["channel"] for x in sticky if x} == {first}  # the trace stays on its channel
+            free = [proxy.find(chat(c, "m").headers["x-request-id"]) for _ in range(4)]
+            assert {x["channel"] for x in free if x} == {"a", "b"}  # round robin without a trace
+    assert len(proxy.router.sticky) == 1  # generated ids are not remembered
+
+
+def test_explain_header_and_overhead_header() -> None:
+    proxy, _ = scripted()
+    with Stack() as st:
+        gw = st.gateway(proxy)
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            r = chat(c, "m", headers={**AUTH, "X-AxonSim-Explain": "1"})
+            trace = json.loads(r.headers["x-axonsim-explain"])
+            [decision] = trace["decisions"]
+            assert {x["channel"] for x in decision["candidates"]} == {"a", "b"}
+            assert decision["chosen"] in ("a", "b") and trace["attempts"][0]["key"] == f"{decision['chosen']}#0"
+            assert secret("a") not in r.headers["x-axonsim-explain"]
+            plain = chat(c, "m")
+            assert "x-axonsim-explain" not in plain.headers
+            for resp in (r, plain, chat(c, "nope"), chat(c, "m", headers={})):
+                assert float(resp.headers["x-axonsim-overhead-ms"]) >= 0.0
+            rec = proxy.find(plain.headers["x-request-id"])
+            assert rec is not None and 0.0 <= rec["overhead"] <= rec["latency"] and rec["decisions"] is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Reload
+
+
+def test_reload_keeps_in_flight_requests_and_swaps_the_config(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "gateway.yaml"
+    with Stack() as st:
+        chans = [Channel.model_validate({**ch("long", "m", {"ttft": 0.05, "tokens_per_second": 40,
+                                                              "output_tokens": 120}), "base_url": ""}),
+                 Channel.model_validate({**ch("fresh", "new-model"), "base_url": ""})]
+        mocks = {c.name: st.mock(MockProvider(c, seed=1)) for c in chans}
+        data: dict[str, Any] = {"gateway": GATEWAY, "routing": ROUTING, "channels": [
+            {**ch("long", "m", {"ttft": 0.05, "tokens_per_second": 40, "output_tokens": 120}),
+             "base_url": mocks["long"].base_url}]}
+        cfg_path.write_text(json.dumps(data))  # JSON is YAML
+        proxy = st.call(_make_proxy(cfg_path))
+        gw = st.gateway(proxy)
+        old_router = proxy.router
+        results: list[tuple[int, str]] = []
+        lock = threading.Lock()
+        headers_in = threading.Semaphore(0)
+
+        def client(stream: bool) -> None:
+            body = {"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+            with httpx.Client(base_url=gw.url, timeout=30) as c:
+                if stream:
+                    with c.stream("POST", "/v1/chat/completions", json=body, headers=AUTH) as r:
+                        headers_in.release()
+                        text = r.read().decode()
+                else:
+                    headers_in.release()  # sent (the answer takes ~3 s)
+                    r = c.post("/v1/chat/completions", json=body, headers=AUTH)
+                    text = r.text
+            with lock:
+                results.append((r.status_code, text))
+
+        threads = [threading.Thread(target=client, args=(i % 2 == 0,)) for i in range(10)]
+        for t in threads:
+            t.start()
+        for _ in threads:
+            assert headers_in.acquire(timeout=10)
+        time.sleep(0.2)
+        until(lambda: old_router.by_name["long"].inflight == 10, "ten attempts in flight")
+        data["channels"].append({**ch("fresh", "new-model"), "base_url": mocks["fresh"].base_url})
+        cfg_path.write_text(json.dumps(data))
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            r = c.post("/admin/reload", headers=ADMIN)
+            assert r.status_code == 200, r.text
+            assert old_router.by_name["long"].inflight > 0  # reloaded while the old requests still run (3 s each)
+            assert r.json()["changes"]["channels_added"] == ["fresh"]
+            assert proxy.router is not old_router
+            assert chat(c, "new-model").status_code == 200  # the new config serves at once
+            for t in threads:
+                t.join(30)
+            assert len(results) == 10
+            for status, text in results:
+                assert status == 200
+                assert text.rstrip().endswith("data: [DONE]") or json.loads(text)["usage"]["completion_tokens"] == 120
+            assert old_router.by_name["long"].inflight == 0
+            # The unchanged channel kept its figures; the new one starts fresh.
+            assert proxy.router.by_name["long"].requests == 10 and proxy.router.by_name["long"].ewma_ttft is not None
+            assert proxy.router.by_name["fresh"].requests == 1
+            # A broken config changes nothing.
+            cfg_path.write_text("channels: [")
+            r = c.post("/admin/reload", headers=ADMIN)
+            assert r.status_code == 400 and r.json()["error"]["param"] == "config"
+            assert chat(c, "new-model").status_code == 200
+
+
+async def _make_proxy(path: Path) -> Proxy:
+    return Proxy(load_config(path), config_path=path, seed=1)
+
+
+def test_carry_over_keeps_the_state_of_unchanged_channels_only() -> None:
+    base = {"channels": [{"name": "a", "api_keys": ["ka"], "models": ["m"]},
+                         {"name": "b", "api_keys": ["kb"], "models": ["m"]}]}
+    old = Router(parse_config(base))
+    a, b = old.by_name["a"], old.by_name["b"]
+    a.cooldown_until = b.cooldown_until = 1000.0
+    a.ewma_latency = 0.5
+    a.keys[0].disabled = True
+    a.started(0.0, 0, "m")  # one attempt in flight on the old Router
+    changed = {"channels": [base["channels"][0], {**base["channels"][1], "weight": 5}]}
+    new = Router(parse_config(changed))
+    assert carry_over(old, new, 10.0) == ["a"]
+    na, nb = new.by_name["a"], new.by_name["b"]
+    assert (na.cooldown_until, na.ewma_latency, na.keys[0].disabled, na.inflight) == (1000.0, 0.5, True, 0)
+    assert na.limiter is a.limiter  # shared: the old attempt's end is counted where the new one looks
+    assert nb.cooldown_until != 1000.0
+    a.failed(1.0, Outcome(False, 1.0, 0, ErrorKind.CONNECTION, key=0), "m")
+    assert a.inflight == 0 and na.inflight == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Probes
+
+
+def test_probes_bring_an_auto_disabled_channel_back() -> None:
+    sick = {"faults": {"overloaded": 1.0}}  # 503: three in a row auto-disable the channel (default rules)
+    routing = {"retry": {"max_same_channel": 0, "backoff": {"base": 0.001, "cap": 0.01}},
+               "health": {"breaker": {"enabled": False}, "key_breaker": {"enabled": False},
+                          "outlier": {"enabled": False}}}
+    with Stack() as st:
+        gw = st.serve([ch("phoenix", "m", sick, priority=0, probe={"interval": 0.3}), ch("backup", "m", priority=1)],
+                      gateway=GATEWAY, routing=routing)
+        phoenix = gw.proxy.router.by_name["phoenix"]
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            for _ in range(3):
+                assert chat(c, "m").status_code == 200  # the backup serves
+            until(lambda: phoenix.disabled_until > time.time(), "the auto-disable")
+            assert chat(c, "m").headers["x-axonsim-attempts"] == "1"  # phoenix is skipped
+            provider = st.by_name["phoenix"].provider
+            provider.model = BehaviorModel(Behavior.model_validate(FAST), 1)  # the provider recovers
+            until(lambda: phoenix.disabled_until < time.time(), "a probe to lift the auto-disable", 10)
+            r = chat(c, "m")
+            assert r.status_code == 200 and gw.proxy.find(r.headers["x-request-id"])["channel"] == "phoenix"  # type: ignore[index]
+        assert gw.proxy.probes.last["phoenix"]["ok"]
+
+
+# --------------------------------------------------------------------------------------------------
+# `axonsim serve`
+
+
+def _start(*args: str, cwd: Path = ROOT) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "axonsim", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited early ({proc.returncode}): {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not healthy in time")
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
+
+
+def test_serve_with_an_unreachable_database_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"""
+channels: [{{name: one, base_url: "http://127.0.0.1:9/v1", models: [m]}}]
+store: {{url: "postgresql://axon:db-pass-81f3@127.0.0.1:{free_port()}/nowhere"}}
+""")
+    r = subprocess.run([sys.executable, "-m", "axonsim", "serve", "--config", str(cfg), "--port", str(free_port())],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert "cannot start" in r.stderr and "is unavailable" in r.stderr and "on_unreachable" in r.stderr
+    assert "db-pass-81f3" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_degraded_starts_says_so_and_reloads_on_sighup(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    port = free_port()
+    text = f"""
+gateway: {{api_keys: [{{key: {GW_KEY}}}], shutdown_timeout: 1}}
+channels: [{{name: one, base_url: "http://127.0.0.1:9/v1", models: [m]}}]
+store: {{url: "postgresql://axon:db-pass-81f3@127.0.0.1:{free_port()}/nowhere", on_unreachable: degraded}}
+"""
+    cfg.write_text(text)
+    proc = _start("serve", "--config", str(cfg), "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        r = httpx.post(url + "/v1/chat/completions", headers=AUTH, timeout=10,
+                       json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 502  # served (the channel is down), not refused
+        cfg.write_text(text.replace("models: [m]", "models: [m, m2]"))
+        proc.send_signal(signal.SIGHUP)
+        until(lambda: "m2" in httpx.get(url + "/v1/models", headers=AUTH, timeout=5).text, "the SIGHUP reload")
+    finally:
+        out, err = _stop(proc)
+    assert "(on_unreachable: degraded)" in out and "store degraded" in err
+    assert "1 records were not written" in err  # the database never came back: the loss is said, not hidden
+    assert "configuration reloaded" in err
+    assert "db-pass-81f3" not in out + err and "Traceback" not in err
+
+
+def test_serve_with_two_workers(tmp_path: Path) -> None:
+    mport, port = free_port(), free_port()
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"""
+gateway:
+  api_keys: [{{key: {GW_KEY}, project: acme}}]
+  admin_keys: [{ADMIN_KEY}]
+channels:
+  - {{name: one, base_url: "http://127.0.0.1:{mport}/v1", api_keys: [{secret('one')}], models: [m],
+      behavior: {{ttft: 0.01, output_tokens: 3}}}}
+store: {{flush_interval: 0.05}}
+""")
+    procs = [_start("mock-provider", "--config", str(cfg), "--port", str(mport))]
+    try:
+        _wait_healthy(f"http://127.0.0.1:{mport}", procs[0])
+        procs.append(_start("serve", "--config", str(cfg), "--port", str(port), "--workers", "2"))
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, procs[1])
+        with httpx.Client(base_url=url, timeout=20) as c:
+            ids = set()
+            for _ in range(12):
+                r = chat(c, "m")
+                assert r.status_code == 200, r.text
+                ids.add(r.headers["x-request-id"])
+
+            def stored() -> int:
+                r = c.get("/admin/requests", headers=ADMIN)
+                return int(r.json()["total"]) if r.status_code == 200 else -1
+
+            until(lambda: stored() == 12, "twelve records in the shared SQLite file", 20)
+    finally:
+        outs = [_stop(p) for p in reversed(procs)]
+    out, err = outs[0]
+    assert procs[1].returncode == 0, err
+    assert "2 workers" in out and "per process" in out and str(tmp_path / "axonsim.db") in out
+    assert err.count("Started server process") == 2 and "Traceback" not in err
+    rows = sqlite3.connect(tmp_path / "axonsim.db").execute("SELECT id FROM requests").fetchall()
+    assert {r[0] for r in rows} == ids
+
+
+def test_requests_past_the_shutdown_deadline_are_cancelled_and_recorded(tmp_path: Path) -> None:
+    d = DB("sqlite", tmp_path)
+    with Stack() as st:
+        gw = st.serve(CHANNELS, gateway={**GATEWAY, "shutdown_timeout": 0.5}, routing=ROUTING, mock_kw=MOCK_KW,
+                      store=True, extra={"store": {"url": d.url, "flush_interval": 60}})
+        slow = st.by_name["slow"].provider
+        errors: list[BaseException] = []
+
+        def client() -> None:
+            try:
+                with httpx.Client(base_url=gw.url, timeout=30) as c:
+                    chat(c, "slow")  # a 20 s answer
+            except httpx.HTTPError as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=client)
+        t.start()
+        until(lambda: slow.inflight == 1, "the slow request upstream")
+        began = time.monotonic()
+        st.call(gw.stop(), 30)
+        assert time.monotonic() - began < 10  # the deadline, not the 20 s answer
+        t.join(10)
+        until(lambda: slow.inflight == 0, "the upstream call cancelled")
+    [row] = d.rows("SELECT status, outcome, error FROM requests")
+    assert row["outcome"] == "failed" and row["status"] == 503 and "shut down" in row["error"]
+    assert gw.proxy.router.by_name["slow"].inflight == 0

@@ -521,7 +521,7 @@ def _check_shares(v: dict[str, float] | None) -> dict[str, float] | None:
 
 class RateRamp(_Strict):
     """The arrival rate moves linearly from `arrival.rate` at t=`start` to `to` at t=`start + over`,
-    and stays there."""
+    and stays there (a ramp down to 0 ends the arrivals, however many were asked for)."""
 
     to: float = Field(ge=0, description="requests per second at the end of the ramp")
     over: float = Field(gt=0, description="seconds the ramp takes")

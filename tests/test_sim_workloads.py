@@ -67,6 +67,14 @@ def test_a_rate_ramp_by_thinning():
     assert (t < 100).sum() == pytest.approx(145, abs=4 * math.sqrt(145))  # ∫₀¹⁰⁰ 1 + 9t/1000 dt
 
 
+def test_a_ramp_down_to_zero_ends_the_arrivals():
+    """10/s falling to 0 over 100 s: about Λ = 500 arrivals, then none, however many were asked for."""
+    c = cfg({"arrival": {"rate": 10, "ramp": {"to": 0, "over": 100}}, "requests": 100_000})
+    t = np.asarray(build_arrivals(c, 1).times)
+    assert len(t) == pytest.approx(500, abs=4 * math.sqrt(500)) and t.max() < 100
+    assert horizon(c)[0] == 100.0
+
+
 def test_a_diurnal_curve_by_thinning():
     """rate 10·(1 + 0.5 sin(2πt/1000)): each rising quarter holds 2500 + 5000/2π·... arrivals."""
     a = build_arrivals(cfg({"arrival": {"rate": 10, "diurnal": {"amplitude": 0.5, "period": 1000}},

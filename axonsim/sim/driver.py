@@ -140,8 +140,7 @@ class Simulation:
         self._loop()
         if self._next != len(arr) or self._open:  # pragma: no cover - a driver bug, not a user error
             raise RuntimeError(f"simulation stopped after {self._next} of {len(arr)} arrivals, {self._open} open")
-        return SimResult(self.recorder, arr, self.seed, self.config, self.step_size, self.samples,
-                         self.channels)
+        return SimResult(self.recorder, arr, self.seed, self.config, self.step_size, self.samples)
 
     def _loop(self) -> None:
         """`env.run()` with SimPy's `Environment.step` written out in the loop: the same queue, the

@@ -19,7 +19,7 @@ from axonsim.unified import Usage
 if TYPE_CHECKING:
     from axonsim.config import Config
     from axonsim.execution import AttemptRecord, Result
-    from axonsim.sim.channel import Attempt, SimChannel
+    from axonsim.sim.channel import Attempt
     from axonsim.sim.driver import SimRequest
     from axonsim.sim.workload import Arrivals
 
@@ -138,8 +138,7 @@ class SimResult:
     """
 
     def __init__(self, recorder: Recorder, arrivals: Arrivals, seed: int, config: Config,
-                 step: float | None = None, samples: list[list[int]] | None = None,
-                 channels: list[SimChannel] | None = None) -> None:
+                 step: float | None = None, samples: list[list[int]] | None = None) -> None:
         self.seed = seed
         self.config = config
         self.channels = recorder.channels
@@ -147,7 +146,6 @@ class SimResult:
         self._rec = recorder
         self._arrivals = arrivals
         self._samples = samples or []
-        self._models = [ch.model for ch in channels] if channels is not None else None
         self._req: dict[str, np.ndarray] = {}
         self._att: dict[str, np.ndarray] = {}
         self._ids: np.ndarray | None = None
@@ -358,7 +356,7 @@ class SimResult:
             incident |= on
             if inc.status is not None:
                 up &= ~on
-        if b.outages is not None and self._models is not None:
+        if b.outages is not None:
             process = BehaviorModel(b, derive(self.seed, CHANNEL_STATE_BASE + c)).outages
             assert process is not None
             up &= np.fromiter((not process.down(float(t)) for t in grid), dtype=bool, count=len(grid))

@@ -173,10 +173,13 @@ def _arrival_chunks(arr: Arrival, seed: int, tenant: int) -> Iterator[tuple[np.n
         shape = 1.0 / (arr.cv * arr.cv)
         scale = (1.0 / arr.rate) / shape
     lam_max = max_rate(arr)
-    if lam_max <= 0:
-        raise ConfigError("workload.arrival: the rate curve is 0 everywhere")
+    # A ramp down to 0 ends the process: past its end nothing more can arrive.
+    ends = arr.ramp.start + arr.ramp.over if arr.ramp is not None and arr.ramp.to == 0 else math.inf
     last = 0.0
     while True:
+        if last >= ends:
+            yield np.zeros(0), math.inf
+            continue
         if arr.process == "gamma":
             gaps = gaps_rng.gamma(shape, scale, CHUNK)
         else:
@@ -210,6 +213,8 @@ def _collect(sources: list[Iterator[tuple[np.ndarray, float]]], n: int | None,
         pull(i)
     while True:
         horizon = min(known)  # every arrival up to here is drawn, in every source
+        if horizon == math.inf:  # every source has ended (ramps down to 0)
+            break
         if duration is not None and horizon >= duration:
             break
         if n is not None:
@@ -635,7 +640,7 @@ def horizon(config: Config) -> tuple[float, str]:
         return sum(expected_count(p, t) for p in procs if p is not None)
 
     hi = n / total_rate
-    while count(hi) < n and hi < 1e12:
+    while count(hi) < n and hi < 1e9:  # a ramp down to 0 may never reach n: its end is the horizon then
         hi *= 2
     lo = 0.0
     for _ in range(100):
@@ -644,7 +649,10 @@ def horizon(config: Config) -> tuple[float, str]:
             lo = mid
         else:
             hi = mid
-    end = hi if wl.duration is None else min(hi, wl.duration)
+    # Processes that ramp down to 0 stop at the ramp's end, whatever n asks for.
+    last = max(p.ramp.start + p.ramp.over if p is not None and p.ramp is not None and p.ramp.to == 0 else math.inf
+               for p in procs)
+    end = min(hi, last) if wl.duration is None else min(hi, last, wl.duration)
     varying = any(p is not None and _varying(p) for p in procs)
     how = (f"{n} requests at {total_rate:g}/s" if not varying else f"{n} requests along the rate curve")
     return end, how

@@ -182,9 +182,9 @@ class GatewayApp:
                 try:
                     await self.proxy.startup()
                 except Exception as exc:
-                    if isinstance(exc, StoreUnavailable):  # says all there is to say (URL without its password)
-                        log.error("startup failed: %s", exc)
-                    else:
+                    # A store that cannot start says all there is to say in its message (which uvicorn
+                    # logs, and `axonsim serve` repeats with a hint); anything else gets its traceback.
+                    if not isinstance(exc, StoreUnavailable):
                         log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": self.proxy.scrub(str(exc))})
                     return

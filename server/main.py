@@ -37,6 +37,9 @@ log = logging.getLogger("axonsim.server")
 ENV_CONFIG = "AXONSIM_SERVE_CONFIG"
 ENV_LOG_LEVEL = "AXONSIM_SERVE_LOG_LEVEL"
 
+_STORE_HINT = ("  (fix store.url, or set store.on_unreachable: degraded to serve without it and buffer records "
+               "until it comes back)")
+
 
 def _setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
@@ -173,11 +176,13 @@ def serve(args: argparse.Namespace) -> int:
 
         demo = Demo(host="127.0.0.1")
         config = demo.config
-    if config.store.on_unreachable != "degraded":
+    # Several workers: the parent checks (and migrates) the database before it starts them, since a
+    # worker's start-up failure cannot become this process's exit code. One worker: its own start-up
+    # does that (below), without a second engine in this process's memory.
+    if workers > 1 and config.store.on_unreachable != "degraded":
         problem = check_store(config, config_path)
         if problem is not None:
-            print(f"axonsim serve: cannot start: {problem}\n  (fix store.url, or set store.on_unreachable: degraded "
-                  "to serve without it and buffer records until it comes back)", file=sys.stderr)
+            print(f"axonsim serve: cannot start: {problem}\n{_STORE_HINT}", file=sys.stderr)
             if demo is not None:
                 demo.cleanup()
             return 2
@@ -213,6 +218,10 @@ def serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(uvicorn.Config(GatewayApp(proxy), **common))
     try:
         server.run()
+    except SystemExit:
+        if proxy.startup_error is None:
+            raise
+        # uvicorn exits when the app's start-up fails; the reason decides our exit code.
     finally:
         if demo is not None:
             demo.cleanup()  # if start-up failed; after a shutdown its hook has done it already
@@ -220,8 +229,9 @@ def serve(args: argparse.Namespace) -> int:
         from server.store import StoreUnavailable
 
         if isinstance(proxy.startup_error, StoreUnavailable):
-            print(f"axonsim serve: cannot start: {proxy.startup_error}", file=sys.stderr)
+            print(f"axonsim serve: cannot start: {proxy.startup_error}\n{_STORE_HINT}", file=sys.stderr)
             return 2
+        return 1
     if not server.started:
         return 1
     return 0

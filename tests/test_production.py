@@ -704,14 +704,15 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
         return proc.communicate()
 
 
-def test_serve_with_an_unreachable_database_exits_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_with_an_unreachable_database_exits_2(tmp_path: Path, workers: str) -> None:
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(f"""
 channels: [{{name: one, base_url: "http://127.0.0.1:9/v1", models: [m]}}]
 store: {{url: "postgresql://axon:db-pass-81f3@127.0.0.1:{free_port()}/nowhere"}}
 """)
-    r = subprocess.run([sys.executable, "-m", "axonsim", "serve", "--config", str(cfg), "--port", str(free_port())],
-                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "axonsim", "serve", "--config", str(cfg), "--port", str(free_port()),
+                        "--workers", workers], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2, r.stderr
     assert "cannot start" in r.stderr and "is unavailable" in r.stderr and "on_unreachable" in r.stderr
     assert "db-pass-81f3" not in r.stdout + r.stderr and "Traceback" not in r.stderr

@@ -34,14 +34,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from axonsim.capabilities import Needs
-from axonsim.execution import Call, Outcome
+from axonsim.execution import Call, Outcome, Result
 from axonsim.formats import FormatError
 from axonsim.unified import Error, ErrorKind, Usage
 from server.driver import CLIENT_CLOSED, MALFORMED_RESPONSE, ChannelRuntime, Exchange, LiveDriver, transport_error
 from server.upstream import UpstreamError, UpstreamRequest
 
 if TYPE_CHECKING:
-    from server.proxy import Proxy
+    from server.proxy import Proxy, Runtime
     from server.routes import Route
 
 log = logging.getLogger("axonsim.server.embeddings")
@@ -409,7 +409,7 @@ class EmbeddingsDriver(LiveDriver):
         ex.trace.append(entry)
         call.started(now())
         try:
-            out = await self._embed(call, ch, ex.embed)
+            out = await self._embed(call, ch, ex)
         except asyncio.CancelledError:
             t = now()
             entry[1] = Outcome(False, t, CLIENT_CLOSED, None, key=call.key)
@@ -423,8 +423,9 @@ class EmbeddingsDriver(LiveDriver):
             call.failed(out.end, out)
         return out
 
-    async def _embed(self, call: Call, ch: ChannelRuntime, req: EmbedRequest) -> Outcome:
+    async def _embed(self, call: Call, ch: ChannelRuntime, ex: EmbedExchange) -> Outcome:
         now = self.clock.now
+        req = ex.embed
         family = CHANNEL_FAMILY.get(ch.state.channel.type)
         if family is None:  # execution filters these out (Needs.embeddings); defensive only
             return Outcome.failure(now(), Error(kind=ErrorKind.INVALID_REQUEST, status=400,
@@ -436,11 +437,14 @@ class EmbeddingsDriver(LiveDriver):
             return Outcome.failure(now(), Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status,
                                                 message=exc.message, param=exc.param), key=call.key)
         upreq = UpstreamRequest(ch.base_url + path, ch.headers(call.key), body, False, ch.limits)
+        ex.wait_begin()  # upstream time: not the gateway's own overhead
         try:
             resp = await self.upstream.send(upreq)
             data = await resp.read()
         except UpstreamError as exc:
             return Outcome.failure(now(), transport_error(exc), key=call.key)
+        finally:
+            ex.wait_end()
         t = now()
         if not 200 <= resp.status < 300:
             return Outcome.failure(t, self.upstream_error(ch, resp.status, resp.headers, data), key=call.key)
@@ -460,20 +464,32 @@ class EmbeddingsDriver(LiveDriver):
 
 
 async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
-    # The chat handler's helpers: one behaviour for body limits, auth errors, disconnects and error
-    # bodies across every client API.
+    """One embeddings request, with the chat handler's conventions: the same auth, body limit, error
+    shapes, response headers (request/trace/thread ids, attempts, overhead, explain), disconnect
+    handling and request record."""
+    # The chat handler's own helpers, so both APIs behave alike (imported here: server.app imports
+    # this module's importer).
     from server.app import (
+        MAX_ID,
+        _attempts_value,
         _auth_error,
         _client_facing,
+        _explain_value,
         _read_body,
         _send_error,
+        _tail,
         _Watch,
         _watch_disconnect,
         new_request_id,
+        new_trace_id,
     )
+    from server.proxy import H_AH_THREAD, H_AH_TRACE, H_EXPLAIN, H_THREAD, H_TRACE
 
+    rt = proxy.rt  # the Runtime the route was matched on (nothing awaited since): kept to the end
     clock = proxy.clock.now
     t0 = clock()
+    metrics = proxy.metrics
+    metrics.inflight_inc()
     fmt = route.fmt  # the family's chat format module: it renders this family's errors
     family: Family = "gemini" if route.name == "gemini_embeddings" else "openai"
     rid = new_request_id()
@@ -481,90 +497,117 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
     w = _Watch()
     watcher: asyncio.Task[Any] | None = None
     task = asyncio.current_task()
-    result = None
+    ex: EmbedExchange | None = None
+    result: Result | None = None
     key = None
     model = route.model
     status = 500
-    started = False
     error: Error | None = None
     usage: Usage | None = None
-    trace_id = thread_id = None
+    body: bytes | None = None
+    out: bytes | None = None
+    ttfb: float | None = None
+    trace_b: bytes | None = None
+    thread_b: bytes | None = None
+    explain = False
+    kinds = rt.header_kinds
     for name, value in scope["headers"]:
-        if name == proxy.trace_header:
-            trace_id = value.decode("latin-1")[:200]
-        elif name == proxy.thread_header:
-            thread_id = value.decode("latin-1")[:200]
-    ex: EmbedExchange | None = None
+        k = kinds.get(name)
+        if k == H_TRACE or (k == H_AH_TRACE and trace_b is None):
+            trace_b = value[:MAX_ID]
+        elif k == H_THREAD or (k == H_AH_THREAD and thread_b is None):
+            thread_b = value[:MAX_ID]
+        elif k == H_EXPLAIN:
+            explain = value.strip().lower() in (b"1", b"true", b"yes")
+    sticky_b = trace_b if rt.sticky == "trace" else thread_b if rt.sticky == "thread" else None
+    trace_b = trace_b if trace_b is not None else new_trace_id()
+    thread_b = thread_b if thread_b is not None else new_trace_id()
+    ids = [(b"x-request-id", rid_b), (rt.trace_name, trace_b), (rt.thread_name, thread_b)]
     try:
         try:
             body = await _read_body(receive)
-        except FormatError as exc:
+        except FormatError as exc:  # too large
             error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message)
-            status = await _send_error(send, fmt, error, rid_b, 0)
+            status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
             return
         if body is None:
             w.gone = True
             status = CLIENT_CLOSED
             return
-        key = proxy.auth.authenticate(scope["headers"], scope["query_string"])
+        key = rt.auth.authenticate(scope["headers"], scope["query_string"])
         if key is None:
             error = _auth_error(scope)
-            status = await _send_error(send, fmt, error, rid_b, 0)
+            status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
             return
         try:
             req = parse_request(family, body, route.model, route.action)
         except FormatError as exc:
             error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message, param=exc.param)
-            status = await _send_error(send, fmt, error, rid_b, 0)
+            status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
             return
         model = req.model
         if task is not None:
             watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, w))
         ex = EmbedExchange(req, body)
-        sticky = trace_id if proxy.sticky == "trace" else thread_id if proxy.sticky == "thread" else None
-        result = await EmbeddingsDriver.of(proxy.driver).execute(ex, req.estimated_tokens(), sticky, EMBEDDINGS)
+        sticky = sticky_b.decode("latin-1") if sticky_b is not None else None
+        driver = EmbeddingsDriver.of(rt.driver)
+        result = await driver.execute(ex, req.estimated_tokens(), sticky, EMBEDDINGS, explain=True if explain else None)
         n = len(result.attempts)
         w.done = True
+        xv = _explain_value(result, rid) if explain else None
         if not result.ok or result.outcome is None:
             error = _client_facing(result.error)
-            status = await _send_error(send, fmt, error, rid_b, n)
+            status = await _send_error(send, fmt, error, rid_b, n, _tail(ids, clock() - t0 - ex.waited, xv))
             return
         res: EmbedResult = result.outcome.payload
         usage = Usage(prompt_tokens=res.prompt_tokens, total_tokens=res.total_tokens)
         out = render_response(res, req)
         status = 200
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode()),
-                                (b"x-request-id", rid_b), (b"x-axonsim-attempts", str(n).encode())]})
-        started = True
+        ttfb = clock() - t0
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode()),
+                   (b"x-axonsim-attempts", _attempts_value(n)), *_tail(ids, ttfb - ex.waited, xv)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": out, "more_body": False})
     except asyncio.CancelledError:
         if not w.gone:
+            # Not the client's doing (the server's shutdown deadline passed): recorded, then propagated.
+            error = Error(kind=ErrorKind.SERVER_ERROR, status=503, message="the gateway shut down before the "
+                          "request finished")
+            if status != 200:
+                status = 503
             raise
         if task is not None:
             task.uncancel()
         status = CLIENT_CLOSED
     except Exception as exc:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        log.error("request %s failed inside the gateway:\n%s", rid, proxy.scrub(text))
+        log.error("request %s failed inside the gateway:\n%s", rid, rt.scrub(text))
         error = Error(kind=ErrorKind.SERVER_ERROR, status=500, message=f"internal gateway error (request {rid})")
-        if not started:
+        if status != 200:  # nothing sent yet
             try:
-                status = await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0)
+                status = await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0,
+                                           _tail(ids, clock() - t0 - (ex.waited if ex else 0.0), None))
             except Exception:
                 pass
     finally:
         w.done = True
+        metrics.inflight_dec()
         if watcher is not None:
             watcher.cancel()
-        _record(proxy, scope, route, rid, t0, clock() - t0, key, model, status, error, usage, result, ex, w.gone,
-                trace_id, thread_id)
+        latency = clock() - t0
+        keep = proxy.store is not None and proxy.store.store_bodies
+        _record(proxy, rt, scope, route, rid, t0, latency, latency - (ex.waited if ex else 0.0), ttfb, key, model,
+                status, error, usage, result, ex, w.gone, trace_b, thread_b, body if keep else None,
+                out if keep else None)
 
 
-def _record(proxy: Proxy, scope: Scope, route: Route, rid: str, t0: float, latency: float, key: Any,
-            model: str | None, status: int, error: Error | None, usage: Usage | None, result: Any,
-            ex: EmbedExchange | None, gone: bool, trace_id: str | None, thread_id: str | None) -> None:
-    """The request record, in the chat handler's shape (server.proxy lists the fields)."""
+def _record(proxy: Proxy, rt: Runtime, scope: Scope, route: Route, rid: str, t0: float, latency: float,
+            overhead: float, ttfb: float | None, key: Any, model: str | None, status: int, error: Error | None, usage: Usage | None,
+            result: Result | None, ex: EmbedExchange | None, gone: bool, trace_b: bytes, thread_b: bytes,
+            request_body: bytes | None, response_body: bytes | None) -> None:
+    """The request record, field for field the chat handler's (server.proxy lists the fields)."""
+    from server.proxy import request_cost
+
     if result is not None:
         attempts = [a.as_dict() for a in result.attempts]
     elif gone and ex is not None:
@@ -576,6 +619,7 @@ def _record(proxy: Proxy, scope: Scope, route: Route, rid: str, t0: float, laten
         if a["channel"] not in channels:
             channels.append(a["channel"])
     outcome = "cancelled" if gone else "failed" if status >= 400 or error is not None else "completed"
+    answered = result is not None and result.ok and bool(result.attempts)
     proxy.request_done({
         "id": rid, "created_at": t0, "method": "POST", "path": scope["path"], "client_format": route.name,
         "model": model, "stream": False,
@@ -584,10 +628,12 @@ def _record(proxy: Proxy, scope: Scope, route: Route, rid: str, t0: float, laten
         "status": status, "outcome": outcome,
         "error": error.message if error is not None else None,
         "error_kind": error.kind.value if error is not None else None,
-        "latency": latency, "ttft": None,
+        "latency": latency, "ttft": ttfb if status == 200 else None,
+        "overhead": overhead if overhead > 0.0 else 0.0,
         "usage": usage.model_dump() if usage is not None else None,
-        "channel": result.attempts[-1].channel if result is not None and result.ok and result.attempts else None,
+        "cost": request_cost(rt, usage, attempts, model) if answered else None,
+        "channel": result.attempts[-1].channel if answered else None,  # type: ignore[union-attr]
         "channels": channels, "attempts": attempts,
-        "trace_id": trace_id, "thread_id": thread_id,
+        "trace_id": trace_b.decode("latin-1"), "thread_id": thread_b.decode("latin-1"),
         "decisions": result.decisions if result is not None else None,
-    })
+    }, rt, ex, request_body, response_body)

@@ -121,6 +121,22 @@ def test_openai_sdk_fails_over_between_openai_channels(oai: openai.OpenAI, gw: G
     assert stack.by_name["o-broken"].provider.stats["error"] == before + 2
 
 
+def test_embeddings_answer_and_record_like_chat(oai: openai.OpenAI, gw: GatewayServer,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The chat handler's conventions: ids echoed, overhead and attempts headers, explain on request,
+    one complete record (metrics and store read every field)."""
+    raw = oai.embeddings.with_raw_response.create(
+        model="emb-o", input="x", extra_headers={"x-axonsim-trace-id": "trace-emb-1", "x-axonsim-explain": "1"})
+    h = raw.headers
+    assert h["x-axonsim-trace-id"] == "trace-emb-1" and h["x-axonsim-thread-id"]
+    assert float(h["x-axonsim-overhead-ms"]) >= 0.0
+    assert "decisions" in h["x-axonsim-explain"]
+    rec = record(gw, h["x-request-id"])
+    assert rec["trace_id"] == "trace-emb-1" and rec["outcome"] == "completed" and rec["stream"] is False
+    assert rec["overhead"] >= 0.0 and rec["ttft"] is not None and "cost" in rec and rec["decisions"]
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]
+
+
 def test_openai_sdk_floats_and_dimensions(oai: openai.OpenAI) -> None:
     res = oai.embeddings.create(model="emb-o", input="hello", encoding_format="float", dimensions=8)
     assert len(res.data) == 1

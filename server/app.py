@@ -43,6 +43,7 @@ from typing import Any
 
 import orjson
 
+from axonsim.capabilities import needs_of
 from axonsim.execution import Result
 from axonsim.formats import FormatError
 from axonsim.unified import Error, ErrorKind, Usage
@@ -282,10 +283,13 @@ class GatewayApp:
             sticky = sticky_b.decode("latin-1") if sticky_b is not None else None
             # A rough token estimate for local TPM limits and quotas: ~4 bytes of request per token.
             tokens = len(body) // 4 + (req.sampling.max_tokens or 0)
+            # What the request needs (images, a provider's native tools, a context size) keeps it
+            # away from channels that cannot carry it; a clear 400 when none can.
+            needs = needs_of(req)
             if explain:
-                result = await rt.driver.execute(ex, tokens, sticky, explain=True)
+                result = await rt.driver.execute(ex, tokens, sticky, needs=needs, explain=True)
             else:
-                result = await rt.driver.execute(ex, tokens, sticky)
+                result = await rt.driver.execute(ex, tokens, sticky, needs=needs)
             n = len(result.attempts)
             if not result.ok or result.outcome is None:
                 error = _client_facing(result.error)

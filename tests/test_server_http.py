@@ -373,7 +373,7 @@ def test_internal_errors_are_500_without_a_trace(caplog: pytest.LogCaptureFixtur
                         "channels": [{"name": "x", "base_url": "http://x.test/v1", "api_keys": [key], "models": ["m"]}]})
     proxy = Proxy(cfg, MockUpstream(lambda r: MockReply(200, b"{}")), seed=1)
 
-    async def broken(*args: Any) -> Any:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"kaboom with {key}")
 
     proxy.driver.execute = broken  # type: ignore[method-assign]

@@ -1,0 +1,57 @@
+"""Capability-aware routing in the running gateway: what a request needs picks its channels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from server.testing import GatewayServer, Stack
+
+pytestmark = pytest.mark.timeout(60)
+
+AUTH = {"Authorization": "Bearer sk-gw-test"}
+FAST = {"ttft": 0.01, "tokens_per_second": 2000, "output_tokens": 5}
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+
+
+def ch(name: str, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "type": "openai", "api_keys": [f"secret-{name}"], "models": ["m"], "behavior": FAST, **kw}
+
+
+@pytest.fixture(scope="module")
+def gw() -> Iterator[GatewayServer]:
+    with Stack() as st:
+        yield st.serve([ch("text-only", capabilities={"images": False}), ch("vision")],
+                       routing={"strategy": "round_robin"})
+
+
+def ask(gw: GatewayServer, content: Any) -> httpx.Response:
+    body = {"model": "m", "messages": [{"role": "user", "content": content}]}
+    return httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers=AUTH, timeout=20)
+
+
+def channels_of(gw: GatewayServer, n: int) -> list[str]:
+    return [r["attempts"][-1]["channel"] for r in list(gw.proxy.recent)[-n:]]
+
+
+def test_images_reach_only_channels_that_take_them(gw: GatewayServer) -> None:
+    for _ in range(4):
+        assert ask(gw, [{"type": "text", "text": "what is this?"}, IMAGE]).status_code == 200
+    assert set(channels_of(gw, 4)) == {"vision"}
+    for _ in range(4):
+        assert ask(gw, "plain text").status_code == 200
+    assert set(channels_of(gw, 4)) == {"text-only", "vision"}
+
+
+def test_a_need_no_channel_can_meet_is_a_clear_400(gw: GatewayServer) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "search"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}
+    assert httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers=AUTH, timeout=20).status_code == 200
+    r = httpx.post(f"{gw.url}/v1/responses", headers=AUTH, timeout=20,
+                   json={"model": "m", "input": "search the web", "tools": [{"type": "web_search"}]})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert "lacks" in err["message"] and "native tools" in err["message"]

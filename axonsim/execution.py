@@ -37,7 +37,7 @@ import math
 import random
 from collections import OrderedDict
 from collections.abc import Generator
-from typing import Any, Union
+from typing import Any
 
 from axonsim.balancer import Balancer
 from axonsim.candidates import Candidate, Candidates
@@ -154,7 +154,7 @@ class Cancel:
         self.handle = handle
 
 
-Effect = Union[Call, Wait, Launch, Race, Cancel]
+Effect = Call | Wait | Launch | Race | Cancel
 
 
 class Outcome:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import random
 import re
-from enum import Enum
+from enum import StrEnum
 
 from axonsim.config import Retry, RetryOverride
 from axonsim.unified import ErrorKind
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     RETRY = "retry"  # same channel (while max_same_channel allows), then fail over
     FAILOVER = "failover"  # next candidate
     GIVE_UP = "give_up"  # return this error to the client

@@ -14,7 +14,6 @@ Theory of operation:
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 import orjson
 
 from axonsim.formats import FormatError
+from axonsim.formats.openai_chat import error_headers, error_status, render_error  # noqa: F401
 from axonsim.formats.signatures import export_signature, import_signature, replayable
 from axonsim.formats.sse import SSEDecoder, SSEEvent, encode
 from axonsim.unified import (
@@ -854,52 +854,9 @@ def _failed_code(err: Error) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Errors: the OpenAI family shape {"error": {"message", "type", "param", "code"}}, value for value
-# the same as openai_chat renders it (a test pins the two together), so that a client of either
-# OpenAI API sees one gateway.
-
-_KIND_STATUS: dict[ErrorKind, int] = {
-    ErrorKind.AUTHENTICATION: 401,
-    ErrorKind.PERMISSION: 403,
-    ErrorKind.NOT_FOUND: 404,
-    ErrorKind.RATE_LIMITED: 429,
-    ErrorKind.OVERLOADED: 503,  # Anthropic's 529 has no OpenAI equivalent; the SDK retries 503 alike
-    ErrorKind.TIMEOUT: 504,
-    ErrorKind.CONNECTION: 502,
-    ErrorKind.UNAVAILABLE: 503,
-}
-# Client errors whose precise status is worth keeping (the rest become 400).
-_CLIENT_STATUSES = frozenset((400, 404, 405, 409, 413, 415, 422))
-# status → (type, default code), as OpenAI sends them.
-_STATUS_TYPE: dict[int, tuple[str, str | None]] = {
-    401: ("authentication_error", "invalid_api_key"),
-    403: ("permission_error", None),
-    429: ("rate_limit_exceeded", "rate_limit_exceeded"),
-}
-
-
-def error_status(err: Error) -> int:
-    fixed = _KIND_STATUS.get(err.kind)
-    if fixed is not None:
-        return fixed
-    if err.kind is ErrorKind.SERVER_ERROR:
-        return err.status if 500 <= err.status < 600 and err.status not in (503, 504) else 500
-    return err.status if err.status in _CLIENT_STATUSES else 400
-
-
-def render_error(err: Error) -> bytes:
-    status = error_status(err)
-    etype, code = _STATUS_TYPE.get(status) or (
-        ("server_error", None) if status >= 500 else ("invalid_request_error", None))
-    if err.code == "insufficient_quota":
-        etype = "insufficient_quota"
-    return _dumps({"error": {"message": err.message, "type": etype, "param": err.param, "code": err.code or code}})
-
-
-def error_headers(err: Error) -> dict[str, str]:
-    if err.retry_after is None or not math.isfinite(err.retry_after):
-        return {}
-    return {"retry-after": str(max(0, math.ceil(err.retry_after)))}
+# Errors: the OpenAI family shape {"error": {"message", "type", "param", "code"}} with the same
+# statuses as Chat, so a client of either OpenAI API sees one gateway: Chat's implementation serves
+# both (error_status, render_error and error_headers are re-exported from openai_chat above).
 
 
 # --------------------------------------------------------------------------------------------------

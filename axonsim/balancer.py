@@ -23,6 +23,7 @@ class Balancer:
         self.seq = 0  # selection counter: round robin and tie-breaks read `last_pick`
 
     def eligible(self, cands: list[Candidate], now: float, tokens: int = 0) -> list[Candidate]:
+        """The candidates that may take an attempt now."""
         return [c for c in cands if c.state.eligible(now, c.upstream_model, tokens)]
 
     def pick(self, cands: list[Candidate], now: float, rng: random.Random, tokens: int = 0,

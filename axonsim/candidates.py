@@ -1,8 +1,8 @@
 """Candidates: which channels may serve a requested model, grouped by priority (lower first).
 
-Resolution is precomputed once per configuration (model name → groups); whether a channel is
-usable right now (enabled, a key left) is checked at request time because admin calls and auth
-failures change it while the gateway runs.
+Resolution is precomputed once per configuration (model name → groups); whether a channel may
+take an attempt right now (enabled, healthy, within its limits, a key left) is asked per attempt,
+because admin calls, failures and time change it while the gateway runs.
 """
 
 from __future__ import annotations
@@ -40,15 +40,6 @@ class Candidates:
 
     def known(self, model: str) -> bool:
         return model in self._groups
-
-    def groups(self, model: str) -> list[list[Candidate]]:
-        """Priority groups of usable candidates for `model` (empty if none is usable now)."""
-        out = []
-        for g in self._groups.get(model, ()):
-            usable = [c for c in g if c.state.usable()]
-            if usable:
-                out.append(usable)
-        return out
 
     def models(self) -> list[str]:
         return list(self._groups)

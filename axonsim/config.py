@@ -115,10 +115,6 @@ def _coerce_dist(v: Any) -> Any:
     return v
 
 
-def dist_mean(d: Distribution) -> float:
-    return d.mean if not isinstance(d, Exponential) else d.mean
-
-
 # --------------------------------------------------------------------------------------------------
 # Channel behaviour model: shared by the simulator and the mock provider
 

@@ -226,33 +226,8 @@ class GatewayApp:
         out: bytes | None = None
         store = proxy.store
         sent: list[bytes] | None = [] if store is not None and store.store_bodies else None  # stream bytes, kept
-        trace_b: bytes | None = None
-        thread_b: bytes | None = None
-        explain = False
-        kinds = rt.header_kinds
-        for name, value in scope["headers"]:
-            k = kinds.get(name)
-            if k is not None:
-                if k == H_TRACE:
-                    trace_b = value[:MAX_ID]
-                elif k == H_THREAD:
-                    thread_b = value[:MAX_ID]
-                elif k == H_AH_TRACE:
-                    if trace_b is None:
-                        trace_b = value[:MAX_ID]
-                elif k == H_AH_THREAD:
-                    if thread_b is None:
-                        thread_b = value[:MAX_ID]
-                elif k == H_EXPLAIN:
-                    explain = value.strip().lower() in (b"1", b"true", b"yes")
-        # Only a client's own id is a sticky key: a generated one is never seen again, and
-        # remembering it would only fill the Router's sticky table.
-        sticky_b = trace_b if rt.sticky == "trace" else thread_b if rt.sticky == "thread" else None
-        if trace_b is None:
-            trace_b = new_trace_id()
-        if thread_b is None:
-            thread_b = new_trace_id()
-        ids = [(b"x-request-id", rid_b), (rt.trace_name, trace_b), (rt.thread_name, thread_b)]
+        ids, sticky_b, explain = request_ids(scope, rt, rid_b)
+        trace_b, thread_b = ids[1][1], ids[2][1]
         try:
             try:
                 body = await _read_body(receive)
@@ -488,6 +463,34 @@ async def _send_plain_500(send: Send, rid_b: bytes) -> None:
     await send({"type": "http.response.start", "status": 500,
                 "headers": [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", rid_b)]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def request_ids(scope: Scope, rt: Runtime, rid_b: bytes) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:
+    """From the request headers: the id headers to echo (request, trace, thread — generated when the
+    client sent none; the configured names first, AxonHub's AH-* as a fallback), the sticky key and
+    whether the decision trace was asked for. Shared by every client-API handler."""
+    trace_b: bytes | None = None
+    thread_b: bytes | None = None
+    explain = False
+    kinds = rt.header_kinds
+    for name, value in scope["headers"]:
+        k = kinds.get(name)
+        if k is None:
+            continue
+        if k == H_TRACE or (k == H_AH_TRACE and trace_b is None):
+            trace_b = value[:MAX_ID]
+        elif k == H_THREAD or (k == H_AH_THREAD and thread_b is None):
+            thread_b = value[:MAX_ID]
+        elif k == H_EXPLAIN:
+            explain = value.strip().lower() in (b"1", b"true", b"yes")
+    # Only a client's own id is a sticky key: a generated one is never seen again, and
+    # remembering it would only fill the Router's sticky table.
+    sticky_b = trace_b if rt.sticky == "trace" else thread_b if rt.sticky == "thread" else None
+    if trace_b is None:
+        trace_b = new_trace_id()
+    if thread_b is None:
+        thread_b = new_trace_id()
+    return [(b"x-request-id", rid_b), (rt.trace_name, trace_b), (rt.thread_name, thread_b)], sticky_b, explain
 
 
 def _tail(ids: list[tuple[bytes, bytes]], overhead: float, explain: bytes | None) -> list[tuple[bytes, bytes]]:

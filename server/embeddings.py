@@ -470,7 +470,6 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
     # The chat handler's own helpers, so both APIs behave alike (imported here: server.app imports
     # this module's importer).
     from server.app import (
-        MAX_ID,
         _attempts_value,
         _auth_error,
         _client_facing,
@@ -481,9 +480,8 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
         _Watch,
         _watch_disconnect,
         new_request_id,
-        new_trace_id,
+        request_ids,
     )
-    from server.proxy import H_AH_THREAD, H_AH_TRACE, H_EXPLAIN, H_THREAD, H_TRACE
 
     rt = proxy.rt  # the Runtime the route was matched on (nothing awaited since): kept to the end
     clock = proxy.clock.now
@@ -507,22 +505,8 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
     body: bytes | None = None
     out: bytes | None = None
     ttfb: float | None = None
-    trace_b: bytes | None = None
-    thread_b: bytes | None = None
-    explain = False
-    kinds = rt.header_kinds
-    for name, value in scope["headers"]:
-        k = kinds.get(name)
-        if k == H_TRACE or (k == H_AH_TRACE and trace_b is None):
-            trace_b = value[:MAX_ID]
-        elif k == H_THREAD or (k == H_AH_THREAD and thread_b is None):
-            thread_b = value[:MAX_ID]
-        elif k == H_EXPLAIN:
-            explain = value.strip().lower() in (b"1", b"true", b"yes")
-    sticky_b = trace_b if rt.sticky == "trace" else thread_b if rt.sticky == "thread" else None
-    trace_b = trace_b if trace_b is not None else new_trace_id()
-    thread_b = thread_b if thread_b is not None else new_trace_id()
-    ids = [(b"x-request-id", rid_b), (rt.trace_name, trace_b), (rt.thread_name, thread_b)]
+    ids, sticky_b, explain = request_ids(scope, rt, rid_b)
+    trace_b, thread_b = ids[1][1], ids[2][1]
     try:
         try:
             body = await _read_body(receive)

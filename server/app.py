@@ -229,20 +229,8 @@ class GatewayApp:
         ids, sticky_b, explain = request_ids(scope, rt, rid_b)
         trace_b, thread_b = ids[1][1], ids[2][1]
         try:
-            try:
-                body = await _read_body(receive)
-            except FormatError as exc:  # too large
-                error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message)
-                status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
-                return
-            if body is None:
-                w.gone = True
-                status = CLIENT_CLOSED
-                return
-            key = rt.auth.authenticate(scope["headers"], scope["query_string"])
-            if key is None:
-                error = _auth_error(scope)
-                status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
+            body, key, error, status = await admit(receive, send, scope, rt, fmt, rid_b, ids, clock() - t0, w)
+            if body is None or key is None:
                 return
             try:
                 req = fmt.parse_request(body, route.model, route.stream)
@@ -463,6 +451,27 @@ async def _send_plain_500(send: Send, rid_b: bytes) -> None:
     await send({"type": "http.response.start", "status": 500,
                 "headers": [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", rid_b)]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def admit(receive: Receive, send: Send, scope: Scope, rt: Runtime, fmt: ModuleType, rid_b: bytes,
+                ids: list[tuple[bytes, bytes]], elapsed: float,
+                w: _Watch) -> tuple[bytes | None, Any, Error | None, int]:
+    """Read the body and check the client's key: (body, key, None, 500) to go on; otherwise the
+    answer has been sent (or the client left) and (None/body, None, error, status) say what happened.
+    Shared by every client-API handler."""
+    try:
+        body = await _read_body(receive)
+    except FormatError as exc:  # too large
+        error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message)
+        return None, None, error, await _send_error(send, fmt, error, rid_b, 0, _tail(ids, elapsed, None))
+    if body is None:
+        w.gone = True
+        return None, None, None, CLIENT_CLOSED
+    key = rt.auth.authenticate(scope["headers"], scope["query_string"])
+    if key is None:
+        error = _auth_error(scope)
+        return body, None, error, await _send_error(send, fmt, error, rid_b, 0, _tail(ids, elapsed, None))
+    return body, key, None, 500
 
 
 def request_ids(scope: Scope, rt: Runtime, rid_b: bytes) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:

@@ -471,14 +471,13 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
     # this module's importer).
     from server.app import (
         _attempts_value,
-        _auth_error,
         _client_facing,
         _explain_value,
-        _read_body,
         _send_error,
         _tail,
         _Watch,
         _watch_disconnect,
+        admit,
         new_request_id,
         request_ids,
     )
@@ -508,20 +507,8 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
     ids, sticky_b, explain = request_ids(scope, rt, rid_b)
     trace_b, thread_b = ids[1][1], ids[2][1]
     try:
-        try:
-            body = await _read_body(receive)
-        except FormatError as exc:  # too large
-            error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message)
-            status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
-            return
-        if body is None:
-            w.gone = True
-            status = CLIENT_CLOSED
-            return
-        key = rt.auth.authenticate(scope["headers"], scope["query_string"])
-        if key is None:
-            error = _auth_error(scope)
-            status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
+        body, key, error, status = await admit(receive, send, scope, rt, fmt, rid_b, ids, clock() - t0, w)
+        if body is None or key is None:
             return
         try:
             req = parse_request(family, body, route.model, route.action)

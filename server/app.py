@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from axonsim.capabilities import needs_of
+from axonsim.capabilities import NO_NEEDS, needs_of
 from axonsim.execution import Result
 from axonsim.formats import FormatError
 from axonsim.unified import Error, ErrorKind, Usage
@@ -248,7 +248,7 @@ class GatewayApp:
             tokens = len(body) // 4 + (req.sampling.max_tokens or 0)
             # What the request needs (images, a provider's native tools, a context size) keeps it
             # away from channels that cannot carry it; a clear 400 when none can.
-            needs = needs_of(req)
+            needs = needs_of(req) if rt.capability_checks or req.tools else NO_NEEDS
             if explain:
                 result = await rt.driver.execute(ex, tokens, sticky, needs=needs, explain=True)
             else:

@@ -105,6 +105,10 @@ class Runtime:
         self.prices: Mapping[str, Price] = config.prices
         self.channel_prices: dict[str, Price] = {ch.name: ch.price for ch in config.channels if ch.price is not None}
         self.priced = bool(self.prices or self.channel_prices)
+        # Images and context size can only steer routing when some channel restricts them; a
+        # provider's native tools always can. Decided once, so plain requests skip the scan.
+        self.capability_checks = any(not ch.capabilities.images or ch.capabilities.context_window is not None
+                                     for ch in config.channels)
 
     def price(self, channel: str, upstream_model: str | None, model: str | None) -> Price | None:
         """The channel's own price, else the table's for the upstream model, else for the requested name."""

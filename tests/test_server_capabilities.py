@@ -55,3 +55,14 @@ def test_a_need_no_channel_can_meet_is_a_clear_400(gw: GatewayServer) -> None:
     assert r.status_code == 400
     err = r.json()["error"]
     assert "lacks" in err["message"] and "native tools" in err["message"]
+
+
+def test_native_tools_are_checked_even_when_no_channel_restricts_content() -> None:
+    # No channel limits images or context, so plain requests skip the capability scan; a
+    # provider's native tool must still keep the request away from channels that cannot run it.
+    with Stack() as st:
+        plain = st.serve([ch("a"), ch("b")])
+        r = httpx.post(f"{plain.url}/v1/responses", headers=AUTH, timeout=20,
+                       json={"model": "m", "input": "search the web", "tools": [{"type": "web_search"}]})
+        assert r.status_code == 400 and "native tools" in r.json()["error"]["message"]
+        assert ask(plain, [{"type": "text", "text": "what is this?"}, IMAGE]).status_code == 200

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +28,10 @@ import asyncpg
 import httpx
 import orjson
 import pytest
+from processes import free_port
+from processes import start as _start
+from processes import stop as _stop
+from processes import wait_healthy as _wait_healthy
 from prometheus_client.parser import text_string_to_metric_families
 
 from axonsim.behavior import BehaviorModel
@@ -94,12 +97,6 @@ def until(cond: Callable[[], Any], what: str, timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for: {what}")
         time.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cancel_mid_stream(gw: GatewayServer, model: str = "slow") -> str:
@@ -673,35 +670,6 @@ def test_probes_bring_an_auto_disabled_channel_back() -> None:
 
 # --------------------------------------------------------------------------------------------------
 # `axonsim serve`
-
-
-def _start(*args: str, cwd: Path = ROOT) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "axonsim", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited early ({proc.returncode}): {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{url} not healthy in time")
-
-
-def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        return proc.communicate(timeout=40)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.communicate()
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -12,10 +12,7 @@ import logging
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,6 +24,10 @@ import httpx
 import pytest
 import redis
 from conftest import drive
+from processes import free_port
+from processes import start as _start
+from processes import stop as _stop
+from processes import wait_healthy as _wait_healthy
 
 from axonsim.config import Config, parse_config
 from axonsim.execution import Call, Outcome, Router
@@ -371,12 +372,6 @@ async def test_a_reloaded_router_adopts_the_shared_state(redis_url: str, prefix:
 # -- Redis down --------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> int:
     return sum(1 for r in caplog.records if r.name == "axonsim.server.shared_state" and r.levelno == logging.WARNING
                and text in r.getMessage())
@@ -463,35 +458,6 @@ async def test_redis_going_away_and_coming_back(redis_url: str, prefix: str, clo
 
 
 # -- end to end: two proxy processes ------------------------------------------------------------------
-
-
-def _start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "axonsim", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited early ({proc.returncode}): {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{url} not healthy in time")
-
-
-def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        return proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.communicate()
 
 
 def test_two_proxy_processes_share_a_cooldown(redis_url: str, prefix: str, rdb: redis.Redis, tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ from axonsim.unified import Error, ErrorKind, Usage
 from server.driver import CLIENT_CLOSED, Exchange, LiveStream
 from server.proxy import H_AH_THREAD, H_AH_TRACE, H_EXPLAIN, H_THREAD, H_TRACE, Proxy, Runtime, request_cost
 from server.routes import Route
-from server.store import StoreUnavailable
+from server.store import StoreUnavailable, new_request_id
 
 log = logging.getLogger("axonsim.server")
 
@@ -74,14 +74,20 @@ def _attempts_value(n: int) -> bytes:
     return _ATTEMPTS[n] if n < len(_ATTEMPTS) else str(n).encode()
 
 
-def new_request_id() -> str:
-    return "req_" + os.urandom(12).hex()
-
-
 # Generated trace/thread ids: 32 hex digits like a W3C trace id, a random per-process prefix and a
 # counter (unique across workers and restarts without a syscall per request).
-_ID_PREFIX = os.urandom(8).hex()
-_id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+_ID_PREFIX = ""
+_id_counter = itertools.count()
+
+
+def _reseed_ids() -> None:
+    global _ID_PREFIX, _id_counter
+    _ID_PREFIX = os.urandom(8).hex()
+    _id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+_reseed_ids()
+os.register_at_fork(after_in_child=_reseed_ids)  # a forked worker must not repeat its parent's ids
 
 
 def new_trace_id() -> bytes:

@@ -476,7 +476,6 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
         _send_error,
         _tail,
         _Watch,
-        _watch_disconnect,
         admit,
         new_request_id,
         request_ids,
@@ -492,7 +491,6 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
     rid = new_request_id()
     rid_b = rid.encode()
     w = _Watch()
-    watcher: asyncio.Task[Any] | None = None
     task = asyncio.current_task()
     ex: EmbedExchange | None = None
     result: Result | None = None
@@ -517,8 +515,7 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
             status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
             return
         model = req.model
-        if task is not None:
-            watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, w))
+        w.start(receive, task)
         ex = EmbedExchange(req, body)
         sticky = sticky_b.decode("latin-1") if sticky_b is not None else None
         driver = EmbeddingsDriver.of(rt.driver)
@@ -563,8 +560,7 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
     finally:
         w.done = True
         metrics.inflight_dec()
-        if watcher is not None:
-            watcher.cancel()
+        w.stop()
         latency = clock() - t0
         keep = proxy.store is not None and proxy.store.store_bodies
         _record(proxy, rt, scope, route, rid, t0, latency, latency - (ex.waited if ex else 0.0), ttfb, key, model,

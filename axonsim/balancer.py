@@ -37,6 +37,18 @@ class Balancer:
         self.mark(chosen, now)
         return chosen
 
+    def choose(self, cands: list[Candidate], now: float, rng: random.Random, tokens: int = 0,
+               ctx: PickContext = NO_CONTEXT) -> Candidate | None:
+        """`pick` without a precomputed eligible list: what execution calls for nearly every
+        attempt, so eligibility, the strategy's pick and the bookkeeping run in one frame."""
+        eligible = [c for c in cands if c.state.eligible(now, c.upstream_model, tokens)]
+        if not eligible:
+            return None
+        chosen = eligible[0] if len(eligible) == 1 else eligible[self.strategy.pick([c.state for c in eligible], now, rng, ctx)]
+        seq = self.seq = self.seq + 1
+        chosen.state.select(now, seq)
+        return chosen
+
     def mark(self, chosen: Candidate, now: float) -> None:
         self.seq += 1
         chosen.state.select(now, self.seq)

@@ -47,7 +47,7 @@ from axonsim.health import OutlierDetector
 from axonsim.limits import Budget
 from axonsim.policy import Action, Policy
 from axonsim.state import ChannelState
-from axonsim.strategies import PickContext, make_strategy
+from axonsim.strategies import NO_CONTEXT, PickContext, make_strategy
 from axonsim.unified import Error, ErrorKind
 
 
@@ -321,7 +321,10 @@ class Router:
                 needs: Needs = NO_NEEDS) -> Generator[Effect, Any, Result]:
         attempts: list[AttemptRecord] = []
         decisions: list[dict[str, Any]] | None = [] if explain else None
-        if not self.candidates.known(model):
+        # The common request needs nothing special: its tiers come from the cache, which holds
+        # known models only (an unknown model never gets past the check below).
+        tiers = self._tier_cache.get(model) if needs is NO_NEEDS or not needs else None
+        if tiers is None and not self.candidates.known(model):
             return Result(False, None, attempts, unknown_model(model), now, decisions)
         policy = self.policy
         balancer = self.balancer
@@ -332,18 +335,20 @@ class Router:
         deadline = now + policy.deadline if policy.deadline is not None else None
         sticky = self.sticky.get(sticky_key) if sticky_key is not None and self.sticky_mode != "none" else None
         hedge_delay = self._hedge_delay() if self.hedge is not None else None
-        ctx = PickContext(model, stream, tokens)
+        # Strategies that never read the context are handed the shared empty one (one object less per request).
+        ctx = PickContext(model, stream, tokens) if balancer.strategy.uses_context or explain else NO_CONTEXT
         n = 0
         last: Outcome | None = None
         unavailable: dict[str, str] = {}
         soonest: float | None = None
-        if needs:
-            lacking: dict[str, str] = {}
-            tiers = self._tiers(model, needs, lacking)
-            if not tiers and lacking:
-                return Result(False, None, attempts, _cannot_carry(model, lacking), now, decisions)
-        else:
-            tiers = self._tiers(model)
+        if tiers is None:
+            if needs:
+                lacking: dict[str, str] = {}
+                tiers = self._tiers(model, needs, lacking)
+                if not tiers and lacking:
+                    return Result(False, None, attempts, _cannot_carry(model, lacking), now, decisions)
+            else:
+                tiers = self._tiers(model)
         panic: list[Candidate] = []
         n_tiers = len(tiers)
         tier_no = 0
@@ -353,8 +358,13 @@ class Router:
             tier_no += 1
             remaining = list(tier)
             while remaining:
+                cand = None
                 if in_panic:
                     eligible = remaining
+                elif sticky is None and decisions is None:
+                    # the common case: eligibility, the strategy's pick and its bookkeeping in one call
+                    cand = balancer.choose(remaining, now, rng, tokens, ctx)
+                    eligible = remaining if cand is not None else []
                 else:
                     eligible = [c for c in remaining if c.state.eligible(now, c.upstream_model, tokens)]
                 if not eligible:
@@ -369,7 +379,6 @@ class Router:
                     break
                 decision = None
                 chosen_by = "panic" if in_panic else "strategy"
-                cand = None
                 if sticky is not None:
                     cand = next((c for c in eligible if c.state.name == sticky), None)
                     if cand is not None:
@@ -409,7 +418,8 @@ class Router:
                         out = yield call
                     now = out.end
                     if out.ok:
-                        attempts.append(AttemptRecord(n, st.name, st.key_name(key), call.upstream_model,
+                        attempts.append(AttemptRecord(n, st.name, None if key is None else st.keys[key].name,
+                                                      call.upstream_model,
                                                       start, now, out.status, None,
                                                       "done", decision))
                         if sticky_key is not None:

@@ -68,6 +68,8 @@ NO_CONTEXT = PickContext()
 
 class Strategy:
     name = "strategy"
+    # Whether `pick` reads its PickContext: execution builds one per request only for those that do.
+    uses_context = True
 
     def scores(self, cands: Sequence[ChannelState], now: float, ctx: PickContext = NO_CONTEXT) -> list[float]:
         raise NotImplementedError
@@ -96,6 +98,7 @@ def _argmax_lru(scores: list[float], cands: Sequence[ChannelState]) -> int:
 
 class RoundRobin(Strategy):
     name = "round_robin"
+    uses_context = False
 
     def scores(self, cands: Sequence[ChannelState], now: float, ctx: PickContext = NO_CONTEXT) -> list[float]:
         return [-float(c.last_pick) for c in cands]
@@ -105,6 +108,7 @@ class Weighted(Strategy):
     """Smooth weighted round robin (nginx). State: one running weight per channel name."""
 
     name = "weighted"
+    uses_context = False
 
     def __init__(self) -> None:
         self.current: dict[str, float] = {}
@@ -136,6 +140,7 @@ class Weighted(Strategy):
 
 class Random(Strategy):
     name = "random"
+    uses_context = False
 
     def scores(self, cands: Sequence[ChannelState], now: float, ctx: PickContext = NO_CONTEXT) -> list[float]:
         total = sum(c.weight for c in cands)
@@ -161,6 +166,7 @@ class Random(Strategy):
 
 class LeastInflight(Strategy):
     name = "least_inflight"
+    uses_context = False
 
     def scores(self, cands: Sequence[ChannelState], now: float, ctx: PickContext = NO_CONTEXT) -> list[float]:
         return [-float(c.inflight) for c in cands]
@@ -192,6 +198,7 @@ def error_score(c: ChannelState, now: float, window: float) -> float:
 
 class ErrorAware(Strategy):
     name = "error_aware"
+    uses_context = False
 
     def __init__(self, window: float) -> None:
         self.window = window
@@ -221,6 +228,7 @@ class Composite(Strategy):
                    "rate_limit_aware": self.w_rl, "cost": self.w_cost}
         # Terms the fused fast path does not compute (random and round_robin need the rng / a sort).
         self.general = bool(self.w_rr or self.w_rnd or self.w_lat or self.w_rl or self.w_cost)
+        self.uses_context = self.general  # the fused path reads none of it
         if self.w_lat:
             from axonsim.strategies_axonhub import latency_aware_score  # that module builds on this one
 

@@ -102,7 +102,7 @@ def worker_app() -> GatewayApp:
     """The app factory each worker process calls (uvicorn `factory=True`)."""
     path = os.environ[ENV_CONFIG]
     _setup_logging(os.environ.get(ENV_LOG_LEVEL, "info"))
-    return GatewayApp(build_proxy(load_config(path), path))
+    return GatewayApp(build_proxy(load_config(path), path), tune_gc=True)
 
 
 def check_store(config: Config, config_path: str | Path | None) -> str | None:
@@ -215,7 +215,7 @@ def serve(args: argparse.Namespace) -> int:
         return 0
 
     proxy = build_proxy(config, config_path, demo)
-    server = uvicorn.Server(uvicorn.Config(GatewayApp(proxy), **common))
+    server = uvicorn.Server(uvicorn.Config(GatewayApp(proxy, tune_gc=True), **common))
     try:
         server.run()
     except SystemExit:

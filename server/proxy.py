@@ -32,7 +32,6 @@ server.store.RequestRecord where they overlap:
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import random
 from collections import deque
@@ -211,10 +210,6 @@ class Proxy:
             self.startup_error = exc
             raise
         self.probes.start()
-        # Everything imported and built so far (FastAPI, SQLAlchemy, the config) lives as long as the
-        # process: freezing it keeps the cyclic GC from re-scanning it on every full collection.
-        gc.collect()
-        gc.freeze()
         self.ready = True
 
     async def shutdown(self) -> None:

@@ -906,6 +906,21 @@ def test_stream_parser_end_conditions() -> None:
     assert odd == [StreamStart(id="1", model="")]
 
 
+def test_stream_parser_reads_invalid_utf8_as_replacement_characters() -> None:
+    # The decoder hands raw bytes to orjson, which refuses invalid UTF-8; the chunk is then read as
+    # text with U+FFFD, as it was when every line was decoded first. Both the one-event-per-read
+    # path and the general path (two events in one read, CRLF) must agree.
+    chunk = b'{"id":"a","choices":[{"index":0,"delta":{"content":"caf\xc3 \xff"}}]}'
+    expected = [StreamStart(id="a", model=""), TextDelta(text="caf\ufffd \ufffd")]
+    p = oc.StreamParser()
+    assert p.feed(b"data: " + chunk + b"\n\n") == expected
+    assert oc.StreamParser().feed(b"data: " + chunk + b"\r\n\r\ndata: " + chunk + b"\n\n") == [
+        *expected, expected[1]]
+    with pytest.raises(FormatError) as e:
+        oc.StreamParser().feed(b'data: {"id":"\xff\n\n')
+    assert e.value.message == "Upstream stream sent a malformed chunk." and e.value.status == 502
+
+
 def test_stream_parser_in_stream_error_is_an_error_event() -> None:
     p = oc.StreamParser()
     evs = p.feed(_sse({"id": "a", "choices": [{"index": 0, "delta": {"content": "x"}}]},

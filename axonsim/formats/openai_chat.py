@@ -984,13 +984,22 @@ def parse_response(body: bytes) -> Response:
     )
 
 
+def _loads_replacing(data: bytes) -> Any:
+    """orjson refuses invalid UTF-8 in bytes; the chunk as text (U+FFFD for each bad byte) may
+    still be valid JSON, which is how the stream was read when the decoder produced str."""
+    try:
+        return orjson.loads(data.decode("utf-8", "replace"))
+    except orjson.JSONDecodeError:
+        raise _upstream_bad("Upstream stream sent a malformed chunk.") from None
+
+
 class StreamParser:
     """Upstream chat.completion.chunk SSE → unified events, for any chunking of the bytes."""
 
     __slots__ = ("_sse", "_started", "_done", "_primary", "_tools", "_reasons", "_usage")
 
     def __init__(self) -> None:
-        self._sse = SSEDecoder()
+        self._sse = SSEDecoder(raw=True)
         self._started = False
         self._done = False
         self._primary: int | None = None
@@ -1000,22 +1009,30 @@ class StreamParser:
 
     def feed(self, data: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
+        if self._done:  # nothing after [DONE] or an error counts, so nothing needs decoding
+            return out
+        one = self._sse.one(data)
+        if one is not None:  # the usual chunk: one event in one read
+            self._event(one, out)  # type: ignore[arg-type]
+            return out
         for ev in self._sse.feed(data):
             if not self._done:
-                self._event(ev.data, out)
+                self._event(ev.data, out)  # type: ignore[arg-type]
         return out
 
     def close(self) -> list[StreamEvent]:
         out: list[StreamEvent] = []
+        if self._done:
+            return out
         for ev in self._sse.close():
             if not self._done:
-                self._event(ev.data, out)
+                self._event(ev.data, out)  # type: ignore[arg-type]
         if not self._done:
             raise _upstream_bad("Upstream stream ended before data: [DONE].")
         return out
 
-    def _event(self, data: str, out: list[StreamEvent]) -> None:
-        if data.startswith("[DONE]"):
+    def _event(self, data: bytes, out: list[StreamEvent]) -> None:
+        if data.startswith(b"[DONE]"):
             self._done = True
             reason = _merged_finish(self._reasons, self._primary, bool(self._tools))
             if reason is not None:
@@ -1026,52 +1043,59 @@ class StreamParser:
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise _upstream_bad("Upstream stream sent a malformed chunk.") from None
-        if not isinstance(obj, dict):
+            obj = _loads_replacing(data)
+        if type(obj) is not dict:
             raise _upstream_bad("Upstream stream sent a chunk that is not an object.")
-        err = obj.get("error")
+        g = obj.get
+        err = g("error")
         if err:
             self._done = True
             out.append(ErrorEvent(error=_error_from_body(err, 0)))
             return
         if not self._started:
             self._started = True
-            out.append(StreamStart(id=str(obj.get("id") or ""), model=str(obj.get("model") or ""),
-                                   created=_int(obj.get("created"))))
-        choices = obj.get("choices")
-        if isinstance(choices, list):
+            out.append(StreamStart(id=str(g("id") or ""), model=str(g("model") or ""),
+                                   created=_int(g("created"))))
+        choices = g("choices")
+        if type(choices) is list:
             for ch in choices:
-                if isinstance(ch, dict):
+                if type(ch) is dict:
                     self._choice(ch, out)
-        u = obj.get("usage")
-        if isinstance(u, dict):
+        u = g("usage")
+        if type(u) is dict:
             self._usage = _parse_usage(u)
 
     def _choice(self, ch: dict[str, Any], out: list[StreamEvent]) -> None:
-        idx = _int(ch.get("index"))
-        delta = ch.get("delta")
-        if isinstance(delta, dict):
-            reasoning = _reasoning_field(delta)
-            content = delta.get("content")
-            refusal = delta.get("refusal")
+        g = ch.get
+        idx = g("index")
+        if type(idx) is not int:
+            idx = _int(idx)
+        delta = g("delta")
+        if type(delta) is dict:
+            d = delta.get
+            reasoning = d("reasoning_content") or d("reasoning")
+            if reasoning and type(reasoning) is not str:
+                reasoning = ""  # as _reasoning_field reads it
+            content = d("content")
+            refusal = d("refusal")
             if reasoning or content or refusal:
                 if self._primary is None:
                     self._primary = idx
                 if idx == self._primary:
                     if reasoning:
                         out.append(ReasoningDelta(text=reasoning))
-                    if isinstance(content, str) and content:
+                    if content and type(content) is str:
                         out.append(TextDelta(text=content))
-                    if isinstance(refusal, str) and refusal:
+                    if refusal and type(refusal) is str:
                         # No refusal stream event exists; as text it at least reaches the client (lossy).
                         out.append(TextDelta(text=refusal))
-            tcs = delta.get("tool_calls")
-            if isinstance(tcs, list):
+            tcs = d("tool_calls")
+            if type(tcs) is list:
                 for pos, tc in enumerate(tcs):
-                    if isinstance(tc, dict):
+                    if type(tc) is dict:
                         self._tool_call(idx, pos, tc, out)
-        fr = ch.get("finish_reason")
-        if isinstance(fr, str) and fr:
+        fr = g("finish_reason")
+        if fr and type(fr) is str:
             self._reasons[idx] = _FINISH_IN.get(fr, "stop")
 
     def _tool_call(self, choice: int, pos: int, tc: dict[str, Any], out: list[StreamEvent]) -> None:

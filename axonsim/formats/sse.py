@@ -3,6 +3,11 @@
 The decoder follows the WHATWG rules that matter for LLM APIs: lines end in LF, CRLF or CR;
 `event:` and `data:` fields (one optional space after the colon); several data lines join with
 LF; a blank line dispatches; comment lines (starting with ':') are ignored.
+
+Two paths give the same events. The fast path takes the usual provider chunk — whole events, LF
+line ends, one `data: ` line each, optionally after one `event: ` line — apart at the byte level,
+with no per-line decoding. Anything else (CR, a partial event pending, several data lines,
+comments, fields without the space) goes line by line through the general path.
 """
 
 from __future__ import annotations
@@ -12,25 +17,72 @@ from typing import NamedTuple
 
 class SSEEvent(NamedTuple):
     event: str  # "" when the stream sent no event: line
-    data: str
+    data: str  # bytes (UTF-8, as received) from a decoder made with raw=True
 
 
 class SSEDecoder:
-    __slots__ = ("_buf", "_event", "_data", "_pending_cr")
+    """`raw=True` hands each event's data over as the bytes received instead of a decoded str:
+    orjson parses bytes directly, so the caller skips a decode per event. Such bytes may hold
+    invalid UTF-8 (the str form would hold U+FFFD instead), which the caller must allow for."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_buf", "_event", "_data", "_pending_cr", "_raw")
+
+    def __init__(self, raw: bool = False) -> None:
         self._buf = b""
         self._event = ""
         self._data: list[str] = []
         self._pending_cr = False
+        self._raw = raw
+
+    def one(self, chunk: bytes) -> bytes | str | None:
+        """The data of `chunk` when it is exactly one whole event of a single `data: ` line (no
+        event: line, LF line ends) arriving between events: the usual OpenAI chunk, taken with
+        no list or SSEEvent built. None, with nothing consumed, for any other chunk: feed it."""
+        if (chunk.startswith(b"data: ") and chunk.find(b"\n") == len(chunk) - 2 and chunk.endswith(b"\n\n")
+                and not self._buf and not self._data and not self._event and not self._pending_cr
+                and b"\r" not in chunk):
+            data = chunk[6:-2]
+            return data if self._raw else data.decode("utf-8", "replace")
+        return None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF split across chunks
         self._pending_cr = False
-        buf = self._buf + chunk
+        buf = self._buf + chunk if self._buf else chunk
         out: list[SSEEvent] = []
         start = 0
+        # The fast path needs the decoder between events (nothing of a pending event held) and
+        # LF-only line ends; it then takes everything up to the last blank line in the buffer.
+        if not self._data and not self._event and b"\r" not in buf:
+            end = buf.rfind(b"\n\n")
+            if end >= 0:
+                self._blocks(buf[:end], out)
+                start = end + 2
+        self._lines(buf, start, out)
+        return out
+
+    def _blocks(self, text: bytes, out: list[SSEEvent]) -> None:
+        """Complete events separated by blank lines, with LF line ends only (a block may hold blank
+        lines of its own when the stream sent more than one in a row)."""
+        raw = self._raw
+        for block in text.split(b"\n\n"):
+            if block.startswith(b"data: ") and b"\n" not in block:
+                data = block[6:]
+                out.append(SSEEvent("", data if raw else data.decode("utf-8", "replace")))  # type: ignore[arg-type]
+                continue
+            if block.startswith(b"event: "):
+                nl = block.find(b"\n")
+                if nl > 0 and block.startswith(b"data: ", nl + 1) and block.find(b"\n", nl + 1) < 0:
+                    data = block[nl + 7:]
+                    out.append(SSEEvent(block[7:nl].decode("utf-8", "replace"),
+                                        data if raw else data.decode("utf-8", "replace")))  # type: ignore[arg-type]
+                    continue
+            for line in block.split(b"\n"):
+                self._line(line.decode("utf-8", "replace"), out)
+            self._line("", out)
+
+    def _lines(self, buf: bytes, start: int, out: list[SSEEvent]) -> None:
         n = len(buf)
         while True:
             i = buf.find(b"\n", start)
@@ -49,7 +101,6 @@ class SSEDecoder:
             self._line(buf[start:end].decode("utf-8", "replace"), out)
             start = nxt
         self._buf = buf[start:]
-        return out
 
     def close(self) -> list[SSEEvent]:
         """At EOF: a final event without its blank line is still dispatched."""
@@ -63,7 +114,8 @@ class SSEDecoder:
     def _line(self, line: str, out: list[SSEEvent]) -> None:
         if not line:
             if self._data:
-                out.append(SSEEvent(self._event, "\n".join(self._data)))
+                data = "\n".join(self._data)
+                out.append(SSEEvent(self._event, data.encode() if self._raw else data))  # type: ignore[arg-type]
             self._event = ""
             self._data = []
             return

@@ -41,10 +41,17 @@ class Balancer:
                ctx: PickContext = NO_CONTEXT) -> Candidate | None:
         """`pick` without a precomputed eligible list: what execution calls for nearly every
         attempt, so eligibility, the strategy's pick and the bookkeeping run in one frame."""
-        eligible = [c for c in cands if c.state.eligible(now, c.upstream_model, tokens)]
-        if not eligible:
+        eligible = []
+        states = []
+        for c in cands:
+            st = c.state
+            if st.eligible(now, c.upstream_model, tokens):
+                eligible.append(c)
+                states.append(st)
+        n = len(states)
+        if n == 0:
             return None
-        chosen = eligible[0] if len(eligible) == 1 else eligible[self.strategy.pick([c.state for c in eligible], now, rng, ctx)]
+        chosen = eligible[0] if n == 1 else eligible[self.strategy.pick(states, now, rng, ctx)]
         seq = self.seq = self.seq + 1
         chosen.state.select(now, seq)
         return chosen

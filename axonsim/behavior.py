@@ -120,16 +120,31 @@ class OutageProcess:
         return now >= self.down_start
 
 
+def _lognormal(d: Distribution | float) -> tuple[float, float] | None:
+    """(mu, sigma) of a lognormal distribution, else None: `sample` draws these without the sampler's extra call."""
+    return (math.log(d.median), d.sigma) if isinstance(d, LogNormal) else None
+
+
+def _constant(d: Distribution | float) -> float | None:
+    if isinstance(d, (int, float)):
+        return float(d)
+    return d.value if isinstance(d, Constant) else None
+
+
 class BehaviorModel:
     __slots__ = ("behavior", "_ttft", "_tokens", "_tps", "_cuts", "max_concurrency", "queue", "_prefill",
                  "_load", "_rpm", "_tpm", "outages", "incidents", "_quota", "_quota_win", "_quota_req",
-                 "_quota_tok", "_slope", "_has_state")
+                 "_quota_tok", "_slope", "_has_state", "_ttft_ln", "_tokens_ln", "_tps_const")
 
     def __init__(self, behavior: Behavior, seed: int = 0) -> None:
         self.behavior = behavior
         self._ttft = sampler(behavior.ttft)
         self._tokens = sampler(behavior.output_tokens)
         self._tps = sampler(behavior.tokens_per_second)
+        # The common distributions, drawn inline by `sample` (the same draws the samplers take).
+        self._ttft_ln = _lognormal(behavior.ttft)
+        self._tokens_ln = _lognormal(behavior.output_tokens)
+        self._tps_const = _constant(behavior.tokens_per_second)
         f = behavior.faults
         # Cumulative thresholds on one uniform draw: the first band that contains it wins.
         bands = [(behavior.error_rate, ERROR), (f.rate_limited, RATE_LIMITED), (f.overloaded, OVERLOADED),
@@ -166,11 +181,15 @@ class BehaviorModel:
         """`output_tokens`: the request's own output length (a workload or trace that knows it);
         the model's draw is still taken, so the stream's position does not depend on it."""
         u = rng.random()
-        ttft = self._ttft(rng)
-        tokens = int(round(self._tokens(rng)))
+        ln = self._ttft_ln
+        ttft = rng.lognormvariate(ln[0], ln[1]) if ln is not None else self._ttft(rng)
+        ln = self._tokens_ln
+        tokens = round(rng.lognormvariate(ln[0], ln[1])) if ln is not None else int(round(self._tokens(rng)))
         if output_tokens is not None:
             tokens = output_tokens
-        tps = self._tps(rng)
+        tps = self._tps_const
+        if tps is None:
+            tps = self._tps(rng)
         if self._has_state:
             plan = self._stateful(u, ttft, tokens, tps, now, utilisation, input_tokens)
             if plan is not None:
@@ -183,13 +202,16 @@ class BehaviorModel:
                 if inc.start <= now < inc.end:
                     ttft *= inc.ttft_factor
         fault = None
-        extra = self._slope * utilisation
-        if extra and u < extra:
-            fault = OVERLOADED
-        else:
-            u2 = u - extra if extra else u
+        slope = self._slope
+        if slope and utilisation:
+            extra = slope * utilisation
+            if u < extra:
+                fault = OVERLOADED
+            else:
+                u -= extra
+        if fault is None:
             for cut, kind in self._cuts:
-                if u2 < cut:
+                if u < cut:
                     fault = kind
                     break
         if fault is None:

@@ -284,7 +284,7 @@ class Composite(Strategy):
             ws = self.ws
             sc = [sum(ws[k] * v for k, v in t.items()) for t in self.terms(cands, now, rng, ctx)]
             return _argmax_lru(sc, cands)
-        # Fast path (the simulator runs this once per attempt): one pass, no allocations.
+        # Fast path (the simulator runs this once per attempt): no allocations.
         max_inf = 1
         max_w = 0.0
         for c in cands:
@@ -295,11 +295,10 @@ class Composite(Strategy):
         if max_w <= 0.0:
             max_w = 1.0
         w_err, w_inf, w_wgt, window = self.w_err, self.w_inf / max_inf, self.w_wgt / max_w, self.window
-        best = 0
+        best = i = 0
         bs = -1.0
         bl = 0
-        for i in range(n):
-            c = cands[i]
+        for c in cands:
             s = w_inf * (max_inf - c.inflight) + w_wgt * c.weight
             if w_err:
                 lf = c.last_failure
@@ -315,6 +314,7 @@ class Composite(Strategy):
                             s += w_err * e
             if s > bs or (s == bs and c.last_pick < bl):
                 best, bs, bl = i, s, c.last_pick
+            i += 1
         return best
 
 

@@ -171,7 +171,7 @@ class SimChannel:
         env = self.env
         first = now + plan.ttft
         deadline = a.t_call + self.t_first
-        if fault == TIMEOUT or first > deadline:
+        if first > deadline or (fault is not None and fault == TIMEOUT):  # `is not None`: most attempts have no fault
             at(env, deadline - now, a, _TIMEOUT)
         elif fault is None or fault == STREAM_CUT:
             if a.req.stream:
@@ -291,7 +291,11 @@ def _on_answer(a: Attempt) -> None:
     a.t_first = a.t_end = now
     a.status = 200
     a.tokens = tokens
-    ch.sim.deliver(a, Outcome(True, now, 200, None, None, call.ttft, call.key))
+    out = Outcome(True, now, 200, None, None, call.ttft, call.key)
+    if a.handle < 0:  # a plain Call (what Simulation.deliver would do first)
+        ch.sim.step(a.req, out)
+    else:
+        ch.sim.deliver(a, out)
 
 
 def _on_first(a: Attempt) -> None:
@@ -312,7 +316,11 @@ def _on_first(a: Attempt) -> None:
     else:
         a.callbacks = _STREAM_END
         heappush(ch.heap, (now + gen, NORMAL, next(ch.eid), a))
-    ch.sim.deliver(a, Outcome(True, now, 200, None, None, call.ttft, call.key))
+    out = Outcome(True, now, 200, None, None, call.ttft, call.key)
+    if a.handle < 0:
+        ch.sim.step(a.req, out)
+    else:
+        ch.sim.deliver(a, out)
 
 
 def _on_stream_end(a: Attempt) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from operator import itemgetter
+from itertools import repeat
+from operator import is_not, itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,13 +108,20 @@ def _pct(x: np.ndarray, q: float) -> float | None:
     return float(np.percentile(x, q)) if x.size else None
 
 
+def _array(values: Any, dtype: Any) -> np.ndarray:
+    """A list of Python numbers as an array (np.fromiter converts about twice as fast as np.asarray)."""
+    if isinstance(values, np.ndarray):
+        return values.astype(dtype, copy=False)
+    return np.fromiter(values, dtype=dtype, count=len(values))
+
+
 def _column(rows: list[tuple[Any, ...]], j: int, dtype: Any) -> np.ndarray:
-    values = list(map(itemgetter(j), rows))  # a C loop: about 20 ns a row
     if dtype is object:
         out = np.empty(len(rows), dtype=object)
-        out[:] = values
+        out[:] = list(map(itemgetter(j), rows))
         return out
-    return np.asarray(values, dtype=dtype)
+    # a C loop straight into the array, with no intermediate list: about 20 ns a row
+    return np.fromiter(map(itemgetter(j), rows), dtype=dtype, count=len(rows))
 
 
 class SimResult:
@@ -165,14 +173,14 @@ class SimResult:
         if col is None:
             rows = self._rec.req_rows
             if name == "arrival":
-                col = np.asarray(self._arrivals.times, dtype=np.float64)
+                col = _array(self._arrivals.times, np.float64)
             elif name == "input_tokens":
-                col = np.asarray(self._arrivals.input_tokens, dtype=np.int64)
+                col = _array(self._arrivals.input_tokens, np.int64)
             elif name == "cost":
                 col = self._cost()
             else:
                 if self._ids is None:
-                    self._ids = np.asarray(list(map(itemgetter(0), rows)), dtype=np.int64)
+                    self._ids = _column(rows, 0, np.int64)
                 dtype = _R_TYPES[name]
                 col = np.empty(self._rec.n, dtype=dtype)
                 col[self._ids] = _column(rows, _R.index(name), dtype)
@@ -185,7 +193,7 @@ class SimResult:
         if col is None:
             rows = self._rec.att_rows
             if self._order is None:
-                req = np.asarray(list(map(itemgetter(0), rows)), dtype=np.int64)
+                req = _column(rows, 0, np.int64)
                 self._order = np.argsort(req, kind="stable")
                 self._att["request"] = req[self._order]
                 if name == "request":
@@ -195,7 +203,7 @@ class SimResult:
                 col = np.fromiter((NAN if r[j] is None else r[j] for r in rows), dtype=np.float64, count=len(rows))
             elif name == "failed":
                 j = _A.index("error")
-                col = np.fromiter((r[j] is not None for r in rows), dtype=bool, count=len(rows))
+                col = np.fromiter(map(is_not, map(itemgetter(j), rows), repeat(None)), dtype=bool, count=len(rows))
             elif name == "decision":
                 col = _column(rows, len(_A), object)
             else:
@@ -226,11 +234,11 @@ class SimResult:
                 one_out = cost_for(Usage(completion_tokens=1_000_000), prices, *names)
                 rate_in[c, j] = NAN if one_in is None else one_in
                 rate_out[c, j] = NAN if one_out is None else one_out
-        model = np.asarray(arr.model, dtype=np.int64)
+        model = _array(arr.model, np.int64)
         channel = self._rcol("channel")
         ch_idx = np.where(channel >= 0, channel, k)
         served = self._rcol("status") == 200  # a cut stream was still generated, and billed, up to the cut
-        inp = np.asarray(arr.input_tokens, dtype=np.float64)
+        inp = _array(arr.input_tokens, np.float64)
         out = self._rcol("tokens").astype(np.float64)
         cost = (inp * rate_in[ch_idx, model] + out * rate_out[ch_idx, model]) / 1e6
         return np.where(served, cost, 0.0)
@@ -390,7 +398,6 @@ class SimResult:
         priced = ~np.isnan(cost)
         total_cost = float(cost[priced].sum()) if priced.any() else None
         arr = self._arrivals
-        proj = np.asarray(arr.project, dtype=np.int64)
         amplification = n_att / n if n else 0.0
         out: dict[str, Any] = {
             "seed": self.seed,
@@ -416,6 +423,7 @@ class SimResult:
             "attempt_share": {c: float(att_counts[j]) / n_att if n_att else 0.0 for j, c in enumerate(self.channels)},
         }
         if len(arr.projects) > 1:
+            proj = _array(arr.project, np.int64)
             out["project_success_rate"] = {p: float(ok[proj == j].mean()) if (proj == j).any() else 0.0
                                            for j, p in enumerate(arr.projects)}
             out["project_cost"] = {p: float(cost[(proj == j) & priced].sum()) if priced.any() else None

@@ -775,3 +775,144 @@ async def test_a_record_the_database_rejects_is_dropped_alone(db: Any) -> None:
         assert (store.written, store.dropped) == (5, 1)
     finally:
         await store.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Rows: the writer's tuples and precompiled INSERTs store what SQLAlchemy's typed insert would
+
+
+def _reference_rows(r: RequestRecord, scrub: Scrubber, bodies: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The record → row mapping, field by field through the Scrubber, as dicts for a typed insert."""
+    import math
+    import time
+
+    def num(v: float | None) -> float | None:
+        return v if v is None or math.isfinite(v) else None
+
+    t = scrub.text
+    created = float(r.created_at) if r.created_at and math.isfinite(r.created_at) else time.time()
+    req = {
+        "id": str(r.id), "created_at": created, "day": time.strftime("%Y-%m-%d", time.gmtime(created)),
+        "project": t(r.project) or "", "key_name": t(r.key_name), "client_format": t(r.client_format) or "",
+        "model": t(r.model) or "", "stream": bool(r.stream), "status": int(r.status), "outcome": str(r.outcome),
+        "error": t(r.error), "latency": num(r.latency), "ttft": num(r.ttft), "overhead": num(r.overhead),
+        "prompt_tokens": int(r.prompt_tokens), "completion_tokens": int(r.completion_tokens),
+        "cached_tokens": int(r.cached_tokens), "reasoning_tokens": int(r.reasoning_tokens), "cost": num(r.cost),
+        "trace_id": t(r.trace_id), "thread_id": t(r.thread_id), "channel": t(r.channel),
+        "request_body": t(r.request_body) if bodies else None, "response_body": t(r.response_body) if bodies else None,
+    }
+    atts = [{
+        "request_id": req["id"], "n": int(a.n), "created_at": created, "channel": t(a.channel) or "",
+        "key_name": t(a.key_name), "upstream_model": t(a.upstream_model) or "", "status": int(a.status),
+        "error": t(a.error), "error_kind": t(a.error_kind), "latency": num(a.latency), "ttft": num(a.ttft),
+        "cost": num(a.cost), "decision": scrub.json(a.decision) if a.decision is not None else None,
+    } for a in r.attempts]
+    return req, atts
+
+
+def _varied_records() -> list[RequestRecord]:
+    up, gw = SECRETS
+    midnight = 1_700_006_400.0  # 2023-11-15 00:00:00 UTC
+    att = AttemptRow
+    return [
+        rec(0),  # plain: the fast path
+        rec(1, created_at=midnight - 0.5, attempts=[att(n=1, channel="c0", upstream_model="m", status=200,
+                                                        decision={"next": "done", "choice": {"w": [0.5, 1, None]}})]),
+        rec(2, created_at=midnight),  # the next day, then back to the day before: the day cache follows
+        rec(3, created_at=midnight - 86_400.0, stream=True, latency=float("nan"), cost=float("inf"),
+            trace_id="", thread_id=None),
+        rec(4, error=f"bad key {up}", key_name=gw),  # secrets: scrubbed field by field
+        rec(5, model=b"bytes-model", request_body=b"body \x00 with a NUL", response_body="r\u00e9ponse"),
+        rec(6, attempts=[att(n=1, channel="c0", upstream_model="m", status=401, key_name="c0#0",
+                             error="x\x00y", decision={"auth": f"Bearer {up}", up: [gw, ("t", 1.5)]})]),
+        rec(7, attempts=[att(n=1, channel="c0", upstream_model="m", status=200,
+                             decision={True: 1, None: float("nan"), "caf\u00e9": "\u2603 \"q\""})]),  # general path
+        rec(8, created_at=0.0, attempts=[]),  # no arrival time: now; no attempts
+        rec(9, attempts=[att(n=k, channel=f"c{k}", upstream_model="m", status=500 + k, error_kind="server_error",
+                             latency=0.1 * k, ttft=None, cost=0.0, decision={"next": "retry", "k": k})
+                         for k in (1, 2, 3)]),
+    ]
+
+
+@pytest.mark.parametrize("bodies", [False, True])
+async def test_rows_match_sqlalchemys_typed_insert(db: Any, tmp_path: Path, bodies: bool) -> None:
+    from server.store.engine import make_engine
+    from server.store.migrations import upgrade
+    from server.store.models import attempts_table, requests_table
+
+    records = _varied_records()
+    store = make_store(db, store_bodies=bodies)
+    await store.start()
+    try:
+        for r in records:
+            assert store.submit(r)
+        assert await store.flush(WAIT)
+        assert (store.written, store.dropped) == (len(records), 0)
+    finally:
+        await store.close()
+
+    ref = SqliteDB(tmp_path / "ref.db") if db.kind == "sqlite" else PostgresDB()
+    if db.kind == "postgresql":
+        await ref.create()
+    try:
+        eng = make_engine(ref.url, schema=ref.schema)
+        try:
+            await upgrade(eng)
+            scrub = Scrubber(SECRETS)
+            rows = [_reference_rows(r, scrub, bodies) for r in records]
+            async with eng.begin() as conn:
+                await conn.execute(sa.insert(requests_table), [q for q, _ in rows])
+                await conn.execute(sa.insert(attempts_table), [a for _, atts in rows for a in atts])
+        finally:
+            await eng.dispose()
+        order = {"requests": "id", "attempts": "request_id, n"}
+        for table, by in order.items():
+            # The stored text of every column (the JSON as written, not as parsed), and its type.
+            cols = [c.name for c in (requests_table if table == "requests" else attempts_table).c]
+            if db.kind == "sqlite":
+                sel = ", ".join(f"quote({c}), typeof({c})" for c in cols)
+            else:
+                sel = ", ".join(f"{c}::text, pg_typeof({c})::text" for c in cols)
+            sql = f"SELECT {sel} FROM {table} ORDER BY {by}"
+            got, want = await db.fetch(sql), await ref.fetch(sql)
+            assert len(got) == (len(records) if table == "requests" else sum(len(r.attempts) for r in records))
+            if table == "requests":
+                # Record 8 had no arrival time: each side stamped its own "now"; compare the rest.
+                got = [r[:2] + r[4:] if records[8].id in r[0] else r for r in got]
+                want = [r[:2] + r[4:] if records[8].id in r[0] else r for r in want]
+            assert got == want, table
+        text = await db.raw_text()
+        assert SECRETS[0] not in text and SECRETS[1] not in text
+    finally:
+        await ref.drop()
+
+
+def test_plain_json_is_json_dumps_or_declines() -> None:
+    import json
+
+    from server.store.rows import plain_json
+
+    same = [None, True, False, 0, -7, 2**70, 1.5, -0.0, 1e300, "", "x", "caf\u00e9 \u2603 \U0001f600", 'q"\\/\n\t\x00',
+            [], {}, (1, "a"), {"a": [1, {"b": None}], "c": 2.25}, {"next": "done"}, [[[]]]]
+    for v in same:
+        assert plain_json(v) == json.dumps(v), v
+    for v in [{True: 1}, {None: 1}, {1: "a"}, float("nan"), [float("inf")], {"a": {1, 2}}, b"x", object()]:
+        assert plain_json(v) is None, v
+
+
+def test_scrubber_clean_finds_every_form_raw_or_json_escaped() -> None:
+    import json
+
+    secret = 'k"ey/\u00e9-1'
+    s = Scrubber([secret, "sk-abc"])
+    assert s.clean("nothing here\nat all") and Scrubber().clean("no secrets configured")
+    forms = [secret, json.dumps(secret)[1:-1], "k%22ey%2F%C3%A9-1", "sk-abc"]
+    for f in forms:
+        assert not s.clean(f"a {f} b")
+        # Inside a value that was serialised: every form, including a form already escaped once.
+        assert not s.clean(json.dumps({"x": f"a {f} b"}))
+        assert not s.clean(json.dumps({f"a {f}": 1}))
+    assert not s.clean("a\x00b") and not s.clean(json.dumps("a\x00b")) and not Scrubber().clean("\x00")
+    # Whenever the serialised value is clean, scrubbing it field by field changes nothing.
+    for v in [{"a": "sk-ab", "b": ["k\"ey", 1.0]}, {"x": "sk-abcd"}, {"k%22ey": secret[:-1]}]:
+        assert s.clean(json.dumps(v)) == (s.json(v) == v)

@@ -3,7 +3,9 @@
 Theory of operation. The proxy calls `submit(record)` once per client request; it appends to a
 deque and returns — it never awaits the database. One writer task takes up to `batch_size` records
 (waiting at most `flush_interval` for a partial batch to fill), turns them into rows (scrubbing
-secrets on the way, off the request's path) and writes them in one transaction.
+secrets on the way, off the request's path) and writes them in one transaction. Rows are tuples
+executed with INSERT statements compiled once per engine (server.store.rows), so the per-record
+cost is building one tuple per row, not SQLAlchemy compiling and processing a dict per row.
 
 Rules:
 1. Bounded memory. Records held (waiting + being written) never exceed `queue_size`; a record
@@ -22,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import time
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,16 +36,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from axonsim.config import Store as StoreSettings
 from server.store.engine import StoreUnavailable, is_memory_sqlite, make_engine, resolve_url, safe_url, url_password
 from server.store.migrations import upgrade
-from server.store.models import attempts_table, requests_table
 from server.store.records import RequestRecord
+from server.store.rows import ID, REQUEST_BODY, RESPONSE_BODY, InsertSQL, Prepared, RowBuilder
 from server.store.scrub import Scrubber, secrets_from_config
 
 if TYPE_CHECKING:
     from axonsim.config import Config
 
 log = logging.getLogger("axonsim.store")
-
-_Prepared = tuple[dict[str, Any], list[dict[str, Any]]]
 
 
 def _classify(exc: BaseException) -> str:
@@ -61,10 +59,6 @@ def _classify(exc: BaseException) -> str:
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return "down"
     return "unknown"
-
-
-def _num(v: float | None) -> float | None:
-    return v if v is None or math.isfinite(v) else None
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> bool:
@@ -105,9 +99,11 @@ class Store:
         self._interval = s.flush_interval
         self._secrets = list(secrets)
         self._scrub = self._make_scrubber(self._secrets)
+        self._rows = RowBuilder(self._scrub, s.store_bodies)
+        self._sql: InsertSQL | None = None
 
         self._buf: deque[RequestRecord] = deque()
-        self._inflight: list[_Prepared] = []
+        self._inflight: list[Prepared] = []
         self._engine: AsyncEngine | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # the buffer went from empty to non-empty
@@ -165,6 +161,7 @@ class Store:
         """Replace the secrets to scrub (on config reload); applies to records not yet prepared."""
         self._secrets = list(secrets)
         self._scrub = self._make_scrubber(self._secrets)
+        self._rows = RowBuilder(self._scrub, self.settings.store_bodies)
 
     def _make_scrubber(self, secrets: list[str]) -> Scrubber:
         pw = url_password(self.url)
@@ -179,13 +176,7 @@ class Store:
         if self._task is not None:
             return
         self._engine = make_engine(self.url, connect_timeout=self._connect_timeout, schema=self._schema)
-        dialect = self._engine.dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-        self._ins_requests = insert(requests_table).on_conflict_do_nothing(index_elements=["id"])
-        self._ins_attempts = insert(attempts_table).on_conflict_do_nothing(index_elements=["request_id", "n"])
+        self._sql = InsertSQL(self._engine.dialect)
         try:
             await self._migrate()
             self._ready = True
@@ -326,11 +317,13 @@ class Store:
         # Records move to _inflight one by one so the bound in submit() holds while we yield.
         self._inflight = []
         buf = self._buf
+        prepare = self._rows.prepare
+        bodies = self._rows.store_bodies
         since_yield = 0
         while buf and len(self._inflight) < self._batch:
             rec = buf.popleft()
             try:
-                prepared = self._prepare(rec)
+                prepared = prepare(rec)
             except Exception:
                 log.exception("store: record %s cannot be stored; dropped", getattr(rec, "id", "?"))
                 self._drop_accepted(1)
@@ -338,8 +331,10 @@ class Store:
             self._inflight.append(prepared)
             # Scrubbing runs on the proxy's event loop: hand it back now and then (large bodies
             # especially), so preparing a batch never holds up requests in flight.
-            since_yield += 1 + sum(len(v) for k in ("request_body", "response_body")
-                                   if isinstance(v := prepared[0][k], str)) // 4096
+            since_yield += 1
+            if bodies:
+                row = prepared[0]
+                since_yield += (len(row[REQUEST_BODY] or "") + len(row[RESPONSE_BODY] or "")) // 4096
             if since_yield >= 64:
                 since_yield = 0
                 await asyncio.sleep(0)
@@ -367,7 +362,7 @@ class Store:
                 if not await self._record_at_fault(exc):
                     self._mark_down(exc)
                     return False
-                log.error("store: the database rejected record %s (%s); dropped", item[0]["id"], self._describe(exc))
+                log.error("store: the database rejected record %s (%s); dropped", item[0][ID], self._describe(exc))
                 self._inflight.pop(0)
                 self._drop_accepted(1)
                 continue
@@ -375,17 +370,19 @@ class Store:
             self._settle(1)
         return True
 
-    async def _write(self, batch: list[_Prepared]) -> None:
+    async def _write(self, batch: list[Prepared]) -> None:
         engine = self.engine
+        sql = self._sql
+        assert sql is not None
         async with asyncio.timeout(self._write_timeout):
             if not self._ready:
                 await self._migrate()
                 self._ready = True
             async with engine.begin() as conn:
-                await conn.execute(self._ins_requests, [b[0] for b in batch])
+                await conn.exec_driver_sql(sql.requests, sql.request_params([b[0] for b in batch]))
                 attempts = [a for b in batch for a in b[1]]
                 if attempts:
-                    await conn.execute(self._ins_attempts, attempts)
+                    await conn.exec_driver_sql(sql.attempts, sql.attempt_params(attempts))
 
     async def _migrate(self) -> None:
         u = self.engine.url
@@ -460,28 +457,3 @@ class Store:
         orig = getattr(exc, "orig", None) or exc
         text = f"{type(orig).__name__}: {orig}".splitlines()[0][:300]
         return self._scrub.text(text) or ""
-
-    def _prepare(self, r: RequestRecord) -> _Prepared:
-        """A record as table rows: every text scrubbed, bodies only when configured."""
-        t = self._scrub.text
-        created = float(r.created_at) if r.created_at and math.isfinite(r.created_at) else time.time()
-        bodies = self.settings.store_bodies
-        req = {
-            "id": str(r.id), "created_at": created, "day": time.strftime("%Y-%m-%d", time.gmtime(created)),
-            "project": t(r.project) or "", "key_name": t(r.key_name), "client_format": t(r.client_format) or "",
-            "model": t(r.model) or "", "stream": bool(r.stream), "status": int(r.status),
-            "outcome": str(r.outcome), "error": t(r.error),
-            "latency": _num(r.latency), "ttft": _num(r.ttft), "overhead": _num(r.overhead),
-            "prompt_tokens": int(r.prompt_tokens), "completion_tokens": int(r.completion_tokens),
-            "cached_tokens": int(r.cached_tokens), "reasoning_tokens": int(r.reasoning_tokens),
-            "cost": _num(r.cost), "trace_id": t(r.trace_id), "thread_id": t(r.thread_id), "channel": t(r.channel),
-            "request_body": t(r.request_body) if bodies else None,
-            "response_body": t(r.response_body) if bodies else None,
-        }
-        attempts = [{
-            "request_id": req["id"], "n": int(a.n), "created_at": created, "channel": t(a.channel) or "",
-            "key_name": t(a.key_name), "upstream_model": t(a.upstream_model) or "", "status": int(a.status),
-            "error": t(a.error), "error_kind": t(a.error_kind), "latency": _num(a.latency), "ttft": _num(a.ttft),
-            "cost": _num(a.cost), "decision": self._scrub.json(a.decision) if a.decision is not None else None,
-        } for a in r.attempts]
-        return req, attempts

@@ -1,0 +1,211 @@
+"""Records as table rows: tuples in the tables' column order, scrubbed, and the INSERT each dialect runs them with.
+
+The writer inserts rows with one statement per table compiled once per engine and executed through
+`exec_driver_sql` with a list of tuples, so SQLAlchemy neither compiles nor processes anything per
+row. That skips its type processing, so the values here are what its types would have bound: the
+JSON column gets `json.dumps` text (None as "null", as SQLAlchemy's JSON type writes it), booleans
+stay bool, and the rest are plain str/int/float/None. A test checks the rows against SQLAlchemy's
+typed insert of the same values.
+
+Scrubbing has a fast path: the record's short texts (and its decision JSON) are joined and checked
+once for any secret; only a record where that finds something (or a NUL) goes field by field
+through the Scrubber, which is the rule itself: either way no secret reaches a row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from sqlalchemy.engine import Dialect
+
+from server.store.models import attempts_table, requests_table
+from server.store.records import RequestRecord
+from server.store.scrub import Scrubber
+
+Row = tuple[Any, ...]
+Prepared = tuple[Row, list[Row]]
+
+# The order the tuples below are built in; checked against the tables at import, so a column added
+# to models.py without being added here fails loudly instead of shifting values into wrong columns.
+REQUEST_COLUMNS = (
+    "id", "created_at", "day", "project", "key_name", "client_format", "model", "stream", "status", "outcome",
+    "error", "latency", "ttft", "overhead", "prompt_tokens", "completion_tokens", "cached_tokens",
+    "reasoning_tokens", "cost", "trace_id", "thread_id", "channel", "request_body", "response_body",
+)
+ATTEMPT_COLUMNS = (
+    "request_id", "n", "created_at", "channel", "key_name", "upstream_model", "status", "error", "error_kind",
+    "latency", "ttft", "cost", "decision",
+)
+if tuple(c.name for c in requests_table.c) != REQUEST_COLUMNS or \
+        tuple(c.name for c in attempts_table.c) != ATTEMPT_COLUMNS:
+    raise RuntimeError("server.store.rows: the column lists no longer match server.store.models")
+
+ID = REQUEST_COLUMNS.index("id")
+REQUEST_BODY = REQUEST_COLUMNS.index("request_body")
+RESPONSE_BODY = REQUEST_COLUMNS.index("response_body")
+
+
+class InsertSQL:
+    """The two INSERT … ON CONFLICT DO NOTHING statements as the engine's dialect spells them
+    (qmark for SQLite, $n with casts for asyncpg), compiled once from the tables' definitions."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        self.requests, self._req_keys = self._compile(
+            insert(requests_table).on_conflict_do_nothing(index_elements=["id"]), REQUEST_COLUMNS, dialect)
+        self.attempts, self._att_keys = self._compile(
+            insert(attempts_table).on_conflict_do_nothing(index_elements=["request_id", "n"]), ATTEMPT_COLUMNS,
+            dialect)
+
+    @staticmethod
+    def _compile(stmt: Any, columns: tuple[str, ...], dialect: Dialect) -> tuple[str, tuple[str, ...] | None]:
+        compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
+        if not dialect.positional:
+            return compiled.string, columns  # named parameters: rows go as dicts
+        if tuple(compiled.positiontup or ()) != columns:
+            raise RuntimeError(f"unexpected parameter order in {compiled.string!r}")
+        return compiled.string, None
+
+    def request_params(self, rows: list[Row]) -> list[Any]:
+        return rows if self._req_keys is None else [dict(zip(self._req_keys, r, strict=True)) for r in rows]
+
+    def attempt_params(self, rows: list[Row]) -> list[Any]:
+        return rows if self._att_keys is None else [dict(zip(self._att_keys, r, strict=True)) for r in rows]
+
+
+_esc = json.encoder.encode_basestring_ascii  # what json.dumps (ensure_ascii) puts between the quotes
+_float_repr = float.__repr__
+_int_repr = int.__repr__
+
+
+def plain_json(v: Any) -> str | None:
+    """json.dumps(v), for values made of exactly dict (str keys), list, tuple, str, int, bool, None and
+    finite float; None for anything else (the caller then takes the general path). Faster than
+    json.dumps for the small dicts attempts carry, and byte for byte the same."""
+    t = type(v)
+    if t is str:
+        return _esc(v)  # type: ignore[no-any-return]
+    if t is dict:
+        items = []
+        for k, x in v.items():
+            if type(k) is not str:
+                return None  # json.dumps and str() spell True/None keys differently: general path
+            s = plain_json(x)
+            if s is None:
+                return None
+            items.append(f"{_esc(k)}: {s}")
+        return "{" + ", ".join(items) + "}"
+    if v is None:
+        return "null"
+    if t is int:
+        return _int_repr(v)
+    if t is bool:
+        return "true" if v else "false"
+    if t is float:
+        return _float_repr(v) if math.isfinite(v) else None
+    if t is list or t is tuple:
+        parts = []
+        for x in v:
+            s = plain_json(x)
+            if s is None:
+                return None
+            parts.append(s)
+        return "[" + ", ".join(parts) + "]"
+    return None
+
+
+def _num(v: float | None) -> float | None:
+    return v if v is None or math.isfinite(v) else None
+
+
+class RowBuilder:
+    """Turns RequestRecords into rows for one scrubber and one store_bodies setting."""
+
+    def __init__(self, scrubber: Scrubber, store_bodies: bool) -> None:
+        self.scrub = scrubber
+        self.store_bodies = store_bodies
+        self._day_lo = 0
+        self._day_hi = 0
+        self._day = ""
+
+    def day(self, created: float) -> str:
+        """The UTC date of `created`, YYYY-MM-DD; strftime runs once per day, not per record."""
+        if self._day_lo <= created < self._day_hi:
+            return self._day
+        text = time.strftime("%Y-%m-%d", time.gmtime(created))
+        secs = math.floor(created)  # gmtime floors too; integer bounds compare exactly with the float
+        self._day_lo = secs - secs % 86400
+        self._day_hi = self._day_lo + 86400
+        self._day = text
+        return text
+
+    def prepare(self, r: RequestRecord) -> Prepared:
+        """A record as table rows: every text scrubbed, bodies only when configured."""
+        parts = [r.project, r.key_name, r.client_format, r.model, r.error, r.trace_id, r.thread_id, r.channel]
+        decisions = []
+        for a in r.attempts:
+            parts += (a.channel, a.key_name, a.upstream_model, a.error, a.error_kind)
+            d = a.decision
+            s = "null" if d is None else plain_json(d)
+            if s is None:
+                return self.prepare_general(r)
+            parts.append(s)
+            decisions.append(s)
+        try:
+            # One search over all the short texts instead of one per field. A non-str value makes
+            # join raise: the general path then converts bytes, or refuses the record as before.
+            joined = "\n".join([p for p in parts if p is not None])
+        except TypeError:
+            return self.prepare_general(r)
+        if not self.scrub.clean(joined):
+            return self.prepare_general(r)
+        # Nothing to mask: the values go in as they are.
+        created = float(r.created_at) if r.created_at and math.isfinite(r.created_at) else time.time()
+        rid = str(r.id)
+        if self.store_bodies:
+            t = self.scrub.text
+            request_body, response_body = t(r.request_body), t(r.response_body)
+        else:
+            request_body = response_body = None
+        req = (
+            rid, created, self.day(created), r.project or "", r.key_name, r.client_format or "", r.model or "",
+            bool(r.stream), int(r.status), str(r.outcome), r.error, _num(r.latency), _num(r.ttft),
+            _num(r.overhead), int(r.prompt_tokens), int(r.completion_tokens), int(r.cached_tokens),
+            int(r.reasoning_tokens), _num(r.cost), r.trace_id, r.thread_id, r.channel, request_body, response_body,
+        )
+        attempts = [(
+            rid, int(a.n), created, a.channel or "", a.key_name, a.upstream_model or "", int(a.status), a.error,
+            a.error_kind, _num(a.latency), _num(a.ttft), _num(a.cost), dec,
+        ) for a, dec in zip(r.attempts, decisions, strict=True)]
+        return req, attempts
+
+    def prepare_general(self, r: RequestRecord) -> Prepared:
+        """The same rows with every field through the Scrubber: for records that hold a secret, a
+        NUL, bytes, or JSON that plain_json does not take."""
+        t = self.scrub.text
+        created = float(r.created_at) if r.created_at and math.isfinite(r.created_at) else time.time()
+        rid = str(r.id)
+        bodies = self.store_bodies
+        req = (
+            rid, created, self.day(created), t(r.project) or "", t(r.key_name), t(r.client_format) or "",
+            t(r.model) or "", bool(r.stream), int(r.status), str(r.outcome), t(r.error), _num(r.latency),
+            _num(r.ttft), _num(r.overhead), int(r.prompt_tokens), int(r.completion_tokens), int(r.cached_tokens),
+            int(r.reasoning_tokens), _num(r.cost), t(r.trace_id), t(r.thread_id), t(r.channel),
+            t(r.request_body) if bodies else None, t(r.response_body) if bodies else None,
+        )
+        attempts = [(
+            rid, int(a.n), created, t(a.channel) or "", t(a.key_name), t(a.upstream_model) or "", int(a.status),
+            t(a.error), t(a.error_kind), _num(a.latency), _num(a.ttft), _num(a.cost),
+            # As SQLAlchemy's JSON type would have written it (None as JSON null).
+            json.dumps(self.scrub.json(a.decision) if a.decision is not None else None),
+        ) for a in r.attempts]
+        return req, attempts
+
+
+__all__ = ["ATTEMPT_COLUMNS", "REQUEST_COLUMNS", "InsertSQL", "Prepared", "RowBuilder", "plain_json"]

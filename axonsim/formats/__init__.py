@@ -21,6 +21,10 @@ Outbound role (we are the client of a provider speaking this format):
     auth_headers(key: str) -> dict[str, str]                 the family's auth convention
     build_request(req: Request, upstream_model: str) -> bytes
     parse_response(body: bytes) -> Response                  raises FormatError if malformed
+    response_usage(body: bytes) -> Usage | None              parse_response(body).usage, reading only
+                                                             the usage (for a body forwarded verbatim);
+                                                             the same FormatError for a body not of
+                                                             the response's top-level shape
     StreamParser()                                           one per upstream stream:
         .feed(data: bytes) -> list[StreamEvent]              any chunking of the bytes
         .close() -> list[StreamEvent]                        at EOF; raises FormatError if the

@@ -57,6 +57,7 @@ __all__ = [
     "render_error",
     "render_response",
     "request_path",
+    "response_usage",
 ]
 
 FAMILY = "anthropic"  # Request.source and signature_provider of what this module parses
@@ -950,7 +951,8 @@ def _render_tool_choice(tc: ToolChoice) -> dict[str, Any]:
     return b
 
 
-def parse_response(body: bytes) -> Response:
+def _response_object(body: bytes) -> tuple[dict[str, Any], list[Any]]:
+    """The message object and its content, or the FormatError for a body of another shape."""
     d = _loads(body, "Anthropic response")
     if not isinstance(d, dict):
         raise FormatError("Anthropic response must be a JSON object")
@@ -958,7 +960,19 @@ def parse_response(body: bytes) -> Response:
         e = d.get("error")
         msg = e.get("message") if isinstance(e, dict) else None
         raise FormatError(f"Anthropic answered with an error: {msg or 'unknown'}")
-    content = _list(d.get("content"), "content")
+    return d, _list(d.get("content"), "content")
+
+
+def response_usage(body: bytes) -> Usage | None:
+    """`parse_response(body).usage`, for a driver that forwards the body verbatim to a client of this
+    same format and needs only the usage: the same top-level checks (the same FormatError for a body
+    that is not a message object), but the content blocks are not read."""
+    usage = _response_object(body)[0].get("usage")
+    return _usage(usage) if isinstance(usage, dict) else None
+
+
+def parse_response(body: bytes) -> Response:
+    d, content = _response_object(body)
     parts: list[Part] = []
     calls: list[ToolCall] = []
     for k, b in enumerate(content):

@@ -72,6 +72,7 @@ from axonsim.unified import Response as UnifiedResponse
 __all__ = [
     "parse_request", "render_response", "StreamRenderer", "error_status", "render_error", "error_headers",
     "request_path", "auth_headers", "build_request", "parse_response", "StreamParser", "parse_error",
+    "response_usage",
 ]
 
 # Google's documented placeholder for replayed function calls whose signature was never issued by
@@ -1236,7 +1237,8 @@ class _Reader:
             # inlineData (generated images) has no stream event; parse_response keeps it
 
 
-def parse_response(body: bytes) -> UnifiedResponse:
+def _response_object(body: bytes) -> dict[str, Any]:
+    """The GenerateContentResponse object, or the FormatError for a body of another shape."""
     obj = _load(body, "Gemini response", _UPSTREAM)
     if isinstance(obj, list) and len(obj) == 1:
         obj = obj[0]
@@ -1248,6 +1250,34 @@ def parse_response(body: bytes) -> UnifiedResponse:
     pf = _get(obj, "promptFeedback")
     if not cands and not (isinstance(pf, dict) and _get(pf, "blockReason")):
         raise FormatError("Gemini response has no candidates", "candidates", _UPSTREAM)
+    return obj
+
+
+def response_usage(body: bytes) -> Usage | None:
+    """`parse_response(body).usage`, for a driver that forwards the body verbatim to a client of this
+    same format and needs only the usage: the same top-level checks (the same FormatError for a body
+    that is not a GenerateContentResponse), but the parts are not read.
+
+    As in parse_response (which reads the body as a one-chunk stream), the usage counts only in a
+    finished answer: candidate 0 with a finishReason, or a blocked prompt (see _Reader.chunk)."""
+    obj = _response_object(body)
+    cands = _get(obj, "candidates") or []
+    if not isinstance(cands, list):
+        raise FormatError("candidates must be an array", "candidates", _UPSTREAM)
+    um = _get(obj, "usageMetadata")
+    if um is None:
+        return None
+    cand = next((c for c in cands if isinstance(c, dict) and (_get(c, "index") or 0) == 0), None)
+    if cand is not None and isinstance(_get(cand, "finishReason"), str):
+        return _usage_from_gemini(um).finalised()
+    if not cands and isinstance(pf := _get(obj, "promptFeedback"), dict) and _get(pf, "blockReason"):
+        return _usage_from_gemini(um).finalised()
+    return None
+
+
+def parse_response(body: bytes) -> UnifiedResponse:
+    obj = _response_object(body)
+    cands = _get(obj, "candidates")
     events: list[StreamEvent] = []
     _Reader().chunk(obj, events)
     agg = StreamAggregator()

@@ -71,6 +71,7 @@ __all__ = [
     "render_error",
     "render_response",
     "request_path",
+    "response_usage",
 ]
 
 PROVIDER = "openai"  # the `Tool.provider` of OpenAI Chat-only tools kept verbatim
@@ -936,7 +937,8 @@ def _call_from_wire(tc: Any, n: int) -> ToolCall:
                     name=name if isinstance(name, str) else "", arguments=args if isinstance(args, str) else "")
 
 
-def parse_response(body: bytes) -> Response:
+def _response_object(body: bytes) -> tuple[dict[str, Any], list[Any]]:
+    """The response object and its choices, or the FormatError for a body of another shape."""
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -948,6 +950,19 @@ def parse_response(body: bytes) -> Response:
         if obj.get("error"):  # some providers answer 200 with an error body
             raise _upstream_bad(f"Upstream returned an error: {_error_from_body(obj['error'], 0).message}")
         raise _upstream_bad("Upstream response has no 'choices' array.", "choices")
+    return obj, choices
+
+
+def response_usage(body: bytes) -> Usage | None:
+    """`parse_response(body).usage`, for a driver that forwards the body verbatim to a client of this
+    same format and needs only the usage: the same top-level checks (the same FormatError for a body
+    that is not a chat.completion object), but the choices are not read."""
+    u = _response_object(body)[0].get("usage")
+    return _parse_usage(u) if isinstance(u, dict) else None
+
+
+def parse_response(body: bytes) -> Response:
+    obj, choices = _response_object(body)
     ordered = sorted((c for c in choices if isinstance(c, dict)), key=lambda c: _int(c.get("index")))
     primary: Any = None
     text = reasoning = ""

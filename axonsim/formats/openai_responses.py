@@ -1095,7 +1095,8 @@ def _parse_usage(u: Any) -> Usage | None:
     return usage.finalised()
 
 
-def parse_response(body: bytes) -> Response:
+def _response_object(body: bytes) -> tuple[JSON, str, list[Any]]:
+    """The response object, its id and its output, or the FormatError for a body of another shape."""
     obj = _load_object(body, "OpenAI Responses body")
     rid = obj.get("id")
     if not isinstance(rid, str) or not rid:
@@ -1103,6 +1104,18 @@ def parse_response(body: bytes) -> Response:
     output = obj.get("output")
     if not isinstance(output, list):
         raise FormatError("OpenAI Responses body has no 'output' list", "output")
+    return obj, rid, output
+
+
+def response_usage(body: bytes) -> Usage | None:
+    """`parse_response(body).usage`, for a driver that forwards the body verbatim to a client of this
+    same format and needs only the usage: the same top-level checks (the same FormatError for a body
+    that is not a response object), but the output items are not read."""
+    return _parse_usage(_response_object(body)[0].get("usage"))
+
+
+def parse_response(body: bytes) -> Response:
+    obj, rid, output = _response_object(body)
     parts: list[Any] = []
     texts: list[str] = []
     refusals: list[str] = []

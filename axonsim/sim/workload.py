@@ -209,6 +209,11 @@ def _collect(sources: list[Iterator[tuple[np.ndarray, float]]], n: int | None,
         counts[i] += len(t)
         known[i] = upto
 
+    # Arrivals at or before the horizon, counted without concatenating the buffers at every pull
+    # (which made drawing a million arrivals quadratic): a source's chunks are in time order and the
+    # horizon never moves back, so a chunk whose last time is within it stays counted.
+    settled = [0] * k  # arrivals in the source's chunks counted whole
+    first_open = [0] * k  # index of the source's first chunk not counted whole
     for i in range(k):
         pull(i)
     while True:
@@ -218,8 +223,14 @@ def _collect(sources: list[Iterator[tuple[np.ndarray, float]]], n: int | None,
         if duration is not None and horizon >= duration:
             break
         if n is not None:
-            within = sum(int(np.searchsorted(np.concatenate(b), horizon, side="right")) if c else 0
-                         for b, c in zip(bufs, counts, strict=True))
+            within = 0
+            for i, b in enumerate(bufs):
+                j = first_open[i]
+                while j < len(b) and (len(b[j]) == 0 or b[j][-1] <= horizon):
+                    settled[i] += len(b[j])
+                    j += 1
+                first_open[i] = j
+                within += settled[i] + sum(int(np.searchsorted(c, horizon, side="right")) for c in b[j:])
             if within >= n:
                 break
         pull(known.index(horizon))

@@ -591,6 +591,20 @@ def test_stream_renderer_role_comes_with_the_first_chunk_even_without_start() ->
     assert json.loads(r.render(TextDelta(text="b"))[6:])["choices"][0]["delta"] == {"content": "b"}
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=12), st.booleans(), st.text(max_size=6))
+def test_stream_renderer_text_template_is_the_generic_chunk(text: str, include_usage: bool, rid: str) -> None:
+    # A content delta after the first chunk comes from a byte template; it must be exactly the chunk
+    # the generic path serialises (escaping of quotes, control characters and non-ASCII included).
+    r = oc.StreamRenderer(req_of(stream=True, include_usage=include_usage))
+    r.render(StreamStart(id=rid, model="m\"1", created=3))
+    got = r.render(TextDelta(text=text))
+    expected = r._chunk({"content": text}) if text else b""
+    assert got == expected
+    if text:
+        assert json.loads(got[6:])["choices"] == [{"index": 0, "delta": {"content": text}, "finish_reason": None}]
+
+
 def test_sdk_accumulates_the_rendered_stream() -> None:
     state: ChatCompletionStreamState[Any] = ChatCompletionStreamState()
     for c in chunks_of(render_stream(req_of(stream=True, include_usage=True), _tool_events())):

@@ -424,28 +424,40 @@ def parse_request(body: bytes, model: str | None = None, stream: bool | None = N
         for k, v in obj.items():
             if k not in _KNOWN_FIELDS:
                 extra[k] = v
-        if g("tools") is not None:
-            out["tools"] = _parse_tools(g("tools"))
-        tool_choice = _parse_tool_choice(g("tool_choice"))
-        parallel = _opt_bool(g("parallel_tool_calls"), "parallel_tool_calls")
-        if parallel is not None:
+        # Every checker maps None (absent or null) to None, so an absent field skips its call; the
+        # order of the checks is kept, since with two bad fields it says which one is reported.
+        if (v := g("tools")) is not None:
+            out["tools"] = _parse_tools(v)
+        tool_choice = _parse_tool_choice(v) if (v := g("tool_choice")) is not None else None
+        if (v := g("parallel_tool_calls")) is not None:
+            parallel = _opt_bool(v, "parallel_tool_calls")
             tool_choice = tool_choice or {}
             tool_choice["disable_parallel"] = not parallel
-        _put(out, "tool_choice", tool_choice)
-        _put(out, "response_format", _parse_response_format(g("response_format")))
+        if tool_choice is not None:
+            out["tool_choice"] = tool_choice
+        if (v := g("response_format")) is not None:
+            _put(out, "response_format", _parse_response_format(v))
         for key, check in _SAMPLING:
-            _put(sampling, key, check(g(key), key))
-        max_tokens = _opt_int(g("max_completion_tokens"), "max_completion_tokens")
-        if max_tokens is None:
-            max_tokens = _opt_int(g("max_tokens"), "max_tokens")
+            if (v := g(key)) is not None:
+                sampling[key] = check(v, key)
+        max_tokens = None
+        if (v := g("max_completion_tokens")) is not None:
+            max_tokens = _opt_int(v, "max_completion_tokens")
+        if max_tokens is None and (v := g("max_tokens")) is not None:
+            max_tokens = _opt_int(v, "max_tokens")
         _put(sampling, "max_tokens", max_tokens)
-        _put(sampling, "stop", _parse_stop(g("stop")))
-        _put(out, "reasoning_effort", _opt_str(g("reasoning_effort"), "reasoning_effort"))
-        _put(out, "metadata", _opt_dict(g("metadata"), "metadata"))
-        _put(out, "user", _opt_str(g("user"), "user"))
+        if (v := g("stop")) is not None:
+            _put(sampling, "stop", _parse_stop(v))
+        if (v := g("reasoning_effort")) is not None:
+            out["reasoning_effort"] = _opt_str(v, "reasoning_effort")
+        if (v := g("metadata")) is not None:
+            out["metadata"] = _opt_dict(v, "metadata")
+        if (v := g("user")) is not None:
+            out["user"] = _opt_str(v, "user")
 
-    is_stream = stream if stream is not None else bool(_opt_bool(g("stream"), "stream"))
-    opts = _opt_dict(g("stream_options"), "stream_options")
+    v = g("stream")
+    is_stream = stream if stream is not None else (v is not None and bool(_opt_bool(v, "stream")))
+    opts = _opt_dict(v, "stream_options") if (v := g("stream_options")) is not None else None
     asked = _opt_bool(opts.get("include_usage"), "stream_options.include_usage") if opts else None
     out["stream"] = is_stream
     # A non-stream response always carries usage; a stream only when the client asked for it.
@@ -453,7 +465,8 @@ def parse_request(body: bytes, model: str | None = None, stream: bool | None = N
     out["sampling"] = sampling
     out["extra_body"] = extra
     try:
-        return Request.model_validate(out)
+        # The model's validator itself: Request.model_validate adds only a Python frame around it.
+        return Request.__pydantic_validator__.validate_python(out)  # type: ignore[no-any-return]
     except ValidationError as e:  # a safety net: the checks above should have caught it first
         loc = e.errors()[0]["loc"] if e.errors() else ()
         param = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".") or None
@@ -565,14 +578,19 @@ class StreamRenderer:
     """chat.completion.chunk SSE for one client stream. Each call returns its bytes at once; only
     the usage is held, because it is final only at the end (OpenAI sends it just before [DONE])."""
 
-    __slots__ = ("_model", "_include_usage", "_head", "_tail", "_role_sent", "_tools", "_ids_sent",
-                 "_names_sent", "_finished", "_start_usage", "_usage", "_closed")
+    __slots__ = ("_model", "_include_usage", "_head", "_tail", "_text_head", "_text_tail", "_role_sent",
+                 "_tools", "_ids_sent", "_names_sent", "_finished", "_start_usage", "_usage", "_closed")
 
     def __init__(self, req: Request) -> None:
         self._model = req.model
         self._include_usage = req.include_usage
         self._head = b""
         self._tail = b'],"usage":null}\n\n' if req.include_usage else b"]}\n\n"
+        # A content delta after the first chunk, the bulk of a stream, is the head, the text as JSON
+        # and this tail: the bytes orjson would make of {"index": 0, "delta": {"content": text},
+        # "finish_reason": None}, without building and serialising the dicts.
+        self._text_head = b""  # set with _head
+        self._text_tail = b'},"finish_reason":null}' + self._tail
         self._role_sent = False
         self._tools: dict[int, int] = {}  # unified index → wire index, contiguous from 0 as the SDK needs
         self._ids_sent: set[int] = set()
@@ -585,6 +603,7 @@ class StreamRenderer:
     def _set_head(self, id_: str, model: str, created: int) -> None:
         self._head = (b'data: {"id":' + orjson.dumps(id_) + b',"object":"chat.completion.chunk","created":'
                       + str(int(created)).encode() + b',"model":' + orjson.dumps(model) + b',"choices":[')
+        self._text_head = self._head + b'{"index":0,"delta":{"content":'
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         if not self._head:
@@ -598,7 +617,11 @@ class StreamRenderer:
         if self._closed:
             return b""
         if isinstance(ev, TextDelta):
-            return self._chunk({"content": ev.text}) if ev.text else b""
+            if not ev.text:
+                return b""
+            if self._role_sent:  # so the head is set too
+                return self._text_head + orjson.dumps(ev.text) + self._text_tail
+            return self._chunk({"content": ev.text})
         if isinstance(ev, ToolCallDelta):
             return self._tool_call(ev)
         if isinstance(ev, ReasoningDelta):

@@ -424,24 +424,6 @@ async def test_records_for_success_failure_failover_and_cancel(db: Any, driver: 
         await reader.close()
 
 
-async def test_migrations_match_the_models_and_reach_head(db: Any) -> None:
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
-
-    store = make_store(db)
-    await store.start()
-    try:
-        assert await current(store.engine) == "0001"
-
-        def diff(conn: sa.Connection) -> list[Any]:
-            return compare_metadata(MigrationContext.configure(conn), Base.metadata)
-
-        async with store.engine.connect() as conn:
-            assert await conn.run_sync(diff) == []
-    finally:
-        await store.close()
-
-
 async def test_workers_starting_together_migrate_once(db: Any) -> None:
     stores = [make_store(db) for _ in range(4)]
     await asyncio.gather(*(s.start() for s in stores))

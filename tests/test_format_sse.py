@@ -107,6 +107,7 @@ PIECES = [
     b"\n", b"\n\n", b"\r", b"\r\n", b"\r\n\r\n", b"\xff\xfe", b"caf\xc3\xa9", b"\xc3", b"data: \xe2\x82",
     b"event: a:b", b"data: a\ndata: b\n\n", b"datum: z\n", b"data", b"event",
     b"event: m\ndata: 1\ndata: 2\n\n", b"event: m\ndata: 1\n: c\n\n", b"event: m\nid: 1\n\n",
+    b'data: {"g":1}\r\n\r\n', b"event: c\r\ndata: 2\r\n\r\n",
 ]
 
 
@@ -131,6 +132,8 @@ def test_the_fast_path_shapes() -> None:
     expected = [SSEEvent("", '{"a":1}'), SSEEvent("ping", "{}"), SSEEvent("", "[DONE]")]
     assert run(SSEDecoder(), [frames]) == expected
     assert run(SSEDecoder(raw=True), [frames]) == [SSEEvent(e.event, e.data.encode()) for e in expected]  # type: ignore[arg-type]
+    # CRLF events (Gemini's) go the general way, to the same events
+    assert run(SSEDecoder(), [b"data: 1\r\n\r\ndata: 2\r\n\r\n"]) == [SSEEvent("", "1"), SSEEvent("", "2")]
     # one() takes a lone single-line event and declines anything else, consuming nothing
     dec = SSEDecoder(raw=True)
     assert dec.one(b"data: {}\n\n") == b"{}"

@@ -1009,7 +1009,7 @@ class StreamParser:
     blocks only, since the unified model numbers calls, not content blocks."""
 
     def __init__(self) -> None:
-        self._sse = SSEDecoder()
+        self._sse = SSEDecoder(raw=True)  # each event's data as bytes, which orjson reads directly
         self._done = False
         self._kinds: dict[int, str] = {}  # block index → block type
         self._tool_of: dict[int, int] = {}  # block index → tool-call index
@@ -1019,12 +1019,16 @@ class StreamParser:
 
     def feed(self, data: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
+        if self._done:  # nothing after the terminal event counts, so nothing needs decoding
+            return out
         for ev in self._sse.feed(data):
             self._handle(ev, out)
         return out
 
     def close(self) -> list[StreamEvent]:
         out: list[StreamEvent] = []
+        if self._done:
+            return out
         for ev in self._sse.close():
             self._handle(ev, out)
         if not self._done:
@@ -1032,12 +1036,16 @@ class StreamParser:
         return out
 
     def _handle(self, sse: SSEEvent, out: list[StreamEvent]) -> None:
-        if self._done or sse.data == "[DONE]":
+        data: bytes = sse.data  # type: ignore[assignment]  # a raw decoder's
+        if self._done or data == b"[DONE]":
             return
         try:
-            d = orjson.loads(sse.data)
+            d = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise FormatError(f"malformed JSON in Anthropic stream event {sse.event!r}", status=502) from None
+            try:  # orjson refuses invalid UTF-8 in bytes; as text (U+FFFD) it may still be JSON
+                d = orjson.loads(data.decode("utf-8", "replace"))
+            except orjson.JSONDecodeError:
+                raise FormatError(f"malformed JSON in Anthropic stream event {sse.event!r}", status=502) from None
         if not isinstance(d, dict):
             raise FormatError("an Anthropic stream event is not a JSON object", status=502)
         t = d.get("type") or sse.event

@@ -20,6 +20,11 @@ class SSEEvent(NamedTuple):
     data: str  # bytes (UTF-8, as received) from a decoder made with raw=True
 
 
+# _new_event(SSEEvent, (event, data)) is SSEEvent(event, data) without the Python-level __new__ a
+# NamedTuple adds: on the fast path that frame is a large share of the cost of an event.
+_new_event = tuple.__new__
+
+
 class SSEDecoder:
     """`raw=True` hands each event's data over as the bytes received instead of a decoded str:
     orjson parses bytes directly, so the caller skips a decode per event. Such bytes may hold
@@ -40,49 +45,56 @@ class SSEDecoder:
         no list or SSEEvent built. None, with nothing consumed, for any other chunk: feed it."""
         if (chunk.startswith(b"data: ") and chunk.find(b"\n") == len(chunk) - 2 and chunk.endswith(b"\n\n")
                 and not self._buf and not self._data and not self._event and not self._pending_cr
-                and b"\r" not in chunk):
+                and chunk.find(b"\r") < 0):  # find, not `in`: the same scan at a third of the cost
             data = chunk[6:-2]
             return data if self._raw else data.decode("utf-8", "replace")
         return None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        if self._pending_cr and chunk.startswith(b"\n"):
-            chunk = chunk[1:]  # the LF of a CRLF split across chunks
-        self._pending_cr = False
+        if self._pending_cr:
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]  # the LF of a CRLF split across chunks
+            self._pending_cr = False
         buf = self._buf + chunk if self._buf else chunk
         out: list[SSEEvent] = []
-        start = 0
         # The fast path needs the decoder between events (nothing of a pending event held) and
-        # LF-only line ends; it then takes everything up to the last blank line in the buffer.
-        if not self._data and not self._event and b"\r" not in buf:
-            end = buf.rfind(b"\n\n")
-            if end >= 0:
-                self._blocks(buf[:end], out)
-                start = end + 2
-        self._lines(buf, start, out)
+        # LF line ends; it then takes everything up to the last blank line in the buffer.
+        # (Gemini's CRLF events are left to the general path too: they come few and large, and its
+        # per-line cost is then below that of normalising the line ends first.)
+        if not self._data and not self._event and buf.find(b"\r") < 0:
+            blocks = buf.split(b"\n\n")
+            # The last piece follows the last blank line: b"" for the usual chunk of whole
+            # events, else the start of the next event, left to the general path.
+            buf = blocks.pop()
+            self._blocks(blocks, out)
+        if buf:
+            self._lines(buf, out)
+        else:
+            self._buf = b""
         return out
 
-    def _blocks(self, text: bytes, out: list[SSEEvent]) -> None:
-        """Complete events separated by blank lines, with LF line ends only (a block may hold blank
-        lines of its own when the stream sent more than one in a row)."""
+    def _blocks(self, blocks: list[bytes], out: list[SSEEvent]) -> None:
+        """Complete events, each followed by a blank line, with LF line ends only (a block may hold
+        blank lines of its own when the stream sent more than one in a row)."""
         raw = self._raw
-        for block in text.split(b"\n\n"):
-            if block.startswith(b"data: ") and b"\n" not in block:
+        for block in blocks:
+            if block.startswith(b"data: ") and block.find(b"\n") < 0:
                 data = block[6:]
-                out.append(SSEEvent("", data if raw else data.decode("utf-8", "replace")))  # type: ignore[arg-type]
+                out.append(_new_event(SSEEvent, ("", data if raw else data.decode("utf-8", "replace"))))
                 continue
             if block.startswith(b"event: "):
                 nl = block.find(b"\n")
                 if nl > 0 and block.startswith(b"data: ", nl + 1) and block.find(b"\n", nl + 1) < 0:
                     data = block[nl + 7:]
-                    out.append(SSEEvent(block[7:nl].decode("utf-8", "replace"),
-                                        data if raw else data.decode("utf-8", "replace")))  # type: ignore[arg-type]
+                    out.append(_new_event(SSEEvent, (block[7:nl].decode("utf-8", "replace"),
+                                                     data if raw else data.decode("utf-8", "replace"))))
                     continue
             for line in block.split(b"\n"):
                 self._line(line.decode("utf-8", "replace"), out)
             self._line("", out)
 
-    def _lines(self, buf: bytes, start: int, out: list[SSEEvent]) -> None:
+    def _lines(self, buf: bytes, out: list[SSEEvent]) -> None:
+        start = 0
         n = len(buf)
         while True:
             i = buf.find(b"\n", start)

@@ -436,6 +436,21 @@ def test_parser_malformed_stream_raises_format_error(bad: bytes) -> None:
         A.StreamParser().feed(bad)
 
 
+def test_parser_reads_invalid_utf8_as_replacement_characters() -> None:
+    # The parser hands orjson raw bytes, which it refuses when they are not UTF-8; read as text with
+    # U+FFFD (as when every line was decoded first), the event is still valid JSON.
+    p = A.StreamParser()
+    p.feed(_sse(START))
+    p.feed(b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+           b'"content_block":{"type":"text","text":""}}\n\n')
+    evs = p.feed(b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+                 b'"delta":{"type":"text_delta","text":"caf\xc3 \xff"}}\n\n')
+    assert evs == [TextDelta(text="caf\ufffd \ufffd")]
+    with pytest.raises(FormatError) as e:
+        A.StreamParser().feed(b'event: message_start\ndata: {"\xff\n\n')
+    assert e.value.message == "malformed JSON in Anthropic stream event 'message_start'" and e.value.status == 502
+
+
 # --------------------------------------------------------------------------------------------------
 # Responses and usage
 

@@ -41,17 +41,23 @@ class Balancer:
                ctx: PickContext = NO_CONTEXT) -> Candidate | None:
         """`pick` without a precomputed eligible list: what execution calls for nearly every
         attempt, so eligibility, the strategy's pick and the bookkeeping run in one frame."""
-        eligible = []
-        states = []
-        for c in cands:
-            st = c.state
-            if st.eligible(now, c.upstream_model, tokens):
-                eligible.append(c)
-                states.append(st)
-        n = len(states)
-        if n == 0:
-            return None
-        chosen = eligible[0] if n == 1 else eligible[self.strategy.pick(states, now, rng, ctx)]
+        strategy = self.strategy
+        if strategy.fused:
+            chosen = strategy.choose(cands, now, tokens)  # type: ignore[attr-defined]
+            if chosen is None:
+                return None
+        else:
+            eligible = []
+            states = []
+            for c in cands:
+                st = c.state
+                if st.eligible(now, c.upstream_model, tokens):
+                    eligible.append(c)
+                    states.append(st)
+            n = len(states)
+            if n == 0:
+                return None
+            chosen = eligible[0] if n == 1 else eligible[strategy.pick(states, now, rng, ctx)]
         seq = self.seq = self.seq + 1
         chosen.state.select(now, seq)
         return chosen

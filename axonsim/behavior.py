@@ -134,7 +134,7 @@ def _constant(d: Distribution | float) -> float | None:
 class BehaviorModel:
     __slots__ = ("behavior", "_ttft", "_tokens", "_tps", "_cuts", "max_concurrency", "queue", "_prefill",
                  "_load", "_rpm", "_tpm", "outages", "incidents", "_quota", "_quota_win", "_quota_req",
-                 "_quota_tok", "_slope", "_has_state", "_ttft_ln", "_tokens_ln", "_tps_const")
+                 "_quota_tok", "_slope", "_has_state", "_ttft_ln", "_tokens_ln", "_tps_const", "_rng", "_z")
 
     def __init__(self, behavior: Behavior, seed: int = 0) -> None:
         self.behavior = behavior
@@ -145,6 +145,8 @@ class BehaviorModel:
         self._ttft_ln = _lognormal(behavior.ttft)
         self._tokens_ln = _lognormal(behavior.output_tokens)
         self._tps_const = _constant(behavior.tokens_per_second)
+        self._rng: random.Random | None = None  # the rng `_z` belongs to
+        self._z: Callable[[], float] | None = None
         f = behavior.faults
         # Cumulative thresholds on one uniform draw: the first band that contains it wins.
         bands = [(behavior.error_rate, ERROR), (f.rate_limited, RATE_LIMITED), (f.overloaded, OVERLOADED),
@@ -180,11 +182,23 @@ class BehaviorModel:
                input_tokens: int = 0, output_tokens: int | None = None) -> AttemptPlan:
         """`output_tokens`: the request's own output length (a workload or trace that knows it);
         the model's draw is still taken, so the stream's position does not depend on it."""
+        if rng is not self._rng:
+            # An rng with a bulk standard-normal source (the simulator's ChannelRandom): its
+            # lognormvariate(mu, sigma) is exp(mu + sigma·z), computed here without the call.
+            self._rng = rng
+            self._z = getattr(rng, "standard_normal", None)
+        z = self._z
         u = rng.random()
         ln = self._ttft_ln
-        ttft = rng.lognormvariate(ln[0], ln[1]) if ln is not None else self._ttft(rng)
+        if ln is None:
+            ttft = self._ttft(rng)
+        else:
+            ttft = math.exp(ln[0] + ln[1] * z()) if z is not None else rng.lognormvariate(ln[0], ln[1])
         ln = self._tokens_ln
-        tokens = round(rng.lognormvariate(ln[0], ln[1])) if ln is not None else int(round(self._tokens(rng)))
+        if ln is None:
+            tokens = int(round(self._tokens(rng)))
+        else:
+            tokens = round(math.exp(ln[0] + ln[1] * z()) if z is not None else rng.lognormvariate(ln[0], ln[1]))
         if output_tokens is not None:
             tokens = output_tokens
         tps = self._tps_const

@@ -46,6 +46,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from axonsim.candidates import Candidate
 from axonsim.config import STRATEGIES, Routing
 from axonsim.state import NEVER, ChannelState
 
@@ -70,6 +71,8 @@ class Strategy:
     name = "strategy"
     # Whether `pick` reads its PickContext: execution builds one per request only for those that do.
     uses_context = True
+    # Whether `choose(cands, now, tokens)` exists: eligibility and `pick` fused over Candidates.
+    fused = False
 
     def scores(self, cands: Sequence[ChannelState], now: float, ctx: PickContext = NO_CONTEXT) -> list[float]:
         raise NotImplementedError
@@ -229,6 +232,7 @@ class Composite(Strategy):
         # Terms the fused fast path does not compute (random and round_robin need the rng / a sort).
         self.general = bool(self.w_rr or self.w_rnd or self.w_lat or self.w_rl or self.w_cost)
         self.uses_context = self.general  # the fused path reads none of it
+        self.fused = not self.general
         if self.w_lat:
             from axonsim.strategies_axonhub import latency_aware_score  # that module builds on this one
 
@@ -315,6 +319,50 @@ class Composite(Strategy):
             if s > bs or (s == bs and c.last_pick < bl):
                 best, bs, bl = i, s, c.last_pick
             i += 1
+        return best
+
+
+    def choose(self, cands: Sequence[Candidate], now: float, tokens: int = 0) -> Candidate | None:
+        """The fast path of `pick` fused with the balancer's eligibility test (only when `fused`):
+        one pass keeps the eligible candidates and their maxima, one scores them. The same
+        choice, by the same arithmetic, as `pick` over the eligible candidates' states; None when
+        none is eligible. What the simulator runs for nearly every attempt."""
+        eligible = []
+        max_inf = 1
+        max_w = 0.0
+        for c in cands:
+            st = c.state
+            if st.eligible(now, c.upstream_model, tokens):
+                eligible.append(c)
+                if st.inflight > max_inf:
+                    max_inf = st.inflight
+                if st.weight > max_w:
+                    max_w = st.weight
+        if len(eligible) < 2:
+            return eligible[0] if eligible else None
+        if max_w <= 0.0:
+            max_w = 1.0
+        w_err, w_inf, w_wgt, window = self.w_err, self.w_inf / max_inf, self.w_wgt / max_w, self.window
+        best = eligible[0]
+        bs = -1.0
+        bl = 0
+        for c in eligible:
+            st = c.state
+            s = w_inf * (max_inf - st.inflight) + w_wgt * st.weight
+            if w_err:
+                lf = st.last_failure
+                if lf == NEVER:
+                    s += w_err
+                else:
+                    d = 1.0 - (now - lf) / window
+                    if d <= 0.0:
+                        s += w_err
+                    else:
+                        e = 1.0 - (30.0 * st.consecutive_failures + 40.0) * d / 200.0
+                        if e > 0.0:
+                            s += w_err * e
+            if s > bs or (s == bs and st.last_pick < bl):
+                best, bs, bl = c, s, st.last_pick
         return best
 
 

@@ -144,6 +144,29 @@ def test_composite_fast_path_equals_its_documented_scores():
         assert scores[i] == pytest.approx(max(scores), abs=1e-9)
 
 
+def test_composite_fused_choose_makes_the_same_choice_as_eligibility_then_pick():
+    """The fused fast path (Composite.choose, what Balancer.choose runs) against the two steps
+    it fuses: the eligible candidates, then `pick` over their states — the same Candidate, or
+    None, every time, ties and cooling channels included."""
+    rng = random.Random(11)
+    comp = Composite({"error_aware": 0.4, "least_inflight": 0.4, "weighted": 0.2}, 300.0)
+    assert comp.fused
+    for _ in range(2000):
+        sts = states([rng.choice([0, 10, 50, 100]) for _ in range(rng.randint(1, 5))])
+        for s in sts:
+            s.inflight = rng.choice([0, 0, 1, 3, 20])
+            s.last_pick = rng.randint(-1, 5)
+            if rng.random() < 0.5:
+                s.last_failure, s.consecutive_failures = rng.choice([100.0, rng.uniform(-300, 120)]), rng.randint(1, 5)
+            if rng.random() < 0.2:
+                s.cooldown_until = 200.0
+        cands = [Candidate(s, "m") for s in sts]
+        eligible = [c for c in cands if c.state.eligible(120.0, "m", 0)]
+        expected = None if not eligible else eligible[comp.pick([c.state for c in eligible], 120.0, rng)]
+        assert comp.choose(cands, 120.0, 0) is expected
+    assert not Composite({"error_aware": 0.5, "random": 0.5}, 300.0).fused  # general terms: no fused path
+
+
 @given(
     name=st.sampled_from(STRATEGY_NAMES),
     weights=st.lists(st.integers(0, 100), min_size=1, max_size=6),

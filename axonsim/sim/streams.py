@@ -68,6 +68,9 @@ class ChannelRandom(random.Random):
         super().__init__(seed)
         self._seed = seed
         self._z = _chunked(self._np(1).standard_normal)
+        # What BehaviorModel.sample calls for its lognormal draws (exp(mu + sigma·z), as lognormvariate
+        # below computes them), saving a method call per draw.
+        self.standard_normal = self._z
         self._e = _chunked(self._np(2).standard_exponential)
         self._gamma: dict[float, Callable[[], float]] = {}
 

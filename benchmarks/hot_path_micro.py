@@ -4,8 +4,8 @@ The end-to-end benchmark (proxy_overhead.py) says how much CPU a request costs t
 this one splits the part that is AxonSim's (everything but uvicorn's HTTP server and aiohttp's
 HTTP client) into its layers, each timed in a tight loop (best of 5 rounds, µs per call):
 
-    parse / render     the client format's parse_request, parse_response, StreamParser.feed over a
-                       22-frame stream, StreamRenderer.render over its events
+    parse / render     the client format's parse_request, parse_response, response_usage,
+                       StreamParser.feed over a 22-frame stream, StreamRenderer.render over its events
     core               Router.execute for one successful attempt, Call reporting included
     driver             LiveDriver.execute with an in-memory upstream (non-stream, stream)
     handler            GatewayApp (the raw-ASGI handler) end to end with an in-memory upstream and
@@ -114,6 +114,7 @@ def sync_parts(n: int) -> dict[str, float]:
     out["orjson.loads(request body)"] = timeit(lambda: orjson.loads(BODY), n)
     out["openai_chat.parse_request"] = timeit(lambda: oc.parse_request(BODY), n)
     out["openai_chat.parse_response"] = timeit(lambda: oc.parse_response(_RESPONSE), n)
+    out["openai_chat.response_usage (a body forwarded verbatim)"] = timeit(lambda: oc.response_usage(_RESPONSE), n)
     req = oc.parse_request(STREAM_BODY)
     out["openai_chat.build_request (stream)"] = timeit(lambda: oc.build_request(req, "gpt-bench"), n)
 

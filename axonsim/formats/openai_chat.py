@@ -1034,6 +1034,10 @@ def parse_response(body: bytes) -> Response:
     })
 
 
+# TextDelta(text=...) by its validator with a dict: a quarter cheaper, once per content chunk.
+_text_delta = TextDelta.__pydantic_validator__.validate_python
+
+
 def _loads_replacing(data: bytes) -> Any:
     """orjson refuses invalid UTF-8 in bytes; the chunk as text (U+FFFD for each bad byte) may
     still be valid JSON, which is how the stream was read when the decoder produced str."""
@@ -1121,7 +1125,12 @@ class StreamParser:
         if type(idx) is not int:
             idx = _int(idx)
         delta = g("delta")
-        if type(delta) is dict:
+        if type(delta) is dict and len(delta) == 1 and idx == self._primary and type(delta.get("content")) is str:
+            # The bulk of a stream: one more piece of text for the choice already followed. What the
+            # general branch below does with such a delta, without its other lookups.
+            if delta["content"]:
+                out.append(_text_delta({"text": delta["content"]}))
+        elif type(delta) is dict:
             d = delta.get
             reasoning = d("reasoning_content") or d("reasoning")
             if reasoning and type(reasoning) is not str:

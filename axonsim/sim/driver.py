@@ -116,14 +116,13 @@ class Simulation:
         self.recorder = Recorder(len(arrivals), [st.name for st in self.router.states], explain)
         self._next = 0
         self._open = 0  # requests arrived and not yet recorded
-        self._tick = _Tick()
+        self._arrival: tuple[float, int, int] | None = None  # the next arrival's event key (see _loop)
         self._sampler = _Tick()
         self.samples: list[list[int]] = []  # per grid point: each channel's routing state code
         # Bound once: a bound method (or callbacks tuple) per event would be allocated anew each time.
         self._execute = self.router.execute
         self._finish = self.recorder.finish
         self._resume = (self._on_wait,)
-        self._arrive = (self._on_arrival,)
         self._n = len(arrivals)
         names = arrivals.models
         self._model_names = [names[m] for m in arrivals.model]  # one lookup per arrival, not two
@@ -132,8 +131,7 @@ class Simulation:
         arr = self.arrivals
         env = self.env
         if len(arr):
-            self._tick.callbacks = self._arrive
-            heappush(self._heap, (arr.times[0], NORMAL, next(env._eid), self._tick))
+            self._arrival = (arr.times[0], NORMAL, next(env._eid))
         if self.step_size is not None:
             self._sampler.value = 0
             self._sampler.callbacks = (self._on_sample,)
@@ -156,11 +154,23 @@ class Simulation:
         """`env.run()` with SimPy's `Environment.step` written out in the loop: the same queue, the
         same (time, priority, id) order, the same clock, the same handling of a failed event — a
         SimPy Process or Timeout added to `env` runs exactly as under env.run(). Calling step()
-        per event is about a tenth of a run's time; the loop is SimPy's own, minus that call."""
+        per event is about a tenth of a run's time; the loop is SimPy's own, minus that call.
+
+        The next arrival waits beside the queue rather than in it: its key is the (time, priority,
+        id) SimPy would have pushed, with the id drawn at the same moment, and it runs when that
+        key is below the queue's head — the order a push and a pop would give, without them."""
         env = self.env
         queue = self._heap
         pop = heappop
-        while queue:
+        arrive = self._on_arrival
+        nxt = self._arrival
+        while True:
+            if nxt is not None and (not queue or nxt < queue[0]):
+                env._now = nxt[0]
+                nxt = arrive()
+                continue
+            if not queue:
+                break
             env._now, _, _, event = pop(queue)
             callbacks, event.callbacks = event.callbacks, None
             for callback in callbacks:
@@ -244,7 +254,8 @@ class Simulation:
     def _on_wait(self, req: SimRequest) -> None:
         self.step(req, self.env._now)
 
-    def _on_arrival(self, tick: _Tick) -> None:
+    def _on_arrival(self) -> tuple[float, int, int] | None:
+        """Request `_next` arrives now; returns the next arrival's key (see `_loop`), or None."""
         i = self._next
         self._next = i + 1
         self._open += 1
@@ -260,8 +271,10 @@ class Simulation:
         i += 1
         if i < self._n:
             # Absolute times: a trace's arrivals land exactly where the trace puts them.
-            tick.callbacks = self._arrive
-            heappush(self._heap, (arr.times[i], NORMAL, next(env._eid), tick))
+            self._arrival = (arr.times[i], NORMAL, next(env._eid))
+        else:
+            self._arrival = None
+        return self._arrival
 
     def _on_sample(self, tick: _Tick) -> None:
         now = self.env._now

@@ -299,6 +299,20 @@ def test_renderer_emits_each_event_immediately() -> None:
     assert r.finish() == b"" and r.render(TextDelta(text="late")) == b""
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=12), st.booleans())
+def test_renderer_text_template_is_the_generic_delta(text: str, after_reasoning: bool) -> None:
+    # A text delta into the open text block comes from a byte template; it must be exactly the event
+    # the generic path serialises (block index after a reasoning block included).
+    r = A.StreamRenderer(Request(model="m", messages=[]))
+    r.render(StreamStart(id="msg_1", model="m"))
+    if after_reasoning:
+        r.render(ReasoningDelta(text="hm"))
+    r.render(TextDelta(text="first"))
+    got = r.render(TextDelta(text=text))
+    assert got == (r._delta({"type": "text_delta", "text": text}) if text else b"")
+
+
 def test_renderer_switches_blocks_and_replays_signatures() -> None:
     events: list[StreamEvent] = [
         StreamStart(id="msg_1", model="claude-x", usage=Usage(prompt_tokens=50, cached_tokens=30, cache_write_tokens=5)),

@@ -621,6 +621,30 @@ def test_stream_renderer_is_incremental() -> None:
     assert r.finish() == b"" and r.render(TextDelta(text="x")) == b""
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=12), st.booleans())
+def test_stream_renderer_text_template_is_the_generic_event(text: str, after_reasoning: bool) -> None:
+    # More text for the open message comes from a byte template; it must be exactly the event the
+    # generic path serialises, sequence number and output index included.
+    def primed() -> Any:
+        r = fmt.StreamRenderer(req_of())
+        r.render(StreamStart(id="resp_a", model="m", created=3))
+        if after_reasoning:
+            r.render(ReasoningDelta(text="hm"))
+        r.render(TextDelta(text="first"))
+        return r
+
+    r, ref = primed(), primed()
+    got = r.render(TextDelta(text=text))
+    item = ref._content
+    if text:
+        item.chunks.append(text)  # as _text keeps the message's text for its done events
+    expected = ref._emit("response.output_text.delta", item_id=item.id, output_index=item.index,
+                         content_index=0, delta=text, logprobs=[]) if text else b""
+    assert got == expected
+    assert r.render(TextDelta(text="next")) + r.finish() == ref.render(TextDelta(text="next")) + ref.finish()
+
+
 def test_stream_renderer_first_event_without_stream_start() -> None:
     r = fmt.StreamRenderer(req_of(model="client-model"))
     data = r.render(TextDelta(text="hi")) + r.finish()

@@ -576,6 +576,9 @@ class StreamRenderer:
         self._next = 0  # next block index
         self._open: str | None = None  # kind of the open block: text | thinking | tool_use
         self._open_index = -1
+        # While a text block is open, a text delta is this head, the text as JSON and b"}}\n\n": the
+        # bytes _delta would make, without building and serialising the dicts (the bulk of a stream).
+        self._text_head = b""
         self._signed = False  # the open thinking block already got its signature
         self._tool_blocks: dict[int, int] = {}  # unified tool-call index → block index
         self._start_usage: Usage | None = None
@@ -585,6 +588,8 @@ class StreamRenderer:
     def render(self, ev: StreamEvent) -> bytes:
         if self._done:
             return b""
+        if self._open == "text" and isinstance(ev, TextDelta):  # so the message has started too
+            return self._text_head + orjson.dumps(ev.text) + b"}}\n\n" if ev.text else b""
         if isinstance(ev, ErrorEvent):
             return self.error(ev.error)
         out: list[bytes] = []
@@ -651,6 +656,9 @@ class StreamRenderer:
         self._next += 1
         out.append(_event("content_block_start", {"type": "content_block_start", "index": idx, "content_block": block}))
         self._open, self._open_index, self._signed = kind, idx, False
+        if kind == "text":
+            self._text_head = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+                               + str(idx).encode() + b',"delta":{"type":"text_delta","text":')
         return idx
 
     def _close(self, out: list[bytes]) -> None:

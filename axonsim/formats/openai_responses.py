@@ -767,9 +767,18 @@ class StreamRenderer:
                               item=_message_item(item.id, [], "in_progress"))
             out += self._emit("response.content_part.added", item_id=item.id, output_index=item.index,
                               content_index=0, part=_text_part(""))
+            item.chunks.append(text)
+            return out + self._emit("response.output_text.delta", item_id=item.id, output_index=item.index,
+                                    content_index=0, delta=text, logprobs=[])
+        # More text for the open message, the bulk of a stream: the bytes _emit would make of the same
+        # fields, from a template instead of a dict serialised whole.
         item.chunks.append(text)
-        return out + self._emit("response.output_text.delta", item_id=item.id, output_index=item.index,
-                                content_index=0, delta=text, logprobs=[])
+        seq = self._seq
+        self._seq = seq + 1
+        return (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","item_id":'
+                + _dumps(item.id) + b',"output_index":' + str(item.index).encode()
+                + b',"content_index":0,"delta":' + _dumps(text) + b',"logprobs":[],"sequence_number":'
+                + str(seq).encode() + b"}\n\n")
 
     def _open_reasoning(self) -> bytes:
         out = self._close_all("completed")

@@ -267,6 +267,9 @@ class Router:
         self.sticky: OrderedDict[str, str] = OrderedDict()  # trace/thread id -> last good channel
         self._tier_cache: dict[str, list[list[Candidate]]] = {}
         self.panic_mode = routing.health.panic
+        # Read per request: fixed by the configuration, so computed once.
+        self._plain = self.policy.deadline is None and self.hedge is None
+        self._uses_context = self.balancer.strategy.uses_context
 
     # ---------------------------------------------------------------------------------------------
 
@@ -329,14 +332,17 @@ class Router:
         policy = self.policy
         balancer = self.balancer
         budget = self.budget
-        budget_on = budget.cfg.enabled
+        budget_on = budget.cfg.enabled  # read here: a reload may hand this Router the previous one's budget
         if budget_on:
             budget.on_request(now)
-        deadline = now + policy.deadline if policy.deadline is not None else None
-        sticky = self.sticky.get(sticky_key) if sticky_key is not None and self.sticky_mode != "none" else None
-        hedge_delay = self._hedge_delay() if self.hedge is not None else None
+        if self._plain and sticky_key is None:  # no deadline, sticky key or hedging: nothing to set up
+            deadline = sticky = hedge_delay = None
+        else:
+            deadline = now + policy.deadline if policy.deadline is not None else None
+            sticky = self.sticky.get(sticky_key) if sticky_key is not None and self.sticky_mode != "none" else None
+            hedge_delay = self._hedge_delay() if self.hedge is not None else None
         # Strategies that never read the context are handed the shared empty one (one object less per request).
-        ctx = PickContext(model, stream, tokens) if balancer.strategy.uses_context or explain else NO_CONTEXT
+        ctx = PickContext(model, stream, tokens) if self._uses_context or explain else NO_CONTEXT
         n = 0
         last: Outcome | None = None
         unavailable: dict[str, str] = {}
@@ -379,21 +385,22 @@ class Router:
                     break
                 decision = None
                 chosen_by = "panic" if in_panic else "strategy"
-                if sticky is not None:
-                    cand = next((c for c in eligible if c.state.name == sticky), None)
-                    if cand is not None:
-                        balancer.mark(cand, now)
-                        chosen_by = "sticky"
-                    sticky = None  # one-shot
-                if decisions is not None:
-                    decision = len(decisions)
-                    decisions.append({"tier": "panic" if in_panic else tier_no - 1, "time": now,
-                                      "candidates": balancer.explain(remaining, now, tokens, ctx)})
-                if cand is None:
-                    cand = balancer.pick(remaining, now, rng, tokens, eligible, ctx)
-                    assert cand is not None
-                if decisions is not None:
-                    decisions[-1].update(chosen=cand.state.name, by=chosen_by)
+                if cand is None:  # not the common case above: sticky, explained or panic
+                    if sticky is not None:
+                        cand = next((c for c in eligible if c.state.name == sticky), None)
+                        if cand is not None:
+                            balancer.mark(cand, now)
+                            chosen_by = "sticky"
+                        sticky = None  # one-shot
+                    if decisions is not None:
+                        decision = len(decisions)
+                        decisions.append({"tier": "panic" if in_panic else tier_no - 1, "time": now,
+                                          "candidates": balancer.explain(remaining, now, tokens, ctx)})
+                    if cand is None:
+                        cand = balancer.pick(remaining, now, rng, tokens, eligible, ctx)
+                        assert cand is not None
+                    if decisions is not None:
+                        decisions[-1].update(chosen=cand.state.name, by=chosen_by)
                 remaining.remove(cand)
                 st = cand.state
                 same = 0

@@ -280,7 +280,8 @@ def _on_answer(a: Attempt) -> None:
     ch = a.ch
     now = ch.env._now
     ch.release(now)
-    if a.plan.fault == STREAM_CUT:
+    fault = a.plan.fault
+    if fault is not None and fault == STREAM_CUT:  # most attempts have no fault: `is` first
         ch.fail(a, now, ch.e_cut)
         return
     call = a.call
@@ -332,7 +333,8 @@ def _on_stream_end(a: Attempt) -> None:
     a.phase = DONE
     a.t_end = now
     plan = a.plan
-    if plan.fault == STREAM_CUT:
+    fault = plan.fault
+    if fault is not None and fault == STREAM_CUT:
         a.tokens = plan.cut_tokens
         a.error = STREAM_CUT
         a.call.failed(now, Outcome.failure(now, ch.e_cut, a.call.key))

@@ -185,8 +185,7 @@ class Simulation:
     def step(self, req: SimRequest, value: Any) -> None:
         """Send `value` into the request's generator and perform the effects it yields until one
         needs simulated time."""
-        gen = req.gen
-        assert gen is not None
+        gen: Generator[Effect, Any, Result] = req.gen  # type: ignore[assignment]  # set at arrival, cleared only at close
         while True:
             try:
                 eff = gen.send(value)

@@ -39,7 +39,6 @@ from server.store import (
 )
 from server.store import queries as Q
 from server.store.migrations import current
-from server.store.models import Base
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -898,3 +897,49 @@ def test_scrubber_clean_finds_every_form_raw_or_json_escaped() -> None:
     # Whenever the serialised value is clean, scrubbing it field by field changes nothing.
     for v in [{"a": "sk-ab", "b": ["k\"ey", 1.0]}, {"x": "sk-abcd"}, {"k%22ey": secret[:-1]}]:
         assert s.clean(json.dumps(v)) == (s.json(v) == v)
+
+
+def test_sqlite_batches_go_as_a_few_multi_row_statements() -> None:
+    from sqlalchemy.dialects.sqlite import aiosqlite
+
+    from server.store.rows import MAX_ROWS_PER_STATEMENT, REQUEST_COLUMNS, InsertSQL
+
+    ins = InsertSQL(aiosqlite.dialect()).requests
+    width = len(REQUEST_COLUMNS)
+    for n in [1, 2, 3, 7, 8, 200, 511, 512, 513, 1500]:
+        rows = [tuple(f"r{i}c{c}" for c in range(width)) for i in range(n)]
+        stmts = ins.statements(rows)
+        sent: list[tuple[Any, ...]] = []
+        for sql, params in stmts:
+            if isinstance(params, list):  # executemany with the one-row statement
+                assert sql.count("?") == width
+                sent += params
+            else:  # one multi-row statement, as many placeholders as values
+                assert sql.count("?") == len(params) and len(params) % width == 0
+                k = len(params) // width
+                assert k & (k - 1) == 0 and k <= MAX_ROWS_PER_STATEMENT  # a power of two: few distinct texts
+                sent += [tuple(params[i:i + width]) for i in range(0, len(params), width)]
+        assert sent == rows  # every row once, in order
+        assert len(stmts) <= bin(n).count("1") + n // MAX_ROWS_PER_STATEMENT
+
+
+async def test_a_large_batch_with_many_attempts_is_written_whole(db: Any) -> None:
+    store = make_store(db, batch_size=1500, flush_interval=5.0)
+    await store.start()
+    try:
+        records = [rec(i, attempts=[AttemptRow(n=k, channel=f"c{k}", upstream_model="m", status=200,
+                                               decision={"next": "done" if k == i % 4 else "retry"})
+                                    for k in range(1, i % 4 + 1)]) for i in range(1500)]
+        for r in records:
+            store.submit(r)
+        assert await store.flush(WAIT)
+        assert await ids_in(db) == sorted(r.id for r in records)
+        n_attempts = sum(len(r.attempts) for r in records)
+        assert (await db.fetch("SELECT count(*) FROM attempts"))[0][0] == n_attempts
+        for r in records[:3]:  # the same batch again (a lost acknowledgement): nothing changes
+            store.submit(r)
+        assert await store.flush(WAIT)
+        assert (await db.fetch("SELECT count(*) FROM attempts"))[0][0] == n_attempts
+        assert (store.written, store.dropped) == (1503, 0)
+    finally:
+        await store.close()

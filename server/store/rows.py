@@ -48,6 +48,72 @@ REQUEST_BODY = REQUEST_COLUMNS.index("request_body")
 RESPONSE_BODY = REQUEST_COLUMNS.index("response_body")
 
 
+def _sqlite_variable_limit() -> int:
+    """How many parameters one SQLite statement may bind (999 before SQLite 3.32, often far more)."""
+    import sqlite3
+
+    conn = sqlite3.connect(":memory:")
+    try:
+        return int(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    finally:
+        conn.close()
+
+
+# Most rows one multi-row INSERT carries: a batch of 200 then takes 3 statements (128 + 64 + 8).
+MAX_ROWS_PER_STATEMENT = 512
+
+
+class _Insert:
+    """One table's INSERT … ON CONFLICT DO NOTHING, compiled once, and how a list of rows is sent."""
+
+    def __init__(self, stmt: Any, columns: tuple[str, ...], dialect: Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
+        self.sql: str = compiled.string
+        self._keys: tuple[str, ...] | None = None
+        if not dialect.positional:
+            self._keys = columns  # named parameters: rows go as dicts
+        elif tuple(compiled.positiontup or ()) != columns:
+            raise RuntimeError(f"unexpected parameter order in {self.sql!r}")
+        # SQLite: many rows per statement. The sqlite3 module releases the GIL around every row it
+        # steps, so executemany hands the GIL back and forth with the event loop once per row; under
+        # load each handoff costs both threads a context switch, more than the insert itself. One
+        # multi-row INSERT steps once. Sizes are powers of two, so the driver's statement cache holds
+        # a handful of texts, not one per batch size.
+        self._multi: dict[int, str] = {}
+        self._max_rows = 1
+        head, sep, rest = self.sql.partition(" VALUES ")
+        group = "(" + ", ".join("?" * len(columns)) + ")"
+        if dialect.name == "sqlite" and dialect.paramstyle == "qmark" and rest.startswith(group):
+            tail = rest[len(group):]
+            limit = min(MAX_ROWS_PER_STATEMENT, _sqlite_variable_limit() // len(columns))
+            size = 1
+            while size * 2 <= limit:
+                size *= 2
+            self._max_rows = size
+            while size > 1:
+                self._multi[size] = head + sep + ", ".join([group] * size) + tail
+                size //= 2
+
+    def statements(self, rows: list[Row]) -> list[tuple[str, Any]]:
+        """(sql, parameters) pairs for exec_driver_sql that insert `rows`, in order."""
+        if self._keys is not None:
+            return [(self.sql, [dict(zip(self._keys, r, strict=True)) for r in rows])]
+        if self._max_rows == 1 or len(rows) == 1:
+            return [(self.sql, rows)]
+        out = []
+        i, n = 0, len(rows)
+        size = self._max_rows
+        while i < n:
+            while size > n - i:
+                size //= 2
+            if size == 1:
+                out.append((self.sql, rows[i:]))  # fewer than two left
+                break
+            out.append((self._multi[size], tuple([v for r in rows[i:i + size] for v in r])))
+            i += size
+        return out
+
+
 class InsertSQL:
     """The two INSERT … ON CONFLICT DO NOTHING statements as the engine's dialect spells them
     (qmark for SQLite, $n with casts for asyncpg), compiled once from the tables' definitions."""
@@ -57,26 +123,12 @@ class InsertSQL:
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-        self.requests, self._req_keys = self._compile(
-            insert(requests_table).on_conflict_do_nothing(index_elements=["id"]), REQUEST_COLUMNS, dialect)
-        self.attempts, self._att_keys = self._compile(
-            insert(attempts_table).on_conflict_do_nothing(index_elements=["request_id", "n"]), ATTEMPT_COLUMNS,
-            dialect)
-
-    @staticmethod
-    def _compile(stmt: Any, columns: tuple[str, ...], dialect: Dialect) -> tuple[str, tuple[str, ...] | None]:
-        compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
-        if not dialect.positional:
-            return compiled.string, columns  # named parameters: rows go as dicts
-        if tuple(compiled.positiontup or ()) != columns:
-            raise RuntimeError(f"unexpected parameter order in {compiled.string!r}")
-        return compiled.string, None
-
-    def request_params(self, rows: list[Row]) -> list[Any]:
-        return rows if self._req_keys is None else [dict(zip(self._req_keys, r, strict=True)) for r in rows]
-
-    def attempt_params(self, rows: list[Row]) -> list[Any]:
-        return rows if self._att_keys is None else [dict(zip(self._att_keys, r, strict=True)) for r in rows]
+        self.requests = _Insert(insert(requests_table).on_conflict_do_nothing(index_elements=["id"]),
+                                REQUEST_COLUMNS, dialect)
+        self.attempts = _Insert(insert(attempts_table).on_conflict_do_nothing(index_elements=["request_id", "n"]),
+                                ATTEMPT_COLUMNS, dialect)
+        # SQLite through aiosqlite: the writer runs a batch's statements in one call to its thread.
+        self.sqlite = dialect.name == "sqlite" and dialect.driver == "aiosqlite"
 
 
 _esc = json.encoder.encode_basestring_ascii  # what json.dumps (ensure_ascii) puts between the quotes

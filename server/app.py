@@ -299,7 +299,7 @@ class GatewayApp:
             payload = result.outcome.payload
             if not is_stream:
                 out = payload.raw if payload.raw is not None else fmt.render_response(payload.response)
-                usage = payload.response.usage
+                usage = payload.usage
                 status = 200
                 w.done = True
                 ttfb = clock() - t0

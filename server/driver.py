@@ -116,14 +116,25 @@ class ChannelRuntime:
 
 
 class Answer:
-    """A non-stream attempt's payload: the parsed response, and the upstream bytes when the client
-    speaks the channel's format (then they are forwarded as they came)."""
+    """A non-stream attempt's payload: its usage, and either the upstream bytes (when the client speaks
+    the channel's format they are forwarded as they came, and only the usage was read from them) or
+    the parsed response. `response` parses forwarded bytes on first use (probes read the text)."""
 
-    __slots__ = ("response", "raw")
+    __slots__ = ("raw", "usage", "_response", "_fmt")
 
-    def __init__(self, response: Response, raw: bytes | None) -> None:
-        self.response = response
+    def __init__(self, response: Response | None, raw: bytes | None, usage: Usage | None = None,
+                 fmt: ModuleType | None = None) -> None:
+        self._response = response
         self.raw = raw
+        self.usage = response.usage if response is not None else usage
+        self._fmt = fmt  # the channel's format, to parse `raw` if the response is asked for
+
+    @property
+    def response(self) -> Response:
+        if self._response is None:
+            assert self._fmt is not None and self.raw is not None
+            self._response = self._fmt.parse_response(self.raw)
+        return self._response
 
 
 class Exchange:
@@ -324,7 +335,7 @@ class LiveDriver:
         if out.ok:
             call.first_token(out.end)
             if not ex.stream:
-                usage = out.payload.response.usage
+                usage = out.payload.usage
                 call.succeeded(out.end, usage.completion_tokens if usage is not None else 0)
         else:
             call.failed(out.end, out)
@@ -357,13 +368,18 @@ class LiveDriver:
         status = resp.status
         if not 200 <= status < 300:
             return Outcome.failure(t, self.upstream_error(ch, status, resp.headers, data), key=call.key)
+        fmt = ch.fmt
         try:
-            parsed = ch.fmt.parse_response(data)
+            if fmt is ex.client_fmt and self.passthrough:
+                # Forwarded as is: the client reads the answer itself; the gateway needs only the
+                # usage (and the format's top-level checks), not a parse of every choice.
+                answer = Answer(None, data, fmt.response_usage(data), fmt)
+            else:
+                answer = Answer(fmt.parse_response(data), None)
         except Exception as exc:  # a malformed answer is the channel's failure, whatever the parser raised
             log.warning("channel %s: malformed response (%s)", ch.name, self.scrub(str(exc))[:200])
             return Outcome.failure(t, MALFORMED_RESPONSE, key=call.key)
-        raw = data if ch.fmt is ex.client_fmt and self.passthrough else None
-        return Outcome(True, t, status, ttft=t - call.start, key=call.key, payload=Answer(parsed, raw))
+        return Outcome(True, t, status, ttft=t - call.start, key=call.key, payload=answer)
 
     async def _stream(self, ch: ChannelRuntime, call: Call, ex: Exchange, upreq: UpstreamRequest) -> Outcome:
         now = self.clock.now

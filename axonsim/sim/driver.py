@@ -32,6 +32,7 @@ import gc
 import math
 from collections.abc import Generator
 from heapq import heappop, heappush
+from itertools import islice
 from typing import Any
 
 import simpy
@@ -123,9 +124,12 @@ class Simulation:
         self._execute = self.router.execute
         self._finish = self.recorder.finish
         self._resume = (self._on_wait,)
-        self._n = len(arrivals)
         names = arrivals.models
-        self._model_names = [names[m] for m in arrivals.model]  # one lookup per arrival, not two
+        # One C-level next() per arrival hands out its columns (model name, stream, tokens in and
+        # out, the admission estimate), then the next arrival's time.
+        self._feed = zip([names[m] for m in arrivals.model], arrivals.stream, arrivals.input_tokens,
+                         arrivals.output_tokens, arrivals.tokens, strict=True)
+        self._times = islice(arrivals.times, 1, None)
 
     def run(self) -> SimResult:
         arr = self.arrivals
@@ -264,19 +268,14 @@ class Simulation:
         self._open += 1
         env = self.env
         now = env._now
-        arr = self.arrivals
-        stream = arr.stream[i]
-        req = SimRequest(i, now, stream, arr.input_tokens[i], arr.output_tokens[i])
+        model, stream, inp, out, tokens = next(self._feed)
+        req = SimRequest(i, now, stream, inp, out)
         # positional: (model, now, rng, request, tokens, sticky_key, explain, stream), cheaper than keywords
-        req.gen = self._execute(self._model_names[i], now, self.core_rng, req, arr.tokens[i], None, self.explain,
-                                stream)
+        req.gen = self._execute(model, now, self.core_rng, req, tokens, None, self.explain, stream)
         self.step(req, None)
-        i += 1
-        if i < self._n:
-            # Absolute times: a trace's arrivals land exactly where the trace puts them.
-            self._arrival = (arr.times[i], NORMAL, next(env._eid))
-        else:
-            self._arrival = None
+        t = next(self._times, None)
+        # Absolute times: a trace's arrivals land exactly where the trace puts them.
+        self._arrival = None if t is None else (t, NORMAL, next(env._eid))
         return self._arrival
 
     def _on_sample(self, tick: _Tick) -> None:

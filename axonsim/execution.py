@@ -263,6 +263,9 @@ class Router:
         self.budget = Budget(routing.retry.budget)
         self.hedge = routing.hedge if routing.hedge.enabled else None
         self.stats = TtftStats()
+        # Recent TTFTs are read only to time percentile hedges (a reload carries them over only to a
+        # Router with the same routing): without such hedging, calls do not feed them.
+        self._feed_ttft = self.hedge is not None and self.hedge.delay is None
         self.sticky_mode = routing.sticky
         self.sticky: OrderedDict[str, str] = OrderedDict()  # trace/thread id -> last good channel
         self._tier_cache: dict[str, list[list[Candidate]]] = {}
@@ -413,7 +416,8 @@ class Router:
                         break
                     n += 1
                     start = now
-                    call = Call(st, cand.upstream_model, key, n, request, tokens, deadline, self.stats)
+                    call = Call(st, cand.upstream_model, key, n, request, tokens, deadline,
+                                self.stats if self._feed_ttft else None)
                     if hedge_delay is not None and n == 1 and remaining:
                         out, call, extra = yield from self._hedged(call, hedge_delay, remaining, rng, tokens,
                                                                    deadline, request, attempts, decision, ctx)
@@ -500,7 +504,7 @@ class Router:
         remaining.remove(second)
         key = second.state.next_key(now, rng, tokens)
         call2 = Call(second.state, second.upstream_model, key, first.attempt + 1, request, tokens, deadline,
-                     self.stats)
+                     self.stats if self._feed_ttft else None)
         h2 = yield Launch(call2)
         calls = {h1: first, h2: call2}
         running = [h1, h2]

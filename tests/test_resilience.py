@@ -248,6 +248,13 @@ def test_hedge_by_percentile_waits_for_samples(driver):
     assert r._hedge_delay() == pytest.approx(2.8)  # nearest rank: the 19th of 20
 
 
+def test_attempts_feed_the_ttft_samples_that_time_percentile_hedges(driver):
+    r = make(chans(2), strategy="round_robin", hedge={"enabled": True, "percentile": 95, "min_samples": 50})
+    for i in range(3):
+        driver(r, "m", ok(1.0), now=float(i))
+    assert len(r.stats.samples) == 3  # one first token per request, through the Call
+
+
 def test_hedge_config_needs_exactly_one_trigger():
     with pytest.raises(ConfigError, match="routing.hedge"):
         make(chans(1), hedge={"enabled": True})

@@ -47,7 +47,7 @@ class Recorder:
     floats, strings and None are not; a tuple per record left it two objects per request to walk,
     about 0.4 µs a request). Columns are sliced out once, after the run."""
 
-    __slots__ = ("channels", "n", "explain", "req_buf", "att_buf", "att_width")
+    __slots__ = ("channels", "n", "explain", "req_buf", "att_buf", "att_width", "_put_req", "_put_att")
 
     def __init__(self, n: int, channels: list[str], explain: bool = False) -> None:
         self.channels = channels
@@ -56,13 +56,15 @@ class Recorder:
         self.req_buf: list[Any] = []
         self.att_buf: list[Any] = []
         self.att_width = len(_A) + (1 if explain else 0)
+        self._put_req = self.req_buf.extend  # bound once: finish runs per request
+        self._put_att = self.att_buf.extend
 
     def finish(self, req: SimRequest, result: Result, now: float) -> None:
         """Record a finished request and its attempts (a stream finishes after its commit)."""
         i = req.id
         atts = req.atts
         recs = result.attempts
-        put = self.att_buf.extend
+        put = self._put_att
         if self.explain:
             decisions = result.decisions or []
             pairs = zip(recs, atts, strict=True) if req.ready is None else _pair_hedged(recs, atts)
@@ -86,13 +88,13 @@ class Recorder:
             if win.call is not call:
                 win = next(a for a in atts if a.call is call)
             err = win.error  # a committed stream can still fail: cut or timed out
-            self.req_buf.extend((i, err is None, 200, err, len(recs), win.ch.index, win.t_first - req.arrival, now,
-                                 win.tokens))
+            self._put_req((i, err is None, 200, err, len(recs), win.ch.index, win.t_first - req.arrival, now,
+                           win.tokens))
         else:
             e = result.error
             assert e is not None
-            self.req_buf.extend((i, False, e.status, e.kind.value, len(recs), atts[-1].ch.index if atts else -1,
-                                 NAN, now, 0))
+            self._put_req((i, False, e.status, e.kind.value, len(recs), atts[-1].ch.index if atts else -1,
+                           NAN, now, 0))
 
     def column(self, kind: str, name: str) -> np.ndarray:
         """One recorded column in completion order (`kind`: "request" or "attempt")."""

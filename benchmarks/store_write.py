@@ -14,6 +14,13 @@ against a temporary SQLite file, and against PostgreSQL when it answers at 127.0
 (database `test`, trust auth, user root or postgres; a schema of its own, dropped afterwards).
 RSS is sampled after the first 10% of the records and at the end: it must stay flat.
 
+With the event loop idle between records the store's threads hardly meet; in the proxy the loop
+is busy, and every time aiosqlite's thread needs the GIL or wakes the loop, both threads pay for a
+context switch. `busy` measures that case: records are fed while the loop does --busy-us µs of
+stand-in work per record (a Python loop with socket I/O between its parts, as a request has), and
+the store's cost is the process CPU with the store minus the CPU of the same feed without it
+(`busy_us`, plus voluntary context switches per record, `csw`). It is noisier than the idle figure.
+
     python -m benchmarks.store_write [--n 50000] [--repeat 3] [--label after]
 
 To compare with another checkout, run this file with that checkout first on PYTHONPATH:
@@ -31,6 +38,8 @@ import asyncio
 import gc
 import json
 import os
+import resource
+import socket
 import sys
 import tempfile
 import time
@@ -148,6 +157,73 @@ async def run_once(url: str, n: int, schema: str | None, secrets: list[str]) -> 
             "build_us": round(built / n * 1e6, 2), "rss_mb_early": round(rss_early, 1), "rss_mb_end": round(rss_mb(), 1)}
 
 
+def _spin(k: int, pair: tuple[socket.socket, socket.socket]) -> int:
+    x = 0
+    for _ in range(4):
+        for i in range(k):
+            x += i
+        pair[0].send(b"x")  # the GIL is released around socket I/O, as in a request's life
+        pair[1].recv(16)
+    return x
+
+
+def _calibrate(us: float, pair: tuple[socket.socket, socket.socket]) -> int:
+    k = 1000
+    t = time.process_time()
+    for _ in range(50):
+        _spin(k, pair)
+    per = (time.process_time() - t) / 50 * 1e6
+    return max(1, int(k * us / per))
+
+
+async def busy_once(url: str, n: int, schema: str | None, secrets: list[str], us: float) -> dict[str, Any]:
+    """The store's extra CPU per record while the event loop is busy (see the module docstring)."""
+    rt = Proxy(_config()).rt
+    pair = socket.socketpair()
+    k = _calibrate(us, pair)
+
+    async def feed(store: Store | None, count: int) -> None:
+        for i in range(count):
+            rec = proxy_record(i)
+            _spin(k, pair)
+            if store is not None:
+                store.submit(store_record(rec, rt, None, None, None))
+            if i & 1:
+                await asyncio.sleep(0)  # requests in flight interleave on the loop
+        if store is not None:
+            await store.flush()
+
+    out: dict[str, list[tuple[float, float]]] = {"store": [], "none": []}
+    dropped = 0
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, *thresholds[1:])
+    try:
+        for mode in ("none", "store", "none", "store"):
+            store = None
+            if mode == "store":
+                store = Store(StoreSettings(url=url), schema=schema, secrets=secrets)
+                await store.start()
+                await feed(store, 400)
+            r0, p0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
+            await feed(store, n)
+            p1, r1 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
+            if store is not None:
+                dropped += store.dropped  # the writer fell behind: fewer rows written than fed
+                await store.close()
+            out[mode].append(((p1 - p0) / n * 1e6, (r1.ru_nvcsw - r0.ru_nvcsw) / n))
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        pair[0].close()
+        pair[1].close()
+    base = min(c for c, _ in out["none"])
+    with_store = min(c for c, _ in out["store"])
+    return {"busy_us": round(with_store - base, 1), "loop_us": round(base, 1),
+            "csw": round(min(w for _, w in out["store"]), 2), "dropped": dropped}
+
+
 async def pg_url() -> str | None:
     import asyncpg
 
@@ -177,6 +253,8 @@ async def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--label", default="current")
     ap.add_argument("--no-pg", action="store_true")
+    ap.add_argument("--busy-us", type=float, default=250.0, help="stand-in proxy work per record (0: skip)")
+    ap.add_argument("--busy-n", type=int, default=20_000)
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
     secrets = [*UPSTREAM_KEYS, CLIENT_KEY]
@@ -189,6 +267,13 @@ async def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             runs["sqlite"].append(await run_once(f"sqlite+aiosqlite:///{tmp}/store.db", a.n, None, secrets))
         print(f"[{a.label}] sqlite     {runs['sqlite'][-1]}", file=sys.stderr)
+    if a.busy_us > 0:
+        runs["sqlite_busy"] = []
+        for _ in range(a.repeat):
+            with tempfile.TemporaryDirectory() as tmp:
+                runs["sqlite_busy"].append(await busy_once(f"sqlite+aiosqlite:///{tmp}/store.db", a.busy_n, None,
+                                                           secrets, a.busy_us))
+            print(f"[{a.label}] sqlite busy {runs['sqlite_busy'][-1]}", file=sys.stderr)
     url = None if a.no_pg else await pg_url()
     if url is not None:
         runs["postgresql"] = []
@@ -201,7 +286,7 @@ async def main() -> None:
                 await pg_schema(url, False, schema)
             print(f"[{a.label}] postgresql {runs['postgresql'][-1]}", file=sys.stderr)
     for db, rs in runs.items():
-        best = min(rs, key=lambda r: r["total_us"])
+        best = min(rs, key=lambda r: r.get("total_us", r.get("busy_us")))
         results[db] = {"best": best, "runs": rs}
     doc: dict[str, Any] = {}
     if a.out.exists():
@@ -214,6 +299,11 @@ async def main() -> None:
     a.out.write_text(json.dumps(doc, indent=2) + "\n")
     for db, r in results.items():
         b = r["best"]
+        if "busy_us" in b:
+            print(f"{a.label:>10} {db:<10} store {b['busy_us']:7.1f} µs/record on a loop busy with "
+                  f"{b['loop_us']:.0f} µs/record; {b['csw']} voluntary context switches/record, "
+                  f"{b['dropped']} records dropped")
+            continue
         print(f"{a.label:>10} {db:<10} total {b['total_us']:7.1f} µs/record  (main {b['main_us']:.1f}, "
               f"driver thread {b['driver_us']:.1f}, store_record {b['build_us']:.1f}); "
               f"RSS {b['rss_mb_early']} → {b['rss_mb_end']} MB")

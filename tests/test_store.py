@@ -943,3 +943,21 @@ async def test_a_large_batch_with_many_attempts_is_written_whole(db: Any) -> Non
         assert (store.written, store.dropped) == (1503, 0)
     finally:
         await store.close()
+
+
+async def test_sqlite_statements_also_work_through_sqlalchemy(db: Any) -> None:
+    # Without aiosqlite's function call (another driver version), the same statements go through
+    # exec_driver_sql one by one: multi-row tuples and executemany lists alike.
+    store = make_store(db, batch_size=300, flush_interval=5.0)
+    await store.start()
+    try:
+        assert store._sql is not None
+        store._sql.sqlite = False
+        records = [rec(i) for i in range(259)]  # 256 + 2 + 1 rows: every kind of statement
+        for r in records:
+            store.submit(r)
+        assert await store.flush(WAIT)
+        assert await ids_in(db) == sorted(r.id for r in records)
+        assert (await db.fetch("SELECT count(*) FROM attempts"))[0][0] == 259
+    finally:
+        await store.close()

@@ -59,6 +59,15 @@ def _sqlite_variable_limit() -> int:
         conn.close()
 
 
+def _aiosqlite_runs_functions() -> bool:
+    try:
+        import aiosqlite
+    except ImportError:
+        return False
+    conn = aiosqlite.Connection
+    return callable(getattr(conn, "_execute", None)) and isinstance(getattr(conn, "_conn", None), property)
+
+
 # Most rows one multi-row INSERT carries: a batch of 200 then takes 3 statements (128 + 64 + 8).
 MAX_ROWS_PER_STATEMENT = 512
 
@@ -127,8 +136,10 @@ class InsertSQL:
                                 REQUEST_COLUMNS, dialect)
         self.attempts = _Insert(insert(attempts_table).on_conflict_do_nothing(index_elements=["request_id", "n"]),
                                 ATTEMPT_COLUMNS, dialect)
-        # SQLite through aiosqlite: the writer runs a batch's statements in one call to its thread.
-        self.sqlite = dialect.name == "sqlite" and dialect.driver == "aiosqlite"
+        # SQLite through aiosqlite: the writer runs a batch's statements in one call to its thread
+        # (Connection._execute, as SQLAlchemy's adapter reaches into aiosqlite too); without it, the
+        # statements go through SQLAlchemy one by one.
+        self.sqlite = dialect.name == "sqlite" and dialect.driver == "aiosqlite" and _aiosqlite_runs_functions()
 
 
 _esc = json.encoder.encode_basestring_ascii  # what json.dumps (ensure_ascii) puts between the quotes

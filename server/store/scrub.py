@@ -41,10 +41,8 @@ class Scrubber:
         # Longest first, so a secret that contains another is masked whole.
         ordered = sorted(forms, key=len, reverse=True)
         self._re = re.compile("|".join(re.escape(f) for f in ordered)) if ordered else None
-        # What `clean` looks for: every form, and every form as json.dumps renders it inside a string
-        # (the same as the form for ordinary keys), so a text checked after json.dumps hides none.
-        probe = forms | {json.dumps(f)[1:-1] for f in forms}
-        self._probe = re.compile("|".join(re.escape(f) for f in sorted(probe))) if probe else None
+        self._forms = forms
+        self._probe: re.Pattern[str] | None = None  # built by the first `clean`: only the store needs it
 
     def __bool__(self) -> bool:
         return self._re is not None
@@ -65,7 +63,15 @@ class Scrubber:
         rendered into it: a cheap test that lets the store skip scrubbing field by field."""
         if "\x00" in text or "\\u0000" in text:
             return False
-        return self._probe is None or self._probe.search(text) is None
+        if not self._forms:
+            return True
+        probe = self._probe
+        if probe is None:
+            # Every form, and every form as json.dumps renders it inside a string (the same text for
+            # ordinary keys), so a text checked after json.dumps hides none.
+            forms = self._forms | {json.dumps(f)[1:-1] for f in self._forms}
+            probe = self._probe = re.compile("|".join(re.escape(f) for f in sorted(forms)))
+        return probe.search(text) is None
 
     def json(self, value: Any) -> Any:
         """The same, through a JSON-able value (dict keys included)."""

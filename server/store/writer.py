@@ -346,13 +346,12 @@ class Store:
         # Records move to _inflight one by one so the bound in submit() holds while we yield.
         self._inflight = []
         buf = self._buf
-        prepare = self._rows.prepare
         bodies = self._rows.store_bodies
         since_yield = 0
         while buf and len(self._inflight) < self._batch:
             rec = buf.popleft()
             try:
-                prepared = prepare(rec)
+                prepared = self._rows.prepare(rec)  # looked up per record: set_secrets may replace it
             except Exception:
                 log.exception("store: record %s cannot be stored; dropped", getattr(rec, "id", "?"))
                 self._drop_accepted(1)

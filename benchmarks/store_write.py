@@ -286,7 +286,7 @@ async def main() -> None:
                 await pg_schema(url, False, schema)
             print(f"[{a.label}] postgresql {runs['postgresql'][-1]}", file=sys.stderr)
     for db, rs in runs.items():
-        best = min(rs, key=lambda r: r.get("total_us", r.get("busy_us")))
+        best = min(rs, key=lambda r: float(r["total_us"] if "total_us" in r else r["busy_us"]))
         results[db] = {"best": best, "runs": rs}
     doc: dict[str, Any] = {}
     if a.out.exists():

@@ -109,7 +109,7 @@ class _Insert:
             return [(self.sql, [dict(zip(self._keys, r, strict=True)) for r in rows])]
         if self._max_rows == 1 or len(rows) == 1:
             return [(self.sql, rows)]
-        out = []
+        out: list[tuple[str, Any]] = []
         i, n = 0, len(rows)
         size = self._max_rows
         while i < n:

@@ -348,7 +348,8 @@ class Router:
         ctx = PickContext(model, stream, tokens) if self._uses_context or explain else NO_CONTEXT
         n = 0
         last: Outcome | None = None
-        unavailable: dict[str, str] = {}
+        # why candidates were skipped, and the panic candidates: made only when there is one
+        unavailable: dict[str, str] | None = None
         soonest: float | None = None
         if tiers is None:
             if needs:
@@ -358,7 +359,7 @@ class Router:
                     return Result(False, None, attempts, _cannot_carry(model, lacking), now, decisions)
             else:
                 tiers = self._tiers(model)
-        panic: list[Candidate] = []
+        panic: list[Candidate] | None = None
         n_tiers = len(tiers)
         tier_no = 0
         while tier_no < len(tiers):
@@ -377,6 +378,8 @@ class Router:
                 else:
                     eligible = [c for c in remaining if c.state.eligible(now, c.upstream_model, tokens)]
                 if not eligible:
+                    if unavailable is None:
+                        unavailable = {}
                     for c in remaining:
                         why = c.state.unavailable_reason(now, c.upstream_model, tokens) or "unavailable"
                         unavailable[c.state.name] = why
@@ -384,6 +387,8 @@ class Router:
                             until = _frees_at(c.state, now)
                             soonest = until if soonest is None else min(soonest, until)
                         elif why in _HEALTH and self.panic_mode:
+                            if panic is None:
+                                panic = []
                             panic.append(c)
                     break
                 decision = None
@@ -412,6 +417,8 @@ class Router:
                 while True:
                     key = st.next_key(now, rng, tokens)
                     if key is None and st.keys:
+                        if unavailable is None:
+                            unavailable = {}
                         unavailable[st.name] = "no_key_available"
                         break
                     n += 1
@@ -479,7 +486,7 @@ class Router:
             if attempts[-1].next in ("failover", "retry"):
                 attempts[-1].next = "exhausted"
         if last is None:
-            only_waitable = bool(unavailable) and all(v in _WAITABLE for v in unavailable.values())
+            only_waitable = bool(unavailable) and all(v in _WAITABLE for v in unavailable.values())  # type: ignore[union-attr]
             retry_after = max(0.0, soonest - now) if (only_waitable and soonest is not None) else None
             if retry_after is not None and math.isinf(retry_after):
                 retry_after = None

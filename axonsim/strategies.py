@@ -332,12 +332,16 @@ class Composite(Strategy):
         max_w = 0.0
         for c in cands:
             st = c.state
-            if st.eligible(now, c.upstream_model, tokens):
-                eligible.append(c)
-                if st.inflight > max_inf:
-                    max_inf = st.inflight
-                if st.weight > max_w:
-                    max_w = st.weight
+            # ChannelState.eligible's timed exclusions read here; the method itself only when one
+            # of them holds or the state is on its slow path (one call less per candidate)
+            if (st.slow or st.cooldown_until > now or st.disabled_until > now or st.ejection.until > now
+                    or not st.channel.enabled) and not st.eligible(now, c.upstream_model, tokens):
+                continue
+            eligible.append(c)
+            if st.inflight > max_inf:
+                max_inf = st.inflight
+            if st.weight > max_w:
+                max_w = st.weight
         if len(eligible) < 2:
             return eligible[0] if eligible else None
         if max_w <= 0.0:

@@ -279,7 +279,10 @@ def _on_answer(a: Attempt) -> None:
         return
     ch = a.ch
     now = ch.env._now
-    ch.release(now)
+    if ch.waiting:  # SimChannel.release written out: the once-per-request callbacks
+        ch._begin(ch.waiting.popleft(), now)
+    else:
+        ch.busy -= 1
     fault = a.plan.fault
     if fault is not None and fault == STREAM_CUT:  # most attempts have no fault: `is` first
         ch.fail(a, now, ch.e_cut)
@@ -329,7 +332,10 @@ def _on_stream_end(a: Attempt) -> None:
         return
     ch = a.ch
     now = ch.env._now
-    ch.release(now)
+    if ch.waiting:  # SimChannel.release written out: the once-per-request callbacks
+        ch._begin(ch.waiting.popleft(), now)
+    else:
+        ch.busy -= 1
     a.phase = DONE
     a.t_end = now
     plan = a.plan

@@ -198,7 +198,15 @@ class Simulation:
             try:
                 eff = gen.send(value)
             except StopIteration as stop:
-                self._done(req, stop.value)
+                result: Result = stop.value
+                if result.ok and req.stream:
+                    winner = req.atts[-1]  # the last attempt, unless a hedge was won by the earlier one
+                    if winner.call is not result.call:
+                        winner = self._winner(req, result)
+                    if winner.phase != DONE:
+                        req.result = result  # committed: the stream plays out, stream_done records it
+                        return
+                self._close(req, result)
                 return
             cls = eff.__class__
             if cls is Call:
@@ -290,16 +298,6 @@ class Simulation:
             assert step is not None
             heappush(self._heap, (k * step, NORMAL, next(self.env._eid), tick))
 
-    def _done(self, req: SimRequest, result: Result) -> None:
-        if result.ok and req.stream:
-            winner = req.atts[-1]  # the last attempt, unless a hedge was won by the earlier one
-            if winner.call is not result.call:
-                winner = self._winner(req, result)
-            if winner.phase != DONE:
-                req.result = result  # committed: the stream plays out, stream_done records it
-                return
-        self._close(req, result)
-
     def stream_done(self, a: Attempt) -> None:
         """A committed stream ended (well, cut, or timed out)."""
         req = a.req
@@ -312,7 +310,7 @@ class Simulation:
         self._open -= 1
         # The request's objects point at each other (attempts and calls at the request, the
         # request at its generator and result): cut the links so refcounting frees them, not the GC.
-        req.atts = []
+        req.atts = ()  # type: ignore[assignment]  # closed: nothing is appended any more
         req.result = None
         req.gen = None
 

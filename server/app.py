@@ -192,7 +192,10 @@ class GatewayApp:
         self.fallback = fallback
         self.tune_gc = tune_gc  # the server process's own app (axonsim serve): see _tune_gc
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function handing back the handler's coroutine, rather than a coroutine awaiting it:
+        # one frame fewer for every resumption of every request. Servers must be told it is ASGI 3
+        # (uvicorn's interface="asgi3"), since they guess the version from `async def __call__`.
         t = scope["type"]
         if t == "http":
             if scope["method"] == "POST":
@@ -201,15 +204,12 @@ class GatewayApp:
                 route = rt.routes.match(scope["path"])
                 if route is not None:
                     if route.handler is not None:  # a non-chat API (embeddings) brings its own handler
-                        await route.handler(proxy, scope, receive, send, route)
-                    else:
-                        await self._api(proxy, rt, scope, receive, send, route)
-                    return
-            await self.fallback(scope, receive, send)
-        elif t == "lifespan":
-            await self._lifespan(receive, send)
-        else:
-            await self.fallback(scope, receive, send)
+                        return route.handler(proxy, scope, receive, send, route)
+                    return self._api(proxy, rt, scope, receive, send, route)
+            return self.fallback(scope, receive, send)
+        if t == "lifespan":
+            return self._lifespan(receive, send)
+        return self.fallback(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

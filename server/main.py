@@ -188,8 +188,8 @@ def serve(args: argparse.Namespace) -> int:
             return 2
 
     common: dict[str, Any] = dict(
-        host=args.host, port=args.port, loop=_loop_name(), http="httptools", lifespan="on", access_log=False,
-        log_level=log_level, server_header=False,
+        host=args.host, port=args.port, loop=_loop_name(), http="httptools", interface="asgi3", lifespan="on",
+        access_log=False, log_level=log_level, server_header=False,
         proxy_headers=False,  # no X-Forwarded-* rewriting: the gateway does not use the peer address
         timeout_graceful_shutdown=config.gateway.shutdown_timeout,
     )

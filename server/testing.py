@@ -76,7 +76,7 @@ async def start_gateway(proxy: Proxy) -> GatewayServer:
     # log_config=None: leave logging alone, so pytest's caplog sees the gateway's log lines. The
     # shutdown deadline is the config's, capped so a test's teardown never waits long.
     config = uvicorn.Config(GatewayApp(proxy), lifespan="on", log_config=None, access_log=False, http="httptools",
-                            server_header=False,
+                            interface="asgi3", server_header=False,
                             # uvicorn annotates int but passes it to asyncio.wait_for: seconds as a float work
                             timeout_graceful_shutdown=min(proxy.config.gateway.shutdown_timeout, 5.0))  # type: ignore[arg-type]
     server = uvicorn.Server(config)

@@ -92,7 +92,7 @@ class Attempt:
         self.error: str | None = None
         self.fault: str | None = plan.fault
         self.tokens = 0
-        self.callbacks: tuple[Any, ...] | None = None
+        # `callbacks` is set whenever the attempt is scheduled (it is the event itself)
 
 
 class SimChannel:
@@ -168,25 +168,24 @@ class SimChannel:
         a.phase = RUNNING
         plan = a.plan
         fault = plan.fault
-        env = self.env
         first = now + plan.ttft
         deadline = a.t_call + self.t_first
         if first > deadline or (fault is not None and fault == TIMEOUT):  # `is not None`: most attempts have no fault
-            at(env, deadline - now, a, _TIMEOUT)
+            at(self.env, deadline - now, a, _TIMEOUT)
         elif fault is None or fault == STREAM_CUT:
             if a.req.stream:
                 a.callbacks = _FIRST
-                heappush(self.heap, (now + plan.ttft, NORMAL, next(self.eid), a))
+                heappush(self.heap, (first, NORMAL, next(self.eid), a))
             else:
                 end = first + plan.generation
                 total = a.t_call + self.t_total
                 if end > total:
-                    at(env, total - now, a, _TIMEOUT)
+                    at(self.env, total - now, a, _TIMEOUT)
                 else:
                     a.callbacks = _ANSWER
                     heappush(self.heap, (now + (end - now), NORMAL, next(self.eid), a))
         else:
-            at(env, plan.ttft, a, _ERROR)
+            at(self.env, plan.ttft, a, _ERROR)
 
     def release(self, now: float) -> None:
         """Free one slot; the head of the queue, if any, takes it at once."""

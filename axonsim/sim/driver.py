@@ -67,7 +67,7 @@ class SimRequest:
         self.result: Result | None = None  # a committed stream's Result, while the stream plays out
         self.race: Race | None = None  # the Race execution is waiting on (hedging)
         self.ready: list[tuple[int, Outcome]] | None = None  # launched attempts' Outcomes not yet raced
-        self.callbacks: tuple[Any, ...] | None = None
+        # `callbacks` is set when the request is scheduled as the event of a retry wait (channel.at)
 
 
 class _Tick:

@@ -13,8 +13,9 @@ Request life:
     read body → auth (401) → parse (400 naming the field) → LiveDriver.execute (routing, retries,
     failover) → response: JSON, or SSE relayed event by event after the stream's commit point.
 A task watches for `http.disconnect` meanwhile (from WATCH_AFTER on) and cancels the request, which
-cancels the upstream call; the cancellation is accounted (channel state, record). Every failure is answered in the
-client's own error shape; an unexpected exception is logged (secrets scrubbed) and becomes a 500.
+cancels the upstream call; the cancellation is accounted (channel state, record). Every failure is
+answered in the client's own error shape; an unexpected exception is logged (secrets scrubbed) and
+becomes a 500.
 
 Each request reads the proxy's current Runtime once (`proxy.rt`) and keeps it to the end, so a
 config reload swaps the next request's routing without touching this one's.

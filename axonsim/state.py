@@ -168,15 +168,7 @@ class ChannelState:
             tps = output_tokens / gen
             t = self.ewma_tps
             self.ewma_tps = tps if t is None else t + self.alpha * (tps - t)
-        # _peak(now, ttft or latency), written out: it runs once per successful attempt
-        sample = ttft if ttft is not None else latency
-        p = self.peak_ewma
-        if p is None or sample > p:
-            self.peak_ewma = sample
-        else:
-            w = math.exp(-(now - self.peak_at) / 10.0) if now > self.peak_at else 1.0
-            self.peak_ewma = p * w + sample * (1.0 - w)
-        self.peak_at = now
+        self._peak(now, ttft if ttft is not None else latency)
         if key is not None:
             k = self.keys[key]
             if k.has_limits:

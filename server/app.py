@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import logging
-import os
 import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
 from types import ModuleType
@@ -50,9 +48,10 @@ from axonsim.execution import Result
 from axonsim.formats import FormatError
 from axonsim.unified import Error, ErrorKind, Usage
 from server.driver import CLIENT_CLOSED, Exchange, LiveStream
+from server.ids import new_request_id, new_trace_id
 from server.proxy import H_AH_THREAD, H_AH_TRACE, H_EXPLAIN, H_THREAD, H_TRACE, Proxy, Runtime, request_cost
 from server.routes import Route
-from server.store import StoreUnavailable, new_request_id
+from server.store import StoreUnavailable
 
 log = logging.getLogger("axonsim.server")
 
@@ -74,26 +73,6 @@ _ATTEMPTS = [str(i).encode() for i in range(33)]
 
 def _attempts_value(n: int) -> bytes:
     return _ATTEMPTS[n] if n < len(_ATTEMPTS) else str(n).encode()
-
-
-# Generated trace/thread ids: 32 hex digits like a W3C trace id, a random per-process prefix and a
-# counter (unique across workers and restarts without a syscall per request).
-_ID_PREFIX = b""
-_id_counter = itertools.count()
-
-
-def _reseed_ids() -> None:
-    global _ID_PREFIX, _id_counter
-    _ID_PREFIX = os.urandom(8).hex().encode()
-    _id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
-
-
-_reseed_ids()
-os.register_at_fork(after_in_child=_reseed_ids)  # a forked worker must not repeat its parent's ids
-
-
-def new_trace_id() -> bytes:
-    return _ID_PREFIX + b"%016x" % (next(_id_counter) & 0xFFFFFFFFFFFFFFFF)
 
 
 def _ms(seconds: float) -> bytes:

@@ -477,9 +477,9 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
         _tail,
         _Watch,
         admit,
-        new_request_id,
         request_ids,
     )
+    from server.ids import new_request_id
 
     rt = proxy.rt  # the Runtime the route was matched on (nothing awaited since): kept to the end
     clock = proxy.clock.now

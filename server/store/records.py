@@ -7,11 +7,11 @@ must not change it afterwards.
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+
+from server.ids import new_request_id
 
 if TYPE_CHECKING:
     from axonsim.execution import AttemptRecord
@@ -21,28 +21,6 @@ OUTCOMES: tuple[str, ...] = ("completed", "failed", "cancelled")
 
 # The status recorded for a request whose client went away: nginx's "client closed request".
 STATUS_CLIENT_CLOSED = 499
-
-
-# Request ids are time-ordered: "req_", 12 hex digits of Unix milliseconds, 6 of a per-process
-# prefix, 6 of a counter. Random ids land all over the primary-key B-tree, which made each insert
-# cost several times more as the table grew (measured on SQLite: ~30 µs against ~5 µs per request
-# at 75k rows); ordered ids append. The prefix keeps workers apart; a forked child draws its own.
-_ID_PROCESS = ""
-_id_counter = itertools.count()
-
-
-def _reseed_ids() -> None:
-    global _ID_PROCESS, _id_counter
-    _ID_PROCESS = os.urandom(3).hex()
-    _id_counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
-
-
-_reseed_ids()
-os.register_at_fork(after_in_child=_reseed_ids)
-
-
-def new_request_id() -> str:
-    return f"req_{time.time_ns() // 1_000_000:012x}{_ID_PROCESS}{next(_id_counter) & 0xFFFFFF:06x}"
 
 
 @dataclass(slots=True)

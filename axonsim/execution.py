@@ -250,8 +250,12 @@ class Router:
     """Everything execution needs, built once from a Config: channel states, candidates, balancer,
     policy, budget. Both drivers hold one Router and drive `execute` for every request."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, call: type[Call] | None = None) -> None:
+        """`call`: the class execution makes its Calls with — Call, or a driver's subclass that
+        carries the driver's own per-attempt fields (the simulator's Attempt), so that an attempt
+        is one object rather than two."""
         self.config = config
+        self._call = Call if call is None else call
         routing = config.routing
         self.outlier = OutlierDetector(routing.health.outlier, len(config.channels))
         self.states = [ChannelState(ch, i, routing, self.outlier, ch.price or _price(config, ch))
@@ -423,8 +427,8 @@ class Router:
                         break
                     n += 1
                     start = now
-                    call = Call(st, cand.upstream_model, key, n, request, tokens, deadline,
-                                self.stats if self._feed_ttft else None)
+                    call = self._call(st, cand.upstream_model, key, n, request, tokens, deadline,
+                                      self.stats if self._feed_ttft else None)
                     if hedge_delay is not None and n == 1 and remaining:
                         out, call, extra = yield from self._hedged(call, hedge_delay, remaining, rng, tokens,
                                                                    deadline, request, attempts, decision, ctx)
@@ -510,8 +514,8 @@ class Router:
             return got[1], first, 0
         remaining.remove(second)
         key = second.state.next_key(now, rng, tokens)
-        call2 = Call(second.state, second.upstream_model, key, first.attempt + 1, request, tokens, deadline,
-                     self.stats if self._feed_ttft else None)
+        call2 = self._call(second.state, second.upstream_model, key, first.attempt + 1, request, tokens, deadline,
+                           self.stats if self._feed_ttft else None)
         h2 = yield Launch(call2)
         calls = {h1: first, h2: call2}
         running = [h1, h2]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from simpy.events import NORMAL
 
-from axonsim.behavior import FULL_STATUS, RESET, STREAM_CUT, TIMEOUT, AttemptPlan, BehaviorModel
+from axonsim.behavior import FULL_STATUS, RESET, STREAM_CUT, TIMEOUT, BehaviorModel
 from axonsim.config import Timeouts
 from axonsim.execution import Call, Outcome
 from axonsim.state import ChannelState
@@ -67,32 +67,19 @@ def at(env: Any, delay: float, obj: Any, callbacks: tuple[Any, ...]) -> None:
     heappush(queue, (env._now + delay, NORMAL, next(env._eid), obj))
 
 
-class Attempt:
-    """One upstream attempt: what was drawn for it and what became of it. `handle` is its index in
-    the request's attempts (what a Launch answers), -1 for a plain Call. `t_grant` is NaN until
-    it holds a slot (a rejected or queue-expired attempt never does)."""
+class Attempt(Call):
+    """One upstream attempt: the core's Call (execution makes it through Router(call=Attempt)),
+    plus what was drawn for it and what became of it — one object per attempt, not two. Its Call
+    fields say which channel, key and attempt number; `request` is the SimRequest and `start`
+    (set by Call.started when it is submitted) the time execution made the Call. `handle` is its
+    index in the request's attempts (what a Launch answers), -1 for a plain Call. `t_grant` is NaN
+    until it holds a slot (a rejected or queue-expired attempt never does). The fields below are
+    set when the attempt is submitted (SimChannel.submit), before anything reads them."""
 
-    __slots__ = ("req", "ch", "call", "plan", "handle", "phase", "t_call", "t_grant", "t_first", "t_end", "status",
-                 "error", "fault", "tokens", "callbacks")
+    __slots__ = ("ch", "plan", "handle", "phase", "t_grant", "t_first", "t_end", "status", "error", "fault",
+                 "out_tokens", "callbacks")
     _ok = True  # what SimPy's step() checks of an event it has run
-
-    def __init__(self, req: SimRequest, ch: SimChannel, call: Call, plan: AttemptPlan, handle: int,
-                 t_call: float) -> None:
-        self.req = req
-        self.ch = ch
-        self.call = call
-        self.plan = plan
-        self.handle = handle
-        self.phase = RUNNING
-        self.t_call = t_call
-        self.t_grant = NAN
-        self.t_first = NAN
-        self.t_end = t_call
-        self.status = 0
-        self.error: str | None = None
-        self.fault: str | None = plan.fault
-        self.tokens = 0
-        # `callbacks` is set whenever the attempt is scheduled (it is the event itself)
+    # `callbacks` is set whenever the attempt is scheduled (it is the event itself)
 
 
 class SimChannel:
@@ -138,16 +125,25 @@ class SimChannel:
 
     # -- admission ------------------------------------------------------------------------------
 
-    def submit(self, req: SimRequest, call: Call, now: float, handle: int) -> Attempt:
-        """Execution asked for an attempt on this channel at `now`."""
+    def submit(self, req: SimRequest, a: Attempt, now: float, handle: int) -> None:
+        """Execution asked for attempt `a` (of `req`) on this channel at `now`."""
         # Drawn now, whatever happens next: the stream's position depends only on the number of calls.
         busy = self.busy
         cap = self.cap
         out = req.out
-        plan = self.model.sample(self.rng, now, busy / cap if busy else 0.0, req.inp, out if out >= 0 else None)  # type: ignore[arg-type]
-        a = Attempt(req, self, call, plan, handle, now)
+        a.plan = plan = self.model.sample(self.rng, now, busy / cap if busy else 0.0, req.inp,  # type: ignore[arg-type]
+                                          out if out >= 0 else None)
+        a.ch = self
+        a.handle = handle
+        a.phase = RUNNING
+        a.t_grant = a.t_first = NAN
+        a.t_end = now
+        a.status = 0
+        a.error = None
+        a.fault = plan.fault
+        a.out_tokens = 0
         req.atts.append(a)
-        call.started(now)
+        a.started(now)
         if busy < cap:
             self.busy = busy + 1
             self._begin(a, now)
@@ -160,7 +156,6 @@ class SimChannel:
         else:
             a.fault = FULL
             self.fail(a, now, self.e_full)
-        return a
 
     def _begin(self, a: Attempt, now: float) -> None:
         """A slot was granted to `a` at `now`: schedule what it comes to."""
@@ -169,16 +164,16 @@ class SimChannel:
         plan = a.plan
         fault = plan.fault
         first = now + plan.ttft
-        deadline = a.t_call + self.t_first
+        deadline = a.start + self.t_first
         if first > deadline or (fault is not None and fault == TIMEOUT):  # `is not None`: most attempts have no fault
             at(self.env, deadline - now, a, _TIMEOUT)
         elif fault is None or fault == STREAM_CUT:
-            if a.req.stream:
+            if a.request.stream:
                 a.callbacks = _FIRST
                 heappush(self.heap, (first, NORMAL, next(self.eid), a))
             else:
                 end = first + plan.generation
-                total = a.t_call + self.t_total
+                total = a.start + self.t_total
                 if end > total:
                     at(self.env, total - now, a, _TIMEOUT)
                 else:
@@ -209,12 +204,12 @@ class SimChannel:
 
     def fail(self, a: Attempt, now: float, err: Error) -> None:
         """The attempt failed before its commit: report, then tell execution."""
-        out = Outcome.failure(now, err, a.call.key)
+        out = Outcome.failure(now, err, a.key)
         a.phase = DONE
         a.t_end = now
         a.status = err.status
         a.error = err.kind.value
-        a.call.failed(now, out)
+        a.failed(now, out)
         self.sim.deliver(a, out)
 
     def cancel(self, a: Attempt, now: float) -> None:
@@ -229,7 +224,7 @@ class SimChannel:
         a.phase = ABANDONED
         a.t_end = now
         a.fault = CANCELLED
-        a.call.cancelled(now)
+        a.cancelled(now)
 
     def expire_queue(self, now: float) -> None:
         """Time out the queued attempts whose first-token deadline has passed. One timeout per
@@ -237,12 +232,12 @@ class SimChannel:
         suffices, rescheduled for the new head's deadline."""
         waiting = self.waiting
         t_first = self.t_first
-        while waiting and waiting[0].t_call + t_first <= now:
+        while waiting and waiting[0].start + t_first <= now:
             a = waiting.popleft()
             a.fault = QUEUE_TIMEOUT
             self.fail(a, now, self.e_timeout)
         if waiting:
-            at(self.env, waiting[0].t_call + t_first - now, self, _GUARD)
+            at(self.env, waiting[0].start + t_first - now, self, _GUARD)
         else:
             self.guard = False
 
@@ -286,17 +281,16 @@ def _on_answer(a: Attempt) -> None:
     if fault is not None and fault == STREAM_CUT:  # most attempts have no fault: `is` first
         ch.fail(a, now, ch.e_cut)
         return
-    call = a.call
-    call.first_token(now)
+    a.first_token(now)
     tokens = a.plan.output_tokens
-    call.succeeded(now, tokens)
+    a.succeeded(now, tokens)
     a.phase = DONE
     a.t_first = a.t_end = now
     a.status = 200
-    a.tokens = tokens
-    out = Outcome(True, now, 200, None, None, call.ttft, call.key)
+    a.out_tokens = tokens
+    out = Outcome(True, now, 200, None, None, a.ttft, a.key)
     if a.handle < 0:  # a plain Call (what Simulation.deliver would do first)
-        ch.sim.step(a.req, out)
+        ch.sim.step(a.request, out)
     else:
         ch.sim.deliver(a, out)
 
@@ -307,21 +301,20 @@ def _on_first(a: Attempt) -> None:
         return
     ch = a.ch
     now = ch.env._now
-    call = a.call
-    call.first_token(now)
+    a.first_token(now)
     a.phase = STREAMING
     a.t_first = now
     a.status = 200
     gen = a.plan.generation  # to the cut, for a cut stream
-    total = a.t_call + ch.t_total
+    total = a.start + ch.t_total
     if now + gen > total:
         at(ch.env, total - now, a, _STREAM_TIMEOUT)
     else:
         a.callbacks = _STREAM_END
         heappush(ch.heap, (now + gen, NORMAL, next(ch.eid), a))
-    out = Outcome(True, now, 200, None, None, call.ttft, call.key)
+    out = Outcome(True, now, 200, None, None, a.ttft, a.key)
     if a.handle < 0:
-        ch.sim.step(a.req, out)
+        ch.sim.step(a.request, out)
     else:
         ch.sim.deliver(a, out)
 
@@ -340,12 +333,12 @@ def _on_stream_end(a: Attempt) -> None:
     plan = a.plan
     fault = plan.fault
     if fault is not None and fault == STREAM_CUT:
-        a.tokens = plan.cut_tokens
+        a.out_tokens = plan.cut_tokens
         a.error = STREAM_CUT
-        a.call.failed(now, Outcome.failure(now, ch.e_cut, a.call.key))
+        a.failed(now, Outcome.failure(now, ch.e_cut, a.key))
     else:
-        a.tokens = plan.output_tokens
-        a.call.succeeded(now, a.tokens)
+        a.out_tokens = plan.output_tokens
+        a.succeeded(now, a.out_tokens)
     ch.sim.stream_done(a)
 
 
@@ -363,8 +356,8 @@ def _on_stream_timeout(a: Attempt) -> None:
     plan = a.plan
     planned = plan.cut_tokens if plan.fault == STREAM_CUT else plan.output_tokens
     gen = plan.generation
-    a.tokens = min(planned, int(planned * (now - a.t_first) / gen)) if gen > 0 else 0
-    a.call.failed(now, Outcome.failure(now, ch.e_timeout, a.call.key))
+    a.out_tokens = min(planned, int(planned * (now - a.t_first) / gen)) if gen > 0 else 0
+    a.failed(now, Outcome.failure(now, ch.e_timeout, a.key))
     ch.sim.stream_done(a)
 
 

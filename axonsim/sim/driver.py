@@ -39,7 +39,7 @@ import simpy
 from simpy.events import NORMAL
 
 from axonsim.config import Config
-from axonsim.execution import Call, Cancel, Effect, Launch, Outcome, Race, Result, Router, Wait
+from axonsim.execution import Cancel, Effect, Launch, Outcome, Race, Result, Router, Wait
 from axonsim.health import OPEN
 from axonsim.sim.channel import DONE, Attempt, SimChannel, at
 from axonsim.sim.results import STATES, Recorder, SimResult
@@ -108,7 +108,7 @@ class Simulation:
         self.step_size = step or None
         self.env = simpy.Environment()
         self._heap: list[Any] = self.env._queue  # what is pushed is a request or a tick (channel.at)
-        self.router = Router(config)
+        self.router = Router(config, call=Attempt)  # execution's Calls are the simulator's attempts
         self.core_rng = py_stream(seed, CORE)
         timeouts = config.gateway.timeouts
         self.channels = [SimChannel(self, st, channel_stream(seed, st.index),
@@ -201,7 +201,7 @@ class Simulation:
                 result: Result = stop.value
                 if result.ok and req.stream:
                     winner = req.atts[-1]  # the last attempt, unless a hedge was won by the earlier one
-                    if winner.call is not result.call:
+                    if winner is not result.call:
                         winner = self._winner(req, result)
                     if winner.phase != DONE:
                         req.result = result  # committed: the stream plays out, stream_done records it
@@ -209,7 +209,7 @@ class Simulation:
                 self._close(req, result)
                 return
             cls = eff.__class__
-            if cls is Call:
+            if cls is Attempt:  # a Call: the Router makes them as Attempts
                 self.channels[eff.state.index].submit(req, eff, self.env._now, -1)  # type: ignore[union-attr,arg-type]
                 return
             if cls is Wait:
@@ -226,7 +226,7 @@ class Simulation:
             if req.ready is None:
                 req.ready = []
             handle = len(req.atts)
-            self.channels[eff.call.state.index].submit(req, eff.call, now, handle)
+            self.channels[eff.call.state.index].submit(req, eff.call, now, handle)  # type: ignore[arg-type]
             return handle
         if isinstance(eff, Race):
             ready = req.ready or []
@@ -248,7 +248,7 @@ class Simulation:
 
     def deliver(self, a: Attempt, out: Outcome) -> None:
         """An attempt's Outcome is decided (for a stream: its first token)."""
-        req = a.req
+        req = a.request
         if a.handle < 0:
             self.step(req, out)
             return
@@ -300,9 +300,9 @@ class Simulation:
 
     def stream_done(self, a: Attempt) -> None:
         """A committed stream ended (well, cut, or timed out)."""
-        req = a.req
+        req = a.request
         result = req.result
-        if result is not None and (a.call is result.call or a is self._winner(req, result)):
+        if result is not None and (a is result.call or a is self._winner(req, result)):
             self._close(req, result)
 
     def _close(self, req: SimRequest, result: Result) -> None:
@@ -318,7 +318,7 @@ class Simulation:
     def _winner(req: SimRequest, result: Result) -> Attempt:
         call = result.call
         for a in reversed(req.atts):
-            if a.call is call:
+            if a is call:
                 return a
         raise RuntimeError("the winning Call is not among the request's attempts")  # pragma: no cover
 

@@ -69,27 +69,27 @@ class Recorder:
             decisions = result.decisions or []
             pairs = zip(recs, atts, strict=True) if req.ready is None else _pair_hedged(recs, atts)
             for rec, a in pairs:
-                put((i, a.call.attempt, a.ch.index, rec.key, a.t_call, a.t_grant, a.t_end, a.status, a.error,
+                put((i, a.attempt, a.ch.index, rec.key, a.start, a.t_grant, a.t_end, a.status, a.error,
                      a.fault, rec.next, a.plan.retry_after,
                      decisions[rec.decision] if rec.decision is not None else None))
         elif req.ready is None and len(recs) == 1:  # the common case, without a loop
             a = atts[0]
             rec = recs[0]
-            put((i, a.call.attempt, a.ch.index, rec.key, a.t_call, a.t_grant, a.t_end, a.status, a.error,
+            put((i, a.attempt, a.ch.index, rec.key, a.start, a.t_grant, a.t_end, a.status, a.error,
                  a.fault, rec.next, a.plan.retry_after))
         else:
             pairs = zip(recs, atts, strict=True) if req.ready is None else _pair_hedged(recs, atts)
             for rec, a in pairs:
-                put((i, a.call.attempt, a.ch.index, rec.key, a.t_call, a.t_grant, a.t_end, a.status, a.error,
+                put((i, a.attempt, a.ch.index, rec.key, a.start, a.t_grant, a.t_end, a.status, a.error,
                      a.fault, rec.next, a.plan.retry_after))
         if result.ok:
             call = result.call
             win = atts[-1]
-            if win.call is not call:
-                win = next(a for a in atts if a.call is call)
+            if win is not call:
+                win = next(a for a in atts if a is call)
             err = win.error  # a committed stream can still fail: cut or timed out
             self._put_req((i, err is None, 200, err, len(recs), win.ch.index, win.t_first - req.arrival, now,
-                           win.tokens))
+                           win.out_tokens))
         else:
             e = result.error
             assert e is not None
@@ -117,7 +117,7 @@ def _pair_hedged(recs: list[AttemptRecord], atts: list[Attempt]) -> list[tuple[A
     by = {(r.channel, r.start): r for r in recs}
     if len(by) != len(recs) or len(recs) != len(atts):  # pragma: no cover - a core/driver mismatch
         raise RuntimeError("cannot pair the attempt records of a hedged request with its attempts")
-    return [(by[(a.ch.name, a.call.start)], a) for a in atts]
+    return [(by[(a.ch.name, a.start)], a) for a in atts]
 
 
 def _categorical(codes: np.ndarray | list[int], names: list[str]) -> pd.Categorical:

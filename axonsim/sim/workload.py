@@ -366,14 +366,15 @@ def _merge(parts: list[_Part]) -> Arrivals:
         # output when the client sets no max_tokens but the workload knows the length).
         extra = np.full(m, p.max_tokens, dtype=np.int64) if p.max_tokens is not None else np.maximum(p.output, 0)
         cols["tok"].append(p.input + extra)
-    joined = {k: np.concatenate(v) for k, v in cols.items()}
-    order = np.argsort(joined["t"], kind="stable")  # ties keep source order: tenant 0 first
-    if len(parts) == 1:
-        order = np.arange(len(joined["t"]))  # one source is already in order
-    return Arrivals(joined["t"][order].tolist(), joined["model"][order].tolist(),
-                    joined["stream"][order].tolist(), list(models), joined["project"][order].tolist(),
-                    list(projects) or ["default"], joined["in"][order].tolist(), joined["out"][order].tolist(),
-                    joined["tok"][order].tolist())
+    if len(parts) == 1:  # one source is already in order: its columns as they are (no copies)
+        joined = {k: v[0] for k, v in cols.items()}
+    else:
+        order = np.argsort(np.concatenate(cols["t"]), kind="stable")  # ties keep source order: tenant 0 first
+        joined = {k: np.concatenate(v)[order] for k, v in cols.items()}
+    return Arrivals(joined["t"].tolist(), joined["model"].tolist(),
+                    joined["stream"].tolist(), list(models), joined["project"].tolist(),
+                    list(projects) or ["default"], joined["in"].tolist(), joined["out"].tolist(),
+                    joined["tok"].tolist())
 
 
 # --------------------------------------------------------------------------------------------------

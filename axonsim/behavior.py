@@ -134,7 +134,8 @@ def _constant(d: Distribution | float) -> float | None:
 class BehaviorModel:
     __slots__ = ("behavior", "_ttft", "_tokens", "_tps", "_cuts", "max_concurrency", "queue", "_prefill",
                  "_load", "_rpm", "_tpm", "outages", "incidents", "_quota", "_quota_win", "_quota_req",
-                 "_quota_tok", "_slope", "_has_state", "_ttft_ln", "_tokens_ln", "_tps_const", "_rng", "_z")
+                 "_quota_tok", "_slope", "_has_state", "_ttft_ln", "_tokens_ln", "_tps_const", "_rng", "_z",
+                 "_lean", "_fast")
 
     def __init__(self, behavior: Behavior, seed: int = 0) -> None:
         self.behavior = behavior
@@ -177,6 +178,14 @@ class BehaviorModel:
         self._quota_tok = 0
         self._has_state = bool(self._rpm or self._tpm or self.outages or self.incidents or self._quota
                                or self._prefill or self._load or self._slope)
+        # The lean path of `sample`: lognormal TTFT and output length at a constant speed, nothing
+        # that depends on time, load or the request. (mu, sigma) of both, the speed, and the sum of
+        # the fault probabilities (a uniform at or above it is no fault). Used with a bulk normal source.
+        ttft_ln, tokens_ln, tps = self._ttft_ln, self._tokens_ln, self._tps_const
+        self._lean = ((*ttft_ln, *tokens_ln, tps, cuts[-1][0] if cuts else 0.0)
+                      if ttft_ln is not None and tokens_ln is not None and tps is not None and not self._has_state
+                      else None)
+        self._fast: tuple[float, float, float, float, float, float] | None = None  # _lean once `_z` is bound
 
     def sample(self, rng: random.Random, now: float = 0.0, utilisation: float = 0.0,
                input_tokens: int = 0, output_tokens: int | None = None) -> AttemptPlan:
@@ -187,6 +196,21 @@ class BehaviorModel:
             # lognormvariate(mu, sigma) is exp(mu + sigma·z), computed here without the call.
             self._rng = rng
             self._z = getattr(rng, "standard_normal", None)
+            self._fast = self._lean if self._z is not None else None
+        fast = self._fast
+        if fast is not None:
+            # The lean model (see __init__): the same draws and arithmetic as below, fewer steps.
+            # tests/test_behavior.py holds the two paths equal.
+            mu, sigma, mu_out, sigma_out, tps, clean = fast
+            z = self._z
+            u = rng.random()
+            ttft = math.exp(mu + sigma * z())  # type: ignore[misc]
+            tokens = round(math.exp(mu_out + sigma_out * z()))  # type: ignore[misc]
+            if output_tokens is not None:
+                tokens = output_tokens
+            if u >= clean:
+                return AttemptPlan(None, 200, ttft, tokens, tokens / tps, None)
+            return self._plan(self._band(u), ttft, tokens, tps)
         z = self._z
         u = rng.random()
         ln = self._ttft_ln
@@ -224,10 +248,17 @@ class BehaviorModel:
             else:
                 u -= extra
         if fault is None:
-            for cut, kind in self._cuts:
-                if u < cut:
-                    fault = kind
-                    break
+            fault = self._band(u)
+        return self._plan(fault, ttft, tokens, tps)
+
+    def _band(self, u: float) -> str | None:
+        """The fault whose band contains the uniform `u`, or None."""
+        for cut, kind in self._cuts:
+            if u < cut:
+                return kind
+        return None
+
+    def _plan(self, fault: str | None, ttft: float, tokens: int, tps: float) -> AttemptPlan:
         if fault is None:
             return AttemptPlan(None, 200, ttft, tokens, tokens / tps, None)
         if fault == STREAM_CUT:

@@ -355,6 +355,7 @@ class Router:
         # why candidates were skipped, and the panic candidates: made only when there is one
         unavailable: dict[str, str] | None = None
         soonest: float | None = None
+        decision: int | None = None  # the pick's index into decisions (explained picks only)
         if tiers is None:
             if needs:
                 lacking: dict[str, str] = {}
@@ -372,16 +373,32 @@ class Router:
             tier_no += 1
             remaining = list(tier)
             while remaining:
-                cand = None
-                if in_panic:
-                    eligible = remaining
-                elif sticky is None and decisions is None:
+                if sticky is None and decisions is None and not in_panic:
                     # the common case: eligibility, the strategy's pick and its bookkeeping in one call
                     cand = balancer.choose(remaining, now, rng, tokens, ctx)
-                    eligible = remaining if cand is not None else []
-                else:
-                    eligible = [c for c in remaining if c.state.eligible(now, c.upstream_model, tokens)]
-                if not eligible:
+                    chosen_by = "strategy"
+                else:  # sticky, explained or panic
+                    cand = None
+                    eligible = remaining if in_panic else [c for c in remaining
+                                                           if c.state.eligible(now, c.upstream_model, tokens)]
+                    if eligible:
+                        chosen_by = "panic" if in_panic else "strategy"
+                        if sticky is not None:
+                            cand = next((c for c in eligible if c.state.name == sticky), None)
+                            if cand is not None:
+                                balancer.mark(cand, now)
+                                chosen_by = "sticky"
+                            sticky = None  # one-shot
+                        if decisions is not None:
+                            decision = len(decisions)
+                            decisions.append({"tier": "panic" if in_panic else tier_no - 1, "time": now,
+                                              "candidates": balancer.explain(remaining, now, tokens, ctx)})
+                        if cand is None:
+                            cand = balancer.pick(remaining, now, rng, tokens, eligible, ctx)
+                            assert cand is not None
+                        if decisions is not None:
+                            decisions[-1].update(chosen=cand.state.name, by=chosen_by)
+                if cand is None:  # nothing may take an attempt now
                     if unavailable is None:
                         unavailable = {}
                     for c in remaining:
@@ -395,29 +412,9 @@ class Router:
                                 panic = []
                             panic.append(c)
                     break
-                decision = None
-                chosen_by = "panic" if in_panic else "strategy"
-                if cand is None:  # not the common case above: sticky, explained or panic
-                    if sticky is not None:
-                        cand = next((c for c in eligible if c.state.name == sticky), None)
-                        if cand is not None:
-                            balancer.mark(cand, now)
-                            chosen_by = "sticky"
-                        sticky = None  # one-shot
-                    if decisions is not None:
-                        decision = len(decisions)
-                        decisions.append({"tier": "panic" if in_panic else tier_no - 1, "time": now,
-                                          "candidates": balancer.explain(remaining, now, tokens, ctx)})
-                    if cand is None:
-                        cand = balancer.pick(remaining, now, rng, tokens, eligible, ctx)
-                        assert cand is not None
-                    if decisions is not None:
-                        decisions[-1].update(chosen=cand.state.name, by=chosen_by)
                 remaining.remove(cand)
                 st = cand.state
-                same = 0
-                max_same = 0 if chosen_by == "sticky" else (
-                    policy.same_channel_limit(st.name) if policy.max_same_by_channel else policy.max_same)
+                same = 0  # retries on this candidate (its limit is looked up at the first failure)
                 while True:
                     key = st.next_key(now, rng, tokens)
                     if key is None and st.keys:
@@ -461,7 +458,9 @@ class Router:
                     # key of the same channel rather than to another channel.
                     key_swap = (kind in _KEY_FAULTS and action is Action.FAILOVER and key is not None
                                 and st.other_key_available(now, key, tokens))
-                    retry_here = key_swap or (action is Action.RETRY and same < max_same)
+                    retry_here = key_swap or (action is Action.RETRY and same < (
+                        0 if chosen_by == "sticky" else policy.same_channel_limit(cand.state.name)
+                        if policy.max_same_by_channel else policy.max_same))
                     wait = policy.backoff(same + 1 if retry_here else 1, rng,
                                           out.retry_after if retry_here and not key_swap else None)
                     if deadline is not None and now + wait >= deadline:

@@ -149,3 +149,25 @@ def test_impossible_behaviour_is_rejected_naming_the_field(behavior, field):
     with pytest.raises(ConfigError) as e:
         parse_config({"channels": [{"name": "a", "models": ["m"], "behavior": behavior}]})
     assert field in str(e.value)
+
+
+@pytest.mark.parametrize("faults", [{}, {"error_rate": 0.1},
+                                    {"error_rate": 0.05, "faults": {"rate_limited": 0.05, "reset": 0.05,
+                                                                    "timeout": 0.05, "stream_cut": 0.1,
+                                                                    "overloaded": 0.02, "bad_gateway": 0.02}}])
+def test_lean_path_draws_and_plans_as_the_general_path(faults):
+    """sample's lean path (lognormal TTFT and output, constant speed, a bulk normal source) takes
+    the same draws and makes the same plans, bit for bit, as the general path it shortcuts."""
+    from axonsim.sim.streams import ChannelRandom
+
+    kw = {"ttft": {"dist": "lognormal", "median": 0.5, "sigma": 0.7}, "tokens_per_second": 90,
+          "output_tokens": {"dist": "lognormal", "median": 120, "sigma": 0.8}, **faults}
+    lean, general = model(**kw), model(**kw)
+    general._lean = None  # the general path only
+    ra, rb = ChannelRandom(11), ChannelRandom(11)
+    for i in range(3000):
+        out = None if i % 3 else 40 + i % 7
+        a, b = lean.sample(ra, output_tokens=out), general.sample(rb, output_tokens=out)
+        assert [getattr(a, f) for f in a.__slots__] == [getattr(b, f) for f in b.__slots__]
+    assert lean._fast is not None and general._fast is None
+    assert ra.random() == rb.random() and ra.standard_normal() == rb.standard_normal()

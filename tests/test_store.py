@@ -39,6 +39,7 @@ from server.store import (
 )
 from server.store import queries as Q
 from server.store.migrations import current
+from server.store.engine import make_engine
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -314,6 +315,18 @@ def test_default_database_is_a_file_next_to_the_config(tmp_path: Path) -> None:
     assert resolve_url("sqlite+aiosqlite:////abs/x.db", cfg) == "sqlite+aiosqlite:////abs/x.db"
     pg = "postgresql+asyncpg://u@h/db"
     assert resolve_url(pg, cfg) == pg
+
+
+async def test_sqlite_connections_keep_wal_and_statement_journals_in_memory(tmp_path: Path) -> None:
+    # The writer's multi-row INSERTs need statement journals: in memory, not temp files per batch.
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    try:
+        async with engine.connect() as conn:
+            got = [(await conn.exec_driver_sql(f"PRAGMA {p}")).scalar() for p in
+                   ("journal_mode", "synchronous", "temp_store", "foreign_keys")]
+    finally:
+        await engine.dispose()
+    assert got == ["wal", 1, 2, 1]  # synchronous NORMAL, temp_store MEMORY
 
 
 def test_scrubber_masks_every_form_of_a_secret() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from itertools import repeat
-from operator import is_not
+from operator import is_, is_not
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,13 +41,27 @@ _A_TYPES = {"request": np.int64, "attempt": np.int64, "channel": np.int64, "key"
             "next": object, "retry_after": object, "decision": object}
 
 
+# A request answered by its only attempt (no hedge, not explained) — most of them — is one record
+# holding both rows: its request row and its attempt row are read out of it after the run (the
+# attempt's `next` is "done"; the request's status 200, its attempts 1, ok when there is no error).
+_ONE = ("id", "attempt", "channel", "key", "start", "grant", "att_end", "att_status", "error", "fault",
+        "retry_after", "ttft", "end", "tokens")
+_ONE_REQ = {"id": "id", "error": "error", "channel": "channel", "ttft": "ttft", "end": "end", "tokens": "tokens"}
+_ONE_ATT = {"request": "id", "attempt": "attempt", "channel": "channel", "key": "key", "start": "start",
+            "grant": "grant", "end": "att_end", "status": "att_status", "error": "error", "fault": "fault",
+            "retry_after": "retry_after"}
+_ONE_CONST = {("request", "status"): 200, ("request", "attempts"): 1, ("attempt", "next"): "done"}
+
+
 class Recorder:
     """Each finished request's fields, and each attempt's, appended to one flat list per kind, one
     record after another: one `extend` per record, and nothing the cyclic collector tracks (ints,
     floats, strings and None are not; a tuple per record left it two objects per request to walk,
-    about 0.4 µs a request). Columns are sliced out once, after the run."""
+    about 0.4 µs a request). A request answered by its only attempt is one record in a list of its
+    own (`_ONE`). Columns are sliced out once, after the run."""
 
-    __slots__ = ("channels", "n", "explain", "req_buf", "att_buf", "att_width", "_put_req", "_put_att")
+    __slots__ = ("channels", "n", "explain", "req_buf", "att_buf", "one_buf", "att_width", "_put_req", "_put_att",
+                 "_put_one")
 
     def __init__(self, n: int, channels: list[str], explain: bool = False) -> None:
         self.channels = channels
@@ -55,15 +69,22 @@ class Recorder:
         self.explain = explain
         self.req_buf: list[Any] = []
         self.att_buf: list[Any] = []
+        self.one_buf: list[Any] = []
         self.att_width = len(_A) + (1 if explain else 0)
         self._put_req = self.req_buf.extend  # bound once: finish runs per request
         self._put_att = self.att_buf.extend
+        self._put_one = self.one_buf.extend
 
     def finish(self, req: SimRequest, result: Result, now: float) -> None:
         """Record a finished request and its attempts (a stream finishes after its commit)."""
         i = req.id
         atts = req.atts
         recs = result.attempts
+        if len(recs) == 1 and result.ok and req.ready is None and not self.explain:  # the common case
+            a = atts[0]  # the winner: the only attempt
+            self._put_one((i, a.attempt, a.ch.index, recs[0].key, a.start, a.t_grant, a.t_end, a.status, a.error,
+                           a.fault, a.plan.retry_after, a.t_first - req.arrival, now, a.out_tokens))
+            return
         put = self._put_att
         if self.explain:
             decisions = result.decisions or []
@@ -72,11 +93,6 @@ class Recorder:
                 put((i, a.attempt, a.ch.index, rec.key, a.start, a.t_grant, a.t_end, a.status, a.error,
                      a.fault, rec.next, a.plan.retry_after,
                      decisions[rec.decision] if rec.decision is not None else None))
-        elif req.ready is None and len(recs) == 1:  # the common case, without a loop
-            a = atts[0]
-            rec = recs[0]
-            put((i, a.attempt, a.ch.index, rec.key, a.start, a.t_grant, a.t_end, a.status, a.error,
-                 a.fault, rec.next, a.plan.retry_after))
         else:
             pairs = zip(recs, atts, strict=True) if req.ready is None else _pair_hedged(recs, atts)
             for rec, a in pairs:
@@ -97,18 +113,33 @@ class Recorder:
                            NAN, now, 0))
 
     def column(self, kind: str, name: str) -> np.ndarray:
-        """One recorded column in completion order (`kind`: "request" or "attempt")."""
+        """One recorded column: the rows of the general records in completion order, then those of
+        the one-attempt records in completion order (`kind`: "request" or "attempt"). Every column
+        of a kind lists its rows in the same order."""
         if kind == "request":
             buf, width, j, dtype = self.req_buf, len(_R), _R.index(name), _R_TYPES[name]
         else:
             j = len(_A) if name == "decision" else _A.index(name)
             buf, width, dtype = self.att_buf, self.att_width, _A_TYPES[name]
-        values = buf[j::width]
-        if dtype is object:
-            out = np.empty(len(values), dtype=object)
-            out[:] = values
-            return out
-        return np.fromiter(values, dtype=dtype, count=len(values))
+        col = _array(buf[j::width], dtype)
+        one = self.one_buf
+        if not one:
+            return col
+        width = len(_ONE)
+        n_one = len(one) // width
+        const = _ONE_CONST.get((kind, name), _NO_CONSTANT)
+        if const is not _NO_CONSTANT:
+            tail = np.full(n_one, const, dtype=dtype)
+        elif kind == "request" and name == "ok":
+            tail = np.fromiter(map(is_, one[_ONE.index("error")::width], repeat(None)), dtype=bool, count=n_one)
+        else:
+            # a decision is recorded only when explained, and explained runs have no one-attempt records
+            field = (_ONE_REQ if kind == "request" else _ONE_ATT)[name]
+            tail = _array(one[_ONE.index(field)::width], dtype)
+        return np.concatenate((col, tail))
+
+
+_NO_CONSTANT = object()  # no constant for this column
 
 
 def _pair_hedged(recs: list[AttemptRecord], atts: list[Attempt]) -> list[tuple[AttemptRecord, Attempt]]:
@@ -132,9 +163,14 @@ def _pcts(x: np.ndarray, qs: tuple[float, ...]) -> list[float | None]:
 
 
 def _array(values: Any, dtype: Any) -> np.ndarray:
-    """A list of Python numbers as an array (np.fromiter converts about twice as fast as np.asarray)."""
+    """A list of Python numbers (or objects) as an array (np.fromiter converts numbers about twice as
+    fast as np.asarray)."""
     if isinstance(values, np.ndarray):
         return values.astype(dtype, copy=False)
+    if dtype is object:
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
     return np.fromiter(values, dtype=dtype, count=len(values))
 
 

@@ -22,8 +22,10 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +102,18 @@ def _reload_soon(proxy: Proxy) -> None:
 
 def worker_app() -> GatewayApp:
     """The app factory each worker process calls (uvicorn `factory=True`)."""
+    from server.worker_metrics import ENV_DIR, WorkerFigures
+
     path = os.environ[ENV_CONFIG]
     _setup_logging(os.environ.get(ENV_LOG_LEVEL, "info"))
-    return GatewayApp(build_proxy(load_config(path), path), tune_gc=True)
+    proxy = build_proxy(load_config(path), path)
+    if os.environ.get(ENV_DIR):
+        # /metrics answers for all the workers (server.worker_metrics). The final figures are
+        # published after the store has drained: shutdown hooks run last.
+        figures = WorkerFigures(os.environ[ENV_DIR], proxy.metrics)
+        proxy.startup_hooks.append(figures.start)
+        proxy.shutdown_hooks.insert(0, figures.stop)
+    return GatewayApp(proxy, tune_gc=True)
 
 
 def check_store(config: Config, config_path: str | Path | None) -> str | None:
@@ -203,12 +214,19 @@ def serve(args: argparse.Namespace) -> int:
         from uvicorn.config import STARTUP_FAILURE
         from uvicorn.supervisors import Multiprocess
 
+        from server.worker_metrics import ENV_DIR
+
         assert config_path is not None
         os.environ[ENV_CONFIG] = str(config_path)
         os.environ[ENV_LOG_LEVEL] = log_level
+        figures_dir = tempfile.mkdtemp(prefix="axonsim-metrics-")  # where workers publish their figures
+        os.environ[ENV_DIR] = figures_dir
         uv = uvicorn.Config("server.main:worker_app", factory=True, workers=workers, **common)
         supervisor = Multiprocess(uv, sockets=[uv.bind_socket()])
-        supervisor.run()
+        try:
+            supervisor.run()
+        finally:
+            shutil.rmtree(figures_dir, ignore_errors=True)
         if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
             print("axonsim serve: a worker failed to start (its log says why); stopped", file=sys.stderr)
             return 1

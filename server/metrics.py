@@ -97,14 +97,6 @@ class _Hist:
         self.counts[bisect_left(bounds, v)] += 1
         self.total += v
 
-    def cumulative(self, bounds: Sequence[float]) -> list[tuple[str, float]]:
-        out = []
-        acc = 0
-        for le, c in zip([*(repr(float(b)) for b in bounds), "+Inf"], self.counts, strict=True):
-            acc += c
-            out.append((le, float(acc)))
-        return out
-
 
 _Children = tuple[list[int], _Hist, _Hist]
 
@@ -134,6 +126,9 @@ class Metrics:
         # The fast path: the cells one raw (format, model, status) touches, found with one lookup.
         self._fast: dict[tuple[str, str | None, int], _Children] = {}
         self._models: set[str] = set()
+        # Other worker processes' figures (server.worker_metrics), added to this process's own at
+        # scrape time; None in a single process.
+        self.peers: Callable[[], list[dict[str, Any]]] | None = None
         self.registry.register(_Collector(self))
         if process:
             # CPU seconds and RSS: what the overhead benchmark and a memory alert read.
@@ -203,6 +198,25 @@ class Metrics:
             return model
         return OTHER_MODEL
 
+    # -- this process's figures, for other workers' scrapes ----------------------------------------
+
+    def figures(self, final: bool = False) -> dict[str, Any]:
+        """The observed counters and histograms, the in-flight count and the store's counters, as
+        plain JSON-able data (what `peers` hands back). `final`: the process is stopping, so its
+        gauges (in flight, store queue) are reported as 0 and only its counters live on."""
+        store = self._store()
+        return {
+            "requests": [[*k, c[0]] for k, c in list(self._requests.items())],
+            "latency": [[*k, h.counts, h.total] for k, h in list(self._latency.items())],
+            "ttft": [[*k, h.counts, h.total] for k, h in list(self._ttft.items())],
+            "overhead": [self._overhead.counts, self._overhead.total],
+            "attempts": [[*k, c[0]] for k, c in list(self._attempts.items())],
+            "inflight": 0 if final else self.inflight,
+            "store": None if store is None else {
+                "written": int(getattr(store, "written", 0)), "dropped": int(getattr(store, "dropped", 0)),
+                "queued": 0 if final else int(getattr(store, "queued", 0))},
+        }
+
     # -- exposition --------------------------------------------------------------------------------
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
@@ -233,31 +247,56 @@ class _Collector:
                 continue
             yield from families
 
+    def _peers(self) -> list[dict[str, Any]]:
+        source = self.m.peers
+        if source is None:
+            return []
+        try:
+            return source()
+        except Exception:
+            # Other workers' figures missing must not cost this worker's own.
+            log.exception("metrics: reading the other workers' figures failed")
+            return []
+
     def _observed(self) -> list[Metric]:
         m = self.m
         ns = self.ns
+        # This process's figures, plus every other worker's when there are several.
+        reqs: dict[tuple[str, ...], float] = {k: float(c[0]) for k, c in list(m._requests.items())}
+        hists: list[dict[tuple[str, ...], tuple[list[int], float]]] = [
+            {k: (list(h.counts), h.total) for k, h in list(series.items())} for series in (m._latency, m._ttft)]
+        over = (list(m._overhead.counts), m._overhead.total)
+        atts: dict[tuple[str, ...], float] = {k: float(c[0]) for k, c in list(m._attempts.items())}
+        n_inflight = float(m.inflight)
+        for peer in self._peers():
+            _add_counts(reqs, peer["requests"])
+            for merged, rows in zip(hists, (peer["latency"], peer["ttft"]), strict=True):
+                _add_hists(merged, rows, len(LATENCY_BUCKETS) + 1)
+            over = _add_hist(over, peer["overhead"], len(OVERHEAD_BUCKETS) + 1)
+            _add_counts(atts, peer["attempts"])
+            n_inflight += peer["inflight"]
         requests = CounterMetricFamily(f"{ns}_requests", "Client requests by client API format, model and HTTP status",
                                        labels=["client_format", "model", "status"])
-        for rkey, cell in list(m._requests.items()):
-            requests.add_metric(list(rkey), float(cell[0]))
+        for rkey, n in reqs.items():
+            requests.add_metric(list(rkey), n)
         latency = HistogramMetricFamily(f"{ns}_request_duration_seconds",
                                         "Client request latency, arrival to last byte",
                                         labels=["client_format", "model"])
         ttft = HistogramMetricFamily(f"{ns}_request_ttft_seconds",
                                      "Time from a request's arrival to the first byte sent back",
                                      labels=["client_format", "model"])
-        for fam, series in ((latency, m._latency), (ttft, m._ttft)):
-            for hkey, h in list(series.items()):
-                fam.add_metric(list(hkey), h.cumulative(LATENCY_BUCKETS), h.total)
+        for fam, merged in zip((latency, ttft), hists, strict=True):
+            for hkey, (counts, total) in merged.items():
+                fam.add_metric(list(hkey), _cumulative(LATENCY_BUCKETS, counts), total)
         overhead = HistogramMetricFamily(f"{ns}_gateway_overhead_seconds",
                                          "Time the gateway itself spent on a request: total minus upstream wait",
                                          labels=[])
-        overhead.add_metric([], m._overhead.cumulative(OVERHEAD_BUCKETS), m._overhead.total)
+        overhead.add_metric([], _cumulative(OVERHEAD_BUCKETS, over[0]), over[1])
         attempts = CounterMetricFamily(f"{ns}_upstream_attempts", "Upstream attempts by channel and outcome "
                                        "(success, cancelled, or the error kind)", labels=["channel", "outcome"])
-        for akey, cell in list(m._attempts.items()):
-            attempts.add_metric(list(akey), float(cell[0]))
-        inflight = GaugeMetricFamily(f"{ns}_requests_inflight", "Client requests being served now", value=m.inflight)
+        for akey, n in atts.items():
+            attempts.add_metric(list(akey), n)
+        inflight = GaugeMetricFamily(f"{ns}_requests_inflight", "Client requests being served now", value=n_inflight)
         return [requests, latency, ttft, overhead, attempts, inflight]
 
     def _channels(self) -> list[Metric]:
@@ -305,19 +344,59 @@ class _Collector:
         if store is None:
             return []
         ns = self.ns
+        queued = float(getattr(store, "queued", 0))
+        written = float(getattr(store, "written", 0))
+        dropped = float(getattr(store, "dropped", 0))
+        for peer in self._peers():  # each worker has its own writer on the same database
+            ps = peer.get("store")
+            if ps:
+                queued += ps["queued"]
+                written += ps["written"]
+                dropped += ps["dropped"]
         out: list[Metric] = [
             GaugeMetricFamily(f"{ns}_store_queue_depth", "Usage records in memory, not yet committed",
-                              value=float(getattr(store, "queued", 0))),
-            CounterMetricFamily(f"{ns}_store_written", "Usage records committed to the database",
-                                value=float(getattr(store, "written", 0))),
+                              value=queued),
+            CounterMetricFamily(f"{ns}_store_written", "Usage records committed to the database", value=written),
             CounterMetricFamily(f"{ns}_store_dropped", "Usage records lost (buffer full, rejected, unwritten at "
-                                "close)", value=float(getattr(store, "dropped", 0))),
+                                "close)", value=dropped),
         ]
         up = getattr(store, "db_up", None)
         if up is not None:
             out.append(GaugeMetricFamily(f"{ns}_store_db_up", "1 if the store's database is reachable",
                                          value=1.0 if up else 0.0))
         return out
+
+
+def _cumulative(bounds: Sequence[float], counts: Sequence[int | float]) -> list[tuple[str, float]]:
+    """Per-bucket counts (the last one +Inf) as Prometheus's cumulative (le, count) pairs."""
+    out = []
+    acc = 0.0
+    for le, c in zip([*(repr(float(b)) for b in bounds), "+Inf"], counts, strict=True):
+        acc += c
+        out.append((le, acc))
+    return out
+
+
+def _add_counts(into: dict[tuple[str, ...], float], rows: Iterable[Sequence[Any]]) -> None:
+    """Add a peer's [label..., count] rows into `into`, keyed by the labels."""
+    for row in rows:
+        key = tuple(str(x) for x in row[:-1])
+        into[key] = into.get(key, 0.0) + float(row[-1])
+
+
+def _add_hist(h: tuple[list[int], float], row: Sequence[Any], size: int) -> tuple[list[int], float]:
+    counts, total = row
+    if len(counts) != size:  # another version's buckets: not comparable, left out
+        return h
+    return [a + b for a, b in zip(h[0], counts, strict=True)], h[1] + float(total)
+
+
+def _add_hists(into: dict[tuple[str, ...], tuple[list[int], float]], rows: Iterable[Sequence[Any]],
+               size: int) -> None:
+    """Add a peer's [label..., counts, total] histogram rows into `into`."""
+    for row in rows:
+        key = tuple(str(x) for x in row[:-2])
+        into[key] = _add_hist(into.get(key, ([0] * size, 0.0)), row[-2:], size)
 
 
 def metrics_router(metrics: Metrics, path: str = "/metrics") -> APIRouter:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +111,93 @@ def test_counts_match_observations() -> None:
         (("channel", "beta"), ("outcome", "rate_limited")): 1.0,
         (("channel", "beta"), ("outcome", "success")): 1.0,
     }
+
+
+# The same traffic observed by one process, or split across worker processes that publish their
+# figures (server.worker_metrics): every worker's scrape must read exactly what the one process would.
+TRAFFIC = [
+    ("openai_chat", "m1", 200, 0.3, 0.05, 0.0002, [OK]),
+    ("openai_chat", "m1", 200, 3.0, 0.7, 0.0004, [OK]),
+    ("openai_chat", "m1", 502, 0.02, None, 0.003, [
+        {**OK, "status": 500, "error": "server_error", "next": "failover"},
+        {**OK, "channel": "beta", "status": 429, "error": "rate_limited", "next": "exhausted"}]),
+    ("anthropic", "m2", 200, 150.0, 0.001, 0.00001, [{**OK, "channel": "beta"}]),
+    ("gemini", None, 401, 0.0001, None, None, []),
+    ("openai_chat", "m1", 200, 0.011, 0.004, 0.00007, [OK]),
+    ("anthropic", "m2", 429, 0.2, None, 0.0001, [{**OK, "channel": "beta", "status": 429, "error": "rate_limited",
+                                                 "next": "give_up"}]),
+]
+
+
+def _all_samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in scrape(m).values():
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+class CountingStore:
+    def __init__(self, written: int, dropped: int, queued: int) -> None:
+        self.written, self.dropped, self.queued, self.db_up = written, dropped, queued, True
+
+
+async def test_workers_figures_add_up_to_one_process(tmp_path: Path) -> None:
+    from server.worker_metrics import WorkerFigures
+
+    one = Metrics(store=CountingStore(9, 1, 3), process=False)
+    for t in TRAFFIC:
+        one.observe_request(*t)
+    one.inflight_inc()
+    one.inflight_inc()
+
+    # Three live processes' worth of workers (this one, its parent, init), the traffic dealt round.
+    pids = [os.getpid(), os.getppid(), 1]
+    stores = [CountingStore(4, 0, 1), CountingStore(5, 1, 2), CountingStore(0, 0, 0)]
+    workers = [Metrics(store=st, process=False) for st in stores]
+    figures = [WorkerFigures(tmp_path, m, pid=pid) for m, pid in zip(workers, pids, strict=True)]
+    for i, t in enumerate(TRAFFIC):
+        workers[i % 3].observe_request(*t)
+    workers[0].inflight_inc()
+    workers[2].inflight_inc()
+    for f in figures:
+        f.publish()
+    (tmp_path / "999999999.json").write_text("{not json")  # a torn or foreign file is skipped
+    want = _all_samples(one)
+    for m in workers:  # whichever worker answers the scrape (sums of seconds: added in another order)
+        assert _all_samples(m) == pytest.approx(want, rel=1e-12)
+
+    # A worker that stops gracefully: its counters stay in the sums, its gauges go to 0.
+    await figures[2].stop()
+    workers[2].inflight_dec()
+    got = _all_samples(workers[0])
+    assert got[("axonsim_requests_inflight", ())] == 1
+    assert got[("axonsim_requests_total", (("client_format", "anthropic"), ("model", "m2"), ("status", "200")))] == 1
+    # A worker whose process is gone without a last word: its gauges are ignored, its counters kept.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = Metrics(store=CountingStore(100, 0, 50), process=False)
+    dead.observe_request("openai_chat", "m1", 200, 0.3, 0.05, 0.0002, [OK])
+    dead.inflight_inc()
+    WorkerFigures(tmp_path, dead, pid=gone.pid).publish()
+    got = _all_samples(workers[1])
+    assert got[("axonsim_requests_inflight", ())] == 1
+    assert got[("axonsim_store_queue_depth", ())] == 3  # the dead worker's 50 queued records are not counted
+    assert got[("axonsim_store_written_total", ())] == 109
+    assert got[("axonsim_requests_total", (("client_format", "openai_chat"), ("model", "m1"),
+                                           ("status", "200")))] == want[
+        ("axonsim_requests_total", (("client_format", "openai_chat"), ("model", "m1"), ("status", "200")))] + 1
+
+
+def test_a_worker_without_peers_scrapes_as_before(tmp_path: Path) -> None:
+    from server.worker_metrics import WorkerFigures
+
+    alone, plain = Metrics(process=False), Metrics(process=False)
+    WorkerFigures(tmp_path, alone)
+    for t in TRAFFIC:
+        alone.observe_request(*t)
+        plain.observe_request(*t)
+    assert _all_samples(alone) == _all_samples(plain)
 
 
 def test_inflight_gauge() -> None:

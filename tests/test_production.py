@@ -731,18 +731,32 @@ store: {{flush_interval: 0.05}}
         procs.append(_start("serve", "--config", str(cfg), "--port", str(port), "--workers", "2"))
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(url, procs[1])
-        with httpx.Client(base_url=url, timeout=20) as c:
-            ids = set()
-            for _ in range(12):
+        ids = set()
+        for _ in range(12):
+            with httpx.Client(base_url=url, timeout=20) as c:  # a connection each: both workers get some
                 r = chat(c, "m")
-                assert r.status_code == 200, r.text
-                ids.add(r.headers["x-request-id"])
-
+            assert r.status_code == 200, r.text
+            ids.add(r.headers["x-request-id"])
+        with httpx.Client(base_url=url, timeout=20) as c:
             def stored() -> int:
                 r = c.get("/admin/requests", headers=ADMIN)
                 return int(r.json()["total"]) if r.status_code == 200 else -1
 
             until(lambda: stored() == 12, "twelve records in the shared SQLite file", 20)
+
+        def counted() -> tuple[float, float, float]:
+            # Whichever worker answers, /metrics adds up both (each publishes its figures every second).
+            with httpx.Client(base_url=url, timeout=20) as c:
+                fams = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+            def total(fam: str, sample: str) -> float:
+                return sum(x.value for x in fams[fam].samples if x.name == sample)
+            return (total("axonsim_requests", "axonsim_requests_total"),
+                    total("axonsim_upstream_attempts", "axonsim_upstream_attempts_total"),
+                    total("axonsim_store_written", "axonsim_store_written_total"))
+
+        # Each scrape goes to either worker; another worker's figures are up to a second old.
+        until(lambda: all(counted() == (12, 12, 12) for _ in range(6)), "/metrics counting both workers' requests",
+              20)
     finally:
         outs = [_stop(p) for p in reversed(procs)]
     out, err = outs[0]

@@ -38,8 +38,8 @@ from server.store import (
     secrets_from_config,
 )
 from server.store import queries as Q
-from server.store.migrations import current
 from server.store.engine import make_engine
+from server.store.migrations import current
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -4,7 +4,8 @@ One worker: the app is built here and served in this process. `--workers N`: uvi
 multi-process mode — a parent that holds the listening socket and supervises N worker processes,
 each of which builds its own gateway from the config file through `worker_app` (an app factory).
 Without `state.url`, every worker keeps its own channel state (cooldowns, breakers, round robin);
-with it, they share it through Redis (server.shared_state).
+with it, they share it through Redis (server.shared_state). /metrics adds up every worker's figures
+(server.worker_metrics).
 
 Exit codes: 0 after a clean shutdown; 2 for a bad config, an unreachable store database (unless
 `store.on_unreachable: degraded`) or bad arguments; 1 if the server could not start otherwise.

@@ -102,7 +102,7 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
     api.include_router(models_router(current))  # Gemini's model list, /v1/models/{model}
     api.include_router(metrics_router(current().metrics))
     admin = admin_router(AdminContext(router=lambda: current().router, store=lambda: current().store,
-                                      reload=lambda: current().reload(), now=lambda: current().clock.now(),
+                                      reload=lambda: current().reload_all(), now=lambda: current().clock.now(),
                                       find=lambda rid: current().find(rid)))
 
     def scrubbed(p: Proxy, body: BaseModel) -> JSONResponse:

@@ -108,12 +108,15 @@ def worker_app() -> GatewayApp:
     path = os.environ[ENV_CONFIG]
     _setup_logging(os.environ.get(ENV_LOG_LEVEL, "info"))
     proxy = build_proxy(load_config(path), path)
-    if os.environ.get(ENV_DIR):
+    if os.environ.get(ENV_DIR):  # set by `axonsim serve --workers N`, whose process is our parent
         # /metrics answers for all the workers (server.worker_metrics). The final figures are
         # published after the store has drained: shutdown hooks run last.
         figures = WorkerFigures(os.environ[ENV_DIR], proxy.metrics)
         proxy.startup_hooks.append(figures.start)
         proxy.shutdown_hooks.insert(0, figures.stop)
+        # An admin reload reaches the worker that answered; uvicorn's supervisor (the parent)
+        # replaces all of them on SIGHUP.
+        proxy.reload_workers = lambda: os.kill(os.getppid(), signal.SIGHUP)
     return GatewayApp(proxy, tune_gc=True)
 
 

@@ -148,6 +148,8 @@ class Proxy:
         self.startup_hooks: list[Callable[[], Awaitable[None]]] = []
         self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
         self._reload_lock = asyncio.Lock()
+        # With several worker processes: asks the supervisor to replace every worker (server.main).
+        self.reload_workers: Callable[[], None] | None = None
         from server.probes import Probes  # here: probes import this module
 
         self.probes: Probes = Probes(self)
@@ -260,6 +262,16 @@ class Proxy:
                      len(kept))
             if restart_only:
                 log.warning("configuration reloaded, but %s changes apply only after a restart", ", ".join(restart_only))
+
+    async def reload_all(self) -> None:
+        """The admin API's reload: this process (so a bad file is refused before anything changes),
+        then, with several workers, every other one. They cannot be reached from here, so the
+        supervisor replaces each worker with one started from the file, old ones finishing their
+        requests first (what SIGHUP to `axonsim serve` does)."""
+        await self.reload()
+        if self.reload_workers is not None:
+            log.info("configuration reloaded here; the other workers are being replaced one by one")
+            self.reload_workers()
 
     # -- records -------------------------------------------------------------------------------------
 

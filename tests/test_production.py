@@ -757,12 +757,24 @@ store: {{flush_interval: 0.05}}
         # Each scrape goes to either worker; another worker's figures are up to a second old.
         until(lambda: all(counted() == (12, 12, 12) for _ in range(6)), "/metrics counting both workers' requests",
               20)
+
+        # An admin reload answered by one worker reaches both: the supervisor replaces them.
+        cfg.write_text(cfg.read_text().replace("models: [m]", "models: [m, m2]"))
+        with httpx.Client(base_url=url, timeout=20) as c:
+            r = c.post("/admin/reload", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["changed"], r.text
+
+        def models() -> str:
+            with httpx.Client(base_url=url, timeout=20) as c:
+                return c.get("/v1/models", headers=AUTH).text
+
+        until(lambda: all("m2" in models() for _ in range(8)), "both workers serving the reloaded config", 60)
     finally:
         outs = [_stop(p) for p in reversed(procs)]
     out, err = outs[0]
     assert procs[1].returncode == 0, err
     assert "2 workers" in out and "per process" in out and str(tmp_path / "axonsim.db") in out
-    assert err.count("Started server process") == 2 and "Traceback" not in err
+    assert err.count("Started server process") == 4 and "Traceback" not in err  # two, then their replacements
     rows = sqlite3.connect(tmp_path / "axonsim.db").execute("SELECT id FROM requests").fetchall()
     assert {r[0] for r in rows} == ids
 

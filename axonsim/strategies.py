@@ -327,7 +327,7 @@ class Composite(Strategy):
         one pass keeps the eligible candidates and their maxima, one scores them. The same
         choice, by the same arithmetic, as `pick` over the eligible candidates' states; None when
         none is eligible. What the simulator runs for nearly every attempt."""
-        eligible = []
+        skipped = None  # usually every candidate is eligible: the list is made only when one is not
         max_inf = 1
         max_w = 0.0
         for c in cands:
@@ -336,12 +336,15 @@ class Composite(Strategy):
             # of them holds or the state is on its slow path (one call less per candidate)
             if (st.slow or st.cooldown_until > now or st.disabled_until > now or st.ejection.until > now
                     or not st.channel.enabled) and not st.eligible(now, c.upstream_model, tokens):
+                if skipped is None:
+                    skipped = []
+                skipped.append(c)
                 continue
-            eligible.append(c)
             if st.inflight > max_inf:
                 max_inf = st.inflight
             if st.weight > max_w:
                 max_w = st.weight
+        eligible = cands if skipped is None else [c for c in cands if c not in skipped]
         if len(eligible) < 2:
             return eligible[0] if eligible else None
         if max_w <= 0.0:

@@ -42,15 +42,19 @@ _A_TYPES = {"request": np.int64, "attempt": np.int64, "channel": np.int64, "key"
 
 
 # A request answered by its only attempt (no hedge, not explained) — most of them — is one record
-# holding both rows: its request row and its attempt row are read out of it after the run (the
-# attempt's `next` is "done"; the request's status 200, its attempts 1, ok when there is no error).
-_ONE = ("id", "attempt", "channel", "key", "start", "grant", "att_end", "att_status", "error", "fault",
-        "retry_after", "ttft", "end", "tokens")
+# holding both rows: its request row and its attempt row are read out of it after the run. What
+# such a request's rows always hold is not recorded: its attempt is number 1, answered 200 (a
+# stream's status stays 200 after its commit), with no Retry-After (only 429 plans carry one) and
+# "done" next; the request's status is 200, its attempts 1, and it is ok when there is no error.
+_ONE = ("id", "channel", "key", "start", "grant", "att_end", "error", "fault", "ttft", "end", "tokens")
 _ONE_REQ = {"id": "id", "error": "error", "channel": "channel", "ttft": "ttft", "end": "end", "tokens": "tokens"}
-_ONE_ATT = {"request": "id", "attempt": "attempt", "channel": "channel", "key": "key", "start": "start",
-            "grant": "grant", "end": "att_end", "status": "att_status", "error": "error", "fault": "fault",
-            "retry_after": "retry_after"}
-_ONE_CONST = {("request", "status"): 200, ("request", "attempts"): 1, ("attempt", "next"): "done"}
+_ONE_ATT = {"request": "id", "channel": "channel", "key": "key", "start": "start", "grant": "grant",
+            "end": "att_end", "error": "error", "fault": "fault"}
+_ONE_TYPES = {"id": np.int64, "channel": np.int64, "key": object, "start": np.float64, "grant": np.float64,
+              "att_end": np.float64, "error": object, "fault": object, "ttft": np.float64, "end": np.float64,
+              "tokens": np.int64}
+_ONE_CONST = {("request", "status"): 200, ("request", "attempts"): 1, ("attempt", "attempt"): 1,
+              ("attempt", "status"): 200, ("attempt", "next"): "done", ("attempt", "retry_after"): None}
 
 
 class Recorder:
@@ -61,7 +65,7 @@ class Recorder:
     own (`_ONE`). Columns are sliced out once, after the run."""
 
     __slots__ = ("channels", "n", "explain", "req_buf", "att_buf", "one_buf", "att_width", "_put_req", "_put_att",
-                 "_put_one")
+                 "_put_one", "_one_cols")
 
     def __init__(self, n: int, channels: list[str], explain: bool = False) -> None:
         self.channels = channels
@@ -74,6 +78,7 @@ class Recorder:
         self._put_req = self.req_buf.extend  # bound once: finish runs per request
         self._put_att = self.att_buf.extend
         self._put_one = self.one_buf.extend
+        self._one_cols: dict[str, np.ndarray] = {}  # one-attempt record fields, converted once (rows share them)
 
     def finish(self, req: SimRequest, result: Result, now: float) -> None:
         """Record a finished request and its attempts (a stream finishes after its commit)."""
@@ -82,8 +87,8 @@ class Recorder:
         recs = result.attempts
         if len(recs) == 1 and result.ok and req.ready is None and not self.explain:  # the common case
             a = atts[0]  # the winner: the only attempt
-            self._put_one((i, a.attempt, a.ch.index, recs[0].key, a.start, a.t_grant, a.t_end, a.status, a.error,
-                           a.fault, a.plan.retry_after, a.t_first - req.arrival, now, a.out_tokens))
+            self._put_one((i, a.ch.index, recs[0].key, a.start, a.t_grant, a.t_end, a.error, a.fault,
+                           a.t_first - req.arrival, now, a.out_tokens))
             return
         put = self._put_att
         if self.explain:
@@ -125,18 +130,29 @@ class Recorder:
         one = self.one_buf
         if not one:
             return col
-        width = len(_ONE)
-        n_one = len(one) // width
         const = _ONE_CONST.get((kind, name), _NO_CONSTANT)
         if const is not _NO_CONSTANT:
-            tail = np.full(n_one, const, dtype=dtype)
+            tail = np.full(len(one) // len(_ONE), const, dtype=dtype)
         elif kind == "request" and name == "ok":
-            tail = np.fromiter(map(is_, one[_ONE.index("error")::width], repeat(None)), dtype=bool, count=n_one)
+            tail = self._one("ok")
         else:
             # a decision is recorded only when explained, and explained runs have no one-attempt records
-            field = (_ONE_REQ if kind == "request" else _ONE_ATT)[name]
-            tail = _array(one[_ONE.index(field)::width], dtype)
+            tail = self._one((_ONE_REQ if kind == "request" else _ONE_ATT)[name])
         return np.concatenate((col, tail))
+
+    def _one(self, field: str) -> np.ndarray:
+        """A field of the one-attempt records ("ok": no error), converted on first use."""
+        col = self._one_cols.get(field)
+        if col is None:
+            one = self.one_buf
+            if field == "ok":
+                err = self._one("error")
+                col = np.fromiter(map(is_, err, repeat(None)), dtype=bool, count=len(err))
+            else:
+                j = _ONE.index(field)
+                col = _array(one[j::len(_ONE)], _ONE_TYPES[field])
+            self._one_cols[field] = col
+        return col
 
 
 _NO_CONSTANT = object()  # no constant for this column
@@ -206,6 +222,7 @@ class SimResult:
         self._samples = samples or []
         self._req: dict[str, np.ndarray] = {}
         self._att: dict[str, np.ndarray] = {}
+        self._att_raw: dict[str, np.ndarray] = {}
         self._ids: np.ndarray | None = None
         self._order: np.ndarray | None = None
         self._requests: pd.DataFrame | None = None
@@ -241,23 +258,26 @@ class SimResult:
         """One attempt column ordered by request, then attempt, built on first use."""
         col = self._att.get(name)
         if col is None:
-            rec = self._rec
             if self._order is None:
-                req = rec.column("attempt", "request")
-                self._order = np.argsort(req, kind="stable")
-                self._att["request"] = req[self._order]
-                if name == "request":
-                    return self._att["request"]
+                self._order = np.argsort(self._araw("request"), kind="stable")
+            col = self._araw(name)[self._order]
+            self._att[name] = col
+        return col
+
+    def _araw(self, name: str) -> np.ndarray:
+        """One attempt column in recorded order, built on first use (what counts and sums need)."""
+        col = self._att_raw.get(name)
+        if col is None:
+            rec = self._rec
             if name == "retry_after":  # None unless a 429 announced one
                 ra = rec.column("attempt", name)
                 col = np.fromiter((NAN if x is None else x for x in ra), dtype=np.float64, count=len(ra))
             elif name == "failed":
-                err = rec.column("attempt", "error")
+                err = self._araw("error")
                 col = np.fromiter(map(is_not, err, repeat(None)), dtype=bool, count=len(err))
             else:
                 col = rec.column("attempt", name)
-            col = col[self._order]
-            self._att[name] = col
+            self._att_raw[name] = col
         return col
 
     def _cost(self) -> np.ndarray:
@@ -360,7 +380,7 @@ class SimResult:
                 "available", "up", "incident"]
         if self.step is None or not self._samples:
             return pd.DataFrame({c: [] for c in cols})
-        a = self._acol
+        a = self._araw  # sorted or counted per channel below: the recorded order will do
         grid = np.arange(len(self._samples), dtype=np.float64) * self.step
         states = np.asarray(self._samples, dtype=np.int64)  # (grid, channel)
         frames = []
@@ -426,7 +446,7 @@ class SimResult:
         share of successful requests it served and of upstream attempts it received, per project
         the success rate and cost."""
         r = self._rcol
-        a = self._acol
+        a = self._araw  # attempts are only counted here: their recorded order will do
         n = self._rec.n
         ok = r("ok")
         end = r("end")

@@ -107,10 +107,10 @@ class Call:
         self.state.started(now, self.key, self.upstream_model, self.tokens)
 
     def first_token(self, now: float) -> None:
-        self.ttft = now - self.start
-        self.state.first_token(now, self.ttft)
+        ttft = self.ttft = now - self.start
+        self.state.first_token(now, ttft)
         if self.stats is not None:
-            self.stats.add(self.ttft)
+            self.stats.add(ttft)
 
     def succeeded(self, now: float, output_tokens: int = 0) -> None:
         self.state.succeeded(now, now - self.start, self.key, self.upstream_model, output_tokens, self.ttft)

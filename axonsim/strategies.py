@@ -327,24 +327,23 @@ class Composite(Strategy):
         one pass keeps the eligible candidates and their maxima, one scores them. The same
         choice, by the same arithmetic, as `pick` over the eligible candidates' states; None when
         none is eligible. What the simulator runs for nearly every attempt."""
-        skipped = None  # usually every candidate is eligible: the list is made only when one is not
+        eligible = cands  # copied only when a candidate is left out
         max_inf = 1
         max_w = 0.0
         for c in cands:
             st = c.state
-            # ChannelState.eligible's timed exclusions read here; the method itself only when one
-            # of them holds or the state is on its slow path (one call less per candidate)
-            if (st.slow or st.cooldown_until > now or st.disabled_until > now or st.ejection.until > now
-                    or not st.channel.enabled) and not st.eligible(now, c.upstream_model, tokens):
-                if skipped is None:
-                    skipped = []
-                skipped.append(c)
+            # ChannelState.eligible written out: its timed exclusions, then — only on the state's
+            # slow path — the method itself (one call less per candidate)
+            if (st.cooldown_until > now or st.disabled_until > now or st.ejection.until > now
+                    or not st.channel.enabled or (st.slow and not st.eligible(now, c.upstream_model, tokens))):
+                if eligible is cands:
+                    eligible = list(cands)
+                eligible.remove(c)
                 continue
             if st.inflight > max_inf:
                 max_inf = st.inflight
             if st.weight > max_w:
                 max_w = st.weight
-        eligible = cands if skipped is None else [c for c in cands if c not in skipped]
         if len(eligible) < 2:
             return eligible[0] if eligible else None
         if max_w <= 0.0:

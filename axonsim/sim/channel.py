@@ -135,7 +135,6 @@ class SimChannel:
                                           out if out >= 0 else None)
         a.ch = self
         a.handle = handle
-        a.phase = RUNNING
         a.t_grant = a.t_first = NAN
         a.t_end = now
         a.status = 0
@@ -144,7 +143,7 @@ class SimChannel:
         a.out_tokens = 0
         req.atts.append(a)
         a.started(now)
-        if busy < cap:
+        if busy < cap:  # (phase: _begin sets RUNNING, the branches below QUEUED or DONE)
             self.busy = busy + 1
             self._begin(a, now)
         elif self.queue:

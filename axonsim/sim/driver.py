@@ -32,7 +32,7 @@ import gc
 import math
 from collections.abc import Generator
 from heapq import heappop, heappush
-from itertools import islice
+from itertools import islice, repeat
 from typing import Any
 
 import simpy
@@ -47,6 +47,7 @@ from axonsim.sim.streams import CHANNEL_STATE_BASE, CORE, channel_stream, derive
 from axonsim.sim.workload import Arrivals, build_arrivals, check_scenario, horizon, require_workload
 
 _PENDING = object()  # an effect that must wait for an event
+_END = (math.inf, math.inf, math.inf)  # the next arrival's key once there is none: above any event's key
 
 
 class SimRequest:
@@ -127,8 +128,9 @@ class Simulation:
         names = arrivals.models
         # One C-level next() per arrival hands out its columns (model name, stream, tokens in and
         # out, the admission estimate), then the next arrival's time.
-        self._feed = zip([names[m] for m in arrivals.model], arrivals.stream, arrivals.input_tokens,
-                         arrivals.output_tokens, arrivals.tokens, strict=True)
+        model = repeat(names[0], len(arrivals)) if len(names) == 1 else [names[m] for m in arrivals.model]
+        self._feed = zip(model, arrivals.stream, arrivals.input_tokens, arrivals.output_tokens, arrivals.tokens,
+                         strict=True)
         self._times = islice(arrivals.times, 1, None)
 
     def run(self) -> SimResult:
@@ -165,28 +167,28 @@ class Simulation:
         per event is about a tenth of a run's time; the loop is SimPy's own, minus that call.
 
         The next arrival waits beside the queue rather than in it: its key is the (time, priority,
-        id) SimPy would have pushed, with the id drawn at the same moment, and it runs when that
-        key is below the queue's head — the order a push and a pop would give, without them."""
+        id) SimPy would have pushed, with the id drawn at the same moment, and it runs when the
+        queue's head is not below that key — the order a push and a pop would give, without them.
+        After the last arrival the key is _END, above every event's."""
         env = self.env
         queue = self._heap
         pop = heappop
         arrive = self._on_arrival
-        nxt = self._arrival
+        nxt = self._arrival or _END
         while True:
-            if nxt is not None and (not queue or nxt < queue[0]):
-                env._now = nxt[0]
-                nxt = arrive()
-                continue
-            if not queue:
+            while queue and queue[0] < nxt:  # the events due before the next arrival
+                env._now, _, _, event = pop(queue)
+                callbacks, event.callbacks = event.callbacks, None
+                for callback in callbacks:
+                    callback(event)
+                if not event._ok and not hasattr(event, "_defused"):
+                    exc = type(event._value)(*event._value.args)
+                    exc.__cause__ = event._value
+                    raise exc
+            if nxt is _END:
                 break
-            env._now, _, _, event = pop(queue)
-            callbacks, event.callbacks = event.callbacks, None
-            for callback in callbacks:
-                callback(event)
-            if not event._ok and not hasattr(event, "_defused"):
-                exc = type(event._value)(*event._value.args)
-                exc.__cause__ = event._value
-                raise exc
+            env._now = nxt[0]
+            nxt = arrive() or _END
 
     # -- the effect loop --------------------------------------------------------------------------
 

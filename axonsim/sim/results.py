@@ -302,10 +302,12 @@ class SimResult:
                 one_out = cost_for(Usage(completion_tokens=1_000_000), prices, *names)
                 rate_in[c, j] = NAN if one_in is None else one_in
                 rate_out[c, j] = NAN if one_out is None else one_out
+        served = self._rcol("status") == 200  # a cut stream was still generated, and billed, up to the cut
+        if np.isnan(rate_in[:k]).all() and np.isnan(rate_out[:k]).all():
+            return np.where(served, NAN, 0.0)  # no price at all: what the formula below gives, without the tokens
         model = _array(arr.model, np.int64)
         channel = self._rcol("channel")
         ch_idx = np.where(channel >= 0, channel, k)
-        served = self._rcol("status") == 200  # a cut stream was still generated, and billed, up to the cut
         inp = _array(arr.input_tokens, np.float64)
         out = self._rcol("tokens").astype(np.float64)
         cost = (inp * rate_in[ch_idx, model] + out * rate_out[ch_idx, model]) / 1e6

@@ -68,7 +68,7 @@ class KeyState:
 
 class ChannelState:
     __slots__ = (
-        "channel", "name", "weight", "priority", "index", "keys", "_key_rr", "key_strategy",
+        "channel", "name", "weight", "priority", "index", "keys", "_key_rr", "key_strategy", "rr_keys",
         "inflight", "requests", "failures", "consecutive_failures", "last_failure", "last_success",
         "cooldown_until", "ewma_latency", "ewma_ttft", "ewma_tps", "last_pick", "alpha",
         "cooldown_default", "cooldown_max", "breakers", "breaker_cfg", "ejection", "outlier",
@@ -90,6 +90,7 @@ class ChannelState:
                      for i, k in enumerate(channel.api_keys)]
         self._key_rr = 0
         self.key_strategy = channel.key_strategy
+        self.rr_keys = bool(self.keys) and self.key_strategy == "round_robin"  # next_key's fast path applies
         self.inflight = 0
         self.requests = 0
         self.failures = 0
@@ -313,14 +314,14 @@ class ChannelState:
         """A key not disabled and within its limits, by the channel's key strategy; None if keyless
         (or none is available)."""
         keys = self.keys
-        n = len(keys)
-        if n == 0:
-            return None
-        if not self.slow and self.key_strategy == "round_robin":
-            i = self._key_rr % n
+        if self.rr_keys and not self.slow:  # the fast path: round robin over keys with nothing to check
+            i = self._key_rr % len(keys)
             if not keys[i].disabled:
                 self._key_rr += 1
                 return i
+        n = len(keys)
+        if n == 0:
+            return None
         ok = [i for i in range(n) if keys[i].available(now, tokens)]
         if not ok:
             return None

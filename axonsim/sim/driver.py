@@ -118,7 +118,7 @@ class Simulation:
         self.recorder = Recorder(len(arrivals), [st.name for st in self.router.states], explain)
         self._next = 0
         self._open = 0  # requests arrived and not yet recorded
-        self._arrival: tuple[float, int, int] | None = None  # the next arrival's event key (see _loop)
+        self._arrival: tuple[float, float, float] = _END  # the first arrival's event key (see _loop)
         self._sampler = _Tick()
         self.samples: list[list[int]] = []  # per grid point: each channel's routing state code
         # Bound once: a bound method (or callbacks tuple) per event would be allocated anew each time.
@@ -174,7 +174,7 @@ class Simulation:
         queue = self._heap
         pop = heappop
         arrive = self._on_arrival
-        nxt = self._arrival or _END
+        nxt = self._arrival
         while True:
             while queue and queue[0] < nxt:  # the events due before the next arrival
                 env._now, _, _, event = pop(queue)
@@ -188,7 +188,7 @@ class Simulation:
             if nxt is _END:
                 break
             env._now = nxt[0]
-            nxt = arrive() or _END
+            nxt = arrive()
 
     # -- the effect loop --------------------------------------------------------------------------
 
@@ -271,8 +271,8 @@ class Simulation:
     def _on_wait(self, req: SimRequest) -> None:
         self.step(req, self.env._now)
 
-    def _on_arrival(self) -> tuple[float, int, int] | None:
-        """Request `_next` arrives now; returns the next arrival's key (see `_loop`), or None."""
+    def _on_arrival(self) -> tuple[float, float, float]:
+        """Request `_next` arrives now; returns the next arrival's key (see `_loop`), _END after the last."""
         i = self._next
         self._next = i + 1
         self._open += 1
@@ -285,8 +285,7 @@ class Simulation:
         self.step(req, None)
         t = next(self._times, None)
         # Absolute times: a trace's arrivals land exactly where the trace puts them.
-        self._arrival = None if t is None else (t, NORMAL, next(env._eid))
-        return self._arrival
+        return _END if t is None else (t, NORMAL, next(env._eid))
 
     def _on_sample(self, tick: _Tick) -> None:
         now = self.env._now

@@ -201,7 +201,7 @@ class BehaviorModel:
         if fast is not None:
             # The lean model (see __init__): the same draws and arithmetic as below, fewer steps.
             # tests/test_behavior.py holds the two paths equal.
-            mu, sigma, mu_out, sigma_out, tps, clean = fast
+            mu, sigma, mu_out, sigma_out, speed, clean = fast
             z = self._z
             u = rng.random()
             ttft = math.exp(mu + sigma * z())  # type: ignore[misc]
@@ -209,8 +209,8 @@ class BehaviorModel:
             if output_tokens is not None:
                 tokens = output_tokens
             if u >= clean:
-                return AttemptPlan(None, 200, ttft, tokens, tokens / tps, None)
-            return self._plan(self._band(u), ttft, tokens, tps)
+                return AttemptPlan(None, 200, ttft, tokens, tokens / speed, None)
+            return self._plan(self._band(u), ttft, tokens, speed)
         z = self._z
         u = rng.random()
         ln = self._ttft_ln

@@ -327,7 +327,7 @@ class Composite(Strategy):
         one pass keeps the eligible candidates and their maxima, one scores them. The same
         choice, by the same arithmetic, as `pick` over the eligible candidates' states; None when
         none is eligible. What the simulator runs for nearly every attempt."""
-        eligible = cands  # copied only when a candidate is left out
+        eligible: Sequence[Candidate] = cands  # copied only when a candidate is left out
         max_inf = 1
         max_w = 0.0
         for c in cands:
@@ -336,9 +336,9 @@ class Composite(Strategy):
             # slow path — the method itself (one call less per candidate)
             if (st.cooldown_until > now or st.disabled_until > now or st.ejection.until > now
                     or not st.channel.enabled or (st.slow and not st.eligible(now, c.upstream_model, tokens))):
-                if eligible is cands:
-                    eligible = list(cands)
-                eligible.remove(c)
+                kept = list(eligible)
+                kept.remove(c)
+                eligible = kept
                 continue
             if st.inflight > max_inf:
                 max_inf = st.inflight

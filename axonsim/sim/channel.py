@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from simpy.events import NORMAL
 
-from axonsim.behavior import FULL_STATUS, RESET, STREAM_CUT, TIMEOUT, BehaviorModel
+from axonsim.behavior import FULL_STATUS, RESET, STREAM_CUT, TIMEOUT, AttemptPlan, BehaviorModel
 from axonsim.config import Timeouts
 from axonsim.execution import Call, Outcome
 from axonsim.state import ChannelState
@@ -79,7 +79,18 @@ class Attempt(Call):
     __slots__ = ("ch", "plan", "handle", "phase", "t_grant", "t_first", "t_end", "status", "error", "fault",
                  "out_tokens", "callbacks")
     _ok = True  # what SimPy's step() checks of an event it has run
-    # `callbacks` is set whenever the attempt is scheduled (it is the event itself)
+    ch: SimChannel
+    plan: AttemptPlan
+    handle: int
+    phase: int
+    t_grant: float
+    t_first: float
+    t_end: float
+    status: int
+    error: str | None
+    fault: str | None
+    out_tokens: int
+    callbacks: tuple[Any, ...] | None  # set whenever the attempt is scheduled (it is the event itself)
 
 
 class SimChannel:

@@ -371,7 +371,9 @@ class Router:
             tier = tiers[tier_no]
             in_panic = tier_no >= n_tiers
             tier_no += 1
-            remaining = list(tier)
+            # Read only: a tried candidate is left out of a new list when the rest is needed again (a
+            # hedge, a failover), so the common request — answered by its first pick — copies nothing.
+            remaining = tier
             while remaining:
                 if sticky is None and decisions is None and not in_panic:
                     # the common case: eligibility, the strategy's pick and its bookkeeping in one call
@@ -412,9 +414,9 @@ class Router:
                                 panic = []
                             panic.append(c)
                     break
-                remaining.remove(cand)
                 st = cand.state
                 same = 0  # retries on this candidate (its limit is looked up at the first failure)
+                rest: list[Candidate] | None = None  # remaining without cand, once made
                 while True:
                     key = st.next_key(now, rng, tokens)
                     if key is None and st.keys:
@@ -426,8 +428,9 @@ class Router:
                     start = now
                     call = self._call(st, cand.upstream_model, key, n, request, tokens, deadline,
                                       self.stats if self._feed_ttft else None)
-                    if hedge_delay is not None and n == 1 and remaining:
-                        out, call, extra = yield from self._hedged(call, hedge_delay, remaining, rng, tokens,
+                    if hedge_delay is not None and n == 1 and len(remaining) > 1:
+                        rest = [c for c in remaining if c is not cand]
+                        out, call, extra = yield from self._hedged(call, hedge_delay, rest, rng, tokens,
                                                                    deadline, request, attempts, decision, ctx)
                         n += extra
                         st = call.state
@@ -480,6 +483,7 @@ class Router:
                     rec.next = "failover"
                     now = yield Wait(wait)
                     break
+                remaining = rest if rest is not None else [c for c in remaining if c is not cand]
             if tier_no == n_tiers and n == 0 and panic:
                 # every candidate is out on health grounds and nothing was tried: panic mode
                 tiers = [*tiers, panic]

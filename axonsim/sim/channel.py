@@ -152,7 +152,7 @@ class SimChannel:
         a.error = None
         a.fault = plan.fault
         a.out_tokens = 0
-        req.atts.append(a)
+        req.atts += (a,)
         a.started(now)
         if busy < cap:  # (phase: _begin sets RUNNING, the branches below QUEUED or DONE)
             self.busy = busy + 1

@@ -64,7 +64,7 @@ class SimRequest:
         self.inp = inp
         self.out = out
         self.gen: Generator[Effect, Any, Result] | None = None
-        self.atts: list[Attempt] = []
+        self.atts: tuple[Attempt, ...] = ()  # a tuple: most requests have one attempt, and (a,) costs less than a list
         self.result: Result | None = None  # a committed stream's Result, while the stream plays out
         self.race: Race | None = None  # the Race execution is waiting on (hedging)
         self.ready: list[tuple[int, Outcome]] | None = None  # launched attempts' Outcomes not yet raced
@@ -311,7 +311,7 @@ class Simulation:
         self._open -= 1
         # The request's objects point at each other (attempts and calls at the request, the
         # request at its generator and result): cut the links so refcounting frees them, not the GC.
-        req.atts = ()  # type: ignore[assignment]  # closed: nothing is appended any more
+        req.atts = ()
         req.result = None
         req.gen = None
 

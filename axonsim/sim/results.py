@@ -158,7 +158,7 @@ class Recorder:
 _NO_CONSTANT = object()  # no constant for this column
 
 
-def _pair_hedged(recs: list[AttemptRecord], atts: list[Attempt]) -> list[tuple[AttemptRecord, Attempt]]:
+def _pair_hedged(recs: list[AttemptRecord], atts: tuple[Attempt, ...]) -> list[tuple[AttemptRecord, Attempt]]:
     """Records and attempts of a hedged request, paired by (channel, start): execution writes a
     hedge's records in completion order, not launch order."""
     by = {(r.channel, r.start): r for r in recs}

@@ -121,24 +121,28 @@ class Recorder:
         """One recorded column: the rows of the general records in completion order, then those of
         the one-attempt records in completion order (`kind`: "request" or "attempt"). Every column
         of a kind lists its rows in the same order."""
+        general, one = self.parts(kind, name)
+        return general if one is None else np.concatenate((general, one))
+
+    def parts(self, kind: str, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """`column` in its two parts: the general records' rows, the one-attempt records' rows (None
+        when there are none)."""
         if kind == "request":
             buf, width, j, dtype = self.req_buf, len(_R), _R.index(name), _R_TYPES[name]
         else:
             j = len(_A) if name == "decision" else _A.index(name)
             buf, width, dtype = self.att_buf, self.att_width, _A_TYPES[name]
-        col = _array(buf[j::width], dtype)
+        general = _array(buf[j::width], dtype)
         one = self.one_buf
         if not one:
-            return col
+            return general, None
         const = _ONE_CONST.get((kind, name), _NO_CONSTANT)
         if const is not _NO_CONSTANT:
-            tail = np.full(len(one) // len(_ONE), const, dtype=dtype)
-        elif kind == "request" and name == "ok":
-            tail = self._one("ok")
-        else:
-            # a decision is recorded only when explained, and explained runs have no one-attempt records
-            tail = self._one((_ONE_REQ if kind == "request" else _ONE_ATT)[name])
-        return np.concatenate((col, tail))
+            return general, np.full(len(one) // len(_ONE), const, dtype=dtype)
+        if kind == "request" and name == "ok":
+            return general, self._one("ok")
+        # a decision is recorded only when explained, and explained runs have no one-attempt records
+        return general, self._one((_ONE_REQ if kind == "request" else _ONE_ATT)[name])
 
     def _one(self, field: str) -> np.ndarray:
         """A field of the one-attempt records ("ok": no error), converted on first use."""
@@ -223,7 +227,7 @@ class SimResult:
         self._req: dict[str, np.ndarray] = {}
         self._att: dict[str, np.ndarray] = {}
         self._att_raw: dict[str, np.ndarray] = {}
-        self._ids: np.ndarray | None = None
+        self._ids: tuple[np.ndarray, np.ndarray | None] | None = None  # request ids of Recorder.parts
         self._order: np.ndarray | None = None
         self._requests: pd.DataFrame | None = None
         self._attempts: pd.DataFrame | None = None
@@ -247,10 +251,12 @@ class SimResult:
                 col = self._cost()
             else:
                 if self._ids is None:
-                    self._ids = rec.column("request", "id")
-                dtype = _R_TYPES[name]
-                col = np.empty(rec.n, dtype=dtype)
-                col[self._ids] = rec.column("request", name)
+                    self._ids = rec.parts("request", "id")
+                col = np.empty(rec.n, dtype=_R_TYPES[name])
+                # each part put in place by its own ids (no concatenated copy in between)
+                for ids, values in zip(self._ids, rec.parts("request", name), strict=True):
+                    if ids is not None:
+                        col[ids] = values
             self._req[name] = col
         return col
 
@@ -273,8 +279,10 @@ class SimResult:
                 ra = rec.column("attempt", name)
                 col = np.fromiter((NAN if x is None else x for x in ra), dtype=np.float64, count=len(ra))
             elif name == "failed":
-                err = self._araw("error")
+                err, one_err = rec.parts("attempt", "error")
                 col = np.fromiter(map(is_not, err, repeat(None)), dtype=bool, count=len(err))
+                if one_err is not None:  # a one-attempt record's error is its request's: failed = not ok
+                    col = np.concatenate((col, ~rec.parts("request", "ok")[1]))  # type: ignore[operator]
             else:
                 col = rec.column("attempt", name)
             self._att_raw[name] = col

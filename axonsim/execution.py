@@ -355,6 +355,7 @@ class Router:
         # why candidates were skipped, and the panic candidates: made only when there is one
         unavailable: dict[str, str] | None = None
         soonest: float | None = None
+        panic: list[Candidate] | None = None
         decision: int | None = None  # the pick's index into decisions (explained picks only)
         if tiers is None:
             if needs:
@@ -364,7 +365,6 @@ class Router:
                     return Result(False, None, attempts, _cannot_carry(model, lacking), now, decisions)
             else:
                 tiers = self._tiers(model)
-        panic: list[Candidate] | None = None
         n_tiers = len(tiers)
         tier_no = 0
         while tier_no < len(tiers):

@@ -256,7 +256,8 @@ class ChannelState:
         if p is None or sample > p:
             self.peak_ewma = sample
         else:
-            w = math.exp(-(now - self.peak_at) / 10.0) if now > self.peak_at else 1.0
+            at = self.peak_at
+            w = math.exp((at - now) / 10.0) if now > at else 1.0  # exactly exp(−(now − at)/10), as in select
             self.peak_ewma = p * w + sample * (1.0 - w)
         self.peak_at = now
 
@@ -345,9 +346,12 @@ class ChannelState:
     def select(self, now: float, seq: int) -> None:
         """Bookkeeping when the balancer chooses this channel (AxonHub counts at selection time)."""
         self.last_pick = seq
-        if self.selections:
-            self.selections *= math.exp(-(now - self.selections_at) / 600.0) if now > self.selections_at else 1.0
-        self.selections += 1.0
+        n = self.selections
+        at = self.selections_at
+        if n and now > at:
+            # at − now is exactly −(now − at) in floating point: exp(−(now − at)/600), bit for bit
+            n *= math.exp((at - now) / 600.0)
+        self.selections = n + 1.0
         self.selections_at = now
 
     def snapshot(self, now: float) -> dict[str, object]:

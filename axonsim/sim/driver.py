@@ -210,7 +210,7 @@ class Simulation:
                         return
                 self._close(req, result)
                 return
-            cls = eff.__class__
+            cls = type(eff)
             if cls is Attempt:  # a Call: the Router makes them as Attempts
                 self.channels[eff.state.index].submit(req, eff, self.env._now, -1)  # type: ignore[union-attr,arg-type]
                 return

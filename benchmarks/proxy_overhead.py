@@ -25,8 +25,9 @@ the second repeat runs the proxies in reverse order.
                         event (the target), and on the burst stream (all 22 frames at once, which
                         usually arrive in one read and are all parsed before the first byte leaves)
     RSS                 VmRSS idle (before any request), after each cell, and after ≥100k requests
-                        (full run: soak cells top the proxy up to 100k, then to 150k: the
-                        growth between the two is the "flat after 100k requests" figure)
+                        (full run: soak cells top the proxy up to 100k if the cells have not,
+                        then serve at least 50k more: the RSS growth from the first measurement at
+                        or past 100k to the end is the "flat after 100k requests" figure)
 
 Writes benchmarks/out/proxy_overhead.json and .md. Figures only: nothing here asserts a time.
 """
@@ -550,9 +551,11 @@ class Bench:
             rss_before = rss_mb(s.pid)
             served_before = s.served
             self._top_up(name, a.soak)
-            # "Flat after 100k requests": half as many again, and the RSS then against the RSS now.
-            rss_at_soak, served_at_soak = rss_mb(s.pid), s.served
-            self._top_up(name, a.soak + a.soak // 2)
+            # "Flat after 100k requests": the RSS measured when the soak target was first reached
+            # (the cells may have passed it already), against the RSS after at least half as many again.
+            rss_at_soak, served_at_soak = next(((t["rss_mb"], t["after_requests"]) for t in self.rss[name]
+                                                if t["after_requests"] >= a.soak), (rss_mb(s.pid), s.served))
+            self._top_up(name, served_at_soak + a.soak // 2)
             soak[name] = {"requested": a.soak, "needed": max(0, need), "served_total": s.served,
                           "rss_before_mb": rss_before, "served_before": served_before,
                           "rss_at_soak_mb": rss_at_soak, "served_at_soak": served_at_soak,
@@ -828,7 +831,7 @@ def markdown(res: dict[str, Any], before: dict[str, Any] | None = None) -> str:
     row("RSS idle (MB)", "≤ 100", lambda s: [s["rss_idle_mb"]], TARGETS["rss_idle_mb"], f="{:.1f}")
     row("RSS after the run (MB)", "flat", lambda s: [s["rss_after_mb"]], None, f="{:.1f}")
     row("requests served", "≥ 150k (full run)", lambda s: [s["served"]], None, f="{:.0f}")
-    row("RSS growth past the soak target (full run: 100k → 150k requests, MB)", "flat", lambda s: [s["soak"]["rss_growth_after_soak_mb"]]
+    row("RSS growth after the soak target (full run: from 100k requests on, MB)", "flat", lambda s: [s["soak"]["rss_growth_after_soak_mb"]]
         if s.get("soak") else [], None, f="{:+.1f}")
     L.append("")
     for p in proxies:

@@ -233,11 +233,13 @@ class _Collector:
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
         self.ns = metrics.namespace
+        self._peer_figures: list[dict[str, Any]] = []  # the other workers' figures, for the scrape under way
 
     def describe(self) -> Iterable[Metric]:
         return ()  # the families depend on the config at scrape time; nothing to check at registration
 
     def collect(self) -> Iterable[Metric]:
+        self._peer_figures = self._peers()  # read once per scrape: _observed and _store both add them
         for part in (self._observed, self._channels, self._store):
             try:
                 families = part()
@@ -268,7 +270,7 @@ class _Collector:
         over = (list(m._overhead.counts), m._overhead.total)
         atts: dict[tuple[str, ...], float] = {k: float(c[0]) for k, c in list(m._attempts.items())}
         n_inflight = float(m.inflight)
-        for peer in self._peers():
+        for peer in self._peer_figures:
             _add_counts(reqs, peer["requests"])
             for merged, rows in zip(hists, (peer["latency"], peer["ttft"]), strict=True):
                 _add_hists(merged, rows, len(LATENCY_BUCKETS) + 1)
@@ -347,7 +349,7 @@ class _Collector:
         queued = float(getattr(store, "queued", 0))
         written = float(getattr(store, "written", 0))
         dropped = float(getattr(store, "dropped", 0))
-        for peer in self._peers():  # each worker has its own writer on the same database
+        for peer in self._peer_figures:  # each worker has its own writer on the same database
             ps = peer.get("store")
             if ps:
                 queued += ps["queued"]

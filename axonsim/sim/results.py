@@ -47,7 +47,6 @@ _A_TYPES = {"request": np.int64, "attempt": np.int64, "channel": np.int64, "key"
 # stream's status stays 200 after its commit), with no Retry-After (only 429 plans carry one) and
 # "done" next; the request's status is 200, its attempts 1, and it is ok when there is no error.
 _ONE = ("id", "channel", "key", "start", "grant", "att_end", "error", "fault", "ttft", "end", "tokens")
-_ONE_REQ = {"id": "id", "error": "error", "channel": "channel", "ttft": "ttft", "end": "end", "tokens": "tokens"}
 _ONE_ATT = {"request": "id", "channel": "channel", "key": "key", "start": "start", "grant": "grant",
             "end": "att_end", "error": "error", "fault": "fault"}
 _ONE_TYPES = {"id": np.int64, "channel": np.int64, "key": object, "start": np.float64, "grant": np.float64,
@@ -142,7 +141,8 @@ class Recorder:
         if kind == "request" and name == "ok":
             return general, self._one("ok")
         # a decision is recorded only when explained, and explained runs have no one-attempt records
-        return general, self._one((_ONE_REQ if kind == "request" else _ONE_ATT)[name])
+        # a request column not constant here has the same name in the record; attempt columns are mapped
+        return general, self._one(name if kind == "request" else _ONE_ATT[name])
 
     def _one(self, field: str) -> np.ndarray:
         """A field of the one-attempt records ("ok": no error), converted on first use."""

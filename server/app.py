@@ -106,15 +106,15 @@ class _Watch:
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
 
-    def start(self, receive: Receive, task: asyncio.Task[Any] | None) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop, receive: Receive, task: asyncio.Task[Any] | None) -> None:
         """Watch for the client going away (from WATCH_AFTER on) and cancel `task` when it does."""
         if task is not None:
-            self._handle = asyncio.get_running_loop().call_later(WATCH_AFTER, self._spawn, receive, task)
+            self._handle = loop.call_later(WATCH_AFTER, self._spawn, loop, receive, task)
 
-    def _spawn(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+    def _spawn(self, loop: asyncio.AbstractEventLoop, receive: Receive, task: asyncio.Task[Any]) -> None:
         self._handle = None
         if not self.done:
-            self._task = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, self))
+            self._task = loop.create_task(_watch_disconnect(receive, task, self))
 
     def stop(self) -> None:
         if self._handle is not None:
@@ -226,7 +226,10 @@ class GatewayApp:
         rid = new_request_id()
         rid_b = rid.encode()
         w = _Watch()
-        task = asyncio.current_task()
+        # The loop is looked up once: each get_running_loop() (current_task() without a loop calls
+        # it too) checks the process id, a getpid system call on every call.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         ex: Exchange | None = None
         result: Result | None = None
         stream: LiveStream | None = None
@@ -256,7 +259,7 @@ class GatewayApp:
                 return
             model = req.model
             is_stream = req.stream
-            w.start(receive, task)
+            w.start(loop, receive, task)
             ex = Exchange(req, body, fmt)
             sticky = sticky_b.decode("latin-1") if sticky_b is not None else None
             # A rough token estimate for local TPM limits and quotas: ~4 bytes of request per token.

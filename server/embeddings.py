@@ -491,7 +491,8 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
     rid = new_request_id()
     rid_b = rid.encode()
     w = _Watch()
-    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()  # once (see server/app.py)
+    task = asyncio.current_task(loop)
     ex: EmbedExchange | None = None
     result: Result | None = None
     key = None
@@ -515,7 +516,7 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
             status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
             return
         model = req.model
-        w.start(receive, task)
+        w.start(loop, receive, task)
         ex = EmbedExchange(req, body)
         sticky = sticky_b.decode("latin-1") if sticky_b is not None else None
         driver = EmbeddingsDriver.of(rt.driver)

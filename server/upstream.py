@@ -245,9 +245,9 @@ class AiohttpUpstream:
         session = self._session
         loop = self._loop
         deadlines = self._deadlines
-        task = asyncio.current_task()
         if session is None or loop is None or deadlines is None:
             raise RuntimeError("AiohttpUpstream.start() was not awaited")
+        task = asyncio.current_task(loop)  # with the loop given: no getpid system call (see server/app.py)
         if task is None:
             raise RuntimeError("AiohttpUpstream.send must run in a task")
         lim = req.limits

@@ -32,6 +32,7 @@ from typing import Any
 
 from axonsim.config import Config, load_config
 from server.app import GatewayApp
+from server.http_protocol import CoalescingHttpToolsProtocol
 from server.proxy import Proxy, store_secrets
 
 log = logging.getLogger("axonsim.server")
@@ -203,7 +204,8 @@ def serve(args: argparse.Namespace) -> int:
             return 2
 
     common: dict[str, Any] = dict(
-        host=args.host, port=args.port, loop=_loop_name(), http="httptools", interface="asgi3", lifespan="on",
+        host=args.host, port=args.port, loop=_loop_name(), interface="asgi3", lifespan="on",
+        http=CoalescingHttpToolsProtocol,  # httptools, each response head written with its first body bytes
         access_log=False, log_level=log_level, server_header=False,
         proxy_headers=False,  # no X-Forwarded-* rewriting: the gateway does not use the peer address
         timeout_graceful_shutdown=config.gateway.shutdown_timeout,

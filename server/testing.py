@@ -17,6 +17,7 @@ import uvicorn
 
 from axonsim.config import Channel, Config, parse_config
 from server.app import GatewayApp
+from server.http_protocol import CoalescingHttpToolsProtocol
 from server.mock_provider import MockProvider, MockServer, start_mock
 from server.proxy import Proxy, store_secrets
 
@@ -75,8 +76,8 @@ async def start_gateway(proxy: Proxy) -> GatewayServer:
     port = sock.getsockname()[1]
     # log_config=None: leave logging alone, so pytest's caplog sees the gateway's log lines. The
     # shutdown deadline is the config's, capped so a test's teardown never waits long.
-    config = uvicorn.Config(GatewayApp(proxy), lifespan="on", log_config=None, access_log=False, http="httptools",
-                            interface="asgi3", server_header=False,
+    config = uvicorn.Config(GatewayApp(proxy), lifespan="on", log_config=None, access_log=False,
+                            http=CoalescingHttpToolsProtocol, interface="asgi3", server_header=False,
                             # uvicorn annotates int but passes it to asyncio.wait_for: seconds as a float work
                             timeout_graceful_shutdown=min(proxy.config.gateway.shutdown_timeout, 5.0))  # type: ignore[arg-type]
     server = uvicorn.Server(config)

@@ -1,0 +1,70 @@
+"""uvicorn's httptools protocol, with each response head sent in the same write as the first body bytes.
+
+An ASGI app answers with two messages, http.response.start and http.response.body, and uvicorn
+writes each to the socket as it comes: two system calls per response, and on loopback two wake-ups
+of the client, the first of which finds a head and no body. Measured on the proxy benchmark (2
+vCPU, everything on one core): one write instead of two takes ~4 % off the proxy's CPU per request
+at 64 concurrent requests and ~20 µs off the median latency at one.
+
+So the transport the protocol writes to holds a response head back until the next write, which
+then carries both. A head that no body follows in the same turn of the event loop (HEAD, 204, an
+app still computing its body) is written at the end of that turn, so nothing waits longer than the
+code already running. Everything else about the transport is the real one's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_HEAD = b"HTTP/"  # how every status line uvicorn writes begins (responses, 100 Continue, its own errors)
+
+
+class HeadHoldingTransport:
+    """Wraps an asyncio transport: a write that starts a response is held until the next write or
+    the end of the current event-loop turn, whichever comes first."""
+
+    __slots__ = ("_transport", "_loop", "_held")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data[:5] == _HEAD:
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def writelines(self, lines: Any) -> None:
+        self.write(b"".join(lines))
+
+    def flush(self) -> None:
+        """Write a held head now (it is also called at the end of the turn it was held in)."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()  # a head, say of an error response, goes out before the connection closes
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """What `axonsim serve` runs: uvicorn's httptools protocol writing through a HeadHoldingTransport."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(HeadHoldingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]

@@ -1,0 +1,162 @@
+"""The server's HTTP protocol: a response head leaves in the same write as its first body bytes, and nothing else changes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from server.http_protocol import HeadHoldingTransport
+from server.testing import GatewayServer, Stack
+
+pytestmark = pytest.mark.timeout(60)
+
+GW_KEY = "sk-gw-proto"
+AUTH = {"Authorization": f"Bearer {GW_KEY}"}
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
+
+class Recorder:
+    """A transport that records what is written to it, write by write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.extra = {"peername": ("127.0.0.1", 1)}
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.extra.get(name, default)
+
+
+async def test_a_head_is_written_with_the_body_that_follows_it() -> None:
+    rec = Recorder()
+    t = HeadHoldingTransport(rec, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(HEAD)
+    assert rec.writes == []
+    t.write(b"ok")
+    assert rec.writes == [HEAD + b"ok"]
+    t.write(b"more")  # not a head: straight through
+    assert rec.writes == [HEAD + b"ok", b"more"]
+    await asyncio.sleep(0)  # the end-of-turn flush finds nothing left to write
+    assert rec.writes == [HEAD + b"ok", b"more"]
+
+
+async def test_a_head_without_a_body_goes_out_at_the_end_of_the_loop_turn() -> None:
+    rec = Recorder()
+    t = HeadHoldingTransport(rec, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(memoryview(b"HTTP/1.1 204 No Content\r\n\r\n"))
+    assert rec.writes == []
+    await asyncio.sleep(0)
+    assert rec.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"]
+    # the next response's head is held again, and kept in order ahead of what follows
+    t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    t.writelines([b"a", b"b"])
+    assert rec.writes[-1] == b"HTTP/1.1 200 OK\r\n\r\nab"
+
+
+async def test_close_writes_a_held_head_first_and_other_calls_reach_the_transport() -> None:
+    rec = Recorder()
+    t = HeadHoldingTransport(rec, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+    t.close()
+    assert rec.writes == [b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"] and rec.closed
+    assert t.get_extra_info("peername") == ("127.0.0.1", 1)  # delegated
+    t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    await asyncio.sleep(0)
+    assert len(rec.writes) == 1  # a head held past the connection's end is dropped, not written to it
+
+
+# -- the real server ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gw() -> Iterator[GatewayServer]:
+    with Stack() as st:
+        yield st.serve([{"name": "m", "type": "openai", "api_keys": ["upstream-secret-proto"], "models": ["pm"],
+                         "behavior": {"ttft": 0.005, "tokens_per_second": 5000, "output_tokens": 12}}],
+                       gateway={"api_keys": [{"key": GW_KEY, "project": "p"}]})
+
+
+@pytest.fixture()
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every write the server's connections make to their sockets from now on."""
+    seen: list[bytes] = []
+    init = HeadHoldingTransport.__init__
+
+    class Tap:
+        def __init__(self, transport: Any) -> None:
+            self._t = transport
+
+        def write(self, data: bytes) -> None:
+            seen.append(bytes(data))
+            self._t.write(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._t, name)
+
+    def tapped(self: HeadHoldingTransport, transport: Any, loop: Any) -> None:
+        init(self, Tap(transport), loop)
+
+    monkeypatch.setattr(HeadHoldingTransport, "__init__", tapped)
+    return seen
+
+
+def _post(port: int, body: dict[str, Any], headers: dict[str, str] = AUTH) -> bytes:
+    data = orjson.dumps(body)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "content-type": "application/json",
+                                                "content-length": str(len(data)), "connection": "close"}.items())
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n{head}\r\n".encode() + data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_a_chat_answer_leaves_in_one_write(gw: GatewayServer, writes: list[bytes]) -> None:
+    port = int(gw.url.rsplit(":", 1)[1])
+    raw = _post(port, {"model": "pm", "messages": [{"role": "user", "content": "hi"}]})
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    answer = [w for w in writes if w.startswith(b"HTTP/1.1 200")]
+    assert len(answer) == 1 and answer[0] == raw  # head and body: one write, and all the client got
+    assert orjson.loads(raw.split(b"\r\n\r\n", 1)[1])["choices"][0]["message"]["content"]
+
+
+def test_an_error_answer_and_a_stream_are_whole_and_start_with_their_first_bytes(gw: GatewayServer,
+                                                                                  writes: list[bytes]) -> None:
+    port = int(gw.url.rsplit(":", 1)[1])
+    raw = _post(port, {"model": "pm", "messages": [{"role": "user", "content": "hi"}]}, headers={})
+    assert raw.startswith(b"HTTP/1.1 401 ") and writes[-1] == raw
+    assert orjson.loads(raw.split(b"\r\n\r\n", 1)[1])["error"]
+
+    writes.clear()
+    raw = _post(port, {"model": "pm", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in raw
+    assert raw.rstrip().endswith(b"0")  # the chunked body's end
+    assert b"data: [DONE]" in raw
+    # the head went out with the stream's first events, not on its own
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and b"data: " in writes[0]
+
+
+def test_health_head_and_keep_alive_work_as_before(gw: GatewayServer) -> None:
+    with httpx.Client(base_url=gw.url, timeout=10) as c:
+        for _ in range(3):  # one keep-alive connection, several responses in turn
+            assert c.get("/health").status_code == 200
+        assert c.head("/health").status_code in (200, 405)
+        r = c.post("/v1/chat/completions", json={"model": "pm", "messages": [{"role": "user", "content": "x"}]},
+                   headers=AUTH)
+        assert r.status_code == 200 and r.json()["object"] == "chat.completion"

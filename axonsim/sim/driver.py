@@ -32,7 +32,7 @@ import gc
 import math
 from collections.abc import Generator
 from heapq import heappop, heappush
-from itertools import islice, repeat
+from itertools import chain, count, islice, repeat
 from typing import Any
 
 import simpy
@@ -116,8 +116,6 @@ class Simulation:
                                     derive(seed, CHANNEL_STATE_BASE + st.index), timeouts)
                          for st in self.router.states]
         self.recorder = Recorder(len(arrivals), [st.name for st in self.router.states], explain)
-        self._next = 0
-        self._open = 0  # requests arrived and not yet recorded
         self._arrival: tuple[float, float, float] = _END  # the first arrival's event key (see _loop)
         self._sampler = _Tick()
         self.samples: list[list[int]] = []  # per grid point: each channel's routing state code
@@ -126,12 +124,11 @@ class Simulation:
         self._finish = self.recorder.finish
         self._resume = (self._on_wait,)
         names = arrivals.models
-        # One C-level next() per arrival hands out its columns (model name, stream, tokens in and
-        # out, the admission estimate), then the next arrival's time.
+        # One C-level next() per arrival hands out its columns (id, model name, stream, tokens in and
+        # out, the admission estimate) and the next arrival's time (None after the last).
         model = repeat(names[0], len(arrivals)) if len(names) == 1 else [names[m] for m in arrivals.model]
-        self._feed = zip(model, arrivals.stream, arrivals.input_tokens, arrivals.output_tokens, arrivals.tokens,
-                         strict=True)
-        self._times = islice(arrivals.times, 1, None)
+        self._feed = zip(count(), model, arrivals.stream, arrivals.input_tokens, arrivals.output_tokens,
+                         arrivals.tokens, chain(islice(arrivals.times, 1, None), (None,)), strict=True)
 
     def run(self) -> SimResult:
         arr = self.arrivals
@@ -156,8 +153,9 @@ class Simulation:
         finally:
             if gc_was_on:
                 gc.enable()
-        if self._next != len(arr) or self._open:  # pragma: no cover - a driver bug, not a user error
-            raise RuntimeError(f"simulation stopped after {self._next} of {len(arr)} arrivals, {self._open} open")
+        done = self.recorder.recorded()
+        if done != len(arr):  # pragma: no cover - a driver bug, not a user error
+            raise RuntimeError(f"simulation stopped with {done} of {len(arr)} requests recorded")
         return SimResult(self.recorder, arr, self.seed, self.config, self.step_size, self.samples)
 
     def _loop(self) -> None:
@@ -272,25 +270,21 @@ class Simulation:
         self.step(req, self.env._now)
 
     def _on_arrival(self) -> tuple[float, float, float]:
-        """Request `_next` arrives now; returns the next arrival's key (see `_loop`), _END after the last."""
-        i = self._next
-        self._next = i + 1
-        self._open += 1
+        """The next request arrives now; returns the next arrival's key (see `_loop`), _END after the last."""
         env = self.env
         now = env._now
-        model, stream, inp, out, tokens = next(self._feed)
+        i, model, stream, inp, out, tokens, t = next(self._feed)
         req = SimRequest(i, now, stream, inp, out)
         # positional: (model, now, rng, request, tokens, sticky_key, explain, stream), cheaper than keywords
         req.gen = self._execute(model, now, self.core_rng, req, tokens, None, self.explain, stream)
         self.step(req, None)
-        t = next(self._times, None)
         # Absolute times: a trace's arrivals land exactly where the trace puts them.
         return _END if t is None else (t, NORMAL, next(env._eid))
 
     def _on_sample(self, tick: _Tick) -> None:
         now = self.env._now
         self.samples.append([route_state(st, now) for st in self.router.states])
-        if self._open or self._next < len(self.arrivals):
+        if self.recorder.recorded() < len(self.arrivals):  # requests still to come or open
             k = tick.value + 1
             tick.value = k
             tick.callbacks = (self._on_sample,)
@@ -308,7 +302,6 @@ class Simulation:
 
     def _close(self, req: SimRequest, result: Result) -> None:
         self._finish(req, result, self.env._now)
-        self._open -= 1
         # The request's objects point at each other (attempts and calls at the request, the
         # request at its generator and result): cut the links so refcounting frees them, not the GC.
         req.atts = ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from itertools import repeat
-from operator import is_, is_not
+from operator import is_not
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,19 +41,19 @@ _A_TYPES = {"request": np.int64, "attempt": np.int64, "channel": np.int64, "key"
             "next": object, "retry_after": object, "decision": object}
 
 
-# A request answered by its only attempt (no hedge, not explained) — most of them — is one record
-# holding both rows: its request row and its attempt row are read out of it after the run. What
-# such a request's rows always hold is not recorded: its attempt is number 1, answered 200 (a
-# stream's status stays 200 after its commit), with no Retry-After (only 429 plans carry one) and
-# "done" next; the request's status is 200, its attempts 1, and it is ok when there is no error.
-_ONE = ("id", "channel", "key", "start", "grant", "att_end", "error", "fault", "ttft", "end", "tokens")
-_ONE_ATT = {"request": "id", "channel": "channel", "key": "key", "start": "start", "grant": "grant",
-            "end": "att_end", "error": "error", "fault": "fault"}
+# A request answered well by its only attempt (no hedge, not explained, no failure after a stream's
+# commit) — most of them — is one record holding both rows: its request row and its attempt row are
+# read out of it after the run. What such a request's rows always hold is not recorded: its attempt
+# is number 1, answered 200, with no error, fault or Retry-After (only failed attempts have them),
+# "done" next and the request's end as its own; the request is ok, status 200, with 1 attempt.
+_ONE = ("id", "channel", "key", "start", "grant", "ttft", "end", "tokens")
+_ONE_ATT = {"request": "id", "channel": "channel", "key": "key", "start": "start", "grant": "grant", "end": "end"}
 _ONE_TYPES = {"id": np.int64, "channel": np.int64, "key": object, "start": np.float64, "grant": np.float64,
-              "att_end": np.float64, "error": object, "fault": object, "ttft": np.float64, "end": np.float64,
-              "tokens": np.int64}
-_ONE_CONST = {("request", "status"): 200, ("request", "attempts"): 1, ("attempt", "attempt"): 1,
-              ("attempt", "status"): 200, ("attempt", "next"): "done", ("attempt", "retry_after"): None}
+              "ttft": np.float64, "end": np.float64, "tokens": np.int64}
+_ONE_CONST = {("request", "ok"): True, ("request", "status"): 200, ("request", "error"): None,
+              ("request", "attempts"): 1, ("attempt", "attempt"): 1, ("attempt", "status"): 200,
+              ("attempt", "error"): None, ("attempt", "fault"): None, ("attempt", "next"): "done",
+              ("attempt", "retry_after"): None}
 
 
 class Recorder:
@@ -86,9 +86,10 @@ class Recorder:
         recs = result.attempts
         if len(recs) == 1 and result.ok and req.ready is None and not self.explain:  # the common case
             a = atts[0]  # the winner: the only attempt
-            self._put_one((i, a.ch.index, recs[0].key, a.start, a.t_grant, a.t_end, a.error, a.fault,
-                           a.t_first - req.arrival, now, a.out_tokens))
-            return
+            if a.error is None:  # (a committed stream can still fail: cut or timed out)
+                self._put_one((i, a.ch.index, recs[0].key, a.start, a.t_grant, a.t_first - req.arrival, now,
+                               a.out_tokens))
+                return
         put = self._put_att
         if self.explain:
             decisions = result.decisions or []
@@ -116,6 +117,10 @@ class Recorder:
             self._put_req((i, False, e.status, e.kind.value, len(recs), atts[-1].ch.index if atts else -1,
                            NAN, now, 0))
 
+    def recorded(self) -> int:
+        """How many requests are recorded so far."""
+        return len(self.req_buf) // len(_R) + len(self.one_buf) // len(_ONE)
+
     def column(self, kind: str, name: str) -> np.ndarray:
         """One recorded column: the rows of the general records in completion order, then those of
         the one-attempt records in completion order (`kind`: "request" or "attempt"). Every column
@@ -138,24 +143,16 @@ class Recorder:
         const = _ONE_CONST.get((kind, name), _NO_CONSTANT)
         if const is not _NO_CONSTANT:
             return general, np.full(len(one) // len(_ONE), const, dtype=dtype)
-        if kind == "request" and name == "ok":
-            return general, self._one("ok")
         # a decision is recorded only when explained, and explained runs have no one-attempt records
         # a request column not constant here has the same name in the record; attempt columns are mapped
         return general, self._one(name if kind == "request" else _ONE_ATT[name])
 
     def _one(self, field: str) -> np.ndarray:
-        """A field of the one-attempt records ("ok": no error), converted on first use."""
+        """A field of the one-attempt records, converted on first use."""
         col = self._one_cols.get(field)
         if col is None:
-            one = self.one_buf
-            if field == "ok":
-                err = self._one("error")
-                col = np.fromiter(map(is_, err, repeat(None)), dtype=bool, count=len(err))
-            else:
-                j = _ONE.index(field)
-                col = _array(one[j::len(_ONE)], _ONE_TYPES[field])
-            self._one_cols[field] = col
+            j = _ONE.index(field)
+            col = self._one_cols[field] = _array(self.one_buf[j::len(_ONE)], _ONE_TYPES[field])
         return col
 
 
@@ -275,14 +272,16 @@ class SimResult:
         col = self._att_raw.get(name)
         if col is None:
             rec = self._rec
-            if name == "retry_after":  # None unless a 429 announced one
-                ra = rec.column("attempt", name)
+            if name == "retry_after":  # None unless a 429 announced one (never in a one-attempt record)
+                ra, one = rec.parts("attempt", name)
                 col = np.fromiter((NAN if x is None else x for x in ra), dtype=np.float64, count=len(ra))
+                if one is not None:
+                    col = np.concatenate((col, np.full(len(one), NAN)))
             elif name == "failed":
-                err, one_err = rec.parts("attempt", "error")
+                err, one = rec.parts("attempt", "error")
                 col = np.fromiter(map(is_not, err, repeat(None)), dtype=bool, count=len(err))
-                if one_err is not None:  # a one-attempt record's error is its request's: failed = not ok
-                    col = np.concatenate((col, ~rec.parts("request", "ok")[1]))  # type: ignore[operator]
+                if one is not None:  # a one-attempt record's attempt did not fail
+                    col = np.concatenate((col, np.zeros(len(one), dtype=bool)))
             else:
                 col = rec.column("attempt", name)
             self._att_raw[name] = col

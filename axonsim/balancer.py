@@ -16,11 +16,13 @@ from axonsim.strategies import NO_CONTEXT, PickContext, Strategy
 
 
 class Balancer:
-    __slots__ = ("strategy", "seq")
+    __slots__ = ("strategy", "seq", "_fused")
 
     def __init__(self, strategy: Strategy) -> None:
         self.strategy = strategy
         self.seq = 0  # selection counter: round robin and tie-breaks read `last_pick`
+        # the strategy's eligibility-and-pick in one pass, bound once (None: `pick` over the eligible)
+        self._fused = strategy.choose if strategy.fused else None  # type: ignore[attr-defined]
 
     def eligible(self, cands: list[Candidate], now: float, tokens: int = 0) -> list[Candidate]:
         """The candidates that may take an attempt now."""
@@ -41,12 +43,13 @@ class Balancer:
                ctx: PickContext = NO_CONTEXT) -> Candidate | None:
         """`pick` without a precomputed eligible list: what execution calls for nearly every
         attempt, so eligibility, the strategy's pick and the bookkeeping run in one frame."""
-        strategy = self.strategy
-        if strategy.fused:
-            chosen = strategy.choose(cands, now, tokens)  # type: ignore[attr-defined]
+        fused = self._fused
+        if fused is not None:
+            chosen = fused(cands, now, tokens)
             if chosen is None:
                 return None
         else:
+            strategy = self.strategy
             eligible = []
             states = []
             for c in cands:

@@ -84,7 +84,8 @@ class TtftStats:
 class Call:
     """One attempt on `state`'s channel with key `key` (index into its keys; None if keyless).
 
-    Drivers report the attempt through its four methods, which feed the channel state."""
+    Drivers report the attempt through its four methods, which feed the channel state (`answered`
+    is first_token and succeeded at once)."""
 
     __slots__ = ("state", "upstream_model", "key", "attempt", "request", "tokens", "deadline", "start", "ttft",
                  "stats")
@@ -114,6 +115,15 @@ class Call:
 
     def succeeded(self, now: float, output_tokens: int = 0) -> None:
         self.state.succeeded(now, now - self.start, self.key, self.upstream_model, output_tokens, self.ttft)
+
+    def answered(self, now: float, output_tokens: int = 0) -> Outcome:
+        """A whole answer arrived at `now` (a non-stream attempt, whose first event is its end):
+        first_token and succeeded in one call. Returns the Outcome to send to execution."""
+        ttft = self.ttft = now - self.start
+        self.state.answered(now, ttft, self.key, self.upstream_model, output_tokens)
+        if self.stats is not None:
+            self.stats.add(ttft)
+        return Outcome(True, now, 200, None, None, ttft, self.key)
 
     def failed(self, now: float, outcome: Outcome) -> None:
         if outcome.key is None:

@@ -8,6 +8,9 @@ object, which knows its key, model and start time — see axonsim.execution.Call
     state.succeeded(now, latency, key, model, ...) it finished well
     state.failed(now, outcome, model)              it failed (before or after the first token)
 
+plus `state.answered(now, latency, ...)`: first_token and succeeded at once, for an answer whose
+first event is its end (a non-stream attempt).
+
 Health (breakers, ejection, auto-disable, quota) and local limits are kept here too, so that both
 worlds skip exactly the same channels. Nothing here reads a clock: `now` is whatever the driver's
 clock says (Unix time live, `env.now` in the simulator).
@@ -136,20 +139,21 @@ class ChannelState:
         self.requests += 1
         if self.track:
             self.limiter.on_start(now, tokens)
-        if self.slow:
+        if key is not None:
+            self.keys[key].uses += 1
+        if self.slow:  # (a key with limits or a breaker not closed makes the state slow)
             if self.quota is not None:
                 self.quota.on_start(now)
                 if tokens:
                     self.quota.on_tokens(now, tokens)
             if model is not None and self.breaker_cfg is not None:
                 self.breaker(model).on_start(now)  # counts half-open probes
-        if key is not None:
-            k = self.keys[key]
-            k.uses += 1
-            if k.has_limits:
-                k.limiter.on_start(now, tokens)
-            if k.breaker is not None and k.breaker.state != CLOSED:
-                k.breaker.on_start(now)
+            if key is not None:
+                k = self.keys[key]
+                if k.has_limits:
+                    k.limiter.on_start(now, tokens)
+                if k.breaker is not None and k.breaker.state != CLOSED:
+                    k.breaker.on_start(now)
 
     def first_token(self, now: float, ttft: float) -> None:
         e = self.ewma_ttft
@@ -170,11 +174,7 @@ class ChannelState:
             t = self.ewma_tps
             self.ewma_tps = tps if t is None else t + self.alpha * (tps - t)
         self._peak(now, ttft if ttft is not None else latency)
-        if key is not None:
-            k = self.keys[key]
-            if k.has_limits:
-                k.limiter.on_end()
-        if not self.slow:
+        if not self.slow:  # nothing else to tell (a key with limits makes the state slow)
             return
         self.auto.on_success()
         if self.outlier_on:
@@ -182,10 +182,20 @@ class ChannelState:
         if model is not None and self.breaker_cfg is not None:
             self.breaker(model).on_success(now)
         if key is not None:
+            k = self.keys[key]
+            if k.has_limits:
+                k.limiter.on_end()
             k.auto.on_success()
             if k.breaker is not None:
                 k.breaker.on_success(now)
         self.refresh(now)
+
+    def answered(self, now: float, latency: float, key: int | None = None, model: str | None = None,
+                 output_tokens: int = 0) -> None:
+        """first_token then succeeded, for an answer whose first event is its end (TTFT = latency)."""
+        e = self.ewma_ttft
+        self.ewma_ttft = latency if e is None else e + self.alpha * (latency - e)
+        self.succeeded(now, latency, key, model, output_tokens, latency)
 
     def failed(self, now: float, outcome: Outcome, model: str | None = None, elapsed: float | None = None) -> None:
         self._failed(now, outcome, model, elapsed)

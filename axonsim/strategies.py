@@ -348,7 +348,10 @@ class Composite(Strategy):
             return eligible[0] if eligible else None
         if max_w <= 0.0:
             max_w = 1.0
-        w_err, w_inf, w_wgt, window = self.w_err, self.w_inf / max_inf, self.w_wgt / max_w, self.window
+        w_err = self.w_err
+        w_inf = self.w_inf / max_inf
+        w_wgt = self.w_wgt / max_w
+        window = self.window
         best = eligible[0]
         bs = -1.0
         bl = 0
@@ -356,17 +359,15 @@ class Composite(Strategy):
             st = c.state
             s = w_inf * (max_inf - st.inflight) + w_wgt * st.weight
             if w_err:
-                lf = st.last_failure
-                if lf == NEVER:
+                # `pick`'s error term; a channel that never failed (last_failure −∞) has d = −∞ and
+                # takes the d <= 0 branch, as `pick` sends it
+                d = 1.0 - (now - st.last_failure) / window
+                if d <= 0.0:
                     s += w_err
                 else:
-                    d = 1.0 - (now - lf) / window
-                    if d <= 0.0:
-                        s += w_err
-                    else:
-                        e = 1.0 - (30.0 * st.consecutive_failures + 40.0) * d / 200.0
-                        if e > 0.0:
-                            s += w_err * e
+                    e = 1.0 - (30.0 * st.consecutive_failures + 40.0) * d / 200.0
+                    if e > 0.0:
+                        s += w_err * e
             if s > bs or (s == bs and st.last_pick < bl):
                 best, bs, bl = c, s, st.last_pick
         return best

@@ -189,3 +189,52 @@ def test_keys_rotate_and_names_hide_the_secret(driver):
                                            "api_keys": ["sk-1", {"key": "sk-2", "name": "backup"}]}]}))
     keys = [driver(r, "m", ok).attempts[0].key for _ in range(3)]
     assert keys == ["a#0", "backup", "a#0"]
+
+
+def _state_values(st):
+    out = {}
+    for name in type(st).__slots__:
+        v = getattr(st, name)
+        if name == "keys":
+            v = [(k.uses, k.failures, k.disabled_until, k.limiter.window.usage(50.0), k.auto.counts) for k in v]
+        elif name == "limiter":
+            v = v.window.usage(50.0)
+        elif name == "breakers":
+            v = {m: (b.state, b.failures, b.probes) for m, b in v.items()}
+        elif name == "auto":
+            v = v.counts
+        elif name in ("channel", "ejection", "outlier", "quota", "price", "breaker_cfg"):
+            continue
+        out[name] = v
+    return out
+
+
+@pytest.mark.parametrize("limited", [False, True])
+@pytest.mark.parametrize("fail_first", [False, True])
+def test_answered_is_first_token_then_succeeded(limited, fail_first):
+    """Call.answered (what a driver reports for a non-stream answer) leaves the channel state, the
+    recent-TTFT samples and the Outcome exactly as first_token followed by succeeded."""
+    keys = [{"key": "a", "limits": {"tpm": 10**6}}, {"key": "b"}] if limited else ["a", "b"]
+    extra = {"c0": {"limits": {"rpm": 1000} if limited else {}, "api_keys": keys}}
+    routers = [router(1, **extra) for _ in range(2)]
+    outs = []
+    for i, r in enumerate(routers):
+        st = r.states[0]
+        if fail_first:  # a failure first: the state's slow path (breaker and key streaks) runs too
+            c = r._call(st, "m", 0, 1, None, 30, None, r.stats)
+            c.started(1.0)
+            c.failed(1.5, Outcome.failure(1.5, Error(kind=ErrorKind.SERVER_ERROR, status=500, message="x")))
+        assert st.slow == (limited or fail_first)
+        c = r._call(st, "m", 0, 1, None, 30, None, r.stats)
+        c.started(2.0)
+        if i == 0:
+            c.first_token(3.25)
+            c.succeeded(3.25, 40)
+            out = Outcome(True, 3.25, 200, None, None, c.ttft, c.key)
+        else:
+            out = c.answered(3.25, 40)
+        outs.append(out)
+    a, b = (r.states[0] for r in routers)
+    assert _state_values(a) == _state_values(b)
+    assert routers[0].stats.samples == routers[1].stats.samples == [1.25]
+    assert [getattr(outs[0], f) for f in Outcome.__slots__] == [getattr(outs[1], f) for f in Outcome.__slots__]

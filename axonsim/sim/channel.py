@@ -291,14 +291,12 @@ def _on_answer(a: Attempt) -> None:
     if fault is not None and fault == STREAM_CUT:  # most attempts have no fault: `is` first
         ch.fail(a, now, ch.e_cut)
         return
-    a.first_token(now)
     tokens = a.plan.output_tokens
-    a.succeeded(now, tokens)
+    out = a.answered(now, tokens)
     a.phase = DONE
     a.t_first = a.t_end = now
     a.status = 200
     a.out_tokens = tokens
-    out = Outcome(True, now, 200, None, None, a.ttft, a.key)
     if a.handle < 0:  # a plain Call (what Simulation.deliver would do first)
         ch.sim.step(a.request, out)
     else:

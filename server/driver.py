@@ -343,15 +343,16 @@ class LiveDriver:
 
     def _body(self, ex: Exchange, ch: ChannelRuntime, upstream_model: str) -> bytes:
         req = ex.req
-        # Same format, same model, no stream: the client's own bytes are the upstream request
-        # (streams are rebuilt: the gateway always asks the upstream for usage).
-        if (self.passthrough and ex.raw is not None and ch.fmt is ex.client_fmt and not ex.stream
-                and upstream_model == req.model):
-            return ex.raw
-        k = (id(ch.fmt), upstream_model)
+        fmt = ch.fmt
+        # Same format, same model: the client's own bytes are the upstream request (a stream's
+        # asks for usage where the family's streams omit it: the gateway always logs it).
+        same = self.passthrough and ex.raw is not None and fmt is ex.client_fmt and upstream_model == req.model
+        if same and not ex.stream:
+            return ex.raw  # type: ignore[return-value]
+        k = (id(fmt), upstream_model)
         b = ex._built.get(k)
         if b is None:
-            b = ex._built[k] = ch.fmt.build_request(req, upstream_model)
+            b = ex._built[k] = fmt.stream_passthrough(ex.raw) if same else fmt.build_request(req, upstream_model)
         return b
 
     async def _plain(self, ch: ChannelRuntime, call: Call, ex: Exchange, upreq: UpstreamRequest) -> Outcome:

@@ -133,7 +133,7 @@ def test_module_provides_the_format_contract() -> None:
     mod = get_format("openai")
     assert mod is oc and get_format("openai_chat") is oc
     for name in ("parse_request", "render_response", "StreamRenderer", "error_status", "render_error",
-                 "error_headers", "request_path", "auth_headers", "build_request", "parse_response",
+                 "error_headers", "request_path", "auth_headers", "build_request", "stream_passthrough", "parse_response",
                  "StreamParser", "parse_error"):
         assert callable(getattr(mod, name)), name
     assert oc.request_path("gpt-4o", True) == oc.request_path("gpt-4o", False) == "/chat/completions"

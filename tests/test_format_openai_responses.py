@@ -180,7 +180,7 @@ def test_module_provides_the_format_contract() -> None:
     mod = get_format("openai_responses")
     assert mod is fmt
     for name in ("parse_request", "render_response", "StreamRenderer", "error_status", "render_error",
-                 "error_headers", "request_path", "auth_headers", "build_request", "parse_response",
+                 "error_headers", "request_path", "auth_headers", "build_request", "stream_passthrough", "parse_response",
                  "StreamParser", "parse_error"):
         assert callable(getattr(mod, name)), name
     assert fmt.request_path("gpt-5.5", True) == fmt.request_path("gpt-5.5", False) == "/responses"

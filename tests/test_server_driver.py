@@ -217,6 +217,38 @@ async def test_same_format_forwards_the_original_bytes() -> None:
     assert host(up.requests[1]) == "b.test"
 
 
+async def test_same_format_stream_forwards_the_client_bytes_asking_for_usage() -> None:
+    up = MockUpstream(lambda r: MockReply(200, chunks=good_stream("Hi")))
+    proxy = Proxy(make_config(), up, seed=1)
+    raw = (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true, "max_tokens": 9,'
+           b' "x_custom": [1], "stream_options": {"x_opt": 2}}')
+    result, _ = await run(proxy, oc.parse_request(raw), raw)
+    assert result.ok and [e.type for e in await drain(result.outcome.payload)][-2:] == ["finish", "usage"]
+    sent = orjson.loads(up.requests[0].body)
+    # the client's request as it came (its field names, its extra fields), and usage asked for
+    assert sent == {**orjson.loads(raw), "stream_options": {"x_opt": 2, "include_usage": True}}
+    # a client that asked for usage itself: its very bytes
+    raw2 = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true, ' \
+           b'"stream_options": {"include_usage": true}}'
+    await run(proxy, oc.parse_request(raw2), raw2)
+    assert up.requests[1].body is raw2
+    # a mapped alias is rebuilt from the unified request, as before
+    raw3 = b'{"model": "alias", "messages": [{"role": "user", "content": "hi"}], "stream": true, "max_tokens": 9}'
+    await run(proxy, oc.parse_request(raw3), raw3)
+    rebuilt = orjson.loads(up.requests[2].body)
+    assert rebuilt["model"] == "m" and rebuilt["max_completion_tokens"] == 9
+    assert rebuilt["stream_options"] == {"include_usage": True}
+
+
+def test_every_format_forwards_a_stream_request() -> None:
+    # Anthropic, Gemini and Responses streams report usage unasked: their clients' bytes go as they came.
+    for name in ("anthropic", "gemini", "openai_responses"):
+        body = b'{"any": "thing"}'
+        assert get_format(name).stream_passthrough(body) is body, name
+    assert orjson.loads(oc.stream_passthrough(b'{"stream": true}')) == {"stream": True,
+                                                                        "stream_options": {"include_usage": True}}
+
+
 async def test_stream_fails_over_before_the_first_content_event() -> None:
     def handler(r: UpstreamRequest) -> MockReply:
         if host(r) == "a.test":

@@ -741,6 +741,12 @@ def auth_headers(key: str) -> dict[str, str]:
     return {"x-api-key": key, "anthropic-version": API_VERSION}
 
 
+def stream_passthrough(body: bytes) -> bytes:
+    """A client's stream request, validated by parse_request, forwarded to a channel of this format:
+    as it came (Anthropic streams always report usage (message_start, message_delta))."""
+    return body
+
+
 def build_request(req: Request, upstream_model: str) -> bytes:
     system, messages = _render_messages(req.messages)
     s = req.sampling

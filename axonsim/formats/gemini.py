@@ -1003,6 +1003,12 @@ def auth_headers(key: str) -> dict[str, str]:
     return {"x-goog-api-key": key}
 
 
+def stream_passthrough(body: bytes) -> bytes:
+    """A client's stream request, validated by parse_request, forwarded to a channel of this format:
+    as it came (Gemini streams always report usageMetadata)."""
+    return body
+
+
 def build_request(req: Request, upstream_model: str) -> bytes:
     contents: list[dict[str, Any]] = []
     system: list[dict[str, Any]] = []

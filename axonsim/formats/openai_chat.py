@@ -931,6 +931,21 @@ def build_request(req: Request, upstream_model: str) -> bytes:
     return orjson.dumps(body)
 
 
+def stream_passthrough(body: bytes) -> bytes:
+    """A client's stream request, validated by parse_request, forwarded to an OpenAI channel: as
+    it came, plus `stream_options.include_usage` (the gateway logs usage even when the client did
+    not ask for it; the StreamRenderer then leaves it out of what the client gets)."""
+    obj = orjson.loads(body)
+    opts = obj.get("stream_options")
+    if isinstance(opts, dict):
+        if opts.get("include_usage") is True:
+            return body
+        obj["stream_options"] = {**opts, "include_usage": True}
+    else:
+        obj["stream_options"] = {"include_usage": True}
+    return orjson.dumps(obj)
+
+
 # --------------------------------------------------------------------------------------------------
 # Outbound: parse the upstream response, stream and errors
 

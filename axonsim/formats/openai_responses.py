@@ -906,6 +906,12 @@ def _dict_or_empty(value: Any) -> JSON:
     return dict(value) if isinstance(value, dict) else {}
 
 
+def stream_passthrough(body: bytes) -> bytes:
+    """A client's stream request, validated by parse_request, forwarded to a channel of this format:
+    as it came (Responses streams always report usage (response.completed))."""
+    return body
+
+
 def build_request(req: Request, upstream_model: str) -> bytes:
     if req.sampling.n is not None and req.sampling.n > 1:
         raise FormatError("OpenAI Responses returns one answer per request; 'n' > 1 cannot be served", "n")

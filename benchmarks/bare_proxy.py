@@ -1,5 +1,6 @@
 """The bare pass-through baseline: the gateway's stack (raw ASGI on uvicorn with uvloop + httptools,
-one shared aiohttp.ClientSession, orjson) with none of the gateway's work — no auth, routing,
+the same HTTP protocol as `axonsim serve` (server/http_protocol.py: a response head leaves with its
+first body bytes), one shared aiohttp.ClientSession, orjson) with none of the gateway's work — no auth, routing,
 retries, records. It shows, in the same run, what this machine allows for a Python proxy.
 
 Per request: read the body, parse JSON, read `model` and `stream`, pick the upstream from a
@@ -16,6 +17,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from server.http_protocol import CoalescingHttpToolsProtocol
 
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _BAD = b'{"error":{"message":"invalid JSON body","type":"invalid_request_error"}}'
@@ -90,8 +93,9 @@ def main() -> None:
     p.add_argument("--route", action="append", default=[], metavar="MODEL=URL")
     a = p.parse_args()
     routes = dict(r.split("=", 1) for r in a.route)
-    uvicorn.run(BareProxy(a.upstream, a.key, routes), host=a.host, port=a.port, loop="uvloop", http="httptools",
-                lifespan="on", access_log=False, log_level="warning", server_header=False)
+    uvicorn.run(BareProxy(a.upstream, a.key, routes), host=a.host, port=a.port, loop="uvloop",
+                http=CoalescingHttpToolsProtocol, lifespan="on", access_log=False, log_level="warning",
+                server_header=False)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Processes (each its own, one uvicorn worker, uvloop + httptools, all on loopback
     mock      benchmarks.fast_mock: fixed small JSON answer, fixed 22-frame SSE stream
     axonsim   `python -m axonsim serve --config <generated>`: two channels on the mock (two keys
               each, composite strategy), a gateway key (auth on), the store on a temp SQLite file
-    bare      benchmarks.bare_proxy: raw ASGI + one aiohttp session + orjson, no gateway work
+    bare      benchmarks.bare_proxy: raw ASGI + one aiohttp session + orjson, no gateway work (the same
+              HTTP protocol as AxonSim's server; the reference prototype's was uvicorn's own)
     litellm   only when `litellm` is importable (an optional extra; never installed by this script)
 
 Method (docs: shared/reference/proxy-hot-path.md): cells of `wrk -t1 -c{1,16,64} -d{s}` (or the

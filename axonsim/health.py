@@ -26,6 +26,7 @@ allowing `requests` and/or `tokens`; exhausted → unavailable until the window 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from axonsim.config import AutoDisableRule, BreakerConfig, OutlierConfig, QuotaConfig
 
@@ -98,14 +99,29 @@ class Breaker:
 
 
 class Ejection:
-    """Per-channel outlier-ejection bookkeeping; the pool-wide cap lives in OutlierDetector."""
+    """Per-channel outlier-ejection bookkeeping; the pool-wide cap lives in OutlierDetector.
 
-    __slots__ = ("consecutive", "times", "until")
+    `owner` is the channel state that reads it (after a reload, the new one: the old state may
+    still write it for attempts that were running): told whenever `until` moves, so that its
+    routing fast path (ChannelState.gate) follows."""
+
+    __slots__ = ("consecutive", "times", "_until", "owner")
 
     def __init__(self) -> None:
         self.consecutive = 0
         self.times = 0
-        self.until = float("-inf")
+        self._until = float("-inf")
+        self.owner: Any = None
+
+    @property
+    def until(self) -> float:
+        return self._until
+
+    @until.setter
+    def until(self, until: float) -> None:
+        self._until = until
+        if self.owner is not None:
+            self.owner.regate()
 
 
 class OutlierDetector:

@@ -73,10 +73,10 @@ class ChannelState:
     __slots__ = (
         "channel", "name", "weight", "priority", "index", "keys", "_key_rr", "key_strategy", "rr_keys",
         "inflight", "requests", "failures", "consecutive_failures", "last_failure", "last_success",
-        "cooldown_until", "ewma_latency", "ewma_ttft", "ewma_tps", "last_pick", "alpha",
-        "cooldown_default", "cooldown_max", "breakers", "breaker_cfg", "ejection", "outlier",
-        "disabled_until", "auto", "limiter", "quota", "selections", "selections_at",
-        "peak_ewma", "peak_at", "price", "slow", "has_limits", "track", "outlier_on",
+        "_cooldown_until", "ewma_latency", "ewma_ttft", "ewma_tps", "last_pick", "alpha",
+        "cooldown_default", "cooldown_max", "breakers", "breaker_cfg", "_ejection", "outlier",
+        "_disabled_until", "auto", "limiter", "quota", "selections", "selections_at",
+        "peak_ewma", "peak_at", "price", "slow", "gate", "has_limits", "track", "outlier_on",
     )
 
     def __init__(self, channel: Channel, index: int, routing: Routing,
@@ -100,7 +100,7 @@ class ChannelState:
         self.consecutive_failures = 0
         self.last_failure = NEVER
         self.last_success = NEVER
-        self.cooldown_until = NEVER
+        self._cooldown_until = NEVER
         self.ewma_latency: float | None = None
         self.ewma_ttft: float | None = None
         self.ewma_tps: float | None = None
@@ -110,9 +110,10 @@ class ChannelState:
         self.cooldown_max = routing.cooldown.max
         self.breaker_cfg = health.breaker if health.breaker.enabled else None
         self.breakers: dict[str, Breaker] = {}  # per upstream model
-        self.ejection = Ejection()
+        self._ejection = Ejection()
+        self._ejection.owner = self
         self.outlier = outlier
-        self.disabled_until = NEVER
+        self._disabled_until = NEVER
         self.auto = AutoDisable(health.auto_disable)
         self.limiter = Limiter(channel.limits)
         self.quota = Quota(channel.quota) if channel.quota else None
@@ -125,12 +126,56 @@ class ChannelState:
         # nothing going on: `slow` says whether anything beyond the timed exclusions (limits, quota,
         # a breaker or key that is not quiet) must be looked at. The driver API keeps it current;
         # whoever changes health from outside (shared state, admin) calls refresh().
+        # `gate` folds the timed exclusions and `slow` into one number: the latest of cooldown,
+        # auto-disable and ejection, +inf while the slow path applies. Once it has passed, an
+        # enabled channel may take an attempt (see `eligible`). Refresh and the setters of the
+        # timed exclusions keep it current.
         self.has_limits = self.limiter.active
         # usage-based routing reads the rate windows even where no limit is set
         self.track = self.has_limits or routing.strategy == "usage-based"
         self.outlier_on = outlier is not None and outlier.cfg.enabled
         self.slow = False
+        self.gate = NEVER
         self.refresh(0.0)
+
+    # -- the timed exclusions --------------------------------------------------------------------
+    # Written from outside the driver API too (shared state, admin, a reload's carry-over), so each
+    # write goes through a setter that keeps `gate` current (Ejection.until tells its owner).
+
+    @property
+    def cooldown_until(self) -> float:
+        """Until when a 429 keeps this channel out (NEVER: not cooling down)."""
+        return self._cooldown_until
+
+    @cooldown_until.setter
+    def cooldown_until(self, until: float) -> None:
+        self._cooldown_until = until
+        self.regate()
+
+    @property
+    def disabled_until(self) -> float:
+        """Until when an auto-disable rule keeps this channel out (inf: for good)."""
+        return self._disabled_until
+
+    @disabled_until.setter
+    def disabled_until(self, until: float) -> None:
+        self._disabled_until = until
+        self.regate()
+
+    @property
+    def ejection(self) -> Ejection:
+        """Outlier-ejection bookkeeping (a reload may hand over the previous state's)."""
+        return self._ejection
+
+    @ejection.setter
+    def ejection(self, ejection: Ejection) -> None:
+        self._ejection = ejection
+        ejection.owner = self
+        self.regate()
+
+    def regate(self) -> None:
+        """Recompute `gate` (see __init__) from the timed exclusions and the slow-path flag."""
+        self.gate = math.inf if self.slow else max(self._cooldown_until, self._disabled_until, self._ejection.until)
 
     # -- the driver API --------------------------------------------------------------------------
 
@@ -178,7 +223,7 @@ class ChannelState:
             return
         self.auto.on_success()
         if self.outlier_on:
-            self.outlier.on_result(self.name, self.ejection, now, False)  # type: ignore[union-attr]
+            self.outlier.on_result(self.name, self._ejection, now, False)  # type: ignore[union-attr]
         if model is not None and self.breaker_cfg is not None:
             self.breaker(model).on_success(now)
         if key is not None:
@@ -230,7 +275,7 @@ class ChannelState:
             else:
                 self.cooldown_until = max(self.cooldown_until, until)
         if self.outlier_on:
-            self.outlier.on_result(self.name, self.ejection, now, kind in GATEWAY_FAILURES)  # type: ignore[union-attr]
+            self.outlier.on_result(self.name, self._ejection, now, kind in GATEWAY_FAILURES)  # type: ignore[union-attr]
         if model is not None and self.breaker_cfg is not None and kind is not ErrorKind.RATE_LIMITED:
             self.breaker(model).on_failure(now)
         status = outcome.status
@@ -272,19 +317,20 @@ class ChannelState:
         self.peak_at = now
 
     def refresh(self, now: float) -> None:
-        """Recompute the fast-path flag after health changed outside the driver API."""
+        """Recompute the fast-path flag (and `gate`) after health changed outside the driver API."""
         self.slow = (self.has_limits or self.quota is not None or bool(self.auto.counts)
                      or any(b.state != CLOSED or b.failures for b in self.breakers.values())
                      or any(not k.quiet(now) for k in self.keys))
+        self.regate()
 
     def eligible(self, now: float, model: str | None = None, tokens: int = 0) -> bool:
         """May this channel take an attempt now? (unavailable_reason(...) is None, cheaply)"""
-        if (self.cooldown_until > now or self.disabled_until > now or self.ejection.until > now
-                or not self.channel.enabled):
-            return False
-        if self.slow:
-            return self.unavailable_reason(now, model, tokens) is None
-        return True
+        if self.gate > now:  # a timed exclusion holds, or the slow path applies
+            if self._cooldown_until > now or self._disabled_until > now or self._ejection.until > now:
+                return False
+            if self.slow and self.unavailable_reason(now, model, tokens) is not None:
+                return False
+        return self.channel.enabled
 
     def breaker(self, model: str) -> Breaker:
         b = self.breakers.get(model)
@@ -297,7 +343,7 @@ class ChannelState:
 
     def usable(self) -> bool:
         """Enabled, and with a key that has not been rejected for good (keyless channels exist)."""
-        if not self.channel.enabled or self.disabled_until == math.inf:
+        if not self.channel.enabled or self._disabled_until == math.inf:
             return False
         return not self.keys or any(not k.disabled for k in self.keys)
 
@@ -305,11 +351,11 @@ class ChannelState:
         """None if this channel may take an attempt now, else why not (for the decision trace)."""
         if not self.usable():
             return "disabled"
-        if self.disabled_until > now:
+        if self._disabled_until > now:
             return "auto_disabled"
-        if self.ejection.until > now:
+        if self._ejection.until > now:
             return "ejected"
-        if self.cooldown_until > now:
+        if self._cooldown_until > now:
             return "cooling_down"
         if model is not None and self.breaker_cfg is not None and not self.breaker(model).allows(now):
             return "breaker_open"
@@ -375,8 +421,8 @@ class ChannelState:
             "failures": self.failures,
             "consecutive_failures": self.consecutive_failures,
             "seconds_since_failure": None if self.last_failure == NEVER else now - self.last_failure,
-            "cooldown_remaining": max(0.0, self.cooldown_until - now),
-            "ejected_remaining": max(0.0, self.ejection.until - now),
+            "cooldown_remaining": max(0.0, self._cooldown_until - now),
+            "ejected_remaining": max(0.0, self._ejection.until - now),
             "ewma_latency": self.ewma_latency,
             "ewma_ttft": self.ewma_ttft,
             "ewma_tps": self.ewma_tps,

@@ -332,10 +332,11 @@ class Composite(Strategy):
         max_w = 0.0
         for c in cands:
             st = c.state
-            # ChannelState.eligible written out: its timed exclusions, then — only on the state's
-            # slow path — the method itself (one call less per candidate)
-            if (st.cooldown_until > now or st.disabled_until > now or st.ejection.until > now
-                    or not st.channel.enabled or (st.slow and not st.eligible(now, c.upstream_model, tokens))):
+            # ChannelState.eligible written out (one call less per candidate): past its gate, an
+            # enabled channel may take an attempt; short of it, one off the slow path is held by a
+            # timed exclusion; the method itself decides the rest
+            if ((st.gate > now or not st.channel.enabled)
+                    and (not st.slow or not st.eligible(now, c.upstream_model, tokens))):
                 kept = list(eligible)
                 kept.remove(c)
                 eligible = kept

@@ -203,7 +203,7 @@ def _state_values(st):
             v = {m: (b.state, b.failures, b.probes) for m, b in v.items()}
         elif name == "auto":
             v = v.counts
-        elif name in ("channel", "ejection", "outlier", "quota", "price", "breaker_cfg"):
+        elif name in ("channel", "_ejection", "outlier", "quota", "price", "breaker_cfg"):
             continue
         out[name] = v
     return out

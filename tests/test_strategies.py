@@ -13,7 +13,7 @@ from axonsim.balancer import Balancer
 from axonsim.candidates import Candidate
 from axonsim.config import Routing, parse_config
 from axonsim.execution import Router
-from axonsim.state import ChannelState
+from axonsim.state import NEVER, ChannelState
 from axonsim.strategies import (
     STRATEGY_NAMES,
     Composite,
@@ -165,6 +165,43 @@ def test_composite_fused_choose_makes_the_same_choice_as_eligibility_then_pick()
         expected = None if not eligible else eligible[comp.pick([c.state for c in eligible], 120.0, rng)]
         assert comp.choose(cands, 120.0, 0) is expected
     assert not Composite({"error_aware": 0.5, "random": 0.5}, 300.0).fused  # general terms: no fused path
+
+
+def test_eligibility_follows_every_write_of_a_timed_exclusion():
+    """ChannelState.gate (the quick test of `eligible` and of the fused choose) follows the timed
+    exclusions however they are written — the driver API, a direct write (shared state, admin,
+    tests), an ejection handed over by a reload and then written by the old state — and
+    `eligible` always agrees with `unavailable_reason`."""
+    comp = Composite({"error_aware": 0.4, "least_inflight": 0.4, "weighted": 0.2}, 300.0)
+    old, a, b = states([100, 50, 10])
+    cands = [Candidate(a, "m"), Candidate(b, "m")]
+
+    def check(now, expect_a):
+        for s in (a, b):
+            assert s.eligible(now, "m") == (s.unavailable_reason(now, "m") is None)
+        assert a.eligible(now, "m") is expect_a
+        assert (comp.choose(cands, now) is cands[0]) is expect_a  # a outweighs b whenever it may be chosen
+
+    check(1.0, True)
+    a.cooldown_until = 5.0
+    check(1.0, False)
+    check(5.0, True)
+    a.disabled_until = 20.0
+    check(10.0, False)
+    a.disabled_until = NEVER
+    check(10.0, True)
+    a.ejection.until = 30.0
+    check(10.0, False)
+    a.ejection.until = NEVER
+    a.ejection = old.ejection  # a reload hands the previous state's ejection over ...
+    old.ejection.until = 40.0  # ... which that state may still write (attempts that were running)
+    check(10.0, False)
+    old.ejection.until = NEVER
+    check(10.0, True)
+    a.channel.enabled = False  # admin: no refresh, no setter
+    check(10.0, False)
+    a.channel.enabled = True
+    check(10.0, True)
 
 
 @given(

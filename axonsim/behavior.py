@@ -180,12 +180,14 @@ class BehaviorModel:
                                or self._prefill or self._load or self._slope)
         # The lean path of `sample`: lognormal TTFT and output length at a constant speed, nothing
         # that depends on time, load or the request. (mu, sigma) of both, the speed, and the sum of
-        # the fault probabilities (a uniform at or above it is no fault). Used with a bulk normal source.
+        # the fault probabilities (a uniform at or above it is no fault). Used with an rng that
+        # hands out lognormal pairs in bulk (the simulator's ChannelRandom).
         ttft_ln, tokens_ln, tps = self._ttft_ln, self._tokens_ln, self._tps_const
         self._lean = ((*ttft_ln, *tokens_ln, tps, cuts[-1][0] if cuts else 0.0)
                       if ttft_ln is not None and tokens_ln is not None and tps is not None and not self._has_state
                       else None)
-        self._fast: tuple[float, float, float, float, float, float] | None = None  # _lean once `_z` is bound
+        # once an rng with lognormal pairs is bound: (its pair source for _lean, the speed, the no-fault bound)
+        self._fast: tuple[Callable[[], tuple[float, int]], float, float] | None = None
 
     def sample(self, rng: random.Random, now: float = 0.0, utilisation: float = 0.0,
                input_tokens: int = 0, output_tokens: int | None = None) -> AttemptPlan:
@@ -196,16 +198,16 @@ class BehaviorModel:
             # lognormvariate(mu, sigma) is exp(mu + sigma·z), computed here without the call.
             self._rng = rng
             self._z = getattr(rng, "standard_normal", None)
-            self._fast = self._lean if self._z is not None else None
+            pairs = getattr(rng, "lognormal_pairs", None)
+            lean = self._lean
+            self._fast = (pairs(*lean[:4]), *lean[4:]) if lean is not None and pairs is not None else None
         fast = self._fast
         if fast is not None:
             # The lean model (see __init__): the same draws and arithmetic as below, fewer steps.
             # tests/test_behavior.py holds the two paths equal.
-            mu, sigma, mu_out, sigma_out, speed, clean = fast
-            z = self._z
+            pair, speed, clean = fast
             u = rng.random()
-            ttft = math.exp(mu + sigma * z())  # type: ignore[misc]
-            tokens = round(math.exp(mu_out + sigma_out * z()))  # type: ignore[misc]
+            ttft, tokens = pair()  # exp(mu + sigma·z), round(exp(mu_out + sigma_out·z'))
             if output_tokens is not None:
                 tokens = output_tokens
             if u >= clean:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import chain, repeat
 
 import numpy as np
@@ -22,6 +22,7 @@ CHANNEL_STATE_BASE = 1 << 20  # + channel index: the seed of that channel's outa
 
 _MASK = (1 << 64) - 1
 CHUNK = 4096  # variates per NumPy call: amortises the call, small enough to stay in cache
+assert CHUNK % 2 == 0  # ChannelRandom.lognormal_pairs takes its normals two by two within a chunk
 
 
 def derive(seed: int, purpose: int) -> int:
@@ -64,7 +65,9 @@ class ChannelRandom(random.Random):
     def __init__(self, seed: int) -> None:
         super().__init__(seed)
         self._seed = seed
-        self._z = _chunked(self._np(1).standard_normal)
+        # the standard normals, CHUNK at a time: handed out one by one (_z) or two by two (lognormal_pairs)
+        self._normals = map(self._np(1).standard_normal, repeat(CHUNK))
+        self._z = chain.from_iterable(map(np.ndarray.tolist, self._normals)).__next__
         # What BehaviorModel.sample calls for its lognormal draws (exp(mu + sigma·z), as lognormvariate
         # below computes them), saving a method call per draw.
         self.standard_normal = self._z
@@ -81,6 +84,21 @@ class ChannelRandom(random.Random):
 
     def lognormvariate(self, mu: float, sigma: float) -> float:
         return math.exp(mu + sigma * self._z())
+
+    def lognormal_pairs(self, mu: float, sigma: float, mu2: float, sigma2: float) -> Callable[[], tuple[float, int]]:
+        """A function handing out (lognormvariate(mu, sigma), round(lognormvariate(mu2, sigma2))) —
+        the same numbers, bit for bit, from the same normals in the same order — with the affine
+        step done by NumPy a chunk at a time and the rest in C (no Python frame per pair). It takes
+        the normal stream a chunk at a time: a caller uses it or the single draws, not both."""
+        exp = math.exp
+
+        def pairs(z: np.ndarray) -> Iterator[tuple[float, int]]:
+            # NumPy's float64 multiply and add are Python's, element by element (no fused multiply-add)
+            first = map(exp, (mu + sigma * z[0::2]).tolist())
+            second = map(round, map(exp, (mu2 + sigma2 * z[1::2]).tolist()))
+            return zip(first, second, strict=True)
+
+        return chain.from_iterable(map(pairs, self._normals)).__next__
 
     def expovariate(self, lambd: float = 1.0) -> float:
         return self._e() / lambd

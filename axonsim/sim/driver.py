@@ -124,11 +124,14 @@ class Simulation:
         self._finish = self.recorder.finish
         self._resume = (self._on_wait,)
         names = arrivals.models
-        # One C-level next() per arrival hands out its columns (id, model name, stream, tokens in and
-        # out, the admission estimate) and the next arrival's time (None after the last).
+        # One C-level next() per arrival hands out its request (made from its id, time, stream and
+        # tokens in and out), model name and admission estimate, and the next arrival's time (None
+        # after the last).
         model = repeat(names[0], len(arrivals)) if len(names) == 1 else [names[m] for m in arrivals.model]
-        self._feed = zip(count(), model, arrivals.stream, arrivals.input_tokens, arrivals.output_tokens,
-                         arrivals.tokens, chain(islice(arrivals.times, 1, None), (None,)), strict=True)
+        requests = map(SimRequest, count(), arrivals.times, arrivals.stream, arrivals.input_tokens,
+                       arrivals.output_tokens)
+        self._feed = zip(requests, model, arrivals.tokens, chain(islice(arrivals.times, 1, None), (None,)),
+                         strict=True)
 
     def run(self) -> SimResult:
         arr = self.arrivals
@@ -139,7 +142,7 @@ class Simulation:
             self._sampler.value = 0
             self._sampler.callbacks = (self._on_sample,)
             heappush(self._heap, (0.0, NORMAL, next(env._eid), self._sampler))
-        # The per-request objects form no reference cycles (_close cuts the request's links), so the
+        # The per-request objects form no reference cycles (Recorder.finish cuts the request's links), so the
         # cyclic collector has nothing to find here; left on, it would walk the growing result rows
         # every few hundred requests (about 4 % of a run). The young generations are collected
         # first, so that the recorder's buffers (still empty) start in the oldest: the first
@@ -206,7 +209,7 @@ class Simulation:
                     if winner.phase != DONE:
                         req.result = result  # committed: the stream plays out, stream_done records it
                         return
-                self._close(req, result)
+                self._finish(req, result, self.env._now)
                 return
             cls = type(eff)
             if cls is Attempt:  # a Call: the Router makes them as Attempts
@@ -272,11 +275,10 @@ class Simulation:
     def _on_arrival(self) -> tuple[float, float, float]:
         """The next request arrives now; returns the next arrival's key (see `_loop`), _END after the last."""
         env = self.env
-        now = env._now
-        i, model, stream, inp, out, tokens, t = next(self._feed)
-        req = SimRequest(i, now, stream, inp, out)
+        now = env._now  # (the request's arrival)
+        req, model, tokens, t = next(self._feed)
         # positional: (model, now, rng, request, tokens, sticky_key, explain, stream), cheaper than keywords
-        req.gen = self._execute(model, now, self.core_rng, req, tokens, None, self.explain, stream)
+        req.gen = self._execute(model, now, self.core_rng, req, tokens, None, self.explain, req.stream)
         self.step(req, None)
         # Absolute times: a trace's arrivals land exactly where the trace puts them.
         return _END if t is None else (t, NORMAL, next(env._eid))
@@ -298,15 +300,7 @@ class Simulation:
         req = a.request
         result = req.result
         if result is not None and (a is result.call or a is self._winner(req, result)):
-            self._close(req, result)
-
-    def _close(self, req: SimRequest, result: Result) -> None:
-        self._finish(req, result, self.env._now)
-        # The request's objects point at each other (attempts and calls at the request, the
-        # request at its generator and result): cut the links so refcounting frees them, not the GC.
-        req.atts = ()
-        req.result = None
-        req.gen = None
+            self._finish(req, result, self.env._now)
 
     @staticmethod
     def _winner(req: SimRequest, result: Result) -> Attempt:

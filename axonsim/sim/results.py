@@ -80,9 +80,13 @@ class Recorder:
         self._one_cols: dict[str, np.ndarray] = {}  # one-attempt record fields, converted once (rows share them)
 
     def finish(self, req: SimRequest, result: Result, now: float) -> None:
-        """Record a finished request and its attempts (a stream finishes after its commit)."""
+        """Record a finished request and its attempts (a stream finishes after its commit), and cut
+        the request's links: its attempts (Calls) and its Result point back at it, and refcounting,
+        not the GC, should free them (its generator has returned: its frame holds nothing)."""
         i = req.id
         atts = req.atts
+        req.atts = ()
+        req.result = None
         recs = result.attempts
         if len(recs) == 1 and result.ok and req.ready is None and not self.explain:  # the common case
             a = atts[0]  # the winner: the only attempt

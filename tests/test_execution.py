@@ -238,3 +238,18 @@ def test_answered_is_first_token_then_succeeded(limited, fail_first):
     assert _state_values(a) == _state_values(b)
     assert routers[0].stats.samples == routers[1].stats.samples == [1.25]
     assert [getattr(outs[0], f) for f in Outcome.__slots__] == [getattr(outs[1], f) for f in Outcome.__slots__]
+
+
+def test_committed_is_first_token_and_a_success_outcome():
+    """Call.committed (a stream's first event) reports first_token and makes the Outcome a driver
+    would build for it; the state then waits for the stream's end."""
+    a, b = router(1), router(1)
+    ca, cb = (r._call(r.states[0], "m", 0, 1, None, 30, None, r.stats) for r in (a, b))
+    ca.started(2.0)
+    cb.started(2.0)
+    ca.first_token(2.5)
+    expected = Outcome(True, 2.5, 200, ttft=ca.ttft, key=ca.key)
+    out = cb.committed(2.5)
+    assert _state_values(a.states[0]) == _state_values(b.states[0])
+    assert [getattr(out, f) for f in Outcome.__slots__] == [getattr(expected, f) for f in Outcome.__slots__]
+    assert b.states[0].inflight == 1

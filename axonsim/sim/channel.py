@@ -309,7 +309,7 @@ def _on_first(a: Attempt) -> None:
         return
     ch = a.ch
     now = ch.env._now
-    a.first_token(now)
+    out = a.committed(now)
     a.phase = STREAMING
     a.t_first = now
     a.status = 200
@@ -320,7 +320,6 @@ def _on_first(a: Attempt) -> None:
     else:
         a.callbacks = _STREAM_END
         heappush(ch.heap, (now + gen, NORMAL, next(ch.eid), a))
-    out = Outcome(True, now, 200, None, None, a.ttft, a.key)
     if a.handle < 0:
         ch.sim.step(a.request, out)
     else:

@@ -407,7 +407,7 @@ class Router:
         policy = self.policy
         balancer = self.balancer
         budget = self.budget
-        budget_on = budget.cfg.enabled  # read here: a reload may hand this Router the previous one's budget
+        budget_on = budget.enabled  # read here: a reload may hand this Router the previous one's budget
         if budget_on:
             budget.on_request(now)
         if self._plain and sticky_key is None:  # no deadline, sticky key or hedging: nothing to set up

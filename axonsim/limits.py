@@ -90,10 +90,11 @@ class Budget:
     `window` seconds may not exceed ratio × client requests in that window + min_retries. An
     outage therefore multiplies upstream load by at most (1 + ratio), not by max_attempts."""
 
-    __slots__ = ("cfg", "_requests", "_retries")
+    __slots__ = ("cfg", "enabled", "_requests", "_retries")
 
     def __init__(self, cfg: RetryBudget) -> None:
         self.cfg = cfg
+        self.enabled = cfg.enabled  # read per request: a plain field, not the config model's
         self._requests: deque[float] = deque()
         self._retries: deque[float] = deque()
 
@@ -104,11 +105,11 @@ class Budget:
                 q.popleft()
 
     def on_request(self, now: float) -> None:
-        if self.cfg.enabled:
+        if self.enabled:
             self._requests.append(now)
 
     def try_retry(self, now: float) -> bool:
-        if not self.cfg.enabled:
+        if not self.enabled:
             return True
         self._trim(now)
         if len(self._retries) + 1 > self.cfg.ratio * len(self._requests) + self.cfg.min_retries:

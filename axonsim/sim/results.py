@@ -132,15 +132,20 @@ class Recorder:
         general, one = self.parts(kind, name)
         return general if one is None else np.concatenate((general, one))
 
-    def parts(self, kind: str, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """`column` in its two parts: the general records' rows, the one-attempt records' rows (None
-        when there are none)."""
+    def general(self, kind: str, name: str) -> np.ndarray:
+        """The general records' rows of a column (see `parts`)."""
         if kind == "request":
             buf, width, j, dtype = self.req_buf, len(_R), _R.index(name), _R_TYPES[name]
         else:
             j = len(_A) if name == "decision" else _A.index(name)
             buf, width, dtype = self.att_buf, self.att_width, _A_TYPES[name]
-        general = _array(buf[j::width], dtype)
+        return _array(buf[j::width], dtype)
+
+    def parts(self, kind: str, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """`column` in its two parts: the general records' rows, the one-attempt records' rows (None
+        when there are none)."""
+        general = self.general(kind, name)
+        dtype = _R_TYPES[name] if kind == "request" else _A_TYPES[name]
         one = self.one_buf
         if not one:
             return general, None
@@ -230,6 +235,8 @@ class SimResult:
         self._att_raw: dict[str, np.ndarray] = {}
         self._ids: tuple[np.ndarray, np.ndarray | None] | None = None  # request ids of Recorder.parts
         self._order: np.ndarray | None = None
+        self._price_rates: tuple[np.ndarray, np.ndarray] | None = None
+        self._rates_known = False
         self._requests: pd.DataFrame | None = None
         self._attempts: pd.DataFrame | None = None
         self._timeseries: pd.DataFrame | None = None
@@ -291,31 +298,44 @@ class SimResult:
             self._att_raw[name] = col
         return col
 
+    def _rates(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per (channel, model), the price of a million input and of a million output tokens
+        (through axonsim.pricing: the formula is linear in tokens, so a rate per million tokens is
+        the cost of a million of them; NaN: no price; row k: no channel answered, nothing billed).
+        None when nothing at all is priced. Computed once."""
+        if not self._rates_known:
+            self._rates_known = True
+            arr = self._arrivals
+            k = len(self.channels)
+            m = len(arr.models)
+            rate_in = np.full((k + 1, m), 0.0)
+            rate_out = np.full((k + 1, m), 0.0)
+            config = self.config
+            for c, ch in enumerate(config.channels):
+                for j, name in enumerate(arr.models):
+                    upstream = ch.serves(name)
+                    prices = dict(config.prices)
+                    names: tuple[str | None, ...] = (upstream, name)
+                    if ch.price is not None:  # the channel's own price wins over the table
+                        prices = {"__channel__": ch.price}
+                        names = ("__channel__",)
+                    one_in = cost_for(Usage(prompt_tokens=1_000_000), prices, *names)
+                    one_out = cost_for(Usage(completion_tokens=1_000_000), prices, *names)
+                    rate_in[c, j] = NAN if one_in is None else one_in
+                    rate_out[c, j] = NAN if one_out is None else one_out
+            unpriced = np.isnan(rate_in[:k]).all() and np.isnan(rate_out[:k]).all()
+            self._price_rates = None if unpriced else (rate_in, rate_out)
+        return self._price_rates
+
     def _cost(self) -> np.ndarray:
-        """Served tokens at the price of (channel, model), computed once per pair through
-        axonsim.pricing: the formula is linear in tokens, so a rate per million tokens is the cost
-        of a million of them."""
+        """Served tokens at the price of (channel, model) (see _rates)."""
         arr = self._arrivals
         k = len(self.channels)
-        m = len(arr.models)
-        rate_in = np.full((k + 1, m), 0.0)  # row k: no channel answered → nothing billed
-        rate_out = np.full((k + 1, m), 0.0)
-        config = self.config
-        for c, ch in enumerate(config.channels):
-            for j, name in enumerate(arr.models):
-                upstream = ch.serves(name)
-                prices = dict(config.prices)
-                names: tuple[str | None, ...] = (upstream, name)
-                if ch.price is not None:  # the channel's own price wins over the table
-                    prices = {"__channel__": ch.price}
-                    names = ("__channel__",)
-                one_in = cost_for(Usage(prompt_tokens=1_000_000), prices, *names)
-                one_out = cost_for(Usage(completion_tokens=1_000_000), prices, *names)
-                rate_in[c, j] = NAN if one_in is None else one_in
-                rate_out[c, j] = NAN if one_out is None else one_out
         served = self._rcol("status") == 200  # a cut stream was still generated, and billed, up to the cut
-        if np.isnan(rate_in[:k]).all() and np.isnan(rate_out[:k]).all():
+        rates = self._rates()
+        if rates is None:
             return np.where(served, NAN, 0.0)  # no price at all: what the formula below gives, without the tokens
+        rate_in, rate_out = rates
         model = _array(arr.model, np.int64)
         channel = self._rcol("channel")
         ch_idx = np.where(channel >= 0, channel, k)
@@ -458,26 +478,55 @@ class SimResult:
         amplification (upstream attempts per client request), 429 rates, cost, per channel the
         share of successful requests it served and of upstream attempts it received, per project
         the success rate and cost."""
-        r = self._rcol
-        a = self._araw  # attempts are only counted here: their recorded order will do
-        n = self._rec.n
-        ok = r("ok")
-        end = r("end")
-        latency = (end - r("arrival"))[ok]
-        ttft = r("ttft")[ok]
-        served = r("channel")[ok]
-        a_ch = a("channel")
-        a_status = a("status")
-        a_failed = a("failed")
-        n_att = len(a_ch)
-        n_ok = int(ok.sum())
+        # Everything here but the costs is a count, an extreme or a percentile, which the order of
+        # the rows does not change: the columns are read as recorded, in their two parts (general
+        # records, one-attempt records), without putting them in id order. A one-attempt record's
+        # request is ok with status 200, its attempt did not fail, was not a 429 and started when
+        # the request arrived (its latency is end - start).
+        rec = self._rec
+        n = rec.n
         k = len(self.channels)
-        served_counts = np.bincount(served, minlength=k) if served.size else np.zeros(k, dtype=np.int64)
-        att_counts = np.bincount(a_ch, minlength=k) if n_att else np.zeros(k, dtype=np.int64)
-        duration = float(np.nanmax(end)) if n else 0.0
-        cost = r("cost")
-        priced = ~np.isnan(cost)
-        total_cost = float(cost[priced].sum()) if priced.any() else None
+        general = rec.general
+        ok_g = general("request", "ok")
+        ids_g = general("request", "id")
+        end_g, end_o = rec.parts("request", "end")
+        ttft_g, ttft_o = rec.parts("request", "ttft")
+        ch_g, ch_o = rec.parts("request", "channel")
+        status_g = general("request", "status")
+        a_ch_g = general("attempt", "channel")
+        a_status_g = general("attempt", "status")
+        a_err_g = general("attempt", "error")
+        times = self._arrivals.times
+        arrival_g = np.fromiter(map(times.__getitem__, ids_g.tolist()), dtype=np.float64, count=len(ids_g))
+        latency = (end_g - arrival_g)[ok_g]
+        ttft = ttft_g[ok_g]
+        served_counts = np.bincount(ch_g[ok_g], minlength=k)
+        att_counts = np.bincount(a_ch_g, minlength=k)
+        n_ok = int(ok_g.sum())
+        n_att = len(a_ch_g)
+        ends = [end_g]
+        if end_o is not None:
+            assert ttft_o is not None and ch_o is not None
+            n_one = len(end_o)
+            latency = np.concatenate((latency, end_o - rec.parts("attempt", "start")[1]))  # type: ignore[operator]
+            ttft = np.concatenate((ttft, ttft_o))
+            served_counts += np.bincount(ch_o, minlength=k)
+            att_counts += np.bincount(ch_o, minlength=k)
+            n_ok += n_one
+            n_att += n_one
+            ends.append(end_o)
+        duration = max(float(np.nanmax(e)) for e in ends if e.size) if n else 0.0
+        n_failed = sum(x is not None for x in a_err_g)
+        # Costs are sums, whose rounding depends on the order: summed in id order, as the requests
+        # table lists them. Without any price, a request's cost is NaN when served and 0 when not.
+        unserved = bool((status_g != 200).any())
+        priced = self._rates() is not None
+        cost = self._rcol("cost") if priced else None
+        if cost is not None:
+            has_cost = ~np.isnan(cost)
+            total_cost = float(cost[has_cost].sum()) if has_cost.any() else None
+        else:
+            total_cost = 0.0 if unserved else None
         arr = self._arrivals
         amplification = n_att / n if n else 0.0
         lat_p = _pcts(latency, (50, 95, 99))
@@ -488,7 +537,7 @@ class SimResult:
             "duration": duration,
             "success_rate": n_ok / n if n else 0.0,
             "error_rate": 1.0 - n_ok / n if n else 0.0,
-            "client_429_rate": float(np.count_nonzero(r("status") == 429)) / n if n else 0.0,
+            "client_429_rate": float(np.count_nonzero(status_g == 429)) / n if n else 0.0,
             "latency_p50": lat_p[0],
             "latency_p95": lat_p[1],
             "latency_p99": lat_p[2],
@@ -498,19 +547,23 @@ class SimResult:
             "attempts_per_request": amplification,
             "retry_amplification": amplification,
             "upstream_attempts": n_att,
-            "upstream_error_rate": float(a_failed.sum()) / n_att if n_att else 0.0,
-            "upstream_429_rate": float(np.count_nonzero(a_status == 429)) / n_att if n_att else 0.0,
+            "upstream_error_rate": float(n_failed) / n_att if n_att else 0.0,
+            "upstream_429_rate": float(np.count_nonzero(a_status_g == 429)) / n_att if n_att else 0.0,
             "cost": total_cost,
             "cost_per_request": total_cost / n if total_cost is not None and n else None,
             "share": {c: float(served_counts[j]) / n_ok if n_ok else 0.0 for j, c in enumerate(self.channels)},
             "attempt_share": {c: float(att_counts[j]) / n_att if n_att else 0.0 for j, c in enumerate(self.channels)},
         }
         if len(arr.projects) > 1:
+            ok = self._rcol("ok")
             proj = _array(arr.project, np.int64)
             out["project_success_rate"] = {p: float(ok[proj == j].mean()) if (proj == j).any() else 0.0
                                            for j, p in enumerate(arr.projects)}
-            out["project_cost"] = {p: float(cost[(proj == j) & priced].sum()) if priced.any() else None
-                                   for j, p in enumerate(arr.projects)}
+            if cost is not None:
+                out["project_cost"] = {p: float(cost[(proj == j) & has_cost].sum()) if has_cost.any() else None
+                                       for j, p in enumerate(arr.projects)}
+            else:
+                out["project_cost"] = {p: 0.0 if unserved else None for p in arr.projects}
         return out
 
     def to_files(self, directory: str | Path, format: str = "csv") -> list[Path]:

@@ -153,7 +153,7 @@ class BehaviorModel:
     __slots__ = ("behavior", "_ttft", "_tokens", "_tps", "_cuts", "max_concurrency", "queue", "_prefill",
                  "_load", "_rpm", "_tpm", "outages", "incidents", "_quota", "_quota_win", "_quota_req",
                  "_quota_tok", "_slope", "_has_state", "_ttft_ln", "_tokens_ln", "_tps_const", "_rng", "_z",
-                 "_lean", "_fast")
+                 "_lean", "_fast", "load_aware")
 
     def __init__(self, behavior: Behavior, seed: int = 0) -> None:
         self.behavior = behavior
@@ -196,6 +196,7 @@ class BehaviorModel:
         self._quota_tok = 0
         self._has_state = bool(self._rpm or self._tpm or self.outages or self.incidents or self._quota
                                or self._prefill or self._load or self._slope)
+        self.load_aware = bool(self._load or self._slope)  # whether `sample` reads its utilisation
         # The lean path of `sample`: lognormal TTFT and output length at a constant speed, nothing
         # that depends on time, load or the request. (mu, sigma) of both, the speed, and the sum of
         # the fault probabilities (a uniform at or above it is no fault). Used with an rng that

@@ -97,7 +97,7 @@ class SimChannel:
     """One channel's model in the simulator. `busy` counts held slots (what the provider limits);
     ChannelState.inflight, which strategies read, also counts queued attempts (what the gateway sees)."""
 
-    __slots__ = ("sim", "env", "heap", "eid", "state", "index", "name", "model", "rng", "cap", "queue", "waiting",
+    __slots__ = ("sim", "env", "heap", "eid", "state", "index", "name", "model", "rng", "cap", "load", "queue", "waiting",
                  "busy", "t_first", "t_total", "guard", "errors", "e_full", "e_reset", "e_timeout", "e_cut",
                  "callbacks")
     _ok = True  # the channel is the event of its queue-deadline check
@@ -118,6 +118,7 @@ class SimChannel:
         self.model = BehaviorModel(b, model_seed)  # the seed drives its outage process
         self.rng = rng
         self.cap: float = b.max_concurrency if b.max_concurrency is not None else math.inf
+        self.load = self.model.load_aware  # the model reads the utilisation: compute it per attempt
         self.queue = self.model.queue
         self.waiting: deque[Attempt] = deque()
         self.busy = 0
@@ -142,8 +143,8 @@ class SimChannel:
         busy = self.busy
         cap = self.cap
         out = req.out
-        a.plan = plan = self.model.sample(self.rng, now, busy / cap if busy else 0.0, req.inp,  # type: ignore[arg-type]
-                                          out if out >= 0 else None)
+        a.plan = plan = self.model.sample(self.rng, now, busy / cap if busy and self.load else 0.0,
+                                          req.inp, out if out >= 0 else None)  # type: ignore[arg-type]
         a.ch = self
         a.handle = handle
         a.t_grant = a.t_first = NAN

@@ -48,7 +48,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "providers" / "anthropic"
 REQUESTS = sorted(p.name for p in FIXTURES.glob("*.request.json"))
 PAIRS = ["stop", "think", "tool"]  # anthropic-<name>.stream.jsonl ↔ anthropic-<name>.response.json
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-ID_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+# \Z, not $: `$` also matches before a final newline, and an id ending in one is not valid
+ID_RE = re.compile(r"^[a-zA-Z0-9_-]+\Z")
 
 
 def fixture(name: str) -> bytes:

@@ -253,3 +253,22 @@ def test_committed_is_first_token_and_a_success_outcome():
     assert _state_values(a.states[0]) == _state_values(b.states[0])
     assert [getattr(out, f) for f in Outcome.__slots__] == [getattr(expected, f) for f in Outcome.__slots__]
     assert b.states[0].inflight == 1
+
+
+def test_objects_made_without_a_class_call_equal_the_class_calls() -> None:
+    # execution's and the behaviour model's per-request shortcuts must set every slot, as the
+    # constructor they stand for would (a slot added to the class and not to the shortcut fails here)
+    from axonsim.behavior import AttemptPlan, _clean
+    from axonsim.execution import AttemptRecord, Call, Result, _done, _success, _won
+
+    def slots(obj: object) -> dict[str, object]:
+        return {s: getattr(obj, s) for s in type(obj).__slots__}
+
+    assert slots(_success(2.5, 0.25, 1)) == slots(Outcome(True, 2.5, 200, None, None, 0.25, 1))
+    assert slots(_done(2, "a", "k1", "m-up", 1.0, 2.0, 200, 3)) == slots(
+        AttemptRecord(2, "a", "k1", "m-up", 1.0, 2.0, 200, None, "done", 3))
+    out = Outcome(True, 2.0)
+    call = object.__new__(Call)
+    atts: list[AttemptRecord] = []
+    assert slots(_won(out, atts, 2.0, None, call)) == slots(Result(True, out, atts, None, 2.0, None, call))
+    assert slots(_clean(0.4, 120, 1.5)) == slots(AttemptPlan(None, 200, 0.4, 120, 1.5, None))

@@ -329,6 +329,33 @@ async def test_sqlite_connections_keep_wal_and_statement_journals_in_memory(tmp_
     assert got == ["wal", 1, 2, 1]  # synchronous NORMAL, temp_store MEMORY
 
 
+async def test_a_connection_opens_while_another_one_holds_the_new_file(tmp_path: Path) -> None:
+    # Switching to WAL needs the file to itself. Workers starting together on a new file used to
+    # fail with "database is locked" here (seen in CI); now a connection that cannot switch goes
+    # on, and the next one alone switches the file.
+    path = tmp_path / "x.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE t (x)")
+    other.execute("BEGIN")
+    other.execute("SELECT * FROM t").fetchall()  # a read transaction: its lock stays until ROLLBACK
+    url = f"sqlite+aiosqlite:///{path}"
+    engine = make_engine(url, connect_timeout=0.1)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "delete"
+            assert (await conn.exec_driver_sql("SELECT count(*) FROM t")).scalar() == 0
+    finally:
+        await engine.dispose()
+        other.execute("ROLLBACK")
+        other.close()
+    engine = make_engine(url, connect_timeout=0.1)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        await engine.dispose()
+
+
 def test_scrubber_masks_every_form_of_a_secret() -> None:
     s = Scrubber(['k"ey/1', "sk-abc"])
     assert s.text('{"auth": "Bearer sk-abc"}') == '{"auth": "Bearer [REDACTED]"}'

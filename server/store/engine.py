@@ -85,8 +85,15 @@ def make_engine(url: str, *, connect_timeout: float = 5.0, schema: str | None = 
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             if not memory:
-                # WAL lets the admin API read while the writer writes.
-                cur.execute("PRAGMA journal_mode=WAL")
+                # WAL lets the admin API read while the writer writes. The mode is kept in the file
+                # once one connection has set it; switching needs the file to itself, and SQLite
+                # answers "locked" at once (no busy wait) while another connection is using it — say
+                # another worker starting on the same new file, which sets WAL itself.
+                try:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                except Exception as exc:
+                    if "locked" not in str(exc):
+                        raise
                 cur.execute("PRAGMA synchronous=NORMAL")
             # A multi-row INSERT inside the batch's transaction keeps a statement journal; on disk
             # (the default) every batch created, wrote and deleted temporary files: ~2 syscalls per

@@ -123,13 +123,13 @@ class Call:
         self.state.answered(now, ttft, self.key, self.upstream_model, output_tokens)
         if self.stats is not None:
             self.stats.add(ttft)
-        return _success(now, ttft, self.key)
+        return Outcome(True, now, 200, None, None, ttft, self.key)
 
     def committed(self, now: float) -> Outcome:
         """A stream's first event arrived at `now` (its commit): first_token, and the Outcome to
         send to execution. The stream's end is reported later (succeeded / failed)."""
         self.first_token(now)
-        return _success(now, self.ttft, self.key)
+        return Outcome(True, now, 200, None, None, self.ttft, self.key)
 
     def failed(self, now: float, outcome: Outcome) -> None:
         if outcome.key is None:
@@ -236,58 +236,6 @@ class Result:
 
     def explain(self) -> dict[str, Any]:
         return {"decisions": self.decisions or [], "attempts": [a.as_dict() for a in self.attempts]}
-
-
-# The objects made for every successful attempt, made without a class call: in CPython 3.11 calling
-# a class with an __init__ costs about as much again as setting the fields (a tuple of the
-# arguments, a second call with self prepended), and these are made per request.
-_new = object.__new__
-
-
-def _success(end: float, ttft: float | None, key: int | None) -> Outcome:
-    """Outcome(True, end, 200, None, None, ttft, key)."""
-    out: Outcome = _new(Outcome)
-    out.ok = True
-    out.end = end
-    out.status = 200
-    out.kind = None
-    out.retry_after = None
-    out.ttft = ttft
-    out.key = key
-    out.error = None
-    out.payload = None
-    return out
-
-
-def _done(n: int, channel: str, key: str | None, upstream_model: str, start: float, end: float, status: int,
-          decision: int | None) -> AttemptRecord:
-    """AttemptRecord(n, channel, key, upstream_model, start, end, status, None, "done", decision)."""
-    rec: AttemptRecord = _new(AttemptRecord)
-    rec.n = n
-    rec.channel = channel
-    rec.key = key
-    rec.upstream_model = upstream_model
-    rec.start = start
-    rec.end = end
-    rec.status = status
-    rec.kind = None
-    rec.next = "done"
-    rec.decision = decision
-    return rec
-
-
-def _won(outcome: Outcome, attempts: list[AttemptRecord], end: float, decisions: list[dict[str, Any]] | None,
-         call: Call) -> Result:
-    """Result(True, outcome, attempts, None, end, decisions, call)."""
-    res: Result = _new(Result)
-    res.ok = True
-    res.outcome = outcome
-    res.attempts = attempts
-    res.error = None
-    res.end = end
-    res.decisions = decisions
-    res.call = call
-    return res
 
 
 def no_channel(model: str, reasons: dict[str, str] | None = None, retry_after: float | None = None) -> Error:
@@ -508,11 +456,12 @@ class Router:
                         out = yield call
                     now = out.end
                     if out.ok:
-                        attempts.append(_done(n, st.name, None if key is None else st.keys[key].name,
-                                              call.upstream_model, start, now, out.status, decision))
+                        attempts.append(AttemptRecord(n, st.name, None if key is None else st.keys[key].name,
+                                                      call.upstream_model, start, now, out.status, None, "done",
+                                                      decision))
                         if sticky_key is not None:
                             self.remember(sticky_key, st.name)
-                        return _won(out, attempts, now, decisions, call)
+                        return Result(True, out, attempts, None, now, decisions, call)
                     last = out
                     kind = out.kind if out.kind is not None else ErrorKind.SERVER_ERROR
                     message = out.error.message if out.error is not None else None

@@ -36,6 +36,7 @@ from itertools import chain, count, islice, repeat
 from typing import Any
 
 import simpy
+from mypy_extensions import mypyc_attr
 from simpy.events import NORMAL
 
 from axonsim.config import Config
@@ -56,6 +57,7 @@ class SimRequest:
 
     __slots__ = ("id", "arrival", "stream", "inp", "out", "gen", "atts", "result", "race", "ready", "callbacks")
     _ok = True  # the request is the event of its retry waits
+    callbacks: tuple[Any, ...] | None  # set when the request is scheduled as the event of a retry wait (channel.at)
 
     def __init__(self, id: int, arrival: float, stream: bool, inp: int, out: int) -> None:
         self.id = id
@@ -68,7 +70,6 @@ class SimRequest:
         self.result: Result | None = None  # a committed stream's Result, while the stream plays out
         self.race: Race | None = None  # the Race execution is waiting on (hedging)
         self.ready: list[tuple[int, Outcome]] | None = None  # launched attempts' Outcomes not yet raced
-        # `callbacks` is set when the request is scheduled as the event of a retry wait (channel.at)
 
 
 class _Tick:
@@ -92,6 +93,8 @@ def nice_step(span: float, points: int = 1000) -> float:
     return 10.0 ** (k + 1)  # pragma: no cover
 
 
+# Subclassable from Python code when compiled (tests watch its grid samples through a subclass).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Simulation:
     """One run: a SimPy environment, the core's Router, one SimChannel per configured channel.
 
@@ -186,7 +189,7 @@ class Simulation:
                     exc = type(event._value)(*event._value.args)
                     exc.__cause__ = event._value
                     raise exc
-            if nxt is _END:
+            if nxt[0] == math.inf:  # _END (compiled, the key is a value: `is` would not see it)
                 break
             env._now = nxt[0]
             nxt = arrive()

@@ -1,8 +1,8 @@
 """The core modules compiled to C with mypyc: which they are, whether the compiled build is the one running, and the pure-Python fallback.
 
 The router, the channel state, the strategies, the behaviour model and the simulator's event
-loop run once or more per request, in the proxy and in the simulator alike; compiled, they take
-about half the time they take interpreted (benchmarks/sim_throughput.py). The build (setup.py)
+loop run once or more per request, in the proxy and in the simulator alike; compiled, a simulation
+takes a little over half the time it takes interpreted (benchmarks/sim_throughput.py). The build (setup.py)
 compiles them unless AXONSIM_PURE_PYTHON=1, and records a hash of each one's source beside them.
 
 The same sources run either way. When AXONSIM_PURE_PYTHON=1 is set at run time, or when a source

@@ -202,7 +202,8 @@ class GatewayApp:
                     # logs, and `axonsim serve` repeats with a hint); anything else gets its traceback.
                     if not isinstance(exc, StoreUnavailable):
                         log.exception("startup failed")
-                    await send({"type": "lifespan.startup.failed", "message": self.proxy.scrub(str(exc))})
+                    scrub = self.proxy.scrub  # (a property holding a callable: compiled, it must be read first)
+                    await send({"type": "lifespan.startup.failed", "message": scrub(str(exc))})
                     return
                 if self.tune_gc:
                     _tune_gc()
@@ -253,8 +254,8 @@ class GatewayApp:
                 return
             try:
                 req = fmt.parse_request(body, route.model, route.stream)
-            except FormatError as exc:
-                error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message, param=exc.param)
+            except FormatError as bad:
+                error = Error(kind=ErrorKind.INVALID_REQUEST, status=bad.status, message=bad.message, param=bad.param)
                 status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
                 return
             model = req.model

@@ -34,7 +34,9 @@ import random
 import time
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
+
+from mypy_extensions import mypyc_attr
 
 from axonsim.capabilities import NO_NEEDS, Needs
 from axonsim.config import Timeouts
@@ -137,6 +139,15 @@ class Answer:
         return self._response
 
 
+class Routed(Protocol):
+    """What the effects loop reads of any request it routes: chat's unified Request, or another
+    API's own request (server/embeddings.py's EmbedRequest) whose driver makes its own attempts."""
+
+    model: str
+    stream: bool
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)  # embeddings.EmbedExchange extends it
 class Exchange:
     """One client request on its way through the driver.
 
@@ -147,7 +158,7 @@ class Exchange:
     __slots__ = ("req", "raw", "client_fmt", "stream", "trace", "launched", "finished", "_built", "waited",
                  "_nwait", "_wait_t0")
 
-    def __init__(self, req: Request, raw: bytes | None, client_fmt: ModuleType | None) -> None:
+    def __init__(self, req: Request | Routed, raw: bytes | None, client_fmt: ModuleType | None) -> None:
         self.req = req
         self.raw = raw  # the client's body, forwarded as is when the channel speaks its format
         self.client_fmt = client_fmt
@@ -190,6 +201,7 @@ class Exchange:
         return out
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # embeddings.EmbeddingsDriver makes its own attempts
 class LiveDriver:
     """Drives Router.execute for live requests. One per proxy; holds no per-request state."""
 
@@ -377,8 +389,8 @@ class LiveDriver:
                 answer = Answer(None, data, fmt.response_usage(data), fmt)
             else:
                 answer = Answer(fmt.parse_response(data), None)
-        except Exception as exc:  # a malformed answer is the channel's failure, whatever the parser raised
-            log.warning("channel %s: malformed response (%s)", ch.name, self.scrub(str(exc))[:200])
+        except Exception as bad:  # a malformed answer is the channel's failure, whatever the parser raised
+            log.warning("channel %s: malformed response (%s)", ch.name, self.scrub(str(bad))[:200])
             return Outcome.failure(t, MALFORMED_RESPONSE, key=call.key)
         return Outcome(True, t, status, ttft=t - call.start, key=call.key, payload=answer)
 
@@ -432,9 +444,9 @@ class LiveDriver:
         except asyncio.CancelledError:
             resp.close()
             raise
-        except Exception as exc:
+        except Exception as bad:
             resp.close()
-            log.warning("channel %s: malformed stream (%s)", ch.name, self.scrub(str(exc))[:200])
+            log.warning("channel %s: malformed stream (%s)", ch.name, self.scrub(str(bad))[:200])
             return Outcome.failure(now(), MALFORMED_STREAM, key=call.key)
         t = now()
         stream = LiveStream(self, call, resp, parser, pending, eof)
@@ -508,10 +520,10 @@ class LiveStream:
         if self.eof:
             self._succeed()
             return None
-        t = time.monotonic()
+        asked = time.monotonic()
         try:
             chunk = await self.resp.next_chunk()
-            self.waited += time.monotonic() - t
+            self.waited += time.monotonic() - asked
             if chunk:
                 evs = self.parser.feed(chunk)
             else:

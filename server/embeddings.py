@@ -389,7 +389,7 @@ class EmbedExchange(Exchange):
 
     def __init__(self, req: EmbedRequest, raw: bytes | None) -> None:
         # Exchange and LiveDriver.execute read only `model` and `stream` of the request.
-        super().__init__(req, raw, None)  # type: ignore[arg-type]
+        super().__init__(req, raw, None)
         self.embed = req
 
 

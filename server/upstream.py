@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
+from mypy_extensions import mypyc_attr
 
 from axonsim.config import Timeouts
 
@@ -114,6 +115,7 @@ _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 _TIMED_OUT = "the upstream did not answer in time"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a base for deadline callbacks (tests add their own)
 class _Watch:
     """One pending wait on the shared timer: `fire` is called once `at` has passed."""
 

@@ -33,7 +33,7 @@ import math
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -1313,13 +1313,13 @@ class StreamParser:
     def feed(self, data: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
         for ev in self._sse.feed(data):
-            self._event(ev.data, out)
+            self._event(cast(str, ev.data), out)  # a decoder without raw=True gives str
         return out
 
     def close(self) -> list[StreamEvent]:
         out: list[StreamEvent] = []
         for ev in self._sse.close():
-            self._event(ev.data, out)
+            self._event(cast(str, ev.data), out)  # a decoder without raw=True gives str
         if not (self._reader.finished or self._reader.errored):
             # Gemini has no terminal marker: a stream without a finishReason was cut short.
             raise FormatError("Gemini stream ended without a finishReason", None, _UPSTREAM)

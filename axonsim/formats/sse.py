@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 class SSEEvent(NamedTuple):
     event: str  # "" when the stream sent no event: line
-    data: str  # bytes (UTF-8, as received) from a decoder made with raw=True
+    data: str | bytes  # str; bytes (UTF-8, as received) from a decoder made with raw=True
 
 
 # _new_event(SSEEvent, (event, data)) is SSEEvent(event, data) without the Python-level __new__ a

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from itertools import chain
 from typing import Any
 
 from sqlalchemy.engine import Dialect
@@ -118,7 +119,7 @@ class _Insert:
             if size == 1:
                 out.append((self.sql, rows[i:]))  # fewer than two left
                 break
-            out.append((self._multi[size], tuple([v for r in rows[i:i + size] for v in r])))
+            out.append((self._multi[size], tuple(chain.from_iterable(rows[i:i + size]))))
             i += size
         return out
 

@@ -57,6 +57,8 @@ COMPILED = (
     "server.auth",
     "server.routes",
     "server.store.scrub",
+    "server.store.rows",
+    "server.metrics",
     "server.upstream",
     "server.driver",
     "server.proxy",

@@ -172,6 +172,11 @@ class Usage(_Model):
             self.total_tokens = self.prompt_tokens + self.completion_tokens
         return self
 
+    def as_dict(self) -> dict[str, int]:
+        """model_dump(), for the record every request leaves: the fields are plain ints and extras
+        are forbidden, so the instance dict is the dump, copied without a run of the serializer."""
+        return dict(self.__dict__)
+
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
 

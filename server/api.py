@@ -17,17 +17,35 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.admin import AdminContext, AdminError, admin_router
-from server.metrics import metrics_router
+from server.metrics import Metrics
 from server.models_api import gemini_model_list, is_gemini_client, models_router
 from server.probes import run_test
 from server.proxy import Proxy
 from server.store.scrub import Scrubber, secrets_from_config
+
+
+def metrics_router(metrics: Metrics, path: str = "/metrics") -> APIRouter:
+    """A FastAPI router serving GET `path` from `metrics`. Unauthenticated, as Prometheus expects:
+    keep it off a public listener if that matters."""
+    router = APIRouter()
+
+    # async on purpose: it then runs on the event-loop thread, the only one that changes the numbers.
+    # (Annotations here must name only module-level or builtin types: FastAPI resolves them as strings.)
+    @router.get(path, summary="Prometheus metrics (text exposition format, or OpenMetrics if asked)",
+                response_class=Response, tags=["metrics"],
+                responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "The exposition"}})
+    async def prometheus_metrics(accept: str | None = Header(None)) -> Any:
+        body, content_type = metrics.render(accept)
+        return Response(body, media_type=content_type)
+
+    return router
 
 
 def _openai_error(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:

@@ -598,7 +598,7 @@ def _record(proxy: Proxy, rt: Runtime, scope: Scope, route: Route, rid: str, t0:
         "error_kind": error.kind.value if error is not None else None,
         "latency": latency, "ttft": ttfb if status == 200 else None,
         "overhead": overhead if overhead > 0.0 else 0.0,
-        "usage": usage.model_dump() if usage is not None else None,
+        "usage": usage.as_dict() if usage is not None else None,
         "cost": request_cost(rt, usage, attempts, model) if answered else None,
         "channel": result.attempts[-1].channel if answered else None,  # type: ignore[union-attr]
         "channels": channels, "attempts": attempts,

@@ -37,8 +37,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, ge
 from prometheus_client.process_collector import ProcessCollector
 
 if TYPE_CHECKING:
-    from fastapi import APIRouter
-
     from axonsim.execution import Router
 
 log = logging.getLogger("axonsim.server.metrics")
@@ -399,24 +397,3 @@ def _add_hists(into: dict[tuple[str, ...], tuple[list[int], float]], rows: Itera
     for row in rows:
         key = tuple(str(x) for x in row[:-2])
         into[key] = _add_hist(into.get(key, ([0] * size, 0.0)), row[-2:], size)
-
-
-def metrics_router(metrics: Metrics, path: str = "/metrics") -> APIRouter:
-    """A FastAPI router serving GET `path` from `metrics`. Unauthenticated, as Prometheus expects:
-    keep it off a public listener if that matters."""
-    # Imported here so that importing this module does not pull FastAPI into a process that only
-    # needs Metrics (the raw-ASGI hot path, benchmarks).
-    from fastapi import APIRouter, Header, Response
-
-    router = APIRouter()
-
-    # async on purpose: it then runs on the event-loop thread, the only one that changes the numbers.
-    # (Annotations here must name only module-level or builtin types: FastAPI resolves them as strings.)
-    @router.get(path, summary="Prometheus metrics (text exposition format, or OpenMetrics if asked)",
-                response_class=Response, tags=["metrics"],
-                responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "The exposition"}})
-    async def prometheus_metrics(accept: str | None = Header(None)) -> Any:
-        body, content_type = metrics.render(accept)
-        return Response(body, media_type=content_type)
-
-    return router

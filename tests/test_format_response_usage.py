@@ -174,3 +174,17 @@ def test_what_lies_below_the_top_level_is_not_read() -> None:
             FMT[family].parse_response(body)
         usage = FMT[family].response_usage(body)
         assert usage is not None and usage.prompt_tokens == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=2**40), min_size=len(Usage.model_fields),
+                max_size=len(Usage.model_fields)), st.booleans())
+def test_usage_as_dict_is_its_model_dump(counts: list[int], finalise: bool) -> None:
+    """The proxy records usage with as_dict(): it must be model_dump(), key for key and in order,
+    also after finalised() set the total."""
+    names = list(Usage.model_fields)
+    u = Usage(**dict(zip(names, counts, strict=True)))
+    if finalise:
+        u.total_tokens = 0
+        u = u.finalised()
+    assert list(u.as_dict().items()) == list(u.model_dump().items())

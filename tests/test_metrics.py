@@ -19,7 +19,8 @@ from axonsim.config import Store as StoreSettings
 from axonsim.config import parse_config
 from axonsim.execution import Outcome, Router
 from axonsim.unified import ErrorKind
-from server.metrics import LATENCY_BUCKETS, OVERHEAD_BUCKETS, Metrics, attempt_outcome, metrics_router
+from server.api import metrics_router
+from server.metrics import LATENCY_BUCKETS, OVERHEAD_BUCKETS, Metrics, attempt_outcome
 from server.store import AttemptRow, RequestRecord, Store
 
 pytestmark = pytest.mark.timeout(60)

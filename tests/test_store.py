@@ -843,7 +843,7 @@ def _varied_records() -> list[RequestRecord]:
         rec(3, created_at=midnight - 86_400.0, stream=True, latency=float("nan"), cost=float("inf"),
             trace_id="", thread_id=None),
         rec(4, error=f"bad key {up}", key_name=gw),  # secrets: scrubbed field by field
-        rec(5, model=b"bytes-model", request_body=b"body \x00 with a NUL", response_body="r\u00e9ponse"),
+        rec(5, model="nul\x00model", request_body=b"body \x00 with a NUL", response_body="r\u00e9ponse"),
         rec(6, attempts=[att(n=1, channel="c0", upstream_model="m", status=401, key_name="c0#0",
                              error="x\x00y", decision={"auth": f"Bearer {up}", up: [gw, ("t", 1.5)]})]),
         rec(7, attempts=[att(n=1, channel="c0", upstream_model="m", status=200,

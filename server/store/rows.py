@@ -224,6 +224,9 @@ class RowBuilder:
         try:
             # One search over all the short texts instead of one per field. A non-str value makes
             # join raise: the general path then converts bytes, or refuses the record as before.
+            # (That is the pure build. Compiled, this module reads each field as annotated, so a
+            # value of another type raises TypeError here and the writer drops the record with an
+            # error in the log; nothing in the gateway builds such a record.)
             joined = "\n".join([p for p in parts if p is not None])
         except TypeError:
             return self.prepare_general(r)

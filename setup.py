@@ -19,13 +19,23 @@ ext_modules = []
 if os.environ.get(native["PURE_ENV"], "") in ("", "0"):
     from mypyc.build import mypycify
 
+    def path(module: str) -> str:
+        return str(native["source_path"](module).relative_to(ROOT))
+
+    # Two C libraries, compiled side by side (build_ext's `parallel` below): the core (router,
+    # state, strategies, the simulator's loop: they call each other on every simulated request)
+    # and the proxy's modules. One library for everything is one C file on one core: 7 minutes to
+    # build against 2.6 here. The split costs the proxy ~0.5 % more instructions per request
+    # (its calls into the core cross libraries; callgrind).
+    proxy = [m for m in native["COMPILED"] if m.startswith(("server.", "axonsim.formats."))]
+    core = [m for m in native["COMPILED"] if m not in proxy]
     # A config of its own: the project's [tool.mypy] checks other files and loads plugins that
     # the isolated build environment does not have.
-    ext_modules = mypycify(["--config-file", str(ROOT / "mypyc.ini"),
-                            *(str(native["source_path"](m).relative_to(ROOT)) for m in native["COMPILED"])],
-                           opt_level="3")
+    ext_modules = mypycify(["--config-file", str(ROOT / "mypyc.ini"), *map(path, native["COMPILED"])],
+                           opt_level="3",
+                           separate=[([path(m) for m in core], "axonsim_core"), ([path(m) for m in proxy], "axonsim_proxy")])
     recorded.write_text(json.dumps(native["source_hashes"](), indent=1, sort_keys=True) + "\n")
 elif recorded.exists():
     recorded.unlink()  # a pure build: compiled modules left from an earlier build must not be used
 
-setup(ext_modules=ext_modules)
+setup(ext_modules=ext_modules, options={"build_ext": {"parallel": os.cpu_count() or 1}})

@@ -80,7 +80,7 @@ def test_a_source_changed_since_the_build_runs_every_module_from_source(tmp_path
     their sources (never a mix), with a warning naming what changed."""
     for package in ("axonsim", "server"):  # both hold compiled modules
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
-    for lib in ROOT.glob("*__mypyc*"):  # the compiled modules' shared library
+    for lib in ROOT.glob("*__mypyc*"):  # the compiled modules' shared libraries (the core's, the proxy's)
         shutil.copy2(lib, tmp_path / lib.name)
     probe = ("import warnings; warnings.simplefilter('always'); import axonsim, importlib; "
              "from axonsim import native; "

@@ -338,7 +338,9 @@ class LiveDriver:
                     out = await self._stream(ch, call, ex, upreq)
                 else:
                     out = await self._plain(ch, call, ex, upreq)
-        except asyncio.CancelledError:
+        except BaseException:
+            # Cancelled (the client left, a hedge lost), or a bug of ours below this point: either
+            # way the attempt is abandoned, which frees its slot and says nothing about the channel.
             t = now()
             entry[1] = Outcome(False, t, CLIENT_CLOSED, None, key=call.key)
             call.cancelled(t)

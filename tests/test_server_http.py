@@ -389,6 +389,26 @@ def test_internal_errors_are_500_without_a_trace(caplog: pytest.LogCaptureFixtur
     assert proxy.recent[-1]["status"] == 500
 
 
+def test_a_gateway_error_inside_an_attempt_frees_the_channel_slot() -> None:
+    """An attempt that dies of an error of ours (not the channel's) is abandoned: the channel's
+    in-flight count comes back down, or a concurrency limit would lock the channel out for good."""
+    from axonsim.config import parse_config
+
+    cfg = parse_config({"gateway": {"api_keys": [{"key": GW_KEY}]},
+                        "channels": [{"name": "x", "base_url": "http://x.test/v1", "models": ["m"]}]})
+
+    def broken(req: Any) -> MockReply:
+        raise RuntimeError("kaboom")
+
+    proxy = Proxy(cfg, MockUpstream(broken), seed=1)
+    with Stack() as st:
+        g = st.gateway(proxy)
+        with httpx.Client(base_url=g.url, timeout=10) as c:
+            assert [chat(c, model="m").status_code for _ in range(3)] == [500, 500, 500]
+    state = proxy.router.states[0]
+    assert state.inflight == 0 and state.failures == 0
+
+
 def test_on_request_done_hook_and_ring_bound() -> None:
     from axonsim.config import parse_config
 

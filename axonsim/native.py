@@ -52,6 +52,7 @@ COMPILED = (
     # reading every answer's usage), the handler, the live driver, the upstream seam and what they
     # call per request. Named here, not imported: the core does not depend on server/, whose
     # package imports axonsim first so that this list is settled before any of them loads.
+    "axonsim.formats.parsed",
     "axonsim.formats.openai_chat",
     "server.ids",
     "server.auth",

@@ -6,11 +6,11 @@ per request at 64 concurrent requests, about as much as the rest of the proxy to
 only hands the remaining traffic (/health, GET /v1/models, docs) to the FastAPI app.
 
 One handler serves every client format: the route says which format module speaks to the client;
-the handler only calls the module's inbound functions (parse_request, render_response,
+the handler only calls the module's inbound functions (check_request, render_response,
 StreamRenderer, render_error, error_status, error_headers).
 
 Request life:
-    read body → auth (401) → parse (400 naming the field) → LiveDriver.execute (routing, retries,
+    read body → auth (401) → check (400 naming the field) → LiveDriver.execute (routing, retries,
     failover) → response: JSON, or SSE relayed event by event after the stream's commit point.
 A task watches for `http.disconnect` meanwhile (from WATCH_AFTER on) and cancels the request, which
 cancels the upstream call; the cancellation is accounted (channel state, record). Every failure is
@@ -46,7 +46,8 @@ import orjson
 from axonsim.capabilities import NO_NEEDS, needs_of
 from axonsim.execution import Result
 from axonsim.formats import FormatError
-from axonsim.unified import Error, ErrorKind, Usage
+from axonsim.formats.parsed import Parsed
+from axonsim.unified import Error, ErrorKind, Request, Usage
 from server.driver import CLIENT_CLOSED, Exchange, LiveStream
 from server.ids import new_request_id, new_trace_id
 from server.proxy import H_AH_THREAD, H_AH_TRACE, H_EXPLAIN, H_THREAD, H_TRACE, Proxy, Runtime, request_cost
@@ -253,21 +254,26 @@ class GatewayApp:
             if body is None or key is None:
                 return
             try:
-                req = fmt.parse_request(body, route.model, route.stream)
+                parsed: Parsed = fmt.check_request(body, route.model, route.stream)
+                model = parsed.model
+                is_stream = parsed.stream
+                # What the request needs (images, a provider's native tools, a context size) keeps it
+                # away from channels that cannot carry it; a clear 400 when none can.
+                checked = rt.capability_checks or parsed.tools
+                # The unified Request is built here only if it is sure to be read (a stream's
+                # renderer, the capability check); a plain request forwarded as the client's
+                # bytes never builds it (axonsim/formats/parsed.py).
+                req: Request | None = parsed.request() if is_stream or checked else None
             except FormatError as bad:
                 error = Error(kind=ErrorKind.INVALID_REQUEST, status=bad.status, message=bad.message, param=bad.param)
                 status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
                 return
-            model = req.model
-            is_stream = req.stream
+            needs = needs_of(req) if checked and req is not None else NO_NEEDS
             w.start(loop, receive, task)
-            ex = Exchange(req, body, fmt)
+            ex = Exchange(parsed, body, fmt)
             sticky = sticky_b.decode("latin-1") if sticky_b is not None else None
             # A rough token estimate for local TPM limits and quotas: ~4 bytes of request per token.
-            tokens = len(body) // 4 + (req.sampling.max_tokens or 0)
-            # What the request needs (images, a provider's native tools, a context size) keeps it
-            # away from channels that cannot carry it; a clear 400 when none can.
-            needs = needs_of(req) if rt.capability_checks or req.tools else NO_NEEDS
+            tokens = len(body) // 4 + (parsed.max_tokens or 0)
             if explain:
                 result = await rt.driver.execute(ex, tokens, sticky, needs=needs, explain=True)
             else:
@@ -296,7 +302,7 @@ class GatewayApp:
             # A committed stream: its buffered events are the first bytes the client sees.
             stream = payload
             assert isinstance(stream, LiveStream)
-            renderer = fmt.StreamRenderer(req)
+            renderer = fmt.StreamRenderer(ex.request())
             first = b"".join([renderer.render(ev) for ev in stream.pending])
             status = 200
             headers = [*_SSE_HEADERS, (b"x-axonsim-attempts", _attempts_value(n)),
@@ -356,7 +362,7 @@ class GatewayApp:
                     tail = b""
                     if ex is not None:
                         try:
-                            tail = fmt.StreamRenderer(ex.req).error(error)
+                            tail = fmt.StreamRenderer(ex.request()).error(error)
                         except Exception:
                             tail = b""
                     await send({"type": "http.response.body", "body": tail, "more_body": False})

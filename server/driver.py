@@ -42,6 +42,7 @@ from axonsim.capabilities import NO_NEEDS, Needs
 from axonsim.config import Timeouts
 from axonsim.execution import AttemptRecord, Call, Cancel, Launch, Outcome, Race, Result, Router, Wait
 from axonsim.formats import FormatError
+from axonsim.formats.parsed import Parsed
 from axonsim.state import ChannelState
 from axonsim.unified import Error, ErrorEvent, ErrorKind, Request, Response, StreamEvent, Usage, error_kind_for_status
 from server.upstream import Limits, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimeout
@@ -140,8 +141,9 @@ class Answer:
 
 
 class Routed(Protocol):
-    """What the effects loop reads of any request it routes: chat's unified Request, or another
-    API's own request (server/embeddings.py's EmbedRequest) whose driver makes its own attempts."""
+    """What the effects loop reads of any request it routes: a chat request as its format checked
+    it (Parsed) or built (Request), or another API's own request (server/embeddings.py's
+    EmbedRequest) whose driver makes its own attempts."""
 
     model: str
     stream: bool
@@ -158,7 +160,7 @@ class Exchange:
     __slots__ = ("req", "raw", "client_fmt", "stream", "trace", "launched", "finished", "_built", "waited",
                  "_nwait", "_wait_t0")
 
-    def __init__(self, req: Request | Routed, raw: bytes | None, client_fmt: ModuleType | None) -> None:
+    def __init__(self, req: Parsed | Request | Routed, raw: bytes | None, client_fmt: ModuleType | None) -> None:
         self.req = req
         self.raw = raw  # the client's body, forwarded as is when the channel speaks its format
         self.client_fmt = client_fmt
@@ -170,6 +172,16 @@ class Exchange:
         self.waited = 0.0
         self._nwait = 0
         self._wait_t0 = 0.0
+
+    def request(self) -> Request:
+        """The unified Request of a chat exchange, built now if it was left to first use (Parsed):
+        only an attempt that cannot forward the client's bytes, or a stream's renderer, reads it.
+        Raises FormatError if it cannot be built."""
+        req = self.req
+        if isinstance(req, Parsed):
+            return req.request()
+        assert isinstance(req, Request)
+        return req
 
     def wait_begin(self) -> None:
         if not self._nwait:
@@ -356,17 +368,18 @@ class LiveDriver:
         return out
 
     def _body(self, ex: Exchange, ch: ChannelRuntime, upstream_model: str) -> bytes:
-        req = ex.req
+        model = ex.req.model
         fmt = ch.fmt
         # Same format, same model: the client's own bytes are the upstream request (a stream's
         # asks for usage where the family's streams omit it: the gateway always logs it).
-        same = self.passthrough and ex.raw is not None and fmt is ex.client_fmt and upstream_model == req.model
+        same = self.passthrough and ex.raw is not None and fmt is ex.client_fmt and upstream_model == model
         if same and not ex.stream:
             return ex.raw  # type: ignore[return-value]
         k = (id(fmt), upstream_model)
         b = ex._built.get(k)
         if b is None:
-            b = ex._built[k] = fmt.stream_passthrough(ex.raw) if same else fmt.build_request(req, upstream_model)
+            b = ex._built[k] = fmt.stream_passthrough(ex.raw) if same else fmt.build_request(ex.request(),
+                                                                                              upstream_model)
         return b
 
     async def _plain(self, ch: ChannelRuntime, call: Call, ex: Exchange, upreq: UpstreamRequest) -> Outcome:

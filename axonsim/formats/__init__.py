@@ -7,6 +7,9 @@ Inbound role (we are the server; a client speaks this format to us):
     parse_request(body: bytes, model: str | None = None, stream: bool | None = None) -> Request
         Raises FormatError (status 400, naming the field) on anything malformed. `model`/`stream`
         come from the URL where the family puts them there (Gemini).
+    check_request(body, model=None, stream=None) -> Parsed   the same checks and errors; the Request is
+                                                             built when Parsed.request() is first called
+                                                             (formats/parsed.py: the gateway's handler)
     render_response(resp: Response) -> bytes                 the non-stream JSON body
     StreamRenderer(req: Request)                             one per client stream:
         .render(ev: StreamEvent) -> bytes                    the SSE bytes for one event (may be b"")

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from axonsim.formats import FormatError
+from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
 from axonsim.formats.sse import SSEDecoder, SSEEvent, encode
 from axonsim.unified import (
@@ -49,6 +50,7 @@ __all__ = [
     "StreamRenderer",
     "auth_headers",
     "build_request",
+    "check_request",
     "error_headers",
     "error_status",
     "parse_error",
@@ -262,6 +264,11 @@ def _signature_delta(token: str) -> ReasoningDelta:
 
 # --------------------------------------------------------------------------------------------------
 # Inbound: a client's Messages request → unified Request
+
+
+def check_request(body: bytes, model: str | None = None, stream: bool | None = None) -> Parsed:
+    """parse_request's result as the gateway's handler takes it (this parser builds the Request as it goes)."""
+    return Parsed.of(parse_request(body, model, stream))
 
 
 def parse_request(body: bytes, model: str | None = None, stream: bool | None = None) -> Request:

@@ -38,6 +38,7 @@ from typing import Any, cast
 import orjson
 
 from axonsim.formats import FormatError
+from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature
 from axonsim.formats.sse import SSEDecoder
 from axonsim.unified import (
@@ -70,7 +71,8 @@ from axonsim.unified import (
 from axonsim.unified import Response as UnifiedResponse
 
 __all__ = [
-    "parse_request", "render_response", "StreamRenderer", "error_status", "render_error", "error_headers",
+    "parse_request", "check_request", "render_response", "StreamRenderer", "error_status", "render_error",
+    "error_headers",
     "request_path", "auth_headers", "build_request", "parse_response", "StreamParser", "parse_error",
     "response_usage",
 ]
@@ -476,6 +478,11 @@ def _model_parts(m: Message, *, outbound: bool) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------------------------------
 # Inbound: parse_request
+
+
+def check_request(body: bytes, model: str | None = None, stream: bool | None = None) -> Parsed:
+    """parse_request's result as the gateway's handler takes it (this parser builds the Request as it goes)."""
+    return Parsed.of(parse_request(body, model, stream))
 
 
 def parse_request(body: bytes, model: str | None = None, stream: bool | None = None) -> Request:

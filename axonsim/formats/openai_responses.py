@@ -23,6 +23,7 @@ import orjson
 
 from axonsim.formats import FormatError
 from axonsim.formats.openai_chat import error_headers, error_status, render_error  # noqa: F401
+from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
 from axonsim.formats.sse import SSEDecoder, SSEEvent, encode
 from axonsim.unified import (
@@ -115,6 +116,11 @@ def _dumps(obj: Any) -> bytes:
 
 # --------------------------------------------------------------------------------------------------
 # Inbound: request
+
+
+def check_request(body: bytes, model: str | None = None, stream: bool | None = None) -> Parsed:
+    """parse_request's result as the gateway's handler takes it (this parser builds the Request as it goes)."""
+    return Parsed.of(parse_request(body, model, stream))
 
 
 def parse_request(body: bytes, model: str | None = None, stream: bool | None = None) -> Request:

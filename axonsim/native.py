@@ -57,6 +57,7 @@ COMPILED = (
     "server.ids",
     "server.auth",
     "server.routes",
+    "server.store.records",
     "server.store.scrub",
     "server.store.rows",
     "server.metrics",

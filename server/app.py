@@ -22,8 +22,9 @@ config reload swaps the next request's routing without touching this one's.
 
 Response headers on every client-API answer: x-request-id; the trace and thread ids (taken from
 the request — gateway.trace_header / thread_header, or AxonHub's AH-Trace-Id / AH-Thread-Id — or
-generated, and echoed under the configured names); x-axonsim-attempts; x-axonsim-overhead-ms (the
-gateway's own time so far: elapsed minus upstream waits; for a stream, up to its first byte); and,
+derived from the request id, server/ids.py — and echoed under the configured names);
+x-axonsim-attempts; x-axonsim-overhead-ms (the gateway's own time so far: elapsed minus upstream
+waits; for a stream, up to its first byte); and,
 when the request carried `X-AxonSim-Explain: 1`, x-axonsim-explain: the decision trace as compact
 JSON (channels and keys by name only).
 
@@ -49,7 +50,7 @@ from axonsim.formats import FormatError
 from axonsim.formats.parsed import Parsed
 from axonsim.unified import Error, ErrorKind, Request, Usage
 from server.driver import CLIENT_CLOSED, Exchange, LiveStream
-from server.ids import new_request_id, new_trace_id
+from server.ids import THREAD, TRACE, derived_id, new_request_id
 from server.proxy import H_AH_THREAD, H_AH_TRACE, H_EXPLAIN, H_THREAD, H_TRACE, Proxy, Runtime, request_cost
 from server.routes import Route
 from server.store import StoreUnavailable
@@ -538,9 +539,9 @@ def request_ids(scope: Scope, rt: Runtime, rid_b: bytes) -> tuple[list[tuple[byt
     # remembering it would only fill the Router's sticky table.
     sticky_b = trace_b if rt.sticky == "trace" else thread_b if rt.sticky == "thread" else None
     if trace_b is None:
-        trace_b = new_trace_id()
+        trace_b = derived_id(rid_b, TRACE)
     if thread_b is None:
-        thread_b = new_trace_id()
+        thread_b = derived_id(rid_b, THREAD)
     return [(b"x-request-id", rid_b), (rt.trace_name, trace_b), (rt.thread_name, thread_b)], sticky_b, explain
 
 

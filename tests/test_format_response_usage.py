@@ -188,3 +188,26 @@ def test_usage_as_dict_is_its_model_dump(counts: list[int], finalise: bool) -> N
         u.total_tokens = 0
         u = u.finalised()
     assert list(u.as_dict().items()) == list(u.model_dump().items())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=-(2**70), max_value=2**70), min_size=len(Usage.model_fields),
+                max_size=len(Usage.model_fields)), st.integers(0, 2**31))
+def test_usage_built_without_validation_is_the_validated_usage(counts: list[int], later: int) -> None:
+    """openai_chat.usage_of builds the Usage of every forwarded answer without validating it again:
+    it must be the model pydantic makes, in every way the gateway and its clients can observe."""
+    from axonsim.formats.openai_chat import usage_of
+
+    fields = dict(zip(Usage.model_fields, counts, strict=True))
+    fast, checked = usage_of(dict(fields)), Usage.model_validate(fields)
+    assert type(fast) is Usage and fast == checked
+    assert fast.model_fields_set == checked.model_fields_set
+    assert fast.model_dump() == checked.model_dump() == fast.as_dict()
+    assert fast.model_dump_json() == checked.model_dump_json() and repr(fast) == repr(checked)
+    assert fast.model_copy(update={"prompt_tokens": later}) == checked.model_copy(update={"prompt_tokens": later})
+    for u in (fast, checked):
+        u.total_tokens = 0
+        u.completion_tokens = later
+    assert fast.finalised() == checked.finalised() and fast.total_tokens == fast.prompt_tokens + later
+    with pytest.raises(ValueError):
+        fast.bogus = 1  # type: ignore[attr-defined]  # extras forbidden, as on a validated one

@@ -196,7 +196,7 @@ class AttemptView:
     def as_dict(self) -> dict[str, Any]:
         d = {"request_id": self.request_id, "created_at": self.created_at, "project": self.project,
              "model": self.model}
-        d.update(asdict(self.attempt))
+        d.update(self.attempt.as_dict())
         return d
 
 

@@ -1,0 +1,55 @@
+"""The ids the gateway makes up (server/ids.py): their shape, order and uniqueness, within and across processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from server import ids
+
+REQUEST_ID = re.compile(r"req_[0-9a-f]{24}")
+TRACE_ID = re.compile(rb"[0-9a-f]{32}")
+
+
+def test_request_ids_are_time_ordered_hex_with_the_process_prefix() -> None:
+    before = time.time_ns() // 1_000_000
+    a = ids.new_request_id()
+    after = time.time_ns() // 1_000_000
+    assert REQUEST_ID.fullmatch(a)
+    assert before <= int(a[4:16], 16) <= after  # the first 12 hex digits: Unix milliseconds
+    time.sleep(0.002)
+    b = ids.new_request_id()
+    assert b > a  # a later millisecond sorts later, so the store's primary key appends
+    assert a[16:22] == b[16:22]  # the process's prefix
+
+
+def test_a_made_up_trace_or_thread_id_is_derived_from_the_request_id() -> None:
+    rid = ids.new_request_id().encode()
+    trace, thread = ids.derived_id(rid, ids.TRACE), ids.derived_id(rid, ids.THREAD)
+    assert TRACE_ID.fullmatch(trace) and TRACE_ID.fullmatch(thread)  # 32 hex digits, as W3C trace ids
+    assert trace[:24] == thread[:24] == rid[4:] and trace != thread
+
+
+def test_ids_do_not_repeat() -> None:
+    n = 50_000
+    assert len({ids.new_request_id() for _ in range(n)}) == n
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_worker_draws_its_own_prefix() -> None:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its ids and leave without running the parent's cleanup
+        try:
+            os.write(w, ids.new_request_id().encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        child = f.read().decode()
+    os.waitpid(pid, 0)
+    assert REQUEST_ID.fullmatch(child)
+    assert child[16:22] != ids.new_request_id()[16:22]  # 1 in 16.7 million that a child draws the same

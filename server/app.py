@@ -221,8 +221,8 @@ class GatewayApp:
 
     async def _api(self, proxy: Proxy, rt: Runtime, scope: Scope, receive: Receive, send: Send,
                    route: Route) -> None:
-        clock = proxy.clock.now
-        t0 = clock()
+        clock = proxy.clock  # its now() called natively: a bound method kept in a local is a generic call
+        t0 = clock.now()
         metrics = proxy.metrics
         metrics.inflight_inc()
         fmt = route.fmt
@@ -251,7 +251,7 @@ class GatewayApp:
         ids, sticky_b, explain = request_ids(scope, rt, rid_b)
         trace_b, thread_b = ids[1][1], ids[2][1]
         try:
-            body, key, error, status = await admit(receive, send, scope, rt, fmt, rid_b, ids, clock() - t0, w)
+            body, key, error, status = await admit(receive, send, scope, rt, fmt, rid_b, ids, clock.now() - t0, w)
             if body is None or key is None:
                 return
             try:
@@ -261,13 +261,12 @@ class GatewayApp:
                 # What the request needs (images, a provider's native tools, a context size) keeps it
                 # away from channels that cannot carry it; a clear 400 when none can.
                 checked = rt.capability_checks or parsed.tools
-                # The unified Request is built here only if it is sure to be read (a stream's
-                # renderer, the capability check); a plain request forwarded as the client's
-                # bytes never builds it (axonsim/formats/parsed.py).
-                req: Request | None = parsed.request() if is_stream or checked else None
+                # The unified Request is built here only for the capability check; a request
+                # forwarded as the client's bytes never builds it (axonsim/formats/parsed.py).
+                req: Request | None = parsed.request() if checked else None
             except FormatError as bad:
                 error = Error(kind=ErrorKind.INVALID_REQUEST, status=bad.status, message=bad.message, param=bad.param)
-                status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
+                status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock.now() - t0, None))
                 return
             needs = needs_of(req) if checked and req is not None else NO_NEEDS
             w.start(loop, receive, task)
@@ -284,8 +283,8 @@ class GatewayApp:
                 error = _client_facing(result.error)
                 w.done = True
                 status = await _send_error(send, fmt, error, rid_b, n,
-                                           _tail(ids, clock() - t0 - ex.waited, _explain_value(result, rid) if explain
-                                                 else None))
+                                           _tail(ids, clock.now() - t0 - ex.waited,
+                                                 _explain_value(result, rid) if explain else None))
                 return
             payload = result.outcome.payload
             if not is_stream:
@@ -293,7 +292,7 @@ class GatewayApp:
                 usage = payload.usage
                 status = 200
                 w.done = True
-                ttfb = clock() - t0
+                ttfb = clock.now() - t0
                 headers = [_JSON, (b"content-length", str(len(out)).encode()), (b"x-axonsim-attempts", _attempts_value(n)),
                            *_tail(ids, ttfb - ex.waited, _explain_value(result, rid) if explain else None)]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -303,18 +302,18 @@ class GatewayApp:
             # A committed stream: its buffered events are the first bytes the client sees.
             stream = payload
             assert isinstance(stream, LiveStream)
-            renderer = fmt.StreamRenderer(ex.request())
+            renderer = fmt.StreamRenderer(parsed)
             first = b"".join([renderer.render(ev) for ev in stream.pending])
             status = 200
             headers = [*_SSE_HEADERS, (b"x-axonsim-attempts", _attempts_value(n)),
-                       *_tail(ids, clock() - t0 - ex.waited, _explain_value(result, rid) if explain else None)]
+                       *_tail(ids, clock.now() - t0 - ex.waited, _explain_value(result, rid) if explain else None)]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             started = True
             if first:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
                 if sent is not None:
                     sent.append(first)
-            ttfb = clock() - t0
+            ttfb = clock.now() - t0
             tail = b""
             while True:
                 evs = await stream.next_events()
@@ -352,12 +351,12 @@ class GatewayApp:
             self._log_exception(rt, rid, exc)
             error = Error(kind=ErrorKind.SERVER_ERROR, status=500, message=f"internal gateway error (request {rid})")
             if stream is not None:
-                stream.abort(clock())  # the gateway's own failure: not held against the channel
+                stream.abort(clock.now())  # the gateway's own failure: not held against the channel
             w.done = True
             try:
                 if not started:
                     status = await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0,
-                                               _tail(ids, clock() - t0 - (ex.waited if ex else 0.0), None))
+                                               _tail(ids, clock.now() - t0 - (ex.waited if ex else 0.0), None))
                 else:
                     # Mid-stream: the client gets the in-stream error event of its format, then the end.
                     tail = b""
@@ -375,8 +374,8 @@ class GatewayApp:
             metrics.inflight_dec()
             w.stop()
             if stream is not None and w.gone:
-                stream.abort(clock())
-            latency = clock() - t0
+                stream.abort(clock.now())
+            latency = clock.now() - t0
             waited = 0.0
             if ex is not None:
                 waited = ex.waited + (stream.waited if stream is not None else 0.0)

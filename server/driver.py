@@ -231,9 +231,9 @@ class LiveDriver:
     async def execute(self, ex: Exchange, tokens: int = 0, sticky_key: str | None = None,
                       needs: Needs = NO_NEEDS, explain: bool | None = None) -> Result:
         """`explain` asks for the decision trace of this request (None: the driver's default)."""
-        now = self.clock.now
+        clock = self.clock
         req = ex.req
-        gen = self.router.execute(req.model, now(), self.rng, req, tokens=tokens, sticky_key=sticky_key,
+        gen = self.router.execute(req.model, clock.now(), self.rng, req, tokens=tokens, sticky_key=sticky_key,
                                   explain=self.explain if explain is None else explain, stream=ex.stream,
                                   needs=needs)
         try:
@@ -248,14 +248,14 @@ class LiveDriver:
                         await asyncio.sleep(eff.seconds)  # type: ignore[union-attr]
                     finally:
                         ex.wait_end()
-                    eff = gen.send(now())
+                    eff = gen.send(clock.now())
                 elif cls is Launch:
                     eff = gen.send(self._launch(eff.call, ex))  # type: ignore[union-attr]
                 elif cls is Race:
                     eff = gen.send(await self._race(eff, ex))  # type: ignore[arg-type]
                 elif cls is Cancel:
                     await self._cancel(eff.handle, ex)  # type: ignore[union-attr]
-                    eff = gen.send(now())
+                    eff = gen.send(clock.now())
                 else:
                     raise TypeError(f"the live driver cannot perform the effect {eff!r}")
         except StopIteration as stop:
@@ -332,16 +332,16 @@ class LiveDriver:
 
     async def _attempt(self, call: Call, ex: Exchange) -> Outcome:
         ch = self.channels[call.state.index]
-        now = self.clock.now
+        clock = self.clock
         entry: list[Any] = [call, None]
         ex.trace.append(entry)
-        call.started(now())
+        call.started(clock.now())
         try:
             try:
                 body = self._body(ex, ch, call.upstream_model)
             except FormatError as exc:
                 # The channel's format cannot carry this request: the client's problem, not the channel's.
-                out = Outcome.failure(now(), Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status,
+                out = Outcome.failure(clock.now(), Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status,
                                                    message=exc.message, param=exc.param), key=call.key)
             else:
                 upreq = UpstreamRequest(ch.url(call.upstream_model, ex.stream), ch.headers(call.key), body, ex.stream,
@@ -353,7 +353,7 @@ class LiveDriver:
         except BaseException:
             # Cancelled (the client left, a hedge lost), or a bug of ours below this point: either
             # way the attempt is abandoned, which frees its slot and says nothing about the channel.
-            t = now()
+            t = clock.now()
             entry[1] = Outcome(False, t, CLIENT_CLOSED, None, key=call.key)
             call.cancelled(t)
             raise
@@ -383,16 +383,16 @@ class LiveDriver:
         return b
 
     async def _plain(self, ch: ChannelRuntime, call: Call, ex: Exchange, upreq: UpstreamRequest) -> Outcome:
-        now = self.clock.now
+        clock = self.clock
         ex.wait_begin()
         try:
             resp = await self.upstream.send(upreq)
             data = await resp.read()
         except UpstreamError as exc:
-            return Outcome.failure(now(), transport_error(exc), key=call.key)
+            return Outcome.failure(clock.now(), transport_error(exc), key=call.key)
         finally:
             ex.wait_end()
-        t = now()
+        t = clock.now()
         status = resp.status
         if not 200 <= status < 300:
             return Outcome.failure(t, self.upstream_error(ch, status, resp.headers, data), key=call.key)
@@ -410,12 +410,12 @@ class LiveDriver:
         return Outcome(True, t, status, ttft=t - call.start, key=call.key, payload=answer)
 
     async def _stream(self, ch: ChannelRuntime, call: Call, ex: Exchange, upreq: UpstreamRequest) -> Outcome:
-        now = self.clock.now
+        clock = self.clock
         ex.wait_begin()
         try:
             resp = await self.upstream.send(upreq)
         except UpstreamError as exc:
-            return Outcome.failure(now(), transport_error(exc), key=call.key)
+            return Outcome.failure(clock.now(), transport_error(exc), key=call.key)
         finally:
             ex.wait_end()
         status = resp.status
@@ -427,7 +427,7 @@ class LiveDriver:
                 data = b""
             finally:
                 ex.wait_end()
-            return Outcome.failure(now(), self.upstream_error(ch, status, resp.headers, data), key=call.key)
+            return Outcome.failure(clock.now(), self.upstream_error(ch, status, resp.headers, data), key=call.key)
         parser = ch.fmt.StreamParser()
         pending: list[StreamEvent] = []
         eof = False
@@ -447,7 +447,8 @@ class LiveDriver:
                 for ev in evs:
                     if ev.type == "error":
                         resp.close()
-                        return Outcome.failure(now(), self._scrubbed(ev.error), key=call.key)  # type: ignore[union-attr]
+                        err = self._scrubbed(ev.error)  # type: ignore[union-attr]
+                        return Outcome.failure(clock.now(), err, key=call.key)
                     pending.append(ev)
                     if not committed and _commits(ev):
                         committed = True
@@ -455,15 +456,15 @@ class LiveDriver:
                     break  # a complete stream without content: an (empty) answer all the same
         except UpstreamError as exc:
             resp.close()
-            return Outcome.failure(now(), transport_error(exc), key=call.key)
+            return Outcome.failure(clock.now(), transport_error(exc), key=call.key)
         except asyncio.CancelledError:
             resp.close()
             raise
         except Exception as bad:
             resp.close()
             log.warning("channel %s: malformed stream (%s)", ch.name, self.scrub(str(bad))[:200])
-            return Outcome.failure(now(), MALFORMED_STREAM, key=call.key)
-        t = now()
+            return Outcome.failure(clock.now(), MALFORMED_STREAM, key=call.key)
+        t = clock.now()
         stream = LiveStream(self, call, resp, parser, pending, eof)
         return Outcome(True, t, status, ttft=t - call.start, key=call.key, payload=stream)
 

@@ -100,8 +100,8 @@ def test_whatever_the_checks_accept_builds_a_request(obj: dict[str, Any]) -> Non
         assert (eager.value.message, eager.value.param) == (e.message, e.param)
         return
     req = p.request()  # the safety net in Parsed.request must never be what catches a bad body
-    assert (p.model, p.stream, p.max_tokens, p.tools) == (req.model, req.stream, req.sampling.max_tokens,
-                                                          bool(req.tools))
+    assert (p.model, p.stream, p.include_usage, p.max_tokens, p.tools) == (
+        req.model, req.stream, req.include_usage, req.sampling.max_tokens, bool(req.tools))
     assert req == openai_chat.parse_request(body)
 
 
@@ -109,10 +109,10 @@ def test_the_facts_routing_reads_come_from_the_checked_body() -> None:
     body = orjson.dumps({"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], "stream": True,
                          "max_completion_tokens": 77, "tools": [{"type": "function", "function": {"name": "f"}}]})
     p = openai_chat.check_request(body)
-    assert (p.model, p.stream, p.max_tokens, p.tools) == ("gpt-x", True, 77, True)
+    assert (p.model, p.stream, p.include_usage, p.max_tokens, p.tools) == ("gpt-x", True, False, 77, True)
     p = openai_chat.check_request(orjson.dumps({"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}],
                                                 "tools": []}), model="from-url", stream=False)
-    assert (p.model, p.stream, p.max_tokens, p.tools) == ("from-url", False, None, False)
+    assert (p.model, p.stream, p.include_usage, p.max_tokens, p.tools) == ("from-url", False, True, None, False)
 
 
 def test_the_request_is_built_once() -> None:
@@ -125,7 +125,7 @@ def test_the_request_is_built_once() -> None:
 
 def test_a_tree_the_model_refuses_is_a_400_naming_the_field() -> None:
     # Only reachable if a format's checks missed something: the safety net still answers like a parse.
-    p = Parsed("m", False, None, False, {"model": "m", "messages": [{"role": "robot", "content": []}]})
+    p = Parsed("m", False, True, None, False, {"model": "m", "messages": [{"role": "robot", "content": []}]})
     with pytest.raises(FormatError) as e:
         p.request()
     assert e.value.status == 400 and e.value.param == "messages[0].role"
@@ -143,6 +143,35 @@ def test_formats_that_build_as_they_parse_hand_over_their_request(fmt: Any, body
     p = fmt.check_request(raw, model, False)
     req = p.request()
     assert isinstance(req, Request) and req == fmt.parse_request(raw, model, False)
-    assert (p.model, p.stream, p.max_tokens, p.tools) == (req.model, False, 9, False)
+    assert (p.model, p.stream, p.include_usage, p.max_tokens, p.tools) == (req.model, False, True, 9, False)
     with pytest.raises(FormatError):
         fmt.check_request(b"[]", model, False)
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+@pytest.mark.parametrize("fmt, body, model", [
+    (openai_chat, {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}, None),
+    (anthropic, {"model": "m", "max_tokens": 9, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+     None),
+    (openai_responses, {"model": "m", "input": "hi", "stream": True}, None),
+    (gemini, {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}, "m"),
+])
+def test_a_stream_renders_the_same_from_the_checked_request(fmt: Any, body: dict[str, Any], model: str | None,
+                                                            include_usage: bool) -> None:
+    """The handler hands a stream's renderer the Parsed request (OpenAI Chat then never builds the
+    Request for a same-format stream): every format must render exactly as from the Request."""
+    from axonsim.unified import FinishEvent, StreamStart, TextDelta, Usage, UsageEvent
+
+    if fmt is openai_chat:
+        body = {**body, "stream_options": {"include_usage": include_usage}}
+    raw = orjson.dumps(body)
+    events = [StreamStart(id="s1", model="m", created=5), TextDelta(text="hel"), TextDelta(text="lo"),
+              FinishEvent(reason="stop"), UsageEvent(usage=Usage(prompt_tokens=3, completion_tokens=2))]
+
+    def render(req: Any) -> bytes:
+        r = fmt.StreamRenderer(req)
+        return b"".join([r.render(ev) for ev in events]) + r.finish()
+
+    from_parsed = render(fmt.check_request(raw, model, True))
+    assert from_parsed == render(fmt.parse_request(raw, model, True))
+    assert (b'"usage":{' in from_parsed) == include_usage or fmt is not openai_chat

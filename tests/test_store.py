@@ -963,6 +963,25 @@ def test_sqlite_batches_go_as_a_few_multi_row_statements() -> None:
         assert len(stmts) <= bin(n).count("1") + n // MAX_ROWS_PER_STATEMENT
 
 
+def test_null_and_bool_adapters_bind_what_sqlite3_would_bind_anyway() -> None:
+    """The store registers sqlite3 adapters for None and bool (server/store/engine.py: they spare
+    the module's adapter search). What gets stored must not change: NULL, and the bool as 0/1."""
+    from server.store.engine import bind_null_and_bool_directly
+
+    bind_null_and_bool_directly()
+    assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters
+    assert (bool, sqlite3.PrepareProtocol) in sqlite3.adapters
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("CREATE TABLE t (a, b, c)")
+        conn.execute("INSERT INTO t VALUES (?, ?, ?)", (None, True, False))
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(None, None, True)])
+        assert conn.execute("SELECT a, b, c, typeof(a), typeof(b) FROM t").fetchall() == [
+            (None, 1, 0, "null", "integer"), (None, None, 1, "null", "null")]
+    finally:
+        conn.close()
+
+
 async def test_a_large_batch_with_many_attempts_is_written_whole(db: Any) -> None:
     store = make_store(db, batch_size=1500, flush_interval=5.0)
     await store.start()

@@ -11,7 +11,7 @@ Inbound role (we are the server; a client speaks this format to us):
                                                              built when Parsed.request() is first called
                                                              (formats/parsed.py: the gateway's handler)
     render_response(resp: Response) -> bytes                 the non-stream JSON body
-    StreamRenderer(req: Request)                             one per client stream:
+    StreamRenderer(req: Request | Parsed)                    one per client stream:
         .render(ev: StreamEvent) -> bytes                    the SSE bytes for one event (may be b"")
         .finish() -> bytes                                   the closing bytes (`data: [DONE]`, ...)
         .error(err: Error) -> bytes                          an in-stream error event, then the end

@@ -575,7 +575,7 @@ class StreamRenderer:
     other families send as separate events (finish first, usage last), so it is written by finish(),
     right before message_stop — exactly where Anthropic itself puts it."""
 
-    def __init__(self, req: Request) -> None:
+    def __init__(self, req: Request | Parsed) -> None:
         self._model = req.model
         self._id = "msg_unknown"
         self._started = False

@@ -850,7 +850,7 @@ class StreamRenderer:
     argument fragments are held back (Gemini sends a functionCall whole), until the next call, a
     non-call event, or the finish; finishReason and usage go on the last chunk, written by finish()."""
 
-    def __init__(self, req: Request) -> None:
+    def __init__(self, req: Request | Parsed) -> None:
         self._model = req.model
         self._id = ""
         self._calls: dict[int, list[Any]] = {}  # index → [id, name, [fragments], signature]

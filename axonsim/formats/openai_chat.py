@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
@@ -395,8 +395,11 @@ def _parse_stop(v: Any) -> list[str] | None:
 
 
 # Sampling fields that map one to one: (wire name, checker).
-_SAMPLING = (("temperature", _opt_float), ("top_p", _opt_float), ("seed", _opt_int),
-             ("presence_penalty", _opt_float), ("frequency_penalty", _opt_float), ("n", _opt_int))
+# Of any length, so the compiled build keeps it one tuple object (a fixed-length tuple type is
+# unboxed, and boxed again, seven tuples, at every loop over it).
+_SAMPLING: tuple[tuple[str, Callable[[Any, str], Any]], ...] = (
+    ("temperature", _opt_float), ("top_p", _opt_float), ("seed", _opt_int), ("presence_penalty", _opt_float),
+    ("frequency_penalty", _opt_float), ("n", _opt_int))
 
 
 def parse_request(body: bytes, model: str | None = None, stream: bool | None = None) -> Request:
@@ -472,7 +475,8 @@ def check_request(body: bytes, model: str | None = None, stream: bool | None = N
     out["include_usage"] = asked if asked is not None else not is_stream
     out["sampling"] = sampling
     out["extra_body"] = extra
-    return Parsed(mdl, is_stream, sampling.get("max_tokens"), "tools" in out and bool(out["tools"]), out)
+    return Parsed(mdl, is_stream, out["include_usage"], sampling.get("max_tokens"),
+                  "tools" in out and bool(out["tools"]), out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -606,7 +610,7 @@ class StreamRenderer:
     __slots__ = ("_model", "_include_usage", "_head", "_tail", "_text_head", "_text_tail", "_role_sent",
                  "_tools", "_ids_sent", "_names_sent", "_finished", "_start_usage", "_usage", "_closed")
 
-    def __init__(self, req: Request) -> None:
+    def __init__(self, req: Request | Parsed) -> None:
         self._model = req.model
         self._include_usage = req.include_usage
         self._head = b""
@@ -1134,43 +1138,43 @@ class StreamParser:
             obj = _loads_replacing(data)
         if type(obj) is not dict:
             raise _upstream_bad("Upstream stream sent a chunk that is not an object.")
-        g = obj.get
-        err = g("error")
+        o: dict[str, Any] = obj  # typed: compiled, its reads are direct dict calls (see check_request)
+        err = o.get("error")
         if err:
             self._done = True
             out.append(ErrorEvent(error=_error_from_body(err, 0)))
             return
         if not self._started:
             self._started = True
-            out.append(StreamStart(id=str(g("id") or ""), model=str(g("model") or ""),
-                                   created=_int(g("created"))))
-        choices = g("choices")
+            out.append(StreamStart(id=str(o.get("id") or ""), model=str(o.get("model") or ""),
+                                   created=_int(o.get("created"))))
+        choices = o.get("choices")
         if type(choices) is list:
             for ch in choices:
                 if type(ch) is dict:
                     self._choice(ch, out)
-        u = g("usage")
+        u = o.get("usage")
         if type(u) is dict:
             self._usage = _parse_usage(u)
 
     def _choice(self, ch: dict[str, Any], out: list[StreamEvent]) -> None:
-        g = ch.get
-        idx = g("index")
+        idx = ch.get("index")
         if type(idx) is not int:
             idx = _int(idx)
-        delta = g("delta")
-        if type(delta) is dict and len(delta) == 1 and idx == self._primary and type(delta.get("content")) is str:
+        delta = ch.get("delta")
+        text = delta.get("content") if type(delta) is dict and len(delta) == 1 and idx == self._primary else None
+        if type(text) is str:
             # The bulk of a stream: one more piece of text for the choice already followed. What the
             # general branch below does with such a delta, without its other lookups.
-            if delta["content"]:
-                out.append(_text_delta({"text": delta["content"]}))
+            if text:
+                out.append(_text_delta({"text": text}))
         elif type(delta) is dict:
-            d = delta.get
-            reasoning = d("reasoning_content") or d("reasoning")
+            dd: dict[str, Any] = delta
+            reasoning = dd.get("reasoning_content") or dd.get("reasoning")
             if reasoning and type(reasoning) is not str:
                 reasoning = ""  # as _reasoning_field reads it
-            content = d("content")
-            refusal = d("refusal")
+            content = dd.get("content")
+            refusal = dd.get("refusal")
             if reasoning or content or refusal:
                 if self._primary is None:
                     self._primary = idx
@@ -1182,12 +1186,12 @@ class StreamParser:
                     if refusal and type(refusal) is str:
                         # No refusal stream event exists; as text it at least reaches the client (lossy).
                         out.append(TextDelta(text=refusal))
-            tcs = d("tool_calls")
+            tcs = dd.get("tool_calls")
             if type(tcs) is list:
                 for pos, tc in enumerate(tcs):
                     if type(tc) is dict:
                         self._tool_call(idx, pos, tc, out)
-        fr = g("finish_reason")
+        fr = ch.get("finish_reason")
         if fr and type(fr) is str:
             self._reasons[idx] = _FINISH_IN.get(fr, "stop")
 

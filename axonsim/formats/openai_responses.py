@@ -613,7 +613,8 @@ class StreamRenderer:
     of one run of tool-call deltas stay open together, because upstreams may interleave them.
     """
 
-    def __init__(self, req: Request) -> None:
+    def __init__(self, req: Request | Parsed) -> None:
+        req = req.request() if isinstance(req, Parsed) else req  # the response object echoes its parameters
         self._req = req
         self._seq = 0
         self._started = False

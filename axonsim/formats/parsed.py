@@ -6,8 +6,8 @@ a sixth of what AxonSim adds to each proxied request (callgrind). A request whos
 the client's format and takes the client's model name is forwarded as the client's own bytes
 (server/driver.py), and a non-stream answer comes back verbatim: nothing reads the Request then.
 So a format whose parser maps the body into a plain dict tree first (OpenAI Chat) hands back that
-tree here, with the few facts routing needs, and the Request is validated from it when something
-asks — a channel of another format or model, a stream's renderer, a capability check.
+tree here, with the few facts routing and a stream's renderer need, and the Request is validated
+from it when something asks — a channel of another format or model, a capability check.
 
 That is safe because the format's own checks are the validation: every field is checked while the
 tree is built, so the client learns which field is wrong. Building the Request from a checked tree
@@ -26,15 +26,17 @@ from axonsim.unified import Request
 
 
 class Parsed:
-    """`model`, `stream`, `max_tokens` (None: the client set none) and `tools` (whether it declared
-    any) as the client's request says; `request()` is the unified Request."""
+    """`model`, `stream`, `include_usage`, `max_tokens` (None: the client set none) and `tools`
+    (whether it declared any) as the client's request says — what routing reads, and what a
+    stream's renderer reads in every format but OpenAI Responses; `request()` is the unified Request."""
 
-    __slots__ = ("model", "stream", "max_tokens", "tools", "_fields", "_req")
+    __slots__ = ("model", "stream", "include_usage", "max_tokens", "tools", "_fields", "_req")
 
-    def __init__(self, model: str, stream: bool, max_tokens: int | None, tools: bool,
+    def __init__(self, model: str, stream: bool, include_usage: bool, max_tokens: int | None, tools: bool,
                  fields: dict[str, Any] | None = None, req: Request | None = None) -> None:
         self.model = model
         self.stream = stream
+        self.include_usage = include_usage
         self.max_tokens = max_tokens
         self.tools = tools
         self._fields = fields  # the checked dict tree shaped like Request, until it is validated
@@ -43,7 +45,7 @@ class Parsed:
     @staticmethod
     def of(req: Request) -> Parsed:
         """A Request already built (formats whose parser builds the unified objects as it goes)."""
-        return Parsed(req.model, req.stream, req.sampling.max_tokens, bool(req.tools), None, req)
+        return Parsed(req.model, req.stream, req.include_usage, req.sampling.max_tokens, bool(req.tools), None, req)
 
     def request(self) -> Request:
         req = self._req

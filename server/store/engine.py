@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,24 @@ def is_memory_sqlite(url: str) -> bool:
     return u.get_backend_name() == "sqlite" and (not u.database or u.database == ":memory:")
 
 
+_NOTHING: dict[object, None] = {}
+_NULL = _NOTHING.get  # a C callable that answers None for None (an adapter must take the value)
+
+
+def bind_null_and_bool_directly() -> None:
+    """Spare every NULL and bool the sqlite3 module's adapter search.
+
+    The module binds exact int, float, str and bytearray values as they are; anything else, None
+    and bool included, first goes through its adapter lookup, and for a type with no adapter
+    registered that is a tuple, a dict miss and two failed attribute searches: ~3k instructions a
+    value. A request's rows bind ~8 NULLs, which cost the store's thread ~26k instructions per
+    request (callgrind) — as much as SQLite's own inserts. Adapters that hand back what would
+    have been bound anyway (None stays None, so NULL; a bool becomes the int it is) turn that
+    into one dict hit. They are process-wide, and change nothing any other sqlite3 user binds."""
+    sqlite3.register_adapter(type(None), _NULL)
+    sqlite3.register_adapter(bool, int)
+
+
 def make_engine(url: str, *, connect_timeout: float = 5.0, schema: str | None = None) -> AsyncEngine:
     """An async engine with the options the store relies on.
 
@@ -68,6 +87,7 @@ def make_engine(url: str, *, connect_timeout: float = 5.0, schema: str | None = 
         kw["connect_args"] = {"timeout": connect_timeout}
         if is_memory_sqlite(url):
             kw["poolclass"] = StaticPool  # every connection must see the same in-memory database
+        bind_null_and_bool_directly()
     elif backend == "postgresql":
         args: dict[str, Any] = {"timeout": connect_timeout}
         if schema is not None:

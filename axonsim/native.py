@@ -53,6 +53,7 @@ COMPILED = (
     # call per request. Named here, not imported: the core does not depend on server/, whose
     # package imports axonsim first so that this list is settled before any of them loads.
     "axonsim.formats.parsed",
+    "axonsim.formats.sse",
     "axonsim.formats.openai_chat",
     "server.ids",
     "server.auth",

@@ -179,8 +179,8 @@ class Exchange:
 
     def request(self) -> Request:
         """The unified Request of a chat exchange, built now if it was left to first use (Parsed):
-        only an attempt that cannot forward the client's bytes, or a stream's renderer, reads it.
-        Raises FormatError if it cannot be built."""
+        only an attempt that cannot forward the client's bytes reads it (and an error rendered
+        mid-stream after a gateway failure). Raises FormatError if it cannot be built."""
         req = self.req
         if isinstance(req, Parsed):
             return req.request()
@@ -387,8 +387,8 @@ class LiveDriver:
         k = (id(fmt), upstream_model)
         b = ex._built.get(k)
         if b is None:
-            b = ex._built[k] = fmt.stream_passthrough(ex.raw) if same else fmt.build_request(ex.request(),
-                                                                                              upstream_model)
+            b = fmt.stream_passthrough(ex.raw) if same else fmt.build_request(ex.request(), upstream_model)
+            ex._built[k] = b
         return b
 
     async def _plain(self, ch: ChannelRuntime, call: Call, ex: Exchange, upreq: UpstreamRequest) -> Outcome:

@@ -6,8 +6,8 @@ and a compiled class's own __init__ takes its arguments in C, where a dataclass'
 __init__ runs interpreted — the two records of every request cost ~22k instructions that way,
 about 3k this way, and the store's writer reads their fields directly. What a dataclass would have
 given them, they have: keyword or positional construction in field order (__slots__), defaults,
-equality by value, repr and as_dict. The store owns a record once it is submitted; the caller must not
-change it afterwards.
+equality by value, repr and as_dict. The store owns a record once it is submitted; the caller must
+not change it afterwards.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from test_format_openai_chat import split_feed
 
 from axonsim.config import parse_config
 from axonsim.formats import openai_chat as oc
@@ -34,13 +35,7 @@ def frames(path: Path) -> list[bytes]:
 
 
 def feed(parser: oc.StreamParser, data: bytes, rng: random.Random) -> list[StreamEvent]:
-    cuts = sorted(rng.sample(range(1, len(data)), k=min(len(data) - 1, rng.randint(0, 30))))
-    out: list[StreamEvent] = []
-    prev = 0
-    for c in [*cuts, len(data)]:
-        out += parser.feed(data[prev:c])
-        prev = c
-    return out + parser.close()
+    return split_feed(data, rng, parser)  # any chunking of the bytes
 
 
 def has_choices(frame: bytes) -> bool:

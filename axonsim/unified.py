@@ -16,8 +16,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from axonsim.formats.sse import RelayChunk
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -244,10 +242,7 @@ class ErrorEvent(_Model):
     error: Error
 
 
-# RelayChunk is not vocabulary but transport: an upstream event relayed as its own bytes to a client
-# of the channel's format (axonsim/formats/sse.py). It travels among the events it stands in for.
-StreamEvent = (StreamStart | TextDelta | ReasoningDelta | ToolCallDelta | FinishEvent | UsageEvent | ErrorEvent
-               | RelayChunk)
+StreamEvent = StreamStart | TextDelta | ReasoningDelta | ToolCallDelta | FinishEvent | UsageEvent | ErrorEvent
 
 
 # --------------------------------------------------------------------------------------------------

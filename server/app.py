@@ -302,8 +302,7 @@ class GatewayApp:
             # A committed stream: its buffered events are the first bytes the client sees.
             stream = payload
             assert isinstance(stream, LiveStream)
-            # Relayed (a channel of the client's own format): the upstream's chunks go out as they came.
-            renderer = fmt.RelayRenderer(parsed) if stream.relayed else fmt.StreamRenderer(parsed)
+            renderer = fmt.StreamRenderer(parsed)
             first = b"".join([renderer.render(ev) for ev in stream.pending])
             status = 200
             headers = [*_SSE_HEADERS, (b"x-axonsim-attempts", _attempts_value(n)),

@@ -59,8 +59,6 @@ def _commits(ev: StreamEvent) -> bool:
     t = ev.type
     if t == "text":
         return bool(ev.text)  # type: ignore[union-attr]
-    if t == "raw":
-        return ev.commits  # type: ignore[union-attr]
     return t in _COMMIT_TYPES
 
 
@@ -95,7 +93,7 @@ class Scrubber:
 class ChannelRuntime:
     """What the driver needs per channel, computed once: its format module, URLs, auth headers, timeouts."""
 
-    __slots__ = ("state", "name", "fmt", "base_url", "limits", "relays", "_key_headers", "_keyless", "_urls")
+    __slots__ = ("state", "name", "fmt", "base_url", "limits", "_key_headers", "_keyless", "_urls")
 
     def __init__(self, state: ChannelState, fmt: ModuleType, default_timeouts: Timeouts) -> None:
         ch = state.channel
@@ -104,8 +102,6 @@ class ChannelRuntime:
         self.fmt = fmt
         self.base_url = ch.base_url.rstrip("/")
         self.limits = Limits(ch.timeouts or default_timeouts)
-        # A format that can relay a stream to a client of its own format as the upstream's bytes.
-        self.relays = hasattr(fmt, "RelayRenderer")
         base = {"content-type": "application/json"}
         self._keyless = base
         self._key_headers = [{**base, **fmt.auth_headers(k.secret)} for k in state.keys]
@@ -371,17 +367,11 @@ class LiveDriver:
             call.failed(out.end, out)
         return out
 
-    def _same(self, ex: Exchange, ch: ChannelRuntime, upstream_model: str) -> bool:
-        """The channel speaks the client's format and takes its model name: the client's bytes go
-        upstream, and what comes back goes to the client as it came (a stream, where the format
-        can relay it)."""
-        return self.passthrough and ex.raw is not None and ch.fmt is ex.client_fmt and upstream_model == ex.req.model
-
     def _body(self, ex: Exchange, ch: ChannelRuntime, upstream_model: str) -> bytes:
         fmt = ch.fmt
         # Same format, same model: the client's own bytes are the upstream request (a stream's
         # asks for usage where the family's streams omit it: the gateway always logs it).
-        same = self._same(ex, ch, upstream_model)
+        same = self.passthrough and ex.raw is not None and fmt is ex.client_fmt and upstream_model == ex.req.model
         if same and not ex.stream:
             return ex.raw  # type: ignore[return-value]
         k = (id(fmt), upstream_model)
@@ -437,8 +427,7 @@ class LiveDriver:
             finally:
                 ex.wait_end()
             return Outcome.failure(clock.now(), self.upstream_error(ch, status, resp.headers, data), key=call.key)
-        relay = ch.relays and self._same(ex, ch, call.upstream_model)
-        parser = ch.fmt.StreamParser(relay=True) if relay else ch.fmt.StreamParser()
+        parser = ch.fmt.StreamParser()
         pending: list[StreamEvent] = []
         eof = False
         try:
@@ -475,7 +464,7 @@ class LiveDriver:
             log.warning("channel %s: malformed stream (%s)", ch.name, self.scrub(str(bad))[:200])
             return Outcome.failure(clock.now(), MALFORMED_STREAM, key=call.key)
         t = clock.now()
-        stream = LiveStream(self, call, resp, parser, pending, eof, relay)
+        stream = LiveStream(self, call, resp, parser, pending, eof)
         return Outcome(True, t, status, ttft=t - call.start, key=call.key, payload=stream)
 
     # -- error classification --------------------------------------------------------------------
@@ -519,13 +508,12 @@ class LiveStream:
     """A committed upstream stream: hands out unified events as they arrive and reports the
     attempt's end through its Call (succeeded / failed / cancelled) exactly once."""
 
-    __slots__ = ("driver", "call", "resp", "parser", "pending", "eof", "relayed", "done", "error", "usage", "finish",
-                 "end", "waited")
+    __slots__ = ("driver", "call", "resp", "parser", "pending", "eof", "done", "error", "usage", "finish", "end",
+                 "waited")
 
     def __init__(self, driver: LiveDriver, call: Call, resp: UpstreamResponse, parser: Any,
-                 pending: list[StreamEvent], eof: bool, relayed: bool = False) -> None:
+                 pending: list[StreamEvent], eof: bool) -> None:
         self.driver = driver
-        self.relayed = relayed  # the parser relays the upstream's chunks: the client's format's RelayRenderer
         self.call = call
         self.resp = resp
         self.parser = parser

@@ -38,13 +38,6 @@ Outbound role (we are the client of a provider speaking this format):
                                                              stream ended without its terminal event
     parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error
 
-Optional, for relaying a stream to a client of the channel's own format (openai_chat has them):
-    StreamParser(relay=True)                                 hands over RelayChunks (the upstream
-                                                             events' own bytes) in place of content
-                                                             events, and the rest as usual
-    RelayRenderer(req)                                       StreamRenderer's interface: writes
-                                                             RelayChunks as they are
-
 All functions are pure: no I/O, no clock (ids and `created` come from the unified objects).
 """
 

@@ -30,7 +30,7 @@ import orjson
 
 from axonsim.formats import FormatError
 from axonsim.formats.parsed import Parsed
-from axonsim.formats.sse import RelayChunk, SSEDecoder
+from axonsim.formats.sse import SSEDecoder
 from axonsim.unified import (
     Error,
     ErrorEvent,
@@ -58,7 +58,6 @@ from axonsim.unified import (
 )
 
 __all__ = [
-    "RelayRenderer",
     "StreamParser",
     "StreamRenderer",
     "auth_headers",
@@ -715,29 +714,6 @@ class StreamRenderer:
         return b"data: " + render_error(err) + b"\n\n"
 
 
-class RelayRenderer(StreamRenderer):
-    """The client side of a stream relayed from an OpenAI Chat channel (StreamParser in relay mode):
-    relayed chunks go out as their own bytes, the upstream's first chunk among them (so no role
-    chunk is made up); the end, the usage chunk when the client asked for one, and an error are
-    rendered as StreamRenderer renders them."""
-
-    __slots__ = ()
-
-    def render(self, ev: StreamEvent) -> bytes:
-        if isinstance(ev, RelayChunk):
-            return b"" if self._closed else ev.data
-        if isinstance(ev, StreamStart):
-            # Only the head, for a usage chunk finish() may write: the relayed chunks carry the role.
-            self._start_usage = ev.usage
-            if not self._head:
-                self._set_head(ev.id, ev.model or self._model, ev.created)
-            self._role_sent = True
-            return b""
-        if isinstance(ev, FinishEvent):
-            return b""  # the finish reason went out in the relayed chunk that carried it
-        return super().render(ev)
-
-
 # --------------------------------------------------------------------------------------------------
 # Inbound: errors
 
@@ -1110,20 +1086,11 @@ def _loads_replacing(data: bytes) -> Any:
 
 
 class StreamParser:
-    """Upstream chat.completion.chunk SSE → unified events, for any chunking of the bytes.
+    """Upstream chat.completion.chunk SSE → unified events, for any chunking of the bytes."""
 
-    In relay mode (`relay=True`: the stream goes to an OpenAI Chat client as it came) the chunks
-    that carry choices come back as RelayChunks holding their own bytes, not as content events:
-    no event object per delta, nothing to render. The parser still reads every chunk for what the
-    gateway needs: the commit point, finish reasons, usage and in-stream errors, which come as the
-    usual StreamStart / FinishEvent / UsageEvent / ErrorEvent. A chunk with no choices (the usage
-    chunk) is not relayed: RelayRenderer renders the usage the way StreamRenderer does, so a client
-    that did not ask for usage does not get it."""
+    __slots__ = ("_sse", "_started", "_done", "_primary", "_tools", "_reasons", "_usage")
 
-    __slots__ = ("_sse", "_started", "_done", "_primary", "_tools", "_reasons", "_usage", "_relay")
-
-    def __init__(self, relay: bool = False) -> None:
-        self._relay = relay
+    def __init__(self) -> None:
         self._sse = SSEDecoder(raw=True)
         self._started = False
         self._done = False
@@ -1169,7 +1136,6 @@ class StreamParser:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             obj = _loads_replacing(data)
-            data = data.decode("utf-8", "replace").encode()  # relayed as it was read
         if type(obj) is not dict:
             raise _upstream_bad("Upstream stream sent a chunk that is not an object.")
         o: dict[str, Any] = obj  # typed: compiled, its reads are direct dict calls (see check_request)
@@ -1183,37 +1149,13 @@ class StreamParser:
             out.append(StreamStart(id=str(o.get("id") or ""), model=str(o.get("model") or ""),
                                    created=_int(o.get("created"))))
         choices = o.get("choices")
-        if self._relay:
-            if type(choices) is list and choices:
-                out.append(RelayChunk(b"data: " + data + b"\n\n", self._scan(choices)))
-        elif type(choices) is list:
+        if type(choices) is list:
             for ch in choices:
                 if type(ch) is dict:
                     self._choice(ch, out)
         u = o.get("usage")
         if type(u) is dict:
             self._usage = _parse_usage(u)
-
-    def _scan(self, choices: list[Any]) -> bool:
-        """Relay mode: note the finish reasons; True if any choice carries content (commits)."""
-        commits = False
-        for ch in choices:
-            if type(ch) is not dict:
-                continue
-            delta = ch.get("delta")
-            if type(delta) is dict and (delta.get("content") or delta.get("reasoning_content")
-                                        or delta.get("reasoning") or delta.get("refusal")
-                                        or delta.get("tool_calls")):
-                commits = True
-            fr = ch.get("finish_reason")
-            if fr and type(fr) is str:
-                idx = ch.get("index")
-                idx = idx if type(idx) is int else _int(idx)
-                if self._primary is None:
-                    self._primary = idx
-                self._reasons[idx] = _FINISH_IN.get(fr, "stop")
-                commits = True
-        return commits
 
     def _choice(self, ch: dict[str, Any], out: list[StreamEvent]) -> None:
         idx = ch.get("index")

@@ -4,8 +4,8 @@ Why not the Request at once: building it (pydantic-core making a model per messa
 sampling block) is most of what parsing a small chat request costs — about 7 µs of the 11 µs, and
 an eighth of what AxonSim added to each proxied request (callgrind: 51k of 381k instructions). A
 request whose channel speaks the client's format and takes the client's model name is forwarded as
-the client's own bytes (server/driver.py), and the answer comes back verbatim (a stream relayed, in
-OpenAI Chat): nothing reads the Request then.
+the client's own bytes (server/driver.py), and a non-stream answer comes back verbatim; a stream's
+renderer reads only what Parsed holds. Nothing reads the Request then.
 So a format whose parser maps the body into a plain dict tree first (OpenAI Chat) hands back that
 tree here, with the few facts routing and a stream's renderer need, and the Request is validated
 from it when something asks — a channel of another format or model, a capability check.

@@ -12,7 +12,7 @@ comments, fields without the space) goes line by line through the general path.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 
 class SSEEvent(NamedTuple):
@@ -140,21 +140,6 @@ class SSEDecoder:
             self._data.append(value)
         elif field == "event":
             self._event = value
-
-
-class RelayChunk:
-    """An upstream stream event to be relayed as its own bytes to a client of the channel's own
-    format, in place of the unified events it holds: a format's StreamParser in relay mode hands
-    these over among its other events, and its RelayRenderer writes them out as they are
-    (openai_chat). `commits`: the event carries content, so the stream cannot fail over after it
-    (server/driver.py). A compiled class, like this module: one is made per relayed event."""
-
-    __slots__ = ("type", "data", "commits")
-
-    def __init__(self, data: bytes, commits: bool) -> None:
-        self.type: Literal["raw"] = "raw"
-        self.data = data  # the whole SSE event, framing included
-        self.commits = commits
 
 
 def encode(data: bytes | str, event: str | None = None) -> bytes:

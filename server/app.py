@@ -268,7 +268,7 @@ class GatewayApp:
                 error = Error(kind=ErrorKind.INVALID_REQUEST, status=bad.status, message=bad.message, param=bad.param)
                 status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock.now() - t0, None))
                 return
-            needs = needs_of(req) if checked and req is not None else NO_NEEDS
+            needs = needs_of(req) if req is not None else NO_NEEDS  # req is built exactly when checked
             w.start(loop, receive, task)
             ex = Exchange(parsed, body, fmt)
             sticky = sticky_b.decode("latin-1") if sticky_b is not None else None

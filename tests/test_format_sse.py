@@ -80,15 +80,15 @@ def run(dec: SSEDecoder | OracleDecoder, chunks: list[bytes]) -> list[SSEEvent]:
     return out
 
 
-def run_one_first(dec: SSEDecoder, chunks: list[bytes]) -> list[SSEEvent]:
-    """As StreamParser.feed uses the decoder: one() first, feed() when it declines."""
+def run_data_first(dec: SSEDecoder, chunks: list[bytes]) -> list[SSEEvent]:
+    """As StreamParser.feed uses the decoder: data_only() first, feed() when it declines."""
     out: list[SSEEvent] = []
     for c in chunks:
-        data = dec.one(c)
-        if data is None:
+        datas = dec.data_only(c)
+        if datas is None:
             out.extend(dec.feed(c))
         else:
-            out.append(SSEEvent("", data))  # type: ignore[arg-type]
+            out.extend(SSEEvent("", d) for d in datas)
     out.extend(dec.close())
     return out
 
@@ -120,7 +120,7 @@ def test_any_input_any_chunking_matches_the_line_by_line_rules(pieces: list[byte
     chunks = split(data, cuts)
     expected = run(OracleDecoder(), [data])
     assert run(OracleDecoder(), chunks) == expected
-    for got in (run(SSEDecoder(raw=raw), chunks), run_one_first(SSEDecoder(raw=raw), chunks)):
+    for got in (run(SSEDecoder(raw=raw), chunks), run_data_first(SSEDecoder(raw=raw), chunks)):
         if raw:
             assert all(isinstance(e.data, bytes) for e in got)
             got = [SSEEvent(e.event, e.data.decode("utf-8", "replace")) for e in got]  # type: ignore[union-attr, attr-defined]
@@ -134,12 +134,16 @@ def test_the_fast_path_shapes() -> None:
     assert run(SSEDecoder(raw=True), [frames]) == [SSEEvent(e.event, e.data.encode()) for e in expected]  # type: ignore[arg-type]
     # CRLF events (Gemini's) go the general way, to the same events
     assert run(SSEDecoder(), [b"data: 1\r\n\r\ndata: 2\r\n\r\n"]) == [SSEEvent("", "1"), SSEEvent("", "2")]
-    # one() takes a lone single-line event and declines anything else, consuming nothing
+    # data_only() takes whole single-line events and declines anything else, consuming nothing
     dec = SSEDecoder(raw=True)
-    assert dec.one(b"data: {}\n\n") == b"{}"
-    for other in (b"data: 1\n\ndata: 2\n\n", b"event: e\ndata: 1\n\n", b"data: 1\r\n\r\n", b"data: 1\n", b"data:1\n\n"):
-        assert dec.one(other) is None
-    assert dec.feed(b"data: 1") == [] and dec.one(b"data: 2\n\n") is None  # an event is pending
+    assert dec.data_only(b"data: {}\n\n") == [b"{}"]
+    assert dec.data_only(b"data: 1\n\ndata: 2\n\n") == [b"1", b"2"]
+    assert SSEDecoder().data_only(b"data: \xc3\xa9\n\n") == ["\xe9"]
+    for other in (b"event: e\ndata: 1\n\n", b"data: 1\n\nevent: e\ndata: 2\n\n", b"data: 1\r\n\r\n",
+                  b"data: 1\n", b"data: 1\n\ndata: 2", b"data:1\n\n", b"data: 1\ndata: 2\n\n",
+                  b"data: 1\n\n\n\n", b": c\n\n"):
+        assert dec.data_only(other) is None
+    assert dec.feed(b"data: 1") == [] and dec.data_only(b"data: 2\n\n") is None  # an event is pending
     # a partial event after the last blank line waits for the next chunk
     dec = SSEDecoder()
     assert dec.feed(b'data: 1\n\ndata: 2') == [SSEEvent("", "1")]

@@ -160,3 +160,59 @@ def test_health_head_and_keep_alive_work_as_before(gw: GatewayServer) -> None:
         r = c.post("/v1/chat/completions", json={"model": "pm", "messages": [{"role": "user", "content": "x"}]},
                    headers=AUTH)
         assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+
+
+def test_header_checks_remember_what_passed_and_still_refuse_bad_headers() -> None:
+    import re
+
+    from uvicorn.protocols.http import httptools_impl
+
+    from server.http_protocol import PassedChecks, remember_header_checks
+
+    remember_header_checks()  # a second call wraps nothing twice
+    names, values = httptools_impl.HEADER_RE, httptools_impl.HEADER_VALUE_RE
+    assert isinstance(names, PassedChecks) and isinstance(values, PassedChecks)
+    assert isinstance(names.pattern, re.Pattern)
+    for _ in range(2):  # the second time from the set
+        assert names.search(b"x-request-id") is None and values.search(b"abc\tdef") is None
+    assert names.search(b"bad name") is not None and names.search(b"bad name") is not None
+    assert values.search(b"a\r\nb") is not None and values.search(b"a\x00") is not None
+    small = PassedChecks(re.compile(b"[\x00]"), limit=2)
+    for s in (b"a", b"b", b"c"):
+        assert small.search(s) is None
+    assert small._passed == {b"a", b"b"}  # bounded
+
+
+async def test_a_bad_response_header_is_still_refused_by_the_server() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        bad = scope["path"] == "/bad"
+        headers = [(b"x-ok", b"1"), (b"x-evil", b"a\r\nset-cookie: x")] if bad else [(b"x-ok", b"1")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    import uvicorn
+
+    from server.http_protocol import CoalescingHttpToolsProtocol
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, http=CoalescingHttpToolsProtocol, lifespan="off", log_config=None,
+                                           access_log=False, interface="asgi3"))
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            r = await c.get("/good")
+            assert r.status_code == 200 and r.headers["x-ok"] == "1"
+            # uvicorn refuses the head; having started the response, it can only drop the connection
+            with pytest.raises(httpx.RemoteProtocolError):
+                await c.get("/bad")
+            r = await c.get("/good")  # the good header, from the set
+            assert r.status_code == 200 and r.headers["x-ok"] == "1"
+    finally:
+        server.should_exit = True
+        await task

@@ -1088,7 +1088,8 @@ def _loads_replacing(data: bytes) -> Any:
 class StreamParser:
     """Upstream chat.completion.chunk SSE → unified events, for any chunking of the bytes."""
 
-    __slots__ = ("_sse", "_started", "_done", "_primary", "_tools", "_reasons", "_usage")
+    __slots__ = ("_sse", "_started", "_done", "_primary", "_tools", "_reasons", "_usage", "_head", "_tail",
+                 "_learnt")
 
     def __init__(self) -> None:
         self._sse = SSEDecoder(raw=True)
@@ -1098,14 +1099,22 @@ class StreamParser:
         self._tools: dict[tuple[int, Any], int] = {}  # (choice, wire index or id) → unified index
         self._reasons: dict[Any, FinishReason] = {}
         self._usage: Usage | None = None
+        # The text-chunk template (see _learn): a chunk that is these bytes around one JSON string is
+        # a text delta of the primary choice and nothing else. b"" until learnt.
+        self._head = b""
+        self._tail = b""
+        self._learnt = False  # one attempt per stream: a stream whose chunks differ stays on the slow path
 
     def feed(self, data: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
         if self._done:  # nothing after [DONE] or an error counts, so nothing needs decoding
             return out
-        one = self._sse.one(data)
-        if one is not None:  # the usual chunk: one event in one read
-            self._event(one, out)  # type: ignore[arg-type]
+        datas = self._sse.data_only(data)
+        if datas is not None:  # the usual read: whole single-line events
+            for d in datas:
+                if self._done:
+                    break
+                self._event(d, out)  # type: ignore[arg-type]
             return out
         for ev in self._sse.feed(data):
             if not self._done:
@@ -1124,6 +1133,18 @@ class StreamParser:
         return out
 
     def _event(self, data: bytes, out: list[StreamEvent]) -> None:
+        head = self._head
+        if head and data.startswith(head) and data.endswith(self._tail):
+            token = data[len(head):len(data) - len(self._tail)]
+            if token.startswith(b'"'):
+                try:
+                    text = orjson.loads(token)
+                except orjson.JSONDecodeError:  # not one string (or not UTF-8): the general path decides
+                    text = None
+                if type(text) is str:
+                    if text:
+                        out.append(_text_delta({"text": text}))
+                    return
         if data.startswith(b"[DONE]"):
             self._done = True
             reason = _merged_finish(self._reasons, self._primary, bool(self._tools))
@@ -1156,6 +1177,50 @@ class StreamParser:
         u = o.get("usage")
         if type(u) is dict:
             self._usage = _parse_usage(u)
+        elif not self._learnt and type(choices) is list and len(choices) == 1 and not err:
+            self._learn(data, o, choices[0], out)
+
+    def _learn(self, data: bytes, o: dict[str, Any], ch: Any, out: list[StreamEvent]) -> None:
+        """Learns the stream's text-chunk template from the first chunk that is only a text delta
+        of the primary choice: its bytes before and after the content string. A provider sends
+        every such chunk alike (id, model, created and the other fields repeat unchanged), so the
+        rest of the stream's text chunks are recognised by two byte comparisons and one string
+        parse, not a parse of the whole chunk.
+
+        JSON is context-free: any string token in place of this one parses to the same tree with
+        only that leaf changed. That the token found is the primary choice's delta.content (and
+        not, say, a duplicate key that the parse overrode) is checked by parsing the template with
+        a sentinel in its place and comparing the tree."""
+        if type(ch) is not dict or ch.get("index", 0) != self._primary or ch.get("finish_reason"):
+            return
+        delta = ch.get("delta")
+        if type(delta) is not dict:
+            return
+        d: dict[str, Any] = delta
+        text = d.get("content")
+        if (type(text) is not str or not text or d.get("tool_calls") or d.get("refusal")
+                or d.get("reasoning_content") or d.get("reasoning") or not out or out[-1].type != "text"):
+            return
+        self._learnt = True
+        at = data.rfind(b'"content":')
+        if at < 0:
+            return
+        start = at + 10
+        while start < len(data) and data[start] in (32, 9, 10, 13):  # JSON whitespace
+            start += 1
+        end = _string_end(data, start)
+        if end < 0:
+            return
+        head, tail = data[:start], data[end:]
+        try:
+            probe = orjson.loads(head + b'"\\u0001"' + tail)
+        except orjson.JSONDecodeError:
+            return
+        d["content"] = "\x01"
+        same = probe == o
+        d["content"] = text
+        if same:
+            self._head, self._tail = head, tail
 
     def _choice(self, ch: dict[str, Any], out: list[StreamEvent]) -> None:
         idx = ch.get("index")
@@ -1215,6 +1280,23 @@ class StreamParser:
         name = name if isinstance(name, str) and name else None
         if args or cid or name:
             out.append(ToolCallDelta(index=index, id=cid, name=name, arguments=args))
+
+
+def _string_end(data: bytes, start: int) -> int:
+    """The index just past the JSON string token that begins at `start`, or -1 if none does."""
+    if not data.startswith(b'"', start):
+        return -1
+    i = start + 1
+    while True:
+        q = data.find(b'"', i)
+        if q < 0:
+            return -1
+        b = q - 1
+        while data[b] == 92:  # backslashes before the quote: an odd number escapes it
+            b -= 1
+        if (q - 1 - b) % 2 == 0:
+            return q + 1
+        i = q + 1
 
 
 # In-stream error objects carry no HTTP status; their type says what kind of failure it was.

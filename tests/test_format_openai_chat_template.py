@@ -1,0 +1,166 @@
+"""The OpenAI Chat stream parser's text-chunk template gives exactly the events of a full parse.
+
+The parser learns, from a stream's first plain text chunk, the bytes around its content string
+and then reads later chunks that match by those bytes alone (StreamParser._learn). These tests
+generate streams of mixed chunks in many envelopes (key orders, spacing, escaping, extra and
+duplicate fields) and hold the parser to a twin that never learns a template.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from axonsim.formats import openai_chat as oc
+from axonsim.formats import FormatError
+
+
+def _enc(obj: object, style: int) -> bytes:
+    if style == 0:
+        return orjson.dumps(obj)
+    if style == 1:
+        return json.dumps(obj, ensure_ascii=True).encode()  # ", " and ": " separators, \\u escapes
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
+
+_KINDS = ("text", "text", "text", "text", "role_text", "empty", "finish", "usage", "tool", "reasoning", "refusal",
+          "other_choice", "number", "two_strings", "dup_key", "bad_utf8", "logprobs", "error", "two_choices",
+          "meta", "meta")
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> bytes:
+    style = draw(st.integers(0, 2))
+    extra = draw(st.dictionaries(st.sampled_from(["system_fingerprint", "service_tier", "provider", "x"]),
+                                 st.one_of(st.none(), _TEXT, st.integers(-5, 5)), max_size=3))
+    keys = draw(st.permutations(["id", "object", "created", "model", "choices", "usage"]))
+    role_every_chunk = draw(st.booleans())  # OpenRouter repeats the role in every delta
+    kinds = draw(st.lists(st.sampled_from(_KINDS), max_size=14))
+
+    def envelope(choices: list[object], usage: object = None, head_extra: dict[str, object] | None = None) -> bytes:
+        base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                "choices": choices, "usage": usage}
+        obj = {k: base[k] for k in keys}
+        obj.update(extra)
+        obj.update(head_extra or {})
+        return _enc(obj, style)
+
+    def choice(delta: dict[str, object], index: int = 0, finish: str | None = None) -> dict[str, object]:
+        if role_every_chunk:
+            delta = {"role": "assistant", **delta}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    out = [envelope([choice({"role": "assistant", "content": ""})])]
+    for kind in kinds:
+        text = draw(_TEXT)
+        if kind == "text":
+            out.append(envelope([choice({"content": text})]))
+        elif kind == "role_text":
+            out.append(envelope([{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}]))
+        elif kind == "empty":
+            out.append(envelope([choice({})]))
+        elif kind == "finish":
+            out.append(envelope([choice({}, finish=draw(st.sampled_from(["stop", "length", "tool_calls"])))]))
+        elif kind == "usage":
+            out.append(envelope([], {"prompt_tokens": 3, "completion_tokens": len(kinds), "total_tokens": 9}))
+        elif kind == "tool":
+            out.append(envelope([choice({"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+                                                        "function": {"name": "f", "arguments": text}}]})]))
+        elif kind == "reasoning":
+            out.append(envelope([choice({"content": text, "reasoning_content": text or "r"})]))
+        elif kind == "refusal":
+            out.append(envelope([choice({"content": text, "refusal": "no"})]))
+        elif kind == "other_choice":
+            out.append(envelope([choice({"content": text}, index=1)]))
+        elif kind == "two_choices":
+            out.append(envelope([choice({"content": text}), choice({"content": text}, index=1)]))
+        elif kind == "logprobs":
+            c = choice({"content": text})
+            c["logprobs"] = {"content": [{"token": text, "logprob": -0.5}]}
+            out.append(envelope([c]))
+        elif kind == "meta":
+            # A "content" key after the delta's: the last one in the bytes is not the text.
+            out.append(envelope([choice({"content": "same"})], head_extra={"meta": {"content": text}}))
+        elif kind == "error":
+            out.append(envelope([choice({"content": text})], head_extra={"error": {"message": "boom"}}))
+        else:
+            # Raw edits of a text chunk in the very envelope of the template: the head and tail
+            # match, what lies between is not one well-formed string.
+            raw = envelope([choice({"content": "\x02"})])
+            token = _enc("\x02", style)
+            assert raw.count(token) == 1
+            if kind == "number":
+                raw = raw.replace(token, b"5")
+            elif kind == "two_strings":
+                raw = raw.replace(token, token + b', "content": ' + _enc(text, style))
+            elif kind == "dup_key":
+                raw = raw.replace(b'"content"', b'"content": "dup", "content"')
+            else:  # bad_utf8
+                raw = raw.replace(token, b'"ok\xff"')
+            out.append(raw)
+    body = b"".join(b"data: " + c + b"\n\n" for c in out)
+    if draw(st.booleans()):
+        body += b"data: [DONE]\n\n"
+    return body
+
+
+def _run(data: bytes, learn: bool, seed: int | None = None) -> tuple[list[object], str | None]:
+    p = oc.StreamParser()
+    if not learn:
+        p._learnt = True  # the twin: never learns a template, every chunk takes the full parse
+    events: list[object] = []
+    pieces = [data]
+    if seed is not None:
+        rng = random.Random(seed)
+        cuts = sorted(rng.sample(range(1, len(data)), k=min(len(data) - 1, rng.randint(0, 40))))
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    try:
+        for piece in pieces:
+            events += p.feed(piece)
+        events += p.close()
+    except FormatError as e:
+        return events, str(e)
+    return events, None
+
+
+@settings(max_examples=400, deadline=None)
+@given(streams(), st.integers(0, 2**32))
+def test_template_gives_the_events_of_a_full_parse(data: bytes, seed: int) -> None:
+    expected = _run(data, learn=False)
+    assert _run(data, learn=True) == expected
+    assert _run(data, learn=True, seed=seed) == expected
+
+
+def _chunk(delta: dict[str, object], **top: object) -> bytes:
+    obj = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+           "choices": [{"index": 0, "delta": delta, "finish_reason": None}], **top}
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def test_a_plain_stream_is_read_by_its_template() -> None:
+    p = oc.StreamParser()
+    evs = p.feed(_chunk({"role": "assistant", "content": ""}) + _chunk({"content": "Hel"}))
+    assert p._head.endswith(b'"delta":{"content":') and p._tail == b'},"finish_reason":null}]}'
+    evs += p.feed(_chunk({"content": 'lo "x"\\ é\n'}) + b"data: [DONE]\n\n")
+    assert [(e.type, getattr(e, "text", None)) for e in evs] == [
+        ("start", None), ("text", "Hel"), ("text", 'lo "x"\\ é\n')]
+
+
+@pytest.mark.parametrize("top", [{"usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}},
+                                 {"obfuscation": "a"}])
+def test_no_template_from_a_chunk_that_says_more_than_text(top: dict[str, object]) -> None:
+    p = oc.StreamParser()
+    p.feed(_chunk({"content": "a"}, **top))
+    if "usage" in top:
+        assert p._head == b""  # the chunk carried usage: not a template
+    else:
+        assert p._head.endswith(b'"delta":{"content":')
+    evs = p.feed(_chunk({"content": "c"}, obfuscation="bb"))  # the tail differs from any template
+    assert [e.text for e in evs] == ["c"]  # type: ignore[union-attr]

@@ -1089,7 +1089,7 @@ class StreamParser:
     """Upstream chat.completion.chunk SSE → unified events, for any chunking of the bytes."""
 
     __slots__ = ("_sse", "_started", "_done", "_primary", "_tools", "_reasons", "_usage", "_head", "_tail",
-                 "_learnt")
+                 "_plain_texts")
 
     def __init__(self) -> None:
         self._sse = SSEDecoder(raw=True)
@@ -1103,7 +1103,9 @@ class StreamParser:
         # a text delta of the primary choice and nothing else. b"" until learnt.
         self._head = b""
         self._tail = b""
-        self._learnt = False  # one attempt per stream: a stream whose chunks differ stays on the slow path
+        # Plain text chunks read in full: the template is learnt from the second, once. (The first is
+        # on the path to the client's first byte; a stream whose chunks differ stays on the full parse.)
+        self._plain_texts = 0
 
     def feed(self, data: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
@@ -1177,11 +1179,11 @@ class StreamParser:
         u = o.get("usage")
         if type(u) is dict:
             self._usage = _parse_usage(u)
-        elif not self._learnt and type(choices) is list and len(choices) == 1 and not err:
+        elif self._plain_texts < 2 and type(choices) is list and len(choices) == 1 and not err:
             self._learn(data, o, choices[0], out)
 
     def _learn(self, data: bytes, o: dict[str, Any], ch: Any, out: list[StreamEvent]) -> None:
-        """Learns the stream's text-chunk template from the first chunk that is only a text delta
+        """Learns the stream's text-chunk template from the second chunk that is only a text delta
         of the primary choice: its bytes before and after the content string. A provider sends
         every such chunk alike (id, model, created and the other fields repeat unchanged), so the
         rest of the stream's text chunks are recognised by two byte comparisons and one string
@@ -1201,7 +1203,9 @@ class StreamParser:
         if (type(text) is not str or not text or d.get("tool_calls") or d.get("refusal")
                 or d.get("reasoning_content") or d.get("reasoning") or not out or out[-1].type != "text"):
             return
-        self._learnt = True
+        self._plain_texts += 1
+        if self._plain_texts != 2:
+            return
         at = data.rfind(b'"content":')
         if at < 0:
             return

@@ -81,21 +81,25 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
 class PassedChecks:
     """A stand-in for a compiled header check: `search` as the pattern's, remembering (up to
-    `limit`) the strings it found nothing in. Strings that vary per response (request ids, timings)
-    take the slots they find until the set is full; the constant ones are among the first."""
+    `limit` strings of at most `longest` bytes) the bytes it found nothing in. Strings that vary
+    per response (request ids, timings) take the slots they find until the set is full; the
+    constant ones are among the first. Anything else (a bytearray, a str) goes to the pattern."""
 
-    __slots__ = ("pattern", "_passed", "_limit")
+    __slots__ = ("pattern", "_passed", "_limit", "_longest")
 
-    def __init__(self, pattern: re.Pattern[bytes], limit: int = 1024) -> None:
+    def __init__(self, pattern: re.Pattern[bytes], limit: int = 1024, longest: int = 256) -> None:
         self.pattern = pattern
         self._passed: set[bytes] = set()
         self._limit = limit
+        self._longest = longest
 
-    def search(self, s: bytes) -> re.Match[bytes] | None:
+    def search(self, s: Any) -> re.Match[bytes] | None:
+        if type(s) is not bytes:
+            return self.pattern.search(s)
         if s in self._passed:
             return None
         m = self.pattern.search(s)
-        if m is None and len(self._passed) < self._limit:
+        if m is None and len(self._passed) < self._limit and len(s) <= self._longest:
             self._passed.add(s)
         return m
 

@@ -181,6 +181,9 @@ def test_header_checks_remember_what_passed_and_still_refuse_bad_headers() -> No
     for s in (b"a", b"b", b"c"):
         assert small.search(s) is None
     assert small._passed == {b"a", b"b"}  # bounded
+    assert values.search(bytearray(b"ok")) is None and values.search(bytearray(b"\x00")) is not None
+    values.search(b"x" * 300)
+    assert b"x" * 300 not in values._passed  # long values (an explain trace) are not kept
 
 
 async def test_a_bad_response_header_is_still_refused_by_the_server() -> None:

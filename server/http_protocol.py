@@ -1,5 +1,4 @@
-"""uvicorn's httptools protocol, with each response head sent in the same write as the first body bytes
-and its header checks remembered.
+"""uvicorn's httptools protocol, with each response head sent in the same write as the first body bytes.
 
 An ASGI app answers with two messages, http.response.start and http.response.body, and uvicorn
 writes each to the socket as it comes: two system calls per response, and on loopback two wake-ups
@@ -11,21 +10,13 @@ So the transport the protocol writes to holds a response head back until the nex
 then carries both. A head that no body follows in the same turn of the event loop (HEAD, 204, an
 app still computing its body) is written at the end of that turn, so nothing waits longer than the
 code already running. Everything else about the transport is the real one's.
-
-uvicorn also checks every response header's name and value with a regular expression, two searches
-of ~1.2k instructions each per header, eighteen per proxied answer; the names and most values are
-the same on every response. `remember_header_checks` wraps both expressions in a set of the
-strings that passed (bounded), so a string seen before costs a set lookup; one never seen is
-searched as before, and a bad one is refused as before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
-from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _HEAD = b"HTTP/"  # how every status line uvicorn writes begins (responses, 100 Continue, its own errors)
@@ -77,41 +68,3 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeadHoldingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
-
-
-class PassedChecks:
-    """A stand-in for a compiled header check: `search` as the pattern's, remembering (up to
-    `limit` strings of at most `longest` bytes) the bytes it found nothing in. Strings that vary
-    per response (request ids, timings) take the slots they find until the set is full; the
-    constant ones are among the first. Anything else (a bytearray, a str) goes to the pattern."""
-
-    __slots__ = ("pattern", "_passed", "_limit", "_longest")
-
-    def __init__(self, pattern: re.Pattern[bytes], limit: int = 1024, longest: int = 256) -> None:
-        self.pattern = pattern
-        self._passed: set[bytes] = set()
-        self._limit = limit
-        self._longest = longest
-
-    def search(self, s: Any) -> re.Match[bytes] | None:
-        if type(s) is not bytes:
-            return self.pattern.search(s)
-        if s in self._passed:
-            return None
-        m = self.pattern.search(s)
-        if m is None and len(self._passed) < self._limit and len(s) <= self._longest:
-            self._passed.add(s)
-        return m
-
-
-def remember_header_checks() -> None:
-    """Wraps uvicorn's two header checks (idempotent; a uvicorn without them is left alone)."""
-    for name in ("HEADER_RE", "HEADER_VALUE_RE"):
-        check = getattr(httptools_impl, name, None)
-        if isinstance(check, re.Pattern):
-            setattr(httptools_impl, name, PassedChecks(check))
-
-
-# Applied on import: every process that serves with CoalescingHttpToolsProtocol (a worker process
-# included) imports this module first.
-remember_header_checks()

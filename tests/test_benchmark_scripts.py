@@ -60,6 +60,12 @@ def test_proxy_overhead_holds_axonsim_to_the_targets_scaled_by_the_bare_proxy_of
     assert view["added_p50_c1_ms"]["ratios"] == [0.70 / 0.50, 0.72 / 0.50] and not view["added_p50_c1_ms"]["met"]
     assert view["ratio_c64"]["met"] and view["ratio_c64"]["higher_is_better"]  # 0.93 ≥ 0.20 / 0.22
     assert view["ttfb_added_ms"]["ratios"] == [0.80 / 0.50, 0.90 / 0.50] and view["ttfb_added_ms"]["met"]  # ≤ 1.72
+    # An added latency that noise made negative has no ratio: left out, not counted as a pass.
+    noisy = po.summarize(_overhead_pairs(cpu, {"axonsim": [-0.05, 0.72], "bare": [0.50, 0.50]}, ratio), probes,
+                         {}, {}, {}, ["axonsim", "bare"])
+    v = po.scaled(noisy, "axonsim")["added_p50_c1_ms"]
+    assert v["ratios"] == [0.72 / 0.50] and v["left_out"] == 1 and v["met"] is False
+    assert po.scaled({"axonsim": {}, "bare": {}}, "axonsim")["cpu_us_c64"]["met"] is None  # no figures
     res = {"meta": {"label": "t", "when": "now", "commit": "x", "cpus": 2, "python": "3", "kernel": "k",
                     "load_generator": "wrk", "repeats": 2, "cell_seconds": 1, "conns": [1, 64], "probe_n": 1,
                     "elapsed_s": 1, "versions": {}},

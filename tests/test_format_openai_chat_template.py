@@ -28,7 +28,8 @@ def _enc(obj: object, style: int) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-_TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
+# "\x01" is the template check's sentinel: a text equal to it must not fool the check.
+_TEXT = st.one_of(st.sampled_from(["\x01", "\x02", "same"]), st.text(st.characters(codec="utf-8"), max_size=12))
 
 _KINDS = ("text", "text", "text", "text", "role_text", "empty", "finish", "usage", "tool", "reasoning", "refusal",
           "other_choice", "number", "two_strings", "dup_key", "bad_utf8", "logprobs", "error", "two_choices",
@@ -87,14 +88,15 @@ def streams(draw: st.DrawFn) -> bytes:
             out.append(envelope([c]))
         elif kind == "meta":
             # A "content" key after the delta's: the last one in the bytes is not the text.
-            out.append(envelope([choice({"content": "same"})], head_extra={"meta": {"content": text}}))
+            out.append(envelope([choice({"content": draw(st.sampled_from(["same", "\x01"]))})],
+                                head_extra={"meta": {"content": text}}))
         elif kind == "error":
             out.append(envelope([choice({"content": text})], head_extra={"error": {"message": "boom"}}))
         else:
             # Raw edits of a text chunk in the very envelope of the template: the head and tail
             # match, what lies between is not one well-formed string.
-            raw = envelope([choice({"content": "\x02"})])
-            token = _enc("\x02", style)
+            raw = envelope([choice({"content": "\x1f\x1e\x1d"})])
+            token = _enc("\x1f\x1e\x1d", style)
             assert raw.count(token) == 1
             if kind == "number":
                 raw = raw.replace(token, b"5")
@@ -166,3 +168,16 @@ def test_no_template_from_a_chunk_that_says_more_than_text(top: dict[str, object
         assert p._head.endswith(b'"delta":{"content":')
     evs = p.feed(_chunk({"content": "c"}, obfuscation="bb"))  # the tail differs from any template
     assert [e.text for e in evs] == ["c"]  # type: ignore[union-attr]
+
+
+def test_a_text_equal_to_the_sentinel_does_not_fool_the_check() -> None:
+    # The learning chunk's text is the sentinel itself, and a later duplicate key overrides the
+    # "content" the byte search finds: no template may come of it (a review's counterexample).
+    chunks = [b'{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}',
+              b'{"choices":[{"index":0,"delta":{"content":"a"}}]}',
+              b'{"choices":[{"index":0,"delta":{"content":"\\u0001"}}],"z":{"content":"q"},"z":0}',
+              b'{"choices":[{"index":0,"delta":{"content":"\\u0001"}}],"z":{"content":"EVIL"},"z":0}']
+    data = b"".join(b"data: " + c + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    p = oc.StreamParser()
+    texts = [e.text for e in p.feed(data) if e.type == "text"]  # type: ignore[union-attr]
+    assert texts == ["a", "\x01", "\x01"] and p._head == b""

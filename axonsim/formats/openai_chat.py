@@ -1190,9 +1190,10 @@ class StreamParser:
         parse, not a parse of the whole chunk.
 
         JSON is context-free: any string token in place of this one parses to the same tree with
-        only that leaf changed. That the token found is the primary choice's delta.content (and
-        not, say, a duplicate key that the parse overrode) is checked by parsing the template with
-        a sentinel in its place and comparing the tree."""
+        only that leaf changed, provided the leaf is the one the parse keeps. That the token found is
+        the primary choice's delta.content (and not, say, a duplicate key that the parse overrode,
+        or another "content" further on) is checked by parsing the template with a sentinel in its
+        place and comparing the tree."""
         if type(ch) is not dict or ch.get("index", 0) != self._primary or ch.get("finish_reason"):
             return
         delta = ch.get("delta")
@@ -1216,11 +1217,14 @@ class StreamParser:
         if end < 0:
             return
         head, tail = data[:start], data[end:]
+        # The sentinel must differ from the text: were they equal, a token the parse overrode (or
+        # another string equal to the text) would pass the comparison below.
+        sentinel, token = ("\x01", b'"\\u0001"') if text != "\x01" else ("\x02", b'"\\u0002"')
         try:
-            probe = orjson.loads(head + b'"\\u0001"' + tail)
+            probe = orjson.loads(head + token + tail)
         except orjson.JSONDecodeError:
             return
-        d["content"] = "\x01"
+        d["content"] = sentinel
         same = probe == o
         d["content"] = text
         if same:

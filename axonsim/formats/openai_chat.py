@@ -1179,7 +1179,7 @@ class StreamParser:
         u = o.get("usage")
         if type(u) is dict:
             self._usage = _parse_usage(u)
-        elif self._plain_texts < 2 and type(choices) is list and len(choices) == 1 and not err:
+        elif self._plain_texts < 2 and type(choices) is list and len(choices) == 1:
             self._learn(data, o, choices[0], out)
 
     def _learn(self, data: bytes, o: dict[str, Any], ch: Any, out: list[StreamEvent]) -> None:

@@ -4,20 +4,26 @@ The parser learns, from a stream's second plain text chunk, the bytes around its
 and then reads later chunks that match by those bytes alone (StreamParser._learn). These tests
 generate streams of mixed chunks in many envelopes (key orders, spacing, escaping, extra and
 duplicate fields) and hold the parser to a twin that never learns a template.
+
+The parser also builds its events without validating them again (openai_chat.trusted): every event
+of those streams, and of the recorded ones, must be the model that validation makes.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from axonsim.formats import openai_chat as oc
 from axonsim.formats import FormatError
+from axonsim.unified import StreamEvent, TextDelta
 
 
 def _enc(obj: object, style: int) -> bytes:
@@ -181,3 +187,44 @@ def test_a_text_equal_to_the_sentinel_does_not_fool_the_check() -> None:
     p = oc.StreamParser()
     texts = [e.text for e in p.feed(data) if e.type == "text"]  # type: ignore[union-attr]
     assert texts == ["a", "\x01", "\x01"] and p._head == b""
+
+
+def assert_validated(ev: BaseModel) -> None:
+    """`ev` is, in every way a caller can observe, the model validating the fields it was given makes."""
+    cls = type(ev)
+    checked = cls.model_validate({k: getattr(ev, k) for k in ev.model_fields_set})
+    assert cls in StreamEvent.__args__ and ev.type == cls.model_fields["type"].default  # type: ignore[attr-defined]
+    assert ev == checked and ev.model_fields_set == checked.model_fields_set
+    assert ev.model_dump() == checked.model_dump() and ev.model_dump_json() == checked.model_dump_json()
+    assert repr(ev) == repr(checked) and ev.model_copy() == checked.model_copy()
+    with pytest.raises(ValueError):
+        ev.bogus = 1  # type: ignore[attr-defined]  # extras forbidden, as on a validated one
+
+
+@settings(max_examples=200, deadline=None)
+@given(streams())
+def test_events_built_without_validation_are_the_validated_ones(data: bytes) -> None:
+    for ev in _run(data, learn=True)[0]:
+        assert_validated(ev)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent / "fixtures" / "providers" / "openai").glob(
+    "*.stream.jsonl")), ids=lambda p: p.name)
+def test_recorded_stream_events_are_the_validated_ones(path: Path) -> None:
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    data = b"".join(b"data: " + ln["Data"].encode() + b"\n\n" for ln in lines)
+    events, err = _run(data, learn=True)
+    assert err is None and len(events) > 3
+    for ev in events:
+        assert_validated(ev)  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters(codec="utf-8")), st.text())
+def test_text_delta_of_is_text_delta(text: str, later: str) -> None:
+    fast, checked = oc.text_delta_of(text), TextDelta(text=text)
+    assert_validated(fast)
+    assert fast == checked and fast.model_fields_set == checked.model_fields_set == {"text"}
+    fast.text = checked.text = later  # each its own instance: no state shared between events
+    assert fast == checked and oc.text_delta_of(text).text == text
+    assert oc.text_delta_of(text).model_fields_set is not fast.model_fields_set

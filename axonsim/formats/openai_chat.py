@@ -535,17 +535,23 @@ _setattr = object.__setattr__
 _USAGE_FIELDS = frozenset(Usage.model_fields)
 
 
+def trusted(cls: type[Any], values: dict[str, Any], fields_set: set[str]) -> Any:
+    """The instance pydantic's own model_construct makes of `cls` (`values` as its __dict__: every
+    field, in declaration order, each of its field's type already; no extras, no private state),
+    built directly, for values this module has checked itself. Validating them again costs a few
+    thousand instructions per object: on every answer's Usage and every chunk of every stream.
+    Tests hold each use equal to the validated model."""
+    m = _new(cls)
+    _setattr(m, "__dict__", values)
+    _setattr(m, "__pydantic_fields_set__", fields_set)
+    _setattr(m, "__pydantic_extra__", None)
+    _setattr(m, "__pydantic_private__", None)
+    return m
+
+
 def usage_of(fields: dict[str, int]) -> Usage:
-    """Usage(**fields) for a dict of exactly Usage's six fields, each an int already checked: the
-    instance pydantic's own model_construct makes (the dict as its __dict__, every field set, no
-    extras, no private state), built directly. Validating the dict again costs ~15k instructions
-    on every answer the gateway forwards; this, ~6k. Tests hold it equal to the validated Usage."""
-    u = _new(Usage)
-    _setattr(u, "__dict__", fields)
-    _setattr(u, "__pydantic_fields_set__", set(_USAGE_FIELDS))
-    _setattr(u, "__pydantic_extra__", None)
-    _setattr(u, "__pydantic_private__", None)
-    return u  # type: ignore[no-any-return]
+    """Usage(**fields) for a dict of exactly Usage's six fields, in order, each an int already checked."""
+    return trusted(Usage, fields, set(_USAGE_FIELDS))  # type: ignore[no-any-return]
 
 
 def _merged_finish(reasons: dict[Any, FinishReason], primary: Any, has_tools: bool) -> FinishReason | None:
@@ -1072,8 +1078,10 @@ def parse_response(body: bytes) -> Response:
     })
 
 
-# TextDelta(text=...) by its validator with a dict: a quarter cheaper, once per content chunk.
-_text_delta = TextDelta.__pydantic_validator__.validate_python
+def text_delta_of(text: str) -> TextDelta:
+    """TextDelta(text=text): once per content chunk of every stream, where validation was about 45 %
+    of parsing a 22-chunk stream (callgrind)."""
+    return trusted(TextDelta, {"type": "text", "text": text}, {"text"})  # type: ignore[no-any-return]
 
 
 def _loads_replacing(data: bytes) -> Any:
@@ -1145,15 +1153,15 @@ class StreamParser:
                     text = None
                 if type(text) is str:
                     if text:
-                        out.append(_text_delta({"text": text}))
+                        out.append(text_delta_of(text))
                     return
         if data.startswith(b"[DONE]"):
             self._done = True
             reason = _merged_finish(self._reasons, self._primary, bool(self._tools))
             if reason is not None:
-                out.append(FinishEvent(reason=reason))
+                out.append(trusted(FinishEvent, {"type": "finish", "reason": reason}, {"reason"}))
             if self._usage is not None:
-                out.append(UsageEvent(usage=self._usage))
+                out.append(trusted(UsageEvent, {"type": "usage", "usage": self._usage}, {"usage"}))
             return
         try:
             obj = orjson.loads(data)
@@ -1169,8 +1177,9 @@ class StreamParser:
             return
         if not self._started:
             self._started = True
-            out.append(StreamStart(id=str(o.get("id") or ""), model=str(o.get("model") or ""),
-                                   created=_int(o.get("created"))))
+            out.append(trusted(StreamStart, {"type": "start", "id": str(o.get("id") or ""), "model": str(o.get("model") or ""),
+                                              "created": _int(o.get("created")), "usage": None},
+                               {"id", "model", "created"}))
         choices = o.get("choices")
         if type(choices) is list:
             for ch in choices:
@@ -1240,7 +1249,7 @@ class StreamParser:
             # The bulk of a stream: one more piece of text for the choice already followed. What the
             # general branch below does with such a delta, without its other lookups.
             if text:
-                out.append(_text_delta({"text": text}))
+                out.append(text_delta_of(text))
         elif type(delta) is dict:
             dd: dict[str, Any] = delta
             reasoning = dd.get("reasoning_content") or dd.get("reasoning")

@@ -796,25 +796,6 @@ def summarize(pairs: list[dict[str, Any]], probes: list[dict[str, Any]], rss_idl
 # Markdown
 
 
-def idle_penalty(probes: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """How much slower the paced probe runs than the burst one for reasons of the host, not of a
-    proxy: the mock alone (direct) answers the paced stream's first byte later too, although it does
-    the same work before it. The 5 ms pause leaves the machine idle, and code that runs after an idle
-    gap runs slower on a host whose caches go cold or whose CPUs drop into power states meanwhile
-    (seen here: a 2 ms pause between plain requests doubled the gateway's own time per request).
-    Medians over the repeats; None without both kinds of probe."""
-    def med(key: str, paced: bool, target: str | None = None) -> float:
-        return _median([q[key] for q in probes if q["paced"] is paced and (target is None or q["target"] == target)])
-
-    direct_paced, direct_burst = med("direct_ttfb_p50_ms", True), med("direct_ttfb_p50_ms", False)
-    if not (direct_paced > 0 and direct_burst > 0):
-        return None
-    targets = sorted({q["target"] for q in probes})
-    return {"direct_paced_ms": direct_paced, "direct_burst_ms": direct_burst, "factor": direct_paced / direct_burst,
-            "added_ms": {t: {"paced": med("ttfb_added_ms", True, t), "burst": med("ttfb_added_ms", False, t)}
-                         for t in targets}}
-
-
 def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -989,16 +970,6 @@ def markdown(res: dict[str, Any], before: dict[str, Any] | None = None) -> str:
                  f"{q['direct_ttfb_p50_ms']:.3f} | {q['proxy_ttfb_p50_ms']:.3f} | "
                  f"{q['ttfb_added_ms']:.3f} | {q['direct_total_p50_ms']:.3f} | {q['proxy_total_p50_ms']:.3f} | "
                  f"{q['total_added_ms']:.3f} |")
-    idle = idle_penalty(res["probes"])
-    if idle is not None:
-        added = "; ".join(f"{t} {v['paced']:.3f} against {v['burst']:.3f}" for t, v in idle["added_ms"].items())
-        L.append("")
-        L.append(f"Idle penalty of this host: the mock alone answers the paced stream's first byte in "
-                 f"{idle['direct_paced_ms']:.3f} ms against {idle['direct_burst_ms']:.3f} ms for the burst "
-                 f"(×{idle['factor']:.2f}), for the same work before it. The paced stream's pause leaves the "
-                 f"machine idle, and code that runs after an idle gap runs slower where caches go cold or CPUs "
-                 f"drop into power states meanwhile; every proxy's paced figure carries it (TTFB added, paced "
-                 f"against burst, ms: {added}).")
     L.append("")
     L.append("Noise: the direct baseline itself moves by ±10–15 % between cells (scheduler placement of the load "
              "generator and the mock on 2 cores), more when other work shares the machine (see the load average "

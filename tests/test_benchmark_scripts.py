@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import axonsim
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,39 +75,6 @@ def test_proxy_overhead_holds_axonsim_to_the_targets_scaled_by_the_bare_proxy_of
     assert "| proxy CPU µs/req, c=64, non-stream | ≤ 1.22 | 1.20 / 1.20 ✅ |" in section
     assert "| added p50, c=1, non-stream | ≤ 1.21 | 1.40 / 1.44 ❌ |" in section
     assert "| proxy CPU µs/req, c=64, non-stream | ≤ 175 | 515 / 540 ❌ |" in md  # the absolute verdict stays
-
-
-def test_proxy_overhead_reports_the_hosts_idle_penalty_from_the_direct_probes():
-    from benchmarks import proxy_overhead as po
-
-    def probe(rep: int, target: str, paced: bool, direct: float, added: float) -> dict[str, object]:
-        return {"repeat": rep, "target": target, "paced": paced, "direct_ttfb_p50_ms": direct,
-                "proxy_ttfb_p50_ms": direct + added, "ttfb_added_ms": added, "direct_total_p50_ms": 1.0,
-                "proxy_total_p50_ms": 1.5, "total_added_ms": 0.5}
-
-    probes = [probe(0, "bare", True, 0.30, 0.70), probe(0, "bare", False, 0.15, 0.35),
-              probe(1, "bare", True, 0.34, 0.74), probe(1, "bare", False, 0.17, 0.33),
-              probe(0, "axonsim", True, 0.28, 0.90), probe(0, "axonsim", False, 0.16, 0.40)]
-    idle = po.idle_penalty(probes)
-    assert idle is not None
-    assert idle["direct_paced_ms"] == 0.30 and idle["direct_burst_ms"] == 0.16  # medians over every probe
-    assert abs(idle["factor"] - 0.30 / 0.16) < 1e-12
-    assert idle["added_ms"] == {"axonsim": {"paced": 0.90, "burst": 0.40},
-                                "bare": {"paced": pytest.approx(0.72), "burst": pytest.approx(0.34)}}
-    assert po.idle_penalty([p for p in probes if p["paced"]]) is None  # no burst probe: nothing to compare
-    res = {"meta": {"label": "t", "when": "now", "commit": "x", "cpus": 2, "python": "3", "kernel": "k",
-                    "load_generator": "wrk", "repeats": 2, "cell_seconds": 1, "conns": [1, 64], "probe_n": 1,
-                    "elapsed_s": 1, "versions": {}},
-           "summary": po.summarize(_overhead_pairs({"axonsim": [300.0, 300.0], "bare": [200.0, 200.0]},
-                                                   {"axonsim": [0.4, 0.4], "bare": [0.3, 0.3]},
-                                                   {"axonsim": [0.2, 0.2], "bare": [0.2, 0.2]}),
-                                    probes, {}, {}, {}, ["axonsim", "bare"]),
-           "store": {}, "probes": probes}
-    md = po.markdown(res)
-    assert ("Idle penalty of this host: the mock alone answers the paced stream's first byte in 0.300 ms against "
-            "0.160 ms for the burst (×1.88)") in md
-    assert "axonsim 0.900 against 0.400; bare 0.720 against 0.340" in md
-    assert "Idle penalty" not in po.markdown({**res, "probes": probes[:1]})
 
 
 def test_proxy_overhead_runs_end_to_end_and_writes_its_table(tmp_path):

@@ -39,7 +39,7 @@ _TEXT = st.one_of(st.sampled_from(["\x01", "\x02", "same"]), st.text(st.characte
 
 _KINDS = ("text", "text", "text", "text", "role_text", "empty", "finish", "usage", "tool", "reasoning", "refusal",
           "other_choice", "number", "two_strings", "dup_key", "bad_utf8", "logprobs", "error", "two_choices",
-          "meta", "meta", "pad_number", "pad_two", "pad_dup", "pad_bad")
+          "meta", "meta", "pad_number", "pad_two", "pad_dup", "pad_bad", "index_bool", "after_pad")
 
 # OpenAI's per-chunk padding: random text, and values that look like the template's own bytes.
 _PAD = st.one_of(_TEXT, st.sampled_from(['},"logprobs":null,"finish_reason":null}],"obfuscation":', "\x03", "\x04",
@@ -111,6 +111,11 @@ def streams(draw: st.DrawFn) -> bytes:
             c = choice({"content": text})
             c["logprobs"] = {"content": [{"token": text, "logprob": -0.5}]}
             out.append(envelope([c]))
+        elif kind == "index_bool":  # JSON true where the index goes: index 0 to the parse, not 1
+            out.append(envelope([{"index": True, "delta": {"content": text}, "finish_reason": None}]))
+        elif kind == "after_pad":  # the bytes after a padding changed: no longer the template's end
+            raw = envelope([choice({"content": text})], pad=_RAW_PAD)
+            out.append(raw[:-1] + b',"usage":null}' if draw(st.booleans()) else raw[:-1] + b"]")
         elif kind == "meta":
             # A "content" key after the delta's: the last one in the bytes is not the text.
             out.append(envelope([choice({"content": draw(st.sampled_from(["same", "\x01"]))})],
@@ -209,7 +214,7 @@ def test_no_template_from_a_chunk_that_says_more_than_text(top: dict[str, object
         assert p._head == b""  # the chunk carried usage: not a template
     else:
         assert p._head.endswith(b'"delta":{"content":')
-    evs = p.feed(_chunk({"content": "c"}, obfuscation="bb"))  # the tail differs from any template
+    evs = p.feed(_chunk({"content": "c"}, obfuscation="bb"))  # a padding of its own: read either way
     assert [e.text for e in evs] == ["c"]  # type: ignore[union-attr]
 
 
@@ -247,7 +252,7 @@ def test_a_padding_that_is_not_one_string_takes_the_full_parse(pad: bytes) -> No
     twin._plain_texts = 2  # never learns
     p.feed(learn)
     twin.feed(learn)
-    assert p._padded
+    assert p._padded and p._template_text(chunk[6:-2], len(p._head)) is None  # left to the full parse
     outcome = []
     for parser in (p, twin):
         try:
@@ -256,6 +261,40 @@ def test_a_padding_that_is_not_one_string_takes_the_full_parse(pad: bytes) -> No
             outcome.append(str(e))
     assert outcome[0] == outcome[1]
     assert outcome[0] == ([("text", "!")] if pad[:1] == b"5" or pad.endswith(b"1") else "Upstream stream sent a malformed chunk.")
+
+
+@pytest.mark.parametrize("end", [b',"usage":null}', b"]", b"} ", b"}}"])
+def test_a_chunk_whose_bytes_after_the_padding_differ_takes_the_full_parse(end: bytes) -> None:
+    learn = _openai_chunk({"content": "Hello"}, "ZGF") + _openai_chunk({"content": ","}, "lRK2aBv")
+    chunk = _openai_chunk({"content": "c"}, "q")
+    assert chunk.endswith(b"}\n\n")
+    chunk = chunk[:-3] + end + b"\n\n"
+    p, twin = oc.StreamParser(), oc.StreamParser()
+    twin._plain_texts = 2
+    assert _run(learn + chunk + b"data: [DONE]\n\n", learn=True) == _run(learn + chunk + b"data: [DONE]\n\n", learn=False)
+    p.feed(learn)
+    assert p._padded and p._template_text(chunk[6:-2], len(p._head)) is None
+
+
+def test_a_padded_template_is_learnt_from_spaced_json_too() -> None:
+    def spaced(text: str, pad: str) -> bytes:
+        obj = {"id": "c", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+               "obfuscation": pad}
+        return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+    p = oc.StreamParser()
+    p.feed(spaced("a", "1") + spaced("b", "22"))
+    assert p._padded and p._tail.endswith(b'"obfuscation": ') and p._end == b"}"
+    assert p._template_text(spaced("c", "333")[6:-2], len(p._head)) == "c"
+
+
+def test_a_boolean_index_is_not_read_as_the_primary_choice() -> None:
+    # JSON true compares equal to 1 in Python, but the parse reads it as index 0 (a review's case).
+    c = [b'{"choices":[{"index":1,"delta":{"content":"a"}}]}', b'{"choices":[{"index":true,"delta":{"content":"b"}}]}',
+         b'{"choices":[{"index":true,"delta":{"content":"c"}}]}']
+    data = b"".join(b"data: " + x + b"\n\n" for x in c) + b"data: [DONE]\n\n"
+    assert _run(data, learn=True) == _run(data, learn=False)
+    assert [getattr(e, "text", None) for e in _run(data, learn=True)[0]] == [None, "a"]
 
 
 def test_no_template_when_the_padding_comes_before_the_text() -> None:

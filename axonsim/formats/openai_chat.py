@@ -1180,6 +1180,7 @@ class StreamParser:
                                               "created": _int(o.get("created")), "usage": None},
                                {"id", "model", "created"}))
         choices = o.get("choices")
+        before = len(out)
         if type(choices) is list:
             for ch in choices:
                 if type(ch) is dict:
@@ -1187,8 +1188,9 @@ class StreamParser:
         u = o.get("usage")
         if type(u) is dict:
             self._usage = _parse_usage(u)
-        elif self._plain_texts < 2 and type(choices) is list and len(choices) == 1:
-            self._learn(data, o, choices[0], out)
+        elif (self._plain_texts < 2 and type(choices) is list and len(choices) == 1
+              and len(out) == before + 1 and out[before].type == "text"):  # this chunk gave one text event
+            self._learn(data, o, choices[0])
 
     def _template_text(self, data: bytes, start: int) -> str | None:
         """The text of a chunk (that begins with the head) which fits the template, else None: the
@@ -1206,7 +1208,7 @@ class StreamParser:
             return None
         return _one_string(data[start:cut])
 
-    def _learn(self, data: bytes, o: dict[str, Any], ch: Any, out: list[StreamEvent]) -> None:
+    def _learn(self, data: bytes, o: dict[str, Any], ch: Any) -> None:
         """Learns the stream's text-chunk template from the second chunk that is only a text delta
         of the primary choice: its bytes before and after the content string. A provider sends
         every such chunk alike (id, model, created and the other fields repeat unchanged), so the
@@ -1222,7 +1224,8 @@ class StreamParser:
         OpenAI pads every chunk with a random `obfuscation` string (against reading token lengths
         off encrypted traffic), after the choices. That leaf takes a second slot in the template,
         checked the same way; its value is not read (the full parse ignores it too)."""
-        if type(ch) is not dict or ch.get("index", 0) != self._primary or ch.get("finish_reason"):
+        # The index as _choice reads it (a JSON true is not index 1 there).
+        if type(ch) is not dict or _int(ch.get("index")) != self._primary or ch.get("finish_reason"):
             return
         delta = ch.get("delta")
         if type(delta) is not dict:
@@ -1230,7 +1233,7 @@ class StreamParser:
         d: dict[str, Any] = delta
         text = d.get("content")
         if (type(text) is not str or not text or d.get("tool_calls") or d.get("refusal")
-                or d.get("reasoning_content") or d.get("reasoning") or not out or out[-1].type != "text"):
+                or d.get("reasoning_content") or d.get("reasoning")):
             return
         self._plain_texts += 1
         if self._plain_texts != 2:

@@ -377,7 +377,11 @@ class LiveDriver:
         k = (id(fmt), upstream_model)
         b = ex._built.get(k)
         if b is None:
-            b = fmt.stream_passthrough(ex.raw) if same else fmt.build_request(ex.request(), upstream_model)
+            if same:
+                req = ex.req
+                b = fmt.stream_passthrough(ex.raw, req if isinstance(req, Parsed) else None)
+            else:
+                b = fmt.build_request(ex.request(), upstream_model)
             ex._built[k] = b
         return b
 

@@ -23,10 +23,12 @@ Outbound role (we are the client of a provider speaking this format):
     request_path(upstream_model: str, stream: bool) -> str   appended to the channel's base_url
     auth_headers(key: str) -> dict[str, str]                 the family's auth convention
     build_request(req: Request, upstream_model: str) -> bytes
-    stream_passthrough(body: bytes) -> bytes                 a client's own stream request in this
+    stream_passthrough(body: bytes, parsed: Parsed | None = None) -> bytes
+                                                             a client's own stream request in this
                                                              format, as sent to a channel of this
                                                              format (asking for usage where the
-                                                             family's streams omit it by default)
+                                                             family's streams omit it by default);
+                                                             `parsed`, check_request's, spares a decode
     parse_response(body: bytes) -> Response                  raises FormatError if malformed
     response_usage(body: bytes) -> Usage | None              parse_response(body).usage, reading only
                                                              the usage (for a body forwarded verbatim);

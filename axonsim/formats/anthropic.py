@@ -748,7 +748,7 @@ def auth_headers(key: str) -> dict[str, str]:
     return {"x-api-key": key, "anthropic-version": API_VERSION}
 
 
-def stream_passthrough(body: bytes) -> bytes:
+def stream_passthrough(body: bytes, parsed: Parsed | None = None) -> bytes:
     """A client's stream request, validated by parse_request, forwarded to a channel of this format:
     as it came (Anthropic streams always report usage (message_start, message_delta))."""
     return body

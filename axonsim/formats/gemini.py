@@ -1010,7 +1010,7 @@ def auth_headers(key: str) -> dict[str, str]:
     return {"x-goog-api-key": key}
 
 
-def stream_passthrough(body: bytes) -> bytes:
+def stream_passthrough(body: bytes, parsed: Parsed | None = None) -> bytes:
     """A client's stream request, validated by parse_request, forwarded to a channel of this format:
     as it came (Gemini streams always report usageMetadata)."""
     return body

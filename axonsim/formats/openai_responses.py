@@ -913,7 +913,7 @@ def _dict_or_empty(value: Any) -> JSON:
     return dict(value) if isinstance(value, dict) else {}
 
 
-def stream_passthrough(body: bytes) -> bytes:
+def stream_passthrough(body: bytes, parsed: Parsed | None = None) -> bytes:
     """A client's stream request, validated by parse_request, forwarded to a channel of this format:
     as it came (Responses streams always report usage (response.completed))."""
     return body

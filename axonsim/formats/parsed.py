@@ -31,15 +31,20 @@ class Parsed:
     (whether it declared any) as the client's request says — what routing reads, and what a
     stream's renderer reads in every format but OpenAI Responses; `request()` is the unified Request."""
 
-    __slots__ = ("model", "stream", "include_usage", "max_tokens", "tools", "_fields", "_req")
+    __slots__ = ("model", "stream", "include_usage", "max_tokens", "tools", "wire", "_fields", "_req")
 
     def __init__(self, model: str, stream: bool, include_usage: bool, max_tokens: int | None, tools: bool,
-                 fields: dict[str, Any] | None = None, req: Request | None = None) -> None:
+                 fields: dict[str, Any] | None = None, req: Request | None = None,
+                 wire: dict[str, Any] | None = None) -> None:
         self.model = model
         self.stream = stream
         self.include_usage = include_usage
         self.max_tokens = max_tokens
         self.tools = tools
+        # The request object as decoded from the client's bytes, for a format that forwards those
+        # bytes with something added (OpenAI Chat streams: stream_options), so that it need not
+        # decode them again. None for the others.
+        self.wire = wire
         self._fields = fields  # the checked dict tree shaped like Request, until it is validated
         self._req = req
 

@@ -971,7 +971,7 @@ def stream_passthrough(body: bytes, parsed: Parsed | None = None) -> bytes:
     With the Parsed of check_request, the body is not decoded again, and when it has no
     stream_options at all (the usual stream request) the member is written in front of its first
     one: the client's bytes otherwise as they came, at the cost of a copy. Decoding and encoding a
-    58 kB conversation again took ~83 µs; the copy, ~2.4."""
+    58 kB conversation again took ~54 µs (timed, compiled); the copy, ~2.6."""
     wire = parsed.wire if parsed is not None else None
     obj: dict[str, Any] = wire if wire is not None else orjson.loads(body)
     opts = obj.get("stream_options")

@@ -1252,13 +1252,7 @@ class StreamParser:
         self._plain_texts += 1
         if self._plain_texts != 2:
             return
-        at = data.rfind(b'"content":')
-        if at < 0:
-            return
-        start = at + 10
-        while start < len(data) and data[start] in (32, 9, 10, 13):  # JSON whitespace
-            start += 1
-        end = _string_end(data, start)
+        start, end = _last_member_string(data, b'"content":')
         if end < 0:
             return
         head, tail = data[:start], data[end:]
@@ -1269,13 +1263,7 @@ class StreamParser:
         end_ = b""
         pad_token = b""
         if type(pad) is str:
-            at = tail.rfind(b'"obfuscation":')
-            if at < 0:
-                return
-            p_start = at + 14
-            while p_start < len(tail) and tail[p_start] in (32, 9, 10, 13):
-                p_start += 1
-            p_end = _string_end(tail, p_start)
+            p_start, p_end = _last_member_string(tail, b'"obfuscation":')
             if p_end < 0:
                 return
             tail, end_ = tail[:p_start], tail[p_end:]
@@ -1362,6 +1350,19 @@ def _one_string(token: bytes) -> str | None:
     except orjson.JSONDecodeError:  # not one string, or not UTF-8
         return None
     return v if type(v) is str else None
+
+
+def _last_member_string(data: bytes, key: bytes) -> tuple[int, int]:
+    """Where the string token after the last `key` (a quoted name and its colon) starts and ends,
+    JSON whitespace between them skipped; (-1, -1) when no string follows it there."""
+    at = data.rfind(key)
+    if at < 0:
+        return -1, -1
+    start = at + len(key)
+    while start < len(data) and data[start] in (32, 9, 10, 13):
+        start += 1
+    end = _string_end(data, start)
+    return (start, end) if end >= 0 else (-1, -1)
 
 
 def _string_end(data: bytes, start: int) -> int:

@@ -78,7 +78,8 @@ def test_the_upstream_gets_the_clients_request_asking_for_usage(body: bytes) -> 
 
 def test_without_parsed_or_with_another_formats_parsed_the_body_is_decoded() -> None:
     body = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":null}'
-    expected = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": True}}
+    expected = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                "stream_options": {"include_usage": True}}
     assert orjson.loads(oc.stream_passthrough(body)) == expected
     other = oc.check_request(body)
     other.wire = None  # as a Parsed of a format that keeps no decoded object

@@ -1190,9 +1190,9 @@ class StreamParser:
             return
         if not self._started:
             self._started = True
-            out.append(trusted(StreamStart, {"type": "start", "id": str(o.get("id") or ""), "model": str(o.get("model") or ""),
-                                              "created": _int(o.get("created")), "usage": None},
-                               {"id", "model", "created"}))
+            start = {"type": "start", "id": str(o.get("id") or ""), "model": str(o.get("model") or ""),
+                     "created": _int(o.get("created")), "usage": None}
+            out.append(trusted(StreamStart, start, {"id", "model", "created"}))
         choices = o.get("choices")
         before = len(out)
         if type(choices) is list:

@@ -1306,10 +1306,10 @@ class StreamParser:
                     if reasoning:
                         out.append(ReasoningDelta(text=reasoning))
                     if content and type(content) is str:
-                        out.append(TextDelta(text=content))
+                        out.append(text_delta_of(content))
                     if refusal and type(refusal) is str:
                         # No refusal stream event exists; as text it at least reaches the client (lossy).
-                        out.append(TextDelta(text=refusal))
+                        out.append(text_delta_of(refusal))
             tcs = dd.get("tool_calls")
             if type(tcs) is list:
                 for pos, tc in enumerate(tcs):

@@ -7,6 +7,7 @@ Every mistake is reported at load time as a ConfigError naming the file and the 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -747,6 +748,9 @@ class Config(_Strict):
 _BRANCHES = frozenset({*DIST_TAGS, "Constant", "Exponential", "LogNormal", "Empirical", "Gamma", "float", "int"})
 
 
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")  # what a config field name can look like
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -811,7 +815,12 @@ def parse_config(data: Any, source: str = "<config>", lines: dict[str, int] | No
         kept = [e for e in errors if not (e["loc"] and e["loc"][-1] in ("float", "int"))]
         out = []
         for err in (kept or errors)[:8]:
-            where = _loc(err["loc"]) or "(top level)"
+            loc = err["loc"]
+            if err["type"] == "extra_forbidden" and loc and not _NAME.fullmatch(str(loc[-1])):
+                # An unknown key is the user's text, and a key pasted where a mapping was expected
+                # (`api_keys: [{sk-...: x}]`) is a secret: only a name-like key is quoted back.
+                loc = (*loc[:-1], f"<an unknown key of {len(str(loc[-1]))} characters>")
+            where = _loc(loc) or "(top level)"
             msg = err["msg"].removeprefix("Value error, ")
             line = line_of(lines, where) if lines else None
             out.append(f"{source}: line {line}: {where}: {msg}" if line else f"{source}: {where}: {msg}")

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import sqlalchemy.exc as sa_exc
 from fastapi import APIRouter, Depends, Query, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
@@ -307,6 +308,16 @@ class AdminError(Exception):
         self.type = type_ or _ERROR_TYPES.get(status, "error")
 
 
+def _validation_error(exc: RequestValidationError) -> AdminError:
+    """The first of FastAPI's validation errors as our 400, naming the parameter (or body field)."""
+    errors = exc.errors()
+    first: Mapping[str, Any] = errors[0] if errors else {}
+    loc = [str(x) for x in first.get("loc", ()) if x not in ("query", "path", "body", "header")]
+    param = ".".join(loc) or None
+    msg = str(first.get("msg", "invalid value"))
+    return AdminError(400, f"{param}: {msg}" if param else msg, param)
+
+
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 500: "server_error", 501: "not_supported", 503: "unavailable"}
 
@@ -314,9 +325,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No admin key, or an unknown one"},
     403: {"model": ErrorBody, "description": "A gateway client key, which is not an admin key"},
 }
-_BAD: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody, "description": "A bad parameter; `error.param` names it"}}
+BAD_PARAM: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody, "description": "A bad parameter; `error.param` names it"}}
 _STORE_DOWN: dict[int | str, dict[str, Any]] = {503: {"model": ErrorBody, "description": "No store is configured, or its database is unavailable"}}
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "No such request, channel or key"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "No such request, channel or key"}}
 
 # Query parameters each listing accepts (anything else is refused, naming it).
 LIST_PARAMS = ("since", "until", "project", "model", "channel", "status", "outcome", "key_name", "trace_id",
@@ -592,6 +603,10 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
                     return await handler(request)
                 except AdminError as exc:
                     return admin.error(exc)
+                except RequestValidationError as exc:
+                    # A parameter FastAPI validates (e.g. a channel test's timeout): our 400 naming
+                    # it, like every other bad admin parameter, not FastAPI's 422 in its own shape.
+                    return admin.error(_validation_error(exc))
 
             return guarded
 
@@ -609,7 +624,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
 
     # -- logs --------------------------------------------------------------------------------------
 
-    @router.get("/requests", response_model=RequestPage, responses={**_BAD, **_STORE_DOWN},
+    @router.get("/requests", response_model=RequestPage, responses={**BAD_PARAM, **_STORE_DOWN},
                 dependencies=[Depends(_list_params)], summary="List client requests, newest first, with filters")
     async def list_requests(request: Request) -> Response:
         f = admin.filter(request, LIST_PARAMS)
@@ -619,7 +634,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         return admin.reply({"data": [_request_out(r) for r in rows], "total": total, "limit": f.limit,
                             "offset": f.offset})
 
-    @router.get("/requests/{request_id}", response_model=RequestDetail, responses={**_NOT_FOUND, **_STORE_DOWN},
+    @router.get("/requests/{request_id}", response_model=RequestDetail, responses={**NOT_FOUND, **_STORE_DOWN},
                 summary="One request with its attempts and, when kept, its routing decision trace")
     async def get_request(request_id: str) -> Response:
         find = getattr(ctx, "find", None)
@@ -645,7 +660,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
             raise AdminError(503, "no usage-log store is configured")
         raise AdminError(404, f"no request with id {request_id!r}", "request_id")
 
-    @router.get("/attempts", response_model=AttemptPage, responses={**_BAD, **_STORE_DOWN},
+    @router.get("/attempts", response_model=AttemptPage, responses={**BAD_PARAM, **_STORE_DOWN},
                 dependencies=[Depends(_list_params)],
                 summary="List upstream attempts, newest first (channel, key_name and status apply to the attempt)")
     async def list_attempts(request: Request) -> Response:
@@ -655,7 +670,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
 
     # -- usage -------------------------------------------------------------------------------------
 
-    @router.get("/usage", response_model=UsageOut, responses={**_BAD, **_STORE_DOWN},
+    @router.get("/usage", response_model=UsageOut, responses={**BAD_PARAM, **_STORE_DOWN},
                 dependencies=[Depends(_usage_params)],
                 summary="Requests, tokens and cost per project / model / channel over a time range")
     async def usage(request: Request) -> Response:
@@ -671,7 +686,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         return admin.reply({"group_by": by, "since": f.since, "until": f.until,
                             "data": [r.as_dict() for r in rows], "total": total.model_dump()})
 
-    @router.get("/usage/attempts", response_model=AttemptUsageOut, responses={**_BAD, **_STORE_DOWN},
+    @router.get("/usage/attempts", response_model=AttemptUsageOut, responses={**BAD_PARAM, **_STORE_DOWN},
                 dependencies=[Depends(_usage_params)],
                 summary="Upstream attempts, failures, cost and mean latency per channel (or key, upstream model...)")
     async def attempt_usage(request: Request) -> Response:
@@ -699,11 +714,11 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         now = ctx.now()
         return admin.reply(ChannelsOut(now=now, channels=[channel_view(st, now) for st in ctx.router.states]))
 
-    @router.get("/channels/{name}", response_model=ChannelOut, responses=_NOT_FOUND, summary="One channel's state")
+    @router.get("/channels/{name}", response_model=ChannelOut, responses=NOT_FOUND, summary="One channel's state")
     async def channel(name: str) -> Response:
         return admin.reply(channel_view(state(name), ctx.now()))
 
-    @router.post("/channels/{name}/enable", response_model=ChannelOut, responses=_NOT_FOUND,
+    @router.post("/channels/{name}/enable", response_model=ChannelOut, responses=NOT_FOUND,
                  summary="Enable a channel (also lifts an automatic disable); lasts until the next reload")
     async def enable_channel(name: str) -> Response:
         st = state(name)
@@ -711,7 +726,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         st.disabled_until = NEVER  # an operator's "enable" overrides the auto-disable rules' verdict
         return admin.reply(channel_view(st, ctx.now()))
 
-    @router.post("/channels/{name}/disable", response_model=ChannelOut, responses=_NOT_FOUND,
+    @router.post("/channels/{name}/disable", response_model=ChannelOut, responses=NOT_FOUND,
                  summary="Disable a channel: it gets no new traffic (in-flight attempts finish); until enabled "
                  "or reloaded")
     async def disable_channel(name: str) -> Response:
@@ -725,7 +740,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
                 return k
         raise AdminError(404, f"channel {st.name!r} has no key named {key_name!r}", "key_name")
 
-    @router.post("/channels/{name}/keys/{key_name}/enable", response_model=ChannelOut, responses=_NOT_FOUND,
+    @router.post("/channels/{name}/keys/{key_name}/enable", response_model=ChannelOut, responses=NOT_FOUND,
                  summary="Enable an upstream key by name (URL-encode '#': channel#0 → channel%230)")
     async def enable_key(name: str, key_name: str) -> Response:
         st = state(name)
@@ -734,7 +749,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         k.disabled_until = NEVER
         return admin.reply(channel_view(st, ctx.now()))
 
-    @router.post("/channels/{name}/keys/{key_name}/disable", response_model=ChannelOut, responses=_NOT_FOUND,
+    @router.post("/channels/{name}/keys/{key_name}/disable", response_model=ChannelOut, responses=NOT_FOUND,
                  summary="Disable an upstream key by name: the channel uses its other keys; until enabled or reloaded")
     async def disable_key(name: str, key_name: str) -> Response:
         st = state(name)

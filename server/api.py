@@ -23,7 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.admin import AdminContext, AdminError, admin_router
+from server.admin import BAD_PARAM, NOT_FOUND, AdminContext, AdminError, admin_router
 from server.metrics import Metrics
 from server.models_api import gemini_model_list, is_gemini_client, models_router
 from server.probes import run_test
@@ -72,6 +72,16 @@ class ChannelTestsOut(BaseModel):
 
 _TEST_TIMEOUT = Query(30.0, gt=0, le=600, description="seconds the test may take")
 _TEST_STREAM = Query(True, description="stream the answer (TTFT is then the provider's first token)")
+
+
+def _only(request: Request, allowed: tuple[str, ...]) -> None:
+    """Refuse query parameters the endpoint does not take, and repeated ones, as every admin route does."""
+    params = request.query_params
+    for k in params:
+        if k not in allowed:
+            raise AdminError(400, f"unknown parameter {k!r}; this endpoint takes: {', '.join(allowed)}", k)
+        if len(params.getlist(k)) > 1:
+            raise AdminError(400, f"{k} is given {len(params.getlist(k))} times; give it once", k)
 
 
 def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
@@ -128,11 +138,12 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
         return JSONResponse(Scrubber(secrets_from_config(p.config)).json(body.model_dump()))
 
     # Routes added to the admin router inherit its guard: admin key, errors in the admin shape.
-    @admin.post("/channels/{name}/test", response_model=ChannelTestOut,
+    @admin.post("/channels/{name}/test", response_model=ChannelTestOut, responses={**BAD_PARAM, **NOT_FOUND},
                 summary="Send a small real request to one channel (AxonHub's default test prompt) and report status, "
                 "latency and TTFT; the result feeds the channel's state like real traffic")
-    async def test_channel(name: str, stream: bool = _TEST_STREAM, timeout: float = _TEST_TIMEOUT,
+    async def test_channel(request: Request, name: str, stream: bool = _TEST_STREAM, timeout: float = _TEST_TIMEOUT,
                            model: str | None = Query(None, description="an upstream model of the channel")) -> Any:
+        _only(request, ("stream", "timeout", "model"))
         p = current()
         rt = p.rt
         st = rt.router.by_name.get(name)
@@ -144,9 +155,10 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
         res = await run_test(rt, st, stream=stream, timeout=timeout, model=model)
         return scrubbed(p, ChannelTestOut(**res))
 
-    @admin.post("/test", response_model=ChannelTestsOut,
+    @admin.post("/test", response_model=ChannelTestsOut, responses=BAD_PARAM,
                 summary="Test every channel at once (see /admin/channels/{name}/test)")
-    async def test_all(stream: bool = _TEST_STREAM, timeout: float = _TEST_TIMEOUT) -> Any:
+    async def test_all(request: Request, stream: bool = _TEST_STREAM, timeout: float = _TEST_TIMEOUT) -> Any:
+        _only(request, ("stream", "timeout"))
         p = current()
         rt = p.rt
         got = await asyncio.gather(*(run_test(rt, st, stream=stream, timeout=timeout) for st in rt.router.states))

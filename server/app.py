@@ -407,6 +407,10 @@ class GatewayApp:
                     error = stream.error
                 if last is not None:
                     last["stream_error"] = stream.error.kind.value
+            elif stream.abandoned and last is not None:
+                # Our side cut the upstream stream (the client left; a gateway error): the attempt
+                # was abandoned, as the channel's state counted it, not answered in full.
+                last["next"] = "cancelled"
         channels: list[str] = []
         for a in attempts:
             if a["channel"] not in channels:

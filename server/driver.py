@@ -513,7 +513,7 @@ class LiveStream:
     attempt's end through its Call (succeeded / failed / cancelled) exactly once."""
 
     __slots__ = ("driver", "call", "resp", "parser", "pending", "eof", "done", "error", "usage", "finish", "end",
-                 "waited")
+                 "waited", "abandoned")
 
     def __init__(self, driver: LiveDriver, call: Call, resp: UpstreamResponse, parser: Any,
                  pending: list[StreamEvent], eof: bool) -> None:
@@ -529,6 +529,7 @@ class LiveStream:
         self.finish: str | None = None
         self.end: float | None = None  # clock when the stream ended, however it ended
         self.waited = 0.0  # seconds spent waiting for upstream chunks after the commit (for the overhead)
+        self.abandoned = False  # our side ended it first (abort): the attempt counts as cancelled
         self._note(pending)
 
     async def next_events(self) -> list[StreamEvent] | None:
@@ -573,6 +574,7 @@ class LiveStream:
         abandoned, which says nothing about the channel's health."""
         if not self.done:
             self.done = True
+            self.abandoned = True
             self.end = now
             self.resp.close()
             self.call.cancelled(now)

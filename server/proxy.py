@@ -49,7 +49,7 @@ from server.auth import GatewayAuth
 from server.driver import ChannelRuntime, Clock, Exchange, LiveDriver, Scrubber
 from server.metrics import Metrics
 from server.routes import RouteTable, load_formats
-from server.store.records import AttemptRow, RequestRecord
+from server.store.records import BODY_SCRUB_MARGIN, MAX_STORED_BODY, AttemptRow, RequestRecord
 from server.upstream import AiohttpUpstream, Upstream
 
 if TYPE_CHECKING:
@@ -66,8 +66,8 @@ H_TRACE, H_THREAD, H_AH_TRACE, H_AH_THREAD, H_EXPLAIN = 1, 2, 3, 4, 5
 AH_TRACE = b"ah-trace-id"  # AxonHub's names, accepted so its clients keep their traces
 AH_THREAD = b"ah-thread-id"
 EXPLAIN_HEADER = b"x-axonsim-explain"
-
-MAX_STORED_BODY = 1 << 20  # bytes of a request/response body kept when store.store_bodies is on
+# Bytes of a body handed to the store: what it keeps, and the margin it scrubs before cutting.
+_BODY_HANDED = MAX_STORED_BODY + BODY_SCRUB_MARGIN
 
 
 def _lower(name: str) -> bytes:
@@ -367,7 +367,8 @@ def store_record(rec: Mapping[str, Any], rt: Runtime, ex: Exchange | None, reque
             if decisions and d is not None and 0 <= d < len(decisions):
                 decision["choice"] = decisions[d]
             stream_end = a.get("stream_end")
-            answered = kind is None and a["next"] == "done"
+            # An answer came: in full, or a stream the client abandoned (its first token did arrive).
+            answered = kind is None and (a["next"] == "done" or stream_end is not None)
             if i == last and answered:
                 a_cost = cost
             elif rt.priced and rt.price(a["channel"], a["upstream_model"], model) is not None:
@@ -392,8 +393,8 @@ def store_record(rec: Mapping[str, Any], rt: Runtime, ex: Exchange | None, reque
         completion_tokens=usage["completion_tokens"] if usage else 0,
         cached_tokens=usage.get("cached_tokens", 0) if usage else 0,
         reasoning_tokens=usage.get("reasoning_tokens", 0) if usage else 0,
-        request_body=request_body[:MAX_STORED_BODY] if request_body is not None else None,
-        response_body=response_body[:MAX_STORED_BODY] if response_body is not None else None,
+        request_body=request_body[:_BODY_HANDED] if request_body is not None else None,
+        response_body=response_body[:_BODY_HANDED] if response_body is not None else None,
         attempts=rows,
     )
 

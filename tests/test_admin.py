@@ -244,6 +244,14 @@ async def test_request_rows_carry_the_record(client: httpx.AsyncClient) -> None:
     ("/admin/usage?limit=5", "limit"),
     ("/admin/usage?until=later", "until"),
     ("/admin/usage/attempts?group_by=colour", "group_by"),
+    # Beyond the databases' 64-bit integers (they used to reach the driver and come back as a 500).
+    ("/admin/requests?offset=9223372036854775808", "offset"),
+    ("/admin/requests?status=99999999999999999999", "status"),
+    ("/admin/requests?status=-1", "status"),
+    ("/admin/attempts?offset=9223372036854775808", "offset"),
+    ("/admin/attempts?status=1000", "status"),
+    ("/admin/usage?status=99999999999999999999", "status"),
+    ("/admin/usage/attempts?status=99999999999999999999", "status"),
 ])
 async def test_bad_filters_are_400_naming_the_parameter(client: httpx.AsyncClient, path: str, param: str) -> None:
     r = await client.get(path, headers=ADMIN)

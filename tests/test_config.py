@@ -84,3 +84,16 @@ def test_cli_exits_2_on_a_malformed_config(tmp_path):
     assert r.returncode == 2
     assert "channels[0].weight" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_an_unknown_key_that_is_not_a_name_is_not_quoted_back() -> None:
+    """A key pasted where a mapping was expected would be quoted back in the error (and from there
+    reach the reload answer and the logs); a name-like unknown key, a typo, still is."""
+    secret = "sk-NEW-UPSTREAM-SECRET-123"
+    with pytest.raises(ConfigError) as err:
+        parse_config({"channels": [{"name": "a", "models": ["m"], "api_keys": [{secret: "main"}]}]})
+    assert secret not in str(err.value) and "unknown key of 26 characters" in str(err.value)
+    assert "channels[0].api_keys[0]" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_config({"channels": [{"name": "a", "models": ["m"], "base_ulr": "http://x"}]})
+    assert "channels[0].base_ulr: Extra inputs are not permitted" in str(err.value)

@@ -261,7 +261,19 @@ def test_one_record_per_request_for_every_outcome(db: DB) -> None:
 
         r = rows[ids["cancelled"]]
         assert (r["status"], r["outcome"], r["model"], r["stream"]) == (499, "cancelled", "slow", True)
-        assert [a["channel"] for a in attempts[ids["cancelled"]]] == ["slow"]
+        # The upstream answered (200, a first token), then the gateway cut its stream for the client
+        # that left: the attempt was abandoned, not answered in full, in the record and in the metrics.
+        [a] = attempts[ids["cancelled"]]
+        assert (a["channel"], a["status"], a["error_kind"]) == ("slow", 200, None)
+        decision = a["decision"] if isinstance(a["decision"], dict) else json.loads(a["decision"])
+        assert decision["next"] == "cancelled"
+        assert a["ttft"] is not None and a["latency"] >= a["ttft"]
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            text = c.get("/metrics").text
+        outcomes = {s.labels["outcome"]: s.value for fam in text_string_to_metric_families(text)
+                    if fam.name == "axonsim_upstream_attempts" for s in fam.samples
+                    if s.name.endswith("_total") and s.labels.get("channel") == "slow"}
+        assert outcomes == {"cancelled": 1.0}
 
 
 def test_the_writer_drains_on_shutdown_and_streams_finish(db: DB) -> None:
@@ -433,6 +445,30 @@ def test_channel_tests_report_status_latency_and_ttft(admin_stack: tuple[Stack, 
         everything = c.post("/admin/test", headers=ADMIN).json()["results"]
         assert {x["channel"]: x["ok"] for x in everything if x["channel"] != "slow"} == {
             "good": True, "flaky": False, "steady": True, "bad": False, "medium": True, "leaky": False}
+
+
+@pytest.mark.parametrize(("path", "params", "param"), [
+    ("/admin/channels/good/test", {"timeout": "abc"}, "timeout"),
+    ("/admin/channels/good/test", {"timeout": "-1"}, "timeout"),
+    ("/admin/channels/good/test", {"timeout": "601"}, "timeout"),
+    ("/admin/channels/good/test", {"stream": "maybe"}, "stream"),
+    ("/admin/channels/good/test", {"bogus": "1"}, "bogus"),
+    ("/admin/channels/good/test", [("timeout", "1"), ("timeout", "2")], "timeout"),
+    ("/admin/channels/good/test", {"model": "not-one-of-its-models"}, "model"),
+    ("/admin/test", {"timeout": "0"}, "timeout"),
+    ("/admin/test", {"model": "x"}, "model"),
+])
+def test_channel_test_bad_parameters_are_400_naming_them(admin_stack: tuple[Stack, GatewayServer], path: str,
+                                                         params: Any, param: str) -> None:
+    st, gw = admin_stack
+    good = st.by_name["good"].provider
+    with httpx.Client(base_url=gw.url, timeout=30) as c:
+        before = good.stats["requests"]
+        r = c.post(path, params=params, headers=ADMIN)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == param and param in err["message"] and err["type"] == "invalid_request_error"
+        assert good.stats["requests"] == before  # refused before any test request was sent
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from server.store.models import requests_table as R
 from server.store.records import OUTCOMES, AttemptRow, RequestRecord
 
 MAX_LIMIT = 1000
+MAX_OFFSET = 2**63 - 1
 
 # What usage() and attempt_usage() may group by, each mapped to its column.
 USAGE_GROUPS: dict[str, sa.ColumnElement[Any]] = {
@@ -84,6 +85,10 @@ class Filter:
             raise QueryError("limit", f"must be between 1 and {MAX_LIMIT}")
         if self.offset < 0:
             raise QueryError("offset", "must be >= 0")
+        if self.offset > MAX_OFFSET:  # the databases' integers are 64-bit: a larger one is an error there
+            raise QueryError("offset", f"must be at most {MAX_OFFSET}")
+        if self.status is not None and not 0 <= self.status <= 999:
+            raise QueryError("status", "must be an HTTP status (0 to 999; 0: no answer)")
         if self.outcome is not None and self.outcome not in OUTCOMES:
             raise QueryError("outcome", f"must be one of {', '.join(OUTCOMES)}")
         if self.since is not None and self.until is not None and self.until < self.since:

@@ -26,6 +26,12 @@ OUTCOMES: tuple[str, ...] = ("completed", "failed", "cancelled")
 # The status recorded for a request whose client went away: nginx's "client closed request".
 STATUS_CLIENT_CLOSED = 499
 
+MAX_STORED_BODY = 1 << 20  # bytes of a request/response body kept when store.store_bodies is on
+# A body is handed to the store this much longer than it is kept, and cut to MAX_STORED_BODY only
+# once scrubbed: a secret that straddles the cut (escaped, or spread over a stream's events) is
+# still whole when the scrubber reads it, so no part of it survives the cut.
+BODY_SCRUB_MARGIN = 1 << 16
+
 
 class AttemptRow:
     """One upstream call. `decision` is the core's view of it (AttemptRecord.as_dict(), plus whatever

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy.engine import Dialect
 
 from server.store.models import attempts_table, requests_table
-from server.store.records import RequestRecord
+from server.store.records import MAX_STORED_BODY, RequestRecord
 from server.store.scrub import Scrubber
 
 Row = tuple[Any, ...]
@@ -209,6 +209,16 @@ class RowBuilder:
         self._day = text
         return text
 
+    def body(self, value: str | bytes | None) -> str | None:
+        """A body as stored: scrubbed whole (escaped and stream-split secrets too), then cut to
+        MAX_STORED_BODY bytes, so that no piece of a secret straddling the cut is kept."""
+        text = self.scrub.body(value)
+        if text is not None and len(text) > MAX_STORED_BODY // 4:
+            raw = text.encode("utf-8", "surrogatepass")
+            if len(raw) > MAX_STORED_BODY:
+                text = raw[:MAX_STORED_BODY].decode("utf-8", "ignore")
+        return text
+
     def prepare(self, r: RequestRecord) -> Prepared:
         """A record as table rows: every text scrubbed, bodies only when configured."""
         parts = [r.project, r.key_name, r.client_format, r.model, r.error, r.trace_id, r.thread_id, r.channel]
@@ -236,8 +246,7 @@ class RowBuilder:
         created = float(r.created_at) if r.created_at and math.isfinite(r.created_at) else time.time()
         rid = str(r.id)
         if self.store_bodies:
-            t = self.scrub.text
-            request_body, response_body = t(r.request_body), t(r.response_body)
+            request_body, response_body = self.body(r.request_body), self.body(r.response_body)
         else:
             request_body = response_body = None
         req = (
@@ -264,7 +273,7 @@ class RowBuilder:
             t(r.model) or "", bool(r.stream), int(r.status), str(r.outcome), t(r.error), _num(r.latency),
             _num(r.ttft), _num(r.overhead), int(r.prompt_tokens), int(r.completion_tokens), int(r.cached_tokens),
             int(r.reasoning_tokens), _num(r.cost), t(r.trace_id), t(r.thread_id), t(r.channel),
-            t(r.request_body) if bodies else None, t(r.response_body) if bodies else None,
+            self.body(r.request_body) if bodies else None, self.body(r.response_body) if bodies else None,
         )
         attempts = [(
             rid, int(a.n), created, t(a.channel) or "", t(a.key_name), t(a.upstream_model) or "", int(a.status),

@@ -1,0 +1,143 @@
+"""Stored bodies keep no secret in any form: JSON-escaped, spread over a stream's events, or cut at the size limit."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.store import RequestRecord
+from server.store.records import BODY_SCRUB_MARGIN, MAX_STORED_BODY
+from server.store.rows import RowBuilder
+
+S = importlib.import_module("server.store.scrub")  # the package's `scrub` name is the one-off function
+
+KEY = "sk-upstream-SECRET-0123456789"
+OTHER = "gw-client-key-ABCDEFGH"
+SECRETS = [KEY, OTHER]
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _escape_some(secret: str, which: list[bool]) -> str:
+    """The secret as it reads inside a JSON string with the chosen characters \\u-escaped."""
+    return "".join(f"\\u{ord(c):04x}" if esc else json.dumps(c)[1:-1] for c, esc in zip(secret, which, strict=False))
+
+
+def _decoded_strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *_decoded_strings(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in _decoded_strings(v)]
+    return []
+
+
+text_around = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
+
+
+@FAST
+@given(secret=st.sampled_from(SECRETS), data=st.data(), before=text_around, after=text_around)
+def test_a_secret_escaped_any_way_inside_json_is_masked(secret: str, data: st.DataObject, before: str,
+                                                        after: str) -> None:
+    which = data.draw(st.lists(st.booleans(), min_size=len(secret), max_size=len(secret)))
+    body = '{"messages":[{"role":"user","content":' + json.dumps(before)[:-1] + _escape_some(secret, which) + \
+        json.dumps(after)[1:] + '}],"model":"m"}'
+    assert secret in "".join(_decoded_strings(json.loads(body)))  # the test's own premise
+    out = S.Scrubber(SECRETS).body(body.encode())
+    assert out is not None
+    decoded = json.loads(out)  # still JSON
+    for s in _decoded_strings(decoded):
+        assert KEY not in s and OTHER not in s
+    content = decoded["messages"][0]["content"]
+    assert S.MASK in content and content.startswith(before) and content.endswith(after)  # the rest kept
+
+
+def test_an_escaped_backslash_is_not_an_escape() -> None:
+    body = '{"c":"\\\\u0073k-upstream-SECRET-0123456789"}'  # a backslash, then the text u0073k-...
+    assert S.Scrubber(SECRETS).body(body) == body
+
+
+def _stream(pieces: list[str], shape: str) -> str:
+    events = []
+    for i, p in enumerate(pieces):
+        if shape == "openai":
+            ev = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m",
+                  "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
+            events.append(f"data: {json.dumps(ev)}\n\n")
+        elif shape == "anthropic":
+            ev = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
+            events.append(f"event: content_block_delta\ndata: {json.dumps(ev)}\n\n")
+        else:  # Responses
+            ev = {"type": "response.output_text.delta", "sequence_number": i, "item_id": "msg_1", "delta": p}
+            events.append(f"event: response.output_text.delta\ndata: {json.dumps(ev)}\n\n")
+    return "".join(events) + ("data: [DONE]\n\n" if shape == "openai" else "")
+
+
+def _texts(body: str, shape: str) -> str:
+    out = []
+    for line in body.split("\n"):
+        if line.startswith("data: {"):
+            ev = json.loads(line[6:])
+            out.append(ev["choices"][0]["delta"]["content"] if shape == "openai"
+                       else ev["delta"]["text"] if shape == "anthropic" else ev["delta"])
+    return "".join(out)
+
+
+@FAST
+@given(secret=st.sampled_from(SECRETS), shape=st.sampled_from(["openai", "anthropic", "responses"]),
+       before=text_around, after=text_around, data=st.data())
+def test_a_secret_spread_over_stream_events_is_masked(secret: str, shape: str, before: str, after: str,
+                                                      data: st.DataObject) -> None:
+    text = before + secret + after
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(text) - 1), max_size=12)))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    body = _stream(pieces, shape)
+    out = S.Scrubber(SECRETS).body(body)
+    assert out is not None
+    joined = _texts(out, shape)  # every event still parses, in its place
+    assert KEY not in joined and OTHER not in joined and KEY not in out and OTHER not in out
+    assert joined.startswith(before[: max(0, len(before) - len(secret))])
+    assert S.MASK in joined
+    assert out.count("\n\n") == body.count("\n\n")  # no event lost or added
+
+
+def test_a_stream_without_secrets_is_left_byte_for_byte() -> None:
+    body = _stream(["Hello", " there", ", sk-upstream", " is not a key"], "openai")
+    assert S.Scrubber(SECRETS).body(body) == body
+
+
+def _builder() -> RowBuilder:
+    return RowBuilder(S.Scrubber(SECRETS), store_bodies=True)
+
+
+def test_a_secret_straddling_the_size_limit_leaves_no_piece() -> None:
+    for offset in range(-len(KEY) - 2, 3):
+        pad = MAX_STORED_BODY + offset
+        raw = ('{"c":"' + "x" * (pad - 6) + KEY + "y" * 100 + '"}').encode()
+        handed = raw[:MAX_STORED_BODY + BODY_SCRUB_MARGIN]  # what the proxy hands over (server/proxy.py)
+        stored = _builder().body(handed)
+        assert stored is not None and len(stored.encode()) <= MAX_STORED_BODY
+        # No prefix of the key (beyond a few characters any text may hold) survives at the cut.
+        tail = stored[-len(KEY):]
+        for n in range(6, len(KEY) + 1):
+            assert not tail.endswith(KEY[:n]), (offset, tail)
+
+
+def test_a_long_body_is_cut_to_the_limit_on_a_character_boundary() -> None:
+    body = ("é" * MAX_STORED_BODY).encode()
+    stored = _builder().body(body)
+    assert stored is not None and stored == "é" * (MAX_STORED_BODY // 2)
+
+
+def test_bodies_in_rows_go_through_the_body_scrubber() -> None:
+    escaped = _escape_some(KEY, [True] * len(KEY))
+    r = RequestRecord("p", "m", "openai_chat", 200, "completed", stream=True,
+                      request_body=('{"content":"' + escaped + '"}').encode(),
+                      response_body=_stream(["a " + KEY[:5], KEY[5:] + " b"], "openai").encode())
+    req, _ = _builder().prepare(r)
+    text = json.dumps(req)
+    assert KEY not in text and escaped not in text and "SECRET" not in text

@@ -166,6 +166,10 @@ def _banner(config: Config, config_path: Path, host: str, port: int, workers: in
     )
 
 
+def _stop_cleanly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run until interrupted; ConfigError propagates to the CLI (message naming the field, exit 2)."""
     import uvicorn
@@ -240,13 +244,21 @@ def serve(args: argparse.Namespace) -> int:
 
     proxy = build_proxy(config, config_path, demo)
     server = uvicorn.Server(uvicorn.Config(GatewayApp(proxy, tune_gc=True), **common))
+    # uvicorn re-raises the signal that stopped it once it has shut down, with the handlers it found
+    # when it started: by default that kills the process (-15, or 130 for Ctrl-C) after a clean
+    # shutdown. With these, that last signal ends the process with 0, as `--workers` does.
+    before = {sig: signal.signal(sig, _stop_cleanly) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run()
-    except SystemExit:
+    except SystemExit as exc:
+        if exc.code == 0:
+            return 0
         if proxy.startup_error is None:
             raise
         # uvicorn exits when the app's start-up fails; the reason decides our exit code.
     finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
         if demo is not None:
             demo.cleanup()  # if start-up failed; after a shutdown its hook has done it already
     if proxy.startup_error is not None:

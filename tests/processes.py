@@ -41,10 +41,10 @@ def wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> 
     raise AssertionError(f"{url} not healthy in time")
 
 
-def stop(proc: subprocess.Popen[str], timeout: float = 40) -> tuple[str, str]:
-    """Ctrl-C (a graceful shutdown), then its output; killed if it does not end in time."""
+def stop(proc: subprocess.Popen[str], timeout: float = 40, sig: int = signal.SIGINT) -> tuple[str, str]:
+    """Ctrl-C (or `sig`: a graceful shutdown), then its output; killed if it does not end in time."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
     try:
         return proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

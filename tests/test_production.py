@@ -742,7 +742,8 @@ store: {{url: "postgresql://axon:db-pass-81f3@127.0.0.1:{free_port()}/nowhere", 
         proc.send_signal(signal.SIGHUP)
         until(lambda: "m2" in httpx.get(url + "/v1/models", headers=AUTH, timeout=5).text, "the SIGHUP reload")
     finally:
-        out, err = _stop(proc)
+        out, err = _stop(proc, sig=signal.SIGTERM)
+    assert proc.returncode == 0, err  # a clean shutdown on SIGTERM exits 0, as with --workers
     assert "(on_unreachable: degraded)" in out and "store degraded" in err
     assert "1 records were not written" in err  # the database never came back: the loss is said, not hidden
     assert "configuration reloaded" in err

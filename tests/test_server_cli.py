@@ -78,6 +78,7 @@ def test_demo_serves_stream_and_non_stream() -> None:
         assert "axonsim_requests_total" in httpx.get(url + "/metrics", timeout=5).text
     finally:
         out, err = stop(proc)
+    assert proc.returncode == 0, err  # a clean shutdown on Ctrl-C (uvicorn re-raises the signal at its end)
     assert "sk-axon-demo" in out and "curl" in out
     assert "sk-demo-upstream" not in out + err  # upstream keys are never printed
     # The usage log lived in a temporary directory, named in the banner and gone after the demo.

@@ -112,11 +112,13 @@ class Metrics:
     """
 
     def __init__(self, router: RouterSource = None, store: StoreSource = None,
-                 now: Callable[[], float] = time.time, *, process: bool = True, namespace: str = "axonsim") -> None:
+                 now: Callable[[], float] = time.time, *, process: bool = True, namespace: str = "axonsim",
+                 shared: StoreSource = None) -> None:
         self.registry = CollectorRegistry()
         self.namespace = namespace
         self._router: Callable[[], Router | None] = _getter(router)
         self._store: Callable[[], Any] = _getter(store)
+        self._shared: Callable[[], Any] = _getter(shared)  # server.shared_state.SharedState, when state.url is set
         self._now = now
         self.inflight = 0
         # (format, model label, status) -> [count]; (format, model label) -> latency / TTFT histogram
@@ -242,7 +244,7 @@ class _Collector:
 
     def collect(self) -> Iterable[Metric]:
         self._peer_figures = self._peers()  # read once per scrape: _observed and _store both add them
-        for part in (self._observed, self._channels, self._store):
+        for part in (self._observed, self._channels, self._store, self._shared):
             try:
                 families = part()
             except Exception:
@@ -369,6 +371,22 @@ class _Collector:
             out.append(GaugeMetricFamily(f"{ns}_store_db_up", "1 if the store's database is reachable",
                                          value=1.0 if up else 0.0))
         return out
+
+
+    def _shared(self) -> list[Metric]:
+        """Channel state shared through Redis: whether this worker reaches it, and its syncs."""
+        shared = self.m._shared()
+        if shared is None:
+            return []
+        ns = self.ns
+        return [
+            GaugeMetricFamily(f"{ns}_shared_state_up", "1 if Redis (state.url) answered the last synchronisation; "
+                              "0: this worker routes on its local channel state", value=1.0 if shared.up else 0.0),
+            CounterMetricFamily(f"{ns}_shared_state_syncs", "Successful synchronisations with Redis",
+                                value=float(shared.syncs)),
+            CounterMetricFamily(f"{ns}_shared_state_errors", "Failed synchronisations with Redis",
+                                value=float(shared.errors)),
+        ]
 
 
 def _cumulative(bounds: Sequence[float], counts: Sequence[int | float]) -> list[tuple[str, float]]:

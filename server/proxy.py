@@ -139,7 +139,8 @@ class Proxy:
         self.config_path = Path(config_path) if config_path is not None else None
         self.store = store
         self.metrics = metrics if metrics is not None else Metrics(router=lambda: self.rt.router,
-                                                                   store=lambda: self.store, now=self.clock.now)
+                                                                   store=lambda: self.store, now=self.clock.now,
+                                                                   shared=lambda: self.shared_state)
         self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
         self.on_request_done: RequestHook | None = None
         self.ready = False

@@ -28,12 +28,14 @@ from processes import free_port
 from processes import start as _start
 from processes import stop as _stop
 from processes import wait_healthy as _wait_healthy
+from prometheus_client.parser import text_string_to_metric_families
 
 from axonsim.config import Config, parse_config
 from axonsim.execution import Call, Outcome, Router
 from axonsim.health import CLOSED, OPEN
 from axonsim.state import NEVER
 from axonsim.unified import ErrorKind
+from server.metrics import Metrics
 from server.shared_state import PERMANENT, PERMANENT_TTL, SharedState, redact_url
 
 pytestmark = pytest.mark.timeout(120)
@@ -389,8 +391,17 @@ async def test_unreachable_redis_keeps_serving_on_local_state_and_says_so(
         await asyncio.sleep(0.6)
         assert not sa.up and sa.errors >= 2
         assert sa.status()["up"] is False
+        figures = _shared_metrics(sa)  # ... and /metrics says so
+        assert figures["axonsim_shared_state_up"] == 0 and figures["axonsim_shared_state_errors_total"] >= 2
     assert _warnings(caplog, "unreachable") == 2  # once per instance, not once per failed sync
     assert "hunter2" not in caplog.text and redact_url(url) in caplog.text
+
+
+def _shared_metrics(shared: SharedState) -> dict[str, float]:
+    """The shared-state samples of a Metrics that reads `shared`, parsed as Prometheus would."""
+    text, _ = Metrics(shared=shared, process=False).render()
+    return {s.name: s.value for fam in text_string_to_metric_families(text.decode())
+            for s in fam.samples if s.name.startswith("axonsim_shared_state")}
 
 
 @pytest.fixture
@@ -441,8 +452,11 @@ async def test_redis_going_away_and_coming_back(redis_url: str, prefix: str, clo
         assert calls(rb, clock) == [("b", None)]  # B still knows `a` cools down; `b` it cannot know
         assert calls(ra, clock) == [("c", None)]
 
+        assert _shared_metrics(sa)["axonsim_shared_state_up"] == 0
         redis_server()  # back, and empty (no persistence)
         await eventually(lambda: sa.up and sb.up, "both reconnect", timeout=5)
+        figures = _shared_metrics(sa)
+        assert figures["axonsim_shared_state_up"] == 1 and figures["axonsim_shared_state_syncs_total"] >= 1
         await eventually(lambda: rb.by_name["b"].cooldown_until == ra.by_name["b"].cooldown_until,
                          "what A learnt meanwhile reaches B")
         assert calls(rb, clock) == [("c", None)]
@@ -514,6 +528,12 @@ state: {{url: "{redis_url}", sync_interval: {INTERVAL}, key_prefix: {prefix}}}
         # Once the cooldown is over, proxy 2 tries `limited` again (which still answers 429).
         time.sleep(max(0.0, until - time.time()) + 0.3)
         assert ask(p2).headers["x-axonsim-attempts"] == "2"
+        # Each proxy's /metrics says it reaches Redis.
+        for port in (p1, p2):
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            up = [s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                  if s.name == "axonsim_shared_state_up"]
+            assert up == [1.0], text
     finally:
         outs = [_stop(p) for p in reversed(procs)]
     logs = "".join(o + e for o, e in outs)

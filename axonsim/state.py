@@ -39,7 +39,7 @@ CLIENT_FAULTS = frozenset({ErrorKind.INVALID_REQUEST, ErrorKind.NOT_FOUND})
 
 
 class KeyState:
-    __slots__ = ("name", "secret", "disabled", "disabled_until", "failures", "uses", "limiter", "breaker",
+    __slots__ = ("name", "secret", "disabled", "held", "disabled_until", "failures", "uses", "limiter", "breaker",
                  "auto", "has_limits")
 
     def __init__(self, name: str, secret: str, limiter: Limiter, breaker: Breaker | None,
@@ -47,6 +47,9 @@ class KeyState:
         self.name = name
         self.secret = secret
         self.disabled = False  # permanently (401/403): until the configuration changes
+        # `disabled` by an operator (admin API): only an operator's enable or a reload ends it; a
+        # successful probe, which lifts an automatic disable, leaves it alone and does not use the key.
+        self.held = False
         self.disabled_until = NEVER  # temporarily
         self.failures = 0
         self.uses = 0
@@ -427,6 +430,6 @@ class ChannelState:
             "ewma_ttft": self.ewma_ttft,
             "ewma_tps": self.ewma_tps,
             "breakers": {m: b.snapshot(now) for m, b in self.breakers.items()},
-            "keys": [{"name": k.name, "disabled": k.disabled, "disabled_remaining": max(0.0, k.disabled_until - now),
-                      "uses": k.uses} for k in self.keys],
+            "keys": [{"name": k.name, "disabled": k.disabled, "held": k.held,
+                      "disabled_remaining": max(0.0, k.disabled_until - now), "uses": k.uses} for k in self.keys],
         }

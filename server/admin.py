@@ -231,6 +231,7 @@ class BreakerOut(BaseModel):
 class KeyOut(BaseModel):
     name: str
     disabled: bool = Field(description="switched off (admin API, or rejected credentials) until enabled or reloaded")
+    held: bool = Field(False, description="switched off by an operator (admin API): probes neither use nor lift it")
     disabled_remaining: float = Field(description="seconds of a temporary disable left (rate limit, overload)")
     available: bool = Field(description="may take an attempt now (limits and key breaker included)")
     uses: int
@@ -393,7 +394,7 @@ def channel_view(st: ChannelState, now: float) -> ChannelOut:
     snap = st.snapshot(now)
     ch = st.channel
     auto = None if st.disabled_until == float("inf") else _remaining(st.disabled_until, now)
-    keys = [KeyOut(name=k.name, disabled=k.disabled, disabled_remaining=_remaining(k.disabled_until, now),
+    keys = [KeyOut(name=k.name, disabled=k.disabled, held=k.held, disabled_remaining=_remaining(k.disabled_until, now),
                    available=k.available(now), uses=k.uses) for k in st.keys]
     breakers: Mapping[str, Mapping[str, Any]] = snap["breakers"]  # type: ignore[assignment]
     return ChannelOut(
@@ -746,6 +747,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         st = state(name)
         k = key_of(st, key_name)
         k.disabled = False
+        k.held = False
         k.disabled_until = NEVER
         return admin.reply(channel_view(st, ctx.now()))
 
@@ -753,7 +755,9 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
                  summary="Disable an upstream key by name: the channel uses its other keys; until enabled or reloaded")
     async def disable_key(name: str, key_name: str) -> Response:
         st = state(name)
-        key_of(st, key_name).disabled = True
+        k = key_of(st, key_name)
+        k.disabled = True
+        k.held = True
         return admin.reply(channel_view(st, ctx.now()))
 
     # -- reload ------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ several workers do not probe in step) on each enabled channel that has one. A su
 also lifts the channel's automatic disable, and the probed key's, so a channel that was switched
 off by the auto-disable rules comes back on its own once its provider answers again. Probes skip
 channels an operator disabled (config or admin API) and channels cooling down after a 429 (a
-probe would only spend the provider's rate limit). Each worker process probes on its own.
+probe would only spend the provider's rate limit); a key an operator disabled is neither used nor
+lifted by a probe or a test. Each worker process probes on its own.
 """
 
 from __future__ import annotations
@@ -46,12 +47,18 @@ def _test_request(model: str, stream: bool) -> Request:
 
 
 def _key_for(st: ChannelState, now: float) -> int | None:
-    """The key the channel would use now; if none is available, the first one all the same (a test
-    is how one finds out whether a disabled key works again)."""
+    """The key the channel would use now; if none is available, the first one an operator has not
+    switched off all the same (a test is how one finds out whether a disabled key works again);
+    None for a keyless channel, or when an operator switched off every key (see `all_held`)."""
     key = st.next_key(now)
-    if key is None and st.keys:
-        return 0
+    if key is None:
+        return next((i for i, k in enumerate(st.keys) if not k.held), None)
     return key
+
+
+def all_held(st: ChannelState) -> bool:
+    """Every key of the channel was switched off by an operator: nothing may be sent with them."""
+    return bool(st.keys) and all(k.held for k in st.keys)
 
 
 async def run_test(rt: Runtime, st: ChannelState, *, stream: bool = True, timeout: float = 30.0,
@@ -61,12 +68,16 @@ async def run_test(rt: Runtime, st: ChannelState, *, stream: bool = True, timeou
     now = driver.clock.now
     upstream_model = model or st.channel.models[0]
     key = _key_for(st, now())
-    req = _test_request(upstream_model, stream)
-    call = Call(st, upstream_model, key, 0, req)
-    ex = Exchange(req, None, None)
     result: dict[str, Any] = {"channel": st.name, "model": upstream_model, "key": st.key_name(key), "stream": stream,
                               "ok": False, "status": None, "latency": None, "ttft": None, "error": None,
                               "error_kind": None, "reply": None}
+    if all_held(st):
+        result.update(error="every key of this channel is disabled by an operator; enable one to test it",
+                      error_kind="disabled")
+        return result
+    req = _test_request(upstream_model, stream)
+    call = Call(st, upstream_model, key, 0, req)
+    ex = Exchange(req, None, None)
     text: list[str] = []
     try:
         async with asyncio.timeout(timeout):
@@ -153,7 +164,7 @@ class Probes:
         """One probe of channel `name` on the current runtime (None if it is skipped now)."""
         rt = self.proxy.rt
         st = rt.router.by_name.get(name)
-        if st is None or not st.channel.enabled:
+        if st is None or not st.channel.enabled or all_held(st):
             return None
         now = self.proxy.clock.now()
         if st.cooldown_until > now:
@@ -182,7 +193,7 @@ class Probes:
             st.disabled_until = NEVER
             what.append("its automatic disable")
         for k in st.keys:
-            if k.name == key_name and (k.disabled or k.disabled_until > now):
+            if k.name == key_name and not k.held and (k.disabled or k.disabled_until > now):
                 k.disabled = False
                 k.disabled_until = NEVER
                 what.append(f"the disable of key {k.name}")

@@ -213,7 +213,8 @@ def _raw_fields(st: ChannelState) -> Iterator[tuple[str, float, str]]:
     for model, b in st.breakers.items():
         yield f"b:{model}", _breaker_value(b), str(b.trips)
     for i, k in enumerate(st.keys):
-        yield f"k:{i}", math.inf if k.disabled else k.disabled_until, ""
+        # "op": an operator's disable, which probes must neither use nor lift in any process.
+        yield f"k:{i}", math.inf if k.disabled else k.disabled_until, "op" if k.held else ""
         if k.breaker is not None:
             yield f"kb:{i}", _breaker_value(k.breaker), str(k.breaker.trips)
 
@@ -292,9 +293,11 @@ def _apply_one(st: ChannelState, name: str, until: float, extra: str, lifted: bo
         elif lifted:
             if (math.inf if k.disabled else k.disabled_until) <= u:
                 k.disabled = False
+                k.held = False
                 k.disabled_until = NEVER
         elif u == math.inf:
             k.disabled = True
+            k.held = k.held or extra == "op"
         else:
             k.disabled_until = max(k.disabled_until, u)
 

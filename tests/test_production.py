@@ -704,6 +704,37 @@ def test_probes_bring_an_auto_disabled_channel_back() -> None:
         assert gw.proxy.probes.last["phoenix"]["ok"]
 
 
+def test_probes_and_tests_neither_use_nor_lift_a_key_an_operator_disabled() -> None:
+    keys = [{"key": secret("pair"), "name": "pair#0"}, {"key": secret("pair") + "-2", "name": "pair#1"}]
+    with Stack() as st:
+        gw = st.serve([ch("pair", "m", probe={"interval": 0.1}, api_keys=keys)], gateway=GATEWAY)
+        pair = gw.proxy.router.by_name["pair"]
+        provider = st.by_name["pair"].provider
+        k0, k1 = pair.keys
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            assert c.post("/admin/channels/pair/keys/pair%230/disable", headers=ADMIN).status_code == 200
+            used, seen = k0.uses, provider.stats["requests"]
+            until(lambda: provider.stats["requests"] >= seen + 4, "four probes", 10)
+            assert (k0.disabled, k0.held, k0.uses) == (True, True, used)  # not lifted, not used
+            assert k1.uses > 0 and gw.proxy.probes.last["pair"]["key"] == "pair#1"
+
+            # Every key held: probes stop, and a test refuses to send rather than use one.
+            assert c.post("/admin/channels/pair/keys/pair%231/disable", headers=ADMIN).status_code == 200
+            time.sleep(0.15)  # a probe already under way finishes
+            seen = provider.stats["requests"]
+            res = c.post("/admin/channels/pair/test", headers=ADMIN).json()
+            assert not res["ok"] and res["error_kind"] == "disabled" and "operator" in res["error"]
+            time.sleep(0.5)
+            assert provider.stats["requests"] == seen and k0.disabled and k1.disabled
+            view = c.get("/admin/channels/pair", headers=ADMIN).json()
+            assert [(k["disabled"], k["held"]) for k in view["keys"]] == [(True, True), (True, True)]
+
+            # The operator's enable: probes use the key again.
+            assert c.post("/admin/channels/pair/keys/pair%230/enable", headers=ADMIN).status_code == 200
+            until(lambda: k0.uses > used, "a probe with the re-enabled key", 10)
+            assert not k0.held and k1.held
+
+
 # --------------------------------------------------------------------------------------------------
 # `axonsim serve`
 

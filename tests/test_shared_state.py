@@ -244,6 +244,15 @@ async def test_a_rejected_key_is_skipped_everywhere_and_an_enable_lifts_it_every
         assert ("a", 0) in calls(rb, clock, {("a", 0): 401})
         assert k0.disabled
         await eventually(lambda: ka.disabled, "A disables the key again")
+        assert not k0.held and not ka.held  # rejected credentials: a probe may lift that
+
+        # An operator's disable (the admin API's) travels as one: B holds the key too, so B's
+        # probes neither use nor lift it; the operator's enable lifts both.
+        kb1, ka1 = rb.by_name["a"].keys[1], ra.by_name["a"].keys[1]
+        ka1.disabled = ka1.held = True
+        await eventually(lambda: kb1.disabled and kb1.held, "B holds the key the operator disabled on A")
+        ka1.disabled = ka1.held = False
+        await eventually(lambda: not kb1.disabled and not kb1.held, "B follows the operator's enable")
 
 
 async def test_auto_disable_and_key_cooldowns_are_shared(redis_url: str, prefix: str,

@@ -95,6 +95,8 @@ def _explain_value(result: Result | None, rid: str) -> bytes:
 # ~3.5 µs in isolation, more under load); a timer handle costs a quarter of that. A client that
 # leaves is noticed at most this much later, which for LLM calls (seconds) changes nothing.
 WATCH_AFTER = 0.05
+# Seconds a request cancelled by the shutdown deadline may still spend telling its client so.
+_LAST_WORDS = 1.0
 
 
 class _Watch:
@@ -337,38 +339,37 @@ class GatewayApp:
             if sent is not None:
                 sent.append(tail)
         except asyncio.CancelledError:
-            if not w.gone:
-                # Not the client's doing (the server's shutdown deadline passed): recorded, then propagated.
-                error = Error(kind=ErrorKind.SERVER_ERROR, status=503, message="the gateway shut down before the "
-                              "request finished")
-                if not started:
-                    status = 503
-                raise
             if task is not None:
                 task.uncancel()
-            status = CLIENT_CLOSED
+            if w.gone:
+                status = CLIENT_CLOSED
+            else:
+                # Not the client's doing: the server's shutdown deadline passed. The client gets a 503
+                # in its format (mid-stream: the in-stream error and the end), and the request is
+                # recorded. The cancel stops here: propagated, it made uvicorn answer its own plain
+                # 500 and log a traceback per request.
+                error = Error(kind=ErrorKind.UNAVAILABLE, status=503, message="the gateway shut down before the "
+                              "request finished")
+                if stream is not None:
+                    stream.abort(clock.now())  # not the channel's failure either
+                w.done = True
+                try:
+                    async with asyncio.timeout(_LAST_WORDS):  # the server is going away: not a moment longer
+                        sent_status = await _send_failure(send, fmt, error, rid_b, started, result, ex, ids,
+                                                          clock.now() - t0 - (ex.waited if ex else 0.0))
+                except TimeoutError:
+                    sent_status = None
+                status = sent_status if sent_status is not None else status if started else 503
         except Exception as exc:
             self._log_exception(rt, rid, exc)
             error = Error(kind=ErrorKind.SERVER_ERROR, status=500, message=f"internal gateway error (request {rid})")
             if stream is not None:
                 stream.abort(clock.now())  # the gateway's own failure: not held against the channel
             w.done = True
-            try:
-                if not started:
-                    status = await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0,
-                                               _tail(ids, clock.now() - t0 - (ex.waited if ex else 0.0), None))
-                else:
-                    # Mid-stream: the client gets the in-stream error event of its format, then the end.
-                    tail = b""
-                    if ex is not None:
-                        try:
-                            tail = fmt.StreamRenderer(ex.request()).error(error)
-                        except Exception:
-                            tail = b""
-                    await send({"type": "http.response.body", "body": tail, "more_body": False})
-            except Exception:
-                if not started:
-                    await _send_plain_500(send, rid_b)
+            sent_status = await _send_failure(send, fmt, error, rid_b, started, result, ex, ids,
+                                              clock.now() - t0 - (ex.waited if ex else 0.0))
+            if sent_status is not None:
+                status = sent_status
         finally:
             w.done = True
             metrics.inflight_dec()
@@ -393,8 +394,10 @@ class GatewayApp:
                 response_body: bytes | None) -> None:
         if result is not None:
             attempts = [a.as_dict() for a in result.attempts]
-        elif gone and ex is not None:
-            attempts = ex.attempt_records()  # cancelled before execution came to a Result
+        elif ex is not None:
+            # Cut short before execution came to a Result (the client left, the shutdown deadline
+            # passed, a gateway error): the attempts made so far, the unfinished one abandoned.
+            attempts = ex.attempt_records()
         else:
             attempts = []
         if stream is not None:
@@ -554,6 +557,30 @@ def _tail(ids: list[tuple[bytes, bytes]], overhead: float, explain: bytes | None
     if explain is not None:
         out.append((b"x-axonsim-explain", explain))
     return out
+
+
+async def _send_failure(send: Send, fmt: ModuleType, error: Error, rid_b: bytes, started: bool,
+                        result: Result | None, ex: Exchange | None, ids: list[tuple[bytes, bytes]],
+                        overhead: float) -> int | None:
+    """Tell the client a request failed on the gateway's side, however far its answer got: before the
+    response began, the error in its format (the status sent is returned); mid-stream, the in-stream
+    error event of its format and the end of the stream (None: the status stays)."""
+    try:
+        if not started:
+            return await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0,
+                                     _tail(ids, overhead, None))
+        tail = b""
+        if ex is not None:
+            try:
+                tail = fmt.StreamRenderer(ex.request()).error(error)
+            except Exception:
+                tail = b""
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+    except Exception:
+        if not started:
+            await _send_plain_500(send, rid_b)
+            return 500
+    return None
 
 
 async def _send_error(send: Send, fmt: ModuleType, err: Error, rid_b: bytes, attempts: int,

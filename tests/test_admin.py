@@ -370,7 +370,7 @@ async def test_channel_state(client: httpx.AsyncClient, gw: Gateway) -> None:
     assert a["ewma_latency"] == pytest.approx(1.0) and a["ewma_ttft"] == pytest.approx(0.25)
     # a breaker that has seen no failure is not materialised: closed by default
     assert a["breakers"].get("m1", {"state": "closed"})["state"] == "closed"
-    assert a["keys"] == [{"name": "alpha#0", "disabled": False, "disabled_remaining": 0.0, "available": True,
+    assert a["keys"] == [{"name": "alpha#0", "disabled": False, "held": False, "disabled_remaining": 0.0, "available": True,
                           "uses": 1}]
     assert a["auto_disabled_remaining"] == 0.0
     g = chans["gamma"]

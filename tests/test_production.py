@@ -852,29 +852,49 @@ store: {{flush_interval: 0.05}}
     assert {r[0] for r in rows} == ids
 
 
-def test_requests_past_the_shutdown_deadline_are_cancelled_and_recorded(tmp_path: Path) -> None:
+def test_requests_past_the_shutdown_deadline_are_cancelled_and_recorded(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Past the shutdown deadline a request is cut: the client is told in its own format (a 503
+    before the answer began, the in-stream error mid-stream), and the record keeps its attempts."""
     d = DB("sqlite", tmp_path)
     with Stack() as st:
         gw = st.serve(CHANNELS, gateway={**GATEWAY, "shutdown_timeout": 0.5}, routing=ROUTING, mock_kw=MOCK_KW,
                       store=True, extra={"store": {"url": d.url, "flush_interval": 60}})
         slow = st.by_name["slow"].provider
-        errors: list[BaseException] = []
+        got: dict[str, Any] = {}
 
-        def client() -> None:
-            try:
-                with httpx.Client(base_url=gw.url, timeout=30) as c:
-                    chat(c, "slow")  # a 20 s answer
-            except httpx.HTTPError as exc:
-                errors.append(exc)
+        def plain() -> None:
+            with httpx.Client(base_url=gw.url, timeout=30) as c:
+                got["plain"] = chat(c, "slow")  # a 20 s answer
 
-        t = threading.Thread(target=client)
-        t.start()
-        until(lambda: slow.inflight == 1, "the slow request upstream")
+        def streamed() -> None:
+            body = {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            with httpx.Client(base_url=gw.url, timeout=30) as c, c.stream("POST", "/v1/chat/completions", json=body,
+                                                                          headers=AUTH) as r:
+                got["stream_status"] = r.status_code
+                got["stream"] = b"".join(r.iter_raw()).decode()
+
+        threads = [threading.Thread(target=plain), threading.Thread(target=streamed)]
+        for t in threads:
+            t.start()
+        until(lambda: slow.inflight == 2 and "stream_status" in got, "both requests upstream, the stream begun")
         began = time.monotonic()
         st.call(gw.stop(), 30)
         assert time.monotonic() - began < 10  # the deadline, not the 20 s answer
-        t.join(10)
-        until(lambda: slow.inflight == 0, "the upstream call cancelled")
-    [row] = d.rows("SELECT status, outcome, error FROM requests")
-    assert row["outcome"] == "failed" and row["status"] == 503 and "shut down" in row["error"]
+        for t in threads:
+            t.join(10)
+        until(lambda: slow.inflight == 0, "the upstream calls cancelled")
+    r = got["plain"]
+    assert r.status_code == 503 and "shut down" in r.json()["error"]["message"], r.text  # not uvicorn's plain 500
+    events = [json.loads(ln[6:]) for ln in got["stream"].split("\n") if ln.startswith("data: {")]
+    assert got["stream_status"] == 200 and "shut down" in events[-1]["error"]["message"]
+    rows = {r["stream"]: r for r in d.rows("SELECT id, stream, status, outcome, error FROM requests")}
+    assert rows[0]["outcome"] == "failed" and rows[0]["status"] == 503 and "shut down" in rows[0]["error"]
+    assert rows[1]["outcome"] == "failed" and rows[1]["status"] == 200 and "shut down" in rows[1]["error"]
+    attempts = {a["request_id"]: a for a in d.rows("SELECT request_id, channel, status, decision FROM attempts")}
+    for row in rows.values():  # each upstream call has its row, abandoned
+        a = attempts[row["id"]]
+        assert a["channel"] == "slow" and json.loads(a["decision"])["next"] == "cancelled"
+    assert attempts[rows[0]["id"]]["status"] == 499 and attempts[rows[1]["id"]]["status"] == 200
+    assert "Exception in ASGI application" not in caplog.text  # no traceback per request cut
     assert gw.proxy.router.by_name["slow"].inflight == 0

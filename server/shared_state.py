@@ -392,6 +392,19 @@ class _RouterSync:
         self.version: str | None = None
         self.last_full = -math.inf
 
+    def inherit(self, old: _RouterSync) -> None:
+        """After a reload: the counters a new Router took over from the old one (server.proxy.carry_over
+        hands unchanged channels' limiters and quotas to it) keep their shared bases, or the next push
+        would send their whole local count, others' adopted counts included, as new increments."""
+        old_limiters = dict(old.limiters)
+        for lid, lim in self.limiters:
+            if old_limiters.get(lid) is lim and lid in old.rate_base:
+                self.rate_base[lid] = old.rate_base[lid]
+        old_quotas = {c.cid: c.st.quota for c in old.quotas}
+        for c in self.quotas:
+            if old_quotas.get(c.cid) is c.st.quota and c.cid in old.quota_base:
+                self.quota_base[c.cid] = old.quota_base[c.cid]
+
 
 class SharedState:
     """Synchronise the current Router's channel state with Redis every `cfg.sync_interval` seconds.
@@ -523,7 +536,10 @@ class SharedState:
         router = self._get_router()
         s = self._sync
         if s is None or s.router is not router:
-            s = self._sync = _RouterSync(router, self._prefix)
+            new = _RouterSync(router, self._prefix)
+            if s is not None:
+                new.inherit(s)
+            s = self._sync = new
             self._force_full = True
         return s
 

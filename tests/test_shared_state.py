@@ -36,6 +36,7 @@ from axonsim.health import CLOSED, OPEN
 from axonsim.state import NEVER
 from axonsim.unified import ErrorKind
 from server.metrics import Metrics
+from server.proxy import carry_over
 from server.shared_state import PERMANENT, PERMANENT_TTL, SharedState, redact_url
 
 pytestmark = pytest.mark.timeout(120)
@@ -293,6 +294,46 @@ async def test_rate_limit_counters_add_up_across_processes(redis_url: str, prefi
             assert st.unavailable_reason(clock()) == "rate_limited_locally"
         # Each process admitted two: alone, either would still send to `a`.
         assert calls(ra, clock) == [("b", None)] and calls(rb, clock) == [("b", None)]
+
+
+async def test_a_reload_keeps_the_shared_counters_it_carries_over(redis_url: str, prefix: str, rdb: redis.Redis,
+                                                                   clock: Callable[[], float]) -> None:
+    """A reload hands unchanged channels' limiters and quotas to the new Router (carry_over): their
+    counts, which hold the others' too, must not be pushed again as new increments."""
+    cfg = make_config(redis_url, prefix, channels=[
+        {"name": "a", "models": ["m"], "limits": {"rpm": 10}, "quota": {"requests": 10, "period": 3600}},
+        {"name": "b", "models": ["m"], "priority": 1}])
+    current = [Router(cfg)]
+    ra = Router(cfg)
+    sa = SharedState(lambda: ra, cfg.state, clock=clock)
+    sb = SharedState(lambda: current[0], cfg.state, clock=clock)
+    await sa.start()
+    await sb.start()
+    try:
+        for r in (ra, ra, ra, current[0], current[0], current[0]):
+            assert calls(r, clock) == [("a", None)]
+
+        def counted(r: Router) -> tuple[float, int]:
+            st = r.by_name["a"]
+            assert st.quota is not None
+            return st.limiter.window.usage(clock())[0], st.quota.requests
+
+        await eventually(lambda: counted(ra) == (6.0, 6) and counted(current[0]) == (6.0, 6), "both count six")
+        old = current[0]
+        new = Router(cfg)
+        assert carry_over(old, new, clock()) == ["a", "b"]
+        current[0] = new  # B reloads an unchanged config
+        await asyncio.sleep(10 * INTERVAL)
+        assert counted(new) == (6.0, 6) and counted(ra) == (6.0, 6)
+        shared = [int(v) for k in rdb.scan_iter(match=f"{prefix}:q:*") for v in [rdb.hget(k, "r")] if v]
+        assert shared == [6]
+        for _ in range(4):
+            assert calls(new, clock) == [("a", None)]  # the four left of ten
+        await eventually(lambda: counted(ra) == (10.0, 10), "A counts B's four")
+        assert calls(ra, clock) == [("b", None)]
+    finally:
+        await sa.close()
+        await sb.close()
 
 
 async def test_quotas_add_up_across_processes(redis_url: str, prefix: str, clock: Callable[[], float]) -> None:

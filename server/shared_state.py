@@ -54,6 +54,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
 
 from axonsim.config import SharedStateConfig
 from axonsim.execution import Router
@@ -89,6 +90,7 @@ for i = 4, #ARGV, 3 do
   local cur = redis.call('HGET', h, f)
   local s, cu = nil, nil
   if cur then s, cu = parse(cur) end
+  if not cu then cur = nil end  -- a value that does not parse (garbage) counts as absent
   if op == 'max' then
     if not cur or u > cu then
       redis.call('HSET', h, f, 'a:' .. arg)
@@ -104,7 +106,9 @@ local maxexp = nil
 for i = 1, #all, 2 do
   local s, u, x = parse(all[i + 1])
   local exp
-  if s == 'a' then
+  if not u then
+    exp = now  -- unreadable: dropped below
+  elseif s == 'a' then
     if u >= 1e12 then exp = now + perm_ttl else exp = u end
   else
     exp = (tonumber(x) or 0) + keep
@@ -131,13 +135,31 @@ local t = redis.call('INCRBY', KEYS[1], d)
 local base = t - d
 for i = 3, #ARGV, 2 do
   local v = base + tonumber(ARGV[i + 1])
-  local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1')
+  local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1') or -1  -- garbage: as if absent
   if v > cur then redis.call('HSET', KEYS[2], ARGV[i], v) end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return {t, redis.call('HGETALL', KEYS[2])}
 """
+
+
+class _BadData(Exception):
+    """Keys under the prefix held data the synchronisation cannot read; they were deleted."""
+
+    def __init__(self, keys: list[str], cause: Exception | None) -> None:
+        super().__init__(f"deleted {len(keys)} Redis key(s) holding data of another kind ({', '.join(keys[:4])}"
+                         f"{', ...' if len(keys) > 4 else ''}: {cause}); the processes refill them from their "
+                         "local state")
+        self.keys = keys
+
+
+def _keys_of(args: tuple[Any, ...]) -> list[str]:
+    """The keys a pipelined command names: EVALSHA/EVAL's KEYS, or a plain command's first argument."""
+    if str(args[0]).upper() in ("EVALSHA", "EVAL"):
+        n = int(args[2])
+        return [str(k) for k in args[3:3 + n]]
+    return [str(args[1])] if len(args) > 1 else []
 
 
 def redact_url(url: str) -> str:
@@ -503,11 +525,37 @@ class SharedState:
                 await self._sync_once()
             except asyncio.CancelledError:
                 raise
+            except _BadData as exc:  # Redis answered: not an outage, and the next sync starts clean
+                self.errors += 1
+                self.last_error = str(exc)
+                log.warning("shared state: %s", exc)
+                return False
             except Exception as exc:  # whatever Redis or the network did, this process keeps serving
                 self._failed(exc)
                 return False
             self._succeeded()
             return True
+
+    async def _execute(self, pipe: Any) -> list[Any]:
+        """Run a pipeline. A key under our prefix that holds something else (another type, a count
+        that is not a number: left by hand or by another program) would fail every sync from then on:
+        it is deleted, as a Redis that lost its data is refilled, and _BadData says which it was."""
+        stack = [args for args, _ in pipe.command_stack]
+        res = await pipe.execute(raise_on_error=False)
+        bad: set[str] = set()
+        first: Exception | None = None
+        for args, r in zip(stack, res, strict=True):
+            if isinstance(r, Exception):
+                text = str(r)
+                if not isinstance(r, ResponseError) or not ("WRONGTYPE" in text or "not an integer" in text):
+                    raise r
+                bad.update(_keys_of(args))
+                first = first or r
+        if bad:
+            assert self._redis is not None
+            await self._redis.delete(*sorted(bad))
+            raise _BadData(sorted(bad), first)
+        return list(res)
 
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
@@ -563,7 +611,7 @@ class SharedState:
         n2 = len(pipe)
         s0 = s.router.balancer.seq
         await self._rr_push(s, pipe, s0)
-        res = await pipe.execute()
+        res = await self._execute(pipe)
         if self._get_router() is not s.router:
             return  # swapped while we waited: the new Router adopts the shared state next time
         now = self._clock()
@@ -580,7 +628,7 @@ class SharedState:
                 pipe = self._redis.pipeline(transaction=False)
                 for c in rest:
                     pipe.hgetall(c.hkey)
-                got = await pipe.execute()
+                got = await self._execute(pipe)
                 if self._get_router() is not s.router:
                     return
                 now = self._clock()

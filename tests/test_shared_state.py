@@ -37,7 +37,7 @@ from axonsim.state import NEVER
 from axonsim.unified import ErrorKind
 from server.metrics import Metrics
 from server.proxy import carry_over
-from server.shared_state import PERMANENT, PERMANENT_TTL, SharedState, redact_url
+from server.shared_state import PERMANENT, PERMANENT_TTL, SharedState, channel_id, redact_url
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -334,6 +334,39 @@ async def test_a_reload_keeps_the_shared_counters_it_carries_over(redis_url: str
     finally:
         await sa.close()
         await sb.close()
+
+
+@pytest.mark.parametrize("garbage", ["field", "hash-is-a-string", "ver-is-a-hash", "rr-seq", "rr-last", "rate"])
+async def test_garbage_under_the_prefix_does_not_stop_the_sharing(redis_url: str, prefix: str, rdb: redis.Redis,
+                                                                  clock: Callable[[], float], garbage: str,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Keys under the prefix written by hand or by another program, of the wrong type or with values
+    that are not numbers: sharing goes on (the bad keys are dropped and refilled), and the logs say
+    so without calling Redis unreachable."""
+    caplog.set_level(logging.INFO, "axonsim.server.shared_state")
+    cfg = make_config(redis_url, prefix, channels=[
+        {"name": "a", "models": ["m"], "priority": 0, "limits": {"rpm": 100}},
+        {"name": "b", "models": ["m"], "priority": 1}])
+    hkey = f"{prefix}:ch:{channel_id(Router(cfg).by_name['a'])}"
+    if garbage == "field":
+        rdb.hset(hkey, mapping={"cd": "a:zzz", "dis": "nonsense", "k:0": "a:1e400:x"})
+    elif garbage == "hash-is-a-string":
+        rdb.set(hkey, "not a hash")
+    elif garbage == "ver-is-a-hash":
+        rdb.hset(f"{prefix}:ver", "x", "1")
+    elif garbage == "rr-seq":
+        rdb.set(f"{prefix}:rr:seq", "many")
+    elif garbage == "rr-last":
+        rdb.hset(f"{prefix}:rr:last", mapping={"x": "soon", channel_id(Router(cfg).by_name["a"]): "later"})
+    else:
+        for minute in range(int(clock() // 60) - 1, int(clock() // 60) + 2):
+            rdb.hset(f"{prefix}:rl:{minute}", f"{channel_id(Router(cfg).by_name['a'])}|c|r", "lots")
+    async with pair(cfg, clock) as (ra, rb, sa, sb):
+        assert calls(ra, clock, {"a": 429}) == [("a", None), ("b", None)]
+        await eventually(lambda: rb.by_name["a"].cooldown_until > clock(), "B learns A's cooldown")
+        assert calls(rb, clock) == [("b", None)]
+        await eventually(lambda: sa.up and sb.up and sa.syncs > 3 and sb.syncs > 3, "both keep syncing")
+    assert "unreachable" not in caplog.text
 
 
 async def test_quotas_add_up_across_processes(redis_url: str, prefix: str, clock: Callable[[], float]) -> None:

@@ -69,16 +69,23 @@ class AdminContext:
     now:    the proxy's clock (Unix seconds).
     find:   optional; the proxy's in-memory record of a recent request by id (server.proxy.Proxy.find),
             used for requests the store has not written yet and for the decision trace it holds.
+    switches_local: optional; why a channel or key switch would reach only this process (several
+            workers without shared state), or None when it reaches every one that routes.
     """
 
     def __init__(self, router: Callable[[], Router], store: Callable[[], Any] | None = None,
                  reload: Callable[[], Awaitable[Any]] | None = None, now: Callable[[], float] = time.time,
-                 find: Callable[[str], Mapping[str, Any] | None] | None = None) -> None:
+                 find: Callable[[str], Mapping[str, Any] | None] | None = None,
+                 switches_local: Callable[[], str | None] | None = None) -> None:
         self._router = router
         self._store = store
         self._reload = reload
         self._now = now
         self.find = find
+        self._switches_local = switches_local
+
+    def switches_local(self) -> str | None:
+        return self._switches_local() if self._switches_local is not None else None
 
     @property
     def router(self) -> Router:
@@ -320,7 +327,7 @@ def _validation_error(exc: RequestValidationError) -> AdminError:
 
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 500: "server_error", 501: "not_supported", 503: "unavailable"}
+                404: "not_found_error", 409: "conflict", 500: "server_error", 501: "not_supported", 503: "unavailable"}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No admin key, or an unknown one"},
@@ -329,6 +336,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 BAD_PARAM: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody, "description": "A bad parameter; `error.param` names it"}}
 _STORE_DOWN: dict[int | str, dict[str, Any]] = {503: {"model": ErrorBody, "description": "No store is configured, or its database is unavailable"}}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "No such request, channel or key"}}
+_SWITCH: dict[int | str, dict[str, Any]] = {
+    **NOT_FOUND, 409: {"model": ErrorBody, "description": "Several workers without shared state (state.url): the "
+                       "switch would reach only the worker that answered, so none is made"}}
 
 # Query parameters each listing accepts (anything else is refused, naming it).
 LIST_PARAMS = ("since", "until", "project", "model", "channel", "status", "outcome", "key_name", "trace_id",
@@ -623,6 +633,14 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
             raise AdminError(404, f"no channel named {name!r}", "name")
         return st
 
+    def switchable(name: str) -> ChannelState:
+        """The channel to switch; 409 if the switch would reach only the worker that answers."""
+        st = state(name)
+        why = getattr(ctx, "switches_local", lambda: None)()
+        if why:
+            raise AdminError(409, why)
+        return st
+
     # -- logs --------------------------------------------------------------------------------------
 
     @router.get("/requests", response_model=RequestPage, responses={**BAD_PARAM, **_STORE_DOWN},
@@ -719,19 +737,19 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
     async def channel(name: str) -> Response:
         return admin.reply(channel_view(state(name), ctx.now()))
 
-    @router.post("/channels/{name}/enable", response_model=ChannelOut, responses=NOT_FOUND,
+    @router.post("/channels/{name}/enable", response_model=ChannelOut, responses=_SWITCH,
                  summary="Enable a channel (also lifts an automatic disable); lasts until the next reload")
     async def enable_channel(name: str) -> Response:
-        st = state(name)
+        st = switchable(name)
         st.channel.enabled = True
         st.disabled_until = NEVER  # an operator's "enable" overrides the auto-disable rules' verdict
         return admin.reply(channel_view(st, ctx.now()))
 
-    @router.post("/channels/{name}/disable", response_model=ChannelOut, responses=NOT_FOUND,
+    @router.post("/channels/{name}/disable", response_model=ChannelOut, responses=_SWITCH,
                  summary="Disable a channel: it gets no new traffic (in-flight attempts finish); until enabled "
                  "or reloaded")
     async def disable_channel(name: str) -> Response:
-        st = state(name)
+        st = switchable(name)
         st.channel.enabled = False
         return admin.reply(channel_view(st, ctx.now()))
 
@@ -741,20 +759,20 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
                 return k
         raise AdminError(404, f"channel {st.name!r} has no key named {key_name!r}", "key_name")
 
-    @router.post("/channels/{name}/keys/{key_name}/enable", response_model=ChannelOut, responses=NOT_FOUND,
+    @router.post("/channels/{name}/keys/{key_name}/enable", response_model=ChannelOut, responses=_SWITCH,
                  summary="Enable an upstream key by name (URL-encode '#': channel#0 → channel%230)")
     async def enable_key(name: str, key_name: str) -> Response:
-        st = state(name)
+        st = switchable(name)
         k = key_of(st, key_name)
         k.disabled = False
         k.held = False
         k.disabled_until = NEVER
         return admin.reply(channel_view(st, ctx.now()))
 
-    @router.post("/channels/{name}/keys/{key_name}/disable", response_model=ChannelOut, responses=NOT_FOUND,
+    @router.post("/channels/{name}/keys/{key_name}/disable", response_model=ChannelOut, responses=_SWITCH,
                  summary="Disable an upstream key by name: the channel uses its other keys; until enabled or reloaded")
     async def disable_key(name: str, key_name: str) -> Response:
-        st = state(name)
+        st = switchable(name)
         k = key_of(st, key_name)
         k.disabled = True
         k.held = True

@@ -118,6 +118,13 @@ def worker_app() -> GatewayApp:
         # An admin reload reaches the worker that answered; uvicorn's supervisor (the parent)
         # replaces all of them on SIGHUP.
         proxy.reload_workers = lambda: os.kill(os.getppid(), signal.SIGHUP)
+        if proxy.config.state.url is None:
+            # Each worker keeps its own channel state: a switch made through one would leave the
+            # others routing to the channel, so the admin API refuses it and says what works.
+            proxy.switches_local = (
+                "this gateway runs several worker processes without shared channel state, so a switch would "
+                "reach only the worker that answered; set state.url (Redis) to share switches, or change "
+                "the channel in the config and reload (POST /admin/reload reaches every worker)")
     return GatewayApp(proxy, tune_gc=True)
 
 

@@ -146,6 +146,8 @@ class Proxy:
         self.ready = False
         self.startup_error: BaseException | None = None  # why start-up failed (serve maps it to an exit code)
         self.shared_state: Any = None  # server.shared_state.SharedState when state.url is set
+        # Why an admin switch would reach only this process (set for `--workers N` without state.url).
+        self.switches_local: str | None = None
         self.startup_hooks: list[Callable[[], Awaitable[None]]] = []
         self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
         self._reload_lock = asyncio.Lock()

@@ -27,8 +27,11 @@ Rules:
 8. The Router is read through a getter on every sync: a config reload's new Router adopts the
    fleet's state at the next sync.
 
-State that stays local: in-flight counts, EWMAs, error counts, auto-disable streaks, sticky routing,
-and the admin API's channel switch (`enabled`, part of the process's config until its next reload).
+An operator's channel switch (`enabled`: the config's, or the admin API's) is shared like a disabled
+key: off is a permanent state, an enable lifts it, so one admin call reaches every process (and, as
+it lives in Redis, outlasts a reload until it is switched back).
+
+State that stays local: in-flight counts, EWMAs, error counts, auto-disable streaks, sticky routing.
 
 Redis keys (prefix `state.key_prefix`; `<ch>` is the channel's name plus a fingerprint of its type,
 base URL and keys, so a channel whose endpoint or credentials change in the config starts clean):
@@ -227,10 +230,16 @@ def _close_breaker(b: Breaker, until: float) -> None:
         b.probe_successes = 0
 
 
+def _switch_value(st: ChannelState) -> float:
+    # The operator's channel switch (config or admin API): off is a permanent state until switched on.
+    return NEVER if st.channel.enabled else math.inf
+
+
 def _raw_fields(st: ChannelState) -> Iterator[tuple[str, float, str]]:
     """(field, local value, extra) for every piece of this channel's shared state."""
     yield "cd", st.cooldown_until, ""
     yield "dis", st.disabled_until, ""
+    yield "off", _switch_value(st), ""
     yield "ej", st.ejection.until, ""
     for model, b in st.breakers.items():
         yield f"b:{model}", _breaker_value(b), str(b.trips)
@@ -247,6 +256,8 @@ def _local_value(st: ChannelState, name: str) -> float:
         return st.cooldown_until
     if kind == "dis":
         return st.disabled_until
+    if kind == "off":
+        return _switch_value(st)
     if kind == "ej":
         return st.ejection.until
     if kind == "b":
@@ -280,6 +291,12 @@ def _apply_one(st: ChannelState, name: str, until: float, extra: str, lifted: bo
                 st.disabled_until = NEVER
         else:
             st.disabled_until = max(st.disabled_until, u)
+    elif kind == "off":
+        if lifted:
+            if _switch_value(st) <= u:
+                st.channel.enabled = True
+        elif u == math.inf:
+            st.channel.enabled = False
     elif kind == "ej":
         det = st.outlier
         if lifted:

@@ -811,6 +811,11 @@ store: {{flush_interval: 0.05}}
                 return int(r.json()["total"]) if r.status_code == 200 else -1
 
             until(lambda: stored() == 12, "twelve records in the shared SQLite file", 20)
+            # Without shared state a switch would reach one worker of the two: refused, saying what works.
+            for path in ("/admin/channels/one/disable", "/admin/channels/one/keys/one%230/disable"):
+                r = c.post(path, headers=ADMIN)
+                assert r.status_code == 409 and "state.url" in r.json()["error"]["message"], r.text
+            assert all(c.get("/admin/channels/one", headers=ADMIN).json()["enabled"] for _ in range(6))
 
         def counted() -> tuple[float, float, float]:
             # Whichever worker answers, /metrics adds up both (each publishes its figures every second).

@@ -117,7 +117,8 @@ async def pair(cfg: Config, clock: Callable[[], float], url: str | None = None,
                **kw: Any) -> AsyncIterator[tuple[Router, Router, SharedState, SharedState]]:
     """Two Routers from one config (two processes), each synchronised by its own SharedState."""
     state = cfg.state if url is None else cfg.state.model_copy(update={"url": url})
-    ra, rb = Router(cfg), Router(cfg)
+    # Deep copies: two processes share no object (an admin switch changes the config's Channel).
+    ra, rb = Router(cfg.model_copy(deep=True)), Router(cfg.model_copy(deep=True))
     sa = SharedState(lambda: ra, state, clock=clock, **kw)
     sb = SharedState(lambda: rb, state, clock=clock, **kw)
     await sa.start()
@@ -254,6 +255,26 @@ async def test_a_rejected_key_is_skipped_everywhere_and_an_enable_lifts_it_every
         await eventually(lambda: kb1.disabled and kb1.held, "B holds the key the operator disabled on A")
         ka1.disabled = ka1.held = False
         await eventually(lambda: not kb1.disabled and not kb1.held, "B follows the operator's enable")
+
+
+async def test_an_operators_channel_switch_reaches_every_process(redis_url: str, prefix: str,
+                                                                 clock: Callable[[], float]) -> None:
+    """What the admin API's disable and enable do (one process's `channel.enabled`) reaches the
+    others, and a process that reloads adopts it, until it is switched back."""
+    cfg = make_config(redis_url, prefix)
+    async with pair(cfg, clock) as (ra, rb, _, sb):
+        ra.by_name["a"].channel.enabled = False  # disabled on A
+        await eventually(lambda: not rb.by_name["a"].channel.enabled, "B switches `a` off")
+        assert calls(rb, clock) == [("b", None)]
+        fresh = Router(cfg.model_copy(deep=True))  # B reloads: a new Router, `enabled: true` as configured
+        assert fresh.by_name["a"].channel.enabled
+        sb._get_router = lambda: fresh
+        await eventually(lambda: not fresh.by_name["a"].channel.enabled, "B's new Router adopts the switch")
+        ra.by_name["a"].channel.enabled = True  # enabled on A again
+        await eventually(lambda: fresh.by_name["a"].channel.enabled, "B switches `a` back on")
+        assert calls(fresh, clock) == [("a", None)]
+        await asyncio.sleep(10 * INTERVAL)
+        assert ra.by_name["a"].channel.enabled and fresh.by_name["a"].channel.enabled  # settled, both on
 
 
 async def test_auto_disable_and_key_cooldowns_are_shared(redis_url: str, prefix: str,

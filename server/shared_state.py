@@ -10,7 +10,8 @@ Rules:
    merged with max() by a Lua script, so pushes commute and nobody needs a lock.
 3. Lifts travel too, as markers: a breaker that closed after its probes, or an operator's enable
    (admin API) that ends a channel's auto-disable or a key's disable. A lift names the incident it
-   ends (its `until`), so it ends that incident everywhere but never a newer, more severe one.
+   ends (its exact `until`), so it ends that incident everywhere but never a newer one, however
+   short: a value pushed over a lift marker that is not the lifted one replaces it.
 4. Nothing stale outlives its meaning. One Redis hash per channel holds its fields; its TTL is the
    longest remaining duration among them, and expired fields are dropped whenever it is written.
    Permanent states (rejected credentials) live `PERMANENT_TTL` and are refreshed by every process
@@ -95,7 +96,8 @@ for i = 4, #ARGV, 3 do
   if cur then s, cu = parse(cur) end
   if not cu then cur = nil end  -- a value that does not parse (garbage) counts as absent
   if op == 'max' then
-    if not cur or u > cu then
+    -- Over a lift, any other value is a newer incident (even a shorter one); the same is a late echo.
+    if not cur or (s == 'a' and u > cu) or (s == 'l' and u ~= cu) then
       redis.call('HSET', h, f, 'a:' .. arg)
       changed = true
     end
@@ -685,10 +687,14 @@ class SharedState:
             if parsed is None:
                 continue
             lifted, until, extra = parsed
-            c.seen[name] = until
+            # A lift is no value to compare with: whatever this process holds now that is not the
+            # lifted incident is a newer one, to be pushed.
+            c.seen[name] = NEVER if lifted else until
             local = _enc(_local_value(st, name), c.held.get(name, NEVER), now)
             if lifted:
-                if local != NEVER and local <= until:
+                # The lifted incident only, named by its exact `until` (processes adopt the shared
+                # value, so all hold the same): a newer incident survives it, even a shorter one.
+                if local != NEVER and local == until:
                     _apply(st, name, until, extra, True, now)
             elif until > local:
                 _apply(st, name, until, extra, False, now)

@@ -277,6 +277,25 @@ async def test_an_operators_channel_switch_reaches_every_process(redis_url: str,
         assert ra.by_name["a"].channel.enabled and fresh.by_name["a"].channel.enabled  # settled, both on
 
 
+async def test_a_lift_ends_its_incident_only_not_a_newer_shorter_one(redis_url: str, prefix: str,
+                                                                      clock: Callable[[], float]) -> None:
+    """An operator ends a long auto-disable; then the channel fails again and the rules disable it
+    for a shorter time. The new disable must reach the other process and survive the old lift."""
+    cfg = make_config(redis_url, prefix)
+    async with pair(cfg, clock) as (ra, rb, sa, _):
+        a, b = ra.by_name["a"], rb.by_name["a"]
+        a.disabled_until = clock() + 300  # the long incident
+        await eventually(lambda: b.disabled_until == a.disabled_until, "B adopts the 300 s disable")
+        a.disabled_until = NEVER  # the operator's enable on A
+        await eventually(lambda: b.disabled_until == NEVER, "B follows the enable")
+        a.disabled_until = clock() + 30  # a new, shorter incident on A
+        await eventually(lambda: b.disabled_until == a.disabled_until, "B adopts the new 30 s disable")
+        sa._force_full = True  # a full pull re-reads every hash: the old lift must not end the new one
+        await asyncio.sleep(10 * INTERVAL)
+        assert a.disabled_until > clock() + 25 and b.disabled_until == a.disabled_until
+        assert calls(rb, clock) == [("b", None)] and calls(ra, clock) == [("b", None)]
+
+
 async def test_auto_disable_and_key_cooldowns_are_shared(redis_url: str, prefix: str,
                                                          clock: Callable[[], float]) -> None:
     cfg = make_config(redis_url, prefix, channels=[

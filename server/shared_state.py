@@ -167,6 +167,17 @@ def _keys_of(args: tuple[Any, ...]) -> list[str]:
     return [str(args[1])] if len(args) > 1 else []
 
 
+# Raise hash fields to at least the given values: counts a Redis lost, refilled from a process's own
+# (several processes refilling at once leave the largest, not the sum). ARGV: field, value pairs.
+_RAISE = """
+for i = 1, #ARGV, 2 do
+  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') or 0
+  if tonumber(ARGV[i + 1]) > cur then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"""
+
+
 def redact_url(url: str) -> str:
     """The URL with its password replaced, fit for logs."""
     try:
@@ -408,8 +419,8 @@ class _Chan:
 
 # (limiter id, limiter, minute, its counts for that minute and the one before, at the snapshot)
 _RateSnap = tuple[str, Limiter, int, tuple[int, int], tuple[int, int]]
-# (channel, quota window, requests, tokens at the snapshot)
-_QuotaSnap = tuple[_Chan, int, int, int]
+# (channel, quota window, requests, tokens at the snapshot, its first reply's place in the quota slice)
+_QuotaSnap = tuple[_Chan, int, int, int, int]
 
 
 class _RouterSync:
@@ -428,6 +439,10 @@ class _RouterSync:
         self.quotas = [c for c in self.chans if c.st.quota is not None]
         self.rate_base: dict[str, dict[int, tuple[int, int]]] = {}  # limiter id -> minute -> shared totals
         self.quota_base: dict[str, tuple[int, int, int]] = {}  # channel id -> (window, requests, tokens)
+        # Counts Redis lost (its totals fell below what was shared before): raised back to this
+        # process's own at the next push, instead of this process adopting the loss.
+        self.rate_refill: set[tuple[str, int]] = set()  # (limiter id, minute)
+        self.quota_refill: set[str] = set()  # channel ids
         self.rr_base = router.balancer.seq  # local selections up to here are in the shared counter already
         self.rr_total = -1  # the shared counter last seen; a drop means Redis lost it
         self.version: str | None = None
@@ -495,6 +510,7 @@ class SharedState:
                                      socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0))
         self._merge = self._redis.register_script(_MERGE)
         self._rr = self._redis.register_script(_ROUND_ROBIN)
+        self._raise = self._redis.register_script(_RAISE)
         await self.sync_once()
         self._task = asyncio.create_task(self._run(), name="axonsim-shared-state")
 
@@ -624,9 +640,9 @@ class SharedState:
                 pushed.append(c)
         pipe.get(self._ver_key)
         n0 = len(pipe)
-        rate = self._rate_push(s, pipe, now)
+        rate = await self._rate_push(s, pipe, now)
         n1 = len(pipe)
-        quota = self._quota_push(s, pipe, now)
+        quota = await self._quota_push(s, pipe, now)
         n2 = len(pipe)
         s0 = s.router.balancer.seq
         await self._rr_push(s, pipe, s0)
@@ -706,7 +722,7 @@ class SharedState:
 
     # -- rate-limit counters ---------------------------------------------------------------------
 
-    def _rate_push(self, s: _RouterSync, pipe: Any, now: float) -> list[_RateSnap]:
+    async def _rate_push(self, s: _RouterSync, pipe: Any, now: float) -> list[_RateSnap]:
         if not s.limiters:
             return []
         w = int(now // WINDOW)
@@ -721,6 +737,11 @@ class SharedState:
             for win, (req, tok) in ((w, cur), (w - 1, prev)):
                 b = base.get(win, (0, 0))
                 key = f"{self._prefix}:rl:{win}"
+                if (lid, win) in s.rate_refill:
+                    s.rate_refill.discard((lid, win))
+                    await self._raise(keys=[key], args=[f"{lid}|r", req, f"{lid}|t", tok], client=pipe)
+                    wrote.add(win)
+                    continue
                 if req > b[0]:
                     pipe.hincrby(key, f"{lid}|r", req - b[0])
                     wrote.add(win)
@@ -742,11 +763,18 @@ class SharedState:
             rw = lim.window
             rw.usage(now)
             base: dict[int, tuple[int, int]] = {}
+            before = s.rate_base.get(lid, {})
             for win, snap in ((w, cur), (w - 1, prev)):
                 t = totals[win]
                 total = (_int(t.get(f"{lid}|r")), _int(t.get(f"{lid}|t")))
                 base[win] = total
                 held = _window_counts(rw, win)
+                was = before.get(win)
+                if was is not None and (total[0] < was[0] or total[1] < was[1]):
+                    # Shared totals never fall: Redis lost them. Keep this process's count and
+                    # refill Redis with it (rule 7), rather than adopt the loss.
+                    s.rate_refill.add((lid, win))
+                    continue
                 if held is not None:
                     # Shared totals (which include what was pushed) plus what arrived here meanwhile.
                     _window_set(rw, win, total[0] + max(0, held[0] - snap[0]), total[1] + max(0, held[1] - snap[1]))
@@ -754,8 +782,9 @@ class SharedState:
 
     # -- quotas ----------------------------------------------------------------------------------
 
-    def _quota_push(self, s: _RouterSync, pipe: Any, now: float) -> list[_QuotaSnap]:
+    async def _quota_push(self, s: _RouterSync, pipe: Any, now: float) -> list[_QuotaSnap]:
         snaps: list[_QuotaSnap] = []
+        start = len(pipe)
         for c in s.quotas:
             q = c.st.quota
             assert q is not None
@@ -765,19 +794,28 @@ class SharedState:
             if bwin != win:
                 breq = btok = 0
             key = f"{self._prefix}:q:{c.cid}:{q.cfg.period:g}:{win}"
+            if c.cid in s.quota_refill:
+                s.quota_refill.discard(c.cid)
+                await self._raise(keys=[key], args=["r", req, "t", tok], client=pipe)
+                breq, btok = req, tok  # raised to our counts: the increments below read the totals back
+            pos = len(pipe) - start
             pipe.hincrby(key, "r", max(0, req - breq))
             pipe.hincrby(key, "t", max(0, tok - btok))
             pipe.expire(key, int(q.cfg.period) + RATE_TTL)
-            snaps.append((c, win, req, tok))
+            snaps.append((c, win, req, tok, pos))
         return snaps
 
     def _quota_pull(self, s: _RouterSync, snaps: list[_QuotaSnap], res: list[Any], now: float) -> None:
-        for j, (c, win, req, tok) in enumerate(snaps):
-            total_r, total_t = _int(res[3 * j]), _int(res[3 * j + 1])
+        for c, win, req, tok, pos in snaps:
+            total_r, total_t = _int(res[pos]), _int(res[pos + 1])
+            bwin, breq, btok = s.quota_base.get(c.cid, (win, 0, 0))
             s.quota_base[c.cid] = (win, total_r, total_t)
             q = c.st.quota
             assert q is not None
             q.allows(now, 0)
+            if bwin == win and (total_r < breq or total_t < btok):
+                s.quota_refill.add(c.cid)  # Redis lost the window's counts: keep ours, refill it (as above)
+                continue
             if q.window == win:
                 q.requests = total_r + max(0, q.requests - req)
                 q.tokens = total_t + max(0, q.tokens - tok)

@@ -594,6 +594,40 @@ async def test_redis_going_away_and_coming_back(redis_url: str, prefix: str, clo
     assert _warnings(caplog, "reachable again") == 2
 
 
+@pytest.mark.parametrize("kind", ["rpm", "quota"])
+async def test_counts_a_restarted_redis_lost_are_refilled_not_adopted(redis_url: str, prefix: str,
+                                                                      clock: Callable[[], float], redis_server: Any,
+                                                                      kind: str) -> None:
+    """Redis restarts empty: the processes' counts fill it again (rule 7), as cooldowns do; they do
+    not adopt the few requests counted since, which would let the limit be overrun."""
+    proc = redis_server()
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    limit = {"limits": {"rpm": 10}} if kind == "rpm" else {"quota": {"requests": 10, "period": 3600}}
+    cfg = make_config(redis_url, prefix, channels=[{"name": "a", "models": ["m"], **limit},
+                                                   {"name": "b", "models": ["m"], "priority": 1}])
+
+    def counted(r: Router) -> float:
+        st = r.by_name["a"]
+        return st.limiter.window.usage(clock())[0] if kind == "rpm" else st.quota.requests  # type: ignore[union-attr]
+
+    async with pair(cfg, clock, url=url, max_backoff=0.2) as (ra, rb, sa, sb):
+        for r in (ra, ra, ra, ra, rb, rb, rb, rb):
+            assert calls(r, clock) == [("a", None)]
+        await eventually(lambda: counted(ra) == 8 and counted(rb) == 8, "both count eight")
+        proc.terminate()
+        proc.wait(10)
+        await eventually(lambda: not sa.up and not sb.up, "both notice Redis is gone")
+        assert calls(ra, clock) == [("a", None)]  # nine, as far as A knows
+        redis_server()  # back, and empty
+        await eventually(lambda: sa.up and sb.up and sa.syncs > 2 and sb.syncs > 2, "both sync again", timeout=5)
+        await asyncio.sleep(10 * INTERVAL)
+        assert counted(ra) >= 9 and counted(rb) >= 8  # neither adopted the loss
+        await eventually(lambda: counted(rb) >= 9, "B learns A's ninth")
+        assert calls(rb, clock) == [("a", None)]  # the tenth
+        await eventually(lambda: counted(ra) >= 10, "A learns B's tenth")
+        assert calls(ra, clock) == [("b", None)] and calls(rb, clock) == [("b", None)]
+
+
 # -- end to end: two proxy processes ------------------------------------------------------------------
 
 

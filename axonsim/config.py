@@ -10,6 +10,7 @@ import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -686,8 +687,23 @@ class SharedStateConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _redis_url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+        if v is None:
+            return v
+        if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be redis://host:port/db, rediss://... or unix:///path")
+        # Checked here, so a bad URL is a config error (exit 2) rather than a crash at start-up. The
+        # messages never quote the URL: it may hold a password.
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            raise ValueError("is not a valid URL (host, or a port that is not a number)") from None
+        if parts.scheme != "unix":
+            db = parts.path.strip("/")
+            if db and not db.isdigit():
+                raise ValueError("has a database that is not a number (redis://host:port/0)")
+        elif not parts.path:
+            raise ValueError("names no socket path: unix:///path/to/redis.sock")
         return v
 
 

@@ -97,3 +97,17 @@ def test_an_unknown_key_that_is_not_a_name_is_not_quoted_back() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"channels": [{"name": "a", "models": ["m"], "base_ulr": "http://x"}]})
     assert "channels[0].base_ulr: Extra inputs are not permitted" in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:notaport/0", "redis://:pw-81f3@[::1/15", "redis://h:6379/abc",
+                                 "unix://"])
+def test_a_malformed_redis_url_is_a_config_error_that_hides_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"channels": [{"name": "a", "models": ["m"]}], "state": {"url": url}})
+    assert "state.url" in str(err.value) and "pw-81f3" not in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "redis://:pw@localhost:6379", "rediss://h:1/2",
+                                 "unix:///tmp/redis.sock", "redis://localhost"])
+def test_well_formed_redis_urls_pass(url: str) -> None:
+    assert parse_config({"channels": [{"name": "a", "models": ["m"]}], "state": {"url": url}}).state.url == url

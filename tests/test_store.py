@@ -506,6 +506,39 @@ async def test_batches_are_written_while_running(db: Any) -> None:
         await store.close()
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_an_sqlite_file_deleted_or_replaced_while_open_gets_the_records_that_follow(
+        tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The pooled connection keeps the old file open: without a check, every later record went to
+    a file nobody reads (deleted, or replaced by a restored backup), with no word in logs or metrics."""
+    path = tmp_path / "usage.db"
+    store = Store(StoreSettings(url=f"sqlite+aiosqlite:///{path}", flush_interval=0.02), secrets=SECRETS)
+    await store.start()
+    try:
+        store.submit(rec(0, id="before"))
+        assert await store.flush(WAIT)
+        backup = tmp_path / "backup.db"
+        with sqlite3.connect(path) as src, sqlite3.connect(backup) as dst:
+            src.backup(dst)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        if how == "replaced":
+            backup.rename(path)  # the restored backup, holding "before"
+        store.submit(rec(1, id="after"))
+        assert await store.flush(WAIT)
+        with sqlite3.connect(path) as conn:
+            ids = sorted(r[0] for r in conn.execute("SELECT id FROM requests"))
+        assert ids == (["after", "before"] if how == "replaced" else ["after"])
+        assert "deleted or replaced" in caplog.text
+        store.submit(rec(2, id="later"))  # and on from there, without another warning
+        assert await store.flush(WAIT)
+        with sqlite3.connect(path) as conn:
+            assert "later" in {r[0] for r in conn.execute("SELECT id FROM requests")}
+        assert caplog.text.count("deleted or replaced") == 1
+    finally:
+        await store.close()
+
+
 async def test_database_outage_loses_nothing_within_the_bound(db: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="axonsim.store")
     store = make_store(db, queue_size=100, batch_size=7, flush_interval=0.01)

@@ -35,7 +35,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from axonsim.config import Store as StoreSettings
-from server.store.engine import StoreUnavailable, is_memory_sqlite, make_engine, resolve_url, safe_url, url_password
+from server.store.engine import (
+    StoreUnavailable,
+    is_memory_sqlite,
+    make_engine,
+    resolve_url,
+    safe_url,
+    sqlite_file_moved,
+    url_password,
+)
 from server.store.migrations import upgrade
 from server.store.records import RequestRecord
 from server.store.rows import ID, REQUEST_BODY, RESPONSE_BODY, InsertSQL, Prepared, RowBuilder
@@ -413,7 +421,19 @@ class Store:
             if sql.sqlite:
                 async with engine.connect() as conn:
                     raw = await conn.get_raw_connection()
-                    await _sqlite_write(raw.driver_connection, statements)
+                    moved = sqlite_file_moved(raw, engine.url.database)
+                    if not moved:
+                        await _sqlite_write(raw.driver_connection, statements)
+                if moved:
+                    # The file was deleted or replaced under us: writing on would fill a file nobody
+                    # reads. Reconnect to the path (a new file gets the schema), then write there.
+                    log.warning("store: the SQLite file %s was deleted or replaced while open; writing to the "
+                                "file now at that path", engine.url.database)
+                    await engine.dispose()
+                    await self._migrate()
+                    async with engine.connect() as conn:
+                        raw = await conn.get_raw_connection()
+                        await _sqlite_write(raw.driver_connection, statements)
                 return
             async with engine.begin() as conn:
                 for stmt, params in statements:

@@ -173,6 +173,23 @@ def _banner(config: Config, config_path: Path, host: str, port: int, workers: in
     )
 
 
+def _supervisor_class() -> type:
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):  # type: ignore[misc]
+        """uvicorn's multi-process parent, which closes its copy of the listening socket when it
+        stops. Otherwise, while the workers drain (they stop accepting at once), the kernel keeps
+        accepting connections into the backlog of the socket the parent still holds, and resets
+        them when it exits: a client sent its request and lost it. Closed, they are refused at once."""
+
+        def terminate_all(self) -> None:
+            for sock in self.sockets:
+                sock.close()
+            super().terminate_all()
+
+    return Supervisor
+
+
 def _stop_cleanly(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
@@ -229,7 +246,6 @@ def serve(args: argparse.Namespace) -> int:
 
     if workers > 1:
         from uvicorn.config import STARTUP_FAILURE
-        from uvicorn.supervisors import Multiprocess
 
         from server.worker_metrics import ENV_DIR
 
@@ -239,7 +255,7 @@ def serve(args: argparse.Namespace) -> int:
         figures_dir = tempfile.mkdtemp(prefix="axonsim-metrics-")  # where workers publish their figures
         os.environ[ENV_DIR] = figures_dir
         uv = uvicorn.Config("server.main:worker_app", factory=True, workers=workers, **common)
-        supervisor = Multiprocess(uv, sockets=[uv.bind_socket()])
+        supervisor = _supervisor_class()(uv, sockets=[uv.bind_socket()])
         try:
             supervisor.run()
         finally:

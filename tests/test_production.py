@@ -781,6 +781,53 @@ store: {{url: "postgresql://axon:db-pass-81f3@127.0.0.1:{free_port()}/nowhere", 
     assert "db-pass-81f3" not in out + err and "Traceback" not in err
 
 
+def test_two_workers_refuse_new_connections_once_told_to_stop(tmp_path: Path) -> None:
+    """While the workers drain, a new connection is refused at once (the client may go elsewhere),
+    not accepted into the parent's backlog and reset when it exits, its request lost."""
+    mport, port = free_port(), free_port()
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"""
+gateway: {{api_keys: [{{key: {GW_KEY}}}], shutdown_timeout: 5}}
+channels:
+  - {{name: one, base_url: "http://127.0.0.1:{mport}/v1", models: [m],
+      behavior: {{ttft: 0.05, output_tokens: 200, tokens_per_second: 100}}}}
+""")
+    procs = [_start("mock-provider", "--config", str(cfg), "--port", str(mport))]
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    url = f"http://127.0.0.1:{port}"
+    done: list[int] = []
+    try:
+        _wait_healthy(f"http://127.0.0.1:{mport}", procs[0])
+        procs.append(_start("serve", "--config", str(cfg), "--port", str(port), "--workers", "2"))
+        _wait_healthy(url, procs[1])
+        # Two-second streams keep the workers draining for a while after the signal.
+        threads = [threading.Thread(target=lambda: done.append(
+            httpx.post(url + "/v1/chat/completions", json=body, headers=AUTH, timeout=30).status_code))
+            for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        procs[1].send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        seen = []
+        for at in (0.1, 0.4, 0.8, 1.2, 1.6):  # the parent looks at its signals every half second
+            time.sleep(max(0.0, began + at - time.monotonic()))
+            try:
+                r = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False}, headers=AUTH, timeout=10)
+                seen.append(r.status_code)  # still being served: fine
+            except httpx.ConnectError:
+                seen.append("refused")
+            # Anything else (a read error: accepted, then reset) fails the test here.
+        assert seen[-2:] == ["refused", "refused"], seen
+        for t in threads:
+            t.join(30)
+        assert done == [200, 200]  # the streams in flight finished
+        assert procs[1].wait(30) == 0
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+
+
 def test_serve_with_two_workers(tmp_path: Path) -> None:
     mport, port = free_port(), free_port()
     cfg = tmp_path / "gw.yaml"

@@ -343,14 +343,8 @@ async def test_a_reload_keeps_the_shared_counters_it_carries_over(redis_url: str
     cfg = make_config(redis_url, prefix, channels=[
         {"name": "a", "models": ["m"], "limits": {"rpm": 10}, "quota": {"requests": 10, "period": 3600}},
         {"name": "b", "models": ["m"], "priority": 1}])
-    current = [Router(cfg)]
-    ra = Router(cfg)
-    sa = SharedState(lambda: ra, cfg.state, clock=clock)
-    sb = SharedState(lambda: current[0], cfg.state, clock=clock)
-    await sa.start()
-    await sb.start()
-    try:
-        for r in (ra, ra, ra, current[0], current[0], current[0]):
+    async with pair(cfg, clock) as (ra, rb, _, sb):
+        for r in (ra, ra, ra, rb, rb, rb):
             assert calls(r, clock) == [("a", None)]
 
         def counted(r: Router) -> tuple[float, int]:
@@ -358,11 +352,10 @@ async def test_a_reload_keeps_the_shared_counters_it_carries_over(redis_url: str
             assert st.quota is not None
             return st.limiter.window.usage(clock())[0], st.quota.requests
 
-        await eventually(lambda: counted(ra) == (6.0, 6) and counted(current[0]) == (6.0, 6), "both count six")
-        old = current[0]
-        new = Router(cfg)
-        assert carry_over(old, new, clock()) == ["a", "b"]
-        current[0] = new  # B reloads an unchanged config
+        await eventually(lambda: counted(ra) == (6.0, 6) and counted(rb) == (6.0, 6), "both count six")
+        new = Router(cfg.model_copy(deep=True))
+        assert carry_over(rb, new, clock()) == ["a", "b"]
+        sb._get_router = lambda: new  # B reloads an unchanged config
         await asyncio.sleep(10 * INTERVAL)
         assert counted(new) == (6.0, 6) and counted(ra) == (6.0, 6)
         shared = [int(v) for k in rdb.scan_iter(match=f"{prefix}:q:*") for v in [rdb.hget(k, "r")] if v]
@@ -371,9 +364,6 @@ async def test_a_reload_keeps_the_shared_counters_it_carries_over(redis_url: str
             assert calls(new, clock) == [("a", None)]  # the four left of ten
         await eventually(lambda: counted(ra) == (10.0, 10), "A counts B's four")
         assert calls(ra, clock) == [("b", None)]
-    finally:
-        await sa.close()
-        await sb.close()
 
 
 @pytest.mark.parametrize("garbage", ["field", "hash-is-a-string", "ver-is-a-hash", "rr-seq", "rr-last", "rate"])

@@ -117,16 +117,7 @@ class Scrubber:
         for m in self._plain.finditer(decoded):
             spans.append((_raw_at(m.start(), seg_norm, seg_raw, seg_esc, len(text)),
                           _raw_at(m.end(), seg_norm, seg_raw, seg_esc, len(text))))
-        if not spans:
-            return text
-        pieces = []
-        pos = 0
-        for a, b in spans:
-            pieces.append(text[pos:a])
-            pieces.append(self.mask)
-            pos = b
-        pieces.append(text[pos:])
-        return "".join(pieces)
+        return _masked(text, spans, self.mask) if spans else text
 
     def _stream(self, text: str) -> str:
         """Mask secrets spread over the events of an SSE stream (see `body`)."""
@@ -163,17 +154,9 @@ class Scrubber:
             for k, (i, path, leaf) in enumerate(pieces):
                 lo, hi = starts[k], starts[k] + len(leaf)
                 cut = [(max(a, lo) - lo, min(b, hi) - lo) for a, b in found if a < hi and b > lo]
-                if not cut:
-                    continue
-                new = []
-                pos = 0
-                for a, b in cut:
-                    new.append(leaf[pos:a])
-                    new.append(self.mask)
-                    pos = b
-                new.append(leaf[pos:])
-                events[i] = _replace(events[i], path, "".join(new))
-                changed.add(i)
+                if cut:
+                    events[i] = _replace(events[i], path, _masked(leaf, cut, self.mask))
+                    changed.add(i)
         if not changed:
             return text
         for i in changed:
@@ -208,6 +191,18 @@ class Scrubber:
         if isinstance(value, float) and not math.isfinite(value):
             return None  # JSON (and PostgreSQL's json type) has no NaN/Infinity
         return value
+
+
+def _masked(text: str, spans: list[tuple[int, int]], mask: str) -> str:
+    """`text` with each of the ordered, disjoint `spans` replaced by `mask`."""
+    pieces = []
+    pos = 0
+    for a, b in spans:
+        pieces.append(text[pos:a])
+        pieces.append(mask)
+        pos = b
+    pieces.append(text[pos:])
+    return "".join(pieces)
 
 
 def _raw_at(i: int, seg_norm: list[int], seg_raw: list[int], seg_esc: list[bool], raw_len: int) -> int:

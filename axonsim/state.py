@@ -79,12 +79,15 @@ class ChannelState:
         "_cooldown_until", "ewma_latency", "ewma_ttft", "ewma_tps", "last_pick", "alpha",
         "cooldown_default", "cooldown_max", "breakers", "breaker_cfg", "_ejection", "outlier",
         "_disabled_until", "auto", "limiter", "quota", "selections", "selections_at",
-        "peak_ewma", "peak_at", "price", "slow", "gate", "has_limits", "track", "outlier_on",
+        "peak_ewma", "peak_at", "price", "slow", "gate", "has_limits", "track", "outlier_on", "switched_off",
     )
 
     def __init__(self, channel: Channel, index: int, routing: Routing,
                  outlier: OutlierDetector | None = None, price: Any = None) -> None:
         self.channel = channel
+        # Switched off by an operator (admin API), as opposed to `enabled: false` in the config: the
+        # switch is what processes share (server.shared_state) and what an operator's enable ends.
+        self.switched_off = False
         self.name = channel.name
         self.weight = float(channel.weight)
         self.priority = channel.priority

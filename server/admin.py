@@ -71,18 +71,24 @@ class AdminContext:
             used for requests the store has not written yet and for the decision trace it holds.
     switches_local: optional; why a channel or key switch would reach only this process (several
             workers without shared state), or None when it reaches every one that routes.
+    shared: optional; True when channel state is shared with other processes (state.url).
     """
 
     def __init__(self, router: Callable[[], Router], store: Callable[[], Any] | None = None,
                  reload: Callable[[], Awaitable[Any]] | None = None, now: Callable[[], float] = time.time,
                  find: Callable[[str], Mapping[str, Any] | None] | None = None,
-                 switches_local: Callable[[], str | None] | None = None) -> None:
+                 switches_local: Callable[[], str | None] | None = None,
+                 shared: Callable[[], bool] | None = None) -> None:
         self._router = router
         self._store = store
         self._reload = reload
         self._now = now
         self.find = find
         self._switches_local = switches_local
+        self._shared = shared
+
+    def shared(self) -> bool:
+        return self._shared() if self._shared is not None else False
 
     def switches_local(self) -> str | None:
         return self._switches_local() if self._switches_local is not None else None
@@ -738,19 +744,27 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         return admin.reply(channel_view(state(name), ctx.now()))
 
     @router.post("/channels/{name}/enable", response_model=ChannelOut, responses=_SWITCH,
-                 summary="Enable a channel (also lifts an automatic disable); lasts until the next reload")
+                 summary="Enable a channel (also lifts an automatic disable); lasts until the next reload, or with "
+                 "state.url until switched again (every process follows)")
     async def enable_channel(name: str) -> Response:
         st = switchable(name)
+        if not st.channel.enabled and not st.switched_off and getattr(ctx, "shared", lambda: False)():
+            # Disabled by the config, which every process reads alike: enabled there, it is enabled
+            # everywhere; a switch here would reach this process only (and be undone by the others).
+            raise AdminError(409, f"channel {name!r} is disabled in the configuration; set enabled: true there and "
+                             "reload (POST /admin/reload reaches every process)")
         st.channel.enabled = True
+        st.switched_off = False
         st.disabled_until = NEVER  # an operator's "enable" overrides the auto-disable rules' verdict
         return admin.reply(channel_view(st, ctx.now()))
 
     @router.post("/channels/{name}/disable", response_model=ChannelOut, responses=_SWITCH,
                  summary="Disable a channel: it gets no new traffic (in-flight attempts finish); until enabled "
-                 "or reloaded")
+                 "or reloaded (with state.url: every process, until enabled)")
     async def disable_channel(name: str) -> Response:
         st = switchable(name)
         st.channel.enabled = False
+        st.switched_off = True
         return admin.reply(channel_view(st, ctx.now()))
 
     def key_of(st: ChannelState, key_name: str) -> Any:
@@ -770,7 +784,8 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         return admin.reply(channel_view(st, ctx.now()))
 
     @router.post("/channels/{name}/keys/{key_name}/disable", response_model=ChannelOut, responses=_SWITCH,
-                 summary="Disable an upstream key by name: the channel uses its other keys; until enabled or reloaded")
+                 summary="Disable an upstream key by name: the channel uses its other keys; probes neither use nor "
+                 "lift it; until enabled or reloaded (with state.url: every process, until enabled)")
     async def disable_key(name: str, key_name: str) -> Response:
         st = switchable(name)
         k = key_of(st, key_name)

@@ -244,8 +244,9 @@ def _close_breaker(b: Breaker, until: float) -> None:
 
 
 def _switch_value(st: ChannelState) -> float:
-    # The operator's channel switch (config or admin API): off is a permanent state until switched on.
-    return NEVER if st.channel.enabled else math.inf
+    # An operator's channel switch (admin API; not the config's `enabled`, which every process reads
+    # alike): off is a permanent state until an operator's enable lifts it.
+    return math.inf if st.switched_off else NEVER
 
 
 def _raw_fields(st: ChannelState) -> Iterator[tuple[str, float, str]]:
@@ -257,8 +258,10 @@ def _raw_fields(st: ChannelState) -> Iterator[tuple[str, float, str]]:
     for model, b in st.breakers.items():
         yield f"b:{model}", _breaker_value(b), str(b.trips)
     for i, k in enumerate(st.keys):
-        # "op": an operator's disable, which probes must neither use nor lift in any process.
-        yield f"k:{i}", math.inf if k.disabled else k.disabled_until, "op" if k.held else ""
+        yield f"k:{i}", math.inf if k.disabled else k.disabled_until, ""
+        # An operator's hold on the key, apart from its disable (which rejected credentials set
+        # too): probes neither use nor lift a held key in any process.
+        yield f"kh:{i}", math.inf if k.held else NEVER, ""
         if k.breaker is not None:
             yield f"kb:{i}", _breaker_value(k.breaker), str(k.breaker.trips)
 
@@ -275,10 +278,12 @@ def _local_value(st: ChannelState, name: str) -> float:
         return st.ejection.until
     if kind == "b":
         return _breaker_value(st.breakers.get(arg))
-    if kind in ("k", "kb") and arg.isdigit() and int(arg) < len(st.keys):
+    if kind in ("k", "kb", "kh") and arg.isdigit() and int(arg) < len(st.keys):
         k = st.keys[int(arg)]
         if kind == "k":
             return math.inf if k.disabled else k.disabled_until
+        if kind == "kh":
+            return math.inf if k.held else NEVER
         return _breaker_value(k.breaker)
     return NEVER
 
@@ -306,9 +311,11 @@ def _apply_one(st: ChannelState, name: str, until: float, extra: str, lifted: bo
             st.disabled_until = max(st.disabled_until, u)
     elif kind == "off":
         if lifted:
-            if _switch_value(st) <= u:
+            if st.switched_off:
+                st.switched_off = False
                 st.channel.enabled = True
         elif u == math.inf:
+            st.switched_off = True
             st.channel.enabled = False
     elif kind == "ej":
         det = st.outlier
@@ -333,9 +340,14 @@ def _apply_one(st: ChannelState, name: str, until: float, extra: str, lifted: bo
                 _close_breaker(b, u)
         else:
             _open_breaker(st.breaker(arg), u, int(extra) if extra.isdigit() else 0)
-    elif kind in ("k", "kb") and arg.isdigit() and int(arg) < len(st.keys):
+    elif kind in ("k", "kb", "kh") and arg.isdigit() and int(arg) < len(st.keys):
         k = st.keys[int(arg)]
-        if kind == "kb":
+        if kind == "kh":
+            if lifted:
+                k.held = False  # the operator's enable: its lift of the key's disable travels as well
+            elif u == math.inf:
+                k.held = k.disabled = True
+        elif kind == "kb":
             if k.breaker is None:
                 return
             if lifted:
@@ -343,13 +355,11 @@ def _apply_one(st: ChannelState, name: str, until: float, extra: str, lifted: bo
             else:
                 _open_breaker(k.breaker, u, int(extra) if extra.isdigit() else 0)
         elif lifted:
-            if (math.inf if k.disabled else k.disabled_until) <= u:
+            if (math.inf if k.disabled else k.disabled_until) <= u and not k.held:
                 k.disabled = False
-                k.held = False
                 k.disabled_until = NEVER
         elif u == math.inf:
             k.disabled = True
-            k.held = k.held or extra == "op"
         else:
             k.disabled_until = max(k.disabled_until, u)
 
@@ -698,7 +708,8 @@ class SharedState:
         """Apply a channel's hash as read from Redis: escalations and lifts, then remember both sides."""
         st = c.st
         c.seen = {}  # a field absent from Redis expired, or was lost (then it is pushed again from here)
-        for name, raw in remote.items():
+        # An operator's hold on a key first: a lift of the key's disable must see whether it still holds.
+        for name, raw in sorted(remote.items(), key=lambda item: not item[0].startswith("kh:")):
             parsed = _parse(raw)
             if parsed is None:
                 continue

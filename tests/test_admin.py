@@ -421,6 +421,23 @@ async def test_a_disabled_channel_gets_no_traffic(client: httpx.AsyncClient, gw:
     assert r.status_code == 404 and r.json()["error"]["param"] == "name"
 
 
+async def test_switches_mark_an_operators_doing_and_a_config_disable_is_the_configs(
+        client: httpx.AsyncClient, gw: Gateway) -> None:
+    alpha = gw.router.by_name["alpha"]
+    assert (await client.post("/admin/channels/alpha/disable", headers=ADMIN)).status_code == 200
+    assert alpha.switched_off and not alpha.channel.enabled  # what shared state shares
+    assert (await client.post("/admin/channels/alpha/enable", headers=ADMIN)).status_code == 200
+    assert not alpha.switched_off and alpha.channel.enabled
+    # Disabled by the config: with shared state, enabling it here would reach this process only.
+    alpha.channel.enabled = False
+    gw.ctx._shared = lambda: True
+    r = await client.post("/admin/channels/alpha/enable", headers=ADMIN)
+    assert r.status_code == 409 and "configuration" in r.json()["error"]["message"], r.text
+    assert not alpha.channel.enabled
+    gw.ctx._shared = lambda: False  # one process: the switch is all there is
+    assert (await client.post("/admin/channels/alpha/enable", headers=ADMIN)).json()["enabled"] is True
+
+
 async def test_enable_lifts_an_automatic_disable(client: httpx.AsyncClient, gw: Gateway) -> None:
     beta = gw.router.by_name["beta"]
     beta.disabled_until = float("inf")  # what a permanent auto-disable rule leaves behind

@@ -263,14 +263,15 @@ async def test_an_operators_channel_switch_reaches_every_process(redis_url: str,
     others, and a process that reloads adopts it, until it is switched back."""
     cfg = make_config(redis_url, prefix)
     async with pair(cfg, clock) as (ra, rb, _, sb):
-        ra.by_name["a"].channel.enabled = False  # disabled on A
+        sa_a = ra.by_name["a"]
+        sa_a.channel.enabled, sa_a.switched_off = False, True  # what the admin API's disable does, on A
         await eventually(lambda: not rb.by_name["a"].channel.enabled, "B switches `a` off")
         assert calls(rb, clock) == [("b", None)]
         fresh = Router(cfg.model_copy(deep=True))  # B reloads: a new Router, `enabled: true` as configured
         assert fresh.by_name["a"].channel.enabled
         sb._get_router = lambda: fresh
         await eventually(lambda: not fresh.by_name["a"].channel.enabled, "B's new Router adopts the switch")
-        ra.by_name["a"].channel.enabled = True  # enabled on A again
+        sa_a.channel.enabled, sa_a.switched_off = True, False  # the admin API's enable, on A
         await eventually(lambda: fresh.by_name["a"].channel.enabled, "B switches `a` back on")
         assert calls(fresh, clock) == [("a", None)]
         await asyncio.sleep(10 * INTERVAL)
@@ -294,6 +295,37 @@ async def test_a_lift_ends_its_incident_only_not_a_newer_shorter_one(redis_url: 
         await asyncio.sleep(10 * INTERVAL)
         assert a.disabled_until > clock() + 25 and b.disabled_until == a.disabled_until
         assert calls(rb, clock) == [("b", None)] and calls(ra, clock) == [("b", None)]
+
+
+async def test_a_channel_disabled_in_the_config_is_not_an_operators_switch(redis_url: str, prefix: str,
+                                                                           rdb: redis.Redis,
+                                                                           clock: Callable[[], float]) -> None:
+    """`enabled: false` in the config is what every process reads alike: it is not pushed to Redis,
+    so setting it back to true (a reload, or a new process) enables the channel everywhere."""
+    off = make_config(redis_url, prefix, channels=[{"name": "a", "models": ["m"], "enabled": False},
+                                                   {"name": "b", "models": ["m"], "priority": 1}])
+    async with pair(off, clock) as (ra, rb, sa, sb):
+        await asyncio.sleep(10 * INTERVAL)
+        _, fields = channel_hash(rdb, prefix, "a")
+        assert "off" not in fields
+        on = Router(make_config(redis_url, prefix))  # the config says enabled again; B reloads it
+        sb._get_router = lambda: on
+        await asyncio.sleep(10 * INTERVAL)
+        assert on.by_name["a"].channel.enabled and calls(on, clock) == [("a", None)]
+
+
+async def test_an_operators_hold_travels_even_on_a_key_already_disabled(redis_url: str, prefix: str,
+                                                                       clock: Callable[[], float]) -> None:
+    cfg = make_config(redis_url, prefix, channels=[
+        {"name": "a", "models": ["m"], "api_keys": [{"key": "sk-up-0", "name": "k0"}, {"key": "sk-up-1", "name": "k1"}]}])
+    async with pair(cfg, clock) as (ra, rb, _, _):
+        assert ("a", 0) in calls(ra, clock, {("a", 0): 401})  # rejected credentials: disabled everywhere
+        ka, kb = ra.by_name["a"].keys[0], rb.by_name["a"].keys[0]
+        await eventually(lambda: kb.disabled, "B disables the key")
+        ka.held = True  # then an operator disables it on A (the admin API): already disabled, now held
+        await eventually(lambda: kb.held, "B holds it too")
+        ka.held = ka.disabled = False  # the operator's enable
+        await eventually(lambda: not kb.held and not kb.disabled, "B follows the enable")
 
 
 async def test_auto_disable_and_key_cooldowns_are_shared(redis_url: str, prefix: str,

@@ -722,6 +722,24 @@ async def test_bodies_are_kept_only_when_configured(db: Any) -> None:
         await store.close()
 
 
+async def test_large_bodies_are_scrubbed_and_stored_whole(db: Any) -> None:
+    """Bodies over _BODIES_IN_A_THREAD are prepared off the event loop; small ones on it."""
+    store = make_store(db, store_bodies=True)
+    await store.start()
+    try:
+        # A JSON escape hides the first key.
+        big = ('{"content":"' + "é" * 100_000 + " \\u0073k-upstream-SECRET-0001 " + SECRETS[1] + '"}').encode()
+        store.submit(rec(1, id="big", request_body=big, response_body="ok"))
+        store.submit(rec(2, id="small", request_body=b'{"x": "' + SECRETS[0].encode() + b'"}', response_body="ok"))
+        assert await store.flush(WAIT)
+        rows = dict(await db.fetch("SELECT id, request_body FROM requests"))
+        assert rows["small"] == '{"x": "[REDACTED]"}'
+        assert rows["big"].startswith('{"content":"' + "é" * 100_000) and rows["big"].count("[REDACTED]") == 2
+        assert "SECRET" not in rows["big"] and "u0073" not in rows["big"]
+    finally:
+        await store.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # Queries for the admin API
 

@@ -141,3 +141,28 @@ def test_bodies_in_rows_go_through_the_body_scrubber() -> None:
     req, _ = _builder().prepare(r)
     text = json.dumps(req)
     assert KEY not in text and escaped not in text and "SECRET" not in text
+
+
+def test_masks_that_shorten_a_cut_body_do_not_bring_its_cut_secret_back() -> None:
+    """Many masked copies shorten the text by more than the margin: the part of a key the proxy's
+    cut left at the end must not move into what is kept."""
+    long_key = "sk-live-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV"
+    builder = RowBuilder(S.Scrubber([long_key]), store_bodies=True)
+    handed_size = MAX_STORED_BODY + BODY_SCRUB_MARGIN
+    head = '{"messages":[{"role":"user","content":"' + (long_key + " ") * 1300
+    for at in (40, 33, 20, 7):  # how much of the key lies before the cut
+        body = (head + "x" * (handed_size - len(head) - at) + long_key + ' tail"}]}').encode()
+        stored = builder.body(body[:handed_size])
+        assert stored is not None and len(stored.encode()) <= MAX_STORED_BODY
+        assert long_key[:6] not in stored.replace(S.MASK, "")
+
+
+def test_a_body_too_deep_to_read_is_withheld_and_its_record_kept() -> None:
+    for body in ("data: " + "[" * 100_000 + "]" * 100_000 + "\n", '{"a":' * 100_000 + "1" + "}" * 100_000,
+                 '{"c":"\\u0041' + '", "n":' + "[" * 100_000 + "]" * 100_000 + "}"):
+        r = RequestRecord("p", "m", "openai_chat", 400, "failed", request_body=body.encode())
+        req, _ = _builder().prepare(r)
+        assert req[-2] in (S.WITHHELD, body)  # withheld, or (nothing to decode) kept as it is
+    deep = '{"c":"\\u0073k-upstream-SECRET-0123456789", "n":' + "[" * 100_000 + "]" * 100_000 + "}"
+    req, _ = _builder().prepare(RequestRecord("p", "m", "openai_chat", 400, "failed", request_body=deep.encode()))
+    assert req[-2] == S.WITHHELD  # the escaped key is not stored unchecked

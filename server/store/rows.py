@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy.engine import Dialect
 
 from server.store.models import attempts_table, requests_table
-from server.store.records import MAX_STORED_BODY, RequestRecord
+from server.store.records import BODY_SCRUB_MARGIN, MAX_STORED_BODY, RequestRecord
 from server.store.scrub import Scrubber
 
 Row = tuple[Any, ...]
@@ -211,8 +211,15 @@ class RowBuilder:
 
     def body(self, value: str | bytes | None) -> str | None:
         """A body as stored: scrubbed whole (escaped and stream-split secrets too), then cut to
-        MAX_STORED_BODY bytes, so that no piece of a secret straddling the cut is kept."""
+        MAX_STORED_BODY bytes, so that no piece of a secret straddling the cut is kept.
+
+        A body the proxy cut at MAX_STORED_BODY + BODY_SCRUB_MARGIN may end in part of a secret,
+        which no scrubbing can recognise. Masks shorten the text, so that part could move back into
+        what is kept: the scrubbed text's last half-margin (which covers at least as much of the
+        original's end) is dropped first."""
         text = self.scrub.body(value)
+        if text is not None and value is not None and len(value) >= MAX_STORED_BODY + BODY_SCRUB_MARGIN:
+            text = text[:max(0, len(text) - BODY_SCRUB_MARGIN // 2)]
         if text is not None and len(text) > MAX_STORED_BODY // 4:
             raw = text.encode("utf-8", "surrogatepass")
             if len(raw) > MAX_STORED_BODY:

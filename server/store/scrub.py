@@ -6,7 +6,6 @@ upstream echoes in an error, or that a client pastes into a prompt, never reache
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import re
@@ -19,10 +18,11 @@ if TYPE_CHECKING:
 
 MASK = "[REDACTED]"
 
-# A JSON escape: \uXXXX, or a backslash and one other character (\\ first, so "\\\\u0073" is a
-# backslash and "u0073", not an escape).
-_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|[^u])")
-_SIMPLE = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+# What a stored body becomes when it cannot be checked for secrets (JSON too deeply nested to read).
+WITHHELD = "[body not stored: it could not be checked for secrets]"
+# Characters JSON may write with a short escape besides \uXXXX.
+_SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f", "\n": "\\n",
+                  "\r": "\\r", "\t": "\\t"}
 
 
 def secrets_from_config(config: Config) -> list[str]:
@@ -53,6 +53,10 @@ class Scrubber:
         # (however they are escaped) and in the text a stream spreads over its events.
         plain = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._plain = re.compile("|".join(re.escape(p) for p in plain)) if plain else None
+        # ... and as JSON may write them, any character escaped: slow (every position is a start),
+        # so it runs only on a body whose decoded strings were seen to hold a secret, or that
+        # cannot be decoded.
+        self._escaped = re.compile("|".join("".join(_char_forms(c) for c in p) for p in plain)) if plain else None
 
     def __bool__(self) -> bool:
         return self._re is not None
@@ -72,93 +76,70 @@ class Scrubber:
         secret written with JSON escapes (``\\u0073k-...``), and one that a stream splits across its
         events (a model that echoes a key token by token): the strings at one place in the events'
         JSON (``choices[0].delta.content``, ``delta.text``, ...) are read joined, and each piece of
-        a secret found there is masked in its own event."""
+        a secret found there is masked in its own event. A body too deeply nested to read is
+        WITHHELD rather than stored unchecked."""
         out = self.text(value)
         if out is None or self._plain is None:
             return out
-        if "\\" in out:
-            out = self._unescaped(out)
-        if "data:" in out:
-            out = self._stream(out)
+        try:
+            if "data:" in out and self._is_stream(out):
+                return self._stream(out)
+            if "\\" in out and self._escaped_inside(out):
+                out = self._unescape_masked(out)
+        except RecursionError:
+            return WITHHELD
         return out
 
-    def _unescaped(self, text: str) -> str:
-        """Mask the secrets that appear once JSON escapes are decoded, in the raw text's own spans."""
+    @staticmethod
+    def _is_stream(text: str) -> bool:
+        return text.startswith(("data:", "event:", ":")) or "\ndata:" in text
+
+    def _escaped_inside(self, text: str) -> bool:
+        """Whether a secret may hide behind escapes: in a decoded string of the JSON body, or, when
+        the text is not JSON (cut at the size limit, or another kind), wherever an escape is."""
         assert self._plain is not None
-        norm: list[str] = []
-        seg_norm: list[int] = []  # where each piece starts in the decoded text ...
-        seg_raw: list[int] = []  # ... and in the raw one
-        seg_esc: list[bool] = []  # whether the piece is one escape (one decoded character)
-        n = pos = 0
-        for m in _ESCAPE.finditer(text):
-            a, b = m.span()
-            if a > pos:
-                seg_norm.append(n)
-                seg_raw.append(pos)
-                seg_esc.append(False)
-                norm.append(text[pos:a])
-                n += a - pos
-            e = m.group()
-            c = chr(int(e[2:], 16)) if e[1] == "u" else _SIMPLE.get(e[1], e[1])
-            seg_norm.append(n)
-            seg_raw.append(a)
-            seg_esc.append(True)
-            norm.append(c)
-            n += 1
-            pos = b
-        if pos < len(text):
-            seg_norm.append(n)
-            seg_raw.append(pos)
-            seg_esc.append(False)
-            norm.append(text[pos:])
-            n += len(text) - pos
-        decoded = "".join(norm)
-        spans: list[tuple[int, int]] = []
-        for m in self._plain.finditer(decoded):
-            spans.append((_raw_at(m.start(), seg_norm, seg_raw, seg_esc, len(text)),
-                          _raw_at(m.end(), seg_norm, seg_raw, seg_esc, len(text))))
-        return _masked(text, spans, self.mask) if spans else text
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return True
+        return any(self._plain.search(s) for _, s in _leaves(value, (), keys=True))
+
+    def _unescape_masked(self, text: str) -> str:
+        assert self._escaped is not None
+        return self._escaped.sub(self.mask, text)
 
     def _stream(self, text: str) -> str:
-        """Mask secrets spread over the events of an SSE stream (see `body`)."""
+        """Mask secrets in an SSE stream's events: escaped inside one event, or spread over several
+        (see `body`)."""
         assert self._plain is not None
         lines = text.split("\n")
-        events: dict[int, Any] = {}  # line number -> its decoded data
-        places: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...], str]]] = {}
-        for i, line in enumerate(lines):
-            if not line.startswith("data:"):
-                continue
-            payload = line[5:].strip()
-            if not payload.startswith(("{", "[")):
-                continue
-            try:
-                data = json.loads(payload)
-            except ValueError:
-                continue
-            events[i] = data
-            for path, leaf in _leaves(data, ()):
-                places.setdefault(path, []).append((i, path, leaf))
+        events, places, unreadable = _events_of(lines)
+        plain = self._plain
+        if unreadable or any(plain.search(leaf) for pieces in places.values() for _, _, leaf in pieces):
+            # A secret escaped inside an event (its decoded string holds it), or an event that cannot
+            # be read (cut short): escapes are searched in the raw text, which is then read again.
+            lines = self._unescape_masked(text).split("\n")
+            events, places, _ = _events_of(lines)
+        return self._stream_joined(lines, events, places)
+
+    def _stream_joined(self, lines: list[str], events: dict[int, Any], places: _Places) -> str:
+        assert self._plain is not None
         changed: set[int] = set()
         for pieces in places.values():
             if len(pieces) < 2:
-                continue  # one string: `_unescaped` and `text` have seen it whole
+                continue  # one string: `text` and the escaped search have seen it whole
             joined = "".join(p[2] for p in pieces)
             found = [m.span() for m in self._plain.finditer(joined)]
             if not found:
                 continue
-            starts = []
             at = 0
-            for p in pieces:
-                starts.append(at)
-                at += len(p[2])
-            for k, (i, path, leaf) in enumerate(pieces):
-                lo, hi = starts[k], starts[k] + len(leaf)
+            for i, path, leaf in pieces:
+                lo, hi = at, at + len(leaf)
+                at = hi
                 cut = [(max(a, lo) - lo, min(b, hi) - lo) for a, b in found if a < hi and b > lo]
                 if cut:
                     events[i] = _replace(events[i], path, _masked(leaf, cut, self.mask))
                     changed.add(i)
-        if not changed:
-            return text
         for i in changed:
             # ASCII-escaped: a lone surrogate a provider escaped must not become one in the text.
             lines[i] = "data: " + json.dumps(events[i], separators=(",", ":"))
@@ -205,25 +186,55 @@ def _masked(text: str, spans: list[tuple[int, int]], mask: str) -> str:
     return "".join(pieces)
 
 
-def _raw_at(i: int, seg_norm: list[int], seg_raw: list[int], seg_esc: list[bool], raw_len: int) -> int:
-    """The raw position of decoded position `i` (an escape is one decoded character: a position
-    in it is its backslash's)."""
-    k = bisect.bisect_right(seg_norm, i) - 1
-    if seg_esc[k]:
-        return seg_raw[k] if i == seg_norm[k] else (seg_raw[k + 1] if k + 1 < len(seg_raw) else raw_len)
-    return min(seg_raw[k] + (i - seg_norm[k]), raw_len)
+def _char_forms(c: str) -> str:
+    """A regex for `c` as JSON may write it inside a string: itself, \\uXXXX in either case, or its
+    short escape."""
+    forms = [re.escape(c)]
+    if ord(c) < 0x10000:
+        forms.append("\\\\u" + "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{ord(c):04x}"))
+    short = _SHORT_ESCAPES.get(c)
+    if short is not None:
+        forms.append(re.escape(short))
+    return "(?:" + "|".join(forms) + ")"
 
 
-def _leaves(value: Any, path: tuple[Any, ...]) -> Iterable[tuple[tuple[Any, ...], str]]:
-    """(path, string) for every string in a decoded JSON value, in document order."""
+# A stream's strings grouped by where they sit in their events: path -> (line, path, string), in order.
+_Places = dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...], str]]]
+
+
+def _events_of(lines: list[str]) -> tuple[dict[int, Any], _Places, bool]:
+    """The decoded data of each SSE `data:` line, its strings grouped by place, and whether a data
+    line with an escape in it could not be decoded."""
+    events: dict[int, Any] = {}
+    places: _Places = {}
+    unreadable = False
+    for i, line in enumerate(lines):
+        payload = line[5:].strip() if line.startswith("data:") else ""
+        if not payload.startswith(("{", "[")):
+            continue
+        try:
+            events[i] = json.loads(payload)
+        except ValueError:
+            unreadable = unreadable or "\\" in payload
+            continue
+        for path, leaf in _leaves(events[i], ()):
+            places.setdefault(path, []).append((i, path, leaf))
+    return events, places, unreadable
+
+
+def _leaves(value: Any, path: tuple[Any, ...], keys: bool = False) -> Iterable[tuple[tuple[Any, ...], str]]:
+    """(path, string) for every string in a decoded JSON value, in document order (and every
+    object key, with `keys`)."""
     if isinstance(value, str):
         yield path, value
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield from _leaves(v, (*path, k))
+            if keys:
+                yield path, k
+            yield from _leaves(v, (*path, k), keys)
     elif isinstance(value, list):
         for j, v in enumerate(value):
-            yield from _leaves(v, (*path, j))
+            yield from _leaves(v, (*path, j), keys)
 
 
 def _replace(value: Any, path: tuple[Any, ...], new: str) -> Any:

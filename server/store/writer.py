@@ -70,6 +70,14 @@ def _classify(exc: BaseException) -> str:
     return "unknown"
 
 
+# Bytes of bodies above which a record's rows are prepared in a thread (when bodies are stored).
+_BODIES_IN_A_THREAD = 64 * 1024
+
+
+def _body_size(rec: RequestRecord) -> int:
+    return len(rec.request_body or "") + len(rec.response_body or "")
+
+
 async def _wait(event: asyncio.Event, timeout: float) -> bool:
     try:
         await asyncio.wait_for(event.wait(), timeout)
@@ -359,7 +367,13 @@ class Store:
         while buf and len(self._inflight) < self._batch:
             rec = buf.popleft()
             try:
-                prepared = self._rows.prepare(rec)  # looked up per record: set_secrets may replace it
+                rows = self._rows  # looked up per record: set_secrets may replace it
+                if bodies and _body_size(rec) > _BODIES_IN_A_THREAD:
+                    # Scrubbing a large body reads every string of it (tens of ms a MiB): in a thread,
+                    # whose GIL slices leave the event loop its turn, not as one block of the loop.
+                    prepared = await asyncio.to_thread(rows.prepare, rec)
+                else:
+                    prepared = rows.prepare(rec)
             except Exception:
                 log.exception("store: record %s cannot be stored; dropped", getattr(rec, "id", "?"))
                 self._drop_accepted(1)

@@ -149,16 +149,6 @@ return {t, redis.call('HGETALL', KEYS[2])}
 """
 
 
-class _BadData(Exception):
-    """Keys under the prefix held data the synchronisation cannot read; they were deleted."""
-
-    def __init__(self, keys: list[str], cause: Exception | None) -> None:
-        super().__init__(f"deleted {len(keys)} Redis key(s) holding data of another kind ({', '.join(keys[:4])}"
-                         f"{', ...' if len(keys) > 4 else ''}: {cause}); the processes refill them from their "
-                         "local state")
-        self.keys = keys
-
-
 def _keys_of(args: tuple[Any, ...]) -> list[str]:
     """The keys a pipelined command names: EVALSHA/EVAL's KEYS, or a plain command's first argument."""
     if str(args[0]).upper() in ("EVALSHA", "EVAL"):
@@ -570,11 +560,6 @@ class SharedState:
                 await self._sync_once()
             except asyncio.CancelledError:
                 raise
-            except _BadData as exc:  # Redis answered: not an outage, and the next sync starts clean
-                self.errors += 1
-                self.last_error = str(exc)
-                log.warning("shared state: %s", exc)
-                return False
             except Exception as exc:  # whatever Redis or the network did, this process keeps serving
                 self._failed(exc)
                 return False
@@ -584,23 +569,31 @@ class SharedState:
     async def _execute(self, pipe: Any) -> list[Any]:
         """Run a pipeline. A key under our prefix that holds something else (another type, a count
         that is not a number: left by hand or by another program) would fail every sync from then on:
-        it is deleted, as a Redis that lost its data is refilled, and _BadData says which it was."""
+        it is deleted, as a Redis that lost its data is refilled, and its commands' replies come back
+        as None. The other commands have run, so their replies are used as usual (raising instead
+        would have them pushed again next time, counted twice)."""
         stack = [args for args, _ in pipe.command_stack]
-        res = await pipe.execute(raise_on_error=False)
+        res = list(await pipe.execute(raise_on_error=False))
         bad: set[str] = set()
         first: Exception | None = None
-        for args, r in zip(stack, res, strict=True):
+        for j, (args, r) in enumerate(zip(stack, res, strict=True)):
             if isinstance(r, Exception):
                 text = str(r)
                 if not isinstance(r, ResponseError) or not ("WRONGTYPE" in text or "not an integer" in text):
                     raise r
                 bad.update(_keys_of(args))
                 first = first or r
+                res[j] = None
         if bad:
             assert self._redis is not None
             await self._redis.delete(*sorted(bad))
-            raise _BadData(sorted(bad), first)
-        return list(res)
+            self.errors += 1
+            self.last_error = f"{type(first).__name__}: {first}"
+            keys = sorted(bad)
+            log.warning("shared state: deleted %d Redis key(s) holding data of another kind (%s%s: %s); the "
+                        "processes refill them from their local state", len(keys), ", ".join(keys[:4]),
+                        ", ..." if len(keys) > 4 else "", first)
+        return res
 
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
@@ -665,7 +658,8 @@ class SharedState:
         version = res[n0 - 1]
         self._rate_pull(s, rate, res[n0:n1], now)
         self._quota_pull(s, quota, res[n1:n2], now)
-        self._rr_pull(s, s0, res[n2])
+        if res[n2] is not None:  # None: its keys held garbage and are gone; the next push starts anew
+            self._rr_pull(s, s0, res[n2])
 
         if self._force_full or version != s.version or now - s.last_full >= FULL_PULL_EVERY:
             rest = [c for c in s.chans if c not in pushed]
@@ -678,7 +672,7 @@ class SharedState:
                     return
                 now = self._clock()
                 for c, h in zip(rest, got, strict=True):
-                    self._pulled(c, h, now)
+                    self._pulled(c, h or {}, now)
             s.version = version
             s.last_full = now
             self._force_full = False

@@ -10,7 +10,7 @@ import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import (
@@ -674,6 +674,12 @@ class Store(_Strict):
         return self
 
 
+# The numeric options a Redis URL's query string may set (as redis-py reads them).
+_REDIS_URL_NUMBERS: dict[str, type] = {
+    "db": int, "socket_timeout": float, "socket_connect_timeout": float, "socket_read_size": int,
+    "max_connections": int, "health_check_interval": int, "ssl_min_version": int, "timeout": float, "protocol": int}
+
+
 class SharedStateConfig(_Strict):
     """Channel state shared by several proxy processes through Redis (server.shared_state).
 
@@ -704,6 +710,14 @@ class SharedStateConfig(_Strict):
                 raise ValueError("has a database that is not a number (redis://host:port/0)")
         elif not parts.path:
             raise ValueError("names no socket path: unix:///path/to/redis.sock")
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            kind = _REDIS_URL_NUMBERS.get(name)
+            try:
+                ok = kind is None or (kind(value) >= 0 and math.isfinite(kind(value)))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"has a query parameter {name} that is not a number >= 0")
         return v
 
 
@@ -764,7 +778,10 @@ class Config(_Strict):
 _BRANCHES = frozenset({*DIST_TAGS, "Constant", "Exponential", "LogNormal", "Empirical", "Gamma", "float", "int"})
 
 
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")  # what a config field name can look like
+# What a config field name can look like (lower-case words and underscores, maybe a trailing digit):
+# an unknown key of another shape is not quoted back in errors, as it may be a key (Azure's 32 hex
+# digits, AWS's AKIA...), pasted where a mapping was expected.
+_NAME = re.compile(r"[a-z][a-z_]{0,30}[a-z0-9]?")
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -97,10 +97,15 @@ def test_an_unknown_key_that_is_not_a_name_is_not_quoted_back() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"channels": [{"name": "a", "models": ["m"], "base_ulr": "http://x"}]})
     assert "channels[0].base_ulr: Extra inputs are not permitted" in str(err.value)
+    for key in ("c0ffee1234567890abcdef1234567890", "AKIAIOSFODNN7EXAMPLE", "sk_live_51H8abc"):  # Azure, AWS, Stripe
+        with pytest.raises(ConfigError) as err:
+            parse_config({"channels": [{"name": "a", "models": ["m"], "api_keys": [{key: "x"}]}]})
+        assert key not in str(err.value)
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:notaport/0", "redis://:pw-81f3@[::1/15", "redis://h:6379/abc",
-                                 "unix://"])
+                                 "unix://", "redis://:pw-81f3@h:6379?db=abc", "redis://h?socket_timeout=x",
+                                 "redis://h?max_connections=-1", "redis://h?socket_timeout=nan"])
 def test_a_malformed_redis_url_is_a_config_error_that_hides_the_password(url: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"channels": [{"name": "a", "models": ["m"]}], "state": {"url": url}})
@@ -108,6 +113,7 @@ def test_a_malformed_redis_url_is_a_config_error_that_hides_the_password(url: st
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "redis://:pw@localhost:6379", "rediss://h:1/2",
-                                 "unix:///tmp/redis.sock", "redis://localhost"])
+                                 "unix:///tmp/redis.sock", "redis://localhost", "redis://h?socket_timeout=2.5&db=3",
+                                 "unix:///tmp/r.sock?db=1", "rediss://h?ssl_cert_reqs=none"])
 def test_well_formed_redis_urls_pass(url: str) -> None:
     assert parse_config({"channels": [{"name": "a", "models": ["m"]}], "state": {"url": url}}).state.url == url

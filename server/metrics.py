@@ -209,6 +209,7 @@ class Metrics:
         plain JSON-able data (what `peers` hands back). `final`: the process is stopping, so its
         gauges (in flight, store queue) are reported as 0 and only its counters live on."""
         store = self._store()
+        shared = self._shared()
         return {
             "requests": [[*k, c[0]] for k, c in list(self._requests.items())],
             "latency": [[*k, h.counts, h.total] for k, h in list(self._latency.items())],
@@ -219,6 +220,7 @@ class Metrics:
             "store": None if store is None else {
                 "written": int(getattr(store, "written", 0)), "dropped": int(getattr(store, "dropped", 0)),
                 "queued": 0 if final else int(getattr(store, "queued", 0))},
+            "shared": None if shared is None else {"syncs": int(shared.syncs), "errors": int(shared.errors)},
         }
 
     # -- exposition --------------------------------------------------------------------------------
@@ -379,13 +381,19 @@ class _Collector:
         if shared is None:
             return []
         ns = self.ns
+        syncs, errors = float(shared.syncs), float(shared.errors)
+        for peer in self._peer_figures:  # counters: every worker's, as for the store's
+            ps = peer.get("shared")
+            if ps:
+                syncs += ps["syncs"]
+                errors += ps["errors"]
         return [
-            GaugeMetricFamily(f"{ns}_shared_state_up", "1 if Redis (state.url) answered the last synchronisation; "
-                              "0: this worker routes on its local channel state", value=1.0 if shared.up else 0.0),
-            CounterMetricFamily(f"{ns}_shared_state_syncs", "Successful synchronisations with Redis",
-                                value=float(shared.syncs)),
-            CounterMetricFamily(f"{ns}_shared_state_errors", "Failed synchronisations with Redis",
-                                value=float(shared.errors)),
+            GaugeMetricFamily(f"{ns}_shared_state_up", "1 if Redis (state.url) answered this worker's last "
+                              "synchronisation; 0: it routes on its local channel state", value=1.0 if shared.up else 0.0),
+            CounterMetricFamily(f"{ns}_shared_state_syncs", "Successful synchronisations with Redis (every worker)",
+                                value=syncs),
+            CounterMetricFamily(f"{ns}_shared_state_errors", "Failed synchronisations with Redis (every worker)",
+                                value=errors),
         ]
 
 

@@ -190,6 +190,23 @@ async def test_workers_figures_add_up_to_one_process(tmp_path: Path) -> None:
         ("axonsim_requests_total", (("client_format", "openai_chat"), ("model", "m1"), ("status", "200")))] + 1
 
 
+def test_shared_state_counters_add_up_over_workers(tmp_path: Path) -> None:
+    """Counters must not jump between workers' own values as scrapes land on one or another."""
+    from types import SimpleNamespace
+
+    from server.worker_metrics import WorkerFigures
+
+    states = [SimpleNamespace(up=True, syncs=10, errors=1), SimpleNamespace(up=False, syncs=7, errors=4)]
+    workers = [Metrics(shared=st, process=False) for st in states]
+    for m, pid in zip(workers, (os.getpid(), os.getppid()), strict=True):
+        WorkerFigures(tmp_path, m, pid=pid).publish()
+    for m, up in zip(workers, (1.0, 0.0), strict=True):
+        got = _all_samples(m)
+        assert got[("axonsim_shared_state_syncs_total", ())] == 17
+        assert got[("axonsim_shared_state_errors_total", ())] == 5
+        assert got[("axonsim_shared_state_up", ())] == up  # a gauge: the answering worker's own
+
+
 def test_a_worker_without_peers_scrapes_as_before(tmp_path: Path) -> None:
     from server.worker_metrics import WorkerFigures
 

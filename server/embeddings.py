@@ -470,6 +470,7 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
     # The chat handler's own helpers, so both APIs behave alike (imported here: server.app imports
     # this module's importer).
     from server.app import (
+        _LAST_WORDS,
         _attempts_value,
         _client_facing,
         _explain_value,
@@ -538,16 +539,24 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": out, "more_body": False})
     except asyncio.CancelledError:
-        if not w.gone:
-            # Not the client's doing (the server's shutdown deadline passed): recorded, then propagated.
-            error = Error(kind=ErrorKind.SERVER_ERROR, status=503, message="the gateway shut down before the "
-                          "request finished")
-            if status != 200:
-                status = 503
-            raise
         if task is not None:
             task.uncancel()
-        status = CLIENT_CLOSED
+        if w.gone:
+            status = CLIENT_CLOSED
+        else:
+            # Not the client's doing: the server's shutdown deadline passed. As for chat requests
+            # (server/app.py), the client gets a 503 in its format and the cancel stops here.
+            error = Error(kind=ErrorKind.UNAVAILABLE, status=503, message="the gateway shut down before the "
+                          "request finished")
+            w.done = True
+            if status != 200:  # nothing sent yet
+                status = 503
+                try:
+                    async with asyncio.timeout(_LAST_WORDS):
+                        status = await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0,
+                                                   _tail(ids, clock() - t0 - (ex.waited if ex else 0.0), None))
+                except Exception:
+                    pass
     except Exception as exc:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         log.error("request %s failed inside the gateway:\n%s", rid, rt.scrub(text))
@@ -578,7 +587,7 @@ def _record(proxy: Proxy, rt: Runtime, scope: Scope, route: Route, rid: str, t0:
 
     if result is not None:
         attempts = [a.as_dict() for a in result.attempts]
-    elif gone and ex is not None:
+    elif ex is not None:  # cut short before a Result (client gone, shutdown deadline, gateway error)
         attempts = ex.attempt_records()
     else:
         attempts = []

@@ -288,3 +288,28 @@ def test_gemini_model_list_pages(gw: GatewayServer) -> None:
     assert [m["name"] for m in rest["models"]] == ["models/emb-none"] and "nextPageToken" not in rest
     r = httpx.get(f"{gw.url}/v1beta/models", timeout=10)
     assert r.status_code == 401 and r.json()["error"]["status"] == "UNAUTHENTICATED"
+
+
+def test_an_embedding_cut_by_the_shutdown_deadline_gets_a_503_and_keeps_its_attempt() -> None:
+    import threading
+
+    with Stack() as st:
+        gw = st.serve([{"name": "slow", "type": "openai", "api_keys": ["sk-s"], "models": ["emb-slow"],
+                        "behavior": {**FAST, "ttft": 20.0}}],
+                      gateway={"api_keys": [{"key": GW_KEY, "project": "emb"}], "shutdown_timeout": 0.5})
+        slow = st.by_name["slow"].provider
+        got: list[httpx.Response] = []
+        t = threading.Thread(target=lambda: got.append(httpx.post(
+            gw.url + "/v1/embeddings", json={"model": "emb-slow", "input": "hi"},
+            headers={"Authorization": f"Bearer {GW_KEY}"}, timeout=30)))
+        t.start()
+        deadline = time.monotonic() + 10
+        while slow.inflight < 1:
+            assert time.monotonic() < deadline, "the request never reached the slow channel"
+            time.sleep(0.01)
+        st.call(gw.stop(), 30)
+        t.join(10)
+        [r] = got
+        assert r.status_code == 503 and "shut down" in r.json()["error"]["message"], r.text  # not uvicorn's 500
+        [rec] = [x for x in gw.proxy.recent if x["path"] == "/v1/embeddings"]
+        assert rec["status"] == 503 and [a["channel"] for a in rec["attempts"]] == ["slow"]

@@ -1120,3 +1120,32 @@ def test_sdk_raises_on_rendered_errors(canned: HTTPServer) -> None:
         for chunk in client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"):
             seen.append(chunk.text)
     assert seen == ["partial"] and exc2.value.code == 503
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    (b'{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"maxOutputTokens":1180591620717411303424}}',
+     "generationConfig.maxOutputTokens"),
+    (b'{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"candidateCount":1e308}}',
+     "generationConfig.candidateCount"),
+    (b'{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"maxOutputTokens":"inf"}}',
+     "generationConfig.maxOutputTokens"),
+    (b'{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"topK":"nan"}}', "generationConfig.topK"),
+    (b'{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"temperature":NaN}}',
+     "generationConfig.temperature"),
+    (b'{"contents":[{"parts":[{"text":"\\ud800"}]}]}', None),  # a lone surrogate
+    (b"[" * 5000 + b"]" * 5000, None),  # deeper than the stdlib parser reads
+])
+def test_requests_beyond_what_any_format_carries_are_400s(body: bytes, param: str | None) -> None:
+    """The stdlib fallback reads what orjson refuses: each such value is a 400 naming its field, not
+    a crash when the request is rendered for another provider."""
+    with pytest.raises(FormatError) as err:
+        g.parse_request(body, "m", False)
+    assert err.value.status == 400 and err.value.param == param
+
+
+def test_upstream_failures_and_oversized_bodies_keep_their_status() -> None:
+    assert g.error_status(Error(kind=ErrorKind.SERVER_ERROR, status=502, message="bad upstream")) == 502
+    body = json.loads(g.render_error(Error(kind=ErrorKind.SERVER_ERROR, status=502, message="x")))
+    assert body["error"]["code"] == 502 and body["error"]["status"] == "UNAVAILABLE"
+    assert g.error_status(Error(kind=ErrorKind.INVALID_REQUEST, status=413, message="too large")) == 413
+    assert g.error_status(Error(kind=ErrorKind.SERVER_ERROR, status=500, message="ours")) == 500

@@ -1169,3 +1169,14 @@ def test_property_stream_identity(events: list[StreamEvent], rng: random.Random,
     expected = events if include_usage else events[:-1]
     assert parsed == expected
     assert aggregate(parsed).message == aggregate(events).message
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens", "seed", "n"])
+@pytest.mark.parametrize("value", ["1e308", "-1e300", "9.3e18"])
+def test_whole_floats_beyond_64_bits_are_400s_naming_the_field(field: str, value: str) -> None:
+    """orjson reads no integer beyond 64 bits, but 1e308 is a whole float: it used to become an
+    integer no format can carry, and a 500 when rendered for another provider."""
+    body = f'{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"{field}":{value}}}'.encode()
+    with pytest.raises(FormatError) as err:
+        oc.check_request(body).request()
+    assert err.value.status == 400 and err.value.param == field

@@ -177,9 +177,27 @@ def _load(data: bytes | str, what: str, status: int) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         try:  # orjson refuses what the stdlib accepts (integers beyond 64 bits, NaN)
-            return json.loads(data)
-        except (ValueError, TypeError):
+            value = json.loads(data)
+        except (ValueError, TypeError, RecursionError):  # RecursionError: nested deeper than it reads
             raise FormatError(f"{what} is not valid JSON", None, status) from None
+        if _has_lone_surrogate(value):  # a \ud800 escape: no text any format can carry on
+            raise FormatError(f"{what} is not valid JSON: it holds a lone surrogate (\\ud800-\\udfff)", None,
+                              status) from None
+        return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def _dumps(obj: Any) -> str:
@@ -207,9 +225,14 @@ def _str(v: Any, path: str) -> str:
     return v
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _num(v: Any, path: str) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise FormatError(f"{path} must be a number", path)
+    if isinstance(v, float) and not math.isfinite(v):  # NaN/Infinity: accepted by the stdlib's parser only
+        raise FormatError(f"{path} must be a finite number", path)
     return v
 
 
@@ -223,6 +246,8 @@ def _int(v: Any, path: str) -> int:
     n = _num(v, path)
     if n != int(n):
         raise FormatError(f"{path} must be an integer", path)
+    if not _INT64_MIN <= n <= _INT64_MAX:  # what any format's field (and orjson) carries
+        raise FormatError(f"{path} is out of range (a 64-bit integer)", path)
     return int(n)
 
 
@@ -963,6 +988,12 @@ class StreamRenderer:
 
 def _status_pair(err: Error) -> tuple[int, str]:
     status, name = _ERROR_FOR_KIND.get(err.kind, (500, "INTERNAL"))
+    if err.kind is ErrorKind.SERVER_ERROR and err.status in (501, 502):
+        # Execution's verdict on an upstream failure (502: its answer was unusable, or it refused our
+        # credentials): not this gateway's own fault, which is what a 500 would tell the client.
+        status, name = err.status, ("UNIMPLEMENTED" if err.status == 501 else "UNAVAILABLE")
+    elif err.kind is ErrorKind.INVALID_REQUEST and err.status == 413:
+        status = 413  # a body over the gateway's limit, as the other formats answer it
     if err.code in _GOOGLE_HTTP and _GOOGLE_HTTP[err.code] == status:
         name = err.code
     return status, name

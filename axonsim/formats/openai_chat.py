@@ -144,8 +144,10 @@ def _opt_int(v: Any, param: str) -> int | None:
     if v is None:
         return None
     if isinstance(v, int) and not isinstance(v, bool):
-        return v
+        return v  # orjson reads no integer beyond 64 bits
     if isinstance(v, float) and v.is_integer():
+        if not -(2.0**63) <= v < 2.0**63:  # 1e308 is whole too: no field of any format carries it
+            raise _bad(f"'{param}' is out of range (a 64-bit integer).", param)
         return int(v)
     raise _bad(f"'{param}' must be an integer.", param)
 

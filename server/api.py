@@ -52,6 +52,21 @@ def _openai_error(status: int, message: str, type_: str, code: str | None = None
     return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}}, status_code=status)
 
 
+# google.rpc names for the statuses the fallback answers with.
+_GOOGLE_STATUS = {404: "NOT_FOUND", 405: "UNIMPLEMENTED", 400: "INVALID_ARGUMENT"}
+
+
+def _route_error(path: str, status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
+    """An error for a request no route serves, in the shape of the API family its path belongs to:
+    the client's SDK then reads it as it reads every other error of that API."""
+    if path.startswith(("/v1/messages", "/anthropic/")):
+        return JSONResponse({"type": "error", "error": {"type": type_, "message": message}}, status_code=status)
+    if path.startswith(("/v1beta/", "/v1/models/")) and ":" in path.rsplit("/", 1)[-1]:
+        return JSONResponse({"error": {"code": status, "message": message,
+                                       "status": _GOOGLE_STATUS.get(status, "INVALID_ARGUMENT")}}, status_code=status)
+    return _openai_error(status, message, type_, code)
+
+
 class ChannelTestOut(BaseModel):
     channel: str
     model: str = Field(description="the upstream model tested (the channel's first unless `model` was given)")
@@ -102,13 +117,18 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            return _openai_error(404, f"no route for {request.method} {request.url.path}", "invalid_request_error",
-                                 "not_found")
+        path = request.url.path
+        last = path.rsplit("/", 1)[-1]
+        if exc.status_code == 404 or (exc.status_code == 405 and request.method == "POST" and ":" in last):
+            # A POST to models/{model}:{method} that the gateway does not serve (countTokens, ...)
+            # meets the model-info GET route: it is an unknown method, 404 as Google answers it.
+            return _route_error(path, 404, f"no route for {request.method} {path}", "not_found_error"
+                                if path.startswith(("/v1/messages", "/anthropic/")) else "invalid_request_error",
+                                "not_found")
         if exc.status_code == 405:
-            return _openai_error(405, f"method {request.method} is not allowed on {request.url.path}",
-                                 "invalid_request_error", "method_not_allowed")
-        return _openai_error(exc.status_code, str(exc.detail), "invalid_request_error")
+            return _route_error(path, 405, f"method {request.method} is not allowed on {path}",
+                                "invalid_request_error", "method_not_allowed")
+        return _route_error(path, exc.status_code, str(exc.detail), "invalid_request_error")
 
     @api.get("/health", summary="Readiness: 200 once the gateway serves traffic")
     async def health() -> Any:

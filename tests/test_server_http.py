@@ -126,6 +126,27 @@ def test_unknown_path_is_an_openai_shaped_404(client: httpx.Client) -> None:
     openai_error(r)
 
 
+@pytest.mark.parametrize(("method", "path", "status", "family"), [
+    ("GET", "/v1/messages", 405, "anthropic"),
+    ("POST", "/v1/messages/count_tokens", 404, "anthropic"),
+    ("DELETE", "/anthropic/v1/messages", 405, "anthropic"),
+    ("POST", "/v1beta/models/ok-model:countTokens", 404, "gemini"),  # an unknown method, not a 405
+    ("PUT", "/v1beta/models/ok-model:generateContent", 405, "gemini"),
+    ("GET", "/v1/chat/completions", 405, "openai"),
+])
+def test_unserved_routes_answer_in_their_familys_shape(client: httpx.Client, method: str, path: str, status: int,
+                                                       family: str) -> None:
+    r = client.request(method, path, json={}, headers=AUTH)
+    assert r.status_code == status, r.text
+    body = r.json()
+    if family == "anthropic":
+        assert body["type"] == "error" and body["error"]["message"] and body["error"]["type"]
+    elif family == "gemini":
+        assert body["error"]["code"] == status and body["error"]["status"] and body["error"]["message"]
+    else:
+        openai_error(r)
+
+
 # -- success -----------------------------------------------------------------------------------------
 
 

@@ -80,6 +80,7 @@ class ChannelState:
         "cooldown_default", "cooldown_max", "breakers", "breaker_cfg", "_ejection", "outlier",
         "_disabled_until", "auto", "limiter", "quota", "selections", "selections_at",
         "peak_ewma", "peak_at", "price", "slow", "gate", "has_limits", "track", "outlier_on", "switched_off",
+        "config_enabled",
     )
 
     def __init__(self, channel: Channel, index: int, routing: Routing,
@@ -88,6 +89,7 @@ class ChannelState:
         # Switched off by an operator (admin API), as opposed to `enabled: false` in the config: the
         # switch is what processes share (server.shared_state) and what an operator's enable ends.
         self.switched_off = False
+        self.config_enabled = channel.enabled  # what the config says, which an operator's enable restores
         self.name = channel.name
         self.weight = float(channel.weight)
         self.priority = channel.priority

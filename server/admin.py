@@ -748,7 +748,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
                  "state.url until switched again (every process follows)")
     async def enable_channel(name: str) -> Response:
         st = switchable(name)
-        if not st.channel.enabled and not st.switched_off and getattr(ctx, "shared", lambda: False)():
+        if not st.config_enabled and getattr(ctx, "shared", lambda: False)():
             # Disabled by the config, which every process reads alike: enabled there, it is enabled
             # everywhere; a switch here would reach this process only (and be undone by the others).
             raise AdminError(409, f"channel {name!r} is disabled in the configuration; set enabled: true there and "

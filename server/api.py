@@ -54,6 +54,22 @@ def _openai_error(status: int, message: str, type_: str, code: str | None = None
 
 # google.rpc names for the statuses the fallback answers with.
 _GOOGLE_STATUS = {404: "NOT_FOUND", 405: "UNIMPLEMENTED", 400: "INVALID_ARGUMENT"}
+# Gemini's model methods (models/{model}:{method}); under /v1/models an OpenAI model id may hold colons
+# too (fine-tuned models: ft:gpt-4o-mini:org::id), so only these names make a path Gemini's there.
+_GEMINI_METHODS = frozenset({
+    "generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents",
+    "batchGenerateContent", "asyncBatchEmbedContent", "predict", "predictLongRunning", "generateAnswer",
+    "generateMessage", "generateText", "embedText", "batchEmbedText", "countMessageTokens", "countTextTokens"})
+
+
+def _gemini_method_path(path: str) -> bool:
+    """Whether `path` names a Gemini model method (…/models/{model}:{method})."""
+    if "/models/" not in path:
+        return False
+    last = path.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return False
+    return path.startswith("/v1beta/") or last.rsplit(":", 1)[-1] in _GEMINI_METHODS
 
 
 def _route_error(path: str, status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
@@ -61,7 +77,7 @@ def _route_error(path: str, status: int, message: str, type_: str, code: str | N
     the client's SDK then reads it as it reads every other error of that API."""
     if path.startswith(("/v1/messages", "/anthropic/")):
         return JSONResponse({"type": "error", "error": {"type": type_, "message": message}}, status_code=status)
-    if path.startswith(("/v1beta/", "/v1/models/")) and ":" in path.rsplit("/", 1)[-1]:
+    if _gemini_method_path(path):
         return JSONResponse({"error": {"code": status, "message": message,
                                        "status": _GOOGLE_STATUS.get(status, "INVALID_ARGUMENT")}}, status_code=status)
     return _openai_error(status, message, type_, code)
@@ -118,8 +134,7 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         path = request.url.path
-        last = path.rsplit("/", 1)[-1]
-        if exc.status_code == 404 or (exc.status_code == 405 and request.method == "POST" and ":" in last):
+        if exc.status_code == 404 or (exc.status_code == 405 and request.method == "POST" and _gemini_method_path(path)):
             # A POST to models/{model}:{method} that the gateway does not serve (countTokens, ...)
             # meets the model-info GET route: it is an unknown method, 404 as Google answers it.
             return _route_error(path, 404, f"no route for {request.method} {path}", "not_found_error"

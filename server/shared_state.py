@@ -28,9 +28,10 @@ Rules:
 8. The Router is read through a getter on every sync: a config reload's new Router adopts the
    fleet's state at the next sync.
 
-An operator's channel switch (`enabled`: the config's, or the admin API's) is shared like a disabled
-key: off is a permanent state, an enable lifts it, so one admin call reaches every process (and, as
-it lives in Redis, outlasts a reload until it is switched back).
+An operator's channel switch (the admin API's; not the config's `enabled`, which every process reads
+alike) is shared like a disabled key: off is a permanent state, an enable lifts it (back to what the
+config says), so one admin call reaches every process (and, as it lives in Redis, outlasts a reload
+until it is switched back).
 
 State that stays local: in-flight counts, EWMAs, error counts, auto-disable streaks, sticky routing.
 
@@ -303,7 +304,7 @@ def _apply_one(st: ChannelState, name: str, until: float, extra: str, lifted: bo
         if lifted:
             if st.switched_off:
                 st.switched_off = False
-                st.channel.enabled = True
+                st.channel.enabled = st.config_enabled  # back to the config's word, not past it
         elif u == math.inf:
             st.switched_off = True
             st.channel.enabled = False

@@ -429,11 +429,14 @@ async def test_switches_mark_an_operators_doing_and_a_config_disable_is_the_conf
     assert (await client.post("/admin/channels/alpha/enable", headers=ADMIN)).status_code == 200
     assert not alpha.switched_off and alpha.channel.enabled
     # Disabled by the config: with shared state, enabling it here would reach this process only.
-    alpha.channel.enabled = False
+    alpha.channel.enabled = alpha.config_enabled = False
     gw.ctx._shared = lambda: True
     r = await client.post("/admin/channels/alpha/enable", headers=ADMIN)
     assert r.status_code == 409 and "configuration" in r.json()["error"]["message"], r.text
     assert not alpha.channel.enabled
+    # ... nor by switching it off first and then on (the config's word is what an enable restores).
+    assert (await client.post("/admin/channels/alpha/disable", headers=ADMIN)).status_code == 200
+    assert (await client.post("/admin/channels/alpha/enable", headers=ADMIN)).status_code == 409
     gw.ctx._shared = lambda: False  # one process: the switch is all there is
     assert (await client.post("/admin/channels/alpha/enable", headers=ADMIN)).json()["enabled"] is True
 

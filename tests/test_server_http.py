@@ -133,6 +133,9 @@ def test_unknown_path_is_an_openai_shaped_404(client: httpx.Client) -> None:
     ("POST", "/v1beta/models/ok-model:countTokens", 404, "gemini"),  # an unknown method, not a 405
     ("PUT", "/v1beta/models/ok-model:generateContent", 405, "gemini"),
     ("GET", "/v1/chat/completions", 405, "openai"),
+    ("POST", "/v1/models/gemini-x:countTokens", 404, "gemini"),
+    ("DELETE", "/v1/models/ft:gpt-4o-mini:acme::abc", 405, "openai"),  # an OpenAI fine-tuned model id
+    ("POST", "/v1/models/ft:gpt-4o-mini:acme::abc", 405, "openai"),
 ])
 def test_unserved_routes_answer_in_their_familys_shape(client: httpx.Client, method: str, path: str, status: int,
                                                        family: str) -> None:

@@ -308,6 +308,14 @@ async def test_a_channel_disabled_in_the_config_is_not_an_operators_switch(redis
         await asyncio.sleep(10 * INTERVAL)
         _, fields = channel_hash(rdb, prefix, "a")
         assert "off" not in fields
+        # An operator's disable then enable on A (a process without the 409: a library user) lifts
+        # only the switch: B keeps the config's `enabled: false`.
+        a = ra.by_name["a"]
+        a.switched_off = True
+        await eventually(lambda: rb.by_name["a"].switched_off, "B takes the switch")
+        a.switched_off = False
+        await eventually(lambda: not rb.by_name["a"].switched_off, "B follows the enable")
+        assert not rb.by_name["a"].channel.enabled and calls(rb, clock) == [("b", None)]
         on = Router(make_config(redis_url, prefix))  # the config says enabled again; B reloads it
         sb._get_router = lambda: on
         await asyncio.sleep(10 * INTERVAL)

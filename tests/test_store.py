@@ -722,8 +722,39 @@ async def test_bodies_are_kept_only_when_configured(db: Any) -> None:
         await store.close()
 
 
-async def test_large_bodies_are_scrubbed_and_stored_whole(db: Any) -> None:
+async def test_a_record_prepared_in_a_thread_stays_counted(db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a thread scrubs its bodies the record is still queued (the gauge, the bound); if close()
+    gives up meanwhile, it is counted as dropped, not lost without a word."""
+    import server.store.writer as writer
+
+    started, never = asyncio.Event(), asyncio.Event()
+
+    async def stuck(fn: Any, rec: Any) -> Any:
+        started.set()
+        await never.wait()  # a scrub that outlasts close()'s deadline
+
+    monkeypatch.setattr(writer.asyncio, "to_thread", stuck)
+    store = make_store(db, store_bodies=True)
+    await store.start()
+    store.submit(rec(1, request_body=b"x" * 100_000))
+    await asyncio.wait_for(started.wait(), WAIT)
+    assert store.queued == 1
+    await store.close(timeout=0.2)
+    assert (store.submitted, store.written, store.dropped) == (1, 0, 1)
+
+
+async def test_large_bodies_are_scrubbed_and_stored_whole(db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bodies over _BODIES_IN_A_THREAD are prepared off the event loop; small ones on it."""
+    import server.store.writer as writer
+
+    threaded: list[str] = []
+    to_thread = asyncio.to_thread
+
+    async def counting(fn: Any, rec: Any) -> Any:
+        threaded.append(rec.id)
+        return await to_thread(fn, rec)
+
+    monkeypatch.setattr(writer.asyncio, "to_thread", counting)
     store = make_store(db, store_bodies=True)
     await store.start()
     try:
@@ -736,6 +767,7 @@ async def test_large_bodies_are_scrubbed_and_stored_whole(db: Any) -> None:
         assert rows["small"] == '{"x": "[REDACTED]"}'
         assert rows["big"].startswith('{"content":"' + "é" * 100_000) and rows["big"].count("[REDACTED]") == 2
         assert "SECRET" not in rows["big"] and "u0073" not in rows["big"]
+        assert threaded == ["big"]
     finally:
         await store.close()
 

@@ -6,6 +6,7 @@ import importlib
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -157,12 +158,35 @@ def test_masks_that_shorten_a_cut_body_do_not_bring_its_cut_secret_back() -> Non
         assert long_key[:6] not in stored.replace(S.MASK, "")
 
 
-def test_a_body_too_deep_to_read_is_withheld_and_its_record_kept() -> None:
-    for body in ("data: " + "[" * 100_000 + "]" * 100_000 + "\n", '{"a":' * 100_000 + "1" + "}" * 100_000,
-                 '{"c":"\\u0041' + '", "n":' + "[" * 100_000 + "]" * 100_000 + "}"):
-        r = RequestRecord("p", "m", "openai_chat", 400, "failed", request_body=body.encode())
-        req, _ = _builder().prepare(r)
-        assert req[-2] in (S.WITHHELD, body)  # withheld, or (nothing to decode) kept as it is
-    deep = '{"c":"\\u0073k-upstream-SECRET-0123456789", "n":' + "[" * 100_000 + "]" * 100_000 + "}"
+def test_a_stream_too_deep_to_read_is_withheld_and_its_record_kept() -> None:
+    deep = "data: " + "[" * 100_000 + "]" * 100_000 + "\n"
     req, _ = _builder().prepare(RequestRecord("p", "m", "openai_chat", 400, "failed", request_body=deep.encode()))
-    assert req[-2] == S.WITHHELD  # the escaped key is not stored unchecked
+    assert req[-2] == S.WITHHELD  # not stored unchecked, and the record is kept
+    # Cut at the hand-off: the marker is stored whole, not trimmed away with the cut's tail.
+    cut = ("data: " + "[" * (MAX_STORED_BODY + BODY_SCRUB_MARGIN)).encode()[:MAX_STORED_BODY + BODY_SCRUB_MARGIN]
+    assert _builder().body(cut) in (S.WITHHELD, cut.decode()[:MAX_STORED_BODY - BODY_SCRUB_MARGIN // 2])
+
+
+def test_an_escaped_key_is_masked_without_reading_the_json() -> None:
+    """A body nested too deeply to decode still has its escaped keys masked: they are found in a view
+    of the text with its escapes decoded, not in the parsed JSON."""
+    escaped = _escape_some(KEY, [True] * len(KEY))
+    deep = '{"c":"' + escaped + '", "n":' + "[" * 100_000 + "]" * 100_000 + "}"
+    out = S.Scrubber(SECRETS).body(deep)
+    assert out is not None and escaped not in out and out.startswith('{"c":"' + S.MASK + '"')
+
+
+@pytest.mark.parametrize("body", [
+    'data: {"x":1}\n\ndata: {"ESC": 1}\n\n',  # an object key
+    'data: {"x":1}\n\ndata: "ESC"\n\n',  # a JSON-string event
+    'event: error\n: ESC\ndata: {"a":1}\n\n',  # a comment line
+    'event: ESC\ndata: {"a":1}\n\n',  # an event line
+    'upstream said:\ndata: none\n{"k": "ESC"}',  # not a stream at all
+    'data: {"x":1}\n\ndata: oops ESC\n\n',  # a data line that is not JSON
+    'data: {"x":1}\n\ndata: {"k": "ESC',  # the last event cut short
+    'x \\x41 \\u00 C:\\q ESC end\\',  # escapes Python's codec would refuse, and a final backslash
+])
+def test_an_escaped_key_is_masked_wherever_it_stands(body: str) -> None:
+    escaped = _escape_some(KEY, [i % 2 == 0 for i in range(len(KEY))])
+    out = S.Scrubber(SECRETS).body(body.replace("ESC", escaped))
+    assert out is not None and escaped not in out and S.MASK in out

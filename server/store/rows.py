@@ -24,7 +24,7 @@ from sqlalchemy.engine import Dialect
 
 from server.store.models import attempts_table, requests_table
 from server.store.records import BODY_SCRUB_MARGIN, MAX_STORED_BODY, RequestRecord
-from server.store.scrub import Scrubber
+from server.store.scrub import WITHHELD, Scrubber
 
 Row = tuple[Any, ...]
 Prepared = tuple[Row, list[Row]]
@@ -218,7 +218,8 @@ class RowBuilder:
         what is kept: the scrubbed text's last half-margin (which covers at least as much of the
         original's end) is dropped first."""
         text = self.scrub.body(value)
-        if text is not None and value is not None and len(value) >= MAX_STORED_BODY + BODY_SCRUB_MARGIN:
+        if text is not None and text != WITHHELD and value is not None and \
+                len(value) >= MAX_STORED_BODY + BODY_SCRUB_MARGIN:
             text = text[:max(0, len(text) - BODY_SCRUB_MARGIN // 2)]
         if text is not None and len(text) > MAX_STORED_BODY // 4:
             raw = text.encode("utf-8", "surrogatepass")

@@ -6,6 +6,7 @@ upstream echoes in an error, or that a client pastes into a prompt, never reache
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -53,10 +54,6 @@ class Scrubber:
         # (however they are escaped) and in the text a stream spreads over its events.
         plain = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._plain = re.compile("|".join(re.escape(p) for p in plain)) if plain else None
-        # ... and as JSON may write them, any character escaped: slow (every position is a start),
-        # so it runs only on a body whose decoded strings were seen to hold a secret, or that
-        # cannot be decoded.
-        self._escaped = re.compile("|".join("".join(_char_forms(c) for c in p) for p in plain)) if plain else None
 
     def __bool__(self) -> bool:
         return self._re is not None
@@ -73,53 +70,44 @@ class Scrubber:
 
     def body(self, value: str | bytes | None) -> str | None:
         """A request or response body as text with every secret masked: as `text` does, and also a
-        secret written with JSON escapes (``\\u0073k-...``), and one that a stream splits across its
-        events (a model that echoes a key token by token): the strings at one place in the events'
-        JSON (``choices[0].delta.content``, ``delta.text``, ...) are read joined, and each piece of
-        a secret found there is masked in its own event. A body too deeply nested to read is
-        WITHHELD rather than stored unchecked."""
+        secret written with JSON escapes (``\\u0073k-...``), wherever it is, and one that a stream
+        splits across its events (a model that echoes a key token by token): the strings at one
+        place in the events' JSON (``choices[0].delta.content``, ``delta.text``, ...) are read
+        joined, and each piece of a secret found there is masked in its own event. A stream too
+        deeply nested to read is WITHHELD rather than stored unchecked."""
         out = self.text(value)
         if out is None or self._plain is None:
             return out
-        try:
-            if "data:" in out and self._is_stream(out):
+        if "\\" in out:
+            hidden = self._escaped_secrets(out)
+            if hidden:
+                out = _spellings(hidden).sub(self.mask, out)
+        if "data:" in out and _is_stream(out):
+            try:
                 return self._stream(out)
-            if "\\" in out and self._escaped_inside(out):
-                out = self._unescape_masked(out)
-        except RecursionError:
-            return WITHHELD
+            except RecursionError:
+                return WITHHELD
         return out
 
-    @staticmethod
-    def _is_stream(text: str) -> bool:
-        return text.startswith(("data:", "event:", ":")) or "\ndata:" in text
-
-    def _escaped_inside(self, text: str) -> bool:
-        """Whether a secret may hide behind escapes: in a decoded string of the JSON body, or, when
-        the text is not JSON (cut at the size limit, or another kind), wherever an escape is."""
+    def _escaped_secrets(self, text: str) -> list[str]:
+        """The secrets that `text` spells with escapes: found in a view of it with every escape
+        decoded, which Python's codec makes at C speed. The view decodes more than JSON would (\\x41,
+        octal): that can only find a secret the exact search below then does not mask."""
         assert self._plain is not None
+        view = text.replace("\\/", "/")
         try:
-            value = json.loads(text)
-        except ValueError:
-            return True
-        return any(self._plain.search(s) for _, s in _leaves(value, (), keys=True))
-
-    def _unescape_masked(self, text: str) -> str:
-        assert self._escaped is not None
-        return self._escaped.sub(self.mask, text)
+            view = view.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        except UnicodeDecodeError:
+            # A backslash the codec cannot decode (an escape cut at the size limit, a stray \\x): keep
+            # only JSON's escapes, which it always decodes (one callback per backslash: rare and slower).
+            view = _JSON_ESCAPE.sub(lambda m: m.group() if m.group(1) else "", view)
+            view = view.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        return sorted({m.group() for m in self._plain.finditer(view)})
 
     def _stream(self, text: str) -> str:
-        """Mask secrets in an SSE stream's events: escaped inside one event, or spread over several
-        (see `body`)."""
-        assert self._plain is not None
+        """Mask the secrets a stream spreads over its events (see `body`)."""
         lines = text.split("\n")
-        events, places, unreadable = _events_of(lines)
-        plain = self._plain
-        if unreadable or any(plain.search(leaf) for pieces in places.values() for _, _, leaf in pieces):
-            # A secret escaped inside an event (its decoded string holds it), or an event that cannot
-            # be read (cut short): escapes are searched in the raw text, which is then read again.
-            lines = self._unescape_masked(text).split("\n")
-            events, places, _ = _events_of(lines)
+        events, places = _events_of(lines)
         return self._stream_joined(lines, events, places)
 
     def _stream_joined(self, lines: list[str], events: dict[int, Any], places: _Places) -> str:
@@ -186,6 +174,25 @@ def _masked(text: str, spans: list[tuple[int, int]], mask: str) -> str:
     return "".join(pieces)
 
 
+# A JSON escape (group 1), or a lone backslash that starts none.
+_JSON_ESCAPE = re.compile(r'\\(u[0-9a-fA-F]{4}|["\\/bfnrt])|\\')
+
+
+def _is_stream(text: str) -> bool:
+    return text.startswith(("data:", "event:", ":")) or "\ndata:" in text
+
+
+@functools.lru_cache(maxsize=64)
+def _spellings_of(secrets: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join("".join(_char_forms(c) for c in p) for p in sorted(secrets, key=len, reverse=True)))
+
+
+def _spellings(secrets: list[str]) -> re.Pattern[str]:
+    """A regex for every way JSON may spell these secrets (any character escaped): slow, as every
+    position may start one, so it is built for the few secrets a body was seen to hide."""
+    return _spellings_of(tuple(secrets))
+
+
 def _char_forms(c: str) -> str:
     """A regex for `c` as JSON may write it inside a string: itself, \\uXXXX in either case, or its
     short escape."""
@@ -202,12 +209,10 @@ def _char_forms(c: str) -> str:
 _Places = dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...], str]]]
 
 
-def _events_of(lines: list[str]) -> tuple[dict[int, Any], _Places, bool]:
-    """The decoded data of each SSE `data:` line, its strings grouped by place, and whether a data
-    line with an escape in it could not be decoded."""
+def _events_of(lines: list[str]) -> tuple[dict[int, Any], _Places]:
+    """The decoded data of each SSE `data:` line and its strings grouped by place."""
     events: dict[int, Any] = {}
     places: _Places = {}
-    unreadable = False
     for i, line in enumerate(lines):
         payload = line[5:].strip() if line.startswith("data:") else ""
         if not payload.startswith(("{", "[")):
@@ -215,26 +220,22 @@ def _events_of(lines: list[str]) -> tuple[dict[int, Any], _Places, bool]:
         try:
             events[i] = json.loads(payload)
         except ValueError:
-            unreadable = unreadable or "\\" in payload
             continue
         for path, leaf in _leaves(events[i], ()):
             places.setdefault(path, []).append((i, path, leaf))
-    return events, places, unreadable
+    return events, places
 
 
-def _leaves(value: Any, path: tuple[Any, ...], keys: bool = False) -> Iterable[tuple[tuple[Any, ...], str]]:
-    """(path, string) for every string in a decoded JSON value, in document order (and every
-    object key, with `keys`)."""
+def _leaves(value: Any, path: tuple[Any, ...]) -> Iterable[tuple[tuple[Any, ...], str]]:
+    """(path, string) for every string in a decoded JSON value, in document order."""
     if isinstance(value, str):
         yield path, value
     elif isinstance(value, dict):
         for k, v in value.items():
-            if keys:
-                yield path, k
-            yield from _leaves(v, (*path, k), keys)
+            yield from _leaves(v, (*path, k))
     elif isinstance(value, list):
         for j, v in enumerate(value):
-            yield from _leaves(v, (*path, j), keys)
+            yield from _leaves(v, (*path, j))
 
 
 def _replace(value: Any, path: tuple[Any, ...], new: str) -> Any:

@@ -365,7 +365,9 @@ class Store:
         bodies = self._rows.store_bodies
         since_yield = 0
         while buf and len(self._inflight) < self._batch:
-            rec = buf.popleft()
+            # Taken from the buffer only once prepared: while a thread prepares it, it is still
+            # counted (queued, the bound) and, if close() gives up meanwhile, counted as dropped.
+            rec = buf[0]
             try:
                 rows = self._rows  # looked up per record: set_secrets may replace it
                 if bodies and _body_size(rec) > _BODIES_IN_A_THREAD:
@@ -375,9 +377,11 @@ class Store:
                 else:
                     prepared = rows.prepare(rec)
             except Exception:
+                buf.popleft()
                 log.exception("store: record %s cannot be stored; dropped", getattr(rec, "id", "?"))
                 self._drop_accepted(1)
                 continue
+            buf.popleft()
             self._inflight.append(prepared)
             # Scrubbing runs on the proxy's event loop: hand it back now and then (large bodies
             # especially), so preparing a batch never holds up requests in flight.

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 MASK = "[REDACTED]"
 
-# What a stored body becomes when it cannot be checked for secrets (JSON too deeply nested to read).
+# What a stored body becomes when it cannot be checked for secrets (a stream nested too deeply to read).
 WITHHELD = "[body not stored: it could not be checked for secrets]"
 # Characters JSON may write with a short escape besides \uXXXX.
 _SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f", "\n": "\\n",
@@ -50,8 +50,8 @@ class Scrubber:
         self._re = re.compile("|".join(re.escape(f) for f in ordered)) if ordered else None
         self._forms = forms
         self._probe: re.Pattern[str] | None = None  # built by the first `clean`: only the store needs it
-        # The secrets as they read once decoded: for bodies, searched in their JSON strings decoded
-        # (however they are escaped) and in the text a stream spreads over its events.
+        # The secrets as they read once decoded: for bodies, searched in a view of the text with its
+        # escapes decoded, and in the text a stream spreads over its events.
         plain = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._plain = re.compile("|".join(re.escape(p) for p in plain)) if plain else None
 

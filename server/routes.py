@@ -100,6 +100,12 @@ class RouteTable:
         r = self._fixed.get(path)
         if r is not None:
             return r
+        if len(path) > 1 and path[-1] == "/":
+            # `/v1/chat/completions/`: served as without the slash (FastAPI's fallback would answer
+            # a bare 307 redirect, which most clients do not follow for a POST).
+            r = self._fixed.get(path[:-1])
+            if r is not None:
+                return r
         if self._gemini is not None and ":" in path:
             m = GEMINI_PATH.match(path)
             if m is not None:

@@ -126,6 +126,12 @@ def test_unknown_path_is_an_openai_shaped_404(client: httpx.Client) -> None:
     openai_error(r)
 
 
+def test_a_trailing_slash_is_served_as_without_it(client: httpx.Client) -> None:
+    r = client.post("/v1/chat/completions/", json={"model": "ok-model", "messages": [{"role": "user", "content": "hi"}]},
+                    headers=AUTH)
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion", r.text
+
+
 @pytest.mark.parametrize(("method", "path", "status", "family"), [
     ("GET", "/v1/messages", 405, "anthropic"),
     ("POST", "/v1/messages/count_tokens", 404, "anthropic"),

@@ -322,6 +322,21 @@ class AdminError(Exception):
         self.type = type_ or _ERROR_TYPES.get(status, "error")
 
 
+def query_params(request: Request, allowed: Sequence[str]) -> dict[str, str]:
+    """The request's query parameters; AdminError 400 for one the endpoint does not take, or one
+    given twice. Every admin endpoint refuses those alike."""
+    params = request.query_params
+    values: dict[str, str] = {}
+    for k in params:
+        if k not in allowed:
+            raise AdminError(400, f"unknown parameter {k!r}; this endpoint takes: {', '.join(allowed)}", k)
+        got = params.getlist(k)
+        if len(got) > 1:
+            raise AdminError(400, f"{k} is given {len(got)} times; give it once", k)
+        values[k] = got[0]
+    return values
+
+
 def _validation_error(exc: RequestValidationError) -> AdminError:
     """The first of FastAPI's validation errors as our 400, naming the parameter (or body field)."""
     errors = exc.errors()
@@ -562,16 +577,7 @@ class _Admin:
 
     @staticmethod
     def filter(request: Request, allowed: Sequence[str], extra: Sequence[str] = ()) -> Q.Filter:
-        params = request.query_params
-        values: dict[str, str] = {}
-        for k in params:
-            if k not in allowed:
-                raise AdminError(400, f"unknown parameter {k!r}; this endpoint takes: {', '.join(allowed)}", k)
-            got = params.getlist(k)
-            if len(got) > 1:
-                raise AdminError(400, f"{k} is given {len(got)} times; give it once", k)
-            if k not in extra:
-                values[k] = got[0]
+        values = {k: v for k, v in query_params(request, allowed).items() if k not in extra}
         try:
             return Q.Filter.from_params(values)
         except Q.QueryError as exc:

@@ -23,7 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.admin import BAD_PARAM, NOT_FOUND, AdminContext, AdminError, admin_router
+from server.admin import BAD_PARAM, NOT_FOUND, AdminContext, AdminError, admin_router, query_params
 from server.metrics import Metrics
 from server.models_api import gemini_model_list, is_gemini_client, models_router
 from server.probes import run_test
@@ -72,15 +72,16 @@ def _gemini_method_path(path: str) -> bool:
     return path.startswith("/v1beta/") or last.rsplit(":", 1)[-1] in _GEMINI_METHODS
 
 
-def _route_error(path: str, status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
+def _route_error(path: str, status: int, message: str, code: str | None = None) -> JSONResponse:
     """An error for a request no route serves, in the shape of the API family its path belongs to:
     the client's SDK then reads it as it reads every other error of that API."""
     if path.startswith(("/v1/messages", "/anthropic/")):
+        type_ = "not_found_error" if status == 404 else "invalid_request_error"
         return JSONResponse({"type": "error", "error": {"type": type_, "message": message}}, status_code=status)
     if _gemini_method_path(path):
         return JSONResponse({"error": {"code": status, "message": message,
                                        "status": _GOOGLE_STATUS.get(status, "INVALID_ARGUMENT")}}, status_code=status)
-    return _openai_error(status, message, type_, code)
+    return _openai_error(status, message, "invalid_request_error", code)
 
 
 class ChannelTestOut(BaseModel):
@@ -105,16 +106,6 @@ _TEST_TIMEOUT = Query(30.0, gt=0, le=600, description="seconds the test may take
 _TEST_STREAM = Query(True, description="stream the answer (TTFT is then the provider's first token)")
 
 
-def _only(request: Request, allowed: tuple[str, ...]) -> None:
-    """Refuse query parameters the endpoint does not take, and repeated ones, as every admin route does."""
-    params = request.query_params
-    for k in params:
-        if k not in allowed:
-            raise AdminError(400, f"unknown parameter {k!r}; this endpoint takes: {', '.join(allowed)}", k)
-        if len(params.getlist(k)) > 1:
-            raise AdminError(400, f"{k} is given {len(params.getlist(k))} times; give it once", k)
-
-
 def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
     """`proxy` or a function returning the current one (so a config reload is seen here too)."""
     if isinstance(proxy, Proxy):
@@ -137,13 +128,10 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
         if exc.status_code == 404 or (exc.status_code == 405 and request.method == "POST" and _gemini_method_path(path)):
             # A POST to models/{model}:{method} that the gateway does not serve (countTokens, ...)
             # meets the model-info GET route: it is an unknown method, 404 as Google answers it.
-            return _route_error(path, 404, f"no route for {request.method} {path}", "not_found_error"
-                                if path.startswith(("/v1/messages", "/anthropic/")) else "invalid_request_error",
-                                "not_found")
+            return _route_error(path, 404, f"no route for {request.method} {path}", "not_found")
         if exc.status_code == 405:
-            return _route_error(path, 405, f"method {request.method} is not allowed on {path}",
-                                "invalid_request_error", "method_not_allowed")
-        return _route_error(path, exc.status_code, str(exc.detail), "invalid_request_error")
+            return _route_error(path, 405, f"method {request.method} is not allowed on {path}", "method_not_allowed")
+        return _route_error(path, exc.status_code, str(exc.detail))
 
     @api.get("/health", summary="Readiness: 200 once the gateway serves traffic")
     async def health() -> Any:
@@ -180,7 +168,7 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
                 "latency and TTFT; the result feeds the channel's state like real traffic")
     async def test_channel(request: Request, name: str, stream: bool = _TEST_STREAM, timeout: float = _TEST_TIMEOUT,
                            model: str | None = Query(None, description="an upstream model of the channel")) -> Any:
-        _only(request, ("stream", "timeout", "model"))
+        query_params(request, ("stream", "timeout", "model"))  # unknown or repeated ones refused
         p = current()
         rt = p.rt
         st = rt.router.by_name.get(name)
@@ -195,7 +183,7 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
     @admin.post("/test", response_model=ChannelTestsOut, responses=BAD_PARAM,
                 summary="Test every channel at once (see /admin/channels/{name}/test)")
     async def test_all(request: Request, stream: bool = _TEST_STREAM, timeout: float = _TEST_TIMEOUT) -> Any:
-        _only(request, ("stream", "timeout"))
+        query_params(request, ("stream", "timeout"))
         p = current()
         rt = p.rt
         got = await asyncio.gather(*(run_test(rt, st, stream=stream, timeout=timeout) for st in rt.router.states))

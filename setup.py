@@ -7,6 +7,7 @@ only while the sources match the hashes recorded here (axonsim/native.py checks 
 import json
 import os
 import runpy
+import shutil
 from pathlib import Path
 
 from setuptools import setup
@@ -31,7 +32,13 @@ if os.environ.get(native["PURE_ENV"], "") in ("", "0"):
     core = [m for m in native["COMPILED"] if m not in proxy]
     # A config of its own: the project's [tool.mypy] checks other files and loads plugins that
     # the isolated build environment does not have.
-    ext_modules = mypycify(["--config-file", str(ROOT / "mypyc.ini"), *map(path, native["COMPILED"])],
+    # And a type cache of its own, emptied first: reading an earlier build's cache after a compiled
+    # class changed crashed mypyc's code generator ("ValueError: value is not in list" in
+    # emit_undefined_attr_check), so every build starts cold; the C compile is most of the time.
+    cache = ROOT / "build" / "mypyc-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    ext_modules = mypycify(["--config-file", str(ROOT / "mypyc.ini"), "--cache-dir", str(cache),
+                            *map(path, native["COMPILED"])],
                            opt_level="3",
                            separate=[([path(m) for m in core], "axonsim_core"), ([path(m) for m in proxy], "axonsim_proxy")])
     recorded.write_text(json.dumps(native["source_hashes"](), indent=1, sort_keys=True) + "\n")

@@ -368,6 +368,7 @@ class Router:
         ctx = PickContext(model, stream, tokens) if self._uses_context or explain else NO_CONTEXT
         n = 0
         last: Outcome | None = None
+        last_rec: AttemptRecord | None = None  # the failed attempt the loop recorded last
         # why candidates were skipped, and the panic candidates: made only when there is one
         unavailable: dict[str, str] | None = None
         soonest: float | None = None
@@ -444,21 +445,28 @@ class Router:
                     start = now
                     call = self._call(st, cand.upstream_model, key, n, request, tokens, deadline,
                                       self.stats if self._feed_ttft else None)
+                    hedged = False
                     if hedge_delay is not None and n == 1 and len(remaining) > 1:
                         rest = [c for c in remaining if c is not cand]
                         out, call, extra = yield from self._hedged(call, hedge_delay, rest, rng, tokens,
                                                                    deadline, request, attempts, decision, ctx)
                         n += extra
+                        hedged = extra > 0
                         st = call.state
                         key = call.key
                         start = call.start
                     else:
                         out = yield call
                     now = out.end
+                    # Numbered by the call it belongs to: after a hedge the outcome may be the first
+                    # attempt's, and the other attempt is already recorded under its own number.
                     if out.ok:
-                        attempts.append(AttemptRecord(n, st.name, None if key is None else st.keys[key].name,
+                        attempts.append(AttemptRecord(call.attempt, st.name,
+                                                      None if key is None else st.keys[key].name,
                                                       call.upstream_model, start, now, out.status, None, "done",
                                                       decision))
+                        if hedged:
+                            attempts.sort(key=_attempt_no)
                         if sticky_key is not None:
                             self.remember(sticky_key, st.name)
                         return Result(True, out, attempts, None, now, decisions, call)
@@ -466,9 +474,12 @@ class Router:
                     kind = out.kind if out.kind is not None else ErrorKind.SERVER_ERROR
                     message = out.error.message if out.error is not None else None
                     action = policy.action(kind, out.status, message, st.name)
-                    rec = AttemptRecord(n, st.name, st.key_name(key), call.upstream_model, start, now, out.status,
-                                        kind, "", decision)
+                    rec = AttemptRecord(call.attempt, st.name, st.key_name(key), call.upstream_model, start, now,
+                                        out.status, kind, "", decision)
                     attempts.append(rec)
+                    last_rec = rec
+                    if hedged:
+                        attempts.sort(key=_attempt_no)
                     if action is Action.GIVE_UP or n >= policy.max_attempts:
                         rec.next = "give_up" if action is Action.GIVE_UP else "cap"
                         return Result(False, out, attempts, _client_error(out), now, decisions)
@@ -504,9 +515,8 @@ class Router:
                 tiers = [*tiers, panic]
                 if decisions is not None:
                     decisions.append({"tier": "panic", "time": now, "candidates": [c.state.name for c in panic]})
-        if attempts:
-            if attempts[-1].next in ("failover", "retry"):
-                attempts[-1].next = "exhausted"
+        if last_rec is not None and last_rec.next in ("failover", "retry"):
+            last_rec.next = "exhausted"  # (after a hedge it need not be the last record by number)
         if last is None:
             only_waitable = bool(unavailable) and all(v in _WAITABLE for v in unavailable.values())  # type: ignore[union-attr]
             retry_after = max(0.0, soonest - now) if (only_waitable and soonest is not None) else None
@@ -547,12 +557,13 @@ class Router:
                     lost = calls[other]
                     attempts.append(AttemptRecord(lost.attempt, lost.state.name, lost.state.key_name(lost.key),
                                                   lost.upstream_model, lost.start, t, 0, None, "hedge_lost", decision))
-                if c is call2:
-                    # the record the caller writes is the winner's: renumber so attempts stay ordered
-                    attempts.sort(key=lambda a: a.n)
-                return o, c, 1
+                return o, c, 1  # the caller records `c`'s outcome under c.attempt, and orders the records
             attempts.append(AttemptRecord(c.attempt, c.state.name, c.state.key_name(c.key), c.upstream_model,
                                           c.start, o.end, o.status, o.kind, "hedge_failed", decision))
+
+
+def _attempt_no(a: AttemptRecord) -> int:
+    return a.n
 
 
 def _frees_at(st: ChannelState, now: float) -> float:

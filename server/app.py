@@ -52,7 +52,7 @@ from axonsim.unified import Error, ErrorKind, Request, Usage
 from server.driver import CLIENT_CLOSED, Exchange, LiveStream
 from server.ids import THREAD, TRACE, derived_id, new_request_id
 from server.proxy import H_AH_THREAD, H_AH_TRACE, H_EXPLAIN, H_THREAD, H_TRACE, Proxy, Runtime, request_cost
-from server.routes import Route
+from server.routes import Route, gemini_array_stream
 from server.store import StoreUnavailable
 
 log = logging.getLogger("axonsim.server")
@@ -70,6 +70,8 @@ MAX_EXPLAIN = 8000  # bytes of the x-axonsim-explain header; a longer trace is l
 _JSON = (b"content-type", b"application/json")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
+# A Gemini stream without `alt=sse` is one JSON array (the REST default), written as it grows.
+_ARRAY_STREAM_HEADERS = [_JSON, (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _ATTEMPTS = [str(i).encode() for i in range(33)]
 
 
@@ -250,6 +252,8 @@ class GatewayApp:
         out: bytes | None = None
         store = proxy.store
         sent: list[bytes] | None = [] if store is not None and store.store_bodies else None  # stream bytes, kept
+        renderer: Any = None  # a stream's renderer, once its answer begins
+        array = False  # a Gemini stream asked for as a JSON array (no `alt=sse`)
         ids, sticky_b, explain = request_ids(scope, rt, rid_b)
         trace_b, thread_b = ids[1][1], ids[2][1]
         try:
@@ -266,6 +270,8 @@ class GatewayApp:
                 # The unified Request is built here only for the capability check; a request
                 # forwarded as the client's bytes never builds it (axonsim/formats/parsed.py).
                 req: Request | None = parsed.request() if checked else None
+                if is_stream and route.name == "gemini":
+                    array = gemini_array_stream(scope)
             except FormatError as bad:
                 error = Error(kind=ErrorKind.INVALID_REQUEST, status=bad.status, message=bad.message, param=bad.param)
                 status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock.now() - t0, None))
@@ -304,10 +310,10 @@ class GatewayApp:
             # A committed stream: its buffered events are the first bytes the client sees.
             stream = payload
             assert isinstance(stream, LiveStream)
-            renderer = fmt.StreamRenderer(parsed)
+            renderer = fmt.StreamRenderer(parsed, True) if array else fmt.StreamRenderer(parsed)
             first = b"".join([renderer.render(ev) for ev in stream.pending])
             status = 200
-            headers = [*_SSE_HEADERS, (b"x-axonsim-attempts", _attempts_value(n)),
+            headers = [*(_ARRAY_STREAM_HEADERS if array else _SSE_HEADERS), (b"x-axonsim-attempts", _attempts_value(n)),
                        *_tail(ids, clock.now() - t0 - ex.waited, _explain_value(result, rid) if explain else None)]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             started = True
@@ -355,7 +361,7 @@ class GatewayApp:
                 w.done = True
                 try:
                     async with asyncio.timeout(_LAST_WORDS):  # the server is going away: not a moment longer
-                        sent_status = await _send_failure(send, fmt, error, rid_b, started, result, ex, ids,
+                        sent_status = await _send_failure(send, fmt, error, rid_b, started, result, ex, renderer, ids,
                                                           clock.now() - t0 - (ex.waited if ex else 0.0))
                 except TimeoutError:
                     sent_status = None
@@ -366,7 +372,7 @@ class GatewayApp:
             if stream is not None:
                 stream.abort(clock.now())  # the gateway's own failure: not held against the channel
             w.done = True
-            sent_status = await _send_failure(send, fmt, error, rid_b, started, result, ex, ids,
+            sent_status = await _send_failure(send, fmt, error, rid_b, started, result, ex, renderer, ids,
                                               clock.now() - t0 - (ex.waited if ex else 0.0))
             if sent_status is not None:
                 status = sent_status
@@ -436,7 +442,7 @@ class GatewayApp:
             "latency": latency, "ttft": ttfb if status == 200 else None,
             "overhead": overhead if overhead > 0.0 else 0.0,
             "usage": usage.as_dict() if usage is not None else None,
-            "cost": request_cost(rt, usage, attempts, model) if answered else None,
+            "cost": request_cost(rt, usage, attempts, model, answered),
             "channel": result.attempts[-1].channel if answered else None,  # type: ignore[union-attr]
             "channels": channels, "attempts": attempts,
             "trace_id": trace_b.decode("latin-1"), "thread_id": thread_b.decode("latin-1"),
@@ -560,7 +566,7 @@ def _tail(ids: list[tuple[bytes, bytes]], overhead: float, explain: bytes | None
 
 
 async def _send_failure(send: Send, fmt: ModuleType, error: Error, rid_b: bytes, started: bool,
-                        result: Result | None, ex: Exchange | None, ids: list[tuple[bytes, bytes]],
+                        result: Result | None, ex: Exchange | None, renderer: Any, ids: list[tuple[bytes, bytes]],
                         overhead: float) -> int | None:
     """Tell the client a request failed on the gateway's side, however far its answer got: before the
     response began, the error in its format (the status sent is returned); mid-stream, the in-stream
@@ -570,9 +576,9 @@ async def _send_failure(send: Send, fmt: ModuleType, error: Error, rid_b: bytes,
             return await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0,
                                      _tail(ids, overhead, None))
         tail = b""
-        if ex is not None:
+        if renderer is not None:  # the stream's own: it knows what it has written (a Gemini array's `[`)
             try:
-                tail = fmt.StreamRenderer(ex.request()).error(error)
+                tail = renderer.error(error)
             except Exception:
                 tail = b""
         await send({"type": "http.response.body", "body": tail, "more_body": False})

@@ -608,7 +608,7 @@ def _record(proxy: Proxy, rt: Runtime, scope: Scope, route: Route, rid: str, t0:
         "latency": latency, "ttft": ttfb if status == 200 else None,
         "overhead": overhead if overhead > 0.0 else 0.0,
         "usage": usage.as_dict() if usage is not None else None,
-        "cost": request_cost(rt, usage, attempts, model) if answered else None,
+        "cost": request_cost(rt, usage, attempts, model, answered),
         "channel": result.attempts[-1].channel if answered else None,  # type: ignore[union-attr]
         "channels": channels, "attempts": attempts,
         "trace_id": trace_b.decode("latin-1"), "thread_id": thread_b.decode("latin-1"),

@@ -327,13 +327,20 @@ def store_secrets(config: Config) -> list[str]:
 
 
 def request_cost(rt: Runtime, usage: Usage | None, attempts: Sequence[Mapping[str, Any]],
-                 model: str | None) -> float | None:
-    """What the answering attempt cost (None: unpriced, or no attempt answered)."""
-    if not rt.priced or usage is None or not attempts:
+                 model: str | None, answered: bool) -> float | None:
+    """What the request cost: the answering attempt's usage at its price. 0.0 where nothing was
+    billed on a priced model (no attempt answered; a stream cut before its usage came; no attempt
+    made for a model the table prices), as its attempts' rows say. None only where there is no
+    price, which the admin API counts as `unpriced`."""
+    if not rt.priced:
         return None
+    if not attempts:
+        return 0.0 if model is not None and model in rt.prices else None
     last = attempts[-1]
     p = rt.price(last["channel"], last["upstream_model"], model)
-    return None if p is None else price_cost(usage, p)
+    if p is None:
+        return None
+    return price_cost(usage, p) if answered and usage is not None else 0.0
 
 
 def store_record(rec: Mapping[str, Any], rt: Runtime, ex: Exchange | None, request_body: bytes | None,

@@ -15,8 +15,9 @@ import re
 from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any
+from urllib.parse import parse_qsl
 
-from axonsim.formats import get_format
+from axonsim.formats import FormatError, get_format
 
 log = logging.getLogger("axonsim.server.routes")
 
@@ -59,6 +60,24 @@ EMBEDDING_PATHS: dict[str, str] = {
 # embeddings methods on the same paths
 GEMINI_PATH = re.compile(r"^/(?:gemini/)?(?:(?:v1beta|v1)/)?models/([^/:]+)"
                          r":(generateContent|streamGenerateContent|embedContent|batchEmbedContents)$")
+
+
+def gemini_array_stream(scope: Any) -> bool:
+    """Whether a Gemini `:streamGenerateContent` call wants its chunks as one JSON array (no `alt`, or
+    `alt=json`: the REST API's default) rather than as SSE (`alt=sse`, what the SDKs ask for).
+    Raises FormatError naming `alt` for a representation the gateway does not write (`alt=proto`)."""
+    qs: bytes = scope.get("query_string") or b""
+    if b"alt=" not in qs:
+        return True
+    alt = None
+    for k, v in parse_qsl(qs.decode("latin-1"), keep_blank_values=True):
+        if k == "alt":
+            alt = v  # the last one counts, as for any repeated query parameter here
+    if alt == "sse":
+        return False
+    if alt is None or alt == "json":
+        return True
+    raise FormatError(f"alt={alt[:40]!r} is not supported: use alt=sse or alt=json", param="alt")
 
 
 def load_formats(names: tuple[str, ...] = ("openai_chat", "openai_responses", "anthropic", "gemini")) -> dict[str, ModuleType]:

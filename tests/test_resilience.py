@@ -240,6 +240,21 @@ def test_hedging_starts_exactly_one_extra_attempt_after_the_delay_and_cancels_th
     assert sum(1 for e in log if e[0] == "launch") == 1
 
 
+def test_a_hedge_keeps_each_attempt_under_its_own_number(driver):
+    # The first attempt answers after the hedge started (hedge at 2 s, answer at 3 s): the winner is
+    # attempt 1, the cancelled hedge attempt 2. One number each: the store keys attempts by
+    # (request, number), so a shared number lost a row.
+    r = make(chans(2), strategy="round_robin", hedge={"enabled": True, "delay": 2.0})
+    res = driver(r, "m", by_channel({"c0": ok(3.0), "c1": ok(10.0)}))
+    assert res.ok and res.call.state.name == "c0"
+    assert [(a.n, a.channel, a.next) for a in res.attempts] == [(1, "c0", "done"), (2, "c1", "hedge_lost")]
+    # both fail, the hedge first: attempt 2 failed inside the hedge, attempt 1 after it
+    r = make(chans(2), strategy="round_robin", hedge={"enabled": True, "delay": 2.0}, retry={"max_same_channel": 0})
+    res = driver(r, "m", by_channel({"c0": fail(500, after=3.0), "c1": fail(500, after=0.5)}))
+    assert not res.ok
+    assert [(a.n, a.channel, a.next) for a in res.attempts] == [(1, "c0", "exhausted"), (2, "c1", "hedge_failed")]
+
+
 def test_hedge_by_percentile_waits_for_samples(driver):
     r = make(chans(2), strategy="round_robin", hedge={"enabled": True, "percentile": 95, "min_samples": 5})
     assert r._hedge_delay() is None

@@ -196,6 +196,52 @@ def test_stream_answer(client: httpx.Client, gw: GatewayServer) -> None:
     assert rec["attempts"][-1]["stream_end"] >= rec["attempts"][-1]["end"]
 
 
+GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "Hello there"}]}]}
+
+
+def gemini_stream(client: httpx.Client, model: str, query: str = "") -> httpx.Response:
+    return client.post(f"/v1beta/models/{model}:streamGenerateContent{query}", json=GEMINI_BODY,
+                       headers={"x-goog-api-key": GW_KEY})
+
+
+@pytest.mark.parametrize("query", ["", "?alt=json", "?alt=sse&alt=json"])
+def test_gemini_stream_without_alt_sse_is_one_json_array(client: httpx.Client, query: str) -> None:
+    # The REST API's default representation: the chunks as one JSON array, written as it grows.
+    r = gemini_stream(client, "ok-model", query)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    chunks = orjson.loads(r.content)
+    assert isinstance(chunks, list) and len(chunks) > 1
+    text = "".join(p.get("text", "") for c in chunks for p in c["candidates"][0]["content"]["parts"])
+    assert text.startswith("The quick brown fox")
+    assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+    assert chunks[-1]["usageMetadata"]["candidatesTokenCount"] == 20
+
+
+def test_gemini_stream_with_alt_sse_is_sse(client: httpx.Client) -> None:
+    r = gemini_stream(client, "ok-model", "?alt=sse")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    chunks = [orjson.loads(e) for e in sse_events(r.text)]
+    assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+
+
+def test_gemini_array_stream_cut_ends_with_an_error_element(client: httpx.Client) -> None:
+    r = gemini_stream(client, "mcut")
+    assert r.status_code == 200
+    chunks = orjson.loads(r.content)  # still one well-formed array
+    assert chunks[0]["candidates"][0]["content"]["parts"][0]["text"]
+    assert set(chunks[-1]) == {"error"} and chunks[-1]["error"]["message"]
+
+
+def test_gemini_stream_alt_it_cannot_write_is_400_naming_alt(client: httpx.Client, stack: Stack) -> None:
+    before = stack.by_name["good"].provider.stats["requests"]
+    r = gemini_stream(client, "ok-model", "?alt=proto")
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["status"] == "INVALID_ARGUMENT" and "alt" in err["message"]
+    assert err["details"][0]["fieldViolations"][0]["field"] == "alt"
+    assert stack.by_name["good"].provider.stats["requests"] == before  # refused before any upstream call
+
+
 def test_failover_is_visible_in_headers_and_record(client: httpx.Client, gw: GatewayServer, stack: Stack) -> None:
     before = stack.by_name["flaky"].provider.stats["requests"]
     r = chat(client, model="fo")

@@ -292,6 +292,25 @@ def test_price_lookup_prefers_the_upstream_model_and_unpriced_is_none() -> None:
     assert cost_for(Usage(prompt_tokens=1_000_000), prices, "gpt-x") == pytest.approx(1.0)
 
 
+def test_request_cost_is_zero_where_nothing_was_billed_and_none_only_without_a_price() -> None:
+    from server.proxy import Proxy, request_cost
+
+    cfg = parse_config({"channels": [{"name": "a", "models": ["m", "free"]}],
+                        "prices": {"m": {"input": 1_000_000, "output": 2_000_000}}})
+    rt = Proxy(cfg, seed=1).rt
+    tried = [{"channel": "a", "upstream_model": "m"}]
+    used = Usage(prompt_tokens=3, completion_tokens=4)
+    assert request_cost(rt, used, tried, "m", True) == pytest.approx(11.0)
+    # failed, or answered without usage (a stream cut before it came): billed nothing, and priced
+    assert request_cost(rt, None, tried, "m", False) == 0.0
+    assert request_cost(rt, None, tried, "m", True) == 0.0
+    assert request_cost(rt, None, [], "m", False) == 0.0  # refused before any attempt
+    # only a model without a price is unpriced (the admin API's `unpriced`)
+    assert request_cost(rt, used, [{"channel": "a", "upstream_model": "free"}], "free", True) is None
+    assert request_cost(rt, None, [], "free", False) is None
+    assert request_cost(rt, None, [], None, False) is None
+
+
 def test_config_prices_and_store_section() -> None:
     cfg = parse_config({"channels": [{"name": "a", "models": ["m"]}],
                         "prices": {"m": {"input": 3, "output": 15, "cached_input": 0.3}}})

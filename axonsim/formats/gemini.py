@@ -875,11 +875,15 @@ def _sse(obj: Any) -> bytes:
 
 
 class StreamRenderer:
-    """Unified stream events → Gemini SSE chunks, one chunk per event as it arrives. Only a tool call's
+    """Unified stream events → Gemini stream chunks (SSE, or a JSON array), one chunk per event as it arrives. Only a tool call's
     argument fragments are held back (Gemini sends a functionCall whole), until the next call, a
     non-call event, or the finish; finishReason and usage go on the last chunk, written by finish()."""
 
-    def __init__(self, req: Request | Parsed) -> None:
+    def __init__(self, req: Request | Parsed, array: bool = False) -> None:
+        # `array`: the client asked for the REST default (no `alt`, or `alt=json`): the chunks go out
+        # as one JSON array written piece by piece (`[{…}`, `,\r\n{…}`, …, `]`), not as SSE.
+        self._array = array
+        self._opened = False  # array mode: the `[` has been written
         self._model = req.model
         self._id = ""
         self._calls: dict[int, list[Any]] = {}  # index → [id, name, [fragments], signature]
@@ -945,18 +949,31 @@ class StreamRenderer:
         self._closed = True
         out = self._flush_calls()
         if self._finish is None and self._usage is None and not self._pending_sig:
-            return out
+            return out + self._close_array()
         part: dict[str, Any] = {"text": ""}  # as the real API: the last chunk has an empty text part
         if self._pending_sig:
             part["thoughtSignature"] = self._pending_sig
         finish = _FINISH_TO_GEMINI[self._finish] if self._finish else None
-        return out + _sse(_chunk_body([part], self._model, self._id, finish, self._usage))
+        return out + self._frame(_chunk_body([part], self._model, self._id, finish, self._usage)) + self._close_array()
 
     def error(self, err: Error) -> bytes:
         if self._closed:
             return b""
         self._closed = True
-        return _sse(_error_body(err))  # a partly streamed call is incomplete: it is not sent
+        # A partly streamed call is incomplete: it is not sent. In an array, the error is its last element.
+        return self._frame(_error_body(err)) + self._close_array()
+
+    def _frame(self, obj: Any) -> bytes:
+        if not self._array:
+            return _sse(obj)
+        head = b",\r\n" if self._opened else b"["
+        self._opened = True
+        return head + orjson.dumps(obj)
+
+    def _close_array(self) -> bytes:
+        if not self._array:
+            return b""
+        return b"]" if self._opened else b"[]"
 
     def _emit(self, part: dict[str, Any]) -> bytes:
         parts = [part]
@@ -968,13 +985,13 @@ class StreamRenderer:
             else:
                 part["thoughtSignature"] = self._pending_sig
             self._pending_sig = None
-        return _sse(_chunk_body(parts, self._model, self._id))
+        return self._frame(_chunk_body(parts, self._model, self._id))
 
     def _emit_pending(self) -> bytes:
         if not self._pending_sig:
             return b""
         sig, self._pending_sig = self._pending_sig, None
-        return _sse(_chunk_body([{"text": "", "thought": True, "thoughtSignature": sig}], self._model, self._id))
+        return self._frame(_chunk_body([{"text": "", "thought": True, "thoughtSignature": sig}], self._model, self._id))
 
     def _flush_calls(self) -> bytes:
         if not self._calls:
@@ -987,7 +1004,7 @@ class StreamRenderer:
                 part["thoughtSignature"] = sig
             parts.append(part)
         self._calls.clear()
-        return _sse(_chunk_body(parts, self._model, self._id))
+        return self._frame(_chunk_body(parts, self._model, self._id))
 
 
 def _status_pair(err: Error) -> tuple[int, str]:

@@ -212,6 +212,11 @@ class Behavior(_Strict):
 # Gateway, channels
 
 
+# RFC 9110 field names (tokens), and what an upstream key may contain to travel in a header.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_KEY_TEXT = re.compile(r"[\x21-\x7e]+")
+
+
 class GatewayKey(_Strict):
     key: str = Field(min_length=1)
     project: str = "default"
@@ -237,6 +242,14 @@ class Gateway(_Strict):
     # Seconds a graceful shutdown lets in-flight requests and streams run before they are cancelled.
     shutdown_timeout: float = Field(30.0, ge=0)
 
+    @field_validator("trace_header", "thread_header")
+    @classmethod
+    def _header_name(cls, v: str) -> str:
+        # Echoed as a response header: a name HTTP does not allow made every answer fail to send.
+        if not _HEADER_NAME.fullmatch(v):
+            raise ValueError("not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)")
+        return v
+
 
 class LimitsConfig(_Strict):
     """Local limits, enforced before a call is made (a channel or key at its limit is skipped)."""
@@ -260,6 +273,15 @@ class UpstreamKey(_Strict):
     key: str = Field(min_length=1)
     name: str | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @field_validator("key")
+    @classmethod
+    def _sendable(cls, v: str) -> str:
+        # It goes out in a request header: a key with a line break or a space (a paste gone wrong)
+        # failed every call on the channel. The message never quotes it: it is a secret.
+        if not _KEY_TEXT.fullmatch(v):
+            raise ValueError("an upstream key must be printable ASCII without spaces or line breaks")
+        return v
 
 
 ChannelType = Literal["openai", "openai_responses", "anthropic", "gemini"]
@@ -310,9 +332,15 @@ class Channel(_Strict):
         for src, dst in self.model_mapping.items():
             if dst not in self.models:
                 raise ValueError(f"model_mapping[{src!r}] -> {dst!r} is not one of this channel's models")
+        names: set[str] = set()
         for i, k in enumerate(self.api_keys):
             if k.name is None:
                 k.name = f"{self.name}#{i}"
+            if k.name in names:
+                # The admin API and the records name a key by its name: a second one of the same
+                # name could be neither told apart nor switched off.
+                raise ValueError(f"api_keys[{i}].name: {k.name!r} names another key of this channel too")
+            names.add(k.name)
         return self
 
     def serves(self, model: str) -> str | None:
@@ -866,9 +894,11 @@ def parse_config(data: Any, source: str = "<config>", lines: dict[str, int] | No
 def load_config(path: str | Path) -> Config:
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start} cannot be read)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -329,12 +329,19 @@ def query_params(request: Request, allowed: Sequence[str]) -> dict[str, str]:
     values: dict[str, str] = {}
     for k in params:
         if k not in allowed:
-            raise AdminError(400, f"unknown parameter {k!r}; this endpoint takes: {', '.join(allowed)}", k)
+            takes = f"this endpoint takes: {', '.join(allowed)}" if allowed else "this endpoint takes none"
+            raise AdminError(400, f"unknown parameter {k!r}; {takes}", k)
         got = params.getlist(k)
         if len(got) > 1:
             raise AdminError(400, f"{k} is given {len(got)} times; give it once", k)
         values[k] = got[0]
     return values
+
+
+def _no_params(request: Request) -> None:
+    """A dependency of the endpoints that take no query parameters: one given is refused, never
+    ignored (`POST /admin/reload?dry_run=1` must not reload)."""
+    query_params(request, ())
 
 
 def _validation_error(exc: RequestValidationError) -> AdminError:
@@ -665,7 +672,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         return admin.reply({"data": [_request_out(r) for r in rows], "total": total, "limit": f.limit,
                             "offset": f.offset})
 
-    @router.get("/requests/{request_id}", response_model=RequestDetail, responses={**NOT_FOUND, **_STORE_DOWN},
+    @router.get("/requests/{request_id}", response_model=RequestDetail, responses={**NOT_FOUND, **_STORE_DOWN}, dependencies=[Depends(_no_params)],
                 summary="One request with its attempts and, when kept, its routing decision trace")
     async def get_request(request_id: str) -> Response:
         find = getattr(ctx, "find", None)
@@ -726,7 +733,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         rows = await _query(Q.attempt_usage(admin.engine(), f, by))
         return admin.reply({"group_by": by, "since": f.since, "until": f.until, "data": [r.as_dict() for r in rows]})
 
-    @router.get("/store", response_model=StoreOut, summary="The usage-log store: queue depth, written, dropped, "
+    @router.get("/store", response_model=StoreOut, dependencies=[Depends(_no_params)], summary="The usage-log store: queue depth, written, dropped, "
                 "database reachable")
     async def store_status() -> Response:
         store = ctx.store
@@ -739,17 +746,17 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
 
     # -- channels and keys -------------------------------------------------------------------------
 
-    @router.get("/channels", response_model=ChannelsOut,
+    @router.get("/channels", response_model=ChannelsOut, dependencies=[Depends(_no_params)],
                 summary="Every channel's and key's live state: breakers, cooldown, in-flight, EWMAs (key names only)")
     async def channels() -> Response:
         now = ctx.now()
         return admin.reply(ChannelsOut(now=now, channels=[channel_view(st, now) for st in ctx.router.states]))
 
-    @router.get("/channels/{name}", response_model=ChannelOut, responses=NOT_FOUND, summary="One channel's state")
+    @router.get("/channels/{name}", response_model=ChannelOut, responses=NOT_FOUND, dependencies=[Depends(_no_params)], summary="One channel's state")
     async def channel(name: str) -> Response:
         return admin.reply(channel_view(state(name), ctx.now()))
 
-    @router.post("/channels/{name}/enable", response_model=ChannelOut, responses=_SWITCH,
+    @router.post("/channels/{name}/enable", response_model=ChannelOut, responses=_SWITCH, dependencies=[Depends(_no_params)],
                  summary="Enable a channel (also lifts an automatic disable); lasts until the next reload, or with "
                  "state.url until switched again (every process follows)")
     async def enable_channel(name: str) -> Response:
@@ -764,7 +771,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         st.disabled_until = NEVER  # an operator's "enable" overrides the auto-disable rules' verdict
         return admin.reply(channel_view(st, ctx.now()))
 
-    @router.post("/channels/{name}/disable", response_model=ChannelOut, responses=_SWITCH,
+    @router.post("/channels/{name}/disable", response_model=ChannelOut, responses=_SWITCH, dependencies=[Depends(_no_params)],
                  summary="Disable a channel: it gets no new traffic (in-flight attempts finish); until enabled "
                  "or reloaded (with state.url: every process, until enabled)")
     async def disable_channel(name: str) -> Response:
@@ -779,7 +786,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
                 return k
         raise AdminError(404, f"channel {st.name!r} has no key named {key_name!r}", "key_name")
 
-    @router.post("/channels/{name}/keys/{key_name}/enable", response_model=ChannelOut, responses=_SWITCH,
+    @router.post("/channels/{name}/keys/{key_name}/enable", response_model=ChannelOut, responses=_SWITCH, dependencies=[Depends(_no_params)],
                  summary="Enable an upstream key by name (URL-encode '#': channel#0 → channel%230)")
     async def enable_key(name: str, key_name: str) -> Response:
         st = switchable(name)
@@ -789,7 +796,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         k.disabled_until = NEVER
         return admin.reply(channel_view(st, ctx.now()))
 
-    @router.post("/channels/{name}/keys/{key_name}/disable", response_model=ChannelOut, responses=_SWITCH,
+    @router.post("/channels/{name}/keys/{key_name}/disable", response_model=ChannelOut, responses=_SWITCH, dependencies=[Depends(_no_params)],
                  summary="Disable an upstream key by name: the channel uses its other keys; probes neither use nor "
                  "lift it; until enabled or reloaded (with state.url: every process, until enabled)")
     async def disable_key(name: str, key_name: str) -> Response:
@@ -801,7 +808,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
 
     # -- reload ------------------------------------------------------------------------------------
 
-    @router.post("/reload", response_model=ReloadOut,
+    @router.post("/reload", response_model=ReloadOut, dependencies=[Depends(_no_params)],
                  responses={400: {"model": ErrorBody, "description": "The new config is invalid; nothing changed"},
                             501: {"model": ErrorBody, "description": "This gateway cannot reload"}},
                  summary="Re-read the config and swap it in without dropping requests; says what changed")

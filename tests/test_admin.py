@@ -490,6 +490,23 @@ async def test_a_disabled_key_gets_no_traffic(client: httpx.AsyncClient, gw: Gat
 # Reload
 
 
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/admin/reload?dry_run=1"), ("POST", "/admin/channels/alpha/disable?for=60"),
+    ("POST", "/admin/channels/alpha/enable?x=1"), ("POST", "/admin/channels/alpha/keys/alpha%230/disable?x=1"),
+    ("POST", "/admin/channels/alpha/keys/alpha%230/enable?x=1"), ("GET", "/admin/channels?name=alpha"),
+    ("GET", "/admin/channels/alpha?verbose=1"), ("GET", "/admin/store?x=1"), ("GET", "/admin/requests/r1?full=1"),
+])
+async def test_endpoints_without_parameters_refuse_any(client: httpx.AsyncClient, gw: Gateway, method: str,
+                                                      path: str) -> None:
+    # Ignored, `?dry_run=1` made a real reload. Refused, the call does nothing.
+    router = gw.router
+    r = await client.request(method, path, headers=ADMIN)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == path.rsplit("?", 1)[1].split("=")[0] and "takes none" in err["message"]
+    assert gw.router is router and all(st.channel.enabled for st in gw.router.states if st.name == "alpha")
+
+
 async def test_reload_swaps_the_router_and_says_what_changed(client: httpx.AsyncClient, gw: Gateway) -> None:
     await client.post("/admin/channels/alpha/disable", headers=ADMIN)
     new = config_dict()

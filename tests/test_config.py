@@ -103,6 +103,42 @@ def test_an_unknown_key_that_is_not_a_name_is_not_quoted_back() -> None:
         assert key not in str(err.value)
 
 
+@pytest.mark.parametrize("key", ["sk-abc\ndef", "sk-abc def", "sk-\u00e9t\u00e9", "sk-abc\r", "sk-\x00"])
+def test_an_upstream_key_that_cannot_travel_in_a_header_is_refused_unquoted(key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"channels": [{"name": "a", "models": ["m"], "api_keys": ["sk-good", key]}]}, "x.yaml")
+    assert "channels[0].api_keys[1].key" in str(err.value) and "printable ASCII" in str(err.value)
+    assert key.strip() not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["x-trace\nid", "x trace", "x-tr\u00e4ce", "x:trace", ""])
+def test_trace_and_thread_header_names_must_be_http_tokens(name: str) -> None:
+    for field in ("trace_header", "thread_header"):
+        with pytest.raises(ConfigError, match=f"gateway.{field}"):
+            parse_config({"gateway": {field: name}, "channels": [{"name": "a", "models": ["m"]}]})
+    cfg = parse_config({"gateway": {"trace_header": "X-Request-Trace_1"}, "channels": [{"name": "a", "models": ["m"]}]})
+    assert cfg.gateway.trace_header == "X-Request-Trace_1"
+
+
+def test_two_keys_of_one_channel_may_not_share_a_name() -> None:
+    with pytest.raises(ConfigError, match=r"channels\[0\].*api_keys\[1\].name: 'same'"):
+        parse_config({"channels": [{"name": "a", "models": ["m"], "api_keys": [
+            {"key": "sk-1", "name": "same"}, {"key": "sk-2", "name": "same"}]}]})
+    # a generated name counts too
+    with pytest.raises(ConfigError, match="'a#0'"):
+        parse_config({"channels": [{"name": "a", "models": ["m"], "api_keys": ["sk-1", {"key": "sk-2", "name": "a#0"}]}]})
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path) -> None:
+    p = tmp_path / "bin.yaml"
+    p.write_bytes(b"channels:\n  - {name: a, models: [m]}\n# \xff\xfe\n")
+    with pytest.raises(ConfigError, match="bin.yaml: not UTF-8"):
+        load_config(p)
+    r = subprocess.run([sys.executable, "-m", "axonsim", "serve", "--config", str(p)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not UTF-8" in r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:notaport/0", "redis://:pw-81f3@[::1/15", "redis://h:6379/abc",
                                  "unix://", "redis://:pw-81f3@h:6379?db=abc", "redis://h?socket_timeout=x",
                                  "redis://h?max_connections=-1", "redis://h?socket_timeout=nan"])

@@ -116,11 +116,11 @@ def _collect(evs: list[Any], text: list[str]) -> None:
 
 
 class Probes:
-    """The periodic probe tasks of one proxy, rebuilt on every reload."""
+    """The periodic probe tasks of one proxy, brought in line with the config on every reload."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, tuple[float, asyncio.Task[None]]] = {}  # channel -> (interval, its task)
         self._rng = random.Random()  # jitter only: the proxy's seeded generator stays for routing
         self._running = False
         self.last: dict[str, dict[str, Any]] = {}  # channel -> its last probe result
@@ -130,20 +130,26 @@ class Probes:
         self.restart()
 
     def restart(self) -> None:
-        """Cancel the current probes and start one per channel of the current config that asks for it."""
+        """One probe task per channel of the current config that asks for it. A channel whose probe
+        interval is unchanged keeps its task and its place in the interval: restarted, a probe
+        every N seconds never ran while an operator's tool reloaded more often than that (each probe
+        reads the current runtime anyway)."""
         if not self._running:
             return
-        for task in self._tasks.values():
-            task.cancel()
-        self._tasks = {}
-        for ch in self.proxy.rt.config.channels:
-            if ch.probe is not None:
-                self._tasks[ch.name] = asyncio.get_running_loop().create_task(
-                    self._loop(ch.name, ch.probe.interval), name=f"axonsim-probe-{ch.name}")
+        wanted = {ch.name: ch.probe.interval for ch in self.proxy.rt.config.channels if ch.probe is not None}
+        for name, (interval, task) in list(self._tasks.items()):
+            if wanted.get(name) != interval or task.done():
+                task.cancel()
+                del self._tasks[name]
+        loop = asyncio.get_running_loop()
+        for name, interval in wanted.items():
+            if name not in self._tasks:
+                task = loop.create_task(self._loop(name, interval), name=f"axonsim-probe-{name}")
+                self._tasks[name] = (interval, task)
 
     async def stop(self) -> None:
         self._running = False
-        tasks = list(self._tasks.values())
+        tasks = [task for _, task in self._tasks.values()]
         self._tasks = {}
         for task in tasks:
             task.cancel()

@@ -704,6 +704,25 @@ def test_probes_bring_an_auto_disabled_channel_back() -> None:
         assert gw.proxy.probes.last["phoenix"]["ok"]
 
 
+def test_reloads_more_often_than_the_probe_interval_do_not_stop_probes() -> None:
+    with Stack() as st:
+        gw = st.serve([ch("watched", "m", probe={"interval": 0.4})], gateway=GATEWAY)
+        provider = st.by_name["watched"].provider
+        config = gw.proxy.rt.config
+        seen = provider.stats["requests"]
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # an operator's tool reloading the same config every 0.1 s
+            st.call(gw.proxy.reload(config))
+            time.sleep(0.1)
+        assert provider.stats["requests"] >= seen + 3  # ~5 probes in 2 s; restarted each time, none ran
+        # a new interval is a new schedule: the old task gives way to one at the new pace
+        task = gw.proxy.probes._tasks["watched"][1]
+        faster = config.model_copy(deep=True)
+        faster.channels[0].probe.interval = 0.1  # type: ignore[union-attr]
+        st.call(gw.proxy.reload(faster))
+        assert gw.proxy.probes._tasks["watched"][1] is not task and gw.proxy.probes._tasks["watched"][0] == 0.1
+
+
 def test_probes_and_tests_neither_use_nor_lift_a_key_an_operator_disabled() -> None:
     keys = [{"key": secret("pair"), "name": "pair#0"}, {"key": secret("pair") + "-2", "name": "pair#1"}]
     with Stack() as st:

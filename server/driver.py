@@ -41,7 +41,7 @@ from mypy_extensions import mypyc_attr
 from axonsim.capabilities import NO_NEEDS, Needs
 from axonsim.config import Timeouts
 from axonsim.execution import AttemptRecord, Call, Cancel, Launch, Outcome, Race, Result, Router, Wait
-from axonsim.formats import FormatError
+from axonsim.formats import FormatError, UpstreamErrorBody
 from axonsim.formats.parsed import Parsed
 from axonsim.state import ChannelState
 from axonsim.unified import Error, ErrorEvent, ErrorKind, Request, Response, StreamEvent, Usage, error_kind_for_status
@@ -406,7 +406,16 @@ class LiveDriver:
                 # usage (and the format's top-level checks), not a parse of every choice.
                 answer = Answer(None, data, fmt.response_usage(data), fmt)
             else:
-                answer = Answer(fmt.parse_response(data), None)
+                parsed = fmt.parse_response(data)
+                if not parsed.created:
+                    # The family has no creation time (Anthropic, Gemini): the client's may require
+                    # one, and formats never read a clock.
+                    parsed.created = int(time.time())
+                answer = Answer(parsed, None)
+        except UpstreamErrorBody as said:  # a 200 whose body is an error: the provider's words are the message
+            log.warning("channel %s: error body with status %d (%s)", ch.name, status, self.scrub(said.message)[:200])
+            return Outcome.failure(t, Error(kind=ErrorKind.SERVER_ERROR, status=502, message=self.scrub(said.message)),
+                                   key=call.key)
         except Exception as bad:  # a malformed answer is the channel's failure, whatever the parser raised
             log.warning("channel %s: malformed response (%s)", ch.name, self.scrub(str(bad))[:200])
             return Outcome.failure(t, MALFORMED_RESPONSE, key=call.key)
@@ -452,6 +461,8 @@ class LiveDriver:
                         resp.close()
                         err = self._scrubbed(ev.error)  # type: ignore[union-attr]
                         return Outcome.failure(clock.now(), err, key=call.key)
+                    if ev.type == "start" and not ev.created:  # as for a plain answer (see _plain)
+                        ev.created = int(time.time())  # type: ignore[union-attr]
                     pending.append(ev)
                     if not committed and _commits(ev):
                         committed = True

@@ -65,8 +65,10 @@ _CASE = re.compile(r"\[case:(\w+)\]")
 
 
 def text_answer() -> Response:
-    # Non-ASCII, quotes and a backslash: every renderer and SDK must keep them byte for byte.
-    text = 'Paris is the capital of France — «quoted», "json" \\ ✓.'
+    # Non-ASCII, quotes and a backslash: every renderer and SDK must keep them byte for byte. And the
+    # characters str.splitlines breaks at beyond \r and \n (U+2028, U+2029, U+0085): raw in a Gemini
+    # stream, they split an event in two for google-genai.
+    text = 'Paris is the capital of France — «quoted», "json" \\ ✓.\u2028Line\u2029Para\x85Next.'
     return Response(id="", model="", message=Message(role="assistant", content=[TextPart(text=text)]),
                     finish_reason="stop",
                     usage=Usage(prompt_tokens=17, completion_tokens=11, total_tokens=28, cached_tokens=4))

@@ -240,3 +240,26 @@ def test_case_ids_are_issued_by_the_channel(clients: dict[str, Client], book: Sc
     cid = book.add(first)
     seen = clients["anthropic"].ask(MODEL["anthropic"], cid, "tools", False)
     assert [i for _, _, i in seen.calls] == list(CALL_IDS["anthropic"])
+
+
+@pytest.mark.parametrize("channel", ["anthropic", "gemini"])
+def test_answers_from_families_without_a_creation_time_carry_one(gw: GatewayServer, book: ScriptBook,
+                                                                 channel: str) -> None:
+    """Anthropic and Gemini answers have no creation time; OpenAI's `created` / `created_at` is one
+    (a Unix time, not 0), so the gateway stamps the time it received the answer."""
+    import httpx
+
+    cid = book.add(text_answer())
+    chat = {"model": MODEL[channel], "messages": [{"role": "user", "content": f"hi [case:{cid}]"}]}
+    now = time.time()
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {GW_KEY}"}, timeout=30) as c:
+        assert abs(c.post("/v1/chat/completions", json=chat).json()["created"] - now) < 60
+        text = c.post("/v1/chat/completions", json={**chat, "stream": True}).text
+        chunks = [json.loads(line[6:]) for line in text.split("\n") if line.startswith("data: {")]
+        assert chunks and all(abs(ch["created"] - now) < 60 for ch in chunks)
+        r = c.post("/v1/responses", json={"model": MODEL[channel], "input": f"hi [case:{cid}]"})
+        assert abs(r.json()["created_at"] - now) < 60
+        text = c.post("/v1/responses", json={"model": MODEL[channel], "input": f"hi [case:{cid}]",
+                                             "stream": True}).text
+        created = [json.loads(line[6:]) for line in text.split("\n") if line.startswith("data: {")][0]
+        assert abs(created["response"]["created_at"] - now) < 60

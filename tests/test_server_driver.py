@@ -124,6 +124,17 @@ async def test_retry_then_failover() -> None:
     assert up.requests[2].headers["Authorization"] == f"Bearer {SECRET_B}"
 
 
+async def test_an_error_body_with_status_200_keeps_the_providers_message() -> None:
+    said = "This model's maximum context length is 8192 tokens"
+    up = MockUpstream(lambda r: MockReply(200, orjson.dumps({"error": {"message": said,
+                                                                       "type": "invalid_request_error"}})))
+    proxy = Proxy(make_config(), up, seed=1)
+    result, ex = await run(proxy, request())
+    assert not result.ok and result.error.status == 502
+    assert said in result.error.message  # it used to be "the upstream sent a malformed response"
+    assert all(out.error is not None and said in out.error.message for _, out in ex.trace if out is not None)
+
+
 async def test_401_disables_the_key_and_fails_over() -> None:
     def handler(r: UpstreamRequest) -> MockReply:
         if host(r) == "a.test":

@@ -59,6 +59,11 @@ class FormatError(ValueError):
         self.status = status
 
 
+class UpstreamErrorBody(FormatError):
+    """An answer with a success status whose body is the provider's error object (some providers
+    answer 200 so); `message` is that error's message, sanitized as any upstream error's."""
+
+
 FORMAT_MODULES = {
     "openai": "axonsim.formats.openai_chat",
     "openai_chat": "axonsim.formats.openai_chat",

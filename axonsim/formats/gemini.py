@@ -871,7 +871,18 @@ def render_response(resp: UnifiedResponse) -> bytes:
 
 def _sse(obj: Any) -> bytes:
     # "data: " with the space (google-genai requires it) and CRLF CRLF like the real API.
-    return b"data: " + orjson.dumps(obj) + b"\r\n\r\n"
+    return b"data: " + _one_line(orjson.dumps(obj)) + b"\r\n\r\n"
+
+
+def _one_line(data: bytes) -> bytes:
+    """JSON text with U+2028, U+2029 and U+0085 escaped. JSON lets them stand raw in a string, but
+    google-genai reads streams with httpx's iter_lines, which splits lines where str.splitlines does:
+    at these too, so an event holding one arrived in two halves and the SDK failed. They can only
+    occur inside strings, so the escape is the same JSON."""
+    if b"\xe2\x80\xa8" in data or b"\xe2\x80\xa9" in data or b"\xc2\x85" in data:
+        data = data.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+        data = data.replace(b"\xc2\x85", b"\\u0085")
+    return data
 
 
 class StreamRenderer:

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError
+from axonsim.formats import FormatError, UpstreamErrorBody
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.sse import SSEDecoder
 from axonsim.unified import (
@@ -1038,7 +1038,8 @@ def _response_object(body: bytes) -> tuple[dict[str, Any], list[Any]]:
     choices = obj.get("choices")
     if not isinstance(choices, list):
         if obj.get("error"):  # some providers answer 200 with an error body
-            raise _upstream_bad(f"Upstream returned an error: {_error_from_body(obj['error'], 0).message}")
+            raise UpstreamErrorBody(f"Upstream returned an error: {_error_from_body(obj['error'], 0).message}", None,
+                                    _UPSTREAM)
         raise _upstream_bad("Upstream response has no 'choices' array.", "choices")
     return obj, choices
 

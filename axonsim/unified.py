@@ -188,6 +188,10 @@ class Response(_Model):
     message: Message
     finish_reason: FinishReason | None = "stop"
     usage: Usage | None = None
+    # The upstream family's own finish value, "family:value" (e.g. "anthropic:pause_turn"): a renderer
+    # of that family writes it back rather than mapping finish_reason, which cannot say everything.
+    finish_native: str | None = None
+    stop_sequence: str | None = None  # Anthropic: the stop sequence that ended the answer
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,6 +232,8 @@ class ToolCallDelta(_Model):
 class FinishEvent(_Model):
     type: Literal["finish"] = "finish"
     reason: FinishReason
+    finish_native: str | None = None  # as Response.finish_native
+    stop_sequence: str | None = None
 
 
 class UsageEvent(_Model):
@@ -312,6 +318,8 @@ class StreamAggregator:
         self.redacted: list[str] = []
         self.calls: dict[int, ToolCall] = {}
         self.finish: FinishReason | None = None
+        self.finish_native: str | None = None
+        self.stop_sequence: str | None = None
         self.usage: Usage | None = None
         self.error: Error | None = None
 
@@ -337,6 +345,7 @@ class StreamAggregator:
                 self.redacted.append(ev.redacted_data)
         elif isinstance(ev, FinishEvent):
             self.finish = ev.reason
+            self.finish_native, self.stop_sequence = ev.finish_native, ev.stop_sequence
         elif isinstance(ev, UsageEvent):
             self.usage = ev.usage
         elif isinstance(ev, StreamStart):
@@ -359,4 +368,5 @@ class StreamAggregator:
         msg = Message(role="assistant", content=parts, tool_calls=[self.calls[i] for i in sorted(self.calls)])
         usage = self.usage.finalised() if self.usage else None
         return Response(id=self.id, model=self.model, created=self.created, message=msg,
-                        finish_reason=self.finish, usage=usage)
+                        finish_reason=self.finish, usage=usage, finish_native=self.finish_native,
+                        stop_sequence=self.stop_sequence)

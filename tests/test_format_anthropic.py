@@ -13,9 +13,11 @@ from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import Message as SDKMessage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from native_finish import without_native
 
 from axonsim.formats import FormatError, get_format
 from axonsim.formats import anthropic as A
+from axonsim.formats import openai_chat as oc
 from axonsim.formats.sse import SSEDecoder
 from axonsim.unified import (
     Error,
@@ -390,7 +392,7 @@ def test_parser_usage_cache_and_cumulative_output() -> None:
     start, finish, usage = events
     assert isinstance(start, StreamStart) and start.usage is not None
     assert (start.usage.prompt_tokens, start.usage.cached_tokens, start.usage.cache_write_tokens) == (130, 100, 20)
-    assert finish == FinishEvent(reason="length")
+    assert finish == FinishEvent(reason="length", finish_native="anthropic:max_tokens")
     assert isinstance(usage, UsageEvent)
     assert usage.usage == Usage(prompt_tokens=130, completion_tokens=7, total_tokens=137, cached_tokens=100,
                                 cache_write_tokens=20)
@@ -933,7 +935,7 @@ def responses(draw: st.DrawFn) -> Response:
 @FAST
 @given(responses())
 def test_property_response_round_trip(resp: Response) -> None:
-    assert A.parse_response(A.render_response(resp)) == resp
+    assert without_native(A.parse_response(A.render_response(resp))) == resp
 
 
 @st.composite
@@ -967,7 +969,7 @@ def test_property_stream_round_trip_any_chunking(events: list[StreamEvent], data
     out = render_stream(events)
     _shape(out)
     splits = data.draw(st.lists(st.integers(0, len(out)), max_size=30))
-    assert aggregate(parse_all(out, splits)) == aggregate(events)
+    assert without_native(aggregate(parse_all(out, splits))) == aggregate(events)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1048,3 +1050,23 @@ def test_sdk_raises_our_errors() -> None:
                                                             messages=[{"role": "user", "content": "x"}]) as s:
             s.get_final_message()
     assert "cut" in str(exc3.value)
+
+
+@pytest.mark.parametrize("reason, seq", [("pause_turn", None), ("stop_sequence", "END"),
+                                         ("model_context_window_exceeded", None), ("refusal", None)])
+def test_an_anthropic_stop_reason_reaches_an_anthropic_client_as_it_came(reason: str, seq: str | None) -> None:
+    # The unified finish reason cannot say pause_turn ("continue the turn"), which an agent loop
+    # must see: within the family the upstream's own value and stop sequence are written back.
+    data = _sse(START, ("message_delta", {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": seq},
+                                          "usage": {"output_tokens": 7}}), STOP)
+    r = A.StreamRenderer(Request(model="m", messages=[]))
+    out = b"".join(r.render(ev) for ev in parse_all(data)) + r.finish()
+    delta = next(d for t, d in sse_events(out) if t == "message_delta")["delta"]
+    assert (delta["stop_reason"], delta["stop_sequence"]) == (reason, seq)
+    body = orjson.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [],
+                         "stop_reason": reason, "stop_sequence": seq, "usage": {"input_tokens": 1, "output_tokens": 1}})
+    again = orjson.loads(A.render_response(A.parse_response(body)))
+    assert (again["stop_reason"], again["stop_sequence"]) == (reason, seq)
+    # another family gets the unified mapping
+    assert orjson.loads(oc.render_response(A.parse_response(body)))["choices"][0]["finish_reason"] in (
+        "stop", "length", "content_filter")

@@ -232,6 +232,20 @@ def _finish(stop_reason: Any) -> FinishReason | None:
     return _FINISH_FROM_STOP.get(str(stop_reason), "stop")
 
 
+def _native(stop_reason: Any, stop_sequence: Any) -> tuple[str | None, str | None]:
+    """(finish_native, stop_sequence) of an Anthropic answer: written back as they came to an
+    Anthropic client (pause_turn, say, which the unified finish reason cannot say)."""
+    if not isinstance(stop_reason, str):
+        return None, None
+    return "anthropic:" + stop_reason, stop_sequence if isinstance(stop_sequence, str) else None
+
+
+def _stop_out(finish: FinishReason | None, native: str | None, has_calls: bool) -> str | None:
+    if native is not None and native.startswith("anthropic:"):
+        return native[10:]
+    return _stop_reason(finish, has_calls)
+
+
 def _input_object(arguments: str) -> dict[str, Any]:
     """A unified arguments string as Anthropic's `input` object. Anything that is not a JSON object
     (empty, malformed, a bare value) becomes {}: Anthropic cannot carry it (lossy, documented)."""
@@ -521,10 +535,11 @@ def _parse_output_config(oc: dict[str, Any], req: Request) -> None:
 def render_response(resp: Response) -> bytes:
     msg = resp.message
     content = _output_blocks(msg, resp.id)
-    stop = _stop_reason(resp.finish_reason, bool(msg.tool_calls))
+    stop = _stop_out(resp.finish_reason, resp.finish_native, bool(msg.tool_calls))
     usage = _wire_usage(resp.usage) if resp.usage is not None else _wire_usage(Usage())
+    seq = resp.stop_sequence if stop == "stop_sequence" else None
     return orjson.dumps({"id": resp.id, "type": "message", "role": "assistant", "model": resp.model,
-                         "content": content, "stop_reason": stop, "stop_sequence": None, "usage": usage})
+                         "content": content, "stop_reason": stop, "stop_sequence": seq, "usage": usage})
 
 
 def _stop_reason(finish: FinishReason | None, has_calls: bool) -> str | None:
@@ -591,6 +606,8 @@ class StreamRenderer:
         self._start_usage: Usage | None = None
         self._usage: Usage | None = None
         self._finish: FinishReason | None = None
+        self._native: str | None = None  # the FinishEvent's finish_native and stop_sequence
+        self._stop_sequence: str | None = None
 
     def render(self, ev: StreamEvent) -> bytes:
         if self._done:
@@ -618,6 +635,7 @@ class StreamRenderer:
         elif isinstance(ev, FinishEvent):
             self._close(out)
             self._finish = ev.reason
+            self._native, self._stop_sequence = ev.finish_native, ev.stop_sequence
         elif isinstance(ev, UsageEvent):
             self._usage = ev.usage
         return b"".join(out)
@@ -632,9 +650,10 @@ class StreamRenderer:
         finish = self._finish if self._finish is not None else "stop"
         usage = self._usage or self._start_usage
         wire = _wire_usage(usage) if usage is not None else {"output_tokens": 0}
+        stop = _stop_out(finish, self._native, bool(self._tool_blocks))
         out.append(_event("message_delta", {
             "type": "message_delta",
-            "delta": {"stop_reason": _stop_reason(finish, bool(self._tool_blocks)), "stop_sequence": None},
+            "delta": {"stop_reason": stop, "stop_sequence": self._stop_sequence if stop == "stop_sequence" else None},
             "usage": wire,
         }))
         out.append(_event("message_stop", {"type": "message_stop"}))
@@ -1013,12 +1032,14 @@ def parse_response(body: bytes) -> Response:
                                   arguments=_dumps_input(b.get("input") or {})))
         # Server-tool blocks (server_tool_use, web_search_tool_result, ...) have no unified form.
     usage = d.get("usage")
+    native, seq = _native(d.get("stop_reason"), d.get("stop_sequence"))
     return Response(
         id=str(d.get("id") or ""),
         model=str(d.get("model") or ""),
         message=Message(role="assistant", content=parts, tool_calls=calls),
         finish_reason=_finish(d.get("stop_reason")),
         usage=_usage(usage) if isinstance(usage, dict) else None,
+        finish_native=native, stop_sequence=seq,
     )
 
 
@@ -1138,7 +1159,9 @@ class StreamParser:
         elif t == "message_delta":
             delta = d.get("delta") or {}
             if delta.get("stop_reason") is not None:
-                out.append(FinishEvent(reason=_finish(delta["stop_reason"]) or "stop"))
+                native, seq = _native(delta["stop_reason"], delta.get("stop_sequence"))
+                out.append(FinishEvent(reason=_finish(delta["stop_reason"]) or "stop", finish_native=native,
+                                       stop_sequence=seq))
             u = d.get("usage")
             if isinstance(u, dict):
                 # Cumulative: fields message_delta omits keep their message_start values.

@@ -865,8 +865,14 @@ def _chunk_body(parts: list[dict[str, Any]], model: str, rid: str, finish: str |
 
 def render_response(resp: UnifiedResponse) -> bytes:
     parts = _model_parts(resp.message, outbound=False)
-    finish = _FINISH_TO_GEMINI[resp.finish_reason] if resp.finish_reason else None
+    finish = _finish_out(resp.finish_reason, resp.finish_native)
     return orjson.dumps(_chunk_body(parts, resp.model, resp.id, finish, resp.usage))
+
+
+def _finish_out(finish: FinishReason | None, native: str | None) -> str | None:
+    if native is not None and native.startswith("gemini:"):
+        return native[7:]
+    return _FINISH_TO_GEMINI[finish] if finish else None
 
 
 def _sse(obj: Any) -> bytes:
@@ -900,6 +906,7 @@ class StreamRenderer:
         self._calls: dict[int, list[Any]] = {}  # index → [id, name, [fragments], signature]
         self._pending_sig: str | None = None  # a Gemini signature on its own: wire value for the next part
         self._finish: FinishReason | None = None
+        self._native: str | None = None  # the FinishEvent's finish_native
         self._usage: Usage | None = None
         self._closed = False
 
@@ -946,6 +953,7 @@ class StreamRenderer:
             return b""
         if isinstance(ev, FinishEvent):
             self._finish = ev.reason
+            self._native = ev.finish_native
             return self._flush_calls()
         if isinstance(ev, UsageEvent):
             self._usage = ev.usage
@@ -964,7 +972,7 @@ class StreamRenderer:
         part: dict[str, Any] = {"text": ""}  # as the real API: the last chunk has an empty text part
         if self._pending_sig:
             part["thoughtSignature"] = self._pending_sig
-        finish = _FINISH_TO_GEMINI[self._finish] if self._finish else None
+        finish = _finish_out(self._finish, self._native)
         return out + self._frame(_chunk_body([part], self._model, self._id, finish, self._usage)) + self._close_array()
 
     def error(self, err: Error) -> bytes:
@@ -1268,15 +1276,17 @@ class _Reader:
         if (um := _get(obj, "usageMetadata")) is not None:
             self.usage = _usage_from_gemini(um)
         reason: FinishReason | None = None
+        native: str | None = None
         if cand is not None and isinstance(fr := _get(cand, "finishReason"), str):
             reason = _FINISH_FROM_GEMINI.get(fr, "stop")
+            native = "gemini:" + fr  # RECITATION, say, written back as it came to a Gemini client
             if reason == "stop" and self.calls:
                 reason = "tool_calls"  # Gemini says STOP when it calls a function
         elif not cands and isinstance(pf := _get(obj, "promptFeedback"), dict) and _get(pf, "blockReason"):
             reason = "content_filter"
         if reason is not None and not self.finished:
             self.finished = True
-            out.append(FinishEvent(reason=reason))
+            out.append(FinishEvent(reason=reason, finish_native=native))
             if self.usage is not None:
                 out.append(UsageEvent(usage=self.usage))
         elif self.finished and um is not None and self.usage is not None:

@@ -1175,7 +1175,8 @@ class StreamParser:
             self._done = True
             reason = _merged_finish(self._reasons, self._primary, bool(self._tools))
             if reason is not None:
-                out.append(trusted(FinishEvent, {"type": "finish", "reason": reason}, {"reason"}))
+                finish = {"type": "finish", "reason": reason, "finish_native": None, "stop_sequence": None}
+                out.append(trusted(FinishEvent, finish, {"reason"}))
             if self._usage is not None:
                 out.append(trusted(UsageEvent, {"type": "usage", "usage": self._usage}, {"usage"}))
             return

@@ -15,9 +15,11 @@ Rules:
    query parameters are refused too, because a misspelt filter silently ignored returns wrong data.
 4. The Router is read through the context on every call, never kept: a reload swaps it.
 5. Channel and key switches change the live Router's state (the channel's `enabled`, the key's
-   `disabled`), exactly what the core's candidate selection reads at request time. They last until
-   the next reload, which rebuilds state from the config file (the reload answer lists such
-   channels under `channels_changed: {name: ["enabled"]}`).
+   `disabled`), exactly what the core's candidate selection reads at request time. A channel switch
+   lasts until the next reload, which rebuilds state from the config file (the reload answer lists
+   such channels under `channels_changed: {name: ["enabled"]}`); a key's disable is part of its
+   channel's state, kept by a reload that leaves the channel unchanged. With state.url both are
+   shared by every process and outlast reloads until switched back; the last switch wins.
 """
 
 from __future__ import annotations
@@ -72,14 +74,17 @@ class AdminContext:
     switches_local: optional; why a channel or key switch would reach only this process (several
             workers without shared state), or None when it reaches every one that routes.
     shared: optional; True when channel state is shared with other processes (state.url).
+    shared_state: optional; returns the process's server.shared_state.SharedState, or None: told of
+            each operator switch, so the last one wins in every process.
     """
 
     def __init__(self, router: Callable[[], Router], store: Callable[[], Any] | None = None,
                  reload: Callable[[], Awaitable[Any]] | None = None, now: Callable[[], float] = time.time,
                  find: Callable[[str], Mapping[str, Any] | None] | None = None,
                  switches_local: Callable[[], str | None] | None = None,
-                 shared: Callable[[], bool] | None = None) -> None:
+                 shared: Callable[[], bool] | None = None, shared_state: Callable[[], Any] | None = None) -> None:
         self._router = router
+        self._shared_state = shared_state
         self._store = store
         self._reload = reload
         self._now = now
@@ -89,6 +94,10 @@ class AdminContext:
 
     def shared(self) -> bool:
         return self._shared() if self._shared is not None else False
+
+    @property
+    def shared_state(self) -> Any:
+        return self._shared_state() if self._shared_state is not None else None
 
     def switches_local(self) -> str | None:
         return self._switches_local() if self._switches_local is not None else None
@@ -652,6 +661,13 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
             raise AdminError(404, f"no channel named {name!r}", "name")
         return st
 
+    def fleet_switch(st: ChannelState, fields: list[str], on: bool) -> None:
+        """With state.url: tell the sync when the operator switched, so the last switch wins in every
+        process (an enable also lifts what others hold, whether this process has seen it or not)."""
+        shared = getattr(ctx, "shared_state", None)
+        if shared is not None:
+            (shared.operator_enable if on else shared.operator_disable)(st, fields)
+
     def switchable(name: str) -> ChannelState:
         """The channel to switch; 409 if the switch would reach only the worker that answers."""
         st = state(name)
@@ -769,6 +785,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         st.channel.enabled = True
         st.switched_off = False
         st.disabled_until = NEVER  # an operator's "enable" overrides the auto-disable rules' verdict
+        fleet_switch(st, ["off", "dis"], on=True)
         return admin.reply(channel_view(st, ctx.now()))
 
     @router.post("/channels/{name}/disable", response_model=ChannelOut, responses=_SWITCH, dependencies=[Depends(_no_params)],
@@ -778,6 +795,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         st = switchable(name)
         st.channel.enabled = False
         st.switched_off = True
+        fleet_switch(st, ["off"], on=False)
         return admin.reply(channel_view(st, ctx.now()))
 
     def key_of(st: ChannelState, key_name: str) -> Any:
@@ -794,16 +812,21 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         k.disabled = False
         k.held = False
         k.disabled_until = NEVER
+        i = st.keys.index(k)
+        fleet_switch(st, [f"kh:{i}", f"k:{i}"], on=True)
         return admin.reply(channel_view(st, ctx.now()))
 
     @router.post("/channels/{name}/keys/{key_name}/disable", response_model=ChannelOut, responses=_SWITCH, dependencies=[Depends(_no_params)],
                  summary="Disable an upstream key by name: the channel uses its other keys; probes neither use nor "
-                 "lift it; until enabled or reloaded (with state.url: every process, until enabled)")
+                 "lift it; until enabled, or a reload that changes the channel (with state.url: every process, until "
+                 "enabled)")
     async def disable_key(name: str, key_name: str) -> Response:
         st = switchable(name)
         k = key_of(st, key_name)
         k.disabled = True
         k.held = True
+        i = st.keys.index(k)
+        fleet_switch(st, [f"kh:{i}", f"k:{i}"], on=False)
         return admin.reply(channel_view(st, ctx.now()))
 
     # -- reload ------------------------------------------------------------------------------------

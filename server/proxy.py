@@ -253,6 +253,8 @@ class Proxy:
             old = self.rt
             new = Runtime(config, self.upstream, self.rng, self.clock, self.passthrough, self.explain)
             kept = carry_over(old.router, new.router, self.clock.now())
+            if self.shared_state is not None:
+                self.shared_state.carry_switches(old.router, new.router)
             self.rt = new
             if self.store is not None:
                 # The old keys too: a record of a request that ran on the old config may still quote one.

@@ -80,7 +80,10 @@ FULL_PULL_EVERY = 5.0  # seconds: re-read every channel hash even if the version
 
 # Merge pushed values into one channel hash; drop expired fields; set the TTL; return the hash.
 # ARGV: now, lift keep, permanent ttl, then (op, field, value) triples; op 'max' pushes an active
-# value "until[:extra]", op 'lift' ends the incident whose until is `value`.
+# value "until[:extra]", op 'lift' ends the incident whose until is `value`; op 'olift' (an
+# operator's enable) ends whatever incident began before `value` (a permanent one's stamp is the time
+# it was set): its marker names that incident, so every process holding it lifts it, or, with nothing
+# there, lifts every permanent state stamped before `value`.
 _MERGE = """
 local h, now, keep, perm_ttl = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local changed = false
@@ -97,9 +100,21 @@ for i = 4, #ARGV, 3 do
   if cur then s, cu = parse(cur) end
   if not cu then cur = nil end  -- a value that does not parse (garbage) counts as absent
   if op == 'max' then
-    -- Over a lift, any other value is a newer incident (even a shorter one); the same is a late echo.
-    if not cur or (s == 'a' and u > cu) or (s == 'l' and u ~= cu) then
+    -- Over a lift, any other value is a newer incident (even a shorter one); the same is a late echo,
+    -- and so is a permanent state stamped before a permanent lift (an operator's enable came after it).
+    local older = s == 'l' and u >= 1e12 and cu >= 1e12 and u < cu
+    if not cur or (s == 'a' and u > cu) or (s == 'l' and u ~= cu and not older) then
       redis.call('HSET', h, f, 'a:' .. arg)
+      changed = true
+    end
+  elseif op == 'olift' then
+    if cur and s == 'a' and cu <= u then
+      redis.call('HSET', h, f, 'l:' .. string.match(cur, '^%a:([^:]+)') .. ':' .. ARGV[1])
+      changed = true
+    elseif not cur or (s == 'l' and cu >= 1e12 and cu < u) then
+      -- Nothing to name (yet): a permanent lift up to `value`, which a process that shares its
+      -- older permanent state later finds already lifted.
+      redis.call('HSET', h, f, 'l:' .. ustr .. ':' .. ARGV[1])
       changed = true
     end
   elseif not cur or (s == 'a' and cu <= u) or (s == 'l' and cu < u) then
@@ -416,6 +431,7 @@ class _Chan:
     seen: dict[str, float] = field(default_factory=dict)  # field -> the remote value last seen
     held: dict[str, float] = field(default_factory=dict)  # field -> the local value after the last sync
     refreshed: dict[str, float] = field(default_factory=dict)  # field -> when a permanent value was last sent
+    lifting: dict[str, float] = field(default_factory=dict)  # operator lifts in the push under way
 
 
 # (limiter id, limiter, minute, its counts for that minute and the one before, at the snapshot)
@@ -461,6 +477,16 @@ class _RouterSync:
         for c in self.quotas:
             if old_quotas.get(c.cid) is c.st.quota and c.cid in old.quota_base:
                 self.quota_base[c.cid] = old.quota_base[c.cid]
+        # A permanent state still held keeps the stamp it was shared with: re-stamped, it would pass
+        # for a new incident, newer than an operator's enable made since.
+        old_chans = {c.cid: c for c in old.chans}
+        for c in self.chans:
+            prev = old_chans.get(c.cid)
+            if prev is None:
+                continue
+            for name, stamp in prev.held.items():
+                if stamp >= PERMANENT and _local_value(c.st, name) == math.inf:
+                    c.held[name] = stamp
 
 
 class SharedState:
@@ -487,6 +513,7 @@ class SharedState:
         self._rr: Any = None
         self._task: asyncio.Task[None] | None = None
         self._sync: _RouterSync | None = None
+        self._lifts: dict[str, dict[str, float]] = {}  # channel id -> field -> an operator lift's stamp
         self._lock = asyncio.Lock()  # close() may sync while the loop's last sync is still running
         self._was_up: bool | None = None  # None before the first attempt, whose outcome is logged either way
         self._force_full = True
@@ -656,6 +683,13 @@ class SharedState:
         now = self._clock()
         for c, h in zip(pushed, res, strict=False):
             self._pulled(c, _pairs(h), now)
+            if c.lifting and h is not None:
+                pending = self._lifts.get(c.cid, {})
+                for name, stamp in c.lifting.items():  # done, unless the operator enabled again meanwhile
+                    if pending.get(name) == stamp:
+                        del pending[name]
+                if not pending:
+                    self._lifts.pop(c.cid, None)
         version = res[n0 - 1]
         self._rate_pull(s, rate, res[n0:n1], now)
         self._quota_pull(s, quota, res[n1:n2], now)
@@ -680,9 +714,51 @@ class SharedState:
 
     # -- channel fields --------------------------------------------------------------------------
 
+    def carry_switches(self, old: Router, new: Router) -> None:
+        """On a reload: an operator's channel switch and key holds stay with a channel whose Redis hash
+        is the same (its type, URL and keys unchanged), where the fleet keeps them anyway. Rebuilt from
+        the file, the channel took traffic again until the next sync put the switch back."""
+        for st in new.states:
+            prev = old.by_name.get(st.name)
+            if prev is None or channel_id(prev) != channel_id(st):
+                continue
+            if prev.switched_off and st.config_enabled:
+                st.switched_off = True
+                st.channel.enabled = False
+            for kp, kn in zip(prev.keys, st.keys, strict=True):
+                if kp.held:
+                    kn.held = kn.disabled = True
+            st.refresh(self._clock())
+
+    def operator_disable(self, st: ChannelState, fields: list[str]) -> None:
+        """An operator switched something off here: its permanent state is stamped with this moment,
+        not the next sync's, so an enable made after it anywhere in the fleet is known to be later."""
+        s = self._sync
+        if s is None or s.router.by_name.get(st.name) is not st:
+            return  # not synced yet: stamped at its first push
+        stamp = PERMANENT + self._clock()
+        for c in s.chans:
+            if c.st is st:
+                for name in fields:
+                    c.held[name] = stamp
+                break
+
+    def operator_enable(self, st: ChannelState, fields: list[str]) -> None:
+        """An operator enabled (a channel, a key) here: lift `fields` fleet-wide at the next sync,
+        every incident that began before now, whether or not this process has seen it yet (an enable
+        right after a disable answered by another worker was lost: nothing changed here to push)."""
+        pending = self._lifts.setdefault(channel_id(st), {})
+        stamp = PERMANENT + self._clock()
+        for name in fields:
+            pending[name] = stamp
+
     def _ops(self, c: _Chan, now: float) -> list[str]:
         """(op, field, value) triples for the merge script: what changed here since the last sync."""
         ops: list[str] = []
+        # An operator's lifts first: a plain lift of the same field after them changes nothing.
+        c.lifting = dict(self._lifts.get(c.cid) or {})
+        for name, stamp in c.lifting.items():
+            ops += ["olift", name, _num(stamp)]
         for name, raw, extra in _raw_fields(c.st):
             held = c.held.get(name, NEVER)
             local = _enc(raw, held, now)
@@ -715,8 +791,10 @@ class SharedState:
             local = _enc(_local_value(st, name), c.held.get(name, NEVER), now)
             if lifted:
                 # The lifted incident only, named by its exact `until` (processes adopt the shared
-                # value, so all hold the same): a newer incident survives it, even a shorter one.
-                if local != NEVER and local == until:
+                # value, so all hold the same): a newer incident survives it, even a shorter one. A
+                # permanent state is stamped with the time it was set: a permanent lift also ends
+                # every one set before it (an operator's enable of what this process had not shared).
+                if local != NEVER and (local == until or PERMANENT <= local <= until):
                     _apply(st, name, until, extra, True, now)
             elif until > local:
                 _apply(st, name, until, extra, False, now)

@@ -278,6 +278,41 @@ async def test_an_operators_channel_switch_reaches_every_process(redis_url: str,
         assert ra.by_name["a"].channel.enabled and fresh.by_name["a"].channel.enabled  # settled, both on
 
 
+@pytest.mark.parametrize("first", ["disabler", "enabler"])
+async def test_an_enable_right_after_a_disable_elsewhere_wins_everywhere(redis_url: str, prefix: str,
+                                                                         clock: Callable[[], float], first: str) -> None:
+    """The admin API on worker A disables, then on worker B (which has not synced that yet) enables:
+    the enable is the last word, whichever of the two syncs first. B had nothing of its own to push,
+    so the disable used to come back from Redis and stay, channel and key alike."""
+    cfg = make_config(redis_url, prefix, channels=[{"name": "a", "models": ["m"], "api_keys": ["k-a0", "k-a1"]},
+                                                   {"name": "b", "models": ["m"]}])
+    async with pair(cfg, clock) as (ra, rb, sa, sb):
+        await sa.sync_once()
+        await sb.sync_once()
+        a_on_a, a_on_b = ra.by_name["a"], rb.by_name["a"]
+        # A: the admin API's channel disable and key disable
+        a_on_a.channel.enabled, a_on_a.switched_off = False, True
+        a_on_a.keys[1].disabled = a_on_a.keys[1].held = True
+        sa.operator_disable(a_on_a, ["off"])
+        sa.operator_disable(a_on_a, ["kh:1", "k:1"])
+        # B, a moment later: the enables (B's state already says enabled)
+        await asyncio.sleep(0.01)
+        sb.operator_enable(a_on_b, ["off", "dis"])
+        sb.operator_enable(a_on_b, ["kh:1", "k:1"])
+        for s in ((sa, sb) if first == "disabler" else (sb, sa)):
+            await s.sync_once()
+        await asyncio.sleep(10 * INTERVAL)
+        for st in (a_on_a, a_on_b):
+            assert st.channel.enabled and not st.switched_off
+            assert not st.keys[1].disabled and not st.keys[1].held
+        # and a disable after that enable wins in turn
+        a_on_b.channel.enabled, a_on_b.switched_off = False, True
+        sb.operator_disable(a_on_b, ["off"])
+        await eventually(lambda: not a_on_a.channel.enabled, "A follows the later disable")
+        await asyncio.sleep(10 * INTERVAL)
+        assert not a_on_a.channel.enabled and not a_on_b.channel.enabled
+
+
 async def test_a_lift_ends_its_incident_only_not_a_newer_shorter_one(redis_url: str, prefix: str,
                                                                       clock: Callable[[], float]) -> None:
     """An operator ends a long auto-disable; then the channel fails again and the rules disable it
@@ -727,3 +762,60 @@ state: {{url: "{redis_url}", sync_interval: {INTERVAL}, key_prefix: {prefix}}}
     assert "Traceback" not in logs
     assert logs.count("channel state shared through Redis") == 2  # each proxy says it shares its state
     assert "sk-upstream" not in logs
+
+
+def test_admin_switches_with_redis_the_last_word_wins_and_a_reload_keeps_it(redis_url: str, prefix: str,
+                                                                            tmp_path: Path) -> None:
+    """Two proxy processes sharing state: a disable on one then at once an enable on the other ends
+    enabled on both (the enable was lost); and a process that reloads keeps the operator's switch from
+    the first moment, rather than sending traffic to the channel until its next sync."""
+    m1, p1, p2 = (free_port() for _ in range(3))
+    interval = 1.0  # long enough that a request right after a reload comes before the next sync
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"""
+gateway:
+  api_keys: [{{key: sk-gw-test, project: test}}]
+  admin_keys: [sk-admin-test]
+channels:
+  - name: a
+    base_url: http://127.0.0.1:{m1}/v1
+    api_keys: [sk-upstream-a]
+    models: [m]
+    behavior: {{ttft: 0.01, output_tokens: 3}}
+state: {{url: "{redis_url}", sync_interval: {interval}, key_prefix: {prefix}}}
+""")
+    procs = [_start("mock-provider", "--config", str(cfg), "--channel", "a", "--port", str(m1))]
+    admin = {"Authorization": "Bearer sk-admin-test"}
+    try:
+        _wait_healthy(f"http://127.0.0.1:{m1}", procs[0])
+        for port in (p1, p2):
+            procs.append(_start("serve", "--config", str(cfg), "--port", str(port)))
+            _wait_healthy(f"http://127.0.0.1:{port}", procs[-1])
+
+        def switch(port: int, what: str) -> None:
+            r = httpx.post(f"http://127.0.0.1:{port}/admin/channels/a/{what}", headers=admin, timeout=10)
+            assert r.status_code == 200, r.text
+
+        def enabled(port: int) -> bool:
+            r = httpx.get(f"http://127.0.0.1:{port}/admin/channels/a", headers=admin, timeout=10)
+            return bool(r.json()["enabled"])
+
+        time.sleep(2.5 * interval)  # both have synced once
+        switch(p1, "disable")
+        switch(p2, "enable")  # p2 has not seen the disable yet
+        time.sleep(3.5 * interval)
+        assert enabled(p1) and enabled(p2)
+
+        switch(p1, "disable")
+        time.sleep(3.5 * interval)
+        assert not enabled(p2)
+        r = httpx.post(f"http://127.0.0.1:{p2}/admin/reload", headers=admin, timeout=30)
+        assert r.status_code == 200, r.text
+        assert not enabled(p2)  # at once, not at the next sync
+        chat = httpx.post(f"http://127.0.0.1:{p2}/v1/chat/completions", timeout=10,
+                          json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                          headers={"Authorization": "Bearer sk-gw-test"})
+        assert chat.status_code == 503, chat.text  # its one channel is switched off
+    finally:
+        for p in reversed(procs):
+            _stop(p)

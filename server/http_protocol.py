@@ -1,4 +1,4 @@
-"""uvicorn's httptools protocol, with each response head sent in the same write as the first body bytes.
+"""uvicorn's httptools protocol, with each response head sent in the same write as the first body bytes, and keep-alive connections drained at shutdown.
 
 An ASGI app answers with two messages, http.response.start and http.response.body, and uvicorn
 writes each to the socket as it comes: two system calls per response, and on loopback two wake-ups
@@ -63,8 +63,40 @@ class HeadHoldingTransport:
         return getattr(self._transport, name)
 
 
+# Seconds an idle keep-alive connection stays open once shutdown begins. uvicorn closed it at once:
+# a request its client was sending on it at that moment (a worker replaced by a reload, say) met a
+# connection reset and was lost, as clients do not resend a POST. Meanwhile a request that arrives is
+# served and answered with `Connection: close`; after it, the client opens a new connection.
+DRAIN_GRACE = 1.0
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """What `axonsim serve` runs: uvicorn's httptools protocol writing through a HeadHoldingTransport."""
+    """What `axonsim serve` runs: uvicorn's httptools protocol writing through a HeadHoldingTransport,
+    draining idle keep-alive connections at shutdown (DRAIN_GRACE) rather than cutting them."""
+
+    _draining = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeadHoldingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
+
+    def shutdown(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        if self.cycle is None or self.cycle.response_complete:
+            self.loop.call_later(DRAIN_GRACE, self._end_drain)
+        else:
+            self.cycle.keep_alive = False  # the answer under way is the last: it closes the connection
+
+    def _end_drain(self) -> None:
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
+        else:
+            self.cycle.keep_alive = False
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # a request that came during the drain: served, then closed

@@ -254,7 +254,10 @@ def serve(args: argparse.Namespace) -> int:
         os.environ[ENV_LOG_LEVEL] = log_level
         figures_dir = tempfile.mkdtemp(prefix="axonsim-metrics-")  # where workers publish their figures
         os.environ[ENV_DIR] = figures_dir
-        uv = uvicorn.Config("server.main:worker_app", factory=True, workers=workers, **common)
+        # A replacement worker (a reload) must be serving within this, or the parent keeps the old one and
+        # gives up the restart; uvicorn's 5 s default was missed by workers starting on a loaded host.
+        uv = uvicorn.Config("server.main:worker_app", factory=True, workers=workers, timeout_worker_healthcheck=60,
+                            **common)
         supervisor = _supervisor_class()(uv, sockets=[uv.bind_socket()])
         try:
             supervisor.run()

@@ -160,3 +160,61 @@ def test_health_head_and_keep_alive_work_as_before(gw: GatewayServer) -> None:
         r = c.post("/v1/chat/completions", json={"model": "pm", "messages": [{"role": "user", "content": "x"}]},
                    headers=AUTH)
         assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+
+
+def _read_response(s: socket.socket) -> bytes:
+    out = b""
+    while b"\r\n\r\n" not in out:
+        chunk = s.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += s.recv(65536)
+    return out
+
+
+def test_an_idle_keep_alive_connection_is_drained_at_shutdown_not_cut() -> None:
+    """A worker shutting down (SIGTERM, a reload replacing it) closed idle keep-alive connections at
+    once: a request its client was sending then met a reset and was lost. Drained, the request is
+    served with `Connection: close`, and the connection ends after it."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from server.http_protocol import DRAIN_GRACE, CoalescingHttpToolsProtocol
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=CoalescingHttpToolsProtocol,
+                                           lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        first = _read_response(s)
+        assert first.startswith(b"HTTP/1.1 200") and b"connection: close" not in first.lower()
+        began = time.monotonic()
+        server.should_exit = True
+        time.sleep(0.3)  # shutdown has begun; the connection is idle
+        s.sendall(request)
+        second = _read_response(s)
+        assert second.startswith(b"HTTP/1.1 200") and b"connection: close" in second.lower()
+        assert s.recv(10) == b""  # then the server closes it
+    thread.join(10)
+    assert not thread.is_alive() and time.monotonic() - began < DRAIN_GRACE + 5

@@ -994,6 +994,7 @@ def requests(draw: st.DrawFn, exact: bool = True) -> Request:
     budget = draw(st.none() | st.just(-1) | st.integers(0, 32768))  # -1: the model decides
     effort = draw(st.none() | st.sampled_from(["minimal", "low", "medium", "high"])) \
         if budget is None and model.startswith("gemini-3") else None
+    stream = draw(st.booleans())
     return Request(
         model=model, messages=messages, tools=tools, tool_choice=draw(st.sampled_from(choices)),
         response_format=draw(st.sampled_from([None, ResponseFormat(type="json_object"),
@@ -1003,8 +1004,8 @@ def requests(draw: st.DrawFn, exact: bool = True) -> Request:
             top_k=draw(st.none() | st.integers(1, 100)), max_tokens=draw(st.none() | st.integers(1, 65536)),
             stop=draw(st.none() | st.lists(text, min_size=1, max_size=3)), seed=draw(st.none() | st.integers(0, 2 ** 31)),
             presence_penalty=draw(st.none() | st.floats(-2, 2)), frequency_penalty=draw(st.none() | st.floats(-2, 2)),
-            n=draw(st.none() | st.integers(1, 4))),
-        stream=draw(st.booleans()), reasoning_budget=budget, reasoning_effort=effort, source="gemini",
+            n=draw(st.none() | st.integers(1, 1 if stream else 4))),  # several candidates: not on a stream
+        stream=stream, reasoning_budget=budget, reasoning_effort=effort, source="gemini",
     )
 
 
@@ -1162,3 +1163,12 @@ def test_a_gemini_finish_reason_reaches_a_gemini_client_as_it_came(reason: str) 
     out = b"".join(r.render(ev) for ev in feed_all(b"data: " + orjson.dumps(chunk) + b"\r\n\r\n")) + r.finish()
     assert sse_payloads(out)[-1]["candidates"][0]["finishReason"] == reason
     assert orjson.loads(g.render_response(g.parse_response(orjson.dumps(chunk))))["candidates"][0]["finishReason"] == reason
+
+
+def test_several_candidates_are_refused_on_a_stream_only() -> None:
+    raw = body({"contents": [USER], "generationConfig": {"candidateCount": 2}})
+    assert g.parse_request(raw, "m", False).sampling.n == 2
+    with pytest.raises(FormatError) as exc:
+        g.parse_request(raw, "m", True)  # streams carry one candidate
+    assert exc.value.param == "generationConfig.candidateCount" and exc.value.status == 400
+    assert g.parse_request(body({"contents": [USER], "generationConfig": {"candidateCount": 1}}), "m", True)

@@ -437,6 +437,7 @@ BAD = [
     (body(reasoning_effort=3), "reasoning_effort"),
     (body(metadata=[]), "metadata"),
     (body(user=1), "user"),
+    (body(stream=True, n=2), "n"),  # streams carry one choice: refused, not silently dropped or merged
 ]
 
 
@@ -1094,11 +1095,14 @@ def requests(draw: st.DrawFn) -> Request:
         seed=draw(st.none() | small_ints), presence_penalty=draw(st.none() | floats),
         frequency_penalty=draw(st.none() | floats), n=draw(st.none() | st.integers(1, 8)),
     )
+    stream = draw(st.booleans())
+    if stream and sampling.n is not None and sampling.n > 1:
+        sampling.n = 1  # several choices are refused on a stream
     known = set(oc._KNOWN_FIELDS)
     extra = draw(st.dictionaries(names.filter(lambda k: k not in known), json_values, max_size=3))
     return Request(
         model=draw(names), messages=draw(st.lists(messages(), min_size=1, max_size=5)), tools=tools,
-        tool_choice=tool_choice, response_format=rf, sampling=sampling, stream=draw(st.booleans()),
+        tool_choice=tool_choice, response_format=rf, sampling=sampling, stream=stream,
         include_usage=True, reasoning_effort=draw(st.none() | st.sampled_from(["low", "medium", "high"])),
         metadata=draw(st.none() | st.dictionaries(names, texts, max_size=3)), user=draw(st.none() | names),
         extra_body=extra, source="openai_chat",
@@ -1180,3 +1184,8 @@ def test_whole_floats_beyond_64_bits_are_400s_naming_the_field(field: str, value
     with pytest.raises(FormatError) as err:
         oc.check_request(body).request()
     assert err.value.status == 400 and err.value.param == field
+
+
+def test_several_choices_are_fine_without_streaming_and_one_with() -> None:
+    assert oc.parse_request(body(n=2)).sampling.n == 2
+    assert oc.parse_request(body(n=1, stream=True)).sampling.n == 1

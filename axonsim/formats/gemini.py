@@ -544,6 +544,11 @@ def parse_request(body: bytes, model: str | None = None, stream: bool | None = N
     if tc_extra:
         extra["toolConfig"] = tc_extra
     sampling, response_format, effort, budget, gen_extra = _parse_generation_config(_get(data, "generationConfig"))
+    if stream and sampling.n is not None and sampling.n > 1:
+        # The gateway's streams carry one candidate (its unified events have no candidate index):
+        # refused rather than billed for candidates the client would never see.
+        raise FormatError("generationConfig.candidateCount above 1 is not supported on a stream by this gateway; "
+                          "ask without streaming for several candidates", "generationConfig.candidateCount")
     if gen_extra:
         extra["generationConfig"] = gen_extra
     for k, v in data.items():

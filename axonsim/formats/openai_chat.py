@@ -472,6 +472,12 @@ def check_request(body: bytes, model: str | None = None, stream: bool | None = N
     is_stream = stream if stream is not None else (v is not None and bool(_opt_bool(v, "stream")))
     opts = _opt_dict(v, "stream_options") if (v := o.get("stream_options")) is not None else None
     asked = _opt_bool(opts.get("include_usage"), "stream_options.include_usage") if opts else None
+    n = sampling.get("n")
+    if is_stream and n is not None and n > 1:
+        # The gateway's streams carry one choice (its unified events have no choice index): refused
+        # rather than billed for choices the client would never see, or whose tool calls would merge.
+        raise _bad("'n' above 1 is not supported with 'stream': true by this gateway; ask without streaming for "
+                   "several choices.", "n")
     out["stream"] = is_stream
     # A non-stream response always carries usage; a stream only when the client asked for it.
     out["include_usage"] = asked if asked is not None else not is_stream

@@ -27,9 +27,13 @@ class Needs:
     native_tools: frozenset[str] = frozenset()  # providers whose native tools the request uses
     context_tokens: int = 0  # estimated input + requested output
     embeddings: bool = False  # an embeddings request: only EMBEDDING_CHANNELS can serve it
+    # An embeddings request only some of those can carry (token ids: not Gemini), and why.
+    embed_types: frozenset[str] | None = None
+    embed_why: str = ""
 
     def __bool__(self) -> bool:
-        return self.images or bool(self.native_tools) or self.context_tokens > 0 or self.embeddings
+        return (self.images or bool(self.native_tools) or self.context_tokens > 0 or self.embeddings
+                or self.embed_types is not None)
 
 
 NO_NEEDS = Needs()
@@ -66,6 +70,8 @@ def missing(channel: Channel, needs: Needs) -> str | None:
     caps = channel.capabilities
     if needs.embeddings and channel.type not in EMBEDDING_CHANNELS:
         return "an embeddings API"
+    if needs.embed_types is not None and channel.type not in needs.embed_types:
+        return needs.embed_why
     if needs.images and not caps.images:
         return "images"
     for provider in needs.native_tools:

@@ -11,9 +11,12 @@ Theory of operation:
   Anthropic / Responses channels serve gets a 400 naming why.
 - Execution: EmbeddingsDriver is the LiveDriver with one different attempt (an embeddings call
   instead of a chat call); the effects loop, hedging and accounting are the chat driver's own.
-- What does not cross families (docs/mapping.md has the list): Gemini `taskType`/`title` reach only
-  Gemini channels; OpenAI `user` and unknown fields reach only OpenAI channels; token-id inputs
-  cannot go to a Gemini channel (400); only text parts of a Gemini content are embedded (else 400).
+- What does not cross families: Gemini `taskType`/`title` reach only Gemini channels; OpenAI `user`
+  and unknown fields reach only OpenAI channels; token-id inputs go only to OpenAI channels, and a
+  Gemini batch whose requests ask different `outputDimensionality` only to Gemini channels (routing
+  leaves the others out; a 400 when none is left); only text parts of a Gemini content are embedded
+  (else 400). A Gemini channel takes at most GEMINI_BATCH requests per call: more are split into
+  several calls of one attempt, their embeddings joined in order.
   When a channel reports no usage (Gemini's embed API often does not), usage is the gateway's
   estimate of ≈ 4 characters per token.
 """
@@ -57,6 +60,7 @@ EMBEDDINGS = Needs(embeddings=True)
 CHANNEL_FAMILY: dict[str, Family] = {"openai": "openai", "gemini": "gemini"}
 
 _UPSTREAM = 502  # FormatError status when the provider, not the client, spoke badly
+GEMINI_BATCH = 100  # requests per :batchEmbedContents call that Gemini accepts
 _OPENAI_FIELDS = frozenset({"model", "input", "dimensions", "encoding_format", "user"})
 
 
@@ -74,6 +78,8 @@ class EmbedRequest:
     task_type: str | None = None  # Gemini only
     title: str | None = None  # Gemini only
     batch: bool = True  # a Gemini client's :batchEmbedContents (answer `embeddings`) vs :embedContent (`embedding`)
+    # A Gemini batch whose requests differ in (outputDimensionality, taskType, title): each one's own.
+    per_item: list[tuple[int | None, str | None, str | None]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # unknown OpenAI fields, for OpenAI channels only
     stream: bool = False
 
@@ -286,7 +292,7 @@ def parse_gemini_request(body: bytes, model: str | None, action: str) -> EmbedRe
             raise _bad("requests is required: a non-empty array of EmbedContentRequest", "requests")
         items = [(r, f"requests[{i}].") for i, r in enumerate(reqs)]
     inputs: list[str | list[int]] = []
-    opts: tuple[Any, Any, Any] | None = None
+    every: list[tuple[Any, Any, Any]] = []
     for r, where in items:
         if not isinstance(r, dict):
             raise _bad(f"{where.rstrip('.')} must be an object", where.rstrip(".") or None)
@@ -294,17 +300,24 @@ def parse_gemini_request(body: bytes, model: str | None, action: str) -> EmbedRe
         if c is None:
             raise _bad(f"{where}content is required", f"{where}content")
         inputs.append(_content_text(c, f"{where}content"))
-        mine = (_positive_int(_get(r, "outputDimensionality"), f"{where}outputDimensionality"),
-                _opt_str(_get(r, "taskType"), f"{where}taskType"), _opt_str(r.get("title"), f"{where}title"))
-        if opts is None:
-            opts = mine
-        elif mine != opts:
-            # The batch goes upstream as one call (and to an OpenAI channel as one `dimensions`).
-            raise _bad(f"{where}: every request of a batch must ask the same outputDimensionality, taskType "
-                       "and title", where.rstrip("."))
-    assert opts is not None
+        every.append((_positive_int(_get(r, "outputDimensionality"), f"{where}outputDimensionality"),
+                      _opt_str(_get(r, "taskType"), f"{where}taskType"), _opt_str(r.get("title"), f"{where}title")))
+    opts = every[0]
+    # Each request of a Gemini batch is a whole EmbedContentRequest, its options its own.
+    per_item = every if any(o != opts for o in every) else None
     return EmbedRequest(model=model, inputs=inputs, source="gemini", dimensions=opts[0], task_type=opts[1],
-                        title=opts[2], batch=action != "embedContent")
+                        title=opts[2], batch=action != "embedContent", per_item=per_item)
+
+
+def needs_of(req: EmbedRequest) -> Needs:
+    """Which channels may serve `req`: any with an embeddings API, unless its inputs or options
+    are of a kind only one family carries."""
+    if any(not isinstance(x, str) for x in req.inputs):
+        return Needs(embeddings=True, embed_types=frozenset({"openai"}), embed_why="token-id input (Gemini embeds text)")
+    if req.per_item is not None and len({o[0] for o in req.per_item}) > 1:
+        return Needs(embeddings=True, embed_types=frozenset({"gemini"}),
+                     embed_why="a different outputDimensionality per request (OpenAI takes one `dimensions`)")
+    return EMBEDDINGS
 
 
 def render_gemini_response(res: EmbedResult, req: EmbedRequest) -> bytes:
@@ -314,30 +327,37 @@ def render_gemini_response(res: EmbedResult, req: EmbedRequest) -> bytes:
     return orjson.dumps({"embeddings": [{"values": v} for v in res.vectors], "usageMetadata": usage})
 
 
-def build_gemini_request(req: EmbedRequest, upstream_model: str) -> tuple[str, bytes]:
-    """Outbound: (path under the channel's base_url, body) for a Gemini channel."""
+def build_gemini_request(req: EmbedRequest, upstream_model: str) -> list[tuple[str, bytes, int]]:
+    """Outbound: the calls for a Gemini channel, each (path under the channel's base_url, body, how
+    many inputs it embeds): one, or one per GEMINI_BATCH inputs, in order."""
     model = upstream_model.removeprefix("models/")
     texts = []
     for i, x in enumerate(req.inputs):
-        if not isinstance(x, str):
+        if not isinstance(x, str):  # routing keeps these away (needs_of); defensive only
             raise _bad(f"input[{i}]: token-id input cannot be sent to a Gemini channel (it embeds text)",
                        f"input[{i}]")
         texts.append(x)
+    own = req.per_item or [(req.dimensions, req.task_type, req.title)] * len(texts)
 
-    def one(text: str) -> dict[str, Any]:
+    def one(text: str, opts: tuple[int | None, str | None, str | None]) -> dict[str, Any]:
+        dimensions, task_type, title = opts
         r: dict[str, Any] = {"model": f"models/{model}", "content": {"parts": [{"text": text}]}}
         if req.source == "gemini":  # no OpenAI equivalent: only a Gemini client's own options
-            if req.task_type is not None:
-                r["taskType"] = req.task_type
-            if req.title is not None:
-                r["title"] = req.title
-        if req.dimensions is not None:
-            r["outputDimensionality"] = req.dimensions
+            if task_type is not None:
+                r["taskType"] = task_type
+            if title is not None:
+                r["title"] = title
+        if dimensions is not None:
+            r["outputDimensionality"] = dimensions
         return r
 
     if len(texts) == 1 and not req.batch:
-        return f"/models/{model}:embedContent", orjson.dumps(one(texts[0]))
-    return f"/models/{model}:batchEmbedContents", orjson.dumps({"requests": [one(t) for t in texts]})
+        return [(f"/models/{model}:embedContent", orjson.dumps(one(texts[0], own[0])), 1)]
+    path = f"/models/{model}:batchEmbedContents"
+    return [(path, orjson.dumps({"requests": [one(t, o) for t, o in zip(texts[i:i + GEMINI_BATCH],
+                                                                         own[i:i + GEMINI_BATCH], strict=True)]}),
+             min(GEMINI_BATCH, len(texts) - i))
+            for i in range(0, len(texts), GEMINI_BATCH)]
 
 
 def parse_gemini_response(body: bytes, n: int) -> EmbedResult:
@@ -368,10 +388,12 @@ def render_response(res: EmbedResult, req: EmbedRequest) -> bytes:
     return render_openai_response(res, req)
 
 
-def build_request(family: Family, req: EmbedRequest, upstream_model: str) -> tuple[str, bytes]:
+def build_request(family: Family, req: EmbedRequest, upstream_model: str) -> list[tuple[str, bytes, int]]:
+    """The upstream calls of one attempt: (path, body, inputs it embeds) each."""
     if family == "gemini":
         return build_gemini_request(req, upstream_model)
-    return build_openai_request(req, upstream_model)
+    path, body = build_openai_request(req, upstream_model)
+    return [(path, body, len(req.inputs))]
 
 
 def parse_response(family: Family, body: bytes, n: int) -> EmbedResult:
@@ -431,32 +453,45 @@ class EmbeddingsDriver(LiveDriver):
             return Outcome.failure(now(), Error(kind=ErrorKind.INVALID_REQUEST, status=400,
                                                 message=f"channel {ch.name} has no embeddings API"), key=call.key)
         try:
-            path, body = build_request(family, req, call.upstream_model)
+            calls = build_request(family, req, call.upstream_model)
         except FormatError as exc:
             # The channel's family cannot carry this request: the client's problem, not the channel's.
             return Outcome.failure(now(), Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status,
                                                 message=exc.message, param=exc.param), key=call.key)
-        upreq = UpstreamRequest(ch.base_url + path, ch.headers(call.key), body, False, ch.limits)
+
+        async def send(path: str, body: bytes) -> tuple[int, Any, bytes]:
+            resp = await self.upstream.send(UpstreamRequest(ch.base_url + path, ch.headers(call.key), body, False,
+                                                            ch.limits))
+            return resp.status, resp.headers, await resp.read()
+
         ex.wait_begin()  # upstream time: not the gateway's own overhead
         try:
-            resp = await self.upstream.send(upreq)
-            data = await resp.read()
+            if len(calls) == 1:
+                answers = [await send(calls[0][0], calls[0][1])]
+            else:  # a batch over Gemini's limit: its parts at once, joined in order
+                answers = list(await asyncio.gather(*(send(path, body) for path, body, _ in calls)))
         except UpstreamError as exc:
             return Outcome.failure(now(), transport_error(exc), key=call.key)
         finally:
             ex.wait_end()
         t = now()
-        if not 200 <= resp.status < 300:
-            return Outcome.failure(t, self.upstream_error(ch, resp.status, resp.headers, data), key=call.key)
-        try:
-            res = parse_response(family, data, len(req.inputs))
-        except Exception as exc:  # a malformed answer is the channel's failure, whatever the parser raised
-            log.warning("channel %s: malformed embeddings response (%s)", ch.name, self.scrub(str(exc))[:200])
-            return Outcome.failure(t, MALFORMED_RESPONSE, key=call.key)
+        status = 200
+        res = EmbedResult([])
+        for (status, headers, data), (_, _, n) in zip(answers, calls, strict=True):
+            if not 200 <= status < 300:
+                return Outcome.failure(t, self.upstream_error(ch, status, headers, data), key=call.key)
+            try:
+                part = parse_response(family, data, n)
+            except Exception as exc:  # a malformed answer is the channel's failure, whatever the parser raised
+                log.warning("channel %s: malformed embeddings response (%s)", ch.name, self.scrub(str(exc))[:200])
+                return Outcome.failure(t, MALFORMED_RESPONSE, key=call.key)
+            res.vectors += part.vectors
+            res.prompt_tokens += part.prompt_tokens
+            res.total_tokens += part.total_tokens
         if not res.prompt_tokens:
             res.prompt_tokens = req.estimated_tokens()
             res.total_tokens = max(res.total_tokens, res.prompt_tokens)
-        return Outcome(True, t, resp.status, ttft=t - call.start, key=call.key, payload=res)
+        return Outcome(True, t, status, ttft=t - call.start, key=call.key, payload=res)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -521,7 +556,8 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
         ex = EmbedExchange(req, body)
         sticky = sticky_b.decode("latin-1") if sticky_b is not None else None
         driver = EmbeddingsDriver.of(rt.driver)
-        result = await driver.execute(ex, req.estimated_tokens(), sticky, EMBEDDINGS, explain=True if explain else None)
+        result = await driver.execute(ex, req.estimated_tokens(), sticky, needs_of(req),
+                                      explain=True if explain else None)
         n = len(result.attempts)
         w.done = True
         xv = _explain_value(result, rid) if explain else None

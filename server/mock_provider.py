@@ -484,6 +484,11 @@ class MockProvider:
                                           param=exc.param))
         if self.models is not None and req.model not in self.models:
             return self._unknown_model(fmt, req.model)
+        if family == "gemini" and len(req.inputs) > emb.GEMINI_BATCH:
+            self.stats["bad_request"] += 1  # Gemini's own limit, in its words
+            return self._error(fmt, Error(kind=ErrorKind.INVALID_REQUEST, status=400, param="requests",
+                                          message="* BatchEmbedContentsRequest.requests: at most 100 requests can be "
+                                                  "in one batch"))
         if any(not isinstance(x, str) for x in req.inputs):
             # The mock has no tokenizer: a token-id input is embedded as its decimal spelling.
             req.inputs = [x if isinstance(x, str) else " ".join(map(str, x)) for x in req.inputs]
@@ -493,8 +498,9 @@ class MockProvider:
             failed = await self._fault(request, fmt, plan)
             if failed is not None:
                 return failed
-            dim = req.dimensions or self.embedding_dim
-            res = emb.EmbedResult([embedding_vector(req.model, str(t), dim) for t in req.inputs], tokens, tokens)
+            dims = [o[0] for o in req.per_item] if req.per_item else [req.dimensions] * len(req.inputs)
+            res = emb.EmbedResult([embedding_vector(req.model, str(t), d or self.embedding_dim)
+                                   for t, d in zip(req.inputs, dims, strict=True)], tokens, tokens)
             self.stats["ok"] += 1
             return web.Response(body=emb.render_response(res, req), status=200, content_type="application/json")
 

@@ -6,6 +6,8 @@ Channels (each its own mock provider; the breaker is off so every request meets 
     emb-g  Gemini channels: g-broken (priority 0, always 502) then g-good
     emb-x  an Anthropic and a Responses channel (no embeddings API: never tried) and g-good
     emb-none  only Anthropic / Responses channels: a clear 400
+A second gateway (`mix`) has an OpenAI and a Gemini channel side by side for emb-mix (o-mix, g-mix),
+and emb-gonly on g-mix alone.
 The mock's vectors are a hash of (upstream model, text), so the expected vector is computed here.
 """
 
@@ -157,6 +159,70 @@ def test_openai_sdk_to_gemini_channels(oai: openai.OpenAI, gw: GatewayServer) ->
     assert res.usage.prompt_tokens == tokens(*texts)
     rec = record(gw, raw.headers["x-request-id"])
     assert rec["channels"] == ["g-broken", "g-good"]
+
+
+@pytest.fixture(scope="module")
+def mix() -> Iterator[Stack]:
+    with Stack() as st:
+        st.serve([{"name": "o-mix", "type": "openai", "api_keys": ["sk-om"], "models": ["emb-mix"], "behavior": FAST},
+                  {"name": "g-mix", "type": "gemini", "api_keys": ["sk-gm"], "models": ["emb-mix", "emb-gonly"],
+                   "behavior": FAST}],
+                 gateway={"api_keys": [{"key": GW_KEY, "project": "emb"}]}, routing={"strategy": "round_robin"})
+        yield st
+
+
+@pytest.fixture(scope="module")
+def mix_oai(mix: Stack) -> Iterator[openai.OpenAI]:
+    c = openai.OpenAI(base_url=f"{mix.gateways[0].url}/v1", api_key=GW_KEY, max_retries=0, timeout=20)
+    yield c
+    c.close()
+
+
+def test_token_ids_are_routed_to_openai_channels_only(mix_oai: openai.OpenAI, mix: Stack) -> None:
+    """A Gemini channel embeds text: token ids go where they can be served, whichever channel the
+    balancer would have picked (half of them were a 400 from the Gemini channel)."""
+    gw = mix.gateways[0]
+    before = mix.by_name["g-mix"].provider.stats["embeddings"]
+    for _ in range(6):
+        raw = mix_oai.embeddings.with_raw_response.create(model="emb-mix", input=[[101, 2023, 102]],
+                                                          encoding_format="float")
+        assert close(raw.parse().data[0].embedding, embedding_vector("emb-mix", "101 2023 102", DIM), 1e-12)
+        assert record(gw, raw.headers["x-request-id"])["channels"] == ["o-mix"]
+    assert mix.by_name["g-mix"].provider.stats["embeddings"] == before
+    texts = [f"text {i}" for i in range(4)]  # text goes to either
+    seen = {record(gw, mix_oai.embeddings.with_raw_response.create(model="emb-mix", input=texts)
+                   .headers["x-request-id"])["channel"] for _ in range(6)}
+    assert seen == {"o-mix", "g-mix"}
+
+
+def test_more_inputs_than_a_gemini_batch_takes_are_split(mix_oai: openai.OpenAI, mix: Stack) -> None:
+    """Gemini takes at most 100 requests per batch (the mock refuses more, as Gemini does): 250 inputs
+    from an OpenAI client are three calls of one attempt, their embeddings joined in order."""
+    texts = [f"passage number {i}" for i in range(250)]
+    calls = mix.by_name["g-mix"].provider.stats["embeddings"]
+    raw = mix_oai.embeddings.with_raw_response.create(model="emb-gonly", input=texts, encoding_format="float")
+    res = raw.parse()
+    assert [d.index for d in res.data] == list(range(250))
+    assert all(close(d.embedding, embedding_vector("emb-gonly", t, DIM)) for d, t in zip(res.data, texts, strict=True))
+    assert mix.by_name["g-mix"].provider.stats["embeddings"] == calls + 3
+    rec = record(mix.gateways[0], raw.headers["x-request-id"])
+    assert rec["channels"] == ["g-mix"] and rec["usage"]["prompt_tokens"] == tokens(*texts)
+
+
+def test_a_gemini_batch_keeps_each_requests_own_options(mix: Stack) -> None:
+    """Each request of a :batchEmbedContents is a whole EmbedContentRequest: different task types,
+    titles and dimensions in one batch are served; different dimensions only by a Gemini channel."""
+    body = {"requests": [
+        {"content": {"parts": [{"text": "query"}]}, "taskType": "RETRIEVAL_QUERY", "outputDimensionality": 4},
+        {"content": {"parts": [{"text": "doc"}]}, "taskType": "RETRIEVAL_DOCUMENT", "title": "Doc", "outputDimensionality": 8},
+    ]}
+    gw = mix.gateways[0]
+    for _ in range(4):
+        r = httpx.post(f"{gw.url}/v1beta/models/emb-mix:batchEmbedContents?key={GW_KEY}", json=body, timeout=10)
+        assert r.status_code == 200, r.text
+        got = [e["values"] for e in r.json()["embeddings"]]
+        assert close(got[0], embedding_vector("emb-mix", "query", 4)) and close(got[1], embedding_vector("emb-mix", "doc", 8))
+        assert record(gw, r.headers["x-request-id"])["channels"] == ["g-mix"]
 
 
 def test_channels_without_an_embeddings_api_are_not_candidates(oai: openai.OpenAI, gw: GatewayServer,

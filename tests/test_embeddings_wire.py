@@ -67,10 +67,21 @@ def test_gemini_requests_both_methods_and_spellings() -> None:
     batch = emb.parse_gemini_request(b'{"requests":[{"model":"models/g","content":{"parts":[{"text":"x"}]}},'
                                      b'{"content":{"parts":[{"text":"y"}]}}]}', "g", "batchEmbedContents")
     assert batch.inputs == ["x", "y"] and batch.batch
-    with pytest.raises(FormatError) as e:
-        emb.parse_gemini_request(b'{"requests":[{"content":{"parts":[{"text":"x"}]},"outputDimensionality":4},'
-                                 b'{"content":{"parts":[{"text":"y"}]}}]}', "g", "batchEmbedContents")
-    assert e.value.param == "requests[1]"
+    # each request of a batch has its own options, as in the Gemini API
+    mixed = emb.parse_gemini_request(b'{"requests":[{"content":{"parts":[{"text":"x"}]},"outputDimensionality":4,'
+                                     b'"taskType":"RETRIEVAL_QUERY"},{"content":{"parts":[{"text":"y"}]},'
+                                     b'"taskType":"RETRIEVAL_DOCUMENT","title":"Doc"}]}', "g", "batchEmbedContents")
+    assert mixed.per_item == [(4, "RETRIEVAL_QUERY", None), (None, "RETRIEVAL_DOCUMENT", "Doc")]
+    [(_, body, n)] = emb.build_gemini_request(mixed, "g")
+    assert n == 2 and [{k: r.get(k) for k in ("outputDimensionality", "taskType", "title")}
+                       for r in orjson.loads(body)["requests"]] == [
+        {"outputDimensionality": 4, "taskType": "RETRIEVAL_QUERY", "title": None},
+        {"outputDimensionality": None, "taskType": "RETRIEVAL_DOCUMENT", "title": "Doc"}]
+    assert emb.needs_of(mixed).embed_types == frozenset({"gemini"})  # one `dimensions` for OpenAI: not there
+    same_dims = emb.parse_gemini_request(b'{"requests":[{"content":{"parts":[{"text":"x"}]},"taskType":"A"},'
+                                         b'{"content":{"parts":[{"text":"y"}]},"taskType":"B"}]}', "g",
+                                         "batchEmbedContents")
+    assert emb.needs_of(same_dims) == emb.EMBEDDINGS  # taskType only reaches Gemini channels anyway
     with pytest.raises(FormatError) as e:
         emb.parse_gemini_request(b'{"content":{"parts":[{"fileData":{}}]}}', "g", "embedContent")
     assert e.value.param == "content.parts[0]"
@@ -78,7 +89,7 @@ def test_gemini_requests_both_methods_and_spellings() -> None:
 
 def test_cross_family_requests() -> None:
     oreq = emb.parse_openai_request(b'{"model":"m","input":["a","b"],"dimensions":3,"user":"u","extra_thing":1}')
-    path, body = emb.build_gemini_request(oreq, "models/up")
+    [(path, body, _)] = emb.build_gemini_request(oreq, "models/up")
     assert path == "/models/up:batchEmbedContents"
     sent = orjson.loads(body)
     assert sent == {"requests": [{"model": "models/up", "content": {"parts": [{"text": t}]}, "outputDimensionality": 3}
@@ -88,11 +99,18 @@ def test_cross_family_requests() -> None:
     path, body = emb.build_openai_request(greq, "up")
     assert path == "/embeddings"
     assert orjson.loads(body) == {"model": "up", "input": ["a"], "encoding_format": "float"}
-    path, body = emb.build_gemini_request(greq, "g")
+    [(path, body, _)] = emb.build_gemini_request(greq, "g")
     assert path == "/models/g:embedContent"
     assert orjson.loads(body)["taskType"] == "CLUSTERING"
+    tokens = emb.parse_openai_request(b'{"model":"m","input":[1,2]}')
     with pytest.raises(FormatError):
-        emb.build_gemini_request(emb.parse_openai_request(b'{"model":"m","input":[1,2]}'), "g")
+        emb.build_gemini_request(tokens, "g")
+    assert emb.needs_of(tokens).embed_types == frozenset({"openai"})  # routing keeps it from Gemini channels
+    # Gemini takes at most 100 requests per batch: more are several calls, in order
+    many = emb.parse_openai_request(orjson.dumps({"model": "m", "input": [f"t{i}" for i in range(250)]}))
+    calls = emb.build_gemini_request(many, "g")
+    assert [n for _, _, n in calls] == [100, 100, 50]
+    assert [r["content"]["parts"][0]["text"] for _, b, _ in calls for r in orjson.loads(b)["requests"]] == many.inputs
 
 
 def test_gemini_response_shapes() -> None:

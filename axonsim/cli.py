@@ -8,8 +8,35 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from axonsim.config import ConfigError
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def port(text: str) -> int:
+    """A TCP port number, 1-65535 (a larger one was taken modulo 65536 by the socket layer)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{n} is not a port number (1-65535)")
+    return n
+
+
+def writable_dir(path: str, option: str) -> Path:
+    """`path` as a directory that exists or can be made, checked before any work is done; ConfigError
+    (a message, exit 2) otherwise."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{option}: {path} is a file, not a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{option}: cannot create the directory {path}: {exc.strerror}") from None
+    return p
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -43,18 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the gateway (the built-in demo when no --config is given)")
     s.add_argument("--config", help="config YAML; without it, a demo with mock channels on loopback")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--port", type=port, default=8080)
     s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--log-level", default="info")
+    s.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS)
     s.set_defaults(func=_serve)
 
     m = sub.add_parser("mock-provider", help="serve a provider API with a channel's behaviour model")
-    m.add_argument("--port", type=int, required=True)
+    m.add_argument("--port", type=port, required=True)
     m.add_argument("--host", default="127.0.0.1")
     m.add_argument("--config", help="config YAML holding the channel")
     m.add_argument("--channel", help="channel name in --config (default: the first)")
     m.add_argument("--seed", type=int, default=None)
-    m.add_argument("--log-level", default="warning")
+    m.add_argument("--log-level", default="warning", type=str.lower, choices=LOG_LEVELS)
     m.set_defaults(func=_mock_provider)
 
     r = sub.add_parser("simulate", help="run a scenario in the discrete-event simulator")

@@ -222,6 +222,19 @@ class GatewayKey(_Strict):
     project: str = "default"
     name: str | None = None
 
+    @field_validator("key")
+    @classmethod
+    def _sendable(cls, v: str) -> str:
+        return _header_safe(v, "a client key")
+
+
+def _header_safe(v: str, what: str) -> str:
+    # A key is sent in a request header: one no header can carry (non-ASCII, a space, a line break)
+    # was accepted and then could never authenticate. The message never quotes it: it is a secret.
+    if not _KEY_TEXT.fullmatch(v):
+        raise ValueError(f"{what} must be printable ASCII without spaces or line breaks")
+    return v
+
 
 class Timeouts(_Strict):
     connect: float = Field(5.0, gt=0)
@@ -241,6 +254,13 @@ class Gateway(_Strict):
     thread_header: str = Field("x-axonsim-thread-id", min_length=1)
     # Seconds a graceful shutdown lets in-flight requests and streams run before they are cancelled.
     shutdown_timeout: float = Field(30.0, ge=0)
+
+    @field_validator("admin_keys")
+    @classmethod
+    def _admin_sendable(cls, v: list[str]) -> list[str]:
+        for k in v:
+            _header_safe(k, "an admin key")
+        return v
 
     @field_validator("trace_header", "thread_header")
     @classmethod
@@ -277,11 +297,8 @@ class UpstreamKey(_Strict):
     @field_validator("key")
     @classmethod
     def _sendable(cls, v: str) -> str:
-        # It goes out in a request header: a key with a line break or a space (a paste gone wrong)
-        # failed every call on the channel. The message never quotes it: it is a secret.
-        if not _KEY_TEXT.fullmatch(v):
-            raise ValueError("an upstream key must be printable ASCII without spaces or line breaks")
-        return v
+        # A key with a line break or a space (a paste gone wrong) failed every call on the channel.
+        return _header_safe(v, "an upstream key")
 
 
 ChannelType = Literal["openai", "openai_responses", "anthropic", "gemini"]

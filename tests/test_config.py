@@ -111,6 +111,15 @@ def test_an_upstream_key_that_cannot_travel_in_a_header_is_refused_unquoted(key:
     assert key.strip() not in str(err.value)
 
 
+@pytest.mark.parametrize("where", ["client", "admin"])
+def test_client_and_admin_keys_must_travel_in_a_header_too(where: str) -> None:
+    bad = "adm-\u2026"  # the README's placeholder once had an ellipsis: accepted, it never authenticated
+    gw = {"api_keys": [{"key": bad}]} if where == "client" else {"admin_keys": ["adm-ok", bad]}
+    with pytest.raises(ConfigError, match="printable ASCII") as err:
+        parse_config({"gateway": gw, "channels": [{"name": "a", "models": ["m"]}]})
+    assert bad not in str(err.value)
+
+
 @pytest.mark.parametrize("name", ["x-trace\nid", "x trace", "x-tr\u00e4ce", "x:trace", ""])
 def test_trace_and_thread_header_names_must_be_http_tokens(name: str) -> None:
     for field in ("trace_header", "thread_header"):

@@ -93,3 +93,29 @@ def test_the_example_scenarios_run(capsys):
         assert main(["simulate", str(ROOT / "examples" / f"{name}.yaml"), "--requests", "300", "--step", "0"]) == 0
     printed = capsys.readouterr().out
     assert "cost" in printed and "project" in printed
+
+
+def test_a_step_too_fine_is_refused_before_the_run(scenario, capsys):
+    # It used to sample without end, memory growing, rather than finish.
+    assert main(["simulate", str(scenario), "--requests", "50", "--step", "1e-9"]) == 2
+    assert "--step" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["simulate", "report"])
+def test_an_out_that_cannot_be_a_directory_is_refused_first(scenario, tmp_path, capsys, command):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    target = [str(scenario), "--requests", "20"] if command == "simulate" else [str(tmp_path)]
+    assert main([command, *target, "--out", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "not a directory" in err and "Traceback" not in err
+    assert main([command, *target, "--out", str(afile / "below")]) == 2
+    assert "cannot create" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["serve", "--port", "99999"], ["serve", "--port", "0"], ["serve", "--log-level", "bogus"],
+                                  ["mock-provider", "--port", "70000"], ["mock-provider", "--port", "1", "--log-level", "x"]])
+def test_server_flags_out_of_range_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and f"argument {argv[-2]}" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from axonsim.config import ConfigError, load_config
-from axonsim.sim.driver import simulate
+from axonsim.sim.driver import StepTooFine, simulate
 from axonsim.sim.workload import require_workload
 
 
@@ -63,9 +63,16 @@ def simulate_command(args: argparse.Namespace) -> int:
     requests = getattr(args, "requests", None)
     if requests is not None and requests < 1:
         raise ConfigError(f"--requests: must be at least 1, got {requests}")
+    if args.out:
+        from axonsim.cli import writable_dir
+
+        writable_dir(args.out, "--out")  # before the run, not after it
     t0 = time.perf_counter()
-    result = simulate(config, seed=args.seed, requests=requests, step=_step(getattr(args, "step", "auto")),
-                      explain=bool(getattr(args, "explain", False)))
+    try:
+        result = simulate(config, seed=args.seed, requests=requests, step=_step(getattr(args, "step", "auto")),
+                          explain=bool(getattr(args, "explain", False)))
+    except StepTooFine as exc:
+        raise ConfigError(f"--step: {exc}") from None
     wall = time.perf_counter() - t0
     summary = result.summary()
     print(f"scenario        {args.scenario}")

@@ -83,6 +83,15 @@ class _Tick:
         self.value = value
 
 
+# Grid points a time series may have: a step far below the arrivals' span made a run sample without
+# end, its memory growing, rather than finish.
+MAX_SAMPLES = 1_000_000
+
+
+class StepTooFine(ValueError):
+    """The time-series step would sample the run more than MAX_SAMPLES times."""
+
+
 def nice_step(span: float, points: int = 1000) -> float:
     """A round grid step (1, 2 or 5 × 10^k seconds) giving at most about `points` samples over `span`."""
     raw = max(span, 1e-9) / points
@@ -139,6 +148,9 @@ class Simulation:
     def run(self) -> SimResult:
         arr = self.arrivals
         env = self.env
+        if self.step_size is not None and len(arr) and arr.times[-1] / self.step_size > MAX_SAMPLES:
+            raise StepTooFine(f"a step of {self.step_size:g} s samples the {arr.times[-1]:g} s of arrivals "
+                              f"{arr.times[-1] / self.step_size:.3g} times; at most {MAX_SAMPLES:,} (use a larger step)")
         if len(arr):
             self._arrival = (arr.times[0], NORMAL, next(env._eid))
         if self.step_size is not None:
@@ -289,7 +301,9 @@ class Simulation:
     def _on_sample(self, tick: _Tick) -> None:
         now = self.env._now
         self.samples.append([route_state(st, now) for st in self.router.states])
-        if self.recorder.recorded() < len(self.arrivals):  # requests still to come or open
+        # Requests still to come or open; a grid past its bound (requests running long after the
+        # last arrival) ends there.
+        if self.recorder.recorded() < len(self.arrivals) and len(self.samples) < 2 * MAX_SAMPLES:
             k = tick.value + 1
             tick.value = k
             tick.callbacks = (self._on_sample,)

@@ -422,8 +422,9 @@ _KEY_VALUES = ("disabled", "held", "disabled_until", "failures", "uses")
 
 def carry_over(old: Router, new: Router, now: float) -> list[str]:
     """Give the new Router's channels the live state of the old one's, for every channel whose
-    config is unchanged (compared field by field, so an admin-API switch made since the last load
-    counts as a change: switches last until the next reload). Returns the channels carried over.
+    config is unchanged (compared field by field, as the file says it: an admin-API switch made
+    since the last load is not a change of the channel, though the switch itself ends with the
+    reload). Returns the channels carried over.
 
     What moves: health and performance figures (cooldown, auto-disable, EWMAs, counters, the
     round-robin position), per-key disables, and — shared by reference, so attempts still running
@@ -435,7 +436,12 @@ def carry_over(old: Router, new: Router, now: float) -> list[str]:
     same_health = old.config.routing.health == new.config.routing.health
     for st in new.states:
         prev = old.by_name.get(st.name)
-        if prev is None or prev.channel != st.channel:
+        if prev is None:
+            continue
+        was = prev.channel
+        if was.enabled != prev.config_enabled:  # an operator's switch: the file's word is what compares
+            was = was.model_copy(update={"enabled": prev.config_enabled})
+        if was != st.channel:
             continue
         _carry_channel(prev, st, same_health, new, now)
         kept.append(st.name)

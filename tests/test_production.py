@@ -676,6 +676,13 @@ def test_carry_over_keeps_the_state_of_unchanged_channels_only() -> None:
     assert nb.cooldown_until != 1000.0
     a.failed(1.0, Outcome(False, 1.0, 0, ErrorKind.CONNECTION, key=0), "m")
     assert a.inflight == 0 and na.inflight == 0
+    # An operator's switch is not a change of the channel: its state stays, the switch ends.
+    na.channel.enabled, na.switched_off = False, True  # the admin API's disable
+    na.ewma_latency = 0.7
+    again = Router(parse_config(changed))
+    assert carry_over(new, again, 20.0) == ["a", "b"]
+    assert again.by_name["a"].ewma_latency == 0.7 and again.by_name["a"].channel.enabled
+    assert not again.by_name["a"].switched_off
 
 
 # --------------------------------------------------------------------------------------------------

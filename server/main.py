@@ -194,6 +194,39 @@ def _stop_cleanly(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
+def _server_class() -> type:
+    import uvicorn
+
+    class GatewayServer(uvicorn.Server):  # type: ignore[misc]
+        """uvicorn's Server with a second Ctrl-C that cuts the requests still running rather than the
+        shutdown itself. uvicorn's forced exit skipped the app's shutdown: the store was not flushed,
+        the cut requests were lost and the lifespan task died with tracebacks. Here they are cancelled
+        at once, answered as the shutdown deadline answers them (a 503, or the in-stream error) and
+        recorded, and the shutdown goes on to its end. A third Ctrl-C forces uvicorn's way."""
+
+        _loop: asyncio.AbstractEventLoop | None = None
+        _cutting = False
+
+        async def serve(self, sockets: Any = None) -> None:
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit and sig == signal.SIGINT and not self._cutting and self._loop is not None:
+                self._cutting = True
+                log.warning("second Ctrl-C: cutting the %d request(s) still running; Ctrl-C again to force quit",
+                            len(self.server_state.tasks))
+                self._loop.call_soon_threadsafe(self._cut)
+                return
+            super().handle_exit(sig, frame)
+
+        def _cut(self) -> None:
+            for task in list(self.server_state.tasks):
+                task.cancel()
+
+    return GatewayServer
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run until interrupted; ConfigError propagates to the CLI (message naming the field, exit 2)."""
     import uvicorn
@@ -269,7 +302,7 @@ def serve(args: argparse.Namespace) -> int:
         return 0
 
     proxy = build_proxy(config, config_path, demo)
-    server = uvicorn.Server(uvicorn.Config(GatewayApp(proxy, tune_gc=True), **common))
+    server = _server_class()(uvicorn.Config(GatewayApp(proxy, tune_gc=True), **common))
     # uvicorn re-raises the signal that stopped it once it has shut down, with the handlers it found
     # when it started: by default that kills the process (-15, or 130 for Ctrl-C) after a clean
     # shutdown. With these, that last signal ends the process with 0, as `--workers` does.

@@ -976,3 +976,54 @@ def test_requests_past_the_shutdown_deadline_are_cancelled_and_recorded(tmp_path
     assert attempts[rows[0]["id"]]["status"] == 499 and attempts[rows[1]["id"]]["status"] == 200
     assert "Exception in ASGI application" not in caplog.text  # no traceback per request cut
     assert gw.proxy.router.by_name["slow"].inflight == 0
+
+
+def test_a_second_ctrl_c_cuts_the_requests_still_running_and_records_them(tmp_path: Path) -> None:
+    """The first Ctrl-C waits for requests (up to shutdown_timeout); a second cuts them at once: each
+    is answered in its client's format and recorded, the store flushed, no traceback, exit 0.
+    uvicorn's own forced exit skipped the app's shutdown (rows lost, tracebacks)."""
+    m, port = free_port(), free_port()
+    db = tmp_path / "gw.db"
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"""
+gateway: {{api_keys: [{{key: {GW_KEY}}}], shutdown_timeout: 60}}
+channels:
+  - {{name: slow, base_url: "http://127.0.0.1:{m}/v1", api_keys: [sk-up-slow], models: [m],
+     behavior: {{ttft: 0.01, tokens_per_second: 5, output_tokens: 200}}}}
+store: {{url: "sqlite+aiosqlite:///{db}", flush_interval: 60}}
+""")
+    procs = [_start("mock-provider", "--config", str(cfg), "--port", str(m))]
+    got: dict[str, Any] = {}
+    try:
+        _wait_healthy(f"http://127.0.0.1:{m}", procs[0])
+        procs.append(_start("serve", "--config", str(cfg), "--port", str(port)))
+        _wait_healthy(f"http://127.0.0.1:{port}", procs[1])
+
+        def streamed() -> None:
+            body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            with httpx.Client(timeout=60) as c, c.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions",
+                                                         json=body, headers=AUTH) as r:
+                got["status"] = r.status_code
+                got["body"] = b"".join(r.iter_raw()).decode()
+
+        t = threading.Thread(target=streamed)
+        t.start()
+        until(lambda: "status" in got, "the stream begun")
+        began = time.monotonic()
+        procs[1].send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert procs[1].poll() is None  # the first Ctrl-C waits for the stream (40 s of tokens)
+        procs[1].send_signal(signal.SIGINT)
+        out, err = procs[1].communicate(timeout=30)
+        assert time.monotonic() - began < 20
+        t.join(10)
+    finally:
+        for p in procs:
+            _stop(p)
+    assert procs[1].returncode == 0, err
+    assert "Traceback" not in err and "cutting the 1 request(s) still running" in err
+    events = [json.loads(ln[6:]) for ln in got["body"].split("\n") if ln.startswith("data: {")]
+    assert got["status"] == 200 and "shut down" in events[-1]["error"]["message"]
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT status, outcome, error FROM requests").fetchall()
+    assert len(rows) == 1 and rows[0][0] == 200 and rows[0][1] == "failed" and "shut down" in rows[0][2]

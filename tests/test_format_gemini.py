@@ -1172,3 +1172,15 @@ def test_several_candidates_are_refused_on_a_stream_only() -> None:
         g.parse_request(raw, "m", True)  # streams carry one candidate
     assert exc.value.param == "generationConfig.candidateCount" and exc.value.status == 400
     assert g.parse_request(body({"contents": [USER], "generationConfig": {"candidateCount": 1}}), "m", True)
+
+
+def test_a_stream_says_its_prompt_size_from_the_first_chunk() -> None:
+    """As Anthropic's message_start does: a stream cut before its finish (the client left) is
+    recorded with the input it was billed, not with 0 tokens. A whole answer still counts only finished."""
+    first = {"candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}]}, "index": 0}],
+             "usageMetadata": {"promptTokenCount": 1000, "cachedContentTokenCount": 400, "totalTokenCount": 1000}}
+    events = g.StreamParser().feed(b"data: " + orjson.dumps(first) + b"\r\n\r\n")  # then the client leaves
+    start = events[0]
+    assert isinstance(start, StreamStart) and start.usage == Usage(prompt_tokens=1000, cached_tokens=400)
+    assert not any(isinstance(e, UsageEvent) for e in events)  # the full usage comes with the finish, as before
+    assert g.parse_response(orjson.dumps(first)).usage is None and g.response_usage(orjson.dumps(first)) is None

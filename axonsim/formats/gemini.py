@@ -1248,7 +1248,8 @@ class _Reader:
     """GenerateContentResponse objects → unified stream events. The non-stream response is read as a
     one-chunk stream and folded by StreamAggregator, so both paths give the same Response."""
 
-    def __init__(self) -> None:
+    def __init__(self, start_usage: bool = True) -> None:
+        self.start_usage = start_usage  # a stream's prompt size up front (a whole answer counts only finished)
         self.started = False
         self.rid = ""
         self.calls = 0
@@ -1267,7 +1268,13 @@ class _Reader:
             self.started = True
             rid, mv = _get(obj, "responseId"), _get(obj, "modelVersion")
             self.rid = rid if isinstance(rid, str) else ""
-            out.append(StreamStart(id=self.rid, model=mv if isinstance(mv, str) else ""))
+            # The prompt's size, known from the first chunk on (as Anthropic's message_start says it):
+            # a stream cut before its finish still accounts for the input it was billed.
+            um0 = _get(obj, "usageMetadata") if self.start_usage else None
+            start = _usage_from_gemini(um0) if isinstance(um0, dict) else None
+            out.append(StreamStart(id=self.rid, model=mv if isinstance(mv, str) else "",
+                                   usage=Usage(prompt_tokens=start.prompt_tokens, cached_tokens=start.cached_tokens)
+                                   if start is not None and start.prompt_tokens else None))
         cands = _get(obj, "candidates") or []
         if not isinstance(cands, list):
             raise FormatError("candidates must be an array", "candidates", _UPSTREAM)
@@ -1370,7 +1377,7 @@ def parse_response(body: bytes) -> UnifiedResponse:
     obj = _response_object(body)
     cands = _get(obj, "candidates")
     events: list[StreamEvent] = []
-    _Reader().chunk(obj, events)
+    _Reader(start_usage=False).chunk(obj, events)
     agg = StreamAggregator()
     for ev in events:
         agg.add(ev)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from axonsim.config import ConfigError
 
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def port(text: str) -> int:

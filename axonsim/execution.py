@@ -445,13 +445,11 @@ class Router:
                     start = now
                     call = self._call(st, cand.upstream_model, key, n, request, tokens, deadline,
                                       self.stats if self._feed_ttft else None)
-                    hedged = False
                     if hedge_delay is not None and n == 1 and len(remaining) > 1:
                         rest = [c for c in remaining if c is not cand]
                         out, call, extra = yield from self._hedged(call, hedge_delay, rest, rng, tokens,
                                                                    deadline, request, attempts, decision, ctx)
                         n += extra
-                        hedged = extra > 0
                         st = call.state
                         key = call.key
                         start = call.start
@@ -459,14 +457,13 @@ class Router:
                         out = yield call
                     now = out.end
                     # Numbered by the call it belongs to: after a hedge the outcome may be the first
-                    # attempt's, and the other attempt is already recorded under its own number.
+                    # attempt's, and the other attempt is already recorded under its own number. Recorded
+                    # last all the same: the last record is the one that answered (or failed last).
                     if out.ok:
                         attempts.append(AttemptRecord(call.attempt, st.name,
                                                       None if key is None else st.keys[key].name,
                                                       call.upstream_model, start, now, out.status, None, "done",
                                                       decision))
-                        if hedged:
-                            attempts.sort(key=_attempt_no)
                         if sticky_key is not None:
                             self.remember(sticky_key, st.name)
                         return Result(True, out, attempts, None, now, decisions, call)
@@ -478,8 +475,6 @@ class Router:
                                         out.status, kind, "", decision)
                     attempts.append(rec)
                     last_rec = rec
-                    if hedged:
-                        attempts.sort(key=_attempt_no)
                     if action is Action.GIVE_UP or n >= policy.max_attempts:
                         rec.next = "give_up" if action is Action.GIVE_UP else "cap"
                         return Result(False, out, attempts, _client_error(out), now, decisions)
@@ -560,10 +555,6 @@ class Router:
                 return o, c, 1  # the caller records `c`'s outcome under c.attempt, and orders the records
             attempts.append(AttemptRecord(c.attempt, c.state.name, c.state.key_name(c.key), c.upstream_model,
                                           c.start, o.end, o.status, o.kind, "hedge_failed", decision))
-
-
-def _attempt_no(a: AttemptRecord) -> int:
-    return a.n
 
 
 def _frees_at(st: ChannelState, now: float) -> float:

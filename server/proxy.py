@@ -336,8 +336,14 @@ def request_cost(rt: Runtime, usage: Usage | None, attempts: Sequence[Mapping[st
     price, which the admin API counts as `unpriced`."""
     if not rt.priced:
         return None
-    if not attempts:
-        return 0.0 if model is not None and model in rt.prices else None
+    if not attempts:  # refused before any call: priced if a channel serving the model prices it
+        if model is None:
+            return None
+        for st in rt.router.states:
+            upstream = st.channel.serves(model)
+            if upstream is not None and rt.price(st.name, upstream, model) is not None:
+                return 0.0
+        return None
     last = attempts[-1]
     p = rt.price(last["channel"], last["upstream_model"], model)
     if p is None:

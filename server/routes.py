@@ -67,7 +67,7 @@ def gemini_array_stream(scope: Any) -> bool:
     `alt=json`: the REST API's default) rather than as SSE (`alt=sse`, what the SDKs ask for).
     Raises FormatError naming `alt` for a representation the gateway does not write (`alt=proto`)."""
     qs: bytes = scope.get("query_string") or b""
-    if b"alt=" not in qs:
+    if b"alt" not in qs and b"%" not in qs:  # (a percent-escape may spell it)
         return True
     alt = None
     for k, v in parse_qsl(qs.decode("latin-1"), keep_blank_values=True):

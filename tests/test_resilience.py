@@ -247,12 +247,13 @@ def test_a_hedge_keeps_each_attempt_under_its_own_number(driver):
     r = make(chans(2), strategy="round_robin", hedge={"enabled": True, "delay": 2.0})
     res = driver(r, "m", by_channel({"c0": ok(3.0), "c1": ok(10.0)}))
     assert res.ok and res.call.state.name == "c0"
-    assert [(a.n, a.channel, a.next) for a in res.attempts] == [(1, "c0", "done"), (2, "c1", "hedge_lost")]
+    # one number each, and the answering attempt recorded last (what the records' readers take as the answer)
+    assert [(a.n, a.channel, a.next) for a in res.attempts] == [(2, "c1", "hedge_lost"), (1, "c0", "done")]
     # both fail, the hedge first: attempt 2 failed inside the hedge, attempt 1 after it
     r = make(chans(2), strategy="round_robin", hedge={"enabled": True, "delay": 2.0}, retry={"max_same_channel": 0})
     res = driver(r, "m", by_channel({"c0": fail(500, after=3.0), "c1": fail(500, after=0.5)}))
     assert not res.ok
-    assert [(a.n, a.channel, a.next) for a in res.attempts] == [(1, "c0", "exhausted"), (2, "c1", "hedge_failed")]
+    assert [(a.n, a.channel, a.next) for a in res.attempts] == [(2, "c1", "hedge_failed"), (1, "c0", "exhausted")]
 
 
 def test_hedge_by_percentile_waits_for_samples(driver):

@@ -391,6 +391,25 @@ async def test_hedge_starts_a_second_attempt_and_cancels_the_loser() -> None:
     assert loser != winner
 
 
+async def test_a_hedge_the_first_attempt_wins_is_recorded_as_its_answer() -> None:
+    """The first attempt answers after the hedge started: it is the answer, recorded last (what the
+    request's channel, cost and the store read), under its own number 1; the hedge is attempt 2."""
+    seen: list[str] = []
+
+    async def handler(r: UpstreamRequest) -> MockReply:
+        seen.append(host(r))
+        await asyncio.sleep(0.15 if len(seen) == 1 else 5)  # the first answers after the hedge began
+        return MockReply(200, chat_body(f"from {host(r)}"))
+
+    proxy = Proxy(hedge_config(), MockUpstream(handler), seed=3)
+    result, _ = await run(proxy, request())
+    assert result.ok and result.outcome.payload.response.message.text() == f"from {seen[0]}"
+    last = result.attempts[-1]
+    first = seen[0].split(".")[0]  # the channel of host a.test is a
+    assert (last.n, last.channel, last.next) == (1, first, "done") and result.call.state.name == first
+    assert [(a.n, a.next) for a in result.attempts[:-1]] == [(2, "hedge_lost")]
+
+
 async def test_hedge_loser_that_committed_a_stream_is_closed() -> None:
     calls: list[str] = []
 
@@ -411,3 +430,18 @@ async def test_hedge_loser_that_committed_a_stream_is_closed() -> None:
     st = states(proxy)
     assert all(s.inflight == 0 for s in st.values())
     assert all(r.closed for r in up.responses)
+
+
+@pytest.mark.parametrize("family, body", [
+    ("openai_chat", {"error": {"message": "the upstream said no", "type": "invalid_request_error"}}),
+    ("anthropic", {"type": "error", "error": {"type": "invalid_request_error", "message": "the upstream said no"}}),
+    ("gemini", {"error": {"code": 400, "message": "the upstream said no", "status": "INVALID_ARGUMENT"}}),
+])
+def test_every_family_reads_a_200_error_body_as_the_providers_words(family: str, body: dict[str, Any]) -> None:
+    from axonsim.formats import UpstreamErrorBody, get_format
+
+    fmt = get_format(family)
+    for read in (fmt.parse_response, fmt.response_usage):
+        with pytest.raises(UpstreamErrorBody) as e:
+            read(orjson.dumps(body))
+        assert "the upstream said no" in e.value.message and e.value.status == 502

@@ -217,8 +217,9 @@ def test_gemini_stream_without_alt_sse_is_one_json_array(client: httpx.Client, q
     assert chunks[-1]["usageMetadata"]["candidatesTokenCount"] == 20
 
 
-def test_gemini_stream_with_alt_sse_is_sse(client: httpx.Client) -> None:
-    r = gemini_stream(client, "ok-model", "?alt=sse")
+@pytest.mark.parametrize("query", ["?alt=sse", "?%61lt=sse", "?key=x&alt=sse"])
+def test_gemini_stream_with_alt_sse_is_sse(client: httpx.Client, query: str) -> None:
+    r = gemini_stream(client, "ok-model", query)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     chunks = [orjson.loads(e) for e in sse_events(r.text)]
     assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"

@@ -119,3 +119,19 @@ def test_server_flags_out_of_range_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and f"argument {argv[-2]}" in capsys.readouterr().err
+
+
+def test_a_series_that_would_run_past_its_bound_ends_with_a_warning(scenario, capsys, monkeypatch):
+    # The step is checked against the arrivals' span; requests that run on after the last arrival
+    # end the series at the bound, said rather than silently cut.
+    import axonsim.sim.driver as drv
+
+    monkeypatch.setattr(drv, "MAX_SAMPLES", 50)
+    with pytest.warns(UserWarning, match="time series ends"):
+        assert main(["simulate", str(scenario), "--requests", "1", "--step", "0.001"]) == 0
+
+
+def test_report_checks_its_default_directory_too(tmp_path, capsys):
+    (tmp_path / "report").write_text("a file where the report directory goes")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a directory" in capsys.readouterr().err

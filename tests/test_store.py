@@ -295,8 +295,9 @@ def test_price_lookup_prefers_the_upstream_model_and_unpriced_is_none() -> None:
 def test_request_cost_is_zero_where_nothing_was_billed_and_none_only_without_a_price() -> None:
     from server.proxy import Proxy, request_cost
 
-    cfg = parse_config({"channels": [{"name": "a", "models": ["m", "free"]}],
-                        "prices": {"m": {"input": 1_000_000, "output": 2_000_000}}})
+    cfg = parse_config({"channels": [{"name": "a", "models": ["m", "free", "gpt-x"], "model_mapping": {"alias": "gpt-x"}},
+                                     {"name": "own", "models": ["m-chan"], "price": {"input": 1, "output": 1}}],
+                        "prices": {"m": {"input": 1_000_000, "output": 2_000_000}, "gpt-x": {"input": 1}}})
     rt = Proxy(cfg, seed=1).rt
     tried = [{"channel": "a", "upstream_model": "m"}]
     used = Usage(prompt_tokens=3, completion_tokens=4)
@@ -305,6 +306,8 @@ def test_request_cost_is_zero_where_nothing_was_billed_and_none_only_without_a_p
     assert request_cost(rt, None, tried, "m", False) == 0.0
     assert request_cost(rt, None, tried, "m", True) == 0.0
     assert request_cost(rt, None, [], "m", False) == 0.0  # refused before any attempt
+    assert request_cost(rt, None, [], "m-chan", False) == 0.0  # priced by its channel
+    assert request_cost(rt, None, [], "alias", False) == 0.0  # priced under the upstream name it maps to
     # only a model without a price is unpriced (the admin API's `unpriced`)
     assert request_cost(rt, used, [{"channel": "a", "upstream_model": "free"}], "free", True) is None
     assert request_cost(rt, None, [], "free", False) is None

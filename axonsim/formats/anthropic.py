@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError
+from axonsim.formats import FormatError, UpstreamErrorBody
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
 from axonsim.formats.sse import SSEDecoder, SSEEvent, encode
@@ -999,7 +999,8 @@ def _response_object(body: bytes) -> tuple[dict[str, Any], list[Any]]:
     if d.get("type") == "error":
         e = d.get("error")
         msg = e.get("message") if isinstance(e, dict) else None
-        raise FormatError(f"Anthropic answered with an error: {msg or 'unknown'}")
+        raise UpstreamErrorBody(f"Anthropic answered with an error: {_clean(msg) if isinstance(msg, str) else 'unknown'}",
+                                None, 502)
     return d, _list(d.get("content"), "content")
 
 

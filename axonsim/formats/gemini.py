@@ -37,7 +37,7 @@ from typing import Any, cast
 
 import orjson
 
-from axonsim.formats import FormatError
+from axonsim.formats import FormatError, UpstreamErrorBody
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature
 from axonsim.formats.sse import SSEDecoder
@@ -1343,7 +1343,7 @@ def _response_object(body: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise FormatError("a Gemini response must be a JSON object", None, _UPSTREAM)
     if obj.get("error") is not None:
-        raise FormatError(f"Gemini answered an error: {_error_from_obj(obj, None, '').message}", None, _UPSTREAM)
+        raise UpstreamErrorBody(f"Gemini answered an error: {_error_from_obj(obj, None, '').message}", None, _UPSTREAM)
     cands = _get(obj, "candidates")
     pf = _get(obj, "promptFeedback")
     if not cands and not (isinstance(pf, dict) and _get(pf, "blockReason")):

@@ -16,10 +16,10 @@ def report_command(args: argparse.Namespace) -> int:
     # A bad --scenario raises ConfigError, which axonsim.cli turns into a message and exit 2.
     scenario = load_config(args.scenario) if args.scenario else None
     out = Path(args.out) if args.out else Path(args.results) / "report"
-    if args.out:
+    if Path(args.results).is_dir():
         from axonsim.cli import writable_dir
 
-        writable_dir(args.out, "--out")
+        writable_dir(str(out), "--out" if args.out else "the report directory (RESULTS/report)")
     t0 = time.perf_counter()
     try:
         page = render_report(args.results, out, scenario=scenario)

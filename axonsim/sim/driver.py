@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import gc
 import math
+import warnings
 from collections.abc import Generator
 from heapq import heappop, heappush
 from itertools import chain, count, islice, repeat
@@ -301,9 +302,13 @@ class Simulation:
     def _on_sample(self, tick: _Tick) -> None:
         now = self.env._now
         self.samples.append([route_state(st, now) for st in self.router.states])
-        # Requests still to come or open; a grid past its bound (requests running long after the
-        # last arrival) ends there.
-        if self.recorder.recorded() < len(self.arrivals) and len(self.samples) < 2 * MAX_SAMPLES:
+        if self.recorder.recorded() < len(self.arrivals):  # requests still to come or open
+            if len(self.samples) >= MAX_SAMPLES:
+                # Requests running long after the last arrival (the span the step was checked against):
+                # the series ends here, and says so.
+                warnings.warn(f"the time series ends at {now:g} s, its {MAX_SAMPLES:,} samples at a step of "
+                              f"{self.step_size:g} s; requests ran on after it (use a larger step)", stacklevel=1)
+                return
             k = tick.value + 1
             tick.value = k
             tick.callbacks = (self._on_sample,)

@@ -215,6 +215,12 @@ class Behavior(_Strict):
 # RFC 9110 field names (tokens), and what an upstream key may contain to travel in a header.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _KEY_TEXT = re.compile(r"[\x21-\x7e]+")
+# Response headers the gateway writes itself, and HTTP's own: not for trace or thread ids.
+_RESERVED_HEADERS = frozenset({
+    "content-length", "content-type", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
+    "host", "date", "server", "cache-control", "retry-after", "x-request-id", "x-accel-buffering",
+    "x-axonsim-attempts", "x-axonsim-overhead-ms", "x-axonsim-explain", "authorization", "x-api-key",
+    "x-goog-api-key"})
 
 
 class GatewayKey(_Strict):
@@ -265,10 +271,19 @@ class Gateway(_Strict):
     @field_validator("trace_header", "thread_header")
     @classmethod
     def _header_name(cls, v: str) -> str:
-        # Echoed as a response header: a name HTTP does not allow made every answer fail to send.
+        # Echoed as a response header: a name HTTP does not allow made every answer fail to send, and
+        # one the gateway sends itself (content-length, say) made answers contradict themselves.
         if not _HEADER_NAME.fullmatch(v):
             raise ValueError("not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)")
+        if v.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"{v!r} is a header the gateway or HTTP itself uses; choose another name")
         return v
+
+    @model_validator(mode="after")
+    def _two_headers(self) -> Gateway:
+        if self.trace_header.lower() == self.thread_header.lower():
+            raise ValueError("trace_header and thread_header must be different headers")
+        return self
 
 
 class LimitsConfig(_Strict):

@@ -187,7 +187,22 @@ def _supervisor_class() -> type:
                 sock.close()
             super().terminate_all()
 
+        def restart_all(self) -> None:
+            # A replacement worker (a reload) must be serving within REPLACEMENT_READY, or the parent
+            # keeps the old one on the old config; uvicorn's 5 s was missed by workers starting on a
+            # loaded host. Only here: the same setting times each liveness ping of a running worker,
+            # during which the parent handles no signal.
+            usual = self.config.timeout_worker_healthcheck
+            self.config.timeout_worker_healthcheck = REPLACEMENT_READY
+            try:
+                super().restart_all()
+            finally:
+                self.config.timeout_worker_healthcheck = usual
+
     return Supervisor
+
+
+REPLACEMENT_READY = 60.0  # seconds a worker started by a reload has to begin serving (Supervisor.restart_all)
 
 
 def _stop_cleanly(signum: int, frame: Any) -> None:
@@ -287,10 +302,7 @@ def serve(args: argparse.Namespace) -> int:
         os.environ[ENV_LOG_LEVEL] = log_level
         figures_dir = tempfile.mkdtemp(prefix="axonsim-metrics-")  # where workers publish their figures
         os.environ[ENV_DIR] = figures_dir
-        # A replacement worker (a reload) must be serving within this, or the parent keeps the old one and
-        # gives up the restart; uvicorn's 5 s default was missed by workers starting on a loaded host.
-        uv = uvicorn.Config("server.main:worker_app", factory=True, workers=workers, timeout_worker_healthcheck=60,
-                            **common)
+        uv = uvicorn.Config("server.main:worker_app", factory=True, workers=workers, **common)
         supervisor = _supervisor_class()(uv, sockets=[uv.bind_socket()])
         try:
             supervisor.run()

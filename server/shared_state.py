@@ -108,7 +108,9 @@ for i = 4, #ARGV, 3 do
       changed = true
     end
   elseif op == 'olift' then
-    if cur and s == 'a' and cu <= u then
+    -- Permanent states only: a temporary incident (a cooldown, an auto-disable) has no stamp of when
+    -- it began, so one that began after the enable could not be told from one before it.
+    if cur and s == 'a' and cu >= 1e12 and cu <= u then
       redis.call('HSET', h, f, 'l:' .. string.match(cur, '^%a:([^:]+)') .. ':' .. ARGV[1])
       changed = true
     elseif not cur or (s == 'l' and cu >= 1e12 and cu < u) then
@@ -514,6 +516,7 @@ class SharedState:
         self._task: asyncio.Task[None] | None = None
         self._sync: _RouterSync | None = None
         self._lifts: dict[str, dict[str, float]] = {}  # channel id -> field -> an operator lift's stamp
+        self._stamps: dict[str, dict[str, float]] = {}  # channel id -> field -> an operator disable's stamp
         self._lock = asyncio.Lock()  # close() may sync while the loop's last sync is still running
         self._was_up: bool | None = None  # None before the first attempt, whose outcome is logged either way
         self._force_full = True
@@ -732,16 +735,12 @@ class SharedState:
 
     def operator_disable(self, st: ChannelState, fields: list[str]) -> None:
         """An operator switched something off here: its permanent state is stamped with this moment,
-        not the next sync's, so an enable made after it anywhere in the fleet is known to be later."""
-        s = self._sync
-        if s is None or s.router.by_name.get(st.name) is not st:
-            return  # not synced yet: stamped at its first push
+        not the next sync's, so an enable made after it anywhere in the fleet is known to be later.
+        Kept by channel id, so a reload between the switch and the sync does not lose it."""
+        pending = self._stamps.setdefault(channel_id(st), {})
         stamp = PERMANENT + self._clock()
-        for c in s.chans:
-            if c.st is st:
-                for name in fields:
-                    c.held[name] = stamp
-                break
+        for name in fields:
+            pending[name] = stamp
 
     def operator_enable(self, st: ChannelState, fields: list[str]) -> None:
         """An operator enabled (a channel, a key) here: lift `fields` fleet-wide at the next sync,
@@ -755,6 +754,11 @@ class SharedState:
     def _ops(self, c: _Chan, now: float) -> list[str]:
         """(op, field, value) triples for the merge script: what changed here since the last sync."""
         ops: list[str] = []
+        stamps = self._stamps.pop(c.cid, None)
+        if stamps:  # an operator's disables since the last sync: shared with the moment they were made
+            for name, stamp in stamps.items():
+                if _local_value(c.st, name) == math.inf and c.held.get(name, NEVER) < PERMANENT:
+                    c.held[name] = stamp
         # An operator's lifts first: a plain lift of the same field after them changes nothing.
         c.lifting = dict(self._lifts.get(c.cid) or {})
         for name, stamp in c.lifting.items():

@@ -129,6 +129,18 @@ def test_trace_and_thread_header_names_must_be_http_tokens(name: str) -> None:
     assert cfg.gateway.trace_header == "X-Request-Trace_1"
 
 
+@pytest.mark.parametrize("gateway, says", [
+    ({"trace_header": "Content-Length"}, "gateway.trace_header"),  # answers carried two content-lengths
+    ({"thread_header": "authorization"}, "gateway.thread_header"),  # the client's key echoed as a thread id
+    ({"trace_header": "x-request-id"}, "gateway.trace_header"),
+    ({"trace_header": "x-ids", "thread_header": "X-IDS"}, "must be different"),
+])
+def test_trace_and_thread_headers_may_not_be_the_gateways_own(gateway, says) -> None:
+    with pytest.raises(ConfigError, match=says):
+        parse_config({"gateway": gateway, "channels": [{"name": "a", "models": ["m"]}]})
+    assert parse_config({"gateway": {"trace_header": "AH-Trace-Id"}, "channels": [{"name": "a", "models": ["m"]}]})
+
+
 def test_two_keys_of_one_channel_may_not_share_a_name() -> None:
     with pytest.raises(ConfigError, match=r"channels\[0\].*api_keys\[1\].name: 'same'"):
         parse_config({"channels": [{"name": "a", "models": ["m"], "api_keys": [

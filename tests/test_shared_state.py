@@ -313,6 +313,45 @@ async def test_an_enable_right_after_a_disable_elsewhere_wins_everywhere(redis_u
         assert not a_on_a.channel.enabled and not a_on_b.channel.enabled
 
 
+async def test_an_operators_enable_lifts_no_temporary_incident_that_began_after_it(redis_url: str, prefix: str,
+                                                                                  clock: Callable[[], float]) -> None:
+    """B's enable is pending (not synced yet) when A's channel is auto-disabled: that auto-disable
+    began after the enable and must survive it. (A temporary incident has no start stamp, so an
+    operator's fleet-wide lift ends permanent states only.)"""
+    cfg = make_config(redis_url, prefix)
+    async with pair(cfg, clock) as (ra, rb, sa, sb):
+        await sa.sync_once()
+        await sb.sync_once()
+        sb.operator_enable(rb.by_name["a"], ["off", "dis"])
+        until = clock() + 300
+        ra.by_name["a"].disabled_until = until  # the auto-disable rules, on A, after B's enable
+        await sa.sync_once()
+        await sb.sync_once()
+        await asyncio.sleep(10 * INTERVAL)
+        assert ra.by_name["a"].disabled_until == until and rb.by_name["a"].disabled_until == until
+
+
+async def test_a_disable_made_right_after_a_reload_keeps_its_moment(redis_url: str, prefix: str,
+                                                                     clock: Callable[[], float]) -> None:
+    """A reloads (a new Router, not yet synced), an operator disables on A, then enables on B: the
+    enable is later and wins. The disable's stamp used to be dropped for a Router not yet synced."""
+    cfg = make_config(redis_url, prefix)
+    async with pair(cfg, clock) as (ra, rb, sa, sb):
+        await sa.sync_once()
+        await sb.sync_once()
+        fresh = Router(cfg.model_copy(deep=True))  # A's reload
+        sa._get_router = lambda: fresh
+        x = fresh.by_name["a"]
+        x.channel.enabled, x.switched_off = False, True
+        sa.operator_disable(x, ["off"])
+        await asyncio.sleep(0.02)
+        sb.operator_enable(rb.by_name["a"], ["off", "dis"])
+        await sb.sync_once()
+        await sa.sync_once()
+        await asyncio.sleep(10 * INTERVAL)
+        assert x.channel.enabled and rb.by_name["a"].channel.enabled
+
+
 async def test_a_lift_ends_its_incident_only_not_a_newer_shorter_one(redis_url: str, prefix: str,
                                                                       clock: Callable[[], float]) -> None:
     """An operator ends a long auto-disable; then the channel fails again and the rules disable it

@@ -10,7 +10,7 @@ with it, they share it through Redis (server.shared_state). /metrics adds up eve
 Exit codes: 0 after a clean shutdown; 2 for a bad config, an unreachable store database (unless
 `store.on_unreachable: degraded`) or bad arguments; 1 if the server could not start otherwise.
 
-Graceful shutdown (SIGINT/SIGTERM; a second SIGINT forces it): stop accepting, let in-flight
+Graceful shutdown (SIGINT/SIGTERM; a second SIGINT cuts what still runs, a third forces it): stop accepting, let in-flight
 requests and streams finish for up to `gateway.shutdown_timeout` seconds (then cancel them), stop
 the probes, close the upstream session, drain the store, stop the shared-state sync.
 SIGHUP: one worker re-reads its config file (Proxy.reload); the multi-worker parent replaces its
@@ -29,6 +29,9 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import uvicorn
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from axonsim.config import Config, load_config
 from server.app import GatewayApp
@@ -173,35 +176,6 @@ def _banner(config: Config, config_path: Path, host: str, port: int, workers: in
     )
 
 
-def _supervisor_class() -> type:
-    from uvicorn.supervisors import Multiprocess
-
-    class Supervisor(Multiprocess):  # type: ignore[misc]
-        """uvicorn's multi-process parent, which closes its copy of the listening socket when it
-        stops. Otherwise, while the workers drain (they stop accepting at once), the kernel keeps
-        accepting connections into the backlog of the socket the parent still holds, and resets
-        them when it exits: a client sent its request and lost it. Closed, they are refused at once."""
-
-        def terminate_all(self) -> None:
-            for sock in self.sockets:
-                sock.close()
-            super().terminate_all()
-
-        def restart_all(self) -> None:
-            # A replacement worker (a reload) must be serving within REPLACEMENT_READY, or the parent
-            # keeps the old one on the old config; uvicorn's 5 s was missed by workers starting on a
-            # loaded host. Only here: the same setting times each liveness ping of a running worker,
-            # during which the parent handles no signal.
-            usual = self.config.timeout_worker_healthcheck
-            self.config.timeout_worker_healthcheck = REPLACEMENT_READY
-            try:
-                super().restart_all()
-            finally:
-                self.config.timeout_worker_healthcheck = usual
-
-    return Supervisor
-
-
 REPLACEMENT_READY = 60.0  # seconds a worker started by a reload has to begin serving (Supervisor.restart_all)
 
 
@@ -209,43 +183,81 @@ def _stop_cleanly(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-def _server_class() -> type:
-    import uvicorn
+class GatewayServer(uvicorn.Server):  # type: ignore[misc]
+    """uvicorn's Server with a second Ctrl-C that cuts the requests still running rather than the
+    shutdown itself. uvicorn's forced exit skipped the app's shutdown: the store was not flushed, the
+    cut requests were lost and the lifespan task died with tracebacks. Here they are cancelled at
+    once, answered as the shutdown deadline answers them (a 503, or the in-stream error) and
+    recorded, and the shutdown goes on to its end. A third Ctrl-C forces uvicorn's way."""
 
-    class GatewayServer(uvicorn.Server):  # type: ignore[misc]
-        """uvicorn's Server with a second Ctrl-C that cuts the requests still running rather than the
-        shutdown itself. uvicorn's forced exit skipped the app's shutdown: the store was not flushed,
-        the cut requests were lost and the lifespan task died with tracebacks. Here they are cancelled
-        at once, answered as the shutdown deadline answers them (a 503, or the in-stream error) and
-        recorded, and the shutdown goes on to its end. A third Ctrl-C forces uvicorn's way."""
+    _loop: asyncio.AbstractEventLoop | None = None
+    _cutting = False
 
-        _loop: asyncio.AbstractEventLoop | None = None
-        _cutting = False
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
 
-        async def serve(self, sockets: Any = None) -> None:
-            self._loop = asyncio.get_running_loop()
-            await super().serve(sockets)
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.should_exit and sig == signal.SIGINT and not self._cutting and self._loop is not None:
+            self._cutting = True
+            log.warning("second Ctrl-C: cutting the %d request(s) still running; Ctrl-C again to force quit",
+                        len(self.server_state.tasks))
+            self._loop.call_soon_threadsafe(self._cut)
+            return
+        super().handle_exit(sig, frame)
 
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            if self.should_exit and sig == signal.SIGINT and not self._cutting and self._loop is not None:
-                self._cutting = True
-                log.warning("second Ctrl-C: cutting the %d request(s) still running; Ctrl-C again to force quit",
-                            len(self.server_state.tasks))
-                self._loop.call_soon_threadsafe(self._cut)
-                return
-            super().handle_exit(sig, frame)
+    def _cut(self) -> None:
+        for task in list(self.server_state.tasks):
+            task.cancel()
 
-        def _cut(self) -> None:
-            for task in list(self.server_state.tasks):
-                task.cancel()
 
-    return GatewayServer
+class GatewayProcess(Process):  # type: ignore[misc]
+    """A `--workers` worker that serves with GatewayServer (a terminal's Ctrl-C reaches every worker
+    of the process group, the second one too). Module-level: workers are spawned, and unpickle it."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = GatewayServer(config=self.config)
+        return self._server
+
+
+class Supervisor(Multiprocess):  # type: ignore[misc]
+    """uvicorn's multi-process parent, with GatewayProcess workers, and which closes its copy of the
+    listening socket when it stops. Otherwise, while the workers drain (they stop accepting at once),
+    the kernel keeps accepting connections into the backlog of the socket the parent still holds,
+    and resets them when it exits: a client sent its request and lost it. Closed, they are refused
+    at once."""
+
+    def run(self) -> None:
+        # uvicorn's parent makes each worker as `Process(...)`, from its module's own name for it.
+        supervisors = sys.modules["uvicorn.supervisors.multiprocess"]
+        supervisors.Process = GatewayProcess  # type: ignore[attr-defined]
+        try:
+            super().run()
+        finally:
+            supervisors.Process = Process  # type: ignore[attr-defined]
+
+    def terminate_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
+
+    def restart_all(self) -> None:
+        # A replacement worker (a reload) must be serving within REPLACEMENT_READY, or the parent
+        # keeps the old one on the old config; uvicorn's 5 s was missed by workers starting on a
+        # loaded host. Only here: the same setting times each liveness ping of a running worker,
+        # during which the parent handles no signal.
+        usual = self.config.timeout_worker_healthcheck
+        self.config.timeout_worker_healthcheck = REPLACEMENT_READY
+        try:
+            super().restart_all()
+        finally:
+            self.config.timeout_worker_healthcheck = usual
 
 
 def serve(args: argparse.Namespace) -> int:
     """Run until interrupted; ConfigError propagates to the CLI (message naming the field, exit 2)."""
-    import uvicorn
-
     workers = getattr(args, "workers", None)
     workers = 1 if workers is None else workers
     if workers < 1:
@@ -303,7 +315,7 @@ def serve(args: argparse.Namespace) -> int:
         figures_dir = tempfile.mkdtemp(prefix="axonsim-metrics-")  # where workers publish their figures
         os.environ[ENV_DIR] = figures_dir
         uv = uvicorn.Config("server.main:worker_app", factory=True, workers=workers, **common)
-        supervisor = _supervisor_class()(uv, sockets=[uv.bind_socket()])
+        supervisor = Supervisor(uv, sockets=[uv.bind_socket()])
         try:
             supervisor.run()
         finally:
@@ -314,7 +326,7 @@ def serve(args: argparse.Namespace) -> int:
         return 0
 
     proxy = build_proxy(config, config_path, demo)
-    server = _server_class()(uvicorn.Config(GatewayApp(proxy, tune_gc=True), **common))
+    server = GatewayServer(uvicorn.Config(GatewayApp(proxy, tune_gc=True), **common))
     # uvicorn re-raises the signal that stopped it once it has shut down, with the handlers it found
     # when it started: by default that kills the process (-15, or 130 for Ctrl-C) after a clean
     # shutdown. With these, that last signal ends the process with 0, as `--workers` does.

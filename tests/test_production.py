@@ -978,10 +978,12 @@ def test_requests_past_the_shutdown_deadline_are_cancelled_and_recorded(tmp_path
     assert gw.proxy.router.by_name["slow"].inflight == 0
 
 
-def test_a_second_ctrl_c_cuts_the_requests_still_running_and_records_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_second_ctrl_c_cuts_the_requests_still_running_and_records_them(tmp_path: Path, workers: str) -> None:
     """The first Ctrl-C waits for requests (up to shutdown_timeout); a second cuts them at once: each
     is answered in its client's format and recorded, the store flushed, no traceback, exit 0.
-    uvicorn's own forced exit skipped the app's shutdown (rows lost, tracebacks)."""
+    uvicorn's own forced exit skipped the app's shutdown (rows lost, tracebacks). Ctrl-C in a
+    terminal reaches the whole process group: with --workers, every worker too."""
     m, port = free_port(), free_port()
     db = tmp_path / "gw.db"
     cfg = tmp_path / "gw.yaml"
@@ -996,7 +998,10 @@ store: {{url: "sqlite+aiosqlite:///{db}", flush_interval: 60}}
     got: dict[str, Any] = {}
     try:
         _wait_healthy(f"http://127.0.0.1:{m}", procs[0])
-        procs.append(_start("serve", "--config", str(cfg), "--port", str(port)))
+        procs.append(subprocess.Popen([sys.executable, "-m", "axonsim", "serve", "--config", str(cfg), "--port",
+                                       str(port), "--workers", workers], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}))
         _wait_healthy(f"http://127.0.0.1:{port}", procs[1])
 
         def streamed() -> None:
@@ -1010,10 +1015,10 @@ store: {{url: "sqlite+aiosqlite:///{db}", flush_interval: 60}}
         t.start()
         until(lambda: "status" in got, "the stream begun")
         began = time.monotonic()
-        procs[1].send_signal(signal.SIGINT)
+        os.killpg(procs[1].pid, signal.SIGINT)  # as a terminal's Ctrl-C
         time.sleep(1.0)
         assert procs[1].poll() is None  # the first Ctrl-C waits for the stream (40 s of tokens)
-        procs[1].send_signal(signal.SIGINT)
+        os.killpg(procs[1].pid, signal.SIGINT)
         out, err = procs[1].communicate(timeout=30)
         assert time.monotonic() - began < 20
         t.join(10)

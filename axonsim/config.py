@@ -218,7 +218,8 @@ _KEY_TEXT = re.compile(r"[\x21-\x7e]+")
 # Response headers the gateway writes itself, and HTTP's own: not for trace or thread ids.
 _RESERVED_HEADERS = frozenset({
     "content-length", "content-type", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
-    "host", "date", "server", "cache-control", "retry-after", "x-request-id", "x-accel-buffering",
+    "host", "date", "server", "cache-control", "retry-after", "retry-after-ms", "x-request-id", "x-accel-buffering",
+    "content-encoding", "vary", "set-cookie", "location", "www-authenticate",
     "x-axonsim-attempts", "x-axonsim-overhead-ms", "x-axonsim-explain", "authorization", "x-api-key",
     "x-goog-api-key"})
 

@@ -663,7 +663,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
 
     def fleet_switch(st: ChannelState, fields: list[str], on: bool) -> None:
         """With state.url: tell the sync when the operator switched, so the last switch wins in every
-        process (an enable also lifts what others hold, whether this process has seen it or not)."""
+        process (an enable also lifts the switches and holds others have, seen here yet or not)."""
         shared = getattr(ctx, "shared_state", None)
         if shared is not None:
             (shared.operator_enable if on else shared.operator_disable)(st, fields)

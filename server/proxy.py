@@ -336,9 +336,11 @@ def request_cost(rt: Runtime, usage: Usage | None, attempts: Sequence[Mapping[st
     price, which the admin API counts as `unpriced`."""
     if not rt.priced:
         return None
-    if not attempts:  # refused before any call: priced if a channel serving the model prices it
+    if not attempts:  # refused before any call: priced if the table or a channel serving the model prices it
         if model is None:
             return None
+        if model in rt.prices:
+            return 0.0
         for st in rt.router.states:
             upstream = st.channel.serves(model)
             if upstream is not None and rt.price(st.name, upstream, model) is not None:

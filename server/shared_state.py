@@ -743,9 +743,11 @@ class SharedState:
             pending[name] = stamp
 
     def operator_enable(self, st: ChannelState, fields: list[str]) -> None:
-        """An operator enabled (a channel, a key) here: lift `fields` fleet-wide at the next sync,
-        every incident that began before now, whether or not this process has seen it yet (an enable
-        right after a disable answered by another worker was lost: nothing changed here to push)."""
+        """An operator enabled (a channel, a key) here: lift `fields` fleet-wide at the next sync, every
+        permanent state set before now (a switch, a hold, a key's disable), whether or not this
+        process has seen it yet (an enable right after a disable answered by another worker was lost:
+        nothing changed here to push). A temporary incident (an auto-disable) another process has
+        not shared yet is not lifted: it carries no stamp of when it began."""
         pending = self._lifts.setdefault(channel_id(st), {})
         stamp = PERMANENT + self._clock()
         for name in fields:

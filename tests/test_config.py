@@ -133,6 +133,7 @@ def test_trace_and_thread_header_names_must_be_http_tokens(name: str) -> None:
     ({"trace_header": "Content-Length"}, "gateway.trace_header"),  # answers carried two content-lengths
     ({"thread_header": "authorization"}, "gateway.thread_header"),  # the client's key echoed as a thread id
     ({"trace_header": "x-request-id"}, "gateway.trace_header"),
+    ({"trace_header": "Retry-After-Ms"}, "gateway.trace_header"),  # an Anthropic 429 carried two
     ({"trace_header": "x-ids", "thread_header": "X-IDS"}, "must be different"),
 ])
 def test_trace_and_thread_headers_may_not_be_the_gateways_own(gateway, says) -> None:

@@ -135,3 +135,9 @@ def test_report_checks_its_default_directory_too(tmp_path, capsys):
     (tmp_path / "report").write_text("a file where the report directory goes")
     assert main(["report", str(tmp_path)]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_report_makes_nothing_in_a_directory_that_is_not_results(tmp_path, capsys):
+    (tmp_path / "readme.txt").write_text("hi")
+    assert main(["report", str(tmp_path)]) == 2
+    assert not (tmp_path / "report").exists()

@@ -308,6 +308,9 @@ def test_request_cost_is_zero_where_nothing_was_billed_and_none_only_without_a_p
     assert request_cost(rt, None, [], "m", False) == 0.0  # refused before any attempt
     assert request_cost(rt, None, [], "m-chan", False) == 0.0  # priced by its channel
     assert request_cost(rt, None, [], "alias", False) == 0.0  # priced under the upstream name it maps to
+    assert request_cost(rt, None, [], "ghost", False) is None
+    rt.prices = {**rt.prices, "ghost": rt.prices["m"]}  # in the table, though no channel serves it
+    assert request_cost(rt, None, [], "ghost", False) == 0.0
     # only a model without a price is unpriced (the admin API's `unpriced`)
     assert request_cost(rt, used, [{"channel": "a", "upstream_model": "free"}], "free", True) is None
     assert request_cost(rt, None, [], "free", False) is None

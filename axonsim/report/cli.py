@@ -16,10 +16,13 @@ def report_command(args: argparse.Namespace) -> int:
     # A bad --scenario raises ConfigError, which axonsim.cli turns into a message and exit 2.
     scenario = load_config(args.scenario) if args.scenario else None
     out = Path(args.out) if args.out else Path(args.results) / "report"
-    if Path(args.results).is_dir():
+    if args.out:
         from axonsim.cli import writable_dir
 
-        writable_dir(str(out), "--out" if args.out else "the report directory (RESULTS/report)")
+        writable_dir(args.out, "--out")
+    elif out.exists() and not out.is_dir():  # checked, not made: a failed run leaves RESULTS as it was
+        print(f"axonsim report: {out} is a file, not a directory (give --out)", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     try:
         page = render_report(args.results, out, scenario=scenario)

@@ -81,9 +81,9 @@ FULL_PULL_EVERY = 5.0  # seconds: re-read every channel hash even if the version
 # Merge pushed values into one channel hash; drop expired fields; set the TTL; return the hash.
 # ARGV: now, lift keep, permanent ttl, then (op, field, value) triples; op 'max' pushes an active
 # value "until[:extra]", op 'lift' ends the incident whose until is `value`; op 'olift' (an
-# operator's enable) ends whatever incident began before `value` (a permanent one's stamp is the time
-# it was set): its marker names that incident, so every process holding it lifts it, or, with nothing
-# there, lifts every permanent state stamped before `value`.
+# operator's enable) ends a permanent state set before `value` (its stamp is the time it was set):
+# its marker names that state, so every process holding it lifts it, or, with nothing there, lifts
+# every permanent state stamped before `value`. Temporary incidents it leaves alone.
 _MERGE = """
 local h, now, keep, perm_ttl = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local changed = false

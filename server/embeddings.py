@@ -469,7 +469,13 @@ class EmbeddingsDriver(LiveDriver):
             if len(calls) == 1:
                 answers = [await send(calls[0][0], calls[0][1])]
             else:  # a batch over Gemini's limit: its parts at once, joined in order
-                answers = list(await asyncio.gather(*(send(path, body) for path, body, _ in calls)))
+                # Every part runs to its end (each response read, its connection back in the pool),
+                # even when one fails: the attempt then fails with the first failure.
+                got = await asyncio.gather(*(send(path, body) for path, body, _ in calls), return_exceptions=True)
+                for g in got:
+                    if isinstance(g, BaseException):
+                        raise g
+                answers = got  # type: ignore[assignment]
         except UpstreamError as exc:
             return Outcome.failure(now(), transport_error(exc), key=call.key)
         finally:

@@ -176,7 +176,7 @@ def _banner(config: Config, config_path: Path, host: str, port: int, workers: in
     )
 
 
-REPLACEMENT_READY = 60.0  # seconds a worker started by a reload has to begin serving (Supervisor.restart_all)
+REPLACEMENT_READY = 60  # seconds a worker started by a reload has to begin serving (Supervisor.restart_all)
 
 
 def _stop_cleanly(signum: int, frame: Any) -> None:

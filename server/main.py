@@ -243,6 +243,14 @@ class Supervisor(Multiprocess):  # type: ignore[misc]
             sock.close()
         super().terminate_all()
 
+    def keep_subprocess_alive(self) -> None:
+        # A terminal's Ctrl-C reaches the workers and the parent at once. A worker with nothing to do
+        # ends at once, and the parent, not having read its own signal yet, started a replacement,
+        # which the second Ctrl-C then interrupted mid-import (a traceback). Signals first.
+        if self.signal_queue:
+            return
+        super().keep_subprocess_alive()
+
     def restart_all(self) -> None:
         # A replacement worker (a reload) must be serving within REPLACEMENT_READY, or the parent
         # keeps the old one on the old config; uvicorn's 5 s was missed by workers starting on a

@@ -368,7 +368,6 @@ class Router:
         ctx = PickContext(model, stream, tokens) if self._uses_context or explain else NO_CONTEXT
         n = 0
         last: Outcome | None = None
-        last_rec: AttemptRecord | None = None  # the failed attempt the loop recorded last
         # why candidates were skipped, and the panic candidates: made only when there is one
         unavailable: dict[str, str] | None = None
         soonest: float | None = None
@@ -474,7 +473,6 @@ class Router:
                     rec = AttemptRecord(call.attempt, st.name, st.key_name(key), call.upstream_model, start, now,
                                         out.status, kind, "", decision)
                     attempts.append(rec)
-                    last_rec = rec
                     if action is Action.GIVE_UP or n >= policy.max_attempts:
                         rec.next = "give_up" if action is Action.GIVE_UP else "cap"
                         return Result(False, out, attempts, _client_error(out), now, decisions)
@@ -510,8 +508,8 @@ class Router:
                 tiers = [*tiers, panic]
                 if decisions is not None:
                     decisions.append({"tier": "panic", "time": now, "candidates": [c.state.name for c in panic]})
-        if last_rec is not None and last_rec.next in ("failover", "retry"):
-            last_rec.next = "exhausted"  # (after a hedge it need not be the last record by number)
+        if attempts and attempts[-1].next in ("failover", "retry"):
+            attempts[-1].next = "exhausted"
         if last is None:
             only_waitable = bool(unavailable) and all(v in _WAITABLE for v in unavailable.values())  # type: ignore[union-attr]
             retry_after = max(0.0, soonest - now) if (only_waitable and soonest is not None) else None
@@ -552,7 +550,7 @@ class Router:
                     lost = calls[other]
                     attempts.append(AttemptRecord(lost.attempt, lost.state.name, lost.state.key_name(lost.key),
                                                   lost.upstream_model, lost.start, t, 0, None, "hedge_lost", decision))
-                return o, c, 1  # the caller records `c`'s outcome under c.attempt, and orders the records
+                return o, c, 1  # the caller records `c`'s outcome, under c.attempt, after these
             attempts.append(AttemptRecord(c.attempt, c.state.name, c.state.key_name(c.key), c.upstream_model,
                                           c.start, o.end, o.status, o.kind, "hedge_failed", decision))
 

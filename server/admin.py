@@ -73,16 +73,15 @@ class AdminContext:
             used for requests the store has not written yet and for the decision trace it holds.
     switches_local: optional; why a channel or key switch would reach only this process (several
             workers without shared state), or None when it reaches every one that routes.
-    shared: optional; True when channel state is shared with other processes (state.url).
-    shared_state: optional; returns the process's server.shared_state.SharedState, or None: told of
-            each operator switch, so the last one wins in every process.
+    shared_state: optional; returns the process's server.shared_state.SharedState, or None (no
+            state.url): told of each operator switch, so the last one wins in every process.
     """
 
     def __init__(self, router: Callable[[], Router], store: Callable[[], Any] | None = None,
                  reload: Callable[[], Awaitable[Any]] | None = None, now: Callable[[], float] = time.time,
                  find: Callable[[str], Mapping[str, Any] | None] | None = None,
                  switches_local: Callable[[], str | None] | None = None,
-                 shared: Callable[[], bool] | None = None, shared_state: Callable[[], Any] | None = None) -> None:
+                 shared_state: Callable[[], Any] | None = None) -> None:
         self._router = router
         self._shared_state = shared_state
         self._store = store
@@ -90,10 +89,10 @@ class AdminContext:
         self._now = now
         self.find = find
         self._switches_local = switches_local
-        self._shared = shared
 
     def shared(self) -> bool:
-        return self._shared() if self._shared is not None else False
+        """Channel state is shared with other processes (state.url)."""
+        return self.shared_state is not None
 
     @property
     def shared_state(self) -> Any:
@@ -351,6 +350,9 @@ def _no_params(request: Request) -> None:
     """A dependency of the endpoints that take no query parameters: one given is refused, never
     ignored (`POST /admin/reload?dry_run=1` must not reload)."""
     query_params(request, ())
+
+
+NO_PARAMS = [Depends(_no_params)]  # the `dependencies` of every endpoint without query parameters
 
 
 def _validation_error(exc: RequestValidationError) -> AdminError:
@@ -688,7 +690,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         return admin.reply({"data": [_request_out(r) for r in rows], "total": total, "limit": f.limit,
                             "offset": f.offset})
 
-    @router.get("/requests/{request_id}", response_model=RequestDetail, responses={**NOT_FOUND, **_STORE_DOWN}, dependencies=[Depends(_no_params)],
+    @router.get("/requests/{request_id}", response_model=RequestDetail, responses={**NOT_FOUND, **_STORE_DOWN}, dependencies=NO_PARAMS,
                 summary="One request with its attempts and, when kept, its routing decision trace")
     async def get_request(request_id: str) -> Response:
         find = getattr(ctx, "find", None)
@@ -749,7 +751,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         rows = await _query(Q.attempt_usage(admin.engine(), f, by))
         return admin.reply({"group_by": by, "since": f.since, "until": f.until, "data": [r.as_dict() for r in rows]})
 
-    @router.get("/store", response_model=StoreOut, dependencies=[Depends(_no_params)], summary="The usage-log store: queue depth, written, dropped, "
+    @router.get("/store", response_model=StoreOut, dependencies=NO_PARAMS, summary="The usage-log store: queue depth, written, dropped, "
                 "database reachable")
     async def store_status() -> Response:
         store = ctx.store
@@ -762,17 +764,17 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
 
     # -- channels and keys -------------------------------------------------------------------------
 
-    @router.get("/channels", response_model=ChannelsOut, dependencies=[Depends(_no_params)],
+    @router.get("/channels", response_model=ChannelsOut, dependencies=NO_PARAMS,
                 summary="Every channel's and key's live state: breakers, cooldown, in-flight, EWMAs (key names only)")
     async def channels() -> Response:
         now = ctx.now()
         return admin.reply(ChannelsOut(now=now, channels=[channel_view(st, now) for st in ctx.router.states]))
 
-    @router.get("/channels/{name}", response_model=ChannelOut, responses=NOT_FOUND, dependencies=[Depends(_no_params)], summary="One channel's state")
+    @router.get("/channels/{name}", response_model=ChannelOut, responses=NOT_FOUND, dependencies=NO_PARAMS, summary="One channel's state")
     async def channel(name: str) -> Response:
         return admin.reply(channel_view(state(name), ctx.now()))
 
-    @router.post("/channels/{name}/enable", response_model=ChannelOut, responses=_SWITCH, dependencies=[Depends(_no_params)],
+    @router.post("/channels/{name}/enable", response_model=ChannelOut, responses=_SWITCH, dependencies=NO_PARAMS,
                  summary="Enable a channel (also lifts an automatic disable); lasts until the next reload, or with "
                  "state.url until switched again (every process follows)")
     async def enable_channel(name: str) -> Response:
@@ -788,7 +790,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         fleet_switch(st, ["off", "dis"], on=True)
         return admin.reply(channel_view(st, ctx.now()))
 
-    @router.post("/channels/{name}/disable", response_model=ChannelOut, responses=_SWITCH, dependencies=[Depends(_no_params)],
+    @router.post("/channels/{name}/disable", response_model=ChannelOut, responses=_SWITCH, dependencies=NO_PARAMS,
                  summary="Disable a channel: it gets no new traffic (in-flight attempts finish); until enabled "
                  "or reloaded (with state.url: every process, until enabled)")
     async def disable_channel(name: str) -> Response:
@@ -804,7 +806,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
                 return k
         raise AdminError(404, f"channel {st.name!r} has no key named {key_name!r}", "key_name")
 
-    @router.post("/channels/{name}/keys/{key_name}/enable", response_model=ChannelOut, responses=_SWITCH, dependencies=[Depends(_no_params)],
+    @router.post("/channels/{name}/keys/{key_name}/enable", response_model=ChannelOut, responses=_SWITCH, dependencies=NO_PARAMS,
                  summary="Enable an upstream key by name (URL-encode '#': channel#0 → channel%230)")
     async def enable_key(name: str, key_name: str) -> Response:
         st = switchable(name)
@@ -816,7 +818,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         fleet_switch(st, [f"kh:{i}", f"k:{i}"], on=True)
         return admin.reply(channel_view(st, ctx.now()))
 
-    @router.post("/channels/{name}/keys/{key_name}/disable", response_model=ChannelOut, responses=_SWITCH, dependencies=[Depends(_no_params)],
+    @router.post("/channels/{name}/keys/{key_name}/disable", response_model=ChannelOut, responses=_SWITCH, dependencies=NO_PARAMS,
                  summary="Disable an upstream key by name: the channel uses its other keys; probes neither use nor "
                  "lift it; until enabled, or a reload that changes the channel (with state.url: every process, until "
                  "enabled)")
@@ -831,7 +833,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
 
     # -- reload ------------------------------------------------------------------------------------
 
-    @router.post("/reload", response_model=ReloadOut, dependencies=[Depends(_no_params)],
+    @router.post("/reload", response_model=ReloadOut, dependencies=NO_PARAMS,
                  responses={400: {"model": ErrorBody, "description": "The new config is invalid; nothing changed"},
                             501: {"model": ErrorBody, "description": "This gateway cannot reload"}},
                  summary="Re-read the config and swap it in without dropping requests; says what changed")

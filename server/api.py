@@ -156,7 +156,6 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
                                       reload=lambda: current().reload_all(), now=lambda: current().clock.now(),
                                       find=lambda rid: current().find(rid),
                                       switches_local=lambda: current().switches_local,
-                                      shared=lambda: current().shared_state is not None,
                                       shared_state=lambda: current().shared_state))
 
     def scrubbed(p: Proxy, body: BaseModel) -> JSONResponse:

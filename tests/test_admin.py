@@ -430,14 +430,24 @@ async def test_switches_mark_an_operators_doing_and_a_config_disable_is_the_conf
     assert not alpha.switched_off and alpha.channel.enabled
     # Disabled by the config: with shared state, enabling it here would reach this process only.
     alpha.channel.enabled = alpha.config_enabled = False
-    gw.ctx._shared = lambda: True
+    told: list[tuple[str, list[str]]] = []
+
+    class Fleet:  # what the admin API tells a SharedState of each switch
+        def operator_enable(self, st: Any, fields: list[str]) -> None:
+            told.append(("enable", fields))
+
+        def operator_disable(self, st: Any, fields: list[str]) -> None:
+            told.append(("disable", fields))
+
+    gw.ctx._shared_state = lambda: Fleet()
     r = await client.post("/admin/channels/alpha/enable", headers=ADMIN)
     assert r.status_code == 409 and "configuration" in r.json()["error"]["message"], r.text
     assert not alpha.channel.enabled
     # ... nor by switching it off first and then on (the config's word is what an enable restores).
     assert (await client.post("/admin/channels/alpha/disable", headers=ADMIN)).status_code == 200
     assert (await client.post("/admin/channels/alpha/enable", headers=ADMIN)).status_code == 409
-    gw.ctx._shared = lambda: False  # one process: the switch is all there is
+    assert told == [("disable", ["off"])]  # the refused enables told nothing
+    gw.ctx._shared_state = lambda: None  # one process: the switch is all there is
     assert (await client.post("/admin/channels/alpha/enable", headers=ADMIN)).json()["enabled"] is True
 
 

@@ -242,7 +242,7 @@ def _native(stop_reason: Any, stop_sequence: Any) -> tuple[str | None, str | Non
 
 def _stop_out(finish: FinishReason | None, native: str | None, has_calls: bool) -> str | None:
     if native is not None and native.startswith("anthropic:"):
-        return native[10:]
+        return native.removeprefix("anthropic:")
     return _stop_reason(finish, has_calls)
 
 

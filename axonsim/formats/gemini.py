@@ -876,7 +876,7 @@ def render_response(resp: UnifiedResponse) -> bytes:
 
 def _finish_out(finish: FinishReason | None, native: str | None) -> str | None:
     if native is not None and native.startswith("gemini:"):
-        return native[7:]
+        return native.removeprefix("gemini:")
     return _FINISH_TO_GEMINI[finish] if finish else None
 
 

@@ -198,6 +198,7 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
         async def _not_here(request: Request) -> Any:  # only reachable if the dispatcher is bypassed
             return _openai_error(500, "this route is served by the gateway's ASGI handler", "server_error")
 
-        api.add_api_route(path, _not_here, methods=["POST"], summary=f"Client API: POST {path} (streaming with "
-                          "\"stream\": true); auth with the gateway key", tags=["client API"])
+        streams = "" if path.endswith("/embeddings") else " (streaming with \"stream\": true)"
+        api.add_api_route(path, _not_here, methods=["POST"], tags=["client API"],
+                          summary=f"Client API: POST {path}{streams}; auth with the gateway key")
     return api

@@ -110,6 +110,12 @@ def test_health(client: httpx.Client) -> None:
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
+def test_openapi_lists_the_client_api(client: httpx.Client) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "stream" in paths["/v1/chat/completions"]["post"]["summary"]
+    assert "stream" not in paths["/v1/embeddings"]["post"]["summary"]  # embeddings do not stream
+
+
 def test_models_list_needs_the_key(client: httpx.Client) -> None:
     assert client.get("/v1/models").status_code == 401
     r = client.get("/v1/models", headers=AUTH)

@@ -191,14 +191,27 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
 
     api.include_router(admin)
 
-    for path in current().routes.paths():
+    async def _not_here(request: Request) -> Any:  # only reachable if the dispatcher is bypassed
+        return _openai_error(500, "this route is served by the gateway's ASGI handler", "server_error")
+
+    routes = current().routes
+    for path in routes.paths():
         if not path.startswith("/v1") and not path.startswith("/anthropic"):
-            continue
-
-        async def _not_here(request: Request) -> Any:  # only reachable if the dispatcher is bypassed
-            return _openai_error(500, "this route is served by the gateway's ASGI handler", "server_error")
-
+            continue  # Gemini's methods are a pattern: listed one by one below
         streams = "" if path.endswith("/embeddings") else " (streaming with \"stream\": true)"
         api.add_api_route(path, _not_here, methods=["POST"], tags=["client API"],
                           summary=f"Client API: POST {path}{streams}; auth with the gateway key")
+    for method, what in _GEMINI_METHODS:
+        if routes.match(f"/v1beta/models/m:{method}") is not None:
+            api.add_api_route(f"/v1beta/models/{{model}}:{method}", _not_here, methods=["POST"], tags=["client API"],
+                              summary=f"Client API, Gemini: {what}; also under /v1/, /gemini/v1beta/, "
+                              "/gemini/v1/ and /gemini/; auth with the gateway key (x-goog-api-key or ?key=)")
     return api
+
+
+_GEMINI_METHODS = [
+    ("generateContent", "one answer"),
+    ("streamGenerateContent", "a stream: SSE with ?alt=sse, else one JSON array written as it grows"),
+    ("embedContent", "one embedding"),
+    ("batchEmbedContents", "a batch of embeddings"),
+]

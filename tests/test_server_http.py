@@ -114,6 +114,8 @@ def test_openapi_lists_the_client_api(client: httpx.Client) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert "stream" in paths["/v1/chat/completions"]["post"]["summary"]
     assert "stream" not in paths["/v1/embeddings"]["post"]["summary"]  # embeddings do not stream
+    for method in ("generateContent", "streamGenerateContent", "embedContent", "batchEmbedContents"):
+        assert paths[f"/v1beta/models/{{model}}:{method}"]["post"]["summary"].startswith("Client API, Gemini")
 
 
 def test_models_list_needs_the_key(client: httpx.Client) -> None:

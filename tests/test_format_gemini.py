@@ -481,6 +481,22 @@ def render_stream(events: list[StreamEvent], req: Request | None = None) -> list
     return [r.render(ev) for ev in events] + [r.finish()]
 
 
+def test_stream_renderer_parallel_calls_with_interleaved_fragments() -> None:
+    # OpenAI-shaped streams announce every parallel call, then interleave their arguments.
+    events: list[StreamEvent] = [
+        StreamStart(id="x", model="m"),
+        ToolCallDelta(index=0, id="call_a", name="get_weather", arguments=""),
+        ToolCallDelta(index=1, id="call_b", name="get_time", arguments=""),
+        ToolCallDelta(index=0, arguments='{"ci'), ToolCallDelta(index=1, arguments='{"tz":'),
+        ToolCallDelta(index=0, arguments='ty":"Paris"}'), ToolCallDelta(index=1, arguments='"UTC"}'),
+        FinishEvent(reason="tool_calls"),
+    ]
+    chunks = sse_payloads(b"".join(render_stream(events)))
+    calls = [p["functionCall"] for c in chunks for p in c["candidates"][0]["content"]["parts"] if "functionCall" in p]
+    assert calls == [{"id": "call_a", "name": "get_weather", "args": {"city": "Paris"}},
+                     {"id": "call_b", "name": "get_time", "args": {"tz": "UTC"}}]
+
+
 def test_stream_renderer_framing_and_whole_function_calls() -> None:
     events = stream_of(TOOL_RESPONSE)
     outs = render_stream(events)
@@ -494,8 +510,8 @@ def test_stream_renderer_framing_and_whole_function_calls() -> None:
             assert out
         if isinstance(ev, ToolCallDelta) and ev.index == 0:
             assert out == b""
-    call_chunks = [c for c in chunks if "functionCall" in c["candidates"][0]["content"]["parts"][0]]
-    assert [c["candidates"][0]["content"]["parts"][0]["functionCall"] for c in call_chunks] == [
+    calls = [p["functionCall"] for c in chunks for p in c["candidates"][0]["content"]["parts"] if "functionCall" in p]
+    assert calls == [
         {"id": "toolu_01", "name": "get_weather", "args": {"city": "Paris"}},
         {"id": "toolu_02", "name": "get_time", "args": {}},
     ]

@@ -898,8 +898,8 @@ def _one_line(data: bytes) -> bytes:
 
 class StreamRenderer:
     """Unified stream events → Gemini stream chunks (SSE, or a JSON array), one chunk per event as it arrives. Only a tool call's
-    argument fragments are held back (Gemini sends a functionCall whole), until the next call, a
-    non-call event, or the finish; finishReason and usage go on the last chunk, written by finish()."""
+    argument fragments are held back (Gemini sends a functionCall whole), until a non-call event or
+    the finish (parallel calls go out together); finishReason and usage go on the last chunk, written by finish()."""
 
     def __init__(self, req: Request | Parsed, array: bool = False) -> None:
         # `array`: the client asked for the REST default (no `alt`, or `alt=json`): the chunks go out
@@ -938,10 +938,10 @@ class StreamRenderer:
                 return out
             return b""  # redacted thinking: nothing Gemini can show
         if isinstance(ev, ToolCallDelta):
-            out = b""
+            # A new call does not end the ones held: OpenAI-shaped streams announce parallel calls
+            # first and interleave their argument fragments after.
             call = self._calls.get(ev.index)
             if call is None:
-                out = self._flush_calls()
                 call = self._calls[ev.index] = [ev.id or "", ev.name or "", [], self._pending_sig]
                 self._pending_sig = None
             if ev.id and not call[0]:
@@ -949,7 +949,7 @@ class StreamRenderer:
             if ev.name and not call[1]:
                 call[1] = ev.name
             call[2].append(ev.arguments)
-            return out
+            return b""
         if isinstance(ev, StreamStart):
             self._id = ev.id
             self._model = ev.model or self._model

@@ -783,6 +783,10 @@ def test_build_request_maps_an_openai_conversation() -> None:
     ("gemini-3-flash", "none", {"thinkingLevel": "MINIMAL", "includeThoughts": True}),
     ("gemini-2.5-pro", "high", {"thinkingBudget": 24576, "includeThoughts": True}),
     ("gemini-2.0-flash-thinking", "none", {"thinkingBudget": 0}),
+    # "max" (Anthropic's and OpenAI's top word) is no Gemini level: the top one is XHIGH
+    ("gemini-3-pro-preview", "max", {"thinkingLevel": "XHIGH", "includeThoughts": True}),
+    ("gemini-3-pro-preview", "xhigh", {"thinkingLevel": "XHIGH", "includeThoughts": True}),
+    ("gemini-2.5-pro", "max", {"thinkingBudget": 32768, "includeThoughts": True}),
 ])
 def test_reasoning_effort_by_model_generation(model: str, effort: str, thinking: dict[str, Any]) -> None:
     req = Request(model="x", messages=[Message(role="user", content=[TextPart(text="hi")])], reasoning_effort=effort)

@@ -146,7 +146,11 @@ _GEN_MAPPED = {"temperature", "topP", "topK", "candidateCount", "maxOutputTokens
                "thinkingConfig"}
 
 # Reasoning effort → thinking budget for Gemini 1.x/2.x models, which have no thinkingLevel.
-_EFFORT_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768}
+_EFFORT_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768,
+                  "max": 32768}
+# Reasoning effort → thinkingLevel for later models, where the two vocabularies differ (Gemini has
+# no "none" and no "max"); other words go as they are, upper-cased.
+_EFFORT_LEVEL = {"none": "MINIMAL", "max": "XHIGH"}
 _BUDGET_MODELS = re.compile(r"gemini-[12](?:\.|-|$)")
 
 # --------------------------------------------------------------------------------------------------
@@ -1230,7 +1234,7 @@ def _generation_config(req: Request, model: str) -> dict[str, Any]:
         if _BUDGET_MODELS.search(model):  # 1.x/2.x models know budgets only
             thinking["thinkingBudget"] = _EFFORT_BUDGET.get(effort, 8192)
         else:
-            thinking["thinkingLevel"] = "MINIMAL" if effort == "none" else effort.upper()
+            thinking["thinkingLevel"] = _EFFORT_LEVEL.get(effort) or effort.upper()
     if thinking and thinking.get("thinkingBudget") != 0:
         # A client of another family that asks for reasoning expects to see it; a Gemini client's own
         # includeThoughts arrives through extra_body and wins.

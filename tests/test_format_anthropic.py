@@ -721,6 +721,22 @@ def test_thinking_modes(thinking: dict[str, Any], budget: int | None, effort: st
     assert json.loads(A.build_request(req, "m"))["thinking"] == thinking
 
 
+@pytest.mark.parametrize(("source", "mode", "kept"), [
+    ("gemini", "required", False), ("openai_chat", "function", False), ("gemini", "auto", True),
+    ("anthropic", "required", True),  # an Anthropic client's own request goes as it asked
+])
+def test_thinking_with_a_forced_tool_choice(source: str, mode: str, kept: bool) -> None:
+    # Anthropic refuses thinking with tool_choice any/tool; the forced call wins for other families.
+    req = Request(model="m", source=source, reasoning_budget=2048, sampling=Sampling(temperature=0.3),
+                  messages=[Message(role="user", content=[TextPart(text="weather?")])],
+                  tools=[Tool(name="get_weather", parameters={"type": "object"})],
+                  tool_choice=ToolChoice(mode=mode, name="get_weather" if mode == "function" else None))
+    out = _build(req)
+    assert ("thinking" in out) is kept
+    assert out["tool_choice"]["type"] == {"required": "any", "function": "tool", "auto": "auto"}[mode]
+    assert ("temperature" in out) is not kept  # thinking off: the asked temperature is sent
+
+
 # --------------------------------------------------------------------------------------------------
 # Outbound details
 

@@ -785,6 +785,13 @@ def build_request(req: Request, upstream_model: str) -> bytes:
     body["messages"] = messages
 
     thinking = _render_thinking(req)
+    if (thinking is not None and thinking["type"] != "disabled" and req.source != FAMILY and req.tools
+            and req.tool_choice is not None and req.tool_choice.mode in ("required", "function")):
+        # Anthropic refuses thinking with a forced tool choice ("Thinking may not be enabled when
+        # tool_choice forces tool use"); other families allow both. The forced call is the part a
+        # client's code depends on, so the thinking goes. (An Anthropic client's own request is
+        # left as it asked: the provider's answer tells it.)
+        thinking = None
     if thinking is not None:
         body["thinking"] = thinking
         if thinking["type"] == "enabled" and thinking["budget_tokens"] >= max_tokens:

@@ -206,9 +206,15 @@ class StreamStart(_Model):
     usage: Usage | None = None  # Anthropic announces input tokens up front
 
 
+# `item_id` on the deltas below: the upstream's own id of the output item the delta belongs to,
+# where its family names items (OpenAI Responses: msg_…, rs_…, fc_…). A client of that family may
+# send the items back by id, so its renderer writes these instead of ids of its own.
+
+
 class TextDelta(_Model):
     type: Literal["text"] = "text"
     text: str
+    item_id: str | None = None
 
 
 class ReasoningDelta(_Model):
@@ -217,6 +223,7 @@ class ReasoningDelta(_Model):
     signature: str | None = None
     signature_provider: str | None = None
     redacted_data: str | None = None
+    item_id: str | None = None
 
 
 class ToolCallDelta(_Model):
@@ -227,6 +234,7 @@ class ToolCallDelta(_Model):
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+    item_id: str | None = None
 
 
 class FinishEvent(_Model):

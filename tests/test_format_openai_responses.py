@@ -387,7 +387,10 @@ def test_parse_incomplete_response_is_length() -> None:
 def test_stream_tool_events_in_detail() -> None:
     events = parse_stream(fixture_stream("responses-tool.stream.jsonl"))
     calls = [e for e in events if isinstance(e, ToolCallDelta)]
-    assert calls[0] == ToolCallDelta(index=0, id="call_LabG58Uhrq9kZvR52BYKjToD", name="get_capital", arguments="")
+    fc_id = next(i["id"] for i in json.loads(fixture_bytes("responses-tool.response.json"))["output"]
+                 if i["type"] == "function_call")
+    assert calls[0] == ToolCallDelta(index=0, id="call_LabG58Uhrq9kZvR52BYKjToD", name="get_capital", arguments="",
+                                     item_id=fc_id)
     assert all(c.index == 0 and c.id is None for c in calls[1:])
     # the signature is the encrypted_content of output_item.done, not the (incomplete) one of .added
     sigs = [e.signature for e in events if isinstance(e, ReasoningDelta) and e.signature]
@@ -395,6 +398,18 @@ def test_stream_tool_events_in_detail() -> None:
     assert sigs == [done]
     assert [e for e in events if isinstance(e, FinishEvent)] == [FinishEvent(reason="tool_calls")]
     assert isinstance(events[-1], UsageEvent) and events[-1].usage.reasoning_tokens == 26
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_stream_rerendered_for_a_responses_client_keeps_the_upstream_item_ids(name: str) -> None:
+    # A client replays output items by id (store: true looks them up), so a Responses stream
+    # rendered again from unified events must carry the provider's ids, as a passed-through answer does.
+    events = parse_stream(fixture_stream(f"responses-{name}.stream.jsonl"))
+    r = fmt.StreamRenderer(Request(model="m", messages=[], stream=True))
+    out = b"".join(r.render(e) for e in events) + r.finish()
+    done = [json.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")][-1]
+    recorded = json.loads(fixture_bytes(f"responses-{name}.response.json"))
+    assert [i["id"] for i in done["response"]["output"]] == [i["id"] for i in recorded["output"]]
 
 
 def test_failed_stream_ends_in_error_event() -> None:

@@ -628,6 +628,7 @@ class StreamRenderer:
         self._content: _Item | None = None  # the open message or reasoning item
         self._calls: dict[int, _Item] = {}  # unified tool-call index → its function_call item
         self._open_calls: list[_Item] = []
+        self._upstream_ids: set[str] = set()  # upstream item ids already given to an item
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -645,7 +646,7 @@ class StreamRenderer:
             return self._start()
         out = self._start() if not self._started else b""
         if isinstance(ev, TextDelta):
-            return out + self._text(ev.text)
+            return out + self._text(ev.text, ev.item_id)
         if isinstance(ev, ReasoningDelta):
             return out + self._reasoning(ev)
         if isinstance(ev, ToolCallDelta):
@@ -711,9 +712,13 @@ class StreamRenderer:
         env = self._env("in_progress")
         return self._emit("response.created", response=env) + self._emit("response.in_progress", response=env)
 
-    def _new_item(self, kind: str, prefix: str, **kw: Any) -> _Item:
+    def _new_item(self, kind: str, prefix: str, upstream_id: str | None = None, **kw: Any) -> _Item:
+        """An item with the upstream's id for it (a client may send it back by that id), else one of ours."""
         index = len(self._output)
         self._output.append(None)
+        if upstream_id is not None and upstream_id not in self._upstream_ids:
+            self._upstream_ids.add(upstream_id)
+            return _Item(kind=kind, index=index, id=upstream_id, **kw)
         return _Item(kind=kind, index=index, id=f"{prefix}_{_id_base(self._id)}_{index}", **kw)
 
     def _final(self, item: _Item, status: str) -> JSON:
@@ -762,14 +767,14 @@ class StreamRenderer:
 
     # -- content ----------------------------------------------------------------------------------
 
-    def _text(self, text: str) -> bytes:
+    def _text(self, text: str, item_id: str | None = None) -> bytes:
         if not text:
             return b""  # an empty delta must not open an (empty) message item
         out = b""
         item = self._content
-        if item is None or item.kind != "message":
+        if item is None or item.kind != "message" or (item_id is not None and item_id != item.id):
             out += self._close_all("completed")
-            item = self._content = self._new_item("message", "msg")
+            item = self._content = self._new_item("message", "msg", item_id)
             out += self._emit("response.output_item.added", output_index=item.index,
                               item=_message_item(item.id, [], "in_progress"))
             out += self._emit("response.content_part.added", item_id=item.id, output_index=item.index,
@@ -787,9 +792,9 @@ class StreamRenderer:
                 + b',"content_index":0,"delta":' + _dumps(text) + b',"logprobs":[],"sequence_number":'
                 + str(seq).encode() + b"}\n\n")
 
-    def _open_reasoning(self) -> bytes:
+    def _open_reasoning(self, item_id: str | None) -> bytes:
         out = self._close_all("completed")
-        item = self._content = self._new_item("reasoning", "rs")
+        item = self._content = self._new_item("reasoning", "rs", item_id)
         return out + self._emit("response.output_item.added", output_index=item.index,
                                 item={"id": item.id, "type": "reasoning", "summary": []})
 
@@ -798,8 +803,9 @@ class StreamRenderer:
         if ev.text:
             item = self._content
             # A signature closes a thinking block (Anthropic); more thinking is a new item.
-            if item is None or item.kind != "reasoning" or item.signature is not None:
-                out += self._open_reasoning()
+            if (item is None or item.kind != "reasoning" or item.signature is not None
+                    or (ev.item_id is not None and ev.item_id != item.id)):
+                out += self._open_reasoning(ev.item_id)
                 item = self._content
                 assert item is not None
             common = {"item_id": item.id, "output_index": item.index, "summary_index": 0}
@@ -811,15 +817,16 @@ class StreamRenderer:
             out += self._emit("response.reasoning_summary_text.delta", **common, delta=ev.text)
         if ev.signature:
             item = self._content
-            if item is None or item.kind != "reasoning" or item.signature is not None:
-                out += self._open_reasoning()
+            if (item is None or item.kind != "reasoning" or item.signature is not None
+                    or (ev.item_id is not None and ev.item_id != item.id)):
+                out += self._open_reasoning(ev.item_id)
                 item = self._content
                 assert item is not None
             item.signature = ev.signature
             item.signature_provider = ev.signature_provider
         if ev.redacted_data:
             out += self._close_all("completed")
-            item = self._new_item("reasoning", "rs")
+            item = self._new_item("reasoning", "rs", ev.item_id)
             final = _reasoning_item(item.id, ReasoningPart(redacted=True, data=ev.redacted_data))
             out += self._emit("response.output_item.added", output_index=item.index, item=final)
             self._output[item.index] = final
@@ -831,7 +838,8 @@ class StreamRenderer:
         item = self._calls.get(ev.index)
         if item is None:
             out += self._close_content("completed")
-            item = self._new_item("function_call", "fc", call_id=ev.id or f"call_{_id_base(self._id)}_{ev.index}",
+            item = self._new_item("function_call", "fc", ev.item_id,
+                                  call_id=ev.id or f"call_{_id_base(self._id)}_{ev.index}",
                                   name=ev.name or "")
             self._calls[ev.index] = item
             self._open_calls.append(item)
@@ -1200,6 +1208,7 @@ class StreamParser:
         self._reasoning: dict[int, str] = {}  # output_index → reasoning text streamed (with separators)
         self._summary_parts: dict[int, int] = {}  # output_index → summary parts seen
         self._summary_text: dict[tuple[int, int], str] = {}
+        self._item_ids: dict[int, str] = {}  # output_index → the upstream's item id (see unified.TextDelta)
         self._handlers: dict[str, Callable[[JSON, list[StreamEvent]], None]] = {
             "response.created": self._on_created,
             "response.output_item.added": self._on_item_added,
@@ -1272,19 +1281,28 @@ class StreamParser:
         raw = item.get("arguments")
         args = raw if isinstance(raw, str) else ""
         self._args[oi] = args
-        out.append(ToolCallDelta(index=idx, id=item.get("call_id"), name=item.get("name"), arguments=args))
+        out.append(ToolCallDelta(index=idx, id=item.get("call_id"), name=item.get("name"), arguments=args,
+                                 item_id=self._item_ids.get(oi)))
+
+    def _keep_id(self, oi: int, item: JSON) -> None:
+        iid = item.get("id")
+        if isinstance(iid, str) and iid and oi not in self._item_ids:
+            self._item_ids[oi] = iid
 
     def _on_item_added(self, obj: JSON, out: list[StreamEvent]) -> None:
         item = obj.get("item")
         oi = obj.get("output_index")
-        if isinstance(item, dict) and isinstance(oi, int) and item.get("type") == "function_call":
-            self._register_call(oi, item, out)
+        if isinstance(item, dict) and isinstance(oi, int):
+            self._keep_id(oi, item)
+            if item.get("type") == "function_call":
+                self._register_call(oi, item, out)
 
     def _on_item_done(self, obj: JSON, out: list[StreamEvent]) -> None:
         item = obj.get("item")
         oi = obj.get("output_index")
         if not isinstance(item, dict) or not isinstance(oi, int):
             return
+        self._keep_id(oi, item)
         kind = item.get("type")
         if kind == "function_call":
             if oi not in self._call_index:
@@ -1297,11 +1315,11 @@ class StreamParser:
             rest = _rest(full, self._text.get(oi, ""))
             if rest:
                 self._text[oi] = full
-                out.append(TextDelta(text=rest))
+                out.append(TextDelta(text=rest, item_id=self._item_ids.get(oi)))
         elif kind == "reasoning":
             enc = item.get("encrypted_content")
             if isinstance(enc, str) and enc.startswith(REDACTED_PREFIX):
-                out.append(ReasoningDelta(redacted_data=enc[len(REDACTED_PREFIX):]))
+                out.append(ReasoningDelta(redacted_data=enc[len(REDACTED_PREFIX):], item_id=self._item_ids.get(oi)))
                 return
             try:
                 full = _reasoning_text(item, "item")
@@ -1311,7 +1329,8 @@ class StreamParser:
             sig, provider = import_signature(enc, FAMILY) if isinstance(enc, str) and enc else (None, None)
             if rest or sig:
                 self._reasoning[oi] = self._reasoning.get(oi, "") + rest
-                out.append(ReasoningDelta(text=rest, signature=sig, signature_provider=provider))
+                out.append(ReasoningDelta(text=rest, signature=sig, signature_provider=provider,
+                                          item_id=self._item_ids.get(oi)))
 
     def _on_text_delta(self, obj: JSON, out: list[StreamEvent]) -> None:
         delta = obj.get("delta")
@@ -1319,7 +1338,7 @@ class StreamParser:
         if isinstance(delta, str) and delta:
             self._text[oi] = self._text.get(oi, "") + delta
             self._part_text[(oi, ci)] = self._part_text.get((oi, ci), "") + delta
-            out.append(TextDelta(text=delta))
+            out.append(TextDelta(text=delta, item_id=self._item_ids.get(oi)))
 
     def _on_text_done(self, obj: JSON, out: list[StreamEvent]) -> None:
         full = obj.get("text")
@@ -1329,7 +1348,7 @@ class StreamParser:
             if rest:
                 self._part_text[(oi, ci)] = full
                 self._text[oi] = self._text.get(oi, "") + rest
-                out.append(TextDelta(text=rest))
+                out.append(TextDelta(text=rest, item_id=self._item_ids.get(oi)))
 
     def _more_args(self, oi: int, full: Any, out: list[StreamEvent]) -> None:
         if isinstance(full, str):
@@ -1356,7 +1375,7 @@ class StreamParser:
     def _reasoning_out(self, oi: int, text: str, out: list[StreamEvent]) -> None:
         if text:
             self._reasoning[oi] = self._reasoning.get(oi, "") + text
-            out.append(ReasoningDelta(text=text))
+            out.append(ReasoningDelta(text=text, item_id=self._item_ids.get(oi)))
 
     def _on_summary_part(self, obj: JSON, out: list[StreamEvent]) -> None:
         oi = obj.get("output_index", 0)

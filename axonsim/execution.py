@@ -368,6 +368,7 @@ class Router:
         ctx = PickContext(model, stream, tokens) if self._uses_context or explain else NO_CONTEXT
         n = 0
         last: Outcome | None = None
+        retry_at: float | None = None  # the soonest time an upstream's Retry-After names, if any did
         # why candidates were skipped, and the panic candidates: made only when there is one
         unavailable: dict[str, str] | None = None
         soonest: float | None = None
@@ -435,6 +436,9 @@ class Router:
                 rest: list[Candidate] | None = None  # remaining without cand, once made
                 while True:
                     key = st.next_key(now, rng, tokens)
+                    if key is None and st.keys and in_panic:
+                        # Key breakers trip with the channel's: panic tries a key they hold back too.
+                        key = st.panic_key(now, tokens)
                     if key is None and st.keys:
                         if unavailable is None:
                             unavailable = {}
@@ -444,7 +448,7 @@ class Router:
                     start = now
                     call = self._call(st, cand.upstream_model, key, n, request, tokens, deadline,
                                       self.stats if self._feed_ttft else None)
-                    if hedge_delay is not None and n == 1 and len(remaining) > 1:
+                    if hedge_delay is not None and n == 1 and len(remaining) > 1 and policy.max_attempts > 1:
                         rest = [c for c in remaining if c is not cand]
                         out, call, extra = yield from self._hedged(call, hedge_delay, rest, rng, tokens,
                                                                    deadline, request, attempts, decision, ctx)
@@ -467,6 +471,8 @@ class Router:
                             self.remember(sticky_key, st.name)
                         return Result(True, out, attempts, None, now, decisions, call)
                     last = out
+                    if out.retry_after is not None and (retry_at is None or now + out.retry_after < retry_at):
+                        retry_at = now + out.retry_after
                     kind = out.kind if out.kind is not None else ErrorKind.SERVER_ERROR
                     message = out.error.message if out.error is not None else None
                     action = policy.action(kind, out.status, message, st.name)
@@ -483,8 +489,16 @@ class Router:
                     retry_here = key_swap or (action is Action.RETRY and same < (
                         0 if chosen_by == "sticky" else policy.same_channel_limit(cand.state.name)
                         if policy.max_same_by_channel else policy.max_same))
-                    wait = policy.backoff(same + 1 if retry_here else 1, rng,
-                                          out.retry_after if retry_here and not key_swap else None)
+                    ra = out.retry_after if retry_here and not key_swap else None
+                    if ra is not None and ra > policy.cap:
+                        # A Retry-After beyond the backoff cap is not waited out on this channel:
+                        # another may answer now (the client hears it if none does).
+                        retry_here = False
+                        ra = None
+                    wait = policy.backoff(same + 1 if retry_here else 1, rng, ra)
+                    if deadline is not None and now + wait >= deadline and retry_here and not key_swap:
+                        retry_here = False  # this channel's wait is too long; another may still make it
+                        wait = policy.backoff(1, rng, None)
                     if deadline is not None and now + wait >= deadline:
                         rec.next = "deadline"
                         return Result(False, out, attempts, _deadline_error(), now, decisions)
@@ -516,7 +530,12 @@ class Router:
             if retry_after is not None and math.isinf(retry_after):
                 retry_after = None
             return Result(False, None, attempts, no_channel(model, unavailable, retry_after), now, decisions)
-        return Result(False, last, attempts, _client_error(last), now, decisions)
+        err = _client_error(last)
+        if err.retry_after is not None and retry_at is not None and retry_at < last.end + err.retry_after - 1.0:
+            # Another channel named a sooner Retry-After than the last one did (by more than the header's
+            # one-second resolution): that is when to come back.
+            err.retry_after = max(0.0, retry_at - now)
+        return Result(False, last, attempts, err, now, decisions)
 
     def _hedged(self, first: Call, delay: float, remaining: list[Candidate], rng: random.Random, tokens: int,
                 deadline: float | None, request: Any, attempts: list[AttemptRecord],
@@ -530,6 +549,8 @@ class Router:
             return got[1], first, 0
         now = first.start + delay
         second = self.balancer.pick(remaining, now, rng, tokens, None, ctx)
+        if second is not None and self.budget.enabled and not self.budget.try_retry(now):
+            second = None  # a hedge is an extra attempt: the retry budget counts it (as Envoy does)
         if second is None:
             got = yield Race((h1,), None)
             return got[1], first, 0
@@ -559,6 +580,11 @@ def _frees_at(st: ChannelState, now: float) -> float:
     t = now + 1.0  # rate windows and keys free up continuously: suggest a short wait
     if st.cooldown_until > now:
         t = max(t, st.cooldown_until)
+    if st.keys and not any(k.available(now) for k in st.keys):
+        # every key is out: the first to come back (a key's cooldown, say after its 429) frees the channel
+        back = [k.disabled_until for k in st.keys if not k.disabled and k.disabled_until > now]
+        if back:
+            t = max(t, min(back))
     if st.quota is not None and not st.quota.allows(now, 0):
         t = max(t, st.quota.resets_at(now))
     return t

@@ -288,6 +288,10 @@ class ChannelState:
             self.breaker(model).on_failure(now)
         status = outcome.status
         bad_key = kind is ErrorKind.AUTHENTICATION or kind is ErrorKind.PERMISSION
+        if bad_key and status != 401 and status != 403:
+            # Bad credentials under another status (Gemini: 400 API_KEY_INVALID) meet the rules for
+            # the status that says it.
+            status = 401 if kind is ErrorKind.AUTHENTICATION else 403
         if k is not None:
             k.failures += 1
             if k.breaker is not None and kind is not ErrorKind.RATE_LIMITED:
@@ -400,6 +404,19 @@ class ChannelState:
             if i in ok:
                 return i
         return ok[0]
+
+    def panic_key(self, now: float, tokens: int = 0) -> int | None:
+        """For panic mode: a key only health (its breaker) holds back — not one switched off, rejected
+        for its credentials, cooling down after a 429, or over its limits. None if there is none."""
+        keys = self.keys
+        n = len(keys)
+        for j in range(n):
+            i = (self._key_rr + j) % n
+            k = keys[i]
+            if not k.disabled and k.disabled_until <= now and k.limiter.allows(now, tokens):
+                self._key_rr = i + 1
+                return i
+        return None
 
     def other_key_available(self, now: float, key: int | None, tokens: int = 0) -> bool:
         return any(i != key and k.available(now, tokens) for i, k in enumerate(self.keys))

@@ -201,7 +201,7 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
         streams = "" if path.endswith("/embeddings") else " (streaming with \"stream\": true)"
         api.add_api_route(path, _not_here, methods=["POST"], tags=["client API"],
                           summary=f"Client API: POST {path}{streams}; auth with the gateway key")
-    for method, what in _GEMINI_METHODS:
+    for method, what in _GEMINI_DOCS:
         if routes.match(f"/v1beta/models/m:{method}") is not None:
             api.add_api_route(f"/v1beta/models/{{model}}:{method}", _not_here, methods=["POST"], tags=["client API"],
                               summary=f"Client API, Gemini: {what}; also under /v1/, /gemini/v1beta/, "
@@ -209,7 +209,7 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
     return api
 
 
-_GEMINI_METHODS = [
+_GEMINI_DOCS = [  # the Gemini methods served, as the OpenAPI document lists them
     ("generateContent", "one answer"),
     ("streamGenerateContent", "a stream: SSE with ?alt=sse, else one JSON array written as it grows"),
     ("embedContent", "one embedding"),

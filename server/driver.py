@@ -344,8 +344,9 @@ class LiveDriver:
                 out = Outcome.failure(clock.now(), Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status,
                                                    message=exc.message, param=exc.param), key=call.key)
             else:
+                deadline = call.deadline  # the request's (routing.retry.deadline): it bounds this attempt too
                 upreq = UpstreamRequest(ch.url(call.upstream_model, ex.stream), ch.headers(call.key), body, ex.stream,
-                                        ch.limits)
+                                        ch.limits, None if deadline is None else max(0.0, deadline - clock.now()))
                 if ex.stream:
                     out = await self._stream(ch, call, ex, upreq)
                 else:
@@ -509,7 +510,7 @@ def transport_error(exc: UpstreamError) -> Error:
 
 def _mid_stream_error(exc: UpstreamError) -> Error:
     if isinstance(exc, UpstreamTimeout):
-        return Error(kind=ErrorKind.TIMEOUT, status=504, message="the upstream stream stalled")
+        return Error(kind=ErrorKind.TIMEOUT, status=504, message="the upstream stream timed out (it stalled, or ran past its time limit)")
     return Error(kind=ErrorKind.CONNECTION, status=502, message="the upstream stream was interrupted")
 
 

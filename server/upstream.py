@@ -65,14 +65,19 @@ class Limits:
 
 
 class UpstreamRequest:
-    __slots__ = ("url", "headers", "body", "stream", "limits")
+    """`within`: seconds the attempt may take at most, when the request's deadline is sooner than the
+    channel's total timeout (routing.retry.deadline); None otherwise."""
 
-    def __init__(self, url: str, headers: Mapping[str, str], body: bytes, stream: bool, limits: Limits) -> None:
+    __slots__ = ("url", "headers", "body", "stream", "limits", "within")
+
+    def __init__(self, url: str, headers: Mapping[str, str], body: bytes, stream: bool, limits: Limits,
+                 within: float | None = None) -> None:
         self.url = url
         self.headers = headers
         self.body = body
         self.stream = stream
         self.limits = limits
+        self.within = within
 
 
 class UpstreamResponse(Protocol):
@@ -255,6 +260,9 @@ class AiohttpUpstream:
         lim = req.limits
         start = loop.time()
         total = start + lim.total
+        within = req.within
+        if within is not None and within < lim.total:
+            total = start + within
         # Non-stream: headers and body under the total deadline. Stream: the headers under the
         # first-token deadline; the body's deadlines are the _StreamResponse's.
         w = _CancelTask(total if not req.stream else min(start + lim.first_token, total), task)

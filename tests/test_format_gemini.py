@@ -893,9 +893,9 @@ def test_parse_error_fixtures() -> None:
 def test_parse_error_without_a_google_body() -> None:
     html = g.parse_error(502, {"Retry-After": "3"}, b"<html>Bad Gateway</html>")
     assert (html.kind, html.status, html.message, html.retry_after) == \
-        (ErrorKind.SERVER_ERROR, 502, "<html>Bad Gateway</html>", 3.0)
+        (ErrorKind.SERVER_ERROR, 502, "Upstream error: HTTP 502 Bad Gateway.", 3.0)
     empty = g.parse_error(504, {}, b"")
-    assert (empty.kind, empty.message) == (ErrorKind.TIMEOUT, "HTTP 504")
+    assert (empty.kind, empty.message) == (ErrorKind.TIMEOUT, "Upstream error: HTTP 504 Gateway Timeout.")
     listed = g.parse_error(429, {}, b"[" + fixture("gemini-error-429.json") + b"]")
     assert listed.retry_after == 27.0
 

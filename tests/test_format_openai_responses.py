@@ -935,7 +935,7 @@ def test_parse_error_openai_bodies_and_headers() -> None:
     assert "Service Unavailable" in fmt.parse_error(503, {}, b"<html>Service Unavailable</html>").message
     err = fmt.parse_error(400, {}, b'{"error":{"message":"bad","param":"input[3].call_id","code":"invalid_value"}}')
     assert (err.kind, err.param, err.code) == (ErrorKind.INVALID_REQUEST, "input[3].call_id", "invalid_value")
-    assert fmt.parse_error(502, {}, b"").message == "upstream returned HTTP 502"
+    assert fmt.parse_error(502, {}, b"").message == "Upstream error: HTTP 502 Bad Gateway."
 
 
 # --------------------------------------------------------------------------------------------------

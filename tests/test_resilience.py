@@ -10,7 +10,7 @@ import pytest
 
 from axonsim.config import ConfigError, parse_config
 from axonsim.execution import Outcome, Router
-from axonsim.unified import Error, error_kind_for_status
+from axonsim.unified import Error, ErrorKind, error_kind_for_status
 
 
 def make(channels, **routing):
@@ -330,3 +330,83 @@ def test_panic_mode_tries_health_excluded_channels_rather_than_fail_without_an_a
         driver(strict, "m", fail(500, after=0.0), now=float(i))
     res = driver(strict, "m", ok(0.0), now=5.0)
     assert not res.ok and res.attempts == [] and res.error.status == 503
+
+
+def test_panic_mode_also_tries_keys_whose_breakers_tripped_with_their_channels(driver):
+    # Key breakers open together with the channel's; panic must not then find "no key available".
+    keyed = chans(2, c0={"api_keys": ["k0"]}, c1={"api_keys": ["k1"]})
+    trip = {"failure_threshold": 1, "open_time": 100}
+    r = make(keyed, strategy="round_robin", retry=NO_RETRY,
+             health={"breaker": trip, "key_breaker": trip, "auto_disable": []})
+    for i in range(2):
+        driver(r, "m", fail(500, after=0.0), now=float(i))
+    assert all(not s.keys[0].available(5.0) for s in r.states)  # the key breakers are open too
+    res = driver(r, "m", ok(0.0), now=5.0, explain=True)
+    assert res.ok and len(res.attempts) == 1 and res.decisions[-1]["by"] == "panic"
+    # a key switched off for its credentials stays off, panic or not
+    for s in r.states:
+        s.keys[0].disabled = True
+    res = driver(r, "m", ok(0.0), now=6.0)
+    assert not res.ok and res.attempts == []
+
+
+def test_a_retry_after_beyond_the_backoff_cap_fails_over_instead_of_waiting(driver):
+    r = make(chans(2), strategy="round_robin", retry={"backoff": {"base": 0.1, "cap": 5.0, "jitter": 0.0}})
+    log = []
+    res = driver(r, "m", by_channel({"c0": fail(503, retry_after=20.0, after=0.0), "c1": ok(0.0)}), log=log)
+    assert [(a.channel, a.next) for a in res.attempts] == [("c0", "failover"), ("c1", "done")]
+    assert [e[1] for e in log if e[0] == "wait"] == [pytest.approx(0.1)]
+    # within the cap it is still honoured on the same channel
+    res = driver(r, "m", by_channel({"c0": fail(503, retry_after=3.0, after=0.0), "c1": ok(0.0)}), now=50.0,
+                 log=(log := []))
+    assert res.attempts[0].next == "retry" and [e[1] for e in log if e[0] == "wait"][0] == pytest.approx(3.0)
+
+
+def test_a_deadline_too_close_for_this_channels_wait_fails_over_rather_than_give_up(driver):
+    r = make(chans(2), strategy="round_robin",
+             retry={"deadline": 10.0, "backoff": {"base": 0.1, "cap": 30.0, "jitter": 0.0}})
+    res = driver(r, "m", by_channel({"c0": fail(503, retry_after=20.0, after=0.0), "c1": ok(0.0)}))
+    assert res.ok and [(a.channel, a.next) for a in res.attempts] == [("c0", "failover"), ("c1", "done")]
+
+
+def test_a_hedge_is_an_attempt_max_attempts_and_the_budget_count(driver):
+    slow_first = by_channel({"c0": ok(10.0), "c1": ok(1.0)})
+    capped = make(chans(2), strategy="round_robin", hedge={"enabled": True, "delay": 2.0},
+                  retry={"max_attempts": 1})
+    log = []
+    res = driver(capped, "m", slow_first, log=log)
+    assert res.ok and [e[1] for e in log if e[0] in ("call", "launch")] == ["c0"] and len(res.attempts) == 1
+    broke = make(chans(2), strategy="round_robin", hedge={"enabled": True, "delay": 2.0},
+                 retry={"budget": {"enabled": True, "ratio": 0.0, "min_retries": 0}})
+    log = []
+    res = driver(broke, "m", slow_first, log=log)
+    assert res.ok and [e[1] for e in log if e[0] in ("call", "launch")] == ["c0"]
+
+
+def test_a_pool_of_rate_limited_keys_tells_the_client_when_the_first_comes_back(driver):
+    r = make(chans(1, c0={"api_keys": ["k0", "k1"]}), retry={"max_same_channel": 0})
+    res = driver(r, "m", fail(429, retry_after=30.0, after=0.0), now=100.0)
+    assert res.error.status == 429 and [a.next for a in res.attempts] == ["next_key", "exhausted"]
+    res = driver(r, "m", ok(0.0), now=104.0)
+    assert not res.ok and res.attempts == [] and res.error.status == 429
+    assert res.error.retry_after == pytest.approx(26.0)  # the keys' cooldown, not a generic second
+
+
+def test_the_soonest_retry_after_of_several_channels_is_the_clients(driver):
+    r = make(chans(2), strategy="round_robin", retry={"max_same_channel": 0})
+    res = driver(r, "m", by_channel({"c0": fail(429, retry_after=2.0, after=0.0),
+                                     "c1": fail(429, retry_after=60.0, after=0.0)}))
+    assert res.error.status == 429 and res.error.retry_after == pytest.approx(2.0, abs=0.2)
+
+
+def test_bad_credentials_under_another_status_disable_the_key_as_a_401_does(driver):
+    # Gemini answers an invalid key with 400 INVALID_ARGUMENT (reason API_KEY_INVALID): kind authentication.
+    r = make(chans(1, c0={"api_keys": ["k0", "k1"]}))
+
+    def answer(call, now):
+        if call.key == 0:
+            return Outcome.failure(now, Error(kind=ErrorKind.AUTHENTICATION, status=400, message="API key not valid"))
+        return Outcome(True, now)
+    res = driver(r, "m", answer)
+    assert res.ok and [a.next for a in res.attempts][-1] == "done"
+    assert r.by_name["c0"].keys[0].disabled  # permanently, as the default 401 rule says

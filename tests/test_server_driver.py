@@ -445,3 +445,13 @@ def test_every_family_reads_a_200_error_body_as_the_providers_words(family: str,
         with pytest.raises(UpstreamErrorBody) as e:
             read(orjson.dumps(body))
         assert "the upstream said no" in e.value.message and e.value.status == 502
+
+
+async def test_the_requests_deadline_is_handed_to_each_attempt() -> None:
+    # routing.retry.deadline bounds a running attempt too (the upstream gets the time left as `within`).
+    up = MockUpstream(lambda r: MockReply(200, chat_body()))
+    result, _ = await run(Proxy(make_config(retry={"deadline": 5.0}), up, seed=1), request())
+    assert result.ok and up.requests[0].within is not None and 4.0 < up.requests[0].within <= 5.0
+    up = MockUpstream(lambda r: MockReply(200, chat_body()))
+    result, _ = await run(Proxy(make_config(), up, seed=1), request())
+    assert result.ok and up.requests[0].within is None

@@ -128,6 +128,20 @@ async def test_non_stream_total_deadline(server: str, upstream: AiohttpUpstream)
     assert resp.status == 503 and await resp.read() == b'{"ok": true}'
 
 
+async def test_the_requests_deadline_bounds_an_attempt_sooner_than_its_total(server: str,
+                                                                              upstream: AiohttpUpstream) -> None:
+    # routing.retry.deadline: the driver hands the time left as `within`; total (10 s) is not waited.
+    plain = req(server + "/plain?delay=5", False)
+    plain.within = 0.2
+    with pytest.raises(UpstreamTimeout):
+        await asyncio.wait_for(upstream.send(plain), 3)
+    stream = req(server + "/stream?n=50&gap=0.05", True, idle=1)
+    stream.within = 0.4
+    resp = await upstream.send(stream)
+    with pytest.raises(UpstreamTimeout):
+        await asyncio.wait_for(drain(resp), 3)
+
+
 async def test_connection_refused(upstream: AiohttpUpstream) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

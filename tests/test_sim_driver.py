@@ -102,6 +102,20 @@ def test_timeout_fault_hangs_until_the_gateway_gives_up():
     assert att.end == pytest.approx(4.0) and att.error == "timeout"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_requests_deadline_cuts_a_running_attempt_as_the_proxy_does(stream):
+    # A 60 s answer, gateway timeouts far away, routing.retry.deadline 3 s: the attempt ends at 3 s.
+    b = {"ttft": 1.0 if stream else 30.0, "output_tokens": 3000, "tokens_per_second": 100}
+    cfg = config([chan("a", **b)], {"retry": {"max_attempts": 5, "deadline": 3.0}, "health": NO_HEALTH},
+                 gateway={"timeouts": {"first_token": 50.0, "total": 100.0}})
+    res, sim = run_at(cfg, [0.0], stream=stream)
+    att = res.attempts.iloc[0]
+    assert att.end == pytest.approx(3.0) and att.error == "timeout"
+    req = res.requests.iloc[0]
+    assert not req.ok and req.end == pytest.approx(3.0)
+    assert_all_released(sim)
+
+
 def test_upstream_errors_come_at_the_first_token_time():
     cfg = config([chan("a", ttft=0.5, output_tokens=10, faults={"rate_limited": 1.0, "retry_after": 7.0})],
                  {"retry": {"max_attempts": 1}})

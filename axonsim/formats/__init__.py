@@ -46,6 +46,10 @@ All functions are pure: no I/O, no clock (ids and `created` come from the unifie
 from __future__ import annotations
 
 import importlib
+import math
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from types import ModuleType
 
 
@@ -79,3 +83,50 @@ def get_format(name: str) -> ModuleType:
         return importlib.import_module(FORMAT_MODULES[name])
     except KeyError:
         raise ValueError(f"unknown format {name!r}") from None
+
+
+def status_message(status: int) -> str:
+    """What a client is told of an upstream error whose body is not the provider's JSON error (an
+    HTML page from a proxy in front of it, say): its status only, as the body may name internal
+    hosts and addresses."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Overloaded" if status == 529 else "error"  # 529: Anthropic's own
+    return f"Upstream error: HTTP {status} {phrase}."
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header by its lower-case name, from a mapping that may not be case-insensitive."""
+    v = headers.get(name)
+    if v is None:
+        for k, val in headers.items():
+            if k.lower() == name:
+                return val
+    return v
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """An upstream error's Retry-After (or retry-after-ms) in seconds: a number, or an HTTP date
+    measured against the response's own Date header (formats never read a clock)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        v = header(headers, name)
+        if v is None:
+            continue
+        try:
+            d = float(v) * scale
+        except ValueError:
+            if name == "retry-after-ms":
+                continue
+            # An HTTP date: measured against the response's own Date header, since this module
+            # never reads a clock.
+            date = header(headers, "date")
+            if date is None:
+                return None
+            try:
+                d = (parsedate_to_datetime(v) - parsedate_to_datetime(date)).total_seconds()
+            except (TypeError, ValueError):
+                return None
+        if math.isfinite(d):
+            return max(0.0, d)
+    return None

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody
+from axonsim.formats import FormatError, UpstreamErrorBody, retry_after, status_message
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
 from axonsim.formats.sse import SSEDecoder, SSEEvent, encode
@@ -1205,8 +1205,7 @@ def parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error:
         elif isinstance(e, str):
             message = e
     if message is None:
-        text = body.decode("utf-8", "replace").strip()
-        message = text if text else f"HTTP {status} from the Anthropic upstream"
+        message = status_message(status)
     if etype in _TYPE_KIND:
         kind = _TYPE_KIND[etype]
         # Anthropic reports an exhausted prepaid balance as a 400: it is the key's fault, not the request's.
@@ -1214,7 +1213,7 @@ def parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error:
             kind = ErrorKind.PERMISSION
     else:
         kind = error_kind_for_status(status)
-    return Error(kind=kind, status=status, message=_clean(message), retry_after=_retry_after(h), code=etype)
+    return Error(kind=kind, status=status, message=_clean(message), retry_after=retry_after(h), code=etype)
 
 
 def _clean(message: str) -> str:
@@ -1222,15 +1221,3 @@ def _clean(message: str) -> str:
     return message if len(message) <= _MAX_MESSAGE else message[:_MAX_MESSAGE] + "…"
 
 
-def _retry_after(h: Mapping[str, str]) -> float | None:
-    for key, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        v = h.get(key)
-        if v is None:
-            continue
-        try:
-            seconds = float(v) * scale
-        except ValueError:
-            continue  # an HTTP date would need a clock, which this pure module does not read
-        if seconds >= 0 and math.isfinite(seconds):
-            return seconds
-    return None

@@ -37,7 +37,7 @@ from typing import Any, cast
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody
+from axonsim.formats import FormatError, UpstreamErrorBody, retry_after, status_message
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature
 from axonsim.formats.sse import SSEDecoder
@@ -1265,7 +1265,7 @@ class _Reader:
         if not isinstance(obj, dict):
             raise FormatError("a Gemini response chunk must be a JSON object", None, _UPSTREAM)
         if obj.get("error") is not None:
-            out.append(ErrorEvent(error=_error_from_obj(obj, None, "")))
+            out.append(ErrorEvent(error=_error_from_obj(obj, None)))
             self.errored = True
             return
         if not self.started:
@@ -1347,7 +1347,7 @@ def _response_object(body: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise FormatError("a Gemini response must be a JSON object", None, _UPSTREAM)
     if obj.get("error") is not None:
-        raise UpstreamErrorBody(f"Gemini answered an error: {_error_from_obj(obj, None, '').message}", None, _UPSTREAM)
+        raise UpstreamErrorBody(f"Gemini answered an error: {_error_from_obj(obj, None).message}", None, _UPSTREAM)
     cands = _get(obj, "candidates")
     pf = _get(obj, "promptFeedback")
     if not cands and not (isinstance(pf, dict) and _get(pf, "blockReason")):
@@ -1433,7 +1433,7 @@ class StreamParser:
             self._reader.chunk(obj, out)
 
 
-def _error_from_obj(obj: Any, http: int | None, raw: str) -> Error:
+def _error_from_obj(obj: Any, http: int | None) -> Error:
     e = obj.get("error") if isinstance(obj, dict) else None
     code: Any = None
     message = ""
@@ -1466,7 +1466,7 @@ def _error_from_obj(obj: Any, http: int | None, raw: str) -> Error:
         elif t == _ERROR_INFO and d.get("reason") in ("API_KEY_INVALID", "API_KEY_EXPIRED"):
             kind = ErrorKind.AUTHENTICATION  # Gemini answers a bad key with 400 INVALID_ARGUMENT
     if not message:
-        message = raw.strip()[:500] or f"HTTP {status}"
+        message = status_message(status)  # not the body: a proxy's page may name internal hosts
     return Error(kind=kind, status=status, message=message, retry_after=retry_after, param=param, code=gstatus)
 
 
@@ -1477,12 +1477,7 @@ def parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error:
         obj = None
     if isinstance(obj, list) and len(obj) == 1:
         obj = obj[0]
-    err = _error_from_obj(obj, status, body.decode("utf-8", "replace"))
+    err = _error_from_obj(obj, status)
     if err.retry_after is None:
-        for k, v in headers.items():
-            if k.lower() == "retry-after":
-                try:
-                    err.retry_after = float(v)
-                except ValueError:
-                    pass  # an HTTP date would need a clock: ignored
+        err.retry_after = retry_after(headers)
     return err

@@ -22,13 +22,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from email.utils import parsedate_to_datetime
-from http import HTTPStatus
 from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody
+from axonsim.formats import FormatError, UpstreamErrorBody, retry_after, status_message
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.sse import SSEDecoder
 from axonsim.unified import (
@@ -1428,45 +1426,8 @@ def _error_from_body(e: Any, status: int) -> Error:
     if not status:
         status = 500
     if message is None:
-        try:
-            phrase = HTTPStatus(status).phrase
-        except ValueError:
-            phrase = "error"
-        message = f"Upstream error: HTTP {status} {phrase}."
+        message = status_message(status)
     return Error(kind=error_kind_for_status(status), status=status, message=_clean(message), param=param, code=code)
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    v = headers.get(name)
-    if v is None:
-        for k, val in headers.items():
-            if k.lower() == name:
-                return val
-    return v
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        v = _header(headers, name)
-        if v is None:
-            continue
-        try:
-            d = float(v) * scale
-        except ValueError:
-            if name == "retry-after-ms":
-                continue
-            # An HTTP date: measured against the response's own Date header, since this module
-            # never reads a clock.
-            date = _header(headers, "date")
-            if date is None:
-                return None
-            try:
-                d = (parsedate_to_datetime(v) - parsedate_to_datetime(date)).total_seconds()
-            except (TypeError, ValueError):
-                return None
-        if math.isfinite(d):
-            return max(0.0, d)
-    return None
 
 
 def parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error:
@@ -1482,7 +1443,7 @@ def parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error:
             m = obj.get("message") or obj.get("detail")
             payload = {"message": m} if isinstance(m, str) else None
     err = _error_from_body(payload, status)
-    retry = _retry_after(headers)
+    retry = retry_after(headers)
     if retry is None and status == 429:
         # OpenAI says "Please try again in 2.962s" even when it sends no retry-after header.
         found = _TRY_AGAIN.search(err.message)

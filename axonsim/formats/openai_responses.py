@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError
+from axonsim.formats import FormatError, retry_after, status_message
 from axonsim.formats.openai_chat import error_headers, error_status, render_error  # noqa: F401
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
@@ -1474,14 +1474,10 @@ def _go_duration(value: str) -> float | None:
 
 
 def _retry_after(headers: Mapping[str, str], rate_limited: bool) -> float | None:
+    seconds = retry_after(headers)
+    if seconds is not None:
+        return seconds
     h = {k.lower(): v for k, v in headers.items()}
-    try:
-        if "retry-after-ms" in h:
-            return float(h["retry-after-ms"]) / 1000.0
-        if "retry-after" in h:
-            return float(h["retry-after"])  # an HTTP-date would need a clock: ignored
-    except ValueError:
-        pass
     if not rate_limited:
         return None  # OpenAI sends x-ratelimit-* on every answer; they only explain a 429
     resets = []
@@ -1497,16 +1493,13 @@ def _retry_after(headers: Mapping[str, str], rate_limited: bool) -> float | None
 
 
 def parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error:
-    message = f"upstream returned HTTP {status}"
+    message = status_message(status)
     param: str | None = None
     code: str | None = None
     try:
         obj = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         obj = None
-        text = body.decode("utf-8", "replace").strip()
-        if text:
-            message = f"{message}: {text[:300]}"
     if isinstance(obj, dict):
         inner = obj.get("error")
         err: JSON = inner if isinstance(inner, dict) else obj

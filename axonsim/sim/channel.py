@@ -15,7 +15,7 @@ Timeline of one attempt (t0 = when execution yields the Call, or Launches it):
 The gateway's timeouts count from t0, queueing included (as the live upstream client counts them):
 no first token by t0 + first_token (or a `timeout` fault) → TIMEOUT at that instant, slot released;
 a queued attempt whose deadline passes leaves the queue; an attempt still running at t0 + total is
-cut there.
+cut there. A request's `routing.retry.deadline` bounds its attempts the same way, when it is sooner.
 
 The channel reports only what a live driver can observe (server/driver.py does the same): a
 non-stream attempt's first event is its whole answer, so Call.first_token is reported there.
@@ -175,7 +175,10 @@ class SimChannel:
         plan = a.plan
         fault = plan.fault
         first = now + plan.ttft
+        total = _total(a, self.t_total)
         deadline = a.start + self.t_first
+        if deadline > total:
+            deadline = total
         if first > deadline or (fault is not None and fault == TIMEOUT):  # `is not None`: most attempts have no fault
             at(self.env, deadline - now, a, _TIMEOUT)
         elif fault is None or fault == STREAM_CUT:
@@ -184,7 +187,6 @@ class SimChannel:
                 heappush(self.heap, (first, NORMAL, next(self.eid), a))
             else:
                 end = first + plan.generation
-                total = a.start + self.t_total
                 if end > total:
                     at(self.env, total - now, a, _TIMEOUT)
                 else:
@@ -304,6 +306,16 @@ def _on_answer(a: Attempt) -> None:
         ch.sim.deliver(a, out)
 
 
+def _total(a: Attempt, t_total: float) -> float:
+    """When the gateway gives up on attempt `a`: its total timeout, or the request's deadline if sooner
+    (the live upstream bounds an attempt the same way)."""
+    total = a.start + t_total
+    d = a.deadline
+    if d is not None and d < total:
+        return d
+    return total
+
+
 def _on_first(a: Attempt) -> None:
     """A stream's first token: the commit point. The rest of the stream plays out here, unseen by execution."""
     if a.phase != RUNNING:
@@ -315,7 +327,7 @@ def _on_first(a: Attempt) -> None:
     a.t_first = now
     a.status = 200
     gen = a.plan.generation  # to the cut, for a cut stream
-    total = a.start + ch.t_total
+    total = _total(a, ch.t_total)
     if now + gen > total:
         at(ch.env, total - now, a, _STREAM_TIMEOUT)
     else:

@@ -37,6 +37,7 @@ from axonsim.config import Config, load_config
 from server.app import GatewayApp
 from server.http_protocol import CoalescingHttpToolsProtocol
 from server.proxy import Proxy, store_secrets
+from server.store import StoreUnavailable
 
 log = logging.getLogger("axonsim.server")
 
@@ -46,6 +47,8 @@ ENV_LOG_LEVEL = "AXONSIM_SERVE_LOG_LEVEL"
 
 _STORE_HINT = ("  (fix store.url, or set store.on_unreachable: degraded to serve without it and buffer records "
                "until it comes back)")
+_UNUSABLE_HINT = ("  (the database answers but its tables cannot take AxonSim's records: point store.url at a "
+                  "database only AxonSim's migrations change, or give its role the right to write there)")
 
 
 def _setup_logging(level: str) -> None:
@@ -131,10 +134,10 @@ def worker_app() -> GatewayApp:
     return GatewayApp(proxy, tune_gc=True)
 
 
-def check_store(config: Config, config_path: str | Path | None) -> str | None:
+def check_store(config: Config, config_path: str | Path | None) -> StoreUnavailable | None:
     """Open the store's database once and migrate it, before any worker starts: None if it is
-    usable, else the reason. (Each worker then finds the schema at head.)"""
-    from server.store import Store, StoreUnavailable
+    usable, else why not. (Each worker then finds the schema at head.)"""
+    from server.store import Store
 
     async def go() -> None:
         store = Store.from_config(config, config_path)
@@ -144,7 +147,7 @@ def check_store(config: Config, config_path: str | Path | None) -> str | None:
     try:
         asyncio.run(go())
     except StoreUnavailable as exc:
-        return str(exc)
+        return exc
     return None
 
 
@@ -294,7 +297,8 @@ def serve(args: argparse.Namespace) -> int:
     if workers > 1 and config.store.on_unreachable != "degraded":
         problem = check_store(config, config_path)
         if problem is not None:
-            print(f"axonsim serve: cannot start: {problem}\n{_STORE_HINT}", file=sys.stderr)
+            hint = _UNUSABLE_HINT if problem.unusable else _STORE_HINT
+            print(f"axonsim serve: cannot start: {problem}\n{hint}", file=sys.stderr)
             if demo is not None:
                 demo.cleanup()
             return 2
@@ -353,10 +357,9 @@ def serve(args: argparse.Namespace) -> int:
         if demo is not None:
             demo.cleanup()  # if start-up failed; after a shutdown its hook has done it already
     if proxy.startup_error is not None:
-        from server.store import StoreUnavailable
-
         if isinstance(proxy.startup_error, StoreUnavailable):
-            print(f"axonsim serve: cannot start: {proxy.startup_error}\n{_STORE_HINT}", file=sys.stderr)
+            hint = _UNUSABLE_HINT if proxy.startup_error.unusable else _STORE_HINT
+            print(f"axonsim serve: cannot start: {proxy.startup_error}\n{hint}", file=sys.stderr)
             return 2
         return 1
     if not server.started:

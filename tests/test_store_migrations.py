@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
-from test_store import db, make_store  # noqa: F401  (db is a fixture: SQLite, and PostgreSQL when present)
+from test_store import db, make_store, rec  # noqa: F401  (db is a fixture: SQLite, and PostgreSQL when present)
 
+from server.store import StoreUnavailable
 from server.store.engine import make_engine
 from server.store.migrations import HEAD_REVISION, alembic_config, current, upgrade
 from server.store.models import Base
@@ -66,3 +68,63 @@ def test_starting_on_a_new_or_current_database_does_not_import_alembic(tmp_path:
         out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "[]"
+
+
+# -- a database that answers but cannot take the records --------------------------------------------
+
+
+async def test_tables_changed_by_hand_stop_the_start_with_a_reason(db: Any) -> None:  # noqa: F811
+    store = make_store(db)
+    await store.start()
+    await store.close()
+    await db.fetch("ALTER TABLE requests DROP COLUMN overhead")
+    with pytest.raises(StoreUnavailable, match="lacks column.*overhead") as e:
+        await make_store(db).start()
+    assert e.value.unusable
+
+
+async def test_tables_without_a_version_stop_the_start_with_a_reason(db: Any) -> None:  # noqa: F811
+    store = make_store(db)
+    await store.start()
+    await store.close()
+    await db.fetch("DROP TABLE alembic_version")
+    with pytest.raises(StoreUnavailable, match="no migration version") as e:
+        await make_store(db).start()
+    assert e.value.unusable
+
+
+async def test_tables_dropped_under_a_running_store_are_made_again(db: Any) -> None:  # noqa: F811
+    store = make_store(db)
+    await store.start()
+    try:
+        assert store.submit(rec(0)) and await store.flush(30)
+        await db.fetch("DROP TABLE attempts")
+        await db.fetch("DROP TABLE requests")
+        assert store.submit(rec(1)) and await store.flush(30)
+        assert store.written == 2 and store.dropped == 0
+        assert await db.fetch("SELECT count(*) FROM requests") == [(1,)]
+        assert await db.fetch("SELECT count(*) FROM attempts") == [(1,)]
+    finally:
+        await store.close()
+
+
+async def test_a_role_that_may_not_write_stops_the_start_with_a_reason(db: Any) -> None:  # noqa: F811
+    if db.kind != "postgresql":
+        pytest.skip("roles are PostgreSQL's")
+    store = make_store(db)
+    await store.start()
+    await store.close()
+    role = f"{db.schema}_ro"
+    await db.fetch(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await db.fetch(f'GRANT USAGE ON SCHEMA "{db.schema}" TO "{role}"')
+        await db.fetch(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{db.schema}" TO "{role}"')
+        url = sa.engine.make_url(db.url).set(username=role, password=None).render_as_string(hide_password=False)
+        ro = make_store(db)
+        ro.url = url
+        with pytest.raises(StoreUnavailable, match="cannot write the store's tables.*permission denied") as e:
+            await ro.start()
+        assert e.value.unusable
+    finally:
+        await db.fetch(f'DROP OWNED BY "{role}"')
+        await db.fetch(f'DROP ROLE "{role}"')

@@ -16,7 +16,18 @@ DEFAULT_DB_FILE = "axonsim.db"
 
 
 class StoreUnavailable(RuntimeError):
-    """The database cannot be reached or prepared at start-up (the CLI exits with code 2)."""
+    """The database cannot be reached or prepared at start-up (the CLI exits with code 2).
+    `unusable`: it answers, but AxonSim cannot keep its records there (see StoreUnusable)."""
+
+    def __init__(self, message: str, unusable: bool = False) -> None:
+        super().__init__(message)
+        self.unusable = unusable
+
+
+class StoreUnusable(RuntimeError):
+    """The database answers, but its tables are not ones AxonSim can write: columns missing (changed
+    by hand), a revision this version does not know, tables without a version, no right to insert.
+    Waiting does not fix it; an operator does."""
 
 
 def resolve_url(url: str | None, config_path: str | Path | None = None) -> str:

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from axonsim.config import Store as StoreSettings
 from server.store.engine import (
     StoreUnavailable,
+    StoreUnusable,
     is_memory_sqlite,
     make_engine,
     resolve_url,
@@ -232,6 +233,9 @@ class Store:
             if self.settings.on_unreachable != "degraded":
                 await self._engine.dispose()
                 self._engine = None
+                if isinstance(exc, StoreUnusable):
+                    raise StoreUnavailable(f"the store database {self.safe_url} cannot be used: {reason}",
+                                           unusable=True) from exc
                 raise StoreUnavailable(f"the store database {self.safe_url} is unavailable: {reason}") from exc
             log.warning("store degraded: the database %s is unavailable (%s); serving on, keeping up to %d "
                         "records in memory and retrying", self.safe_url, reason, self._bound)

@@ -21,6 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from server.store.engine import StoreUnusable
+
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
@@ -68,8 +70,12 @@ def _upgrade_sync(connection: Connection, revision: str) -> None:
     if revision == HEAD:
         has_table, stamped = _stamped(connection)
         if stamped == [HEAD_REVISION]:
-            return  # already at head
-        if not stamped and not has_table and not _has_store_tables(connection):
+            _check_writable(connection)  # "at head" is only what the version row says
+            return
+        if not stamped and _has_store_tables(connection):
+            raise StoreUnusable("the database has AxonSim's tables but no migration version (alembic_version): "
+                                "they were not made by AxonSim's migrations, or the version was removed")
+        if not stamped and not has_table:
             from server.store.models import Base
 
             Base.metadata.create_all(connection)
@@ -77,8 +83,50 @@ def _upgrade_sync(connection: Connection, revision: str) -> None:
             connection.execute(_version_table.insert().values(version_num=HEAD_REVISION))
             return
     from alembic import command
+    from alembic.util import CommandError
 
-    command.upgrade(alembic_config(connection), revision)
+    try:
+        command.upgrade(alembic_config(connection), revision)
+    except CommandError as exc:  # e.g. a revision a newer AxonSim wrote
+        raise StoreUnusable(f"cannot migrate the database: {exc}") from None
+    if revision == HEAD:
+        _check_writable(connection)
+
+
+# A request id no real request has (real ones are req_ + hex): the write check's row, never committed.
+_CHECK_ID = "axonsim-write-check"
+
+
+def _check_writable(connection: Connection) -> None:
+    """The tables are there with every column the models have, and this role may insert into them:
+    tables dropped under a running gateway are made again; anything else is StoreUnusable. The check
+    inserts one request and one attempt in a savepoint that is rolled back."""
+    from sqlalchemy import exc as sa_exc
+
+    from server.store.models import Base, attempts_table, requests_table
+
+    inspector = sa.inspect(connection)
+    names = set(inspector.get_table_names())
+    for name, table in Base.metadata.tables.items():
+        if name not in names:
+            table.create(connection)  # indexes included
+            continue
+        have = {c["name"] for c in inspector.get_columns(name)}
+        missing = [c.name for c in table.columns if c.name not in have]
+        if missing:
+            raise StoreUnusable(f"table {name!r} lacks column(s) {', '.join(missing)}: the schema was changed "
+                                "outside AxonSim's migrations")
+    savepoint = connection.begin_nested()
+    try:
+        connection.execute(requests_table.insert().values(
+            id=_CHECK_ID, created_at=0.0, day="1970-01-01", project="", client_format="", model="", stream=False,
+            status=0, outcome=""))
+        connection.execute(attempts_table.insert().values(
+            request_id=_CHECK_ID, n=0, created_at=0.0, channel="", upstream_model="", status=0))
+    except sa_exc.DBAPIError as exc:
+        raise StoreUnusable(f"cannot write the store's tables: {str(exc.orig).strip().splitlines()[0][:300]}") from None
+    finally:
+        savepoint.rollback()
 
 
 def _has_store_tables(connection: Connection) -> bool:

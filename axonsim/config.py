@@ -727,7 +727,15 @@ class Store(_Strict):
         scheme, sep, rest = v.partition("://")
         if not sep or scheme not in _STORE_SCHEMES:
             raise ValueError("must be sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db")
-        return f"{_STORE_SCHEMES[scheme]}://{rest}"
+        url = f"{_STORE_SCHEMES[scheme]}://{rest}"
+        try:  # what the store will parse at start: a port that is not a number, say
+            from sqlalchemy.engine import make_url
+
+            make_url(url)
+        except Exception:
+            # the value itself is not quoted back: it may hold the database password
+            raise ValueError("is not a URL the store can read (a port that is not a number?)") from None
+        return url
 
     @model_validator(mode="after")
     def _batch_fits(self) -> Store:

@@ -175,3 +175,19 @@ def test_a_malformed_redis_url_is_a_config_error_that_hides_the_password(url: st
                                  "unix:///tmp/r.sock?db=1", "rediss://h?ssl_cert_reqs=none"])
 def test_well_formed_redis_urls_pass(url: str) -> None:
     assert parse_config({"channels": [{"name": "a", "models": ["m"]}], "state": {"url": url}}).state.url == url
+
+
+@pytest.mark.parametrize("url", ["postgresql://postgres:pw-81f3@127.0.0.1:54x32/db", "postgresql://u:pw-81f3@[::1/db"])
+def test_a_store_url_the_store_cannot_read_is_a_config_error_that_hides_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"channels": [{"name": "a", "models": ["m"]}], "store": {"url": url}})
+    assert "store.url" in str(err.value) and "pw-81f3" not in str(err.value)
+
+
+def test_a_store_password_given_as_a_query_option_is_hidden_and_scrubbed() -> None:
+    from server.store.engine import safe_url, url_password
+
+    url = "postgresql+asyncpg://postgres@127.0.0.1:5432/db?password=QSECRET-PW-42&ssl=disable"
+    assert "QSECRET" not in safe_url(url) and "password=***" in safe_url(url) and "ssl=disable" in safe_url(url)
+    assert url_password(url) == "QSECRET-PW-42"  # what the scrubber masks in stored bodies
+    assert url_password("postgresql+asyncpg://u:pw@h/db") == "pw"

@@ -44,20 +44,33 @@ def resolve_url(url: str | None, config_path: str | Path | None = None) -> str:
     return url
 
 
+# Query options that carry a credential (the drivers take `?password=` as the password too).
+_SECRET_OPTIONS = ("password", "passwd", "sslpassword")
+
+
 def safe_url(url: str) -> str:
-    """The URL with its password masked: the only form that may reach a log line or an exception."""
+    """The URL with its password masked, in the user part or as a query option: the only form that
+    may reach a log line or an exception."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        u = make_url(url)
+        hidden = {k: "***" for k in u.query if k.lower() in _SECRET_OPTIONS}
+        return u.update_query_dict(hidden).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
     except Exception:  # an unparsable URL still must not leak whatever it holds
         return "<unparsable database url>"
 
 
 def url_password(url: str) -> str | None:
+    """The password the URL gives (user part first, else a `password` query option), to scrub."""
     try:
-        pw = make_url(url).password
+        u = make_url(url)
     except Exception:
         return None
-    return str(pw) if pw else None
+    if u.password:
+        return str(u.password)
+    for k, v in u.query.items():
+        if k.lower() in _SECRET_OPTIONS and v:
+            return v if isinstance(v, str) else str(v[0])
+    return None
 
 
 def is_memory_sqlite(url: str) -> bool:

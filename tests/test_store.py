@@ -1128,3 +1128,22 @@ async def test_sqlite_statements_also_work_through_sqlalchemy(db: Any) -> None:
         assert (await db.fetch("SELECT count(*) FROM attempts"))[0][0] == 259
     finally:
         await store.close()
+
+
+async def test_values_beyond_what_the_tables_take_are_cut_not_the_record_dropped(db: Any) -> None:
+    # A client can name a model (or send a trace id) longer than an index row holds; a provider can
+    # report a token count beyond INTEGER. The record is still written, once.
+    store = make_store(db)
+    await store.start()
+    try:
+        long_model = "m" * 10_000
+        r = rec(0, model=long_model, trace_id="t" * 5000, prompt_tokens=3_000_000_000)
+        r.attempts[0].upstream_model = long_model
+        assert store.submit(r) and await store.flush(30)
+        assert store.written == 1 and store.dropped == 0
+        ((model, trace, prompt),) = await db.fetch("SELECT model, trace_id, prompt_tokens FROM requests")
+        assert len(model) == 512 and model.startswith("mmm") and model.endswith("…") and len(trace) == 512
+        assert prompt == 2**31 - 1
+        assert await db.fetch("SELECT length(upstream_model) FROM attempts") == [(512,)]
+    finally:
+        await store.close()

@@ -184,6 +184,28 @@ def plain_json(v: Any) -> str | None:
     return None
 
 
+# Bounds of what the tables take. A text that an index covers must fit PostgreSQL's B-tree row
+# (2704 bytes): 512 characters are at most 2048 bytes of UTF-8. Token counts are INTEGER columns.
+MAX_KEY_TEXT = 512
+MAX_INT = 2**31 - 1
+# A fast-path record whose short texts together run longer than this goes the general way, which
+# cuts each to MAX_KEY_TEXT (a client can make its own model name or trace id that long).
+_FAST_TEXT = 2048
+
+
+def _key(v: str | None) -> str | None:
+    """An indexed text, cut to what an index row holds."""
+    if v is None or len(v) <= MAX_KEY_TEXT:
+        return v
+    return v[:MAX_KEY_TEXT - 1] + "…"
+
+
+def _int(v: int) -> int:
+    """A count for an INTEGER column: a provider's absurd figure is clamped, not a refused record."""
+    n = int(v)
+    return n if -MAX_INT <= n <= MAX_INT else (MAX_INT if n > 0 else -MAX_INT)
+
+
 def _num(v: float | None) -> float | None:
     return v if v is None or math.isfinite(v) else None
 
@@ -248,7 +270,9 @@ class RowBuilder:
             joined = "\n".join([p for p in parts if p is not None])
         except TypeError:
             return self.prepare_general(r)
-        if not self.scrub.clean(joined):
+        if len(joined) > _FAST_TEXT or not self.scrub.clean(joined):
+            return self.prepare_general(r)
+        if max(r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.reasoning_tokens) > MAX_INT:
             return self.prepare_general(r)
         # Nothing to mask: the values go in as they are.
         created = float(r.created_at) if r.created_at and math.isfinite(r.created_at) else time.time()
@@ -277,14 +301,16 @@ class RowBuilder:
         rid = str(r.id)
         bodies = self.store_bodies
         req = (
-            rid, created, self.day(created), t(r.project) or "", t(r.key_name), t(r.client_format) or "",
-            t(r.model) or "", bool(r.stream), int(r.status), str(r.outcome), t(r.error), _num(r.latency),
-            _num(r.ttft), _num(r.overhead), int(r.prompt_tokens), int(r.completion_tokens), int(r.cached_tokens),
-            int(r.reasoning_tokens), _num(r.cost), t(r.trace_id), t(r.thread_id), t(r.channel),
+            rid, created, self.day(created), _key(t(r.project)) or "", _key(t(r.key_name)),
+            _key(t(r.client_format)) or "", _key(t(r.model)) or "", bool(r.stream), _int(r.status), str(r.outcome),
+            t(r.error), _num(r.latency), _num(r.ttft), _num(r.overhead), _int(r.prompt_tokens),
+            _int(r.completion_tokens), _int(r.cached_tokens), _int(r.reasoning_tokens), _num(r.cost),
+            _key(t(r.trace_id)), _key(t(r.thread_id)), _key(t(r.channel)),
             self.body(r.request_body) if bodies else None, self.body(r.response_body) if bodies else None,
         )
         attempts = [(
-            rid, int(a.n), created, t(a.channel) or "", t(a.key_name), t(a.upstream_model) or "", int(a.status),
+            rid, _int(a.n), created, _key(t(a.channel)) or "", _key(t(a.key_name)), _key(t(a.upstream_model)) or "",
+            _int(a.status),
             t(a.error), t(a.error_kind), _num(a.latency), _num(a.ttft), _num(a.cost),
             # As SQLAlchemy's JSON type would have written it (None as JSON null).
             json.dumps(self.scrub.json(a.decision) if a.decision is not None else None),

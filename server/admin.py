@@ -702,8 +702,15 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
                 engine = store.engine
             except RuntimeError:
                 engine = None
+            if "\x00" in request_id:
+                raise AdminError(404, "no request with that id (it holds a NUL character)", "request_id")
             if engine is not None:
-                rec = await _query(Q.get_request(engine, request_id))
+                try:
+                    rec = await _query(Q.get_request(engine, request_id))
+                except AdminError:
+                    if recent is None:
+                        raise
+                    # the database is away, but the request is still in memory: answer from there
         if rec is not None:
             detail = RequestDetail(**_request_out(rec), request_body=_text(rec.request_body),
                                    response_body=_text(rec.response_body),

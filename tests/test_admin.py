@@ -252,6 +252,11 @@ async def test_request_rows_carry_the_record(client: httpx.AsyncClient) -> None:
     ("/admin/attempts?status=1000", "status"),
     ("/admin/usage?status=99999999999999999999", "status"),
     ("/admin/usage/attempts?status=99999999999999999999", "status"),
+    # A NUL: PostgreSQL refuses the query (it used to come back as 503 "database unavailable")
+    ("/admin/requests?project=%00", "project"),
+    ("/admin/attempts?channel=a%00", "channel"),
+    ("/admin/usage?project=%00", "project"),
+    ("/admin/usage/attempts?key_name=%00", "key_name"),
 ])
 async def test_bad_filters_are_400_naming_the_parameter(client: httpx.AsyncClient, path: str, param: str) -> None:
     r = await client.get(path, headers=ADMIN)
@@ -290,6 +295,25 @@ async def test_a_request_not_yet_in_the_store_comes_from_the_recent_log(client: 
     d = (await client.get("/admin/requests/req_new", headers=ADMIN)).json()
     assert d["source"] == "recent" and d["prompt_tokens"] == 3 and d["decisions"] == [{"chosen": "beta"}]
     assert d["attempts"][0]["latency"] == pytest.approx(0.2)
+
+
+async def test_a_request_in_memory_is_answered_while_the_database_is_away(client: httpx.AsyncClient, gw: Gateway,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.admin
+
+    async def down(engine: Any, request_id: str) -> Any:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(server.admin.Q, "get_request", down)
+    gw.recent["req_mem"] = {"id": "req_mem", "created_at": T0, "client_format": "openai_chat", "model": "m1",
+                            "stream": False, "project": "acme", "status": 200, "outcome": "completed",
+                            "attempts": []}
+    r = await client.get("/admin/requests/req_mem", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["source"] == "recent"
+    r = await client.get("/admin/requests/req_gone", headers=ADMIN)
+    assert r.status_code == 503  # not in memory: the database's absence is the answer
+    r = await client.get("/admin/requests/req_%00", headers=ADMIN)
+    assert r.status_code == 404
 
 
 async def test_attempt_filters(client: httpx.AsyncClient) -> None:

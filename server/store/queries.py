@@ -107,6 +107,8 @@ class Filter:
                 kw[k] = _time(k, v)
             elif k in ("status", "limit", "offset"):
                 kw[k] = _int(k, v)
+            elif "\x00" in v:  # no stored text has one, and PostgreSQL refuses the query
+                raise QueryError(k, "must not contain a NUL character")
             else:
                 kw[k] = v
         return cls(**kw).check()

@@ -73,11 +73,11 @@ def _getter(source: Any) -> Callable[[], Any]:
 
 def attempt_outcome(a: Mapping[str, Any]) -> str:
     """The outcome label of one attempt in AttemptRecord.as_dict() form (the proxy's record)."""
+    err = a.get("error")
+    if err:  # its own failure, even if the client left during the backoff after it (next: cancelled)
+        return str(err)
     if a.get("next") in _CANCELLED_NEXT:
         return CANCELLED
-    err = a.get("error")
-    if err:
-        return str(err)
     broke = a.get("stream_error")  # a stream that failed after its commit point
     if broke:
         return str(broke)

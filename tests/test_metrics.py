@@ -232,6 +232,8 @@ def test_attempt_outcomes() -> None:
     assert attempt_outcome({**OK, "status": 500, "error": "server_error", "next": "retry"}) == "server_error"
     assert attempt_outcome({**OK, "status": 0, "next": "hedge_lost"}) == "cancelled"
     assert attempt_outcome({**OK, "status": 499, "next": "cancelled"}) == "cancelled"
+    # a 503, then the client left during the backoff: the attempt's own outcome, as the store has it
+    assert attempt_outcome({**OK, "status": 503, "error": "overloaded", "next": "cancelled"}) == "overloaded"
     assert attempt_outcome({**OK, "stream_error": "connection"}) == "connection"  # broke after the commit
     assert attempt_outcome({**OK, "status": 404}) == "error"
 

@@ -14,7 +14,7 @@ Mounted here:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
@@ -70,6 +70,18 @@ def _gemini_method_path(path: str) -> bool:
     if ":" not in last:
         return False
     return path.startswith("/v1beta/") or last.rsplit(":", 1)[-1] in _GEMINI_METHODS
+
+
+async def _until_shutdown(aw: Awaitable[Any]) -> Any:
+    """Await a channel test; if the server's shutdown deadline cancels it, the caller gets a 503 in
+    the admin API's shape (uvicorn answered a plain-text 500 and logged a traceback)."""
+    try:
+        return await aw
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        raise AdminError(503, "the gateway shut down before the test finished") from None
 
 
 def _route_error(path: str, status: int, message: str, code: str | None = None) -> JSONResponse:
@@ -177,7 +189,7 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
         if model is not None and model not in st.channel.models:
             raise AdminError(400, f"channel {name!r} has no model {model!r}; it has {', '.join(st.channel.models)}",
                              "model")
-        res = await run_test(rt, st, stream=stream, timeout=timeout, model=model)
+        res = await _until_shutdown(run_test(rt, st, stream=stream, timeout=timeout, model=model))
         return scrubbed(p, ChannelTestOut(**res))
 
     @admin.post("/test", response_model=ChannelTestsOut, responses=BAD_PARAM,
@@ -186,7 +198,8 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
         query_params(request, ("stream", "timeout"))
         p = current()
         rt = p.rt
-        got = await asyncio.gather(*(run_test(rt, st, stream=stream, timeout=timeout) for st in rt.router.states))
+        got = await _until_shutdown(asyncio.gather(*(run_test(rt, st, stream=stream, timeout=timeout)
+                                                     for st in rt.router.states)))
         return scrubbed(p, ChannelTestsOut(results=[ChannelTestOut(**r) for r in got]))
 
     api.include_router(admin)

@@ -51,7 +51,17 @@ from axonsim.formats.parsed import Parsed
 from axonsim.unified import Error, ErrorKind, Request, Usage
 from server.driver import CLIENT_CLOSED, Exchange, LiveStream
 from server.ids import THREAD, TRACE, derived_id, new_request_id
-from server.proxy import H_AH_THREAD, H_AH_TRACE, H_EXPLAIN, H_THREAD, H_TRACE, Proxy, Runtime, request_cost
+from server.proxy import (
+    H_AH_THREAD,
+    H_AH_TRACE,
+    H_EXPLAIN,
+    H_THREAD,
+    H_TRACE,
+    LAST_WORDS,
+    Proxy,
+    Runtime,
+    request_cost,
+)
 from server.routes import Route, gemini_array_stream
 from server.store import StoreUnavailable
 
@@ -97,8 +107,6 @@ def _explain_value(result: Result | None, rid: str) -> bytes:
 # ~3.5 µs in isolation, more under load); a timer handle costs a quarter of that. A client that
 # leaves is noticed at most this much later, which for LLM calls (seconds) changes nothing.
 WATCH_AFTER = 0.05
-# Seconds a request cancelled by the shutdown deadline may still spend telling its client so.
-_LAST_WORDS = 1.0
 
 
 class _Watch:
@@ -229,6 +237,7 @@ class GatewayApp:
         t0 = clock.now()
         metrics = proxy.metrics
         metrics.inflight_inc()
+        proxy.active += 1
         fmt = route.fmt
         rid = new_request_id()
         rid_b = rid.encode()
@@ -360,7 +369,7 @@ class GatewayApp:
                     stream.abort(clock.now())  # not the channel's failure either
                 w.done = True
                 try:
-                    async with asyncio.timeout(_LAST_WORDS):  # the server is going away: not a moment longer
+                    async with asyncio.timeout(LAST_WORDS):  # the server is going away: not a moment longer
                         sent_status = await _send_failure(send, fmt, error, rid_b, started, result, ex, renderer, ids,
                                                           clock.now() - t0 - (ex.waited if ex else 0.0))
                 except TimeoutError:
@@ -389,9 +398,12 @@ class GatewayApp:
             resp_body = None
             if sent is not None:
                 resp_body = out if out is not None else b"".join(sent) if sent else None
-            self._record(proxy, rt, scope, route, rid, t0, latency, latency - waited, ttfb, key, model, is_stream,
-                         status, error, usage, result, ex, stream, w.gone, trace_b, thread_b,
-                         body if sent is not None else None, resp_body)
+            try:
+                self._record(proxy, rt, scope, route, rid, t0, latency, latency - waited, ttfb, key, model, is_stream,
+                             status, error, usage, result, ex, stream, w.gone, trace_b, thread_b,
+                             body if sent is not None else None, resp_body)
+            finally:
+                proxy.request_ended()
 
     def _record(self, proxy: Proxy, rt: Runtime, scope: Scope, route: Route, rid: str, t0: float, latency: float,
                 overhead: float, ttfb: float | None, key: Any, model: str | None, is_stream: bool, status: int,

@@ -511,7 +511,6 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
     # The chat handler's own helpers, so both APIs behave alike (imported here: server.app imports
     # this module's importer).
     from server.app import (
-        _LAST_WORDS,
         _attempts_value,
         _client_facing,
         _explain_value,
@@ -522,12 +521,14 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
         request_ids,
     )
     from server.ids import new_request_id
+    from server.proxy import LAST_WORDS
 
     rt = proxy.rt  # the Runtime the route was matched on (nothing awaited since): kept to the end
     clock = proxy.clock.now
     t0 = clock()
     metrics = proxy.metrics
     metrics.inflight_inc()
+    proxy.active += 1
     fmt = route.fmt  # the family's chat format module: it renders this family's errors
     family: Family = "gemini" if route.name == "gemini_embeddings" else "openai"
     rid = new_request_id()
@@ -594,7 +595,7 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
             if status != 200:  # nothing sent yet
                 status = 503
                 try:
-                    async with asyncio.timeout(_LAST_WORDS):
+                    async with asyncio.timeout(LAST_WORDS):
                         status = await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0,
                                                    _tail(ids, clock() - t0 - (ex.waited if ex else 0.0), None))
                 except Exception:
@@ -615,9 +616,12 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
         w.stop()
         latency = clock() - t0
         keep = proxy.store is not None and proxy.store.store_bodies
-        _record(proxy, rt, scope, route, rid, t0, latency, latency - (ex.waited if ex else 0.0), ttfb, key, model,
-                status, error, usage, result, ex, w.gone, trace_b, thread_b, body if keep else None,
-                out if keep else None)
+        try:
+            _record(proxy, rt, scope, route, rid, t0, latency, latency - (ex.waited if ex else 0.0), ttfb, key,
+                    model, status, error, usage, result, ex, w.gone, trace_b, thread_b, body if keep else None,
+                    out if keep else None)
+        finally:
+            proxy.request_ended()
 
 
 def _record(proxy: Proxy, rt: Runtime, scope: Scope, route: Route, rid: str, t0: float, latency: float,

@@ -77,7 +77,19 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     _draining = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # Every cycle of this connection not yet answered, the running one and pipelined ones: uvicorn
+        # points `self.cycle` at the newest request, so at a lost connection it told only a queued
+        # request, and the one running went on (its upstream call included) for a client long gone.
+        self._open: list[Any] = []
         super().connection_made(HeadHoldingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for cycle in self._open:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self._open = []
+        super().connection_lost(exc)
 
     def shutdown(self) -> None:
         if self._draining:
@@ -98,5 +110,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        if self.cycle is not None:
+            self._open = [c for c in self._open if not c.response_complete]
+            self._open.append(self.cycle)
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False  # a request that came during the drain: served, then closed

@@ -57,6 +57,9 @@ if TYPE_CHECKING:
     from server.store import Store
 
 log = logging.getLogger("axonsim.server")
+
+# Seconds a request cancelled by the shutdown deadline may still spend telling its client so.
+LAST_WORDS = 1.0
 access_log = logging.getLogger("axonsim.server.access")
 
 RequestHook = Callable[[dict[str, Any]], None]
@@ -151,6 +154,10 @@ class Proxy:
         self.startup_hooks: list[Callable[[], Awaitable[None]]] = []
         self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
         self._reload_lock = asyncio.Lock()
+        # Client-API requests whose handler has not ended (recorded included), and the event the
+        # shutdown waits on for the last of them (see shutdown).
+        self.active = 0
+        self._idle: asyncio.Event | None = None
         # With several worker processes: asks the supervisor to replace every worker (server.main).
         self.reload_workers: Callable[[], None] | None = None
         from server.probes import Probes  # here: probes import this module
@@ -217,10 +224,26 @@ class Proxy:
         self.probes.start()
         self.ready = True
 
+    def request_ended(self) -> None:
+        """A client-API handler has ended (recorded): the count the shutdown waits on."""
+        self.active -= 1
+        if self.active == 0 and self._idle is not None:
+            self._idle.set()
+
     async def shutdown(self) -> None:
         """Called once the server has stopped accepting and in-flight requests have finished (or
         the shutdown deadline passed): probes, upstream session, then the store drains."""
         self.ready = False
+        if self.active:
+            # uvicorn starts this as soon as its deadline has cancelled the requests still running,
+            # without waiting for them; each still says its last words (up to LAST_WORDS, longer
+            # if its client does not read) and is then recorded. The store must still be open then.
+            self._idle = asyncio.Event()
+            try:
+                async with asyncio.timeout(LAST_WORDS + 1.0):
+                    await self._idle.wait()
+            except TimeoutError:
+                log.warning("%d requests were still ending at shutdown; their records may be missing", self.active)
         await self.probes.stop()
         try:
             await self.upstream.aclose()

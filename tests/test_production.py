@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -1032,3 +1033,107 @@ store: {{url: "sqlite+aiosqlite:///{db}", flush_interval: 60}}
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT status, outcome, error FROM requests").fetchall()
     assert len(rows) == 1 and rows[0][0] == 200 and rows[0][1] == "failed" and "shut down" in rows[0][2]
+
+
+def _raw_post(port: int, body: dict[str, Any], trace: str) -> bytes:
+    b = orjson.dumps(body)
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {GW_KEY}\r\n"
+            f"content-type: application/json\r\nx-axonsim-trace-id: {trace}\r\ncontent-length: {len(b)}\r\n\r\n"
+            ).encode() + b
+
+
+def _gateway(tmp_path: Path, channel: str, **gateway: Any) -> tuple[Path, Path, list[subprocess.Popen[str]], int]:
+    """A mock provider and a gateway on `channel` (one model `m`), each its own process."""
+    m, port = free_port(), free_port()
+    db, cfg = tmp_path / "gw.db", tmp_path / "gw.yaml"
+    gw = {"api_keys": [{"key": GW_KEY}], **gateway}
+    cfg.write_text(f"""
+gateway: {json.dumps(gw)}
+channels:
+  - {{name: c, base_url: "http://127.0.0.1:{m}/v1", api_keys: [sk-up-c], models: [m], behavior: {channel}}}
+store: {{url: "sqlite+aiosqlite:///{db}", flush_interval: 60}}
+""")
+    procs = [_start("mock-provider", "--config", str(cfg), "--port", str(m))]
+    _wait_healthy(f"http://127.0.0.1:{m}", procs[0])
+    procs.append(_start("serve", "--config", str(cfg), "--port", str(port)))
+    _wait_healthy(f"http://127.0.0.1:{port}", procs[1])
+    return db, cfg, procs, port
+
+
+def test_a_stream_whose_client_stopped_reading_is_recorded_at_the_shutdown_deadline(tmp_path: Path) -> None:
+    """The answer is larger than the socket buffers and the client reads nothing: at the shutdown
+    deadline the stream's last words block on flow control. The store must still be open when they
+    end (uvicorn runs the app's shutdown without waiting for the cancelled requests)."""
+    db, _, procs, port = _gateway(tmp_path, "{ttft: 0.01, tokens_per_second: 400000, output_tokens: 1500000}",
+                                  shutdown_timeout=0.5)
+    try:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(_raw_post(port, {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+                            "stalled-client-0001"))
+        time.sleep(2.0)  # the gateway's writes are now held back by the client's full window
+        out, err = _stop(procs[1], sig=signal.SIGTERM)
+        s.close()
+        assert procs[1].returncode == 0, err
+        assert "Exception in ASGI application" not in err and "Traceback" not in err, err
+        rows = sqlite3.connect(db).execute("SELECT status, outcome FROM requests WHERE trace_id = ?",
+                                           ("stalled-client-0001",)).fetchall()
+        assert rows == [(200, "failed")]  # begun, then cut by the shutdown
+    finally:
+        for p in procs:
+            _stop(p)
+
+
+def test_a_pipelined_request_whose_client_left_is_cancelled_and_recorded_as_such(tmp_path: Path) -> None:
+    """Two requests pipelined on one connection, then the client goes: uvicorn told only the queued
+    one. The running one must be cancelled (its upstream call too) and recorded as 499, not run to
+    its end and fail writing into a closed connection ("failed inside the gateway")."""
+    db, _, procs, port = _gateway(tmp_path, "{ttft: 0.01, tokens_per_second: 5, output_tokens: 100}")
+    try:
+        s = socket.socket()
+        s.connect(("127.0.0.1", port))
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        s.sendall(_raw_post(port, body, "pipelined-0001") + _raw_post(port, body, "pipelined-0002"))
+        time.sleep(0.3)
+        s.close()
+        deadline = time.monotonic() + 10  # the upstream answer would take 20 s
+        with httpx.Client(timeout=5) as c:
+            while time.monotonic() < deadline:
+                text = c.get(f"http://127.0.0.1:{port}/metrics").text
+                if "axonsim_requests_inflight 0.0" in text:
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError("the pipelined request was not cancelled")
+        out, err = _stop(procs[1], sig=signal.SIGTERM)
+        assert "failed inside the gateway" not in err and "Traceback" not in err, err
+        rows = sqlite3.connect(db).execute("SELECT status, outcome FROM requests WHERE trace_id = ?",
+                                           ("pipelined-0001",)).fetchall()
+        assert rows == [(499, "cancelled")]
+    finally:
+        for p in procs:
+            _stop(p)
+
+
+def test_a_channel_test_cut_by_the_shutdown_deadline_answers_in_the_admin_shape(tmp_path: Path) -> None:
+    _, _, procs, port = _gateway(tmp_path, "{ttft: 0.01, tokens_per_second: 5, output_tokens: 100}",
+                                 shutdown_timeout=0.5, admin_keys=["adm-key-7f3e"])
+    got: dict[str, Any] = {}
+
+    def test_call() -> None:
+        got["r"] = httpx.post(f"http://127.0.0.1:{port}/admin/channels/c/test",
+                              headers={"Authorization": "Bearer adm-key-7f3e"}, timeout=30)
+
+    t = threading.Thread(target=test_call)
+    try:
+        t.start()
+        time.sleep(1.0)  # the test's stream is under way (it takes 20 s)
+        out, err = _stop(procs[1], sig=signal.SIGTERM)
+        t.join(10)
+        r = got["r"]
+        assert r.status_code == 503 and "shut down" in r.json()["error"]["message"], r.text
+        assert "Exception in ASGI application" not in err and "Traceback" not in err, err
+    finally:
+        for p in procs:
+            _stop(p)

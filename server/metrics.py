@@ -219,7 +219,8 @@ class Metrics:
             "inflight": 0 if final else self.inflight,
             "store": None if store is None else {
                 "written": int(getattr(store, "written", 0)), "dropped": int(getattr(store, "dropped", 0)),
-                "queued": 0 if final else int(getattr(store, "queued", 0))},
+                "queued": 0 if final else int(getattr(store, "queued", 0)),
+                "db_up": None if final else getattr(store, "db_up", None)},
             "shared": None if shared is None else {"syncs": int(shared.syncs), "errors": int(shared.errors)},
         }
 
@@ -369,6 +370,10 @@ class _Collector:
                                 "close)", value=dropped),
         ]
         up = getattr(store, "db_up", None)
+        for peer in self._peer_figures:  # down if any worker finds it down (they share one database)
+            peer_up = (peer.get("store") or {}).get("db_up")
+            if peer_up is not None:
+                up = bool(peer_up) if up is None else up and bool(peer_up)
         if up is not None:
             out.append(GaugeMetricFamily(f"{ns}_store_db_up", "1 if the store's database is reachable",
                                          value=1.0 if up else 0.0))

@@ -83,6 +83,7 @@ class WorkerFigures:
                 fig["inflight"] = 0
                 if fig.get("store"):
                     fig["store"]["queued"] = 0
+                    fig["store"]["db_up"] = None  # a gauge of a process that is gone: no say any more
             out.append(fig)
         return out
 

@@ -190,6 +190,21 @@ async def test_workers_figures_add_up_to_one_process(tmp_path: Path) -> None:
         ("axonsim_requests_total", (("client_format", "openai_chat"), ("model", "m1"), ("status", "200")))] + 1
 
 
+def test_the_store_is_down_on_every_workers_scrape_when_one_worker_finds_it_down(tmp_path: Path) -> None:
+    from server.worker_metrics import WorkerFigures
+
+    stores = [CountingStore(1, 0, 0), CountingStore(1, 0, 1)]
+    stores[1].db_up = False
+    workers = [Metrics(store=st, process=False) for st in stores]
+    for m, pid in zip(workers, (os.getpid(), os.getppid()), strict=True):
+        WorkerFigures(tmp_path, m, pid=pid).publish()
+    for m in workers:  # one database behind them all: a scrape must not say "up" by where it lands
+        assert _all_samples(m)[("axonsim_store_db_up", ())] == 0.0
+    stores[1].db_up = True
+    WorkerFigures(tmp_path, workers[1], pid=os.getppid()).publish()
+    assert _all_samples(workers[0])[("axonsim_store_db_up", ())] == 1.0
+
+
 def test_shared_state_counters_add_up_over_workers(tmp_path: Path) -> None:
     """Counters must not jump between workers' own values as scrapes land on one or another."""
     from types import SimpleNamespace

@@ -1147,3 +1147,21 @@ async def test_values_beyond_what_the_tables_take_are_cut_not_the_record_dropped
         assert await db.fetch("SELECT length(upstream_model) FROM attempts") == [(512,)]
     finally:
         await store.close()
+
+
+async def test_an_idle_store_finds_out_that_its_database_went_away(db: Any) -> None:
+    # No records to write: db_up (metrics, /admin/store) must still turn 0 during an outage.
+    if db.kind != "postgresql":
+        pytest.skip("a locked SQLite file still answers a query; PostgreSQL can be taken away")
+    s = StoreSettings(url=db.url)
+    store = Store(s, schema=db.schema, secrets=SECRETS, connect_timeout=1.0, retry_base=0.02, retry_cap=0.2,
+                  idle_check=0.05)
+    await store.start()
+    try:
+        assert store.db_up
+        await db.down()
+        await until(lambda: not store.db_up, "an idle store noticing the outage")
+        await db.up()
+        await until(lambda: store.db_up, "and noticing it is back")
+    finally:
+        await store.close()

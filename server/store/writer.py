@@ -130,6 +130,7 @@ class Store:
         write_timeout: float = 30.0,
         retry_base: float = 0.1,
         retry_cap: float = 5.0,
+        idle_check: float = 5.0,
     ) -> None:
         s = settings if settings is not None else StoreSettings()
         self.settings = s
@@ -140,6 +141,9 @@ class Store:
         self._write_timeout = write_timeout
         self._retry_base = retry_base
         self._retry_cap = retry_cap
+        # Seconds without records after which the writer asks the database whether it still answers:
+        # db_up (metrics, /admin/store) must not say "up" through an outage just because it is quiet.
+        self._idle_check = idle_check
         self._bound = s.queue_size
         self._batch = min(s.batch_size, s.queue_size)
         self._interval = s.flush_interval
@@ -337,7 +341,8 @@ class Store:
                         return
                     self._wake.clear()
                     if self._db_up:
-                        await self._wake.wait()
+                        if not await _wait(self._wake, self._idle_check):
+                            await self._still_up()
                     elif not await _wait(self._wake, self._backoff()):
                         await self._probe()  # idle while down: find out when it is back, for metrics
                     continue
@@ -481,6 +486,14 @@ class Store:
         except Exception:
             return False
         return True  # the database answers, so it is this data it will not take
+
+    async def _still_up(self) -> None:
+        """Idle and believed up: one cheap query to find out (an outage is then logged and counted)."""
+        try:
+            async with asyncio.timeout(self._connect_timeout + 1.0), self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            self._mark_down(exc)
 
     async def _probe(self) -> None:
         try:

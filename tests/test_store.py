@@ -895,8 +895,9 @@ async def test_a_record_the_database_rejects_is_dropped_alone(db: Any) -> None:
     await store.start()
     try:
         good = [rec(i) for i in range(5)]
-        # More tokens than the column holds: SQLite's driver and PostgreSQL's each refuse it.
-        bad = rec(99, prompt_tokens=2**63)
+        # A status no column holds (token counts are clamped; a status never comes this large but
+        # through a bug): SQLite's driver and PostgreSQL's each refuse it.
+        bad = rec(99, status=2**63)
         for r in good[:2] + [bad] + good[2:]:
             store.submit(r)
         assert await store.flush(WAIT)

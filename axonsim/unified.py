@@ -256,7 +256,19 @@ class ErrorEvent(_Model):
     error: Error
 
 
-StreamEvent = StreamStart | TextDelta | ReasoningDelta | ToolCallDelta | FinishEvent | UsageEvent | ErrorEvent
+class NativeBlock(_Model):
+    """A whole output block that only its family can say: a provider-run tool's call and result
+    (Anthropic server_tool_use / web_search_tool_result, OpenAI Responses web_search_call, ...).
+    `block` is the provider's JSON, complete; that family's renderer writes it back as it came, and
+    other families drop it (lossy, docs/mapping.md) — they could not run the tool either."""
+
+    type: Literal["native"] = "native"
+    provider: str
+    block: dict[str, Any]
+
+
+StreamEvent = (StreamStart | TextDelta | ReasoningDelta | ToolCallDelta | FinishEvent | UsageEvent | ErrorEvent
+               | NativeBlock)
 
 
 # --------------------------------------------------------------------------------------------------

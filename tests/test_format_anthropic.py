@@ -26,6 +26,7 @@ from axonsim.unified import (
     FinishEvent,
     ImagePart,
     Message,
+    NativeBlock,
     ReasoningDelta,
     ReasoningPart,
     Request,
@@ -1092,3 +1093,48 @@ def test_an_anthropic_stop_reason_reaches_an_anthropic_client_as_it_came(reason:
     # another family gets the unified mapping
     assert orjson.loads(oc.render_response(A.parse_response(body)))["choices"][0]["finish_reason"] in (
         "stop", "length", "content_filter")
+
+
+def _server_tool_stream() -> bytes:
+    msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": [],
+           "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}
+    result = {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1",
+              "content": [{"type": "web_search_result", "title": "Weather", "url": "https://w.example/paris",
+                           "encrypted_content": "EqXYZ", "page_age": None}]}
+    return _sse(
+        ("message_start", {"type": "message_start", "message": msg}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+            "type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
+            "type": "input_json_delta", "partial_json": '{"query":'}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
+            "type": "input_json_delta", "partial_json": '"paris weather"}'}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": result}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+        ("content_block_start", {"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 2, "delta": {
+            "type": "text_delta", "text": "It is sunny."}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 2}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                           "usage": {"output_tokens": 20}}),
+        ("message_stop", {"type": "message_stop"}),
+    )
+
+
+def test_server_tool_blocks_reach_a_same_family_stream_client_whole() -> None:
+    # web_search is Anthropic's to run (so routed to Anthropic channels only); its call and result
+    # have no unified form, but an Anthropic client streaming the answer must still get them.
+    events = parse_all(_server_tool_stream())
+    native = [e for e in events if isinstance(e, NativeBlock)]
+    assert [e.block["type"] for e in native] == ["server_tool_use", "web_search_tool_result"]
+    assert native[0].block["input"] == {"query": "paris weather"}
+    snap = sdk_accumulate(render_stream(events))
+    assert [b.type for b in snap.content] == ["server_tool_use", "web_search_tool_result", "text"]
+    assert snap.content[0].input == {"query": "paris weather"} and snap.content[0].id == "srvtoolu_1"
+    assert snap.content[1].content[0].url == "https://w.example/paris"
+    # other families drop them (their clients could not have run the tool either)
+    for family in ("openai_chat", "gemini", "openai_responses"):
+        r = get_format(family).StreamRenderer(Request(model="m", messages=[], stream=True))
+        out = b"".join(r.render(e) for e in events) + r.finish()
+        assert b"srvtoolu_1" not in out and b"It is sunny." in out

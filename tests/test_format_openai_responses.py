@@ -29,6 +29,7 @@ from axonsim.unified import (
     FinishEvent,
     ImagePart,
     Message,
+    NativeBlock,
     ReasoningDelta,
     ReasoningPart,
     Request,
@@ -1074,3 +1075,35 @@ def test_property_request_identity(req: Request) -> None:
         assert back.extra_body.pop("include") == ["reasoning.encrypted_content"]
         assert back.extra_body.pop("reasoning") == {"summary": "auto"}
     assert back == req.model_copy(update={"model": "upstream-model"})
+
+
+def test_built_in_tool_items_reach_a_same_family_stream_client_whole() -> None:
+    # web_search runs at OpenAI (so such requests go to Responses channels only); its item has no
+    # unified form, but a Responses client streaming the answer must still get it, with its id.
+    call = {"id": "ws_1", "type": "web_search_call", "status": "completed",
+            "action": {"type": "search", "query": "paris weather"}}
+    msg = {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+           "content": [{"type": "output_text", "text": "Sunny.", "annotations": []}]}
+    resp = {"id": "resp_1", "object": "response", "created_at": 1, "status": "in_progress", "model": "gpt-x",
+            "output": []}
+
+    def ev(t: str, **f: Any) -> bytes:
+        return f"event: {t}\ndata: {json.dumps({'type': t, **f})}\n\n".encode()
+
+    data = (ev("response.created", response=resp)
+            + ev("response.output_item.added", output_index=0, item={**call, "status": "in_progress"})
+            + ev("response.web_search_call.completed", output_index=0, item_id="ws_1")
+            + ev("response.output_item.done", output_index=0, item=call)
+            + ev("response.output_item.added", output_index=1, item={**msg, "content": [], "status": "in_progress"})
+            + ev("response.output_text.delta", output_index=1, content_index=0, item_id="msg_1", delta="Sunny.")
+            + ev("response.output_item.done", output_index=1, item=msg)
+            + ev("response.completed", response={**resp, "status": "completed", "output": [call, msg]}))
+    events = parse_stream(data)
+    assert [e.block for e in events if isinstance(e, NativeBlock)] == [call]
+    r = fmt.StreamRenderer(Request(model="m", messages=[], stream=True))
+    out = b"".join(r.render(e) for e in events) + r.finish()
+    payloads = [json.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
+    for p in payloads:
+        STREAM_EVENT.validate_python(p)  # each event as the SDK reads it
+    final = payloads[-1]["response"]["output"]
+    assert [(i["type"], i["id"]) for i in final] == [("web_search_call", "ws_1"), ("message", "msg_1")]

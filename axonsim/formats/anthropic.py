@@ -22,6 +22,7 @@ from axonsim.unified import (
     FinishReason,
     ImagePart,
     Message,
+    NativeBlock,
     Part,
     ReasoningDelta,
     ReasoningPart,
@@ -638,6 +639,8 @@ class StreamRenderer:
             self._native, self._stop_sequence = ev.finish_native, ev.stop_sequence
         elif isinstance(ev, UsageEvent):
             self._usage = ev.usage
+        elif isinstance(ev, NativeBlock) and ev.provider == FAMILY:
+            self._native_block(ev.block, out)
         return b"".join(out)
 
     def finish(self) -> bytes:
@@ -706,6 +709,16 @@ class StreamRenderer:
             # A fragment for a call whose block was already closed (interleaved upstream calls) still
             # goes to that call's index: the SDK accumulates by index, and we never hold bytes back.
             out.append(self._delta({"type": "input_json_delta", "partial_json": ev.arguments}, blk))
+
+    def _native_block(self, block: dict[str, Any], out: list[bytes]) -> None:
+        """A server tool's block, written as Anthropic streams one: an input, if any, as one delta."""
+        if "input" in block:
+            idx = self._open_block("native", {**block, "input": {}}, out)
+            if block["input"]:
+                out.append(self._delta({"type": "input_json_delta", "partial_json": _dumps_input(block["input"])}, idx))
+        else:
+            self._open_block("native", block, out)
+        self._close(out)
 
     def _reasoning(self, ev: ReasoningDelta, out: list[bytes]) -> None:
         if ev.text:
@@ -1066,6 +1079,9 @@ class StreamParser:
         self._has_args: set[int] = set()  # tool blocks that received a non-empty fragment
         self._tools = 0
         self._input: dict[str, int] = {}  # message_start's usage, the base that message_delta updates
+        # Blocks with no unified form (server tools' calls and results): block index → [the block
+        # as started, its input's JSON fragments]; each leaves whole at its stop as a NativeBlock.
+        self._native: dict[int, list[Any]] = {}
 
     def feed(self, data: bytes) -> list[StreamEvent]:
         out: list[StreamEvent] = []
@@ -1127,7 +1143,9 @@ class StreamParser:
             elif dt == "signature_delta":
                 if delta["signature"] and kind == "thinking":
                     out.append(_signature_delta(delta["signature"]))
-            # citations_delta and deltas of server-tool blocks have no unified form
+            if idx in self._native and dt == "input_json_delta" and delta.get("partial_json"):
+                self._native[idx][1].append(delta["partial_json"])
+            # citations_delta has no unified form (lossy: docs/mapping.md)
         elif t == "content_block_start":
             idx = d["index"]
             cb = d["content_block"]
@@ -1151,8 +1169,13 @@ class StreamParser:
                     args = _dumps_input(cb["input"])
                     self._has_args.add(idx)
                 out.append(ToolCallDelta(index=n, id=cb["id"], name=cb["name"], arguments=args))
+            elif isinstance(cb, dict):
+                self._native[idx] = [cb, []]
         elif t == "content_block_stop":
             idx = d["index"]
+            held = self._native.pop(idx, None)
+            if held is not None:
+                out.append(NativeBlock(provider=FAMILY, block=_whole_block(*held)))
             if self._kinds.get(idx) == "tool_use" and idx not in self._has_args:
                 # A call without arguments: "{}" keeps the aggregate equal to the non-stream `input: {}`.
                 out.append(ToolCallDelta(index=self._tool_of[idx], arguments="{}"))
@@ -1187,6 +1210,17 @@ class StreamParser:
                                               message=_clean(str(e.get("message") or etype)), code=etype)))
             self._done = True
         # ping and event types newer than this module are ignored
+
+
+def _whole_block(started: dict[str, Any], fragments: list[str]) -> dict[str, Any]:
+    """A block with no unified form as Anthropic's non-stream answer has it: its streamed input joined."""
+    block = dict(started)
+    if fragments:
+        try:
+            block["input"] = orjson.loads("".join(fragments))
+        except orjson.JSONDecodeError:
+            pass  # kept as it started: a broken input is not invented
+    return block
 
 
 def parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error:

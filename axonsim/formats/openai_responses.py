@@ -34,6 +34,7 @@ from axonsim.unified import (
     FinishReason,
     ImagePart,
     Message,
+    NativeBlock,
     ReasoningDelta,
     ReasoningPart,
     Request,
@@ -659,6 +660,8 @@ class StreamRenderer:
             return out
         if isinstance(ev, ErrorEvent):
             return out + self.error(ev.error)
+        if isinstance(ev, NativeBlock) and ev.provider == FAMILY:
+            return out + self._native_item(ev.block)
         return out
 
     def finish(self) -> bytes:
@@ -832,6 +835,17 @@ class StreamRenderer:
             self._output[item.index] = final
             out += self._emit("response.output_item.done", output_index=item.index, item=final)
         return out
+
+    def _native_item(self, item: JSON) -> bytes:
+        """A built-in tool's item, added and done at once (its progress events are not replayed)."""
+        out = self._close_all("completed")
+        index = len(self._output)
+        iid = item.get("id")
+        if isinstance(iid, str):
+            self._upstream_ids.add(iid)
+        self._output.append(item)
+        out += self._emit("response.output_item.added", output_index=index, item=item)
+        return out + self._emit("response.output_item.done", output_index=index, item=item)
 
     def _tool_call(self, ev: ToolCallDelta) -> bytes:
         out = b""
@@ -1194,6 +1208,10 @@ def _rest(full: str, seen: str) -> str:
     return full[len(seen):] if full.startswith(seen) else ""
 
 
+# Output item types with a unified form; the others (built-in tools' calls) travel as NativeBlock.
+_UNIFIED_ITEMS = frozenset({"message", "reasoning", "function_call"})
+
+
 class StreamParser:
     """The Responses SSE lifecycle → unified stream events. Dispatch is a table of event type →
     handler; events with no unified meaning (in_progress, content_part.*, ...) are skipped."""
@@ -1304,6 +1322,10 @@ class StreamParser:
             return
         self._keep_id(oi, item)
         kind = item.get("type")
+        if kind not in _UNIFIED_ITEMS:
+            # A provider-run tool's item (web_search_call, file_search_call, ...): whole, as it ended.
+            out.append(NativeBlock(provider=FAMILY, block=item))
+            return
         if kind == "function_call":
             if oi not in self._call_index:
                 self._register_call(oi, item, out)

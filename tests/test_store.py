@@ -231,6 +231,21 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[An
         await d.drop()
 
 
+@pytest.fixture
+async def pg() -> AsyncIterator[Any]:
+    """PostgreSQL alone, for what only it can show (a database that goes away while idle, roles)."""
+    if PG_UNAVAILABLE:
+        if REQUIRE_PG:
+            pytest.fail(PG_UNAVAILABLE + " and AXONSIM_REQUIRE_POSTGRES=1")
+        pytest.skip(PG_UNAVAILABLE)
+    d = PostgresDB()
+    await d.create()
+    try:
+        yield d
+    finally:
+        await d.drop()
+
+
 SECRETS = ["sk-upstream-SECRET-0001", "gw-client-SECRET-0002"]
 
 
@@ -1150,10 +1165,10 @@ async def test_values_beyond_what_the_tables_take_are_cut_not_the_record_dropped
         await store.close()
 
 
-async def test_an_idle_store_finds_out_that_its_database_went_away(db: Any) -> None:
+async def test_an_idle_store_finds_out_that_its_database_went_away(pg: Any) -> None:
     # No records to write: db_up (metrics, /admin/store) must still turn 0 during an outage.
-    if db.kind != "postgresql":
-        pytest.skip("a locked SQLite file still answers a query; PostgreSQL can be taken away")
+    # (PostgreSQL: it can be taken away; a locked SQLite file still answers a query.)
+    db = pg
     s = StoreSettings(url=db.url)
     store = Store(s, schema=db.schema, secrets=SECRETS, connect_timeout=1.0, retry_base=0.02, retry_cap=0.2,
                   idle_check=0.05)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from test_store import db, make_store, rec  # noqa: F401  (db is a fixture: SQLite, and PostgreSQL when present)
+from test_store import db, make_store, pg, rec  # noqa: F401  (db, pg: fixtures; db is SQLite and PostgreSQL)
 
 from server.store import StoreUnavailable
 from server.store.engine import make_engine
@@ -108,23 +108,22 @@ async def test_tables_dropped_under_a_running_store_are_made_again(db: Any) -> N
         await store.close()
 
 
-async def test_a_role_that_may_not_write_stops_the_start_with_a_reason(db: Any) -> None:  # noqa: F811
-    if db.kind != "postgresql":
-        pytest.skip("roles are PostgreSQL's")
-    store = make_store(db)
+async def test_a_role_that_may_not_write_stops_the_start_with_a_reason(pg: Any) -> None:  # noqa: F811
+    # roles are PostgreSQL's
+    store = make_store(pg)
     await store.start()
     await store.close()
-    role = f"{db.schema}_ro"
-    await db.fetch(f'CREATE ROLE "{role}" LOGIN')
+    role = f"{pg.schema}_ro"
+    await pg.fetch(f'CREATE ROLE "{role}" LOGIN')
     try:
-        await db.fetch(f'GRANT USAGE ON SCHEMA "{db.schema}" TO "{role}"')
-        await db.fetch(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{db.schema}" TO "{role}"')
-        url = sa.engine.make_url(db.url).set(username=role, password=None).render_as_string(hide_password=False)
-        ro = make_store(db)
+        await pg.fetch(f'GRANT USAGE ON SCHEMA "{pg.schema}" TO "{role}"')
+        await pg.fetch(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{pg.schema}" TO "{role}"')
+        url = sa.engine.make_url(pg.url).set(username=role, password=None).render_as_string(hide_password=False)
+        ro = make_store(pg)
         ro.url = url
         with pytest.raises(StoreUnavailable, match="cannot write the store's tables.*permission denied") as e:
             await ro.start()
         assert e.value.unusable
     finally:
-        await db.fetch(f'DROP OWNED BY "{role}"')
-        await db.fetch(f'DROP ROLE "{role}"')
+        await pg.fetch(f'DROP OWNED BY "{role}"')
+        await pg.fetch(f'DROP ROLE "{role}"')

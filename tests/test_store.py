@@ -15,6 +15,7 @@ import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -214,26 +215,8 @@ class PostgresDB:
             await conn.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "sqlite":
-        d: Any = SqliteDB(tmp_path / "store.db")
-    else:
-        if PG_UNAVAILABLE:
-            if REQUIRE_PG:
-                pytest.fail(PG_UNAVAILABLE + " and AXONSIM_REQUIRE_POSTGRES=1")
-            pytest.skip(PG_UNAVAILABLE)
-        d = PostgresDB()
-        await d.create()
-    try:
-        yield d
-    finally:
-        await d.drop()
-
-
-@pytest.fixture
-async def pg() -> AsyncIterator[Any]:
-    """PostgreSQL alone, for what only it can show (a database that goes away while idle, roles)."""
+@asynccontextmanager
+async def _postgres() -> AsyncIterator[PostgresDB]:
     if PG_UNAVAILABLE:
         if REQUIRE_PG:
             pytest.fail(PG_UNAVAILABLE + " and AXONSIM_REQUIRE_POSTGRES=1")
@@ -244,6 +227,26 @@ async def pg() -> AsyncIterator[Any]:
         yield d
     finally:
         await d.drop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "postgresql":
+        async with _postgres() as d:
+            yield d
+        return
+    lite = SqliteDB(tmp_path / "store.db")
+    try:
+        yield lite
+    finally:
+        await lite.drop()
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[Any]:
+    """PostgreSQL alone, for what only it can show (a database that goes away while idle, roles)."""
+    async with _postgres() as d:
+        yield d
 
 
 SECRETS = ["sk-upstream-SECRET-0001", "gw-client-SECRET-0002"]

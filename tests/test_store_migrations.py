@@ -73,22 +73,17 @@ def test_starting_on_a_new_or_current_database_does_not_import_alembic(tmp_path:
 # -- a database that answers but cannot take the records --------------------------------------------
 
 
-async def test_tables_changed_by_hand_stop_the_start_with_a_reason(db: Any) -> None:  # noqa: F811
+@pytest.mark.parametrize(("change", "reason"), [
+    ("ALTER TABLE requests DROP COLUMN overhead", "lacks column.*overhead"),  # changed by hand
+    ("DROP TABLE alembic_version", "no migration version"),  # tables not made by the migrations
+])
+async def test_tables_the_store_cannot_write_stop_the_start_with_a_reason(db: Any, change: str,  # noqa: F811
+                                                                          reason: str) -> None:
     store = make_store(db)
     await store.start()
     await store.close()
-    await db.fetch("ALTER TABLE requests DROP COLUMN overhead")
-    with pytest.raises(StoreUnavailable, match="lacks column.*overhead") as e:
-        await make_store(db).start()
-    assert e.value.unusable
-
-
-async def test_tables_without_a_version_stop_the_start_with_a_reason(db: Any) -> None:  # noqa: F811
-    store = make_store(db)
-    await store.start()
-    await store.close()
-    await db.fetch("DROP TABLE alembic_version")
-    with pytest.raises(StoreUnavailable, match="no migration version") as e:
+    await db.fetch(change)
+    with pytest.raises(StoreUnavailable, match=reason) as e:
         await make_store(db).start()
     assert e.value.unusable
 

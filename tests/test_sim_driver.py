@@ -116,6 +116,27 @@ def test_the_requests_deadline_cuts_a_running_attempt_as_the_proxy_does(stream):
     assert_all_released(sim)
 
 
+def test_a_queued_attempt_leaves_the_queue_at_the_requests_deadline():
+    # Retries queue behind attempts of later requests, so a queued attempt's request deadline can
+    # pass before a slot frees: it must leave the queue then, not run from a grant after its
+    # deadline (which scheduled its timeout in the past: the clock ran backwards).
+    cfg = config([{**chan("only", ttft=0.3, tokens_per_second=50, output_tokens=200, max_concurrency=2,
+                          when_full="queue", error_rate=0.4)}],
+                 {"retry": {"max_attempts": 3, "max_same_channel": 2, "deadline": 2.0}, "health": NO_HEALTH},
+                 workload={"arrival": {"process": "poisson", "rate": 3}, "requests": 300, "stream": 0.5},
+                 gateway={"timeouts": {"first_token": 30, "total": 120}})
+    from axonsim.sim.driver import build_arrivals
+
+    sim = Simulation(cfg, 1, build_arrivals(cfg, 1, None))
+    res = sim.run()
+    att, req = res.attempts, res.requests.set_index("id")
+    waited = att.queue_wait.fillna(0.0)
+    assert (att.start + waited <= att.end + 1e-9).all()
+    assert (att.end.to_numpy() <= req.loc[att.request, "arrival"].to_numpy() + 2.0 + 1e-9).all()
+    assert (att.fault == "queue_timeout").any()  # the case happens in this run
+    assert_all_released(sim)
+
+
 def test_upstream_errors_come_at_the_first_token_time():
     cfg = config([chan("a", ttft=0.5, output_tokens=10, faults={"rate_limited": 1.0, "retry_after": 7.0})],
                  {"retry": {"max_attempts": 1}})

@@ -99,7 +99,7 @@ class SimChannel:
 
     __slots__ = ("sim", "env", "heap", "eid", "state", "index", "name", "model", "rng", "cap", "load", "queue", "waiting",
                  "busy", "t_first", "t_total", "guard", "errors", "e_full", "e_reset", "e_timeout", "e_cut",
-                 "callbacks")
+                 "callbacks", "deadlined")
     _ok = True  # the channel is the event of its queue-deadline check
 
     def __init__(self, sim: Simulation, state: ChannelState, rng: ChannelRandom, model_seed: int,
@@ -127,6 +127,10 @@ class SimChannel:
         self.t_total = to.total
         self.guard = False  # a queue-deadline check is scheduled
         self.callbacks: tuple[Any, ...] | None = None
+        # Queued attempts whose request deadline (routing.retry.deadline) comes before their
+        # first-token deadline: FIFO order does not put those at the head, so each gets a check of
+        # its own, an event object of its own (an object holds one pending callbacks tuple).
+        self.deadlined: list[Attempt] = []
         # Errors are immutable values: built once per channel and status, shared by the failed attempts.
         self.errors: dict[int, Error] = {}
         self.e_full = Error(kind=error_kind_for_status(FULL_STATUS), status=FULL_STATUS,
@@ -164,6 +168,10 @@ class SimChannel:
             if not self.guard:
                 self.guard = True
                 at(self.env, self.t_first, self, _GUARD)
+            d = a.deadline
+            if d is not None and d < a.start + self.t_first:
+                self.deadlined.append(a)
+                at(self.env, d - now, _DeadlineGuard(self), _DEADLINE)
         else:
             a.fault = FULL
             self.fail(a, now, self.e_full)
@@ -180,7 +188,7 @@ class SimChannel:
         if deadline > total:
             deadline = total
         if first > deadline or (fault is not None and fault == TIMEOUT):  # `is not None`: most attempts have no fault
-            at(self.env, deadline - now, a, _TIMEOUT)
+            at(self.env, deadline - now if deadline > now else 0.0, a, _TIMEOUT)
         elif fault is None or fault == STREAM_CUT:
             if a.request.stream:
                 a.callbacks = _FIRST
@@ -253,6 +261,33 @@ class SimChannel:
             at(self.env, waiting[0].start + t_first - now, self, _GUARD)
         else:
             self.guard = False
+
+    def expire_deadlined(self, now: float) -> None:
+        """Time out the queued attempts whose request deadline has passed (see `deadlined`)."""
+        keep: list[Attempt] = []
+        for a in self.deadlined:
+            if a.phase != QUEUED:
+                continue  # granted a slot, or gone, since
+            d = a.deadline
+            if d is not None and d <= now:
+                self.waiting.remove(a)
+                a.fault = QUEUE_TIMEOUT
+                self.fail(a, now, self.e_timeout)
+            else:
+                keep.append(a)
+        self.deadlined = keep
+
+
+class _DeadlineGuard:
+    """The event of one request-deadline check of a channel's queue (the channel is the event of
+    its first-token one)."""
+
+    __slots__ = ("ch", "callbacks")
+    _ok = True
+
+    def __init__(self, ch: SimChannel) -> None:
+        self.ch = ch
+        self.callbacks: tuple[Any, ...] | None = None
 
 
 # Event callbacks: one per phase, at module level; the event is the Attempt (or the channel).
@@ -385,6 +420,10 @@ def _on_guard(ch: SimChannel) -> None:
     ch.expire_queue(ch.env._now)
 
 
+def _on_deadline(g: _DeadlineGuard) -> None:
+    g.ch.expire_deadlined(g.ch.env._now)
+
+
 # One constant callbacks tuple per phase: scheduling allocates no list.
 _ERROR = (_on_error,)
 _TIMEOUT = (_on_timeout,)
@@ -393,3 +432,4 @@ _FIRST = (_on_first,)
 _STREAM_END = (_on_stream_end,)
 _STREAM_TIMEOUT = (_on_stream_timeout,)
 _GUARD = (_on_guard,)
+_DEADLINE = (_on_deadline,)

@@ -368,7 +368,8 @@ class Router:
         ctx = PickContext(model, stream, tokens) if self._uses_context or explain else NO_CONTEXT
         n = 0
         last: Outcome | None = None
-        retry_at: float | None = None  # the soonest time an upstream's Retry-After names, if any did
+        # Per channel, when its last refusal said to come back (Retry-After): the soonest is the client's.
+        retry_at: dict[str, float] | None = None
         # why candidates were skipped, and the panic candidates: made only when there is one
         unavailable: dict[str, str] | None = None
         soonest: float | None = None
@@ -471,8 +472,12 @@ class Router:
                             self.remember(sticky_key, st.name)
                         return Result(True, out, attempts, None, now, decisions, call)
                     last = out
-                    if out.retry_after is not None and (retry_at is None or now + out.retry_after < retry_at):
-                        retry_at = now + out.retry_after
+                    if out.retry_after is not None:
+                        if retry_at is None:
+                            retry_at = {}
+                        retry_at[st.name] = now + out.retry_after
+                    elif retry_at is not None:
+                        retry_at.pop(st.name, None)  # its latest answer named no time
                     kind = out.kind if out.kind is not None else ErrorKind.SERVER_ERROR
                     message = out.error.message if out.error is not None else None
                     action = policy.action(kind, out.status, message, st.name)
@@ -531,10 +536,12 @@ class Router:
                 retry_after = None
             return Result(False, None, attempts, no_channel(model, unavailable, retry_after), now, decisions)
         err = _client_error(last)
-        if err.retry_after is not None and retry_at is not None and retry_at < last.end + err.retry_after - 1.0:
-            # Another channel named a sooner Retry-After than the last one did (by more than the header's
-            # one-second resolution): that is when to come back.
-            err.retry_after = max(0.0, retry_at - now)
+        if err.retry_after is not None and retry_at:
+            soonest_at = min(retry_at.values())
+            if soonest_at < last.end + err.retry_after - 1.0:
+                # Another channel's last refusal named a sooner time than the last one did (by more than
+                # the header's one-second resolution): that is when to come back.
+                err.retry_after = max(0.0, soonest_at - now)
         return Result(False, last, attempts, err, now, decisions)
 
     def _hedged(self, first: Call, delay: float, remaining: list[Candidate], rng: random.Random, tokens: int,
@@ -581,8 +588,16 @@ def _frees_at(st: ChannelState, now: float) -> float:
     if st.cooldown_until > now:
         t = max(t, st.cooldown_until)
     if st.keys and not any(k.available(now) for k in st.keys):
-        # every key is out: the first to come back (a key's cooldown, say after its 429) frees the channel
-        back = [k.disabled_until for k in st.keys if not k.disabled and k.disabled_until > now]
+        # Every key is out. When each is cooling down (after its 429), the first to come back frees
+        # the channel; a key out for its own limits or breaker may come back sooner: the short wait.
+        back: list[float] = []
+        for k in st.keys:
+            if k.disabled:
+                continue
+            if k.disabled_until <= now:
+                back = []
+                break
+            back.append(k.disabled_until)
         if back:
             t = max(t, min(back))
     if st.quota is not None and not st.quota.allows(now, 0):

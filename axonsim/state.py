@@ -288,10 +288,10 @@ class ChannelState:
             self.breaker(model).on_failure(now)
         status = outcome.status
         bad_key = kind is ErrorKind.AUTHENTICATION or kind is ErrorKind.PERMISSION
-        if bad_key and status != 401 and status != 403:
-            # Bad credentials under another status (Gemini: 400 API_KEY_INVALID) meet the rules for
-            # the status that says it.
-            status = 401 if kind is ErrorKind.AUTHENTICATION else 403
+        if kind is ErrorKind.AUTHENTICATION and status != 401 and status != 403:
+            # Bad credentials under another status (Gemini: 400 API_KEY_INVALID) meet the rules for a
+            # 401. (Not every PERMISSION error: an exhausted balance is one, and it comes back.)
+            status = 401
         if k is not None:
             k.failures += 1
             if k.breaker is not None and kind is not ErrorKind.RATE_LIMITED:

@@ -1107,3 +1107,17 @@ def test_built_in_tool_items_reach_a_same_family_stream_client_whole() -> None:
         STREAM_EVENT.validate_python(p)  # each event as the SDK reads it
     final = payloads[-1]["response"]["output"]
     assert [(i["type"], i["id"]) for i in final] == [("web_search_call", "ws_1"), ("message", "msg_1")]
+
+
+def test_an_upstream_item_id_given_twice_keeps_one_item_per_upstream_item() -> None:
+    # An upstream that reuses an id (or omits output_index, so text inherits the reasoning item's):
+    # the second item gets an id of ours, and its deltas stay in it, not one item each.
+    r = fmt.StreamRenderer(Request(model="m", messages=[], stream=True))
+    evs = [StreamStart(id="resp_1", model="m"), ReasoningDelta(text="think", item_id="item_1"),
+           *[TextDelta(text=t, item_id="item_1") for t in ("Hel", "lo ", "wor", "ld")]]
+    out = b"".join(r.render(e) for e in evs) + r.finish()
+    final = [json.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")][-1]["response"]
+    items = final["output"]
+    assert [i["type"] for i in items] == ["reasoning", "message"]
+    assert items[0]["id"] == "item_1" and items[1]["id"] != "item_1"
+    assert items[1]["content"][0]["text"] == "Hello world"

@@ -410,3 +410,36 @@ def test_bad_credentials_under_another_status_disable_the_key_as_a_401_does(driv
     res = driver(r, "m", answer)
     assert res.ok and [a.next for a in res.attempts][-1] == "done"
     assert r.by_name["c0"].keys[0].disabled  # permanently, as the default 401 rule says
+
+
+def test_a_retry_after_already_waited_out_is_not_the_clients(driver):
+    # 503 (Retry-After 1, honoured by a same-channel retry), then 429 (Retry-After 30): the client
+    # hears 30, not a time that has passed (0).
+    r = make(chans(1), retry={"max_attempts": 4, "max_same_channel": 1})
+    answers = [fail(503, retry_after=1.0, after=0.0), fail(429, retry_after=30.0, after=0.0)]
+    res = driver(r, "m", lambda call, now: answers.pop(0)(call, now))
+    assert res.error.status == 429 and res.error.retry_after == pytest.approx(30.0)
+
+
+def test_a_key_out_for_its_own_limits_makes_the_pool_wait_short(driver):
+    # k0 cools down for 300 s after a 429; k1 is only at its rpm limit, which frees within a minute.
+    r = make(chans(1, c0={"api_keys": ["k0", {"key": "k1", "limits": {"rpm": 1}}]}), retry={"max_same_channel": 0})
+    res = driver(r, "m", lambda call, now: (fail(429, retry_after=300.0, after=0.0) if call.key == 0 else ok(0.0))(
+        call, now), now=100.0)
+    assert res.ok and [a.next for a in res.attempts] == ["next_key", "done"]
+    res = driver(r, "m", ok(0.0), now=101.0)
+    assert not res.ok and res.error.status == 429 and res.error.retry_after < 60
+
+
+def test_an_exhausted_balance_does_not_switch_a_key_off_for_good(driver):
+    # Anthropic's "credit balance is too low" is a 400 of kind permission: the key comes back after a
+    # top-up, so it is not disabled like a rejected credential.
+    r = make(chans(1, c0={"api_keys": ["k0", "k1"]}))
+
+    def answer(call, now):
+        if call.key == 0:
+            return Outcome.failure(now, Error(kind=ErrorKind.PERMISSION, status=400,
+                                              message="Your credit balance is too low"))
+        return Outcome(True, now)
+    assert driver(r, "m", answer).ok
+    assert not r.by_name["c0"].keys[0].disabled

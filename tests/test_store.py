@@ -1159,11 +1159,15 @@ async def test_values_beyond_what_the_tables_take_are_cut_not_the_record_dropped
         r = rec(0, model=long_model, trace_id="t" * 5000, prompt_tokens=3_000_000_000)
         r.attempts[0].upstream_model = long_model
         assert store.submit(r) and await store.flush(30)
-        assert store.written == 1 and store.dropped == 0
-        ((model, trace, prompt),) = await db.fetch("SELECT model, trace_id, prompt_tokens FROM requests")
+        # 700 characters of 4 bytes each: 2,800 bytes, over PostgreSQL's index row, under 2,048 characters
+        assert store.submit(rec(1, model="\U00020000" * 700)) and await store.flush(30)
+        assert store.written == 2 and store.dropped == 0
+        (first, second) = await db.fetch("SELECT model, trace_id, prompt_tokens FROM requests ORDER BY created_at")
+        model, trace, prompt = first
         assert len(model) == 512 and model.startswith("mmm") and model.endswith("…") and len(trace) == 512
         assert prompt == 2**31 - 1
-        assert await db.fetch("SELECT length(upstream_model) FROM attempts") == [(512,)]
+        assert len(second[0]) == 512 and second[0].startswith("\U00020000")
+        assert await db.fetch("SELECT length(upstream_model) FROM attempts ORDER BY created_at") == [(512,), (1,)]
     finally:
         await store.close()
 

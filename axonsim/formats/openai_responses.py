@@ -601,6 +601,7 @@ class _Item:
     signature: str | None = None
     signature_provider: str | None = None
     summary_open: bool = False
+    upstream_id: str | None = None  # the upstream's id of the item these deltas belong to, if it said
 
 
 class StreamRenderer:
@@ -721,8 +722,9 @@ class StreamRenderer:
         self._output.append(None)
         if upstream_id is not None and upstream_id not in self._upstream_ids:
             self._upstream_ids.add(upstream_id)
-            return _Item(kind=kind, index=index, id=upstream_id, **kw)
-        return _Item(kind=kind, index=index, id=f"{prefix}_{_id_base(self._id)}_{index}", **kw)
+            return _Item(kind=kind, index=index, id=upstream_id, upstream_id=upstream_id, **kw)
+        # Ours when it said none, or repeated one (item ids are unique in a response)
+        return _Item(kind=kind, index=index, id=f"{prefix}_{_id_base(self._id)}_{index}", upstream_id=upstream_id, **kw)
 
     def _final(self, item: _Item, status: str) -> JSON:
         text = "".join(item.chunks)
@@ -775,7 +777,7 @@ class StreamRenderer:
             return b""  # an empty delta must not open an (empty) message item
         out = b""
         item = self._content
-        if item is None or item.kind != "message" or (item_id is not None and item_id != item.id):
+        if item is None or item.kind != "message" or (item_id is not None and item_id != item.upstream_id):
             out += self._close_all("completed")
             item = self._content = self._new_item("message", "msg", item_id)
             out += self._emit("response.output_item.added", output_index=item.index,
@@ -807,7 +809,7 @@ class StreamRenderer:
             item = self._content
             # A signature closes a thinking block (Anthropic); more thinking is a new item.
             if (item is None or item.kind != "reasoning" or item.signature is not None
-                    or (ev.item_id is not None and ev.item_id != item.id)):
+                    or (ev.item_id is not None and ev.item_id != item.upstream_id)):
                 out += self._open_reasoning(ev.item_id)
                 item = self._content
                 assert item is not None
@@ -821,7 +823,7 @@ class StreamRenderer:
         if ev.signature:
             item = self._content
             if (item is None or item.kind != "reasoning" or item.signature is not None
-                    or (ev.item_id is not None and ev.item_id != item.id)):
+                    or (ev.item_id is not None and ev.item_id != item.upstream_id)):
                 out += self._open_reasoning(ev.item_id)
                 item = self._content
                 assert item is not None

@@ -368,8 +368,9 @@ class Router:
         ctx = PickContext(model, stream, tokens) if self._uses_context or explain else NO_CONTEXT
         n = 0
         last: Outcome | None = None
-        # Per channel, when its last refusal said to come back (Retry-After): the soonest is the client's.
-        retry_at: dict[str, float] | None = None
+        # Per channel and key, when its last refusal said to come back (Retry-After): the soonest is
+        # when the client may (see _client_error_at).
+        retry_at: dict[tuple[str, int | None], float] | None = None
         # why candidates were skipped, and the panic candidates: made only when there is one
         unavailable: dict[str, str] | None = None
         soonest: float | None = None
@@ -451,8 +452,11 @@ class Router:
                                       self.stats if self._feed_ttft else None)
                     if hedge_delay is not None and n == 1 and len(remaining) > 1 and policy.max_attempts > 1:
                         rest = [c for c in remaining if c is not cand]
-                        out, call, extra = yield from self._hedged(call, hedge_delay, rest, rng, tokens,
-                                                                   deadline, request, attempts, decision, ctx)
+                        if retry_at is None:
+                            retry_at = {}
+                        out, call, extra, cand = yield from self._hedged(call, cand, hedge_delay, rest, rng, tokens,
+                                                                         deadline, request, attempts, decision, ctx,
+                                                                         retry_at)
                         n += extra
                         st = call.state
                         key = call.key
@@ -475,9 +479,9 @@ class Router:
                     if out.retry_after is not None:
                         if retry_at is None:
                             retry_at = {}
-                        retry_at[st.name] = now + out.retry_after
+                        retry_at[(st.name, key)] = now + out.retry_after
                     elif retry_at is not None:
-                        retry_at.pop(st.name, None)  # its latest answer named no time
+                        retry_at.pop((st.name, key), None)  # its latest answer named no time
                     kind = out.kind if out.kind is not None else ErrorKind.SERVER_ERROR
                     message = out.error.message if out.error is not None else None
                     action = policy.action(kind, out.status, message, st.name)
@@ -486,7 +490,7 @@ class Router:
                     attempts.append(rec)
                     if action is Action.GIVE_UP or n >= policy.max_attempts:
                         rec.next = "give_up" if action is Action.GIVE_UP else "cap"
-                        return Result(False, out, attempts, _client_error(out), now, decisions)
+                        return Result(False, out, attempts, _client_error_at(out, retry_at, now), now, decisions)
                     # A key pool: a key's own trouble (bad credentials, its rate limit) moves to another
                     # key of the same channel rather than to another channel.
                     key_swap = (kind in _KEY_FAULTS and action is Action.FAILOVER and key is not None
@@ -509,7 +513,7 @@ class Router:
                         return Result(False, out, attempts, _deadline_error(), now, decisions)
                     if budget_on and not budget.try_retry(now):
                         rec.next = "budget"
-                        return Result(False, out, attempts, _client_error(out), now, decisions)
+                        return Result(False, out, attempts, _client_error_at(out, retry_at, now), now, decisions)
                     if retry_here:
                         if key_swap:
                             rec.next = "next_key"
@@ -535,32 +539,27 @@ class Router:
             if retry_after is not None and math.isinf(retry_after):
                 retry_after = None
             return Result(False, None, attempts, no_channel(model, unavailable, retry_after), now, decisions)
-        err = _client_error(last)
-        if err.retry_after is not None and retry_at:
-            soonest_at = min(retry_at.values())
-            if soonest_at < last.end + err.retry_after - 1.0:
-                # Another channel's last refusal named a sooner time than the last one did (by more than
-                # the header's one-second resolution): that is when to come back.
-                err.retry_after = max(0.0, soonest_at - now)
-        return Result(False, last, attempts, err, now, decisions)
+        return Result(False, last, attempts, _client_error_at(last, retry_at, now), now, decisions)
 
-    def _hedged(self, first: Call, delay: float, remaining: list[Candidate], rng: random.Random, tokens: int,
-                deadline: float | None, request: Any, attempts: list[AttemptRecord],
-                decision: int | None, ctx: PickContext) -> Generator[Effect, Any, tuple[Outcome, Call, int]]:
+    def _hedged(self, first: Call, first_cand: Candidate, delay: float, remaining: list[Candidate],
+                rng: random.Random, tokens: int, deadline: float | None, request: Any, attempts: list[AttemptRecord],
+                decision: int | None, ctx: PickContext, retry_at: dict[tuple[str, int | None], float],
+                ) -> Generator[Effect, Any, tuple[Outcome, Call, int, Candidate]]:
         """Run `first`; if it has no first event after `delay`, start one more attempt on the best
         other candidate. The first success wins and the loser is cancelled and recorded; if both
-        fail, the later failure is returned. Returns (outcome, the Call it belongs to, extra attempts)."""
+        fail, the later failure is returned. Returns (outcome, the Call it belongs to, extra attempts,
+        that Call's candidate: a retry after it goes to that channel with its upstream model)."""
         h1 = yield Launch(first)
         got = yield Race((h1,), delay)
         if got is not None:
-            return got[1], first, 0
+            return got[1], first, 0, first_cand
         now = first.start + delay
         second = self.balancer.pick(remaining, now, rng, tokens, None, ctx)
         if second is not None and self.budget.enabled and not self.budget.try_retry(now):
             second = None  # a hedge is an extra attempt: the retry budget counts it (as Envoy does)
         if second is None:
             got = yield Race((h1,), None)
-            return got[1], first, 0
+            return got[1], first, 0, first_cand
         remaining.remove(second)
         key = second.state.next_key(now, rng, tokens)
         call2 = self._call(second.state, second.upstream_model, key, first.attempt + 1, request, tokens, deadline,
@@ -578,9 +577,12 @@ class Router:
                     lost = calls[other]
                     attempts.append(AttemptRecord(lost.attempt, lost.state.name, lost.state.key_name(lost.key),
                                                   lost.upstream_model, lost.start, t, 0, None, "hedge_lost", decision))
-                return o, c, 1  # the caller records `c`'s outcome, under c.attempt, after these
+                # the caller records `c`'s outcome, under c.attempt, after these
+                return o, c, 1, (first_cand if c is first else second)
             attempts.append(AttemptRecord(c.attempt, c.state.name, c.state.key_name(c.key), c.upstream_model,
                                           c.start, o.end, o.status, o.kind, "hedge_failed", decision))
+            if o.retry_after is not None:
+                retry_at[(c.state.name, c.key)] = o.end + o.retry_after
 
 
 def _frees_at(st: ChannelState, now: float) -> float:
@@ -637,6 +639,18 @@ _CLIENT_STATUS = {
     ErrorKind.CONNECTION: (502, "the connection to the upstream failed"),
     ErrorKind.UNAVAILABLE: (503, None),
 }
+
+
+def _client_error_at(out: Outcome, retry_at: dict[tuple[str, int | None], float] | None, now: float) -> Error:
+    """The client's error for a request that ends on `out`, at `now`. A 429's Retry-After is the
+    last answer's, or the sooner time another channel or key's last refusal named (by more than the
+    header's one-second resolution): the client may come back then. (A time already past: now.)"""
+    err = _client_error(out)
+    if err.retry_after is not None and retry_at:
+        soonest_at = min(retry_at.values())
+        if soonest_at < out.end + err.retry_after - 1.0:
+            err = err.model_copy(update={"retry_after": max(0.0, soonest_at - now)})  # errors may be shared
+    return err
 
 
 def _client_error(out: Outcome) -> Error:

@@ -443,3 +443,40 @@ def test_an_exhausted_balance_does_not_switch_a_key_off_for_good(driver):
         return Outcome(True, now)
     assert driver(r, "m", answer).ok
     assert not r.by_name["c0"].keys[0].disabled
+
+
+def test_a_keys_sooner_retry_after_is_kept_when_the_pools_next_key_refuses_longer(driver):
+    r = make(chans(1, c0={"api_keys": ["k0", "k1"]}), retry={"max_same_channel": 0})
+    res = driver(r, "m", lambda call, now: fail(429, retry_after=5.0 if call.key == 0 else 30.0, after=0.0)(call, now),
+                 now=100.0)
+    assert [a.next for a in res.attempts] == ["next_key", "exhausted"]
+    assert res.error.status == 429 and res.error.retry_after == pytest.approx(5.0, abs=0.5)
+
+
+@pytest.mark.parametrize("max_attempts", [2, 3])
+def test_the_soonest_retry_after_also_when_the_attempt_cap_ends_the_request(driver, max_attempts):
+    r = make(chans(2), strategy="round_robin", retry={"max_same_channel": 0, "max_attempts": max_attempts})
+    res = driver(r, "m", by_channel({"c0": fail(429, retry_after=5.0, after=0.0),
+                                     "c1": fail(429, retry_after=60.0, after=0.0)}))
+    assert res.error.status == 429 and res.error.retry_after == pytest.approx(5.0, abs=0.5)
+
+
+def test_a_hedges_retry_after_counts_and_a_retry_after_the_hedge_keeps_its_channels_model(driver):
+    # c0 answers late (429, 30 s); the hedge on c1 fails first (429, 5 s): the client hears ~5 s.
+    r = make(chans(2), strategy="round_robin", hedge={"enabled": True, "delay": 2.0}, retry={"max_same_channel": 0})
+    res = driver(r, "m", by_channel({"c0": fail(429, retry_after=30.0, after=5.0),
+                                     "c1": fail(429, retry_after=5.0, after=0.5)}))
+    assert res.error.status == 429 and res.error.retry_after == pytest.approx(2.5, abs=0.6)
+    # the hedge's channel fails last and is retried: with its own upstream model, not the first's
+    mapped = make(chans(2, c0={"models": ["up-a"], "model_mapping": {"m": "up-a"}},
+                        c1={"models": ["up-b"], "model_mapping": {"m": "up-b"}}),
+                  strategy="round_robin", hedge={"enabled": True, "delay": 1.0}, retry={"max_same_channel": 1})
+    seen = []
+    answers = {"c0": fail(500, after=1.5), "c1": fail(500, after=2.0)}
+
+    def answer(call, now):
+        seen.append((call.state.name, call.upstream_model))
+        return answers[call.state.name](call, now)
+    driver(mapped, "m", answer)
+    assert len(seen) >= 3 and seen[2][0] == "c1"  # c0, the hedge on c1, then c1 retried
+    assert all(m == {"c0": "up-a", "c1": "up-b"}[ch] for ch, m in seen)

@@ -137,6 +137,21 @@ def test_a_queued_attempt_leaves_the_queue_at_the_requests_deadline():
     assert_all_released(sim)
 
 
+def test_a_queued_attempt_leaves_at_its_deadline_exactly():
+    # The arrivals where now + (deadline − now) rounds below the deadline: the check must not
+    # find the attempt "not yet due" and leave it queued until another request's check.
+    cfg = config([{"name": "bad", "models": ["m"], "priority": 0, "api_keys": ["sk-b"],
+                   "behavior": {"ttft": 0.1, "output_tokens": 0, "error_rate": 1.0}},
+                  {"name": "slow", "models": ["m"], "priority": 1, "api_keys": ["sk-s"],
+                   "behavior": {"ttft": 10.0, "output_tokens": 0, "max_concurrency": 1, "when_full": "queue"}}],
+                 {"retry": {"max_attempts": 2, "max_same_channel": 0, "deadline": 3.0}, "health": NO_HEALTH},
+                 gateway={"timeouts": {"first_token": 30, "total": 120}})
+    res, sim = run_at(cfg, [0.83, 0.945, 0.953])
+    req = res.requests
+    assert (req.end <= req.arrival + 3.0 + 1e-9).all(), req[["arrival", "end"]]
+    assert_all_released(sim)
+
+
 def test_upstream_errors_come_at_the_first_token_time():
     cfg = config([chan("a", ttft=0.5, output_tokens=10, faults={"rate_limited": 1.0, "retry_after": 7.0})],
                  {"retry": {"max_attempts": 1}})

@@ -87,3 +87,7 @@ def test_the_heapq_driver_refuses_what_it_does_not_perform():
         "hedge": cfg.routing.hedge.model_copy(update={"enabled": True, "delay": 1.0})})})
     with pytest.raises(ValueError, match="hedging"):
         run_heapq(hedged, 1, build_arrivals(hedged, 1))
+    bounded = cfg.model_copy(update={"routing": cfg.routing.model_copy(update={
+        "retry": cfg.routing.retry.model_copy(update={"deadline": 2.0})})})
+    with pytest.raises(ValueError, match="deadline"):  # not silently different
+        run_heapq(bounded, 1, build_arrivals(bounded, 1))

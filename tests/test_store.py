@@ -1168,6 +1168,9 @@ async def test_values_beyond_what_the_tables_take_are_cut_not_the_record_dropped
         assert prompt == 2**31 - 1
         assert len(second[0]) == 512 and second[0].startswith("\U00020000")
         assert await db.fetch("SELECT length(upstream_model) FROM attempts ORDER BY created_at") == [(512,), (1,)]
+        # a value is cut by its own length, not by what else the record holds
+        assert store.submit(rec(2, model="x" * 600)) and await store.flush(30)
+        assert await db.fetch("SELECT length(model) FROM requests WHERE model LIKE 'xx%'") == [(512,)]
     finally:
         await store.close()
 

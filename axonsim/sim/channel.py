@@ -171,7 +171,11 @@ class SimChannel:
             d = a.deadline
             if d is not None and d < a.start + self.t_first:
                 self.deadlined.append(a)
-                at(self.env, d - now, _DeadlineGuard(self), _DEADLINE)
+                # At `d` itself: now + (d - now) can round to just below d, and the check would find
+                # the attempt not yet due and never look again.
+                g = _DeadlineGuard(self)
+                g.callbacks = _DEADLINE
+                heappush(self.heap, (d if d > now else now, NORMAL, next(self.eid), g))
         else:
             a.fault = FULL
             self.fail(a, now, self.e_full)

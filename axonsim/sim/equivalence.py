@@ -13,7 +13,8 @@ first-token and total timeouts counted from the Call, a stream committed at its 
 finished afterwards. Clock arithmetic follows the same expressions (an event `d` seconds after
 `now` is at `now + d`), and same-instant events run in scheduling order, as in SimPy.
 
-Hedging (Launch / Race / Cancel) is not performed here: `run_heapq` refuses a config that enables it.
+Hedging (Launch / Race / Cancel) and the request deadline's cut of running and queued attempts are
+not performed here: `run_heapq` refuses a config that enables either.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class HeapLoop:
     def __init__(self, config: Config, seed: int, arrivals: Arrivals) -> None:
         if config.routing.hedge.enabled:
             raise ValueError("the heapq driver does not perform hedging (Launch/Race/Cancel)")
+        if config.routing.retry.deadline is not None:
+            raise ValueError("the heapq driver does not cut attempts at routing.retry.deadline")
         self.router = Router(config)
         self.rng = py_stream(seed, CORE)
         self.arr = arrivals

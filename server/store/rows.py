@@ -188,10 +188,6 @@ def plain_json(v: Any) -> str | None:
 # (2704 bytes): 512 characters are at most 2048 bytes of UTF-8. Token counts are INTEGER columns.
 MAX_KEY_TEXT = 512
 MAX_INT = 2**31 - 1
-# A fast-path record whose short texts together run longer than this (in characters, for ASCII;
-# a quarter of it otherwise, as a character may take 4 bytes) goes the general way, which cuts each
-# to MAX_KEY_TEXT (a client can make its own model name or trace id that long).
-_FAST_TEXT = 2048
 
 
 def _key(v: str | None) -> str | None:
@@ -271,7 +267,9 @@ class RowBuilder:
             joined = "\n".join([p for p in parts if p is not None])
         except TypeError:
             return self.prepare_general(r)
-        if len(joined) > (_FAST_TEXT if joined.isascii() else MAX_KEY_TEXT) or not self.scrub.clean(joined):
+        # Short texts that together run past MAX_KEY_TEXT go the general way, which cuts each one
+        # that long: then a value is cut, or not, by its own length only, whatever came with it.
+        if len(joined) > MAX_KEY_TEXT or not self.scrub.clean(joined):
             return self.prepare_general(r)
         if max(r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.reasoning_tokens) > MAX_INT:
             return self.prepare_general(r)

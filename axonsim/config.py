@@ -600,7 +600,7 @@ class Arrival(_Strict):
     drawn by thinning); gamma: Gamma gaps with coefficient of variation `cv` (> 1 is bursty)."""
 
     process: Literal["poisson", "gamma"] = "poisson"
-    rate: float = Field(gt=0, description="requests per second (the base rate of a ramp or curve)")
+    rate: float = Field(gt=0, allow_inf_nan=False, description="requests per second (the base rate of a ramp or curve)")
     cv: float | None = Field(None, gt=0, description="gamma: coefficient of variation of the gaps")
     ramp: RateRamp | None = None
     diurnal: Diurnal | None = None
@@ -651,7 +651,8 @@ class Workload(_Strict):
     input + `max_tokens`, or input + the request's drawn output when no max_tokens is set."""
 
     arrival: Arrival | None = None
-    requests: int | None = Field(None, gt=0)
+    # A bound the memory of one machine holds: 100k requests take ~230 MB of results.
+    requests: int | None = Field(None, gt=0, le=10_000_000)
     duration: float | None = Field(None, gt=0, description="seconds of arrivals")
     models: dict[str, float] | None = None  # model -> share; default: the first channel's first model
     stream: float = Field(0.0, ge=0, le=1, description="share of streaming requests")

@@ -575,6 +575,11 @@ class Router:
                 for other in running:
                     t = yield Cancel(other)
                     lost = calls[other]
+                    if lost.stats is not None and lost.ttft is None:
+                        # Its first token would have come later than this: a slow sample the stats
+                        # must keep (without it, cancelled slow attempts leave the sample, the
+                        # percentile drifts low and hedges fire ever more often).
+                        lost.stats.add(t - lost.start)
                     attempts.append(AttemptRecord(lost.attempt, lost.state.name, lost.state.key_name(lost.key),
                                                   lost.upstream_model, lost.start, t, 0, None, "hedge_lost", decision))
                 # the caller records `c`'s outcome, under c.attempt, after these

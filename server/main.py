@@ -36,7 +36,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 from axonsim.config import Config, load_config
 from server.app import GatewayApp
 from server.http_protocol import CoalescingHttpToolsProtocol
-from server.proxy import Proxy, store_secrets
+from server.proxy import Proxy, check_servable, store_secrets
 from server.store import StoreUnavailable
 
 log = logging.getLogger("axonsim.server")
@@ -282,6 +282,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.config:
         config_path = Path(args.config).resolve()
         config = load_config(config_path)
+        check_servable(config)  # before the banner and the store: nothing is started for it
     else:
         if workers != 1:
             print("axonsim serve: the built-in demo runs in one process (its mock providers live in it); "

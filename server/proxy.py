@@ -77,6 +77,16 @@ def _lower(name: str) -> bytes:
     return name.strip().lower().encode("latin-1")
 
 
+def check_servable(config: Config) -> None:
+    """ConfigError unless every enabled channel has a URL to send requests to: a config written for
+    the simulator alone would otherwise start, and fail every request as a connection error."""
+    nowhere = [f"channels[{i}] ({ch.name})" for i, ch in enumerate(config.channels) if ch.enabled and not ch.base_url]
+    if nowhere:
+        raise ConfigError(f"{', '.join(nowhere)}: no base_url, so the proxy has nowhere to send their requests "
+                          "(a config for the simulator only? give each channel its provider's URL, or "
+                          "`enabled: false`)")
+
+
 class Runtime:
     """Everything built from one Config; replaced whole by Proxy.reload (never mutated in place
     except for channel state, which is the Router's job)."""
@@ -87,6 +97,7 @@ class Runtime:
         self.router = Router(config)
         self.auth = GatewayAuth(config.gateway.api_keys)
         channels = []
+        check_servable(config)
         for st in self.router.states:
             try:
                 fmt = get_format(st.channel.type)

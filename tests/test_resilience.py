@@ -271,6 +271,18 @@ def test_attempts_feed_the_ttft_samples_that_time_percentile_hedges(driver):
     assert len(r.stats.samples) == 3  # one first token per request, through the Call
 
 
+def test_a_hedged_attempt_cancelled_before_its_first_token_still_counts_as_slow(driver):
+    # The percentile must see the slow first attempts that a hedge cut short, as "at least this slow":
+    # otherwise the sample loses its tail, the percentile drifts low and hedges fire ever earlier.
+    r = make(chans(2), strategy="round_robin", hedge={"enabled": True, "percentile": 50, "min_samples": 2})
+    for i in range(2):
+        driver(r, "m", ok(1.0), now=float(i))
+    assert r._hedge_delay() == pytest.approx(1.0)
+    res = driver(r, "m", by_channel({"c0": ok(10.0), "c1": ok(0.5)}), now=10.0)
+    assert {(a.channel, a.next) for a in res.attempts} == {("c0", "hedge_lost"), ("c1", "done")}
+    assert sorted(r.stats.samples) == [0.5, 1.0, 1.0, pytest.approx(1.5)]  # c0: cancelled at 1.5 s, no token
+
+
 def test_hedge_config_needs_exactly_one_trigger():
     with pytest.raises(ConfigError, match="routing.hedge"):
         make(chans(1), hedge={"enabled": True})

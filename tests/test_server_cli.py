@@ -104,3 +104,12 @@ def test_mock_provider_command(tmp_path: Path) -> None:
     assert "two" in out and f"http://127.0.0.1:{port}/v1" in out
     r = axonsim("mock-provider", "--port", "1", "--config", str(cfg), "--channel", "three")
     assert r.returncode == 2 and "three" in r.stderr
+
+
+def test_serve_refuses_a_config_written_for_the_simulator_alone(tmp_path: Path) -> None:
+    # examples/basic.yaml: channels with behaviours and no base_url. It used to start, then fail
+    # every request as a connection error.
+    r = subprocess.run([sys.executable, "-m", "axonsim", "serve", "--config", str(ROOT / "examples" / "basic.yaml"),
+                        "--port", "1"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2 and "no base_url" in r.stderr and "channels[0] (fast)" in r.stderr
+    assert "Traceback" not in r.stderr and "AxonSim gateway on" not in r.stdout

@@ -141,3 +141,26 @@ def test_report_makes_nothing_in_a_directory_that_is_not_results(tmp_path, capsy
     (tmp_path / "readme.txt").write_text("hi")
     assert main(["report", str(tmp_path)]) == 2
     assert not (tmp_path / "report").exists()
+
+
+def test_requests_flag_replays_at_most_the_workloads_requests(scenario, tmp_path, capsys):
+    # "replay only the workload's first N requests": 1000 of a 400-request workload is 400
+    out = tmp_path / "out"
+    assert main(["simulate", str(scenario), "--requests", "1000", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert len(pd.read_csv(out / "requests.csv")) == 400
+
+
+@pytest.mark.parametrize(("change", "what"), [
+    ({"duration": 0.000001}, "produces no requests"),  # a report of nothing used to crash
+    ({"arrival": {"process": "poisson", "rate": float("inf")}}, "rate"),
+    ({"requests": 1_000_000_000}, "requests"),  # more than a machine's memory holds
+])
+def test_a_workload_that_cannot_run_is_a_clear_error(scenario, tmp_path, capsys, change, what):
+    data = yaml.safe_load(scenario.read_text())
+    data["workload"].update(change)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["simulate", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert what in err and "Traceback" not in err

@@ -67,6 +67,16 @@ def test_unpriced_models_have_an_unknown_cost_not_a_free_one():
     assert res.summary()["cost"] is None
 
 
+def test_an_unpriced_run_costs_unknown_whether_or_not_some_request_failed():
+    # 0.0 would read as "free"; a run where one request failed used to say so.
+    cfg = parse_config({"channels": [{"name": "a", "models": ["m"], "behavior": {
+        "ttft": 0.1, "output_tokens": 5, "error_rate": 0.3}}], "routing": {"retry": {"max_attempts": 1}},
+        "workload": {"arrival": {"process": "poisson", "rate": 10}, "requests": 200}})
+    res = simulate(cfg, seed=1)
+    assert (res.requests.status != 200).any() and res.requests.ok.any()
+    assert res.summary()["cost"] is None
+
+
 def test_summary_retry_amplification_and_rates():
     res = simulate(load_config(BASIC), seed=2, requests=4000)
     s = res.summary()

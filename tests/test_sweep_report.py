@@ -241,3 +241,11 @@ def test_report_cli_bad_scenario_exits_2(simulate_dir, tmp_path, capsys):
     _, out = simulate_dir
     assert main(["report", str(out), "--scenario", str(tmp_path / "nope.yaml")]) == 2
     assert "configuration error" in capsys.readouterr().err
+
+
+def test_costs_in_a_report_keep_their_significant_digits() -> None:
+    # A request costs ~1e-4: three decimals wrote every cost as 0.000 ± 0.000.
+    from axonsim.report.render import _pm
+
+    assert _pm(1.05e-4, 2.1e-6, "cost") == "0.000105 ± 2.1e-06"
+    assert _pm(12.5, None, "cost") == "12.5"

@@ -196,7 +196,8 @@ def _num(v: Any) -> str:
 def _scenario_results(sw: SweepResult, agg: pd.DataFrame, scenario: str) -> _Table:
     rows = agg[agg["scenario"] == scenario]
     cols = [c for c in _COLUMNS if f"{c[0]}_mean" in rows.columns]
-    cols += [(m, m.replace("_", " "), "x") for m in sw.metrics if m.startswith("cost")]  # when the simulator reports cost
+    # when the simulator reports cost: in significant digits (a request costs ~1e-4, 3 decimals said 0)
+    cols += [(m, m.replace("_", " "), "cost") for m in sw.metrics if m.startswith("cost")]
     shares = [m for m in sw.metrics if m.startswith("share_") and rows[f"{m}_mean"].notna().any()]
     best = {}
     if len(rows) > 1:
@@ -219,7 +220,8 @@ def _pm(mean: Any, ci: Any, kind: str) -> str:
     """`mean ± ci` in the column's unit; the ± part is left out when there is no interval."""
     if mean is None or not np.isfinite(mean):
         return "n/a"
-    scale, fmt, unit = {"pct": (100.0, "{:.2f}", " %"), "s": (1.0, "{:.3f}", " s"), "x": (1.0, "{:.3f}", "")}[kind]
+    scale, fmt, unit = {"pct": (100.0, "{:.2f}", " %"), "s": (1.0, "{:.3f}", " s"), "x": (1.0, "{:.3f}", ""),
+                        "cost": (1.0, "{:.3g}", "")}[kind]
     text = fmt.format(mean * scale)
     if ci is not None and np.isfinite(ci):
         text += " ± " + fmt.format(ci * scale)

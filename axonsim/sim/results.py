@@ -518,15 +518,17 @@ class SimResult:
         duration = max(float(np.nanmax(e)) for e in ends if e.size) if n else 0.0
         n_failed = sum(x is not None for x in a_err_g)
         # Costs are sums, whose rounding depends on the order: summed in id order, as the requests
-        # table lists them. Without any price, a request's cost is NaN when served and 0 when not.
-        unserved = bool((status_g != 200).any())
+        # table lists them. Without any price, a request's cost is NaN when served and 0 when not:
+        # the total is then known (0) only when nothing was served; else it is unknown (None), not
+        # "free", whether or not some request failed.
+        none_served = n > 0 and n_ok == 0
         priced = self._rates() is not None
         cost = self._rcol("cost") if priced else None
         if cost is not None:
             has_cost = ~np.isnan(cost)
             total_cost = float(cost[has_cost].sum()) if has_cost.any() else None
         else:
-            total_cost = 0.0 if unserved else None
+            total_cost = 0.0 if none_served else None
         arr = self._arrivals
         amplification = n_att / n if n else 0.0
         lat_p = _pcts(latency, (50, 95, 99))
@@ -563,7 +565,7 @@ class SimResult:
                 out["project_cost"] = {p: float(cost[(proj == j) & has_cost].sum()) if has_cost.any() else None
                                        for j, p in enumerate(arr.projects)}
             else:
-                out["project_cost"] = {p: 0.0 if unserved else None for p in arr.projects}
+                out["project_cost"] = {p: 0.0 if none_served else None for p in arr.projects}
         return out
 
     def to_files(self, directory: str | Path, format: str = "csv") -> list[Path]:

@@ -320,6 +320,8 @@ def build_arrivals(config: Config, seed: int, requests: int | None = None) -> Ar
     n = wl.requests if requests is None else requests
     if n is not None and n < 1:
         raise ConfigError(f"requests: must be at least 1, got {n}")
+    if requests is not None and wl.requests is not None:
+        n = min(requests, wl.requests)  # its first N: never more than the workload has
     if wl.trace is not None:
         parts = [_trace_part(config, wl, seed, n)]
     elif wl.tenants:
@@ -337,7 +339,11 @@ def build_arrivals(config: Config, seed: int, requests: int | None = None) -> Ar
         times = _collect([_arrival_chunks(wl.arrival, seed, 0)], n, wl.duration)
         parts = [_synthetic_part(config, seed, 0, times[0], wl.project, wl.models, wl.stream,
                                  wl.input_tokens, wl.output_tokens, wl.max_tokens)]
-    return _merge(parts)
+    arrivals = _merge(parts)
+    if not len(arrivals):
+        raise ConfigError("workload: it produces no requests (a duration shorter than the first arrival, or a "
+                          "rate that is 0 from the start?)")
+    return arrivals
 
 
 def poisson(config: Config, seed: int, requests: int | None = None) -> Arrivals:

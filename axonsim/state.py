@@ -405,6 +405,30 @@ class ChannelState:
                 return i
         return ok[0]
 
+    def probe_key(self, now: float) -> int | None:
+        """The key a probe uses: the one the channel would use now; if none is available, the first
+        an operator has not switched off (a probe is how a disabled key is found to work again);
+        None for a keyless channel, or when an operator switched off every key."""
+        key = self.next_key(now)
+        if key is None:
+            return next((i for i, k in enumerate(self.keys) if not k.held), None)
+        return key
+
+    def lift_automatic(self, now: float, key: int | None) -> list[str]:
+        """After a successful probe: end the channel's automatic disable and the probed key's (not an
+        operator's). Returns what was lifted, for the log."""
+        what = []
+        if self.disabled_until > now:
+            self.disabled_until = NEVER
+            what.append("its automatic disable")
+        if key is not None:
+            k = self.keys[key]
+            if not k.held and (k.disabled or k.disabled_until > now):
+                k.disabled = False
+                k.disabled_until = NEVER
+                what.append(f"the disable of key {k.name}")
+        return what
+
     def panic_key(self, now: float, tokens: int = 0) -> int | None:
         """For panic mode: a key only health (its breaker) holds back — not one switched off, rejected
         for its credentials, cooling down after a 429, or over its limits. None if there is none."""

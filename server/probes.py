@@ -24,7 +24,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from axonsim.execution import Call
-from axonsim.state import NEVER, ChannelState
+from axonsim.state import ChannelState
 from axonsim.unified import Message, Request, Sampling, TextPart
 from server.driver import Exchange, LiveStream
 
@@ -46,16 +46,6 @@ def _test_request(model: str, stream: bool) -> Request:
     ])
 
 
-def _key_for(st: ChannelState, now: float) -> int | None:
-    """The key the channel would use now; if none is available, the first one an operator has not
-    switched off all the same (a test is how one finds out whether a disabled key works again);
-    None for a keyless channel, or when an operator switched off every key (see `all_held`)."""
-    key = st.next_key(now)
-    if key is None:
-        return next((i for i, k in enumerate(st.keys) if not k.held), None)
-    return key
-
-
 def all_held(st: ChannelState) -> bool:
     """Every key of the channel was switched off by an operator: nothing may be sent with them."""
     return bool(st.keys) and all(k.held for k in st.keys)
@@ -67,7 +57,7 @@ async def run_test(rt: Runtime, st: ChannelState, *, stream: bool = True, timeou
     driver = rt.driver
     now = driver.clock.now
     upstream_model = model or st.channel.models[0]
-    key = _key_for(st, now())
+    key = st.probe_key(now())
     result: dict[str, Any] = {"channel": st.name, "model": upstream_model, "key": st.key_name(key), "stream": stream,
                               "ok": False, "status": None, "latency": None, "ttft": None, "error": None,
                               "error_kind": None, "reply": None}
@@ -182,7 +172,8 @@ class Probes:
         prev = self.last.get(name)
         self.last[name] = res
         if res["ok"]:
-            lifted = self._lift(st, res["key"])
+            key = next((i for i, k in enumerate(st.keys) if k.name == res["key"]), None)
+            lifted = " and ".join(st.lift_automatic(self.proxy.clock.now(), key))
             if lifted:
                 log.warning("channel %s: probe succeeded (%.0f ms); %s lifted", name, res["latency"] * 1000, lifted)
             elif prev is not None and not prev["ok"]:
@@ -191,16 +182,4 @@ class Probes:
             log.warning("channel %s: probe failed (%s: %s)", name, res["error_kind"], res["error"])
         return res
 
-    def _lift(self, st: ChannelState, key_name: str | None) -> str:
-        """After a successful probe: end the channel's automatic disable and the probed key's."""
-        now = self.proxy.clock.now()
-        what = []
-        if st.disabled_until > now:
-            st.disabled_until = NEVER
-            what.append("its automatic disable")
-        for k in st.keys:
-            if k.name == key_name and not k.held and (k.disabled or k.disabled_until > now):
-                k.disabled = False
-                k.disabled_until = NEVER
-                what.append(f"the disable of key {k.name}")
-        return " and ".join(what)
+

@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -150,6 +151,31 @@ def test_a_queued_attempt_leaves_at_its_deadline_exactly():
     req = res.requests
     assert (req.end <= req.arrival + 3.0 + 1e-9).all(), req[["arrival", "end"]]
     assert_all_released(sim)
+
+
+def test_probes_bring_an_auto_disabled_channel_back_as_they_do_live():
+    # A's incident (20–40 s of 503s) auto-disables it (503×3, 300 s); its probe every 5 s lifts
+    # that once A answers again, as server/probes.py does live. Without probes it stays out.
+    def cfg(probe: dict | None) -> Any:
+        a = {"name": "A", "models": ["m"], "api_keys": ["sk-a"],
+             "behavior": {"ttft": 0.05, "output_tokens": 5, "tokens_per_second": 1000,
+                          "incidents": [{"start": 20, "end": 40, "status": 503}]}}
+        if probe is not None:
+            a["probe"] = probe
+        b = {"name": "B", "models": ["m"], "api_keys": ["sk-b"],
+             "behavior": {"ttft": 0.05, "output_tokens": 5, "tokens_per_second": 1000}}
+        return parse_config({"channels": [a, b], "routing": {"strategy": "round_robin"},
+                             "workload": {"arrival": {"process": "gamma", "rate": 2, "cv": 0.01}, "requests": 180}})
+
+    def served_by_a_after(res: SimResult, t: float) -> int:
+        att = res.attempts
+        return int(((att.channel == "A") & (att.start > t) & (att.status == 200)).sum())
+
+    probed = simulate(cfg({"interval": 5}), seed=1)
+    assert served_by_a_after(probed, 50.0) > 10
+    assert served_by_a_after(simulate(cfg(None), seed=1), 50.0) == 0
+    # determinism: the same seed, the same run
+    assert_frame_equal(probed.attempts, simulate(cfg({"interval": 5}), seed=1).attempts)
 
 
 def test_upstream_errors_come_at_the_first_token_time():

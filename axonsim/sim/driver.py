@@ -40,12 +40,13 @@ import simpy
 from mypy_extensions import mypyc_attr
 from simpy.events import NORMAL
 
+from axonsim.behavior import RESET, TIMEOUT, BehaviorModel
 from axonsim.config import Config
-from axonsim.execution import Cancel, Effect, Launch, Outcome, Race, Result, Router, Wait
+from axonsim.execution import Call, Cancel, Effect, Launch, Outcome, Race, Result, Router, Wait
 from axonsim.health import OPEN
 from axonsim.sim.channel import DONE, Attempt, SimChannel, at
 from axonsim.sim.results import STATES, Recorder, SimResult
-from axonsim.sim.streams import CHANNEL_STATE_BASE, CORE, channel_stream, derive, py_stream
+from axonsim.sim.streams import CHANNEL_STATE_BASE, CORE, PROBE_BASE, ChannelRandom, channel_stream, derive, py_stream
 from axonsim.sim.workload import Arrivals, build_arrivals, check_scenario, horizon, require_workload
 
 _PENDING = object()  # an effect that must wait for an event
@@ -71,6 +72,69 @@ class SimRequest:
         self.result: Result | None = None  # a committed stream's Result, while the stream plays out
         self.race: Race | None = None  # the Race execution is waiting on (hedging)
         self.ready: list[tuple[int, Outcome]] | None = None  # launched attempts' Outcomes not yet raced
+
+
+class _Probe:
+    """One channel's periodic probe (`channels[].probe`), as server/probes.py runs it live: every
+    `interval` seconds ±10 %, a small request whose result is reported like real traffic, and whose
+    success lifts the channel's automatic disable. The event of its next tick and, while one is out,
+    of its answer; so at most one of the two is pending at a time."""
+
+    __slots__ = ("sim", "ch", "interval", "rng", "model", "call", "plan", "callbacks")
+    _ok = True
+
+    def __init__(self, sim: Simulation, ch: SimChannel, interval: float, seed: int) -> None:
+        self.sim = sim
+        self.ch = ch
+        self.interval = interval
+        # Its own draws, and its own copy of the channel's model (the same outage process, from the
+        # same seed): the channel's stream of attempts draws exactly as without probes.
+        self.rng = ChannelRandom(derive(seed, PROBE_BASE + ch.index))
+        self.model = BehaviorModel(ch.state.channel.behavior, derive(seed, CHANNEL_STATE_BASE + ch.index))
+        self.call: Call | None = None
+        self.plan: Any = None
+        self.callbacks: tuple[Any, ...] | None = None
+
+    def schedule(self, delay: float) -> None:
+        env = self.sim.env
+        queue: list[Any] = env._queue
+        heappush(queue, (env._now + delay, NORMAL, next(env._eid), self))
+
+    def tick(self, _: Any) -> None:
+        sim = self.sim
+        now = sim.env._now
+        if sim.recorder.recorded() >= len(sim.arrivals):
+            return  # the run is over: probes stop with it (as the time series does)
+        st = self.ch.state
+        if (st.channel.enabled and not st.switched_off and st.cooldown_until <= now
+                and not (st.keys and all(k.held for k in st.keys))):
+            # The test request: AxonHub's prompt (~20 tokens) and a 64-token cap; no slot is held.
+            plan = self.model.sample(self.rng, now, 0.0, 20, 64)
+            call = Call(st, st.channel.models[0], st.probe_key(now), 0, None)
+            call.started(now)
+            self.call, self.plan = call, plan
+            first = min(plan.ttft, self.ch.t_first) if plan.fault != TIMEOUT else self.ch.t_first
+            self.callbacks = (self.answer,)
+            self.schedule(first)
+            return
+        self.callbacks = (self.tick,)
+        self.schedule(self.interval * (0.9 + 0.2 * self.rng.random()))
+
+    def answer(self, _: Any) -> None:
+        now = self.sim.env._now
+        call, plan, ch = self.call, self.plan, self.ch
+        assert call is not None
+        self.call = self.plan = None
+        if plan.fault is None and plan.ttft <= ch.t_first:
+            call.answered(now)
+            call.state.lift_automatic(now, call.key)
+        elif plan.fault == TIMEOUT or plan.ttft > ch.t_first:
+            call.failed(now, Outcome.failure(now, ch.e_timeout, call.key))
+        else:
+            err = ch.e_reset if plan.fault == RESET else ch.error(plan.status, plan.retry_after)
+            call.failed(now, Outcome.failure(now, err, call.key))
+        self.callbacks = (self.tick,)
+        self.schedule(self.interval * (0.9 + 0.2 * self.rng.random()))
 
 
 class _Tick:
@@ -131,6 +195,8 @@ class Simulation:
         self.recorder = Recorder(len(arrivals), [st.name for st in self.router.states], explain)
         self._arrival: tuple[float, float, float] = _END  # the first arrival's event key (see _loop)
         self._sampler = _Tick()
+        self._probes = [_Probe(self, ch, ch.state.channel.probe.interval, seed)
+                        for ch in self.channels if ch.state.channel.probe is not None]
         self.samples: list[list[int]] = []  # per grid point: each channel's routing state code
         # Bound once: a bound method (or callbacks tuple) per event would be allocated anew each time.
         self._execute = self.router.execute
@@ -154,6 +220,9 @@ class Simulation:
                               f"{arr.times[-1] / self.step_size:.3g} times; at most {MAX_SAMPLES:,} (use a larger step)")
         if len(arr):
             self._arrival = (arr.times[0], NORMAL, next(env._eid))
+        for p in self._probes:
+            p.callbacks = (p.tick,)
+            p.schedule(p.interval * (0.9 + 0.2 * p.rng.random()))
         if self.step_size is not None:
             self._sampler.value = 0
             self._sampler.callbacks = (self._on_sample,)

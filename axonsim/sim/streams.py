@@ -19,6 +19,7 @@ THINNING = 5  # acceptance uniforms of a time-varying rate
 CHANNEL_BASE = 16  # + channel index: that channel's behaviour draws
 TENANT_BASE = 1 << 12  # + 8·tenant + one of the purposes above: tenant k ≥ 1's own streams
 CHANNEL_STATE_BASE = 1 << 20  # + channel index: the seed of that channel's outage process
+PROBE_BASE = 1 << 21  # + channel index: that channel's probes (their timing jitter and behaviour draws)
 
 _MASK = (1 << 64) - 1
 CHUNK = 4096  # variates per NumPy call: amortises the call, small enough to stay in cache

@@ -194,6 +194,12 @@ def test_report_cli_on_a_simulate_directory(simulate_dir, tmp_path, capsys):
     assert main(["report", str(out), "--out", str(tmp_path / "r1")]) == 0
     assert "report.html" in capsys.readouterr().out
     assert len(_embedded_pngs((tmp_path / "r1" / "report.html").read_text())) == 5
+    # The directory records what was simulated: the report of it alone knows the strategy and
+    # the incident window (it said "?" and "—")
+    md = (tmp_path / "r1" / "report.md").read_text()
+    assert "B: 503, t=3–8 s" in md and "| composite |" in md and "| ? |" not in md
+    summary = json.loads((out / "summary.json").read_text())
+    assert "api_keys" not in json.dumps(summary) and "sk-" not in json.dumps(summary)
     # With the scenario, the report knows the strategy and the incident window.
     assert main(["report", str(out), "--out", str(tmp_path / "r2"), "--scenario", str(scenario)]) == 0
     md = (tmp_path / "r2" / "report.md").read_text()

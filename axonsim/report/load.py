@@ -56,13 +56,16 @@ def _load_simulation(d: Path, scenario: Config | None, name: str | None) -> Swee
         raise ReportError(f"{spath}: not a simulation summary (no success_rate or seed)")
     requests = _read_requests(d)
     label = name or d.resolve().name or "run"
+    recorded = summary.get("scenario")
     if scenario is not None:
         info = scenario_info(scenario)
+    elif isinstance(recorded, dict):
+        info = recorded  # what `simulate --out` writes beside its summary
     else:
         share = summary.get("share")
         info = {"channels": list(share) if isinstance(share, dict) else [], "incidents": [], "outages": {},
                 "strategy": summary.get("strategy"), "workload": None}
-    # A simulate directory does not record its strategy; "?" says so rather than guessing.
+    # An older simulate directory does not record its strategy; "?" says so rather than guessing.
     strategy = str(info.get("strategy") or "?")
     try:
         seed = int(summary["seed"])

@@ -588,7 +588,11 @@ class SimResult:
             else:
                 df.to_parquet(p, index=False)
             paths.append(p)
+        from axonsim.sim.sweep import scenario_info  # (sweep imports this module)
+
+        # With what was simulated (strategy, workload, incidents; no key or URL), so that a report
+        # of this directory alone can say it.
         p = out / "summary.json"
-        p.write_text(json.dumps(self.summary(), indent=2) + "\n")
+        p.write_text(json.dumps({**self.summary(), "scenario": scenario_info(self.config)}, indent=2) + "\n")
         paths.append(p)
         return paths

@@ -97,7 +97,6 @@ class Runtime:
         self.router = Router(config)
         self.auth = GatewayAuth(config.gateway.api_keys)
         channels = []
-        check_servable(config)
         for st in self.router.states:
             try:
                 fmt = get_format(st.channel.type)
@@ -284,6 +283,7 @@ class Proxy:
                     raise NotImplementedError("this gateway was started without a config file (the demo): "
                                               "there is nothing to re-read")
                 config = load_config(self.config_path)
+            check_servable(config)
             old = self.rt
             new = Runtime(config, self.upstream, self.rng, self.clock, self.passthrough, self.explain)
             kept = carry_over(old.router, new.router, self.clock.now())

@@ -113,3 +113,14 @@ def test_serve_refuses_a_config_written_for_the_simulator_alone(tmp_path: Path) 
                         "--port", "1"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and "no base_url" in r.stderr and "channels[0] (fast)" in r.stderr
     assert "Traceback" not in r.stderr and "AxonSim gateway on" not in r.stdout
+
+
+async def test_a_reload_refuses_a_config_written_for_the_simulator_alone() -> None:
+    from axonsim.config import ConfigError, parse_config
+    from server.proxy import Proxy
+
+    live = {"channels": [{"name": "a", "models": ["m"], "base_url": "http://127.0.0.1:1/v1"}]}
+    proxy = Proxy(parse_config(live), seed=1)
+    with pytest.raises(ConfigError, match="no base_url"):
+        await proxy.reload(parse_config({"channels": [{"name": "a", "models": ["m"]}]}))
+    assert proxy.rt.config.channels[0].base_url == "http://127.0.0.1:1/v1"  # left as it was

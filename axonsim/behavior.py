@@ -254,6 +254,13 @@ class BehaviorModel:
             fault = self._band(u)
         return self._plan(fault, ttft, tokens, tps)
 
+    def without_limits(self) -> BehaviorModel:
+        """This model with no quota or rate limit of its own (a probe's copy: it meets the
+        channel's through the channel's model, `admit`). Returns self."""
+        self._rpm = self._tpm = None
+        self._quota = None
+        return self
+
     def _band(self, u: float) -> str | None:
         """The fault whose band contains the uniform `u`, or None."""
         for cut, kind in self._cuts:
@@ -291,8 +298,13 @@ class BehaviorModel:
                     return AttemptPlan(OUTAGE, inc.status, fast, 0, 0.0, None)
                 if inc.error_rate and u < inc.error_rate:
                     return AttemptPlan(ERROR, self.behavior.error_status, ttft, 0, 0.0, None)
+        return self.admit(now, input_tokens + tokens, fast)
+
+    def admit(self, now: float, cost: int, fast: float) -> AttemptPlan | None:
+        """The provider's quota and rate limits for one request of `cost` tokens at `now`: a 429 plan
+        if they refuse it (answered after `fast` seconds), else None, the request counted against them.
+        (Also what the simulator's probes meet: they share the channel's limits.)"""
         q = self._quota
-        cost = input_tokens + tokens
         if q is not None:
             w = math.floor(now / q.period)
             if w != self._quota_win:

@@ -578,11 +578,16 @@ def _check_shares(v: dict[str, float] | None) -> dict[str, float] | None:
     return v
 
 
+# The most requests one simulation runs: what the memory of one machine holds (100k requests take
+# ~230 MB of results).
+MAX_REQUESTS = 10_000_000
+
+
 class RateRamp(_Strict):
     """The arrival rate moves linearly from `arrival.rate` at t=`start` to `to` at t=`start + over`,
     and stays there (a ramp down to 0 ends the arrivals, however many were asked for)."""
 
-    to: float = Field(ge=0, description="requests per second at the end of the ramp")
+    to: float = Field(ge=0, allow_inf_nan=False, description="requests per second at the end of the ramp")
     over: float = Field(gt=0, description="seconds the ramp takes")
     start: float = Field(0.0, ge=0)
 
@@ -651,8 +656,7 @@ class Workload(_Strict):
     input + `max_tokens`, or input + the request's drawn output when no max_tokens is set."""
 
     arrival: Arrival | None = None
-    # A bound the memory of one machine holds: 100k requests take ~230 MB of results.
-    requests: int | None = Field(None, gt=0, le=10_000_000)
+    requests: int | None = Field(None, gt=0, le=MAX_REQUESTS)
     duration: float | None = Field(None, gt=0, description="seconds of arrivals")
     models: dict[str, float] | None = None  # model -> share; default: the first channel's first model
     stream: float = Field(0.0, ge=0, le=1, description="share of streaming requests")

@@ -575,7 +575,7 @@ class Router:
                 for other in running:
                     t = yield Cancel(other)
                     lost = calls[other]
-                    if lost.stats is not None and lost.ttft is None:
+                    if lost is first and lost.stats is not None and lost.ttft is None:
                         # Its first token would have come later than this: a slow sample the stats
                         # must keep (without it, cancelled slow attempts leave the sample, the
                         # percentile drifts low and hedges fire ever more often).

@@ -786,6 +786,10 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
                  "state.url until switched again (every process follows)")
     async def enable_channel(name: str) -> Response:
         st = switchable(name)
+        if not st.config_enabled and not st.channel.base_url:
+            # The config could leave it without a URL only because it was disabled there.
+            raise AdminError(409, f"channel {name!r} has no base_url, so it has nowhere to send requests; give it "
+                             "one in the configuration, set enabled: true there and reload")
         if not st.config_enabled and getattr(ctx, "shared", lambda: False)():
             # Disabled by the config, which every process reads alike: enabled there, it is enabled
             # everywhere; a switch here would reach this process only (and be undone by the others).

@@ -38,10 +38,10 @@ def config_dict(**over: Any) -> dict[str, Any]:
     d: dict[str, Any] = {
         "gateway": {"api_keys": [{"key": GW_KEY, "project": "acme", "name": "acme-app"}], "admin_keys": [ADMIN_KEY]},
         "channels": [
-            {"name": "alpha", "api_keys": [UP["alpha"]], "models": ["m1"]},
-            {"name": "beta", "api_keys": [UP["beta"]], "models": ["m1", "m2"]},
+            {"name": "alpha", "api_keys": [UP["alpha"]], "models": ["m1"], "base_url": "http://127.0.0.1:9/v1"},
+            {"name": "beta", "api_keys": [UP["beta"]], "models": ["m1", "m2"], "base_url": "http://127.0.0.1:9/v1"},
             {"name": "gamma", "api_keys": [{"key": UP["g1"], "name": "g-one"}, {"key": UP["g2"], "name": "g-two"}],
-             "models": ["m2"], "key_strategy": "round_robin"},
+             "models": ["m2"], "key_strategy": "round_robin", "base_url": "http://127.0.0.1:9/v1"},
         ],
         "routing": {"strategy": "round_robin", "retry": {"backoff": {"base": 0.001, "cap": 0.001, "jitter": 0}}},
         "prices": {"m1": {"input": 1.0, "output": 2.0}},
@@ -720,3 +720,15 @@ async def test_database_password_is_scrubbed(store: Store) -> None:
     async with g.client() as c:
         r = await c.get("/admin/store", headers=ADMIN)
     assert r.status_code == 200 and DB_PASSWORD not in r.text and "[REDACTED]" in r.text
+
+
+async def test_a_channel_without_a_url_cannot_be_switched_on(store: Store) -> None:
+    # Disabled in the config, so the config could leave out its base_url: an enable would send
+    # traffic nowhere (every request a connection error).
+    cfg = config_dict()
+    cfg["channels"].append({"name": "nowhere", "models": ["m1"], "enabled": False})
+    g = Gateway(parse_config(cfg), store)
+    async with g.client() as c:
+        r = await c.post("/admin/channels/nowhere/enable", headers=ADMIN)
+    assert r.status_code == 409 and "base_url" in r.json()["error"]["message"]
+    assert not g.router.by_name["nowhere"].channel.enabled

@@ -155,12 +155,34 @@ def test_requests_flag_replays_at_most_the_workloads_requests(scenario, tmp_path
     ({"duration": 0.000001}, "produces no requests"),  # a report of nothing used to crash
     ({"arrival": {"process": "poisson", "rate": float("inf")}}, "rate"),
     ({"requests": 1_000_000_000}, "requests"),  # more than a machine's memory holds
+    ({"arrival": {"process": "poisson", "rate": 1, "ramp": {"to": float("inf"), "over": 10}}}, "ramp.to"),  # hung
+    ({"requests": None, "arrival": {"process": "poisson", "rate": 1e4}, "duration": 1200}, "10,000,000"),
 ])
 def test_a_workload_that_cannot_run_is_a_clear_error(scenario, tmp_path, capsys, change, what):
     data = yaml.safe_load(scenario.read_text())
     data["workload"].update(change)
+    data["workload"] = {k: v for k, v in data["workload"].items() if v is not None}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
     assert main(["simulate", str(bad), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert what in err and "Traceback" not in err
+
+
+def test_the_summary_records_the_scenario_as_run_in_valid_json(scenario, tmp_path, capsys):
+    data = yaml.safe_load(scenario.read_text())
+    data["channels"][0]["behavior"]["incidents"] = [{"start": 5, "end": float("inf"), "status": 503}]
+    endless = tmp_path / "endless.yaml"
+    endless.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    assert main(["simulate", str(endless), "--requests", "150", "--out", str(out)]) == 0
+    capsys.readouterr()
+
+    def strict(c: str) -> None:
+        raise ValueError(c)
+
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=strict)  # no Infinity
+    assert summary["scenario"]["workload"]["requests"] == 150  # as run, not the config's 400
+    assert summary["scenario"]["incidents"][0]["end"] is None
+    assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    assert "t=5–∞ s" in (tmp_path / "r" / "report.md").read_text()

@@ -178,6 +178,44 @@ def test_probes_bring_an_auto_disabled_channel_back_as_they_do_live():
     assert_frame_equal(probed.attempts, simulate(cfg({"interval": 5}), seed=1).attempts)
 
 
+def test_a_probe_meets_the_providers_quota_like_traffic_and_a_cut_stream_is_a_failure():
+    # The quota is the provider's: a probe must not find a fresh one and lift the 429's disable,
+    # so probes change nothing for a channel whose quota is spent.
+    def cfg(probe: dict | None, **behavior: Any) -> Any:
+        a = {"name": "A", "models": ["m"], "api_keys": ["k1", "k2"],
+             "behavior": {"ttft": 0.05, "output_tokens": 5, "tokens_per_second": 1000, **behavior}}
+        if probe is not None:
+            a["probe"] = probe
+        b = {"name": "B", "models": ["m"], "api_keys": ["kb"],
+             "behavior": {"ttft": 0.05, "output_tokens": 5, "tokens_per_second": 1000}}
+        return parse_config({"channels": [a, b], "routing": {"strategy": "round_robin"},
+                             "workload": {"arrival": {"process": "gamma", "rate": 2, "cv": 0.01}, "requests": 800}})
+
+    def limited(res: SimResult) -> int:
+        return int(((res.attempts.channel == "A") & (res.attempts.status == 429)).sum())
+
+    quota = {"quota": {"requests": 40, "period": 3600}}
+    assert limited(simulate(cfg({"interval": 10}, **quota), seed=1)) <= limited(simulate(cfg(None, **quota), seed=1)) + 2
+    # a probe whose stream is cut fails as the channel's failure (it counted as the client's fault)
+    from axonsim.sim.driver import build_arrivals
+
+    standby = cfg({"interval": 5}, faults={"stream_cut": 1.0})
+    standby.channels[0].weight = 0  # no traffic: only its probes reach A
+    sim = Simulation(standby, 1, build_arrivals(standby, 1))
+    res = sim.run()
+    assert (res.attempts.channel != "A").all() and sim.router.by_name["A"].failures > 0
+
+
+def test_the_heapq_driver_refuses_probes():
+    from axonsim.sim.driver import build_arrivals
+    from axonsim.sim.equivalence import run_heapq
+
+    cfg = parse_config({"channels": [{"name": "a", "models": ["m"], "probe": {"interval": 5}}],
+                        "workload": {"arrival": {"process": "poisson", "rate": 1}, "requests": 10}})
+    with pytest.raises(ValueError, match="probes"):
+        run_heapq(cfg, 1, build_arrivals(cfg, 1))
+
+
 def test_upstream_errors_come_at_the_first_token_time():
     cfg = config([chan("a", ttft=0.5, output_tokens=10, faults={"rate_limited": 1.0, "retry_after": 7.0})],
                  {"retry": {"max_attempts": 1}})

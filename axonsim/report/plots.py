@@ -294,7 +294,9 @@ def _nice_width(raw: float) -> float:
 def _shade_incidents(ax: Axes, incidents: list[dict[str, Any]]) -> None:
     for inc in incidents:
         try:
-            start, end = float(inc["start"]), float(inc["end"])
+            start = float(inc["start"])
+            # No end (summary.json writes an endless incident's `inf` as null): to the plot's edge
+            end = float(inc["end"]) if inc.get("end") is not None else max(ax.get_xlim()[1], start)
         except (KeyError, TypeError, ValueError):
             continue
         ch = str(inc.get("channel", ""))

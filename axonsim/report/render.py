@@ -166,7 +166,8 @@ def _scenario_table(sw: SweepResult) -> _Table:
     for sc, info in sw.scenarios.items():
         info = info or {}
         incidents = "; ".join(f"{i.get('channel')}: {plots.incident_label(i)}, t={_num(i.get('start'))}–"
-                              f"{_num(i.get('end'))} s" for i in info.get("incidents") or []) or "—"
+                              f"{_num(i['end']) if i.get('end') is not None else '∞'} s"
+                              for i in info.get("incidents") or []) or "—"
         outages = "; ".join(f"{ch}: MTBF {_num(o.get('mtbf'))} s" for ch, o in (info.get("outages") or {}).items()) or "—"
         rows.append([sc, ", ".join(map(str, info.get("channels") or [])) or "?", incidents, outages,
                      _workload(info.get("workload"))])

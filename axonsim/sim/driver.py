@@ -40,7 +40,7 @@ import simpy
 from mypy_extensions import mypyc_attr
 from simpy.events import NORMAL
 
-from axonsim.behavior import RESET, TIMEOUT, BehaviorModel
+from axonsim.behavior import OUTAGE, RESET, STREAM_CUT, TIMEOUT, BehaviorModel
 from axonsim.config import Config
 from axonsim.execution import Call, Cancel, Effect, Launch, Outcome, Race, Result, Router, Wait
 from axonsim.health import OPEN
@@ -88,9 +88,11 @@ class _Probe:
         self.ch = ch
         self.interval = interval
         # Its own draws, and its own copy of the channel's model (the same outage process, from the
-        # same seed): the channel's stream of attempts draws exactly as without probes.
+        # same seed): the channel's stream of attempts draws exactly as without probes. The quota
+        # and rate limits are the provider's, one for all: the probe meets the channel model's.
         self.rng = ChannelRandom(derive(seed, PROBE_BASE + ch.index))
-        self.model = BehaviorModel(ch.state.channel.behavior, derive(seed, CHANNEL_STATE_BASE + ch.index))
+        self.model = BehaviorModel(ch.state.channel.behavior,
+                                   derive(seed, CHANNEL_STATE_BASE + ch.index)).without_limits()
         self.call: Call | None = None
         self.plan: Any = None
         self.callbacks: tuple[Any, ...] | None = None
@@ -110,12 +112,21 @@ class _Probe:
                 and not (st.keys and all(k.held for k in st.keys))):
             # The test request: AxonHub's prompt (~20 tokens) and a 64-token cap; no slot is held.
             plan = self.model.sample(self.rng, now, 0.0, 20, 64)
+            if plan.fault != OUTAGE:
+                limited = self.ch.model.admit(now, 20 + plan.output_tokens, min(plan.ttft, 0.05))
+                if limited is not None:
+                    plan = limited
             call = Call(st, st.channel.models[0], st.probe_key(now), 0, None)
             call.started(now)
             self.call, self.plan = call, plan
-            first = min(plan.ttft, self.ch.t_first) if plan.fault != TIMEOUT else self.ch.t_first
+            if plan.fault == TIMEOUT or plan.ttft > self.ch.t_first:
+                at_ = self.ch.t_first
+            elif plan.fault == STREAM_CUT:
+                at_ = plan.ttft + plan.generation  # the test streams: it ends at the cut
+            else:
+                at_ = plan.ttft
             self.callbacks = (self.answer,)
-            self.schedule(first)
+            self.schedule(at_)
             return
         self.callbacks = (self.tick,)
         self.schedule(self.interval * (0.9 + 0.2 * self.rng.random()))
@@ -130,6 +141,8 @@ class _Probe:
             call.state.lift_automatic(now, call.key)
         elif plan.fault == TIMEOUT or plan.ttft > ch.t_first:
             call.failed(now, Outcome.failure(now, ch.e_timeout, call.key))
+        elif plan.fault == STREAM_CUT:
+            call.failed(now, Outcome.failure(now, ch.e_cut, call.key))
         else:
             err = ch.e_reset if plan.fault == RESET else ch.error(plan.status, plan.retry_after)
             call.failed(now, Outcome.failure(now, err, call.key))

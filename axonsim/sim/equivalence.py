@@ -13,8 +13,8 @@ first-token and total timeouts counted from the Call, a stream committed at its 
 finished afterwards. Clock arithmetic follows the same expressions (an event `d` seconds after
 `now` is at `now + d`), and same-instant events run in scheduling order, as in SimPy.
 
-Hedging (Launch / Race / Cancel) and the request deadline's cut of running and queued attempts are
-not performed here: `run_heapq` refuses a config that enables either.
+Hedging (Launch / Race / Cancel), the request deadline's cut of running and queued attempts, and
+channel probes are not performed here: `run_heapq` refuses a config that has any of them.
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ class HeapLoop:
             raise ValueError("the heapq driver does not perform hedging (Launch/Race/Cancel)")
         if config.routing.retry.deadline is not None:
             raise ValueError("the heapq driver does not cut attempts at routing.retry.deadline")
+        if any(ch.probe is not None for ch in config.channels):
+            raise ValueError("the heapq driver does not run channel probes")
         self.router = Router(config)
         self.rng = py_stream(seed, CORE)
         self.arr = arrivals

@@ -200,6 +200,18 @@ def _array(values: Any, dtype: Any) -> np.ndarray:
     return np.fromiter(values, dtype=dtype, count=len(values))
 
 
+def _finite(v: Any) -> Any:
+    """`v` with every infinite or NaN float as None: JSON has no Infinity (an incident without an
+    end, `end: .inf`, made summary.json unreadable to strict parsers)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return v
+
+
 class SimResult:
     """What a simulation produced.
 
@@ -592,7 +604,10 @@ class SimResult:
 
         # With what was simulated (strategy, workload, incidents; no key or URL), so that a report
         # of this directory alone can say it.
+        info = scenario_info(self.config)
+        if isinstance(info.get("workload"), dict):
+            info["workload"] = {**info["workload"], "requests": len(self._arrivals)}  # as run (--requests)
         p = out / "summary.json"
-        p.write_text(json.dumps({**self.summary(), "scenario": scenario_info(self.config)}, indent=2) + "\n")
+        p.write_text(json.dumps({**self.summary(), "scenario": _finite(info)}, indent=2) + "\n")
         paths.append(p)
         return paths

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from axonsim.config import (
+    MAX_REQUESTS,
     Arrival,
     Config,
     ConfigError,
@@ -322,11 +323,15 @@ def build_arrivals(config: Config, seed: int, requests: int | None = None) -> Ar
         raise ConfigError(f"requests: must be at least 1, got {n}")
     if requests is not None and wl.requests is not None:
         n = min(requests, wl.requests)  # its first N: never more than the workload has
+    if n is not None and n > MAX_REQUESTS:
+        raise ConfigError(f"requests: at most {MAX_REQUESTS:,} in one simulation, got {n:,}")
+    # A workload bounded by its duration alone is drawn up to one more than the bound, to know.
+    bound = n if n is not None else MAX_REQUESTS + 1
     if wl.trace is not None:
         parts = [_trace_part(config, wl, seed, n)]
     elif wl.tenants:
         srcs = [_arrival_chunks(t.arrival, seed, k) for k, t in enumerate(wl.tenants)]
-        times = _collect(srcs, n, wl.duration)
+        times = _collect(srcs, bound, wl.duration)
         parts = [_synthetic_part(config, seed, k, times[k], t.project,
                                  t.models if t.models is not None else wl.models,
                                  t.stream if t.stream is not None else wl.stream,
@@ -336,10 +341,13 @@ def build_arrivals(config: Config, seed: int, requests: int | None = None) -> Ar
                  for k, t in enumerate(wl.tenants)]
     else:
         assert wl.arrival is not None
-        times = _collect([_arrival_chunks(wl.arrival, seed, 0)], n, wl.duration)
+        times = _collect([_arrival_chunks(wl.arrival, seed, 0)], bound, wl.duration)
         parts = [_synthetic_part(config, seed, 0, times[0], wl.project, wl.models, wl.stream,
                                  wl.input_tokens, wl.output_tokens, wl.max_tokens)]
     arrivals = _merge(parts)
+    if len(arrivals) > MAX_REQUESTS:
+        raise ConfigError(f"workload: its duration at its rate makes more than {MAX_REQUESTS:,} requests, the most "
+                          "one simulation runs (a shorter duration, or `requests`)")
     if not len(arrivals):
         raise ConfigError("workload: it produces no requests (a duration shorter than the first arrival, or a "
                           "rate that is 0 from the start?)")

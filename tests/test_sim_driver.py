@@ -153,19 +153,22 @@ def test_a_queued_attempt_leaves_at_its_deadline_exactly():
     assert_all_released(sim)
 
 
+def probed_pair(probe: dict | None, requests: int, keys: list[str], **behavior: Any) -> Any:
+    """Channel A (with `probe`, its behaviour plus `behavior`) and a healthy B, round robin, 2 req/s."""
+    fast = {"ttft": 0.05, "output_tokens": 5, "tokens_per_second": 1000}
+    a: dict[str, Any] = {"name": "A", "models": ["m"], "api_keys": keys, "behavior": {**fast, **behavior}}
+    if probe is not None:
+        a["probe"] = probe
+    b = {"name": "B", "models": ["m"], "api_keys": ["sk-b"], "behavior": fast}
+    return parse_config({"channels": [a, b], "routing": {"strategy": "round_robin"},
+                         "workload": {"arrival": {"process": "gamma", "rate": 2, "cv": 0.01}, "requests": requests}})
+
+
 def test_probes_bring_an_auto_disabled_channel_back_as_they_do_live():
     # A's incident (20–40 s of 503s) auto-disables it (503×3, 300 s); its probe every 5 s lifts
     # that once A answers again, as server/probes.py does live. Without probes it stays out.
     def cfg(probe: dict | None) -> Any:
-        a = {"name": "A", "models": ["m"], "api_keys": ["sk-a"],
-             "behavior": {"ttft": 0.05, "output_tokens": 5, "tokens_per_second": 1000,
-                          "incidents": [{"start": 20, "end": 40, "status": 503}]}}
-        if probe is not None:
-            a["probe"] = probe
-        b = {"name": "B", "models": ["m"], "api_keys": ["sk-b"],
-             "behavior": {"ttft": 0.05, "output_tokens": 5, "tokens_per_second": 1000}}
-        return parse_config({"channels": [a, b], "routing": {"strategy": "round_robin"},
-                             "workload": {"arrival": {"process": "gamma", "rate": 2, "cv": 0.01}, "requests": 180}})
+        return probed_pair(probe, 180, ["sk-a"], incidents=[{"start": 20, "end": 40, "status": 503}])
 
     def served_by_a_after(res: SimResult, t: float) -> int:
         att = res.attempts
@@ -182,14 +185,7 @@ def test_a_probe_meets_the_providers_quota_like_traffic_and_a_cut_stream_is_a_fa
     # The quota is the provider's: a probe must not find a fresh one and lift the 429's disable,
     # so probes change nothing for a channel whose quota is spent.
     def cfg(probe: dict | None, **behavior: Any) -> Any:
-        a = {"name": "A", "models": ["m"], "api_keys": ["k1", "k2"],
-             "behavior": {"ttft": 0.05, "output_tokens": 5, "tokens_per_second": 1000, **behavior}}
-        if probe is not None:
-            a["probe"] = probe
-        b = {"name": "B", "models": ["m"], "api_keys": ["kb"],
-             "behavior": {"ttft": 0.05, "output_tokens": 5, "tokens_per_second": 1000}}
-        return parse_config({"channels": [a, b], "routing": {"strategy": "round_robin"},
-                             "workload": {"arrival": {"process": "gamma", "rate": 2, "cv": 0.01}, "requests": 800}})
+        return probed_pair(probe, 800, ["k1", "k2"], **behavior)
 
     def limited(res: SimResult) -> int:
         return int(((res.attempts.channel == "A") & (res.attempts.status == 429)).sum())

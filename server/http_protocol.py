@@ -77,9 +77,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     _draining = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        # Every cycle of this connection not yet answered, the running one and pipelined ones: uvicorn
-        # points `self.cycle` at the newest request, so at a lost connection it told only a queued
-        # request, and the one running went on (its upstream call included) for a client long gone.
+        # The cycles of this connection that pipelining left behind `self.cycle`: uvicorn points it
+        # at the newest request, so at a lost connection it told only a queued request, and the one
+        # running went on (its upstream call included) for a client long gone.
         self._open: list[Any] = []
         super().connection_made(HeadHoldingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
 
@@ -109,9 +109,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
 
     def on_headers_complete(self) -> None:
+        before = self.cycle
         super().on_headers_complete()
-        if self.cycle is not None:
+        if before is not None and before is not self.cycle and not before.response_complete:
+            # Pipelined: uvicorn's pointer moves on to the new request while `before` is still
+            # running or queued (only then: the common request pays two checks, no list work).
             self._open = [c for c in self._open if not c.response_complete]
-            self._open.append(self.cycle)
+            self._open.append(before)
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False  # a request that came during the drain: served, then closed

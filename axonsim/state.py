@@ -405,6 +405,16 @@ class ChannelState:
                 return i
         return ok[0]
 
+    def all_keys_held(self) -> bool:
+        """Every key of the channel was switched off by an operator: nothing may be sent with them."""
+        return bool(self.keys) and all(k.held for k in self.keys)
+
+    def probe_due(self, now: float) -> bool:
+        """Whether a periodic probe may go to this channel now: not switched off (by the config or an
+        operator), not cooling down after a 429 (a probe would only spend the provider's rate limit),
+        and with a key an operator left on. The live prober and the simulator's ask the same."""
+        return self.channel.enabled and self.cooldown_until <= now and not self.all_keys_held()
+
     def probe_key(self, now: float) -> int | None:
         """The key a probe uses: the one the channel would use now; if none is available, the first
         an operator has not switched off (a probe is how a disabled key is found to work again);

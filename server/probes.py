@@ -46,11 +46,6 @@ def _test_request(model: str, stream: bool) -> Request:
     ])
 
 
-def all_held(st: ChannelState) -> bool:
-    """Every key of the channel was switched off by an operator: nothing may be sent with them."""
-    return bool(st.keys) and all(k.held for k in st.keys)
-
-
 async def run_test(rt: Runtime, st: ChannelState, *, stream: bool = True, timeout: float = 30.0,
                    model: str | None = None) -> dict[str, Any]:
     """Send the test request to `st`'s channel through `rt`'s driver; the result by names only."""
@@ -61,7 +56,7 @@ async def run_test(rt: Runtime, st: ChannelState, *, stream: bool = True, timeou
     result: dict[str, Any] = {"channel": st.name, "model": upstream_model, "key": st.key_name(key), "stream": stream,
                               "ok": False, "status": None, "latency": None, "ttft": None, "error": None,
                               "error_kind": None, "reply": None}
-    if all_held(st):
+    if st.all_keys_held():
         result.update(error="every key of this channel is disabled by an operator; enable one to test it",
                       error_kind="disabled")
         return result
@@ -160,10 +155,7 @@ class Probes:
         """One probe of channel `name` on the current runtime (None if it is skipped now)."""
         rt = self.proxy.rt
         st = rt.router.by_name.get(name)
-        if st is None or not st.channel.enabled or all_held(st):
-            return None
-        now = self.proxy.clock.now()
-        if st.cooldown_until > now:
+        if st is None or not st.probe_due(self.proxy.clock.now()):
             return None
         limits = rt.channels[st.index].limits
         res = await run_test(rt, st, timeout=limits.total)

@@ -108,8 +108,7 @@ class _Probe:
         if sim.recorder.recorded() >= len(sim.arrivals):
             return  # the run is over: probes stop with it (as the time series does)
         st = self.ch.state
-        if (st.channel.enabled and not st.switched_off and st.cooldown_until <= now
-                and not (st.keys and all(k.held for k in st.keys))):
+        if st.probe_due(now):
             # The test request: AxonHub's prompt (~20 tokens) and a 64-token cap; no slot is held.
             plan = self.model.sample(self.rng, now, 0.0, 20, 64)
             if plan.fault != OUTAGE:

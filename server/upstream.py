@@ -13,7 +13,8 @@ Timeouts are per channel (Channel.timeouts, else gateway.timeouts) and resolved 
     first_token  streams: from send until the first body chunk (headers included)
     idle         streams: longest gap between two chunks after the first
     total        the whole attempt, body included (non-stream requests wait up to this for headers,
-                 since providers only answer once the whole completion is generated)
+                 since providers only answer once the whole completion is generated); a stream's is
+                 pushed back by the time the gateway spends relaying between reads (the client's)
 
 Deadlines are kept on one shared loop timer (Deadlines), not a timer per request: `asyncio.timeout`
 per attempt costs a Timeout object, a timer armed and cancelled and the task's cancel bookkeeping,
@@ -260,9 +261,10 @@ class AiohttpUpstream:
         lim = req.limits
         start = loop.time()
         total = start + lim.total
+        hard = math.inf
         within = req.within
         if within is not None and within < lim.total:
-            total = start + within
+            total = hard = start + within
         # Non-stream: headers and body under the total deadline. Stream: the headers under the
         # first-token deadline; the body's deadlines are the _StreamResponse's.
         w = _CancelTask(total if not req.stream else min(start + lim.first_token, total), task)
@@ -275,7 +277,7 @@ class AiohttpUpstream:
                 if w.expired and w.settle():  # pragma: no cover - cancel requests are delivered at an await
                     resp.close()
                     raise UpstreamTimeout(_TIMED_OUT)
-                return _StreamResponse(resp, loop, deadlines, w.at, total, lim.idle)
+                return _StreamResponse(resp, loop, deadlines, w.at, total, lim.idle, hard)
             try:
                 body = await resp.read()
             finally:
@@ -320,36 +322,46 @@ class _StreamResponse:
     """A streamed answer. Its deadlines are watches on the shared timer (Deadlines), registered only
     while a read is pending: the first chunk by the first-token deadline, each later one by `idle`
     from when its read began, everything by the total deadline. A deadline that passes closes the
-    connection, which wakes the read with an error that is reported as UpstreamTimeout. Time spent
-    relaying to a slow client is not counted as the upstream being idle."""
+    connection, which wakes the read with an error that is reported as UpstreamTimeout.
 
-    __slots__ = ("_resp", "_loop", "_deadlines", "_watch", "_first", "_total", "_idle", "_got_first", "_eof",
-                 "status", "headers")
+    Time spent between reads, relaying to the client, is not the upstream's: it neither counts as the
+    upstream being idle nor uses up the channel's `total`, which is pushed back by it (a client that
+    reads a long answer slowly must not make a healthy channel time out). `hard` is a bound that
+    does not move: the request's own deadline (routing.retry.deadline), when it has one."""
+
+    __slots__ = ("_resp", "_loop", "_deadlines", "_watch", "_first", "_total", "_hard", "_idle", "_got_first",
+                 "_eof", "_read_end", "status", "headers")
 
     def __init__(self, resp: aiohttp.ClientResponse, loop: asyncio.AbstractEventLoop, deadlines: Deadlines,
-                 first: float, total: float, idle: float) -> None:
+                 first: float, total: float, idle: float, hard: float = math.inf) -> None:
         self._resp = resp
         self._loop = loop
         self._deadlines = deadlines
         self._watch = _CloseResponse(first, resp)
         self._first = first  # absolute deadline for the first chunk
-        self._total = total  # absolute deadline for everything
+        self._total = total  # absolute deadline for everything, pushed back by the time spent relaying
+        self._hard = hard
         self._idle = idle
         self._got_first = False
         self._eof = False
+        self._read_end = 0.0  # when the last read returned (0: no read yet)
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
 
     def _expect(self, whole: bool = False) -> _Watch:
         """Register the pending read's deadline."""
         w = self._watch
+        now = self._loop.time()
+        if self._read_end:
+            self._total += now - self._read_end  # the time since the last read was the client's
+        total = self._total if self._total < self._hard else self._hard
         if whole:
-            w.at = self._total  # a whole-body read is bounded by the total deadline only
+            w.at = total  # a whole-body read is bounded by the total deadline only
         elif not self._got_first:
             w.at = self._first
         else:
-            d = self._loop.time() + self._idle
-            w.at = d if d < self._total else self._total
+            d = now + self._idle
+            w.at = d if d < total else total
         self._deadlines.add(w)
         return w
 
@@ -379,6 +391,7 @@ class _StreamResponse:
             raise (UpstreamTimeout(_TIMED_OUT) if w.expired else _classify(exc)) from None
         finally:
             self._deadlines.discard(w)
+            self._read_end = self._loop.time()
         if w.expired:
             self.close()
             raise UpstreamTimeout(_TIMED_OUT)

@@ -115,6 +115,38 @@ async def test_a_slow_consumer_is_not_an_idle_upstream(server: str, upstream: Ai
     assert b"".join(chunks).count(b"data:") == 3
 
 
+async def _big(request: web.Request) -> web.StreamResponse:
+    """8 MB as fast as the reader takes it: more than the socket buffers hold, so a reader that
+    stalls holds the upstream back too."""
+    r = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await r.prepare(request)
+    line = b"data: " + b"x" * 65_530 + b"\n\n"
+    for _ in range(128):
+        await r.write(line)
+    await r.write_eof()
+    return r
+
+
+async def test_a_stalled_consumer_does_not_use_up_the_upstreams_total(upstream: AiohttpUpstream) -> None:
+    # The client stops reading for longer than `total`; the upstream, blocked by the full buffers,
+    # then sends the rest at once. That time was the client's: the stream completes, no timeout.
+    app = web.Application()
+    app.router.add_post("/big", _big)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        resp = await upstream.send(req(f"http://{host}:{port}/big", True, idle=5, total=0.5))
+        got = len(await resp.next_chunk())
+        await asyncio.sleep(0.8)  # relaying to a client that stopped reading, past `total`
+        got += sum(len(c) for c in await drain(resp))
+        assert got == 128 * 65_538
+    finally:
+        await runner.cleanup()
+
+
 async def test_total_deadline(server: str, upstream: AiohttpUpstream) -> None:
     resp = await upstream.send(req(server + "/stream?n=50&gap=0.05", True, idle=1, total=0.4))
     with pytest.raises(UpstreamTimeout):
@@ -138,6 +170,14 @@ async def test_the_requests_deadline_bounds_an_attempt_sooner_than_its_total(ser
     stream = req(server + "/stream?n=50&gap=0.05", True, idle=1)
     stream.within = 0.4
     resp = await upstream.send(stream)
+    with pytest.raises(UpstreamTimeout):
+        await asyncio.wait_for(drain(resp), 3)
+    # Unlike the channel's total, the request's deadline is not pushed back by time spent relaying.
+    stream = req(server + "/stream?n=50&gap=0.05", True, idle=1)
+    stream.within = 0.4
+    resp = await upstream.send(stream)
+    await resp.next_chunk()
+    await asyncio.sleep(0.5)
     with pytest.raises(UpstreamTimeout):
         await asyncio.wait_for(drain(resp), 3)
 

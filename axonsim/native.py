@@ -62,6 +62,7 @@ COMPILED = (
     "server.store.scrub",
     "server.store.rows",
     "server.metrics",
+    "server.echoes",
     "server.upstream",
     "server.driver",
     "server.proxy",

@@ -45,6 +45,7 @@ from axonsim.formats import FormatError, UpstreamErrorBody
 from axonsim.formats.parsed import Parsed
 from axonsim.state import ChannelState
 from axonsim.unified import Error, ErrorEvent, ErrorKind, Request, Response, StreamEvent, Usage, error_kind_for_status
+from server.echoes import Echoes, StreamEchoes
 from server.upstream import Limits, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger("axonsim.server.driver")
@@ -93,7 +94,7 @@ class Scrubber:
 class ChannelRuntime:
     """What the driver needs per channel, computed once: its format module, URLs, auth headers, timeouts."""
 
-    __slots__ = ("state", "name", "fmt", "base_url", "limits", "_key_headers", "_keyless", "_urls")
+    __slots__ = ("state", "name", "fmt", "base_url", "limits", "echoes", "_key_headers", "_keyless", "_urls")
 
     def __init__(self, state: ChannelState, fmt: ModuleType, default_timeouts: Timeouts) -> None:
         ch = state.channel
@@ -105,6 +106,7 @@ class ChannelRuntime:
         base = {"content-type": "application/json"}
         self._keyless = base
         self._key_headers = [{**base, **fmt.auth_headers(k.secret)} for k in state.keys]
+        self.echoes = Echoes(k.secret for k in state.keys)
         self._urls: dict[tuple[str, bool], str] = {}
 
     def url(self, upstream_model: str, stream: bool) -> str:
@@ -391,7 +393,7 @@ class LiveDriver:
         ex.wait_begin()
         try:
             resp = await self.upstream.send(upreq)
-            data = await resp.read()
+            data = ch.echoes.clean(await resp.read())
         except UpstreamError as exc:
             return Outcome.failure(clock.now(), transport_error(exc), key=call.key)
         finally:
@@ -442,6 +444,7 @@ class LiveDriver:
                 ex.wait_end()
             return Outcome.failure(clock.now(), self.upstream_error(ch, status, resp.headers, data), key=call.key)
         parser = ch.fmt.StreamParser()
+        echoes = StreamEchoes(ch.echoes)
         pending: list[StreamEvent] = []
         eof = False
         try:
@@ -453,10 +456,10 @@ class LiveDriver:
                 finally:
                     ex.wait_end()
                 if chunk:
-                    evs = parser.feed(chunk)
+                    evs = parser.feed(echoes.feed(chunk))
                 else:
                     eof = True
-                    evs = parser.close()  # raises if the stream ended without its terminal event
+                    evs = _last_events(parser, echoes)  # raises if the stream ended without its terminal event
                 for ev in evs:
                     if ev.type == "error":
                         resp.close()
@@ -480,7 +483,7 @@ class LiveDriver:
             log.warning("channel %s: malformed stream (%s)", ch.name, self.scrub(str(bad))[:200])
             return Outcome.failure(clock.now(), MALFORMED_STREAM, key=call.key)
         t = clock.now()
-        stream = LiveStream(self, call, resp, parser, pending, eof)
+        stream = LiveStream(self, call, resp, parser, echoes, pending, eof)
         return Outcome(True, t, status, ttft=t - call.start, key=call.key, payload=stream)
 
     # -- error classification --------------------------------------------------------------------
@@ -514,6 +517,12 @@ def _mid_stream_error(exc: UpstreamError) -> Error:
     return Error(kind=ErrorKind.CONNECTION, status=502, message="the upstream stream was interrupted")
 
 
+def _last_events(parser: Any, echoes: StreamEchoes) -> list[StreamEvent]:
+    """At the end of a stream: the events of what the echo filter kept back, then the parser's last."""
+    kept = echoes.close()
+    return [*parser.feed(kept), *parser.close()] if kept else parser.close()
+
+
 def _abandon(out: Outcome, now: float) -> None:
     """A finished attempt that execution no longer wants (a hedge that lost after committing)."""
     if out.ok and isinstance(out.payload, LiveStream):
@@ -524,15 +533,16 @@ class LiveStream:
     """A committed upstream stream: hands out unified events as they arrive and reports the
     attempt's end through its Call (succeeded / failed / cancelled) exactly once."""
 
-    __slots__ = ("driver", "call", "resp", "parser", "pending", "eof", "done", "error", "usage", "finish", "end",
-                 "waited", "abandoned")
+    __slots__ = ("driver", "call", "resp", "parser", "echoes", "pending", "eof", "done", "error", "usage", "finish",
+                 "end", "waited", "abandoned")
 
-    def __init__(self, driver: LiveDriver, call: Call, resp: UpstreamResponse, parser: Any,
+    def __init__(self, driver: LiveDriver, call: Call, resp: UpstreamResponse, parser: Any, echoes: StreamEchoes,
                  pending: list[StreamEvent], eof: bool) -> None:
         self.driver = driver
         self.call = call
         self.resp = resp
         self.parser = parser
+        self.echoes = echoes
         self.pending = pending  # buffered until the commit: the handler sends these first
         self.eof = eof
         self.done = False
@@ -557,10 +567,10 @@ class LiveStream:
             chunk = await self.resp.next_chunk()
             self.waited += time.monotonic() - asked
             if chunk:
-                evs = self.parser.feed(chunk)
+                evs = self.parser.feed(self.echoes.feed(chunk))
             else:
                 self.eof = True
-                evs = self.parser.close()
+                evs = _last_events(self.parser, self.echoes)
         except UpstreamError as exc:
             return [self._fail(_mid_stream_error(exc))]
         except asyncio.CancelledError:

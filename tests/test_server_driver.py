@@ -251,6 +251,28 @@ async def test_same_format_stream_forwards_the_client_bytes_asking_for_usage() -
     assert rebuilt["stream_options"] == {"include_usage": True}
 
 
+async def test_a_channel_that_echoes_its_key_does_not_pass_it_on() -> None:
+    # A misbehaving upstream quotes the Authorization header it got, in a successful answer.
+    def echo(r: UpstreamRequest) -> MockReply:
+        said = f"you sent {r.headers['Authorization']}"
+        if r.stream:
+            text = chunk({"content": said})
+            cut = text.index(SECRET_A[:10].encode()) + 6  # the key split over two reads
+            return MockReply(200, chunks=[ROLE, text[:cut], text[cut:], chunk({}, "stop"), USAGE, DONE])
+        return MockReply(200, chat_body(said))
+
+    proxy = Proxy(make_config(), MockUpstream(echo), seed=1)
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+    result, _ = await run(proxy, oc.parse_request(raw), raw)  # forwarded as it came: the bytes are cleaned
+    assert SECRET_A.encode() not in result.outcome.payload.raw
+    assert orjson.loads(result.outcome.payload.raw)["choices"][0]["message"]["content"] == "you sent Bearer [redacted]"
+    result, _ = await run(proxy, request())
+    assert result.outcome.payload.response.message.text() == "you sent Bearer [redacted]"
+    result, _ = await run(proxy, request(stream=True))
+    text = "".join(e.text for e in await drain(result.outcome.payload) if e.type == "text")
+    assert text == "you sent Bearer [redacted]"
+
+
 def test_every_format_forwards_a_stream_request() -> None:
     # Anthropic, Gemini and Responses streams report usage unasked: their clients' bytes go as they came.
     for name in ("anthropic", "gemini", "openai_responses"):

@@ -1,0 +1,59 @@
+"""A channel's keys taken out of its answers: whole answers, streams split anywhere, JSON-escaped forms."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from server.echoes import REDACTED, Echoes, StreamEchoes
+
+KEY = "sk-live-KEY/0123456789abcdef"
+OTHER = "sk-live-KEY"  # a key that is the start of another: the longer one is replaced whole
+BORDER = "kk-ABC-kk"  # a key that ends with its own start
+
+
+def test_clean_replaces_every_form_of_every_key() -> None:
+    e = Echoes([KEY, OTHER])
+    escaped = KEY.replace("/", "\\/")  # how a JSON encoder that escapes "/" writes it
+    text = f'{{"a": "{KEY}", "b": "{escaped}", "c": "{OTHER}!"}}'.encode()
+    assert e.clean(text) == b'{"a": "[redacted]", "b": "[redacted]", "c": "[redacted]!"}'
+    assert e.clean(b"nothing here") == b"nothing here"
+    assert Echoes([]).clean(text) == text
+
+
+def test_held_keeps_back_only_a_possible_start_of_a_key() -> None:
+    e = Echoes([KEY])
+    assert e.held(b"data: {}\n\n") == 0
+    assert e.held(b'data: {"x": "sk-li') == 5
+    assert e.held(b"sk-live-KEY/0123") == 16
+    assert e.held(b"") == 0
+
+
+def test_a_key_split_over_reads_is_caught() -> None:
+    s = StreamEchoes(Echoes([KEY]))
+    text = f"data: {{\"t\": \"{KEY}\"}}\n\n".encode()
+    cut = text.index(b"KEY/01")
+    first = s.feed(text[:cut])
+    assert not first.endswith(b"sk-live-")  # the possible start of the key is kept back
+    out = first + s.feed(text[cut:]) + s.close()
+    assert out == text.replace(KEY.encode(), REDACTED)
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.sampled_from([KEY, OTHER, BORDER, "sk-", "sk-live-K", "kk-", "kk", "k", "x", "\n\n", "data: ",
+                                       "/", "\\/"]), max_size=12),
+       cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8))
+def test_any_split_gives_what_cleaning_the_whole_gives(parts: list[str], cuts: list[int]) -> None:
+    text = "".join(parts).encode()
+    whole = Echoes([KEY, OTHER, BORDER]).clean(text)
+    s = StreamEchoes(Echoes([KEY, OTHER, BORDER]))
+    bounds = sorted({0, len(text), *(c for c in cuts if c < len(text))})
+    out = b"".join(s.feed(text[a:b]) for a, b in zip(bounds, bounds[1:])) + s.close()
+    assert out == whole
+    assert OTHER.encode() not in out and BORDER.encode() not in out  # (OTHER is in KEY)
+
+
+def test_a_key_that_ends_with_its_own_start_is_caught_at_the_end_of_a_read() -> None:
+    s = StreamEchoes(Echoes([BORDER]))
+    out = s.feed(b"data: kk-ABC-kk") + s.feed(b"\n\n") + s.close()
+    assert out == b"data: [redacted]\n\n"

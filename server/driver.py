@@ -46,6 +46,7 @@ from axonsim.formats.parsed import Parsed
 from axonsim.state import ChannelState
 from axonsim.unified import Error, ErrorEvent, ErrorKind, Request, Response, StreamEvent, Usage, error_kind_for_status
 from server.echoes import Echoes, StreamEchoes
+from server.store.scrub import Scrubber as SecretScrubber
 from server.upstream import Limits, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger("axonsim.server.driver")
@@ -76,19 +77,17 @@ class Clock:
 
 
 class Scrubber:
-    """Removes every configured upstream secret from a text (upstream error messages, log lines)."""
+    """Removes every configured secret (upstream, client and admin keys) from a text bound for a
+    client or a log: an upstream's error, a log line. The forms a key takes inside JSON strings and
+    URLs are found too (the store's Scrubber, with this module's mask)."""
 
-    __slots__ = ("_secrets",)
+    __slots__ = ("_s",)
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret that contains another is replaced whole.
-        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        self._s = SecretScrubber(secrets, mask="[redacted]")
 
     def __call__(self, text: str) -> str:
-        for s in self._secrets:
-            if s in text:
-                text = text.replace(s, "[redacted]")
-        return text
+        return self._s.text(text) or ""
 
 
 class ChannelRuntime:
@@ -496,8 +495,16 @@ class LiveDriver:
         return self._scrubbed(err)
 
     def _scrubbed(self, err: Error) -> Error:
-        clean = self.scrub(err.message)
-        return err if clean == err.message else err.model_copy(update={"message": clean})
+        """The upstream's error with no secret in any text a client gets back: the message, and the
+        `param` and `code` a provider's error names (an upstream can put anything in them)."""
+        scrub = self.scrub
+        changed: dict[str, Any] = {}
+        for name, value in (("message", err.message), ("param", err.param), ("code", err.code)):
+            if value:
+                clean = scrub(value)
+                if clean != value:
+                    changed[name] = clean
+        return err.model_copy(update=changed) if changed else err
 
 
 MALFORMED_RESPONSE = Error(kind=ErrorKind.SERVER_ERROR, status=502, message="the upstream sent a malformed response")

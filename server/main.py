@@ -159,9 +159,7 @@ def _banner(config: Config, config_path: Path, host: str, port: int, workers: in
     store = config.store
     state = config.state
     if state.url:
-        from server.shared_state import redact_url
-
-        shared = f"in Redis at {redact_url(state.url)}, synchronised every {state.sync_interval:g} s"
+        shared = f"in Redis at {safe_url(state.url)}, synchronised every {state.sync_interval:g} s"
     elif workers > 1:
         shared = f"per process: each of the {workers} workers keeps its own (set state.url to share it through Redis)"
     else:

@@ -105,7 +105,9 @@ class Runtime:
                                   f"in this build ({exc.name})") from None
             channels.append(ChannelRuntime(st, fmt, config.gateway.timeouts))
         self.channels = channels
-        self.scrub = Scrubber(k.secret for st in self.router.states for k in st.keys)
+        # Every key the config holds: a client may paste its own or an admin key into a prompt that
+        # an upstream's error then quotes.
+        self.scrub = Scrubber(store_secrets(config))
         self.driver = LiveDriver(self.router, channels, upstream, rng, self.scrub, clock, passthrough, explain)
         self.sticky = config.routing.sticky
         self.routes = RouteTable(load_formats())

@@ -54,7 +54,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -66,6 +65,7 @@ from axonsim.execution import Router
 from axonsim.health import CLOSED, OPEN, Breaker
 from axonsim.limits import WINDOW, Limiter, RateWindow
 from axonsim.state import NEVER, ChannelState
+from server.store.engine import safe_url
 
 log = logging.getLogger("axonsim.server.shared_state")
 
@@ -184,21 +184,6 @@ for i = 1, #ARGV, 2 do
 end
 return 1
 """
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced, fit for logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
 def channel_id(st: ChannelState) -> str:
@@ -502,7 +487,7 @@ class SharedState:
         if not cfg.url:
             raise ValueError("SharedState needs state.url (redis://...)")
         self.cfg = cfg
-        self.url = redact_url(cfg.url)
+        self.url = safe_url(cfg.url)
         self._get_router = router_getter
         self._clock = clock
         self._timeout = timeout  # per Redis call: a hung Redis must not stall the sync loop for long

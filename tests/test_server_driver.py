@@ -273,6 +273,26 @@ async def test_a_channel_that_echoes_its_key_does_not_pass_it_on() -> None:
     assert text == "you sent Bearer [redacted]"
 
 
+async def test_no_secret_reaches_the_client_through_an_upstream_error() -> None:
+    # Any text of the error a provider sends can quote a key: the message, the param and the code;
+    # in the forms a key takes in a URL or a JSON string too, and the client's and admin's keys.
+    key = "up/OA+key=1111aaaa"
+    config = parse_config({
+        "gateway": {"api_keys": [{"key": "gw-client-key-01"}], "admin_keys": ["adm-admin-key-01"]},
+        "channels": [{"name": "a", "type": "openai", "base_url": "http://a.test/v1", "api_keys": [key],
+                      "models": ["m"]}],
+        "routing": {"retry": {"max_attempts": 1}},
+    })
+    message = "bad request to https://x.test/v1?key=up%2FOA%2Bkey%3D1111aaaa from gw-client-key-01 adm-admin-key-01"
+    up = MockUpstream(lambda r: MockReply(400, orjson.dumps({"error": {
+        "message": message, "type": "invalid_request_error", "param": key, "code": f"{key}!"}})))
+    proxy = Proxy(config, up, seed=1)
+    result, _ = await run(proxy, request())
+    err = result.error
+    assert err.message == "bad request to https://x.test/v1?key=[redacted] from [redacted] [redacted]"
+    assert (err.param, err.code) == ("[redacted]", "[redacted]!")
+
+
 def test_every_format_forwards_a_stream_request() -> None:
     # Anthropic, Gemini and Responses streams report usage unasked: their clients' bytes go as they came.
     for name in ("anthropic", "gemini", "openai_responses"):

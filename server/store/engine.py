@@ -56,7 +56,7 @@ def safe_url(url: str) -> str:
         hidden = {k: "***" for k in u.query if k.lower() in _SECRET_OPTIONS}
         return u.update_query_dict(hidden).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
     except Exception:  # an unparsable URL still must not leak whatever it holds
-        return "<unparsable database url>"
+        return "<unparsable url>"
 
 
 def url_password(url: str) -> str | None:

@@ -451,11 +451,12 @@ class LiveDriver:
             while not committed:
                 ex.wait_begin()
                 try:
-                    chunk = await resp.next_chunk()
+                    chunk = await _next_chunk(resp, parser)
                 finally:
                     ex.wait_end()
                 if chunk:
                     evs = parser.feed(echoes.feed(chunk))
+                    eof = parser.ended  # a terminal event with the connection left open: over all the same
                 else:
                     eof = True
                     evs = _last_events(parser, echoes)  # raises if the stream ended without its terminal event
@@ -524,6 +525,18 @@ def _mid_stream_error(exc: UpstreamError) -> Error:
     return Error(kind=ErrorKind.CONNECTION, status=502, message="the upstream stream was interrupted")
 
 
+async def _next_chunk(resp: UpstreamResponse, parser: Any) -> bytes:
+    """The next piece of an upstream stream; b"" at its end, which is also when the answer was whole
+    (Gemini has no terminal event) and the upstream then left the connection open past a deadline."""
+    try:
+        return await resp.next_chunk()
+    except UpstreamTimeout:
+        if parser.complete:
+            resp.close()
+            return b""
+        raise
+
+
 def _last_events(parser: Any, echoes: StreamEchoes) -> list[StreamEvent]:
     """At the end of a stream: the events of what the echo filter kept back, then the parser's last."""
     kept = echoes.close()
@@ -571,10 +584,12 @@ class LiveStream:
             return None
         asked = time.monotonic()
         try:
-            chunk = await self.resp.next_chunk()
+            chunk = await _next_chunk(self.resp, self.parser)
             self.waited += time.monotonic() - asked
             if chunk:
                 evs = self.parser.feed(self.echoes.feed(chunk))
+                # The terminal event with the connection left open: the stream is over all the same.
+                self.eof = self.parser.ended
             else:
                 self.eof = True
                 evs = _last_events(self.parser, self.echoes)

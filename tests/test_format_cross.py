@@ -204,6 +204,26 @@ def test_every_stream_reaches_every_client(provider: str, name: str, client: str
         response_view(aggregate(events), client, last_signature_only=True)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_parser_knows_when_its_stream_is_over(family: str) -> None:
+    # `ended`: the terminal event was read (the driver then stops, even if the connection stays
+    # open); `complete`: the answer is whole. Gemini has no terminal event: complete at its finish.
+    events = parse_stream("openai_chat", stream_bytes("openai_chat", "openai-stop.stream.jsonl"))
+    data = render_stream(family, events)
+    parser = FMT[family].StreamParser()
+    seen = []
+    for line in data.splitlines(keepends=True):
+        parser.feed(line)
+        seen.append((parser.ended, parser.complete))
+    assert not any(ended or complete for ended, complete in seen[:len(seen) // 2])
+    if family == "gemini":
+        assert not any(ended for ended, _ in seen) and seen[-1] == (False, True)
+    else:
+        assert seen[-1] == (True, True)
+        last_data = max(i for i, line in enumerate(data.splitlines(keepends=True)) if line.startswith(b"data:"))
+        assert not any(ended for ended, _ in seen[:last_data])  # not before the terminal event
+
+
 @pytest.mark.parametrize("client", FAMILIES)
 @pytest.mark.parametrize(("provider", "name"), [(f, n) for f, n in PAIRS
                                                 if (ROOT / DIRS[f] / f"{n}.stream.jsonl").exists()

@@ -497,3 +497,45 @@ async def test_the_requests_deadline_is_handed_to_each_attempt() -> None:
     up = MockUpstream(lambda r: MockReply(200, chat_body()))
     result, _ = await run(Proxy(make_config(), up, seed=1), request())
     assert result.ok and up.requests[0].within is None
+
+
+@pytest.mark.parametrize("script", [
+    [ROLE, chunk({"content": "Hi"}), chunk({}, "stop"), USAGE, DONE, HANG],  # committed, then [DONE]
+    [ROLE, chunk({}, "stop"), USAGE, DONE, HANG],  # an empty answer: [DONE] before any content
+])
+async def test_a_stream_ends_at_its_terminal_event_though_the_connection_stays_open(script: list[Any]) -> None:
+    up = MockUpstream(lambda r: MockReply(200, chunks=script))
+    proxy = Proxy(make_config(), up, seed=1)
+    result, _ = await run(proxy, request(stream=True))
+    stream = result.outcome.payload
+    events = await asyncio.wait_for(drain(stream), 2)  # not left waiting for a close that never comes
+    assert events[-1].type == "usage" and stream.error is None and stream.usage.completion_tokens == 2
+    a = states(proxy)["a"]
+    assert a.failures == 0 and a.inflight == 0 and up.responses[0].closed
+
+
+async def test_a_gemini_stream_that_finished_and_then_stalls_is_complete() -> None:
+    # Gemini has no terminal event: after a finishReason the stream is whole, and a deadline passing
+    # while the upstream keeps the connection open is its end, not a failure of the channel.
+    config = parse_config({"channels": [{"name": "g", "type": "gemini", "base_url": "http://g.test/v1beta",
+                                         "api_keys": ["gem-key-0001"], "models": ["m"]}]})
+    done = sse({"candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}, "finishReason": "STOP",
+                                "index": 0}],
+                "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 1, "totalTokenCount": 4}})
+    for script in ([done, UpstreamTimeout("idle")], [sse({"candidates": [{"content": {"parts": [{"text": "H"}]}}]}),
+                                                      done.replace(b'"Hi"', b'"i"'), UpstreamTimeout("idle")]):
+        up = MockUpstream(lambda r, script=script: MockReply(200, chunks=script))
+        proxy = Proxy(config, up, seed=1)
+        result, _ = await run(proxy, request(stream=True))
+        stream = result.outcome.payload
+        events = await drain(stream)
+        assert "".join(e.text for e in events if e.type == "text") == "Hi"
+        assert stream.error is None and stream.usage.completion_tokens == 1
+        assert states(proxy)["g"].failures == 0
+    # Before the finish, the same deadline is the channel's failure, as before.
+    up = MockUpstream(lambda r: MockReply(200, chunks=[sse({"candidates": [{"content": {"parts": [{"text": "Hi"}]},
+                                                                             "index": 0}]}), UpstreamTimeout("idle")]))
+    proxy = Proxy(config, up, seed=1)
+    result, _ = await run(proxy, request(stream=True))
+    await drain(result.outcome.payload)
+    assert result.outcome.payload.error.kind == ErrorKind.TIMEOUT and states(proxy)["g"].failures == 1

@@ -38,6 +38,10 @@ Outbound role (we are the client of a provider speaking this format):
         .feed(data: bytes) -> list[StreamEvent]              any chunking of the bytes
         .close() -> list[StreamEvent]                        at EOF; raises FormatError if the
                                                              stream ended without its terminal event
+        .ended -> bool                                       the terminal event was read: the stream
+                                                             is over, whether or not the connection is
+        .complete -> bool                                    the answer is whole (ended, or Gemini's
+                                                             finishReason): a stall after it is the end
     parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error
 
 All functions are pure: no I/O, no clock (ids and `created` come from the unified objects).

@@ -1412,6 +1412,16 @@ class StreamParser:
             self._event(cast(str, ev.data), out)  # a decoder without raw=True gives str
         return out
 
+    @property
+    def ended(self) -> bool:
+        """Never before the connection closes: Gemini has no terminal event, and usage may follow the finish."""
+        return False
+
+    @property
+    def complete(self) -> bool:
+        """The answer is whole: a finishReason was read (only usage may follow)."""
+        return self._reader.finished and not self._reader.errored
+
     def close(self) -> list[StreamEvent]:
         out: list[StreamEvent] = []
         for ev in self._sse.close():

@@ -482,6 +482,7 @@ class LiveDriver:
             resp.close()
             log.warning("channel %s: malformed stream (%s)", ch.name, self.scrub(str(bad))[:200])
             return Outcome.failure(clock.now(), MALFORMED_STREAM, key=call.key)
+        resp.began()  # content came: from here the idle deadline, not the first-token one
         t = clock.now()
         stream = LiveStream(self, call, resp, parser, echoes, pending, eof)
         return Outcome(True, t, status, ttft=t - call.start, key=call.key, payload=stream)

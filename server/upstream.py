@@ -10,7 +10,8 @@ without knowing the client library:
 
 Timeouts are per channel (Channel.timeouts, else gateway.timeouts) and resolved once into Limits:
     connect      TCP connect
-    first_token  streams: from send until the first body chunk (headers included)
+    first_token  streams: from send until the first content (headers included; keep-alive pings and
+                 role-only chunks before it do not count: the driver says when content began)
     idle         streams: longest gap between two chunks after the first
     total        the whole attempt, body included (non-stream requests wait up to this for headers,
                  since providers only answer once the whole completion is generated); a stream's is
@@ -91,6 +92,11 @@ class UpstreamResponse(Protocol):
 
     async def next_chunk(self) -> bytes:
         """The next piece of the body as it arrives, b"" at the end."""
+        ...
+
+    def began(self) -> None:
+        """The answer's content has begun (a stream's commit): reads are bounded by `idle` from here,
+        not by the first-token deadline, which keep-alive pings and role-only chunks do not meet."""
         ...
 
     def close(self) -> None:
@@ -314,6 +320,9 @@ class _ReadResponse:
         body, self._body = self._body, b""
         return body
 
+    def began(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -322,7 +331,8 @@ class _StreamResponse:
     """A streamed answer. Its deadlines are watches on the shared timer (Deadlines), registered only
     while a read is pending: the first chunk by the first-token deadline, each later one by `idle`
     from when its read began, everything by the total deadline. A deadline that passes closes the
-    connection, which wakes the read with an error that is reported as UpstreamTimeout.
+    connection, which wakes the read with an error that is reported as UpstreamTimeout. The first
+    chunk means the first content (`began`, the driver's commit): pings before it do not count.
 
     Time spent between reads, relaying to the client, is not the upstream's: it neither counts as the
     upstream being idle nor uses up the channel's `total`, which is pushed back by it (a client that
@@ -398,9 +408,10 @@ class _StreamResponse:
         if not data:
             self._eof = True
             self._resp.release()  # read to the end: the connection goes back to the pool
-        else:
-            self._got_first = True
         return data
+
+    def began(self) -> None:
+        self._got_first = True
 
     def close(self) -> None:
         self._deadlines.discard(self._watch)
@@ -473,6 +484,7 @@ class MockResponse:
         self.closed = False
         self.cancelled = False  # the driver was cancelled while waiting on this response
         self.finished = False  # read to the end
+        self.began_at: int | None = None
 
     async def read(self) -> bytes:
         out: list[bytes] = []
@@ -499,6 +511,9 @@ class MockResponse:
             raise
         self.finished = True
         return b""
+
+    def began(self) -> None:
+        self.began_at = len(self._chunks)  # chunks still to come when the driver committed
 
     def close(self) -> None:
         self.closed = True

@@ -539,3 +539,13 @@ async def test_a_gemini_stream_that_finished_and_then_stalls_is_complete() -> No
     result, _ = await run(proxy, request(stream=True))
     await drain(result.outcome.payload)
     assert result.outcome.payload.error.kind == ErrorKind.TIMEOUT and states(proxy)["g"].failures == 1
+
+
+async def test_the_first_token_deadline_lasts_until_content_comes() -> None:
+    # Role-only chunks and keep-alive comments are not the first token: the driver tells the
+    # response when content began (its commit), and only then does `idle` take over.
+    script = [ROLE, b": ping\n\n", b": ping\n\n", chunk({"content": "Hi"}), chunk({}, "stop"), USAGE, DONE]
+    up = MockUpstream(lambda r: MockReply(200, chunks=script))
+    result, _ = await run(Proxy(make_config(), up, seed=1), request(stream=True))
+    assert result.ok and up.responses[0].began_at == 3  # the content chunk read, three still to come
+    await drain(result.outcome.payload)

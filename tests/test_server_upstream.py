@@ -99,8 +99,21 @@ async def test_first_token_deadline(server: str, upstream: AiohttpUpstream) -> N
 async def test_idle_deadline(server: str, upstream: AiohttpUpstream) -> None:
     resp = await upstream.send(req(server + "/stream?n=3&gap=1", True, idle=0.2))
     assert await resp.next_chunk() == b"data: 0\n\n"
+    resp.began()  # the driver's commit: content came
     with pytest.raises(UpstreamTimeout):
         await resp.next_chunk()
+
+
+async def test_chunks_before_the_content_do_not_meet_the_first_token_deadline(server: str,
+                                                                             upstream: AiohttpUpstream) -> None:
+    # Keep-alive pings (or role-only chunks) every 0.1 s, never content: the first-token deadline
+    # still passes; idle alone would never fire.
+    resp = await upstream.send(req(server + "/stream?n=100&gap=0.1", True, first_token=0.5, idle=0.3))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(UpstreamTimeout):
+        await drain(resp)
+    assert loop.time() - t0 < 2.0
 
 
 async def test_a_slow_consumer_is_not_an_idle_upstream(server: str, upstream: AiohttpUpstream) -> None:
@@ -111,6 +124,7 @@ async def test_a_slow_consumer_is_not_an_idle_upstream(server: str, upstream: Ai
         if not c:
             break
         chunks.append(c)
+        resp.began()
         await asyncio.sleep(0.35)  # relaying to a slow client for longer than `idle`
     assert b"".join(chunks).count(b"data:") == 3
 
@@ -140,6 +154,7 @@ async def test_a_stalled_consumer_does_not_use_up_the_upstreams_total(upstream: 
     try:
         resp = await upstream.send(req(f"http://{host}:{port}/big", True, idle=5, total=0.5))
         got = len(await resp.next_chunk())
+        resp.began()
         await asyncio.sleep(0.8)  # relaying to a client that stopped reading, past `total`
         got += sum(len(c) for c in await drain(resp))
         assert got == 128 * 65_538

@@ -253,7 +253,7 @@ def unknown_model(model: str) -> Error:
 
 
 # Exclusions by health checks, which panic mode may override.
-_HEALTH = frozenset({"auto_disabled", "ejected", "breaker_open"})
+_HEALTH = frozenset({"auto_disabled", "ejected", "breaker_open", "key_breaker_open"})
 
 _KEY_FAULTS = frozenset({ErrorKind.AUTHENTICATION, ErrorKind.PERMISSION, ErrorKind.RATE_LIMITED})
 
@@ -444,7 +444,11 @@ class Router:
                     if key is None and st.keys:
                         if unavailable is None:
                             unavailable = {}
-                        unavailable[st.name] = "no_key_available"
+                        why = unavailable[st.name] = st.keys_reason(now, tokens)
+                        if why in _HEALTH and self.panic_mode and not in_panic:
+                            if panic is None:
+                                panic = []
+                            panic.append(cand)
                         break
                     n += 1
                     start = now

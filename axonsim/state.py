@@ -376,8 +376,17 @@ class ChannelState:
         if self.quota is not None and not self.quota.allows(now, tokens):
             return "quota_exhausted"
         if self.keys and not any(k.available(now, tokens) for k in self.keys):
-            return "no_key_available"
+            return self.keys_reason(now, tokens)
         return None
+
+    def keys_reason(self, now: float, tokens: int = 0) -> str:
+        """Why none of the keys may take an attempt: "key_breaker_open" when one is held back by its
+        breaker alone (health, which panic mode may override, and no wait the client could be told
+        of), else "no_key_available" (cooling down after a 429, over its limits: lifts by itself)."""
+        for k in self.keys:
+            if not k.disabled and k.disabled_until <= now and k.limiter.allows(now, tokens):
+                return "key_breaker_open"
+        return "no_key_available"
 
     def next_key(self, now: float = 0.0, rng: random.Random | None = None, tokens: int = 0) -> int | None:
         """A key not disabled and within its limits, by the channel's key strategy; None if keyless

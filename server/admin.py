@@ -256,6 +256,7 @@ class KeyOut(BaseModel):
     disabled_remaining: float = Field(description="seconds of a temporary disable left (rate limit, overload)")
     available: bool = Field(description="may take an attempt now (limits and key breaker included)")
     uses: int
+    breaker: BreakerOut | None = Field(None, description="the key's own breaker (health.key_breaker), when enabled")
 
 
 class ChannelOut(BaseModel):
@@ -444,7 +445,9 @@ def channel_view(st: ChannelState, now: float) -> ChannelOut:
     ch = st.channel
     auto = None if st.disabled_until == float("inf") else _remaining(st.disabled_until, now)
     keys = [KeyOut(name=k.name, disabled=k.disabled, held=k.held, disabled_remaining=_remaining(k.disabled_until, now),
-                   available=k.available(now), uses=k.uses) for k in st.keys]
+                   available=k.available(now), uses=k.uses,
+                   breaker=None if k.breaker is None else BreakerOut(**k.breaker.snapshot(now)))  # type: ignore[arg-type]
+            for k in st.keys]
     breakers: Mapping[str, Mapping[str, Any]] = snap["breakers"]  # type: ignore[assignment]
     return ChannelOut(
         name=st.name, type=ch.type, models=[*ch.models, *ch.model_mapping], weight=st.weight, priority=st.priority,

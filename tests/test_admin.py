@@ -395,7 +395,8 @@ async def test_channel_state(client: httpx.AsyncClient, gw: Gateway) -> None:
     # a breaker that has seen no failure is not materialised: closed by default
     assert a["breakers"].get("m1", {"state": "closed"})["state"] == "closed"
     assert a["keys"] == [{"name": "alpha#0", "disabled": False, "held": False, "disabled_remaining": 0.0, "available": True,
-                          "uses": 1}]
+                          "uses": 1, "breaker": {"state": "closed", "consecutive_failures": 0, "trips": 0,
+                                                 "open_remaining": 0.0}}]
     assert a["auto_disabled_remaining"] == 0.0
     g = chans["gamma"]
     assert g["inflight"] == 1 and g["failures"] == 1

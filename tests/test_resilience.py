@@ -362,6 +362,37 @@ def test_panic_mode_also_tries_keys_whose_breakers_tripped_with_their_channels(d
     assert not res.ok and res.attempts == []
 
 
+def test_a_key_held_back_by_its_breaker_is_health_not_a_wait(driver):
+    # A one-key channel whose key breaker opened on failures of other models: the channel's breaker
+    # for this model is closed, its key is out. That is health (503, panic may try the key), not a
+    # wait the client could be told of (it was a 429 with Retry-After: 1, for as long as the breaker).
+    def one_key(**health):
+        return make([{"name": "c0", "models": ["m", "n"], "api_keys": ["k0"]}], retry=NO_RETRY,
+                    health={"breaker": {"failure_threshold": 100}, "auto_disable": [],
+                            "key_breaker": {"failure_threshold": 2, "open_time": 30}, **health})
+
+    strict = one_key(panic=False)
+    for i in range(2):
+        driver(strict, "m", fail(500, after=0.0), now=float(i))
+    c0 = strict.states[0]
+    assert c0.breaker("n").state == "closed" and not c0.keys[0].available(5.0)
+    assert c0.unavailable_reason(5.0, "n") == "key_breaker_open"
+    res = driver(strict, "n", ok(0.0), now=5.0)
+    assert not res.ok and res.attempts == [] and res.error.status == 503 and res.error.retry_after is None
+    # with panic mode (the default), the key gets its attempt
+    r = one_key()
+    for i in range(2):
+        driver(r, "m", fail(500, after=0.0), now=float(i))
+    res = driver(r, "n", ok(0.0), now=5.0, explain=True)
+    assert res.ok and len(res.attempts) == 1 and res.decisions[-1]["by"] == "panic"
+    # a key cooling down after its 429 is a wait: 429 with the time it comes back
+    cool = one_key(panic=False)
+    driver(cool, "m", fail(429, retry_after=20.0, after=0.0), now=0.0)
+    assert cool.states[0].unavailable_reason(5.0, "n") == "cooling_down"
+    res = driver(cool, "n", ok(0.0), now=5.0)
+    assert res.error.status == 429 and res.error.retry_after == pytest.approx(15.0)
+
+
 def test_a_retry_after_beyond_the_backoff_cap_fails_over_instead_of_waiting(driver):
     r = make(chans(2), strategy="round_robin", retry={"backoff": {"base": 0.1, "cap": 5.0, "jitter": 0.0}})
     log = []

@@ -287,8 +287,40 @@ def _shape(data: bytes) -> None:
             assert p["index"] == open_
             open_ = None
         elif name == "content_block_delta":
-            assert p["index"] in started
+            assert p["index"] == open_, "a delta to a block that is not the open one"
     assert open_ is None
+
+
+def test_interleaved_parallel_calls_become_whole_blocks_one_after_another() -> None:
+    # OpenAI-shaped upstreams announce every call, then interleave their fragments (and may repeat a
+    # call's start). Anthropic's blocks cannot interleave: the first call streams live, the others
+    # wait and follow it whole.
+    events: list[StreamEvent] = [
+        StreamStart(id="msg_1", model="m"),
+        ToolCallDelta(index=0, id="call_b", name="g"),
+        ToolCallDelta(index=1, id="call_a"),
+        ToolCallDelta(index=0, arguments='{"x":'),
+        ToolCallDelta(index=1, name="f", arguments='{"y"'),
+        ToolCallDelta(index=0, arguments="1}"),
+        ToolCallDelta(index=1, id="call_a", name="f"),
+        ToolCallDelta(index=1, arguments=":2}"),
+        ToolCallDelta(index=2, id="call_c", name="h", arguments="{}"),
+        FinishEvent(reason="tool_calls"),
+        UsageEvent(usage=Usage(prompt_tokens=3, completion_tokens=9)),
+    ]
+    out = render_stream(events)
+    _shape(out)
+    snap = sdk_accumulate(out)
+    assert [(b.id, b.name, b.input) for b in snap.content] == [
+        ("call_b", "g", {"x": 1}), ("call_a", "f", {"y": 2}), ("call_c", "h", {})]
+    assert snap.stop_reason == "tool_use"
+    # a call held behind the open one is released, whole, by the next other content too
+    r = A.StreamRenderer(Request(model="m", messages=[]))
+    data = b"".join(r.render(ev) for ev in [ToolCallDelta(index=0, id="c0", name="a", arguments="{}"),
+                                            ToolCallDelta(index=1, id="c1", name="b", arguments="{}"),
+                                            TextDelta(text="done")]) + r.finish()
+    _shape(data)
+    assert [b.type for b in sdk_accumulate(data).content] == ["tool_use", "tool_use", "text"]
 
 
 def test_renderer_emits_each_event_immediately() -> None:

@@ -604,6 +604,10 @@ class StreamRenderer:
         self._text_head = b""
         self._signed = False  # the open thinking block already got its signature
         self._tool_blocks: dict[int, int] = {}  # unified tool-call index → block index
+        # Calls that began while another tool block was open (parallel calls whose fragments the
+        # upstream interleaves): index → [id, name, argument fragments], written whole once the
+        # open block is done, since Anthropic's blocks follow one another and cannot interleave.
+        self._held: dict[int, list[Any]] = {}
         self._start_usage: Usage | None = None
         self._usage: Usage | None = None
         self._finish: FinishReason | None = None
@@ -618,6 +622,8 @@ class StreamRenderer:
         if isinstance(ev, ErrorEvent):
             return self.error(ev.error)
         out: list[bytes] = []
+        if self._held and not isinstance(ev, ToolCallDelta):
+            self._release_held(out)
         if isinstance(ev, StreamStart):
             if not self._started:
                 self._id, self._model = ev.id or self._id, ev.model or self._model
@@ -649,6 +655,8 @@ class StreamRenderer:
         out: list[bytes] = []
         if not self._started:
             self._message_start(out)
+        if self._held:
+            self._release_held(out)
         self._close(out)
         finish = self._finish if self._finish is not None else "stop"
         usage = self._usage or self._start_usage
@@ -701,14 +709,37 @@ class StreamRenderer:
 
     def _tool(self, ev: ToolCallDelta, out: list[bytes]) -> None:
         blk = self._tool_blocks.get(ev.index)
+        held = self._held.get(ev.index)
+        if held is not None:
+            held[0] = held[0] or ev.id  # an id or name that comes after the call's first fragment
+            held[1] = held[1] or ev.name
+            if ev.arguments:
+                held[2].append(ev.arguments)
+            return
+        if blk is None and self._open == "tool_use":
+            # Another call's block is open: this one waits, whole, until that one is done.
+            self._held[ev.index] = [ev.id, ev.name, [ev.arguments] if ev.arguments else []]
+            return
         if blk is None:
             cid = _tool_id(ev.id) if ev.id else _fallback_id(self._id, ev.index)
             blk = self._open_block("tool_use", {"type": "tool_use", "id": cid, "name": ev.name or "", "input": {}}, out)
             self._tool_blocks[ev.index] = blk
         if ev.arguments:
-            # A fragment for a call whose block was already closed (interleaved upstream calls) still
-            # goes to that call's index: the SDK accumulates by index, and we never hold bytes back.
+            # A fragment for a call whose block was closed by other content (text between a call's
+            # fragments: no provider does this) still goes to that call's index, which the SDK
+            # accumulates by; a call that waits behind an open block is held instead (above).
             out.append(self._delta({"type": "input_json_delta", "partial_json": ev.arguments}, blk))
+
+    def _release_held(self, out: list[bytes]) -> None:
+        """The held calls, each a whole block after the open one (which this closes)."""
+        held, self._held = self._held, {}
+        for index, (cid, name, parts) in held.items():
+            block = {"type": "tool_use", "id": _tool_id(cid) if cid else _fallback_id(self._id, index),
+                     "name": name or "", "input": {}}
+            blk = self._tool_blocks[index] = self._open_block("tool_use", block, out)
+            if parts:
+                out.append(self._delta({"type": "input_json_delta", "partial_json": "".join(parts)}, blk))
+        self._close(out)
 
     def _native_block(self, block: dict[str, Any], out: list[bytes]) -> None:
         """A server tool's block, written as Anthropic streams one: an input, if any, as one delta."""

@@ -646,6 +646,9 @@ class LiveStream:
         if not self.done:
             self.done = True
             self.error = err
+            seen = self.parser.usage_seen  # what the upstream reported before the cut is still its cost
+            if seen is not None:
+                self.usage = seen
             self.end = now = self.driver.clock.now()
             self.resp.close()
             self.call.failed(now, Outcome.failure(now, err, key=self.call.key))

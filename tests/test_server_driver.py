@@ -549,3 +549,23 @@ async def test_the_first_token_deadline_lasts_until_content_comes() -> None:
     result, _ = await run(Proxy(make_config(), up, seed=1), request(stream=True))
     assert result.ok and up.responses[0].began_at == 3  # the content chunk read, three still to come
     await drain(result.outcome.payload)
+
+
+async def test_a_stream_cut_after_its_usage_came_keeps_that_usage() -> None:
+    # OpenAI sends usage in its last chunk and the parser emits it at [DONE]; Gemini's is cumulative
+    # on every chunk. A stream cut before its end still cost what the upstream had reported.
+    cut = UpstreamConnectionError("reset")
+    up = MockUpstream(lambda r: MockReply(200, chunks=[ROLE, chunk({"content": "Hi"}), chunk({}, "stop"), USAGE, cut]))
+    result, _ = await run(Proxy(make_config(), up, seed=1), request(stream=True))
+    stream = result.outcome.payload
+    await drain(stream)
+    assert stream.error is not None and stream.usage is not None and stream.usage.completion_tokens == 2
+    config = parse_config({"channels": [{"name": "g", "type": "gemini", "base_url": "http://g.test/v1beta",
+                                         "api_keys": ["gem-key-0001"], "models": ["m"]}]})
+    part = sse({"candidates": [{"content": {"parts": [{"text": "Hi"}]}, "index": 0}],
+                "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 3, "totalTokenCount": 12}})
+    up = MockUpstream(lambda r: MockReply(200, chunks=[part, cut]))
+    result, _ = await run(Proxy(config, up, seed=1), request(stream=True))
+    stream = result.outcome.payload
+    await drain(stream)
+    assert stream.error is not None and (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (9, 3)

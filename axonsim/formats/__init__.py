@@ -42,6 +42,8 @@ Outbound role (we are the client of a provider speaking this format):
                                                              is over, whether or not the connection is
         .complete -> bool                                    the answer is whole (ended, or Gemini's
                                                              finishReason): a stall after it is the end
+        .usage_seen -> Usage | None                          usage reported but not yet emitted (for a
+                                                             stream cut before its end)
     parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error
 
 All functions are pure: no I/O, no clock (ids and `created` come from the unified objects).

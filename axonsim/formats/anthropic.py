@@ -734,8 +734,8 @@ class StreamRenderer:
         """The held calls, each a whole block after the open one (which this closes)."""
         held, self._held = self._held, {}
         for index, (cid, name, parts) in held.items():
-            block = {"type": "tool_use", "id": _tool_id(cid) if cid else _fallback_id(self._id, index),
-                     "name": name or "", "input": {}}
+            block: dict[str, Any] = {"type": "tool_use", "id": _tool_id(cid) if cid else _fallback_id(self._id, index),
+                                     "name": name or "", "input": {}}
             blk = self._tool_blocks[index] = self._open_block("tool_use", block, out)
             if parts:
                 out.append(self._delta({"type": "input_json_delta", "partial_json": "".join(parts)}, blk))
@@ -1121,6 +1121,11 @@ class StreamParser:
         for ev in self._sse.feed(data):
             self._handle(ev, out)
         return out
+
+    @property
+    def usage_seen(self) -> Usage | None:
+        """None: this family's usage is emitted as soon as it comes."""
+        return None
 
     @property
     def ended(self) -> bool:

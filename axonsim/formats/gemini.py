@@ -1413,6 +1413,11 @@ class StreamParser:
         return out
 
     @property
+    def usage_seen(self) -> Usage | None:
+        """The usage (cumulative) the upstream has reported so far: what a stream cut before its end cost."""
+        return self._reader.usage
+
+    @property
     def ended(self) -> bool:
         """Never before the connection closes: Gemini has no terminal event, and usage may follow the finish."""
         return False

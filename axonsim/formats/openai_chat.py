@@ -1157,6 +1157,12 @@ class StreamParser:
         return out
 
     @property
+    def usage_seen(self) -> Usage | None:
+        """The usage the upstream has reported so far, though not yet emitted (it goes out after
+        the finish, at [DONE]): what a stream cut before its end still cost."""
+        return self._usage
+
+    @property
     def ended(self) -> bool:
         """The terminal event was read: nothing after it counts, so the stream is over."""
         return self._done

@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from types import ModuleType
 from typing import Any, Protocol
 
+import orjson
 from mypy_extensions import mypyc_attr
 
 from axonsim.capabilities import NO_NEEDS, Needs
@@ -47,7 +48,15 @@ from axonsim.state import ChannelState
 from axonsim.unified import Error, ErrorEvent, ErrorKind, Request, Response, StreamEvent, Usage, error_kind_for_status
 from server.echoes import Echoes, StreamEchoes
 from server.store.scrub import Scrubber as SecretScrubber
-from server.upstream import Limits, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimeout
+from server.upstream import (
+    Limits,
+    ReadResponse,
+    Upstream,
+    UpstreamError,
+    UpstreamRequest,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger("axonsim.server.driver")
 
@@ -442,6 +451,23 @@ class LiveDriver:
             finally:
                 ex.wait_end()
             return Outcome.failure(clock.now(), self.upstream_error(ch, status, resp.headers, data), key=call.key)
+        ctype = resp.headers.get("content-type") or ""
+        if ctype.startswith("application/json"):
+            # A success status with a JSON body where a stream was asked for: the provider's error
+            # (some answer 200 so), or else a body mislabelled, read as the stream all the same.
+            ex.wait_begin()
+            try:
+                data = ch.echoes.clean(await resp.read())
+            except UpstreamError as exc:
+                return Outcome.failure(clock.now(), transport_error(exc), key=call.key)
+            finally:
+                ex.wait_end()
+            if _error_in(data) is not None:
+                err = self.upstream_error(ch, 502, resp.headers, data)
+                log.warning("channel %s: error body with status %d (%s)", ch.name, status, err.message[:200])
+                return Outcome.failure(clock.now(), Error(kind=ErrorKind.SERVER_ERROR, status=502, message=err.message),
+                                       key=call.key)
+            resp = ReadResponse(status, resp.headers, data)
         parser = ch.fmt.StreamParser()
         echoes = StreamEchoes(ch.echoes)
         pending: list[StreamEvent] = []
@@ -524,6 +550,15 @@ def _mid_stream_error(exc: UpstreamError) -> Error:
     if isinstance(exc, UpstreamTimeout):
         return Error(kind=ErrorKind.TIMEOUT, status=504, message="the upstream stream timed out (it stalled, or ran past its time limit)")
     return Error(kind=ErrorKind.CONNECTION, status=502, message="the upstream stream was interrupted")
+
+
+def _error_in(data: bytes) -> object | None:
+    """The `error` of a JSON object body, if it has a non-empty one."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return (obj.get("error") or None) if isinstance(obj, dict) else None
 
 
 async def _next_chunk(resp: UpstreamResponse, parser: Any) -> bytes:

@@ -300,11 +300,12 @@ class AiohttpUpstream:
             deadlines.discard(w)
         if w.expired:  # pragma: no cover - only if a library swallowed our cancel; keep the count right
             w.settle()
-        return _ReadResponse(resp.status, resp.headers, body)
+        return ReadResponse(resp.status, resp.headers, body)
 
 
-class _ReadResponse:
-    """A non-stream answer, already read whole."""
+class ReadResponse:
+    """An answer already read whole (a non-stream one; or a JSON body where a stream was asked for,
+    which the driver hands its stream parser as one chunk)."""
 
     __slots__ = ("status", "headers", "_body")
 

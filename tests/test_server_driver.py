@@ -478,6 +478,7 @@ async def test_hedge_loser_that_committed_a_stream_is_closed() -> None:
     ("openai_chat", {"error": {"message": "the upstream said no", "type": "invalid_request_error"}}),
     ("anthropic", {"type": "error", "error": {"type": "invalid_request_error", "message": "the upstream said no"}}),
     ("gemini", {"error": {"code": 400, "message": "the upstream said no", "status": "INVALID_ARGUMENT"}}),
+    ("openai_responses", {"error": {"message": "the upstream said no", "type": "invalid_request_error"}}),
 ])
 def test_every_family_reads_a_200_error_body_as_the_providers_words(family: str, body: dict[str, Any]) -> None:
     from axonsim.formats import UpstreamErrorBody, get_format
@@ -569,3 +570,19 @@ async def test_a_stream_cut_after_its_usage_came_keeps_that_usage() -> None:
     stream = result.outcome.payload
     await drain(stream)
     assert stream.error is not None and (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (9, 3)
+
+
+async def test_a_json_error_body_where_a_stream_was_asked_for_keeps_the_providers_words() -> None:
+    said = error_body(400, "the upstream said no")
+    up = MockUpstream(lambda r: MockReply(200, said, headers={"Content-Type": "application/json"}))
+    result, _ = await run(Proxy(make_config(), up, seed=1), request(stream=True))
+    assert not result.ok and all(a.status == 502 for a in result.attempts)
+    assert "the upstream said no" in result.error.message
+    # a body labelled JSON that is no error is read as the stream all the same
+    config = parse_config({"channels": [{"name": "g", "type": "gemini", "base_url": "http://g.test/v1beta",
+                                         "api_keys": ["gem-key-0001"], "models": ["m"]}]})
+    array = orjson.dumps([{"candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"},
+                                           "finishReason": "STOP", "index": 0}]}])
+    up = MockUpstream(lambda r: MockReply(200, b"data: " + array + b"\n\n", headers={"content-type": "application/json"}))
+    result, _ = await run(Proxy(config, up, seed=1), request(stream=True))
+    assert result.ok and "".join(e.text for e in await drain(result.outcome.payload) if e.type == "text") == "Hi"

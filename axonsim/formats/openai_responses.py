@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError, retry_after, status_message
+from axonsim.formats import FormatError, UpstreamErrorBody, retry_after, status_message
 from axonsim.formats.openai_chat import error_headers, error_status, render_error  # noqa: F401
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
@@ -1146,6 +1146,11 @@ def _response_object(body: bytes) -> tuple[JSON, str, list[Any]]:
     obj = _load_object(body, "OpenAI Responses body")
     rid = obj.get("id")
     if not isinstance(rid, str) or not rid:
+        err = obj.get("error")
+        if isinstance(err, dict) and err:  # a 200 whose body is an error: the provider's words
+            message = err.get("message")
+            raise UpstreamErrorBody(f"Upstream returned an error: {message if isinstance(message, str) else 'unknown'}",
+                                    None, 502)
         raise FormatError("OpenAI Responses body has no 'id'", "id")
     output = obj.get("output")
     if not isinstance(output, list):

@@ -471,7 +471,7 @@ class LiveDriver:
         parser = ch.fmt.StreamParser()
         echoes = StreamEchoes(ch.echoes)
         pending: list[StreamEvent] = []
-        eof = False
+        eof = ending = False
         try:
             committed = False
             while not committed:
@@ -482,7 +482,7 @@ class LiveDriver:
                     ex.wait_end()
                 if chunk:
                     evs = parser.feed(echoes.feed(chunk))
-                    eof = parser.ended  # a terminal event with the connection left open: over all the same
+                    ending = parser.ended  # the terminal event: over, whether or not the body's end follows
                 else:
                     eof = True
                     evs = _last_events(parser, echoes)  # raises if the stream ended without its terminal event
@@ -496,7 +496,7 @@ class LiveDriver:
                     pending.append(ev)
                     if not committed and _commits(ev):
                         committed = True
-                if eof:
+                if eof or ending:
                     break  # a complete stream without content: an (empty) answer all the same
         except UpstreamError as exc:
             resp.close()
@@ -510,7 +510,7 @@ class LiveDriver:
             return Outcome.failure(clock.now(), MALFORMED_STREAM, key=call.key)
         resp.began()  # content came: from here the idle deadline, not the first-token one
         t = clock.now()
-        stream = LiveStream(self, call, resp, parser, echoes, pending, eof)
+        stream = LiveStream(self, call, resp, parser, echoes, pending, eof, ending)
         return Outcome(True, t, status, ttft=t - call.start, key=call.key, payload=stream)
 
     # -- error classification --------------------------------------------------------------------
@@ -589,11 +589,11 @@ class LiveStream:
     """A committed upstream stream: hands out unified events as they arrive and reports the
     attempt's end through its Call (succeeded / failed / cancelled) exactly once."""
 
-    __slots__ = ("driver", "call", "resp", "parser", "echoes", "pending", "eof", "done", "error", "usage", "finish",
-                 "end", "waited", "abandoned")
+    __slots__ = ("driver", "call", "resp", "parser", "echoes", "pending", "eof", "ending", "done", "error", "usage",
+                 "finish", "end", "waited", "abandoned")
 
     def __init__(self, driver: LiveDriver, call: Call, resp: UpstreamResponse, parser: Any, echoes: StreamEchoes,
-                 pending: list[StreamEvent], eof: bool) -> None:
+                 pending: list[StreamEvent], eof: bool, ending: bool = False) -> None:
         self.driver = driver
         self.call = call
         self.resp = resp
@@ -601,6 +601,7 @@ class LiveStream:
         self.echoes = echoes
         self.pending = pending  # buffered until the commit: the handler sends these first
         self.eof = eof
+        self.ending = ending  # the terminal event was read; the body's end may not have come yet
         self.done = False
         self.error: Error | None = None  # a failure after the commit
         self.usage: Usage | None = None
@@ -618,14 +619,21 @@ class LiveStream:
         if self.eof:
             self._succeed()
             return None
+        if self.ending:
+            # The answer is whole. Waiting (briefly) for the body's end lets the connection go back
+            # to the pool; an upstream that leaves it open past that is closed, the answer kept.
+            try:
+                await self.resp.finish()
+            finally:
+                self._succeed()
+            return None
         asked = time.monotonic()
         try:
             chunk = await _next_chunk(self.resp, self.parser)
             self.waited += time.monotonic() - asked
             if chunk:
                 evs = self.parser.feed(self.echoes.feed(chunk))
-                # The terminal event with the connection left open: the stream is over all the same.
-                self.eof = self.parser.ended
+                self.ending = self.parser.ended
             else:
                 self.eof = True
                 evs = _last_events(self.parser, self.echoes)

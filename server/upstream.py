@@ -94,6 +94,11 @@ class UpstreamResponse(Protocol):
         """The next piece of the body as it arrives, b"" at the end."""
         ...
 
+    async def finish(self) -> None:
+        """After a stream's terminal event: wait briefly for the body's end, so that the connection
+        goes back to the pool, then close (abort, if the end did not come). Never raises but a cancel."""
+        ...
+
     def began(self) -> None:
         """The answer's content has begun (a stream's commit): reads are bounded by `idle` from here,
         not by the first-token deadline, which keep-alive pings and role-only chunks do not meet."""
@@ -124,6 +129,10 @@ def _classify(exc: BaseException) -> UpstreamError:
 
 
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+# After a stream's terminal event, how long the body's end is waited for (at most `idle`): it lets
+# the connection be pooled; an upstream that keeps the body open longer has its connection closed.
+END_GRACE = 1.0
+MOCK_END_GRACE = 0.05
 _TIMED_OUT = "the upstream did not answer in time"
 
 
@@ -269,8 +278,10 @@ class AiohttpUpstream:
         total = start + lim.total
         hard = math.inf
         within = req.within
-        if within is not None and within < lim.total:
-            total = hard = start + within
+        if within is not None:  # the request's deadline: a bound that time spent relaying does not move
+            hard = start + within
+            if within < lim.total:
+                total = hard
         # Non-stream: headers and body under the total deadline. Stream: the headers under the
         # first-token deadline; the body's deadlines are the _StreamResponse's.
         w = _CancelTask(total if not req.stream else min(start + lim.first_token, total), task)
@@ -322,6 +333,9 @@ class ReadResponse:
         return body
 
     def began(self) -> None:
+        pass
+
+    async def finish(self) -> None:
         pass
 
     def close(self) -> None:
@@ -413,6 +427,24 @@ class _StreamResponse:
 
     def began(self) -> None:
         self._got_first = True
+
+    async def finish(self) -> None:
+        if self._eof:
+            return
+        w = self._watch
+        w.at = self._loop.time() + min(self._idle, END_GRACE)
+        self._deadlines.add(w)
+        try:
+            while await self._resp.content.readany():  # nothing after the terminal event counts
+                pass
+            if not w.expired:
+                self._eof = True
+                self._resp.release()  # the body's end: the connection goes back to the pool
+        except _TRANSPORT_ERRORS:
+            pass
+        finally:
+            self._deadlines.discard(w)
+        self.close()
 
     def close(self) -> None:
         self._deadlines.discard(self._watch)
@@ -515,6 +547,13 @@ class MockResponse:
 
     def began(self) -> None:
         self.began_at = len(self._chunks)  # chunks still to come when the driver committed
+
+    async def finish(self) -> None:
+        try:
+            await asyncio.wait_for(self.read(), MOCK_END_GRACE)  # the rest, up to its end
+        except (TimeoutError, UpstreamError, OSError):
+            pass
+        self.close()
 
     def close(self) -> None:
         self.closed = True

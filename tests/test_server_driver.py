@@ -513,6 +513,11 @@ async def test_a_stream_ends_at_its_terminal_event_though_the_connection_stays_o
     assert events[-1].type == "usage" and stream.error is None and stream.usage.completion_tokens == 2
     a = states(proxy)["a"]
     assert a.failures == 0 and a.inflight == 0 and up.responses[0].closed
+    # a body that does end after the terminal event is read to its end (its connection is pooled)
+    up = MockUpstream(lambda r: MockReply(200, chunks=[c for c in script if c is not HANG]))
+    result, _ = await run(Proxy(make_config(), up, seed=1), request(stream=True))
+    await drain(result.outcome.payload)
+    assert up.responses[0].finished
 
 
 async def test_a_gemini_stream_that_finished_and_then_stalls_is_complete() -> None:

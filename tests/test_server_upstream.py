@@ -187,14 +187,19 @@ async def test_the_requests_deadline_bounds_an_attempt_sooner_than_its_total(ser
     resp = await upstream.send(stream)
     with pytest.raises(UpstreamTimeout):
         await asyncio.wait_for(drain(resp), 3)
-    # Unlike the channel's total, the request's deadline is not pushed back by time spent relaying.
-    stream = req(server + "/stream?n=50&gap=0.05", True, idle=1)
-    stream.within = 0.4
+    # Unlike the channel's total, the request's deadline is not pushed back by time spent relaying,
+    # also when it is later than the channel's total (0.45 here).
+    stream = req(server + "/stream?n=50&gap=0.05", True, idle=1, total=0.45)
+    stream.within = 0.6
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
     resp = await upstream.send(stream)
     await resp.next_chunk()
-    await asyncio.sleep(0.5)
+    resp.began()
+    await asyncio.sleep(0.5)  # pushes the channel's total to ~0.95 s; the deadline stays at 0.6 s
     with pytest.raises(UpstreamTimeout):
         await asyncio.wait_for(drain(resp), 3)
+    assert loop.time() - t0 < 0.85
 
 
 async def test_connection_refused(upstream: AiohttpUpstream) -> None:
@@ -214,6 +219,24 @@ async def test_connections_are_reused(server: str, upstream: AiohttpUpstream) ->
     connector = upstream._session.connector  # type: ignore[union-attr]
     assert connector is not None
     assert sum(len(v) for v in connector._conns.values()) == 1  # one pooled keep-alive connection
+
+
+async def test_finish_after_the_terminal_event_pools_the_connection(server: str, upstream: AiohttpUpstream) -> None:
+    # The driver stops reading at the stream's terminal event; `finish` waits for the body's end
+    # (which follows at once), so the connection is pooled, not aborted.
+    for _ in range(3):
+        resp = await upstream.send(req(server + "/stream?n=1", True))
+        assert await resp.next_chunk() == b"data: 0\n\n"
+        await resp.finish()
+    connector = upstream._session.connector  # type: ignore[union-attr]
+    assert sum(len(v) for v in connector._conns.values()) == 1  # type: ignore[union-attr]
+    # a body left open past the grace is closed, without an error
+    resp = await upstream.send(req(server + "/stream?n=2&gap=5", True, idle=0.2))
+    await resp.next_chunk()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await resp.finish()
+    assert loop.time() - t0 < 1.0
 
 
 async def test_stream_headers_are_bounded_by_the_first_token_deadline(server: str, upstream: AiohttpUpstream) -> None:

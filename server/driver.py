@@ -99,10 +99,13 @@ class Scrubber:
         return self._s.text(text) or ""
 
 
+NO_ECHOES = Echoes(())
+
+
 class ChannelRuntime:
     """What the driver needs per channel, computed once: its format module, URLs, auth headers, timeouts."""
 
-    __slots__ = ("state", "name", "fmt", "base_url", "limits", "echoes", "_key_headers", "_keyless", "_urls")
+    __slots__ = ("state", "name", "fmt", "base_url", "limits", "_echoes", "_key_headers", "_keyless", "_urls")
 
     def __init__(self, state: ChannelState, fmt: ModuleType, default_timeouts: Timeouts) -> None:
         ch = state.channel
@@ -114,7 +117,7 @@ class ChannelRuntime:
         base = {"content-type": "application/json"}
         self._keyless = base
         self._key_headers = [{**base, **fmt.auth_headers(k.secret)} for k in state.keys]
-        self.echoes = Echoes(k.secret for k in state.keys)
+        self._echoes = [Echoes([k.secret]) for k in state.keys]
         self._urls: dict[tuple[str, bool], str] = {}
 
     def url(self, upstream_model: str, stream: bool) -> str:
@@ -126,6 +129,10 @@ class ChannelRuntime:
 
     def headers(self, key: int | None) -> dict[str, str]:
         return self._keyless if key is None else self._key_headers[key]
+
+    def echoes(self, key: int | None) -> Echoes:
+        """The key an attempt was sent with, to take out of its answer (server/echoes.py)."""
+        return NO_ECHOES if key is None else self._echoes[key]
 
 
 class Answer:
@@ -401,7 +408,7 @@ class LiveDriver:
         ex.wait_begin()
         try:
             resp = await self.upstream.send(upreq)
-            data = ch.echoes.clean(await resp.read())
+            data = ch.echoes(call.key).clean(await resp.read())
         except UpstreamError as exc:
             return Outcome.failure(clock.now(), transport_error(exc), key=call.key)
         finally:
@@ -457,7 +464,7 @@ class LiveDriver:
             # (some answer 200 so), or else a body mislabelled, read as the stream all the same.
             ex.wait_begin()
             try:
-                data = ch.echoes.clean(await resp.read())
+                data = ch.echoes(call.key).clean(await resp.read())
             except UpstreamError as exc:
                 return Outcome.failure(clock.now(), transport_error(exc), key=call.key)
             finally:
@@ -469,7 +476,7 @@ class LiveDriver:
                                        key=call.key)
             resp = ReadResponse(status, resp.headers, data)
         parser = ch.fmt.StreamParser()
-        echoes = StreamEchoes(ch.echoes)
+        echoes = StreamEchoes(ch.echoes(call.key))
         pending: list[StreamEvent] = []
         eof = ending = False
         try:

@@ -2,8 +2,10 @@
 
 A model never sees the key it is called with, but a misbehaving upstream (a proxy in front of a
 provider, a debug endpoint) can quote the request's headers in a successful answer, and the gateway
-forwards same-format answers as they came. The keys a channel was ever sent are the only ones its
-answers can hold, so each answer is searched for those alone: one `bytes` search per key, at C speed.
+forwards same-format answers as they came. So each answer is searched for the key its request was
+sent with: one `bytes` search per form of that key, at C speed, whatever the channel's pool size.
+A key shorter than MIN_ECHOED is not searched for: local servers take any key ("ollama", "none",
+"0"), and masking such a word would corrupt answers (and their JSON) rather than keep a secret.
 
 In a stream a key can be split over two reads. A read whose end could begin a key keeps that end back
 until the next read shows whether it does; SSE reads end in a line break, which no key contains, so
@@ -16,18 +18,19 @@ import json
 from collections.abc import Iterable
 
 REDACTED = b"[redacted]"
+MIN_ECHOED = 8
 
 
 class Echoes:
-    """The keys of one channel as the bytes an answer would carry them in (plain, and JSON-escaped
-    where that differs), longest first so a key that contains another is replaced whole."""
+    """Keys as the bytes an answer would carry them in (plain, and JSON-escaped where that differs),
+    longest first so a key that contains another is replaced whole."""
 
     __slots__ = ("forms", "_tails")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         forms: set[bytes] = set()
         for s in secrets:
-            if s:
+            if len(s) >= MIN_ECHOED:
                 escaped = json.dumps(s)[1:-1]
                 forms.update((s.encode(), escaped.encode(), escaped.replace("/", "\\/").encode()))
         self.forms = tuple(sorted(forms, key=len, reverse=True))
@@ -44,12 +47,18 @@ class Echoes:
         """How many bytes at the end of `data` could begin a key (0 almost always)."""
         if not data or data[-1] not in self._tails:
             return 0
+        size = len(data)
         longest = 0
         for f in self.forms:
-            for n in range(min(len(f) - 1, len(data)), longest, -1):
-                if data.endswith(f[:n]):
-                    longest = n
+            # Where the key's first byte occurs in the last len(f) - 1 bytes: the earliest such
+            # place from which the rest of the read begins the key gives the longest suffix.
+            first = f[:1]
+            i = data.find(first, max(0, size - len(f) + 1))
+            while i != -1 and size - i > longest:
+                if f.startswith(data[i:]):
+                    longest = size - i
                     break
+                i = data.find(first, i + 1)
         return longest
 
     def settle(self, data: bytes, cut: int) -> int:

@@ -462,7 +462,7 @@ class EmbeddingsDriver(LiveDriver):
         async def send(path: str, body: bytes) -> tuple[int, Any, bytes]:
             resp = await self.upstream.send(UpstreamRequest(ch.base_url + path, ch.headers(call.key), body, False,
                                                             ch.limits))
-            return resp.status, resp.headers, ch.echoes.clean(await resp.read())
+            return resp.status, resp.headers, ch.echoes(call.key).clean(await resp.read())
 
         ex.wait_begin()  # upstream time: not the gateway's own overhead
         try:

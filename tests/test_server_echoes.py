@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.echoes import REDACTED, Echoes, StreamEchoes
+from server.echoes import MIN_ECHOED, REDACTED, Echoes, StreamEchoes
 
 KEY = "sk-live-KEY/0123456789abcdef"
 OTHER = "sk-live-KEY"  # a key that is the start of another: the longer one is replaced whole
@@ -57,3 +57,16 @@ def test_a_key_that_ends_with_its_own_start_is_caught_at_the_end_of_a_read() -> 
     s = StreamEchoes(Echoes([BORDER]))
     out = s.feed(b"data: kk-ABC-kk") + s.feed(b"\n\n") + s.close()
     assert out == b"data: [redacted]\n\n"
+
+
+def test_a_short_key_is_not_searched_for() -> None:
+    # Local servers take any key ("ollama", "0"): masking such a word would corrupt answers and
+    # their JSON ('"index":0'), not keep a secret.
+    e = Echoes(["ollama", "0", "sk-real-key-000"])
+    text = b'{"index":0,"text":"run `ollama pull` with sk-real-key-000"}'
+    assert e.clean(text) == b'{"index":0,"text":"run `ollama pull` with [redacted]"}'
+    assert len(MIN_ECHOED_KEY) == MIN_ECHOED  # the shortest key searched for
+    assert Echoes([MIN_ECHOED_KEY]).clean(MIN_ECHOED_KEY.encode()) == REDACTED
+
+
+MIN_ECHOED_KEY = "k" * MIN_ECHOED

@@ -323,6 +323,20 @@ def test_interleaved_parallel_calls_become_whole_blocks_one_after_another() -> N
     assert [b.type for b in sdk_accumulate(data).content] == ["tool_use", "tool_use", "text"]
 
 
+def test_parallel_calls_one_after_another_stream_as_they_come() -> None:
+    # The usual order (a call's fragments, then the next call's): nothing is held back; a call
+    # starts its block once the open one's arguments are whole JSON.
+    r = A.StreamRenderer(Request(model="m", messages=[]))
+    events = [ToolCallDelta(index=0, id="c0", name="a"), ToolCallDelta(index=0, arguments='{"x":'),
+              ToolCallDelta(index=0, arguments="1}"), ToolCallDelta(index=1, id="c1", name="b"),
+              ToolCallDelta(index=1, arguments='{"y":2}'), FinishEvent(reason="tool_calls")]
+    written = [r.render(ev) for ev in events]
+    assert all(written[:5]) and b'"index":1' in written[3] and b'"partial_json":"{\\"y\\":2}"' in written[4]
+    data = b"".join(written) + r.finish()
+    _shape(data)
+    assert [(b.id, b.input) for b in sdk_accumulate(data).content] == [("c0", {"x": 1}), ("c1", {"y": 2})]
+
+
 def test_renderer_emits_each_event_immediately() -> None:
     r = A.StreamRenderer(Request(model="m", messages=[]))
     first = r.render(TextDelta(text="He"))  # no StreamStart: message_start comes with the first event

@@ -604,10 +604,12 @@ class StreamRenderer:
         self._text_head = b""
         self._signed = False  # the open thinking block already got its signature
         self._tool_blocks: dict[int, int] = {}  # unified tool-call index → block index
-        # Calls that began while another tool block was open (parallel calls whose fragments the
-        # upstream interleaves): index → [id, name, argument fragments], written whole once the
-        # open block is done, since Anthropic's blocks follow one another and cannot interleave.
+        # Calls that began while another tool block was open with its arguments unfinished (parallel
+        # calls whose fragments the upstream interleaves): index → [id, name, argument fragments],
+        # written once the open call's arguments are whole JSON (or other content comes), since
+        # Anthropic's blocks follow one another and cannot interleave.
         self._held: dict[int, list[Any]] = {}
+        self._open_args: list[str] = []  # the open tool block's argument fragments so far
         self._start_usage: Usage | None = None
         self._usage: Usage | None = None
         self._finish: FinishReason | None = None
@@ -716,19 +718,38 @@ class StreamRenderer:
             if ev.arguments:
                 held[2].append(ev.arguments)
             return
-        if blk is None and self._open == "tool_use":
-            # Another call's block is open: this one waits, whole, until that one is done.
+        if blk is None and self._open == "tool_use" and not _whole_json(self._open_args):
+            # Another call's block is open and its arguments are not finished: this one waits.
             self._held[ev.index] = [ev.id, ev.name, [ev.arguments] if ev.arguments else []]
             return
         if blk is None:
             cid = _tool_id(ev.id) if ev.id else _fallback_id(self._id, ev.index)
             blk = self._open_block("tool_use", {"type": "tool_use", "id": cid, "name": ev.name or "", "input": {}}, out)
             self._tool_blocks[ev.index] = blk
-        if ev.arguments:
+            self._open_args = []
+        if ev.arguments and blk == self._open_index and self._open == "tool_use":
+            out.append(self._delta({"type": "input_json_delta", "partial_json": ev.arguments}, blk))
+            self._open_args.append(ev.arguments)
+            if self._held and _whole_json(self._open_args):
+                self._next_held(out)
+        elif ev.arguments:
             # A fragment for a call whose block was closed by other content (text between a call's
             # fragments: no provider does this) still goes to that call's index, which the SDK
             # accumulates by; a call that waits behind an open block is held instead (above).
             out.append(self._delta({"type": "input_json_delta", "partial_json": ev.arguments}, blk))
+
+    def _next_held(self, out: list[bytes]) -> None:
+        """The open call's arguments are whole: the calls held behind it go live in turn (each
+        writes what it has so far; the next waits until that one's arguments are whole too)."""
+        while self._held and _whole_json(self._open_args):
+            index = next(iter(self._held))
+            cid, name, parts = self._held.pop(index)
+            block: dict[str, Any] = {"type": "tool_use", "id": _tool_id(cid) if cid else _fallback_id(self._id, index),
+                                     "name": name or "", "input": {}}
+            blk = self._tool_blocks[index] = self._open_block("tool_use", block, out)
+            if parts:
+                out.append(self._delta({"type": "input_json_delta", "partial_json": "".join(parts)}, blk))
+            self._open_args = parts
 
     def _release_held(self, out: list[bytes]) -> None:
         """The held calls, each a whole block after the open one (which this closes)."""
@@ -765,6 +786,18 @@ class StreamRenderer:
         if ev.redacted_data:
             self._open_block("redacted_thinking", {"type": "redacted_thinking", "data": ev.redacted_data}, out)
             self._close(out)
+
+
+def _whole_json(parts: list[str]) -> bool:
+    """Whether argument fragments already make a whole JSON value (the call is finished)."""
+    text = "".join(parts)
+    if not text.strip():
+        return False
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _error_type(err: Error) -> str:

@@ -607,7 +607,8 @@ def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> int:
                and text in r.getMessage())
 
 
-@pytest.mark.parametrize("form", ["redis://:hunter2@127.0.0.1:{port}/0", "redis://127.0.0.1:{port}/0?password=hunter2"])
+@pytest.mark.parametrize("form", ["redis://:hunter2@127.0.0.1:{port}/0", "redis://127.0.0.1:{port}/0?password=hunter2",
+                                  "redis://:hunter2@hunter2b@127.0.0.1:{port}/0"])  # (redis-py: "hunter2@hunter2b")
 async def test_unreachable_redis_keeps_serving_on_local_state_and_says_so(
         redis_url: str, prefix: str, clock: Callable[[], float], caplog: pytest.LogCaptureFixture, form: str) -> None:
     caplog.set_level(logging.INFO, "axonsim.server.shared_state")

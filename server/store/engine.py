@@ -6,6 +6,7 @@ import os
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -49,13 +50,27 @@ _SECRET_OPTIONS = ("password", "passwd", "sslpassword")
 
 
 def safe_url(url: str) -> str:
-    """The URL with its password masked, in the user part or as a query option: the only form that
-    may reach a log line or an exception."""
+    """The URL (a database's or Redis's) with its password masked, in the user part or as a query
+    option: the only form that may reach a log line or an exception. The user part ends at the
+    *last* "@" of the address, as redis-py reads it (SQLAlchemy stops at the first): everything up
+    to it after the user's name is masked, which covers either reading."""
     try:
-        u = make_url(url)
-        hidden = {k: "***" for k in u.query if k.lower() in _SECRET_OPTIONS}
-        return u.update_query_dict(hidden).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
-    except Exception:  # an unparsable URL still must not leak whatever it holds
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            netloc = f"{userinfo}@{hostport}"
+        query = "&".join(
+            f"{p.split('=', 1)[0]}=***" if unquote(p.split("=", 1)[0]).lower() in _SECRET_OPTIONS else p
+            for p in parts.query.split("&")) if parts.query else ""
+        if netloc == parts.netloc and query == parts.query:
+            return url
+        # Written out rather than urlunsplit, which drops the "//" of an empty host (sqlite:////x).
+        return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+                + (f"#{parts.fragment}" if parts.fragment else ""))
+    except ValueError:  # an unparsable URL still must not leak whatever it holds
         return "<unparsable url>"
 
 

@@ -261,6 +261,10 @@ class Gateway(_Strict):
     thread_header: str = Field("x-axonsim-thread-id", min_length=1)
     # Seconds a graceful shutdown lets in-flight requests and streams run before they are cancelled.
     shutdown_timeout: float = Field(30.0, ge=0)
+    # Seconds the gateway waits for a client that has stopped reading its answer (the socket's buffers
+    # full) before it closes the connection, as nginx's send_timeout: the request is then the client's
+    # cancel (499), and its upstream call is abandoned without counting against the channel.
+    send_timeout: float = Field(60.0, gt=0)
 
     @field_validator("admin_keys")
     @classmethod

@@ -186,6 +186,11 @@ class GatewayApp:
         self.fallback = fallback
         self.tune_gc = tune_gc  # the server process's own app (axonsim serve): see _tune_gc
 
+    @property
+    def send_timeout(self) -> float:
+        """gateway.send_timeout of the config in force, for the HTTP protocol (server/http_protocol.py)."""
+        return self.proxy.config.gateway.send_timeout
+
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # A plain function handing back the handler's coroutine, rather than a coroutine awaiting it:
         # one frame fewer for every resumption of every request. Servers must be told it is ASGI 3

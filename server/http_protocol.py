@@ -1,4 +1,4 @@
-"""uvicorn's httptools protocol, with each response head sent in the same write as the first body bytes, and keep-alive connections drained at shutdown.
+"""uvicorn's httptools protocol, with each response head sent in the same write as the first body bytes, keep-alive connections drained at shutdown, and clients that stop reading cut off.
 
 An ASGI app answers with two messages, http.response.start and http.response.body, and uvicorn
 writes each to the socket as it comes: two system calls per response, and on loopback two wake-ups
@@ -10,14 +10,22 @@ So the transport the protocol writes to holds a response head back until the nex
 then carries both. A head that no body follows in the same turn of the event loop (HEAD, 204, an
 app still computing its body) is written at the end of that turn, so nothing waits longer than the
 code already running. Everything else about the transport is the real one's.
+
+A client that stops reading a long answer fills the socket's buffers; the transport then pauses the
+protocol's writes, and uvicorn's `send` waits for ever: the request, its upstream connection and its
+slot stay taken. As nginx's `send_timeout`, a connection whose writes stay paused for the app's
+`send_timeout` seconds (gateway.send_timeout) is closed, which the app hears as the client leaving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("axonsim.server.http")
 
 _HEAD = b"HTTP/"  # how every status line uvicorn writes begins (responses, 100 Continue, its own errors)
 
@@ -68,6 +76,8 @@ class HeadHoldingTransport:
 # connection reset and was lost, as clients do not resend a POST. Meanwhile a request that arrives is
 # served and answered with `Connection: close`; after it, the client opens a new connection.
 DRAIN_GRACE = 1.0
+# gateway.send_timeout's default, for an app that does not say (uvicorn may wrap the app).
+SEND_TIMEOUT = 60.0
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
@@ -81,9 +91,31 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # at the newest request, so at a lost connection it told only a queued request, and the one
         # running went on (its upstream call included) for a client long gone.
         self._open: list[Any] = []
+        self._stall: asyncio.TimerHandle | None = None  # armed while the client is not reading
         super().connection_made(HeadHoldingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall is None:
+            timeout = getattr(self.app, "send_timeout", SEND_TIMEOUT)
+            self._stall = self.loop.call_later(timeout, self._stalled, timeout)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self, timeout: float) -> None:
+        self._stall = None
+        if not self.transport.is_closing():
+            log.info("a client read nothing of its answer for %g s (gateway.send_timeout): connection closed", timeout)
+            self.transport.abort()  # connection_lost follows: the request hears its client left
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         for cycle in self._open:
             if not cycle.response_complete:
                 cycle.disconnected = True

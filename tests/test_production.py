@@ -1085,6 +1085,38 @@ def test_a_stream_whose_client_stopped_reading_is_recorded_at_the_shutdown_deadl
             _stop(p)
 
 
+def test_a_client_that_stops_reading_is_cut_off_after_send_timeout(tmp_path: Path) -> None:
+    """The answer is larger than the socket buffers and the client stops reading: after
+    gateway.send_timeout the connection is closed, the request is the client's cancel (499), and
+    its channel is not charged (nginx's send_timeout). It used to wait for ever."""
+    db, _, procs, port = _gateway(tmp_path, "{ttft: 0.01, tokens_per_second: 400000, output_tokens: 1500000}",
+                                  send_timeout=0.5, admin_keys=["adm-send-timeout-1"])
+    try:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(_raw_post(port, {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+                            "stalled-client-0002"))
+        time.sleep(0.5)  # the stream is under way, held back by the client's full window
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            chans = httpx.get(f"http://127.0.0.1:{port}/admin/channels",
+                              headers={"authorization": "Bearer adm-send-timeout-1"}).json()["channels"]
+            if chans[0]["inflight"] == 0:
+                break
+            time.sleep(0.3)
+        assert chans[0]["inflight"] == 0 and chans[0]["failures"] == 0  # ended, not charged to the channel
+        s.close()
+        out, err = _stop(procs[1], sig=signal.SIGTERM)
+        assert "gateway.send_timeout" in err and "Traceback" not in err, err
+        rows = sqlite3.connect(db).execute("SELECT status, outcome FROM requests WHERE trace_id = ?",
+                                           ("stalled-client-0002",)).fetchall()
+        assert rows == [(499, "cancelled")]
+    finally:
+        for p in procs:
+            _stop(p)
+
+
 def test_a_pipelined_request_whose_client_left_is_cancelled_and_recorded_as_such(tmp_path: Path) -> None:
     """Two requests pipelined on one connection, then the client goes: uvicorn told only the queued
     one. The running one must be cancelled (its upstream call too) and recorded as 499, not run to

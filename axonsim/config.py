@@ -344,7 +344,7 @@ class Channel(_Strict):
     api_keys: list[UpstreamKey] = Field(default_factory=list)
     models: list[str] = Field(min_length=1)
     model_mapping: dict[str, str] = Field(default_factory=dict)
-    weight: float = Field(100, ge=0)
+    weight: float = Field(100, ge=0, allow_inf_nan=False)
     priority: int = 0
     enabled: bool = True
     behavior: Behavior = Field(default_factory=Behavior)
@@ -408,8 +408,8 @@ ACTIONS = ("retry", "failover", "give_up")
 class Backoff(_Strict):
     """delay(n) = min(cap, base·2^(n-1)), of which a `jitter` fraction is drawn uniformly."""
 
-    base: float = Field(0.1, ge=0)
-    cap: float = Field(5.0, ge=0)
+    base: float = Field(0.1, ge=0, allow_inf_nan=False)
+    cap: float = Field(5.0, ge=0, allow_inf_nan=False)
     jitter: float = Field(0.5, ge=0, le=1)
 
 
@@ -447,9 +447,10 @@ class Retry(_Strict):
     backoff: Backoff = Field(default_factory=Backoff)
     # Lookup order: error patterns, then status, then kind; merged over axonsim.policy's default table.
     on: dict[ErrorKind, Action] = Field(default_factory=dict)
-    statuses: dict[int, Action] = Field(default_factory=dict)
+    statuses: dict[Annotated[int, Field(ge=100, le=599)], Action] = Field(default_factory=dict)
     patterns: list[ErrorPattern] = Field(default_factory=list)
-    deadline: float | None = Field(None, gt=0, description="total seconds per client request across attempts")
+    deadline: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                   description="total seconds per client request across attempts")
     budget: RetryBudget = Field(default_factory=RetryBudget)
 
 
@@ -458,7 +459,7 @@ class RetryOverride(_Strict):
 
     max_same_channel: int | None = Field(None, ge=0)
     on: dict[ErrorKind, Action] = Field(default_factory=dict)
-    statuses: dict[int, Action] = Field(default_factory=dict)
+    statuses: dict[Annotated[int, Field(ge=100, le=599)], Action] = Field(default_factory=dict)
     patterns: list[ErrorPattern] = Field(default_factory=list)
 
 
@@ -510,7 +511,7 @@ class Hedge(_Strict):
     `delay` seconds, or after the given percentile of recently observed TTFT ("p95")."""
 
     enabled: bool = False
-    delay: float | None = Field(None, gt=0)
+    delay: float | None = Field(None, gt=0, allow_inf_nan=False)
     percentile: float | None = Field(None, gt=0, lt=100)
     min_samples: int = Field(20, ge=1)
 
@@ -530,8 +531,14 @@ class StrategyOptions(_Strict):
 
 
 class Cooldown(_Strict):
-    default: float = Field(60.0, ge=0, description="429 cooldown when the upstream gave no Retry-After")
-    max: float = Field(300.0, ge=0)
+    default: float = Field(60.0, ge=0, allow_inf_nan=False, description="429 cooldown when the upstream gave no Retry-After")
+    max: float = Field(300.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> Cooldown:
+        if self.default > self.max:
+            raise ValueError(f"default ({self.default:g}) is larger than max ({self.max:g}), which would cap it")
+        return self
 
 
 class Routing(_Strict):

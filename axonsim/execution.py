@@ -420,6 +420,9 @@ class Router:
                         if decisions is not None:
                             decisions[-1].update(chosen=cand.state.name, by=chosen_by)
                 if cand is None:  # nothing may take an attempt now
+                    if decisions is not None:  # the trace says why this tier served nothing
+                        decisions.append({"tier": "panic" if in_panic else tier_no - 1, "time": now,
+                                          "candidates": balancer.explain(remaining, now, tokens, ctx), "chosen": None})
                     if unavailable is None:
                         unavailable = {}
                     for c in remaining:
@@ -458,9 +461,9 @@ class Router:
                         rest = [c for c in remaining if c is not cand]
                         if retry_at is None:
                             retry_at = {}
-                        out, call, extra, cand = yield from self._hedged(call, cand, hedge_delay, rest, rng, tokens,
-                                                                         deadline, request, attempts, decision, ctx,
-                                                                         retry_at)
+                        out, call, extra, cand, decision = yield from self._hedged(
+                            call, cand, hedge_delay, rest, rng, tokens, deadline, request, attempts, decision,
+                            decisions, ctx, retry_at)
                         n += extra
                         st = call.state
                         key = call.key
@@ -547,23 +550,31 @@ class Router:
 
     def _hedged(self, first: Call, first_cand: Candidate, delay: float, remaining: list[Candidate],
                 rng: random.Random, tokens: int, deadline: float | None, request: Any, attempts: list[AttemptRecord],
-                decision: int | None, ctx: PickContext, retry_at: dict[tuple[str, int | None], float],
-                ) -> Generator[Effect, Any, tuple[Outcome, Call, int, Candidate]]:
+                decision: int | None, decisions: list[dict[str, Any]] | None, ctx: PickContext,
+                retry_at: dict[tuple[str, int | None], float],
+                ) -> Generator[Effect, Any, tuple[Outcome, Call, int, Candidate, int | None]]:
         """Run `first`; if it has no first event after `delay`, start one more attempt on the best
         other candidate. The first success wins and the loser is cancelled and recorded; if both
         fail, the later failure is returned. Returns (outcome, the Call it belongs to, extra attempts,
-        that Call's candidate: a retry after it goes to that channel with its upstream model)."""
+        that Call's candidate: a retry after it goes to that channel with its upstream model, and the
+        decision that chose it: the hedge's pick is a decision of its own, `by: hedge`)."""
         h1 = yield Launch(first)
         got = yield Race((h1,), delay)
         if got is not None:
-            return got[1], first, 0, first_cand
+            return got[1], first, 0, first_cand, decision
         now = first.start + delay
         second = self.balancer.pick(remaining, now, rng, tokens, None, ctx)
         if second is not None and self.budget.enabled and not self.budget.try_retry(now):
             second = None  # a hedge is an extra attempt: the retry budget counts it (as Envoy does)
         if second is None:
             got = yield Race((h1,), None)
-            return got[1], first, 0, first_cand
+            return got[1], first, 0, first_cand, decision
+        decision2 = decision
+        if decisions is not None:
+            decision2 = len(decisions)
+            decisions.append({"tier": decisions[decision]["tier"] if decision is not None else None, "time": now,
+                              "candidates": self.balancer.explain(remaining, now, tokens, ctx),
+                              "chosen": second.state.name, "by": "hedge"})
         remaining.remove(second)
         key = second.state.next_key(now, rng, tokens)
         call2 = self._call(second.state, second.upstream_model, key, first.attempt + 1, request, tokens, deadline,
@@ -585,11 +596,13 @@ class Router:
                         # percentile drifts low and hedges fire ever more often).
                         lost.stats.add(t - lost.start)
                     attempts.append(AttemptRecord(lost.attempt, lost.state.name, lost.state.key_name(lost.key),
-                                                  lost.upstream_model, lost.start, t, 0, None, "hedge_lost", decision))
+                                                  lost.upstream_model, lost.start, t, 0, None, "hedge_lost",
+                                                  decision if lost is first else decision2))
                 # the caller records `c`'s outcome, under c.attempt, after these
-                return o, c, 1, (first_cand if c is first else second)
+                return o, c, 1, (first_cand if c is first else second), (decision if c is first else decision2)
             attempts.append(AttemptRecord(c.attempt, c.state.name, c.state.key_name(c.key), c.upstream_model,
-                                          c.start, o.end, o.status, o.kind, "hedge_failed", decision))
+                                          c.start, o.end, o.status, o.kind, "hedge_failed",
+                                          decision if c is first else decision2))
             if o.retry_after is not None:
                 retry_at[(c.state.name, c.key)] = o.end + o.retry_after
 

@@ -312,17 +312,57 @@ def test_decision_trace_names_candidates_scores_and_reasons(driver):
     assert all(a["key"] is None or "secret" not in a["key"] for a in trace["attempts"])
 
 
+def test_the_trace_says_why_a_tier_served_nothing(driver):
+    # The primary cools down after a 429: the backup tier serves, and the trace shows why.
+    r = make(chans(2, c1={"priority": 1}), strategy="weighted", retry={"max_same_channel": 0})
+    driver(r, "m", by_channel({"c0": fail(429, retry_after=30.0, after=0.0), "c1": ok(0.0)}))
+    trace = driver(r, "m", by_channel({"c1": ok(0.0)}), explain=True, now=5.0).explain()
+    assert [(d["tier"], d["chosen"]) for d in trace["decisions"]] == [(0, None), (1, "c1")]
+    assert trace["decisions"][0]["candidates"][0] == {"channel": "c0", "upstream_model": "m",
+                                                      "unavailable": "cooling_down"}
+    assert trace["attempts"][0]["decision"] == 1
+    # nothing anywhere: the client's 429 comes with the trace of why
+    alone = make(chans(1), retry=NO_RETRY)
+    driver(alone, "m", fail(429, retry_after=30.0, after=0.0))
+    res = driver(alone, "m", ok(0.0), explain=True, now=5.0)
+    assert res.error.status == 429 and res.attempts == []
+    assert [c["unavailable"] for c in res.explain()["decisions"][0]["candidates"]] == ["cooling_down"]
+
+
+def test_a_hedge_pick_is_a_decision_of_its_own(driver):
+    r = make(chans(3, c0={"weight": 100}, c1={"weight": 50}, c2={"weight": 10}), strategy="failover",
+             hedge={"enabled": True, "delay": 0.3})
+    res = driver(r, "m", by_channel({"c0": ok(1.0), "c1": ok(0.2), "c2": ok(0.2)}), explain=True)
+    trace = res.explain()
+    assert [(d["chosen"], d.get("by")) for d in trace["decisions"]] == [("c0", "strategy"), ("c1", "hedge")]
+    assert {c["channel"] for c in trace["decisions"][1]["candidates"]} == {"c1", "c2"}
+    assert [(a["channel"], a["next"], a["decision"]) for a in trace["attempts"]] == [
+        ("c0", "hedge_lost", 0), ("c1", "done", 1)]
+
+
 @pytest.mark.parametrize("routing, field", [
     ({"strategy": "fastest-ever"}, "routing.strategy"),
     ({"composite": {"vibes": 1}}, "routing.composite"),
     ({"retry": {"patterns": [{"pattern": "(", "action": "retry"}]}}, "routing.retry.patterns[0].pattern"),
     ({"health": {"outlier": {"max_ejection_percent": 150}}}, "routing.health.outlier.max_ejection_percent"),
     ({"retry": {"on": {"server_error": "explode"}}}, "routing.retry.on.server_error"),
+    ({"retry": {"statuses": {99: "retry"}}}, "routing.retry.statuses[99]"),
+    ({"retry": {"deadline": float("inf")}}, "routing.retry.deadline"),
+    ({"retry": {"backoff": {"cap": float("inf")}}}, "routing.retry.backoff.cap"),
+    ({"hedge": {"enabled": True, "delay": float("inf")}}, "routing.hedge.delay"),
+    ({"cooldown": {"default": 600, "max": 5}}, "routing.cooldown"),
 ])
 def test_bad_routing_config_is_rejected_at_startup_naming_the_field(routing, field):
     with pytest.raises(ConfigError) as e:
         make(chans(1), **routing)
     assert field in str(e.value)
+
+
+def test_an_infinite_weight_is_rejected_naming_the_field():
+    # inf/inf made composite scores NaN and sent every request to the *other* channel.
+    with pytest.raises(ConfigError) as e:
+        make([{"name": "c0", "models": ["m"], "weight": float("inf")}])
+    assert "channels[0].weight" in str(e.value)
 
 
 def test_panic_mode_tries_health_excluded_channels_rather_than_fail_without_an_attempt(driver):

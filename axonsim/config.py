@@ -532,13 +532,8 @@ class StrategyOptions(_Strict):
 
 class Cooldown(_Strict):
     default: float = Field(60.0, ge=0, allow_inf_nan=False, description="429 cooldown when the upstream gave no Retry-After")
+    # Caps every cooldown, the default's included: `max: 0` turns 429 cooldowns off.
     max: float = Field(300.0, ge=0, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _default_within_max(self) -> Cooldown:
-        if self.default > self.max:
-            raise ValueError(f"default ({self.default:g}) is larger than max ({self.max:g}), which would cap it")
-        return self
 
 
 class Routing(_Strict):

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from axonsim.config import ConfigError, Retry, parse_config
+from axonsim.config import Retry, parse_config
 from axonsim.execution import Outcome, Router
 from axonsim.native import fields
 from axonsim.policy import DEFAULT_TABLE, Action, Policy
@@ -105,9 +105,11 @@ def test_429_without_retry_after_uses_the_default_cooldown_and_a_longer_retry_af
     assert r.by_name["a"].cooldown_until == pytest.approx(1.0 + 5.0)
     driver(r, "m", fail(429, retry_after=30), now=100.0)
     assert r.by_name["a"].cooldown_until == pytest.approx(101.0 + 10.0)
-    # a default the cap would cut is a contradiction in the config, refused rather than capped
-    with pytest.raises(ConfigError, match="routing.cooldown"):
-        parse_config({"channels": [{"name": "a", "models": ["m"]}], "routing": {"cooldown": {"default": 30, "max": 10}}})
+    # the cap applies to the default too (`max: 0` turns cooldowns off)
+    r = Router(parse_config({"channels": [{"name": "a", "models": ["m"]}],
+                             "routing": {"cooldown": {"default": 30, "max": 10}}}))
+    driver(r, "m", fail(429))
+    assert r.by_name["a"].cooldown_until == pytest.approx(1.0 + 10.0)
 
 
 def test_every_channel_failing_returns_the_last_error_mapped(driver):

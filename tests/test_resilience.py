@@ -350,7 +350,7 @@ def test_a_hedge_pick_is_a_decision_of_its_own(driver):
     ({"retry": {"deadline": float("inf")}}, "routing.retry.deadline"),
     ({"retry": {"backoff": {"cap": float("inf")}}}, "routing.retry.backoff.cap"),
     ({"hedge": {"enabled": True, "delay": float("inf")}}, "routing.hedge.delay"),
-    ({"cooldown": {"default": 600, "max": 5}}, "routing.cooldown"),
+    ({"cooldown": {"default": float("inf")}}, "routing.cooldown.default"),
 ])
 def test_bad_routing_config_is_rejected_at_startup_naming_the_field(routing, field):
     with pytest.raises(ConfigError) as e:

@@ -13,14 +13,19 @@ code already running. Everything else about the transport is the real one's.
 
 A client that stops reading a long answer fills the socket's buffers; the transport then pauses the
 protocol's writes, and uvicorn's `send` waits for ever: the request, its upstream connection and its
-slot stay taken. As nginx's `send_timeout`, a connection whose writes stay paused for the app's
-`send_timeout` seconds (gateway.send_timeout) is closed, which the app hears as the client leaving.
+slot stay taken. As nginx's `send_timeout`, a connection whose paused writes make no progress for
+the app's `send_timeout` seconds (gateway.send_timeout: the transport's buffer did not shrink at
+all, the client read nothing) is closed, which the app hears as the client leaving. A client that
+reads slowly but steadily (a large answer on a slow link) is not cut off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import struct
+import termios
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -78,6 +83,7 @@ class HeadHoldingTransport:
 DRAIN_GRACE = 1.0
 # gateway.send_timeout's default, for an app that does not say (uvicorn may wrap the app).
 SEND_TIMEOUT = 60.0
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # a socket's unsent bytes (Linux)
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
@@ -91,14 +97,32 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # at the newest request, so at a lost connection it told only a queued request, and the one
         # running went on (its upstream call included) for a client long gone.
         self._open: list[Any] = []
-        self._stall: asyncio.TimerHandle | None = None  # armed while the client is not reading
+        self._stall: asyncio.TimerHandle | None = None  # armed while the writes are paused
+        self._unsent = 0  # the transport's buffer when the timer was armed
         super().connection_made(HeadHoldingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
 
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._stall is None:
-            timeout = getattr(self.app, "send_timeout", SEND_TIMEOUT)
-            self._stall = self.loop.call_later(timeout, self._stalled, timeout)
+            self._arm(getattr(self.app, "send_timeout", SEND_TIMEOUT))
+
+    def _arm(self, timeout: float) -> None:
+        self._unsent = self._pending()
+        self._stall = self.loop.call_later(timeout, self._stalled, timeout)
+
+    def _pending(self) -> int:
+        """Bytes the client has yet to take: the transport's buffer and the socket's send queue
+        (the kernel's, TIOCOUTQ where there is one). The transport refills the kernel's queue only
+        when a third of it is free, so its own buffer alone may stand still for many seconds while a
+        slow client reads; the kernel's queue shrinks with every byte the client acknowledges."""
+        n: int = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if _OUTQ is not None and sock is not None:
+            try:
+                n += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+            except (OSError, ValueError):
+                pass
+        return n
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -108,7 +132,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def _stalled(self, timeout: float) -> None:
         self._stall = None
-        if not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if self._pending() < self._unsent:
+            self._arm(timeout)  # the client read some: slow, not stalled
+        else:
             log.info("a client read nothing of its answer for %g s (gateway.send_timeout): connection closed", timeout)
             self.transport.abort()  # connection_lost follows: the request hears its client left
 

@@ -191,3 +191,21 @@ def test_a_store_password_given_as_a_query_option_is_hidden_and_scrubbed() -> No
     assert "QSECRET" not in safe_url(url) and "password=***" in safe_url(url) and "ssl=disable" in safe_url(url)
     assert url_password(url) == "QSECRET-PW-42"  # what the scrubber masks in stored bodies
     assert url_password("postgresql+asyncpg://u:pw@h/db") == "pw"
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://axon:s3cr/et-PW@127.0.0.1:5432/axonsim", "postgresql://axon:***@127.0.0.1:5432/axonsim"),
+    ("postgresql://u:p#w-PW@h/db", "postgresql://u:***@h/db"),
+    ("postgresql://u:p?w-PW@h/db", "postgresql://u:***@h/db"),
+    ("redis://:pa@ss-PW@h:6379/0", "redis://:***@h:6379/0"),  # redis-py: the password is "pa@ss-PW"
+    ("redis://h:6379/0?password=x-PW&db=1", "redis://h:6379/0?password=***&db=1"),
+    ("postgresql+asyncpg://u:pw-PW@[::1]:5432/db?ssl=disable", "postgresql+asyncpg://u:***@[::1]:5432/db?ssl=disable"),
+    ("unix:///tmp/r.sock?password=x-PW", "unix:///tmp/r.sock?password=***"),
+    ("sqlite+aiosqlite:////tmp/x.db", "sqlite+aiosqlite:////tmp/x.db"),
+    ("sqlite+aiosqlite:///rel.db", "sqlite+aiosqlite:///rel.db"),
+    ("postgresql://host/db?application_name=a@b", "postgresql://host/db?application_name=a@b"),
+])
+def test_a_url_is_shown_with_its_password_masked_however_a_library_reads_it(url: str, shown: str) -> None:
+    from server.store.engine import safe_url
+
+    assert safe_url(url) == shown and "PW" not in safe_url(url)

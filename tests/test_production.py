@@ -1117,6 +1117,39 @@ def test_a_client_that_stops_reading_is_cut_off_after_send_timeout(tmp_path: Pat
             _stop(p)
 
 
+def test_a_client_reading_slowly_but_steadily_is_not_cut_off(tmp_path: Path) -> None:
+    """A large answer on a slow link keeps the writes paused for longer than send_timeout, but the
+    client reads all the while: it gets the whole answer (nginx's send_timeout is between reads)."""
+    db, _, procs, port = _gateway(tmp_path, "{ttft: 0.01, tokens_per_second: 100000000, output_tokens: 1500000}",
+                                  send_timeout=0.3)
+    try:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.connect(("127.0.0.1", port))
+        s.sendall(_raw_post(port, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "slow-client-0001"))
+        data = b""
+        started = time.monotonic()
+        while b"\r\n\r\n" not in data or len(data) - data.index(b"\r\n\r\n") - 4 < _length(data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            time.sleep(0.02)  # at most ~3 MB/s: megabytes wait beyond the socket buffers for over a second
+        s.close()
+        assert data.startswith(b"HTTP/1.1 200") and time.monotonic() - started > 1.0
+        assert len(data) - data.index(b"\r\n\r\n") - 4 == _length(data)
+        out, err = _stop(procs[1], sig=signal.SIGTERM)
+        assert "gateway.send_timeout" not in err, err
+    finally:
+        for p in procs:
+            _stop(p)
+
+
+def _length(head: bytes) -> int:
+    m = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+    return int(m.group(1)) if m else 1 << 62
+
+
 def test_a_pipelined_request_whose_client_left_is_cancelled_and_recorded_as_such(tmp_path: Path) -> None:
     """Two requests pipelined on one connection, then the client goes: uvicorn told only the queued
     one. The running one must be cancelled (its upstream call too) and recorded as 499, not run to

@@ -6,7 +6,7 @@ import os
 import sqlite3
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -51,27 +51,36 @@ _SECRET_OPTIONS = ("password", "passwd", "sslpassword")
 
 def safe_url(url: str) -> str:
     """The URL (a database's or Redis's) with its password masked, in the user part or as a query
-    option: the only form that may reach a log line or an exception. The user part ends at the
-    *last* "@" of the address, as redis-py reads it (SQLAlchemy stops at the first): everything up
-    to it after the user's name is masked, which covers either reading."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
-            if ":" in userinfo:
-                userinfo = userinfo.split(":", 1)[0] + ":***"
-            netloc = f"{userinfo}@{hostport}"
-        query = "&".join(
-            f"{p.split('=', 1)[0]}=***" if unquote(p.split("=", 1)[0]).lower() in _SECRET_OPTIONS else p
-            for p in parts.query.split("&")) if parts.query else ""
-        if netloc == parts.netloc and query == parts.query:
-            return url
-        # Written out rather than urlunsplit, which drops the "//" of an empty host (sqlite:////x).
-        return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-                + (f"#{parts.fragment}" if parts.fragment else ""))
-    except ValueError:  # an unparsable URL still must not leak whatever it holds
-        return "<unparsable url>"
+    option: the only form that may reach a log line or an exception.
+
+    Libraries disagree on where a password ends: SQLAlchemy at the first "@" (so it may hold "/",
+    "?" or "#"), redis-py at the last "@" before the path. Everything from the user's ":" up to the
+    later of the two is masked, which hides the password under either reading."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url if "@" not in url and "?" not in url else "<unparsable url>"
+    ends = []
+    first = rest.find("@")
+    if first != -1:
+        user = rest[:first].split(":", 1)[0]
+        if not any(c in user for c in "/?#"):  # else that "@" is not the end of a user part
+            ends.append(first)
+    host_end = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
+    last = rest.rfind("@", 0, host_end)
+    if last != -1:
+        ends.append(last)
+    at = max(ends, default=-1)
+    if at != -1:
+        userinfo = rest[:at]
+        colon = userinfo.find(":")
+        rest = (userinfo[:colon] + ":***" if colon != -1 else userinfo) + rest[at:]
+    q = rest.find("?", at + 1)
+    if q != -1:
+        query, hash_, fragment = rest[q + 1:].partition("#")
+        query = "&".join(f"{p.split('=', 1)[0]}=***" if unquote(p.split("=", 1)[0]).lower() in _SECRET_OPTIONS
+                         else p for p in query.split("&"))
+        rest = rest[:q + 1] + query + hash_ + fragment
+    return f"{scheme}://{rest}"
 
 
 def url_password(url: str) -> str | None:

@@ -627,12 +627,10 @@ class LiveStream:
             self._succeed()
             return None
         if self.ending:
-            # The answer is whole. Waiting (briefly) for the body's end lets the connection go back
-            # to the pool; an upstream that leaves it open past that is closed, the answer kept.
-            try:
-                await self.resp.finish()
-            finally:
-                self._succeed()
+            # The answer is whole: the client hears its end now. The body's end is awaited in the
+            # background (to pool the connection); an upstream that leaves it open is closed.
+            self.resp.finish()
+            self._succeed()
             return None
         asked = time.monotonic()
         try:

@@ -94,9 +94,10 @@ class UpstreamResponse(Protocol):
         """The next piece of the body as it arrives, b"" at the end."""
         ...
 
-    async def finish(self) -> None:
-        """After a stream's terminal event: wait briefly for the body's end, so that the connection
-        goes back to the pool, then close (abort, if the end did not come). Never raises but a cancel."""
+    def finish(self) -> None:
+        """After a stream's terminal event: the body's end is awaited briefly in the background (the
+        client's end of stream does not wait for it), so that the connection goes back to the pool;
+        then the response is closed (aborted, if the end did not come). Never raises."""
         ...
 
     def began(self) -> None:
@@ -133,6 +134,7 @@ _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 # the connection be pooled; an upstream that keeps the body open longer has its connection closed.
 END_GRACE = 1.0
 MOCK_END_GRACE = 0.05
+_DRAINS: set[asyncio.Task[None]] = set()  # finish's waits under way (a task needs a reference held)
 _TIMED_OUT = "the upstream did not answer in time"
 
 
@@ -258,6 +260,11 @@ class AiohttpUpstream:
                                               skip_auto_headers=("User-Agent",), auto_decompress=True)
 
     async def aclose(self) -> None:
+        drains = list(_DRAINS)
+        for t in drains:
+            t.cancel()
+        if drains:
+            await asyncio.gather(*drains, return_exceptions=True)
         if self._deadlines is not None:
             self._deadlines.close()
         if self._session is not None:
@@ -335,7 +342,7 @@ class ReadResponse:
     def began(self) -> None:
         pass
 
-    async def finish(self) -> None:
+    def finish(self) -> None:
         pass
 
     def close(self) -> None:
@@ -355,7 +362,7 @@ class _StreamResponse:
     does not move: the request's own deadline (routing.retry.deadline), when it has one."""
 
     __slots__ = ("_resp", "_loop", "_deadlines", "_watch", "_first", "_total", "_hard", "_idle", "_got_first",
-                 "_eof", "_read_end", "status", "headers")
+                 "_eof", "_read_end", "_drain", "status", "headers")
 
     def __init__(self, resp: aiohttp.ClientResponse, loop: asyncio.AbstractEventLoop, deadlines: Deadlines,
                  first: float, total: float, idle: float, hard: float = math.inf) -> None:
@@ -370,6 +377,7 @@ class _StreamResponse:
         self._got_first = False
         self._eof = False
         self._read_end = 0.0  # when the last read returned (0: no read yet)
+        self._drain: asyncio.Task[None] | None = None  # finish's wait for the body's end
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
 
@@ -428,9 +436,18 @@ class _StreamResponse:
     def began(self) -> None:
         self._got_first = True
 
-    async def finish(self) -> None:
-        if self._eof:
+    def finish(self) -> None:
+        if self._eof or self._drain is not None:
             return
+        if self._resp.content.at_eof():  # the usual case: the end came with the terminal event
+            self._eof = True
+            self._resp.release()
+            return
+        self._drain = task = self._loop.create_task(self._drain_end())
+        _DRAINS.add(task)
+        task.add_done_callback(_DRAINS.discard)
+
+    async def _drain_end(self) -> None:
         w = self._watch
         w.at = self._loop.time() + min(self._idle, END_GRACE)
         self._deadlines.add(w)
@@ -440,13 +457,16 @@ class _StreamResponse:
             if not w.expired:
                 self._eof = True
                 self._resp.release()  # the body's end: the connection goes back to the pool
-        except _TRANSPORT_ERRORS:
+        except (asyncio.CancelledError, *_TRANSPORT_ERRORS):  # cancelled: the gateway is closing
             pass
         finally:
             self._deadlines.discard(w)
-        self.close()
+            self._drain = None
+            self.close()
 
     def close(self) -> None:
+        if self._drain is not None:
+            return  # finish's wait closes it when it ends
         self._deadlines.discard(self._watch)
         if not self._eof:
             self._eof = True
@@ -518,6 +538,7 @@ class MockResponse:
         self.cancelled = False  # the driver was cancelled while waiting on this response
         self.finished = False  # read to the end
         self.began_at: int | None = None
+        self.finishing: asyncio.Task[None] | None = None  # finish's read of the rest
 
     async def read(self) -> bytes:
         out: list[bytes] = []
@@ -548,7 +569,10 @@ class MockResponse:
     def began(self) -> None:
         self.began_at = len(self._chunks)  # chunks still to come when the driver committed
 
-    async def finish(self) -> None:
+    def finish(self) -> None:
+        self.finishing = asyncio.get_running_loop().create_task(self._rest())
+
+    async def _rest(self) -> None:
         try:
             await asyncio.wait_for(self.read(), MOCK_END_GRACE)  # the rest, up to its end
         except (TimeoutError, UpstreamError, OSError):

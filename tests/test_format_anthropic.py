@@ -337,6 +337,18 @@ def test_parallel_calls_one_after_another_stream_as_they_come() -> None:
     assert [(b.id, b.input) for b in sdk_accumulate(data).content] == [("c0", {"x": 1}), ("c1", {"y": 2})]
 
 
+def test_whitespace_after_a_whole_call_does_not_reopen_it() -> None:
+    # A's arguments are whole, so B goes live; A's trailing "\n" then must not be a delta to A's
+    # closed block (orjson takes trailing whitespace as part of a whole value).
+    events: list[StreamEvent] = [
+        ToolCallDelta(index=0, id="a", name="f", arguments='{"a":1}'), ToolCallDelta(index=1, id="b", name="g"),
+        ToolCallDelta(index=1, arguments='{"b":'), ToolCallDelta(index=0, arguments="\n"),
+        ToolCallDelta(index=1, arguments="2}"), FinishEvent(reason="tool_calls")]
+    out = render_stream(events)
+    _shape(out)
+    assert [(b.id, b.input) for b in sdk_accumulate(out).content] == [("a", {"a": 1}), ("b", {"b": 2})]
+
+
 def test_renderer_emits_each_event_immediately() -> None:
     r = A.StreamRenderer(Request(model="m", messages=[]))
     first = r.render(TextDelta(text="He"))  # no StreamStart: message_start comes with the first event

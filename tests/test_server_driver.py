@@ -517,7 +517,15 @@ async def test_a_stream_ends_at_its_terminal_event_though_the_connection_stays_o
     up = MockUpstream(lambda r: MockReply(200, chunks=[c for c in script if c is not HANG]))
     result, _ = await run(Proxy(make_config(), up, seed=1), request(stream=True))
     await drain(result.outcome.payload)
+    await up.responses[0].finishing
     assert up.responses[0].finished
+    # the client's end does not wait for an upstream that holds its body open after the terminal event
+    up = MockUpstream(lambda r: MockReply(200, chunks=[c for c in script if c is not HANG] + [0.9]))
+    result, _ = await run(Proxy(make_config(), up, seed=1), request(stream=True))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await drain(result.outcome.payload)
+    assert loop.time() - t0 < 0.5
 
 
 async def test_a_gemini_stream_that_finished_and_then_stalls_is_complete() -> None:

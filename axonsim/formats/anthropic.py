@@ -730,9 +730,11 @@ class StreamRenderer:
         if ev.arguments and blk == self._open_index and self._open == "tool_use":
             out.append(self._delta({"type": "input_json_delta", "partial_json": ev.arguments}, blk))
             self._open_args.append(ev.arguments)
-            if self._held and _whole_json(self._open_args):
+            # Only a fragment that closes an object or array can make the arguments whole: parsing
+            # them all again at every other fragment would cost the square of their length.
+            if self._held and ev.arguments.rstrip()[-1:] in ("}", "]") and _whole_json(self._open_args):
                 self._next_held(out)
-        elif ev.arguments:
+        elif ev.arguments and not ev.arguments.isspace():  # (whitespace after whole JSON says nothing)
             # A fragment for a call whose block was closed by other content (text between a call's
             # fragments: no provider does this) still goes to that call's index, which the SDK
             # accumulates by; a call that waits behind an open block is held instead (above).

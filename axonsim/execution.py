@@ -528,7 +528,12 @@ class Router:
                             same += 1
                             rec.next = "retry"
                         now = yield Wait(wait)
-                        continue
+                        if st.unavailable_reason(now, cand.upstream_model, tokens) is None:
+                            continue
+                        # The wait over, this channel may not take the attempt (its concurrency or
+                        # rate limit, taken by other requests meanwhile; its breaker): the next one.
+                        rec.next = "failover"
+                        break
                     rec.next = "failover"
                     now = yield Wait(wait)
                     break

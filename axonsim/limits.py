@@ -2,8 +2,10 @@
 
 RPM/TPM use a sliding window estimated from two fixed one-minute windows (the current count plus
 the previous minute's count weighted by how much of it still overlaps the last 60 s) — O(1) per
-call, within a few percent of an exact log, and the same arithmetic Cloudflare and Envoy's local
-rate limiters use. A channel at its limit is skipped before a call is wasted.
+call, the same arithmetic Cloudflare and Envoy's local rate limiters use. It assumes the previous
+minute's calls were spread evenly: for steady traffic it is within a few percent of an exact log,
+but calls bunched at the end of a minute are under-counted just after it, so a burst across the
+boundary can pass the limit by up to about a quarter within one sliding minute. A channel at its limit is skipped before a call is wasted.
 """
 
 from __future__ import annotations

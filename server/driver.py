@@ -295,11 +295,17 @@ class LiveDriver:
 
     def _launch(self, call: Call, ex: Exchange) -> int:
         handle = len(ex.launched)
-        task = asyncio.get_running_loop().create_task(self._attempt(call, ex))
+        # Started now, as execution picked it, not when the task first runs: until then another
+        # request's pick would not see it (in-flight, rate and quota windows) and pass the limits.
+        call.started(self.clock.now())
+        ran = [False]
+        task = asyncio.get_running_loop().create_task(self._attempt(call, ex, ran))
         finished = ex.finished
 
-        def done(_: asyncio.Task[Outcome]) -> None:
+        def done(t: asyncio.Task[Outcome]) -> None:
             finished.append(handle)  # completion order is what Race answers by
+            if not ran[0]:  # cancelled before it ran: its own cleanup never did, so report it here
+                call.cancelled(self.clock.now())
 
         task.add_done_callback(done)
         ex.launched.append(task)
@@ -347,12 +353,16 @@ class LiveDriver:
 
     # -- one attempt -----------------------------------------------------------------------------
 
-    async def _attempt(self, call: Call, ex: Exchange) -> Outcome:
+    async def _attempt(self, call: Call, ex: Exchange, launched: list[bool] | None = None) -> Outcome:
+        """`launched`: a Launch's flag, set as this starts running (_launch started the call)."""
         ch = self.channels[call.state.index]
         clock = self.clock
         entry: list[Any] = [call, None]
         ex.trace.append(entry)
-        call.started(clock.now())
+        if launched is None:
+            call.started(clock.now())
+        else:
+            launched[0] = True
         try:
             try:
                 body = self._body(ex, ch, call.upstream_model)

@@ -599,3 +599,76 @@ async def test_a_json_error_body_where_a_stream_was_asked_for_keeps_the_provider
     up = MockUpstream(lambda r: MockReply(200, b"data: " + array + b"\n\n", headers={"content-type": "application/json"}))
     result, _ = await run(Proxy(config, up, seed=1), request(stream=True))
     assert result.ok and "".join(e.text for e in await drain(result.outcome.payload) if e.type == "text") == "Hi"
+
+
+def _limited_config(**routing: Any) -> Any:
+    return parse_config({
+        "channels": [{"name": n, "type": "openai", "base_url": f"http://{n}.test/v1", "api_keys": [f"key-{n}-000001"],
+                      "models": ["m"], "limits": {"max_concurrency": 1}} for n in ("a", "b")],
+        "routing": {"strategy": "round_robin", **routing},
+    })
+
+
+class _Counting:
+    """A MockUpstream handler that measures how many calls each host has at once."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.now: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.fail = fail  # a marker in a request's body that makes host a answer 500
+
+    async def __call__(self, r: UpstreamRequest) -> MockReply:
+        h = host(r)
+        self.now[h] = self.now.get(h, 0) + 1
+        self.peak[h] = max(self.peak.get(h, 0), self.now[h])
+        try:
+            if self.fail and self.fail.encode() in r.body and h == "a.test":
+                return MockReply(500, error_body(500, "boom"))
+            await asyncio.sleep(0.3)
+            return MockReply(200, chat_body())
+        finally:
+            self.now[h] -= 1
+
+
+async def test_hedged_attempts_count_against_limits_from_their_launch() -> None:
+    # With hedging on, the first attempt is launched as a task; it must hold its channel's slot from
+    # the pick, not from when the task first runs (concurrent picks saw the channel free: 10 calls
+    # at once on a channel limited to 3).
+    counting = _Counting()
+    proxy = Proxy(_limited_config(hedge={"enabled": True, "delay": 5.0}), MockUpstream(counting), seed=1)
+    results = await asyncio.gather(*(run(proxy, request()) for _ in range(6)))
+    assert max(counting.peak.values()) == 1
+    assert sum(r.ok for r, _ in results) == 2 and all(r.error.status == 429 for r, _ in results if not r.ok)
+    assert all(s.inflight == 0 for s in proxy.router.states)
+
+
+async def test_a_retry_on_the_same_channel_waits_its_turn_at_the_limits() -> None:
+    # X fails on a and would retry there after its backoff; meanwhile Y took a's only slot: X's
+    # retry must go elsewhere, not make a second call on a.
+    counting = _Counting(fail="request-x")
+    proxy = Proxy(_limited_config(retry={"max_same_channel": 3, "backoff": {"base": 0.1, "cap": 0.1, "jitter": 0}}),
+                  MockUpstream(counting), seed=1)
+    x = Request(model="m", messages=[Message(role="user", content=[TextPart(text="request-x")])])
+
+    async def later() -> Any:
+        await asyncio.sleep(0.05)
+        proxy.router.by_name["b"].last_pick = 1e18  # round robin: Y goes to a
+        return await run(proxy, request())
+
+    (rx, _), (ry, _) = await asyncio.gather(run(proxy, x), later())
+    assert counting.peak["a.test"] == 1
+    assert [(a.channel, a.next) for a in rx.attempts] == [("a", "failover"), ("b", "done")]
+    assert ry.ok and [a.channel for a in ry.attempts] == ["a"]
+
+
+async def test_an_attempt_launched_and_cancelled_before_it_ran_leaves_no_slot_taken() -> None:
+    proxy = Proxy(_limited_config(), MockUpstream(lambda r: MockReply(200, chat_body())), seed=1)
+    st = proxy.router.by_name["a"]
+    call = proxy.router._call(st, "m", 0, 1, None, 0, None, None)
+    ex = Exchange(request(), None, oc)
+    handle = proxy.driver._launch(call, ex)
+    assert st.inflight == 1  # started at the launch
+    ex.launched[handle].cancel()  # before the task ever ran (the client left at once)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert ex.launched[handle].cancelled() and st.inflight == 0

@@ -353,16 +353,20 @@ class LiveDriver:
 
     # -- one attempt -----------------------------------------------------------------------------
 
+    def _begin(self, call: Call, launched: list[bool] | None) -> None:
+        """An attempt's task begins: it starts its call, unless _launch did (then it says it ran)."""
+        if launched is None:
+            call.started(self.clock.now())
+        else:
+            launched[0] = True
+
     async def _attempt(self, call: Call, ex: Exchange, launched: list[bool] | None = None) -> Outcome:
         """`launched`: a Launch's flag, set as this starts running (_launch started the call)."""
         ch = self.channels[call.state.index]
         clock = self.clock
         entry: list[Any] = [call, None]
         ex.trace.append(entry)
-        if launched is None:
-            call.started(clock.now())
-        else:
-            launched[0] = True
+        self._begin(call, launched)
         try:
             try:
                 body = self._body(ex, ch, call.upstream_model)

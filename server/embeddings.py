@@ -423,13 +423,13 @@ class EmbeddingsDriver(LiveDriver):
     def of(cls, d: LiveDriver) -> EmbeddingsDriver:
         return cls(d.router, d.channels, d.upstream, d.rng, d.scrub, d.clock, d.passthrough, d.explain)
 
-    async def _attempt(self, call: Call, ex: Exchange) -> Outcome:
+    async def _attempt(self, call: Call, ex: Exchange, launched: list[bool] | None = None) -> Outcome:
         assert isinstance(ex, EmbedExchange)
         ch = self.channels[call.state.index]
         now = self.clock.now
         entry: list[Any] = [call, None]
         ex.trace.append(entry)
-        call.started(now())
+        self._begin(call, launched)
         try:
             out = await self._embed(call, ch, ex)
         except asyncio.CancelledError:

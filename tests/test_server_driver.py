@@ -672,3 +672,20 @@ async def test_an_attempt_launched_and_cancelled_before_it_ran_leaves_no_slot_ta
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert ex.launched[handle].cancelled() and st.inflight == 0
+
+
+async def test_a_hedged_embeddings_attempt_starts_its_call_once() -> None:
+    # The embeddings driver's attempt is its own: launched for a hedge, it must not start its call a
+    # second time (the channel's in-flight count would never come back to 0).
+    from server.embeddings import EmbeddingsDriver, EmbedExchange, parse_openai_request
+
+    answer = orjson.dumps({"object": "list", "model": "m", "data": [{"object": "embedding", "index": 0,
+                                                                    "embedding": [0.5, 0.5]}],
+                           "usage": {"prompt_tokens": 2, "total_tokens": 2}})
+    config = _limited_config(hedge={"enabled": True, "delay": 5.0})
+    proxy = Proxy(config, MockUpstream(lambda r: MockReply(200, answer)), seed=1)
+    body = b'{"model": "m", "input": "hello"}'
+    req = parse_openai_request(body)
+    result = await EmbeddingsDriver.of(proxy.driver).execute(EmbedExchange(req, body), req.estimated_tokens())
+    assert result.ok and all(s.inflight == 0 for s in proxy.router.states)
+    assert sum(s.requests for s in proxy.router.states) == 1  # one call started, once

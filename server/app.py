@@ -536,9 +536,9 @@ async def admit(receive: Receive, send: Send, scope: Scope, rt: Runtime, fmt: Mo
     except FormatError as exc:  # too large
         error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message)
         return None, None, error, await _send_error(send, fmt, error, rid_b, 0, _tail(ids, elapsed, None))
-    if body is None:
+    if body is None:  # the client left while sending it: its cancel is its key's (usage by project)
         w.gone = True
-        return None, None, None, CLIENT_CLOSED
+        return None, rt.auth.authenticate(scope["headers"], scope["query_string"]), None, CLIENT_CLOSED
     key = rt.auth.authenticate(scope["headers"], scope["query_string"])
     if key is None:
         error = _auth_error(scope)

@@ -1150,6 +1150,24 @@ def _length(head: bytes) -> int:
     return int(m.group(1)) if m else 1 << 62
 
 
+def test_a_client_that_leaves_while_sending_its_body_is_recorded_under_its_key(tmp_path: Path) -> None:
+    db, _, procs, port = _gateway(tmp_path, "{ttft: 0.01}", api_keys=[{"key": GW_KEY, "project": "p1", "name": "app1"}])
+    try:
+        s = socket.socket()
+        s.connect(("127.0.0.1", port))
+        s.sendall(_raw_post(port, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "upload-0001")[:-10])
+        time.sleep(0.3)
+        s.close()
+        time.sleep(0.3)
+        _stop(procs[1], sig=signal.SIGTERM)
+        rows = sqlite3.connect(db).execute("SELECT status, project, key_name FROM requests WHERE trace_id = ?",
+                                           ("upload-0001",)).fetchall()
+        assert rows == [(499, "p1", "app1")]  # counted in its project's usage, not under ""
+    finally:
+        for p in procs:
+            _stop(p)
+
+
 def test_a_pipelined_request_whose_client_left_is_cancelled_and_recorded_as_such(tmp_path: Path) -> None:
     """Two requests pipelined on one connection, then the client goes: uvicorn told only the queued
     one. The running one must be cancelled (its upstream call too) and recorded as 499, not run to

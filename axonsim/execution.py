@@ -528,7 +528,8 @@ class Router:
                             same += 1
                             rec.next = "retry"
                         now = yield Wait(wait)
-                        if st.unavailable_reason(now, cand.upstream_model, tokens) is None:
+                        held_by = st.unavailable_reason(now, cand.upstream_model, tokens)
+                        if held_by is None or (in_panic and held_by in _HEALTH):  # (panic overrides health)
                             continue
                         # The wait over, this channel may not take the attempt (its concurrency or
                         # rate limit, taken by other requests meanwhile; its breaker): the next one.

@@ -22,11 +22,15 @@ reads slowly but steadily (a large answer on a slow link) is not cut off.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import struct
-import termios
 from typing import Any
+
+try:  # POSIX: a socket's send queue, for send_timeout's progress (elsewhere the transport's buffer alone)
+    import fcntl
+    import termios
+except ImportError:  # pragma: no cover - Windows
+    fcntl = termios = None  # type: ignore[assignment]
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -83,7 +87,7 @@ class HeadHoldingTransport:
 DRAIN_GRACE = 1.0
 # gateway.send_timeout's default, for an app that does not say (uvicorn may wrap the app).
 SEND_TIMEOUT = 60.0
-_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # a socket's unsent bytes (Linux)
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if termios is not None else None  # unsent bytes (Linux)
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
@@ -119,7 +123,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         sock = self.transport.get_extra_info("socket")
         if _OUTQ is not None and sock is not None:
             try:
-                n += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+                n += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]  # type: ignore[union-attr]
             except (OSError, ValueError):
                 pass
         return n

@@ -134,7 +134,6 @@ _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 # the connection be pooled; an upstream that keeps the body open longer has its connection closed.
 END_GRACE = 1.0
 MOCK_END_GRACE = 0.05
-_DRAINS: set[asyncio.Task[None]] = set()  # finish's waits under way (a task needs a reference held)
 _TIMED_OUT = "the upstream did not answer in time"
 
 
@@ -247,6 +246,7 @@ class AiohttpUpstream:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deadlines: Deadlines | None = None
+        self.drains: set[asyncio.Task[None]] = set()  # streams' waits for their body's end (finish)
 
     async def start(self) -> None:
         if self._session is not None:
@@ -260,7 +260,7 @@ class AiohttpUpstream:
                                               skip_auto_headers=("User-Agent",), auto_decompress=True)
 
     async def aclose(self) -> None:
-        drains = list(_DRAINS)
+        drains = list(self.drains)
         for t in drains:
             t.cancel()
         if drains:
@@ -301,7 +301,7 @@ class AiohttpUpstream:
                 if w.expired and w.settle():  # pragma: no cover - cancel requests are delivered at an await
                     resp.close()
                     raise UpstreamTimeout(_TIMED_OUT)
-                return _StreamResponse(resp, loop, deadlines, w.at, total, lim.idle, hard)
+                return _StreamResponse(resp, loop, deadlines, w.at, total, lim.idle, hard, self.drains)
             try:
                 body = await resp.read()
             finally:
@@ -362,10 +362,11 @@ class _StreamResponse:
     does not move: the request's own deadline (routing.retry.deadline), when it has one."""
 
     __slots__ = ("_resp", "_loop", "_deadlines", "_watch", "_first", "_total", "_hard", "_idle", "_got_first",
-                 "_eof", "_read_end", "_drain", "status", "headers")
+                 "_eof", "_read_end", "_drain", "_drains", "status", "headers")
 
     def __init__(self, resp: aiohttp.ClientResponse, loop: asyncio.AbstractEventLoop, deadlines: Deadlines,
-                 first: float, total: float, idle: float, hard: float = math.inf) -> None:
+                 first: float, total: float, idle: float, hard: float = math.inf,
+                 drains: set[asyncio.Task[None]] | None = None) -> None:
         self._resp = resp
         self._loop = loop
         self._deadlines = deadlines
@@ -378,6 +379,7 @@ class _StreamResponse:
         self._eof = False
         self._read_end = 0.0  # when the last read returned (0: no read yet)
         self._drain: asyncio.Task[None] | None = None  # finish's wait for the body's end
+        self._drains = drains if drains is not None else set()  # its upstream's (a task needs a reference)
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
 
@@ -444,8 +446,8 @@ class _StreamResponse:
             self._resp.release()
             return
         self._drain = task = self._loop.create_task(self._drain_end())
-        _DRAINS.add(task)
-        task.add_done_callback(_DRAINS.discard)
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
 
     async def _drain_end(self) -> None:
         w = self._watch

@@ -204,6 +204,7 @@ def test_a_store_password_given_as_a_query_option_is_hidden_and_scrubbed() -> No
     ("sqlite+aiosqlite:////tmp/x.db", "sqlite+aiosqlite:////tmp/x.db"),
     ("sqlite+aiosqlite:///rel.db", "sqlite+aiosqlite:///rel.db"),
     ("postgresql://host/db?application_name=a@b", "postgresql://host/db?application_name=a@b"),
+    ("postgresql://u?x:PW9@h/db", "postgresql://u?x:***@h/db"),  # SQLAlchemy: user "u?x", password "PW9"
 ])
 def test_a_url_is_shown_with_its_password_masked_however_a_library_reads_it(url: str, shown: str) -> None:
     from server.store.engine import safe_url

@@ -349,6 +349,13 @@ def test_whitespace_after_a_whole_call_does_not_reopen_it() -> None:
     assert [(b.id, b.input) for b in sdk_accumulate(out).content] == [("a", {"a": 1}), ("b", {"b": 2})]
 
 
+def test_whitespace_inside_an_unfinished_call_closed_by_text_is_kept() -> None:
+    events: list[StreamEvent] = [ToolCallDelta(index=0, id="a", name="f", arguments='{"q":"a'), TextDelta(text="x"),
+                                 ToolCallDelta(index=0, arguments=" "), ToolCallDelta(index=0, arguments='b"}'),
+                                 FinishEvent(reason="tool_calls")]
+    assert sdk_accumulate(render_stream(events)).content[0].input == {"q": "a b"}
+
+
 def test_renderer_emits_each_event_immediately() -> None:
     r = A.StreamRenderer(Request(model="m", messages=[]))
     first = r.render(TextDelta(text="He"))  # no StreamStart: message_start comes with the first event

@@ -433,6 +433,17 @@ def test_a_key_held_back_by_its_breaker_is_health_not_a_wait(driver):
     assert res.error.status == 429 and res.error.retry_after == pytest.approx(15.0)
 
 
+def test_panic_mode_keeps_its_same_channel_retries(driver):
+    # In panic the channel is out on health grounds by definition: a retry there must not turn into
+    # a failover to nothing because of the breaker that panic overrides.
+    r = make(chans(1), retry={"max_same_channel": 2, "backoff": {"base": 0.1, "cap": 0.1, "jitter": 0.0}},
+             health={"breaker": {"failure_threshold": 1, "open_time": 100}, "auto_disable": []})
+    driver(r, "m", fail(500, after=0.0), now=0.0)
+    answers = iter([fail(500, after=0.0), ok(0.0)])
+    res = driver(r, "m", lambda call, now: next(answers)(call, now), now=5.0)
+    assert res.ok and [(a.channel, a.next) for a in res.attempts] == [("c0", "retry"), ("c0", "done")]
+
+
 def test_a_retry_after_beyond_the_backoff_cap_fails_over_instead_of_waiting(driver):
     r = make(chans(2), strategy="round_robin", retry={"backoff": {"base": 0.1, "cap": 5.0, "jitter": 0.0}})
     log = []

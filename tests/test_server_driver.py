@@ -652,7 +652,7 @@ async def test_a_retry_on_the_same_channel_waits_its_turn_at_the_limits() -> Non
 
     async def later() -> Any:
         await asyncio.sleep(0.05)
-        proxy.router.by_name["b"].last_pick = 1e18  # round robin: Y goes to a
+        proxy.router.by_name["b"].last_pick = 10**12  # round robin: Y goes to a
         return await run(proxy, request())
 
     (rx, _), (ry, _) = await asyncio.gather(run(proxy, x), later())

@@ -218,3 +218,14 @@ def test_an_idle_keep_alive_connection_is_drained_at_shutdown_not_cut() -> None:
         assert s.recv(10) == b""  # then the server closes it
     thread.join(10)
     assert not thread.is_alive() and time.monotonic() - began < DRAIN_GRACE + 5
+
+
+def test_the_protocol_loads_where_there_is_no_fcntl_or_termios() -> None:
+    # Windows has neither; send_timeout then measures the transport's buffer alone.
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['fcntl'] = None; sys.modules['termios'] = None\n"
+            "import server.http_protocol as h; assert h._OUTQ is None; import server.main")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

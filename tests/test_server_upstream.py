@@ -11,7 +11,6 @@ from aiohttp import web
 
 from axonsim.config import Timeouts
 from server.upstream import (
-    _DRAINS,
     AiohttpUpstream,
     Deadlines,
     Limits,
@@ -229,17 +228,17 @@ async def test_finish_after_the_terminal_event_pools_the_connection(server: str,
         resp = await upstream.send(req(server + "/stream?n=1", True))
         assert await resp.next_chunk() == b"data: 0\n\n"
         resp.finish()
-        await asyncio.gather(*list(_DRAINS))
+        await asyncio.gather(*list(upstream.drains))
     connector = upstream._session.connector  # type: ignore[union-attr]
     assert sum(len(v) for v in connector._conns.values()) == 1  # type: ignore[union-attr]
     # a body left open: finish returns at once, and the connection is closed after the grace
     resp = await upstream.send(req(server + "/stream?n=2&gap=5", True, idle=0.2))
     await resp.next_chunk()
     resp.finish()
-    assert len(_DRAINS) == 1
+    assert len(upstream.drains) == 1
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    await asyncio.gather(*list(_DRAINS))
+    await asyncio.gather(*list(upstream.drains))
     assert loop.time() - t0 < 1.0 and resp._resp.closed  # type: ignore[attr-defined]
 
 

@@ -610,6 +610,7 @@ class StreamRenderer:
         # Anthropic's blocks follow one another and cannot interleave.
         self._held: dict[int, list[Any]] = {}
         self._open_args: list[str] = []  # the open tool block's argument fragments so far
+        self._whole: set[int] = set()  # tool blocks closed because their arguments were whole JSON
         self._start_usage: Usage | None = None
         self._usage: Usage | None = None
         self._finish: FinishReason | None = None
@@ -723,6 +724,8 @@ class StreamRenderer:
             self._held[ev.index] = [ev.id, ev.name, [ev.arguments] if ev.arguments else []]
             return
         if blk is None:
+            if self._open == "tool_use":
+                self._whole.add(self._open_index)  # (it is, or the call above would be held)
             cid = _tool_id(ev.id) if ev.id else _fallback_id(self._id, ev.index)
             blk = self._open_block("tool_use", {"type": "tool_use", "id": cid, "name": ev.name or "", "input": {}}, out)
             self._tool_blocks[ev.index] = blk
@@ -734,7 +737,7 @@ class StreamRenderer:
             # them all again at every other fragment would cost the square of their length.
             if self._held and ev.arguments.rstrip()[-1:] in ("}", "]") and _whole_json(self._open_args):
                 self._next_held(out)
-        elif ev.arguments and not ev.arguments.isspace():  # (whitespace after whole JSON says nothing)
+        elif ev.arguments and not (ev.arguments.isspace() and blk in self._whole):  # (after whole JSON: nothing)
             # A fragment for a call whose block was closed by other content (text between a call's
             # fragments: no provider does this) still goes to that call's index, which the SDK
             # accumulates by; a call that waits behind an open block is held instead (above).
@@ -746,6 +749,7 @@ class StreamRenderer:
         while self._held and _whole_json(self._open_args):
             index = next(iter(self._held))
             cid, name, parts = self._held.pop(index)
+            self._whole.add(self._open_index)
             block: dict[str, Any] = {"type": "tool_use", "id": _tool_id(cid) if cid else _fallback_id(self._id, index),
                                      "name": name or "", "input": {}}
             blk = self._tool_blocks[index] = self._open_block("tool_use", block, out)

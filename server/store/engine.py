@@ -62,8 +62,7 @@ def safe_url(url: str) -> str:
     ends = []
     first = rest.find("@")
     if first != -1:
-        user = rest[:first].split(":", 1)[0]
-        if not any(c in user for c in "/?#"):  # else that "@" is not the end of a user part
+        if "/" not in rest[:first].split(":", 1)[0]:  # else that "@" ends no user part (SQLAlchemy's reading)
             ends.append(first)
     host_end = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
     last = rest.rfind("@", 0, host_end)

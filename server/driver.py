@@ -588,7 +588,7 @@ async def _next_chunk(resp: UpstreamResponse, parser: Any) -> bytes:
     try:
         return await resp.next_chunk()
     except UpstreamTimeout:
-        if parser.complete:
+        if getattr(parser, "complete", False):
             resp.close()
             return b""
         raise
@@ -708,7 +708,7 @@ class LiveStream:
         if not self.done:
             self.done = True
             self.error = err
-            seen = self.parser.usage_seen  # what the upstream reported before the cut is still its cost
+            seen = getattr(self.parser, "usage_seen", None)  # reported before the cut: still its cost
             if seen is not None:
                 self.usage = seen
             self.end = now = self.driver.clock.now()

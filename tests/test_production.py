@@ -1042,6 +1042,21 @@ def _raw_post(port: int, body: dict[str, Any], trace: str) -> bytes:
             ).encode() + b
 
 
+def _reader_that_stalls(port: int, trace: str) -> socket.socket:
+    """A client that asks for a stream and reads none of it (a small window: the answer fills it)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(_raw_post(port, {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}, trace))
+    return s
+
+
+def _outcomes(db: Path, trace: str) -> list[tuple[int, str]]:
+    """(status, outcome) of the stored requests with this trace id."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT status, outcome FROM requests WHERE trace_id = ?", (trace,)).fetchall()
+
+
 def _gateway(tmp_path: Path, channel: str, **gateway: Any) -> tuple[Path, Path, list[subprocess.Popen[str]], int]:
     """A mock provider and a gateway on `channel` (one model `m`), each its own process."""
     m, port = free_port(), free_port()
@@ -1067,19 +1082,13 @@ def test_a_stream_whose_client_stopped_reading_is_recorded_at_the_shutdown_deadl
     db, _, procs, port = _gateway(tmp_path, "{ttft: 0.01, tokens_per_second: 400000, output_tokens: 1500000}",
                                   shutdown_timeout=0.5)
     try:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.connect(("127.0.0.1", port))
-        s.sendall(_raw_post(port, {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
-                            "stalled-client-0001"))
+        s = _reader_that_stalls(port, "stalled-client-0001")
         time.sleep(2.0)  # the gateway's writes are now held back by the client's full window
         out, err = _stop(procs[1], sig=signal.SIGTERM)
         s.close()
         assert procs[1].returncode == 0, err
         assert "Exception in ASGI application" not in err and "Traceback" not in err, err
-        rows = sqlite3.connect(db).execute("SELECT status, outcome FROM requests WHERE trace_id = ?",
-                                           ("stalled-client-0001",)).fetchall()
-        assert rows == [(200, "failed")]  # begun, then cut by the shutdown
+        assert _outcomes(db, "stalled-client-0001") == [(200, "failed")]  # begun, then cut by the shutdown
     finally:
         for p in procs:
             _stop(p)
@@ -1092,11 +1101,7 @@ def test_a_client_that_stops_reading_is_cut_off_after_send_timeout(tmp_path: Pat
     db, _, procs, port = _gateway(tmp_path, "{ttft: 0.01, tokens_per_second: 400000, output_tokens: 1500000}",
                                   send_timeout=0.5, admin_keys=["adm-send-timeout-1"])
     try:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.connect(("127.0.0.1", port))
-        s.sendall(_raw_post(port, {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
-                            "stalled-client-0002"))
+        s = _reader_that_stalls(port, "stalled-client-0002")
         time.sleep(0.5)  # the stream is under way, held back by the client's full window
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -1109,9 +1114,7 @@ def test_a_client_that_stops_reading_is_cut_off_after_send_timeout(tmp_path: Pat
         s.close()
         out, err = _stop(procs[1], sig=signal.SIGTERM)
         assert "gateway.send_timeout" in err and "Traceback" not in err, err
-        rows = sqlite3.connect(db).execute("SELECT status, outcome FROM requests WHERE trace_id = ?",
-                                           ("stalled-client-0002",)).fetchall()
-        assert rows == [(499, "cancelled")]
+        assert _outcomes(db, "stalled-client-0002") == [(499, "cancelled")]
     finally:
         for p in procs:
             _stop(p)
@@ -1191,9 +1194,7 @@ def test_a_pipelined_request_whose_client_left_is_cancelled_and_recorded_as_such
                 raise AssertionError("the pipelined request was not cancelled")
         out, err = _stop(procs[1], sig=signal.SIGTERM)
         assert "failed inside the gateway" not in err and "Traceback" not in err, err
-        rows = sqlite3.connect(db).execute("SELECT status, outcome FROM requests WHERE trace_id = ?",
-                                           ("pipelined-0001",)).fetchall()
-        assert rows == [(499, "cancelled")]
+        assert _outcomes(db, "pipelined-0001") == [(499, "cancelled")]
     finally:
         for p in procs:
             _stop(p)

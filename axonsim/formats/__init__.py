@@ -40,8 +40,10 @@ Outbound role (we are the client of a provider speaking this format):
                                                              stream ended without its terminal event
         .ended -> bool                                       the terminal event was read: the stream
                                                              is over, whether or not the connection is
-        .complete -> bool                                    the answer is whole (ended, or Gemini's
-                                                             finishReason): a stall after it is the end
+      where the family needs them (read with a default):
+        .complete -> bool                                    the answer is whole without a terminal
+                                                             event (Gemini's finishReason): a stall
+                                                             after it is the end, not a failure
         .usage_seen -> Usage | None                          usage reported but not yet emitted (for a
                                                              stream cut before its end)
     parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error

@@ -1162,18 +1162,8 @@ class StreamParser:
         return out
 
     @property
-    def usage_seen(self) -> Usage | None:
-        """None: this family's usage is emitted as soon as it comes."""
-        return None
-
-    @property
     def ended(self) -> bool:
         """The terminal event was read: nothing after it counts, so the stream is over."""
-        return self._done
-
-    @property
-    def complete(self) -> bool:
-        """The answer is whole (here: the terminal event was read)."""
         return self._done
 
     def close(self) -> list[StreamEvent]:

@@ -1167,11 +1167,6 @@ class StreamParser:
         """The terminal event was read: nothing after it counts, so the stream is over."""
         return self._done
 
-    @property
-    def complete(self) -> bool:
-        """The answer is whole (here: the terminal event was read)."""
-        return self._done
-
     def close(self) -> list[StreamEvent]:
         out: list[StreamEvent] = []
         if self._done:

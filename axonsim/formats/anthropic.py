@@ -726,10 +726,7 @@ class StreamRenderer:
         if blk is None:
             if self._open == "tool_use":
                 self._whole.add(self._open_index)  # (it is, or the call above would be held)
-            cid = _tool_id(ev.id) if ev.id else _fallback_id(self._id, ev.index)
-            blk = self._open_block("tool_use", {"type": "tool_use", "id": cid, "name": ev.name or "", "input": {}}, out)
-            self._tool_blocks[ev.index] = blk
-            self._open_args = []
+            blk = self._open_tool(ev.index, ev.id, ev.name, [], out)
         if ev.arguments and blk == self._open_index and self._open == "tool_use":
             out.append(self._delta({"type": "input_json_delta", "partial_json": ev.arguments}, blk))
             self._open_args.append(ev.arguments)
@@ -750,23 +747,24 @@ class StreamRenderer:
             index = next(iter(self._held))
             cid, name, parts = self._held.pop(index)
             self._whole.add(self._open_index)
-            block: dict[str, Any] = {"type": "tool_use", "id": _tool_id(cid) if cid else _fallback_id(self._id, index),
-                                     "name": name or "", "input": {}}
-            blk = self._tool_blocks[index] = self._open_block("tool_use", block, out)
-            if parts:
-                out.append(self._delta({"type": "input_json_delta", "partial_json": "".join(parts)}, blk))
-            self._open_args = parts
+            self._open_tool(index, cid, name, parts, out)
 
     def _release_held(self, out: list[bytes]) -> None:
         """The held calls, each a whole block after the open one (which this closes)."""
         held, self._held = self._held, {}
         for index, (cid, name, parts) in held.items():
-            block: dict[str, Any] = {"type": "tool_use", "id": _tool_id(cid) if cid else _fallback_id(self._id, index),
-                                     "name": name or "", "input": {}}
-            blk = self._tool_blocks[index] = self._open_block("tool_use", block, out)
-            if parts:
-                out.append(self._delta({"type": "input_json_delta", "partial_json": "".join(parts)}, blk))
+            self._open_tool(index, cid, name, parts, out)
         self._close(out)
+
+    def _open_tool(self, index: int, cid: str | None, name: str | None, parts: list[str], out: list[bytes]) -> int:
+        """A tool call's block, opened with the argument fragments it already has (as one delta)."""
+        block = {"type": "tool_use", "id": _tool_id(cid) if cid else _fallback_id(self._id, index),
+                 "name": name or "", "input": {}}
+        blk = self._tool_blocks[index] = self._open_block("tool_use", block, out)
+        if parts:
+            out.append(self._delta({"type": "input_json_delta", "partial_json": "".join(parts)}, blk))
+        self._open_args = parts
+        return blk
 
     def _native_block(self, block: dict[str, Any], out: list[bytes]) -> None:
         """A server tool's block, written as Anthropic streams one: an input, if any, as one delta."""

@@ -50,6 +50,7 @@ from axonsim.formats import FormatError
 from axonsim.formats.parsed import Parsed
 from axonsim.unified import Error, ErrorKind, Request, Usage
 from server.driver import CLIENT_CLOSED, Exchange, LiveStream
+from server.http_protocol import BAD_FRAMING
 from server.ids import THREAD, TRACE, derived_id, new_request_id
 from server.proxy import (
     H_AH_THREAD,
@@ -525,6 +526,12 @@ async def _send_plain_500(send: Send, rid_b: bytes) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+# Set in a request's scope by the HTTP protocol (server/http_protocol.py) when its body broke HTTP's
+# framing (an invalid chunk): uvicorn has answered 400 and closed the connection.
+_BAD_FRAMING_ERROR = Error(kind=ErrorKind.INVALID_REQUEST, status=400,
+                           message="the request body is not valid HTTP (its chunked framing is broken)")
+
+
 async def admit(receive: Receive, send: Send, scope: Scope, rt: Runtime, fmt: ModuleType, rid_b: bytes,
                 ids: list[tuple[bytes, bytes]], elapsed: float,
                 w: _Watch) -> tuple[bytes | None, Any, Error | None, int]:
@@ -537,8 +544,11 @@ async def admit(receive: Receive, send: Send, scope: Scope, rt: Runtime, fmt: Mo
         error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message)
         return None, None, error, await _send_error(send, fmt, error, rid_b, 0, _tail(ids, elapsed, None))
     if body is None:  # the client left while sending it: its cancel is its key's (usage by project)
+        key = rt.auth.authenticate(scope["headers"], scope["query_string"])
+        if scope.get(BAD_FRAMING):  # not a client that left: a body HTTP could not read, answered 400
+            return None, key, _BAD_FRAMING_ERROR, 400
         w.gone = True
-        return None, rt.auth.authenticate(scope["headers"], scope["query_string"]), None, CLIENT_CLOSED
+        return None, key, None, CLIENT_CLOSED
     key = rt.auth.authenticate(scope["headers"], scope["query_string"])
     if key is None:
         error = _auth_error(scope)

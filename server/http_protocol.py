@@ -87,6 +87,7 @@ class HeadHoldingTransport:
 DRAIN_GRACE = 1.0
 # gateway.send_timeout's default, for an app that does not say (uvicorn may wrap the app).
 SEND_TIMEOUT = 60.0
+BAD_FRAMING = "axonsim.bad_framing"  # a scope key: this request's body broke HTTP's framing (answered 400)
 _OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if termios is not None else None  # unsent bytes (Linux)
 
 
@@ -143,6 +144,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         else:
             log.info("a client read nothing of its answer for %g s (gateway.send_timeout): connection closed", timeout)
             self.transport.abort()  # connection_lost follows: the request hears its client left
+
+    def send_400_response(self, msg: str) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The body of the request under way broke HTTP's framing: uvicorn answers 400 and closes.
+            # The app, waiting on that body, hears a disconnect; this tells it what it was.
+            cycle.scope[BAD_FRAMING] = True  # type: ignore[literal-required]
+        super().send_400_response(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._stall is not None:

@@ -1171,6 +1171,25 @@ def test_a_client_that_leaves_while_sending_its_body_is_recorded_under_its_key(t
             _stop(p)
 
 
+def test_an_invalid_chunked_body_is_recorded_as_the_400_it_was_answered(tmp_path: Path) -> None:
+    db, _, procs, port = _gateway(tmp_path, "{ttft: 0.01}")
+    try:
+        s = socket.socket()
+        s.connect(("127.0.0.1", port))
+        s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {GW_KEY}\r\n"
+                   "content-type: application/json\r\nx-axonsim-trace-id: bad-chunk-0001\r\n"
+                   "transfer-encoding: chunked\r\n\r\n5\r\n{\"mod\r\nzz-not-a-size\r\n").encode())
+        answer = s.recv(4096)
+        s.close()
+        assert answer.startswith(b"HTTP/1.1 400")
+        time.sleep(0.3)
+        _stop(procs[1], sig=signal.SIGTERM)
+        assert _outcomes(db, "bad-chunk-0001") == [(400, "failed")]  # it was recorded as a client that left (499)
+    finally:
+        for p in procs:
+            _stop(p)
+
+
 def test_a_pipelined_request_whose_client_left_is_cancelled_and_recorded_as_such(tmp_path: Path) -> None:
     """Two requests pipelined on one connection, then the client goes: uvicorn told only the queued
     one. The running one must be cancelled (its upstream call too) and recorded as 499, not run to

@@ -71,6 +71,11 @@ class KeyState:
             return False
         return self.limiter.allows(now, tokens)
 
+    def healthless(self, now: float, tokens: int = 0) -> bool:
+        """Available but for its breaker: not switched off, rejected for its credentials, cooling
+        down after a 429 or over its limits (what panic mode may use, and health, not a wait)."""
+        return not self.disabled and self.disabled_until <= now and self.limiter.allows(now, tokens)
+
 
 class ChannelState:
     __slots__ = (
@@ -383,10 +388,7 @@ class ChannelState:
         """Why none of the keys may take an attempt: "key_breaker_open" when one is held back by its
         breaker alone (health, which panic mode may override, and no wait the client could be told
         of), else "no_key_available" (cooling down after a 429, over its limits: lifts by itself)."""
-        for k in self.keys:
-            if not k.disabled and k.disabled_until <= now and k.limiter.allows(now, tokens):
-                return "key_breaker_open"
-        return "no_key_available"
+        return "key_breaker_open" if any(k.healthless(now, tokens) for k in self.keys) else "no_key_available"
 
     def next_key(self, now: float = 0.0, rng: random.Random | None = None, tokens: int = 0) -> int | None:
         """A key not disabled and within its limits, by the channel's key strategy; None if keyless
@@ -455,8 +457,7 @@ class ChannelState:
         n = len(keys)
         for j in range(n):
             i = (self._key_rr + j) % n
-            k = keys[i]
-            if not k.disabled and k.disabled_until <= now and k.limiter.allows(now, tokens):
+            if keys[i].healthless(now, tokens):
                 self._key_rr = i + 1
                 return i
         return None

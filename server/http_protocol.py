@@ -14,8 +14,9 @@ code already running. Everything else about the transport is the real one's.
 A client that stops reading a long answer fills the socket's buffers; the transport then pauses the
 protocol's writes, and uvicorn's `send` waits for ever: the request, its upstream connection and its
 slot stay taken. As nginx's `send_timeout`, a connection whose paused writes make no progress for
-the app's `send_timeout` seconds (gateway.send_timeout: the transport's buffer did not shrink at
-all, the client read nothing) is closed, which the app hears as the client leaving. A client that
+the app's `send_timeout` seconds (gateway.send_timeout: the bytes still to send, in the transport's
+buffer and the socket's queue, did not shrink at all) is closed, which the app hears as the client
+leaving. A client that
 reads slowly but steadily (a large answer on a slow link) is not cut off.
 """
 
@@ -103,7 +104,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # running went on (its upstream call included) for a client long gone.
         self._open: list[Any] = []
         self._stall: asyncio.TimerHandle | None = None  # armed while the writes are paused
-        self._unsent = 0  # the transport's buffer when the timer was armed
+        self._unsent = 0  # the bytes still to send (_pending) when the timer was armed
         super().connection_made(HeadHoldingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
 
     def pause_writing(self) -> None:

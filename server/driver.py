@@ -37,7 +37,10 @@ from types import ModuleType
 from typing import Any, Protocol
 
 import orjson
+from multidict import CIMultiDict
 from mypy_extensions import mypyc_attr
+
+from axonsim import __version__
 
 from axonsim.capabilities import NO_NEEDS, Needs
 from axonsim.config import Timeouts
@@ -100,6 +103,7 @@ class Scrubber:
 
 
 NO_ECHOES = Echoes(())
+USER_AGENT = f"axonsim/{__version__}"  # how the gateway names itself to providers
 
 
 class ChannelRuntime:
@@ -114,9 +118,12 @@ class ChannelRuntime:
         self.fmt = fmt
         self.base_url = ch.base_url.rstrip("/")
         self.limits = Limits(ch.timeouts or default_timeouts)
-        base = {"content-type": "application/json"}
-        self._keyless = base
-        self._key_headers = [{**base, **fmt.auth_headers(k.secret)} for k in state.keys]
+        # Built once as aiohttp's own header type with its User-Agent named: aiohttp then neither
+        # converts them nor builds the skip list that leaving its own User-Agent out takes, on every
+        # request (~10k instructions of ~330k per upstream call, callgrind).
+        base = {"content-type": "application/json", "user-agent": USER_AGENT}
+        self._keyless: CIMultiDict[str] = CIMultiDict(base)
+        self._key_headers = [CIMultiDict({**base, **fmt.auth_headers(k.secret)}) for k in state.keys]
         self._echoes = [Echoes([k.secret]) for k in state.keys]
         self._urls: dict[tuple[str, bool], str] = {}
 
@@ -127,7 +134,7 @@ class ChannelRuntime:
             u = self._urls[k] = self.base_url + self.fmt.request_path(upstream_model, stream)
         return u
 
-    def headers(self, key: int | None) -> dict[str, str]:
+    def headers(self, key: int | None) -> CIMultiDict[str]:
         return self._keyless if key is None else self._key_headers[key]
 
     def echoes(self, key: int | None) -> Echoes:

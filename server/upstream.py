@@ -256,8 +256,9 @@ class AiohttpUpstream:
         connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, keepalive_timeout=self._keepalive,
                                          ttl_dns_cache=300)
         # No cookie jar: a gateway must not carry one provider answer's cookies into another request.
+        # The User-Agent is the gateway's own, set with each request's headers (server/driver.py).
         self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
-                                              skip_auto_headers=("User-Agent",), auto_decompress=True)
+                                              auto_decompress=True)
 
     async def aclose(self) -> None:
         drains = list(self.drains)

@@ -546,7 +546,8 @@ def test_trace_and_thread_ids_are_echoed_recorded_and_never_forwarded() -> None:
     assert len(up.requests) == 4
     for req in up.requests:
         names = {k.lower() for k in req.headers}
-        assert names == {"content-type", "authorization"}, names  # nothing of the client's is forwarded
+        assert names == {"content-type", "authorization", "user-agent"}, names  # nothing of the client's is forwarded
+        assert req.headers["user-agent"].startswith("axonsim/")
         assert GW_KEY not in str(req.headers) and b"trace" not in req.body
 
 

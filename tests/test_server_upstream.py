@@ -309,3 +309,48 @@ async def test_deadlines_fire_in_order_and_rearm() -> None:
     await asyncio.sleep(0.1)
     assert fired == ["early", "late"] and len(d) == 0
     d.close()
+
+
+async def test_a_channels_headers_reach_the_upstream_as_set_once_each() -> None:
+    """What a provider receives: the channel's content type, its key in the format's header, and the
+    gateway's own User-Agent, each once; not aiohttp's User-Agent, nor anything set per request."""
+    from axonsim import __version__
+    from axonsim.config import parse_config
+    from axonsim.formats import get_format
+    from axonsim.state import ChannelState
+    from server.driver import ChannelRuntime
+
+    seen: list[list[tuple[str, str]]] = []
+
+    async def capture(request: web.Request) -> web.Response:
+        seen.append([(k.lower(), v) for k, v in request.headers.items()])
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", capture)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    cfg = parse_config({"channels": [{"name": "a", "type": "anthropic", "base_url": f"http://{host}:{port}",
+                                      "api_keys": ["sk-ant-key-one", "sk-ant-key-two"], "models": ["m"]}]})
+    ch = ChannelRuntime(ChannelState(cfg.channels[0], 0, cfg.routing), get_format("anthropic"), cfg.gateway.timeouts)
+    up = AiohttpUpstream()
+    await up.start()
+    try:
+        for key in (1, 0, 1):
+            r = await up.send(UpstreamRequest(ch.url("m", False), ch.headers(key), b"{}", False,
+                                              Limits(Timeouts(total=5))))
+            assert r.status == 200
+    finally:
+        await up.aclose()
+        await runner.cleanup()
+    assert len(seen) == 3
+    for got, key in zip(seen, ("sk-ant-key-two", "sk-ant-key-one", "sk-ant-key-two"), strict=True):
+        names = [k for k, _ in got]
+        assert len(names) == len(set(names)), got  # nothing twice
+        h = dict(got)
+        assert h["user-agent"] == f"axonsim/{__version__}"
+        assert h["x-api-key"] == key and "authorization" not in h
+        assert h["content-type"] == "application/json" and h["anthropic-version"]

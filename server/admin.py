@@ -780,11 +780,45 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         now = ctx.now()
         return admin.reply(ChannelsOut(now=now, channels=[channel_view(st, now) for st in ctx.router.states]))
 
-    @router.get("/channels/{name}", response_model=ChannelOut, responses=NOT_FOUND, dependencies=NO_PARAMS, summary="One channel's state")
+    @router.get("/channels/{name:path}", response_model=ChannelOut, responses=NOT_FOUND, dependencies=NO_PARAMS, summary="One channel's state")
     async def channel(name: str) -> Response:
         return admin.reply(channel_view(state(name), ctx.now()))
 
-    @router.post("/channels/{name}/enable", response_model=ChannelOut, responses=_SWITCH, dependencies=NO_PARAMS,
+    # Names may hold "/" (a client's percent-encoded %2F arrives decoded): the path parameters take
+    # it, and the key routes come first, so that ".../keys/K/disable" is not read as a channel named
+    # "C/keys/K".
+    def key_of(st: ChannelState, key_name: str) -> Any:
+        for k in st.keys:
+            if k.name == key_name:
+                return k
+        raise AdminError(404, f"channel {st.name!r} has no key named {key_name!r}", "key_name")
+
+    @router.post("/channels/{name:path}/keys/{key_name:path}/enable", response_model=ChannelOut, responses=_SWITCH, dependencies=NO_PARAMS,
+                 summary="Enable an upstream key by name (URL-encode '#': channel#0 → channel%230)")
+    async def enable_key(name: str, key_name: str) -> Response:
+        st = switchable(name)
+        k = key_of(st, key_name)
+        k.disabled = False
+        k.held = False
+        k.disabled_until = NEVER
+        i = st.keys.index(k)
+        fleet_switch(st, [f"kh:{i}", f"k:{i}"], on=True)
+        return admin.reply(channel_view(st, ctx.now()))
+
+    @router.post("/channels/{name:path}/keys/{key_name:path}/disable", response_model=ChannelOut, responses=_SWITCH, dependencies=NO_PARAMS,
+                 summary="Disable an upstream key by name: the channel uses its other keys; probes neither use nor "
+                 "lift it; until enabled, or a reload that changes the channel (with state.url: every process, until "
+                 "enabled)")
+    async def disable_key(name: str, key_name: str) -> Response:
+        st = switchable(name)
+        k = key_of(st, key_name)
+        k.disabled = True
+        k.held = True
+        i = st.keys.index(k)
+        fleet_switch(st, [f"kh:{i}", f"k:{i}"], on=False)
+        return admin.reply(channel_view(st, ctx.now()))
+
+    @router.post("/channels/{name:path}/enable", response_model=ChannelOut, responses=_SWITCH, dependencies=NO_PARAMS,
                  summary="Enable a channel (also lifts an automatic disable); lasts until the next reload, or with "
                  "state.url until switched again (every process follows)")
     async def enable_channel(name: str) -> Response:
@@ -804,7 +838,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         fleet_switch(st, ["off", "dis"], on=True)
         return admin.reply(channel_view(st, ctx.now()))
 
-    @router.post("/channels/{name}/disable", response_model=ChannelOut, responses=_SWITCH, dependencies=NO_PARAMS,
+    @router.post("/channels/{name:path}/disable", response_model=ChannelOut, responses=_SWITCH, dependencies=NO_PARAMS,
                  summary="Disable a channel: it gets no new traffic (in-flight attempts finish); until enabled "
                  "or reloaded (with state.url: every process, until enabled)")
     async def disable_channel(name: str) -> Response:
@@ -812,37 +846,6 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         st.channel.enabled = False
         st.switched_off = True
         fleet_switch(st, ["off"], on=False)
-        return admin.reply(channel_view(st, ctx.now()))
-
-    def key_of(st: ChannelState, key_name: str) -> Any:
-        for k in st.keys:
-            if k.name == key_name:
-                return k
-        raise AdminError(404, f"channel {st.name!r} has no key named {key_name!r}", "key_name")
-
-    @router.post("/channels/{name}/keys/{key_name}/enable", response_model=ChannelOut, responses=_SWITCH, dependencies=NO_PARAMS,
-                 summary="Enable an upstream key by name (URL-encode '#': channel#0 → channel%230)")
-    async def enable_key(name: str, key_name: str) -> Response:
-        st = switchable(name)
-        k = key_of(st, key_name)
-        k.disabled = False
-        k.held = False
-        k.disabled_until = NEVER
-        i = st.keys.index(k)
-        fleet_switch(st, [f"kh:{i}", f"k:{i}"], on=True)
-        return admin.reply(channel_view(st, ctx.now()))
-
-    @router.post("/channels/{name}/keys/{key_name}/disable", response_model=ChannelOut, responses=_SWITCH, dependencies=NO_PARAMS,
-                 summary="Disable an upstream key by name: the channel uses its other keys; probes neither use nor "
-                 "lift it; until enabled, or a reload that changes the channel (with state.url: every process, until "
-                 "enabled)")
-    async def disable_key(name: str, key_name: str) -> Response:
-        st = switchable(name)
-        k = key_of(st, key_name)
-        k.disabled = True
-        k.held = True
-        i = st.keys.index(k)
-        fleet_switch(st, [f"kh:{i}", f"k:{i}"], on=False)
         return admin.reply(channel_view(st, ctx.now()))
 
     # -- reload ------------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
         return JSONResponse(Scrubber(secrets_from_config(p.config)).json(body.model_dump()))
 
     # Routes added to the admin router inherit its guard: admin key, errors in the admin shape.
-    @admin.post("/channels/{name}/test", response_model=ChannelTestOut, responses={**BAD_PARAM, **NOT_FOUND},
+    @admin.post("/channels/{name:path}/test", response_model=ChannelTestOut, responses={**BAD_PARAM, **NOT_FOUND},
                 summary="Send a small real request to one channel (AxonHub's default test prompt) and report status, "
                 "latency and TTFT; the result feeds the channel's state like real traffic")
     async def test_channel(request: Request, name: str, stream: bool = _TEST_STREAM, timeout: float = _TEST_TIMEOUT,

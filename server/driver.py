@@ -655,8 +655,12 @@ class LiveStream:
             return None
         asked = time.monotonic()
         try:
-            chunk = await _next_chunk(self.resp, self.parser)
-            self.waited += time.monotonic() - asked
+            try:
+                chunk = await _next_chunk(self.resp, self.parser)
+            finally:
+                # Waiting on the upstream, also when the wait ends in its failure or the client
+                # leaving: none of it is the gateway's overhead.
+                self.waited += time.monotonic() - asked
             if chunk:
                 evs = self.parser.feed(self.echoes.feed(chunk))
                 self.ending = self.parser.ended

@@ -651,7 +651,7 @@ def _record(proxy: Proxy, rt: Runtime, scope: Scope, route: Route, rid: str, t0:
         "status": status, "outcome": outcome,
         "error": error.message if error is not None else None,
         "error_kind": error.kind.value if error is not None else None,
-        "latency": latency, "ttft": ttfb if status == 200 else None,
+        "latency": latency, "ttft": ttfb,  # the first byte went out, whatever came after it
         "overhead": overhead if overhead > 0.0 else 0.0,
         "usage": usage.as_dict() if usage is not None else None,
         "cost": request_cost(rt, usage, attempts, model, answered),

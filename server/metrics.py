@@ -36,6 +36,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
+from server.store.records import CALLED_OFF
+
 if TYPE_CHECKING:
     from axonsim.execution import Router
 
@@ -57,7 +59,7 @@ MAX_MODELS = 500  # distinct model labels at most, even if a config serves more
 # Attempt outcomes: "success", "cancelled" (hedge lost, client gone), or an ErrorKind value.
 SUCCESS = "success"
 CANCELLED = "cancelled"
-_CANCELLED_NEXT = frozenset({"cancelled", "hedge_lost"})
+_CANCELLED_NEXT = frozenset(CALLED_OFF)
 
 RouterSource = Any  # a Router, a zero-argument callable returning the current one (or None), or None
 StoreSource = Any  # a store object, a zero-argument callable returning it (or None), or None

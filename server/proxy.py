@@ -368,13 +368,13 @@ def request_cost(rt: Runtime, usage: Usage | None, attempts: Sequence[Mapping[st
                  model: str | None, answered: bool) -> float | None:
     """What the request cost: the answering attempt's usage at its price. 0.0 where nothing was
     billed on a priced model (no attempt answered; a stream cut before its usage came; no attempt
-    made for a model the table prices), as its attempts' rows say. None only where there is no
-    price, which the admin API counts as `unpriced`."""
+    made for a model the table prices; a request refused before its model was known), as its
+    attempts' rows say. None only where there is no price, which the admin API counts as `unpriced`."""
     if not rt.priced:
         return None
     if not attempts:  # refused before any call: priced if the table or a channel serving the model prices it
         if model is None:
-            return None
+            return 0.0  # refused before its model was read (a bad key, a body that is not JSON): nothing to bill
         if model in rt.prices:
             return 0.0
         for st in rt.router.states:

@@ -16,6 +16,7 @@ from axonsim.execution import Outcome, Router
 from axonsim.unified import ErrorKind
 from server.admin import AdminContext, admin_router, config_changes
 from server.store import AttemptRow, RequestRecord, Store, secrets_from_config
+from server.store.queries import Filter, attempt_usage
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -366,9 +367,34 @@ async def test_attempt_usage_by_channel(client: httpx.AsyncClient) -> None:
     r = await client.get("/admin/usage/attempts", headers=ADMIN)
     assert r.status_code == 200, r.text
     by = {row["group"]["channel"]: row for row in r.json()["data"]}
+    # gamma's second attempt (r4) was abandoned by its client: called off, not the channel's failure.
     assert {c: (row["attempts"], row["failures"]) for c, row in by.items()} == {
-        "alpha": (3, 2), "beta": (1, 0), "gamma": (2, 2)}
+        "alpha": (3, 2), "beta": (1, 0), "gamma": (2, 1)}
     assert by["alpha"]["cost"] == pytest.approx(0.0002)
+
+
+async def test_attempts_our_side_called_off_are_not_failures(tmp_path: Path) -> None:
+    """A lost hedge (status 0) and an attempt abandoned for a client that left (499) count as
+    attempts, not failures, as the metrics' attempt outcome and the channel's own state have them;
+    a status-0 attempt that was the channel's failure still counts."""
+    s = Store(StoreSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'off.db'}", flush_interval=0.01))
+    await s.start()
+    try:
+        def rec(rid: str, *atts: AttemptRow) -> RequestRecord:
+            return RequestRecord(id=rid, created_at=T0, project="p", model="m1", client_format="openai_chat",
+                                 status=200, outcome="completed", attempts=list(atts))
+        assert s.submit(rec("h1", AttemptRow(1, "fast", "m1", 200, decision={"next": "done"}),
+                            AttemptRow(2, "slow", "m1", 0, decision={"next": "hedge_lost"})))
+        assert s.submit(rec("c1", AttemptRow(1, "slow", "m1", 499, decision={"next": "cancelled"})))
+        assert s.submit(rec("t1", AttemptRow(1, "slow", "m1", 0, error="timed out", error_kind="timeout",
+                                             decision={"next": "failover"}),
+                            AttemptRow(2, "fast", "m1", 200, decision={"next": "done"})))
+        assert s.submit(rec("n1", AttemptRow(1, "slow", "m1", 0)))  # no decision kept: no answer, a failure
+        assert await s.flush(30)
+        rows = await attempt_usage(s.engine, Filter())
+        assert {r.group["channel"]: (r.attempts, r.failures) for r in rows} == {"fast": (2, 0), "slow": (4, 2)}
+    finally:
+        await s.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -519,6 +545,33 @@ async def test_a_disabled_key_gets_no_traffic(client: httpx.AsyncClient, gw: Gat
     # Default key names hold '#': URL-encoded, they work.
     r = await client.post("/admin/channels/alpha/keys/alpha%230/disable", headers=ADMIN)
     assert r.status_code == 200 and r.json()["keys"][0]["disabled"] is True
+
+
+async def test_names_with_a_slash_can_be_managed(store: Store) -> None:
+    """A channel or key whose name holds "/" (azure/east): reachable as written or percent-encoded
+    (a client's %2F arrives decoded), and the key routes are not read as a channel named
+    "C/keys/K"."""
+    d = config_dict()
+    d["channels"].append({"name": "azure/east", "api_keys": [{"key": "sk-azure-east-upstream-0001", "name": "team/one"},
+                                                              {"key": "sk-azure-east-upstream-0002", "name": "t2"}],
+                          "models": ["m1"], "base_url": "http://127.0.0.1:9/v1"})
+    gw = Gateway(parse_config(d), store)
+    async with gw.client() as c:
+        for path in ("/admin/channels/azure%2Feast", "/admin/channels/azure/east"):
+            r = await c.get(path, headers=ADMIN)
+            assert r.status_code == 200 and r.json()["name"] == "azure/east", r.text
+        r = await c.post("/admin/channels/azure%2Feast/keys/team%2Fone/disable", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        assert [(k["name"], k["disabled"]) for k in r.json()["keys"]] == [("team/one", True), ("t2", False)]
+        r = await c.post("/admin/channels/azure/east/keys/team/one/enable", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["keys"][0]["disabled"] is False, r.text
+        r = await c.post("/admin/channels/azure/east/disable", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["enabled"] is False, r.text
+        assert not gw.router.by_name["azure/east"].channel.enabled and gw.router.by_name["alpha"].channel.enabled
+        r = await c.post("/admin/channels/azure/east/keys/nope/disable", headers=ADMIN)
+        assert r.status_code == 404 and r.json()["error"]["param"] == "key_name"
+        r = await c.post("/admin/channels/gamma/keys/g-one/disable", headers=ADMIN)  # plain names as before
+        assert r.status_code == 200 and r.json()["keys"][0]["disabled"] is True
 
 
 # --------------------------------------------------------------------------------------------------

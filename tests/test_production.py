@@ -256,12 +256,14 @@ def test_one_record_per_request_for_every_outcome(db: DB) -> None:
 
         r = rows[ids["nokey"]]
         assert (r["status"], r["outcome"], r["project"]) == (401, "failed", "") and ids["nokey"] not in attempts
+        assert r["cost"] == 0.0  # refused before its model was read: nothing billed, not "unpriced"
 
         r = rows[ids["streamed"]]
         assert (r["status"], r["stream"], r["completion_tokens"]) == (200, True, 20) and r["cost"] > 0
 
         r = rows[ids["cancelled"]]
         assert (r["status"], r["outcome"], r["model"], r["stream"]) == (499, "cancelled", "slow", True)
+        assert r["ttft"] is not None and r["ttft"] <= r["latency"]  # its first bytes went out before it left
         # The upstream answered (200, a first token), then the gateway cut its stream for the client
         # that left: the attempt was abandoned, not answered in full, in the record and in the metrics.
         [a] = attempts[ids["cancelled"]]

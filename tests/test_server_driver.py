@@ -689,3 +689,24 @@ async def test_a_hedged_embeddings_attempt_starts_its_call_once() -> None:
     result = await EmbeddingsDriver.of(proxy.driver).execute(EmbedExchange(req, body), req.estimated_tokens())
     assert result.ok and all(s.inflight == 0 for s in proxy.router.states)
     assert sum(s.requests for s in proxy.router.states) == 1  # one call started, once
+
+
+async def test_time_waiting_on_the_upstream_is_waited_also_when_the_wait_fails_or_is_cancelled() -> None:
+    """The gateway overhead is the total minus the time waiting on upstreams: a read that ends in the
+    upstream cutting the stream, or in the client leaving, was waiting all the same."""
+    up = MockUpstream(lambda r: MockReply(200, chunks=[ROLE, chunk({"content": "x"}), 0.2,
+                                                       UpstreamConnectionError("cut")]))
+    result, _ = await run(Proxy(make_config(), up, seed=1), request(stream=True))
+    stream = result.outcome.payload
+    events = await drain(stream)
+    assert events[-1].type == "error" and stream.waited >= 0.2
+
+    up = MockUpstream(lambda r: MockReply(200, chunks=[ROLE, chunk({"content": "x"}), HANG]))
+    result, _ = await run(Proxy(make_config(), up, seed=1), request(stream=True))
+    stream = result.outcome.payload
+    task = asyncio.create_task(drain(stream))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert stream.waited >= 0.2

@@ -332,7 +332,8 @@ def test_request_cost_is_zero_where_nothing_was_billed_and_none_only_without_a_p
     # only a model without a price is unpriced (the admin API's `unpriced`)
     assert request_cost(rt, used, [{"channel": "a", "upstream_model": "free"}], "free", True) is None
     assert request_cost(rt, None, [], "free", False) is None
-    assert request_cost(rt, None, [], None, False) is None
+    # refused before its model was read (a bad key, a body that is not JSON): nothing was billed
+    assert request_cost(rt, None, [], None, False) == 0.0
 
 
 def test_config_prices_and_store_section() -> None:
@@ -823,10 +824,10 @@ async def test_queries_filter_and_group(db: Any) -> None:
     t0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
     day = 86_400.0
 
-    def att(ch: str, status: int, n: int = 1, cost: float | None = None) -> AttemptRow:
-        kind = None if status < 400 else error_kind_for_status(status).value
+    def att(ch: str, status: int, n: int = 1, cost: float | None = None, lost: bool = False) -> AttemptRow:
+        kind = None if status < 400 or lost else error_kind_for_status(status).value
         return AttemptRow(n=n, channel=ch, upstream_model="up-" + ch, status=status, error_kind=kind, cost=cost,
-                          latency=1.0, key_name=f"{ch}-k")
+                          latency=1.0, key_name=f"{ch}-k", decision={"next": "hedge_lost"} if lost else None)
 
     records = [
         rec(0, project="a", model="m1", created_at=t0, channel="c0", cost=1.0, prompt_tokens=10,
@@ -836,7 +837,7 @@ async def test_queries_filter_and_group(db: Any) -> None:
         rec(0, project="b", model="m1", created_at=t0 + 20, channel=None, status=503, outcome="failed", cost=None,
             attempts=[att("c0", 503), att("c1", 503, 2)]),
         rec(0, project="b", model="m1", created_at=t0 + day, channel="c1", cost=4.0, prompt_tokens=40,
-            attempts=[att("c1", 200, cost=4.0)], trace_id="T"),
+            attempts=[att("c1", 200, cost=4.0), att("c1", 0, 2, lost=True)], trace_id="T"),  # a lost hedge: no failure
         rec(0, project="a", model="m1", created_at=t0 + day + 5, channel="c0", status=499, outcome="cancelled",
             cost=None, attempts=[att("c0", 200)]),
     ]
@@ -883,7 +884,7 @@ async def test_queries_filter_and_group(db: Any) -> None:
 
         per_channel = {u.group["channel"]: u for u in await Q.attempt_usage(e, Q.Filter())}
         assert (per_channel["c0"].attempts, per_channel["c0"].failures, per_channel["c0"].cost) == (4, 2, 1.0)
-        assert (per_channel["c1"].attempts, per_channel["c1"].failures, per_channel["c1"].cost) == (3, 1, 6.0)
+        assert (per_channel["c1"].attempts, per_channel["c1"].failures, per_channel["c1"].cost) == (4, 1, 6.0)
         assert per_channel["c1"].mean_latency == pytest.approx(1.0)
     finally:
         await store.close()

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.store.models import attempts_table as A
 from server.store.models import requests_table as R
-from server.store.records import OUTCOMES, AttemptRow, RequestRecord
+from server.store.records import CALLED_OFF, OUTCOMES, AttemptRow, RequestRecord
 
 MAX_LIMIT = 1000
 MAX_OFFSET = 2**63 - 1
@@ -320,8 +320,12 @@ async def attempt_usage(engine: AsyncEngine, f: Filter, by: Sequence[str] = ("ch
         w.append(A.c.key_name == f.key_name)
     if f.status is not None:
         w.append(A.c.status == f.status)
-    # A failure is what the core classified as one, or any status that is not a success (0: no answer).
-    failed = sa.or_(A.c.error_kind.is_not(None), A.c.status >= 400, A.c.status < 100)
+    # A failure is what the core classified as one, or any status that is not a success (0: no answer),
+    # except an attempt our side called off (a lost hedge, a client that left): as the metrics'
+    # attempt outcome (server/metrics.py) and the channel's own state count them, not failures.
+    called_off = sa.func.coalesce(A.c.decision["next"].as_string(), "").in_(CALLED_OFF)
+    failed = sa.or_(A.c.error_kind.is_not(None),
+                    sa.and_(sa.or_(A.c.status >= 400, A.c.status < 100), sa.not_(called_off)))
     failures = sa.func.coalesce(sa.func.sum(sa.case((failed, 1), else_=0)), 0)
     q = (sa.select(*cols, sa.func.count().label("attempts"), failures.label("failures"),
                    sa.func.coalesce(sa.func.sum(A.c.cost), 0.0).label("cost"),

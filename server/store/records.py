@@ -25,6 +25,9 @@ OUTCOMES: tuple[str, ...] = ("completed", "failed", "cancelled")
 
 # The status recorded for a request whose client went away: nginx's "client closed request".
 STATUS_CLIENT_CLOSED = 499
+# What execution did next after an attempt our side called off (a lost hedge, a client that left, a
+# shutdown): not the channel's failure, in the metrics and the admin API's figures alike.
+CALLED_OFF: tuple[str, ...] = ("cancelled", "hedge_lost")
 
 MAX_STORED_BODY = 1 << 20  # bytes of a request/response body kept when store.store_bodies is on
 # A body is handed to the store this much longer than it is kept, and cut to MAX_STORED_BODY only

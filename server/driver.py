@@ -41,7 +41,6 @@ from multidict import CIMultiDict
 from mypy_extensions import mypyc_attr
 
 from axonsim import __version__
-
 from axonsim.capabilities import NO_NEEDS, Needs
 from axonsim.config import Timeouts
 from axonsim.execution import AttemptRecord, Call, Cancel, Launch, Outcome, Race, Result, Router, Wait

@@ -207,6 +207,25 @@ class Behavior(_Strict):
             return float(v)
         return v
 
+    @field_validator("tokens_per_second")
+    @classmethod
+    def _tps_positive(cls, v: float | Distribution) -> float | Distribution:
+        # A speed drawn as 0 would never finish its answer (the simulator divided by it).
+        if isinstance(v, Constant) and v.value <= 0:
+            raise ValueError("a constant speed must be > 0")
+        if isinstance(v, Empirical) and any(x <= 0 for x in v.values):
+            raise ValueError("every observed speed must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _one_outcome_per_attempt(self) -> Behavior:
+        # One draw decides each attempt's fault: the probabilities share one unit.
+        f = self.faults
+        total = self.error_rate + f.rate_limited + f.overloaded + f.bad_gateway + f.reset + f.timeout + f.stream_cut
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"error_rate and the faults' probabilities add up to {total:g}; at most 1")
+        return self
+
 
 # --------------------------------------------------------------------------------------------------
 # Gateway, channels
@@ -658,8 +677,10 @@ class Workload(_Strict):
 
     `requests` and/or `duration` bound a synthetic workload (whichever ends first); for a trace
     they cut it short. `output_tokens` unset: each attempt's channel behaviour draws the output.
-    The token estimate that local TPM limits and quotas count (as the live proxy does) is
-    input + `max_tokens`, or input + the request's drawn output when no max_tokens is set."""
+    The token estimate that local TPM limits and quotas count is input + `max_tokens`, or input +
+    the request's drawn output when no max_tokens is set. The live proxy counts its estimate
+    (request bytes / 4 + max_tokens) at the start and the usage beyond it once the answer reports
+    it, so both end up counting what was used."""
 
     arrival: Arrival | None = None
     requests: int | None = Field(None, gt=0, le=MAX_REQUESTS)

@@ -116,6 +116,13 @@ class Call:
     def succeeded(self, now: float, output_tokens: int = 0) -> None:
         self.state.succeeded(now, now - self.start, self.key, self.upstream_model, output_tokens, self.ttft)
 
+    def used(self, now: float, tokens: int) -> None:
+        """The attempt's usage came to `tokens` (input and output): what it used beyond the estimate
+        counted at its start goes to the channel's TPM limits and quota too. (A driver whose estimate
+        is exact, as the simulator's, has nothing to add.)"""
+        if tokens > self.tokens:
+            self.state.charge(now, self.key, tokens - self.tokens)
+
     def answered(self, now: float, output_tokens: int = 0) -> Outcome:
         """A whole answer arrived at `now` (a non-stream attempt, whose first event is its end):
         first_token and succeeded in one call. Returns the Outcome to send to execution."""

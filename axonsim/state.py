@@ -213,6 +213,21 @@ class ChannelState:
                 if k.breaker is not None and k.breaker.state != CLOSED:
                     k.breaker.on_start(now)
 
+    def charge(self, now: float, key: int | None, tokens: int) -> None:
+        """`tokens` an attempt used beyond what was counted at its start (its usage, once known, over
+        the estimate): local TPM limits and quotas count what was used, not only what was guessed."""
+        if tokens <= 0:
+            return
+        if self.track:
+            self.limiter.window.add(now, 0, tokens)
+        if self.slow:
+            if self.quota is not None:
+                self.quota.on_tokens(now, tokens)
+            if key is not None and 0 <= key < len(self.keys):
+                k = self.keys[key]
+                if k.has_limits:
+                    k.limiter.window.add(now, 0, tokens)
+
     def first_token(self, now: float, ttft: float) -> None:
         e = self.ewma_ttft
         self.ewma_ttft = ttft if e is None else e + self.alpha * (ttft - e)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # runnable from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
-from axonsim.config import load_config  # noqa: E402
+from axonsim.config import ConfigError, load_config  # noqa: E402
 from axonsim.report import render_report  # noqa: E402
 from axonsim.sim import sweep  # noqa: E402
 
@@ -36,13 +36,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "sim_report")
     args = p.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        p.error("--seeds: distinct whole numbers >= 0")
+    if args.requests is not None and args.requests < 1:
+        p.error("--requests: at least 1")
+    if args.workers is not None and args.workers < 1:
+        p.error("--workers: at least 1")
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out: {args.out} is not a directory")
 
-    if (args.out / "sweep.json").exists():  # a previous report: replace it, so no stale run tables linger
-        shutil.rmtree(args.out)
     scenarios = {name: load_config(ROOT / "examples" / "scenarios" / f"{name}.yaml") for name in SCENARIOS}
     t0 = time.perf_counter()
-    result = sweep(scenarios, STRATEGIES, args.seeds, requests=args.requests, workers=args.workers)
+    try:
+        result = sweep(scenarios, STRATEGIES, args.seeds, requests=args.requests, workers=args.workers)
+    except ConfigError as exc:
+        print(f"sim_report: {exc}", file=sys.stderr)
+        return 2
     t_sweep = time.perf_counter() - t0
+    # Only now, with a new report to write, does the previous one go: what it wrote, not the directory
+    # (which may hold the user's own files), so that no stale run tables linger.
+    if (args.out / "sweep.json").exists():  # a previous report's
+        for stale in ("requests", "figures"):
+            if (args.out / stale).is_dir():
+                shutil.rmtree(args.out / stale)
     result.to_files(args.out, format="parquet", requests=True)
     result.meta["source"] = str(args.out)  # the report names where its tables are
     t1 = time.perf_counter()

@@ -400,6 +400,8 @@ class LiveDriver:
             call.first_token(out.end)
             if not ex.stream:
                 usage = out.payload.usage
+                if usage is not None:
+                    call.used(out.end, usage.prompt_tokens + usage.completion_tokens)
                 call.succeeded(out.end, usage.completion_tokens if usage is not None else 0)
         else:
             call.failed(out.end, out)
@@ -712,7 +714,10 @@ class LiveStream:
         self.done = True
         self.end = now = self.driver.clock.now()
         self.resp.close()
-        self.call.succeeded(now, self.usage.completion_tokens if self.usage is not None else 0)
+        usage = self.usage
+        if usage is not None:
+            self.call.used(now, usage.prompt_tokens + usage.completion_tokens)
+        self.call.succeeded(now, usage.completion_tokens if usage is not None else 0)
 
     def _fail(self, err: Error) -> ErrorEvent:
         if not self.done:
@@ -723,5 +728,7 @@ class LiveStream:
                 self.usage = seen
             self.end = now = self.driver.clock.now()
             self.resp.close()
+            if self.usage is not None:
+                self.call.used(now, self.usage.prompt_tokens + self.usage.completion_tokens)
             self.call.failed(now, Outcome.failure(now, err, key=self.call.key))
         return ErrorEvent(error=err)

@@ -440,6 +440,8 @@ class EmbeddingsDriver(LiveDriver):
         entry[1] = out
         if out.ok:
             call.first_token(out.end)
+            if isinstance(out.payload, EmbedResult):
+                call.used(out.end, out.payload.prompt_tokens)
             call.succeeded(out.end, 0)  # no output tokens: embeddings only read
         else:
             call.failed(out.end, out)

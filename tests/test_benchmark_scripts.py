@@ -93,3 +93,20 @@ def test_proxy_overhead_runs_end_to_end_and_writes_its_table(tmp_path):
     assert set(report["scaled"]["axonsim"]) == {"added_p50_c1_ms", "ratio_c64", "cpu_us_c64", "ttfb_added_ms"}
     md = (tmp_path / "proxy_overhead.md").read_text()
     assert "## Against the targets (issue 6, item 8)" in md and "scaled to this host" in md
+
+
+def test_sim_report_refuses_bad_arguments_before_touching_its_output(tmp_path):
+    """Bad arguments are a usage error (exit 2, no traceback), and the output directory, which may
+    hold a previous report and the user's own files, is left as it was."""
+    out = tmp_path / "my_results"
+    out.mkdir()
+    (out / "sweep.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    (out / "figures").mkdir()
+    for bad, says in ((["--requests", "0"], "--requests"), (["--seeds", "1", "1"], "--seeds"),
+                      (["--workers", "0"], "--workers")):
+        p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sim_report.py"), "--out", str(out), *bad],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert sorted(x.name for x in out.iterdir()) == ["figures", "notes.txt", "sweep.json"]
+    assert (out / "notes.txt").read_text() == "mine"

@@ -62,6 +62,15 @@ def test_the_contract_example_loads(tmp_path):
      "routing.composite"),
     ({"channels": [{"name": "a", "models": ["m"]}], "workload": {"arrival": {"rate": -3}, "requests": 5}},
      "workload.arrival.rate"),
+    # one draw decides an attempt's fault: the probabilities share one unit (the simulator raised late)
+    ({"channels": [{"name": "a", "models": ["m"], "behavior": {"error_rate": 0.6, "faults": {"rate_limited": 0.6}}}]},
+     "channels[0].behavior: error_rate and the faults' probabilities add up to 1.2"),
+    # a speed drawn as 0 never finishes an answer (the simulator divided by it, the mock answered 500)
+    ({"channels": [{"name": "a", "models": ["m"], "behavior": {"tokens_per_second": {"dist": "constant", "value": 0}}}]},
+     "channels[0].behavior.tokens_per_second"),
+    ({"channels": [{"name": "a", "models": ["m"], "behavior": {"tokens_per_second": {"dist": "empirical",
+                                                                                      "values": [40, 0]}}}]},
+     "channels[0].behavior.tokens_per_second"),
 ])
 def test_mistakes_name_the_field(patch, field):
     with pytest.raises(ConfigError) as e:

@@ -710,3 +710,43 @@ async def test_time_waiting_on_the_upstream_is_waited_also_when_the_wait_fails_o
     with pytest.raises(asyncio.CancelledError):
         await task
     assert stream.waited >= 0.2
+
+
+def _usage_body(completion: int) -> bytes:
+    body = orjson.loads(chat_body())
+    body["usage"] = {"prompt_tokens": 10, "completion_tokens": completion, "total_tokens": 10 + completion}
+    return orjson.dumps(body)
+
+
+@pytest.mark.parametrize("limit", [{"limits": {"tpm": 1000}}, {"api_keys": [{"key": "key-a-000001",
+                                                                             "limits": {"tpm": 1000}}]},
+                                   {"quota": {"tokens": 1000, "period": 3600}}])
+async def test_tpm_limits_and_quotas_count_the_tokens_an_answer_used(limit: dict[str, Any]) -> None:
+    """A client that sets no max_tokens is estimated at its prompt alone; what the answer used, its
+    usage says, and a local TPM limit (channel or key) or a token quota counts that: a channel that
+    has served 1,200 tokens against a limit of 1,000 takes no more until its window moves on."""
+    cfg = parse_config({
+        "channels": [{"name": "a", "type": "openai", "base_url": "http://a.test/v1", "api_keys": ["key-a-000001"],
+                      "models": ["m"], **limit},
+                     {"name": "b", "type": "openai", "base_url": "http://b.test/v1", "api_keys": ["key-b-000001"],
+                      "models": ["m"], "priority": 1}],
+        "routing": {"strategy": "round_robin"},
+    })
+    up = MockUpstream(lambda r: MockReply(200, _usage_body(600)))
+    proxy = Proxy(cfg, up, seed=1)
+    for _ in range(2):
+        result, _ = await run(proxy, request())
+        assert result.ok and result.attempts[-1].channel == "a"
+    result, _ = await run(proxy, request())
+    assert result.ok and [a.channel for a in result.attempts] == ["b"]  # a is at its limit: its backup serves
+    # a streamed answer reports its usage at its end: counted then
+    big = sse({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+               "usage": {"prompt_tokens": 10, "completion_tokens": 600, "total_tokens": 610}})
+    up.handler = lambda r: MockReply(200, chunks=[ROLE, chunk({"content": "hi"}), chunk({}, "stop"), big, DONE])
+    proxy = Proxy(cfg, up, seed=1)
+    served = []
+    for _ in range(3):
+        result, _ = await run(proxy, request(stream=True))
+        await drain(result.outcome.payload)
+        served.append(result.attempts[-1].channel)
+    assert served == ["a", "a", "b"]

@@ -451,3 +451,21 @@ def test_a_scheduled_incident_moves_traffic_away_and_back():
     after = fast[fast.start >= 650]
     assert len(after) > 100 and (after.status == 200).mean() > 0.99  # back after the incident
     assert res.summary()["success_rate"] > 0.99
+
+
+def test_a_channels_context_window_keeps_requests_too_large_away_as_in_the_proxy():
+    # The proxy checks what a request needs against each channel's capabilities before routing; a
+    # simulated request needs its admission estimate (input + output) of context.
+    small = {**chan("small"), "capabilities": {"context_window": 500}}
+    big = {**chan("big"), "priority": 1}
+    wl = {"arrival": {"process": "poisson", "rate": 10}, "requests": 60,
+          "input_tokens": {"dist": "constant", "value": 400}, "output_tokens": {"dist": "constant", "value": 200}}
+    res = simulate(config([small, big], workload=wl), seed=3)
+    assert res.requests.ok.all() and set(res.requests.channel) == {"big"}
+    fits = {**wl, "input_tokens": {"dist": "constant", "value": 200}}  # 200 + 200 fits in 500
+    res = simulate(config([small, big], workload=fits), seed=3)
+    assert set(res.requests.channel) == {"small"}
+    # only the big one fits, and it is down: no channel can carry the request, as the proxy answers
+    down = {**big, "behavior": {"error_rate": 1.0}}
+    res = simulate(config([small, down], routing={"health": NO_HEALTH}, workload=wl), seed=3)
+    assert not res.requests.ok.any() and (res.attempts.channel == "big").all()

@@ -286,6 +286,26 @@ def test_usage_log_replay(tmp_path, fmt):
     assert req.input_tokens.tolist() == [200, 300, 100, 400] and req.output_tokens.tolist() == [20, 30, 10, 40]
 
 
+def test_usage_log_rows_refused_before_routing_are_left_out(tmp_path):
+    """A real log holds requests the proxy refused before reading a model (a bad key, a body that
+    was not JSON): stored with an empty model, they never reached a channel, and are not replayed.
+    Errors in the rows kept still name their line in the file."""
+    df = usage_log(tmp_path)
+    refused = pd.DataFrame({"id": ["x1", "x2"], "created_at": [1_700_000_001.0, 1_700_000_003.0], "project": ["", ""],
+                            "model": ["", "  "], "stream": ["f", "f"], "prompt_tokens": [0, 0],
+                            "completion_tokens": [0, 0], "status": [401, 400]})
+    mixed = pd.concat([refused.iloc[:1], df.iloc[:2], refused.iloc[1:], df.iloc[2:]], ignore_index=True)
+    mixed.to_csv(tmp_path / "log.csv", index=False)
+    tr = read_usage_log(tmp_path / "log.csv")
+    assert tr.model == ["gpt-4o-mini", "gpt-4o", "gpt-4o-mini", "gpt-4o"] and tr.times.tolist() == [0.0, 2.25, 10.5, 30.0]
+    mixed.assign(prompt_tokens=[0, 1, 2, 0, "many", 4]).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ConfigError, match=r"bad.csv: line 6: prompt_tokens"):
+        read_usage_log(tmp_path / "bad.csv")
+    refused.to_csv(tmp_path / "none.csv", index=False)
+    with pytest.raises(ConfigError, match="no row of the usage log names a model"):
+        read_usage_log(tmp_path / "none.csv")
+
+
 # -- bad input: file, line, field -------------------------------------------------------------------
 
 

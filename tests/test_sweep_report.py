@@ -249,6 +249,33 @@ def test_report_cli_bad_scenario_exits_2(simulate_dir, tmp_path, capsys):
     assert "configuration error" in capsys.readouterr().err
 
 
+def test_report_cli_refuses_a_scenario_other_than_the_one_simulated(simulate_dir, tmp_path, capsys):
+    # The results record their scenario: one that describes another strategy or other channels would
+    # relabel them without a word.
+    scenario, out = simulate_dir
+    other = _scenario({"start": 3, "end": 8, "status": 503}, requests=200)
+    other["routing"]["strategy"] = "round_robin"
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    renamed = _scenario({"start": 3, "end": 8, "status": 503}, requests=200)
+    renamed["channels"][0]["name"] = "elsewhere"
+    (tmp_path / "renamed.yaml").write_text(yaml.safe_dump(renamed))
+    capsys.readouterr()
+    for path, what in ((tmp_path / "other.yaml", "strategy"), (tmp_path / "renamed.yaml", "channels")):
+        assert main(["report", str(out), "--out", str(tmp_path / "r"), "--scenario", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"--scenario: its {what}" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "report.html").exists()
+    assert main(["report", str(out), "--out", str(tmp_path / "r"), "--scenario", str(scenario)]) == 0  # the same one
+
+
+def test_report_cli_on_results_without_requests(simulate_dir, tmp_path):
+    _, out = simulate_dir
+    df = pd.read_parquet(out / "requests.parquet")
+    df.iloc[:0].to_parquet(out / "requests.parquet", index=False)
+    assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report.html").exists()
+
+
 def test_costs_in_a_report_keep_their_significant_digits() -> None:
     # A request costs ~1e-4: three decimals wrote every cost as 0.000 ± 0.000.
     from axonsim.report.render import _pm

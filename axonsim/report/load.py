@@ -59,6 +59,14 @@ def _load_simulation(d: Path, scenario: Config | None, name: str | None) -> Swee
     recorded = summary.get("scenario")
     if scenario is not None:
         info = scenario_info(scenario)
+        if isinstance(recorded, dict):
+            # The results say what was simulated: a scenario that describes something else would
+            # relabel them (another strategy, other channels) without a word.
+            for what in ("strategy", "channels"):
+                if recorded.get(what) is not None and info.get(what) != recorded.get(what):
+                    raise ReportError(f"--scenario: its {what} ({_listed(info.get(what))}) is not the one these "
+                                      f"results were simulated with ({_listed(recorded.get(what))}); leave "
+                                      "--scenario out: the results record their scenario")
     elif isinstance(recorded, dict):
         info = recorded  # what `simulate --out` writes beside its summary
     else:
@@ -73,6 +81,10 @@ def _load_simulation(d: Path, scenario: Config | None, name: str | None) -> Swee
         raise ReportError(f"{spath}: seed is not an integer: {summary['seed']!r}") from None
     return SweepResult._from_cells({(label, strategy, seed): (summary, requests)}, {label: info},
                                    [strategy], [seed], {"source": str(d)})
+
+
+def _listed(v: Any) -> str:
+    return ", ".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
 def _read_requests(d: Path) -> pd.DataFrame:

@@ -238,8 +238,9 @@ def plot_channel_share(results: Results, scenario: str | None = None, *, seed: i
         fig, axes = ax.get_figure(), [ax]  # type: ignore[assignment]
     for st, a in zip(strategies, axes, strict=True):
         df = sw.requests.get((sc, st, seed))
-        if df is None:
-            a.text(0.5, 0.5, "no request table kept", ha="center", va="center", transform=a.transAxes)
+        if df is None or len(df) == 0:
+            a.text(0.5, 0.5, "no request table kept" if df is None else "no requests", ha="center", va="center",
+                   transform=a.transAxes)
             a.set_title(f"{st} (seed {seed})", fontsize=9)
             continue
         table, width = share_over_time(df, bin_seconds)

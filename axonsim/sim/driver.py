@@ -41,6 +41,7 @@ from mypy_extensions import mypyc_attr
 from simpy.events import NORMAL
 
 from axonsim.behavior import OUTAGE, RESET, STREAM_CUT, TIMEOUT, BehaviorModel
+from axonsim.capabilities import Needs
 from axonsim.config import Config
 from axonsim.execution import Call, Cancel, Effect, Launch, Outcome, Race, Result, Router, Wait
 from axonsim.health import OPEN
@@ -212,6 +213,9 @@ class Simulation:
         self.samples: list[list[int]] = []  # per grid point: each channel's routing state code
         # Bound once: a bound method (or callbacks tuple) per event would be allocated anew each time.
         self._execute = self.router.execute
+        # A channel with a context window keeps requests too large for it away, as in the proxy: then
+        # each request says how many tokens it needs (its admission estimate, input + output).
+        self._windows = any(st.channel.capabilities.context_window is not None for st in self.router.states)
         self._finish = self.recorder.finish
         self._resume = (self._on_wait,)
         names = arrivals.models
@@ -375,7 +379,11 @@ class Simulation:
         now = env._now  # (the request's arrival)
         req, model, tokens, t = next(self._feed)
         # positional: (model, now, rng, request, tokens, sticky_key, explain, stream), cheaper than keywords
-        req.gen = self._execute(model, now, self.core_rng, req, tokens, None, self.explain, req.stream)
+        if self._windows:
+            req.gen = self._execute(model, now, self.core_rng, req, tokens, None, self.explain, req.stream,
+                                    Needs(context_tokens=tokens))
+        else:
+            req.gen = self._execute(model, now, self.core_rng, req, tokens, None, self.explain, req.stream)
         self.step(req, None)
         # Absolute times: a trace's arrivals land exactly where the trace puts them.
         return _END if t is None else (t, NORMAL, next(env._eid))

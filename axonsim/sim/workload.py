@@ -494,7 +494,8 @@ _FALSE = {"false", "f", "0", "no", "n", ""}
 
 def read_usage_log(path: str | Path, time_scale: float = 1.0) -> Trace:
     """An export of the proxy's requests table (CSV, or Parquet by its extension): created_at (Unix
-    seconds or an ISO timestamp), model, stream, prompt_tokens, completion_tokens; project if present."""
+    seconds or an ISO timestamp), model, stream, prompt_tokens, completion_tokens; project if present.
+    Rows without a model (requests refused before routing) are left out."""
     path = Path(path)
     parquet = path.suffix.lower() in (".parquet", ".pq")
     try:
@@ -509,9 +510,18 @@ def read_usage_log(path: str | Path, time_scale: float = 1.0) -> Trace:
                    f"missing column(s) {', '.join(missing)} (a usage log needs {', '.join(USAGE_COLUMNS)})")
     if len(df) == 0:
         raise ConfigError(f"{path}: the usage log has no rows")
+    # A request refused before its model was read (a bad key, a body that was not JSON) never reached
+    # routing: there is nothing of it to replay.
+    named = (df["model"].astype(str).str.strip() != "").to_numpy()
+    kept = np.flatnonzero(named)
+    if kept.size == 0:
+        raise ConfigError(f"{path}: no row of the usage log names a model")
+    if kept.size < len(df):
+        df = df.iloc[kept].reset_index(drop=True)
 
     def where(i: int) -> str:
-        return f"row {i + 1}" if parquet else f"line {i + 2}"  # CSV: line 1 is the header
+        j = int(kept[i])  # the row in the file
+        return f"row {j + 1}" if parquet else f"line {j + 2}"  # CSV: line 1 is the header
 
     created = df["created_at"]
     secs = pd.to_numeric(created, errors="coerce").to_numpy(dtype=np.float64)
@@ -549,11 +559,8 @@ def read_usage_log(path: str | Path, time_scale: float = 1.0) -> Trace:
         return out
 
     models = df["model"].astype(str).str.strip()
-    empty = np.flatnonzero((models == "").to_numpy())
-    if empty.size:
-        raise _bad(path, where(int(empty[0])), "model", "is empty")
     project = df["project"].astype(str).tolist() if "project" in df.columns else None
-    rows = np.arange(len(df), dtype=np.int64) + (1 if parquet else 2)
+    rows = kept.astype(np.int64) + (1 if parquet else 2)
     return _ordered(path, secs, time_scale, counts("prompt_tokens"), counts("completion_tokens"),
                     models.tolist(), flags("stream"), project, rows)
 

@@ -215,6 +215,15 @@ class Quota:
             return False
         return not (c.tokens is not None and self.tokens >= c.tokens)
 
+    def spare(self, now: float) -> bool:
+        """Room for a background request (a probe) that leaves the clients at least half of the
+        window's allowance."""
+        self._roll(now)
+        c = self.cfg
+        if c.requests is not None and self.requests + 1 > c.requests / 2:
+            return False
+        return not (c.tokens is not None and self.tokens > c.tokens / 2)
+
     def on_start(self, now: float) -> None:
         self._roll(now)
         self.requests += 1

@@ -78,6 +78,20 @@ class Limiter:
     def allows(self, now: float, tokens: int) -> bool:
         return self.headroom(now, tokens) >= 0.0
 
+    def spare(self, now: float) -> bool:
+        """Room for a background request (a probe) that leaves the clients a free slot and at least
+        half of each rate limit."""
+        c = self.cfg
+        if c.max_concurrency is not None and self.inflight >= c.max_concurrency:
+            return False
+        if c.rpm is not None or c.tpm is not None:
+            req, tok = self.window.usage(now)
+            if c.rpm is not None and req + 1 > c.rpm / 2:
+                return False
+            if c.tpm is not None and tok > c.tpm / 2:
+                return False
+        return True
+
     def on_start(self, now: float, tokens: int) -> None:
         self.window.add(now, 1, tokens)
         self.inflight += 1

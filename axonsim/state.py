@@ -438,8 +438,14 @@ class ChannelState:
     def probe_due(self, now: float) -> bool:
         """Whether a periodic probe may go to this channel now: not switched off (by the config or an
         operator), not cooling down after a 429 (a probe would only spend the provider's rate limit),
-        and with a key an operator left on. The live prober and the simulator's ask the same."""
-        return self.channel.enabled and self.cooldown_until <= now and not self.all_keys_held()
+        with a key an operator left on, and with room to spare at its local limits and quota: a
+        probe counts there as real traffic does, and may not take what clients need (a free slot,
+        half of each rate limit and of the quota). The live prober and the simulator's ask the same."""
+        if not (self.channel.enabled and self.cooldown_until <= now and not self.all_keys_held()):
+            return False
+        if self.has_limits and not self.limiter.spare(now):
+            return False
+        return self.quota is None or self.quota.spare(now)
 
     def probe_key(self, now: float) -> int | None:
         """The key a probe uses: the one the channel would use now; if none is available, the first

@@ -600,8 +600,9 @@ async def _send_failure(send: Send, fmt: ModuleType, error: Error, rid_b: bytes,
     error event of its format and the end of the stream (None: the status stays)."""
     try:
         if not started:
-            return await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0,
-                                     _tail(ids, overhead, None))
+            # Cut before execution came to a Result (the shutdown deadline): the attempts made so far.
+            n = len(result.attempts) if result is not None else len(ex.trace) if ex is not None else 0
+            return await _send_error(send, fmt, error, rid_b, n, _tail(ids, overhead, None))
         tail = b""
         if renderer is not None:  # the stream's own: it knows what it has written (a Gemini array's `[`)
             try:

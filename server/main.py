@@ -13,8 +13,8 @@ Exit codes: 0 after a clean shutdown; 2 for a bad config, an unreachable store d
 Graceful shutdown (SIGINT/SIGTERM; a second SIGINT cuts what still runs, a third forces it): stop accepting, let in-flight
 requests and streams finish for up to `gateway.shutdown_timeout` seconds (then cancel them), stop
 the probes, close the upstream session, drain the store, stop the shared-state sync.
-SIGHUP: one worker re-reads its config file (Proxy.reload); the multi-worker parent replaces its
-workers one by one instead (uvicorn), each old worker finishing its requests first.
+SIGHUP: a worker re-reads its config file (Proxy.reload); the multi-worker parent passes it on to
+every worker, each of which reloads in its own process.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +122,8 @@ def worker_app() -> GatewayApp:
         figures = WorkerFigures(os.environ[ENV_DIR], proxy.metrics)
         proxy.startup_hooks.append(figures.start)
         proxy.shutdown_hooks.insert(0, figures.stop)
-        # An admin reload reaches the worker that answered; uvicorn's supervisor (the parent)
-        # replaces all of them on SIGHUP.
+        # An admin reload reaches the worker that answered; the parent passes SIGHUP on to every
+        # worker (Supervisor.handle_hup), and each reloads in its own process.
         proxy.reload_workers = lambda: os.kill(os.getppid(), signal.SIGHUP)
         if proxy.config.state.url is None:
             # Each worker keeps its own channel state: a switch made through one would leave the
@@ -177,7 +178,7 @@ def _banner(config: Config, config_path: Path, host: str, port: int, workers: in
     )
 
 
-REPLACEMENT_READY = 60  # seconds a worker started by a reload has to begin serving (Supervisor.restart_all)
+REPLACEMENT_READY = 60  # seconds a starting worker has before it must answer the parent's pings (GatewayProcess)
 
 
 def _stop_cleanly(signum: int, frame: Any) -> None:
@@ -216,11 +217,26 @@ class GatewayProcess(Process):  # type: ignore[misc]
     """A `--workers` worker that serves with GatewayServer (a terminal's Ctrl-C reaches every worker
     of the process group, the second one too). Module-level: workers are spawned, and unpickle it."""
 
+    _started_at = 0.0
+
     @property
     def server(self) -> uvicorn.Server:
         if self._server is None:
             self._server = GatewayServer(config=self.config)
         return self._server
+
+    def start(self) -> None:
+        self._started_at = time.monotonic()
+        super().start()
+
+    def is_alive(self, timeout: float = 5) -> bool:
+        # A worker answers the parent's pings from a thread it starts once its interpreter is up; on a
+        # loaded host (several workers spawning and importing on two cores) that took longer than
+        # uvicorn's 5 s, and the parent killed workers that were only starting, again and again.
+        # While it is young, a worker is alive as long as its process runs.
+        if time.monotonic() - self._started_at < REPLACEMENT_READY:
+            return bool(self.process.is_alive())
+        return bool(super().is_alive(timeout))
 
 
 class Supervisor(Multiprocess):  # type: ignore[misc]
@@ -252,17 +268,19 @@ class Supervisor(Multiprocess):  # type: ignore[misc]
             return
         super().keep_subprocess_alive()
 
-    def restart_all(self) -> None:
-        # A replacement worker (a reload) must be serving within REPLACEMENT_READY, or the parent
-        # keeps the old one on the old config; uvicorn's 5 s was missed by workers starting on a
-        # loaded host. Only here: the same setting times each liveness ping of a running worker,
-        # during which the parent handles no signal.
-        usual = self.config.timeout_worker_healthcheck
-        self.config.timeout_worker_healthcheck = REPLACEMENT_READY
-        try:
-            super().restart_all()
-        finally:
-            self.config.timeout_worker_healthcheck = usual
+    def handle_hup(self) -> None:
+        # A reload (SIGHUP, or the admin API's through the worker that answered it): every worker
+        # re-reads the file in its own process, as a single worker does (Proxy.reload): requests in
+        # flight finish on the old config and unchanged channels keep their state. uvicorn replaced
+        # the workers instead, whose shutdown deadline then cut requests still running (long streams).
+        log.info("SIGHUP: every worker reloads the configuration")
+        for process in self.processes:
+            pid = process.pid
+            if pid is not None and process.exitcode is None:
+                try:
+                    os.kill(pid, signal.SIGHUP)
+                except ProcessLookupError:  # it ended meanwhile; keep_subprocess_alive replaces it
+                    pass
 
 
 def serve(args: argparse.Namespace) -> int:

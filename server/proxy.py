@@ -306,12 +306,12 @@ class Proxy:
 
     async def reload_all(self) -> None:
         """The admin API's reload: this process (so a bad file is refused before anything changes),
-        then, with several workers, every other one. They cannot be reached from here, so the
-        supervisor replaces each worker with one started from the file, old ones finishing their
-        requests first (what SIGHUP to `axonsim serve` does)."""
+        then, with several workers, every other one: they cannot be reached from here, so the parent
+        is asked to pass SIGHUP on to each (what SIGHUP to `axonsim serve` does), and each reloads
+        in its own process, its requests in flight finishing on the old config."""
         await self.reload()
         if self.reload_workers is not None:
-            log.info("configuration reloaded here; the other workers are being replaced one by one")
+            log.info("configuration reloaded here; every worker is being told to reload too")
             self.reload_workers()
 
     # -- records -------------------------------------------------------------------------------------

@@ -5,10 +5,11 @@ answers a scrape. Each one's own counters would come back in turn, and the serie
 between them and look like counter resets. So every worker writes its observed figures
 (Metrics.figures: request, latency, TTFT, overhead and attempt counts, in-flight requests, the
 store's counters) to `<dir>/<pid>.json` once per `interval` and when it stops, and the worker that
-answers a scrape adds the other workers' latest files to its own live figures. Other workers'
-figures are thus at most `interval` old; nothing is added to the request path.
+answers a scrape publishes its own figures, then adds the other workers' latest files to them.
+Other workers' figures are thus at most `interval` old, and yet counters never go back between two
+scrapes answered by different workers; nothing is added to the request path.
 
-A worker that stops (a reload replaces workers one by one; a crash) leaves its last file behind:
+A worker that stops (a crash, a scaled-down pool) leaves its last file behind:
 its counters stay in the sums, so they never go backwards. Its gauges do not: a graceful stop
 writes them as 0, and a process that no longer exists has its gauges ignored.
 
@@ -68,7 +69,15 @@ class WorkerFigures:
         os.replace(tmp, self.path)
 
     def peers(self) -> list[dict[str, Any]]:
-        """Every other worker's last published figures (gauges zeroed for processes that are gone)."""
+        """Every other worker's last published figures (gauges zeroed for processes that are gone),
+        for a scrape this worker answers; its own are published first. Then the next scrape, whichever
+        worker answers it, counts at least what this one counted, and counters never go back: the
+        other workers' files were at most `interval` old, and a later scrape by one of them read this
+        worker's file as of now."""
+        try:
+            self.publish()
+        except OSError as exc:
+            log.warning("metrics: could not publish this worker's figures: %s", exc)
         out = []
         for f in self.dir.glob("*.json"):
             if f.stem == str(self.pid):

@@ -190,6 +190,25 @@ async def test_workers_figures_add_up_to_one_process(tmp_path: Path) -> None:
         ("axonsim_requests_total", (("client_format", "openai_chat"), ("model", "m1"), ("status", "200")))] + 1
 
 
+def test_counters_never_go_back_whichever_worker_answers_the_next_scrape(tmp_path: Path) -> None:
+    # Worker A counts requests after its last periodic publish, then answers a scrape (its own live
+    # figures); the next scrape goes to B, which reads A's file: it must hold what A's scrape counted.
+    from server.worker_metrics import WorkerFigures
+
+    a, b = Metrics(process=False), Metrics(process=False)
+    fa, fb = WorkerFigures(tmp_path, a, pid=os.getpid()), WorkerFigures(tmp_path, b, pid=os.getppid())
+    fa.publish()
+    fb.publish()
+    for t in TRAFFIC:
+        a.observe_request(*t)
+    key = ("axonsim_requests_total", (("client_format", "openai_chat"), ("model", "m1"), ("status", "200")))
+    first = _all_samples(a)[key]
+    assert first > 0
+    second = _all_samples(b)
+    assert second[key] == first and all(v >= _all_samples(a).get(k, 0) for k, v in second.items()
+                                        if k[0].endswith(("_total", "_count", "_sum", "_bucket")))
+
+
 def test_the_store_is_down_on_every_workers_scrape_when_one_worker_finds_it_down(tmp_path: Path) -> None:
     from server.worker_metrics import WorkerFigures
 

@@ -859,23 +859,28 @@ channels:
 
 
 def test_serve_with_two_workers(tmp_path: Path) -> None:
-    mport, port = free_port(), free_port()
+    mport, lport, port = free_port(), free_port(), free_port()
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(f"""
 gateway:
   api_keys: [{{key: {GW_KEY}, project: acme}}]
   admin_keys: [{ADMIN_KEY}]
+  shutdown_timeout: 0.5
 channels:
   - {{name: one, base_url: "http://127.0.0.1:{mport}/v1", api_keys: [{secret('one')}], models: [m],
       behavior: {{ttft: 0.01, output_tokens: 3}}}}
+  - {{name: long, base_url: "http://127.0.0.1:{lport}/v1", api_keys: [{secret('long')}], models: [long],
+      behavior: {{ttft: 0.01, output_tokens: 80, tokens_per_second: 8}}}}
 store: {{flush_interval: 0.05}}
 """)
-    procs = [_start("mock-provider", "--config", str(cfg), "--port", str(mport))]
+    procs = [_start("mock-provider", "--config", str(cfg), "--port", str(mport)),
+             _start("mock-provider", "--config", str(cfg), "--port", str(lport), "--channel", "long")]
     try:
         _wait_healthy(f"http://127.0.0.1:{mport}", procs[0])
+        _wait_healthy(f"http://127.0.0.1:{lport}", procs[1])
         procs.append(_start("serve", "--config", str(cfg), "--port", str(port), "--workers", "2"))
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, procs[1])
+        _wait_healthy(url, procs[2])
         ids = set()
         for _ in range(12):
             with httpx.Client(base_url=url, timeout=20) as c:  # a connection each: both workers get some
@@ -908,11 +913,31 @@ store: {{flush_interval: 0.05}}
         until(lambda: all(counted() == (12, 12, 12) for _ in range(6)), "/metrics counting both workers' requests",
               20)
 
-        # An admin reload answered by one worker reaches both: the supervisor replaces them.
+        # An admin reload answered by one worker reaches both (the parent passes SIGHUP on): each
+        # reloads in its own process, and a stream running meanwhile (10 s, on either worker) is not
+        # cut by it, whatever the shutdown deadline (the workers used to be replaced, and cut at it).
+        streamed: list[bytes] = []
+        began = threading.Event()
+
+        def stream() -> None:
+            body = {"model": "long", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            with httpx.Client(base_url=url, timeout=30) as c, c.stream("POST", "/v1/chat/completions", json=body,
+                                                                       headers=AUTH) as r:
+                ids.add(r.headers["x-request-id"])
+                for piece in r.iter_raw():
+                    streamed.append(piece)
+                    began.set()
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert began.wait(20)
         cfg.write_text(cfg.read_text().replace("models: [m]", "models: [m, m2]"))
         with httpx.Client(base_url=url, timeout=20) as c:
             r = c.post("/admin/reload", headers=ADMIN)
         assert r.status_code == 200 and r.json()["changed"], r.text
+        reader.join(30)
+        whole = b"".join(streamed)
+        assert whole.endswith(b"data: [DONE]\n\n") and b'"error"' not in whole, whole[-300:]
 
         def models() -> str:
             try:
@@ -927,9 +952,9 @@ store: {{flush_interval: 0.05}}
     finally:
         outs = [_stop(p) for p in reversed(procs)]
     out, err = outs[0]
-    assert procs[1].returncode == 0, err
+    assert procs[2].returncode == 0, err
     assert "2 workers" in out and "per process" in out and str(tmp_path / "axonsim.db") in out
-    assert err.count("Started server process") == 4 and "Traceback" not in err  # two, then their replacements
+    assert err.count("Started server process") == 2 and "Traceback" not in err  # reloads replace no worker
     rows = sqlite3.connect(tmp_path / "axonsim.db").execute("SELECT id FROM requests").fetchall()
     assert {r[0] for r in rows} == ids
 
@@ -968,6 +993,7 @@ def test_requests_past_the_shutdown_deadline_are_cancelled_and_recorded(tmp_path
         until(lambda: slow.inflight == 0, "the upstream calls cancelled")
     r = got["plain"]
     assert r.status_code == 503 and "shut down" in r.json()["error"]["message"], r.text  # not uvicorn's plain 500
+    assert r.headers["x-axonsim-attempts"] == "1"  # the call cut short was made, and is recorded
     events = [json.loads(ln[6:]) for ln in got["stream"].split("\n") if ln.startswith("data: {")]
     assert got["stream_status"] == 200 and "shut down" in events[-1]["error"]["message"]
     rows = {r["stream"]: r for r in d.rows("SELECT id, stream, status, outcome, error FROM requests")}

@@ -124,3 +124,28 @@ async def test_a_reload_refuses_a_config_written_for_the_simulator_alone() -> No
     with pytest.raises(ConfigError, match="no base_url"):
         await proxy.reload(parse_config({"channels": [{"name": "a", "models": ["m"]}]}))
     assert proxy.rt.config.channels[0].base_url == "http://127.0.0.1:1/v1"  # left as it was
+
+
+def test_a_worker_still_starting_is_not_killed_for_missing_a_ping() -> None:
+    """The `--workers` parent pings each worker; one still spawning and importing (a loaded host)
+    cannot answer yet, and uvicorn killed it after 5 s, again and again. A young worker is alive as
+    long as its process runs; after that, the pings decide."""
+    from server.main import REPLACEMENT_READY, GatewayProcess
+
+    class Proc:
+        running = True
+
+        def is_alive(self) -> bool:
+            return self.running
+
+    pings: list[float] = []
+    w = object.__new__(GatewayProcess)
+    w.process = Proc()
+    w.ping = lambda timeout=5: pings.append(timeout) or False  # a worker that does not answer (yet)
+    w._started_at = time.monotonic()
+    assert w.is_alive(timeout=5) and pings == []
+    w.process.running = False
+    assert not w.is_alive(timeout=5)  # a young worker that died is dead
+    w.process.running = True
+    w._started_at = time.monotonic() - REPLACEMENT_READY - 1
+    assert not w.is_alive(timeout=5) and pings == [5]  # grown up: an unanswered ping means hung

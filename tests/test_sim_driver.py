@@ -469,3 +469,44 @@ def test_a_channels_context_window_keeps_requests_too_large_away_as_in_the_proxy
     down = {**big, "behavior": {"error_rate": 1.0}}
     res = simulate(config([small, down], routing={"health": NO_HEALTH}, workload=wl), seed=3)
     assert not res.requests.ok.any() and (res.attempts.channel == "big").all()
+
+
+def test_probes_leave_a_channels_limits_and_quota_to_its_clients():
+    """A probe counts at the channel's local limits and quota as real traffic does; it goes only with
+    room to spare (a free slot, half of each rate limit and of the quota), so probes neither exceed
+    a concurrency limit nor use up what clients are allowed."""
+    from axonsim.execution import Router
+
+    def state(**ch: Any) -> Any:
+        cfg = parse_config({"channels": [{"name": "a", "models": ["m"], "api_keys": ["sk-a"], **ch}]})
+        return Router(cfg).by_name["a"]
+
+    st = state()
+    assert st.probe_due(0.0)
+    st = state(limits={"max_concurrency": 1})
+    assert st.probe_due(0.0)
+    st.started(0.0, 0, "m")
+    assert not st.probe_due(0.1)  # its one slot is a client's
+    st.succeeded(0.2, 0.2, 0, "m")
+    assert st.probe_due(0.3)
+    st = state(limits={"rpm": 4})
+    st.started(0.0, 0, "m")
+    assert st.probe_due(0.1)  # 1 + the probe: half of 4
+    st.started(0.1, 0, "m")
+    assert not st.probe_due(0.2)
+    assert st.probe_due(125.0)  # the window moved on
+    st = state(quota={"requests": 6, "period": 3600})
+    for t in (0.0, 1.0):
+        st.started(t, 0, "m")
+    assert st.probe_due(2.0)
+    st.started(2.0, 0, "m")
+    assert not st.probe_due(3.0)
+    assert st.probe_due(3601.0)  # a new quota window
+
+    # In a run: channel A limited to 4 requests a minute and probed every second takes its share of
+    # the traffic, not the probes (they would have filled its limit by themselves).
+    cfg = probed_pair({"interval": 1}, 240, ["sk-a"])
+    cfg.channels[0].limits.rpm = 4
+    res = simulate(cfg, seed=2)
+    served = int(((res.attempts.channel == "A") & (res.attempts.status == 200)).sum())
+    assert served >= 2 * 2 and res.requests.ok.all()  # ~2 minutes of traffic: at least half its limit a minute

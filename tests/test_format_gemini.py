@@ -617,6 +617,24 @@ def test_parse_response_fixture_values() -> None:
     assert blocked.usage == Usage(prompt_tokens=12, total_tokens=12)
 
 
+def test_a_blocked_prompt_reaches_a_gemini_client_as_blocked_streamed_or_not() -> None:
+    """A prompt Gemini blocks has no candidate, only promptFeedback.blockReason: other families see a
+    content_filter finish; a Gemini client gets the promptFeedback back, not an invented candidate,
+    whether the answer is rendered whole or streamed (the SDK reads prompt_feedback.block_reason)."""
+    raw = fixture("gemini-blocked.response.json")
+    blocked = g.parse_response(raw)
+    assert blocked.finish_reason == "content_filter"
+    for out in (orjson.loads(g.render_response(blocked)),
+                *(json.loads(frame.removeprefix(b"data: ")) for frame in b"".join(
+                    render_stream(feed_all(b"data: " + raw.replace(b"\n", b"") + b"\r\n\r\n"))).split(b"\r\n\r\n")
+                  if frame)):
+        assert "candidates" not in out and out["promptFeedback"] == {"blockReason": "SAFETY"}, out
+        assert out["usageMetadata"]["promptTokenCount"] == 12
+    # another family's content filter is still a candidate that ends with SAFETY
+    other = blocked.model_copy(update={"finish_native": None})
+    assert orjson.loads(g.render_response(other))["candidates"][0]["finishReason"] == "SAFETY"
+
+
 def test_a_tool_response_replays_to_gemini_with_its_signature() -> None:
     """A Gemini 3 tool turn → an OpenAI-style client → back to Gemini: the first call keeps its signature."""
     tool = g.parse_response(fixture("gemini-tool.response.json"))

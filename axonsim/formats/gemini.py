@@ -873,9 +873,32 @@ def _chunk_body(parts: list[dict[str, Any]], model: str, rid: str, finish: str |
 
 
 def render_response(resp: UnifiedResponse) -> bytes:
+    blocked = _blocked(resp.finish_native)
+    if blocked is not None:
+        return orjson.dumps(_blocked_body(blocked, resp.model, resp.id, resp.usage))
     parts = _model_parts(resp.message, outbound=False)
     finish = _finish_out(resp.finish_reason, resp.finish_native)
     return orjson.dumps(_chunk_body(parts, resp.model, resp.id, finish, resp.usage))
+
+
+# A prompt Gemini blocked has no candidate, only promptFeedback.blockReason: the unified answer is a
+# content_filter finish whose finish_native carries the reason, so a Gemini client gets it back.
+BLOCKED = "gemini-block:"
+
+
+def _blocked(native: str | None) -> str | None:
+    return native.removeprefix(BLOCKED) if native is not None and native.startswith(BLOCKED) else None
+
+
+def _blocked_body(reason: str, model: str, rid: str, usage: Usage | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"promptFeedback": {"blockReason": reason}}
+    if usage is not None:
+        out["usageMetadata"] = _usage_to_gemini(usage)
+    if model:
+        out["modelVersion"] = model
+    if rid:
+        out["responseId"] = rid
+    return out
 
 
 def _finish_out(finish: FinishReason | None, native: str | None) -> str | None:
@@ -978,6 +1001,9 @@ class StreamRenderer:
         out = self._flush_calls()
         if self._finish is None and self._usage is None and not self._pending_sig:
             return out + self._close_array()
+        blocked = _blocked(self._native)
+        if blocked is not None:
+            return out + self._frame(_blocked_body(blocked, self._model, self._id, self._usage)) + self._close_array()
         part: dict[str, Any] = {"text": ""}  # as the real API: the last chunk has an empty text part
         if self._pending_sig:
             part["thoughtSignature"] = self._pending_sig
@@ -1300,6 +1326,7 @@ class _Reader:
                 reason = "tool_calls"  # Gemini says STOP when it calls a function
         elif not cands and isinstance(pf := _get(obj, "promptFeedback"), dict) and _get(pf, "blockReason"):
             reason = "content_filter"
+            native = BLOCKED + str(_get(pf, "blockReason"))  # a Gemini client gets its promptFeedback back
         if reason is not None and not self.finished:
             self.finished = True
             out.append(FinishEvent(reason=reason, finish_native=native))

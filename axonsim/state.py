@@ -438,14 +438,19 @@ class ChannelState:
     def probe_due(self, now: float) -> bool:
         """Whether a periodic probe may go to this channel now: not switched off (by the config or an
         operator), not cooling down after a 429 (a probe would only spend the provider's rate limit),
-        with a key an operator left on, and with room to spare at its local limits and quota: a
-        probe counts there as real traffic does, and may not take what clients need (a free slot,
-        half of each rate limit and of the quota). The live prober and the simulator's ask the same."""
+        with a key an operator left on, and with room at its local limits and quota, where a probe
+        counts as real traffic does. While the channel serves clients, a probe may not take what they
+        need (a free slot, half of each rate limit and of the quota); while it serves none (an
+        automatic disable, a disabled key), one request's room is enough: the probe is what brings it
+        back. The live prober and the simulator's ask the same."""
         if not (self.channel.enabled and self.cooldown_until <= now and not self.all_keys_held()):
             return False
-        if self.has_limits and not self.limiter.spare(now):
+        if not self.has_limits and self.quota is None:
+            return True
+        serving = self.unavailable_reason(now) is None
+        if self.has_limits and not (self.limiter.spare(now) if serving else self.limiter.allows(now, 0)):
             return False
-        return self.quota is None or self.quota.spare(now)
+        return self.quota is None or (self.quota.spare(now) if serving else self.quota.allows(now, 0))
 
     def probe_key(self, now: float) -> int | None:
         """The key a probe uses: the one the channel would use now; if none is available, the first

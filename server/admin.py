@@ -297,6 +297,8 @@ class ConfigChanges(BaseModel):
     gateway: list[str] = Field(description="gateway fields that differ (api_keys, admin_keys, timeouts)")
     prices: list[str] = Field(description="models whose price was added, removed or changed")
     store: list[str] = Field(description="store fields that differ (most need a restart to apply)")
+    state: list[str] = Field(default_factory=list,
+                             description="shared-state (Redis) fields that differ (they need a restart to apply)")
     other: list[str]
 
 
@@ -483,7 +485,7 @@ def config_changes(old: Config, new: Config) -> ConfigChanges:
         channels_added=[n for n in nc if n not in oc], channels_removed=[n for n in oc if n not in nc],
         channels_changed=changed, routing=_fields_differ(old.routing, new.routing),
         gateway=_fields_differ(old.gateway, new.gateway), prices=prices, store=_fields_differ(old.store, new.store),
-        other=other,
+        state=_fields_differ(old.state, new.state), other=other,
     )
 
 

@@ -63,7 +63,10 @@ _GEMINI_METHODS = frozenset({
 
 
 def _gemini_method_path(path: str) -> bool:
-    """Whether `path` names a Gemini model method (…/models/{model}:{method})."""
+    """Whether `path` belongs to the Gemini API: anything under /v1beta/ or /gemini/, or a Gemini
+    model method elsewhere (…/models/{model}:{method}, as under /v1/)."""
+    if path.startswith(("/v1beta/", "/gemini/")):
+        return True
     if "/models/" not in path:
         return False
     last = path.rsplit("/", 1)[-1]

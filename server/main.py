@@ -227,7 +227,15 @@ class GatewayProcess(Process):  # type: ignore[misc]
 
     def start(self) -> None:
         self._started_at = time.monotonic()
-        super().start()
+        # A reload's SIGHUP (the parent passes it on to every worker) that came before the worker's
+        # app had installed its handler (a start-up hook) ended the worker: SIGHUP's default. The
+        # worker is spawned with SIGHUP ignored (an ignored signal stays ignored across exec) until
+        # that handler replaces it; a worker still starting reads the file as it is anyway.
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            super().start()
+        finally:
+            signal.signal(signal.SIGHUP, previous)
 
     def is_alive(self, timeout: float = 5) -> bool:
         # A worker answers the parent's pings from a thread it starts once its interpreter is up; on a

@@ -89,6 +89,7 @@ WORDS = ("The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", 
          "streams", "tokens", "at", "its", "configured", "pace", "and", "the", "gateway", "relays", "them.")
 
 HANG_SECONDS = 3600.0
+MAX_DIMENSIONS = 8192  # the largest embedding the mock makes (real providers stop at 3,072)
 _MESSAGES = {
     "error": "the mock provider failed (injected error)",
     "rate_limited": "rate limit reached (injected)",
@@ -97,8 +98,8 @@ _MESSAGES = {
     "outage": "the mock provider is down (injected outage)",
 }  # a `timeout` fault: long enough for any client deadline, finite for hygiene
 
-_GEMINI = re.compile(r"/models/([^/:]+):(generateContent|streamGenerateContent)$")
-_GEMINI_EMBED = re.compile(r"/models/([^/:]+):(embedContent|batchEmbedContents)$")
+_GEMINI = re.compile(r"/models/([^/]+):(generateContent|streamGenerateContent)$")  # (a model name may hold colons)
+_GEMINI_EMBED = re.compile(r"/models/([^/]+):(embedContent|batchEmbedContents)$")
 
 # Scripted mode: the parsed request -> the answer to give (None: the ordinary filler answer).
 Script = Callable[[Request], "Response | None"]
@@ -489,6 +490,14 @@ class MockProvider:
             return self._error(fmt, Error(kind=ErrorKind.INVALID_REQUEST, status=400, param="requests",
                                           message="* BatchEmbedContentsRequest.requests: at most 100 requests can be "
                                                   "in one batch"))
+        dims = [o[0] for o in req.per_item] if req.per_item else [req.dimensions] * len(req.inputs)
+        if any(d is not None and d > MAX_DIMENSIONS for d in dims):
+            # As a real provider refuses it (3,072 at most for OpenAI's and Google's largest): an
+            # unbounded size would have the mock build answers of any size.
+            self.stats["bad_request"] += 1
+            param = "outputDimensionality" if family == "gemini" else "dimensions"
+            return self._error(fmt, Error(kind=ErrorKind.INVALID_REQUEST, status=400, param=param,
+                                          message=f"{param} must be at most {MAX_DIMENSIONS}"))
         if any(not isinstance(x, str) for x in req.inputs):
             # The mock has no tokenizer: a token-id input is embedded as its decimal spelling.
             req.inputs = [x if isinstance(x, str) else " ".join(map(str, x)) for x in req.inputs]
@@ -498,7 +507,6 @@ class MockProvider:
             failed = await self._fault(request, fmt, plan)
             if failed is not None:
                 return failed
-            dims = [o[0] for o in req.per_item] if req.per_item else [req.dimensions] * len(req.inputs)
             res = emb.EmbedResult([embedding_vector(req.model, str(t), d or self.embedding_dim)
                                    for t, d in zip(req.inputs, dims, strict=True)], tokens, tokens)
             self.stats["ok"] += 1

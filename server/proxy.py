@@ -338,9 +338,14 @@ class Proxy:
             except Exception:
                 log.exception("on_request_done hook failed")
         if access_log.isEnabledFor(logging.INFO):
+            # The path and the model are the client's: one line each, and any configured key in them
+            # masked (a client may paste one as its model name).
+            scrub = (rt or self.rt).scrub
+            model = record["model"]
             access_log.info(
                 "%s %s model=%s status=%d attempts=%d channels=%s latency_ms=%.1f stream=%s id=%s",
-                record["method"], record["path"], _safe(record["model"]), record["status"], len(record["attempts"]),
+                record["method"], _safe(scrub(record["path"])), _safe(scrub(model) if model is not None else None),
+                record["status"], len(record["attempts"]),
                 ",".join(record["channels"]) or "-", record["latency"] * 1000.0, int(bool(record["stream"])),
                 record["id"],
             )

@@ -58,7 +58,9 @@ EMBEDDING_PATHS: dict[str, str] = {
 
 # /v1beta/models/M:generateContent, /v1/..., /gemini/v1beta/..., /gemini/models/...; and the
 # embeddings methods on the same paths
-GEMINI_PATH = re.compile(r"^/(?:gemini/)?(?:(?:v1beta|v1)/)?models/([^/:]+)"
+# A model name may hold colons itself (Ollama's llama3:8b, OpenAI's ft:...): the method is what
+# follows the last one.
+GEMINI_PATH = re.compile(r"^/(?:gemini/)?(?:(?:v1beta|v1)/)?models/([^/]+)"
                          r":(generateContent|streamGenerateContent|embedContent|batchEmbedContents)$")
 
 

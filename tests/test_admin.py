@@ -630,6 +630,10 @@ async def test_reload_swaps_the_router_and_says_what_changed(client: httpx.Async
 
     again = (await client.post("/admin/reload", headers=ADMIN)).json()
     assert again["changed"] is False
+    # Shared-state settings apply at the next restart, and a reload says they changed.
+    gw.next_config = {**new, "state": {"url": "redis://127.0.0.1:6379/9"}}
+    third = (await client.post("/admin/reload", headers=ADMIN)).json()
+    assert third["changed"] is True and third["changes"]["state"] == ["url"]
 
 
 async def test_reload_rotates_admin_keys_out(client: httpx.AsyncClient, gw: Gateway) -> None:

@@ -335,6 +335,12 @@ BAD_REQUESTS: list[tuple[Any, str | None]] = [
      "contents[0].parts[0].inlineData.data"),
     ({"contents": [USER], "generationConfig": {"temperature": "hot"}}, "generationConfig.temperature"),
     ({"contents": [USER], "generationConfig": {"topK": 2.5}}, "generationConfig.topK"),
+    # a schema that is not an object (it became a 500 inside the gateway)
+    ({"contents": [USER], "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": "x"}},
+     "generationConfig.responseJsonSchema"),
+    ({"contents": [USER], "generationConfig": {"responseMimeType": "application/json", "responseSchema": [1]}},
+     "generationConfig.responseSchema"),
+    ({"contents": [USER], "generationConfig": {"responseJsonSchema": 3}}, "generationConfig.responseJsonSchema"),
     ({"contents": [USER], "toolConfig": {"functionCallingConfig": {"mode": "SOMETIMES"}}},
      "toolConfig.functionCallingConfig.mode"),
     ({"contents": [USER], "tools": {"functionDeclarations": []}}, "tools"),

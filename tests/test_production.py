@@ -589,6 +589,21 @@ def test_explain_header_and_overhead_header() -> None:
             assert rec is not None and 0.0 <= rec["overhead"] <= rec["latency"] and rec["decisions"] is None
 
 
+def test_the_access_log_masks_keys_in_the_path_and_model_and_keeps_each_to_one_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="axonsim.server.access")
+    proxy, _ = scripted()
+    with Stack() as st:
+        gw = st.gateway(proxy)
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            chat(c, GW_KEY)  # a client pastes its key as the model name
+            c.post(f"/v1beta/models/{secret('a')}%0A2026-01-01 CRITICAL forged:generateContent",
+                   headers={"x-goog-api-key": GW_KEY}, json={"contents": [{"parts": [{"text": "hi"}]}]})
+    lines = [r.getMessage() for r in caplog.records if r.name == "axonsim.server.access"]
+    assert len(lines) == 2 and all("\n" not in ln for ln in lines), lines
+    assert GW_KEY not in caplog.text and secret("a") not in caplog.text and "[redacted]" in caplog.text
+
+
 # --------------------------------------------------------------------------------------------------
 # Reload
 
@@ -809,6 +824,31 @@ store: {{url: "postgresql://axon:db-pass-81f3@127.0.0.1:{free_port()}/nowhere", 
     assert "1 records were not written" in err  # the database never came back: the loss is said, not hidden
     assert "configuration reloaded" in err
     assert "db-pass-81f3" not in out + err and "Traceback" not in err
+
+
+def test_a_reload_while_workers_start_does_not_end_them(tmp_path: Path) -> None:
+    """The parent passes SIGHUP on to every worker; one that has not yet installed its reload handler
+    ignores it (SIGHUP's default would end it, and the parent would start it again)."""
+    port = free_port()
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"""
+gateway: {{api_keys: [{{key: {GW_KEY}}}]}}
+channels:
+  - {{name: one, base_url: "http://127.0.0.1:9/v1", models: [m]}}
+""")
+    proc = _start("serve", "--config", str(cfg), "--port", str(port), "--workers", "2")
+    try:
+        # From when the parent has its workers (it handles its own signals by then) while they import.
+        until(lambda: len(Path(f"/proc/{proc.pid}/task").exists() and subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()) >= 2, "the workers", 60)
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline and proc.poll() is None:
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.2)
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+    finally:
+        out, err = _stop(proc)
+    assert "died" not in err and err.count("Started server process") == 2, err
 
 
 def test_two_workers_refuse_new_connections_once_told_to_stop(tmp_path: Path) -> None:

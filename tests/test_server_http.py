@@ -34,6 +34,7 @@ def ch(name: str, model: str, behavior: dict[str, Any] | None = None, **kw: Any)
 
 CHANNELS = [
     ch("good", "ok-model", model_mapping={"alias": "ok-model"}),
+    ch("colon", "llama3:8b"),  # Ollama-style: a colon in the model name
     ch("err500", "m500", {"error_rate": 1.0}),
     ch("err429", "m429", {"faults": {"rate_limited": 1.0, "retry_after": 3}}),
     ch("err503", "m503", {"faults": {"overloaded": 1.0}}),
@@ -150,6 +151,12 @@ def test_a_trailing_slash_is_served_as_without_it(client: httpx.Client) -> None:
     ("POST", "/v1/models/gemini-x:countTokens", 404, "gemini"),
     ("DELETE", "/v1/models/ft:gpt-4o-mini:acme::abc", 405, "openai"),  # an OpenAI fine-tuned model id
     ("POST", "/v1/models/ft:gpt-4o-mini:acme::abc", 405, "openai"),
+    # anything under Gemini's own prefixes is Gemini's, served or not
+    ("GET", "/v1beta/cachedContents", 404, "gemini"),
+    ("POST", "/v1beta/files", 404, "gemini"),
+    ("GET", "/gemini/v1beta/files", 404, "gemini"),
+    ("POST", "/v1beta/tunedModels/x:generateContent", 404, "gemini"),
+    ("POST", "/v1beta/models/ok-model:generateContent/", 404, "gemini"),
 ])
 def test_unserved_routes_answer_in_their_familys_shape(client: httpx.Client, method: str, path: str, status: int,
                                                        family: str) -> None:
@@ -162,6 +169,17 @@ def test_unserved_routes_answer_in_their_familys_shape(client: httpx.Client, met
         assert body["error"]["code"] == status and body["error"]["status"] and body["error"]["message"]
     else:
         openai_error(r)
+
+
+@pytest.mark.parametrize("prefix", ["/v1beta", "/v1", "/gemini/v1beta"])
+def test_a_model_whose_name_holds_a_colon_is_served_on_gemini_paths(client: httpx.Client, gw: GatewayServer,
+                                                                    prefix: str) -> None:
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    r = client.post(f"{prefix}/models/llama3:8b:generateContent", json=body, headers=AUTH)
+    assert r.status_code == 200 and r.json()["candidates"][0]["content"]["parts"], r.text
+    assert record(gw, r)["model"] == "llama3:8b"
+    r = client.post(f"{prefix}/models/nope:x:generateContent", json=body, headers=AUTH)  # not served: Gemini's 404
+    assert r.status_code == 404 and r.json()["error"]["status"] == "NOT_FOUND" and record(gw, r)["status"] == 404
 
 
 # -- success -----------------------------------------------------------------------------------------

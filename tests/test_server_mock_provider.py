@@ -199,3 +199,19 @@ def test_serves_other_families_by_path(stack: Stack) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["type"] == "message" and body["usage"]["output_tokens"] == 25
+
+
+def test_an_embedding_larger_than_any_provider_makes_is_refused(stack: Stack) -> None:
+    """As a real provider refuses it, in its family's shape: an unbounded size had the mock (inside the
+    demo gateway's own process) build answers of any size."""
+    m = stack.mock(channel())
+    base = f"http://{m.host}:{m.port}"
+    r = httpx.post(base + "/v1/embeddings", headers=AUTH, json={"model": "m", "input": "x", "dimensions": 3_000_000},
+                   timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions", r.text
+    r = httpx.post(base + "/v1beta/models/m:embedContent", headers={"x-goog-api-key": KEY},
+                   json={"content": {"parts": [{"text": "x"}]}, "outputDimensionality": 10**12}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT", r.text
+    r = httpx.post(base + "/v1/embeddings", headers=AUTH, json={"model": "m", "input": "x", "dimensions": 256},
+                   timeout=10)
+    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 256

@@ -456,15 +456,22 @@ def test_a_scheduled_incident_moves_traffic_away_and_back():
 def test_a_channels_context_window_keeps_requests_too_large_away_as_in_the_proxy():
     # The proxy checks what a request needs against each channel's capabilities before routing; a
     # simulated request needs its admission estimate (input + output) of context.
+    # The proxy reckons a request's context as its prompt plus its max_tokens (if it sets one): not
+    # the output it will get.
     small = {**chan("small"), "capabilities": {"context_window": 500}}
     big = {**chan("big"), "priority": 1}
     wl = {"arrival": {"process": "poisson", "rate": 10}, "requests": 60,
-          "input_tokens": {"dist": "constant", "value": 400}, "output_tokens": {"dist": "constant", "value": 200}}
+          "input_tokens": {"dist": "constant", "value": 400}, "output_tokens": {"dist": "constant", "value": 200},
+          "max_tokens": 200}
     res = simulate(config([small, big], workload=wl), seed=3)
     assert res.requests.ok.all() and set(res.requests.channel) == {"big"}
-    fits = {**wl, "input_tokens": {"dist": "constant", "value": 200}}  # 200 + 200 fits in 500
+    fits = {**wl, "max_tokens": 100}  # 400 + 100 fits in 500
     res = simulate(config([small, big], workload=fits), seed=3)
     assert set(res.requests.channel) == {"small"}
+    no_max = {k: v for k, v in wl.items() if k != "max_tokens"}  # 400 of prompt, and no max_tokens: fits
+    res = simulate(config([small, big], workload=no_max), seed=3)
+    assert set(res.requests.channel) == {"small"}
+    wl = {**wl, "input_tokens": {"dist": "constant", "value": 600}}
     # only the big one fits, and it is down: no channel can carry the request, as the proxy answers
     down = {**big, "behavior": {"error_rate": 1.0}}
     res = simulate(config([small, down], routing={"health": NO_HEALTH}, workload=wl), seed=3)
@@ -502,6 +509,19 @@ def test_probes_leave_a_channels_limits_and_quota_to_its_clients():
     st.started(2.0, 0, "m")
     assert not st.probe_due(3.0)
     assert st.probe_due(3601.0)  # a new quota window
+    # A channel that serves no client (automatically disabled) needs only one request's room: the
+    # probe is what brings it back, even with a limit of 1 a minute or a quota half used.
+    st = state(limits={"rpm": 1})
+    assert not st.probe_due(0.0)  # serving: its one request a minute is the clients'
+    st.disabled_until = 10_000.0
+    assert st.probe_due(0.0)
+    st.started(0.0, 0, "m")
+    assert not st.probe_due(1.0)  # no room at all
+    st = state(quota={"requests": 10, "period": 3600})
+    for t in range(6):
+        st.started(float(t), 0, "m")
+    st.disabled_until = 10_000.0
+    assert st.probe_due(7.0)
 
     # In a run: channel A limited to 4 requests a minute and probed every second takes its share of
     # the traffic, not the probes (they would have filled its limit by themselves).

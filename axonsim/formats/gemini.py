@@ -823,6 +823,10 @@ def _parse_generation_config(
     )
 
     mime, jschema, oschema = g.get("responseMimeType"), g.get("responseJsonSchema"), g.get("responseSchema")
+    if jschema is not None:
+        _obj(jschema, "generationConfig.responseJsonSchema")
+    if oschema is not None:
+        _obj(oschema, "generationConfig.responseSchema")
     rf: ResponseFormat | None = None
     if mime == "application/json":
         schema = jschema if jschema is not None else (_schema_to_json(oschema) if oschema is not None else None)

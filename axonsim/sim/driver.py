@@ -214,8 +214,9 @@ class Simulation:
         # Bound once: a bound method (or callbacks tuple) per event would be allocated anew each time.
         self._execute = self.router.execute
         # A channel with a context window keeps requests too large for it away, as in the proxy: then
-        # each request says how many tokens it needs (its admission estimate, input + output).
+        # each request says how much context it needs (its prompt plus its max_tokens, if it has one).
         self._windows = any(st.channel.capabilities.context_window is not None for st in self.router.states)
+        self._context = arrivals.context_tokens
         self._finish = self.recorder.finish
         self._resume = (self._on_wait,)
         names = arrivals.models
@@ -381,7 +382,7 @@ class Simulation:
         # positional: (model, now, rng, request, tokens, sticky_key, explain, stream), cheaper than keywords
         if self._windows:
             req.gen = self._execute(model, now, self.core_rng, req, tokens, None, self.explain, req.stream,
-                                    Needs(context_tokens=tokens))
+                                    Needs(context_tokens=self._context[req.id]))
         else:
             req.gen = self._execute(model, now, self.core_rng, req, tokens, None, self.explain, req.stream)
         self.step(req, None)

@@ -63,12 +63,12 @@ class Arrivals:
     `tokens[i]` is the estimate local TPM limits and quotas count. Any driver can replay it."""
 
     __slots__ = ("times", "model", "stream", "models", "project", "projects", "input_tokens", "output_tokens",
-                 "tokens")
+                 "tokens", "context_tokens")
 
     def __init__(self, times: list[float], model: list[int], stream: list[bool], models: list[str],
                  project: list[int] | None = None, projects: list[str] | None = None,
                  input_tokens: list[int] | None = None, output_tokens: list[int] | None = None,
-                 tokens: list[int] | None = None) -> None:
+                 tokens: list[int] | None = None, context_tokens: list[int] | None = None) -> None:
         n = len(times)
         self.times = times
         self.model = model
@@ -81,9 +81,12 @@ class Arrivals:
         if tokens is None:
             tokens = [i + max(o, 0) for i, o in zip(self.input_tokens, self.output_tokens, strict=True)]
         self.tokens = tokens
+        # The context a request needs, as the proxy reckons it (capabilities.needs_of): its prompt
+        # plus its max_tokens, if the client set one (not the output it will get).
+        self.context_tokens = context_tokens if context_tokens is not None else self.input_tokens
         for name, col in (("model", model), ("stream", stream), ("project", self.project),
                           ("input_tokens", self.input_tokens), ("output_tokens", self.output_tokens),
-                          ("tokens", tokens)):
+                          ("tokens", tokens), ("context_tokens", self.context_tokens)):
             if len(col) != n:
                 raise ValueError(f"Arrivals: {name} has {len(col)} values for {n} arrival times")
 
@@ -362,7 +365,8 @@ def poisson(config: Config, seed: int, requests: int | None = None) -> Arrivals:
 def _merge(parts: list[_Part]) -> Arrivals:
     models: dict[str, int] = {}
     projects: dict[str, int] = {}
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("t", "model", "stream", "project", "in", "out", "tok")}
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("t", "model", "stream", "project", "in", "out", "tok",
+                                                          "ctx")}
     for p in parts:
         m = len(p.times)
         remap = np.asarray([models.setdefault(name, len(models)) for name in p.models], dtype=np.int64)
@@ -380,6 +384,7 @@ def _merge(parts: list[_Part]) -> Arrivals:
         # output when the client sets no max_tokens but the workload knows the length).
         extra = np.full(m, p.max_tokens, dtype=np.int64) if p.max_tokens is not None else np.maximum(p.output, 0)
         cols["tok"].append(p.input + extra)
+        cols["ctx"].append(p.input + p.max_tokens if p.max_tokens is not None else p.input)
     if len(parts) == 1:  # one source is already in order: its columns as they are (no copies)
         joined = {k: v[0] for k, v in cols.items()}
     else:
@@ -388,7 +393,7 @@ def _merge(parts: list[_Part]) -> Arrivals:
     return Arrivals(joined["t"].tolist(), joined["model"].tolist(),
                     joined["stream"].tolist(), list(models), joined["project"].tolist(),
                     list(projects) or ["default"], joined["in"].tolist(), joined["out"].tolist(),
-                    joined["tok"].tolist())
+                    joined["tok"].tolist(), joined["ctx"].tolist())
 
 
 # --------------------------------------------------------------------------------------------------

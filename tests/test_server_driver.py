@@ -99,6 +99,15 @@ async def drain(stream: LiveStream) -> list[Any]:
         out.extend(evs)
 
 
+async def cancel_drain(stream: LiveStream, after: float) -> None:
+    """A client that reads `stream` and leaves `after` seconds in."""
+    task = asyncio.create_task(drain(stream))
+    await asyncio.sleep(after)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def states(proxy: Proxy) -> dict[str, Any]:
     return {s.name: s for s in proxy.router.states}
 
@@ -391,11 +400,7 @@ async def test_cancel_after_commit_is_accounted() -> None:
     proxy = Proxy(make_config(), up, seed=1)
     result, _ = await run(proxy, request(stream=True))
     stream = result.outcome.payload
-    task = asyncio.create_task(drain(stream))
-    await asyncio.sleep(0.02)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_drain(stream, after=0.02)
     a = states(proxy)["a"]
     assert a.inflight == 0 and a.failures == 0
     assert stream.done and up.responses[0].closed
@@ -704,11 +709,7 @@ async def test_time_waiting_on_the_upstream_is_waited_also_when_the_wait_fails_o
     up = MockUpstream(lambda r: MockReply(200, chunks=[ROLE, chunk({"content": "x"}), HANG]))
     result, _ = await run(Proxy(make_config(), up, seed=1), request(stream=True))
     stream = result.outcome.payload
-    task = asyncio.create_task(drain(stream))
-    await asyncio.sleep(0.2)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_drain(stream, after=0.2)
     assert stream.waited >= 0.2
 
 

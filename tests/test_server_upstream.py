@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -43,6 +44,18 @@ async def _stream(request: web.Request) -> web.StreamResponse:
 async def _plain(request: web.Request) -> web.Response:
     await asyncio.sleep(float(request.query.get("delay", "0")))
     return web.json_response({"ok": True}, status=int(request.query.get("status", "200")))
+
+
+async def _site(path: str, handler: Any) -> tuple[web.AppRunner, str]:
+    """A loopback aiohttp server answering POST `path` with `handler`: its runner and base URL."""
+    app = web.Application()
+    app.router.add_post(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
 
 
 @pytest.fixture
@@ -144,15 +157,9 @@ async def _big(request: web.Request) -> web.StreamResponse:
 async def test_a_stalled_consumer_does_not_use_up_the_upstreams_total(upstream: AiohttpUpstream) -> None:
     # The client stops reading for longer than `total`; the upstream, blocked by the full buffers,
     # then sends the rest at once. That time was the client's: the stream completes, no timeout.
-    app = web.Application()
-    app.router.add_post("/big", _big)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
+    runner, base = await _site("/big", _big)
     try:
-        resp = await upstream.send(req(f"http://{host}:{port}/big", True, idle=5, total=0.5))
+        resp = await upstream.send(req(f"{base}/big", True, idle=5, total=0.5))
         got = len(await resp.next_chunk())
         resp.began()
         await asyncio.sleep(0.8)  # relaying to a client that stopped reading, past `total`
@@ -326,14 +333,8 @@ async def test_a_channels_headers_reach_the_upstream_as_set_once_each() -> None:
         seen.append([(k.lower(), v) for k, v in request.headers.items()])
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_post("/v1/messages", capture)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    cfg = parse_config({"channels": [{"name": "a", "type": "anthropic", "base_url": f"http://{host}:{port}",
+    runner, base = await _site("/v1/messages", capture)
+    cfg = parse_config({"channels": [{"name": "a", "type": "anthropic", "base_url": base,
                                       "api_keys": ["sk-ant-key-one", "sk-ant-key-two"], "models": ["m"]}]})
     ch = ChannelRuntime(ChannelState(cfg.channels[0], 0, cfg.routing), get_format("anthropic"), cfg.gateway.timeouts)
     up = AiohttpUpstream()

@@ -866,7 +866,11 @@ def _chunk_body(parts: list[dict[str, Any]], model: str, rid: str, finish: str |
     cand: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
     if finish:
         cand["finishReason"] = finish
-    out: dict[str, Any] = {"candidates": [cand]}
+    return _answer({"candidates": [cand]}, model, rid, usage)
+
+
+def _answer(out: dict[str, Any], model: str, rid: str, usage: Usage | None) -> dict[str, Any]:
+    """An answer's (or chunk's) usage, model version and response id, after what it holds."""
     if usage is not None:
         out["usageMetadata"] = _usage_to_gemini(usage)
     if model:
@@ -895,14 +899,7 @@ def _blocked(native: str | None) -> str | None:
 
 
 def _blocked_body(reason: str, model: str, rid: str, usage: Usage | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"promptFeedback": {"blockReason": reason}}
-    if usage is not None:
-        out["usageMetadata"] = _usage_to_gemini(usage)
-    if model:
-        out["modelVersion"] = model
-    if rid:
-        out["responseId"] = rid
-    return out
+    return _answer({"promptFeedback": {"blockReason": reason}}, model, rid, usage)
 
 
 def _finish_out(finish: FinishReason | None, native: str | None) -> str | None:

@@ -499,10 +499,6 @@ class Router:
                     kind = out.kind if out.kind is not None else ErrorKind.SERVER_ERROR
                     message = out.error.message if out.error is not None else None
                     action = policy.action(kind, out.status, message, st.name)
-                    if action is Action.GIVE_UP and out.error is not None and out.error.code == CANNOT_CARRY:
-                        # The request is fine; this channel's wire format cannot express it (the
-                        # driver could not build its request): a channel of another type may.
-                        action = Action.FAILOVER
                     rec = AttemptRecord(call.attempt, st.name, st.key_name(key), call.upstream_model, start, now,
                                         out.status, kind, "", decision)
                     attempts.append(rec)
@@ -651,13 +647,6 @@ def _price(config: Config, ch: Any) -> Any:
         if m in config.prices:
             return config.prices[m]
     return None
-
-
-# The code of the error a driver reports when it cannot write a request in a channel's wire format
-# (an `n` of 2 for Anthropic, a conversation Gemini cannot take): not the client's mistake nor the
-# channel's failure; execution tries a channel of another type, and the client hears this error
-# only if none can carry the request.
-CANNOT_CARRY = "unsupported_by_channel"
 
 
 def _cannot_carry(model: str, lacking: dict[str, str]) -> Error:

@@ -3,7 +3,6 @@ configured (`routing.retry.on`) and tested, plus the backoff formula.
 
     kind             action     why
     invalid_request  give_up    the client's request is wrong; another channel would say the same
-                                (a request a channel's wire format cannot carry fails over: execution's CANNOT_CARRY)
     not_found        give_up    the model/route does not exist upstream: a client error
     authentication   failover   this channel's key is bad: never retry it, try another channel
     permission       failover   same

@@ -43,7 +43,7 @@ from mypy_extensions import mypyc_attr
 from axonsim import __version__
 from axonsim.capabilities import NO_NEEDS, Needs
 from axonsim.config import Timeouts
-from axonsim.execution import CANNOT_CARRY, AttemptRecord, Call, Cancel, Launch, Outcome, Race, Result, Router, Wait
+from axonsim.execution import AttemptRecord, Call, Cancel, Launch, Outcome, Race, Result, Router, Wait
 from axonsim.formats import FormatError, UpstreamErrorBody
 from axonsim.formats.parsed import Parsed
 from axonsim.state import ChannelState
@@ -377,11 +377,9 @@ class LiveDriver:
             try:
                 body = self._body(ex, ch, call.upstream_model)
             except FormatError as exc:
-                # The channel's format cannot carry this request: not the channel's failure, and a
-                # channel of another type may carry it (execution fails over; CANNOT_CARRY).
+                # The channel's format cannot carry this request: the client's problem, not the channel's.
                 out = Outcome.failure(clock.now(), Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status,
-                                                   message=exc.message, param=exc.param, code=CANNOT_CARRY),
-                                      key=call.key)
+                                                   message=exc.message, param=exc.param), key=call.key)
             else:
                 deadline = call.deadline  # the request's (routing.retry.deadline): it bounds this attempt too
                 upreq = UpstreamRequest(ch.url(call.upstream_model, ex.stream), ch.headers(call.key), body, ex.stream,

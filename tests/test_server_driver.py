@@ -751,27 +751,3 @@ async def test_tpm_limits_and_quotas_count_the_tokens_an_answer_used(limit: dict
         await drain(result.outcome.payload)
         served.append(result.attempts[-1].channel)
     assert served == ["a", "a", "b"]
-
-
-async def test_a_request_one_channel_type_cannot_carry_goes_to_a_channel_that_can() -> None:
-    """`n: 2` cannot be written for Anthropic: the attempt fails over to a channel of another type
-    (not the client's mistake, nor the channel's failure); the client hears it only if none can."""
-    from axonsim.unified import Sampling
-
-    def cfg(*types: str) -> Any:
-        return parse_config({
-            "channels": [{"name": t, "type": t, "base_url": f"http://{t}.test", "api_keys": [f"key-{t}-000001"],
-                          "models": ["m"], "priority": i} for i, t in enumerate(types)],
-            "routing": {"strategy": "round_robin"},
-        })
-
-    two = Request(model="m", messages=[Message(role="user", content=[TextPart(text="hi")])], sampling=Sampling(n=2))
-    up = MockUpstream(lambda r: MockReply(200, chat_body()))
-    proxy = Proxy(cfg("anthropic", "openai"), up, seed=1)
-    result, _ = await run(proxy, two)
-    assert result.ok and [(a.channel, a.next) for a in result.attempts] == [("anthropic", "failover"), ("openai", "done")]
-    assert [host(r) for r in up.requests] == ["openai.test"]  # nothing was sent to the one that cannot carry it
-    st = proxy.router.by_name["anthropic"]
-    assert st.failures == 0 and st.inflight == 0
-    result, _ = await run(Proxy(cfg("anthropic"), up, seed=1), two)
-    assert not result.ok and result.error.status == 400 and "one message per request" in result.error.message

@@ -82,8 +82,8 @@ class Limiter:
         """Room for a background request (a probe) that leaves the clients a free slot and at least
         half of each rate limit."""
         c = self.cfg
-        if c.max_concurrency is not None and self.inflight >= c.max_concurrency:
-            return False
+        if c.max_concurrency is not None and self.inflight + 1 >= c.max_concurrency:
+            return False  # the probe's slot, and one left for a client
         if c.rpm is not None or c.tpm is not None:
             req, tok = self.window.usage(now)
             if c.rpm is not None and req + 1 > c.rpm / 2:

@@ -438,24 +438,38 @@ class ChannelState:
     def probe_due(self, now: float) -> bool:
         """Whether a periodic probe may go to this channel now: not switched off (by the config or an
         operator), not cooling down after a 429 (a probe would only spend the provider's rate limit),
-        with a key an operator left on, and with room at its local limits and quota, where a probe
+        with a key it may use (_probe_may_use), and with room at its local limits and quota, where a probe
         counts as real traffic does. While the channel serves clients, a probe may not take what they
         need (a free slot, half of each rate limit and of the quota); while it serves none (an
         automatic disable, a disabled key), one request's room is enough: the probe is what brings it
         back. The live prober and the simulator's ask the same."""
         if not (self.channel.enabled and self.cooldown_until <= now and not self.all_keys_held()):
             return False
-        if not self.has_limits and self.quota is None:
-            return True
         serving = self.unavailable_reason(now) is None
         if self.has_limits and not (self.limiter.spare(now) if serving else self.limiter.allows(now, 0)):
             return False
-        return self.quota is None or (self.quota.spare(now) if serving else self.quota.allows(now, 0))
+        if self.quota is not None and not (self.quota.spare(now) if serving else self.quota.allows(now, 0)):
+            return False
+        if not self.keys:
+            return True
+        key = self.probe_key(now)
+        return key is not None and self._probe_may_use(self.keys[key], now, serving)
+
+    def _probe_may_use(self, k: KeyState, now: float, serving: bool) -> bool:
+        """Whether a probe may use key `k` now: not cooling down (a 429, a temporary disable: it
+        comes back by itself), and within its own limits as the channel's are reckoned (room to
+        spare while the channel serves clients). A key disabled for its credentials is one a probe
+        tests: that is how it is found to work again."""
+        if k.held or k.disabled_until > now:
+            return False
+        if k.disabled or not k.has_limits:
+            return True
+        return k.limiter.spare(now) if serving else k.limiter.allows(now, 0)
 
     def probe_key(self, now: float) -> int | None:
-        """The key a probe uses: the one the channel would use now; if none is available, the first
-        an operator has not switched off (a probe is how a disabled key is found to work again);
-        None for a keyless channel, or when an operator switched off every key."""
+        """The key a probe (or an admin test) uses: the one the channel would use now; if none is
+        available, the first an operator has not switched off (a probe is how a disabled key is
+        found to work again); None for a keyless channel, or when an operator switched off every key."""
         key = self.next_key(now)
         if key is None:
             return next((i for i, k in enumerate(self.keys) if not k.held), None)

@@ -93,7 +93,9 @@ def build_proxy(config: Config, config_path: str | Path | None, demo: Any = None
             try:
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: _reload_soon(proxy))
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP here
-                pass
+                return
+            if _HUP_PENDING:  # a reload asked for while this worker was starting (GatewayProcess.target)
+                _reload_soon(proxy)
 
         proxy.startup_hooks.append(sighup)
     return proxy
@@ -213,6 +215,16 @@ class GatewayServer(uvicorn.Server):  # type: ignore[misc]
             task.cancel()
 
 
+# Set in a worker when a SIGHUP came after it began to start and before its app installed the reload
+# handler: it may have read the file before the change, so it reloads once the handler is in.
+_HUP_PENDING = False
+
+
+def _hup_while_starting(signum: int, frame: Any) -> None:
+    global _HUP_PENDING
+    _HUP_PENDING = True
+
+
 class GatewayProcess(Process):  # type: ignore[misc]
     """A `--workers` worker that serves with GatewayServer (a terminal's Ctrl-C reaches every worker
     of the process group, the second one too). Module-level: workers are spawned, and unpickle it."""
@@ -230,12 +242,18 @@ class GatewayProcess(Process):  # type: ignore[misc]
         # A reload's SIGHUP (the parent passes it on to every worker) that came before the worker's
         # app had installed its handler (a start-up hook) ended the worker: SIGHUP's default. The
         # worker is spawned with SIGHUP ignored (an ignored signal stays ignored across exec) until
-        # that handler replaces it; a worker still starting reads the file as it is anyway.
+        # `target` remembers it instead; it has not read the file yet before then.
         previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
         try:
             super().start()
         finally:
             signal.signal(signal.SIGHUP, previous)
+
+    def target(self, sockets: Any = None) -> None:  # pragma: no cover - runs in the worker process
+        # From here on (before the app reads its config) a SIGHUP is remembered, not lost: the
+        # worker reloads once its handler is in (build_proxy).
+        signal.signal(signal.SIGHUP, _hup_while_starting)
+        super().target(sockets)
 
     def is_alive(self, timeout: float = 5) -> bool:
         # A worker answers the parent's pings from a thread it starts once its interpreter is up; on a

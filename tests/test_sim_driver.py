@@ -490,10 +490,11 @@ def test_probes_leave_a_channels_limits_and_quota_to_its_clients():
 
     st = state()
     assert st.probe_due(0.0)
-    st = state(limits={"max_concurrency": 1})
+    assert not state(limits={"max_concurrency": 1}).probe_due(0.0)  # its one slot is the clients'
+    st = state(limits={"max_concurrency": 2})
     assert st.probe_due(0.0)
     st.started(0.0, 0, "m")
-    assert not st.probe_due(0.1)  # its one slot is a client's
+    assert not st.probe_due(0.1)  # the probe would take the clients' last slot
     st.succeeded(0.2, 0.2, 0, "m")
     assert st.probe_due(0.3)
     st = state(limits={"rpm": 4})
@@ -522,6 +523,21 @@ def test_probes_leave_a_channels_limits_and_quota_to_its_clients():
         st.started(float(t), 0, "m")
     st.disabled_until = 10_000.0
     assert st.probe_due(7.0)
+
+    # A key's own limits count as the channel's do, and a key cooling down after a 429 is not probed
+    # (it comes back by itself); a key disabled for its credentials is, which is how it comes back.
+    st = state(api_keys=[{"key": "sk-a", "limits": {"rpm": 2}}])
+    assert st.probe_due(0.0)
+    st.started(0.0, 0, "m")
+    assert not st.probe_due(0.1)
+    st = state(api_keys=["sk-a", "sk-b"])
+    for k in st.keys:
+        k.disabled_until = 30.0
+    assert not st.probe_due(1.0) and st.probe_due(31.0)
+    st.keys[0].disabled = True
+    assert st.probe_due(31.0)
+    st.keys[1].disabled = True
+    assert st.probe_due(31.0)  # every key rejected: a probe tests one
 
     # In a run: channel A limited to 4 requests a minute and probed every second takes its share of
     # the traffic, not the probes (they would have filled its limit by themselves).

@@ -105,6 +105,12 @@ NO_ECHOES = Echoes(())
 USER_AGENT = f"axonsim/{__version__}"  # how the gateway names itself to providers
 
 
+def _charge(call: Call, now: float, usage: Usage | None) -> None:
+    """The tokens an answer's usage reports, for the channel's TPM limits and quota (Call.used)."""
+    if usage is not None:
+        call.used(now, usage.prompt_tokens + usage.completion_tokens)
+
+
 class ChannelRuntime:
     """What the driver needs per channel, computed once: its format module, URLs, auth headers, timeouts."""
 
@@ -400,8 +406,7 @@ class LiveDriver:
             call.first_token(out.end)
             if not ex.stream:
                 usage = out.payload.usage
-                if usage is not None:
-                    call.used(out.end, usage.prompt_tokens + usage.completion_tokens)
+                _charge(call, out.end, usage)
                 call.succeeded(out.end, usage.completion_tokens if usage is not None else 0)
         else:
             call.failed(out.end, out)
@@ -715,8 +720,7 @@ class LiveStream:
         self.end = now = self.driver.clock.now()
         self.resp.close()
         usage = self.usage
-        if usage is not None:
-            self.call.used(now, usage.prompt_tokens + usage.completion_tokens)
+        _charge(self.call, now, usage)
         self.call.succeeded(now, usage.completion_tokens if usage is not None else 0)
 
     def _fail(self, err: Error) -> ErrorEvent:
@@ -728,7 +732,6 @@ class LiveStream:
                 self.usage = seen
             self.end = now = self.driver.clock.now()
             self.resp.close()
-            if self.usage is not None:
-                self.call.used(now, self.usage.prompt_tokens + self.usage.completion_tokens)
+            _charge(self.call, now, self.usage)
             self.call.failed(now, Outcome.failure(now, err, key=self.call.key))
         return ErrorEvent(error=err)

@@ -4,6 +4,7 @@ gets a clear 400 when no channel can, rather than a silent drop."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from axonsim.config import Channel
@@ -30,10 +31,13 @@ class Needs:
     # An embeddings request only some of those can carry (token ids: not Gemini), and why.
     embed_types: frozenset[str] | None = None
     embed_why: str = ""
+    # Channel types whose format cannot express this request (say `n: 2` for Anthropic), each with
+    # the format's reason: in a pool of several types, the others serve it.
+    unfit_types: Mapping[str, str] | None = None
 
     def __bool__(self) -> bool:
         return (self.images or bool(self.native_tools) or self.context_tokens > 0 or self.embeddings
-                or self.embed_types is not None)
+                or self.embed_types is not None or bool(self.unfit_types))
 
 
 NO_NEEDS = Needs()
@@ -72,6 +76,8 @@ def missing(channel: Channel, needs: Needs) -> str | None:
         return "an embeddings API"
     if needs.embed_types is not None and channel.type not in needs.embed_types:
         return needs.embed_why
+    if needs.unfit_types is not None and channel.type in needs.unfit_types:
+        return needs.unfit_types[channel.type]
     if needs.images and not caps.images:
         return "images"
     for provider in needs.native_tools:

@@ -294,6 +294,11 @@ class GatewayApp:
             needs = needs_of(req) if req is not None else NO_NEEDS  # req is built exactly when checked
             w.start(loop, receive, task)
             ex = Exchange(parsed, body, fmt)
+            # A model served by channels of several types: one type's format may be unable to
+            # express what another's can, or forward as the client's bytes (LiveDriver.fit).
+            mixed = rt.driver.mixed.get(model) if rt.driver.mixed else None
+            if mixed is not None:
+                needs = rt.driver.fit(ex, mixed, needs)
             sticky = sticky_b.decode("latin-1") if sticky_b is not None else None
             # A rough token estimate for local TPM limits and quotas: ~4 bytes of request per token.
             tokens = len(body) // 4 + (parsed.max_tokens or 0)

@@ -256,6 +256,37 @@ class LiveDriver:
         self.clock = clock or Clock()
         self.passthrough = passthrough
         self.explain = explain
+        # Per model served by channels of several types: one channel of each type, with the model it
+        # would be asked for (see fit). A model whose channels share one type has no entry.
+        self.mixed: dict[str, list[tuple[str, ChannelRuntime, str]]] = {}
+        for model in router.candidates.models():
+            first: dict[str, tuple[str, ChannelRuntime, str]] = {}
+            for group in router.candidates.all_groups(model):
+                for c in group:
+                    t = c.state.channel.type
+                    if t not in first:
+                        first[t] = (t, channels[c.state.index], c.upstream_model)
+            if len(first) > 1:
+                self.mixed[model] = list(first.values())
+
+    def fit(self, ex: Exchange, pool: list[tuple[str, ChannelRuntime, str]], needs: Needs) -> Needs:
+        """`needs` plus the channel types of a mixed pool whose format cannot express this request
+        (`n: 2` for Anthropic, say), so the pick goes to a type that can instead of ending in a 400.
+
+        Decided before the pick, as capabilities are: a type found unfit by its attempt would have
+        used up attempts, backoff and its limits on a request never sent. Each type's body is built
+        once here and kept for the attempt (Exchange._built). When no type can carry it, nothing is
+        filtered: the attempt then answers with the format's own 400."""
+        unfit: dict[str, str] = {}
+        for t, ch, upstream_model in pool:
+            try:
+                self._body(ex, ch, upstream_model)
+            except FormatError as exc:
+                unfit[t] = f"a format for this request ({exc.message})"
+        if not unfit or len(unfit) == len(pool):
+            return needs
+        return Needs(needs.images, needs.native_tools, needs.context_tokens, needs.embeddings, needs.embed_types,
+                     needs.embed_why, unfit)
 
     async def execute(self, ex: Exchange, tokens: int = 0, sticky_key: str | None = None,
                       needs: Needs = NO_NEEDS, explain: bool | None = None) -> Result:

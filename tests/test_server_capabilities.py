@@ -66,3 +66,52 @@ def test_native_tools_are_checked_even_when_no_channel_restricts_content() -> No
                        json={"model": "m", "input": "search the web", "tools": [{"type": "web_search"}]})
         assert r.status_code == 400 and "native tools" in r.json()["error"]["message"]
         assert ask(plain, [{"type": "text", "text": "what is this?"}, IMAGE]).status_code == 200
+
+
+def mixed_pool(st: Stack) -> GatewayServer:
+    return st.serve([ch("oai"), ch("anth", type="anthropic"), ch("resp", type="openai_responses"),
+                     ch("gem", type="gemini")], routing={"strategy": "round_robin"})
+
+
+def test_a_request_one_type_cannot_express_goes_to_a_type_that_can() -> None:
+    # `n: 2` is one answer per request for Anthropic and Responses channels, and Gemini needs a user
+    # or model turn: such requests go to the types that can carry them, each on its first attempt,
+    # instead of getting a 400 whenever the rotation lands on the others.
+    with Stack() as st:
+        gw = mixed_pool(st)
+        for body, served_by in (({"n": 2, "messages": [{"role": "user", "content": "two takes"}]}, {"oai", "gem"}),
+                                ({"messages": [{"role": "system", "content": "say hi"}], "stream": True},
+                                 {"oai", "anth", "resp"})):
+            for _ in range(9):
+                r = httpx.post(f"{gw.url}/v1/chat/completions", headers=AUTH, timeout=20, json={"model": "m", **body})
+                assert r.status_code == 200, r.text
+            recent = list(gw.proxy.recent)[-9:]
+            assert [len(rec["attempts"]) for rec in recent] == [1] * 9
+            assert {rec["attempts"][0]["channel"] for rec in recent} == served_by
+        # Requests every type can carry still rotate over the whole pool.
+        for _ in range(8):
+            assert ask(gw, "one take").status_code == 200
+        assert set(channels_of(gw, 8)) == {"oai", "anth", "resp", "gem"}
+
+
+def test_when_no_type_can_express_it_the_format_says_why() -> None:
+    with Stack() as st:
+        gw = st.serve([ch("anth", type="anthropic"), ch("resp", type="openai_responses")])
+        r = httpx.post(f"{gw.url}/v1/chat/completions", headers=AUTH, timeout=20,
+                       json={"model": "m", "n": 2, "messages": [{"role": "user", "content": "two takes"}]})
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert err["param"] == "n" and "one" in err["message"]
+
+
+def test_an_unfit_type_and_a_missing_capability_are_both_named() -> None:
+    with Stack() as st:
+        gw = st.serve([ch("oai", capabilities={"images": False}), ch("anth", type="anthropic"),
+                       ch("resp", type="openai_responses")])
+        r = httpx.post(f"{gw.url}/v1/chat/completions", headers=AUTH, timeout=20,
+                       json={"model": "m", "n": 2, "messages": [{"role": "user", "content": [
+                           {"type": "text", "text": "what is this?"}, IMAGE]}]})
+        assert r.status_code == 400
+        msg = r.json()["error"]["message"]
+        assert "oai lacks images" in msg and "anth lacks a format for this request (n:" in msg
+        assert "resp lacks a format for this request" in msg

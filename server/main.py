@@ -94,7 +94,7 @@ def build_proxy(config: Config, config_path: str | Path | None, demo: Any = None
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: _reload_soon(proxy))
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP here
                 return
-            if _HUP_PENDING:  # a reload asked for while this worker was starting (GatewayProcess.target)
+            if _HUP_PENDING:  # a reload asked for while this process was starting (serve, GatewayProcess.target)
                 _reload_soon(proxy)
 
         proxy.startup_hooks.append(sighup)
@@ -215,8 +215,9 @@ class GatewayServer(uvicorn.Server):  # type: ignore[misc]
             task.cancel()
 
 
-# Set in a worker when a SIGHUP came after it began to start and before its app installed the reload
-# handler: it may have read the file before the change, so it reloads once the handler is in.
+# Set in a gateway process (one worker, or each of several) when a SIGHUP came after it began to
+# start and before its app installed the reload handler: it may have read the file before the
+# change, so it reloads once the handler is in.
 _HUP_PENDING = False
 
 
@@ -322,6 +323,10 @@ def serve(args: argparse.Namespace) -> int:
     demo = None
     config_path: Path | None = None
     if args.config:
+        # A reload's SIGHUP that comes while the gateway starts would end it (SIGHUP's default) until
+        # its handler is in: remembered instead, and acted on then (build_proxy). Several workers
+        # read the file only once they start, after the parent's own handler is in.
+        signal.signal(signal.SIGHUP, _hup_while_starting)
         config_path = Path(args.config).resolve()
         config = load_config(config_path)
         check_servable(config)  # before the banner and the store: nothing is started for it

@@ -826,6 +826,33 @@ store: {{url: "postgresql://axon:db-pass-81f3@127.0.0.1:{free_port()}/nowhere", 
     assert "db-pass-81f3" not in out + err and "Traceback" not in err
 
 
+def test_a_reload_while_the_gateway_starts_is_acted_on_once_it_can(tmp_path: Path) -> None:
+    """A SIGHUP that comes after the config was read and before the reload handler is in (the
+    banner is printed in between) neither ends the gateway nor is lost: it reloads once started."""
+    port = free_port()
+    cfg = tmp_path / "gw.yaml"
+    text = f"""
+gateway: {{api_keys: [{{key: {GW_KEY}}}]}}
+channels: [{{name: one, base_url: "http://127.0.0.1:9/v1", models: [m]}}]
+store: {{url: "sqlite+aiosqlite:///{tmp_path}/gw.db"}}
+"""
+    cfg.write_text(text)
+    proc = _start("serve", "--config", str(cfg), "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert proc.stdout is not None
+        while "POST /admin/reload or SIGHUP" not in proc.stdout.readline():  # the banner: config read
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        cfg.write_text(text.replace("models: [m]", "models: [m, m2]"))
+        proc.send_signal(signal.SIGHUP)
+        _wait_healthy(url, proc)
+        until(lambda: "m2" in httpx.get(url + "/v1/models", headers=AUTH, timeout=5).text, "the remembered reload")
+    finally:
+        out, err = _stop(proc, sig=signal.SIGTERM)
+    assert proc.returncode == 0, err
+    assert "configuration reloaded" in err and "Traceback" not in err
+
+
 def test_a_reload_while_workers_start_does_not_end_them(tmp_path: Path) -> None:
     """The parent passes SIGHUP on to every worker; one that has not yet installed its reload handler
     ignores it (SIGHUP's default would end it, and the parent would start it again)."""

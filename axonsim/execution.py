@@ -383,12 +383,15 @@ class Router:
         soonest: float | None = None
         panic: list[Candidate] | None = None
         decision: int | None = None  # the pick's index into decisions (explained picks only)
+        left_out: dict[str, str] | None = None  # channels that cannot carry this request, and why (explained)
         if tiers is None:
             if needs:
                 lacking: dict[str, str] = {}
                 tiers = self._tiers(model, needs, lacking)
                 if not tiers and lacking:
                     return Result(False, None, attempts, _cannot_carry(model, lacking), now, decisions)
+                if lacking and decisions is not None:
+                    left_out = lacking
             else:
                 tiers = self._tiers(model)
         n_tiers = len(tiers)
@@ -421,6 +424,8 @@ class Router:
                             decision = len(decisions)
                             decisions.append({"tier": "panic" if in_panic else tier_no - 1, "time": now,
                                               "candidates": balancer.explain(remaining, now, tokens, ctx)})
+                            if left_out:
+                                decisions[-1]["left_out"] = left_out
                         if cand is None:
                             cand = balancer.pick(remaining, now, rng, tokens, eligible, ctx)
                             assert cand is not None
@@ -430,6 +435,8 @@ class Router:
                     if decisions is not None:  # the trace says why this tier served nothing
                         decisions.append({"tier": "panic" if in_panic else tier_no - 1, "time": now,
                                           "candidates": balancer.explain(remaining, now, tokens, ctx), "chosen": None})
+                        if left_out:
+                            decisions[-1]["left_out"] = left_out
                     if unavailable is None:
                         unavailable = {}
                     for c in remaining:

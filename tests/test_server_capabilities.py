@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,10 +89,19 @@ def test_a_request_one_type_cannot_express_goes_to_a_type_that_can() -> None:
             recent = list(gw.proxy.recent)[-9:]
             assert [len(rec["attempts"]) for rec in recent] == [1] * 9
             assert {rec["attempts"][0]["channel"] for rec in recent} == served_by
-        # Requests every type can carry still rotate over the whole pool.
+        # The decision trace says which channels were left out, and why.
+        r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=20, headers={**AUTH, "x-axonsim-explain": "1"},
+                       json={"model": "m", "n": 2, "messages": [{"role": "user", "content": "two takes"}]})
+        [decision] = json.loads(r.headers["x-axonsim-explain"])["decisions"]
+        assert set(decision["left_out"]) == {"anth", "resp"} and "n > 1" in decision["left_out"]["anth"]
+        assert decision["chosen"] in {"oai", "gem"}
+        # Requests every type can carry still rotate over the whole pool, and leave nothing out.
         for _ in range(8):
             assert ask(gw, "one take").status_code == 200
         assert set(channels_of(gw, 8)) == {"oai", "anth", "resp", "gem"}
+        r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=20, headers={**AUTH, "x-axonsim-explain": "1"},
+                       json={"model": "m", "messages": [{"role": "user", "content": "one take"}]})
+        assert "left_out" not in json.loads(r.headers["x-axonsim-explain"])["decisions"][0]
 
 
 def test_when_no_type_can_express_it_the_format_says_why() -> None:

@@ -7,6 +7,7 @@ imports the proxy otherwise.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -39,7 +40,14 @@ def writable_dir(path: str, option: str) -> Path:
     return p
 
 
+# A reload's SIGHUP that reaches `serve --config` while the server's modules load: remembered here
+# (server.main.serve takes it over), since SIGHUP's default would end the process.
+HUP_SEEN: list[int] = []
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.config:
+        signal.signal(signal.SIGHUP, lambda signum, frame: HUP_SEEN.append(signum))
     from server.main import serve  # the one place the library reaches into the proxy
 
     return serve(args)

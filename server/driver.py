@@ -242,12 +242,44 @@ class Exchange:
         return out
 
 
+class Pool:
+    """A model's channels of one type: the first, whose request body tells whether the type can
+    carry a request, and all of them, to tell whether any is in service."""
+
+    __slots__ = ("type", "first", "upstream_model", "states")
+
+    def __init__(self, type: str, first: ChannelRuntime, upstream_model: str) -> None:
+        self.type = type
+        self.first = first
+        self.upstream_model = upstream_model
+        self.states: list[ChannelState] = [first.state]
+
+
+def mixed_pools(router: Router, channels: list[ChannelRuntime]) -> dict[str, list[Pool]]:
+    """Per model served by channels of more than one type: its channels by type."""
+    out: dict[str, list[Pool]] = {}
+    for model in router.candidates.models():
+        by_type: dict[str, Pool] = {}
+        for group in router.candidates.all_groups(model):
+            for c in group:
+                t = c.state.channel.type
+                pool = by_type.get(t)
+                if pool is None:
+                    by_type[t] = Pool(t, channels[c.state.index], c.upstream_model)
+                else:
+                    pool.states.append(c.state)
+        if len(by_type) > 1:
+            out[model] = list(by_type.values())
+    return out
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)  # embeddings.EmbeddingsDriver makes its own attempts
 class LiveDriver:
     """Drives Router.execute for live requests. One per proxy; holds no per-request state."""
 
     def __init__(self, router: Router, channels: list[ChannelRuntime], upstream: Upstream, rng: random.Random,
-                 scrub: Scrubber, clock: Clock | None = None, passthrough: bool = True, explain: bool = False) -> None:
+                 scrub: Scrubber, clock: Clock | None = None, passthrough: bool = True, explain: bool = False,
+                 mixed: dict[str, list[Pool]] | None = None) -> None:
         self.router = router
         self.channels = channels
         self.upstream = upstream
@@ -256,34 +288,29 @@ class LiveDriver:
         self.clock = clock or Clock()
         self.passthrough = passthrough
         self.explain = explain
-        # Per model served by channels of several types: one channel of each type, with the model it
-        # would be asked for (see fit). A model whose channels share one type has no entry.
-        self.mixed: dict[str, list[tuple[str, ChannelRuntime, str]]] = {}
-        for model in router.candidates.models():
-            first: dict[str, tuple[str, ChannelRuntime, str]] = {}
-            for group in router.candidates.all_groups(model):
-                for c in group:
-                    t = c.state.channel.type
-                    if t not in first:
-                        first[t] = (t, channels[c.state.index], c.upstream_model)
-            if len(first) > 1:
-                self.mixed[model] = list(first.values())
+        # Per model served by channels of several types, its channels by type (see fit); a model
+        # whose channels share one type has no entry. `mixed`: another driver's, for the same router.
+        self.mixed: dict[str, list[Pool]] = mixed_pools(router, channels) if mixed is None else mixed
 
-    def fit(self, ex: Exchange, pool: list[tuple[str, ChannelRuntime, str]], needs: Needs) -> Needs:
-        """`needs` plus the channel types of a mixed pool whose format cannot express this request
+    def fit(self, ex: Exchange, pools: list[Pool], needs: Needs) -> Needs:
+        """`needs` plus the channel types of a mixed model whose format cannot express this request
         (`n: 2` for Anthropic, say), so the pick goes to a type that can instead of ending in a 400.
 
         Decided before the pick, as capabilities are: a type found unfit by its attempt would have
         used up attempts, backoff and its limits on a request never sent. Each type's body is built
-        once here and kept for the attempt (Exchange._built). When no type can carry it, nothing is
-        filtered: the attempt then answers with the format's own 400."""
+        once here, for its first channel, and kept for the attempt (Exchange._built). When no type
+        that can carry it has a channel in service (enabled, with a key), nothing is filtered: the
+        attempt then answers with the format's own 400, not a 503 for channels switched off."""
         unfit: dict[str, str] = {}
-        for t, ch, upstream_model in pool:
+        served = False
+        for pool in pools:
             try:
-                self._body(ex, ch, upstream_model)
+                self._body(ex, pool.first, pool.upstream_model)
             except FormatError as exc:
-                unfit[t] = f"a format for this request ({exc.message})"
-        if not unfit or len(unfit) == len(pool):
+                unfit[pool.type] = f"a format for this request ({exc.message})"
+            else:
+                served = served or any(st.usable() for st in pool.states)
+        if not unfit or not served:
             return needs
         return Needs(needs.images, needs.native_tools, needs.context_tokens, needs.embeddings, needs.embed_types,
                      needs.embed_why, unfit)

@@ -421,7 +421,7 @@ class EmbeddingsDriver(LiveDriver):
 
     @classmethod
     def of(cls, d: LiveDriver) -> EmbeddingsDriver:
-        return cls(d.router, d.channels, d.upstream, d.rng, d.scrub, d.clock, d.passthrough, d.explain)
+        return cls(d.router, d.channels, d.upstream, d.rng, d.scrub, d.clock, d.passthrough, d.explain, d.mixed)
 
     async def _attempt(self, call: Call, ex: Exchange, launched: list[bool] | None = None) -> Outcome:
         assert isinstance(ex, EmbedExchange)

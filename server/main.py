@@ -34,6 +34,7 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from axonsim import cli
 from axonsim.config import Config, load_config
 from server.app import GatewayApp
 from server.http_protocol import CoalescingHttpToolsProtocol
@@ -327,6 +328,8 @@ def serve(args: argparse.Namespace) -> int:
         # its handler is in: remembered instead, and acted on then (build_proxy). Several workers
         # read the file only once they start, after the parent's own handler is in.
         signal.signal(signal.SIGHUP, _hup_while_starting)
+        if cli.HUP_SEEN:  # one came while this module loaded (axonsim.cli)
+            _hup_while_starting(signal.SIGHUP, None)
         config_path = Path(args.config).resolve()
         config = load_config(config_path)
         check_servable(config)  # before the banner and the store: nothing is started for it

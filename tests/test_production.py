@@ -853,6 +853,45 @@ store: {{url: "sqlite+aiosqlite:///{tmp_path}/gw.db"}}
     assert "configuration reloaded" in err and "Traceback" not in err
 
 
+def test_a_reload_while_the_server_modules_load_is_not_lost(tmp_path: Path) -> None:
+    """Earlier still: a SIGHUP while `serve` imports the server (about half a second of imports)."""
+    port = free_port()
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"""
+gateway: {{api_keys: [{{key: {GW_KEY}}}]}}
+channels: [{{name: one, base_url: "http://127.0.0.1:9/v1", models: [m]}}]
+store: {{url: "sqlite+aiosqlite:///{tmp_path}/gw.db"}}
+""")
+    # The signal is sent from inside the process, as `server.main` begins to load: no timing guesses.
+    code = """if True:
+        import builtins, os, signal, sys
+        real = builtins.__import__
+        def hooked(name, *args, **kw):
+            if name == "server.main" and "sent" not in os.environ:
+                os.environ["sent"] = "1"
+                os.kill(os.getpid(), signal.SIGHUP)
+            return real(name, *args, **kw)
+        builtins.__import__ = hooked
+        from axonsim.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--config", str(cfg), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the log, until the remembered reload (the test's timeout bounds it)
+            seen.append(line)
+            if "configuration reloaded" in line:
+                break
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=AUTH, timeout=5).status_code == 200
+    finally:
+        out, err = _stop(proc, sig=signal.SIGTERM)
+    assert proc.returncode == 0, "".join(seen) + err
+    assert "configuration reloaded" in "".join(seen) and "Traceback" not in "".join(seen) + err
+
+
 def test_a_reload_while_workers_start_does_not_end_them(tmp_path: Path) -> None:
     """The parent passes SIGHUP on to every worker; one that has not yet installed its reload handler
     ignores it (SIGHUP's default would end it, and the parent would start it again)."""

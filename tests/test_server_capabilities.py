@@ -114,6 +114,26 @@ def test_when_no_type_can_express_it_the_format_says_why() -> None:
         assert err["param"] == "n" and "one" in err["message"]
 
 
+def test_when_the_types_that_could_carry_it_are_switched_off_the_format_says_why() -> None:
+    # Not a 503 naming the switched-off channel: the request could never be served as it is.
+    with Stack() as st:
+        gw = st.serve([ch("anth", type="anthropic"), ch("oai", enabled=False)])
+        r = httpx.post(f"{gw.url}/v1/chat/completions", headers=AUTH, timeout=20,
+                       json={"model": "m", "n": 2, "messages": [{"role": "user", "content": "two takes"}]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+        assert ask(gw, "one take").status_code == 200
+
+
+def test_embeddings_share_the_chat_drivers_pools() -> None:
+    # Built once per configuration: the embeddings driver made per request must not scan again.
+    from server.embeddings import EmbeddingsDriver
+
+    with Stack() as st:
+        gw = mixed_pool(st)
+        d = gw.proxy.rt.driver
+        assert "m" in d.mixed and EmbeddingsDriver.of(d).mixed is d.mixed
+
+
 def test_an_unfit_type_and_a_missing_capability_are_both_named() -> None:
     with Stack() as st:
         gw = st.serve([ch("oai", capabilities={"images": False}), ch("anth", type="anthropic"),

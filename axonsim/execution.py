@@ -268,6 +268,9 @@ _KEY_FAULTS = frozenset({ErrorKind.AUTHENTICATION, ErrorKind.PERMISSION, ErrorKi
 # Retry-After rather than 503.
 _WAITABLE = frozenset({"cooling_down", "rate_limited_locally", "quota_exhausted", "no_key_available"})
 
+# A request no wait will admit: larger than a channel's (or every key's) TPM limit.
+TOO_LARGE = "request_over_tpm_limit"
+
 
 class Router:
     """Everything execution needs, built once from a Config: channel states, candidates, balancer,
@@ -410,8 +413,8 @@ class Router:
                     chosen_by = "strategy"
                 else:  # sticky, explained or panic
                     cand = None
-                    eligible = remaining if in_panic else [c for c in remaining
-                                                           if c.state.eligible(now, c.upstream_model, tokens)]
+                    eligible = ([c for c in remaining if _panic_may(c, now, tokens)] if in_panic
+                                else [c for c in remaining if c.state.eligible(now, c.upstream_model, tokens)])
                     if eligible:
                         chosen_by = "panic" if in_panic else "strategy"
                         if sticky is not None:
@@ -443,8 +446,11 @@ class Router:
                         why = c.state.unavailable_reason(now, c.upstream_model, tokens) or "unavailable"
                         unavailable[c.state.name] = why
                         if why in _WAITABLE:
-                            until = _frees_at(c.state, now)
-                            soonest = until if soonest is None else min(soonest, until)
+                            until = _frees_at(c.state, now, tokens)
+                            if until == math.inf:  # no wait will do: the request is over a limit
+                                unavailable[c.state.name] = TOO_LARGE
+                            else:
+                                soonest = until if soonest is None else min(soonest, until)
                         elif why in _HEALTH and self.panic_mode:
                             if panic is None:
                                 panic = []
@@ -553,18 +559,24 @@ class Router:
                     now = yield Wait(wait)
                     break
                 remaining = rest if rest is not None else [c for c in remaining if c is not cand]
-            if tier_no == n_tiers and n == 0 and panic:
-                # every candidate is out on health grounds and nothing was tried: panic mode
+            if tier_no == n_tiers and n == 0 and panic and not any(
+                    v in _WAITABLE for v in unavailable.values()):  # type: ignore[union-attr]
+                # every candidate is out on health grounds (or switched off) and nothing was tried:
+                # panic mode. One that is only waiting (a cooldown, a limit) will serve soon, and
+                # the client is told when, rather than sent to a channel known to be failing.
                 tiers = [*tiers, panic]
                 if decisions is not None:
                     decisions.append({"tier": "panic", "time": now, "candidates": [c.state.name for c in panic]})
         if attempts and attempts[-1].next in ("failover", "retry"):
             attempts[-1].next = "exhausted"
         if last is None:
-            only_waitable = bool(unavailable) and all(v in _WAITABLE for v in unavailable.values())  # type: ignore[union-attr]
-            retry_after = max(0.0, soonest - now) if (only_waitable and soonest is not None) else None
-            if retry_after is not None and math.isinf(retry_after):
-                retry_after = None
+            # When some candidate is only waiting (a cooldown, a limit, a quota), the client may come
+            # back when the first frees: 429 with that time, whatever holds the others (switched
+            # off, out on health grounds with panic not applying). Else 503.
+            retry_after = None if soonest is None else max(0.0, soonest - now)
+            standing = [v for v in unavailable.values() if v != "disabled"] if unavailable else []
+            if standing and all(v == TOO_LARGE for v in standing):
+                return Result(False, None, attempts, _too_large(model, unavailable), now, decisions)  # type: ignore[arg-type]
             return Result(False, None, attempts, no_channel(model, unavailable, retry_after), now, decisions)
         return Result(False, last, attempts, _client_error_at(last, retry_at, now), now, decisions)
 
@@ -627,26 +639,41 @@ class Router:
                 retry_at[(c.state.name, c.key)] = o.end + o.retry_after
 
 
-def _frees_at(st: ChannelState, now: float) -> float:
-    t = now + 1.0  # rate windows and keys free up continuously: suggest a short wait
+def _frees_at(st: ChannelState, now: float, tokens: int) -> float:
+    """When `st` could next take this request, if no other traffic came (math.inf: never, the
+    request being over one of its limits). At least a second from now: the Retry-After unit."""
+    t = now + 1.0
     if st.cooldown_until > now:
         t = max(t, st.cooldown_until)
-    if st.keys and not any(k.available(now) for k in st.keys):
-        # Every key is out. When each is cooling down (after its 429), the first to come back frees
-        # the channel; a key out for its own limits or breaker may come back sooner: the short wait.
-        back: list[float] = []
+    if st.has_limits:
+        t = max(t, st.limiter.frees_at(now, tokens))
+    if st.keys and not any(k.available(now, tokens) for k in st.keys):
+        # Every key is out: cooling down after its 429, or over its own limits. The first back
+        # frees the channel (a key held by its breaker is health: not a wait, see keys_reason).
+        back = math.inf
         for k in st.keys:
-            if k.disabled:
-                continue
-            if k.disabled_until <= now:
-                back = []
-                break
-            back.append(k.disabled_until)
-        if back:
-            t = max(t, min(back))
+            if not k.disabled:
+                at = k.disabled_until if k.disabled_until > now else now
+                if k.has_limits:
+                    at = max(at, k.limiter.frees_at(now, tokens))
+                back = min(back, at)
+        t = max(t, back)
     if st.quota is not None and not st.quota.allows(now, 0):
         t = max(t, st.quota.resets_at(now))
     return t
+
+
+def _panic_may(c: Candidate, now: float, tokens: int) -> bool:
+    """Panic mode overrides health (breakers, ejection, temporary auto-disables), nothing else."""
+    why = c.state.unavailable_reason(now, c.upstream_model, tokens)
+    return why is None or why in _HEALTH
+
+
+def _too_large(model: str, reasons: dict[str, str]) -> Error:
+    names = ", ".join(k for k, v in reasons.items() if v == TOO_LARGE)
+    return Error(kind=ErrorKind.RATE_LIMITED, status=429, code="request_too_large",
+                 message=f"the request is larger than the token limits of every channel that serves {model!r} "
+                         f"allow in a minute ({names}); it cannot be served as it is: ask for fewer tokens")
 
 
 def _price(config: Config, ch: Any) -> Any:

@@ -10,6 +10,7 @@ boundary can pass the limit by up to about a quarter within one sliding minute. 
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from axonsim.config import LimitsConfig, RetryBudget
@@ -42,6 +43,21 @@ class RateWindow:
         """(requests, tokens) over the last 60 s."""
         f = self._roll(now)
         return self._cur_req + f * self._prev_req, self._cur_tok + f * self._prev_tok
+
+    def drains_to(self, now: float, room: float, tokens: bool) -> float:
+        """When the requests (or the tokens) over the last 60 s first fall to `room` if no traffic
+        came: now if they are there already, math.inf if never (room < 0)."""
+        f = self._roll(now)
+        cur, prev = (self._cur_tok, self._prev_tok) if tokens else (self._cur_req, self._prev_req)
+        if cur + f * prev <= room:
+            return now
+        if room < 0:
+            return math.inf
+        start = self._win * WINDOW
+        if cur <= room:  # in this window, as the previous one's weight fades (prev > 0 here)
+            return start + WINDOW * (1.0 - (room - cur) / prev)
+        # in the next one, where this window's count weighs as the previous (cur > room ≥ 0)
+        return start + WINDOW * (2.0 - room / cur)
 
     def add(self, now: float, requests: int, tokens: int) -> None:
         self._roll(now)
@@ -91,6 +107,21 @@ class Limiter:
             if c.tpm is not None and tok > c.tpm / 2:
                 return False
         return True
+
+    def frees_at(self, now: float, tokens: int) -> float:
+        """When this limiter would next admit a request of `tokens`, if no other traffic came:
+        exact for the rate windows, a second from now for a full concurrency limit (a slot frees
+        when a call ends, which nothing here knows), math.inf for a request over the TPM limit."""
+        c = self.cfg
+        t = now
+        if c.rpm is not None or c.tpm is not None:
+            if c.rpm is not None:
+                t = max(t, self.window.drains_to(now, c.rpm - 1, False))
+            if c.tpm is not None:
+                t = max(t, self.window.drains_to(now, c.tpm - tokens, True))
+        if c.max_concurrency is not None and self.inflight >= c.max_concurrency:
+            t = max(t, now + 1.0)
+        return t
 
     def on_start(self, now: float, tokens: int) -> None:
         self.window.add(now, 1, tokens)

@@ -383,12 +383,14 @@ class ChannelState:
         """None if this channel may take an attempt now, else why not (for the decision trace)."""
         if not self.usable():
             return "disabled"
+        # Before the health reasons: a provider's own "come back later" (a 429's Retry-After) is a
+        # wait the client is told of, which panic mode never overrides, whatever else holds it.
+        if self._cooldown_until > now:
+            return "cooling_down"
         if self._disabled_until > now:
             return "auto_disabled"
         if self._ejection.until > now:
             return "ejected"
-        if self._cooldown_until > now:
-            return "cooling_down"
         if model is not None and self.breaker_cfg is not None and not self.breaker(model).allows(now):
             return "breaker_open"
         if not self.limiter.allows(now, tokens):
@@ -520,11 +522,19 @@ class ChannelState:
         self.selections_at = now
 
     def snapshot(self, now: float) -> dict[str, object]:
+        reason = self.unavailable_reason(now)
+        if reason is None and self.breakers:
+            # Breakers are per model: the channel as a whole may take no attempt when every model it
+            # serves has its breaker open.
+            ch = self.channel
+            served = {ch.serves(m) for m in [*ch.models, *ch.model_mapping]}
+            if all(m in self.breakers and not self.breakers[m].allows(now) for m in served):
+                reason = "breaker_open"
         return {
             "name": self.name,
             "enabled": self.channel.enabled,
-            "available": self.unavailable_reason(now) is None,
-            "unavailable_reason": self.unavailable_reason(now),
+            "available": reason is None,
+            "unavailable_reason": reason,
             "inflight": self.inflight,
             "requests": self.requests,
             "failures": self.failures,

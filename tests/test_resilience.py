@@ -516,13 +516,17 @@ def test_a_retry_after_already_waited_out_is_not_the_clients(driver):
 
 
 def test_a_key_out_for_its_own_limits_makes_the_pool_wait_short(driver):
-    # k0 cools down for 300 s after a 429; k1 is only at its rpm limit, which frees within a minute.
+    # k0 cools down for 300 s after a 429; k1 is only at its rpm limit, which frees sooner: when its
+    # sliding window (estimated from two fixed minutes: the call at 100 s weighs until 180 s) admits one.
     r = make(chans(1, c0={"api_keys": ["k0", {"key": "k1", "limits": {"rpm": 1}}]}), retry={"max_same_channel": 0})
     res = driver(r, "m", lambda call, now: (fail(429, retry_after=300.0, after=0.0) if call.key == 0 else ok(0.0))(
         call, now), now=100.0)
     assert res.ok and [a.next for a in res.attempts] == ["next_key", "done"]
     res = driver(r, "m", ok(0.0), now=101.0)
-    assert not res.ok and res.error.status == 429 and res.error.retry_after < 60
+    assert not res.ok and res.error.status == 429 and res.error.retry_after == pytest.approx(79.0)
+    # Told the truth: just before then it is still refused, and then it is served.
+    assert not driver(r, "m", ok(0.0), now=101.0 + 78.0).ok
+    assert driver(r, "m", ok(0.0), now=101.0 + 79.0).ok
 
 
 def test_an_exhausted_balance_does_not_switch_a_key_off_for_good(driver):
@@ -574,3 +578,79 @@ def test_a_hedges_retry_after_counts_and_a_retry_after_the_hedge_keeps_its_chann
     driver(mapped, "m", answer)
     assert len(seen) >= 3 and seen[2][0] == "c1"  # c0, the hedge on c1, then c1 retried
     assert all(m == {"c0": "up-a", "c1": "up-b"}[ch] for ch, m in seen)
+
+
+def test_panic_never_overrides_a_providers_retry_after(driver):
+    # The default rule 429×3 auto-disables for the Retry-After: the channel is then both cooling
+    # down and auto-disabled. The wait the provider asked for is what the client hears; panic mode
+    # (which overrides health) must not send the request to it inside its Retry-After.
+    r = make(chans(1), retry=NO_RETRY)
+    calls = []
+
+    def limited(call, now):
+        calls.append(now)
+        return fail(429, retry_after=2.0, after=0.0)(call, now)
+
+    for t in (0.0, 2.1, 4.2):  # three 429s in a row, each after the last cooldown
+        driver(r, "m", limited, now=t)
+    assert r.by_name["c0"].unavailable_reason(4.5, "m") == "cooling_down"
+    res = driver(r, "m", limited, now=4.5, explain=True)
+    assert not res.ok and res.attempts == [] and len(calls) == 3
+    assert res.error.status == 429 and res.error.retry_after == pytest.approx(1.7)
+
+
+def test_panic_waits_while_another_candidate_is_only_waiting(driver):
+    # One channel's breaker is open, the other is at its rpm limit: not every candidate is out on
+    # health grounds, so the client hears 429 with when the limit frees, not the failing channel's 500.
+    r = make(chans(2, c0={"limits": {"rpm": 1}}), strategy="round_robin", retry={"max_same_channel": 0},
+             health={"breaker": {"failure_threshold": 1, "open_time": 60}, "auto_disable": []})
+    driver(r, "m", by_channel({"c0": ok(0.0), "c1": fail(500, after=0.0)}), now=10.0)
+    driver(r, "m", by_channel({"c0": ok(0.0), "c1": fail(500, after=0.0)}), now=10.5)
+    assert r.by_name["c1"].breaker("m").state == "open"
+    res = driver(r, "m", by_channel({"c0": ok(0.0), "c1": fail(500, after=0.0)}), now=11.0)
+    assert not res.ok and res.attempts == [] and res.error.status == 429
+    # the call at 10 s weighs in the sliding minute until 120 s (two fixed windows, see limits.py)
+    assert res.error.retry_after == pytest.approx(109.0)
+    # with the limited channel switched off, only health stands in the way: panic tries the other
+    r.by_name["c0"].channel.enabled = False
+    res = driver(r, "m", ok(0.0), now=12.0, explain=True)
+    assert res.ok and res.decisions[-1]["by"] == "panic"
+
+
+def test_a_switched_off_channel_does_not_turn_a_wait_into_a_503(driver):
+    r = make(chans(2, c1={"enabled": False}), retry=NO_RETRY)
+    driver(r, "m", fail(429, retry_after=20.0, after=0.0), now=0.0)
+    res = driver(r, "m", ok(0.0), now=1.0)
+    assert res.error.status == 429 and res.error.retry_after == pytest.approx(19.0)
+    assert "c1: disabled" in res.error.message  # still named
+
+
+def test_local_limits_say_when_they_free_and_a_request_over_them_is_told_so(driver):
+    r = make(chans(1, c0={"limits": {"rpm": 2, "tpm": 500}}), retry=NO_RETRY)
+    for t in (0.0, 1.0):
+        assert driver(r, "m", ok(0.0), now=t, tokens=10).ok
+    res = driver(r, "m", ok(0.0), now=2.0, tokens=10)
+    # The sliding minute (two fixed windows, see limits.py) admits one more once the first minute's
+    # two calls weigh at most one: half way through the next minute.
+    assert res.error.status == 429 and res.error.retry_after == pytest.approx(88.0)
+    assert not driver(r, "m", ok(0.0), now=89.9, tokens=10).ok
+    assert driver(r, "m", ok(0.0), now=90.0, tokens=10).ok
+    # A request larger than the TPM limit: no Retry-After would ever admit it.
+    res = driver(r, "m", ok(0.0), now=200.0, tokens=1000)
+    assert res.error.status == 429 and res.error.retry_after is None and res.error.code == "request_too_large"
+    assert "c0" in res.error.message and "fewer tokens" in res.error.message
+
+
+def test_a_channel_whose_every_model_breaker_is_open_is_shown_unavailable(driver):
+    r = make([{"name": "c0", "models": ["m", "n"]}, {"name": "c1", "models": ["m", "n"]}], strategy="round_robin",
+             retry={"max_same_channel": 0}, health={"breaker": {"failure_threshold": 1, "open_time": 60},
+                                                    "auto_disable": []})
+    c0 = r.by_name["c0"]
+    c0.last_pick = -10
+    driver(r, "m", by_channel({"c0": fail(500, after=0.0), "c1": ok(0.0)}), now=1.0)
+    assert c0.breaker("m").state == "open"
+    assert c0.snapshot(2.0)["available"] is True  # it still serves n
+    c0.last_pick = -10
+    driver(r, "n", by_channel({"c0": fail(500, after=0.0), "c1": ok(0.0)}), now=2.0)
+    snap = c0.snapshot(3.0)
+    assert snap["available"] is False and snap["unavailable_reason"] == "breaker_open"

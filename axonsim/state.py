@@ -352,7 +352,8 @@ class ChannelState:
         """Recompute the fast-path flag (and `gate`) after health changed outside the driver API."""
         self.slow = (self.has_limits or self.quota is not None or bool(self.auto.counts)
                      or any(b.state != CLOSED or b.failures for b in self.breakers.values())
-                     or any(not k.quiet(now) for k in self.keys))
+                     or any(not k.quiet(now) for k in self.keys)
+                     or not self.usable())  # every key switched off or rejected: skipped, not picked
         self.regate()
 
     def eligible(self, now: float, model: str | None = None, tokens: int = 0) -> bool:

@@ -803,6 +803,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         k.disabled = False
         k.held = False
         k.disabled_until = NEVER
+        st.refresh(ctx.now())  # the core's fast path must see keys changed from outside
         i = st.keys.index(k)
         fleet_switch(st, [f"kh:{i}", f"k:{i}"], on=True)
         return admin.reply(channel_view(st, ctx.now()))
@@ -816,6 +817,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         k = key_of(st, key_name)
         k.disabled = True
         k.held = True
+        st.refresh(ctx.now())
         i = st.keys.index(k)
         fleet_switch(st, [f"kh:{i}", f"k:{i}"], on=False)
         return admin.reply(channel_view(st, ctx.now()))

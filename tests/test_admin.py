@@ -547,6 +547,23 @@ async def test_a_disabled_key_gets_no_traffic(client: httpx.AsyncClient, gw: Gat
     assert r.status_code == 200 and r.json()["keys"][0]["disabled"] is True
 
 
+async def test_a_channel_with_every_key_disabled_is_skipped_before_the_pick(client: httpx.AsyncClient, gw: Gateway,
+                                                                           driver: Any) -> None:
+    # Not picked and then found keyless: the strategy's choice is a channel that can serve, and
+    # the trace and /admin/channels say "disabled" alike.
+    for k in ("g-one", "g-two"):
+        assert (await client.post(f"/admin/channels/gamma/keys/{k}/disable", headers=ADMIN)).status_code == 200
+    assert (await client.get("/admin/channels/gamma", headers=ADMIN)).json()["unavailable_reason"] == "disabled"
+    router = gw.router
+    for i in range(4):
+        res = driver(router, "m2", lambda call, now: Outcome(True, now + 0.01), now=gw.clock + i, explain=True)
+        assert res.ok and [d["chosen"] for d in res.decisions] == ["beta"]
+    assert (await client.post("/admin/channels/gamma/keys/g-two/enable", headers=ADMIN)).status_code == 200
+    chosen = {driver(router, "m2", lambda call, now: Outcome(True, now + 0.01), now=gw.clock + 10 + i).attempts[0].channel
+              for i in range(4)}
+    assert chosen == {"beta", "gamma"}
+
+
 async def test_names_with_a_slash_can_be_managed(store: Store) -> None:
     """A channel or key whose name holds "/" (azure/east): reachable as written or percent-encoded
     (a client's %2F arrives decoded), and the key routes are not read as a channel named

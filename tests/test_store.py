@@ -406,6 +406,12 @@ def test_scrubber_masks_every_form_of_a_secret() -> None:
     assert s.text('{"k": "k\\"ey/1"}') == '{"k": "[REDACTED]"}'  # as it reads inside JSON
     assert s.text("?key=k%22ey%2F1") == "?key=[REDACTED]"  # as it reads in a URL
     assert s.text(b"raw sk-abc\x00") == "raw [REDACTED]\ufffd"
+    # Every spelling JSON allows inside a string (PHP escapes '/', Go escapes '<'), as an upstream's
+    # error may quote a body: also in short texts such as errors, not only in stored bodies.
+    odd = Scrubber(["sk-A/B+C=D<x>"])
+    quoted = 'bad {"k": "sk-A\\/B+C=D<x>"} | "sk-A/B+C=D\\u003cx\\u003E"'
+    assert odd.text(quoted) == 'bad {"k": "[REDACTED]"} | "[REDACTED]"'
+    assert not odd.clean(quoted) and odd.clean('no key, just a \\n and a \\u003c')
     assert s.json({"sk-abc": ["x sk-abc", 1, float("nan")]}) == {"[REDACTED]": ["x [REDACTED]", 1, None]}
     cfg = parse_config({"gateway": {"api_keys": [{"key": "gw"}]},
                         "channels": [{"name": "a", "models": ["m"], "api_keys": ["up1", "up2"]}]})

@@ -66,11 +66,20 @@ class Scrubber:
         # PostgreSQL text cannot hold NUL; a body with one would otherwise be rejected forever.
         if "\x00" in value:
             value = value.replace("\x00", "\ufffd")
-        return self._re.sub(self.mask, value) if self._re is not None else value
+        if self._re is None:
+            return value
+        out = self._re.sub(self.mask, value)
+        if "\\" in out:
+            # A secret inside a JSON string that an upstream's error quotes may be spelt with any of
+            # JSON's escapes (`\/` by PHP, `\u003c` by Go), not only the ones json.dumps writes.
+            hidden = self._escaped_secrets(out)
+            if hidden:
+                out = _spellings(hidden).sub(self.mask, out)
+        return out
 
     def body(self, value: str | bytes | None) -> str | None:
-        """A request or response body as text with every secret masked: as `text` does, and also a
-        secret written with JSON escapes (``\\u0073k-...``), wherever it is, and one that a stream
+        """A request or response body as text with every secret masked: as `text` does (a secret
+        written with JSON escapes, ``\\u0073k-...``, included), and also one that a stream
         splits across its events (a model that echoes a key token by token): the strings at one
         place in the events' JSON (``choices[0].delta.content``, ``delta.text``, ...) are read
         joined, and each piece of a secret found there is masked in its own event. A stream too
@@ -78,10 +87,6 @@ class Scrubber:
         out = self.text(value)
         if out is None or self._plain is None:
             return out
-        if "\\" in out:
-            hidden = self._escaped_secrets(out)
-            if hidden:
-                out = _spellings(hidden).sub(self.mask, out)
         if "data:" in out and _is_stream(out):
             try:
                 return self._stream(out)
@@ -141,6 +146,8 @@ class Scrubber:
             return False
         if not self._forms:
             return True
+        if "\\" in text and self._escaped_secrets(text):
+            return False
         probe = self._probe
         if probe is None:
             # Every form, and every form as json.dumps renders it inside a string (the same text for

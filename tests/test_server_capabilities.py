@@ -145,3 +145,19 @@ def test_an_unfit_type_and_a_missing_capability_are_both_named() -> None:
         msg = r.json()["error"]["message"]
         assert "oai lacks images" in msg and "anth lacks a format for this request (n:" in msg
         assert "resp lacks a format for this request" in msg
+
+
+def test_legacy_functions_reach_only_openai_chat_channels() -> None:
+    # Another family would drop them silently (the model answering without the declared functions).
+    body = {"model": "m", "messages": [{"role": "user", "content": "call f"}],
+            "functions": [{"name": "f", "parameters": {"type": "object", "properties": {}}}], "function_call": "auto"}
+    with Stack() as st:
+        gw = mixed_pool(st)
+        for _ in range(6):
+            r = httpx.post(f"{gw.url}/v1/chat/completions", headers=AUTH, timeout=20, json=body)
+            assert r.status_code == 200, r.text
+        assert set(channels_of(gw, 6)) == {"oai"}
+        anth = st.serve([ch("anth", type="anthropic")])
+        r = httpx.post(f"{anth.url}/v1/chat/completions", headers=AUTH, timeout=20, json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] in ("functions", "function_call")
+        assert "tools" in r.json()["error"]["message"]

@@ -664,6 +664,8 @@ def test_the_strategy_docs_cover_every_name_and_their_yaml_loads():
 
     import yaml
 
+    from server.proxy import check_servable
+
     text = (Path(__file__).resolve().parent.parent / "docs" / "strategies.md").read_text()
     for name in STRATEGIES:
         assert f"`{name}`" in text, name
@@ -672,3 +674,7 @@ def test_the_strategy_docs_cover_every_name_and_their_yaml_loads():
     for block in blocks:
         cfg = parse_config(yaml.safe_load(block.split("```")[0]))
         assert make_strategy(cfg.routing).name == cfg.routing.strategy
+        # As written, it is a config both commands take: the proxy's (every channel has somewhere
+        # to send) and the simulator's (a workload).
+        check_servable(cfg)
+        assert cfg.workload is not None

@@ -59,6 +59,7 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from types import ModuleType
+from typing import Any
 
 
 class FormatError(ValueError):
@@ -74,6 +75,19 @@ class FormatError(ValueError):
 class UpstreamErrorBody(FormatError):
     """An answer with a success status whose body is the provider's error object (some providers
     answer 200 so); `message` is that error's message, sanitized as any upstream error's."""
+
+
+def refuse_legacy_functions(req: Any, family: str) -> None:
+    """OpenAI Chat's legacy `functions` / `function_call` travel as extra fields, which only an OpenAI
+    Chat channel is sent: another family's would drop them, and the model would answer without the
+    functions the client declared. A 400 naming the field instead (in a pool of several channel
+    types, the OpenAI Chat channels serve it: server/driver.py LiveDriver.fit)."""
+    if req.source != "openai_chat":
+        return
+    for name in ("functions", "function_call"):
+        if name in req.extra_body:
+            raise FormatError(f"{name}: OpenAI's legacy function calling reaches only OpenAI Chat channels; "
+                              f"declare 'tools' (and 'tool_choice') for {family}", name)
 
 
 FORMAT_MODULES = {

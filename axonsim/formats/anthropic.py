@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody, retry_after, status_message
+from axonsim.formats import FormatError, UpstreamErrorBody, refuse_legacy_functions, retry_after, status_message
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
 from axonsim.formats.sse import SSEDecoder, SSEEvent, encode
@@ -855,6 +855,7 @@ def stream_passthrough(body: bytes, parsed: Parsed | None = None) -> bytes:
 
 
 def build_request(req: Request, upstream_model: str) -> bytes:
+    refuse_legacy_functions(req, "an Anthropic channel")
     system, messages = _render_messages(req.messages)
     s = req.sampling
     if s.n is not None and s.n > 1:

@@ -37,7 +37,7 @@ from typing import Any, cast
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody, retry_after, status_message
+from axonsim.formats import FormatError, UpstreamErrorBody, refuse_legacy_functions, retry_after, status_message
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature
 from axonsim.formats.sse import SSEDecoder
@@ -1124,6 +1124,7 @@ def stream_passthrough(body: bytes, parsed: Parsed | None = None) -> bytes:
 
 
 def build_request(req: Request, upstream_model: str) -> bytes:
+    refuse_legacy_functions(req, "a Gemini channel")
     contents: list[dict[str, Any]] = []
     system: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool call id → function name: Gemini's functionResponse needs the name

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody, retry_after, status_message
+from axonsim.formats import FormatError, UpstreamErrorBody, refuse_legacy_functions, retry_after, status_message
 from axonsim.formats.openai_chat import error_headers, error_status, render_error  # noqa: F401
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
@@ -944,6 +944,7 @@ def stream_passthrough(body: bytes, parsed: Parsed | None = None) -> bytes:
 
 
 def build_request(req: Request, upstream_model: str) -> bytes:
+    refuse_legacy_functions(req, "an OpenAI Responses channel")
     if req.sampling.n is not None and req.sampling.n > 1:
         raise FormatError("OpenAI Responses returns one answer per request; 'n' > 1 cannot be served", "n")
     body: JSON = {"model": upstream_model}

@@ -100,7 +100,10 @@ class ChannelState:
         self.priority = channel.priority
         self.index = index  # position in the config: the stable tie-breaker
         health = routing.health
-        kb = health.key_breaker if health.key_breaker.enabled else None
+        # Key breakers tell a failing key of a pool from its siblings. A channel's only key has none:
+        # its failures are the channel's, which the per-model breakers judge model by model, while a
+        # key breaker, counting across models, would take the channel out for every model when one fails.
+        kb = health.key_breaker if health.key_breaker.enabled and len(channel.api_keys) > 1 else None
         self.keys = [KeyState(k.name or f"{channel.name}#{i}", k.key, Limiter(k.limits),
                               Breaker(kb) if kb else None, AutoDisable(health.auto_disable))
                      for i, k in enumerate(channel.api_keys)]

@@ -420,14 +420,15 @@ async def test_channel_state(client: httpx.AsyncClient, gw: Gateway) -> None:
     assert a["ewma_latency"] == pytest.approx(1.0) and a["ewma_ttft"] == pytest.approx(0.25)
     # a breaker that has seen no failure is not materialised: closed by default
     assert a["breakers"].get("m1", {"state": "closed"})["state"] == "closed"
+    # a lone key has no breaker of its own (the channel's per-model breakers judge it); a pool's keys do
     assert a["keys"] == [{"name": "alpha#0", "disabled": False, "held": False, "disabled_remaining": 0.0, "available": True,
-                          "uses": 1, "breaker": {"state": "closed", "consecutive_failures": 0, "trips": 0,
-                                                 "open_remaining": 0.0}}]
+                          "uses": 1, "breaker": None}]
     assert a["auto_disabled_remaining"] == 0.0
     g = chans["gamma"]
     assert g["inflight"] == 1 and g["failures"] == 1
     assert [(k["name"], k["available"]) for k in g["keys"]] == [("g-one", True), ("g-two", False)]
     assert g["keys"][1]["disabled_remaining"] == pytest.approx(20.0)  # a key pool: the key cools down
+    assert g["keys"][0]["breaker"]["state"] == "closed"
     assert chans["beta"]["ewma_latency"] is None and chans["beta"]["models"] == ["m1", "m2"]
 
     one = (await client.get("/admin/channels/gamma", headers=ADMIN)).json()

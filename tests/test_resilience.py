@@ -386,51 +386,69 @@ def test_panic_mode_tries_health_excluded_channels_rather_than_fail_without_an_a
 
 def test_panic_mode_also_tries_keys_whose_breakers_tripped_with_their_channels(driver):
     # Key breakers open together with the channel's; panic must not then find "no key available".
-    keyed = chans(2, c0={"api_keys": ["k0"]}, c1={"api_keys": ["k1"]})
+    keyed = chans(2, c0={"api_keys": ["k0", "k0b"]}, c1={"api_keys": ["k1", "k1b"]})
     trip = {"failure_threshold": 1, "open_time": 100}
     r = make(keyed, strategy="round_robin", retry=NO_RETRY,
              health={"breaker": trip, "key_breaker": trip, "auto_disable": []})
     for i in range(2):
         driver(r, "m", fail(500, after=0.0), now=float(i))
-    assert all(not s.keys[0].available(5.0) for s in r.states)  # the key breakers are open too
+    for s in r.states:  # the pools' other keys failed too, elsewhere
+        s.keys[1].breaker.on_failure(2.0)
+        s.refresh(2.0)
+    assert all(not k.available(5.0) for s in r.states for k in s.keys)  # every key breaker is open
     res = driver(r, "m", ok(0.0), now=5.0, explain=True)
     assert res.ok and len(res.attempts) == 1 and res.decisions[-1]["by"] == "panic"
     # a key switched off for its credentials stays off, panic or not
     for s in r.states:
-        s.keys[0].disabled = True
+        for k in s.keys:
+            k.disabled = True
     res = driver(r, "m", ok(0.0), now=6.0)
     assert not res.ok and res.attempts == []
 
 
 def test_a_key_held_back_by_its_breaker_is_health_not_a_wait(driver):
-    # A one-key channel whose key breaker opened on failures of other models: the channel's breaker
-    # for this model is closed, its key is out. That is health (503, panic may try the key), not a
-    # wait the client could be told of (it was a 429 with Retry-After: 1, for as long as the breaker).
-    def one_key(**health):
-        return make([{"name": "c0", "models": ["m", "n"], "api_keys": ["k0"]}], retry=NO_RETRY,
+    # A key pool whose key breakers opened on failures of another model: the channel's breaker for
+    # this model is closed, its keys are out. That is health (503, panic may try a key), not a wait
+    # the client could be told of (it was a 429 with Retry-After: 1, for as long as the breakers).
+    def pool(keys=("k0", "k1"), **health):
+        return make([{"name": "c0", "models": ["m", "n"], "api_keys": list(keys)}], retry=NO_RETRY,
                     health={"breaker": {"failure_threshold": 100}, "auto_disable": [],
                             "key_breaker": {"failure_threshold": 2, "open_time": 30}, **health})
 
-    strict = one_key(panic=False)
-    for i in range(2):
+    strict = pool(panic=False)
+    for i in range(4):  # two failures on each key
         driver(strict, "m", fail(500, after=0.0), now=float(i))
     c0 = strict.states[0]
-    assert c0.breaker("n").state == "closed" and not c0.keys[0].available(5.0)
+    assert c0.breaker("n").state == "closed" and not any(k.available(5.0) for k in c0.keys)
     assert c0.unavailable_reason(5.0, "n") == "key_breaker_open"
     res = driver(strict, "n", ok(0.0), now=5.0)
     assert not res.ok and res.attempts == [] and res.error.status == 503 and res.error.retry_after is None
-    # with panic mode (the default), the key gets its attempt
-    r = one_key()
-    for i in range(2):
+    # with panic mode (the default), a key gets its attempt
+    r = pool()
+    for i in range(4):
         driver(r, "m", fail(500, after=0.0), now=float(i))
     res = driver(r, "n", ok(0.0), now=5.0, explain=True)
     assert res.ok and len(res.attempts) == 1 and res.decisions[-1]["by"] == "panic"
-    # a key cooling down after its 429 is a wait: 429 with the time it comes back
-    cool = one_key(panic=False)
+    # a lone key's 429 cools the channel down: a wait, 429 with the time it comes back
+    cool = pool(keys=("k0",), panic=False)
     driver(cool, "m", fail(429, retry_after=20.0, after=0.0), now=0.0)
     assert cool.states[0].unavailable_reason(5.0, "n") == "cooling_down"
     res = driver(cool, "n", ok(0.0), now=5.0)
     assert res.error.status == 429 and res.error.retry_after == pytest.approx(15.0)
+
+
+def test_one_models_outage_does_not_take_a_one_key_channel_out_for_the_others(driver):
+    # The channel's breakers are per model; a lone key has no breaker of its own, which, counting
+    # across models, would hold the channel back for every model when one fails.
+    r = make([{"name": "x", "models": ["m1", "m2"], "api_keys": ["kx"]},
+              {"name": "y", "models": ["m1", "m2"], "api_keys": ["ky"], "priority": 1}],
+             retry=NO_RETRY, health={"auto_disable": [], "panic": False})
+    for i in range(6):
+        driver(r, "m1", by_channel({"x": fail(500, after=0.0), "y": ok(0.0)}), now=float(i))
+    x = r.by_name["x"]
+    assert x.breaker("m1").state == "open" and x.keys[0].breaker is None
+    res = driver(r, "m2", ok(0.0), now=10.0)
+    assert res.ok and res.attempts[0].channel == "x"
 
 
 def test_panic_mode_keeps_its_same_channel_retries(driver):

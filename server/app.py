@@ -53,6 +53,7 @@ from server.driver import CLIENT_CLOSED, Exchange, LiveStream
 from server.http_protocol import BAD_FRAMING
 from server.ids import THREAD, TRACE, derived_id, new_request_id
 from server.proxy import (
+    BODY_HANDED,
     H_AH_THREAD,
     H_AH_TRACE,
     H_EXPLAIN,
@@ -101,6 +102,22 @@ def _explain_value(result: Result | None, rid: str) -> bytes:
     if len(v) > MAX_EXPLAIN:
         return orjson.dumps({"truncated": True, "see": f"/admin/requests/{rid}"})
     return v
+
+
+class KeptBytes:
+    """A stream's bytes as sent, for its stored body: no more than the store is handed (the front of
+    a long answer), so a long stream's memory does not grow with its length."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        if self.size < BODY_HANDED:
+            self.parts.append(data)
+            self.size += len(data)
 
 
 # The disconnect watcher starts this long after the request was admitted. Most answers are done
@@ -266,7 +283,7 @@ class GatewayApp:
         body: bytes | None = None
         out: bytes | None = None
         store = proxy.store
-        sent: list[bytes] | None = [] if store is not None and store.store_bodies else None  # stream bytes, kept
+        sent: KeptBytes | None = KeptBytes() if store is not None and store.store_bodies else None  # stream bytes
         renderer: Any = None  # a stream's renderer, once its answer begins
         array = False  # a Gemini stream asked for as a JSON array (no `alt=sse`)
         ids, sticky_b, explain = request_ids(scope, rt, rid_b)
@@ -340,7 +357,7 @@ class GatewayApp:
             if first:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
                 if sent is not None:
-                    sent.append(first)
+                    sent.add(first)
             ttfb = clock.now() - t0
             tail = b""
             while True:
@@ -359,11 +376,11 @@ class GatewayApp:
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                     if sent is not None:
-                        sent.append(data)
+                        sent.add(data)
             w.done = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
             if sent is not None:
-                sent.append(tail)
+                sent.add(tail)
         except asyncio.CancelledError:
             if task is not None:
                 task.uncancel()
@@ -408,7 +425,7 @@ class GatewayApp:
                 waited = ex.waited + (stream.waited if stream is not None else 0.0)
             resp_body = None
             if sent is not None:
-                resp_body = out if out is not None else b"".join(sent) if sent else None
+                resp_body = out if out is not None else b"".join(sent.parts) if sent.parts else None
             try:
                 self._record(proxy, rt, scope, route, rid, t0, latency, latency - waited, ttfb, key, model, is_stream,
                              status, error, usage, result, ex, stream, w.gone, trace_b, thread_b,

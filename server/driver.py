@@ -759,6 +759,12 @@ class LiveStream:
             self.abandoned = True
             self.end = now
             self.resp.close()
+            # What the upstream reported before we left (Gemini's usage on every chunk, say) was
+            # generated and is billed: the record's cost, the channel's TPM limits and quota count it.
+            seen = getattr(self.parser, "usage_seen", None)
+            if seen is not None:
+                self.usage = seen
+            _charge(self.call, now, self.usage)
             self.call.cancelled(now)
 
     def _note(self, evs: list[StreamEvent]) -> None:

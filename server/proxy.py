@@ -70,7 +70,7 @@ AH_TRACE = b"ah-trace-id"  # AxonHub's names, accepted so its clients keep their
 AH_THREAD = b"ah-thread-id"
 EXPLAIN_HEADER = b"x-axonsim-explain"
 # Bytes of a body handed to the store: what it keeps, and the margin it scrubs before cutting.
-_BODY_HANDED = MAX_STORED_BODY + BODY_SCRUB_MARGIN
+BODY_HANDED = MAX_STORED_BODY + BODY_SCRUB_MARGIN  # what store_record keeps of a body
 
 
 def _lower(name: str) -> bytes:
@@ -454,8 +454,8 @@ def store_record(rec: Mapping[str, Any], rt: Runtime, ex: Exchange | None, reque
         completion_tokens=usage["completion_tokens"] if usage else 0,
         cached_tokens=usage.get("cached_tokens", 0) if usage else 0,
         reasoning_tokens=usage.get("reasoning_tokens", 0) if usage else 0,
-        request_body=request_body[:_BODY_HANDED] if request_body is not None else None,
-        response_body=response_body[:_BODY_HANDED] if response_body is not None else None,
+        request_body=request_body[:BODY_HANDED] if request_body is not None else None,
+        response_body=response_body[:BODY_HANDED] if response_body is not None else None,
         attempts=rows,
     )
 

@@ -532,3 +532,58 @@ def test_on_request_done_hook_and_ring_bound() -> None:
     assert len(got) == 6 and len(proxy.recent) == 3
     assert got[-1]["status"] == 401 and got[-1]["attempts"] == []
     assert all(r["attempts"][0]["channel"] == "x" for r in got[:5])
+
+
+def test_a_stream_the_client_leaves_keeps_the_usage_already_reported() -> None:
+    # Gemini reports usage on every chunk: a generation the client stops after 300 tokens was
+    # generated and billed up to there. Its record, cost and the channel's token quota count them,
+    # as they do when the upstream cuts the stream at the same point.
+    from axonsim.config import parse_config
+    from server.upstream import HANG
+
+    cfg = parse_config({"gateway": {"api_keys": [{"key": GW_KEY}]}, "prices": {"g": {"input": 1.0, "output": 10.0}},
+                        "channels": [{"name": "gem", "type": "gemini", "base_url": "http://gem.test", "models": ["g"],
+                                      "quota": {"tokens": 500, "period": 3600}}]})
+
+    def chunk(i: int) -> bytes:
+        return b"data: " + orjson.dumps({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": f"part {i} "}]}, "index": 0}],
+            "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": 100 * i, "totalTokenCount": 40 + 100 * i},
+            "modelVersion": "g"}) + b"\r\n\r\n"
+
+    proxy = Proxy(cfg, MockUpstream(lambda r: MockReply(200, chunks=[chunk(1), chunk(2), chunk(3), HANG],
+                                                        headers={"content-type": "text/event-stream"})), seed=1)
+    with Stack() as st:
+        g = st.gateway(proxy)
+        with httpx.Client(base_url=g.url, timeout=10) as c:
+            with c.stream("POST", "/v1beta/models/g:streamGenerateContent?alt=sse", headers={"x-goog-api-key": GW_KEY},
+                          json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}) as r:
+                assert r.status_code == 200
+                got = b""
+                for piece in r.iter_raw():
+                    got += piece
+                    if got.count(b"data:") >= 3:
+                        break
+                rid = r.headers["x-request-id"]
+        _wait(lambda: proxy.find(rid) is not None)
+        rec = proxy.find(rid)
+        assert rec["outcome"] == "cancelled" and rec["status"] == 499
+        assert (rec["usage"]["prompt_tokens"], rec["usage"]["completion_tokens"]) == (40, 300)
+        assert rec["cost"] == pytest.approx((40 * 1.0 + 300 * 10.0) / 1e6)
+        # the quota counted what was generated: another such request would pass it
+        st_gem = proxy.router.states[0]
+        assert st_gem.quota is not None and st_gem.quota.tokens >= 340
+
+
+def test_a_long_stream_keeps_only_what_the_store_stores_of_its_body() -> None:
+    # With store_bodies on, a stream's bytes are kept for its record: only as many as the store is
+    # handed (the front of the answer), however long the answer runs.
+    from server.app import KeptBytes
+    from server.proxy import BODY_HANDED
+
+    kept = KeptBytes()
+    piece = b"x" * 4096
+    for _ in range(3 * BODY_HANDED // len(piece)):
+        kept.add(piece)
+    assert BODY_HANDED <= kept.size < BODY_HANDED + len(piece)
+    assert b"".join(kept.parts) == piece * len(kept.parts)

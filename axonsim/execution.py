@@ -383,7 +383,8 @@ class Router:
         retry_at: dict[tuple[str, int | None], float] | None = None
         # why candidates were skipped, and the panic candidates: made only when there is one
         unavailable: dict[str, str] | None = None
-        soonest: float | None = None
+        soonest: float | None = None  # when the first candidate only waiting (a limit, a cooldown) frees
+        healthy_at: float | None = None  # when the first health exclusion of a candidate held by health alone lifts
         panic: list[Candidate] | None = None
         decision: int | None = None  # the pick's index into decisions (explained picks only)
         left_out: dict[str, str] | None = None  # channels that cannot carry this request, and why (explained)
@@ -451,10 +452,19 @@ class Router:
                                 unavailable[c.state.name] = TOO_LARGE
                             else:
                                 soonest = until if soonest is None else min(soonest, until)
-                        elif why in _HEALTH and self.panic_mode:
-                            if panic is None:
-                                panic = []
-                            panic.append(c)
+                        elif why in _HEALTH:
+                            st = c.state
+                            lifts = st.health_lifts_at(now, c.upstream_model)
+                            if st.held_by_health_alone(now, c.upstream_model, tokens):
+                                healthy_at = lifts if healthy_at is None else min(healthy_at, lifts)
+                                if self.panic_mode:
+                                    if panic is None:
+                                        panic = []
+                                    panic.append(c)
+                            else:  # waiting too (a limit, a quota): back once both have passed
+                                until = max(_frees_at(st, now, tokens), lifts)
+                                if until != math.inf:
+                                    soonest = until if soonest is None else min(soonest, until)
                     break
                 st = cand.state
                 same = 0  # retries on this candidate (its limit is looked up at the first failure)
@@ -468,10 +478,17 @@ class Router:
                         if unavailable is None:
                             unavailable = {}
                         why = unavailable[st.name] = st.keys_reason(now, tokens)
-                        if why in _HEALTH and self.panic_mode and not in_panic:
-                            if panic is None:
-                                panic = []
-                            panic.append(cand)
+                        if why in _HEALTH and not in_panic:
+                            lifts = st.health_lifts_at(now, cand.upstream_model)
+                            healthy_at = lifts if healthy_at is None else min(healthy_at, lifts)
+                            if self.panic_mode:
+                                if panic is None:
+                                    panic = []
+                                panic.append(cand)
+                        elif why in _WAITABLE:
+                            until = _frees_at(st, now, tokens)
+                            if until != math.inf:
+                                soonest = until if soonest is None else min(soonest, until)
                         break
                     n += 1
                     start = now
@@ -549,7 +566,8 @@ class Router:
                             rec.next = "retry"
                         now = yield Wait(wait)
                         held_by = st.unavailable_reason(now, cand.upstream_model, tokens)
-                        if held_by is None or (in_panic and held_by in _HEALTH):  # (panic overrides health)
+                        if held_by is None or (in_panic and held_by in _HEALTH  # (panic overrides health alone)
+                                               and st.held_by_health_alone(now, cand.upstream_model, tokens)):
                             continue
                         # The wait over, this channel may not take the attempt (its concurrency or
                         # rate limit, taken by other requests meanwhile; its breaker): the next one.
@@ -559,11 +577,13 @@ class Router:
                     now = yield Wait(wait)
                     break
                 remaining = rest if rest is not None else [c for c in remaining if c is not cand]
-            if tier_no == n_tiers and n == 0 and panic and not any(
-                    v in _WAITABLE for v in unavailable.values()):  # type: ignore[union-attr]
-                # every candidate is out on health grounds (or switched off) and nothing was tried:
-                # panic mode. One that is only waiting (a cooldown, a limit) will serve soon, and
-                # the client is told when, rather than sent to a channel known to be failing.
+            if tier_no == n_tiers and n == 0 and panic and (
+                    soonest is None or (healthy_at is not None and healthy_at < soonest)):
+                # Nothing was tried and the candidates are out on health grounds (or switched off):
+                # panic mode. When some candidate is only waiting (a cooldown, a limit, a quota) and
+                # frees before the first health exclusion lifts, the client is told to come back
+                # then instead of being sent to a channel known to be failing; a longer wait (a
+                # quota until midnight) does not keep panic off.
                 tiers = [*tiers, panic]
                 if decisions is not None:
                     decisions.append({"tier": "panic", "time": now, "candidates": [c.state.name for c in panic]})
@@ -665,8 +685,7 @@ def _frees_at(st: ChannelState, now: float, tokens: int) -> float:
 
 def _panic_may(c: Candidate, now: float, tokens: int) -> bool:
     """Panic mode overrides health (breakers, ejection, temporary auto-disables), nothing else."""
-    why = c.state.unavailable_reason(now, c.upstream_model, tokens)
-    return why is None or why in _HEALTH
+    return c.state.held_by_health_alone(now, c.upstream_model, tokens)
 
 
 def _too_large(model: str, reasons: dict[str, str]) -> Error:

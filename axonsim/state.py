@@ -23,7 +23,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from axonsim.config import Channel, Routing
-from axonsim.health import CLOSED, AutoDisable, Breaker, Ejection, OutlierDetector, Quota
+from axonsim.health import CLOSED, OPEN, AutoDisable, Breaker, Ejection, OutlierDetector, Quota
 from axonsim.limits import Limiter
 from axonsim.unified import ErrorKind
 
@@ -404,6 +404,36 @@ class ChannelState:
         if self.keys and not any(k.available(now, tokens) for k in self.keys):
             return self.keys_reason(now, tokens)
         return None
+
+    def held_by_health_alone(self, now: float, model: str | None, tokens: int = 0) -> bool:
+        """Whether only health (breakers, ejection, a temporary auto-disable, key breakers) keeps this
+        channel from an attempt: what panic mode may override. Not when it is also switched off,
+        cooling down after a 429, at a local limit or quota, or without a key panic may use."""
+        if not self.usable() or self._cooldown_until > now:
+            return False
+        if not self.limiter.allows(now, tokens):
+            return False
+        if self.quota is not None and not self.quota.allows(now, tokens):
+            return False
+        return not self.keys or any(k.available(now, tokens) or k.healthless(now, tokens) for k in self.keys)
+
+    def health_lifts_at(self, now: float, model: str | None) -> float:
+        """When the health exclusions now holding this channel lift (an auto-disable's end, an
+        ejection's, its breaker for `model` half-opening, the first of its keys' breakers to)."""
+        t = now
+        if self._disabled_until > now:
+            t = max(t, self._disabled_until)
+        if self._ejection.until > now:
+            t = max(t, self._ejection.until)
+        b = self.breakers.get(model) if model is not None else None
+        if b is not None and b.state == OPEN:
+            t = max(t, b.open_until)
+        if self.keys and not any(k.available(now) for k in self.keys):
+            held = [k.breaker.open_until for k in self.keys
+                    if k.breaker is not None and k.breaker.state == OPEN and k.healthless(now)]
+            if held:
+                t = max(t, min(held))
+        return t
 
     def keys_reason(self, now: float, tokens: int = 0) -> str:
         """Why none of the keys may take an attempt: "key_breaker_open" when one is held back by its

@@ -256,7 +256,7 @@ class KeyOut(BaseModel):
     disabled_remaining: float = Field(description="seconds of a temporary disable left (rate limit, overload)")
     available: bool = Field(description="may take an attempt now (limits and key breaker included)")
     uses: int
-    breaker: BreakerOut | None = Field(None, description="the key's own breaker (health.key_breaker), when enabled")
+    breaker: BreakerOut | None = Field(None, description="the key's own breaker (health.key_breaker) in a key pool; null when key breakers are off or the channel has one key (its per-model breakers judge it)")
 
 
 class ChannelOut(BaseModel):

@@ -524,6 +524,7 @@ def _carry_channel(prev: ChannelState, st: ChannelState, same_health: bool, new:
         st.ejection = prev.ejection
         if prev.ejection.until > now:
             new.outlier.ejected[st.name] = prev.ejection.until
+    st.refresh(now)  # the core's fast path must see the health carried over (open breakers, disabled keys)
 
 
 def _safe(s: str | None) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -702,6 +703,32 @@ def test_carry_over_keeps_the_state_of_unchanged_channels_only() -> None:
     assert carry_over(new, again, 20.0) == ["a", "b"]
     assert again.by_name["a"].ewma_latency == 0.7 and again.by_name["a"].channel.enabled
     assert not again.by_name["a"].switched_off
+
+
+def test_health_carried_over_by_a_reload_is_seen_by_the_next_pick() -> None:
+    # An open breaker and a channel whose every key an operator disabled: after a reload neither is
+    # picked (the new states' fast path had not been told, and both got traffic again).
+    cfg = parse_config({"channels": [{"name": "a", "api_keys": ["ka1", "ka2"], "models": ["m"]},
+                                     {"name": "b", "models": ["m"]}, {"name": "c", "models": ["m"]}],
+                        "routing": {"strategy": "round_robin",
+                                    "health": {"breaker": {"failure_threshold": 1, "open_time": 100}}}})
+    old = Router(cfg)
+    for k in old.by_name["a"].keys:
+        k.disabled = k.held = True
+    old.by_name["a"].refresh(0.0)
+    b = old.by_name["b"]
+    b.started(0.0, None, "m")
+    b.failed(1.0, Outcome(False, 1.0, 500, ErrorKind.SERVER_ERROR), "m")
+    assert b.breaker("m").state == "open"
+    new = Router(cfg)
+    assert carry_over(old, new, 2.0) == ["a", "b", "c"]
+    picked = set()
+    for i in range(6):
+        gen = new.execute("m", 3.0 + i, random.Random(i))
+        call = next(gen)
+        picked.add(call.state.name)
+        gen.close()
+    assert picked == {"c"}
 
 
 # --------------------------------------------------------------------------------------------------

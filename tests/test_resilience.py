@@ -617,11 +617,11 @@ def test_panic_never_overrides_a_providers_retry_after(driver):
     assert res.error.status == 429 and res.error.retry_after == pytest.approx(1.7)
 
 
-def test_panic_waits_while_another_candidate_is_only_waiting(driver):
-    # One channel's breaker is open, the other is at its rpm limit: not every candidate is out on
-    # health grounds, so the client hears 429 with when the limit frees, not the failing channel's 500.
+def test_panic_waits_for_a_candidate_that_frees_before_the_failing_ones_are_due_back(driver):
+    # One channel's breaker is open for 300 s, the other is at its rpm limit: it frees sooner, so
+    # the client hears 429 with when it does, not the failing channel's 500.
     r = make(chans(2, c0={"limits": {"rpm": 1}}), strategy="round_robin", retry={"max_same_channel": 0},
-             health={"breaker": {"failure_threshold": 1, "open_time": 60}, "auto_disable": []})
+             health={"breaker": {"failure_threshold": 1, "open_time": 300}, "auto_disable": []})
     driver(r, "m", by_channel({"c0": ok(0.0), "c1": fail(500, after=0.0)}), now=10.0)
     driver(r, "m", by_channel({"c0": ok(0.0), "c1": fail(500, after=0.0)}), now=10.5)
     assert r.by_name["c1"].breaker("m").state == "open"
@@ -633,6 +633,29 @@ def test_panic_waits_while_another_candidate_is_only_waiting(driver):
     r.by_name["c0"].channel.enabled = False
     res = driver(r, "m", ok(0.0), now=12.0, explain=True)
     assert res.ok and res.decisions[-1]["by"] == "panic"
+
+
+def test_a_long_wait_elsewhere_does_not_keep_panic_off(driver):
+    # A quota spent until tomorrow next to a channel whose breaker half-opens in 30 s: panic tries
+    # the failing channel rather than telling the client to come back tomorrow.
+    r = make(chans(2, c0={"quota": {"requests": 1, "period": 86400}}), strategy="failover", retry=NO_RETRY,
+             health={"breaker": {"failure_threshold": 1, "open_time": 30}, "auto_disable": []})
+    assert driver(r, "m", by_channel({"c0": ok(0.0), "c1": ok(0.0)}), now=100.0).attempts[0].channel == "c0"
+    driver(r, "m", by_channel({"c1": fail(500, after=0.0)}), now=101.0)
+    assert r.by_name["c1"].breaker("m").state == "open"
+    res = driver(r, "m", ok(0.0), now=102.0, explain=True)
+    assert res.ok and res.attempts[0].channel == "c1" and res.decisions[-1]["by"] == "panic"
+
+
+def test_panic_overrides_health_but_not_a_quota_or_limit_it_also_meets(driver):
+    # Out for its breaker and over its quota: panic must not try it (the quota would be passed).
+    r = make([{"name": "c0", "models": ["m"], "quota": {"requests": 2, "period": 86400}}], retry=NO_RETRY,
+             health={"breaker": {"failure_threshold": 1, "open_time": 30}, "auto_disable": []})
+    driver(r, "m", ok(0.0), now=0.0)
+    driver(r, "m", fail(500, after=0.0), now=1.0)
+    res = driver(r, "m", ok(0.0), now=2.0, explain=True)
+    assert not res.ok and res.attempts == [] and res.error.status == 429
+    assert r.by_name["c0"].quota.requests == 2
 
 
 def test_a_switched_off_channel_does_not_turn_a_wait_into_a_503(driver):

@@ -264,10 +264,6 @@ _HEALTH = frozenset({"auto_disabled", "ejected", "breaker_open", "key_breaker_op
 
 _KEY_FAULTS = frozenset({ErrorKind.AUTHENTICATION, ErrorKind.PERMISSION, ErrorKind.RATE_LIMITED})
 
-# Reasons that lift by themselves soon: when only these stand in the way, the client hears 429 +
-# Retry-After rather than 503.
-_WAITABLE = frozenset({"cooling_down", "rate_limited_locally", "quota_exhausted", "no_key_available"})
-
 # A request no wait will admit: larger than a channel's (or every key's) TPM limit.
 TOO_LARGE = "request_over_tpm_limit"
 
@@ -383,9 +379,7 @@ class Router:
         retry_at: dict[tuple[str, int | None], float] | None = None
         # why candidates were skipped, and the panic candidates: made only when there is one
         unavailable: dict[str, str] | None = None
-        soonest: float | None = None  # when the first candidate only waiting (a limit, a cooldown) frees
-        healthy_at: float | None = None  # when the first health exclusion of a candidate held by health alone lifts
-        panic: list[Candidate] | None = None
+        held: _Held | None = None  # when the candidates nothing could be tried on could be, and panic's
         decision: int | None = None  # the pick's index into decisions (explained picks only)
         left_out: dict[str, str] | None = None  # channels that cannot carry this request, and why (explained)
         if tiers is None:
@@ -443,28 +437,13 @@ class Router:
                             decisions[-1]["left_out"] = left_out
                     if unavailable is None:
                         unavailable = {}
+                    if held is None:
+                        held = _Held()
                     for c in remaining:
                         why = c.state.unavailable_reason(now, c.upstream_model, tokens) or "unavailable"
                         unavailable[c.state.name] = why
-                        if why in _WAITABLE:
-                            until = _frees_at(c.state, now, tokens)
-                            if until == math.inf:  # no wait will do: the request is over a limit
-                                unavailable[c.state.name] = TOO_LARGE
-                            else:
-                                soonest = until if soonest is None else min(soonest, until)
-                        elif why in _HEALTH:
-                            st = c.state
-                            lifts = st.health_lifts_at(now, c.upstream_model)
-                            if st.held_by_health_alone(now, c.upstream_model, tokens):
-                                healthy_at = lifts if healthy_at is None else min(healthy_at, lifts)
-                                if self.panic_mode:
-                                    if panic is None:
-                                        panic = []
-                                    panic.append(c)
-                            else:  # waiting too (a limit, a quota): back once both have passed
-                                until = max(_frees_at(st, now, tokens), lifts)
-                                if until != math.inf:
-                                    soonest = until if soonest is None else min(soonest, until)
+                        if why != "disabled" and not held.note(c, tier_no - 1, now, tokens, not in_panic):
+                            unavailable[c.state.name] = TOO_LARGE  # no wait will do: over a TPM limit
                     break
                 st = cand.state
                 same = 0  # retries on this candidate (its limit is looked up at the first failure)
@@ -477,18 +456,11 @@ class Router:
                     if key is None and st.keys:
                         if unavailable is None:
                             unavailable = {}
-                        why = unavailable[st.name] = st.keys_reason(now, tokens)
-                        if why in _HEALTH and not in_panic:
-                            lifts = st.health_lifts_at(now, cand.upstream_model)
-                            healthy_at = lifts if healthy_at is None else min(healthy_at, lifts)
-                            if self.panic_mode:
-                                if panic is None:
-                                    panic = []
-                                panic.append(cand)
-                        elif why in _WAITABLE:
-                            until = _frees_at(st, now, tokens)
-                            if until != math.inf:
-                                soonest = until if soonest is None else min(soonest, until)
+                        unavailable[st.name] = st.keys_reason(now, tokens)
+                        if held is None:
+                            held = _Held()
+                        if not held.note(cand, tier_no - 1, now, tokens, not in_panic):
+                            unavailable[st.name] = TOO_LARGE
                         break
                     n += 1
                     start = now
@@ -577,23 +549,24 @@ class Router:
                     now = yield Wait(wait)
                     break
                 remaining = rest if rest is not None else [c for c in remaining if c is not cand]
-            if tier_no == n_tiers and n == 0 and panic and (
-                    soonest is None or (healthy_at is not None and healthy_at < soonest)):
-                # Nothing was tried and the candidates are out on health grounds (or switched off):
-                # panic mode. When some candidate is only waiting (a cooldown, a limit, a quota) and
-                # frees before the first health exclusion lifts, the client is told to come back
-                # then instead of being sent to a channel known to be failing; a longer wait (a
-                # quota until midnight) does not keep panic off.
-                tiers = [*tiers, panic]
+            if tier_no == n_tiers and n == 0 and held is not None and self.panic_mode and held.panics():
+                # Nothing was tried, some candidates are held by health alone, and the first of
+                # them all to come back would need a health exclusion to lift (a candidate that is
+                # only waiting frees later, or never): panic mode tries them now, priority by
+                # priority, rather than fail without an attempt. Had a healthy path freed first
+                # (a limit, a cooldown), the client would be told to come back then instead.
+                panic_tiers = [held.panic[t] for t in sorted(held.panic)]
+                tiers = [*tiers, *panic_tiers]
                 if decisions is not None:
-                    decisions.append({"tier": "panic", "time": now, "candidates": [c.state.name for c in panic]})
+                    decisions.append({"tier": "panic", "time": now,
+                                      "candidates": [c.state.name for t in panic_tiers for c in t]})
         if attempts and attempts[-1].next in ("failover", "retry"):
             attempts[-1].next = "exhausted"
         if last is None:
-            # When some candidate is only waiting (a cooldown, a limit, a quota), the client may come
-            # back when the first frees: 429 with that time, whatever holds the others (switched
-            # off, out on health grounds with panic not applying). Else 503.
-            retry_after = None if soonest is None else max(0.0, soonest - now)
+            # 429 with the time the client may come back when that is a wait (a limit, a cooldown, a
+            # quota: see _Held.comes_back); else 503.
+            back = held.comes_back(self.panic_mode) if held is not None else math.inf
+            retry_after = None if back == math.inf else max(0.0, back - now)
             standing = [v for v in unavailable.values() if v != "disabled"] if unavailable else []
             if standing and all(v == TOO_LARGE for v in standing):
                 return Result(False, None, attempts, _too_large(model, unavailable), now, decisions)  # type: ignore[arg-type]
@@ -659,28 +632,47 @@ class Router:
                 retry_at[(c.state.name, c.key)] = o.end + o.retry_after
 
 
-def _frees_at(st: ChannelState, now: float, tokens: int) -> float:
-    """When `st` could next take this request, if no other traffic came (math.inf: never, the
-    request being over one of its limits). At least a second from now: the Retry-After unit."""
-    t = now + 1.0
-    if st.cooldown_until > now:
-        t = max(t, st.cooldown_until)
-    if st.has_limits:
-        t = max(t, st.limiter.frees_at(now, tokens))
-    if st.keys and not any(k.available(now, tokens) for k in st.keys):
-        # Every key is out: cooling down after its 429, or over its own limits. The first back
-        # frees the channel (a key held by its breaker is health: not a wait, see keys_reason).
-        back = math.inf
-        for k in st.keys:
-            if not k.disabled:
-                at = k.disabled_until if k.disabled_until > now else now
-                if k.has_limits:
-                    at = max(at, k.limiter.frees_at(now, tokens))
-                back = min(back, at)
-        t = max(t, back)
-    if st.quota is not None and not st.quota.allows(now, 0):
-        t = max(t, st.quota.resets_at(now))
-    return t
+class _Held:
+    """The candidates nothing could be tried on: when each could take the request, from
+    ChannelState.free_times, and those panic mode may try now, by tier."""
+
+    __slots__ = ("healthy", "natural", "later_panic", "panic")
+
+    def __init__(self) -> None:
+        self.healthy = math.inf  # the first to free by a path no health exclusion holds (a wait)
+        self.natural = math.inf  # the first to free by any path (health lifting included)
+        self.later_panic = math.inf  # the first health-held one whose waits pass later: panic's then
+        self.panic: dict[int, list[Candidate]] = {}  # tier -> candidates held by health alone now
+
+    def note(self, c: Candidate, tier: int, now: float, tokens: int, may_panic: bool) -> bool:
+        """Take one in; False if no wait would ever admit the request (over a TPM limit)."""
+        panic_at, healthy, natural = c.state.free_times(now, c.upstream_model, tokens)
+        if panic_at == math.inf:
+            return False
+        if panic_at >= natural:  # its health (if any) lifts before its waits pass: it frees by waiting
+            healthy = min(healthy, natural)
+        self.healthy = min(self.healthy, healthy)
+        self.natural = min(self.natural, natural)
+        if panic_at < natural:  # health holds it beyond its waits
+            if panic_at <= now:
+                if may_panic:
+                    self.panic.setdefault(tier, []).append(c)
+            else:
+                self.later_panic = min(self.later_panic, panic_at)
+        return True
+
+    def panics(self) -> bool:
+        """Whether panic mode applies: some candidate is held by health alone, and no path without
+        health to lift frees as soon as the first health exclusion lifts."""
+        return bool(self.panic) and not self.healthy <= self.natural
+
+    def comes_back(self, panic_mode: bool) -> float:
+        """When the client may come back (math.inf: no time to tell, 503): when a path without
+        health to lift frees, if that comes first; with panic mode, else when a health-held
+        channel's own waits pass (panic's to try then)."""
+        if self.healthy <= self.natural:
+            return self.healthy
+        return min(self.healthy, self.later_panic) if panic_mode else math.inf
 
 
 def _panic_may(c: Candidate, now: float, tokens: int) -> bool:

@@ -77,6 +77,23 @@ class KeyState:
         return not self.disabled and self.disabled_until <= now and self.limiter.allows(now, tokens)
 
 
+def _key_waits(k: KeyState, now: float, tokens: int) -> float:
+    """When a key's own waits pass (a 429's cooldown, its limits), health aside; math.inf if it is
+    switched off or the request is over its TPM limit."""
+    if k.disabled:
+        return math.inf
+    t = max(now, k.disabled_until)
+    return max(t, k.limiter.frees_at(now, tokens)) if k.has_limits else t
+
+
+def _breaker_lifts(b: Breaker | None, now: float) -> float:
+    """When a breaker lets an attempt through: now if it does, its half-opening if open; a second
+    from now if half-open with its probes in flight (when one ends, which nothing here knows)."""
+    if b is None or b.allows(now):
+        return now
+    return b.open_until if b.state == OPEN else now + 1.0
+
+
 class ChannelState:
     __slots__ = (
         "channel", "name", "weight", "priority", "index", "keys", "_key_rr", "key_strategy", "rr_keys",
@@ -307,8 +324,13 @@ class ChannelState:
                 self.cooldown_until = max(self.cooldown_until, until)
         if self.outlier_on:
             self.outlier.on_result(self.name, self._ejection, now, kind in GATEWAY_FAILURES)  # type: ignore[union-attr]
-        if model is not None and self.breaker_cfg is not None and kind is not ErrorKind.RATE_LIMITED:
-            self.breaker(model).on_failure(now)
+        if model is not None and self.breaker_cfg is not None:
+            if kind is ErrorKind.RATE_LIMITED:
+                # A 429 proves nothing about health; a half-open probe that got one frees its slot
+                # (else the breaker would wait for that probe for ever).
+                self.breaker(model).on_abandon()
+            else:
+                self.breaker(model).on_failure(now)
         status = outcome.status
         bad_key = kind is ErrorKind.AUTHENTICATION or kind is ErrorKind.PERMISSION
         if kind is ErrorKind.AUTHENTICATION and status != 401 and status != 403:
@@ -317,8 +339,11 @@ class ChannelState:
             status = 401
         if k is not None:
             k.failures += 1
-            if k.breaker is not None and kind is not ErrorKind.RATE_LIMITED:
-                k.breaker.on_failure(now)
+            if k.breaker is not None:
+                if kind is ErrorKind.RATE_LIMITED:
+                    k.breaker.on_abandon()
+                else:
+                    k.breaker.on_failure(now)
             fired = k.auto.on_status(status, outcome.retry_after)
             if fired is not None and (bad_key or len(self.keys) > 1):
                 # With several keys the key is at fault; a lone key's overload is the channel's.
@@ -417,23 +442,32 @@ class ChannelState:
             return False
         return not self.keys or any(k.available(now, tokens) or k.healthless(now, tokens) for k in self.keys)
 
-    def health_lifts_at(self, now: float, model: str | None) -> float:
-        """When the health exclusions now holding this channel lift (an auto-disable's end, an
-        ejection's, its breaker for `model` half-opening, the first of its keys' breakers to)."""
-        t = now
-        if self._disabled_until > now:
-            t = max(t, self._disabled_until)
-        if self._ejection.until > now:
-            t = max(t, self._ejection.until)
-        b = self.breakers.get(model) if model is not None else None
-        if b is not None and b.state == OPEN:
-            t = max(t, b.open_until)
-        if self.keys and not any(k.available(now) for k in self.keys):
-            held = [k.breaker.open_until for k in self.keys
-                    if k.breaker is not None and k.breaker.state == OPEN and k.healthless(now)]
-            if held:
-                t = max(t, min(held))
-        return t
+    def free_times(self, now: float, model: str | None, tokens: int = 0) -> tuple[float, float, float]:
+        """When this channel could take the request (an unavailable one, if no other traffic came),
+        as (for panic mode: its cooldown, local limits, quota and a key's own waits passed, health
+        overridden; by a path that needs no health exclusion to lift; by any path: health lifting
+        included). math.inf: never that way (math.inf first: never at all, the request being over
+        a TPM limit). Times are at least `now`."""
+        if not self.usable():
+            return math.inf, math.inf, math.inf
+        t = max(now, self._cooldown_until)
+        if self.has_limits:
+            t = max(t, self.limiter.frees_at(now, tokens))
+        if self.quota is not None and not self.quota.allows(now, tokens):
+            t = max(t, self.quota.resets_at(now))
+        panic = healthy = natural = t
+        if self.keys:
+            waits = [_key_waits(k, now, tokens) for k in self.keys]
+            lifts = [_breaker_lifts(k.breaker, now) for k in self.keys]
+            panic = max(t, min(waits))
+            healthy = max(t, min((w for w, h in zip(waits, lifts, strict=True) if h <= now), default=math.inf))
+            natural = max(t, min(max(w, h) for w, h in zip(waits, lifts, strict=True)))
+        channel_health = max(self._disabled_until, self._ejection.until,
+                             _breaker_lifts(self.breakers.get(model) if model is not None else None, now))
+        if channel_health > now:
+            healthy = math.inf
+            natural = max(natural, channel_health)
+        return panic, healthy, natural
 
     def keys_reason(self, now: float, tokens: int = 0) -> str:
         """Why none of the keys may take an attempt: "key_breaker_open" when one is held back by its

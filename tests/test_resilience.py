@@ -695,3 +695,97 @@ def test_a_channel_whose_every_model_breaker_is_open_is_shown_unavailable(driver
     driver(r, "n", by_channel({"c0": fail(500, after=0.0), "c1": ok(0.0)}), now=2.0)
     snap = c0.snapshot(3.0)
     assert snap["available"] is False and snap["unavailable_reason"] == "breaker_open"
+
+
+def test_a_half_open_probe_answered_429_frees_its_slot(driver):
+    # A 429 says nothing about health: the probe's slot is freed (it was held for ever, and the
+    # channel never came back).
+    r = make(chans(2), strategy="round_robin", retry=NO_RETRY,
+             health={"breaker": {"failure_threshold": 1, "open_time": 10}, "auto_disable": []})
+    c0 = r.by_name["c0"]
+    c0.last_pick = -10
+    driver(r, "m", by_channel({"c0": fail(500, after=0.0), "c1": ok(0.0)}), now=0.0)
+    assert c0.breaker("m").state == "open"
+    c0.last_pick = -10
+    res = driver(r, "m", by_channel({"c0": fail(429, retry_after=1.0, after=0.0), "c1": ok(0.0)}), now=11.0)
+    assert res.attempts[0].channel == "c0"  # the half-open probe
+    assert c0.breaker("m").allows(13.0)  # cooled down, and the breaker takes a probe again
+    served = {driver(r, "m", ok(0.0), now=13.0 + i).attempts[0].channel for i in range(4)}
+    assert "c0" in served
+
+
+def test_a_key_pool_waits_for_its_cooling_key_rather_than_panic_to_a_broken_one(driver):
+    # k0's breaker is open for 300 s, k1 cools down for 2 s: the client hears 429 with 2 s (with
+    # panic on or off), not panic onto k0 nor a 503.
+    for panic in (True, False):
+        r = make([{"name": "c1", "models": ["m"], "api_keys": ["k0", "k1"]}], retry=NO_RETRY,
+                 health={"auto_disable": [], "panic": panic,
+                         "key_breaker": {"failure_threshold": 1, "open_time": 300}})
+        c1 = r.by_name["c1"]
+        c1.keys[0].breaker.on_failure(0.0)
+        c1.keys[1].disabled_until = 2.0
+        c1.refresh(0.0)
+        res = driver(r, "m", ok(0.0), now=0.1)
+        assert not res.ok and res.attempts == [] and res.error.status == 429
+        assert res.error.retry_after == pytest.approx(1.9)
+        assert driver(r, "m", ok(0.0), now=2.0).attempts[0].key == "c1#1"
+
+
+def test_a_health_held_channel_is_due_back_for_panic_when_its_own_wait_ends(driver):
+    # At its rpm limit and with its breaker open for 300 s: with panic on, the client may come back
+    # when the rpm frees (panic then tries it), not when the breaker half-opens.
+    r = make(chans(1, c0={"limits": {"rpm": 1}}), retry=NO_RETRY,
+             health={"breaker": {"failure_threshold": 1, "open_time": 300}, "auto_disable": []})
+    driver(r, "m", fail(500, after=0.0), now=0.0)
+    res = driver(r, "m", ok(0.0), now=1.0)
+    assert res.error.status == 429 and res.error.retry_after == pytest.approx(119.0)
+    res = driver(r, "m", ok(0.0), now=120.0, explain=True)
+    assert res.ok and res.decisions[-1]["by"] == "panic"
+
+
+def test_panic_keeps_priorities_and_standbys(driver):
+    # Every breaker open: panic tries the primary tier first, then the backup, the standby last.
+    r = make([{"name": "p", "models": ["m"]}, {"name": "b", "models": ["m"], "priority": 1},
+              {"name": "s", "models": ["m"], "weight": 0}], strategy="round_robin", retry=NO_RETRY,
+             health={"breaker": {"failure_threshold": 1, "open_time": 100}, "auto_disable": []})
+    for name in ("p", "b", "s"):
+        st = r.by_name[name]
+        st.breaker("m").on_failure(0.0)
+        st.refresh(0.0)
+    served = [driver(r, "m", ok(0.0), now=1.0 + i).attempts[0].channel for i in range(9)]
+    assert set(served) == {"p"}
+
+
+def test_a_request_over_the_tpm_limit_of_a_failing_channel_is_still_too_large(driver):
+    r = make(chans(1, c0={"limits": {"tpm": 500}}), retry=NO_RETRY,
+             health={"breaker": {"failure_threshold": 1, "open_time": 60}, "auto_disable": []})
+    driver(r, "m", fail(500, after=0.0), now=0.0, tokens=10)
+    res = driver(r, "m", ok(0.0), now=1.0, tokens=1000)
+    assert res.error.status == 429 and res.error.code == "request_too_large" and res.error.retry_after is None
+
+
+def test_without_panic_a_failing_channel_due_back_first_is_a_503(driver):
+    # Panic off: a quota spent until tomorrow and a breaker that half-opens in 30 s. The first back
+    # is a failing channel's probe: 503, not a Retry-After of many hours.
+    r = make(chans(2, c0={"quota": {"requests": 1, "period": 86400}}), strategy="failover", retry=NO_RETRY,
+             health={"breaker": {"failure_threshold": 1, "open_time": 30}, "auto_disable": [], "panic": False})
+    driver(r, "m", ok(0.0), now=100.0)
+    driver(r, "m", by_channel({"c1": fail(500, after=0.0)}), now=101.0)
+    res = driver(r, "m", ok(0.0), now=102.0)
+    assert res.error.status == 503 and res.error.retry_after is None
+
+
+def test_a_cooldown_that_ends_under_an_open_breaker_does_not_delay_panic(driver):
+    # c0 cools down for 5 s but its breaker stays open for 300 s; c1's breaker is open for 100 s.
+    # Nothing is back before a health exclusion lifts: panic now (on c1), not a 429 for 5 s.
+    r = make(chans(2), strategy="round_robin", retry=NO_RETRY,
+             health={"breaker": {"failure_threshold": 1, "open_time": 300}, "auto_disable": []})
+    c0, c1 = r.by_name["c0"], r.by_name["c1"]
+    c0.breaker("m").on_failure(0.0)
+    c0.cooldown_until = 5.0
+    c1.breaker("m").on_failure(0.0)
+    c1.breaker("m").open_until = 100.0
+    for st in (c0, c1):
+        st.refresh(0.0)
+    res = driver(r, "m", ok(0.0), now=1.0, explain=True)
+    assert res.ok and res.attempts[0].channel == "c1" and res.decisions[-1]["by"] == "panic"

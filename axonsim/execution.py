@@ -649,8 +649,6 @@ class _Held:
         panic_at, healthy, natural = c.state.free_times(now, c.upstream_model, tokens)
         if panic_at == math.inf:
             return False
-        if panic_at >= natural:  # its health (if any) lifts before its waits pass: it frees by waiting
-            healthy = min(healthy, natural)
         self.healthy = min(self.healthy, healthy)
         self.natural = min(self.natural, natural)
         if panic_at < natural:  # health holds it beyond its waits

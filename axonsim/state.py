@@ -445,9 +445,9 @@ class ChannelState:
     def free_times(self, now: float, model: str | None, tokens: int = 0) -> tuple[float, float, float]:
         """When this channel could take the request (an unavailable one, if no other traffic came),
         as (for panic mode: its cooldown, local limits, quota and a key's own waits passed, health
-        overridden; by a path that needs no health exclusion to lift; by any path: health lifting
-        included). math.inf: never that way (math.inf first: never at all, the request being over
-        a TPM limit). Times are at least `now`."""
+        overridden; by waiting: on a path (a key) whose health exclusions lift no later than its
+        waits end; by any path, health lifting included). math.inf: never that way (math.inf
+        first: never at all, the request being over a TPM limit). Times are at least `now`."""
         if not self.usable():
             return math.inf, math.inf, math.inf
         t = max(now, self._cooldown_until)
@@ -455,18 +455,18 @@ class ChannelState:
             t = max(t, self.limiter.frees_at(now, tokens))
         if self.quota is not None and not self.quota.allows(now, tokens):
             t = max(t, self.quota.resets_at(now))
-        panic = healthy = natural = t
+        # Each key is a path, with its own waits and breaker besides the channel's (a keyless
+        # channel is one path); health lifting no later than a path's waits end holds nothing.
+        health = max(now, self._disabled_until, self._ejection.until,
+                     _breaker_lifts(self.breakers.get(model) if model is not None else None, now))
         if self.keys:
-            waits = [_key_waits(k, now, tokens) for k in self.keys]
-            lifts = [_breaker_lifts(k.breaker, now) for k in self.keys]
-            panic = max(t, min(waits))
-            healthy = max(t, min((w for w, h in zip(waits, lifts, strict=True) if h <= now), default=math.inf))
-            natural = max(t, min(max(w, h) for w, h in zip(waits, lifts, strict=True)))
-        channel_health = max(self._disabled_until, self._ejection.until,
-                             _breaker_lifts(self.breakers.get(model) if model is not None else None, now))
-        if channel_health > now:
-            healthy = math.inf
-            natural = max(natural, channel_health)
+            paths = [(max(t, _key_waits(k, now, tokens)), max(health, _breaker_lifts(k.breaker, now)))
+                     for k in self.keys]
+        else:
+            paths = [(t, health)]
+        panic = min(w for w, _ in paths)
+        healthy = min((w for w, h in paths if h <= w), default=math.inf)
+        natural = min(max(w, h) for w, h in paths)
         return panic, healthy, natural
 
     def keys_reason(self, now: float, tokens: int = 0) -> str:

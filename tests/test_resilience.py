@@ -789,3 +789,32 @@ def test_a_cooldown_that_ends_under_an_open_breaker_does_not_delay_panic(driver)
         st.refresh(0.0)
     res = driver(r, "m", ok(0.0), now=1.0, explain=True)
     assert res.ok and res.attempts[0].channel == "c1" and res.decisions[-1]["by"] == "panic"
+
+
+def test_each_key_of_a_pool_is_a_path_of_its_own(driver):
+    # The channel's breaker lifts at 2 s; k0's breaker holds it to 100 s; k1 only cools down until
+    # 20 s: the request is first served at 20 s, by waiting. A client told 5 s got a second 429.
+    r = make([{"name": "c", "models": ["m"], "api_keys": ["k0", "k1"]}], retry=NO_RETRY,
+             health={"auto_disable": [], "breaker": {"failure_threshold": 1, "open_time": 2},
+                     "key_breaker": {"failure_threshold": 1, "open_time": 100}})
+    c = r.by_name["c"]
+    c.breaker("m").on_failure(0.0)
+    c.keys[0].breaker.on_failure(0.0)
+    c.keys[0].disabled_until = 5.0
+    c.keys[1].disabled_until = 20.0
+    c.refresh(0.0)
+    res = driver(r, "m", ok(0.0), now=0.0)
+    assert res.error.status == 429 and res.error.retry_after == pytest.approx(20.0)
+    assert driver(r, "m", ok(0.0), now=20.0).ok
+    # k0 cools until 36 under a breaker that lifts at 30; k1's breaker holds to 40: back at 36 by
+    # waiting, panic on or off (not panic onto k1, not a 503).
+    for panic in (True, False):
+        r = make([{"name": "c", "models": ["m"], "api_keys": ["k0", "k1"]}], retry=NO_RETRY,
+                 health={"auto_disable": [], "panic": panic, "key_breaker": {"failure_threshold": 1, "open_time": 30}})
+        c = r.by_name["c"]
+        c.keys[0].breaker.on_failure(0.0)
+        c.keys[0].disabled_until = 36.0
+        c.keys[1].breaker.on_failure(10.0)
+        c.refresh(10.0)
+        res = driver(r, "m", ok(0.0), now=12.0)
+        assert res.attempts == [] and res.error.status == 429 and res.error.retry_after == pytest.approx(24.0)

@@ -88,7 +88,7 @@ class Call:
     is first_token and succeeded at once)."""
 
     __slots__ = ("state", "upstream_model", "key", "attempt", "request", "tokens", "deadline", "start", "ttft",
-                 "stats")
+                 "stats", "probes")
 
     def __init__(self, state: ChannelState, upstream_model: str, key: int | None, attempt: int, request: Any,
                  tokens: int = 0, deadline: float | None = None, stats: TtftStats | None = None) -> None:
@@ -102,10 +102,11 @@ class Call:
         self.start = 0.0
         self.ttft: float | None = None
         self.stats = stats
+        self.probes = 0  # the breakers that counted this attempt as a half-open probe (ChannelState.started)
 
     def started(self, now: float) -> None:
         self.start = now
-        self.state.started(now, self.key, self.upstream_model, self.tokens)
+        self.probes = self.state.started(now, self.key, self.upstream_model, self.tokens)
 
     def first_token(self, now: float) -> None:
         ttft = self.ttft = now - self.start
@@ -114,7 +115,8 @@ class Call:
             self.stats.add(ttft)
 
     def succeeded(self, now: float, output_tokens: int = 0) -> None:
-        self.state.succeeded(now, now - self.start, self.key, self.upstream_model, output_tokens, self.ttft)
+        self.state.succeeded(now, now - self.start, self.key, self.upstream_model, output_tokens, self.ttft,
+                             self.probes)
 
     def used(self, now: float, tokens: int) -> None:
         """The attempt's usage came to `tokens` (input and output): what it used beyond the estimate
@@ -127,7 +129,7 @@ class Call:
         """A whole answer arrived at `now` (a non-stream attempt, whose first event is its end):
         first_token and succeeded in one call. Returns the Outcome to send to execution."""
         ttft = self.ttft = now - self.start
-        self.state.answered(now, ttft, self.key, self.upstream_model, output_tokens)
+        self.state.answered(now, ttft, self.key, self.upstream_model, output_tokens, self.probes)
         if self.stats is not None:
             self.stats.add(ttft)
         return Outcome(True, now, 200, None, None, ttft, self.key)
@@ -141,11 +143,11 @@ class Call:
     def failed(self, now: float, outcome: Outcome) -> None:
         if outcome.key is None:
             outcome.key = self.key
-        self.state.failed(now, outcome, self.upstream_model, now - self.start)
+        self.state.failed(now, outcome, self.upstream_model, now - self.start, self.probes)
 
     def cancelled(self, now: float) -> None:
         """Abandoned (hedge lost, client gone): frees its slots, says nothing about health."""
-        self.state.failed(now, Outcome(False, now, 0, None, key=self.key), self.upstream_model)
+        self.state.failed(now, Outcome(False, now, 0, None, key=self.key), self.upstream_model, None, self.probes)
 
 
 class Wait:

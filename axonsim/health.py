@@ -59,31 +59,38 @@ class Breaker:
             return self.probes < self.cfg.half_open_probes
         return False
 
-    def on_start(self, now: float) -> None:
+    def on_start(self, now: float) -> bool:
+        """An attempt starts; True if it is a half-open probe (its end must say so: `probe`)."""
         self._tick(now)
         if self.state == HALF_OPEN:
             self.probes += 1
+            return True
+        return False
 
-    def on_success(self, now: float) -> None:
+    # `probe`: whether the attempt ending was counted as a probe at its start. One that started
+    # before the breaker half-opened neither frees a probe's slot nor closes the breaker.
+
+    def on_success(self, now: float, probe: bool = True) -> None:
         self.failures = 0
-        if self.state == HALF_OPEN:
+        if self.state == HALF_OPEN and probe:
             self.probes = max(0, self.probes - 1)
             self.probe_successes += 1
             if self.probe_successes >= self.cfg.half_open_probes:
                 self.state = CLOSED
                 self.trips = 0
 
-    def on_failure(self, now: float) -> None:
+    def on_failure(self, now: float, probe: bool = True) -> None:
         self.failures += 1
         if self.state == HALF_OPEN:
-            self.probes = max(0, self.probes - 1)
+            if probe:
+                self.probes = max(0, self.probes - 1)
             self._open(now)
         elif self.state == CLOSED and self.failures >= self.cfg.failure_threshold:
             self._open(now)
 
-    def on_abandon(self) -> None:
-        """A probe that was cancelled (hedging loser, client gone): frees its slot, proves nothing."""
-        if self.state == HALF_OPEN:
+    def on_abandon(self, probe: bool = True) -> None:
+        """An attempt that proved nothing (cancelled, a 429): a probe's slot is freed."""
+        if self.state == HALF_OPEN and probe:
             self.probes = max(0, self.probes - 1)
 
     def _open(self, now: float) -> None:

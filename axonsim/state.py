@@ -77,6 +77,13 @@ class KeyState:
         return not self.disabled and self.disabled_until <= now and self.limiter.allows(now, tokens)
 
 
+# Which breakers counted an attempt as a half-open probe (ChannelState.started); PROBE_ANY, for a
+# caller that does not track it, treats its end as a probe's (as before probes were tracked).
+PROBE_CHANNEL = 1
+PROBE_KEY = 2
+PROBE_ANY = PROBE_CHANNEL | PROBE_KEY
+
+
 def _key_waits(k: KeyState, now: float, tokens: int) -> float:
     """When a key's own waits pass (a 429's cooldown, its limits), health aside; math.inf if it is
     switched off or the request is over its TPM limit."""
@@ -212,7 +219,10 @@ class ChannelState:
 
     # -- the driver API --------------------------------------------------------------------------
 
-    def started(self, now: float, key: int | None = None, model: str | None = None, tokens: int = 0) -> None:
+    def started(self, now: float, key: int | None = None, model: str | None = None, tokens: int = 0) -> int:
+        """Returns which breakers counted the attempt as a half-open probe (PROBE_CHANNEL,
+        PROBE_KEY): its end is reported with them (`probes`)."""
+        probes = 0
         self.inflight += 1
         self.requests += 1
         if self.track:
@@ -224,14 +234,15 @@ class ChannelState:
                 self.quota.on_start(now)
                 if tokens:
                     self.quota.on_tokens(now, tokens)
-            if model is not None and self.breaker_cfg is not None:
-                self.breaker(model).on_start(now)  # counts half-open probes
+            if model is not None and self.breaker_cfg is not None and self.breaker(model).on_start(now):
+                probes |= PROBE_CHANNEL
             if key is not None:
                 k = self.keys[key]
                 if k.has_limits:
                     k.limiter.on_start(now, tokens)
-                if k.breaker is not None and k.breaker.state != CLOSED:
-                    k.breaker.on_start(now)
+                if k.breaker is not None and k.breaker.state != CLOSED and k.breaker.on_start(now):
+                    probes |= PROBE_KEY
+        return probes
 
     def charge(self, now: float, key: int | None, tokens: int) -> None:
         """`tokens` an attempt used beyond what was counted at its start (its usage, once known, over
@@ -253,7 +264,7 @@ class ChannelState:
         self.ewma_ttft = ttft if e is None else e + self.alpha * (ttft - e)
 
     def succeeded(self, now: float, latency: float, key: int | None = None, model: str | None = None,
-                  output_tokens: int = 0, ttft: float | None = None) -> None:
+                  output_tokens: int = 0, ttft: float | None = None, probes: int = PROBE_ANY) -> None:
         self.inflight -= 1
         self.consecutive_failures = 0
         self.last_success = now
@@ -273,28 +284,31 @@ class ChannelState:
         if self.outlier_on:
             self.outlier.on_result(self.name, self._ejection, now, False)  # type: ignore[union-attr]
         if model is not None and self.breaker_cfg is not None:
-            self.breaker(model).on_success(now)
+            self.breaker(model).on_success(now, bool(probes & PROBE_CHANNEL))
         if key is not None:
             k = self.keys[key]
             if k.has_limits:
                 k.limiter.on_end()
             k.auto.on_success()
             if k.breaker is not None:
-                k.breaker.on_success(now)
+                k.breaker.on_success(now, bool(probes & PROBE_KEY))
         self.refresh(now)
 
     def answered(self, now: float, latency: float, key: int | None = None, model: str | None = None,
-                 output_tokens: int = 0) -> None:
+                 output_tokens: int = 0, probes: int = PROBE_ANY) -> None:
         """first_token then succeeded, for an answer whose first event is its end (TTFT = latency)."""
         e = self.ewma_ttft
         self.ewma_ttft = latency if e is None else e + self.alpha * (latency - e)
-        self.succeeded(now, latency, key, model, output_tokens, latency)
+        self.succeeded(now, latency, key, model, output_tokens, latency, probes)
 
-    def failed(self, now: float, outcome: Outcome, model: str | None = None, elapsed: float | None = None) -> None:
-        self._failed(now, outcome, model, elapsed)
+    def failed(self, now: float, outcome: Outcome, model: str | None = None, elapsed: float | None = None,
+               probes: int = PROBE_ANY) -> None:
+        self._failed(now, outcome, model, elapsed, probes)
         self.refresh(now)
 
-    def _failed(self, now: float, outcome: Outcome, model: str | None, elapsed: float | None) -> None:
+    def _failed(self, now: float, outcome: Outcome, model: str | None, elapsed: float | None, probes: int) -> None:
+        ch_probe = bool(probes & PROBE_CHANNEL)
+        key_probe = bool(probes & PROBE_KEY)
         self.inflight -= 1
         if elapsed is not None and outcome.kind is not None and outcome.kind not in CLIENT_FAULTS:
             self._peak(now, elapsed)  # a failure costs the caller its time too: a hanging channel must look slow
@@ -308,9 +322,9 @@ class ChannelState:
         if kind is None or kind in CLIENT_FAULTS:
             # the client's fault, or an abandoned attempt: says nothing about the channel's health
             if model is not None and self.breaker_cfg is not None:
-                self.breaker(model).on_abandon()
+                self.breaker(model).on_abandon(ch_probe)
             if k is not None and k.breaker is not None:
-                k.breaker.on_abandon()
+                k.breaker.on_abandon(key_probe)
             return
         self.failures += 1
         self.consecutive_failures += 1
@@ -328,9 +342,9 @@ class ChannelState:
             if kind is ErrorKind.RATE_LIMITED:
                 # A 429 proves nothing about health; a half-open probe that got one frees its slot
                 # (else the breaker would wait for that probe for ever).
-                self.breaker(model).on_abandon()
+                self.breaker(model).on_abandon(ch_probe)
             else:
-                self.breaker(model).on_failure(now)
+                self.breaker(model).on_failure(now, ch_probe)
         status = outcome.status
         bad_key = kind is ErrorKind.AUTHENTICATION or kind is ErrorKind.PERMISSION
         if kind is ErrorKind.AUTHENTICATION and status != 401 and status != 403:
@@ -341,9 +355,9 @@ class ChannelState:
             k.failures += 1
             if k.breaker is not None:
                 if kind is ErrorKind.RATE_LIMITED:
-                    k.breaker.on_abandon()
+                    k.breaker.on_abandon(key_probe)
                 else:
-                    k.breaker.on_failure(now)
+                    k.breaker.on_failure(now, key_probe)
             fired = k.auto.on_status(status, outcome.retry_after)
             if fired is not None and (bad_key or len(self.keys) > 1):
                 # With several keys the key is at fault; a lone key's overload is the channel's.

@@ -818,3 +818,30 @@ def test_each_key_of_a_pool_is_a_path_of_its_own(driver):
         c.refresh(10.0)
         res = driver(r, "m", ok(0.0), now=12.0)
         assert res.attempts == [] and res.error.status == 429 and res.error.retry_after == pytest.approx(24.0)
+
+
+def test_only_a_probe_frees_a_probes_slot():
+    # Attempts that started before the breaker opened and end while a real probe is in flight
+    # neither free the probe's slot (a 429) nor close the breaker (a success).
+    from axonsim.execution import Call
+
+    r = make(chans(2), strategy="failover", retry=NO_RETRY,
+             health={"breaker": {"failure_threshold": 1, "open_time": 10, "half_open_probes": 1},
+                     "auto_disable": []})
+    c0 = r.by_name["c0"]
+    early = [Call(c0, "m", None, 1, None) for _ in range(2)]
+    for call in early:
+        call.started(0.0)  # long: still running when the breaker half-opens
+    failing = Call(c0, "m", None, 1, None)
+    failing.started(1.0)
+    failing.failed(1.0, Outcome.failure(1.0, Error(kind=ErrorKind.SERVER_ERROR, status=500, message="x")))
+    assert c0.breaker("m").state == "open"
+    probe = Call(c0, "m", None, 1, None)
+    probe.started(11.5)
+    assert probe.probes and not early[0].probes and not c0.breaker("m").allows(12.0)
+    early[0].failed(15.0, Outcome.failure(15.0, Error(kind=ErrorKind.RATE_LIMITED, status=429, message="x")))
+    assert not c0.breaker("m").allows(16.0)  # the probe still holds the one slot
+    early[1].succeeded(16.0)
+    assert c0.breaker("m").state == "half_open"  # only the probe's success closes it
+    probe.succeeded(17.0)
+    assert c0.breaker("m").state == "closed"

@@ -683,8 +683,8 @@ def _panic_may(c: Candidate, now: float, tokens: int) -> bool:
 def _too_large(model: str, reasons: dict[str, str]) -> Error:
     names = ", ".join(k for k, v in reasons.items() if v == TOO_LARGE)
     return Error(kind=ErrorKind.RATE_LIMITED, status=429, code="request_too_large",
-                 message=f"the request is larger than the token limits of every channel that serves {model!r} "
-                         f"allow in a minute ({names}); it cannot be served as it is: ask for fewer tokens")
+                 message=f"the request needs more tokens than the TPM limit of every channel serving {model!r} "
+                         f"allows in a minute ({names}); it cannot be served as it is: ask for fewer tokens")
 
 
 def _price(config: Config, ch: Any) -> Any:

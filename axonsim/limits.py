@@ -114,11 +114,10 @@ class Limiter:
         when a call ends, which nothing here knows), math.inf for a request over the TPM limit."""
         c = self.cfg
         t = now
-        if c.rpm is not None or c.tpm is not None:
-            if c.rpm is not None:
-                t = max(t, self.window.drains_to(now, c.rpm - 1, False))
-            if c.tpm is not None:
-                t = max(t, self.window.drains_to(now, c.tpm - tokens, True))
+        if c.rpm is not None:
+            t = max(t, self.window.drains_to(now, c.rpm - 1, False))
+        if c.tpm is not None:
+            t = max(t, self.window.drains_to(now, c.tpm - tokens, True))
         if c.max_concurrency is not None and self.inflight >= c.max_concurrency:
             t = max(t, now + 1.0)
         return t

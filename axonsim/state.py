@@ -448,13 +448,7 @@ class ChannelState:
         """Whether only health (breakers, ejection, a temporary auto-disable, key breakers) keeps this
         channel from an attempt: what panic mode may override. Not when it is also switched off,
         cooling down after a 429, at a local limit or quota, or without a key panic may use."""
-        if not self.usable() or self._cooldown_until > now:
-            return False
-        if not self.limiter.allows(now, tokens):
-            return False
-        if self.quota is not None and not self.quota.allows(now, tokens):
-            return False
-        return not self.keys or any(k.available(now, tokens) or k.healthless(now, tokens) for k in self.keys)
+        return self.free_times(now, model, tokens)[0] <= now
 
     def free_times(self, now: float, model: str | None, tokens: int = 0) -> tuple[float, float, float]:
         """When this channel could take the request (an unavailable one, if no other traffic came),

@@ -29,6 +29,7 @@ upstream response is closed, and the attempts so far can be rebuilt from the Exc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -312,8 +313,7 @@ class LiveDriver:
                 served = served or any(st.usable() for st in pool.states)
         if not unfit or not served:
             return needs
-        return Needs(needs.images, needs.native_tools, needs.context_tokens, needs.embeddings, needs.embed_types,
-                     needs.embed_why, unfit)
+        return dataclasses.replace(needs, unfit_types=unfit)
 
     async def execute(self, ex: Exchange, tokens: int = 0, sticky_key: str | None = None,
                       needs: Needs = NO_NEEDS, explain: bool | None = None) -> Result:

@@ -451,7 +451,7 @@ class Router:
                 same = 0  # retries on this candidate (its limit is looked up at the first failure)
                 rest: list[Candidate] | None = None  # remaining without cand, once made
                 while True:
-                    key = st.next_key(now, rng, tokens)
+                    key = st.next_key(now, rng, tokens, cand.upstream_model)
                     if key is None and st.keys and in_panic:
                         # Key breakers trip with the channel's: panic tries a key they hold back too.
                         key = st.panic_key(now, tokens)
@@ -512,7 +512,7 @@ class Router:
                     # A key pool: a key's own trouble (bad credentials, its rate limit) moves to another
                     # key of the same channel rather than to another channel.
                     key_swap = (kind in _KEY_FAULTS and action is Action.FAILOVER and key is not None
-                                and st.other_key_available(now, key, tokens))
+                                and st.other_key_available(now, key, tokens, cand.upstream_model))
                     retry_here = key_swap or (action is Action.RETRY and same < (
                         0 if chosen_by == "sticky" else policy.same_channel_limit(cand.state.name)
                         if policy.max_same_by_channel else policy.max_same))
@@ -603,7 +603,7 @@ class Router:
                               "candidates": self.balancer.explain(remaining, now, tokens, ctx),
                               "chosen": second.state.name, "by": "hedge"})
         remaining.remove(second)
-        key = second.state.next_key(now, rng, tokens)
+        key = second.state.next_key(now, rng, tokens, second.upstream_model)
         call2 = self._call(second.state, second.upstream_model, key, first.attempt + 1, request, tokens, deadline,
                            self.stats if self._feed_ttft else None)
         h2 = yield Launch(call2)

@@ -22,7 +22,7 @@ import math
 import random
 from typing import TYPE_CHECKING, Any
 
-from axonsim.config import Channel, Routing
+from axonsim.config import BreakerConfig, Channel, Routing
 from axonsim.health import CLOSED, OPEN, AutoDisable, Breaker, Ejection, OutlierDetector, Quota
 from axonsim.limits import Limiter
 from axonsim.unified import ErrorKind
@@ -39,10 +39,10 @@ CLIENT_FAULTS = frozenset({ErrorKind.INVALID_REQUEST, ErrorKind.NOT_FOUND})
 
 
 class KeyState:
-    __slots__ = ("name", "secret", "disabled", "held", "disabled_until", "failures", "uses", "limiter", "breaker",
-                 "auto", "has_limits")
+    __slots__ = ("name", "secret", "disabled", "held", "disabled_until", "failures", "uses", "limiter",
+                 "breaker_cfg", "breakers", "auto", "has_limits")
 
-    def __init__(self, name: str, secret: str, limiter: Limiter, breaker: Breaker | None,
+    def __init__(self, name: str, secret: str, limiter: Limiter, breaker_cfg: BreakerConfig | None,
                  auto: AutoDisable) -> None:
         self.name = name
         self.secret = secret
@@ -54,25 +54,45 @@ class KeyState:
         self.failures = 0
         self.uses = 0
         self.limiter = limiter
-        self.breaker = breaker
+        # The key's own breakers, one per upstream model as the channel's are: a model failing on
+        # every key (its outage at the provider) must not hold the pool's keys back for the others.
+        # None: the key has none (key breakers off, or the channel's only key).
+        self.breaker_cfg = breaker_cfg
+        self.breakers: dict[str, Breaker] = {}
         self.auto = auto
         self.has_limits = limiter.active
 
+    def breaker(self, model: str) -> Breaker | None:
+        """The key's breaker for `model`, made on first use; None if the key has no breakers."""
+        cfg = self.breaker_cfg
+        if cfg is None:
+            return None
+        b = self.breakers.get(model)
+        if b is None:
+            b = self.breakers[model] = Breaker(cfg)
+        return b
+
+    def breaker_allows(self, now: float, model: str | None) -> bool:
+        """Whether the key's breaker for `model` lets an attempt through (model None: no breaker asked)."""
+        if model is None or not self.breakers:
+            return True
+        b = self.breakers.get(model)
+        return b is None or b.allows(now)
+
     def quiet(self, now: float) -> bool:
         """Nothing about this key needs checking beyond `disabled` (the fast path)."""
-        b = self.breaker
         return (not self.has_limits and self.disabled_until <= now and not self.auto.counts
-                and (b is None or (b.state == CLOSED and b.failures == 0)))
+                and all(b.state == CLOSED and b.failures == 0 for b in self.breakers.values()))
 
-    def available(self, now: float, tokens: int = 0) -> bool:
+    def available(self, now: float, tokens: int = 0, model: str | None = None) -> bool:
         if self.disabled or self.disabled_until > now:
             return False
-        if self.breaker is not None and not self.breaker.allows(now):
+        if not self.breaker_allows(now, model):
             return False
         return self.limiter.allows(now, tokens)
 
     def healthless(self, now: float, tokens: int = 0) -> bool:
-        """Available but for its breaker: not switched off, rejected for its credentials, cooling
+        """Available but for its breakers: not switched off, rejected for its credentials, cooling
         down after a 429 or over its limits (what panic mode may use, and health, not a wait)."""
         return not self.disabled and self.disabled_until <= now and self.limiter.allows(now, tokens)
 
@@ -128,8 +148,8 @@ class ChannelState:
         # its failures are the channel's, which the per-model breakers judge model by model, while a
         # key breaker, counting across models, would take the channel out for every model when one fails.
         kb = health.key_breaker if health.key_breaker.enabled and len(channel.api_keys) > 1 else None
-        self.keys = [KeyState(k.name or f"{channel.name}#{i}", k.key, Limiter(k.limits),
-                              Breaker(kb) if kb else None, AutoDisable(health.auto_disable))
+        self.keys = [KeyState(k.name or f"{channel.name}#{i}", k.key, Limiter(k.limits), kb,
+                              AutoDisable(health.auto_disable))
                      for i, k in enumerate(channel.api_keys)]
         self._key_rr = 0
         self.key_strategy = channel.key_strategy
@@ -240,7 +260,8 @@ class ChannelState:
                 k = self.keys[key]
                 if k.has_limits:
                     k.limiter.on_start(now, tokens)
-                if k.breaker is not None and k.breaker.state != CLOSED and k.breaker.on_start(now):
+                kb = k.breakers.get(model) if model is not None else None
+                if kb is not None and kb.state != CLOSED and kb.on_start(now):
                     probes |= PROBE_KEY
         return probes
 
@@ -290,8 +311,9 @@ class ChannelState:
             if k.has_limits:
                 k.limiter.on_end()
             k.auto.on_success()
-            if k.breaker is not None:
-                k.breaker.on_success(now, bool(probes & PROBE_KEY))
+            kb = k.breakers.get(model) if model is not None else None
+            if kb is not None:  # (none yet: closed with no failures, nothing to record)
+                kb.on_success(now, bool(probes & PROBE_KEY))
         self.refresh(now)
 
     def answered(self, now: float, latency: float, key: int | None = None, model: str | None = None,
@@ -323,8 +345,9 @@ class ChannelState:
             # the client's fault, or an abandoned attempt: says nothing about the channel's health
             if model is not None and self.breaker_cfg is not None:
                 self.breaker(model).on_abandon(ch_probe)
-            if k is not None and k.breaker is not None:
-                k.breaker.on_abandon(key_probe)
+            kb = k.breakers.get(model) if k is not None and model is not None else None
+            if kb is not None:
+                kb.on_abandon(key_probe)
             return
         self.failures += 1
         self.consecutive_failures += 1
@@ -353,11 +376,15 @@ class ChannelState:
             status = 401
         if k is not None:
             k.failures += 1
-            if k.breaker is not None:
+            if model is not None:
                 if kind is ErrorKind.RATE_LIMITED:
-                    k.breaker.on_abandon(key_probe)
+                    kb = k.breakers.get(model)
+                    if kb is not None:
+                        kb.on_abandon(key_probe)
                 else:
-                    k.breaker.on_failure(now, key_probe)
+                    kb = k.breaker(model)
+                    if kb is not None:
+                        kb.on_failure(now, key_probe)
             fired = k.auto.on_status(status, outcome.retry_after)
             if fired is not None and (bad_key or len(self.keys) > 1):
                 # With several keys the key is at fault; a lone key's overload is the channel's.
@@ -440,7 +467,7 @@ class ChannelState:
             return "rate_limited_locally"
         if self.quota is not None and not self.quota.allows(now, tokens):
             return "quota_exhausted"
-        if self.keys and not any(k.available(now, tokens) for k in self.keys):
+        if self.keys and not any(k.available(now, tokens, model) for k in self.keys):
             return self.keys_reason(now, tokens)
         return None
 
@@ -468,7 +495,8 @@ class ChannelState:
         health = max(now, self._disabled_until, self._ejection.until,
                      _breaker_lifts(self.breakers.get(model) if model is not None else None, now))
         if self.keys:
-            paths = [(max(t, _key_waits(k, now, tokens)), max(health, _breaker_lifts(k.breaker, now)))
+            paths = [(max(t, _key_waits(k, now, tokens)),
+                      max(health, _breaker_lifts(k.breakers.get(model) if model is not None else None, now)))
                      for k in self.keys]
         else:
             paths = [(t, health)]
@@ -483,9 +511,10 @@ class ChannelState:
         of), else "no_key_available" (cooling down after a 429, over its limits: lifts by itself)."""
         return "key_breaker_open" if any(k.healthless(now, tokens) for k in self.keys) else "no_key_available"
 
-    def next_key(self, now: float = 0.0, rng: random.Random | None = None, tokens: int = 0) -> int | None:
-        """A key not disabled and within its limits, by the channel's key strategy; None if keyless
-        (or none is available)."""
+    def next_key(self, now: float = 0.0, rng: random.Random | None = None, tokens: int = 0,
+                 model: str | None = None) -> int | None:
+        """A key not disabled, within its limits and (for `model`, the upstream model) not held back by
+        its breaker, by the channel's key strategy; None if keyless (or none is available)."""
         keys = self.keys
         if self.rr_keys and not self.slow:  # the fast path: round robin over keys with nothing to check
             i = self._key_rr % len(keys)
@@ -495,7 +524,7 @@ class ChannelState:
         n = len(keys)
         if n == 0:
             return None
-        ok = [i for i in range(n) if keys[i].available(now, tokens)]
+        ok = [i for i in range(n) if keys[i].available(now, tokens, model)]
         if not ok:
             return None
         if self.key_strategy == "random" and rng is not None:
@@ -530,8 +559,13 @@ class ChannelState:
             return False
         if not self.keys:
             return True
-        key = self.probe_key(now)
+        key = self.probe_key(now, self.probe_model())
         return key is not None and self._probe_may_use(self.keys[key], now, serving)
+
+    def probe_model(self) -> str | None:
+        """The upstream model periodic probes ask for: the channel's first."""
+        models = self.channel.models
+        return models[0] if models else None
 
     def _probe_may_use(self, k: KeyState, now: float, serving: bool) -> bool:
         """Whether a probe may use key `k` now: not cooling down (a 429, a temporary disable: it
@@ -544,11 +578,11 @@ class ChannelState:
             return True
         return k.limiter.spare(now) if serving else k.limiter.allows(now, 0)
 
-    def probe_key(self, now: float) -> int | None:
-        """The key a probe (or an admin test) uses: the one the channel would use now; if none is
-        available, the first an operator has not switched off (a probe is how a disabled key is
-        found to work again); None for a keyless channel, or when an operator switched off every key."""
-        key = self.next_key(now)
+    def probe_key(self, now: float, model: str | None = None) -> int | None:
+        """The key a probe (or an admin test) of `model` uses: the one the channel would use now; if
+        none is available, the first an operator has not switched off (a probe is how a disabled key
+        is found to work again); None for a keyless channel, or when an operator switched off every key."""
+        key = self.next_key(now, None, 0, model)
         if key is None:
             return next((i for i, k in enumerate(self.keys) if not k.held), None)
         return key
@@ -580,8 +614,23 @@ class ChannelState:
                 return i
         return None
 
-    def other_key_available(self, now: float, key: int | None, tokens: int = 0) -> bool:
-        return any(i != key and k.available(now, tokens) for i, k in enumerate(self.keys))
+    def other_key_available(self, now: float, key: int | None, tokens: int = 0, model: str | None = None) -> bool:
+        return any(i != key and k.available(now, tokens, model) for i, k in enumerate(self.keys))
+
+    def key_available(self, index: int, now: float) -> bool:
+        """Whether key `index` may take an attempt now for some model this channel serves (what the
+        admin API and the metrics show: its breakers are per model)."""
+        k = self.keys[index]
+        if not k.available(now):
+            return False
+        if not k.breakers:
+            return True
+        return any(k.breaker_allows(now, m) for m in self.served_models())
+
+    def served_models(self) -> set[str]:
+        """The upstream models this channel serves (what its breakers are kept by)."""
+        ch = self.channel
+        return {u for m in [*ch.models, *ch.model_mapping] if (u := ch.serves(m)) is not None}
 
     def key_name(self, index: int | None) -> str | None:
         return None if index is None else self.keys[index].name
@@ -602,9 +651,7 @@ class ChannelState:
         if reason is None and self.breakers:
             # Breakers are per model: the channel as a whole may take no attempt when every model it
             # serves has its breaker open.
-            ch = self.channel
-            served = {ch.serves(m) for m in [*ch.models, *ch.model_mapping]}
-            if all(m in self.breakers and not self.breakers[m].allows(now) for m in served):
+            if all(m in self.breakers and not self.breakers[m].allows(now) for m in self.served_models()):
                 reason = "breaker_open"
         return {
             "name": self.name,

@@ -254,9 +254,9 @@ class KeyOut(BaseModel):
     disabled: bool = Field(description="switched off (admin API, or rejected credentials) until enabled or reloaded")
     held: bool = Field(False, description="switched off by an operator (admin API): probes neither use nor lift it")
     disabled_remaining: float = Field(description="seconds of a temporary disable left (rate limit, overload)")
-    available: bool = Field(description="may take an attempt now (limits and key breaker included)")
+    available: bool = Field(description="may take an attempt now for some model the channel serves (limits and key breakers included)")
     uses: int
-    breaker: BreakerOut | None = Field(None, description="the key's own breaker (health.key_breaker) in a key pool; null when key breakers are off or the channel has one key (its per-model breakers judge it)")
+    breakers: dict[str, BreakerOut] = Field(default_factory=dict, description="the key's own breakers (health.key_breaker) in a key pool, by upstream model, as the channel's; a model appears once the key has an attempt's failure on it. Empty when key breakers are off or the channel has one key (the channel's per-model breakers judge it)")
 
 
 class ChannelOut(BaseModel):
@@ -447,9 +447,9 @@ def channel_view(st: ChannelState, now: float) -> ChannelOut:
     ch = st.channel
     auto = None if st.disabled_until == float("inf") else _remaining(st.disabled_until, now)
     keys = [KeyOut(name=k.name, disabled=k.disabled, held=k.held, disabled_remaining=_remaining(k.disabled_until, now),
-                   available=k.available(now), uses=k.uses,
-                   breaker=None if k.breaker is None else BreakerOut(**k.breaker.snapshot(now)))  # type: ignore[arg-type]
-            for k in st.keys]
+                   available=st.key_available(i, now), uses=k.uses,
+                   breakers={m: BreakerOut(**b.snapshot(now)) for m, b in k.breakers.items()})
+            for i, k in enumerate(st.keys)]
     breakers: Mapping[str, Mapping[str, Any]] = snap["breakers"]  # type: ignore[assignment]
     return ChannelOut(
         name=st.name, type=ch.type, models=[*ch.models, *ch.model_mapping], weight=st.weight, priority=st.priority,

@@ -346,8 +346,8 @@ class _Collector:
                 ewma_lat.add_metric([name], float(st.ewma_latency))
             if st.ewma_ttft is not None:
                 ewma_ttft.add_metric([name], float(st.ewma_ttft))
-            for k in st.keys:
-                keys.add_metric([name, k.name], 1.0 if k.available(now) else 0.0)
+            for i, k in enumerate(st.keys):
+                keys.add_metric([name, k.name], 1.0 if st.key_available(i, now) else 0.0)
         return [enabled, available, inflight, breakers, cooldown, ewma_lat, ewma_ttft, keys]
 
     def _store(self) -> list[Metric]:

@@ -52,7 +52,7 @@ async def run_test(rt: Runtime, st: ChannelState, *, stream: bool = True, timeou
     driver = rt.driver
     now = driver.clock.now
     upstream_model = model or st.channel.models[0]
-    key = st.probe_key(now())
+    key = st.probe_key(now(), upstream_model)
     result: dict[str, Any] = {"channel": st.name, "model": upstream_model, "key": st.key_name(key), "stream": stream,
                               "ok": False, "status": None, "latency": None, "ttft": None, "error": None,
                               "error_kind": None, "reply": None}

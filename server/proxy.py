@@ -516,7 +516,7 @@ def _carry_channel(prev: ChannelState, st: ChannelState, same_health: bool, new:
             setattr(kn, name, getattr(kp, name))
         kn.limiter = kp.limiter
         if same_health:
-            kn.breaker = kp.breaker
+            kn.breakers = kp.breakers
             kn.auto = kp.auto
     if same_health:
         st.breakers = prev.breakers

@@ -5,7 +5,7 @@ Rules:
    between syncs each process routes on its local state exactly as a single worker would. The
    price of that is a propagation delay of about one or two intervals.
 2. "Most severe wins". A cooldown, an auto-disable, an outlier ejection, an open breaker (channel ×
-   model, and per key) or a disabled key seen by one process is applied by every process, so they
+   model, and key × model) or a disabled key seen by one process is applied by every process, so they
    all skip the same channels. Values are absolute Unix times (the proxy's clock is Unix-aligned),
    merged with max() by a Lua script, so pushes commute and nobody needs a lock.
 3. Lifts travel too, as markers: a breaker that closed after its probes, or an operator's enable
@@ -64,7 +64,7 @@ from axonsim.config import SharedStateConfig
 from axonsim.execution import Router
 from axonsim.health import CLOSED, OPEN, Breaker
 from axonsim.limits import WINDOW, Limiter, RateWindow
-from axonsim.state import NEVER, ChannelState
+from axonsim.state import NEVER, ChannelState, KeyState
 from server.store.engine import safe_url
 
 log = logging.getLogger("axonsim.server.shared_state")
@@ -255,8 +255,8 @@ def _raw_fields(st: ChannelState) -> Iterator[tuple[str, float, str]]:
         # An operator's hold on the key, apart from its disable (which rejected credentials set
         # too): probes neither use nor lift a held key in any process.
         yield f"kh:{i}", math.inf if k.held else NEVER, ""
-        if k.breaker is not None:
-            yield f"kb:{i}", _breaker_value(k.breaker), str(k.breaker.trips)
+        for model, b in k.breakers.items():
+            yield f"kb:{i}:{model}", _breaker_value(b), str(b.trips)
 
 
 def _local_value(st: ChannelState, name: str) -> float:
@@ -271,14 +271,25 @@ def _local_value(st: ChannelState, name: str) -> float:
         return st.ejection.until
     if kind == "b":
         return _breaker_value(st.breakers.get(arg))
-    if kind in ("k", "kb", "kh") and arg.isdigit() and int(arg) < len(st.keys):
+    if kind == "kb":
+        k, model = _key_model(st, arg)
+        return _breaker_value(k.breakers.get(model)) if k is not None else NEVER
+    if kind in ("k", "kh") and arg.isdigit() and int(arg) < len(st.keys):
         k = st.keys[int(arg)]
         if kind == "k":
             return math.inf if k.disabled else k.disabled_until
-        if kind == "kh":
-            return math.inf if k.held else NEVER
-        return _breaker_value(k.breaker)
+        return math.inf if k.held else NEVER
     return NEVER
+
+
+def _key_model(st: ChannelState, arg: str) -> tuple[KeyState | None, str]:
+    """A key breaker's field argument, "{key index}:{upstream model}", as the key and the model
+    (None: no such key here; a field without a model, from a version whose key breakers counted
+    every model together, is not applied: per model, it would hold back models it says nothing of)."""
+    index, sep, model = arg.partition(":")
+    if not sep or not index.isdigit() or int(index) >= len(st.keys):
+        return None, ""
+    return st.keys[int(index)], model
 
 
 def _apply(st: ChannelState, name: str, until: float, extra: str, lifted: bool, now: float) -> None:
@@ -333,20 +344,25 @@ def _apply_one(st: ChannelState, name: str, until: float, extra: str, lifted: bo
                 _close_breaker(b, u)
         else:
             _open_breaker(st.breaker(arg), u, int(extra) if extra.isdigit() else 0)
-    elif kind in ("k", "kb", "kh") and arg.isdigit() and int(arg) < len(st.keys):
+    elif kind == "kb":
+        kk, model = _key_model(st, arg)
+        if kk is None or kk.breaker_cfg is None:
+            return
+        if lifted:
+            kb = kk.breakers.get(model)
+            if kb is not None:
+                _close_breaker(kb, u)
+        else:
+            kb = kk.breaker(model)
+            if kb is not None:
+                _open_breaker(kb, u, int(extra) if extra.isdigit() else 0)
+    elif kind in ("k", "kh") and arg.isdigit() and int(arg) < len(st.keys):
         k = st.keys[int(arg)]
         if kind == "kh":
             if lifted:
                 k.held = False  # the operator's enable: its lift of the key's disable travels as well
             elif u == math.inf:
                 k.held = k.disabled = True
-        elif kind == "kb":
-            if k.breaker is None:
-                return
-            if lifted:
-                _close_breaker(k.breaker, u)
-            else:
-                _open_breaker(k.breaker, u, int(extra) if extra.isdigit() else 0)
         elif lifted:
             if (math.inf if k.disabled else k.disabled_until) <= u and not k.held:
                 k.disabled = False

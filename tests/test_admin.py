@@ -409,6 +409,8 @@ async def test_channel_state(client: httpx.AsyncClient, gw: Gateway) -> None:
     gamma = gw.router.by_name["gamma"]
     gamma.started(gw.clock, 1, "m2")
     gamma.failed(gw.clock, Outcome(False, gw.clock, 429, ErrorKind.RATE_LIMITED, retry_after=20, key=1), "m2")
+    gamma.started(gw.clock, 0, "m2")
+    gamma.failed(gw.clock, Outcome(False, gw.clock, 500, ErrorKind.SERVER_ERROR, key=0), "m2")
     gamma.started(gw.clock, 0, "m2")  # one attempt still in flight
 
     body = (await client.get("/admin/channels", headers=ADMIN)).json()
@@ -422,13 +424,16 @@ async def test_channel_state(client: httpx.AsyncClient, gw: Gateway) -> None:
     assert a["breakers"].get("m1", {"state": "closed"})["state"] == "closed"
     # a lone key has no breaker of its own (the channel's per-model breakers judge it); a pool's keys do
     assert a["keys"] == [{"name": "alpha#0", "disabled": False, "held": False, "disabled_remaining": 0.0, "available": True,
-                          "uses": 1, "breaker": None}]
+                          "uses": 1, "breakers": {}}]
     assert a["auto_disabled_remaining"] == 0.0
     g = chans["gamma"]
-    assert g["inflight"] == 1 and g["failures"] == 1
+    assert g["inflight"] == 1 and g["failures"] == 2
     assert [(k["name"], k["available"]) for k in g["keys"]] == [("g-one", True), ("g-two", False)]
     assert g["keys"][1]["disabled_remaining"] == pytest.approx(20.0)  # a key pool: the key cools down
-    assert g["keys"][0]["breaker"]["state"] == "closed"
+    # a pool's keys have breakers of their own, per upstream model, shown once a failure made one
+    assert g["keys"][0]["breakers"] == {"m2": {"state": "closed", "consecutive_failures": 1, "trips": 0,
+                                               "open_remaining": 0.0}}
+    assert g["keys"][1]["breakers"] == {}  # a 429 says nothing of health
     assert chans["beta"]["ewma_latency"] is None and chans["beta"]["models"] == ["m1", "m2"]
 
     one = (await client.get("/admin/channels/gamma", headers=ADMIN)).json()

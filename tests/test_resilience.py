@@ -393,9 +393,9 @@ def test_panic_mode_also_tries_keys_whose_breakers_tripped_with_their_channels(d
     for i in range(2):
         driver(r, "m", fail(500, after=0.0), now=float(i))
     for s in r.states:  # the pools' other keys failed too, elsewhere
-        s.keys[1].breaker.on_failure(2.0)
+        s.keys[1].breaker("m").on_failure(2.0)
         s.refresh(2.0)
-    assert all(not k.available(5.0) for s in r.states for k in s.keys)  # every key breaker is open
+    assert all(not k.available(5.0, 0, "m") for s in r.states for k in s.keys)  # every key breaker is open
     res = driver(r, "m", ok(0.0), now=5.0, explain=True)
     assert res.ok and len(res.attempts) == 1 and res.decisions[-1]["by"] == "panic"
     # a key switched off for its credentials stays off, panic or not
@@ -407,9 +407,9 @@ def test_panic_mode_also_tries_keys_whose_breakers_tripped_with_their_channels(d
 
 
 def test_a_key_held_back_by_its_breaker_is_health_not_a_wait(driver):
-    # A key pool whose key breakers opened on failures of another model: the channel's breaker for
-    # this model is closed, its keys are out. That is health (503, panic may try a key), not a wait
-    # the client could be told of (it was a 429 with Retry-After: 1, for as long as the breakers).
+    # A key pool whose key breakers for m opened while the channel's breaker for m stayed closed
+    # (a higher threshold): its keys are out for m. That is health (503, panic may try a key), not a
+    # wait the client could be told of (it was a 429 with Retry-After: 1, for as long as the breakers).
     def pool(keys=("k0", "k1"), **health):
         return make([{"name": "c0", "models": ["m", "n"], "api_keys": list(keys)}], retry=NO_RETRY,
                     health={"breaker": {"failure_threshold": 100}, "auto_disable": [],
@@ -419,15 +419,15 @@ def test_a_key_held_back_by_its_breaker_is_health_not_a_wait(driver):
     for i in range(4):  # two failures on each key
         driver(strict, "m", fail(500, after=0.0), now=float(i))
     c0 = strict.states[0]
-    assert c0.breaker("n").state == "closed" and not any(k.available(5.0) for k in c0.keys)
-    assert c0.unavailable_reason(5.0, "n") == "key_breaker_open"
-    res = driver(strict, "n", ok(0.0), now=5.0)
+    assert c0.breaker("m").state == "closed" and not any(k.available(5.0, 0, "m") for k in c0.keys)
+    assert c0.unavailable_reason(5.0, "m") == "key_breaker_open"
+    res = driver(strict, "m", ok(0.0), now=5.0)
     assert not res.ok and res.attempts == [] and res.error.status == 503 and res.error.retry_after is None
     # with panic mode (the default), a key gets its attempt
     r = pool()
     for i in range(4):
         driver(r, "m", fail(500, after=0.0), now=float(i))
-    res = driver(r, "n", ok(0.0), now=5.0, explain=True)
+    res = driver(r, "m", ok(0.0), now=5.0, explain=True)
     assert res.ok and len(res.attempts) == 1 and res.decisions[-1]["by"] == "panic"
     # a lone key's 429 cools the channel down: a wait, 429 with the time it comes back
     cool = pool(keys=("k0",), panic=False)
@@ -435,6 +435,32 @@ def test_a_key_held_back_by_its_breaker_is_health_not_a_wait(driver):
     assert cool.states[0].unavailable_reason(5.0, "n") == "cooling_down"
     res = driver(cool, "n", ok(0.0), now=5.0)
     assert res.error.status == 429 and res.error.retry_after == pytest.approx(15.0)
+
+
+def test_one_models_outage_does_not_hold_a_key_pool_back_for_the_others(driver):
+    # Key breakers are per model, as the channel's are: m failing on every key of the pool (its
+    # outage at the provider) opens the keys' breakers for m alone. They had counted every model
+    # together, and took the pool out for n too (a 503 here, with panic off).
+    r = make([{"name": "c0", "models": ["m", "n"], "api_keys": ["k0", "k1"]}], retry=NO_RETRY,
+             health={"breaker": {"failure_threshold": 100}, "auto_disable": [], "panic": False,
+                     "key_breaker": {"failure_threshold": 2, "open_time": 30}})
+    for i in range(4):
+        driver(r, "m", fail(500, after=0.0), now=float(i))
+    c0 = r.states[0]
+    assert all(k.breaker("m").state == "open" for k in c0.keys)
+    assert c0.unavailable_reason(5.0, "m") == "key_breaker_open" and c0.unavailable_reason(5.0, "n") is None
+    assert not driver(r, "m", ok(0.0), now=5.0).ok
+    served = [driver(r, "n", ok(0.0), now=5.0 + i) for i in range(2)]
+    assert all(res.ok for res in served) and {res.attempts[0].key for res in served} == {"c0#0", "c0#1"}
+    # the admin view and the metrics: a key is available while some model it serves may use it
+    assert c0.key_available(0, 8.0) and c0.snapshot(8.0)["available"]
+    # one key failing on n alone is skipped for n; the other key serves it
+    for i in range(4):
+        driver(r, "n", lambda call, now: (fail(500, after=0.0) if call.key == 0 else ok(0.0))(call, now), now=10.0 + i)
+    assert c0.keys[0].breaker("n").state == "open" and "n" not in c0.keys[1].breakers
+    assert [c0.next_key(14.0, None, 0, "n") for _ in range(3)] == [1, 1, 1]
+    assert c0.next_key(14.0, None, 0, "m") is None  # m's key breakers: open until 33 s
+    assert c0.next_key(40.0, None, 0, "m") is not None
 
 
 def test_one_models_outage_does_not_take_a_one_key_channel_out_for_the_others(driver):
@@ -446,7 +472,7 @@ def test_one_models_outage_does_not_take_a_one_key_channel_out_for_the_others(dr
     for i in range(6):
         driver(r, "m1", by_channel({"x": fail(500, after=0.0), "y": ok(0.0)}), now=float(i))
     x = r.by_name["x"]
-    assert x.breaker("m1").state == "open" and x.keys[0].breaker is None
+    assert x.breaker("m1").state == "open" and x.keys[0].breaker("m1") is None
     res = driver(r, "m2", ok(0.0), now=10.0)
     assert res.ok and res.attempts[0].channel == "x"
 
@@ -722,7 +748,7 @@ def test_a_key_pool_waits_for_its_cooling_key_rather_than_panic_to_a_broken_one(
                  health={"auto_disable": [], "panic": panic,
                          "key_breaker": {"failure_threshold": 1, "open_time": 300}})
         c1 = r.by_name["c1"]
-        c1.keys[0].breaker.on_failure(0.0)
+        c1.keys[0].breaker("m").on_failure(0.0)
         c1.keys[1].disabled_until = 2.0
         c1.refresh(0.0)
         res = driver(r, "m", ok(0.0), now=0.1)
@@ -799,7 +825,7 @@ def test_each_key_of_a_pool_is_a_path_of_its_own(driver):
                      "key_breaker": {"failure_threshold": 1, "open_time": 100}})
     c = r.by_name["c"]
     c.breaker("m").on_failure(0.0)
-    c.keys[0].breaker.on_failure(0.0)
+    c.keys[0].breaker("m").on_failure(0.0)
     c.keys[0].disabled_until = 5.0
     c.keys[1].disabled_until = 20.0
     c.refresh(0.0)
@@ -812,9 +838,9 @@ def test_each_key_of_a_pool_is_a_path_of_its_own(driver):
         r = make([{"name": "c", "models": ["m"], "api_keys": ["k0", "k1"]}], retry=NO_RETRY,
                  health={"auto_disable": [], "panic": panic, "key_breaker": {"failure_threshold": 1, "open_time": 30}})
         c = r.by_name["c"]
-        c.keys[0].breaker.on_failure(0.0)
+        c.keys[0].breaker("m").on_failure(0.0)
         c.keys[0].disabled_until = 36.0
-        c.keys[1].breaker.on_failure(10.0)
+        c.keys[1].breaker("m").on_failure(10.0)
         c.refresh(10.0)
         res = driver(r, "m", ok(0.0), now=12.0)
         assert res.attempts == [] and res.error.status == 429 and res.error.retry_after == pytest.approx(24.0)

@@ -217,6 +217,30 @@ async def test_an_open_breaker_is_open_everywhere_and_its_recovery_closes_it_eve
         assert calls(rb, clock) == [("a", None)]
 
 
+async def test_a_keys_open_breaker_is_shared_for_its_model_alone(
+        redis_url: str, prefix: str, clock: Callable[[], float], rdb: redis.Redis) -> None:
+    # Key breakers are per upstream model: one opened in A holds that key back in B for that model,
+    # and for no other.
+    cfg = make_config(redis_url, prefix, channels=[
+        {"name": "a", "models": ["m", "n"], "api_keys": [{"key": "sk-up-0", "name": "k0"}, {"key": "sk-up-1", "name": "k1"}]}],
+        routing={"retry": {"max_attempts": 1},
+                 "health": {"breaker": {"enabled": False}, "auto_disable": [], "panic": False,
+                            "key_breaker": {"failure_threshold": 1, "open_time": 30.0}}})
+    async with pair(cfg, clock) as (ra, rb, _, _):
+        drive(ra, "m", answers({("a", 0): 500}), now=clock())  # round robin: k0 first
+        ka = ra.by_name["a"].keys[0].breakers["m"]
+        assert ka.state == OPEN
+        kb0 = rb.by_name["a"].keys[0]
+        await eventually(lambda: "m" in kb0.breakers and kb0.breakers["m"].state == OPEN, "B opens k0's breaker for m")
+        assert kb0.breakers["m"].open_until == ka.open_until and "n" not in kb0.breakers
+        _, fields = channel_hash(rdb, prefix, "a")
+        assert "kb:0:m" in fields and not any(f.startswith("kb:1") or f.endswith(":n") for f in fields)
+        b = rb.by_name["a"]
+        now = clock()
+        assert [b.next_key(now, None, 0, "m") for _ in range(3)] == [1, 1, 1]
+        assert sorted(b.next_key(now, None, 0, "n") for _ in range(2)) == [0, 1]
+
+
 async def test_a_rejected_key_is_skipped_everywhere_and_an_enable_lifts_it_everywhere(
         redis_url: str, prefix: str, clock: Callable[[], float], rdb: redis.Redis) -> None:
     cfg = make_config(redis_url, prefix, channels=[

@@ -116,7 +116,8 @@ class _Probe:
                 limited = self.ch.model.admit(now, 20 + plan.output_tokens, min(plan.ttft, 0.05))
                 if limited is not None:
                     plan = limited
-            call = Call(st, st.channel.models[0], st.probe_key(now), 0, None)
+            model = st.channel.models[0]
+            call = Call(st, model, st.probe_key(now, model), 0, None)
             call.started(now)
             self.call, self.plan = call, plan
             if plan.fault == TIMEOUT or plan.ttft > self.ch.t_first:

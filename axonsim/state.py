@@ -471,6 +471,23 @@ class ChannelState:
             return self.keys_reason(now, tokens)
         return None
 
+    def overall_reason(self, now: float) -> str | None:
+        """unavailable_reason for the channel as a whole, whatever the model: also not None when its
+        breakers hold back every model it serves — the channel's own (per model), or for the models
+        whose own breaker lets attempts through, the breakers of every key (per key × model)."""
+        reason = self.unavailable_reason(now)
+        if reason is not None or not (self.breakers or any(k.breakers for k in self.keys)):
+            return reason
+        served = self.served_models()
+        if not served:
+            return None
+        through = [m for m in served if m not in self.breakers or self.breakers[m].allows(now)]
+        if not through:
+            return "breaker_open"
+        if self.keys and not any(k.available(now, 0, m) for m in through for k in self.keys):
+            return "key_breaker_open"
+        return None
+
     def held_by_health_alone(self, now: float, model: str | None, tokens: int = 0) -> bool:
         """Whether only health (breakers, ejection, a temporary auto-disable, key breakers) keeps this
         channel from an attempt: what panic mode may override. Not when it is also switched off,
@@ -548,11 +565,11 @@ class ChannelState:
         with a key it may use (_probe_may_use), and with room at its local limits and quota, where a probe
         counts as real traffic does. While the channel serves clients, a probe may not take what they
         need (a free slot, half of each rate limit and of the quota); while it serves none (an
-        automatic disable, a disabled key), one request's room is enough: the probe is what brings it
+        automatic disable, a disabled key, breakers open for every model it serves), one request's room is enough: the probe is what brings it
         back. The live prober and the simulator's ask the same."""
         if not (self.channel.enabled and self.cooldown_until <= now and not self.all_keys_held()):
             return False
-        serving = self.unavailable_reason(now) is None
+        serving = self.overall_reason(now) is None
         if self.has_limits and not (self.limiter.spare(now) if serving else self.limiter.allows(now, 0)):
             return False
         if self.quota is not None and not (self.quota.spare(now) if serving else self.quota.allows(now, 0)):
@@ -647,12 +664,7 @@ class ChannelState:
         self.selections_at = now
 
     def snapshot(self, now: float) -> dict[str, object]:
-        reason = self.unavailable_reason(now)
-        if reason is None and self.breakers:
-            # Breakers are per model: the channel as a whole may take no attempt when every model it
-            # serves has its breaker open.
-            if all(m in self.breakers and not self.breakers[m].allows(now) for m in self.served_models()):
-                reason = "breaker_open"
+        reason = self.overall_reason(now)
         return {
             "name": self.name,
             "enabled": self.channel.enabled,

@@ -463,6 +463,37 @@ def test_one_models_outage_does_not_hold_a_key_pool_back_for_the_others(driver):
     assert c0.next_key(40.0, None, 0, "m") is not None
 
 
+def test_a_pool_whose_key_breakers_hold_every_model_is_shown_unavailable_and_probed_as_such(driver):
+    # Key breakers are per model; the channel as a whole (the admin API, the metrics, whether a probe
+    # must leave room for clients) is out when they hold back every model it serves.
+    def pool(models):
+        return make([{"name": "c0", "models": models, "probe": {"interval": 10},
+                      "api_keys": [{"key": "k0", "limits": {"rpm": 4}}, {"key": "k1", "limits": {"rpm": 4}}]}],
+                    retry=NO_RETRY, health={"breaker": {"failure_threshold": 100}, "auto_disable": [], "panic": False,
+                                            "key_breaker": {"failure_threshold": 2, "open_time": 30}})
+
+    r = pool(["m"])
+    for i in range(4):  # each key: two failures on m, 2 of its 4 requests a minute
+        driver(r, "m", fail(500, after=0.0), now=float(i))
+    c0 = r.states[0]
+    snap = c0.snapshot(5.0)
+    assert not snap["available"] and snap["unavailable_reason"] == "key_breaker_open"
+    assert not any(c0.key_available(i, 5.0) for i in range(2))
+    # serving no one, one request's room is enough for the probe that brings it back
+    assert c0.probe_due(5.0)
+    # a second model the keys still serve: available, and the probe leaves clients their room
+    r = pool(["m", "n"])
+    for i in range(4):
+        driver(r, "m", fail(500, after=0.0), now=float(i))
+    c0 = r.states[0]
+    assert c0.snapshot(5.0)["available"] and c0.key_available(0, 5.0)
+    assert not c0.probe_due(5.0)
+    # the channel's own breaker open for n, the keys' for m: nothing left
+    for _ in range(100):
+        c0.breaker("n").on_failure(4.0)
+    assert c0.snapshot(5.0)["unavailable_reason"] == "key_breaker_open"
+
+
 def test_one_models_outage_does_not_take_a_one_key_channel_out_for_the_others(driver):
     # The channel's breakers are per model; a lone key has no breaker of its own, which, counting
     # across models, would hold the channel back for every model when one fails.

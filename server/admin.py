@@ -505,8 +505,11 @@ def _attempt_out(a: Q.AttemptRow) -> AttemptOut:
 def _from_recent(rec: Mapping[str, Any]) -> RequestDetail:
     """The proxy's in-memory record (server.proxy docstring) in the admin API's shape."""
     usage = rec.get("usage") or {}
-    attempts = []
-    for a in rec.get("attempts") or ():
+    rows = rec.get("attempt_rows")
+    # As the store will have them (error messages, costs, TTFTs, the decision kept); a proxy without
+    # a store has only the core's view of each attempt.
+    attempts = [_attempt_out(a) for a in rows] if rows is not None else []
+    for a in (rec.get("attempts") or ()) if rows is None else ():
         start, end = a.get("start"), a.get("stream_end") or a.get("end")
         attempts.append(AttemptOut(
             n=a.get("attempt", 0), channel=a.get("channel", ""), key_name=a.get("key"),

@@ -590,10 +590,14 @@ def request_ids(scope: Scope, rt: Runtime, rid_b: bytes) -> tuple[list[tuple[byt
         k = kinds.get(name)
         if k is None:
             continue
-        if k == H_TRACE or (k == H_AH_TRACE and trace_b is None):
-            trace_b = value[:MAX_ID]
-        elif k == H_THREAD or (k == H_AH_THREAD and thread_b is None):
-            thread_b = value[:MAX_ID]
+        if k == H_TRACE or k == H_AH_TRACE or k == H_THREAD or k == H_AH_THREAD:
+            value = value.strip()
+            if not value:  # an empty id is none: one is made up, and it is no sticky key
+                continue
+            if k == H_TRACE or (k == H_AH_TRACE and trace_b is None):
+                trace_b = value[:MAX_ID]
+            elif k == H_THREAD or (k == H_AH_THREAD and thread_b is None):
+                thread_b = value[:MAX_ID]
         elif k == H_EXPLAIN:
             explain = value.strip().lower() in (b"1", b"true", b"yes")
     # Only a client's own id is a sticky key: a generated one is never seen again, and

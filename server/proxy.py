@@ -26,7 +26,9 @@ server.store.RequestRecord where they overlap:
     in order), trace_id, thread_id, attempts: AttemptRecord.as_dict() each (times on the proxy clock:
     unix seconds), the answering stream's also with `stream_end` and, if it broke after the commit,
     `stream_error`; decisions: the core's decision trace (when explained: X-AxonSim-Explain, or a
-    proxy built with explain=True).
+    proxy built with explain=True); attempt_rows: the attempts as handed to the store (None without
+    one), so that the admin API answers from memory as it will from the database (the bodies the
+    store may also be handed are not kept: a thousand of them could hold gigabytes).
 """
 
 from __future__ import annotations
@@ -319,18 +321,22 @@ class Proxy:
     def request_done(self, record: dict[str, Any], rt: Runtime | None = None, ex: Exchange | None = None,
                      request_body: bytes | None = None, response_body: bytes | None = None) -> None:
         """One finished client request: ring, metrics, store, hook, access log. Never raises."""
+        rows = None
+        store = self.store
+        if store is not None:
+            try:
+                stored = store_record(record, rt or self.rt, ex, request_body, response_body)
+                rows = stored.attempts
+                store.submit(stored)
+            except Exception:
+                log.exception("store: building the record of request %s failed", record["id"])
+        record["attempt_rows"] = rows
         self.recent.append(record)
         try:
             self.metrics.observe_request(record["client_format"], record["model"], record["status"],
                                          record["latency"], record["ttft"], record.get("overhead"), record["attempts"])
         except Exception:
             log.exception("metrics: observing a request failed")
-        store = self.store
-        if store is not None:
-            try:
-                store.submit(store_record(record, rt or self.rt, ex, request_body, response_body))
-            except Exception:
-                log.exception("store: building the record of request %s failed", record["id"])
         hook = self.on_request_done
         if hook is not None:
             try:

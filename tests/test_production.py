@@ -414,6 +414,22 @@ def test_admin_filters_and_request_detail(admin_stack: tuple[Stack, GatewayServe
         assert detail["attempts"][0]["decision"]["choice"]["chosen"] == "flaky"
         usage = c.get("/admin/usage", params={"group_by": "model"}, headers=ADMIN).json()
         assert {g["group"]["model"] for g in usage["data"]} >= {"fo", "fail"}
+        # From memory (before the writer's turn, or while the database is away), a request reads as
+        # it will from the store: error messages, costs, TTFTs and the decision kept, attempt by attempt.
+        from server.admin import _from_recent
+
+        priced = chat(c, "ok")
+        assert st.call(gw.proxy.store.flush(20))
+        for r in (fo, bad, priced):
+            rid = r.headers["x-request-id"]
+            stored = c.get(f"/admin/requests/{rid}", headers=ADMIN).json()
+            recent = _from_recent(gw.proxy.find(rid)).model_dump(mode="json")
+            assert stored["source"] == "store" and recent["source"] == "recent"
+            assert recent["attempts"] == stored["attempts"]
+            assert recent["cost"] == stored["cost"] and recent["ttft"] == stored["ttft"]
+        assert detail["attempts"][0]["error"] and detail["attempts"][0]["error"] != detail["attempts"][0]["error_kind"]
+        assert detail["attempts"][1]["ttft"] is not None
+        assert _from_recent(gw.proxy.find(priced.headers["x-request-id"])).attempts[0].cost > 0
 
 
 def test_a_channel_disabled_through_the_admin_api_gets_no_traffic(admin_stack: tuple[Stack, GatewayServer]) -> None:
@@ -568,7 +584,16 @@ def test_configured_header_names_and_sticky_traces() -> None:
             assert {x["channel"] for x in sticky if x} == {first}  # the trace stays on its channel
             free = [proxy.find(chat(c, "m").headers["x-request-id"]) for _ in range(4)]
             assert {x["channel"] for x in free if x} == {"a", "b"}  # round robin without a trace
-    assert len(proxy.router.sticky) == 1  # generated ids are not remembered
+            # An empty id is none: one is made up, and it pins nothing.
+            got = [chat(c, "m", headers={**AUTH, "X-Request-Trace": "", "X-Conversation": ""}) for _ in range(4)]
+            assert all(re.fullmatch(r"[0-9a-f]{32}", h.headers["x-request-trace"]) for h in got)
+            assert all(re.fullmatch(r"[0-9a-f]{32}", h.headers["x-conversation"]) for h in got)
+            recs = [proxy.find(h.headers["x-request-id"]) for h in got]
+            assert {x["channel"] for x in recs if x} == {"a", "b"}
+            # A blank id of ours leaves AxonHub's to count.
+            r = chat(c, "m", headers={**AUTH, "X-Request-Trace": "", "AH-Trace-Id": "ah-1"})
+            assert r.headers["x-request-trace"] == "ah-1"
+    assert len(proxy.router.sticky) == 2  # generated ids are not remembered (t1, ah-1)
 
 
 def test_explain_header_and_overhead_header() -> None:

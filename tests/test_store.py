@@ -888,6 +888,16 @@ async def test_queries_filter_and_group(db: Any) -> None:
         assert {(u.group["day"], u.group["channel"], u.requests, u.cost) for u in first_day} == {
             ("2023-11-14", "c0", 1, 1.0), ("2023-11-14", "c1", 1, 2.0), ("2023-11-14", None, 1, 0.0)}
 
+        # Groups come in the same order on both databases; a group without a value comes last.
+        assert [(u.group["channel"], u.cost) for u in await Q.usage(e, Q.Filter(), by=["channel"])] == [
+            ("c1", 6.0), ("c0", 1.0), (None, 0.0)]
+        assert [u.group["channel"] for u in await Q.usage(e, Q.Filter(outcome="failed"), by=["channel"])] == [None]
+        assert [u.group["error_kind"] for u in await Q.attempt_usage(e, Q.Filter(), by=["error_kind"])] == [
+            "overloaded", "server_error", None]
+        assert [(u.group["project"], u.group["channel"]) for u in
+                await Q.usage(e, Q.Filter(since=t0, until=t0 + day), by=["project", "channel"])] == [
+            ("a", "c1"), ("a", "c0"), ("b", None)]
+
         per_channel = {u.group["channel"]: u for u in await Q.attempt_usage(e, Q.Filter())}
         assert (per_channel["c0"].attempts, per_channel["c0"].failures, per_channel["c0"].cost) == (4, 2, 1.0)
         assert (per_channel["c1"].attempts, per_channel["c1"].failures, per_channel["c1"].cost) == (4, 1, 6.0)

@@ -281,7 +281,7 @@ async def usage(engine: AsyncEngine, f: Filter, by: Sequence[str] = ("project", 
         sa.func.coalesce(sa.func.sum(R.c.reasoning_tokens), 0).label("reasoning_tokens"),
         total_cost.label("cost"),
         sa.func.coalesce(sa.func.sum(sa.case((R.c.cost.is_(None), 1), else_=0)), 0).label("unpriced"),
-    ).where(*w).group_by(*cols).order_by(total_cost.desc(), *cols))
+    ).where(*w).group_by(*cols).order_by(total_cost.desc(), *_nulls_last(cols)))
     async with engine.connect() as conn:
         rows = (await conn.execute(q)).mappings().all()
     names = [c.name for c in cols]
@@ -290,6 +290,12 @@ async def usage(engine: AsyncEngine, f: Filter, by: Sequence[str] = ("project", 
                      completion_tokens=int(r["completion_tokens"]), cached_tokens=int(r["cached_tokens"]),
                      reasoning_tokens=int(r["reasoning_tokens"]), cost=float(r["cost"]), unpriced=int(r["unpriced"]))
             for r in rows]
+
+
+def _nulls_last(cols: Sequence[sa.ColumnElement[Any]]) -> list[Any]:
+    """Group columns in ascending order, a group without a value (NULL) after the rest on every
+    database: SQLite puts NULLs first by default, PostgreSQL last."""
+    return [c.asc().nulls_last() for c in cols]
 
 
 @dataclass(slots=True)
@@ -330,7 +336,7 @@ async def attempt_usage(engine: AsyncEngine, f: Filter, by: Sequence[str] = ("ch
     q = (sa.select(*cols, sa.func.count().label("attempts"), failures.label("failures"),
                    sa.func.coalesce(sa.func.sum(A.c.cost), 0.0).label("cost"),
                    sa.func.avg(A.c.latency).label("mean_latency"), sa.func.avg(A.c.ttft).label("mean_ttft"))
-         .select_from(A.join(R, R.c.id == A.c.request_id)).where(*w).group_by(*cols).order_by(*cols))
+         .select_from(A.join(R, R.c.id == A.c.request_id)).where(*w).group_by(*cols).order_by(*_nulls_last(cols)))
     async with engine.connect() as conn:
         rows = (await conn.execute(q)).mappings().all()
     names = [c.name for c in cols]

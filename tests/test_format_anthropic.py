@@ -712,6 +712,10 @@ def _body(**over: Any) -> bytes:
     (_body(system=[{"type": "image"}]), "system.0.type"),
     (_body(tools=[{"name": "f"}]), "tools.0.input_schema"),
     (_body(tool_choice={"type": "sometimes"}), "tool_choice.type"),
+    (_body(tool_choice={"type": ["auto"]}), "tool_choice.type"),  # not a string: a 400, not a crash
+    (_body(tool_choice={"type": {"auto": 1}}), "tool_choice.type"),
+    (_body(tool_choice={}), "tool_choice.type"),
+    (_body(messages=[]), "messages"),  # as the API: at least one message
     (_body(tool_choice={"type": "tool"}), "tool_choice.name"),
     (_body(thinking={"type": "enabled"}), "thinking.budget_tokens"),
     (_body(thinking={"type": "maybe"}), "thinking.type"),
@@ -900,6 +904,24 @@ def test_build_request_sniffs_untyped_images() -> None:
     assert _build(req)["messages"][0]["content"][0]["source"]["media_type"] == "image/jpeg"
 
 
+@pytest.mark.parametrize(("url", "media"), [("data:image/PNG;base64,iVBORw0KGgo", "image/png"),
+                                            ("data:Image/Jpeg;base64,/9j/4AAQ", "image/jpeg"),
+                                            ("data:image/jpg;base64,/9j/4AAQ", "image/jpeg")])
+def test_build_request_reads_media_types_as_mime_does(url: str, media: str) -> None:
+    # MIME types are case-insensitive; image/jpg, common in client code, is JPEG
+    req = Request(model="m", messages=[Message(role="user", content=[ImagePart(url=url)])])
+    assert _build(req)["messages"][0]["content"][0]["source"]["media_type"] == media
+
+
+def test_an_answer_that_names_no_finish_still_ends_with_a_stop_reason() -> None:
+    # stop_reason is null only in message_start; an upstream that named no finish (Azure's filtered
+    # prompt, `finish_reason: null`) ended its answer all the same, as the stream's end says too.
+    resp = Response(id="msg_1", model="m", message=Message(role="assistant", content=[TextPart(text="hi")]))
+    out = json.loads(A.render_response(resp))
+    SDKMessage.model_validate(out)
+    assert out["stop_reason"] == "end_turn"
+
+
 @FAST
 @given(st.lists(st.text(max_size=12), min_size=2, max_size=6, unique=True))
 def test_tool_ids_are_valid_stable_and_distinct(ids: list[str]) -> None:
@@ -1023,7 +1045,9 @@ def responses(draw: st.DrawFn) -> Response:
 @FAST
 @given(responses())
 def test_property_response_round_trip(resp: Response) -> None:
-    assert without_native(A.parse_response(A.render_response(resp))) == resp
+    # An answer that named no finish goes out as a finished one (stop_reason is never null there).
+    ended = resp.finish_reason or ("tool_calls" if resp.message.tool_calls else "stop")
+    assert without_native(A.parse_response(A.render_response(resp))) == resp.model_copy(update={"finish_reason": ended})
 
 
 @st.composite

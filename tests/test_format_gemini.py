@@ -329,6 +329,10 @@ BAD_REQUESTS: list[tuple[Any, str | None]] = [
      "contents[1].parts[0].functionCall.args"),
     ({"contents": [USER, {"role": "user", "parts": [{"functionResponse": {"response": {}}}]}]},
      "contents[1].parts[0].functionResponse.name"),
+    # parts that are not an array (it became a 500 inside the gateway)
+    ({"contents": [USER, {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}}]},
+                   {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {}, "parts": 5}}]}]},
+     "contents[2].parts[0].functionResponse.parts"),
     ({"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "application/pdf", "data": "JVBE"}}]}]},
      "contents[0].parts[0].inlineData.mimeType"),
     ({"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png"}}]}]},
@@ -408,7 +412,8 @@ def test_render_response_tool_calls_and_thinking() -> None:
 
 
 @pytest.mark.parametrize(("reason", "gemini"), [("stop", "STOP"), ("length", "MAX_TOKENS"),
-                                                ("content_filter", "SAFETY"), ("tool_calls", "STOP")])
+                                                ("content_filter", "SAFETY"), ("tool_calls", "STOP"),
+                                                (None, "STOP")])  # named none upstream: a whole answer still ends
 def test_render_response_finish_reasons(reason: str, gemini: str) -> None:
     resp = Response(id="r", model="m", message=Message(role="assistant", content=[TextPart(text="x")]),
                     finish_reason=reason)  # type: ignore[arg-type]

@@ -303,6 +303,8 @@ def parse_request(body: bytes, model: str | None = None, stream: bool | None = N
     if "messages" not in d:
         raise FormatError("messages: field required", "messages")
     raw_messages = _list(d["messages"], "messages")
+    if not raw_messages:
+        raise FormatError("messages: at least one message is required", "messages")
 
     messages: list[Message] = []
     system = d.get("system")
@@ -492,7 +494,7 @@ def _parse_tool(t: Any, path: str) -> Tool:
 def _parse_tool_choice(tc: dict[str, Any]) -> ToolChoice:
     t = tc.get("type")
     modes = {"auto": "auto", "any": "required", "none": "none", "tool": "function"}
-    if t not in modes:
+    if not isinstance(t, str) or t not in modes:
         raise FormatError(f"tool_choice.type: must be one of auto, any, none, tool; got {t!r}", "tool_choice.type")
     choice = ToolChoice(mode=modes[t])  # type: ignore[arg-type]
     if t == "tool":
@@ -536,7 +538,9 @@ def _parse_output_config(oc: dict[str, Any], req: Request) -> None:
 def render_response(resp: Response) -> bytes:
     msg = resp.message
     content = _output_blocks(msg, resp.id)
-    stop = _stop_out(resp.finish_reason, resp.finish_native, bool(msg.tool_calls))
+    # An answer that names no finish (an Azure prompt-filter shape, `finish_reason: null`) ended all
+    # the same: stop_reason is null only in message_start, as the stream's end says too.
+    stop = _stop_out(resp.finish_reason or "stop", resp.finish_native, bool(msg.tool_calls))
     usage = _wire_usage(resp.usage) if resp.usage is not None else _wire_usage(Usage())
     seq = resp.stop_sequence if stop == "stop_sequence" else None
     return orjson.dumps({"id": resp.id, "type": "message", "role": "assistant", "model": resp.model,
@@ -988,6 +992,9 @@ def _image_block(p: ImagePart, path: str) -> dict[str, Any]:
         head, _, data = p.url.partition(",")
         media = head[5:].split(";")[0] or None
     if data is not None:
+        if media is not None:  # MIME types are case-insensitive; image/jpg is common, if unregistered
+            media = media.strip().lower()
+            media = "image/jpeg" if media == "image/jpg" else media
         if media is None:
             media = next((t for prefix, t in _IMAGE_MAGIC if data.startswith(prefix)), None)
         if media not in _IMAGE_TYPES:

@@ -731,7 +731,8 @@ def _tool_result(v: Any, path: str, turn: int, j: int, prev_calls: list[ToolCall
     else:
         text, is_error = _dumps(response), False
     content: list[Any] = [TextPart(text=text)]
-    for k, p in enumerate(_get(fr, "parts") or []):  # multimodal function responses (Gemini 3)
+    parts = _get(fr, "parts")
+    for k, p in enumerate(_list(parts, f"{path}.parts") if parts is not None else []):  # multimodal (Gemini 3)
         kind, pv = _part_kind(p, f"{path}.parts[{k}]")
         if kind in ("inlineData", "fileData"):
             content.append(_media_part(kind, pv, f"{path}.parts[{k}]"))
@@ -885,7 +886,8 @@ def render_response(resp: UnifiedResponse) -> bytes:
     if blocked is not None:
         return orjson.dumps(_blocked_body(blocked, resp.model, resp.id, resp.usage))
     parts = _model_parts(resp.message, outbound=False)
-    finish = _finish_out(resp.finish_reason, resp.finish_native)
+    # A whole answer has a finishReason, even when the upstream named none (as a stream's end does).
+    finish = _finish_out(resp.finish_reason or "stop", resp.finish_native)
     return orjson.dumps(_chunk_body(parts, resp.model, resp.id, finish, resp.usage))
 
 

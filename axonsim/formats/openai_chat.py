@@ -761,13 +761,21 @@ def error_status(err: Error) -> int:
     return err.status if err.status in _CLIENT_STATUSES else 400
 
 
+# Codes another family's error parser kept — Anthropic's error types, Google's RPC status names
+# (upper case) — say nothing to an OpenAI client, which gets the status's own code instead.
+_FOREIGN_CODES = frozenset({"invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+                            "request_too_large", "rate_limit_error", "api_error", "overloaded_error", "billing_error",
+                            "timeout_error"})
+
+
 def _error_obj(err: Error) -> dict[str, Any]:
     status = error_status(err)
     default = ("server_error", None) if status >= 500 else ("invalid_request_error", None)
     typ, code = _STATUS_TYPE.get(status, default)
     if err.code == "insufficient_quota":
         typ = "insufficient_quota"
-    return {"message": err.message, "type": typ, "param": err.param, "code": err.code or code}
+    own = err.code if err.code and err.code not in _FOREIGN_CODES and not err.code.isupper() else None
+    return {"message": err.message, "type": typ, "param": err.param, "code": own or code}
 
 
 def render_error(err: Error) -> bytes:

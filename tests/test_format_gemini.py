@@ -204,6 +204,28 @@ def test_explicit_ids_are_kept_and_matched() -> None:
     assert [m.content[0].tool_call_id for m in req.messages[2:]] == ["c1", "call_1_1"]  # type: ignore[union-attr]
 
 
+def test_a_streamed_answer_replayed_chunk_by_chunk_is_one_turn() -> None:
+    # google-genai's automatic function calling replays a streamed answer as one model turn per
+    # chunk, the last one's empty text part included: the id-less responses still answer the calls
+    # before it, and the channel sees one assistant message.
+    chunks = [{"role": "model", "parts": [{"text": "Let me look."}]},
+              {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {"x": 1}}}]},
+              {"role": "model", "parts": [{"functionCall": {"name": "g", "args": {}}}]},
+              {"role": "model", "parts": [{"text": ""}]}]
+    results = {"role": "user", "parts": [{"functionResponse": {"name": "g", "response": {"result": "b"}}},
+                                         {"functionResponse": {"name": "f", "response": {"result": "a"}}}]}
+    req = g.parse_request(_history(USER, *chunks, results), "m")
+    assert [m.role for m in req.messages] == ["user", "assistant", "tool", "tool"]
+    turn = req.messages[1]
+    assert turn.content == [TextPart(text="Let me look.")] and [c.name for c in turn.tool_calls] == ["f", "g"]
+    ids = {c.name: c.id for c in turn.tool_calls}
+    assert [m.content[0].tool_call_id for m in req.messages[2:]] == [ids["g"], ids["f"]]  # type: ignore[union-attr]
+    # a user turn in between still ends the run: the next model turn is an answer of its own
+    answer_f = {"role": "user", "parts": [results["parts"][1]]}
+    later = g.parse_request(_history(USER, chunks[1], answer_f, USER, chunks[2]), "m")
+    assert [m.role for m in later.messages] == ["user", "assistant", "tool", "user", "assistant"]
+
+
 @pytest.mark.parametrize(("response", "text", "is_error"), [
     ({"result": "sunny"}, "sunny", False),
     ({"temp": 20, "sky": "clear"}, '{"temp":20,"sky":"clear"}', False),

@@ -615,6 +615,11 @@ def _contents_to_messages(contents: list[Any]) -> list[Message]:
     messages: list[Message] = []
     prev_calls: list[ToolCall] = []  # the latest model turn's calls, which function responses answer
     answered: set[str] = set()
+    # Consecutive model turns are one answer: google-genai's automatic function calling replays a
+    # streamed answer chunk by chunk, the last one's empty text part as a turn of its own. Read
+    # apart, that turn ended the calls before it, and their id-less responses answered nothing.
+    in_model_run = False
+    turn: Message | None = None  # the assistant message of the current run of model turns, once it has something
     for i, c in enumerate(contents):
         path = f"contents[{i}]"
         c = _obj(c, path)
@@ -626,10 +631,17 @@ def _contents_to_messages(contents: list[Any]) -> list[Message]:
             raise FormatError(f"{path}.parts must not be empty", f"{path}.parts")
         if role == "model":
             msg = _model_turn(parts, i, path)
-            prev_calls, answered = msg.tool_calls, set()
-            if msg.content or msg.tool_calls:
+            if not in_model_run:
+                in_model_run, turn, answered = True, None, set()
+            if turn is not None:
+                turn.content.extend(msg.content)
+                turn.tool_calls.extend(msg.tool_calls)
+            elif msg.content or msg.tool_calls:
+                turn = msg
                 messages.append(msg)
+            prev_calls = turn.tool_calls if turn is not None else []
             continue
+        in_model_run = False
         results: list[Message] = []
         user: list[Any] = []
         for j, p in enumerate(parts):

@@ -744,5 +744,6 @@ def _client_error(out: Outcome) -> Error:
     status, fixed = _CLIENT_STATUS[kind]
     if kind is ErrorKind.AUTHENTICATION or kind is ErrorKind.PERMISSION:
         kind = ErrorKind.SERVER_ERROR
+    code, family = (err.code, err.code_family) if err is not None and fixed is None else (None, None)
     return Error(kind=kind, status=status, message=fixed or message, retry_after=out.retry_after,
-                 code=err.code if err is not None and fixed is None else None)
+                 code=code, code_family=family)

@@ -297,6 +297,9 @@ class Error(_Model):
     retry_after: float | None = None
     param: str | None = None
     code: str | None = None
+    # The family whose error vocabulary `code` is in, where it is not OpenAI's (None: OpenAI's, or
+    # the gateway's own): a renderer passes on only a code its clients know.
+    code_family: str | None = None
 
 
 ErrorEvent.model_rebuild()

@@ -226,6 +226,36 @@ def test_a_streamed_answer_replayed_chunk_by_chunk_is_one_turn() -> None:
     assert [m.role for m in later.messages] == ["user", "assistant", "tool", "user", "assistant"]
 
 
+def test_a_replayed_streamed_thought_is_one_reasoning_block_with_its_signature() -> None:
+    # The thought streamed in pieces, then its signature on an empty thought part, each replayed as
+    # a model content: one reasoning block, whole, signed (Anthropic checks the signature against
+    # the whole text), before the call.
+    chunks = [{"role": "model", "parts": [{"text": "The user wants ", "thought": True}]},
+              {"role": "model", "parts": [{"text": "the weather.", "thought": True}]},
+              {"role": "model", "parts": [{"text": "", "thought": True, "thoughtSignature": "U0lHMQ=="}]},
+              {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}}]},
+              {"role": "model", "parts": [{"text": ""}]}]
+    answer = {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"result": "sunny"}}}]}
+    req = g.parse_request(_history(USER, *chunks, answer), "m")
+    turn = req.messages[1]
+    [thought] = turn.content
+    assert isinstance(thought, ReasoningPart) and thought.text == "The user wants the weather." and thought.signature
+    one = g.parse_request(_history(USER, {"role": "model", "parts": [p for c in chunks for p in c["parts"]]}, answer), "m")
+    # as if the pieces had come as one content (but for the ids made up from the contents' positions)
+    assert one.messages[1].content == turn.content and [c.name for c in one.messages[1].tool_calls] == ["f"]
+    assert req.messages[2].content[0].tool_call_id == turn.tool_calls[0].id  # type: ignore[union-attr]
+    # text streamed in pieces is one text
+    text = g.parse_request(_history(USER, {"role": "model", "parts": [{"text": "Hel"}]},
+                                    {"role": "model", "parts": [{"text": "lo"}]}), "m")
+    assert text.messages[1].content == [TextPart(text="Hello")]
+
+
+def test_upstream_error_messages_are_clipped() -> None:
+    # They reach clients, logs, the store and the memory of recent requests, once per attempt.
+    err = g.parse_error(500, {}, orjson.dumps({"error": {"code": 500, "message": "x" * 200_000, "status": "INTERNAL"}}))
+    assert len(err.message) <= 2001 and err.code == "INTERNAL" and err.code_family == "gemini"
+
+
 @pytest.mark.parametrize(("response", "text", "is_error"), [
     ({"result": "sunny"}, "sunny", False),
     ({"temp": 20, "sky": "clear"}, '{"temp":20,"sky":"clear"}', False),

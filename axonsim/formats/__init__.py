@@ -107,6 +107,15 @@ def get_format(name: str) -> ModuleType:
         raise ValueError(f"unknown format {name!r}") from None
 
 
+# Characters of an upstream error message kept: it reaches clients, logs, the store and the
+# proxy's memory of recent requests (once per attempt), and a proxy's error page can be megabytes.
+MAX_ERROR_MESSAGE = 2000
+
+
+def clip_message(message: str) -> str:
+    return message if len(message) <= MAX_ERROR_MESSAGE else message[:MAX_ERROR_MESSAGE] + "…"
+
+
 def status_message(status: int) -> str:
     """What a client is told of an upstream error whose body is not the provider's JSON error (an
     HTML page from a proxy in front of it, say): its status only, as the body may name internal

@@ -10,7 +10,14 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody, refuse_legacy_functions, retry_after, status_message
+from axonsim.formats import (
+    FormatError,
+    UpstreamErrorBody,
+    clip_message,
+    refuse_legacy_functions,
+    retry_after,
+    status_message,
+)
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
 from axonsim.formats.sse import SSEDecoder, SSEEvent, encode
@@ -141,7 +148,6 @@ _IMAGE_MAGIC = (("/9j/", "image/jpeg"), ("iVBORw0KGgo", "image/png"), ("R0lGOD",
 # Key-shaped substrings (sk-ant-…, sk-…, Google AIza…, bearer tokens) in upstream messages, which
 # clients get to read: an Anthropic-compatible upstream may echo the key it was sent.
 _SECRET = re.compile(r"\b(?:sk-[A-Za-z0-9_*\-]{6,}|AIza[0-9A-Za-z_\-]{20,})|Bearer\s+\S+")
-_MAX_MESSAGE = 2000
 
 _ID_OK = re.compile(r"[a-zA-Z0-9_-]+")
 _ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
@@ -1288,7 +1294,8 @@ class StreamParser:
             etype: str = raw_type if isinstance(raw_type, str) else "api_error"
             kind = _TYPE_KIND.get(etype, ErrorKind.SERVER_ERROR)
             out.append(ErrorEvent(error=Error(kind=kind, status=_TYPE_STATUS.get(etype, 500),
-                                              message=_clean(str(e.get("message") or etype)), code=etype)))
+                                              message=_clean(str(e.get("message") or etype)), code=etype,
+                                              code_family=FAMILY)))
             self._done = True
         # ping and event types newer than this module are ignored
 
@@ -1328,11 +1335,11 @@ def parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error:
             kind = ErrorKind.PERMISSION
     else:
         kind = error_kind_for_status(status)
-    return Error(kind=kind, status=status, message=_clean(message), retry_after=retry_after(h), code=etype)
+    return Error(kind=kind, status=status, message=_clean(message), retry_after=retry_after(h), code=etype,
+                 code_family=FAMILY)
 
 
 def _clean(message: str) -> str:
-    message = _SECRET.sub("[redacted]", message)
-    return message if len(message) <= _MAX_MESSAGE else message[:_MAX_MESSAGE] + "…"
+    return clip_message(_SECRET.sub("[redacted]", message))
 
 

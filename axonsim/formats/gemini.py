@@ -37,7 +37,14 @@ from typing import Any, cast
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody, refuse_legacy_functions, retry_after, status_message
+from axonsim.formats import (
+    FormatError,
+    UpstreamErrorBody,
+    clip_message,
+    refuse_legacy_functions,
+    retry_after,
+    status_message,
+)
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature
 from axonsim.formats.sse import SSEDecoder
@@ -634,7 +641,7 @@ def _contents_to_messages(contents: list[Any]) -> list[Message]:
             if not in_model_run:
                 in_model_run, turn, answered = True, None, set()
             if turn is not None:
-                turn.content.extend(msg.content)
+                _continue_turn(turn.content, msg.content)
                 turn.tool_calls.extend(msg.tool_calls)
             elif msg.content or msg.tool_calls:
                 turn = msg
@@ -665,6 +672,24 @@ def _contents_to_messages(contents: list[Any]) -> list[Message]:
         if user:
             messages.append(Message(role="user", content=user))
     return messages
+
+
+def _continue_turn(content: list[Any], more: list[Any]) -> None:
+    """A model content's parts after the turn's so far, as if the two were one content (see
+    _model_turn): thought text continues the unsigned reasoning before it and a signature closes
+    it — Anthropic checks a thinking block's signature against its whole text — and text continues
+    text."""
+    for p in more:
+        last = content[-1] if content else None
+        if (isinstance(p, ReasoningPart) and not p.redacted and isinstance(last, ReasoningPart)
+                and last.signature is None and not last.redacted):
+            last.text += p.text
+            last.signature, last.signature_provider = p.signature, p.signature_provider
+        elif (isinstance(p, TextPart) and isinstance(last, TextPart) and p.cache_control is None
+              and last.cache_control is None):
+            last.text += p.text
+        else:
+            content.append(p)
 
 
 def _model_turn(parts: list[Any], turn: int, path: str) -> Message:
@@ -1525,7 +1550,8 @@ def _error_from_obj(obj: Any, http: int | None) -> Error:
             kind = ErrorKind.AUTHENTICATION  # Gemini answers a bad key with 400 INVALID_ARGUMENT
     if not message:
         message = status_message(status)  # not the body: a proxy's page may name internal hosts
-    return Error(kind=kind, status=status, message=message, retry_after=retry_after, param=param, code=gstatus)
+    return Error(kind=kind, status=status, message=clip_message(message), retry_after=retry_after, param=param,
+                 code=gstatus, code_family=FAMILY)
 
 
 def parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error:

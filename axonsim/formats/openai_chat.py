@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody, retry_after, status_message
+from axonsim.formats import FormatError, UpstreamErrorBody, clip_message, retry_after, status_message
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.sse import SSEDecoder
 from axonsim.unified import (
@@ -761,20 +761,15 @@ def error_status(err: Error) -> int:
     return err.status if err.status in _CLIENT_STATUSES else 400
 
 
-# Codes another family's error parser kept — Anthropic's error types, Google's RPC status names
-# (upper case) — say nothing to an OpenAI client, which gets the status's own code instead.
-_FOREIGN_CODES = frozenset({"invalid_request_error", "authentication_error", "permission_error", "not_found_error",
-                            "request_too_large", "rate_limit_error", "api_error", "overloaded_error", "billing_error",
-                            "timeout_error"})
-
-
 def _error_obj(err: Error) -> dict[str, Any]:
     status = error_status(err)
     default = ("server_error", None) if status >= 500 else ("invalid_request_error", None)
     typ, code = _STATUS_TYPE.get(status, default)
     if err.code == "insufficient_quota":
         typ = "insufficient_quota"
-    own = err.code if err.code and err.code not in _FOREIGN_CODES and not err.code.isupper() else None
+    # A code another family's parser read (Anthropic's error type, Google's status) means nothing to
+    # an OpenAI client, which gets the status's own instead; an OpenAI-compatible upstream's passes.
+    own = err.code if err.code_family is None else None
     return {"message": err.message, "type": typ, "param": err.param, "code": own or code}
 
 
@@ -1418,13 +1413,11 @@ _TYPE_STATUS = {
 
 _SECRET = re.compile(r"\b(?:sk-[A-Za-z0-9_*\-]{6,}|AIza[0-9A-Za-z_\-]{20,})|Bearer\s+\S+")
 _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s)\b", re.IGNORECASE)
-_MAX_MESSAGE = 2000
 
 
 def _clean(message: str) -> str:
     """Upstream messages are shown to clients: never let an upstream key through."""
-    message = _SECRET.sub("[redacted]", message)
-    return message if len(message) <= _MAX_MESSAGE else message[:_MAX_MESSAGE] + "…"
+    return clip_message(_SECRET.sub("[redacted]", message))
 
 
 def _error_from_body(e: Any, status: int) -> Error:

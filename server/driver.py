@@ -45,7 +45,7 @@ from axonsim import __version__
 from axonsim.capabilities import NO_NEEDS, Needs
 from axonsim.config import Timeouts
 from axonsim.execution import AttemptRecord, Call, Cancel, Launch, Outcome, Race, Result, Router, Wait
-from axonsim.formats import FormatError, UpstreamErrorBody
+from axonsim.formats import FormatError, UpstreamErrorBody, clip_message
 from axonsim.formats.parsed import Parsed
 from axonsim.state import ChannelState
 from axonsim.unified import Error, ErrorEvent, ErrorKind, Request, Response, StreamEvent, Usage, error_kind_for_status
@@ -517,8 +517,8 @@ class LiveDriver:
                 answer = Answer(parsed, None)
         except UpstreamErrorBody as said:  # a 200 whose body is an error: the provider's words are the message
             log.warning("channel %s: error body with status %d (%s)", ch.name, status, self.scrub(said.message)[:200])
-            return Outcome.failure(t, Error(kind=ErrorKind.SERVER_ERROR, status=502, message=self.scrub(said.message)),
-                                   key=call.key)
+            return Outcome.failure(t, Error(kind=ErrorKind.SERVER_ERROR, status=502,
+                                            message=clip_message(self.scrub(said.message))), key=call.key)
         except Exception as bad:  # a malformed answer is the channel's failure, whatever the parser raised
             log.warning("channel %s: malformed response (%s)", ch.name, self.scrub(str(bad))[:200])
             return Outcome.failure(t, MALFORMED_RESPONSE, key=call.key)
@@ -616,12 +616,15 @@ class LiveDriver:
 
     def _scrubbed(self, err: Error) -> Error:
         """The upstream's error with no secret in any text a client gets back: the message, and the
-        `param` and `code` a provider's error names (an upstream can put anything in them)."""
+        `param` and `code` a provider's error names (an upstream can put anything in them). The
+        message is clipped then, not before: a key cut in two would be found by neither half."""
         scrub = self.scrub
         changed: dict[str, Any] = {}
         for name, value in (("message", err.message), ("param", err.param), ("code", err.code)):
             if value:
                 clean = scrub(value)
+                if name == "message":
+                    clean = clip_message(clean)
                 if clean != value:
                     changed[name] = clean
         return err.model_copy(update=changed) if changed else err

@@ -881,10 +881,15 @@ def test_build_request_tools_choice_and_reasoning() -> None:
     assert "tool_choice" not in _build(req) and "tools" not in _build(req)
 
 
+HI = [Message(role="user", content=[TextPart(text="hi")])]
+
+
 @pytest.mark.parametrize(("req", "param"), [
-    (Request(model="m", messages=[], sampling=Sampling(n=2)), "n"),
-    (Request(model="m", messages=[], tools=[Tool(type="native", name="google_search", provider="gemini",
+    (Request(model="m", messages=HI, sampling=Sampling(n=2)), "n"),
+    (Request(model="m", messages=HI, tools=[Tool(type="native", name="google_search", provider="gemini",
                                                  native={"googleSearch": {}})]), "tools.0"),
+    # a system prompt alone: the API wants a user or assistant message
+    (Request(model="m", messages=[Message(role="system", content=[TextPart(text="say hi")])]), "messages"),
     (Request(model="m", messages=[Message(role="user", content=[ImagePart(media_type="image/heic", data="AAAA")])]),
      "messages.0.content"),
     (Request(model="m", messages=[Message(role="user", content=[ImagePart(data="AAAA")])]), "messages.0.content"),

@@ -1122,9 +1122,3 @@ def test_an_upstream_item_id_given_twice_keeps_one_item_per_upstream_item() -> N
     assert items[0]["id"] == "item_1" and items[1]["id"] != "item_1"
     assert items[1]["content"][0]["text"] == "Hello world"
 
-
-def test_upstream_error_messages_are_clipped() -> None:
-    # They reach clients, logs, the store and the memory of recent requests, once per attempt.
-    body = orjson.dumps({"error": {"message": "y" * 200_000, "type": "server_error", "code": "server_error"}})
-    err = fmt.parse_error(500, {}, body)
-    assert len(err.message) <= 2001 and err.code == "server_error" and err.code_family is None

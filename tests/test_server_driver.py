@@ -302,6 +302,34 @@ async def test_no_secret_reaches_the_client_through_an_upstream_error() -> None:
     assert (err.param, err.code) == ("[redacted]", "[redacted]!")
 
 
+@pytest.mark.parametrize("kind, wrap", [
+    ("openai", lambda m: {"error": {"message": m, "type": "invalid_request_error"}}),
+    ("openai_responses", lambda m: {"error": {"message": m, "type": "invalid_request_error"}}),
+    ("anthropic", lambda m: {"type": "error", "error": {"type": "invalid_request_error", "message": m}}),
+    ("gemini", lambda m: {"error": {"code": 400, "message": m, "status": "INVALID_ARGUMENT"}}),
+])
+async def test_a_long_upstream_error_is_clipped_after_its_keys_are_masked(kind: str, wrap: Any) -> None:
+    # A long message is clipped (a proxy's error page can be megabytes, kept once per attempt), but
+    # only after every configured key is masked: a key cut at the clip would have been found by
+    # neither half, and its first part reached the client and the store. Streamed or not, and with
+    # a key the formats' own patterns do not know.
+    key = "proj_Zq8Lr3Vw9Xn2Bt7Ym4KpQ"
+    config = parse_config({"channels": [{"name": "a", "type": kind, "base_url": "http://a.test/v1", "api_keys": [key],
+                                         "models": ["m"]}], "routing": {"retry": {"max_attempts": 1}}})
+    message = "x" * 1975 + f" key={key} " + "y" * 5000  # the key straddles the 2,000th character
+    for escaped in (False, True):  # JSON may spell a character of the key as \uXXXX
+        body = orjson.dumps(wrap(message))
+        if escaped:
+            body = body.replace(b"Zq8L", b"\\u005Aq8L")
+        up = MockUpstream(lambda r, body=body: MockReply(400, body))
+        proxy = Proxy(config, up, seed=1)
+        for stream in (False, True):
+            result, _ = await run(proxy, request(stream=stream))
+            err = result.error
+            assert key[:6] not in err.message and "[redacted]" in err.message
+            assert len(err.message) <= 2001 and err.message.startswith("x" * 1975)
+
+
 def test_every_format_forwards_a_stream_request() -> None:
     # Anthropic, Gemini and Responses streams report usage unasked: their clients' bytes go as they came.
     for name in ("anthropic", "gemini", "openai_responses"):

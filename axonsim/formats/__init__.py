@@ -109,6 +109,8 @@ def get_format(name: str) -> ModuleType:
 
 # Characters of an upstream error message kept: it reaches clients, logs, the store and the
 # proxy's memory of recent requests (once per attempt), and a proxy's error page can be megabytes.
+# Clipped by the gateway after every configured key was masked (server.driver): a key cut at the
+# clip would no longer be found, and its first part would get through.
 MAX_ERROR_MESSAGE = 2000
 
 

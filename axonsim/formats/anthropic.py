@@ -10,14 +10,7 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import (
-    FormatError,
-    UpstreamErrorBody,
-    clip_message,
-    refuse_legacy_functions,
-    retry_after,
-    status_message,
-)
+from axonsim.formats import FormatError, UpstreamErrorBody, refuse_legacy_functions, retry_after, status_message
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
 from axonsim.formats.sse import SSEDecoder, SSEEvent, encode
@@ -867,6 +860,8 @@ def stream_passthrough(body: bytes, parsed: Parsed | None = None) -> bytes:
 def build_request(req: Request, upstream_model: str) -> bytes:
     refuse_legacy_functions(req, "an Anthropic channel")
     system, messages = _render_messages(req.messages)
+    if not messages:  # the API answers a system prompt alone with a 400, as Gemini does
+        raise FormatError("Anthropic needs at least one user or assistant message", "messages")
     s = req.sampling
     if s.n is not None and s.n > 1:
         raise FormatError("n: Anthropic returns one message per request; n > 1 is not supported", "n")
@@ -1340,6 +1335,6 @@ def parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error:
 
 
 def _clean(message: str) -> str:
-    return clip_message(_SECRET.sub("[redacted]", message))
+    return _SECRET.sub("[redacted]", message)
 
 

@@ -37,14 +37,7 @@ from typing import Any, cast
 
 import orjson
 
-from axonsim.formats import (
-    FormatError,
-    UpstreamErrorBody,
-    clip_message,
-    refuse_legacy_functions,
-    retry_after,
-    status_message,
-)
+from axonsim.formats import FormatError, UpstreamErrorBody, refuse_legacy_functions, retry_after, status_message
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature
 from axonsim.formats.sse import SSEDecoder
@@ -1550,8 +1543,8 @@ def _error_from_obj(obj: Any, http: int | None) -> Error:
             kind = ErrorKind.AUTHENTICATION  # Gemini answers a bad key with 400 INVALID_ARGUMENT
     if not message:
         message = status_message(status)  # not the body: a proxy's page may name internal hosts
-    return Error(kind=kind, status=status, message=clip_message(message), retry_after=retry_after, param=param,
-                 code=gstatus, code_family=FAMILY)
+    return Error(kind=kind, status=status, message=message, retry_after=retry_after, param=param, code=gstatus,
+                 code_family=FAMILY)
 
 
 def parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Error:

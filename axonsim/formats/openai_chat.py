@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody, clip_message, retry_after, status_message
+from axonsim.formats import FormatError, UpstreamErrorBody, retry_after, status_message
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.sse import SSEDecoder
 from axonsim.unified import (
@@ -1416,8 +1416,9 @@ _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s)\b", re.IGNORECAS
 
 
 def _clean(message: str) -> str:
-    """Upstream messages are shown to clients: never let an upstream key through."""
-    return clip_message(_SECRET.sub("[redacted]", message))
+    """Upstream messages are shown to clients: never let an upstream key through. (The gateway
+    masks the configured keys too, then clips the message: server.driver.)"""
+    return _SECRET.sub("[redacted]", message)
 
 
 def _error_from_body(e: Any, status: int) -> Error:

@@ -21,14 +21,7 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import (
-    FormatError,
-    UpstreamErrorBody,
-    clip_message,
-    refuse_legacy_functions,
-    retry_after,
-    status_message,
-)
+from axonsim.formats import FormatError, UpstreamErrorBody, refuse_legacy_functions, retry_after, status_message
 from axonsim.formats.openai_chat import error_headers, error_status, render_error  # noqa: F401
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
@@ -1504,7 +1497,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def _scrub(message: str) -> str:
-    return clip_message(_KEY_PATTERN.sub(r"\1-***", message))
+    return _KEY_PATTERN.sub(r"\1-***", message)
 
 
 def _go_duration(value: str) -> float | None:

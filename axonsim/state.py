@@ -565,8 +565,9 @@ class ChannelState:
         with a key it may use (_probe_may_use), and with room at its local limits and quota, where a probe
         counts as real traffic does. While the channel serves clients, a probe may not take what they
         need (a free slot, half of each rate limit and of the quota); while it serves none (an
-        automatic disable, a disabled key, breakers open for every model it serves), one request's room is enough: the probe is what brings it
-        back. The live prober and the simulator's ask the same."""
+        automatic disable, a disabled key, breakers open for every model it serves), one request's
+        room is enough: the probe is what brings it back. The live prober and the simulator's ask
+        the same."""
         if not (self.channel.enabled and self.cooldown_until <= now and not self.all_keys_held()):
             return False
         serving = self.overall_reason(now) is None

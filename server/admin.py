@@ -502,20 +502,26 @@ def _attempt_out(a: Q.AttemptRow) -> AttemptOut:
                       decision=a.decision)
 
 
+def _core_attempt_out(a: Mapping[str, Any]) -> AttemptOut:
+    """An attempt as the core recorded it (AttemptRecord.as_dict()), for a proxy without a store."""
+    start, end = a.get("start"), a.get("stream_end") or a.get("end")
+    return AttemptOut(
+        n=a.get("attempt", 0), channel=a.get("channel", ""), key_name=a.get("key"),
+        upstream_model=a.get("upstream_model", ""), status=a.get("status", 0), error=a.get("error"),
+        error_kind=a.get("error"), latency=(end - start) if start is not None and end is not None else None,
+        decision=dict(a))
+
+
 def _from_recent(rec: Mapping[str, Any]) -> RequestDetail:
     """The proxy's in-memory record (server.proxy docstring) in the admin API's shape."""
     usage = rec.get("usage") or {}
     rows = rec.get("attempt_rows")
     # As the store will have them (error messages, costs, TTFTs, the decision kept); a proxy without
     # a store has only the core's view of each attempt.
-    attempts = [_attempt_out(a) for a in rows] if rows is not None else []
-    for a in (rec.get("attempts") or ()) if rows is None else ():
-        start, end = a.get("start"), a.get("stream_end") or a.get("end")
-        attempts.append(AttemptOut(
-            n=a.get("attempt", 0), channel=a.get("channel", ""), key_name=a.get("key"),
-            upstream_model=a.get("upstream_model", ""), status=a.get("status", 0), error=a.get("error"),
-            error_kind=a.get("error"), latency=(end - start) if start is not None and end is not None else None,
-            decision=dict(a)))
+    if rows is not None:
+        attempts = [_attempt_out(a) for a in rows]
+    else:
+        attempts = [_core_attempt_out(a) for a in rec.get("attempts") or ()]
     return RequestDetail(
         id=rec["id"], created_at=rec.get("created_at", 0.0), project=rec.get("project"), key_name=rec.get("key_name"),
         client_format=rec.get("client_format", ""), model=rec.get("model"), stream=bool(rec.get("stream")),

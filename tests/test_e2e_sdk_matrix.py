@@ -263,3 +263,44 @@ def test_answers_from_families_without_a_creation_time_carry_one(gw: GatewayServ
                                              "stream": True}).text
         created = [json.loads(line[6:]) for line in text.split("\n") if line.startswith("data: {")][0]
         assert abs(created["response"]["created_at"] - now) < 60
+
+
+@pytest.mark.parametrize("channel", ["openai", "anthropic"])
+@streams
+def test_genai_automatic_function_calling_pairs_results_with_calls(channel: str, stream: bool, gw: GatewayServer,
+                                                                   book: ScriptBook, stack: Stack) -> None:
+    # google-genai runs the tools itself and sends their results back without ids; streamed, it
+    # replays the answer as one model content per chunk (the last an empty text). The channel must
+    # still get each result paired with the call it answers, by that call's own id.
+    from google import genai
+    from google.genai import types as gt
+    from sdk_matrix import prompt
+
+    def get_weather(city: str, unit: str = "celsius") -> dict[str, object]:
+        """The weather in a city."""
+        return TOOL_RESULTS["get_weather"]
+
+    def get_time(tz: str) -> dict[str, object]:
+        """The time in a time zone."""
+        return TOOL_RESULTS["get_time"]
+
+    first, final = tool_call_answer(channel), after_tools_answer()
+    cid = book.add(first, final)
+    sdk = genai.Client(api_key=GW_KEY, http_options=gt.HttpOptions(
+        base_url=gw.url, api_version="v1beta", timeout=20_000, retry_options=gt.HttpRetryOptions(attempts=1)))
+    try:
+        chat = sdk.chats.create(model=MODEL[channel], config=gt.GenerateContentConfig(tools=[get_weather, get_time]))
+        if stream:
+            text = "".join(chunk.text or "" for chunk in chat.send_message_stream(prompt(cid)))
+        else:
+            text = chat.send_message(prompt(cid)).text or ""
+    finally:
+        sdk.close()
+    assert final.message.text() in text
+    got = received(stack, channel, cid)
+    assert len(got) == 2
+    req: Request = got[1].request
+    [assistant] = [m for m in req.messages if m.role == "assistant"]
+    assert [tc.id for tc in assistant.tool_calls] == [tc.id for tc in first.message.tool_calls]
+    results = [p for m in req.messages for p in m.content if isinstance(p, ToolResultPart)]
+    assert [r.tool_call_id for r in results] == [tc.id for tc in first.message.tool_calls]

@@ -130,13 +130,6 @@ def sqlite_file_id(path: str | None) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def sqlite_file_moved(raw: Any, path: str | None) -> bool:
-    """Whether the file a pooled SQLite connection has open is no longer the one at `path`: deleted,
-    or replaced (a restored backup). Its writes would go to the old file, which nobody reads."""
-    opened = raw.info.get("sqlite_file")
-    return opened is not None and opened != sqlite_file_id(path)
-
-
 def make_engine(url: str, *, connect_timeout: float = 5.0, schema: str | None = None) -> AsyncEngine:
     """An async engine with the options the store relies on.
 
@@ -167,12 +160,8 @@ def make_engine(url: str, *, connect_timeout: float = 5.0, schema: str | None = 
     if backend == "sqlite":
         memory = is_memory_sqlite(url)
 
-        path = u.database
-
         @sa.event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, record: Any) -> None:
-            if not memory:
-                record.info["sqlite_file"] = sqlite_file_id(path)  # what this connection writes to
             cur = dbapi_conn.cursor()
             if not memory:
                 # WAL lets the admin API read while the writer writes. The mode is kept in the file

@@ -42,13 +42,13 @@ from server.store.engine import (
     make_engine,
     resolve_url,
     safe_url,
-    sqlite_file_moved,
     url_password,
 )
 from server.store.migrations import upgrade
 from server.store.records import RequestRecord
 from server.store.rows import ID, REQUEST_BODY, RESPONSE_BODY, InsertSQL, Prepared, RowBuilder
 from server.store.scrub import Scrubber, secrets_from_config
+from server.store.sqlite_direct import DirectSQLite, insert
 
 if TYPE_CHECKING:
     from axonsim.config import Config
@@ -87,30 +87,15 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
         return False
 
 
-def _sqlite_insert(db: sqlite3.Connection, statements: list[tuple[str, Any]]) -> None:
-    """The whole batch in one transaction, run in aiosqlite's thread."""
-    if not db.in_transaction:
-        db.execute("BEGIN")
-    try:
-        for stmt, params in statements:
-            if type(params) is list:
-                db.executemany(stmt, params)
-            else:
-                db.execute(stmt, params)
-        db.commit()
-    except BaseException:
-        db.rollback()
-        raise
-
-
 async def _sqlite_write(aconn: Any, statements: list[tuple[str, Any]]) -> None:
-    """Run `statements` and commit in one call to aiosqlite's worker thread. Through SQLAlchemy's
+    """Run `statements` and commit in one call to aiosqlite's worker thread (an in-memory database,
+    which only the engine's connection can see). Through SQLAlchemy's
     adapter each statement costs three round trips to that thread (cursor, execute, close), plus
     the commit; each round trip wakes the event loop and passes the GIL between the two threads,
     which under load cost more CPU than the inserts. Driver errors are wrapped as SQLAlchemy wraps
     them, so the writer tells a bad record from a database that is down just as before."""
     try:
-        await aconn._execute(_sqlite_insert, aconn._conn, statements)
+        await aconn._execute(insert, aconn._conn, statements)
     except sqlite3.Error as exc:
         raise sa_exc.DBAPIError.instance(statements[0][0][:200], None, exc, sqlite3.Error) from exc
 
@@ -151,6 +136,7 @@ class Store:
         self._scrub = self._make_scrubber(self._secrets)
         self._rows = RowBuilder(self._scrub, s.store_bodies)
         self._sql: InsertSQL | None = None
+        self._direct: DirectSQLite | None = None  # a SQLite file's writes (server/store/sqlite_direct.py)
 
         self._buf: deque[RequestRecord] = deque()
         self._inflight: list[Prepared] = []
@@ -227,6 +213,9 @@ class Store:
             return
         self._engine = make_engine(self.url, connect_timeout=self._connect_timeout, schema=self._schema)
         self._sql = InsertSQL(self._engine.dialect)
+        u = self._engine.url
+        if u.get_backend_name() == "sqlite" and u.database and not is_memory_sqlite(self.url):
+            self._direct = DirectSQLite(u.database, self._sql, self._connect_timeout)
         try:
             await self._migrate()
             self._ready = True
@@ -268,6 +257,8 @@ class Store:
             self._drop_accepted(lost)
             log.error("store closed with the database unavailable: %d records were not written", lost)
         self._closed = True
+        if self._direct is not None:
+            self._direct.close()
         if self._engine is not None:
             await self._engine.dispose()
 
@@ -437,6 +428,22 @@ class Store:
         engine = self.engine
         sql = self._sql
         assert sql is not None
+        direct = self._direct
+        if direct is not None:
+            async with asyncio.timeout(self._write_timeout):
+                if not self._ready:
+                    await self._migrate()
+                    self._ready = True
+                if direct.moved():
+                    # The file was deleted or replaced under us: writing on would fill a file nobody
+                    # reads. The path gets the schema (a new file), then the connection is reopened.
+                    log.warning("store: the SQLite file %s was deleted or replaced while open; writing to the "
+                                "file now at that path", direct.path)
+                    direct.forget()
+                    await self.engine.dispose()
+                    await self._migrate()
+                await direct.write(batch)
+            return
         statements = sql.requests.statements([b[0] for b in batch])
         attempts = [a for b in batch for a in b[1]]
         if attempts:
@@ -445,22 +452,10 @@ class Store:
             if not self._ready:
                 await self._migrate()
                 self._ready = True
-            if sql.sqlite:
+            if sql.sqlite:  # an in-memory database (a file's rows go through self._direct)
                 async with engine.connect() as conn:
                     raw = await conn.get_raw_connection()
-                    moved = sqlite_file_moved(raw, engine.url.database)
-                    if not moved:
-                        await _sqlite_write(raw.driver_connection, statements)
-                if moved:
-                    # The file was deleted or replaced under us: writing on would fill a file nobody
-                    # reads. Reconnect to the path (a new file gets the schema), then write there.
-                    log.warning("store: the SQLite file %s was deleted or replaced while open; writing to the "
-                                "file now at that path", engine.url.database)
-                    await engine.dispose()
-                    await self._migrate()
-                    async with engine.connect() as conn:
-                        raw = await conn.get_raw_connection()
-                        await _sqlite_write(raw.driver_connection, statements)
+                    await _sqlite_write(raw.driver_connection, statements)
                 return
             async with engine.begin() as conn:
                 for stmt, params in statements:

@@ -3,7 +3,9 @@
 Theory of operation. The proxy calls `submit(record)` once per client request; it appends to a
 deque and returns — it never awaits the database. One writer task takes up to `batch_size` records
 (waiting at most `flush_interval` for a partial batch to fill), turns them into rows (scrubbing
-secrets on the way, off the request's path) and writes them in one transaction. Rows are tuples
+secrets on the way, off the request's path) and writes them in one transaction (to a SQLite file:
+from the event loop itself, one transaction per slice of the batch; server.store.sqlite_direct
+says why). Rows are tuples
 executed with INSERT statements compiled once per engine (server.store.rows), so the per-record
 cost is building one tuple per row, not SQLAlchemy compiling and processing a dict per row.
 

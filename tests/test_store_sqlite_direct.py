@@ -1,23 +1,26 @@
 """The store's SQLite writes on the event loop (server/store/sqlite_direct.py): slices with the loop's
 turn between them, another connection's write lock waited out without stopping the loop,
-checkpoints in a thread, a replaced file noticed after an error, and an in-memory database."""
+checkpoints in a thread, a replaced file noticed after an error, two processes sharing one file, and
+an in-memory database."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from test_store import SECRETS, WAIT, SqliteDB, rec, until
 
 from axonsim.config import Store as StoreSettings
-from server.store import Store
-from server.store import sqlite_direct
-from test_store import SECRETS, WAIT, SqliteDB, rec, until
+from server.store import Store, sqlite_direct
 
 
 def _store(path: Path, busy_limit: float = 0.2, **settings: Any) -> Store:
@@ -192,3 +195,44 @@ async def test_an_in_memory_database_is_written_through_the_engines_connection()
             assert (await conn.execute(sa.text("SELECT count(*) FROM requests"))).scalar() == 3
     finally:
         await store.close()
+
+
+_WRITER = """
+import asyncio, sys
+from axonsim.config import Store as StoreSettings
+from server.store import Store
+from server.store.records import AttemptRow, RequestRecord
+
+async def main(path: str, tag: str, n: int) -> None:
+    store = Store(StoreSettings(url=f"sqlite+aiosqlite:///{path}", batch_size=50, flush_interval=0.002))
+    await store.start()
+    for i in range(n):
+        store.submit(RequestRecord("p", "m", "openai_chat", 200, "completed", id=f"{tag}-{i}",
+                                   attempts=[AttemptRow(n=1, channel="c", upstream_model="m", status=200)]))
+        if i % 25 == 0:
+            await asyncio.sleep(0.001)  # a stream of requests, not one burst
+    ok = await store.flush(60)
+    await store.close()
+    print(ok, store.written, store.dropped, store.db_up)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+def test_two_processes_writing_one_file_both_get_every_record_in(tmp_path: Path) -> None:
+    """`serve --workers 2` on one SQLite file: each worker's writer meets the other's write lock and
+    waits its turn; nothing is dropped and neither calls the database unavailable."""
+    path = tmp_path / "shared.db"
+    n = 3000
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), tag, str(n)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=root) for tag in ("a", "b")]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+        assert out.split() == ["True", str(n), "0", "True"], (out, err)
+        assert "unavailable" not in err, err
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 2 * n
+        assert conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == 2 * n

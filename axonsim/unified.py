@@ -212,9 +212,14 @@ class StreamStart(_Model):
 
 
 class TextDelta(_Model):
+    """Answer text. `refusal`: the model's refusal, in its own words (Message.refusal): OpenAI's two
+    APIs stream it apart from the text (`delta.refusal`, `response.refusal.delta`), and their SDKs'
+    structured-output helpers report it instead of parsing it; other families show it as text."""
+
     type: Literal["text"] = "text"
     text: str
     item_id: str | None = None
+    refusal: bool = False
 
 
 class ReasoningDelta(_Model):
@@ -335,6 +340,7 @@ class StreamAggregator:
         self.model = ""
         self.created = 0
         self.text: list[str] = []
+        self.refusal: list[str] = []
         self.reasoning: list[str] = []
         self.signature: str | None = None
         self.signature_provider: str | None = None
@@ -348,7 +354,7 @@ class StreamAggregator:
 
     def add(self, ev: StreamEvent) -> None:
         if isinstance(ev, TextDelta):
-            self.text.append(ev.text)
+            (self.refusal if ev.refusal else self.text).append(ev.text)
         elif isinstance(ev, ToolCallDelta):
             call = self.calls.get(ev.index)
             if call is None:
@@ -388,7 +394,8 @@ class StreamAggregator:
             parts.append(ReasoningPart(redacted=True, data=data))
         if self.text:
             parts.append(TextPart(text="".join(self.text)))
-        msg = Message(role="assistant", content=parts, tool_calls=[self.calls[i] for i in sorted(self.calls)])
+        msg = Message(role="assistant", content=parts, tool_calls=[self.calls[i] for i in sorted(self.calls)],
+                      refusal="".join(self.refusal) or None)
         usage = self.usage.finalised() if self.usage else None
         return Response(id=self.id, model=self.model, created=self.created, message=msg,
                         finish_reason=self.finish, usage=usage, finish_native=self.finish_native,

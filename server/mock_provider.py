@@ -129,8 +129,9 @@ def embedding_vector(model: str, text: str, dim: int) -> list[float]:
 
 
 def script_events(resp: Response, chunk: int = 7) -> list[StreamEvent]:
-    """A scripted Response as the stream events a provider would send: reasoning, then text, then
-    tool calls, in deltas of `chunk` characters (so clients must reassemble), then finish and usage."""
+    """A scripted Response as the stream events a provider would send: reasoning, then text, then a
+    refusal, then tool calls, in deltas of `chunk` characters (so clients must reassemble), then
+    finish and usage."""
     def pieces(s: str) -> list[str]:
         return [s[i:i + chunk] for i in range(0, len(s), chunk)] or [""]
 
@@ -148,6 +149,8 @@ def script_events(resp: Response, chunk: int = 7) -> list[StreamEvent]:
                 evs.append(ReasoningDelta(signature=p.signature, signature_provider=p.signature_provider))
         elif isinstance(p, TextPart):
             evs.extend(TextDelta(text=t) for t in pieces(p.text))
+    if resp.message.refusal:
+        evs.extend(TextDelta(text=t, refusal=True) for t in pieces(resp.message.refusal))
     for i, c in enumerate(resp.message.tool_calls):
         args = pieces(c.arguments)
         evs.append(ToolCallDelta(index=i, id=c.id, name=c.name, arguments=args[0]))

@@ -485,7 +485,7 @@ def test_stream_parser_reasoning_text_and_refusal() -> None:
     ])
     resp = aggregate(parse_stream(data))
     assert resp.message.content[0] == ReasoningPart(text="raw thought")
-    assert resp.message.text() == "No."  # no unified refusal event: carried as text (documented)
+    assert resp.message.refusal == "No." and resp.message.text() == ""
     assert resp.finish_reason == "content_filter"
 
 

@@ -575,6 +575,8 @@ def _output_blocks(msg: Message, msg_id: str) -> list[dict[str, Any]]:
             if p.text:
                 blocks.append({"type": "text", "text": p.text})
         # Images and tool results have no place in an Anthropic assistant response (lossy).
+    if msg.refusal and not msg.tool_calls and not any(b["type"] == "text" for b in blocks):
+        blocks.append({"type": "text", "text": msg.refusal})  # no refusal field: its words as the text (lossy)
     for k, c in enumerate(msg.tool_calls):
         blocks.append({"type": "tool_use", "id": _tool_id(c.id) if c.id else _fallback_id(msg_id, k),
                        "name": c.name, "input": _input_object(c.arguments)})

@@ -660,6 +660,8 @@ class StreamRenderer:
         if isinstance(ev, TextDelta):
             if not ev.text:
                 return b""
+            if ev.refusal:
+                return self._chunk({"refusal": ev.text})
             if self._role_sent:  # so the head is set too
                 return self._text_head + orjson.dumps(ev.text) + self._text_tail
             return self._chunk({"content": ev.text})
@@ -1105,7 +1107,8 @@ def parse_response(body: bytes) -> Response:
 def text_delta_of(text: str) -> TextDelta:
     """TextDelta(text=text), for the content chunks of a stream: ~0.53 µs against validation's ~0.69
     (timed, compiled), a seventh off parsing a 22-chunk stream."""
-    return trusted(TextDelta, {"type": "text", "text": text, "item_id": None}, {"text"})  # type: ignore[no-any-return]
+    values = {"type": "text", "text": text, "item_id": None, "refusal": False}
+    return trusted(TextDelta, values, {"text"})  # type: ignore[no-any-return]
 
 
 def _loads_replacing(data: bytes) -> Any:
@@ -1330,8 +1333,7 @@ class StreamParser:
                     if content and type(content) is str:
                         out.append(text_delta_of(content))
                     if refusal and type(refusal) is str:
-                        # No refusal stream event exists; as text it at least reaches the client (lossy).
-                        out.append(text_delta_of(refusal))
+                        out.append(TextDelta(text=refusal, refusal=True))
             tcs = dd.get("tool_calls")
             if type(tcs) is list:
                 for pos, tc in enumerate(tcs):

@@ -465,6 +465,10 @@ def _text_part(text: str) -> JSON:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
+def _refusal_part(text: str) -> JSON:
+    return {"type": "refusal", "refusal": text}
+
+
 def _message_item(item_id: str, content: list[JSON], status: str) -> JSON:
     return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
@@ -490,7 +494,7 @@ def _output_items(msg: Message, base: str, status: str) -> list[JSON]:
         elif isinstance(part, TextPart):
             texts.append(_text_part(part.text))
     if msg.refusal:
-        texts.append({"type": "refusal", "refusal": msg.refusal})
+        texts.append(_refusal_part(msg.refusal))
     flush()
     for call in msg.tool_calls:
         items.append(_call_item(f"fc_{base}_{len(items)}", call.id, call.name, call.arguments, "completed"))
@@ -592,7 +596,7 @@ def render_response(resp: Response) -> bytes:
 class _Item:
     """An output item that has been announced (output_item.added) but not yet closed."""
 
-    kind: str  # "message" | "reasoning" | "function_call"
+    kind: str  # "message" | "refusal" (a message item whose part is a refusal) | "reasoning" | "function_call"
     index: int  # output_index
     id: str
     chunks: list[str] = field(default_factory=list)  # text, reasoning summary or arguments so far
@@ -648,7 +652,7 @@ class StreamRenderer:
             return self._start()
         out = self._start() if not self._started else b""
         if isinstance(ev, TextDelta):
-            return out + self._text(ev.text, ev.item_id)
+            return out + (self._refusal(ev.text, ev.item_id) if ev.refusal else self._text(ev.text, ev.item_id))
         if isinstance(ev, ReasoningDelta):
             return out + self._reasoning(ev)
         if isinstance(ev, ToolCallDelta):
@@ -730,6 +734,8 @@ class StreamRenderer:
         text = "".join(item.chunks)
         if item.kind == "message":
             return _message_item(item.id, [_text_part(text)], status)
+        if item.kind == "refusal":
+            return _message_item(item.id, [_refusal_part(text)], status)
         if item.kind == "function_call":
             return _call_item(item.id, item.call_id, item.name, text, status)
         return _reasoning_item(item.id, ReasoningPart(text=text, signature=item.signature,
@@ -746,6 +752,10 @@ class StreamRenderer:
             common = {"item_id": item.id, "output_index": item.index, "content_index": 0}
             out += self._emit("response.output_text.done", **common, text=text, logprobs=[])
             out += self._emit("response.content_part.done", **common, part=_text_part(text))
+        elif item.kind == "refusal":
+            common = {"item_id": item.id, "output_index": item.index, "content_index": 0}
+            out += self._emit("response.refusal.done", **common, refusal=text)
+            out += self._emit("response.content_part.done", **common, part=_refusal_part(text))
         elif item.summary_open:
             common = {"item_id": item.id, "output_index": item.index, "summary_index": 0}
             out += self._emit("response.reasoning_summary_text.done", **common, text=text)
@@ -796,6 +806,23 @@ class StreamRenderer:
                 + _dumps(item.id) + b',"output_index":' + str(item.index).encode()
                 + b',"content_index":0,"delta":' + _dumps(text) + b',"logprobs":[],"sequence_number":'
                 + str(seq).encode() + b"}\n\n")
+
+    def _refusal(self, text: str, item_id: str | None = None) -> bytes:
+        """A refusal: a message item of its own whose one part is a refusal, as OpenAI sends it."""
+        if not text:
+            return b""
+        out = b""
+        item = self._content
+        if item is None or item.kind != "refusal" or (item_id is not None and item_id != item.upstream_id):
+            out += self._close_all("completed")
+            item = self._content = self._new_item("refusal", "msg", item_id)
+            out += self._emit("response.output_item.added", output_index=item.index,
+                              item=_message_item(item.id, [], "in_progress"))
+            out += self._emit("response.content_part.added", item_id=item.id, output_index=item.index,
+                              content_index=0, part=_refusal_part(""))
+        item.chunks.append(text)
+        return out + self._emit("response.refusal.delta", item_id=item.id, output_index=item.index, content_index=0,
+                                delta=text)
 
     def _open_reasoning(self, item_id: str | None) -> bytes:
         out = self._close_all("completed")
@@ -1231,6 +1258,7 @@ class StreamParser:
         self._args: dict[int, str] = {}  # output_index → arguments streamed so far
         self._text: dict[int, str] = {}  # output_index → message text streamed so far
         self._part_text: dict[tuple[int, int], str] = {}  # (output_index, content_index) → text
+        self._refusal: dict[int, str] = {}  # output_index → refusal streamed so far
         self._reasoning: dict[int, str] = {}  # output_index → reasoning text streamed (with separators)
         self._summary_parts: dict[int, int] = {}  # output_index → summary parts seen
         self._summary_text: dict[tuple[int, int], str] = {}
@@ -1241,7 +1269,8 @@ class StreamParser:
             "response.output_item.done": self._on_item_done,
             "response.output_text.delta": self._on_text_delta,
             "response.output_text.done": self._on_text_done,
-            "response.refusal.delta": self._on_text_delta,
+            "response.refusal.delta": self._on_refusal_delta,
+            "response.refusal.done": self._on_refusal_done,
             "response.function_call_arguments.delta": self._on_args_delta,
             "response.function_call_arguments.done": self._on_args_done,
             "response.reasoning_summary_part.added": self._on_summary_part,
@@ -1351,6 +1380,10 @@ class StreamParser:
             if rest:
                 self._text[oi] = full
                 out.append(TextDelta(text=rest, item_id=self._item_ids.get(oi)))
+            refusals = [c.get("refusal") for c in item.get("content") or []
+                        if isinstance(c, dict) and c.get("type") == "refusal"]
+            if refusals:
+                self._more_refusal(oi, "".join(r for r in refusals if isinstance(r, str)), out)
         elif kind == "reasoning":
             enc = item.get("encrypted_content")
             if isinstance(enc, str) and enc.startswith(REDACTED_PREFIX):
@@ -1374,6 +1407,23 @@ class StreamParser:
             self._text[oi] = self._text.get(oi, "") + delta
             self._part_text[(oi, ci)] = self._part_text.get((oi, ci), "") + delta
             out.append(TextDelta(text=delta, item_id=self._item_ids.get(oi)))
+
+    def _on_refusal_delta(self, obj: JSON, out: list[StreamEvent]) -> None:
+        delta = obj.get("delta")
+        oi = obj.get("output_index", 0)
+        if isinstance(delta, str) and delta:
+            self._refusal[oi] = self._refusal.get(oi, "") + delta
+            out.append(TextDelta(text=delta, item_id=self._item_ids.get(oi), refusal=True))
+
+    def _on_refusal_done(self, obj: JSON, out: list[StreamEvent]) -> None:
+        self._more_refusal(obj.get("output_index", 0), obj.get("refusal"), out)
+
+    def _more_refusal(self, oi: int, full: Any, out: list[StreamEvent]) -> None:
+        if isinstance(full, str):
+            rest = _rest(full, self._refusal.get(oi, ""))
+            if rest:
+                self._refusal[oi] = full
+                out.append(TextDelta(text=rest, item_id=self._item_ids.get(oi), refusal=True))
 
     def _on_text_done(self, obj: JSON, out: list[StreamEvent]) -> None:
         full = obj.get("text")

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from server.store.scrub import MIN_SECRET
+
 REDACTED = b"[redacted]"
-MIN_ECHOED = 8
+MIN_ECHOED = MIN_SECRET  # the floor every secret search keeps
 
 
 class Echoes:

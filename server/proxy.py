@@ -52,6 +52,7 @@ from server.driver import ChannelRuntime, Clock, Exchange, LiveDriver, Scrubber
 from server.metrics import Metrics
 from server.routes import RouteTable, load_formats
 from server.store.records import BODY_SCRUB_MARGIN, MAX_STORED_BODY, AttemptRow, RequestRecord
+from server.store.scrub import MIN_SECRET
 from server.upstream import AiohttpUpstream, Upstream
 
 if TYPE_CHECKING:
@@ -110,6 +111,9 @@ class Runtime:
         # Every key the config holds: a client may paste its own or an admin key into a prompt that
         # an upstream's error then quotes.
         self.scrub = Scrubber(store_secrets(config))
+        for where in short_secrets(config):
+            log.warning("%s is shorter than %d characters: it is not masked in logs, error messages, admin "
+                        "answers or stored records (fine for a local server that takes any key)", where, MIN_SECRET)
         self.driver = LiveDriver(self.router, channels, upstream, rng, self.scrub, clock, passthrough, explain)
         self.sticky = config.routing.sticky
         self.routes = RouteTable(load_formats())
@@ -373,6 +377,16 @@ def store_secrets(config: Config) -> list[str]:
     from server.store import secrets_from_config
 
     return [*secrets_from_config(config), *config.gateway.admin_keys]
+
+
+def short_secrets(config: Config) -> list[str]:
+    """Where the config holds a key too short to be searched for (server/store/scrub.py MIN_SECRET),
+    by place, never by value."""
+    out = [f"channels[{i}] ({ch.name}) api_keys[{j}]" for i, ch in enumerate(config.channels)
+           for j, k in enumerate(ch.api_keys) if k.key and len(k.key) < MIN_SECRET]
+    out += [f"gateway.api_keys[{j}]" for j, k in enumerate(config.gateway.api_keys) if len(k.key) < MIN_SECRET]
+    out += [f"gateway.admin_keys[{j}]" for j, k in enumerate(config.gateway.admin_keys) if len(k) < MIN_SECRET]
+    return out
 
 
 def request_cost(rt: Runtime, usage: Usage | None, attempts: Sequence[Mapping[str, Any]],

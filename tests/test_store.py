@@ -41,6 +41,7 @@ from server.store import (
 from server.store import queries as Q
 from server.store.engine import make_engine
 from server.store.migrations import current
+from server.store.scrub import MIN_SECRET
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -401,21 +402,33 @@ async def test_a_connection_opens_while_another_one_holds_the_new_file(tmp_path:
 
 
 def test_scrubber_masks_every_form_of_a_secret() -> None:
-    s = Scrubber(['k"ey/1', "sk-abc"])
-    assert s.text('{"auth": "Bearer sk-abc"}') == '{"auth": "Bearer [REDACTED]"}'
-    assert s.text('{"k": "k\\"ey/1"}') == '{"k": "[REDACTED]"}'  # as it reads inside JSON
-    assert s.text("?key=k%22ey%2F1") == "?key=[REDACTED]"  # as it reads in a URL
-    assert s.text(b"raw sk-abc\x00") == "raw [REDACTED]\ufffd"
+    s = Scrubber(['k"ey/1xyz', "sk-abc-123"])
+    assert s.text('{"auth": "Bearer sk-abc-123"}') == '{"auth": "Bearer [REDACTED]"}'
+    assert s.text('{"k": "k\\"ey/1xyz"}') == '{"k": "[REDACTED]"}'  # as it reads inside JSON
+    assert s.text("?key=k%22ey%2F1xyz") == "?key=[REDACTED]"  # as it reads in a URL
+    assert s.text(b"raw sk-abc-123\x00") == "raw [REDACTED]\ufffd"
     # Every spelling JSON allows inside a string (PHP escapes '/', Go escapes '<'), as an upstream's
     # error may quote a body: also in short texts such as errors, not only in stored bodies.
     odd = Scrubber(["sk-A/B+C=D<x>"])
     quoted = 'bad {"k": "sk-A\\/B+C=D<x>"} | "sk-A/B+C=D\\u003cx\\u003E"'
     assert odd.text(quoted) == 'bad {"k": "[REDACTED]"} | "[REDACTED]"'
     assert not odd.clean(quoted) and odd.clean('no key, just a \\n and a \\u003c')
-    assert s.json({"sk-abc": ["x sk-abc", 1, float("nan")]}) == {"[REDACTED]": ["x [REDACTED]", 1, None]}
+    assert s.json({"sk-abc-123": ["x sk-abc-123", 1, float("nan")]}) == {"[REDACTED]": ["x [REDACTED]", 1, None]}
     cfg = parse_config({"gateway": {"api_keys": [{"key": "gw"}]},
                         "channels": [{"name": "a", "models": ["m"], "api_keys": ["up1", "up2"]}]})
     assert sorted(secrets_from_config(cfg)) == ["gw", "up1", "up2"]
+
+
+def test_keys_too_short_to_tell_from_text_are_not_searched_for() -> None:
+    """A local server's key ("none", "EMPTY", "x") is a word, not a secret: masking it mangled every
+    text and JSON key that holds it (a one-letter key masked each "k" of an admin answer's `"key"`)."""
+    short = "k" * (MIN_SECRET - 1)
+    s = Scrubber(["x", "none", short, "sk-long-enough"])
+    text = '{"key": "none of x", "note": "' + short + '", "auth": "sk-long-enough"}'
+    assert s.text(text) == '{"key": "none of x", "note": "' + short + '", "auth": "[REDACTED]"}'
+    assert s.clean('{"key": "none"}') and not s.clean("sk-long-enough")
+    assert not Scrubber(["x", "none"])  # nothing to search for
+    assert Scrubber(["k" * MIN_SECRET]).text("k" * MIN_SECRET) == "[REDACTED]"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1069,9 +1082,9 @@ def test_scrubber_clean_finds_every_form_raw_or_json_escaped() -> None:
     import json
 
     secret = 'k"ey/\u00e9-1'
-    s = Scrubber([secret, "sk-abc"])
+    s = Scrubber([secret, "sk-abc-12"])
     assert s.clean("nothing here\nat all") and Scrubber().clean("no secrets configured")
-    forms = [secret, json.dumps(secret)[1:-1], "k%22ey%2F%C3%A9-1", "sk-abc"]
+    forms = [secret, json.dumps(secret)[1:-1], "k%22ey%2F%C3%A9-1", "sk-abc-12"]
     for f in forms:
         assert not s.clean(f"a {f} b")
         # Inside a value that was serialised: every form, including a form already escaped once.
@@ -1079,7 +1092,7 @@ def test_scrubber_clean_finds_every_form_raw_or_json_escaped() -> None:
         assert not s.clean(json.dumps({f"a {f}": 1}))
     assert not s.clean("a\x00b") and not s.clean(json.dumps("a\x00b")) and not Scrubber().clean("\x00")
     # Whenever the serialised value is clean, scrubbing it field by field changes nothing.
-    for v in [{"a": "sk-ab", "b": ["k\"ey", 1.0]}, {"x": "sk-abcd"}, {"k%22ey": secret[:-1]}]:
+    for v in [{"a": "sk-abc-1", "b": ["k\"ey", 1.0]}, {"x": "sk-abc-123"}, {"k%22ey": secret[:-1]}]:
         assert s.clean(json.dumps(v)) == (s.json(v) == v)
 
 

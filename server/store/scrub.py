@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from axonsim.config import Config
 
 MASK = "[REDACTED]"
+# Secrets shorter than this are not searched for. Local servers take any word as a key ("ollama",
+# "none", "EMPTY", "x"); masking every occurrence of such a word corrupted answers, admin replies and
+# their JSON (a one-letter key masked every "k" of `"key":`) rather than keeping a secret.
+# server/echoes.py applies the same floor. The gateway warns at start about keys below it.
+MIN_SECRET = 8
 
 # What a stored body becomes when it cannot be checked for secrets (a stream nested too deeply to read).
 WITHHELD = "[body not stored: it could not be checked for secrets]"
@@ -37,10 +42,9 @@ class Scrubber:
     """Replaces each given secret, and the forms it takes inside JSON strings and URLs, with MASK."""
 
     def __init__(self, secrets: Iterable[str] = (), mask: str = MASK) -> None:
+        secrets = [s for s in secrets if len(s) >= MIN_SECRET]
         forms: set[str] = set()
         for s in secrets:
-            if not s:
-                continue
             forms.add(s)
             forms.add(json.dumps(s)[1:-1])  # how it reads inside a JSON string (escaped quotes etc.)
             forms.add(quote(s, safe=""))  # how it reads in a query string

@@ -56,6 +56,10 @@ async def run_test(rt: Runtime, st: ChannelState, *, stream: bool = True, timeou
     result: dict[str, Any] = {"channel": st.name, "model": upstream_model, "key": st.key_name(key), "stream": stream,
                               "ok": False, "status": None, "latency": None, "ttft": None, "error": None,
                               "error_kind": None, "reply": None}
+    if not st.channel.base_url:  # only a channel `enabled: false` in the config may lack one (check_servable)
+        result.update(error="this channel has no base_url (it is disabled in the config): nothing to send a test to",
+                      error_kind="disabled")
+        return result
     if st.all_keys_held():
         result.update(error="every key of this channel is disabled by an operator; enable one to test it",
                       error_kind="disabled")

@@ -782,18 +782,22 @@ class StreamRenderer:
 
     # -- content ----------------------------------------------------------------------------------
 
+    def _open_message(self, kind: str, item_id: str | None, part: JSON) -> tuple[bytes, _Item]:
+        """Close what is open and announce a message item (`kind` message or refusal) and its one part."""
+        out = self._close_all("completed")
+        item = self._content = self._new_item(kind, "msg", item_id)
+        out += self._emit("response.output_item.added", output_index=item.index,
+                          item=_message_item(item.id, [], "in_progress"))
+        out += self._emit("response.content_part.added", item_id=item.id, output_index=item.index, content_index=0,
+                          part=part)
+        return out, item
+
     def _text(self, text: str, item_id: str | None = None) -> bytes:
         if not text:
             return b""  # an empty delta must not open an (empty) message item
-        out = b""
         item = self._content
         if item is None or item.kind != "message" or (item_id is not None and item_id != item.upstream_id):
-            out += self._close_all("completed")
-            item = self._content = self._new_item("message", "msg", item_id)
-            out += self._emit("response.output_item.added", output_index=item.index,
-                              item=_message_item(item.id, [], "in_progress"))
-            out += self._emit("response.content_part.added", item_id=item.id, output_index=item.index,
-                              content_index=0, part=_text_part(""))
+            out, item = self._open_message("message", item_id, _text_part(""))
             item.chunks.append(text)
             return out + self._emit("response.output_text.delta", item_id=item.id, output_index=item.index,
                                     content_index=0, delta=text, logprobs=[])
@@ -814,12 +818,7 @@ class StreamRenderer:
         out = b""
         item = self._content
         if item is None or item.kind != "refusal" or (item_id is not None and item_id != item.upstream_id):
-            out += self._close_all("completed")
-            item = self._content = self._new_item("refusal", "msg", item_id)
-            out += self._emit("response.output_item.added", output_index=item.index,
-                              item=_message_item(item.id, [], "in_progress"))
-            out += self._emit("response.content_part.added", item_id=item.id, output_index=item.index,
-                              content_index=0, part=_refusal_part(""))
+            out, item = self._open_message("refusal", item_id, _refusal_part(""))
         item.chunks.append(text)
         return out + self._emit("response.refusal.delta", item_id=item.id, output_index=item.index, content_index=0,
                                 delta=text)

@@ -35,6 +35,7 @@ import asyncio
 import logging
 import sqlite3
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import exc as sa_exc
 
@@ -81,7 +82,8 @@ def _checkpoint(path: str) -> None:
     """A PASSIVE checkpoint from a connection of its own (run in a thread). It copies what it can
     without waiting for anyone; a failure only leaves the log longer until the next one."""
     try:
-        db = sqlite3.connect(path, timeout=0, isolation_level=None)
+        # mode=rw: a file deleted meanwhile is not created again, empty, by the checkpoint.
+        db = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, timeout=0, isolation_level=None)
         try:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
@@ -128,7 +130,7 @@ class DirectSQLite:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA temp_store=MEMORY")
             db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoint() does it, off the event loop
+            db.execute("PRAGMA wal_autocheckpoint=0")  # write() runs _checkpoint in a thread instead
         except BaseException:
             db.close()
             raise

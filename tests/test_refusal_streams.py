@@ -17,6 +17,7 @@ from axonsim.formats import anthropic, gemini, openai_chat, openai_responses
 from axonsim.unified import (
     FinishEvent,
     Message,
+    ReasoningPart,
     Request,
     Response,
     StreamAggregator,
@@ -126,6 +127,10 @@ def test_families_without_a_refusal_field_show_a_whole_answers_refusal_as_text(f
     resp = refusal_answer()
     resp.id, resp.model = "r1", "m"
     assert fmt.parse_response(fmt.render_response(resp)).message.text() == REFUSAL
+    # After reasoning, the refusal is still the answer.
+    resp.message.content = [ReasoningPart(text="thinking")]
+    back = fmt.parse_response(fmt.render_response(resp)).message
+    assert back.text() == REFUSAL and back.content[0] == ReasoningPart(text="thinking")
     # Beside text of its own, the answer's text is what the client gets (as the non-stream API would).
     resp.message.content = [TextPart(text="Here is what I can say.")]
     assert fmt.parse_response(fmt.render_response(resp)).message.text() == "Here is what I can say."

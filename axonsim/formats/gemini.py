@@ -490,8 +490,9 @@ def _model_parts(m: Message, *, outbound: bool) -> list[dict[str, Any]]:
         elif isinstance(p, ImagePart):
             parts.append(_image_to_gemini(p))
         # ToolResultPart in an assistant message means nothing to Gemini.
-    if not parts and not m.tool_calls and m.refusal:
-        parts.append({"text": m.refusal})  # Gemini has no refusal field (lossy: becomes text)
+    if m.refusal and not m.tool_calls and not any(not x.get("thought") and (x.get("text") or "inlineData" in x
+                                                                         or "fileData" in x) for x in parts):
+        parts.append({"text": m.refusal})  # Gemini has no refusal field: its words answer (lossy)
     if m.tool_calls and call_sig is None:
         if movable:  # Gemini 3 validates the first call's signature, not the others
             last = movable[-1]

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,9 @@ async def test_a_batch_is_written_a_slice_at_a_time_with_the_loop_free_between_s
     real_run = direct._run
     ticker = Ticker(every=0)
 
-    async def run(statements: list[tuple[str, Any]]) -> None:
+    async def run(statements: list[tuple[str, Any]], large: bool) -> None:
         seen.append((ticker.ticks, len(statements[0][1]) // 24))  # 24 columns a request row
-        await real_run(statements)
+        await real_run(statements, large)
 
     monkeypatch.setattr(direct, "_run", run)
     try:
@@ -145,7 +146,9 @@ async def test_checkpoints_run_in_a_thread_and_bring_the_file_up_to_date(
         for i in range(60):
             store.submit(rec(i))
         assert await store.flush(WAIT)
-        assert threads and threading.get_ident() not in threads
+        await until(lambda: bool(threads) and store._direct._checkpoint is None,  # type: ignore[union-attr]
+                    "the checkpoint, which runs beside the writer")
+        assert threading.get_ident() not in threads
         # The database file alone (without its write-ahead log) holds the checkpointed rows.
         alone = tmp_path / "alone.db"
         shutil.copyfile(path, alone)
@@ -177,7 +180,6 @@ async def test_a_file_replaced_while_the_writer_was_failing_is_noticed_when_it_r
         assert store.db_up and store.dropped == 0
         with sqlite3.connect(path) as conn:
             assert [r[0] for r in conn.execute("SELECT id FROM requests")] == ["after"]
-        assert "deleted or replaced" in caplog.text
     finally:
         await other.up()
         await store.close()
@@ -236,3 +238,120 @@ def test_two_processes_writing_one_file_both_get_every_record_in(tmp_path: Path)
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 2 * n
         assert conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == 2 * n
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_file_deleted_or_replaced_before_the_first_write_is_the_one_written_and_read(
+        tmp_path: Path, how: str) -> None:
+    """The writer's connection opens on its first write. It had taken whatever file was at the path as
+    its own (creating an empty one if none), while the engine's pooled connections, which the admin API
+    reads through, kept the old file: writes failed for ever ("no such table"), or went where the admin
+    API did not look."""
+    path = tmp_path / "x.db"
+    store = _store(path, flush_interval=0.01)
+    await store.start()
+    try:
+        if how == "replaced":
+            with sqlite3.connect(path) as src, sqlite3.connect(tmp_path / "backup.db") as dst:
+                src.execute("INSERT INTO requests (id, created_at, day, project, client_format, model, stream, "
+                            "status, outcome, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens) "
+                            "VALUES ('restored', 1.0, '1970-01-01', 'p', 'openai_chat', 'm', 0, 200, 'completed', "
+                            "0, 0, 0, 0)")
+                src.commit()
+                src.backup(dst)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        if how == "replaced":
+            (tmp_path / "backup.db").rename(path)
+        store.submit(rec(0, id="after"))
+        assert await store.flush(5.0)
+        assert store.written == 1 and store.db_up
+        want = ["after", "restored"] if how == "replaced" else ["after"]
+        with sqlite3.connect(path) as conn:
+            assert sorted(r[0] for r in conn.execute("SELECT id FROM requests")) == want
+        async with store.engine.connect() as conn:  # what the admin API reads
+            assert sorted(r[0] for r in await conn.execute(sa.text("SELECT id FROM requests"))) == want
+    finally:
+        await store.close()
+
+
+async def test_a_close_that_stops_a_batch_part_way_counts_its_committed_slices_as_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "x.db"
+    store = _store(path, busy_limit=5.0, batch_size=200, flush_interval=0.01)
+    await store.start()
+    direct = store._direct
+    assert direct is not None
+    other = SqliteDB(path)
+    real_run = direct._run
+    calls = 0
+
+    async def run(statements: list[tuple[str, Any]], large: bool) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            await other.down()  # another worker takes the lock between the first and second slices
+        await real_run(statements, large)
+
+    monkeypatch.setattr(direct, "_run", run)
+    try:
+        for i in range(200):
+            store.submit(rec(i))
+        await until(lambda: calls >= 2, "the second slice")
+    finally:
+        await store.close(timeout=0.3)
+        await other.up()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 64
+    assert (store.written, store.dropped, store.queued) == (64, 136, 0)
+
+
+async def test_a_slow_checkpoint_does_not_make_a_written_batch_look_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(sqlite_direct, "CHECKPOINT_EVERY", 10)
+    done = threading.Event()
+
+    def slow(p: str) -> None:  # a slow disk: longer than the write timeout
+        time.sleep(1.5)
+        done.set()
+
+    monkeypatch.setattr(sqlite_direct, "_checkpoint", slow)
+    store = Store(StoreSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", flush_interval=0.01),
+                  secrets=SECRETS, write_timeout=1.0, retry_base=0.02, retry_cap=0.2)
+    await store.start()
+    try:
+        for i in range(20):
+            store.submit(rec(i))
+        assert await store.flush(WAIT)
+        await asyncio.sleep(1.7)
+        assert done.is_set() and store.db_up and (store.written, store.dropped) == (20, 0)
+        assert "unavailable" not in caplog.text
+    finally:
+        await store.close()
+
+
+async def test_large_bodies_end_a_slice_and_are_inserted_off_the_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One slice of 64 records with ~60 KiB of bodies each kept the loop for ~20 ms; a 1 MiB body ~300."""
+    store = _store(tmp_path / "x.db", store_bodies=True, batch_size=20, flush_interval=0.01)
+    await store.start()
+    threads: list[tuple[int, int]] = []  # (thread, rows) of each insert
+    real = sqlite_direct.insert
+
+    def insert(db: sqlite3.Connection, statements: list[tuple[str, Any]]) -> None:
+        rows = sum(len(p) // 24 if type(p) is tuple else len(p) for q, p in statements if "INTO requests" in q)
+        threads.append((threading.get_ident(), rows))
+        real(db, statements)
+
+    monkeypatch.setattr(sqlite_direct, "insert", insert)
+    body = "x" * (60 * 1024)
+    try:
+        for i in range(10):
+            store.submit(rec(i, request_body=body, response_body=body))
+        assert await store.flush(WAIT)
+        assert store.written == 10
+        main = threading.get_ident()
+        assert [n for _, n in threads] == [3, 3, 3, 1]  # 3 × 120 KiB passes 256 KiB
+        assert all(t != main for t, n in threads[:3]) and threads[3][0] == main  # the last slice is small
+    finally:
+        await store.close()

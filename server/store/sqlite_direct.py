@@ -15,13 +15,22 @@ and nothing dropped when the loop runs them itself). The loop writes SLICE recor
 One transaction per slice rather than per batch keeps the write lock short: another worker writing
 to the same file gets its turn between slices. A slice is all-or-nothing; a batch that fails part
 way is retried whole by the writer, and its committed slices change nothing the second time
-(INSERT … ON CONFLICT DO NOTHING).
+(INSERT … ON CONFLICT DO NOTHING). `committed` counts the records of the batch under way that are
+in, for a writer stopped part way (a close that times out), so none of them is counted as lost.
+Stored bodies cut a slice short at SLICE_BYTES, and a slice with that much is inserted from a
+thread: one large body alone took ~300 ms to insert, which the loop must not spend.
+
+The file: the store names the file it migrated (`expect`), and the connection opens that file only
+(read-write, never creating one). A file deleted or replaced at the path, whether before the first
+write or after, is `moved`: the store migrates the path again (its engine's pooled connections
+have the old file open too) and names the new file.
 
 Checkpoints (copying the write-ahead log into the database file, with an fsync) are the one part
 that is slow: SQLite runs one inside the commit that takes the log past 1,000 pages, and that
-commit took ~5 ms where the others took well under one. This connection turns them off and runs a PASSIVE checkpoint in
-a thread after every CHECKPOINT_EVERY records instead (one GIL handoff per thousands of records;
-writers go on meanwhile, which WAL allows).
+commit took ~5 ms where the others took well under one. This connection turns them off and starts
+a PASSIVE checkpoint in a thread after every CHECKPOINT_EVERY records instead (one GIL handoff per
+thousands of records; writers go on meanwhile, which WAL allows), in a task of its own, so that a
+slow disk never makes a committed batch look failed.
 
 The connection waits for no lock (SQLite's busy timeout is 0: a busy wait here would stop the event
 loop). A slice that finds the file locked by another connection is retried after a short sleep,
@@ -40,11 +49,13 @@ from urllib.parse import quote
 from sqlalchemy import exc as sa_exc
 
 from server.store.engine import sqlite_file_id
-from server.store.rows import InsertSQL, Prepared
+from server.store.rows import REQUEST_BODY, RESPONSE_BODY, InsertSQL, Prepared
 
 # Records per transaction: ~0.6 ms of the loop's time. Each commit costs ~110 µs (its log pages written);
 # benchmarks/store_write.py measured 21, 18, 16 and 15 µs a record with 16, 32, 64 and 128.
 SLICE = 64
+# Bytes of stored bodies that end a slice; a slice with this much is inserted from a thread.
+SLICE_BYTES = 256 * 1024
 # Sleeps between tries while another connection holds the write lock: short first (a commit holds it
 # for about a millisecond), then capped, so a long holder is polled a few dozen times a second.
 _BUSY_FIRST = 0.001
@@ -93,48 +104,70 @@ def _checkpoint(path: str) -> None:
 
 
 class DirectSQLite:
-    """The writer's connection to a SQLite file (not `:memory:`), used only from the event loop."""
+    """The writer's connection to a SQLite file (not `:memory:`), used from the event loop (and from a
+    thread for a slice of large bodies, while the loop awaits it)."""
 
     def __init__(self, path: str, sql: InsertSQL, busy_limit: float) -> None:
         self.path = path
         self._sql = sql
         self._busy_limit = busy_limit
         self._db: sqlite3.Connection | None = None
-        self._file: tuple[int, int] | None = None  # (device, inode) of the file it has open
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file the store migrated
         self._unchecked = 0  # records committed since the last checkpoint
+        self._checkpoint: asyncio.Task[None] | None = None
+        self.committed = 0  # records of the batch under way that are in
+
+    @property
+    def file(self) -> tuple[int, int] | None:
+        """(device, inode) of the file the store last migrated; None before it has."""
+        return self._file
+
+    def expect(self, file: tuple[int, int] | None) -> None:
+        """The file at `path` now has the schema (the store migrated it): the one to write to."""
+        if file != self._file:
+            self.close()
+        self._file = file
 
     def moved(self) -> bool:
-        """Whether the file at `path` is no longer the one this connection last opened (deleted, or
-        replaced by a restored backup): its writes would go where nobody reads, and the engine's
-        pooled connections have the old file open too. Known after a close, so that reopening after
-        an error cannot skip the check."""
+        """Whether the file at `path` is no longer the one the store migrated (deleted, or replaced by
+        a restored backup): writes would go where nobody reads, and the engine's pooled connections
+        have the old file open too."""
         return self._file is not None and self._file != sqlite_file_id(self.path)
 
     def close(self) -> None:
         """Close the connection; the next write opens it again."""
         db, self._db = self._db, None
         if db is not None:
-            db.close()
+            try:
+                db.close()
+            except sqlite3.Error:  # a thread still inserting (a cancelled write): it goes with the object
+                log.debug("store: the SQLite connection was still in use when closed")
 
-    def forget(self) -> None:
-        """Close, and take whatever file is at `path` next as the one to write to."""
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Close, after a checkpoint under way (bounded: it only copies what is already committed)."""
+        task = self._checkpoint
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout)
         self.close()
-        self._file = None
 
     def _connect(self) -> sqlite3.Connection:
+        # mode=rw: the file the store migrated, or an error; a missing file is not created empty.
         # isolation_level None: transactions are exactly the BEGIN/COMMIT written in insert().
-        db = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        # check_same_thread off: a slice of large bodies is inserted from a thread, while the loop waits.
+        db = sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True, timeout=0, isolation_level=None,
+                             check_same_thread=False)
         try:
+            if sqlite_file_id(self.path) != self._file:
+                raise sqlite3.OperationalError("the database file changed since it was migrated")
             # The engine's connections set WAL on the file when they migrate it; the mode is kept in
-            # the file, so this only reads it back. The rest is per connection (server/store/engine.py).
+            # the file. The rest is per connection (server/store/engine.py).
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA temp_store=MEMORY")
             db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA wal_autocheckpoint=0")  # write() runs _checkpoint in a thread instead
+            db.execute("PRAGMA wal_autocheckpoint=0")  # write() starts _checkpoint in a thread instead
         except BaseException:
             db.close()
             raise
-        self._file = sqlite_file_id(self.path)
         self._db = db
         return db
 
@@ -142,28 +175,47 @@ class DirectSQLite:
         """Insert `batch` a slice at a time. Errors come as SQLAlchemy's, as through the engine, so
         the writer tells a record the database refuses from a database that is unavailable."""
         sql = self._sql
-        for i in range(0, len(batch), SLICE):
+        self.committed = 0
+        i, n = 0, len(batch)
+        while i < n:
             if i:
                 await asyncio.sleep(0)  # the loop's turn between slices
-            part = batch[i:i + SLICE]
+            j, size = i, 0
+            while j < n and j - i < SLICE and size < SLICE_BYTES:
+                row = batch[j][0]
+                size += len(row[REQUEST_BODY] or "") + len(row[RESPONSE_BODY] or "")
+                j += 1
+            part = batch[i:j]
             statements = sql.requests.statements([p[0] for p in part])
             attempts = [a for p in part for a in p[1]]
             if attempts:
                 statements += sql.attempts.statements(attempts)
-            await self._run(statements)
-            self._unchecked += len(part)
-        if self._unchecked >= CHECKPOINT_EVERY:
+            await self._run(statements, size >= SLICE_BYTES)
+            self.committed = j
+            self._unchecked += j - i
+            i = j
+        self.committed = 0  # the writer settles the whole batch now, before it next awaits
+        if self._unchecked >= CHECKPOINT_EVERY and self._checkpoint is None:
             self._unchecked = 0
-            await asyncio.to_thread(_checkpoint, self.path)
+            self._checkpoint = asyncio.create_task(self._checkpoint_now())
 
-    async def _run(self, statements: list[tuple[str, Any]]) -> None:
+    async def _checkpoint_now(self) -> None:
+        try:
+            await asyncio.to_thread(_checkpoint, self.path)
+        finally:
+            self._checkpoint = None
+
+    async def _run(self, statements: list[tuple[str, Any]], large: bool) -> None:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._busy_limit
         pause = _BUSY_FIRST
         while True:
             try:
                 db = self._db if self._db is not None else self._connect()
-                insert(db, statements)
+                if large:
+                    await asyncio.to_thread(insert, db, statements)
+                else:
+                    insert(db, statements)
                 return
             except sqlite3.Error as exc:
                 if _busy(exc) and loop.time() + pause < give_up:
@@ -175,4 +227,4 @@ class DirectSQLite:
                 raise sa_exc.DBAPIError.instance(statements[0][0][:200], None, exc, sqlite3.Error) from exc
 
 
-__all__ = ["CHECKPOINT_EVERY", "SLICE", "DirectSQLite", "insert"]
+__all__ = ["CHECKPOINT_EVERY", "SLICE", "SLICE_BYTES", "DirectSQLite", "insert"]

@@ -44,6 +44,7 @@ from server.store.engine import (
     make_engine,
     resolve_url,
     safe_url,
+    sqlite_file_id,
     url_password,
 )
 from server.store.migrations import upgrade
@@ -252,6 +253,13 @@ class Store:
                 await asyncio.wait({task}, timeout=5.0)
             elif not task.cancelled() and task.exception() is not None:
                 log.error("store writer failed", exc_info=task.exception())
+        direct = self._direct
+        if direct is not None and direct.committed and self._inflight:
+            # Stopped part way through a batch: its first slices are in the database.
+            n = min(direct.committed, len(self._inflight))
+            del self._inflight[:n]
+            direct.committed = 0
+            self._settle(n)
         lost = self.queued
         if lost:
             self._buf.clear()
@@ -260,7 +268,7 @@ class Store:
             log.error("store closed with the database unavailable: %d records were not written", lost)
         self._closed = True
         if self._direct is not None:
-            self._direct.close()
+            await self._direct.aclose()
         if self._engine is not None:
             await self._engine.dispose()
 
@@ -439,11 +447,8 @@ class Store:
                 if direct.moved():
                     # The file was deleted or replaced under us: writing on would fill a file nobody
                     # reads. The path gets the schema (a new file), then the connection is reopened.
-                    log.warning("store: the SQLite file %s was deleted or replaced while open; writing to the "
-                                "file now at that path", direct.path)
-                    direct.forget()
-                    await self.engine.dispose()
-                    await self._migrate()
+                    self._file_moved(direct.path)
+                    await self._migrate(announced=True)
                 await direct.write(batch)
             return
         statements = sql.requests.statements([b[0] for b in batch])
@@ -463,7 +468,12 @@ class Store:
                 for stmt, params in statements:
                     await conn.exec_driver_sql(stmt, params)
 
-    async def _migrate(self) -> None:
+    @staticmethod
+    def _file_moved(path: str) -> None:
+        log.warning("store: the SQLite file %s was deleted or replaced while open; writing to the file now at "
+                    "that path", path)
+
+    async def _migrate(self, announced: bool = False) -> None:
         u = self.engine.url
         if u.get_backend_name() == "sqlite" and u.database and not is_memory_sqlite(self.url):
             folder = Path(u.database).parent
@@ -471,6 +481,19 @@ class Store:
                 # Checked here rather than left to the driver: a failed aiosqlite connect leaves its
                 # worker thread reporting to the event loop, which at start-up is about to close.
                 raise FileNotFoundError(f"the folder {folder} of the SQLite database does not exist")
+        direct = self._direct
+        if direct is not None:
+            # Fresh connections, so the schema is checked in the file now at the path (pooled ones
+            # may have a deleted or replaced file open), which the writer's connection then expects.
+            await self.engine.dispose()
+            await upgrade(self.engine)
+            now = sqlite_file_id(direct.path)
+            # (Noticed here too when writes were failing meanwhile; a file recreated once nothing held
+            # the old one open may reuse its inode, and then it need not be told apart.)
+            if direct.file is not None and now != direct.file and not announced:
+                self._file_moved(direct.path)
+            direct.expect(now)
+            return
         await upgrade(self.engine)
 
     async def _record_at_fault(self, exc: BaseException) -> bool:

@@ -355,3 +355,72 @@ async def test_large_bodies_end_a_slice_and_are_inserted_off_the_loop(
         assert all(t != main for t, n in threads[:3]) and threads[3][0] == main  # the last slice is small
     finally:
         await store.close()
+
+
+class _HeldInsert:
+    """`insert` that, in a thread, waits to be let go: a slow large-body slice, held while the test
+    cancels its await."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.real = sqlite_direct.insert
+
+    def __call__(self, db: sqlite3.Connection, statements: list[tuple[str, Any]]) -> None:
+        if threading.current_thread() is not threading.main_thread() and not self.started.is_set():
+            self.started.set()
+            self.release.wait(5)
+        self.real(db, statements)
+
+
+async def _started(held: _HeldInsert) -> None:
+    await until(held.started.is_set, "the large slice's thread")
+
+
+BIG = "y" * (300 * 1024)  # one record's two bodies pass SLICE_BYTES: a slice each, from a thread
+
+
+async def test_a_close_during_a_threads_insert_waits_for_it_and_counts_what_went_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing the connection under the thread crashed the process (a segmentation fault in sqlite3)."""
+    path = tmp_path / "x.db"
+    held = _HeldInsert()
+    monkeypatch.setattr(sqlite_direct, "insert", held)
+    store = _store(path, store_bodies=True, batch_size=8, flush_interval=0.01)
+    await store.start()
+    for i in range(8):
+        store.submit(rec(i, request_body=BIG, response_body=BIG))
+    await _started(held)
+    asyncio.get_running_loop().call_later(0.2, held.release.set)
+    await store.close(timeout=0)  # cancels the writer while its first slice is in the thread
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 1
+    assert (store.written, store.dropped, store.queued) == (1, 7, 0)
+
+
+async def test_a_write_after_a_cancelled_threads_insert_waits_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write timeout cancels a write whose slice is in a thread; the retry must not share the
+    connection with it (each side's COMMIT ended the other's transaction)."""
+    path = tmp_path / "x.db"
+    held = _HeldInsert()
+    monkeypatch.setattr(sqlite_direct, "insert", held)
+    store = _store(path, store_bodies=True, flush_interval=60)
+    await store.start()
+    direct = store._direct
+    assert direct is not None
+    try:
+        big = [store._rows.prepare(rec(i, request_body=BIG, response_body=BIG)) for i in range(3)]
+        small = [store._rows.prepare(rec(100 + i)) for i in range(10)]
+        task = asyncio.ensure_future(direct.write(big))
+        await _started(held)
+        task.cancel()
+        asyncio.get_running_loop().call_later(0.2, held.release.set)
+        await direct.write(small)  # waits for the thread's slice, then writes on the connection
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with sqlite3.connect(path) as conn:
+            ids = {r[0] for r in conn.execute("SELECT id FROM requests")}
+        assert {r[0][0] for r in small} <= ids and big[0][0][0] in ids
+    finally:
+        await store.close()

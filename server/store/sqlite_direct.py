@@ -18,7 +18,8 @@ way is retried whole by the writer, and its committed slices change nothing the 
 (INSERT … ON CONFLICT DO NOTHING). `committed` counts the records of the batch under way that are
 in, for a writer stopped part way (a close that times out), so none of them is counted as lost.
 Stored bodies cut a slice short at SLICE_BYTES, and a slice with that much is inserted from a
-thread: one large body alone took ~300 ms to insert, which the loop must not spend.
+thread: one large body alone took ~300 ms to insert, which the loop must not spend. That thread is
+never abandoned: a cancelled await leaves it the connection until it ends (`settle`).
 
 The file: the store names the file it migrated (`expect`), and the connection opens that file only
 (read-write, never creating one). A file deleted or replaced at the path, whether before the first
@@ -115,6 +116,11 @@ class DirectSQLite:
         self._file: tuple[int, int] | None = None  # (device, inode) of the file the store migrated
         self._unchecked = 0  # records committed since the last checkpoint
         self._checkpoint: asyncio.Task[None] | None = None
+        # A slice being inserted from a thread, and the batch position it reaches. Its await may be
+        # cancelled (a close that times out, the write timeout) while the thread goes on: until it
+        # ends the connection is the thread's, so everything else waits for it (or closes after it).
+        self._thread: asyncio.Future[None] | None = None
+        self._thread_end = 0
         self.committed = 0  # records of the batch under way that are in
 
     @property
@@ -135,19 +141,28 @@ class DirectSQLite:
         return self._file is not None and self._file != sqlite_file_id(self.path)
 
     def close(self) -> None:
-        """Close the connection; the next write opens it again."""
+        """Close the connection (once a thread inserting on it is done); the next write opens it again."""
         db, self._db = self._db, None
-        if db is not None:
-            try:
-                db.close()
-            except sqlite3.Error:  # a thread still inserting (a cancelled write): it goes with the object
-                log.debug("store: the SQLite connection was still in use when closed")
+        if db is None:
+            return
+        thread = self._thread
+        if thread is not None and not thread.done():
+            thread.add_done_callback(lambda _: db.close())
+        else:
+            db.close()
+
+    async def settle(self, timeout: float | None = None) -> None:
+        """Wait for a slice still being inserted from a thread, whose await was cancelled."""
+        thread = self._thread
+        if thread is not None:
+            await asyncio.wait({thread}, timeout=timeout)
 
     async def aclose(self, timeout: float = 5.0) -> None:
-        """Close, after a checkpoint under way (bounded: it only copies what is already committed)."""
-        task = self._checkpoint
-        if task is not None:
-            await asyncio.wait({task}, timeout=timeout)
+        """Close, after a checkpoint or a thread's insert under way (bounded: they only finish work
+        already begun)."""
+        waits = {t for t in (self._checkpoint, self._thread) if t is not None}
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
         self.close()
 
     def _connect(self) -> sqlite3.Connection:
@@ -175,6 +190,7 @@ class DirectSQLite:
         """Insert `batch` a slice at a time. Errors come as SQLAlchemy's, as through the engine, so
         the writer tells a record the database refuses from a database that is unavailable."""
         sql = self._sql
+        await self.settle()
         self.committed = 0
         i, n = 0, len(batch)
         while i < n:
@@ -190,6 +206,7 @@ class DirectSQLite:
             attempts = [a for p in part for a in p[1]]
             if attempts:
                 statements += sql.attempts.statements(attempts)
+            self._thread_end = j
             await self._run(statements, size >= SLICE_BYTES)
             self.committed = j
             self._unchecked += j - i
@@ -205,6 +222,13 @@ class DirectSQLite:
         finally:
             self._checkpoint = None
 
+    def _thread_done(self, thread: asyncio.Future[None]) -> None:
+        if self._thread is thread:
+            self._thread = None
+        if not thread.cancelled() and thread.exception() is None:
+            # In, whether or not its await was still there to hear it (a writer stopped meanwhile).
+            self.committed = max(self.committed, self._thread_end)
+
     async def _run(self, statements: list[tuple[str, Any]], large: bool) -> None:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._busy_limit
@@ -213,7 +237,9 @@ class DirectSQLite:
             try:
                 db = self._db if self._db is not None else self._connect()
                 if large:
-                    await asyncio.to_thread(insert, db, statements)
+                    thread = self._thread = loop.run_in_executor(None, insert, db, statements)
+                    thread.add_done_callback(self._thread_done)
+                    await asyncio.shield(thread)  # cancelled, it leaves the thread to finish (see _thread)
                 else:
                     insert(db, statements)
                 return

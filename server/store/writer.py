@@ -254,6 +254,8 @@ class Store:
             elif not task.cancelled() and task.exception() is not None:
                 log.error("store writer failed", exc_info=task.exception())
         direct = self._direct
+        if direct is not None:
+            await direct.settle(5.0)  # a slice still going in from a thread counts once it is in
         if direct is not None and direct.committed and self._inflight:
             # Stopped part way through a batch: its first slices are in the database.
             n = min(direct.committed, len(self._inflight))

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from test_store import SECRETS, WAIT, SqliteDB, rec, until
 
 from axonsim.config import Store as StoreSettings
-from server.store import Store, sqlite_direct
+from server.store import Store, sqlite_direct, writer
 
 
 def _store(path: Path, busy_limit: float = 0.2, **settings: Any) -> Store:
@@ -424,3 +424,34 @@ async def test_a_write_after_a_cancelled_threads_insert_waits_for_it(
         assert {r[0][0] for r in small} <= ids and big[0][0][0] in ids
     finally:
         await store.close()
+
+
+async def test_a_close_waits_once_for_a_threads_insert_and_counts_what_is_in_when_it_returns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread slower than the close's bound: its records are counted as not written, and the close
+    does not wait for it a second time (it had, and the records it then let in stayed counted lost)."""
+    path = tmp_path / "x.db"
+    held = _HeldInsert()
+    monkeypatch.setattr(sqlite_direct, "insert", held)
+    monkeypatch.setattr(writer, "DIRECT_CLOSE_WAIT", 0.2)
+    waits: list[float | None] = []
+    real_wait = asyncio.wait
+
+    async def wait(fs: Any, timeout: float | None = None, **kw: Any) -> Any:
+        if any(isinstance(f, asyncio.Future) and not isinstance(f, asyncio.Task) for f in fs):
+            waits.append(timeout)  # a wait on the thread's future
+        return await real_wait(fs, timeout=timeout, **kw)
+
+    store = _store(path, store_bodies=True, batch_size=8, flush_interval=0.01)
+    await store.start()
+    for i in range(8):
+        store.submit(rec(i, request_body=BIG, response_body=BIG))
+    await _started(held)
+    monkeypatch.setattr(sqlite_direct.asyncio, "wait", wait)
+    try:
+        await store.close(timeout=0)
+        with sqlite3.connect(path) as conn:
+            in_db = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+        assert waits == [0.2] and in_db == 0 and (store.written, store.dropped, store.queued) == (0, 8, 0)
+    finally:
+        held.release.set()

@@ -74,6 +74,9 @@ def _classify(exc: BaseException) -> str:
     return "unknown"
 
 
+# Seconds close() gives a SQLite checkpoint or a slice being inserted from a thread to end.
+DIRECT_CLOSE_WAIT = 5.0
+
 # Bytes of bodies above which a record's rows are prepared in a thread (when bodies are stored).
 _BODIES_IN_A_THREAD = 64 * 1024
 
@@ -255,7 +258,9 @@ class Store:
                 log.error("store writer failed", exc_info=task.exception())
         direct = self._direct
         if direct is not None:
-            await direct.settle(5.0)  # a slice still going in from a thread counts once it is in
+            # One bounded wait for a checkpoint or a slice going in from a thread; what is in by then
+            # counts as written, and the connection closes (after a thread still running, if any).
+            await direct.aclose(DIRECT_CLOSE_WAIT)
         if direct is not None and direct.committed and self._inflight:
             # Stopped part way through a batch: its first slices are in the database.
             n = min(direct.committed, len(self._inflight))
@@ -269,8 +274,6 @@ class Store:
             self._drop_accepted(lost)
             log.error("store closed with the database unavailable: %d records were not written", lost)
         self._closed = True
-        if self._direct is not None:
-            await self._direct.aclose()
         if self._engine is not None:
             await self._engine.dispose()
 

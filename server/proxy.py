@@ -383,7 +383,7 @@ def short_secrets(config: Config) -> list[str]:
     """Where the config holds a key too short to be searched for (server/store/scrub.py MIN_SECRET),
     by place, never by value."""
     out = [f"channels[{i}] ({ch.name}) api_keys[{j}]" for i, ch in enumerate(config.channels)
-           for j, k in enumerate(ch.api_keys) if k.key and len(k.key) < MIN_SECRET]
+           for j, k in enumerate(ch.api_keys) if len(k.key) < MIN_SECRET]
     out += [f"gateway.api_keys[{j}]" for j, k in enumerate(config.gateway.api_keys) if len(k.key) < MIN_SECRET]
     out += [f"gateway.admin_keys[{j}]" for j, k in enumerate(config.gateway.admin_keys) if len(k) < MIN_SECRET]
     return out

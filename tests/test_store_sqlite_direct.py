@@ -158,8 +158,7 @@ async def test_checkpoints_run_in_a_thread_and_bring_the_file_up_to_date(
         await store.close()
 
 
-async def test_a_file_replaced_while_the_writer_was_failing_is_noticed_when_it_reconnects(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_file_replaced_while_the_writer_was_failing_is_noticed_when_it_reconnects(tmp_path: Path) -> None:
     """A failed write closes the writer's connection; the file may be replaced before the next one.
     Reopening the path without the check wrote to a file without tables, while the engine's pooled
     connections still saw the old file's schema: a failure for ever."""

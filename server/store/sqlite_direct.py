@@ -123,11 +123,6 @@ class DirectSQLite:
         self._thread_end = 0
         self.committed = 0  # records of the batch under way that are in
 
-    @property
-    def file(self) -> tuple[int, int] | None:
-        """(device, inode) of the file the store last migrated; None before it has."""
-        return self._file
-
     def expect(self, file: tuple[int, int] | None) -> None:
         """The file at `path` now has the schema (the store migrated it): the one to write to."""
         if file != self._file:

@@ -261,12 +261,12 @@ class Store:
             # One bounded wait for a checkpoint or a slice going in from a thread; what is in by then
             # counts as written, and the connection closes (after a thread still running, if any).
             await direct.aclose(DIRECT_CLOSE_WAIT)
-        if direct is not None and direct.committed and self._inflight:
-            # Stopped part way through a batch: its first slices are in the database.
-            n = min(direct.committed, len(self._inflight))
-            del self._inflight[:n]
-            direct.committed = 0
-            self._settle(n)
+            if direct.committed and self._inflight:
+                # Stopped part way through a batch: its first slices are in the database.
+                n = min(direct.committed, len(self._inflight))
+                del self._inflight[:n]
+                direct.committed = 0
+                self._settle(n)
         lost = self.queued
         if lost:
             self._buf.clear()
@@ -444,26 +444,21 @@ class Store:
         sql = self._sql
         assert sql is not None
         direct = self._direct
-        if direct is not None:
-            async with asyncio.timeout(self._write_timeout):
-                if not self._ready:
-                    await self._migrate()
-                    self._ready = True
-                if direct.moved():
-                    # The file was deleted or replaced under us: writing on would fill a file nobody
-                    # reads. The path gets the schema (a new file), then the connection is reopened.
-                    self._file_moved(direct.path)
-                    await self._migrate(announced=True)
-                await direct.write(batch)
-            return
-        statements = sql.requests.statements([b[0] for b in batch])
-        attempts = [a for b in batch for a in b[1]]
-        if attempts:
-            statements += sql.attempts.statements(attempts)
         async with asyncio.timeout(self._write_timeout):
             if not self._ready:
                 await self._migrate()
                 self._ready = True
+            if direct is not None:
+                if direct.moved():
+                    # The file was deleted or replaced under us: writing on would fill a file nobody
+                    # reads. The path gets the schema (a new file), then the connection is reopened.
+                    await self._migrate()
+                await direct.write(batch)
+                return
+            statements = sql.requests.statements([b[0] for b in batch])
+            attempts = [a for b in batch for a in b[1]]
+            if attempts:
+                statements += sql.attempts.statements(attempts)
             if sql.sqlite:  # an in-memory database (a file's rows go through self._direct)
                 async with engine.connect() as conn:
                     raw = await conn.get_raw_connection()
@@ -473,12 +468,7 @@ class Store:
                 for stmt, params in statements:
                     await conn.exec_driver_sql(stmt, params)
 
-    @staticmethod
-    def _file_moved(path: str) -> None:
-        log.warning("store: the SQLite file %s was deleted or replaced while open; writing to the file now at "
-                    "that path", path)
-
-    async def _migrate(self, announced: bool = False) -> None:
+    async def _migrate(self) -> None:
         u = self.engine.url
         if u.get_backend_name() == "sqlite" and u.database and not is_memory_sqlite(self.url):
             folder = Path(u.database).parent
@@ -488,16 +478,16 @@ class Store:
                 raise FileNotFoundError(f"the folder {folder} of the SQLite database does not exist")
         direct = self._direct
         if direct is not None:
+            # Asked before the pooled connections close: while they hold the old file open, a new one
+            # at the path cannot reuse its inode, so a replaced file is told apart.
+            if direct.moved():
+                log.warning("store: the SQLite file %s was deleted or replaced while open; writing to the "
+                            "file now at that path", direct.path)
             # Fresh connections, so the schema is checked in the file now at the path (pooled ones
             # may have a deleted or replaced file open), which the writer's connection then expects.
             await self.engine.dispose()
             await upgrade(self.engine)
-            now = sqlite_file_id(direct.path)
-            # (Noticed here too when writes were failing meanwhile; a file recreated once nothing held
-            # the old one open may reuse its inode, and then it need not be told apart.)
-            if direct.file is not None and now != direct.file and not announced:
-                self._file_moved(direct.path)
-            direct.expect(now)
+            direct.expect(sqlite_file_id(direct.path))
             return
         await upgrade(self.engine)
 

@@ -337,6 +337,43 @@ def test_parallel_calls_one_after_another_stream_as_they_come() -> None:
     assert [(b.id, b.input) for b in sdk_accumulate(data).content] == [("c0", {"x": 1}), ("c1", {"y": 2})]
 
 
+@pytest.mark.parametrize("fragments, expected", [
+    (["{'city': ", "'Paris'}"], {}),  # single quotes: the SDK raised "key must be a string"
+    (['{"city": "Paris", ', "'units': 'c'}"], {"city": "Paris"}),  # the part before the fault
+    (["[1, 2]"], {}),  # not an object
+    ([" ", '{"a": 1}'], {"a": 1}),  # a leading space alone: the SDK raised on it
+    (['{"a": 1}', ' trailing'], {"a": 1}),
+    (['{"a": NaN}'], {}),
+])
+def test_malformed_tool_arguments_never_break_the_sdks_stream(fragments: list[str], expected: dict[str, Any]) -> None:
+    # Anthropic's SDK parses every input_json_delta as it comes and raises at one that cannot
+    # begin a JSON object. Other families' arguments are the model's text: only the valid start of
+    # them is passed on.
+    events: list[StreamEvent] = [StreamStart(id="msg_1", model="m"), ToolCallDelta(index=0, id="c0", name="f")]
+    events += [ToolCallDelta(index=0, arguments=f) for f in fragments]
+    events += [FinishEvent(reason="tool_calls"), UsageEvent(usage=Usage(prompt_tokens=1, completion_tokens=2))]
+    out = render_stream(events)
+    _shape(out)
+    snap = sdk_accumulate(out)
+    assert [(b.id, b.name, b.input) for b in snap.content] == [("c0", "f", expected)]
+
+
+def test_a_held_call_goes_live_once_the_open_calls_arguments_break() -> None:
+    # Interleaved parallel calls wait behind the open one until its arguments are finished; broken
+    # arguments are finished too (nothing more of them is passed on), so the next call need not
+    # wait for the end of the answer.
+    r = A.StreamRenderer(Request(model="m", messages=[]))
+    events = [ToolCallDelta(index=0, id="c0", name="a", arguments='{"x": '),
+              ToolCallDelta(index=1, id="c1", name="b", arguments='{"y": 2}'),
+              ToolCallDelta(index=0, arguments="'one'}"), ToolCallDelta(index=0, arguments='"1"}')]
+    written = [r.render(ev) for ev in events]
+    assert b'"id":"c1"' not in written[1]  # held behind c0
+    assert b'"id":"c1"' in written[2] and written[3] == b""
+    data = b"".join(written) + r.finish()
+    _shape(data)
+    assert [(b.id, b.input) for b in sdk_accumulate(data).content] == [("c0", {}), ("c1", {"y": 2})]
+
+
 def test_whitespace_after_a_whole_call_does_not_reopen_it() -> None:
     # A's arguments are whole, so B goes live; A's trailing "\n" then must not be a delta to A's
     # closed block (orjson takes trailing whitespace as part of a whole value).
@@ -1055,6 +1092,22 @@ def test_property_response_round_trip(resp: Response) -> None:
     assert without_native(A.parse_response(A.render_response(resp))) == resp.model_copy(update={"finish_reason": ended})
 
 
+plain_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=6)  # (no lone surrogates)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**18, 10**18) | st.floats(allow_nan=False, allow_infinity=False)
+    | plain_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(plain_text, inner, max_size=3), max_leaves=8)
+json_objects = st.dictionaries(plain_text, json_values, max_size=4)
+
+
+@st.composite
+def split_text(draw: st.DrawFn, text: str, most: int) -> list[str]:
+    """`text` in 1 to `most` non-empty pieces, cut anywhere."""
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(len(text) - 1, 1)), max_size=most - 1))))
+    cuts = [c for c in cuts if 0 < c < len(text)]
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+
+
 @st.composite
 def event_streams(draw: st.DrawFn) -> list[StreamEvent]:
     start_usage = draw(usages).model_copy(update={"completion_tokens": 1})
@@ -1070,7 +1123,7 @@ def event_streams(draw: st.DrawFn) -> list[StreamEvent]:
         elif kind == "redacted":
             events.append(ReasoningDelta(redacted_data=draw(texts)))
         else:
-            fragments = draw(st.lists(texts, min_size=1, max_size=3))
+            fragments = draw(split_text(orjson.dumps(draw(json_objects)).decode(), 3))
             events.append(ToolCallDelta(index=n_tools, id=draw(ids), name=draw(ids), arguments=fragments[0]))
             events += [ToolCallDelta(index=n_tools, arguments=f) for f in fragments[1:]]
             n_tools += 1
@@ -1087,6 +1140,31 @@ def test_property_stream_round_trip_any_chunking(events: list[StreamEvent], data
     _shape(out)
     splits = data.draw(st.lists(st.integers(0, len(out)), max_size=30))
     assert without_native(aggregate(parse_all(out, splits))) == aggregate(events)
+
+
+jsonish = st.text(alphabet='{}[]":,\' 01-.eE+truefalsnNx\\u', min_size=1, max_size=12)  # near-JSON text
+
+
+@FAST
+@given(st.lists(st.lists(texts | jsonish, min_size=1, max_size=4), min_size=1, max_size=3))
+def test_property_any_tool_argument_text_streams_to_the_sdk(calls: list[list[str]]) -> None:
+    events: list[StreamEvent] = [StreamStart(id="msg_1", model="m")]
+    for i, fragments in enumerate(calls):
+        events.append(ToolCallDelta(index=i, id=f"c{i}", name="f", arguments=fragments[0]))
+        events += [ToolCallDelta(index=i, arguments=f) for f in fragments[1:]]
+    events.append(FinishEvent(reason="tool_calls"))
+    out = render_stream(events)
+    _shape(out)
+    blocks = sdk_accumulate(out).content  # never raises
+    assert [b.id for b in blocks] == [f"c{i}" for i in range(len(calls))]
+    for b, fragments in zip(blocks, calls, strict=True):
+        try:
+            whole = orjson.loads("".join(fragments))
+        except orjson.JSONDecodeError:
+            whole = None
+        assert isinstance(b.input, dict)
+        if isinstance(whole, dict):
+            assert b.input == whole
 
 
 # --------------------------------------------------------------------------------------------------

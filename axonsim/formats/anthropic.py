@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from axonsim.formats import FormatError, UpstreamErrorBody, refuse_legacy_functions, retry_after, status_message
+from axonsim.formats.json_prefix import ObjectPrefix
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
 from axonsim.formats.sse import SSEDecoder, SSEEvent, encode
@@ -614,8 +615,9 @@ class StreamRenderer:
         # written once the open call's arguments are whole JSON (or other content comes), since
         # Anthropic's blocks follow one another and cannot interleave.
         self._held: dict[int, list[Any]] = {}
-        self._open_args: list[str] = []  # the open tool block's argument fragments so far
-        self._whole: set[int] = set()  # tool blocks closed because their arguments were whole JSON
+        # Each tool block's arguments as passed on so far, checked to stay the start of one JSON
+        # object: the SDKs parse every input_json_delta as it comes and raise on one that cannot be.
+        self._args: dict[int, ObjectPrefix] = {}
         self._start_usage: Usage | None = None
         self._usage: Usage | None = None
         self._finish: FinishReason | None = None
@@ -724,34 +726,38 @@ class StreamRenderer:
             if ev.arguments:
                 held[2].append(ev.arguments)
             return
-        if blk is None and self._open == "tool_use" and not _whole_json(self._open_args):
+        if blk is None and self._open == "tool_use" and not self._open_settled():
             # Another call's block is open and its arguments are not finished: this one waits.
             self._held[ev.index] = [ev.id, ev.name, [ev.arguments] if ev.arguments else []]
             return
         if blk is None:
-            if self._open == "tool_use":
-                self._whole.add(self._open_index)  # (it is, or the call above would be held)
             blk = self._open_tool(ev.index, ev.id, ev.name, [], out)
-        if ev.arguments and blk == self._open_index and self._open == "tool_use":
-            out.append(self._delta({"type": "input_json_delta", "partial_json": ev.arguments}, blk))
-            self._open_args.append(ev.arguments)
-            # Only a fragment that closes an object or array can make the arguments whole: parsing
-            # them all again at every other fragment would cost the square of their length.
-            if self._held and ev.arguments.rstrip()[-1:] in ("}", "]") and _whole_json(self._open_args):
-                self._next_held(out)
-        elif ev.arguments and not (ev.arguments.isspace() and blk in self._whole):  # (after whole JSON: nothing)
+        if ev.arguments:
             # A fragment for a call whose block was closed by other content (text between a call's
             # fragments: no provider does this) still goes to that call's index, which the SDK
             # accumulates by; a call that waits behind an open block is held instead (above).
-            out.append(self._delta({"type": "input_json_delta", "partial_json": ev.arguments}, blk))
+            self._pass_args(blk, ev.arguments, out)
+            if self._held and blk == self._open_index and self._open_settled():
+                self._next_held(out)
+
+    def _pass_args(self, blk: int, text: str, out: list[bytes]) -> None:
+        """What of an argument fragment keeps the block's input valid; after the object is
+        closed, or from a character that cannot belong to it, nothing (lossy, documented)."""
+        keep = self._args[blk].feed(text)
+        if keep:
+            out.append(self._delta({"type": "input_json_delta", "partial_json": keep}, blk))
+
+    def _open_settled(self) -> bool:
+        """The open tool block's arguments are finished: whole, or broken off."""
+        check = self._args.get(self._open_index)
+        return check is not None and (check.done or check.broken)
 
     def _next_held(self, out: list[bytes]) -> None:
-        """The open call's arguments are whole: the calls held behind it go live in turn (each
-        writes what it has so far; the next waits until that one's arguments are whole too)."""
-        while self._held and _whole_json(self._open_args):
+        """The open call's arguments are finished: the calls held behind it go live in turn (each
+        writes what it has so far; the next waits until that one's arguments are finished too)."""
+        while self._held and self._open_settled():
             index = next(iter(self._held))
             cid, name, parts = self._held.pop(index)
-            self._whole.add(self._open_index)
             self._open_tool(index, cid, name, parts, out)
 
     def _release_held(self, out: list[bytes]) -> None:
@@ -766,9 +772,9 @@ class StreamRenderer:
         block = {"type": "tool_use", "id": _tool_id(cid) if cid else _fallback_id(self._id, index),
                  "name": name or "", "input": {}}
         blk = self._tool_blocks[index] = self._open_block("tool_use", block, out)
+        self._args[blk] = ObjectPrefix()
         if parts:
-            out.append(self._delta({"type": "input_json_delta", "partial_json": "".join(parts)}, blk))
-        self._open_args = parts
+            self._pass_args(blk, "".join(parts), out)
         return blk
 
     def _native_block(self, block: dict[str, Any], out: list[bytes]) -> None:
@@ -795,18 +801,6 @@ class StreamRenderer:
         if ev.redacted_data:
             self._open_block("redacted_thinking", {"type": "redacted_thinking", "data": ev.redacted_data}, out)
             self._close(out)
-
-
-def _whole_json(parts: list[str]) -> bool:
-    """Whether argument fragments already make a whole JSON value (the call is finished)."""
-    text = "".join(parts)
-    if not text.strip():
-        return False
-    try:
-        orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return False
-    return True
 
 
 def _error_type(err: Error) -> str:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from axonsim.formats.json_prefix import ObjectPrefix
+from axonsim.formats.json_prefix import MAX_DEPTH, ObjectPrefix
 
 plain_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=6)
 json_values = st.recursive(
@@ -57,11 +57,15 @@ def test_valid_arguments_pass_whole_without_leading_space(pieces: list[str], kep
     (['"just text"'], [""]),
     (["Paris"], [""]),
     (['{"a": 1, ', "'b': 2}"], ['{"a": 1, ', ""]),
-    (['{"a": 01}'], ['{"a": 0']),
-    (['{"a": 1.}'], ['{"a": 1.']),
+    (['{"a": 01}'], ['{"a": ']),  # a number is passed on once it has ended, whole
+    (['{"a": 1.}'], ['{"a": ']),
     (['{"a": .5}'], ['{"a": ']),
     (['{"a": +1}'], ['{"a": ']),
-    (['{"a": 1e+}'], ['{"a": 1e+']),
+    (['{"a": 1e+}'], ['{"a": ']),
+    (['{"a": 1e400}'], ['{"a": ']),  # not a finite double: orjson refuses it, jiter makes it inf
+    (['{"a": -' + "9" * 309 + "}"], ['{"a": ']),
+    (['{"a": 1', "e4", "00}"], ['{"a": ', "", ""]),
+    (['{"a": ' + "[" * 199 + "[]" + "]" * 199 + "}"], ['{"a": ' + "[" * 199]),  # deeper than jiter goes
     (['{"a": NaN}'], ['{"a": ']),  # jiter would take it, orjson (the non-stream side) not
     (['{"a": tru}'], ['{"a": tru']),
     (['{"a": truex}'], ['{"a": true']),
@@ -88,6 +92,25 @@ def test_broken_arguments_stop_at_the_first_bad_character(pieces: list[str], kep
     assert_sdk_reads_every_step(out)
 
 
+def test_a_number_is_held_until_it_ends_then_passed_on_whole() -> None:
+    out, p = feed_all(['{"a": 12', "34", ".5e", "-3, ", '"b": ' + "1" * 300, "0.5}"])
+    assert out == ['{"a": ', "", "", "1234.5e-3, ", '"b": ', "1" * 300 + "0.5}"] and p.done
+    digits = ["7" * 100] * 44  # a model repeating digits to its token limit: jiter raised past 4,300
+    out, p = feed_all(['{"n": ', *digits, "}"])
+    assert out == ['{"n": '] + [""] * 45 and p.broken
+    assert_sdk_reads_every_step(out)
+
+
+def test_nesting_deeper_than_the_sdks_parser_goes_ends_the_arguments() -> None:
+    deep = '{"a": ' + "[" * (MAX_DEPTH - 1)
+    out, p = feed_all([deep, "[", "]" * MAX_DEPTH + "}"])
+    assert out == [deep, "", ""] and p.broken
+    assert_sdk_reads_every_step(out)
+    ok = '{"a": ' + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "}"
+    assert feed_all([ok])[0] == [ok]
+    jiter.from_json(ok.encode())
+
+
 def test_a_break_in_a_later_piece_keeps_the_earlier_ones() -> None:
     out, p = feed_all(['{"path": "/tmp/', 'x", "mode": ', "'w'}", '"}'])
     assert out == ['{"path": "/tmp/', 'x", "mode": ', "", ""] and p.broken
@@ -111,7 +134,8 @@ def test_property_damaged_arguments_never_break_the_sdk(obj: dict[str, object], 
     text = orjson.dumps(obj).decode()
     at = data.draw(st.integers(0, len(text)))
     junk = data.draw(st.sampled_from(["'", '"', ",", "}", "]", "{", "[", ":", "\\", "x", "1", "-", ".", "e", " ",
-                                      "\x00", "\\u", "\\ud800", "tru", "NaN"]))
+                                      "\x00", "\\u", "\\ud800", "tru", "NaN", "1e400", "-2E+308", "9" * 320,
+                                      "0." + "3" * 400, "[" * 205]))
     damaged = text[:at] + junk + text[at + data.draw(st.integers(0, 2)):]
     cuts = data.draw(st.lists(st.integers(0, len(damaged)), max_size=10))
     out, p = feed_all(pieces_of(damaged, cuts))

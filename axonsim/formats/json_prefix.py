@@ -10,12 +10,16 @@ so a gateway that relays them must keep only what is valid.
 keeps what was passed on so far a prefix of one valid JSON object (RFC 8259, plus paired surrogate
 escapes, as orjson and jiter insist). Whitespace before the object is dropped (a parser given only
 whitespace raises); from the first character that cannot belong, or once the object is closed,
-nothing more is passed on. Each character is looked at once, so a long argument costs linear time;
+nothing more is passed on. Two limits of the parsers also end it: containers nested deeper than
+MAX_DEPTH (jiter's recursion limit is 201), and a number that is not a finite double (`1e400`, an
+integer of 310 digits: orjson refuses them, and jiter raises on one of over 4,300 digits even
+unfinished) — so a number is held back until it ends, and passed on whole. Each character is looked at once, so a long argument costs linear time;
 runs of plain string text are skipped with a regular expression.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 _WS = " \t\n\r"
@@ -23,6 +27,7 @@ _STRING_RUN = re.compile(r'[^"\\\x00-\x1f]+')
 _HEX = frozenset("0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = frozenset('"\\/bfnrt')
 _LITERALS = {"t": "rue", "f": "alse", "n": "ull"}
+MAX_DEPTH = 200  # containers, the object included
 
 # Where the scanner is. Between tokens:
 _START = 0  # before the object's "{"
@@ -47,13 +52,14 @@ _N_CAN_END = (False, True, True, False, True, False, False, True)
 class ObjectPrefix:
     """Feed one JSON object's text in pieces; each call returns what of the piece may be passed on."""
 
-    __slots__ = ("_state", "_stack", "_key", "_num", "_lit", "_esc", "_hex", "_high")
+    __slots__ = ("_state", "_stack", "_key", "_num", "_held", "_lit", "_esc", "_hex", "_high")
 
     def __init__(self) -> None:
         self._state = _START
         self._stack: list[str] = []  # the open containers: "{" or "["
         self._key = False  # the string being read is a key
         self._num = _N_MINUS
+        self._held = ""  # a number's text from earlier pieces, passed on once it ends
         self._lit = ""  # the rest of the literal being read
         self._esc = 0  # in a string: 0 plain, 1 after "\", 2-5 reading \u's hex digits
         self._hex = ""
@@ -73,7 +79,10 @@ class ObjectPrefix:
         state = self._state
         if state >= _DONE:
             return ""
-        begin = 0
+        begin = 0  # where what is passed on of this piece begins (after whitespace before the object)
+        lead = ""  # a held number's text, passed on before this piece's
+        num_at = 0  # where the number being read began in this piece (0: in an earlier one)
+        cut = -1  # where what is passed on of this piece ends, if not where reading stopped
         i = 0
         n = len(text)
         while i < n:
@@ -103,12 +112,15 @@ class ObjectPrefix:
                 continue
             if state == _NUMBER:
                 nxt = self._number(c)
-                if nxt < 0:
-                    state = _BROKEN
-                    break
                 if nxt == 0:
                     i += 1
                     continue
+                held, self._held = self._held, ""
+                if nxt < 0 or not math.isfinite(float(held + text[num_at:i])):
+                    state = _BROKEN
+                    cut = num_at  # none of the number
+                    break
+                lead += held  # (only the piece's first number can have begun in an earlier one)
                 state = _AFTER  # the number ended before c, which is read again as what follows it
             if state == _LITERAL:
                 if c != self._lit[0]:
@@ -151,6 +163,7 @@ class ObjectPrefix:
                     state = self._value(c)
                     if state == _BROKEN:
                         break
+                    num_at = i
             elif state == _AFTER:
                 top = self._stack[-1]
                 if c == ",":
@@ -164,7 +177,10 @@ class ObjectPrefix:
             if state == _DONE:
                 break
         self._state = state
-        return text[begin:i]
+        if state == _NUMBER:  # the piece ended inside a number: held until it ends
+            self._held += text[num_at:]
+            cut = num_at
+        return lead + text[begin:i if cut < 0 else cut]
 
     def _close(self) -> int:
         self._stack.pop()
@@ -174,12 +190,11 @@ class ObjectPrefix:
         if c == '"':
             self._key = False
             return _STRING
-        if c == "{":
-            self._stack.append("{")
-            return _KEY_OR_END
-        if c == "[":
-            self._stack.append("[")
-            return _VALUE_OR_END
+        if c == "{" or c == "[":
+            if len(self._stack) >= MAX_DEPTH:
+                return _BROKEN
+            self._stack.append(c)
+            return _KEY_OR_END if c == "{" else _VALUE_OR_END
         if c == "-":
             self._num = _N_MINUS
             return _NUMBER

@@ -73,13 +73,17 @@ async def test_a_batch_is_written_a_slice_at_a_time_with_the_loop_free_between_s
     await store.start()
     direct = store._direct
     assert direct is not None
-    seen: list[tuple[int, int]] = []  # (loop turns so far, rows in the slice's INSERT)
+    seen: list[tuple[int, int, bool]] = []  # (loop turns so far, rows in the slice's INSERT, committed after it)
     real_run = direct._run
     ticker = Ticker(every=0)
+    commits: list[int] = []  # rows in the file at each commit, read from another connection
 
-    async def run(statements: list[tuple[str, Any]], large: bool) -> None:
-        seen.append((ticker.ticks, len(statements[0][1]) // 24))  # 24 columns a request row
-        await real_run(statements, large)
+    async def run(statements: list[tuple[str, Any]], large: bool, commit: bool = True, fresh: bool = True) -> None:
+        seen.append((ticker.ticks, len(statements[0][1]) // 24, commit))  # 24 columns a request row
+        await real_run(statements, large, commit, fresh)
+        if commit:
+            with sqlite3.connect(path) as conn:
+                commits.append(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
 
     monkeypatch.setattr(direct, "_run", run)
     try:
@@ -88,8 +92,11 @@ async def test_a_batch_is_written_a_slice_at_a_time_with_the_loop_free_between_s
             for i in range(200):
                 store.submit(rec(i))
             assert await store.flush(WAIT)
-        assert [n for _, n in seen] == [64, 64, 64, 8]
-        turns = [t for t, _ in seen]
+        assert [n for _, n, _ in seen] == [sqlite_direct.SLICE] * 12 + [8]
+        # a transaction every GROUP records (4 slices), and one for the rest
+        assert [c for _, _, c in seen] == [False, False, False, True] * 3 + [True]
+        assert commits == [64, 128, 192, 200]
+        turns = [t for t, _, _ in seen]
         assert all(b > a for a, b in zip(turns, turns[1:], strict=False)), turns  # the loop ran between slices
         with sqlite3.connect(path) as conn:
             assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 200
@@ -285,24 +292,94 @@ async def test_a_close_that_stops_a_batch_part_way_counts_its_committed_slices_a
     real_run = direct._run
     calls = 0
 
-    async def run(statements: list[tuple[str, Any]], large: bool) -> None:
+    first_of_second = sqlite_direct.GROUP // sqlite_direct.SLICE + 1
+
+    async def run(statements: list[tuple[str, Any]], large: bool, commit: bool = True, fresh: bool = True) -> None:
         nonlocal calls
         calls += 1
-        if calls == 2:
-            await other.down()  # another worker takes the lock between the first and second slices
-        await real_run(statements, large)
+        if calls == first_of_second:
+            await other.down()  # another worker takes the lock between the first and second transactions
+        await real_run(statements, large, commit, fresh)
 
     monkeypatch.setattr(direct, "_run", run)
     try:
         for i in range(200):
             store.submit(rec(i))
-        await until(lambda: calls >= 2, "the second slice")
+        await until(lambda: calls >= first_of_second, "the second transaction")
     finally:
         await store.close(timeout=0.3)
         await other.up()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 64
     assert (store.written, store.dropped, store.queued) == (64, 136, 0)
+
+
+async def test_a_close_between_the_slices_of_a_transaction_commits_them_and_counts_them_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "x.db"
+    store = _store(path, batch_size=200, flush_interval=0.01)
+    await store.start()
+    direct = store._direct
+    assert direct is not None
+    real_run = direct._run
+    calls = 0
+    gate = asyncio.Event()  # never set: the writer stops after its second slice, transaction open
+
+    async def run(statements: list[tuple[str, Any]], large: bool, commit: bool = True, fresh: bool = True) -> None:
+        nonlocal calls
+        calls += 1
+        await real_run(statements, large, commit, fresh)
+        if calls == 2:
+            assert not commit
+            await gate.wait()
+
+    monkeypatch.setattr(direct, "_run", run)
+    try:
+        for i in range(200):
+            store.submit(rec(i))
+        await until(lambda: calls >= 2, "the second slice")
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 0  # not committed yet
+    finally:
+        await store.close(timeout=0.3)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 2 * sqlite_direct.SLICE
+    assert (store.written, store.dropped, store.queued) == (32, 168, 0)
+
+
+async def test_a_failure_part_way_through_a_transaction_rolls_it_back_and_the_batch_is_retried_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "x.db"
+    store = _store(path, batch_size=100, flush_interval=0.01)
+    await store.start()
+    real = sqlite_direct.insert
+    calls = 0
+    in_file: list[int] = []  # rows another connection sees right after the failure
+
+    def insert(db: sqlite3.Connection, statements: list[tuple[str, Any]], commit: bool = True) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # the third slice of the first transaction fails part way (SQLite's own error)
+            statements = [*statements[:1], ("INSERT INTO no_such_table VALUES (1)", ())]
+        try:
+            real(db, statements, commit)
+        finally:
+            if calls == 3:
+                with sqlite3.connect(path) as conn:
+                    in_file.append(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
+
+    monkeypatch.setattr(sqlite_direct, "insert", insert)
+    try:
+        for i in range(100):
+            store.submit(rec(i))
+        assert await store.flush(WAIT)
+        assert in_file == [0]  # the first two slices went back with the third
+        assert (store.written, store.dropped) == (100, 0)
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 100
+            assert conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == 100
+    finally:
+        await store.close()
 
 
 async def test_a_slow_checkpoint_does_not_make_a_written_batch_look_failed(
@@ -337,10 +414,10 @@ async def test_large_bodies_end_a_slice_and_are_inserted_off_the_loop(
     threads: list[tuple[int, int]] = []  # (thread, rows) of each insert
     real = sqlite_direct.insert
 
-    def insert(db: sqlite3.Connection, statements: list[tuple[str, Any]]) -> None:
+    def insert(db: sqlite3.Connection, statements: list[tuple[str, Any]], commit: bool = True) -> None:
         rows = sum(len(p) // 24 if type(p) is tuple else len(p) for q, p in statements if "INTO requests" in q)
         threads.append((threading.get_ident(), rows))
-        real(db, statements)
+        real(db, statements, commit)
 
     monkeypatch.setattr(sqlite_direct, "insert", insert)
     body = "x" * (60 * 1024)
@@ -365,11 +442,11 @@ class _HeldInsert:
         self.release = threading.Event()
         self.real = sqlite_direct.insert
 
-    def __call__(self, db: sqlite3.Connection, statements: list[tuple[str, Any]]) -> None:
+    def __call__(self, db: sqlite3.Connection, statements: list[tuple[str, Any]], commit: bool = True) -> None:
         if threading.current_thread() is not threading.main_thread() and not self.started.is_set():
             self.started.set()
             self.release.wait(5)
-        self.real(db, statements)
+        self.real(db, statements, commit)
 
 
 async def _started(held: _HeldInsert) -> None:

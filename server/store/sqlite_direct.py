@@ -9,17 +9,19 @@ of 200 records took 25–60 ms of wall time beside a proxy serving one request a
 concurrent requests (~3,000 a second, 20 s) the writer fell behind and the store dropped 7 % of the
 records with its database idle; benchmarks/store_write.py counted ~4 context switches and ~107 µs
 of CPU a record beside a busy loop, where the inserts alone cost ~8 µs (~0.5 switches, 45–65 µs
-and nothing dropped when the loop runs them itself). The loop writes SLICE records per transaction
-(under a millisecond) and yields before the next slice, so a request never waits on more than one.
+and nothing dropped when the loop runs them itself). The loop inserts SLICE records at a time (a
+fraction of a millisecond) and yields before the next slice, so a request waits on one at most.
 
-One transaction per slice rather than per batch keeps the write lock short: another worker writing
-to the same file gets its turn between slices. A slice is all-or-nothing; a batch that fails part
-way is retried whole by the writer, and its committed slices change nothing the second time
-(INSERT … ON CONFLICT DO NOTHING). `committed` counts the records of the batch under way that are
-in, for a writer stopped part way (a close that times out), so none of them is counted as lost.
+A transaction holds GROUP records, a few slices (each commit writes the log's pages: it is the
+costly part of a small slice), not the whole batch, which keeps the write lock short: another worker
+writing to the same file gets its turn between transactions. A transaction is all-or-nothing; a
+batch that fails part way is retried whole by the writer, and its committed transactions change
+nothing the second time (INSERT … ON CONFLICT DO NOTHING). `committed` counts the records of the
+batch under way that are in, for a writer stopped part way (a close that times out: what its open
+transaction holds is committed first), so none of them is counted as lost.
 Stored bodies cut a slice short at SLICE_BYTES, and a slice with that much is inserted from a
-thread: one large body alone took ~300 ms to insert, which the loop must not spend. That thread is
-never abandoned: a cancelled await leaves it the connection until it ends (`settle`).
+thread, in a transaction of its own: one large body alone took ~300 ms to insert, which the loop
+must not spend. That thread is never abandoned: a cancelled await leaves it the connection until it ends (`settle`).
 
 The file: the store names the file it migrated (`expect`), and the connection opens that file only
 (read-write, never creating one). A file deleted or replaced at the path, whether before the first
@@ -34,7 +36,7 @@ thousands of records; writers go on meanwhile, which WAL allows), in a task of i
 slow disk never makes a committed batch look failed.
 
 The connection waits for no lock (SQLite's busy timeout is 0: a busy wait here would stop the event
-loop). A slice that finds the file locked by another connection is retried after a short sleep,
+loop). A transaction that finds the file locked by another connection is retried after a short sleep,
 until `busy_limit` seconds have passed; then the "database is locked" error goes to the writer like
 any other, which counts the database as unavailable and retries the batch with backoff.
 """
@@ -52,9 +54,14 @@ from sqlalchemy import exc as sa_exc
 from server.store.engine import sqlite_file_id
 from server.store.rows import REQUEST_BODY, RESPONSE_BODY, InsertSQL, Prepared
 
-# Records per transaction: ~0.6 ms of the loop's time. Each commit costs ~110 µs (its log pages written);
-# benchmarks/store_write.py measured 21, 18, 16 and 15 µs a record with 16, 32, 64 and 128.
-SLICE = 64
+# Records per turn of the event loop: ~0.15 ms of its time, so a request that comes meanwhile waits
+# no longer. With 64 a slice took ~0.6 ms, and a request, which needs a few turns of the loop, met
+# several slices: one request in a hundred waited ~2 ms more at one request at a time.
+SLICE = 16
+# Records per transaction (a few slices; the write lock is held across their turns). Each commit
+# costs ~110 µs (its log pages written): benchmarks/store_write.py measured 21, 18, 16 and 15 µs a
+# record with 16, 32, 64 and 128 records a commit.
+GROUP = 64
 # Bytes of stored bodies that end a slice; a slice with this much is inserted from a thread.
 SLICE_BYTES = 256 * 1024
 # Sleeps between tries while another connection holds the write lock: short first (a commit holds it
@@ -72,9 +79,10 @@ def _busy(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) in _BUSY_CODES
 
 
-def insert(db: sqlite3.Connection, statements: list[tuple[str, Any]]) -> None:
-    """`statements` in one transaction. IMMEDIATE takes the write lock first, so a file another
-    connection is writing fails before any work is done."""
+def insert(db: sqlite3.Connection, statements: list[tuple[str, Any]], commit: bool = True) -> None:
+    """`statements` in the open transaction, or a new one; committed if `commit`. IMMEDIATE takes
+    the write lock first, so a file another connection is writing fails before any work is done.
+    A failure rolls back the whole transaction, earlier statements included."""
     if not db.in_transaction:
         db.execute("BEGIN IMMEDIATE")
     try:
@@ -83,7 +91,8 @@ def insert(db: sqlite3.Connection, statements: list[tuple[str, Any]]) -> None:
                 db.executemany(stmt, params)
             else:
                 db.execute(stmt, params)
-        db.execute("COMMIT")
+        if commit:
+            db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
@@ -188,28 +197,72 @@ class DirectSQLite:
         await self.settle()
         self.committed = 0
         i, n = 0, len(batch)
-        while i < n:
-            if i:
-                await asyncio.sleep(0)  # the loop's turn between slices
-            j, size = i, 0
-            while j < n and j - i < SLICE and size < SLICE_BYTES:
-                row = batch[j][0]
-                size += len(row[REQUEST_BODY] or "") + len(row[RESPONSE_BODY] or "")
-                j += 1
-            part = batch[i:j]
-            statements = sql.requests.statements([p[0] for p in part])
-            attempts = [a for p in part for a in p[1]]
-            if attempts:
-                statements += sql.attempts.statements(attempts)
-            self._thread_end = j
-            await self._run(statements, size >= SLICE_BYTES)
-            self.committed = j
-            self._unchecked += j - i
-            i = j
+        group = 0  # where the open transaction's records begin (none open when it is i)
+        try:
+            while i < n:
+                if i:
+                    await asyncio.sleep(0)  # the loop's turn between slices
+                j, size = i, 0
+                while j < n and j - i < SLICE and size < SLICE_BYTES:
+                    row = batch[j][0]
+                    size += len(row[REQUEST_BODY] or "") + len(row[RESPONSE_BODY] or "")
+                    j += 1
+                large = size >= SLICE_BYTES
+                if large and i > group:
+                    self._commit_open()  # the thread's slice goes in a transaction of its own
+                    group = i
+                part = batch[i:j]
+                statements = sql.requests.statements([p[0] for p in part])
+                attempts = [a for p in part for a in p[1]]
+                if attempts:
+                    statements += sql.attempts.statements(attempts)
+                self._thread_end = j
+                end = large or j == n or j - group >= GROUP
+                await self._run(statements, large, end, fresh=i == group)
+                if end:
+                    self.committed = group = j
+                self._unchecked += j - i
+                i = j
+        except asyncio.CancelledError:
+            # Stopped between slices (a close that gives up, the write timeout): the slices already
+            # inserted are committed and count as in; the rest of the batch is the writer's to retry.
+            if i > group:
+                try:
+                    self._commit_open()
+                except sa_exc.DBAPIError:
+                    pass  # not in, then: counted as the rest of the batch is
+            raise
+        finally:
+            db = self._db
+            if db is not None and db.in_transaction and self._thread is None:
+                try:
+                    db.execute("ROLLBACK")  # (only after a failure: every other way out commits)
+                except sqlite3.Error:
+                    self.close()
         self.committed = 0  # the writer settles the whole batch now, before it next awaits
         if self._unchecked >= CHECKPOINT_EVERY and self._checkpoint is None:
             self._unchecked = 0
             self._checkpoint = asyncio.create_task(self._checkpoint_now())
+
+    def _commit_open(self) -> None:
+        """Commit the open transaction (the slices since the last commit); self.committed follows."""
+        db = self._db
+        if db is not None and db.in_transaction and self._thread is None:
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._failed(exc)
+                raise sa_exc.DBAPIError.instance("COMMIT", None, exc, sqlite3.Error) from exc
+            self.committed = self._thread_end
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        if self._db is not None and self._db.in_transaction and self._thread is None:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        if not isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError)):
+            self.close()  # reopened on the next write: the file may have come back
 
     async def _checkpoint_now(self) -> None:
         try:
@@ -224,7 +277,10 @@ class DirectSQLite:
             # In, whether or not its await was still there to hear it (a writer stopped meanwhile).
             self.committed = max(self.committed, self._thread_end)
 
-    async def _run(self, statements: list[tuple[str, Any]], large: bool) -> None:
+    async def _run(self, statements: list[tuple[str, Any]], large: bool, commit: bool = True,
+                   fresh: bool = True) -> None:
+        """Insert a slice: in a new transaction when `fresh` (a lock held elsewhere is waited out),
+        else in the open one (a failure rolls it back whole, so it is not retried here)."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._busy_limit
         pause = _BUSY_FIRST
@@ -236,16 +292,15 @@ class DirectSQLite:
                     thread.add_done_callback(self._thread_done)
                     await asyncio.shield(thread)  # cancelled, it leaves the thread to finish (see _thread)
                 else:
-                    insert(db, statements)
+                    insert(db, statements, commit)
                 return
             except sqlite3.Error as exc:
-                if _busy(exc) and loop.time() + pause < give_up:
+                if fresh and _busy(exc) and loop.time() + pause < give_up:
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, _BUSY_CAP)
                     continue
-                if not isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError)):
-                    self.close()  # reopened on the next write: the file may have come back
+                self._failed(exc)
                 raise sa_exc.DBAPIError.instance(statements[0][0][:200], None, exc, sqlite3.Error) from exc
 
 
-__all__ = ["CHECKPOINT_EVERY", "SLICE", "SLICE_BYTES", "DirectSQLite", "insert"]
+__all__ = ["CHECKPOINT_EVERY", "GROUP", "SLICE", "SLICE_BYTES", "DirectSQLite", "insert"]

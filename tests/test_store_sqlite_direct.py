@@ -105,6 +105,37 @@ async def test_a_batch_is_written_a_slice_at_a_time_with_the_loop_free_between_s
         await store.close()
 
 
+async def test_a_busy_loop_does_not_make_the_writer_fall_behind(tmp_path: Path) -> None:
+    """64 requests in flight, each a few steps of CPU with the loop's turn between them: every turn
+    brings more records than small slices (16 a turn) take, so the writer must take larger ones once
+    records queue up. With 16 a turn, a real proxy at 64 connections dropped half its records."""
+    store = _store(tmp_path / "x.db", queue_size=3000, flush_interval=0.05)
+    await store.start()
+    stop = time.monotonic() + 3.0
+    peak = 0
+
+    async def client(k: int) -> None:
+        nonlocal peak
+        n = 0
+        while time.monotonic() < stop:
+            for _ in range(5):  # a request's turns of the loop, ~60 µs of work each
+                until_ = time.perf_counter() + 60e-6
+                while time.perf_counter() < until_:
+                    pass
+                await asyncio.sleep(0)
+            store.submit(rec(n, id=f"r{k}-{n}"))
+            n += 1
+            peak = max(peak, store.queued)
+
+    try:
+        await asyncio.gather(*(client(k) for k in range(64)))
+        assert await store.flush(WAIT)
+        assert store.dropped == 0, f"peak queue {peak}"
+        assert store.written == store.submitted > 2000
+    finally:
+        await store.close()
+
+
 async def test_a_write_lock_held_elsewhere_is_waited_out_without_stopping_the_loop(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Another worker writing the same file holds its lock: the batch waits in short sleeps. A busy
@@ -345,6 +376,38 @@ async def test_a_close_between_the_slices_of_a_transaction_commits_them_and_coun
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 2 * sqlite_direct.SLICE
     assert (store.written, store.dropped, store.queued) == (32, 168, 0)
+
+
+async def test_what_a_timed_out_try_got_in_still_counts_when_close_stops_its_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first try commits one transaction, then the write timeout fires; the retry of the same
+    # batch is held up (another worker's lock, say) when close() gives up: the first transaction's
+    # records are in the file and must count as written, not dropped.
+    path = tmp_path / "x.db"
+    store = Store(StoreSettings(url=f"sqlite+aiosqlite:///{path}", batch_size=200, flush_interval=0.01),
+                  secrets=SECRETS, connect_timeout=5.0, write_timeout=0.3, retry_base=0.01, retry_cap=0.05)
+    await store.start()
+    direct = store._direct
+    assert direct is not None
+    real_run = direct._run
+    per_group = sqlite_direct.GROUP // sqlite_direct.SLICE
+    calls = 0
+
+    async def run(statements: list[tuple[str, Any]], large: bool, commit: bool = True, fresh: bool = True) -> None:
+        nonlocal calls
+        calls += 1
+        if calls in (per_group + 1, per_group + 2):  # the first try's second transaction; the retry's first slice
+            await asyncio.sleep(10)
+        await real_run(statements, large, commit, fresh)
+
+    monkeypatch.setattr(direct, "_run", run)
+    for i in range(200):
+        store.submit(rec(i))
+    await until(lambda: calls >= per_group + 2, "the retry")
+    await store.close(timeout=0.05)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == sqlite_direct.GROUP
+    assert (store.written, store.dropped) == (sqlite_direct.GROUP, 200 - sqlite_direct.GROUP)
 
 
 async def test_a_failure_part_way_through_a_transaction_rolls_it_back_and_the_batch_is_retried_whole(

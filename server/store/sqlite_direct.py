@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -54,13 +55,15 @@ from sqlalchemy import exc as sa_exc
 from server.store.engine import sqlite_file_id
 from server.store.rows import REQUEST_BODY, RESPONSE_BODY, InsertSQL, Prepared
 
-# Records per turn of the event loop: ~0.15 ms of its time, so a request that comes meanwhile waits
-# no longer. With 64 a slice took ~0.6 ms, and a request, which needs a few turns of the loop, met
-# several slices: one request in a hundred waited ~2 ms more at one request at a time.
+# Records per turn of the event loop while the writer keeps up: ~0.15 ms of its time, so a request
+# that comes meanwhile waits no longer. With 64 a slice took ~0.6 ms, and a request, which needs a
+# few turns of the loop, met several slices: one request in a hundred waited ~2 ms more at one
+# request at a time.
 SLICE = 16
-# Records per transaction (a few slices; the write lock is held across their turns). Each commit
-# costs ~110 µs (its log pages written): benchmarks/store_write.py measured 21, 18, 16 and 15 µs a
-# record with 16, 32, 64 and 128 records a commit.
+# Records per transaction, and per turn once records queue up (`behind`): at 64 concurrent requests
+# each turn of the loop brings more records than 16 a turn can take, and the queue overflowed. Each
+# commit costs ~110 µs (its log pages written): benchmarks/store_write.py measured 21, 18, 16 and
+# 15 µs a record with 16, 32, 64 and 128 records a commit.
 GROUP = 64
 # Bytes of stored bodies that end a slice; a slice with this much is inserted from a thread.
 SLICE_BYTES = 256 * 1024
@@ -73,6 +76,10 @@ _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 CHECKPOINT_EVERY = 2000
 
 log = logging.getLogger("axonsim.store")
+
+
+def _never() -> bool:
+    return False
 
 
 def _busy(exc: sqlite3.Error) -> bool:
@@ -130,12 +137,16 @@ class DirectSQLite:
         # ends the connection is the thread's, so everything else waits for it (or closes after it).
         self._thread: asyncio.Future[None] | None = None
         self._thread_end = 0
-        self.committed = 0  # records of the batch under way that are in
+        self.committed = 0  # records of the batch under way that are in (kept across its retries)
+        self._batch: list[Prepared] | None = None  # that batch
+        self.behind: Callable[[], bool] = _never  # records queue up: larger slices (GROUP a turn)
 
     def expect(self, file: tuple[int, int] | None) -> None:
         """The file at `path` now has the schema (the store migrated it): the one to write to."""
         if file != self._file:
             self.close()
+            self._batch = None  # what a retried batch had in the old file is not in this one
+            self.committed = 0
         self._file = file
 
     def moved(self) -> bool:
@@ -195,7 +206,9 @@ class DirectSQLite:
         the writer tells a record the database refuses from a database that is unavailable."""
         sql = self._sql
         await self.settle()
-        self.committed = 0
+        if batch is not self._batch:  # (a retry of the same batch keeps what its last try got in)
+            self._batch = batch
+            self.committed = 0
         i, n = 0, len(batch)
         group = 0  # where the open transaction's records begin (none open when it is i)
         try:
@@ -203,7 +216,8 @@ class DirectSQLite:
                 if i:
                     await asyncio.sleep(0)  # the loop's turn between slices
                 j, size = i, 0
-                while j < n and j - i < SLICE and size < SLICE_BYTES:
+                most = GROUP if self.behind() else SLICE
+                while j < n and j - i < most and size < SLICE_BYTES:
                     row = batch[j][0]
                     size += len(row[REQUEST_BODY] or "") + len(row[RESPONSE_BODY] or "")
                     j += 1
@@ -220,7 +234,8 @@ class DirectSQLite:
                 end = large or j == n or j - group >= GROUP
                 await self._run(statements, large, end, fresh=i == group)
                 if end:
-                    self.committed = group = j
+                    group = j
+                    self.committed = max(self.committed, j)
                 self._unchecked += j - i
                 i = j
         except asyncio.CancelledError:
@@ -240,6 +255,7 @@ class DirectSQLite:
                 except sqlite3.Error:
                     self.close()
         self.committed = 0  # the writer settles the whole batch now, before it next awaits
+        self._batch = None
         if self._unchecked >= CHECKPOINT_EVERY and self._checkpoint is None:
             self._unchecked = 0
             self._checkpoint = asyncio.create_task(self._checkpoint_now())
@@ -253,7 +269,7 @@ class DirectSQLite:
             except sqlite3.Error as exc:
                 self._failed(exc)
                 raise sa_exc.DBAPIError.instance("COMMIT", None, exc, sqlite3.Error) from exc
-            self.committed = self._thread_end
+            self.committed = max(self.committed, self._thread_end)
 
     def _failed(self, exc: sqlite3.Error) -> None:
         if self._db is not None and self._db.in_transaction and self._thread is None:

@@ -80,7 +80,8 @@ DIRECT_CLOSE_WAIT = 5.0
 # Bytes of bodies above which a record's rows are prepared in a thread (when bodies are stored).
 _BODIES_IN_A_THREAD = 64 * 1024
 # Records prepared (scrubbed, made rows) between the loop's turns: ~0.1 ms of its time, as long as
-# a slice of SQLite inserts (server/store/sqlite_direct.py), so a request waits on one at most.
+# a slice of SQLite inserts (server/store/sqlite_direct.py), so a request waits on one at most;
+# four times as many once records queue up (`_behind`), or the writer could not keep up.
 _PREPARE_SLICE = 16
 
 
@@ -225,6 +226,7 @@ class Store:
         u = self._engine.url
         if u.get_backend_name() == "sqlite" and u.database and not is_memory_sqlite(self.url):
             self._direct = DirectSQLite(u.database, self._sql, self._connect_timeout)
+            self._direct.behind = self._behind
         try:
             await self._migrate()
             self._ready = True
@@ -407,9 +409,14 @@ class Store:
             if bodies:
                 row = prepared[0]
                 since_yield += (len(row[REQUEST_BODY] or "") + len(row[RESPONSE_BODY] or "")) // 4096
-            if since_yield >= _PREPARE_SLICE:
+            if since_yield >= (_PREPARE_SLICE * 4 if self._behind() else _PREPARE_SLICE):
                 since_yield = 0
                 await asyncio.sleep(0)
+
+    def _behind(self) -> bool:
+        """Records queue up faster than small steps take them: a whole batch or more is waiting
+        beyond the one being written (under concurrent traffic every turn of the loop brings many)."""
+        return len(self._buf) + len(self._inflight) >= 2 * self._batch
 
     async def _write_inflight(self) -> bool:
         """Write the in-flight batch; True when nothing of it is left in memory."""

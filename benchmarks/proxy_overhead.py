@@ -684,7 +684,23 @@ class Bench:
 
     def store_rows(self) -> dict[str, Any]:
         time.sleep(1.0)  # the writer flushes every 0.5 s by default
-        return {name: self._store_rows(db) for name, db in self.dbs.items()}
+        out = {name: self._store_rows(db) for name, db in self.dbs.items()}
+        for name, st in out.items():
+            st.update(self._store_counts(self.servers[name].port))
+        return out
+
+    def _store_counts(self, port: int) -> dict[str, Any]:
+        """The store's own counts from /metrics: records dropped (queue full, database down) must be 0."""
+        try:
+            status, data = http_request(port, "GET", "/metrics", b"", {})
+        except OSError as exc:
+            return {"metrics_note": f"/metrics unreachable: {exc}"}
+        counts: dict[str, Any] = {}
+        for line in data.decode("utf-8", "replace").splitlines():
+            for key in ("written", "dropped"):
+                if line.startswith(f"axonsim_store_{key}_total "):
+                    counts[key] = int(float(line.split()[1]))
+        return counts if status == 200 else {"metrics_note": f"/metrics answered {status}"}
 
     def _store_rows(self, db: Path) -> dict[str, Any]:
         if not db.exists():
@@ -843,7 +859,9 @@ def markdown(res: dict[str, Any], before: dict[str, Any] | None = None) -> str:
     L.append("")
     for name, st in res["store"].items():
         if st.get("wired"):
-            L.append(f"Usage recording ({name}): on (rows written: {st['rows']}).")
+            dropped = st.get("dropped")
+            L.append(f"Usage recording ({name}): on (rows written: {st['rows']}; records dropped: "
+                     f"{'unknown' if dropped is None else dropped}{' ❌' if dropped else ''}).")
         else:
             L.append(f"Usage recording ({name}): **not active** — {st.get('note', 'no request rows were written')} "
                      f"(rows: {st.get('rows', {})}); these figures exclude the store's cost.")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,33 @@ from server.store import Store, sqlite_direct, writer
 def _store(path: Path, busy_limit: float = 0.2, **settings: Any) -> Store:
     return Store(StoreSettings(url=f"sqlite+aiosqlite:///{path}", **settings), secrets=SECRETS,
                  connect_timeout=busy_limit, write_timeout=10.0, retry_base=0.02, retry_cap=0.2)
+
+
+Hook = Callable[[int, list[tuple[str, Any]], bool], Awaitable[None]]
+
+
+class SliceHook:
+    """Wraps a store's DirectSQLite._run (one call a slice): counts the calls and awaits `before`
+    and `after` around each, given the call's number (from 1), its statements and whether it commits."""
+
+    def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch, before: Hook | None = None,
+                 after: Hook | None = None) -> None:
+        direct = store._direct
+        assert direct is not None
+        self.calls = 0
+        real = direct._run
+
+        async def run(statements: list[tuple[str, Any]], large: bool, commit: bool = True,
+                      fresh: bool = True) -> None:
+            self.calls += 1
+            n = self.calls
+            if before is not None:
+                await before(n, statements, commit)
+            await real(statements, large, commit, fresh)
+            if after is not None:
+                await after(n, statements, commit)
+
+        monkeypatch.setattr(direct, "_run", run)
 
 
 class Ticker:
@@ -71,21 +99,19 @@ async def test_a_batch_is_written_a_slice_at_a_time_with_the_loop_free_between_s
     path = tmp_path / "x.db"
     store = _store(path, batch_size=200, flush_interval=0.01)
     await store.start()
-    direct = store._direct
-    assert direct is not None
     seen: list[tuple[int, int, bool]] = []  # (loop turns so far, rows in the slice's INSERT, committed after it)
-    real_run = direct._run
     ticker = Ticker(every=0)
     commits: list[int] = []  # rows in the file at each commit, read from another connection
 
-    async def run(statements: list[tuple[str, Any]], large: bool, commit: bool = True, fresh: bool = True) -> None:
+    async def before(n: int, statements: list[tuple[str, Any]], commit: bool) -> None:
         seen.append((ticker.ticks, len(statements[0][1]) // 24, commit))  # 24 columns a request row
-        await real_run(statements, large, commit, fresh)
+
+    async def after(n: int, statements: list[tuple[str, Any]], commit: bool) -> None:
         if commit:
             with sqlite3.connect(path) as conn:
                 commits.append(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
 
-    monkeypatch.setattr(direct, "_run", run)
+    SliceHook(store, monkeypatch, before, after)
     try:
         with ticker:
             await asyncio.sleep(0.01)
@@ -317,26 +343,18 @@ async def test_a_close_that_stops_a_batch_part_way_counts_its_committed_slices_a
     path = tmp_path / "x.db"
     store = _store(path, busy_limit=5.0, batch_size=200, flush_interval=0.01)
     await store.start()
-    direct = store._direct
-    assert direct is not None
     other = SqliteDB(path)
-    real_run = direct._run
-    calls = 0
-
     first_of_second = sqlite_direct.GROUP // sqlite_direct.SLICE + 1
 
-    async def run(statements: list[tuple[str, Any]], large: bool, commit: bool = True, fresh: bool = True) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == first_of_second:
+    async def before(n: int, statements: list[tuple[str, Any]], commit: bool) -> None:
+        if n == first_of_second:
             await other.down()  # another worker takes the lock between the first and second transactions
-        await real_run(statements, large, commit, fresh)
 
-    monkeypatch.setattr(direct, "_run", run)
+    hook = SliceHook(store, monkeypatch, before)
     try:
         for i in range(200):
             store.submit(rec(i))
-        await until(lambda: calls >= first_of_second, "the second transaction")
+        await until(lambda: hook.calls >= first_of_second, "the second transaction")
     finally:
         await store.close(timeout=0.3)
         await other.up()
@@ -350,25 +368,18 @@ async def test_a_close_between_the_slices_of_a_transaction_commits_them_and_coun
     path = tmp_path / "x.db"
     store = _store(path, batch_size=200, flush_interval=0.01)
     await store.start()
-    direct = store._direct
-    assert direct is not None
-    real_run = direct._run
-    calls = 0
     gate = asyncio.Event()  # never set: the writer stops after its second slice, transaction open
 
-    async def run(statements: list[tuple[str, Any]], large: bool, commit: bool = True, fresh: bool = True) -> None:
-        nonlocal calls
-        calls += 1
-        await real_run(statements, large, commit, fresh)
-        if calls == 2:
+    async def after(n: int, statements: list[tuple[str, Any]], commit: bool) -> None:
+        if n == 2:
             assert not commit
             await gate.wait()
 
-    monkeypatch.setattr(direct, "_run", run)
+    hook = SliceHook(store, monkeypatch, after=after)
     try:
         for i in range(200):
             store.submit(rec(i))
-        await until(lambda: calls >= 2, "the second slice")
+        await until(lambda: hook.calls >= 2, "the second slice")
         with sqlite3.connect(path) as conn:
             assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 0  # not committed yet
     finally:
@@ -387,23 +398,16 @@ async def test_what_a_timed_out_try_got_in_still_counts_when_close_stops_its_ret
     store = Store(StoreSettings(url=f"sqlite+aiosqlite:///{path}", batch_size=200, flush_interval=0.01),
                   secrets=SECRETS, connect_timeout=5.0, write_timeout=0.3, retry_base=0.01, retry_cap=0.05)
     await store.start()
-    direct = store._direct
-    assert direct is not None
-    real_run = direct._run
     per_group = sqlite_direct.GROUP // sqlite_direct.SLICE
-    calls = 0
 
-    async def run(statements: list[tuple[str, Any]], large: bool, commit: bool = True, fresh: bool = True) -> None:
-        nonlocal calls
-        calls += 1
-        if calls in (per_group + 1, per_group + 2):  # the first try's second transaction; the retry's first slice
+    async def before(n: int, statements: list[tuple[str, Any]], commit: bool) -> None:
+        if n in (per_group + 1, per_group + 2):  # the first try's second transaction; the retry's first slice
             await asyncio.sleep(10)
-        await real_run(statements, large, commit, fresh)
 
-    monkeypatch.setattr(direct, "_run", run)
+    hook = SliceHook(store, monkeypatch, before)
     for i in range(200):
         store.submit(rec(i))
-    await until(lambda: calls >= per_group + 2, "the retry")
+    await until(lambda: hook.calls >= per_group + 2, "the retry")
     await store.close(timeout=0.05)
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == sqlite_direct.GROUP

@@ -99,19 +99,15 @@ async def test_a_batch_is_written_a_slice_at_a_time_with_the_loop_free_between_s
     path = tmp_path / "x.db"
     store = _store(path, batch_size=200, flush_interval=0.01)
     await store.start()
-    seen: list[tuple[int, int, bool]] = []  # (loop turns so far, rows in the slice's INSERT, committed after it)
+    seen: list[tuple[int, int, int]] = []  # (loop turns so far, rows in the slice's INSERT, rows in the file before it)
     ticker = Ticker(every=0)
-    commits: list[int] = []  # rows in the file at each commit, read from another connection
 
     async def before(n: int, statements: list[tuple[str, Any]], commit: bool) -> None:
-        seen.append((ticker.ticks, len(statements[0][1]) // 24, commit))  # 24 columns a request row
+        with sqlite3.connect(path) as conn:  # what is committed, read from another connection
+            in_file = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+        seen.append((ticker.ticks, len(statements[0][1]) // 24, in_file))  # 24 columns a request row
 
-    async def after(n: int, statements: list[tuple[str, Any]], commit: bool) -> None:
-        if commit:
-            with sqlite3.connect(path) as conn:
-                commits.append(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
-
-    SliceHook(store, monkeypatch, before, after)
+    SliceHook(store, monkeypatch, before)
     try:
         with ticker:
             await asyncio.sleep(0.01)
@@ -120,8 +116,7 @@ async def test_a_batch_is_written_a_slice_at_a_time_with_the_loop_free_between_s
             assert await store.flush(WAIT)
         assert [n for _, n, _ in seen] == [sqlite_direct.SLICE] * 12 + [8]
         # a transaction every GROUP records (4 slices), and one for the rest
-        assert [c for _, _, c in seen] == [False, False, False, True] * 3 + [True]
-        assert commits == [64, 128, 192, 200]
+        assert [c for _, _, c in seen] == [0] * 4 + [64] * 4 + [128] * 4 + [192]
         turns = [t for t, _, _ in seen]
         assert all(b > a for a, b in zip(turns, turns[1:], strict=False)), turns  # the loop ran between slices
         with sqlite3.connect(path) as conn:
@@ -131,11 +126,12 @@ async def test_a_batch_is_written_a_slice_at_a_time_with_the_loop_free_between_s
         await store.close()
 
 
-async def test_a_busy_loop_does_not_make_the_writer_fall_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("queue_size", [3000, 400])  # 400: full before two batches (200 each) are queued
+async def test_a_busy_loop_does_not_make_the_writer_fall_behind(tmp_path: Path, queue_size: int) -> None:
     """64 requests in flight, each a few steps of CPU with the loop's turn between them: every turn
     brings more records than small slices (16 a turn) take, so the writer must take larger ones once
     records queue up. With 16 a turn, a real proxy at 64 connections dropped half its records."""
-    store = _store(tmp_path / "x.db", queue_size=3000, flush_interval=0.05)
+    store = _store(tmp_path / "x.db", queue_size=queue_size, flush_interval=0.05)
     await store.start()
     stop = time.monotonic() + 3.0
     peak = 0
@@ -412,6 +408,38 @@ async def test_what_a_timed_out_try_got_in_still_counts_when_close_stops_its_ret
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == sqlite_direct.GROUP
     assert (store.written, store.dropped) == (sqlite_direct.GROUP, 200 - sqlite_direct.GROUP)
+
+
+async def test_a_rejected_record_settles_the_transactions_before_it_as_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Record 80 is one the database refuses: the batch's first transaction (64) is in, then the
+    # writer goes record by record. Another connection holds the write lock from the first of those
+    # writes on, and close() gives up: the 64 are in the file, and must be counted written.
+    path = tmp_path / "x.db"
+    store = _store(path, batch_size=100, flush_interval=0.01)
+    await store.start()
+    locker: sqlite3.Connection | None = None
+
+    async def before(n: int, statements: list[tuple[str, Any]], commit: bool) -> None:
+        nonlocal locker
+        if n == 7 and locker is None:  # 5 slices (the 5th with record 80), then the first record alone
+            locker = sqlite3.connect(path, isolation_level=None)
+            locker.execute("BEGIN IMMEDIATE")
+
+    hook = SliceHook(store, monkeypatch, before)
+    try:
+        for i in range(100):
+            store.submit(rec(i, status=2**63) if i == 80 else rec(i))
+        await until(lambda: locker is not None and not store.db_up, "the lock to stop the writer")
+        assert hook.calls == 7 and store.written == 64  # settled as soon as the batch failed
+    finally:
+        await store.close(timeout=0.3)
+        if locker is not None:
+            locker.rollback()
+            locker.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 64
+    assert (store.written, store.dropped) == (64, 36)
 
 
 async def test_a_failure_part_way_through_a_transaction_rolls_it_back_and_the_batch_is_retried_whole(

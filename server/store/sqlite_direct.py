@@ -60,8 +60,8 @@ from server.store.rows import REQUEST_BODY, RESPONSE_BODY, InsertSQL, Prepared
 # few turns of the loop, met several slices: one request in a hundred waited ~2 ms more at one
 # request at a time.
 SLICE = 16
-# Records per transaction, and per turn once records queue up (`behind`): at 64 concurrent requests
-# each turn of the loop brings more records than 16 a turn can take, and the queue overflowed. Each
+# Records per transaction (and the least per turn once records queue up: the store's `pace`; at 64
+# concurrent requests each turn of the loop brings more records than 16 a turn can take). Each
 # commit costs ~110 µs (its log pages written): benchmarks/store_write.py measured 21, 18, 16 and
 # 15 µs a record with 16, 32, 64 and 128 records a commit.
 GROUP = 64
@@ -78,8 +78,8 @@ CHECKPOINT_EVERY = 2000
 log = logging.getLogger("axonsim.store")
 
 
-def _never() -> bool:
-    return False
+def _slice() -> int:
+    return SLICE
 
 
 def _busy(exc: sqlite3.Error) -> bool:
@@ -139,7 +139,7 @@ class DirectSQLite:
         self._thread_end = 0
         self.committed = 0  # records of the batch under way that are in (kept across its retries)
         self._batch: list[Prepared] | None = None  # that batch
-        self.behind: Callable[[], bool] = _never  # records queue up: larger slices (GROUP a turn)
+        self.pace: Callable[[], int] = _slice  # records a turn (the store's: more once records queue up)
 
     def expect(self, file: tuple[int, int] | None) -> None:
         """The file at `path` now has the schema (the store migrated it): the one to write to."""
@@ -216,7 +216,7 @@ class DirectSQLite:
                 if i:
                     await asyncio.sleep(0)  # the loop's turn between slices
                 j, size = i, 0
-                most = GROUP if self.behind() else SLICE
+                most = self.pace()
                 while j < n and j - i < most and size < SLICE_BYTES:
                     row = batch[j][0]
                     size += len(row[REQUEST_BODY] or "") + len(row[RESPONSE_BODY] or "")
@@ -259,6 +259,15 @@ class DirectSQLite:
         if self._unchecked >= CHECKPOINT_EVERY and self._checkpoint is None:
             self._unchecked = 0
             self._checkpoint = asyncio.create_task(self._checkpoint_now())
+
+    def take_committed(self, batch: list[Prepared]) -> int:
+        """How many records at the front of `batch` a stopped or failed write got in; forgotten
+        here, as the caller settles them (a thread still inserting reports its own at its end)."""
+        mine = self._batch
+        if self._thread is not None or not mine or not batch or mine[0] is not batch[0]:
+            return 0  # (the same front: that batch, or the record written alone, one by one, at its front)
+        n, self.committed = self.committed, 0
+        return n
 
     def _commit_open(self) -> None:
         """Commit the open transaction (the slices since the last commit); self.committed follows."""

@@ -81,8 +81,10 @@ DIRECT_CLOSE_WAIT = 5.0
 _BODIES_IN_A_THREAD = 64 * 1024
 # Records prepared (scrubbed, made rows) between the loop's turns: ~0.1 ms of its time, as long as
 # a slice of SQLite inserts (server/store/sqlite_direct.py), so a request waits on one at most;
-# four times as many once records queue up (`_behind`), or the writer could not keep up.
+# more once records queue up (`_pace`), or the writer could not keep up.
 _PREPARE_SLICE = 16
+_BEHIND_STEP = 4
+_PACE_MOST = 512
 
 
 def _body_size(rec: RequestRecord) -> int:
@@ -226,7 +228,7 @@ class Store:
         u = self._engine.url
         if u.get_backend_name() == "sqlite" and u.database and not is_memory_sqlite(self.url):
             self._direct = DirectSQLite(u.database, self._sql, self._connect_timeout)
-            self._direct.behind = self._behind
+            self._direct.pace = self._pace
         try:
             await self._migrate()
             self._ready = True
@@ -266,12 +268,7 @@ class Store:
             # One bounded wait for a checkpoint or a slice going in from a thread; what is in by then
             # counts as written, and the connection closes (after a thread still running, if any).
             await direct.aclose(DIRECT_CLOSE_WAIT)
-            if direct.committed and self._inflight:
-                # Stopped part way through a batch: its first slices are in the database.
-                n = min(direct.committed, len(self._inflight))
-                del self._inflight[:n]
-                direct.committed = 0
-                self._settle(n)
+            self._settle_committed()  # stopped part way through a batch: its first slices are in
         lost = self.queued
         if lost:
             self._buf.clear()
@@ -384,7 +381,12 @@ class Store:
         buf = self._buf
         bodies = self._rows.store_bodies
         since_yield = 0
-        while buf and len(self._inflight) < self._batch:
+        # Behind, a batch takes up to four times batch_size: each batch costs a few turns of the
+        # loop whatever its size (PostgreSQL: its round trips), and at 64 connections each turn
+        # brings many records, so batches of batch_size alone fell behind and the queue overflowed.
+        # (At most half the queue: records keep coming while a batch is written, and take the rest.)
+        most = max(self._batch, min(self._batch * _BEHIND_STEP, self._bound // 2)) if self._behind() else self._batch
+        while buf and len(self._inflight) < most:
             # Taken from the buffer only once prepared: while a thread prepares it, it is still
             # counted (queued, the bound) and, if close() gives up meanwhile, counted as dropped.
             rec = buf[0]
@@ -409,14 +411,33 @@ class Store:
             if bodies:
                 row = prepared[0]
                 since_yield += (len(row[REQUEST_BODY] or "") + len(row[RESPONSE_BODY] or "")) // 4096
-            if since_yield >= (_PREPARE_SLICE * 4 if self._behind() else _PREPARE_SLICE):
+            if since_yield >= self._pace():
                 since_yield = 0
                 await asyncio.sleep(0)
 
     def _behind(self) -> bool:
         """Records queue up faster than small steps take them: a whole batch or more is waiting
-        beyond the one being written (under concurrent traffic every turn of the loop brings many)."""
-        return len(self._buf) + len(self._inflight) >= 2 * self._batch
+        beyond the one being written (under concurrent traffic every turn of the loop brings many),
+        or the queue is half full (a queue_size of two batches or less would fill first)."""
+        return len(self._buf) + len(self._inflight) >= min(2 * self._batch, self._bound // 2)
+
+    def _pace(self) -> int:
+        """Records the writer takes per turn of the loop (prepared, or inserted into SQLite): 16 while
+        it keeps up; behind, more the longer the queue, as each turn then brings more records the
+        more requests are in flight (at 128 connections 64 a turn fell behind too)."""
+        if not self._behind():
+            return _PREPARE_SLICE
+        return min(_PACE_MOST, max(_PREPARE_SLICE * _BEHIND_STEP, self.queued // 16))
+
+    def _settle_committed(self) -> None:
+        """The records of the in-flight batch that a stopped or failed write got in: settled now,
+        so that a retry, or the one-by-one writes after a rejected record, start after them."""
+        direct = self._direct
+        if direct is not None and self._inflight:
+            n = min(direct.take_committed(self._inflight), len(self._inflight))
+            if n:
+                del self._inflight[:n]
+                self._settle(n)
 
     async def _write_inflight(self) -> bool:
         """Write the in-flight batch; True when nothing of it is left in memory."""
@@ -424,6 +445,7 @@ class Store:
         try:
             await self._write(batch)
         except Exception as exc:
+            self._settle_committed()
             if not await self._record_at_fault(exc):
                 self._mark_down(exc)
                 return False

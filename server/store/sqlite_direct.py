@@ -10,7 +10,9 @@ concurrent requests (~3,000 a second, 20 s) the writer fell behind and the store
 records with its database idle; benchmarks/store_write.py counted ~4 context switches and ~107 µs
 of CPU a record beside a busy loop, where the inserts alone cost ~8 µs (~0.5 switches, 45–65 µs
 and nothing dropped when the loop runs them itself). The loop inserts SLICE records at a time (a
-fraction of a millisecond) and yields before the next slice, so a request waits on one at most.
+fraction of a millisecond) and yields before the next slice, so a request waits on one at most;
+once records queue up, the store's `pace` makes the slices larger (at 64 concurrent requests each
+turn of the loop brings more records than SLICE a turn can take).
 
 A transaction holds GROUP records, a few slices (each commit writes the log's pages: it is the
 costly part of a small slice), not the whole batch, which keeps the write lock short: another worker
@@ -60,10 +62,8 @@ from server.store.rows import REQUEST_BODY, RESPONSE_BODY, InsertSQL, Prepared
 # few turns of the loop, met several slices: one request in a hundred waited ~2 ms more at one
 # request at a time.
 SLICE = 16
-# Records per transaction (and the least per turn once records queue up: the store's `pace`; at 64
-# concurrent requests each turn of the loop brings more records than 16 a turn can take). Each
-# commit costs ~110 µs (its log pages written): benchmarks/store_write.py measured 21, 18, 16 and
-# 15 µs a record with 16, 32, 64 and 128 records a commit.
+# Records per transaction. Each commit costs ~110 µs (its log pages written): benchmarks/
+# store_write.py measured 21, 18, 16 and 15 µs a record with 16, 32, 64 and 128 records a commit.
 GROUP = 64
 # Bytes of stored bodies that end a slice; a slice with this much is inserted from a thread.
 SLICE_BYTES = 256 * 1024

@@ -281,11 +281,7 @@ class DirectSQLite:
             self.committed = max(self.committed, self._thread_end)
 
     def _failed(self, exc: sqlite3.Error) -> None:
-        if self._db is not None and self._db.in_transaction and self._thread is None:
-            try:
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+        # (An open transaction is rolled back by write()'s `finally`, or with the connection.)
         if not isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError)):
             self.close()  # reopened on the next write: the file may have come back
 

@@ -381,6 +381,7 @@ class Store:
         buf = self._buf
         bodies = self._rows.store_bodies
         since_yield = 0
+        step = self._pace()  # records prepared between the loop's turns (looked up once a turn)
         # Behind, a batch takes up to four times batch_size: each batch costs a few turns of the
         # loop whatever its size (PostgreSQL: its round trips), and at 64 connections each turn
         # brings many records, so batches of batch_size alone fell behind and the queue overflowed.
@@ -411,9 +412,10 @@ class Store:
             if bodies:
                 row = prepared[0]
                 since_yield += (len(row[REQUEST_BODY] or "") + len(row[RESPONSE_BODY] or "")) // 4096
-            if since_yield >= self._pace():
+            if since_yield >= step:
                 since_yield = 0
                 await asyncio.sleep(0)
+                step = self._pace()
 
     def _behind(self) -> bool:
         """Records queue up faster than small steps take them: a whole batch or more is waiting

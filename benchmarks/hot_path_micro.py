@@ -25,7 +25,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -33,6 +33,7 @@ import orjson
 from axonsim.config import parse_config
 from axonsim.formats import get_format
 from benchmarks.fast_mock import _RESPONSE, STREAM_FRAMES
+from server.upstream import UpstreamResponse
 
 oc = get_format("openai_chat")
 
@@ -83,7 +84,7 @@ class _Resp:
 
     def __init__(self, chunks: list[bytes]) -> None:
         self.status = 200
-        self.headers: dict[str, str] = {}
+        self.headers: Mapping[str, str] = {}
         self._chunks = chunks
 
     async def read(self) -> bytes:
@@ -93,6 +94,12 @@ class _Resp:
         if self._chunks:
             return self._chunks.pop(0)
         return b""
+
+    def began(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -105,7 +112,7 @@ class MemoryUpstream:
     async def aclose(self) -> None:
         pass
 
-    async def send(self, req: Any) -> Any:
+    async def send(self, req: Any) -> UpstreamResponse:  # typed: mypy holds _Resp to the protocol
         return _Resp(list(STREAM_FRAMES) if req.stream else [_RESPONSE])
 
 
@@ -236,8 +243,11 @@ async def async_parts(n: int) -> dict[str, float]:
         return {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": headers,
                 "query_string": b"", "http_version": "1.1", "scheme": "http"}
 
+    statuses: set[int] = set()
+
     async def send(msg: Any) -> None:
-        pass
+        if msg["type"] == "http.response.start":
+            statuses.add(msg["status"])
 
     def receiver(body: bytes) -> Callable[[], Any]:
         first = [True]
@@ -259,6 +269,8 @@ async def async_parts(n: int) -> dict[str, float]:
 
     out["GatewayApp handler, non-stream (all of AxonSim's work but HTTP)"] = await atimeit(handle, n)
     out["GatewayApp handler, stream (22 frames)"] = await atimeit(handle_stream, n // 10)
+    if statuses != {200}:  # a handler failing fast would time its error path
+        raise RuntimeError(f"the handler answered {sorted(statuses)}, not only 200")
     await proxy.shutdown()
     return out
 

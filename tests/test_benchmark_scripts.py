@@ -111,3 +111,18 @@ def test_sim_report_refuses_bad_arguments_before_touching_its_output(tmp_path):
         assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert sorted(x.name for x in out.iterdir()) == ["figures", "notes.txt", "sweep.json"]
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_hot_path_micro_times_every_layer(tmp_path):
+    # It drives the real driver and handler with an in-memory upstream: a change to the upstream
+    # seam that the fake no longer follows broke it once, unnoticed, until it was run by hand.
+    out = tmp_path / "micro.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.hot_path_micro", "--n", "200", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    figures = json.loads(out.read_text())["us_per_call"]
+    for name in ("LiveDriver.execute non-stream (memory upstream; parse_response included)",
+                 "LiveDriver.execute stream + drain (memory upstream, 22 frames)",
+                 "GatewayApp handler, non-stream (all of AxonSim's work but HTTP)",
+                 "GatewayApp handler, stream (22 frames)"):
+        assert figures[name] > 0, name

@@ -757,6 +757,9 @@ def _body(**over: Any) -> bytes:
     (_body(thinking={"type": "enabled"}), "thinking.budget_tokens"),
     (_body(thinking={"type": "maybe"}), "thinking.type"),
     (_body(temperature="hot"), "temperature"),
+    (_body(temperature=1.5), "temperature"),  # Anthropic's range is 0–1
+    (_body(top_p=-0.5), "top_p"),
+    (_body(top_k=-1), "top_k"),
     (_body(stop_sequences="END"), "stop_sequences"),
     (_body(stream="yes"), "stream"),
 ])

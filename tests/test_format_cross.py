@@ -715,7 +715,8 @@ def portable_requests(draw: st.DrawFn) -> Request:
     return Request(
         model="m", messages=messages, tools=tools, tool_choice=choice,
         response_format=draw(st.sampled_from([None, ResponseFormat(type="json_schema", schema=schema)])),
-        sampling=Sampling(max_tokens=draw(st.integers(1, 100_000)), temperature=draw(st.none() | st.floats(0, 1)),
+        # (from 16: the fewest output tokens a Responses request may ask for; fewer become 16 there)
+        sampling=Sampling(max_tokens=draw(st.integers(16, 100_000)), temperature=draw(st.none() | st.floats(0, 1)),
                           top_p=draw(st.none() | st.floats(0, 1))),
         stream=draw(st.booleans()), reasoning_effort=draw(efforts))
 

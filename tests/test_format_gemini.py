@@ -405,6 +405,10 @@ BAD_REQUESTS: list[tuple[Any, str | None]] = [
     ({"contents": [USER], "systemInstruction": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "x"}}]}},
      "systemInstruction.parts[0]"),
     ([1, 2], "body"),
+    ({"contents": [USER], "generationConfig": {"temperature": 2.5}}, "generationConfig.temperature"),
+    ({"contents": [USER], "generationConfig": {"topP": 1.1}}, "generationConfig.topP"),
+    ({"contents": [USER], "generationConfig": {"maxOutputTokens": 0}}, "generationConfig.maxOutputTokens"),
+    ({"contents": [USER], "generation_config": {"candidate_count": 0}}, "generationConfig.candidateCount"),
 ]
 
 

@@ -438,6 +438,15 @@ BAD = [
     (body(metadata=[]), "metadata"),
     (body(user=1), "user"),
     (body(stream=True, n=2), "n"),  # streams carry one choice: refused, not silently dropped or merged
+    # outside the ranges OpenAI accepts: refused here, not forwarded (or clamped for another family)
+    (body(temperature=99), "temperature"),
+    (body(temperature=-0.1), "temperature"),
+    (body(top_p=1.5), "top_p"),
+    (body(presence_penalty=2.5), "presence_penalty"),
+    (body(frequency_penalty=-3), "frequency_penalty"),
+    (body(n=0), "n"),
+    (body(max_tokens=0), "max_tokens"),
+    (body(max_completion_tokens=-5), "max_completion_tokens"),
 ]
 
 
@@ -1093,10 +1102,11 @@ def requests(draw: st.DrawFn) -> Request:
         json_schema=st.none() | st.dictionaries(names, json_values, max_size=3),
         strict=st.none() | st.booleans(), description=st.none() | texts))
     sampling = Sampling(
-        temperature=draw(st.none() | floats), top_p=draw(st.none() | floats),
+        # (within the ranges OpenAI accepts, which the parser holds a request to)
+        temperature=draw(st.none() | st.floats(0, 2)), top_p=draw(st.none() | st.floats(0, 1)),
         max_tokens=draw(st.none() | st.integers(1, 2**31)), stop=draw(st.none() | st.lists(texts, min_size=1, max_size=4)),
-        seed=draw(st.none() | small_ints), presence_penalty=draw(st.none() | floats),
-        frequency_penalty=draw(st.none() | floats), n=draw(st.none() | st.integers(1, 8)),
+        seed=draw(st.none() | small_ints), presence_penalty=draw(st.none() | st.floats(-2, 2)),
+        frequency_penalty=draw(st.none() | st.floats(-2, 2)), n=draw(st.none() | st.integers(1, 8)),
     )
     stream = draw(st.booleans())
     if stream and sampling.n is not None and sampling.n > 1:

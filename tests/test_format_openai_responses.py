@@ -314,6 +314,9 @@ def test_parse_request_url_model_and_stream_override() -> None:
     ({"model": "m", "input": "hi", "temperature": "hot"}, "temperature"),
     ({"model": "m", "input": "hi", "temperature": True}, "temperature"),
     ({"model": "m", "input": "hi", "max_output_tokens": 1.5}, "max_output_tokens"),
+    ({"model": "m", "input": "hi", "max_output_tokens": 15}, "max_output_tokens"),  # the API's floor is 16
+    ({"model": "m", "input": "hi", "temperature": 2.01}, "temperature"),
+    ({"model": "m", "input": "hi", "top_p": -1}, "top_p"),
     ({"model": "m", "input": "hi", "text": {"format": {"type": "xml"}}}, "text.format.type"),
     ({"model": "m", "input": "hi", "instructions": ["a"]}, "instructions"),
     ({"model": "m", "input": "hi", "reasoning": {"effort": 3}}, "reasoning.effort"),
@@ -1122,3 +1125,11 @@ def test_an_upstream_item_id_given_twice_keeps_one_item_per_upstream_item() -> N
     assert items[0]["id"] == "item_1" and items[1]["id"] != "item_1"
     assert items[1]["content"][0]["text"] == "Hello world"
 
+
+
+@pytest.mark.parametrize(("asked", "sent"), [(1, 16), (15, 16), (16, 16), (1000, 1000)])
+def test_another_familys_small_output_budget_is_raised_to_the_responses_floor(asked: int, sent: int) -> None:
+    # Claude clients probe a model with max_tokens 1; the Responses API refuses fewer than 16.
+    claude = get_format("anthropic").parse_request(orjson.dumps(
+        {"model": "m", "max_tokens": asked, "messages": [{"role": "user", "content": "hi"}]}))
+    assert orjson.loads(fmt.build_request(claude, "gpt"))["max_output_tokens"] == sent

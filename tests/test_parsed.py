@@ -132,10 +132,10 @@ def test_a_tree_the_model_refuses_is_a_400_naming_the_field() -> None:
 
 
 @pytest.mark.parametrize("fmt, body, model", [
-    (anthropic, {"model": "claude", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}, None),
-    (openai_responses, {"model": "gpt", "input": "hi", "max_output_tokens": 9}, None),
+    (anthropic, {"model": "claude", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}, None),
+    (openai_responses, {"model": "gpt", "input": "hi", "max_output_tokens": 20}, None),
     (gemini, {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
-              "generationConfig": {"maxOutputTokens": 9}}, "gem"),
+              "generationConfig": {"maxOutputTokens": 20}}, "gem"),
 ])
 def test_formats_that_build_as_they_parse_hand_over_their_request(fmt: Any, body: dict[str, Any],
                                                                   model: str | None) -> None:
@@ -143,7 +143,7 @@ def test_formats_that_build_as_they_parse_hand_over_their_request(fmt: Any, body
     p = fmt.check_request(raw, model, False)
     req = p.request()
     assert isinstance(req, Request) and req == fmt.parse_request(raw, model, False)
-    assert (p.model, p.stream, p.include_usage, p.max_tokens, p.tools) == (req.model, False, True, 9, False)
+    assert (p.model, p.stream, p.include_usage, p.max_tokens, p.tools) == (req.model, False, True, 20, False)
     with pytest.raises(FormatError):
         fmt.check_request(b"[]", model, False)
 

@@ -296,6 +296,29 @@ def test_missing_messages_is_400_naming_it(client: httpx.Client) -> None:
     assert openai_error(r)["param"] == "messages"
 
 
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/chat/completions", {"model": "ok-model", "messages": [{"role": "user", "content": "hi"}],
+                              "temperature": 99}, "temperature"),
+    ("/v1/responses", {"model": "ok-model", "input": "hi", "max_output_tokens": 8}, "max_output_tokens"),
+    ("/v1/messages", {"model": "ok-model", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}],
+                      "temperature": 1.5}, "temperature"),  # Anthropic's range is 0–1 (OpenAI's 0–2)
+    ("/v1beta/models/ok-model:generateContent", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                                                 "generationConfig": {"topP": 2}}, "generationConfig.topP"),
+])
+def test_a_value_outside_the_clients_api_range_is_its_400_before_any_upstream_call(
+        client: httpx.Client, path: str, body: dict[str, Any], param: str) -> None:
+    r = client.post(path, json=body, headers=AUTH)
+    assert r.status_code == 400 and r.headers["x-axonsim-attempts"] == "0"
+    err = r.json()["error"]
+    if path == "/v1/messages":
+        assert r.json()["type"] == "error" and err["type"] == "invalid_request_error"
+    elif "generateContent" in path:
+        assert err["status"] == "INVALID_ARGUMENT" and err["code"] == 400
+    else:
+        assert err["type"] == "invalid_request_error" and err["param"] == param
+    assert param in err["message"]
+
+
 def test_missing_or_unknown_key_is_401(client: httpx.Client) -> None:
     r = chat(client, headers={})
     assert r.status_code == 401
@@ -461,7 +484,7 @@ def test_upstream_error_messages_are_scrubbed() -> None:
     with Stack() as st:
         g = st.gateway(Proxy(cfg, up, seed=1))
         with httpx.Client(base_url=g.url, timeout=10) as c:
-            r = chat(c, model="m", temperature=5)
+            r = chat(c, model="m", temperature=1.5)
     assert r.status_code == 400
     err = openai_error(r)
     assert err["param"] == "temperature" and key not in r.text and "[redacted]" in err["message"]

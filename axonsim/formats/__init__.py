@@ -77,6 +77,21 @@ class UpstreamErrorBody(FormatError):
     answer 200 so); `message` is that error's message, sanitized as any upstream error's."""
 
 
+def check_range(value: float | None, param: str, low: float | None, high: float | None = None) -> None:
+    """A 400 naming `param` when a number lies outside what the client's own API accepts
+    (temperature above 2 for OpenAI, say). Forwarded, the provider would refuse it after a round
+    trip; sent to another family's channel, it would be clamped and answered as if asked for."""
+    if value is None or ((low is None or value >= low) and (high is None or value <= high)):
+        return
+    if high is None:
+        span = f"at least {low:g}"
+    elif low is None:
+        span = f"at most {high:g}"
+    else:
+        span = f"between {low:g} and {high:g}"
+    raise FormatError(f"'{param}' must be {span}; got {value:g}.", param)
+
+
 def refuse_legacy_functions(req: Any, family: str) -> None:
     """OpenAI Chat's legacy `functions` / `function_call` travel as extra fields, which only an OpenAI
     Chat channel is sent: another family's would drop them, and the model would answer without the

@@ -10,7 +10,14 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody, refuse_legacy_functions, retry_after, status_message
+from axonsim.formats import (
+    FormatError,
+    UpstreamErrorBody,
+    check_range,
+    refuse_legacy_functions,
+    retry_after,
+    status_message,
+)
 from axonsim.formats.json_prefix import ObjectPrefix
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
@@ -317,12 +324,16 @@ def parse_request(body: bytes, model: str | None = None, stream: bool | None = N
         _parse_message(m, f"messages.{i}", messages, names)
 
     sampling = Sampling(max_tokens=max_tokens)
+    # The ranges Anthropic's API accepts.
     if d.get("temperature") is not None:
         sampling.temperature = _num(d["temperature"], "temperature")
+        check_range(sampling.temperature, "temperature", 0.0, 1.0)
     if d.get("top_p") is not None:
         sampling.top_p = _num(d["top_p"], "top_p")
+        check_range(sampling.top_p, "top_p", 0.0, 1.0)
     if d.get("top_k") is not None:
         sampling.top_k = _int(d["top_k"], "top_k")
+        check_range(sampling.top_k, "top_k", 0.0)
     if d.get("stop_sequences") is not None:
         stops = _list(d["stop_sequences"], "stop_sequences")
         sampling.stop = [_str(s, f"stop_sequences.{k}") for k, s in enumerate(stops)] or None

@@ -37,7 +37,14 @@ from typing import Any, cast
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody, refuse_legacy_functions, retry_after, status_message
+from axonsim.formats import (
+    FormatError,
+    UpstreamErrorBody,
+    check_range,
+    refuse_legacy_functions,
+    retry_after,
+    status_message,
+)
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature
 from axonsim.formats.sse import SSEDecoder
@@ -853,6 +860,11 @@ def _parse_generation_config(
         presence_penalty=opt("presencePenalty", _num), frequency_penalty=opt("frequencyPenalty", _num),
         stop=None if stop is None else [_str(s, "generationConfig.stopSequences") for s in stop],
     )
+    # The ranges the Gemini API accepts.
+    check_range(sampling.temperature, "generationConfig.temperature", 0.0, 2.0)
+    check_range(sampling.top_p, "generationConfig.topP", 0.0, 1.0)
+    check_range(sampling.max_tokens, "generationConfig.maxOutputTokens", 1.0)
+    check_range(sampling.n, "generationConfig.candidateCount", 1.0)
 
     mime, jschema, oschema = g.get("responseMimeType"), g.get("responseJsonSchema"), g.get("responseSchema")
     if jschema is not None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody, retry_after, status_message
+from axonsim.formats import FormatError, UpstreamErrorBody, check_range, retry_after, status_message
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.sse import SSEDecoder
 from axonsim.unified import (
@@ -394,12 +394,13 @@ def _parse_stop(v: Any) -> list[str] | None:
     raise _bad("'stop' must be a string or an array of strings.", "stop")
 
 
-# Sampling fields that map one to one: (wire name, checker).
+# Sampling fields that map one to one: (wire name, checker, the range OpenAI accepts).
 # Of any length, so the compiled build keeps it one tuple object (a fixed-length tuple type is
 # unboxed, and boxed again, seven tuples, at every loop over it).
-_SAMPLING: tuple[tuple[str, Callable[[Any, str], Any]], ...] = (
-    ("temperature", _opt_float), ("top_p", _opt_float), ("seed", _opt_int), ("presence_penalty", _opt_float),
-    ("frequency_penalty", _opt_float), ("n", _opt_int))
+_SAMPLING: tuple[tuple[str, Callable[[Any, str], Any], float | None, float | None], ...] = (
+    ("temperature", _opt_float, 0.0, 2.0), ("top_p", _opt_float, 0.0, 1.0), ("seed", _opt_int, None, None),
+    ("presence_penalty", _opt_float, -2.0, 2.0), ("frequency_penalty", _opt_float, -2.0, 2.0),
+    ("n", _opt_int, 1.0, 128.0))
 
 
 def parse_request(body: bytes, model: str | None = None, stream: bool | None = None) -> Request:
@@ -448,14 +449,18 @@ def check_request(body: bytes, model: str | None = None, stream: bool | None = N
             out["tool_choice"] = tool_choice
         if (v := o.get("response_format")) is not None:
             _put(out, "response_format", _parse_response_format(v))
-        for key, check in _SAMPLING:
+        for key, check, low, high in _SAMPLING:
             if (v := o.get(key)) is not None:
-                sampling[key] = check(v, key)
+                sampling[key] = x = check(v, key)
+                if low is not None:
+                    check_range(x, key, low, high)
         max_tokens = None
         if (v := o.get("max_completion_tokens")) is not None:
             max_tokens = _opt_int(v, "max_completion_tokens")
+            check_range(max_tokens, "max_completion_tokens", 1.0)
         if max_tokens is None and (v := o.get("max_tokens")) is not None:
             max_tokens = _opt_int(v, "max_tokens")
+            check_range(max_tokens, "max_tokens", 1.0)
         _put(sampling, "max_tokens", max_tokens)
         if (v := o.get("stop")) is not None:
             _put(sampling, "stop", _parse_stop(v))

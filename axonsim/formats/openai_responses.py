@@ -21,7 +21,14 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody, refuse_legacy_functions, retry_after, status_message
+from axonsim.formats import (
+    FormatError,
+    UpstreamErrorBody,
+    check_range,
+    refuse_legacy_functions,
+    retry_after,
+    status_message,
+)
 from axonsim.formats.openai_chat import error_headers, error_status, render_error  # noqa: F401
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.signatures import export_signature, import_signature, replayable
@@ -61,6 +68,7 @@ JSON = dict[str, Any]
 # encrypted reasoning, and `Tool.provider` of hosted tools (web_search, file_search, mcp, ...), which
 # only an OpenAI Responses channel can run (Chat's own custom tools are provider "openai").
 FAMILY = "openai_responses"
+MIN_OUTPUT_TOKENS = 16  # the fewest output tokens the Responses API lets a request ask for
 
 # Anthropic's redacted_thinking has no Responses equivalent, but a Responses client must hand it
 # back verbatim for the next turn to be valid upstream; we carry it as an opaque reasoning item.
@@ -166,6 +174,10 @@ def parse_request(body: bytes, model: str | None = None, stream: bool | None = N
         top_p=_opt(obj, "top_p", (int, float), "top_p", "a number"),
         max_tokens=_opt(obj, "max_output_tokens", int, "max_output_tokens", "an integer"),
     )
+    # The ranges OpenAI's Responses API accepts (it refuses fewer than 16 output tokens).
+    check_range(sampling.temperature, "temperature", 0.0, 2.0)
+    check_range(sampling.top_p, "top_p", 0.0, 1.0)
+    check_range(sampling.max_tokens, "max_output_tokens", MIN_OUTPUT_TOKENS)
 
     effort: str | None = None
     reasoning = _opt(obj, "reasoning", dict, "reasoning", "an object")
@@ -1007,7 +1019,9 @@ def build_request(req: Request, upstream_model: str) -> bytes:
     if s.top_p is not None:
         body["top_p"] = s.top_p
     if s.max_tokens is not None:
-        body["max_output_tokens"] = s.max_tokens
+        # Another family's client may ask for fewer (Claude clients probe a model with max_tokens 1),
+        # which the Responses API refuses: it gets the floor instead (16 tokens for its 1).
+        body["max_output_tokens"] = max(s.max_tokens, MIN_OUTPUT_TOKENS)
 
     # Another family's extra fields (and its `reasoning`/`text`/`include` shapes) are not ours.
     extra = dict(req.extra_body) if req.source == FAMILY else {}

@@ -409,6 +409,10 @@ BAD_REQUESTS: list[tuple[Any, str | None]] = [
     ({"contents": [USER], "generationConfig": {"topP": 1.1}}, "generationConfig.topP"),
     ({"contents": [USER], "generationConfig": {"maxOutputTokens": 0}}, "generationConfig.maxOutputTokens"),
     ({"contents": [USER], "generation_config": {"candidate_count": 0}}, "generationConfig.candidateCount"),
+    ({"contents": [USER], "generationConfig": {"candidateCount": 200}}, "generationConfig.candidateCount"),
+    ({"contents": [USER], "generationConfig": {"topK": -1}}, "generationConfig.topK"),
+    ({"contents": [USER], "generationConfig": {"presencePenalty": 3}}, "generationConfig.presencePenalty"),
+    ({"contents": [USER], "generationConfig": {"frequencyPenalty": -2.5}}, "generationConfig.frequencyPenalty"),
 ]
 
 

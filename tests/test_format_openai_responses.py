@@ -1059,7 +1059,7 @@ def _requests(draw: st.DrawFn) -> Request:
     return Request(
         model="client-model", messages=messages, tools=tools, tool_choice=choice, response_format=rf,
         sampling=Sampling(temperature=draw(st.none() | st.floats(0, 2)), top_p=draw(st.none() | st.floats(0, 1)),
-                          max_tokens=draw(st.none() | st.integers(1, 10**5))),
+                          max_tokens=draw(st.none() | st.integers(fmt.MIN_OUTPUT_TOKENS, 10**5))),  # the API's floor
         stream=draw(st.booleans()), reasoning_effort=draw(st.none() | st.sampled_from(["low", "medium", "high"])),
         metadata=draw(st.none() | st.dictionaries(_ident, _ident, max_size=2)), user=draw(st.none() | _ident),
         extra_body=draw(st.sampled_from([{}, {"truncation": "auto"}, {"service_tier": "flex"}])),

@@ -863,8 +863,11 @@ def _parse_generation_config(
     # The ranges the Gemini API accepts.
     check_range(sampling.temperature, "generationConfig.temperature", 0.0, 2.0)
     check_range(sampling.top_p, "generationConfig.topP", 0.0, 1.0)
+    check_range(sampling.top_k, "generationConfig.topK", 0.0)
     check_range(sampling.max_tokens, "generationConfig.maxOutputTokens", 1.0)
-    check_range(sampling.n, "generationConfig.candidateCount", 1.0)
+    check_range(sampling.n, "generationConfig.candidateCount", 1.0, 8.0)
+    check_range(sampling.presence_penalty, "generationConfig.presencePenalty", -2.0, 2.0)
+    check_range(sampling.frequency_penalty, "generationConfig.frequencyPenalty", -2.0, 2.0)
 
     mime, jschema, oschema = g.get("responseMimeType"), g.get("responseJsonSchema"), g.get("responseSchema")
     if jschema is not None:

@@ -1293,3 +1293,9 @@ def test_a_stream_says_its_prompt_size_from_the_first_chunk() -> None:
     assert isinstance(start, StreamStart) and start.usage == Usage(prompt_tokens=1000, cached_tokens=400)
     assert not any(isinstance(e, UsageEvent) for e in events)  # the full usage comes with the finish, as before
     assert g.parse_response(orjson.dumps(first)).usage is None and g.response_usage(orjson.dumps(first)) is None
+
+
+def test_an_openai_clients_n_beyond_geminis_candidates_is_sent_as_the_most_it_takes() -> None:
+    chat = get_format("openai_chat").parse_request(orjson.dumps(
+        {"model": "m", "n": 50, "messages": [{"role": "user", "content": "hi"}]}))
+    assert orjson.loads(g.build_request(chat, "gemini-2.5-flash"))["generationConfig"]["candidateCount"] == 8

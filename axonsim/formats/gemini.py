@@ -94,6 +94,7 @@ SKIP_VALIDATOR_SIGNATURE = base64.b64encode(b"skip_thought_signature_validator")
 # sent to Gemini; another provider's, shown to a Gemini client, is wrapped in a base64 envelope (the
 # SDK decodes thoughtSignature as bytes) that names its provider, and unwrapped on replay.
 FAMILY = "gemini"
+MAX_CANDIDATES = 8  # candidateCount: the most the Gemini API generates for one request
 
 # Malformed upstream output is the provider's fault, not the client's: a bad gateway.
 _UPSTREAM = 502
@@ -865,7 +866,7 @@ def _parse_generation_config(
     check_range(sampling.top_p, "generationConfig.topP", 0.0, 1.0)
     check_range(sampling.top_k, "generationConfig.topK", 0.0)
     check_range(sampling.max_tokens, "generationConfig.maxOutputTokens", 1.0)
-    check_range(sampling.n, "generationConfig.candidateCount", 1.0, 8.0)
+    check_range(sampling.n, "generationConfig.candidateCount", 1.0, MAX_CANDIDATES)
     check_range(sampling.presence_penalty, "generationConfig.presencePenalty", -2.0, 2.0)
     check_range(sampling.frequency_penalty, "generationConfig.frequencyPenalty", -2.0, 2.0)
 
@@ -1291,8 +1292,10 @@ def _tool_choice_to_gemini(tc: ToolChoice) -> dict[str, Any]:
 def _generation_config(req: Request, model: str) -> dict[str, Any]:
     s = req.sampling
     g: dict[str, Any] = {}
+    # Gemini takes at most 8 candidates (OpenAI 128); only the first is read back in any case.
+    n = None if s.n is None else min(s.n, MAX_CANDIDATES)
     for key, val in (("temperature", s.temperature), ("topP", s.top_p), ("topK", s.top_k),
-                     ("candidateCount", s.n), ("maxOutputTokens", s.max_tokens), ("stopSequences", s.stop),
+                     ("candidateCount", n), ("maxOutputTokens", s.max_tokens), ("stopSequences", s.stop),
                      ("seed", s.seed), ("presencePenalty", s.presence_penalty),
                      ("frequencyPenalty", s.frequency_penalty)):
         if val is not None:

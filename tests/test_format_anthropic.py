@@ -1313,3 +1313,37 @@ def test_server_tool_blocks_reach_a_same_family_stream_client_whole() -> None:
         r = get_format(family).StreamRenderer(Request(model="m", messages=[], stream=True))
         out = b"".join(r.render(e) for e in events) + r.finish()
         assert b"srvtoolu_1" not in out and b"It is sunny." in out
+
+
+def _tool_loop(first_block: dict[str, Any] | None) -> list[dict[str, Any]]:
+    call = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+    return [{"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [first_block, call] if first_block else [call]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}]}]
+
+
+TOOLS = [{"name": "f", "input_schema": {"type": "object"}}]
+
+
+@pytest.mark.parametrize(("first", "kept"), [
+    (None, False),  # its thinking was another family's (a failover), or never signed: Anthropic would refuse
+    ({"type": "thinking", "thinking": "hm", "signature": "sig-from-anthropic"}, True),
+    ({"type": "redacted_thinking", "data": "opaque"}, True),
+    ({"type": "text", "text": "let me look"}, False),
+])
+def test_thinking_goes_when_the_last_tool_turn_does_not_start_with_thinking(
+        first: dict[str, Any] | None, kept: bool) -> None:
+    req = A.parse_request(_body(max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 2048},
+                                tools=TOOLS, messages=_tool_loop(first)))
+    req.source = "gemini"  # as if another family's client: the body is built, not passed through
+    body = orjson.loads(A.build_request(req, "claude-x"))
+    assert ("thinking" in body) is kept
+    assert body["messages"][1]["content"][-1]["type"] == "tool_use"
+
+
+def test_thinking_stays_when_the_last_assistant_turn_calls_no_tool() -> None:
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "more"}]
+    req = A.parse_request(_body(max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 2048}, messages=msgs))
+    req.source = "openai_chat"
+    assert orjson.loads(A.build_request(req, "claude-x"))["thinking"]["type"] == "enabled"

@@ -886,6 +886,13 @@ def build_request(req: Request, upstream_model: str) -> bytes:
         # client's code depends on, so the thinking goes. (An Anthropic client's own request is
         # left as it asked: the provider's answer tells it.)
         thinking = None
+    if thinking is not None and thinking["type"] != "disabled" and _tool_turn_without_thinking(messages):
+        # With thinking on, Anthropic refuses a last assistant turn whose tool calls do not follow
+        # its thinking block ("a final assistant message must start with a thinking block"). That
+        # turn came from another family's channel (a failover, a switch of channel), or its
+        # thinking had no Anthropic signature to replay: this request goes without thinking, as
+        # the API's own advice says, rather than failing.
+        thinking = None
     if thinking is not None:
         body["thinking"] = thinking
         if thinking["type"] == "enabled" and thinking["budget_tokens"] >= max_tokens:
@@ -1034,6 +1041,18 @@ def _tool_result_block(p: ToolResultPart, path: str) -> dict[str, Any]:
     if p.cache_control is not None:
         b["cache_control"] = p.cache_control
     return b
+
+
+def _tool_turn_without_thinking(messages: list[dict[str, Any]]) -> bool:
+    """Whether the last assistant turn calls tools without starting with a thinking block."""
+    for m in reversed(messages):
+        if m["role"] != "assistant":
+            continue
+        blocks = m["content"]
+        if not isinstance(blocks, list) or not any(b.get("type") == "tool_use" for b in blocks):
+            return False
+        return blocks[0].get("type") not in ("thinking", "redacted_thinking")
+    return False
 
 
 def _assistant_blocks(m: Message, path: str) -> list[dict[str, Any]]:

@@ -1299,3 +1299,20 @@ def test_an_openai_clients_n_beyond_geminis_candidates_is_sent_as_the_most_it_ta
     chat = get_format("openai_chat").parse_request(orjson.dumps(
         {"model": "m", "n": 50, "messages": [{"role": "user", "content": "hi"}]}))
     assert orjson.loads(g.build_request(chat, "gemini-2.5-flash"))["generationConfig"]["candidateCount"] == 8
+
+
+def test_a_nullable_gemini_schema_takes_null_in_every_family_it_is_translated_to() -> None:
+    import jsonschema
+
+    prop = {"type": "OBJECT", "properties": {
+        "unit": {"type": "STRING", "nullable": True, "enum": ["c", "f"]},
+        "days": {"type": "INTEGER", "nullable": True},
+        "either": {"anyOf": [{"type": "STRING"}, {"type": "INTEGER"}], "nullable": True}}}
+    req = g.parse_request(body({"contents": [USER], "tools": [{"functionDeclarations": [
+        {"name": "f", "parameters": prop}]}]}), "gemini-2.5-flash")
+    schema = orjson.loads(get_format("openai_chat").build_request(req, "gpt"))["tools"][0]["function"]["parameters"]
+    for ok in ({"unit": None, "days": None, "either": None}, {"unit": "c", "days": 3, "either": 4}):
+        jsonschema.validate(ok, schema)
+    for bad in ({"unit": "k"}, {"days": "3"}, {"either": 1.5}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)

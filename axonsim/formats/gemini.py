@@ -402,6 +402,9 @@ def _schema_to_json(s: Any) -> Any:
             out["type"] = [*t, "null"]
         elif "anyOf" in out:
             out["anyOf"] = [*out["anyOf"], {"type": "null"}]
+        enum = out.get("enum")
+        if isinstance(enum, list) and None not in enum:
+            out["enum"] = [*enum, None]  # else the enum alone refuses the null that `nullable` allows
     return out
 
 

@@ -1335,10 +1335,12 @@ def test_thinking_goes_when_the_last_tool_turn_does_not_start_with_thinking(
         first: dict[str, Any] | None, kept: bool) -> None:
     req = A.parse_request(_body(max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 2048},
                                 tools=TOOLS, messages=_tool_loop(first)))
-    req.source = "gemini"  # as if another family's client: the body is built, not passed through
+    req.source = "gemini"  # as if another family's client
     body = orjson.loads(A.build_request(req, "claude-x"))
     assert ("thinking" in body) is kept
     assert body["messages"][1]["content"][-1]["type"] == "tool_use"
+    req.source = "anthropic"  # an Anthropic client's own request: as it asked, as when passed through
+    assert "thinking" in orjson.loads(A.build_request(req, "claude-x"))
 
 
 def test_thinking_stays_when_the_last_assistant_turn_calls_no_tool() -> None:

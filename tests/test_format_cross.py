@@ -37,7 +37,7 @@ from native_finish import without_native
 from axonsim.capabilities import NATIVE_TOOL_CHANNEL, needs_of
 from axonsim.formats import FormatError, get_format
 from axonsim.formats import anthropic as A
-from axonsim.formats.signatures import WRAP_PREFIX, export_signature, import_signature
+from axonsim.formats.signatures import WRAP_PREFIX, export_signature, import_signature, replayable
 from axonsim.unified import (
     Error,
     ErrorEvent,
@@ -346,6 +346,8 @@ def request_view(req: Request, target: str) -> dict[str, Any]:
         if "temperature" in sampling:
             sampling["temperature"] = min(1.0, sampling["temperature"])
         budget = req.reasoning_budget
+        if budget and req.source != "anthropic" and _tool_turn_without_anthropic_thinking(req):
+            budget = None  # Anthropic refuses thinking after such a turn: the request goes without it
         if budget:  # thinking on: Anthropic rejects these sampling knobs, and wants max_tokens above the budget
             if sampling.get("temperature", 1.0) != 1.0:
                 del sampling["temperature"]
@@ -368,10 +370,28 @@ def request_view(req: Request, target: str) -> dict[str, Any]:
         reasoning: Any = effort
     else:
         b = req.reasoning_budget
+        if target == "anthropic" and b and req.source != "anthropic" and _tool_turn_without_anthropic_thinking(req):
+            b = None
         reasoning = max(b, A.MIN_THINKING_BUDGET) if b and b > 0 and target == "anthropic" else b
     return {"system": system, "conversation": conversation, "tools": tools, "tool_choice": choice,
             "sampling": sampling, "response_format": fmt, "stream": req.stream, "reasoning": reasoning,
             "user": None if target == "gemini" else req.user}
+
+
+def _tool_turn_without_anthropic_thinking(req: Request) -> bool:
+    """Whether the last assistant turn an Anthropic channel is sent calls tools without starting
+    with thinking Anthropic can replay (then it gets no thinking: docs/mapping.md §4)."""
+    for m in reversed(req.messages):
+        if m.role != "assistant":
+            continue
+        kept = [p for p in m.content
+                if (isinstance(p, ReasoningPart) and (p.data if p.redacted else
+                                                      replayable(p.signature, p.signature_provider, "anthropic")))
+                or (isinstance(p, TextPart) and p.text)]
+        if not kept and not m.tool_calls:
+            continue  # an empty turn is not sent
+        return bool(m.tool_calls) and not (kept and isinstance(kept[0], ReasoningPart))
+    return False
 
 
 @pytest.mark.parametrize("target", FAMILIES)

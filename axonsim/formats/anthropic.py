@@ -886,12 +886,14 @@ def build_request(req: Request, upstream_model: str) -> bytes:
         # client's code depends on, so the thinking goes. (An Anthropic client's own request is
         # left as it asked: the provider's answer tells it.)
         thinking = None
-    if thinking is not None and thinking["type"] != "disabled" and _tool_turn_without_thinking(messages):
+    if (thinking is not None and thinking["type"] != "disabled" and req.source != FAMILY
+            and _tool_turn_without_thinking(messages)):
         # With thinking on, Anthropic refuses a last assistant turn whose tool calls do not follow
-        # its thinking block ("a final assistant message must start with a thinking block"). That
-        # turn came from another family's channel (a failover, a switch of channel), or its
-        # thinking had no Anthropic signature to replay: this request goes without thinking, as
-        # the API's own advice says, rather than failing.
+        # its thinking block ("a final assistant message must start with a thinking block"). For a
+        # client of another family that turn came from its own family's channel, or its reasoning
+        # has no Anthropic signature to replay: the request goes without thinking, as the API's own
+        # advice says, rather than failing. (An Anthropic client's own request is left as it asked,
+        # as its bytes are when passed through.)
         thinking = None
     if thinking is not None:
         body["thinking"] = thinking

@@ -1349,3 +1349,49 @@ def test_thinking_stays_when_the_last_assistant_turn_calls_no_tool() -> None:
     req = A.parse_request(_body(max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 2048}, messages=msgs))
     req.source = "openai_chat"
     assert orjson.loads(A.build_request(req, "claude-x"))["thinking"]["type"] == "enabled"
+
+
+SIGNED = {"type": "thinking", "thinking": "hm", "signature": "sig-from-anthropic"}
+
+
+def _call(n: int) -> dict[str, Any]:
+    return {"type": "tool_use", "id": f"toolu_{n}", "name": "f", "input": {}}
+
+
+def _result(n: int) -> dict[str, Any]:
+    return {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{n}", "content": "ok"}]}
+
+
+def _built(messages: list[dict[str, Any]], thinking: dict[str, Any]) -> dict[str, Any]:
+    req = A.parse_request(_body(max_tokens=4096, thinking=thinking, tools=TOOLS, messages=messages))
+    req.source = "gemini"
+    return orjson.loads(A.build_request(req, "claude-x"))
+
+
+ENABLED = {"type": "enabled", "budget_tokens": 2048}
+
+
+def test_a_tool_loop_is_one_turn_whose_first_message_decides_the_thinking() -> None:
+    # Claude without interleaved thinking thinks once, at the start of the turn: later steps of the
+    # loop carry no thinking block, and Anthropic takes them back as they are.
+    loop = [{"role": "user", "content": "go"}, {"role": "assistant", "content": [SIGNED, _call(1)]}, _result(1),
+            {"role": "assistant", "content": [_call(2)]}, _result(2)]
+    body = _built(loop, ENABLED)
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert [b["type"] for b in body["messages"][1]["content"]] == ["thinking", "tool_use"]
+    # The loop began without thinking (another family's step): no thinking, and none of the loop's
+    # thinking blocks, which Anthropic refuses in the final turn with thinking disabled.
+    loop = [{"role": "user", "content": "go"}, {"role": "assistant", "content": [_call(1)]}, _result(1),
+            {"role": "assistant", "content": [SIGNED, _call(2)]}, _result(2)]
+    body = _built(loop, ENABLED)
+    assert "thinking" not in body
+    assert [[b["type"] for b in m["content"]] for m in body["messages"] if m["role"] == "assistant"] == [
+        ["tool_use"], ["tool_use"]]
+
+
+def test_thinking_stays_for_a_closed_loop_and_for_adaptive_thinking() -> None:
+    closed = [{"role": "user", "content": "go"}, {"role": "assistant", "content": [_call(1)]}, _result(1),
+              {"role": "assistant", "content": "done"}, {"role": "user", "content": "and now?"}]
+    assert _built(closed, ENABLED)["thinking"]["type"] == "enabled"
+    # Adaptive thinking may begin a turn with a tool call.
+    assert _built(_tool_loop(None), {"type": "adaptive"})["thinking"] == {"type": "adaptive"}

@@ -346,7 +346,7 @@ def request_view(req: Request, target: str) -> dict[str, Any]:
         if "temperature" in sampling:
             sampling["temperature"] = min(1.0, sampling["temperature"])
         budget = req.reasoning_budget
-        if budget and req.source != "anthropic" and _tool_turn_without_anthropic_thinking(req):
+        if budget and budget > 0 and req.source != "anthropic" and _tool_turn_without_anthropic_thinking(req):
             budget = None  # Anthropic refuses thinking after such a turn: the request goes without it
         if budget:  # thinking on: Anthropic rejects these sampling knobs, and wants max_tokens above the budget
             if sampling.get("temperature", 1.0) != 1.0:
@@ -370,7 +370,8 @@ def request_view(req: Request, target: str) -> dict[str, Any]:
         reasoning: Any = effort
     else:
         b = req.reasoning_budget
-        if target == "anthropic" and b and req.source != "anthropic" and _tool_turn_without_anthropic_thinking(req):
+        if target == "anthropic" and b and b > 0 and req.source != "anthropic" and \
+                _tool_turn_without_anthropic_thinking(req):
             b = None
         reasoning = max(b, A.MIN_THINKING_BUDGET) if b and b > 0 and target == "anthropic" else b
     return {"system": system, "conversation": conversation, "tools": tools, "tool_choice": choice,
@@ -379,19 +380,29 @@ def request_view(req: Request, target: str) -> dict[str, Any]:
 
 
 def _tool_turn_without_anthropic_thinking(req: Request) -> bool:
-    """Whether the last assistant turn an Anthropic channel is sent calls tools without starting
-    with thinking Anthropic can replay (then it gets no thinking: docs/mapping.md §4)."""
+    """Whether the conversation ends in a tool loop (the assistant messages since the last user
+    message that is more than tool results) whose first message an Anthropic channel is sent does
+    not start with thinking Anthropic can replay (then it gets no thinking: docs/mapping.md §4)."""
+    turn: list[Any] = []
     for m in reversed(req.messages):
-        if m.role != "assistant":
+        if m.role == "assistant":
+            turn.insert(0, m)
+        elif m.role == "tool" or all(isinstance(p, ToolResultPart) for p in m.content):
             continue
+        else:
+            break
+    sent = []
+    for m in turn:
         kept = [p for p in m.content
                 if (isinstance(p, ReasoningPart) and (p.data if p.redacted else
                                                       replayable(p.signature, p.signature_provider, "anthropic")))
                 or (isinstance(p, TextPart) and p.text)]
-        if not kept and not m.tool_calls:
-            continue  # an empty turn is not sent
-        return bool(m.tool_calls) and not (kept and isinstance(kept[0], ReasoningPart))
-    return False
+        if kept or m.tool_calls:  # an empty message is not sent
+            sent.append((kept, m.tool_calls))
+    if not any(calls for _, calls in sent):
+        return False
+    kept = sent[0][0]
+    return not (kept and isinstance(kept[0], ReasoningPart))
 
 
 @pytest.mark.parametrize("target", FAMILIES)

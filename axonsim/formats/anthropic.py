@@ -886,14 +886,17 @@ def build_request(req: Request, upstream_model: str) -> bytes:
         # client's code depends on, so the thinking goes. (An Anthropic client's own request is
         # left as it asked: the provider's answer tells it.)
         thinking = None
-    if (thinking is not None and thinking["type"] != "disabled" and req.source != FAMILY
-            and _tool_turn_without_thinking(messages)):
-        # With thinking on, Anthropic refuses a last assistant turn whose tool calls do not follow
-        # its thinking block ("a final assistant message must start with a thinking block"). For a
-        # client of another family that turn came from its own family's channel, or its reasoning
-        # has no Anthropic signature to replay: the request goes without thinking, as the API's own
-        # advice says, rather than failing. (An Anthropic client's own request is left as it asked,
-        # as its bytes are when passed through.)
+    if (thinking is not None and thinking["type"] == "enabled" and req.source != FAMILY
+            and _tool_loop_without_thinking(messages)):
+        # With thinking enabled, Anthropic refuses a tool loop (one assistant turn: every assistant
+        # message since the last user message that is more than tool results) whose first message
+        # does not start with a thinking block ("a final assistant message must start with a
+        # thinking block"). For a client of another family that turn began on its own family's
+        # channel, or its reasoning has no Anthropic signature to replay: the request goes without
+        # thinking, as the API's own advice says, and the loop's later thinking blocks go too
+        # (with thinking disabled the API refuses them in the final turn). Adaptive thinking may
+        # begin a turn with a tool call, so it stays. (An Anthropic client's own request is left as
+        # it asked, as its bytes are when passed through.)
         thinking = None
     if thinking is not None:
         body["thinking"] = thinking
@@ -1045,16 +1048,24 @@ def _tool_result_block(p: ToolResultPart, path: str) -> dict[str, Any]:
     return b
 
 
-def _tool_turn_without_thinking(messages: list[dict[str, Any]]) -> bool:
-    """Whether the last assistant turn calls tools without starting with a thinking block."""
-    for m in reversed(messages):
-        if m["role"] != "assistant":
-            continue
-        blocks = m["content"]
-        if not isinstance(blocks, list) or not any(b.get("type") == "tool_use" for b in blocks):
-            return False
-        return blocks[0].get("type") not in ("thinking", "redacted_thinking")
-    return False
+_THINKING_BLOCKS = ("thinking", "redacted_thinking")
+
+
+def _tool_loop_without_thinking(messages: list[dict[str, Any]]) -> bool:
+    """Whether the conversation ends in a tool loop whose first assistant message does not start
+    with a thinking block; if so, the loop's thinking blocks are taken out of `messages`."""
+    start = len(messages)
+    while start > 0 and (messages[start - 1]["role"] == "assistant" or all(
+            b.get("type") == "tool_result" for b in messages[start - 1]["content"])):
+        start -= 1
+    turn = [m for m in messages[start:] if m["role"] == "assistant"]
+    if not turn or not any(b.get("type") == "tool_use" for m in turn for b in m["content"]):
+        return False
+    if turn[0]["content"][0].get("type") in _THINKING_BLOCKS:
+        return False
+    for m in turn:
+        m["content"] = [b for b in m["content"] if b.get("type") not in _THINKING_BLOCKS]
+    return True
 
 
 def _assistant_blocks(m: Message, path: str) -> list[dict[str, Any]]:

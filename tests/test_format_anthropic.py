@@ -1395,3 +1395,31 @@ def test_thinking_stays_for_a_closed_loop_and_for_adaptive_thinking() -> None:
     assert _built(closed, ENABLED)["thinking"]["type"] == "enabled"
     # Adaptive thinking may begin a turn with a tool call.
     assert _built(_tool_loop(None), {"type": "adaptive"})["thinking"] == {"type": "adaptive"}
+
+
+@pytest.mark.parametrize(("config", "tool_config", "sent"), [
+    ({"thinkingConfig": {"thinkingBudget": 2048}}, {"functionCallingConfig": {"mode": "ANY"}}, None),  # forced call
+    ({"thinkingConfig": {"thinkingBudget": 0}}, None, {"type": "disabled"}),
+    ({}, None, None),
+])
+def test_with_thinking_off_the_final_turn_carries_no_thinking_block(
+        config: dict[str, Any], tool_config: dict[str, Any] | None, sent: dict[str, Any] | None) -> None:
+    # A Gemini client whose earlier step ran on an Anthropic channel with thinking: the loop's thought
+    # carries Anthropic's signature. Anthropic refuses it in the final turn once thinking is off.
+    from axonsim.formats import gemini
+    from axonsim.formats.signatures import export_signature
+
+    thought = {"text": "hm", "thought": True, "thoughtSignature": export_signature("sig", "anthropic", "gemini")}
+    contents = [{"role": "user", "parts": [{"text": "before"}]},
+                {"role": "model", "parts": [{**thought}, {"text": "earlier answer"}]},
+                {"role": "user", "parts": [{"text": "go"}]},
+                {"role": "model", "parts": [thought, {"functionCall": {"name": "f", "args": {}}}]},
+                {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"result": "ok"}}}]}]
+    body: dict[str, Any] = {"contents": contents, "tools": [{"functionDeclarations": [{"name": "f"}]}],
+                            "generationConfig": config}
+    if tool_config:
+        body["toolConfig"] = tool_config
+    built = orjson.loads(A.build_request(gemini.parse_request(orjson.dumps(body), "m"), "claude-x"))
+    assert built.get("thinking") == sent
+    kinds = [[b["type"] for b in m["content"]] for m in built["messages"] if m["role"] == "assistant"]
+    assert kinds == [["thinking", "text"], ["tool_use"]]  # an earlier turn's thinking may stay

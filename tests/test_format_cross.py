@@ -603,6 +603,12 @@ def test_a_signature_travels_through_any_client_and_is_replayed_only_to_its_issu
     carried = client in SIGNING
     assert signatures_of(turn) == ([(sig, issuer or "unknown")] if carried else [])
     assert reasoning_text_of(turn) == "Need the weather."
+    if channel == "anthropic" and client != "anthropic":
+        # Anthropic takes thinking back in the final turn only with thinking on (docs/mapping.md §4):
+        # without it, none goes; with it, what it signed is replayed.
+        off = parse_client(channel, FMT[channel].build_request(turn, "m"), turn)
+        assert signatures_of(off) == [] and reasoning_text_of(off) == ""
+        turn = turn.model_copy(update={"reasoning_budget": 2048})
     upstream = parse_client(channel, FMT[channel].build_request(turn, "m"), turn)
     replayed = carried and issuer == channel
     assert signatures_of(upstream) == ([(sig, channel)] if replayed else [])

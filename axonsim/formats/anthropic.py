@@ -886,17 +886,16 @@ def build_request(req: Request, upstream_model: str) -> bytes:
         # client's code depends on, so the thinking goes. (An Anthropic client's own request is
         # left as it asked: the provider's answer tells it.)
         thinking = None
-    if (thinking is not None and thinking["type"] == "enabled" and req.source != FAMILY
-            and _tool_loop_without_thinking(messages)):
-        # With thinking enabled, Anthropic refuses a tool loop (one assistant turn: every assistant
-        # message since the last user message that is more than tool results) whose first message
-        # does not start with a thinking block ("a final assistant message must start with a
-        # thinking block"). For a client of another family that turn began on its own family's
-        # channel, or its reasoning has no Anthropic signature to replay: the request goes without
-        # thinking, as the API's own advice says, and the loop's later thinking blocks go too
-        # (with thinking disabled the API refuses them in the final turn). Adaptive thinking may
-        # begin a turn with a tool call, so it stays. (An Anthropic client's own request is left as
-        # it asked, as its bytes are when passed through.)
+    # The final assistant turn: every assistant message since the last user message that is more than
+    # tool results (a tool loop is one turn). Anthropic holds it to the request's thinking setting.
+    # (An Anthropic client's own request is left as it asked, as its bytes are when passed through.)
+    turn = _final_turn(messages) if req.source != FAMILY else []
+    if thinking is not None and thinking["type"] == "enabled" and _loop_opens_without_thinking(turn):
+        # With thinking enabled, a tool loop must open with a thinking block ("a final assistant
+        # message must start with a thinking block"). For a client of another family the loop began
+        # on its own family's channel, or its reasoning has no Anthropic signature to replay: the
+        # request goes without thinking, as the API's own advice says. Adaptive thinking may begin a
+        # turn with a tool call, so it stays.
         thinking = None
     if thinking is not None:
         body["thinking"] = thinking
@@ -904,6 +903,12 @@ def build_request(req: Request, upstream_model: str) -> bytes:
             # budget_tokens must be below max_tokens; keep the asked-for answer room on top of it.
             body["max_tokens"] = thinking["budget_tokens"] + max_tokens
     thinking_on = thinking is not None and thinking["type"] != "disabled"
+    if not thinking_on:
+        # With thinking off (not asked for, dropped above, or for a forced tool choice), the final
+        # turn may hold no thinking block ("when thinking is disabled, an assistant message in the
+        # final position cannot contain thinking").
+        for m in turn:
+            m["content"] = [b for b in m["content"] if b.get("type") not in _THINKING_BLOCKS]
 
     if s.temperature is not None:
         t = min(1.0, max(0.0, s.temperature))  # OpenAI/Gemini allow up to 2, Anthropic 1
@@ -1051,21 +1056,21 @@ def _tool_result_block(p: ToolResultPart, path: str) -> dict[str, Any]:
 _THINKING_BLOCKS = ("thinking", "redacted_thinking")
 
 
-def _tool_loop_without_thinking(messages: list[dict[str, Any]]) -> bool:
-    """Whether the conversation ends in a tool loop whose first assistant message does not start
-    with a thinking block; if so, the loop's thinking blocks are taken out of `messages`."""
+def _final_turn(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The assistant messages since the last user message that is more than tool results."""
     start = len(messages)
     while start > 0 and (messages[start - 1]["role"] == "assistant" or all(
             b.get("type") == "tool_result" for b in messages[start - 1]["content"])):
         start -= 1
-    turn = [m for m in messages[start:] if m["role"] == "assistant"]
+    return [m for m in messages[start:] if m["role"] == "assistant"]
+
+
+def _loop_opens_without_thinking(turn: list[dict[str, Any]]) -> bool:
+    """Whether `turn` calls tools and its first message does not start with a thinking block."""
     if not turn or not any(b.get("type") == "tool_use" for m in turn for b in m["content"]):
         return False
-    if turn[0]["content"][0].get("type") in _THINKING_BLOCKS:
-        return False
-    for m in turn:
-        m["content"] = [b for b in m["content"] if b.get("type") not in _THINKING_BLOCKS]
-    return True
+    first = turn[0]["content"]
+    return not first or first[0].get("type") not in _THINKING_BLOCKS
 
 
 def _assistant_blocks(m: Message, path: str) -> list[dict[str, Any]]:

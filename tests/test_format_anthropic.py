@@ -1423,3 +1423,22 @@ def test_with_thinking_off_the_final_turn_carries_no_thinking_block(
     assert built.get("thinking") == sent
     kinds = [[b["type"] for b in m["content"]] for m in built["messages"] if m["role"] == "assistant"]
     assert kinds == [["thinking", "text"], ["tool_use"]]  # an earlier turn's thinking may stay
+
+
+def test_a_message_that_held_only_thinking_is_left_out_with_thinking_off() -> None:
+    # A Responses client may order a reasoning item after a call: alone, it is a message of its own.
+    from axonsim.formats import openai_responses
+    from axonsim.formats.signatures import export_signature
+
+    def reasoning(n: int) -> dict[str, Any]:
+        return {"type": "reasoning", "id": f"rs_{n}", "summary": [{"type": "summary_text", "text": "t"}],
+                "encrypted_content": export_signature(f"S{n}", "anthropic", "openai_responses")}
+
+    items = [{"role": "user", "content": "q"}, reasoning(1), {"type": "function_call", "call_id": "c1", "name": "f",
+                                                              "arguments": "{}"},
+             reasoning(2), {"type": "function_call_output", "call_id": "c1", "output": "ok"}]
+    req = openai_responses.parse_request(orjson.dumps(
+        {"model": "m", "input": items, "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}))
+    built = orjson.loads(A.build_request(req, "claude-x"))
+    assert [(m["role"], [b["type"] for b in m["content"]]) for m in built["messages"]] == [
+        ("user", ["text"]), ("assistant", ["tool_use"]), ("user", ["tool_result"])]

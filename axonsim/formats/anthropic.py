@@ -909,6 +909,8 @@ def build_request(req: Request, upstream_model: str) -> bytes:
         # final position cannot contain thinking").
         for m in turn:
             m["content"] = [b for b in m["content"] if b.get("type") not in _THINKING_BLOCKS]
+        if any(not m["content"] for m in turn):  # a message that held only thinking: Anthropic refuses it empty
+            messages[:] = [m for m in messages if m["content"]]
 
     if s.temperature is not None:
         t = min(1.0, max(0.0, s.temperature))  # OpenAI/Gemini allow up to 2, Anthropic 1

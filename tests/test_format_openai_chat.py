@@ -447,6 +447,8 @@ BAD = [
     (body(n=0), "n"),
     (body(max_tokens=0), "max_tokens"),
     (body(max_completion_tokens=-5), "max_completion_tokens"),
+    (body(max_completion_tokens=5, max_tokens=-7), "max_tokens"),  # forwarded as is, it would reach upstream
+    (body(max_completion_tokens=5, max_tokens="x"), "max_tokens"),
 ]
 
 

@@ -458,9 +458,13 @@ def check_request(body: bytes, model: str | None = None, stream: bool | None = N
         if (v := o.get("max_completion_tokens")) is not None:
             max_tokens = _opt_int(v, "max_completion_tokens")
             check_range(max_tokens, "max_completion_tokens", 1.0)
-        if max_tokens is None and (v := o.get("max_tokens")) is not None:
-            max_tokens = _opt_int(v, "max_tokens")
-            check_range(max_tokens, "max_tokens", 1.0)
+        if (v := o.get("max_tokens")) is not None:
+            # Checked even beside max_completion_tokens, which wins: the client's bytes may be
+            # forwarded as they came, this field included.
+            legacy = _opt_int(v, "max_tokens")
+            check_range(legacy, "max_tokens", 1.0)
+            if max_tokens is None:
+                max_tokens = legacy
         _put(sampling, "max_tokens", max_tokens)
         if (v := o.get("stop")) is not None:
             _put(sampling, "stop", _parse_stop(v))

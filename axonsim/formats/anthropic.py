@@ -305,8 +305,7 @@ def parse_request(body: bytes, model: str | None = None, stream: bool | None = N
     if "max_tokens" not in d:
         raise FormatError("max_tokens: field required", "max_tokens")
     max_tokens = _int(d["max_tokens"], "max_tokens")
-    if max_tokens < 1:
-        raise FormatError("max_tokens: must be at least 1", "max_tokens")
+    check_range(max_tokens, "max_tokens", 1)
     if "messages" not in d:
         raise FormatError("messages: field required", "messages")
     raw_messages = _list(d["messages"], "messages")

@@ -288,6 +288,9 @@ class GatewayApp:
         array = False  # a Gemini stream asked for as a JSON array (no `alt=sse`)
         ids, sticky_b, explain = request_ids(scope, rt, rid_b)
         trace_b, thread_b = ids[1][1], ids[2][1]
+        if route.name == "anthropic":
+            # Anthropic's own name for it, which its SDK reads (`_request_id`, and in its errors)
+            ids.append((b"request-id", rid_b))
         try:
             body, key, error, status = await admit(receive, send, scope, rt, fmt, rid_b, ids, clock.now() - t0, w)
             if body is None or key is None:
@@ -305,7 +308,8 @@ class GatewayApp:
                 if is_stream and route.name == "gemini":
                     array = gemini_array_stream(scope)
             except FormatError as bad:
-                error = Error(kind=ErrorKind.INVALID_REQUEST, status=bad.status, message=bad.message, param=bad.param)
+                error = Error(kind=ErrorKind.INVALID_REQUEST, status=bad.status, message=bad.message, param=bad.param,
+                              details=bad.details)
                 status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock.now() - t0, None))
                 return
             needs = needs_of(req) if req is not None else NO_NEEDS  # req is built exactly when checked

@@ -1442,3 +1442,21 @@ def test_a_message_that_held_only_thinking_is_left_out_with_thinking_off() -> No
     built = orjson.loads(A.build_request(req, "claude-x"))
     assert [(m["role"], [b["type"] for b in m["content"]]) for m in built["messages"]] == [
         ("user", ["text"]), ("assistant", ["tool_use"]), ("user", ["tool_result"])]
+
+
+def test_a_threaded_request_is_refused_as_anthropic_refuses_what_threads_cannot_carry() -> None:
+    """Message Threads keep the conversation on Anthropic's side and a `continue` sends only the new
+    turns, which no other channel (nor another Anthropic key) could answer. The refusal carries the
+    error_code on which the SDK sends the whole conversation without `thread` instead."""
+    with pytest.raises(FormatError) as exc:
+        A.parse_request(_body(thread={"type": "create"}))
+    assert exc.value.param == "thread" and exc.value.status == 400
+    assert exc.value.details == {"error_code": "thread_unsupported_request"}
+    out = orjson.loads(A.render_error(Error(kind=ErrorKind.INVALID_REQUEST, status=400, message=exc.value.message,
+                                            details=exc.value.details)))
+    assert out["error"]["type"] == "invalid_request_error"
+    assert out["error"]["details"] == {"error_code": "thread_unsupported_request"}
+    # errors without details keep Anthropic's plain shape
+    plain = orjson.loads(A.render_error(Error(kind=ErrorKind.INVALID_REQUEST, status=400, message="m")))
+    assert set(plain["error"]) == {"type", "message"}
+    A.parse_request(_body(thread=None))  # null is no thread

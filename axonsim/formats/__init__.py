@@ -65,11 +65,13 @@ from typing import Any
 class FormatError(ValueError):
     """Malformed or unsupported input; `param` names the offending field."""
 
-    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.status = status
+        self.details = details  # the client family's machine-readable details (Error.details)
 
 
 class UpstreamErrorBody(FormatError):
@@ -92,17 +94,34 @@ def check_range(value: float | None, param: str, low: float | None, high: float 
     raise FormatError(f"'{param}' must be {span}; got {value:g}.", param)
 
 
-def refuse_legacy_functions(req: Any, family: str) -> None:
-    """OpenAI Chat's legacy `functions` / `function_call` travel as extra fields, which only an OpenAI
-    Chat channel is sent: another family's would drop them, and the model would answer without the
-    functions the client declared. A 400 naming the field instead (in a pool of several channel
-    types, the OpenAI Chat channels serve it: server/driver.py LiveDriver.fit)."""
-    if req.source != "openai_chat":
+# Request fields that only their own family's channels act on, kept in extra_body. A channel of
+# another family would drop them and answer another question than the one asked: a 400 naming the
+# field instead (in a pool of several channel types, the right type serves it: server/driver.py
+# LiveDriver.fit).
+_OWN_FAMILY_ONLY: dict[str, tuple[tuple[str, ...], str]] = {
+    # OpenAI Chat's legacy function calling
+    "openai_chat": (("functions", "function_call"),
+                    "OpenAI's legacy function calling reaches only OpenAI Chat channels; declare 'tools' "
+                    "(and 'tool_choice') for {channel}"),
+    # The rest of an answer Gemini cut short (finishReason CONTINUATION): only Gemini holds the answer
+    # the token names; another family would start a new one.
+    "gemini": (("continuationToken",),
+               "a Gemini continuation resumes only on a Gemini channel; {channel} cannot continue it"),
+}
+
+
+def refuse_foreign_fields(req: Any, family: str, channel: str) -> None:
+    """A 400 when `req` (from another family than the channel's `family`) holds a field only its own
+    family's channels can act on; `channel` names the channel type in the message."""
+    if req.source == family:
         return
-    for name in ("functions", "function_call"):
+    spec = _OWN_FAMILY_ONLY.get(req.source)
+    if spec is None:
+        return
+    names, why = spec
+    for name in names:
         if name in req.extra_body:
-            raise FormatError(f"{name}: OpenAI's legacy function calling reaches only OpenAI Chat channels; "
-                              f"declare 'tools' (and 'tool_choice') for {family}", name)
+            raise FormatError(f"{name}: " + why.format(channel=channel), name)
 
 
 FORMAT_MODULES = {

@@ -14,7 +14,7 @@ from axonsim.formats import (
     FormatError,
     UpstreamErrorBody,
     check_range,
-    refuse_legacy_functions,
+    refuse_foreign_fields,
     retry_after,
     status_message,
 )
@@ -302,6 +302,14 @@ def parse_request(body: bytes, model: str | None = None, stream: bool | None = N
         if "model" not in d:
             raise FormatError("model: field required", "model")
         model = _str(d["model"], "model")
+    if d.get("thread") is not None:
+        # Message Threads (beta) keep the conversation on Anthropic's side, and a `continue` sends
+        # only the new turns: no other channel, nor another Anthropic key or organisation, holds
+        # the rest. Anthropic's own refusal of a threaded request makes the SDK send the whole
+        # conversation without `thread` (its error_code says so), which every channel can serve.
+        raise FormatError("'thread' is not supported: this gateway keeps no server-side conversation state; "
+                          "send the whole conversation without 'thread'", "thread",
+                          details={"error_code": "thread_unsupported_request"})
     if "max_tokens" not in d:
         raise FormatError("max_tokens: field required", "max_tokens")
     max_tokens = _int(d["max_tokens"], "max_tokens")
@@ -835,7 +843,10 @@ def error_status(err: Error) -> int:
 
 
 def render_error(err: Error) -> bytes:
-    return orjson.dumps({"type": "error", "error": {"type": _error_type(err), "message": err.message}})
+    e: dict[str, Any] = {"type": _error_type(err), "message": err.message}
+    if err.details:
+        e["details"] = err.details
+    return orjson.dumps({"type": "error", "error": e})
 
 
 def error_headers(err: Error) -> dict[str, str]:
@@ -864,7 +875,7 @@ def stream_passthrough(body: bytes, parsed: Parsed | None = None) -> bytes:
 
 
 def build_request(req: Request, upstream_model: str) -> bytes:
-    refuse_legacy_functions(req, "an Anthropic channel")
+    refuse_foreign_fields(req, FAMILY, "an Anthropic channel")
     system, messages = _render_messages(req.messages)
     if not messages:  # the API answers a system prompt alone with a 400, as Gemini does
         raise FormatError("Anthropic needs at least one user or assistant message", "messages")

@@ -192,6 +192,9 @@ class Response(_Model):
     # of that family writes it back rather than mapping finish_reason, which cannot say everything.
     finish_native: str | None = None
     stop_sequence: str | None = None  # Anthropic: the stop sequence that ended the answer
+    # Gemini's continuationToken of an answer cut short (finishReason CONTINUATION): a Gemini client
+    # resumes the answer with it (its SDK does so by itself), which only a Gemini channel can serve.
+    continuation: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -246,6 +249,7 @@ class FinishEvent(_Model):
     type: Literal["finish"] = "finish"
     reason: FinishReason
     finish_native: str | None = None  # as Response.finish_native
+    continuation: str | None = None  # as Response.continuation
     stop_sequence: str | None = None
 
 
@@ -305,6 +309,9 @@ class Error(_Model):
     # The family whose error vocabulary `code` is in, where it is not OpenAI's (None: OpenAI's, or
     # the gateway's own): a renderer passes on only a code its clients know.
     code_family: str | None = None
+    # Anthropic's `error.details` of a refusal its SDK acts on (error_code "thread_unsupported_request":
+    # send the whole conversation instead); only the Anthropic renderer writes it.
+    details: dict[str, Any] | None = None
 
 
 ErrorEvent.model_rebuild()
@@ -349,6 +356,7 @@ class StreamAggregator:
         self.finish: FinishReason | None = None
         self.finish_native: str | None = None
         self.stop_sequence: str | None = None
+        self.continuation: str | None = None
         self.usage: Usage | None = None
         self.error: Error | None = None
 
@@ -375,6 +383,7 @@ class StreamAggregator:
         elif isinstance(ev, FinishEvent):
             self.finish = ev.reason
             self.finish_native, self.stop_sequence = ev.finish_native, ev.stop_sequence
+            self.continuation = ev.continuation
         elif isinstance(ev, UsageEvent):
             self.usage = ev.usage
         elif isinstance(ev, StreamStart):
@@ -399,4 +408,4 @@ class StreamAggregator:
         usage = self.usage.finalised() if self.usage else None
         return Response(id=self.id, model=self.model, created=self.created, message=msg,
                         finish_reason=self.finish, usage=usage, finish_native=self.finish_native,
-                        stop_sequence=self.stop_sequence)
+                        stop_sequence=self.stop_sequence, continuation=self.continuation)

@@ -156,7 +156,8 @@ def script_events(resp: Response, chunk: int = 7) -> list[StreamEvent]:
         evs.append(ToolCallDelta(index=i, id=c.id, name=c.name, arguments=args[0]))
         evs.extend(ToolCallDelta(index=i, arguments=a) for a in args[1:])
     if resp.finish_reason is not None:
-        evs.append(FinishEvent(reason=resp.finish_reason))
+        evs.append(FinishEvent(reason=resp.finish_reason, finish_native=resp.finish_native,
+                               stop_sequence=resp.stop_sequence, continuation=resp.continuation))
     if u is not None:
         evs.append(UsageEvent(usage=u))
     return evs

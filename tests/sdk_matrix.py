@@ -135,6 +135,8 @@ class ScriptBook:
             return None
         answers = self.cases[cid]
         turn = sum(1 for m in req.messages if m.role == "assistant")
+        if "continuationToken" in req.extra_body:
+            turn += 1  # Gemini resuming an answer it cut short (CONTINUATION): the rest is the next answer
         return answers[min(turn, len(answers) - 1)]
 
 

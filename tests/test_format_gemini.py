@@ -1316,3 +1316,56 @@ def test_a_nullable_gemini_schema_takes_null_in_every_family_it_is_translated_to
     for bad in ({"unit": "k"}, {"days": "3"}, {"either": 1.5}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
+
+
+# -- an answer cut short with finishReason CONTINUATION ------------------------------------------------
+
+_CONT_CHUNKS = [
+    {"candidates": [{"content": {"role": "model", "parts": [{"text": "Part one. "}]}, "index": 0}],
+     "responseId": "r1", "modelVersion": "gemini-x"},
+    {"candidates": [{"content": {"role": "model", "parts": [{"text": ""}]}, "index": 0,
+                     "finishReason": "CONTINUATION", "continuationToken": "Q09OVElOVUUtMQ=="}],
+     "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3, "totalTokenCount": 8}},
+]
+
+
+def test_a_continuation_is_a_length_stop_that_keeps_its_token() -> None:
+    """CONTINUATION: the output limit of one request was reached with the answer unfinished. Other
+    families hear a length stop (never a complete one); a Gemini client gets the reason and the
+    token back, stream or not, so its SDK can resume the answer."""
+    data = b"".join(b"data: " + orjson.dumps(c) + b"\r\n\r\n" for c in _CONT_CHUNKS)
+    events = feed_all(data)
+    [fin] = [e for e in events if isinstance(e, FinishEvent)]
+    assert fin.reason == "length" and fin.continuation == "Q09OVElOVUUtMQ==" and fin.finish_native == "gemini:CONTINUATION"
+    whole = aggregate(events)
+    assert whole.finish_reason == "length" and whole.continuation == "Q09OVElOVUUtMQ=="
+
+    r = g.StreamRenderer(Request(model="gemini-x", messages=[Message(role="user", content=[TextPart(text="q")])]))
+    out = b"".join(r.render(e) for e in events) + r.finish()
+    last = sse_payloads(out)[-1]["candidates"][0]
+    assert last["finishReason"] == "CONTINUATION" and last["continuationToken"] == "Q09OVElOVUUtMQ=="
+    cand = orjson.loads(g.render_response(whole))["candidates"][0]
+    assert cand["finishReason"] == "CONTINUATION" and cand["continuationToken"] == "Q09OVElOVUUtMQ=="
+
+    # non-stream, parsed from the provider's whole answer
+    resp = g.parse_response(orjson.dumps({**_CONT_CHUNKS[1], "candidates": [
+        {**_CONT_CHUNKS[1]["candidates"][0], "content": {"role": "model", "parts": [{"text": "Part one. "}]}}]}))
+    assert resp.finish_reason == "length" and resp.continuation == "Q09OVElOVUUtMQ=="
+    # the other families' clients: a length stop
+    from axonsim.formats import anthropic, openai_chat, openai_responses
+    assert orjson.loads(openai_chat.render_response(resp))["choices"][0]["finish_reason"] == "length"
+    assert orjson.loads(anthropic.render_response(resp))["stop_reason"] == "max_tokens"
+    assert orjson.loads(openai_responses.render_response(resp))["status"] == "incomplete"
+
+
+def test_a_continuation_request_goes_to_gemini_channels_only() -> None:
+    """The token names an answer only Gemini holds: a Gemini channel is sent it, another family's
+    build refuses it (LiveDriver.fit then keeps such a request on the Gemini channels of a pool)."""
+    from axonsim.formats import anthropic, openai_chat, openai_responses
+    req = g.parse_request(orjson.dumps({"contents": [{"role": "user", "parts": [{"text": "q"}]}],
+                                        "continuationToken": "Q09OVElOVUUtMQ=="}), "m")
+    assert orjson.loads(g.build_request(req, "gemini-x"))["continuationToken"] == "Q09OVElOVUUtMQ=="
+    for fmt in (openai_chat, anthropic, openai_responses):
+        with pytest.raises(FormatError) as exc:
+            fmt.build_request(req, "x")
+        assert exc.value.param == "continuationToken" and "Gemini channel" in exc.value.message

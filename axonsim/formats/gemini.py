@@ -41,7 +41,7 @@ from axonsim.formats import (
     FormatError,
     UpstreamErrorBody,
     check_range,
-    refuse_legacy_functions,
+    refuse_foreign_fields,
     retry_after,
     status_message,
 )
@@ -105,6 +105,9 @@ _UPSTREAM = 502
 _FINISH_FROM_GEMINI: dict[str, FinishReason] = {
     "STOP": "stop",
     "MAX_TOKENS": "length",
+    # The per-request output limit reached with the answer unfinished: cut short, as a length stop
+    # is (a Gemini client gets CONTINUATION back, with the token that resumes it).
+    "CONTINUATION": "length",
     **{r: "content_filter" for r in (
         "SAFETY", "RECITATION", "LANGUAGE", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
         "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "IMAGE_OTHER", "MODEL_ARMOR")},
@@ -147,7 +150,8 @@ _DATA_KEYS = ("text", "inlineData", "fileData", "functionCall", "functionRespons
 
 _REQUEST_KEYS = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig", "model"}
 # Gemini request fields with no unified counterpart, kept in extra_body for a Gemini channel.
-_PASSTHROUGH = ("safetySettings", "cachedContent", "labels", "serviceTier", "generationConfig", "toolConfig")
+_PASSTHROUGH = ("safetySettings", "cachedContent", "labels", "serviceTier", "generationConfig", "toolConfig",
+                "continuationToken")
 
 _GEN_MAPPED = {"temperature", "topP", "topK", "candidateCount", "maxOutputTokens", "stopSequences", "seed",
                "presencePenalty", "frequencyPenalty", "responseMimeType", "responseJsonSchema", "responseSchema",
@@ -913,10 +917,12 @@ def _parse_generation_config(
 
 
 def _chunk_body(parts: list[dict[str, Any]], model: str, rid: str, finish: str | None = None,
-                usage: Usage | None = None) -> dict[str, Any]:
+                usage: Usage | None = None, continuation: str | None = None) -> dict[str, Any]:
     cand: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
     if finish:
         cand["finishReason"] = finish
+    if continuation:
+        cand["continuationToken"] = continuation
     return _answer({"candidates": [cand]}, model, rid, usage)
 
 
@@ -938,7 +944,7 @@ def render_response(resp: UnifiedResponse) -> bytes:
     parts = _model_parts(resp.message, outbound=False)
     # A whole answer has a finishReason, even when the upstream named none (as a stream's end does).
     finish = _finish_out(resp.finish_reason or "stop", resp.finish_native)
-    return orjson.dumps(_chunk_body(parts, resp.model, resp.id, finish, resp.usage))
+    return orjson.dumps(_chunk_body(parts, resp.model, resp.id, finish, resp.usage, resp.continuation))
 
 
 # A prompt Gemini blocked has no candidate, only promptFeedback.blockReason: the unified answer is a
@@ -992,6 +998,7 @@ class StreamRenderer:
         self._pending_sig: str | None = None  # a Gemini signature on its own: wire value for the next part
         self._finish: FinishReason | None = None
         self._native: str | None = None  # the FinishEvent's finish_native
+        self._continuation: str | None = None  # the FinishEvent's continuation token
         self._usage: Usage | None = None
         self._closed = False
 
@@ -1039,6 +1046,7 @@ class StreamRenderer:
         if isinstance(ev, FinishEvent):
             self._finish = ev.reason
             self._native = ev.finish_native
+            self._continuation = ev.continuation
             return self._flush_calls()
         if isinstance(ev, UsageEvent):
             self._usage = ev.usage
@@ -1061,7 +1069,8 @@ class StreamRenderer:
         if self._pending_sig:
             part["thoughtSignature"] = self._pending_sig
         finish = _finish_out(self._finish, self._native)
-        return out + self._frame(_chunk_body([part], self._model, self._id, finish, self._usage)) + self._close_array()
+        return out + self._frame(_chunk_body([part], self._model, self._id, finish, self._usage,
+                                             self._continuation)) + self._close_array()
 
     def error(self, err: Error) -> bytes:
         if self._closed:
@@ -1176,7 +1185,7 @@ def stream_passthrough(body: bytes, parsed: Parsed | None = None) -> bytes:
 
 
 def build_request(req: Request, upstream_model: str) -> bytes:
-    refuse_legacy_functions(req, "a Gemini channel")
+    refuse_foreign_fields(req, FAMILY, "a Gemini channel")
     contents: list[dict[str, Any]] = []
     system: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool call id → function name: Gemini's functionResponse needs the name
@@ -1375,9 +1384,12 @@ class _Reader:
             self.usage = _usage_from_gemini(um)
         reason: FinishReason | None = None
         native: str | None = None
+        token: str | None = None
         if cand is not None and isinstance(fr := _get(cand, "finishReason"), str):
             reason = _FINISH_FROM_GEMINI.get(fr, "stop")
             native = "gemini:" + fr  # RECITATION, say, written back as it came to a Gemini client
+            if isinstance(ct := _get(cand, "continuationToken"), str) and ct:
+                token = ct
             if reason == "stop" and self.calls:
                 reason = "tool_calls"  # Gemini says STOP when it calls a function
         elif not cands and isinstance(pf := _get(obj, "promptFeedback"), dict) and _get(pf, "blockReason"):
@@ -1385,7 +1397,7 @@ class _Reader:
             native = BLOCKED + str(_get(pf, "blockReason"))  # a Gemini client gets its promptFeedback back
         if reason is not None and not self.finished:
             self.finished = True
-            out.append(FinishEvent(reason=reason, finish_native=native))
+            out.append(FinishEvent(reason=reason, finish_native=native, continuation=token))
             if self.usage is not None:
                 out.append(UsageEvent(usage=self.usage))
         elif self.finished and um is not None and self.usage is not None:

@@ -26,7 +26,14 @@ from typing import Any
 
 import orjson
 
-from axonsim.formats import FormatError, UpstreamErrorBody, check_range, retry_after, status_message
+from axonsim.formats import (
+    FormatError,
+    UpstreamErrorBody,
+    check_range,
+    refuse_foreign_fields,
+    retry_after,
+    status_message,
+)
 from axonsim.formats.parsed import Parsed
 from axonsim.formats.sse import SSEDecoder
 from axonsim.unified import (
@@ -932,6 +939,7 @@ def _wire_response_format(rf: ResponseFormat) -> dict[str, Any]:
 
 
 def build_request(req: Request, upstream_model: str) -> bytes:
+    refuse_foreign_fields(req, FAMILY, "an OpenAI Chat channel")
     body: dict[str, Any] = {"model": upstream_model, "messages": _wire_messages(req.messages)}
     if req.tools:
         body["tools"] = _wire_tools(req.tools)
@@ -1205,7 +1213,8 @@ class StreamParser:
             self._done = True
             reason = _merged_finish(self._reasons, self._primary, bool(self._tools))
             if reason is not None:
-                finish = {"type": "finish", "reason": reason, "finish_native": None, "stop_sequence": None}
+                finish = {"type": "finish", "reason": reason, "finish_native": None, "stop_sequence": None,
+                          "continuation": None}
                 out.append(trusted(FinishEvent, finish, {"reason"}))
             if self._usage is not None:
                 out.append(trusted(UsageEvent, {"type": "usage", "usage": self._usage}, {"usage"}))

@@ -25,7 +25,7 @@ from axonsim.formats import (
     FormatError,
     UpstreamErrorBody,
     check_range,
-    refuse_legacy_functions,
+    refuse_foreign_fields,
     retry_after,
     status_message,
 )
@@ -982,7 +982,7 @@ def stream_passthrough(body: bytes, parsed: Parsed | None = None) -> bytes:
 
 
 def build_request(req: Request, upstream_model: str) -> bytes:
-    refuse_legacy_functions(req, "an OpenAI Responses channel")
+    refuse_foreign_fields(req, FAMILY, "an OpenAI Responses channel")
     if req.sampling.n is not None and req.sampling.n > 1:
         raise FormatError("OpenAI Responses returns one answer per request; 'n' > 1 cannot be served", "n")
     body: JSON = {"model": upstream_model}

@@ -59,8 +59,9 @@ EMBEDDING_PATHS: dict[str, str] = {
 # /v1beta/models/M:generateContent, /v1/..., /gemini/v1beta/..., /gemini/models/...; and the
 # embeddings methods on the same paths
 # A model name may hold colons itself (Ollama's llama3:8b, OpenAI's ft:...): the method is what
-# follows the last one.
-GEMINI_PATH = re.compile(r"^/(?:gemini/)?(?:(?:v1beta|v1)/)?models/([^/]+)"
+# follows the last one. It may hold slashes too (`vendor/model-x`, as model_mapping names often
+# do): GET .../models/{model} lists and finds such models, so they must be callable as well.
+GEMINI_PATH = re.compile(r"^/(?:gemini/)?(?:(?:v1beta|v1)/)?models/(.+)"
                          r":(generateContent|streamGenerateContent|embedContent|batchEmbedContents)$")
 
 

@@ -35,6 +35,7 @@ def ch(name: str, model: str, behavior: dict[str, Any] | None = None, **kw: Any)
 CHANNELS = [
     ch("good", "ok-model", model_mapping={"alias": "ok-model"}),
     ch("colon", "llama3:8b"),  # Ollama-style: a colon in the model name
+    ch("slash", "vendor/model-x"),  # a slash in the model name, as routing names often have
     ch("err500", "m500", {"error_rate": 1.0}),
     ch("err429", "m429", {"faults": {"rate_limited": 1.0, "retry_after": 3}}),
     ch("err503", "m503", {"faults": {"overloaded": 1.0}}),
@@ -180,6 +181,18 @@ def test_a_model_whose_name_holds_a_colon_is_served_on_gemini_paths(client: http
     assert record(gw, r)["model"] == "llama3:8b"
     r = client.post(f"{prefix}/models/nope:x:generateContent", json=body, headers=AUTH)  # not served: Gemini's 404
     assert r.status_code == 404 and r.json()["error"]["status"] == "NOT_FOUND" and record(gw, r)["status"] == 404
+
+
+@pytest.mark.parametrize("prefix", ["/v1beta", "/v1", "/gemini/v1beta"])
+@pytest.mark.parametrize("method", ["generateContent", "streamGenerateContent?alt=sse"])
+def test_a_model_whose_name_holds_a_slash_is_served_on_gemini_paths(client: httpx.Client, gw: GatewayServer,
+                                                                    prefix: str, method: str) -> None:
+    # GET .../models/vendor/model-x finds it (models_api), so calling it must work too
+    assert client.get(f"{prefix}/models/vendor/model-x", headers=AUTH).status_code == 200
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    r = client.post(f"{prefix}/models/vendor/model-x:{method}", json=body, headers=AUTH)
+    assert r.status_code == 200 and "candidates" in r.text, r.text
+    assert record(gw, r)["model"] == "vendor/model-x"
 
 
 # -- success -----------------------------------------------------------------------------------------

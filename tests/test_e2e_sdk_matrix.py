@@ -310,3 +310,84 @@ def test_genai_automatic_function_calling_pairs_results_with_calls(channel: str,
     assert [tc.id for tc in assistant.tool_calls] == [tc.id for tc in first.message.tool_calls]
     results = [p for m in req.messages for p in m.content if isinstance(p, ToolResultPart)]
     assert [r.tool_call_id for r in results] == [tc.id for tc in first.message.tool_calls]
+
+
+@pytest.mark.parametrize("channel", ["openai", "gemini", "anthropic"])
+def test_anthropic_tool_runner_with_threads_sends_the_whole_conversation(channel: str, gw: GatewayServer,
+                                                                         book: ScriptBook, stack: Stack) -> None:
+    # The SDK's tool runner opens a Message Thread (beta), whose later turns would carry only the new
+    # messages. The gateway refuses `thread` as Anthropic refuses what threads cannot carry; the SDK
+    # then sends the whole conversation, and the loop completes on any channel type.
+    import anthropic
+    from anthropic import beta_tool
+    from sdk_matrix import prompt
+
+    @beta_tool
+    def get_weather(city: str, unit: str = "celsius") -> str:
+        """The weather in a city."""
+        return json.dumps(TOOL_RESULTS["get_weather"])
+
+    @beta_tool
+    def get_time(tz: str) -> str:
+        """The time in a time zone."""
+        return json.dumps(TOOL_RESULTS["get_time"])
+
+    first, final = tool_call_answer(channel), after_tools_answer()
+    cid = book.add(first, final)
+    sdk = anthropic.Anthropic(base_url=gw.url, api_key=GW_KEY, max_retries=0, timeout=20)
+    try:
+        runner = sdk.beta.messages.tool_runner(model=MODEL[channel], max_tokens=512, tools=[get_weather, get_time],
+                                               messages=[{"role": "user", "content": prompt(cid)}], max_iterations=4)
+        last = runner.until_done()
+        # and Anthropic's own name for the request id, which the SDK reads
+        raw = sdk.messages.with_raw_response.create(model=MODEL[channel], max_tokens=16,
+                                                    messages=[{"role": "user", "content": "hi"}])
+        assert raw.headers["request-id"] == raw.headers["x-request-id"] and raw.parse()._request_id
+    finally:
+        sdk.close()
+    assert "".join(b.text for b in last.content if b.type == "text") == final.message.text()
+    got = received(stack, channel, cid)
+    assert len(got) == 2  # each turn reached the channel once, whole
+    req: Request = got[1].request
+    assert [m.role for m in req.messages if m.role != "system"][:2] == ["user", "assistant"]
+    [assistant] = [m for m in req.messages if m.role == "assistant"]
+    assert [tc.name for tc in assistant.tool_calls] == ["get_weather", "get_time"]
+    assert [t.name for t in req.tools] == ["get_weather", "get_time"]
+    results = [p for m in req.messages for p in m.content if isinstance(p, ToolResultPart)]
+    assert len(results) == 2
+
+
+@streams
+def test_genai_resumes_an_answer_gemini_cut_short(stream: bool, gw: GatewayServer, book: ScriptBook,
+                                                  stack: Stack) -> None:
+    # finishReason CONTINUATION with a continuationToken: google-genai sends the request again with the
+    # token until the answer is whole. Streamed answers are re-rendered by the gateway: the token must
+    # survive that, or the SDK stops at the first part.
+    from google import genai
+    from google.genai import types as gt
+    from sdk_matrix import prompt
+
+    from axonsim.unified import Message, Response, TextPart, Usage
+
+    part1 = Response(id="", model="", message=Message(role="assistant", content=[TextPart(text="Part one. ")]),
+                     finish_reason="length", finish_native="gemini:CONTINUATION", continuation="Q09OVElOVUUtMQ==",
+                     usage=Usage(prompt_tokens=5, completion_tokens=3, total_tokens=8))
+    part2 = Response(id="", model="", message=Message(role="assistant", content=[TextPart(text="Part two.")]),
+                     finish_reason="stop", usage=Usage(prompt_tokens=5, completion_tokens=2, total_tokens=7))
+    cid = book.add(part1, part2)
+    sdk = genai.Client(api_key=GW_KEY, http_options=gt.HttpOptions(
+        base_url=gw.url, api_version="v1beta", timeout=20_000, retry_options=gt.HttpRetryOptions(attempts=1)))
+    try:
+        if stream:
+            chunks = list(sdk.models.generate_content_stream(model=MODEL["gemini"], contents=prompt(cid)))
+            text = "".join(c.text or "" for c in chunks)
+            finish = [c.candidates[0].finish_reason for c in chunks if c.candidates and c.candidates[0].finish_reason]
+        else:
+            r = sdk.models.generate_content(model=MODEL["gemini"], contents=prompt(cid))
+            text, finish = r.text or "", [r.candidates[0].finish_reason]
+    finally:
+        sdk.close()
+    assert text == "Part one. Part two."
+    assert finish[-1] == gt.FinishReason.STOP
+    got = received(stack, "gemini", cid)
+    assert len(got) == 2 and got[1].request.extra_body.get("continuationToken") == "Q09OVElOVUUtMQ=="

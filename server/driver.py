@@ -658,10 +658,11 @@ def _error_in(data: bytes) -> object | None:
 
 async def _next_chunk(resp: UpstreamResponse, parser: Any) -> bytes:
     """The next piece of an upstream stream; b"" at its end, which is also when the answer was whole
-    (Gemini has no terminal event) and the upstream then left the connection open past a deadline."""
+    (Gemini has no terminal event) and the upstream then left the connection open past a deadline,
+    or broke it: what came is the whole answer either way, as the provider's own SDK would have it."""
     try:
         return await resp.next_chunk()
-    except UpstreamTimeout:
+    except UpstreamError:
         if getattr(parser, "complete", False):
             resp.close()
             return b""

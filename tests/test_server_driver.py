@@ -563,14 +563,16 @@ async def test_a_stream_ends_at_its_terminal_event_though_the_connection_stays_o
 
 async def test_a_gemini_stream_that_finished_and_then_stalls_is_complete() -> None:
     # Gemini has no terminal event: after a finishReason the stream is whole, and a deadline passing
-    # while the upstream keeps the connection open is its end, not a failure of the channel.
+    # while the upstream keeps the connection open is its end, not a failure of the channel; so is a
+    # connection the upstream breaks then (review: it was a failed answer and a failure charged).
     config = parse_config({"channels": [{"name": "g", "type": "gemini", "base_url": "http://g.test/v1beta",
                                          "api_keys": ["gem-key-0001"], "models": ["m"]}]})
     done = sse({"candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}, "finishReason": "STOP",
                                 "index": 0}],
                 "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 1, "totalTokenCount": 4}})
     for script in ([done, UpstreamTimeout("idle")], [sse({"candidates": [{"content": {"parts": [{"text": "H"}]}}]}),
-                                                      done.replace(b'"Hi"', b'"i"'), UpstreamTimeout("idle")]):
+                                                      done.replace(b'"Hi"', b'"i"'), UpstreamTimeout("idle")],
+                   [done, UpstreamConnectionError("reset")]):
         up = MockUpstream(lambda r, script=script: MockReply(200, chunks=script))
         proxy = Proxy(config, up, seed=1)
         result, _ = await run(proxy, request(stream=True))

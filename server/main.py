@@ -378,7 +378,13 @@ def serve(args: argparse.Namespace) -> int:
         figures_dir = tempfile.mkdtemp(prefix="axonsim-metrics-")  # where workers publish their figures
         os.environ[ENV_DIR] = figures_dir
         uv = uvicorn.Config("server.main:worker_app", factory=True, workers=workers, **common)
-        supervisor = Supervisor(uv, sockets=[uv.bind_socket()])
+        try:
+            sock = uv.bind_socket()
+        except SystemExit:  # uvicorn's 3: the address in use, say (its log says why)
+            shutil.rmtree(figures_dir, ignore_errors=True)
+            print(f"axonsim serve: cannot listen on {args.host}:{args.port}", file=sys.stderr)
+            return 1
+        supervisor = Supervisor(uv, sockets=[sock])
         try:
             supervisor.run()
         finally:
@@ -400,7 +406,10 @@ def serve(args: argparse.Namespace) -> int:
         if exc.code == 0:
             return 0
         if proxy.startup_error is None:
-            raise
+            # uvicorn could not start on its own side (its 3: the address in use, say; its log says
+            # why): what our exit codes call any other failure to start.
+            print(f"axonsim serve: cannot start on {args.host}:{args.port}", file=sys.stderr)
+            return 1
         # uvicorn exits when the app's start-up fails; the reason decides our exit code.
     finally:
         for sig, handler in before.items():

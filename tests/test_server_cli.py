@@ -149,3 +149,21 @@ def test_a_worker_still_starting_is_not_killed_for_missing_a_ping() -> None:
     w.process.running = True
     w._started_at = time.monotonic() - REPLACEMENT_READY - 1
     assert not w.is_alive(timeout=5) and pings == [5]  # grown up: an unanswered ping means hung
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_address_in_use_exits_1(tmp_path: Path, workers: str) -> None:
+    # uvicorn's own start-up failure (its exit 3) is what our exit codes call a failure to start: 1
+    import socket
+
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("channels:\n  - {name: a, type: openai, base_url: 'http://127.0.0.1:9/v1', api_keys: [k],"
+                   " models: [m]}\nstore: {url: 'sqlite+aiosqlite:///" + str(tmp_path / "s.db") + "'}\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = axonsim("serve", "--config", str(cfg), "--port", str(port), "--workers", workers, "--log-level", "warning",
+                    timeout=60)
+    assert r.returncode == 1, (r.returncode, r.stderr[-500:])
+    assert f"127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr

@@ -616,9 +616,47 @@ class _Admin:
             raise AdminError(400, str(exc), exc.param) from None
 
 
+# Seconds an admin read may take. A database that holds a pooled connection open and answers
+# nothing (stalled, or a network path that drops packets) would otherwise keep the call waiting
+# for as long as TCP keeps the connection: a review saw one wait past five minutes. Wide enough for
+# a usage report over a large table; the store's writer bounds its own work the same way.
+QUERY_TIMEOUT = 30.0
+
+
+def _action_path(path: str, channels: Mapping[str, Any]) -> bool:
+    """Whether `path` (what follows /admin/channels/) is a POST-only action of a channel that exists:
+    C/enable, C/disable, C/test, C/keys/K/enable, C/keys/K/disable."""
+    for action in ("/enable", "/disable", "/test"):
+        if path.endswith(action):
+            head = path[:-len(action)]
+            if head in channels:
+                return True
+            if action != "/test":
+                i = head.find("/keys/")
+                while i != -1:  # a channel's name may hold "/keys/" itself: every split is tried
+                    if head[:i] in channels:
+                        return True
+                    i = head.find("/keys/", i + 1)
+    return False
+
+
+def _stored_decisions(attempts: Sequence[Any]) -> list[dict[str, Any]] | None:
+    """The decision trace as the database keeps it: each attempt's `decision.choice` (the pick that
+    sent it), in order, one entry per pick (attempts of one pick, a retry on the same channel, share
+    it). What a request served in this process still has in memory is used first: it also holds
+    the picks that sent no attempt. None when the request was not explained."""
+    out: list[dict[str, Any]] = []
+    for a in attempts:
+        choice = a.decision.get("choice") if isinstance(a.decision, dict) else None
+        if isinstance(choice, dict) and (not out or out[-1] != choice):
+            out.append(choice)
+    return out or None
+
+
 async def _query(coro: Awaitable[Any]) -> Any:
     try:
-        return await coro
+        async with asyncio.timeout(QUERY_TIMEOUT):
+            return await coro
     except Q.QueryError as exc:
         raise AdminError(400, str(exc), exc.param) from None
     except (sa_exc.SQLAlchemyError, OSError, TimeoutError) as exc:
@@ -729,7 +767,8 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
             detail = RequestDetail(**_request_out(rec), request_body=_text(rec.request_body),
                                    response_body=_text(rec.response_body),
                                    attempts=[_attempt_out(a) for a in rec.attempts],
-                                   decisions=recent.get("decisions") if recent is not None else None, source="store")
+                                   decisions=recent.get("decisions") if recent is not None
+                                   else _stored_decisions(rec.attempts), source="store")
             return admin.reply(detail)
         if recent is not None:
             return admin.reply(_from_recent(recent))
@@ -793,6 +832,10 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
 
     @router.get("/channels/{name:path}", response_model=ChannelOut, responses=NOT_FOUND, dependencies=NO_PARAMS, summary="One channel's state")
     async def channel(name: str) -> Response:
+        if name not in ctx.router.by_name and _action_path(name, ctx.router.by_name):
+            # This route takes every path under /channels/ (names may hold "/"), the POST-only
+            # actions' too: a GET of one is the wrong method, not a channel that does not exist.
+            raise AdminError(405, f"GET is not allowed on /admin/channels/{name}; POST it", type_="method_not_allowed")
         return admin.reply(channel_view(state(name), ctx.now()))
 
     # Names may hold "/" (a client's percent-encoded %2F arrives decoded): the path parameters take

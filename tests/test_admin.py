@@ -284,6 +284,25 @@ async def test_one_request_with_attempts_and_decisions(client: httpx.AsyncClient
     assert r.status_code == 404 and r.json()["error"]["param"] == "request_id"
 
 
+async def test_a_stored_decision_trace_outlives_the_process(client: httpx.AsyncClient, gw: Gateway) -> None:
+    # After a restart, or from another worker, nothing is in memory: the trace comes from the choices
+    # kept with the attempts (server.proxy.store_record), one entry per pick (review: it was null).
+    pick_a = {"tier": 0, "candidates": [{"channel": "alpha"}, {"channel": "beta"}], "chosen": "alpha"}
+    pick_b = {"tier": 0, "candidates": [{"channel": "beta"}], "chosen": "beta"}
+    assert gw.store is not None and gw.store.submit(RequestRecord(
+        id="r-explained", created_at=T0 + 500, project="acme", model="m1", client_format="openai_chat", status=200,
+        outcome="completed", channel="beta", attempts=[
+            AttemptRow(1, "alpha", "m1", 500, error_kind="server_error", decision={"next": "retry", "choice": pick_a}),
+            AttemptRow(2, "alpha", "m1", 500, error_kind="server_error", decision={"next": "failover",
+                                                                                   "choice": pick_a}),
+            AttemptRow(3, "beta", "m1", 200, decision={"next": "done", "choice": pick_b})]))
+    assert await gw.store.flush(30)
+    d = (await client.get("/admin/requests/r-explained", headers=ADMIN)).json()
+    assert d["source"] == "store" and d["decisions"] == [pick_a, pick_b]
+    # a request that was not explained has none
+    assert (await client.get("/admin/requests/r1", headers=ADMIN)).json()["decisions"] is None
+
+
 async def test_a_request_not_yet_in_the_store_comes_from_the_recent_log(client: httpx.AsyncClient,
                                                                          gw: Gateway) -> None:
     gw.recent["req_new"] = {
@@ -440,6 +459,11 @@ async def test_channel_state(client: httpx.AsyncClient, gw: Gateway) -> None:
     assert one["name"] == "gamma" and one["inflight"] == 1
     r = await client.get("/admin/channels/nope", headers=ADMIN)
     assert r.status_code == 404 and r.json()["error"]["param"] == "name"
+    # a GET of a POST-only action is the wrong method (405), not a channel "gamma/disable" missing (404)
+    for path in ("gamma/disable", "gamma/enable", "gamma/test", "gamma/keys/g-one/enable", "gamma/keys/g-one/disable"):
+        r = await client.get(f"/admin/channels/{path}", headers=ADMIN)
+        assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed", (path, r.text)
+    assert (await client.get("/admin/channels/nope/disable", headers=ADMIN)).status_code == 404  # no such channel
 
 
 async def test_a_disabled_channel_gets_no_traffic(client: httpx.AsyncClient, gw: Gateway, driver: Any) -> None:

@@ -128,6 +128,14 @@ class Forwarder:
         self.port = 0
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
+        self.flowing = asyncio.Event()  # cleared by stall(): connections stay open, nothing goes through
+        self.flowing.set()
+
+    def stall(self) -> None:
+        self.flowing.clear()
+
+    def resume(self) -> None:
+        self.flowing.set()
 
     async def start(self) -> None:
         if self.server is not None:
@@ -154,6 +162,7 @@ class Forwarder:
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             try:
                 while data := await r.read(65536):
+                    await self.flowing.wait()
                     w.write(data)
                     await w.drain()
             except (OSError, asyncio.IncompleteReadError):
@@ -1221,3 +1230,32 @@ async def test_an_idle_store_finds_out_that_its_database_went_away(pg: Any) -> N
         await until(lambda: store.db_up, "and noticing it is back")
     finally:
         await store.close()
+
+
+async def test_an_admin_read_of_a_database_that_stopped_answering_is_a_prompt_503(
+        pg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pooled connection to a database that keeps it open and answers nothing (stalled, or packets
+    # dropped on the way): the read ends at the admin API's query timeout, as the documented 503,
+    # rather than waiting as long as TCP keeps the connection (review: over five minutes).
+    import server.admin as admin
+
+    db = pg
+    store = Store(StoreSettings(url=db.url), schema=db.schema, secrets=SECRETS, connect_timeout=1.0)
+    await store.start()
+    try:
+        store.submit(rec(0))
+        assert await store.flush(WAIT)
+        assert len(await admin._query(Q.list_requests(store.engine, Q.Filter()))) == 1  # a pooled connection
+        monkeypatch.setattr(admin, "QUERY_TIMEOUT", 0.5)
+        db.fwd.stall()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(admin.AdminError) as exc:
+            await asyncio.wait_for(admin._query(Q.list_requests(store.engine, Q.Filter())), WAIT)
+        assert exc.value.status == 503 and loop.time() - t0 < WAIT / 2
+        db.fwd.resume()
+        # the database answering again: reads work again
+        assert len(await admin._query(Q.list_requests(store.engine, Q.Filter()))) == 1
+    finally:
+        db.fwd.resume()
+        await store.close(timeout=5)

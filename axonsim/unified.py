@@ -249,8 +249,8 @@ class FinishEvent(_Model):
     type: Literal["finish"] = "finish"
     reason: FinishReason
     finish_native: str | None = None  # as Response.finish_native
-    continuation: str | None = None  # as Response.continuation
     stop_sequence: str | None = None
+    continuation: str | None = None  # as Response.continuation
 
 
 class UsageEvent(_Model):

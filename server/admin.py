@@ -325,12 +325,15 @@ class StoreOut(BaseModel):
 class AdminError(Exception):
     """Answered as `{"error": {...}}` with `status` by the admin routes' handler."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, type_: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, type_: str | None = None,
+                 code: str | None = None, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.type = type_ or _ERROR_TYPES.get(status, "error")
+        self.code = code  # as the gateway's other errors say it (server.api: "method_not_allowed")
+        self.headers = headers
 
 
 def query_params(request: Request, allowed: Sequence[str]) -> dict[str, str]:
@@ -575,9 +578,11 @@ class _Admin:
         return self._secrets(self._for) if self._for is not None else []
 
     def error(self, exc: AdminError) -> JSONResponse:
-        headers = {"WWW-Authenticate": 'Bearer realm="axonsim-admin"'} if exc.status == 401 else None
-        return self.reply({"error": {"message": exc.message, "param": exc.param, "type": exc.type}}, exc.status,
-                          headers)
+        headers = {"WWW-Authenticate": 'Bearer realm="axonsim-admin"'} if exc.status == 401 else exc.headers
+        err: dict[str, Any] = {"message": exc.message, "param": exc.param, "type": exc.type}
+        if exc.code is not None:
+            err["code"] = exc.code
+        return self.reply({"error": err}, exc.status, headers)
 
     # -- auth --------------------------------------------------------------------------------------
 
@@ -835,7 +840,8 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         if name not in ctx.router.by_name and _action_path(name, ctx.router.by_name):
             # This route takes every path under /channels/ (names may hold "/"), the POST-only
             # actions' too: a GET of one is the wrong method, not a channel that does not exist.
-            raise AdminError(405, f"GET is not allowed on /admin/channels/{name}; POST it", type_="method_not_allowed")
+            raise AdminError(405, f"method GET is not allowed on /admin/channels/{name}; POST it",
+                             type_="invalid_request_error", code="method_not_allowed", headers={"Allow": "POST"})
         return admin.reply(channel_view(state(name), ctx.now()))
 
     # Names may hold "/" (a client's percent-encoded %2F arrives decoded): the path parameters take

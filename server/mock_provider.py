@@ -98,8 +98,9 @@ _MESSAGES = {
     "outage": "the mock provider is down (injected outage)",
 }  # a `timeout` fault: long enough for any client deadline, finite for hygiene
 
-_GEMINI = re.compile(r"/models/([^/]+):(generateContent|streamGenerateContent)$")  # (a model name may hold colons)
-_GEMINI_EMBED = re.compile(r"/models/([^/]+):(embedContent|batchEmbedContents)$")
+# (a model name may hold colons, and slashes: the method is what follows the last colon)
+_GEMINI = re.compile(r"/models/(.+):(generateContent|streamGenerateContent)$")
+_GEMINI_EMBED = re.compile(r"/models/(.+):(embedContent|batchEmbedContents)$")
 
 # Scripted mode: the parsed request -> the answer to give (None: the ordinary filler answer).
 Script = Callable[[Request], "Response | None"]

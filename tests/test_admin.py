@@ -462,7 +462,8 @@ async def test_channel_state(client: httpx.AsyncClient, gw: Gateway) -> None:
     # a GET of a POST-only action is the wrong method (405), not a channel "gamma/disable" missing (404)
     for path in ("gamma/disable", "gamma/enable", "gamma/test", "gamma/keys/g-one/enable", "gamma/keys/g-one/disable"):
         r = await client.get(f"/admin/channels/{path}", headers=ADMIN)
-        assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed", (path, r.text)
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed", (path, r.text)
+        assert r.headers["allow"] == "POST"
     assert (await client.get("/admin/channels/nope/disable", headers=ADMIN)).status_code == 404  # no such channel
 
 

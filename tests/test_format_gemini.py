@@ -1369,3 +1369,9 @@ def test_a_continuation_request_goes_to_gemini_channels_only() -> None:
         with pytest.raises(FormatError) as exc:
             fmt.build_request(req, "x")
         assert exc.value.param == "continuationToken" and "Gemini channel" in exc.value.message
+    # a null (or empty) token is none: any channel serves the request
+    for unset in (None, ""):
+        plain = g.parse_request(orjson.dumps({"contents": [{"role": "user", "parts": [{"text": "q"}]}],
+                                              "continuationToken": unset}), "m")
+        for fmt in (openai_chat, anthropic, openai_responses):
+            fmt.build_request(plain, "x")

@@ -572,7 +572,8 @@ async def test_a_gemini_stream_that_finished_and_then_stalls_is_complete() -> No
                 "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 1, "totalTokenCount": 4}})
     for script in ([done, UpstreamTimeout("idle")], [sse({"candidates": [{"content": {"parts": [{"text": "H"}]}}]}),
                                                       done.replace(b'"Hi"', b'"i"'), UpstreamTimeout("idle")],
-                   [done, UpstreamConnectionError("reset")]):
+                   [done, UpstreamConnectionError("reset")],
+                   [done, b'data: {"candidates":[{"content":{"parts":[{"te', UpstreamConnectionError("reset")]):
         up = MockUpstream(lambda r, script=script: MockReply(200, chunks=script))
         proxy = Proxy(config, up, seed=1)
         result, _ = await run(proxy, request(stream=True))

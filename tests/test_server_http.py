@@ -36,6 +36,7 @@ CHANNELS = [
     ch("good", "ok-model", model_mapping={"alias": "ok-model"}),
     ch("colon", "llama3:8b"),  # Ollama-style: a colon in the model name
     ch("slash", "vendor/model-x"),  # a slash in the model name, as routing names often have
+    ch("slash-gemini", "vendor/gem-x", type="gemini"),  # ... and on a Gemini channel's own paths
     ch("err500", "m500", {"error_rate": 1.0}),
     ch("err429", "m429", {"faults": {"rate_limited": 1.0, "retry_after": 3}}),
     ch("err503", "m503", {"faults": {"overloaded": 1.0}}),
@@ -193,6 +194,9 @@ def test_a_model_whose_name_holds_a_slash_is_served_on_gemini_paths(client: http
     r = client.post(f"{prefix}/models/vendor/model-x:{method}", json=body, headers=AUTH)
     assert r.status_code == 200 and "candidates" in r.text, r.text
     assert record(gw, r)["model"] == "vendor/model-x"
+    r = client.post(f"{prefix}/models/vendor/gem-x:{method}", json=body, headers=AUTH)  # a Gemini channel
+    assert r.status_code == 200 and "candidates" in r.text, r.text
+    assert record(gw, r)["channels"] == ["slash-gemini"]
 
 
 # -- success -----------------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def refuse_foreign_fields(req: Any, family: str, channel: str) -> None:
         return
     names, why = spec
     for name in names:
-        if name in req.extra_body:
+        if req.extra_body.get(name) not in (None, ""):  # null (or empty) is the field unset
             raise FormatError(f"{name}: " + why.format(channel=channel), name)
 
 

@@ -1525,7 +1525,13 @@ class StreamParser:
     def close(self) -> list[StreamEvent]:
         out: list[StreamEvent] = []
         for ev in self._sse.close():
-            self._event(cast(str, ev.data), out)  # a decoder without raw=True gives str
+            try:
+                self._event(cast(str, ev.data), out)  # a decoder without raw=True gives str
+            except FormatError:
+                if not self.complete:
+                    raise
+                # The answer was whole when the connection broke part way through a later event (its
+                # usage, say): the torn event is dropped, as SSE drops an event the stream's end cut.
         if not (self._reader.finished or self._reader.errored):
             # Gemini has no terminal marker: a stream without a finishReason was cut short.
             raise FormatError("Gemini stream ended without a finishReason", None, _UPSTREAM)

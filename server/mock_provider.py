@@ -99,8 +99,8 @@ _MESSAGES = {
 }  # a `timeout` fault: long enough for any client deadline, finite for hygiene
 
 # (a model name may hold colons, and slashes: the method is what follows the last colon)
-_GEMINI = re.compile(r"/models/(.+):(generateContent|streamGenerateContent)$")
-_GEMINI_EMBED = re.compile(r"/models/(.+):(embedContent|batchEmbedContents)$")
+_GEMINI = re.compile(r"/models/(.+):(generateContent|streamGenerateContent)$", re.DOTALL)
+_GEMINI_EMBED = re.compile(r"/models/(.+):(embedContent|batchEmbedContents)$", re.DOTALL)
 
 # Scripted mode: the parsed request -> the answer to give (None: the ordinary filler answer).
 Script = Callable[[Request], "Response | None"]

@@ -60,9 +60,11 @@ EMBEDDING_PATHS: dict[str, str] = {
 # embeddings methods on the same paths
 # A model name may hold colons itself (Ollama's llama3:8b, OpenAI's ft:...): the method is what
 # follows the last one. It may hold slashes too (`vendor/model-x`, as model_mapping names often
-# do): GET .../models/{model} lists and finds such models, so they must be callable as well.
+# do): GET .../models/{model} lists and finds such models, so they must be callable as well. Any
+# character, a newline too (DOTALL), as before: such a name is then answered (a 404 naming it,
+# masked in the access log), not left to the catch-all.
 GEMINI_PATH = re.compile(r"^/(?:gemini/)?(?:(?:v1beta|v1)/)?models/(.+)"
-                         r":(generateContent|streamGenerateContent|embedContent|batchEmbedContents)$")
+                         r":(generateContent|streamGenerateContent|embedContent|batchEmbedContents)$", re.DOTALL)
 
 
 def gemini_array_stream(scope: Any) -> bool:

@@ -648,8 +648,8 @@ def _action_path(path: str, channels: Mapping[str, Any]) -> bool:
 def _stored_decisions(attempts: Sequence[Any]) -> list[dict[str, Any]] | None:
     """The decision trace as the database keeps it: each attempt's `decision.choice` (the pick that
     sent it), in order, one entry per pick (attempts of one pick, a retry on the same channel, share
-    it). What a request served in this process still has in memory is used first: it also holds
-    the picks that sent no attempt. None when the request was not explained."""
+    it). None when the request was not explained. (The caller prefers the trace this process may
+    still hold in memory, which also has the picks that sent no attempt.)"""
     out: list[dict[str, Any]] = []
     for a in attempts:
         choice = a.decision.get("choice") if isinstance(a.decision, dict) else None

@@ -14,7 +14,7 @@ Mounted here:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
@@ -48,8 +48,10 @@ def metrics_router(metrics: Metrics, path: str = "/metrics") -> APIRouter:
     return router
 
 
-def _openai_error(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}}, status_code=status)
+def _openai_error(status: int, message: str, type_: str, code: str | None = None,
+                  headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}}, status_code=status,
+                        headers=headers)
 
 
 # google.rpc names for the statuses the fallback answers with.
@@ -87,16 +89,20 @@ async def _until_shutdown(aw: Awaitable[Any]) -> Any:
         raise AdminError(503, "the gateway shut down before the test finished") from None
 
 
-def _route_error(path: str, status: int, message: str, code: str | None = None) -> JSONResponse:
+def _route_error(path: str, status: int, message: str, code: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> JSONResponse:
     """An error for a request no route serves, in the shape of the API family its path belongs to:
-    the client's SDK then reads it as it reads every other error of that API."""
+    the client's SDK then reads it as it reads every other error of that API. `headers`: a 405's
+    Allow, which HTTP requires of it."""
     if path.startswith(("/v1/messages", "/anthropic/")):
         type_ = "not_found_error" if status == 404 else "invalid_request_error"
-        return JSONResponse({"type": "error", "error": {"type": type_, "message": message}}, status_code=status)
+        return JSONResponse({"type": "error", "error": {"type": type_, "message": message}}, status_code=status,
+                            headers=headers)
     if _gemini_method_path(path):
         return JSONResponse({"error": {"code": status, "message": message,
-                                       "status": _GOOGLE_STATUS.get(status, "INVALID_ARGUMENT")}}, status_code=status)
-    return _openai_error(status, message, "invalid_request_error", code)
+                                       "status": _GOOGLE_STATUS.get(status, "INVALID_ARGUMENT")}}, status_code=status,
+                            headers=headers)
+    return _openai_error(status, message, "invalid_request_error", code, headers=headers)
 
 
 class ChannelTestOut(BaseModel):
@@ -145,7 +151,8 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
             # meets the model-info GET route: it is an unknown method, 404 as Google answers it.
             return _route_error(path, 404, f"no route for {request.method} {path}", "not_found")
         if exc.status_code == 405:
-            return _route_error(path, 405, f"method {request.method} is not allowed on {path}", "method_not_allowed")
+            return _route_error(path, 405, f"method {request.method} is not allowed on {path}", "method_not_allowed",
+                                headers=exc.headers)
         return _route_error(path, exc.status_code, str(exc.detail))
 
     @api.get("/health", summary="Readiness: 200 once the gateway serves traffic")

@@ -719,10 +719,14 @@ class Workload(_Strict):
 
 
 class Price(_Strict):
-    """Currency units per million tokens; cached input defaults to input, reasoning to output."""
+    """Currency units per million tokens; cached input and cache writes default to input, reasoning
+    to output."""
 
     input: float = Field(0.0, ge=0)
     cached_input: float | None = Field(None, ge=0)
+    # Prompt tokens written to the provider's cache (Anthropic's cache_creation_input_tokens, billed
+    # at 1.25× input for its 5-minute cache): LiteLLM's cache_creation_input_token_cost.
+    cache_write: float | None = Field(None, ge=0)
     output: float = Field(0.0, ge=0)
     reasoning: float | None = Field(None, ge=0)
 
@@ -730,6 +734,8 @@ class Price(_Strict):
     def _defaults(self) -> Price:
         if self.cached_input is None:
             self.cached_input = self.input
+        if self.cache_write is None:
+            self.cache_write = self.input
         if self.reasoning is None:
             self.reasoning = self.output
         return self

@@ -5,15 +5,19 @@ cached ones and completion tokens include the reasoning ones. With prices in cur
 million tokens:
 
     cached    = min(cached_tokens, prompt_tokens)
+    written   = min(cache_write_tokens, prompt_tokens - cached)
     reasoning = min(reasoning_tokens, completion_tokens)
-    cost = ( (prompt_tokens - cached)        * input
-           +  cached                         * cached_input
-           + (completion_tokens - reasoning) * output
-           +  reasoning                      * reasoning ) / 1_000_000
+    cost = ( (prompt_tokens - cached - written) * input
+           +  cached                            * cached_input
+           +  written                           * cache_write
+           + (completion_tokens - reasoning)    * output
+           +  reasoning                         * reasoning ) / 1_000_000
 
-The clamps keep an upstream that reports more cached than prompt tokens from producing a negative
-term. Cache-write tokens are part of prompt tokens and are charged at the input rate (no separate
-price). A model without a price has an unknown cost (None), which is not the same as free (0.0).
+The clamps keep an upstream that reports more cached or written than prompt tokens from producing a
+negative term. Cache writes (Anthropic's cache_creation_input_tokens) are part of prompt tokens; their
+price defaults to the input rate. Anthropic's 1-hour cache writes, which it bills at 2× input rather
+than the 5-minute cache's 1.25×, are not told apart: set cache_write for the cache a model's clients
+use. A model without a price has an unknown cost (None), which is not the same as free (0.0).
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ def cost(usage: Usage, price: Price) -> float:
     prompt = max(usage.prompt_tokens, 0)
     completion = max(usage.completion_tokens, 0)
     cached = min(max(usage.cached_tokens, 0), prompt)
+    written = min(max(usage.cache_write_tokens, 0), prompt - cached)
     reasoning = min(max(usage.reasoning_tokens, 0), completion)
     cached_rate = price.input if price.cached_input is None else price.cached_input
+    write_rate = price.input if price.cache_write is None else price.cache_write
     reasoning_rate = price.output if price.reasoning is None else price.reasoning
-    total = ((prompt - cached) * price.input + cached * cached_rate
+    total = ((prompt - cached - written) * price.input + cached * cached_rate + written * write_rate
              + (completion - reasoning) * price.output + reasoning * reasoning_rate)
     return total / PER
 

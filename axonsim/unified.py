@@ -166,6 +166,9 @@ class Usage(_Model):
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    # Of prompt_tokens, those a provider's own tools fed the model (Gemini's toolUsePromptTokenCount):
+    # kept apart only so that a Gemini client is told them as Gemini counts them.
+    tool_prompt_tokens: int = 0
 
     def finalised(self) -> Usage:
         if not self.total_tokens:

@@ -1375,3 +1375,29 @@ def test_a_continuation_request_goes_to_gemini_channels_only() -> None:
                                               "continuationToken": unset}), "m")
         for fmt in (openai_chat, anthropic, openai_responses):
             fmt.build_request(plain, "x")
+
+
+def test_tool_use_prompt_tokens_are_input_counted_and_given_back_as_gemini_counts_them() -> None:
+    """toolUsePromptTokenCount (what Google Search, URL context or code execution fed the model) is
+    input Gemini bills, counted apart from promptTokenCount: other families see it in their prompt
+    count, so that prompt + completion is the total and the cost is not short of it; a Gemini client
+    gets Gemini's own split back, whole or streamed."""
+    meta = {"promptTokenCount": 1000, "toolUsePromptTokenCount": 200, "candidatesTokenCount": 400,
+            "thoughtsTokenCount": 100, "cachedContentTokenCount": 300, "totalTokenCount": 1700}
+    answer = {"candidates": [{"content": {"role": "model", "parts": [{"text": "Found it."}]}, "finishReason": "STOP",
+                              "index": 0}], "usageMetadata": meta, "modelVersion": "gemini-x"}
+    resp = g.parse_response(body(answer))
+    assert resp.usage == Usage(prompt_tokens=1200, completion_tokens=500, total_tokens=1700, cached_tokens=300,
+                               reasoning_tokens=100, tool_prompt_tokens=200)
+    assert orjson.loads(g.render_response(resp))["usageMetadata"] == meta
+    chat = orjson.loads(get_format("openai_chat").render_response(resp))["usage"]
+    assert chat["prompt_tokens"] + chat["completion_tokens"] == chat["total_tokens"] == 1700
+    # streamed: the usage on the last chunk carries the same split
+    events = feed_all(b"data: " + orjson.dumps(answer) + b"\r\n\r\n")
+    assert [e.usage for e in events if isinstance(e, UsageEvent)][-1] == resp.usage
+    frames = [json.loads(f.removeprefix(b"data: ")) for f in b"".join(render_stream(events)).split(b"\r\n\r\n") if f]
+    assert [f["usageMetadata"] for f in frames if "usageMetadata" in f][-1] == meta
+    # no tool use: no field invented
+    plain = {**meta, "toolUsePromptTokenCount": 0, "totalTokenCount": 1500}
+    assert "toolUsePromptTokenCount" not in orjson.loads(g.render_response(
+        g.parse_response(body({**answer, "usageMetadata": plain}))))["usageMetadata"]

@@ -311,6 +311,22 @@ def test_cost_formula() -> None:
     assert cost(Usage(), price) == 0.0
 
 
+def test_cache_writes_are_billed_at_their_own_rate_defaulting_to_input() -> None:
+    # Anthropic bills a 5-minute cache write at 1.25x input; its usage counts writes apart from
+    # reads and from uncached input, all three of them part of prompt_tokens here
+    u = Usage(prompt_tokens=1_000, cached_tokens=400, cache_write_tokens=300, completion_tokens=100)
+    price = Price(input=3.0, cached_input=0.3, cache_write=3.75, output=15.0)
+    assert cost(u, price) == pytest.approx((300 * 3.0 + 400 * 0.3 + 300 * 3.75 + 100 * 15.0) / 1_000_000)
+    unset = Price(input=3.0, cached_input=0.3, output=15.0)
+    assert unset.cache_write == 3.0
+    assert cost(u, unset) == pytest.approx((600 * 3.0 + 400 * 0.3 + 100 * 15.0) / 1_000_000)
+    # more writes than the prompt leaves after the reads: never a negative input term
+    odd = Usage(prompt_tokens=500, cached_tokens=400, cache_write_tokens=300)
+    assert cost(odd, price) == pytest.approx((400 * 0.3 + 100 * 3.75) / 1_000_000)
+    with pytest.raises(ValueError):
+        Price(input=1.0, cache_write=-1.0)
+
+
 def test_price_lookup_prefers_the_upstream_model_and_unpriced_is_none() -> None:
     prices = {"gpt-x": Price(input=1, output=1), "alias": Price(input=100, output=100)}
     assert price_for(prices, "gpt-x", "alias") is prices["gpt-x"]

@@ -425,15 +425,19 @@ def _usage_from_gemini(d: Any) -> Usage:
         return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0
 
     prompt, cand, thoughts = n("promptTokenCount"), n("candidatesTokenCount"), n("thoughtsTokenCount")
-    total = n("totalTokenCount") or prompt + cand + thoughts + n("toolUsePromptTokenCount")
-    return Usage(prompt_tokens=prompt, completion_tokens=cand + thoughts, total_tokens=total,
-                 cached_tokens=n("cachedContentTokenCount"), reasoning_tokens=thoughts)
+    # The results of Gemini's own tools (Google Search, URL context, code execution) that it read
+    # are input too, billed as such, but counted apart from promptTokenCount: part of prompt_tokens.
+    tool = n("toolUsePromptTokenCount")
+    total = n("totalTokenCount") or prompt + tool + cand + thoughts
+    return Usage(prompt_tokens=prompt + tool, completion_tokens=cand + thoughts, total_tokens=total,
+                 cached_tokens=n("cachedContentTokenCount"), reasoning_tokens=thoughts, tool_prompt_tokens=tool)
 
 
 def _usage_to_gemini(u: Usage) -> dict[str, int]:
     thoughts = u.reasoning_tokens
+    tool = min(u.tool_prompt_tokens, u.prompt_tokens)
     out = {
-        "promptTokenCount": u.prompt_tokens,
+        "promptTokenCount": u.prompt_tokens - tool,
         "candidatesTokenCount": max(u.completion_tokens - thoughts, 0),  # Gemini counts thoughts apart
         "totalTokenCount": u.total_tokens or u.prompt_tokens + u.completion_tokens,
     }
@@ -441,6 +445,8 @@ def _usage_to_gemini(u: Usage) -> dict[str, int]:
         out["thoughtsTokenCount"] = thoughts
     if u.cached_tokens:
         out["cachedContentTokenCount"] = u.cached_tokens
+    if tool:
+        out["toolUsePromptTokenCount"] = tool
     return out
 
 

@@ -549,6 +549,7 @@ def _parse_usage(u: dict[str, Any]) -> Usage:
         "cached_tokens": _int(ptd.get("cached_tokens")) or _int(u.get("prompt_cache_hit_tokens")),
         "cache_write_tokens": _int(ptd.get("cache_write_tokens")),
         "reasoning_tokens": _int(ctd.get("reasoning_tokens")),
+        "tool_prompt_tokens": 0,
     })
 
 
@@ -572,7 +573,7 @@ def trusted(cls: type[Any], values: dict[str, Any], fields_set: set[str]) -> Any
 
 
 def usage_of(fields: dict[str, int]) -> Usage:
-    """Usage(**fields) for a dict of exactly Usage's six fields, in order, each an int already checked."""
+    """Usage(**fields) for a dict of exactly Usage's fields, in order, each an int already checked."""
     return trusted(Usage, fields, set(_USAGE_FIELDS))  # type: ignore[no-any-return]
 
 

@@ -590,7 +590,7 @@ class Router:
         if got is not None:
             return got[1], first, 0, first_cand, decision
         now = first.start + delay
-        second = self.balancer.pick(remaining, now, rng, tokens, None, ctx)
+        second = self.balancer.pick(remaining, now, rng, tokens, None, ctx, rotate=False)
         if second is not None and self.budget.enabled and not self.budget.try_retry(now):
             second = None  # a hedge is an extra attempt: the retry budget counts it (as Envoy does)
         if second is None:

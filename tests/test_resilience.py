@@ -256,6 +256,23 @@ def test_a_hedge_keeps_each_attempt_under_its_own_number(driver):
     assert [(a.n, a.channel, a.next) for a in res.attempts] == [(2, "c1", "hedge_failed"), (1, "c0", "exhausted")]
 
 
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_round_robin_rotates_first_attempts_over_every_channel_when_hedges_fire(driver, n):
+    # Every request hedged (the first answers after the hedge delay): a hedge's pick must not move
+    # the rotation, or with an even number of channels the first attempts all went to half of them.
+    r = make(chans(n), strategy="round_robin", hedge={"enabled": True, "delay": 0.5})
+    answers = by_channel({f"c{i}": ok(1.0) for i in range(n)})
+    firsts, hedges = Counter(), Counter()
+    for t in range(4 * n):
+        res = driver(r, "m", answers, now=10.0 * t)
+        by_n = {a.n: a.channel for a in res.attempts}
+        assert set(by_n) == {1, 2}  # the hedge did fire
+        firsts[by_n[1]] += 1
+        hedges[by_n[2]] += 1
+    assert firsts == {f"c{i}": 4 for i in range(n)}
+    assert sum(hedges.values()) == 4 * n and all(hedges[f"c{i}"] for i in range(n))
+
+
 def test_hedge_by_percentile_waits_for_samples(driver):
     r = make(chans(2), strategy="round_robin", hedge={"enabled": True, "percentile": 95, "min_samples": 5})
     assert r._hedge_delay() is None

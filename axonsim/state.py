@@ -559,8 +559,10 @@ class ChannelState:
         """Every key of the channel was switched off by an operator: nothing may be sent with them."""
         return bool(self.keys) and all(k.held for k in self.keys)
 
-    def probe_due(self, now: float) -> bool:
-        """Whether a periodic probe may go to this channel now: not switched off (by the config or an
+    def probe_due(self, now: float) -> tuple[bool, int | None]:
+        """Whether a periodic probe may go to this channel now, and the key it uses (probe_key, chosen
+        here once: choosing again would move the key rotation a second step, and send the probe on
+        another key than the one checked). Due: not switched off (by the config or an
         operator), not cooling down after a 429 (a probe would only spend the provider's rate limit),
         with a key it may use (_probe_may_use), and with room at its local limits and quota, where a probe
         counts as real traffic does. While the channel serves clients, a probe may not take what they
@@ -569,16 +571,16 @@ class ChannelState:
         room is enough: the probe is what brings it back. The live prober and the simulator's ask
         the same."""
         if not (self.channel.enabled and self.cooldown_until <= now and not self.all_keys_held()):
-            return False
+            return False, None
         serving = self.overall_reason(now) is None
         if self.has_limits and not (self.limiter.spare(now) if serving else self.limiter.allows(now, 0)):
-            return False
+            return False, None
         if self.quota is not None and not (self.quota.spare(now) if serving else self.quota.allows(now, 0)):
-            return False
+            return False, None
         if not self.keys:
-            return True
+            return True, None
         key = self.probe_key(now, self.probe_model())
-        return key is not None and self._probe_may_use(self.keys[key], now, serving)
+        return key is not None and self._probe_may_use(self.keys[key], now, serving), key
 
     def probe_model(self) -> str | None:
         """The upstream model periodic probes ask for: the channel's first."""

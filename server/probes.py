@@ -23,7 +23,7 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any
 
-from axonsim.execution import Call
+from axonsim.execution import Call, Outcome
 from axonsim.state import ChannelState
 from axonsim.unified import Message, Request, Sampling, TextPart
 from server.driver import Exchange, LiveStream
@@ -46,13 +46,18 @@ def _test_request(model: str, stream: bool) -> Request:
     ])
 
 
+# run_test's `key` when the test chooses its own (an admin test), rather than a probe's (probe_due's)
+CHOOSE_KEY = -1
+
+
 async def run_test(rt: Runtime, st: ChannelState, *, stream: bool = True, timeout: float = 30.0,
-                   model: str | None = None) -> dict[str, Any]:
+                   model: str | None = None, key: int | None = CHOOSE_KEY) -> dict[str, Any]:
     """Send the test request to `st`'s channel through `rt`'s driver; the result by names only."""
     driver = rt.driver
     now = driver.clock.now
     upstream_model = model or st.channel.models[0]
-    key = st.probe_key(now(), upstream_model)
+    if key == CHOOSE_KEY:
+        key = st.probe_key(now(), upstream_model)
     result: dict[str, Any] = {"channel": st.name, "model": upstream_model, "key": st.key_name(key), "stream": stream,
                               "ok": False, "status": None, "latency": None, "ttft": None, "error": None,
                               "error_kind": None, "reply": None}
@@ -68,6 +73,7 @@ async def run_test(rt: Runtime, st: ChannelState, *, stream: bool = True, timeou
     call = Call(st, upstream_model, key, 0, req)
     ex = Exchange(req, None, None)
     text: list[str] = []
+    out: Outcome | None = None
     try:
         async with asyncio.timeout(timeout):
             out = await driver.attempt(call, ex)
@@ -83,6 +89,8 @@ async def run_test(rt: Runtime, st: ChannelState, *, stream: bool = True, timeou
     except TimeoutError:
         result.update(error=f"no complete answer within {timeout:g} s", error_kind="timeout",
                       latency=now() - call.start)
+        if out is not None:  # a stream that began and did not end in time: its status and TTFT stand
+            result.update(status=out.status, ttft=out.ttft, reply="".join(text)[:REPLY_PREVIEW])
         return result
     end = now()
     result["status"] = out.status
@@ -159,10 +167,13 @@ class Probes:
         """One probe of channel `name` on the current runtime (None if it is skipped now)."""
         rt = self.proxy.rt
         st = rt.router.by_name.get(name)
-        if st is None or not st.probe_due(self.proxy.clock.now()):
+        if st is None:
+            return None
+        due, key = st.probe_due(self.proxy.clock.now())
+        if not due:
             return None
         limits = rt.channels[st.index].limits
-        res = await run_test(rt, st, timeout=limits.total)
+        res = await run_test(rt, st, timeout=limits.total, model=st.probe_model(), key=key)
         if res["error"]:
             res["error"] = rt.scrub(res["error"])
         prev = self.last.get(name)

@@ -461,6 +461,10 @@ def test_channel_tests_report_status_latency_and_ttft(admin_stack: tuple[Stack, 
         assert good.stats["requests"] == before + 1  # a real request reached the provider
         res = c.post("/admin/channels/bad/test", params={"stream": "false"}, headers=ADMIN).json()
         assert not res["ok"] and res["status"] == 500 and res["error_kind"] == "server_error"
+        # answering, too slowly to finish in time: a timeout, with the status and TTFT it did measure
+        res = c.post("/admin/channels/slow/test", params={"timeout": "0.5"}, headers=ADMIN).json()
+        assert not res["ok"] and res["error_kind"] == "timeout" and res["status"] == 200, res
+        assert 0 < res["ttft"] < 0.5 <= res["latency"] and res["reply"], res
         assert c.post("/admin/channels/nope/test", headers=ADMIN).status_code == 404
         everything = c.post("/admin/test", headers=ADMIN).json()["results"]
         assert {x["channel"]: x["ok"] for x in everything if x["channel"] != "slow"} == {
@@ -799,6 +803,20 @@ def test_reloads_more_often_than_the_probe_interval_do_not_stop_probes() -> None
         faster.channels[0].probe.interval = 0.1  # type: ignore[union-attr]
         st.call(gw.proxy.reload(faster))
         assert gw.proxy.probes._tasks["watched"][1] is not task and gw.proxy.probes._tasks["watched"][0] == 0.1
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_probes_take_every_key_of_a_pool_in_turn(n: int) -> None:
+    # A probe checks one key's room and must go out on that key: choosing it twice moved the key
+    # rotation two steps a probe, so with an even pool keys #0, #2, ... were never probed.
+    keys = [{"key": secret("pool") + f"-{i}", "name": f"pool#{i}"} for i in range(n)]
+    with Stack() as st:
+        gw = st.serve([ch("pool", "m", probe={"interval": 0.05}, api_keys=keys)], gateway=GATEWAY)
+        pool = gw.proxy.router.by_name["pool"]
+        provider = st.by_name["pool"].provider
+        seen = provider.stats["requests"]
+        until(lambda: provider.stats["requests"] >= seen + 2 * n, f"{2 * n} probes", 10)
+        assert all(k.uses > 0 for k in pool.keys), [k.uses for k in pool.keys]
 
 
 def test_probes_and_tests_neither_use_nor_lift_a_key_an_operator_disabled() -> None:

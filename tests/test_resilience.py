@@ -497,14 +497,14 @@ def test_a_pool_whose_key_breakers_hold_every_model_is_shown_unavailable_and_pro
     assert not snap["available"] and snap["unavailable_reason"] == "key_breaker_open"
     assert not any(c0.key_available(i, 5.0) for i in range(2))
     # serving no one, one request's room is enough for the probe that brings it back
-    assert c0.probe_due(5.0)
+    assert c0.probe_due(5.0)[0]
     # a second model the keys still serve: available, and the probe leaves clients their room
     r = pool(["m", "n"])
     for i in range(4):
         driver(r, "m", fail(500, after=0.0), now=float(i))
     c0 = r.states[0]
     assert c0.snapshot(5.0)["available"] and c0.key_available(0, 5.0)
-    assert not c0.probe_due(5.0)
+    assert not c0.probe_due(5.0)[0]
     # the channel's own breaker open for n, the keys' for m: nothing left
     for _ in range(100):
         c0.breaker("n").on_failure(4.0)

@@ -478,6 +478,19 @@ def test_a_channels_context_window_keeps_requests_too_large_away_as_in_the_proxy
     assert not res.requests.ok.any() and (res.attempts.channel == "big").all()
 
 
+def test_a_due_probe_names_its_key_and_successive_probes_take_each_key_in_turn():
+    # probe_due chooses the key it checks, once: the prober (live and simulated) sends on it rather
+    # than choosing again, which moved the rotation two steps a probe and skipped every other key.
+    from axonsim.execution import Router
+
+    cfg = parse_config({"channels": [{"name": "a", "models": ["m"], "api_keys": ["k0", "k1", "k2", "k3"]}]})
+    st = Router(cfg).by_name["a"]
+    keys = [st.probe_due(float(t))[1] for t in range(8)]
+    assert sorted(keys) == [0, 0, 1, 1, 2, 2, 3, 3]
+    keyless = Router(parse_config({"channels": [{"name": "a", "models": ["m"]}]})).by_name["a"]
+    assert keyless.probe_due(0.0) == (True, None)
+
+
 def test_probes_leave_a_channels_limits_and_quota_to_its_clients():
     """A probe counts at the channel's local limits and quota as real traffic does; it goes only with
     room to spare (a free slot, half of each rate limit and of the quota), so probes neither exceed
@@ -489,55 +502,55 @@ def test_probes_leave_a_channels_limits_and_quota_to_its_clients():
         return Router(cfg).by_name["a"]
 
     st = state()
-    assert st.probe_due(0.0)
-    assert not state(limits={"max_concurrency": 1}).probe_due(0.0)  # its one slot is the clients'
+    assert st.probe_due(0.0)[0]
+    assert not state(limits={"max_concurrency": 1}).probe_due(0.0)[0]  # its one slot is the clients'
     st = state(limits={"max_concurrency": 2})
-    assert st.probe_due(0.0)
+    assert st.probe_due(0.0)[0]
     st.started(0.0, 0, "m")
-    assert not st.probe_due(0.1)  # the probe would take the clients' last slot
+    assert not st.probe_due(0.1)[0]  # the probe would take the clients' last slot
     st.succeeded(0.2, 0.2, 0, "m")
-    assert st.probe_due(0.3)
+    assert st.probe_due(0.3)[0]
     st = state(limits={"rpm": 4})
     st.started(0.0, 0, "m")
-    assert st.probe_due(0.1)  # 1 + the probe: half of 4
+    assert st.probe_due(0.1)[0]  # 1 + the probe: half of 4
     st.started(0.1, 0, "m")
-    assert not st.probe_due(0.2)
-    assert st.probe_due(125.0)  # the window moved on
+    assert not st.probe_due(0.2)[0]
+    assert st.probe_due(125.0)[0]  # the window moved on
     st = state(quota={"requests": 6, "period": 3600})
     for t in (0.0, 1.0):
         st.started(t, 0, "m")
-    assert st.probe_due(2.0)
+    assert st.probe_due(2.0)[0]
     st.started(2.0, 0, "m")
-    assert not st.probe_due(3.0)
-    assert st.probe_due(3601.0)  # a new quota window
+    assert not st.probe_due(3.0)[0]
+    assert st.probe_due(3601.0)[0]  # a new quota window
     # A channel that serves no client (automatically disabled) needs only one request's room: the
     # probe is what brings it back, even with a limit of 1 a minute or a quota half used.
     st = state(limits={"rpm": 1})
-    assert not st.probe_due(0.0)  # serving: its one request a minute is the clients'
+    assert not st.probe_due(0.0)[0]  # serving: its one request a minute is the clients'
     st.disabled_until = 10_000.0
-    assert st.probe_due(0.0)
+    assert st.probe_due(0.0)[0]
     st.started(0.0, 0, "m")
-    assert not st.probe_due(1.0)  # no room at all
+    assert not st.probe_due(1.0)[0]  # no room at all
     st = state(quota={"requests": 10, "period": 3600})
     for t in range(6):
         st.started(float(t), 0, "m")
     st.disabled_until = 10_000.0
-    assert st.probe_due(7.0)
+    assert st.probe_due(7.0)[0]
 
     # A key's own limits count as the channel's do, and a key cooling down after a 429 is not probed
     # (it comes back by itself); a key disabled for its credentials is, which is how it comes back.
     st = state(api_keys=[{"key": "sk-a", "limits": {"rpm": 2}}])
-    assert st.probe_due(0.0)
+    assert st.probe_due(0.0)[0]
     st.started(0.0, 0, "m")
-    assert not st.probe_due(0.1)
+    assert not st.probe_due(0.1)[0]
     st = state(api_keys=["sk-a", "sk-b"])
     for k in st.keys:
         k.disabled_until = 30.0
-    assert not st.probe_due(1.0) and st.probe_due(31.0)
+    assert not st.probe_due(1.0)[0] and st.probe_due(31.0)[0]
     st.keys[0].disabled = True
-    assert st.probe_due(31.0)
+    assert st.probe_due(31.0)[0]
     st.keys[1].disabled = True
-    assert st.probe_due(31.0)  # every key rejected: a probe tests one
+    assert st.probe_due(31.0)[0]  # every key rejected: a probe tests one
 
     # In a run: channel A limited to 4 requests a minute and probed every second takes its share of
     # the traffic, not the probes (they would have filled its limit by themselves).

@@ -109,7 +109,8 @@ class _Probe:
         if sim.recorder.recorded() >= len(sim.arrivals):
             return  # the run is over: probes stop with it (as the time series does)
         st = self.ch.state
-        if st.probe_due(now):
+        due, key = st.probe_due(now)
+        if due:
             # The test request: AxonHub's prompt (~20 tokens) and a 64-token cap; no slot is held.
             plan = self.model.sample(self.rng, now, 0.0, 20, 64)
             if plan.fault != OUTAGE:
@@ -117,7 +118,7 @@ class _Probe:
                 if limited is not None:
                     plan = limited
             model = st.channel.models[0]
-            call = Call(st, model, st.probe_key(now, model), 0, None)
+            call = Call(st, model, key, 0, None)
             call.started(now)
             self.call, self.plan = call, plan
             if plan.fault == TIMEOUT or plan.ttft > self.ch.t_first:

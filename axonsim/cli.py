@@ -48,6 +48,8 @@ HUP_SEEN: list[int] = []
 def _serve(args: argparse.Namespace) -> int:
     if args.config:
         signal.signal(signal.SIGHUP, lambda signum, frame: HUP_SEEN.append(signum))
+    else:  # the demo: no file to re-read, so nothing to remember either (the server logs a later one)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from server.main import serve  # the one place the library reaches into the proxy
 
     return serve(args)

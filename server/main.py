@@ -89,17 +89,24 @@ def build_proxy(config: Config, config_path: str | Path | None, demo: Any = None
         proxy.shared_state = shared
         proxy.startup_hooks.append(shared.start)
         proxy.shutdown_hooks.append(shared.close)
-    if config_path is not None:
-        async def sighup() -> None:
-            try:
-                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: _reload_soon(proxy))
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP here
-                return
-            if _HUP_PENDING:  # a reload asked for while this process was starting (serve, GatewayProcess.target)
-                _reload_soon(proxy)
+    async def sighup() -> None:
+        # With no config file (the built-in demo) there is nothing to re-read: a SIGHUP is logged
+        # rather than left to its default, which ended the process, streams in flight included.
+        handler = (lambda: _reload_soon(proxy)) if config_path is not None else _nothing_to_reload
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, handler)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP here
+            return
+        if _HUP_PENDING and config_path is not None:  # asked for while this process was starting (serve)
+            _reload_soon(proxy)
 
-        proxy.startup_hooks.append(sighup)
+    proxy.startup_hooks.append(sighup)
     return proxy
+
+
+def _nothing_to_reload() -> None:
+    log.warning("SIGHUP: this gateway runs the built-in demo, which has no config file to re-read; nothing "
+                "was reloaded (start it with --config FILE to reload on SIGHUP)")
 
 
 def _reload_soon(proxy: Proxy) -> None:

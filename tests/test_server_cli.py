@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -53,6 +54,11 @@ def test_demo_serves_stream_and_non_stream() -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc)
+        # A reload's signal, which the demo (no config file) has nothing to do with: logged, and the
+        # demo serves on. SIGHUP's default ended it, streams in flight included.
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert proc.poll() is None, "SIGHUP ended the demo"
         auth = {"Authorization": "Bearer sk-axon-demo"}
         msg = [{"role": "user", "content": "Hello!"}]
         ok = 0
@@ -79,6 +85,7 @@ def test_demo_serves_stream_and_non_stream() -> None:
     finally:
         out, err = stop(proc)
     assert proc.returncode == 0, err  # a clean shutdown on Ctrl-C (uvicorn re-raises the signal at its end)
+    assert "nothing was reloaded" in out + err
     assert "sk-axon-demo" in out and "curl" in out
     assert "sk-demo-upstream" not in out + err  # upstream keys are never printed
     # The usage log lived in a temporary directory, named in the banner and gone after the demo.

@@ -7,6 +7,12 @@ sent with: one `bytes` search per form of that key, at C speed, whatever the cha
 A key shorter than MIN_ECHOED is not searched for: local servers take any key ("ollama", "none",
 "0"), and masking such a word would corrupt answers (and their JSON) rather than keep a secret.
 
+JSON may spell any character of a string as `\\uXXXX` (Go's encoder does so for `<>&`, others for
+more), and a key inside a JSON string inside JSON (a tool call's arguments) is escaped twice. Where
+an answer holds such an escape, a pattern that lets each character of the key take any of those
+spellings is searched too: the gateway decodes what it converts, so a spelling missed here would
+reach the client plain.
+
 In a stream a key can be split over two reads. A read whose end could begin a key keeps that end back
 until the next read shows whether it does; SSE reads end in a line break, which no key contains, so
 in practice nothing is held.
@@ -15,6 +21,7 @@ in practice nothing is held.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 
 from server.store.scrub import MIN_SECRET
@@ -23,26 +30,57 @@ REDACTED = b"[redacted]"
 MIN_ECHOED = MIN_SECRET  # the floor every secret search keeps
 
 
+# JSON's own escapes of the characters that have one (besides \\uXXXX, which every character has).
+_SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+
+
+def _char_pattern(c: str) -> bytes:
+    """Every spelling of `c` inside a JSON string, escaped once or twice: itself, \\uXXXX (hex in
+    either case; before a second escaping, the backslash doubled), and its short escape if it has one."""
+    code = "".join(f"[{h}{h.upper()}]" if h.isalpha() else h for h in f"{ord(c):04x}")
+    alts = [re.escape(c), r"\\{1,2}u" + code]  # \uXXXX once escaped, \\uXXXX twice
+    short = _SHORT_ESCAPES.get(c)
+    if short is not None:
+        alts.append(r"\\{1,3}" + re.escape(short))  # \" once, \\\" twice (\\\\ for a backslash: within 1-3)
+    return ("(?:" + "|".join(alts) + ")").encode()
+
+
+def _escaped_pattern(secret: str) -> re.Pattern[bytes]:
+    return re.compile(b"".join(_char_pattern(c) for c in secret))
+
+
 class Echoes:
     """Keys as the bytes an answer would carry them in (plain, and JSON-escaped where that differs),
-    longest first so a key that contains another is replaced whole."""
+    longest first so a key that contains another is replaced whole; and, for an answer with escapes
+    in it, a pattern per key for its other spellings."""
 
-    __slots__ = ("forms", "_tails")
+    __slots__ = ("forms", "_tails", "_patterns", "_any_escape")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         forms: set[bytes] = set()
+        patterns = []
+        any_escape = False
         for s in secrets:
             if len(s) >= MIN_ECHOED:
                 escaped = json.dumps(s)[1:-1]
                 forms.update((s.encode(), escaped.encode(), escaped.replace("/", "\\/").encode()))
+                patterns.append(_escaped_pattern(s))
+                any_escape = any_escape or any(c in _SHORT_ESCAPES for c in s)
         self.forms = tuple(sorted(forms, key=len, reverse=True))
         # The last byte of a read that could be the start of a key split over two reads.
         self._tails: frozenset[int] = frozenset(b for f in self.forms for b in f[:-1])
+        self._patterns = tuple(patterns)
+        # Whether some key has a character with a short escape: then any backslash may begin one of
+        # its spellings; otherwise only a \u escape can (the common case: answers are full of \n and \").
+        self._any_escape = any_escape
 
     def clean(self, data: bytes) -> bytes:
         for f in self.forms:
             if f in data:
                 data = data.replace(f, REDACTED)
+        if self._patterns and (b"\\u" in data or (self._any_escape and b"\\" in data)):
+            for p in self._patterns:
+                data = p.sub(REDACTED, data)
         return data
 
     def held(self, data: bytes) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -70,3 +72,29 @@ def test_a_short_key_is_not_searched_for() -> None:
 
 
 MIN_ECHOED_KEY = "k" * MIN_ECHOED
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.booleans(), min_size=len(KEY), max_size=len(KEY)), st.booleans(), st.booleans())
+def test_a_key_spelled_with_json_escapes_is_caught_once_or_twice_escaped(escape: list[bool], upper: bool,
+                                                                        twice: bool) -> None:
+    """Any character of a JSON string may be written \\uXXXX (either case of hex), and the gateway
+    decodes what it converts: a key spelled so must not pass because its bytes differ."""
+    spelled = "".join((f"\\u{ord(c):04X}" if upper else f"\\u{ord(c):04x}") if e else c for c, e in zip(KEY, escape, strict=True))
+    answer = '{"choices": [{"message": {"content": "key: ' + spelled + ' ok"}}]}'
+    if twice:  # inside a JSON string inside JSON (a tool call's arguments): escaped again
+        answer = json.dumps({"arguments": answer})
+    cleaned = Echoes([KEY]).clean(answer.encode())
+    decoded = json.loads(cleaned)
+    text = json.loads(decoded["arguments"]) if twice else decoded
+    assert text["choices"][0]["message"]["content"] == "key: [redacted] ok"
+
+
+def test_a_key_with_quotes_and_backslashes_is_caught_escaped_twice() -> None:
+    key = 'sk-we"ird<&>\\key/+=SECRET5'
+    nested = json.dumps({"name": "f", "arguments": json.dumps({"k": key})}).encode()
+    cleaned = Echoes([key]).clean(nested)
+    assert json.loads(json.loads(cleaned)["arguments"]) == {"k": "[redacted]"}
+    # an answer without escapes of the key is left alone, escapes of other text included
+    plain = b'{"content": "line\\none \\"quoted\\" \\u00e9"}'
+    assert Echoes([KEY]).clean(plain) == plain and Echoes([key]).clean(plain) == plain

@@ -982,6 +982,18 @@ def load_config(path: str | Path) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where}: not valid YAML: {_unquoted(str(getattr(exc, 'problem', exc)))}") from None
     return parse_config(data, str(p), yaml_lines(text))
+
+
+# YAML's messages quote what they stumbled on: an unquoted key beginning with `*` or `!` is read as
+# an alias or a tag and quoted whole ("found undefined alias 'Xk9-live-…'"). A file that does not
+# parse has no keys to mask by, so a quoted token as long as a secret can be (8 characters, the
+# floor every secret search keeps, and no space: not the text between two quoted tokens) is left
+# out; the line and column say where it is.
+_LONG_QUOTED = re.compile(r"'[^'\s]{8,}'")
+
+
+def _unquoted(problem: str) -> str:
+    return _LONG_QUOTED.sub("(a value not shown: it may be a secret)", problem)

@@ -219,3 +219,23 @@ def test_a_url_is_shown_with_its_password_masked_however_a_library_reads_it(url:
     from server.store.engine import safe_url
 
     assert safe_url(url) == shown and "PW" not in safe_url(url)
+
+
+@pytest.mark.parametrize("value", ["*Xk9-live-SECRET-7781ab", "!Xk9-live-SECRET-7781ab"])
+def test_a_yaml_error_does_not_quote_a_value_that_may_be_a_secret(tmp_path, value):
+    # Unquoted, a key beginning with `*` is read as an alias and one with `!` as a tag: YAML's
+    # message quoted it whole, and a file that does not parse has no keys to mask by.
+    from axonsim.config import load_config
+
+    f = tmp_path / "gw.yaml"
+    f.write_text(f"gateway:\n  api_keys: [client-key-1234]\nchannels:\n  - name: a\n    models: [m]\n"
+                 f"    api_keys:\n      - {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    message = str(err.value)
+    assert "not valid YAML" in message and "line 7" in message, message
+    assert "Xk9-live" not in message and "SECRET" not in message, message
+    # a short quoted token (what YAML found where it expected something else) is still named
+    g = tmp_path / "tab.yaml"
+    g.write_text("channels:\n\t- name: a\n")
+    assert "'\\t'" in str(pytest.raises(ConfigError, load_config, g).value)

@@ -32,9 +32,10 @@ class Balancer:
              eligible: list[Candidate] | None = None, ctx: PickContext = NO_CONTEXT,
              rotate: bool = True) -> Candidate | None:
         """The next candidate to try, or None when none may take an attempt now. `rotate` False:
-        a pick beside the request's own (a hedge) counts as a selection but leaves the rotation
-        (`last_pick`) as it was; else, with two channels, every first attempt went to the one and
-        every hedge to the other, as each hedge made its channel the most recently picked."""
+        a pick beside the request's own (a hedge) is not counted as a selection, neither in the
+        rotation (`last_pick`) nor in the selection count AxonHub's round robin reads (it counts
+        only each decision's top pick); else, with two channels, every first attempt went to the
+        one and every hedge to the other."""
         if eligible is None:
             eligible = self.eligible(cands, now, tokens)
         if not eligible:
@@ -42,8 +43,6 @@ class Balancer:
         chosen = eligible[0] if len(eligible) == 1 else eligible[self.strategy.pick([c.state for c in eligible], now, rng, ctx)]
         if rotate:
             self.mark(chosen, now)
-        else:
-            chosen.state.select(now, chosen.state.last_pick)
         return chosen
 
     def choose(self, cands: list[Candidate], now: float, rng: random.Random, tokens: int = 0,

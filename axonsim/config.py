@@ -988,11 +988,11 @@ def load_config(path: str | Path) -> Config:
 
 
 # YAML's messages quote what they stumbled on: an unquoted key beginning with `*` or `!` is read as
-# an alias or a tag and quoted whole ("found undefined alias 'Xk9-live-…'"). A file that does not
-# parse has no keys to mask by, so a quoted token as long as a secret can be (8 characters, the
-# floor every secret search keeps, and no space: not the text between two quoted tokens) is left
-# out; the line and column say where it is.
-_LONG_QUOTED = re.compile(r"'[^'\s]{8,}'")
+# an alias or a tag and quoted whole ("found undefined alias 'Xk9-live-…'"; in double quotes when it
+# holds a single quote). A file that does not parse has no keys to mask by, so a quoted token as
+# long as a secret can be (8 characters, the floor every secret search keeps, and no space: not the
+# text between two quoted tokens) is left out; the line and column say where it is.
+_LONG_QUOTED = re.compile(r"'[^'\s]{8,}'" + r'|"[^"\s]{8,}"')
 
 
 def _unquoted(problem: str) -> str:

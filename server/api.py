@@ -151,8 +151,11 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
             # meets the model-info GET route: it is an unknown method, 404 as Google answers it.
             return _route_error(path, 404, f"no route for {request.method} {path}", "not_found")
         if exc.status_code == 405:
+            # A Gemini model method (models/{model}:{method}) meets the model-info GET route here, but
+            # what the path serves is POST (a GET of it is the 404 above: not a model's info either).
+            allow = {"Allow": "POST"} if _gemini_method_path(path) else exc.headers
             return _route_error(path, 405, f"method {request.method} is not allowed on {path}", "method_not_allowed",
-                                headers=exc.headers)
+                                headers=allow)
         return _route_error(path, exc.status_code, str(exc.detail))
 
     @api.get("/health", summary="Readiness: 200 once the gateway serves traffic")

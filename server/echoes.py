@@ -46,7 +46,14 @@ def _char_pattern(c: str) -> bytes:
 
 
 def _escaped_pattern(secret: str) -> re.Pattern[bytes]:
-    return re.compile(b"".join(_char_pattern(c) for c in secret))
+    # A spelling begins after an even run of backslashes (escaped backslashes, kept: group 1), never
+    # inside one, so that masking it leaves valid JSON (an escaped backslash before the key stays).
+    return re.compile(rb"(?<!\\)((?:\\\\)*)" + b"".join(_char_pattern(c) for c in secret))
+
+
+_MASKED = rb"\g<1>" + REDACTED
+# The longest spelling of one character (\\uXXXX: two backslashes, u, four digits).
+_LONGEST_CHAR = 7
 
 
 class Echoes:
@@ -54,18 +61,27 @@ class Echoes:
     longest first so a key that contains another is replaced whole; and, for an answer with escapes
     in it, a pattern per key for its other spellings."""
 
-    __slots__ = ("forms", "_tails", "_patterns", "_any_escape")
+    __slots__ = ("forms", "_tails", "_patterns", "_any_escape", "_spelled", "_longest")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         forms: set[bytes] = set()
         patterns = []
         any_escape = False
+        spelled: set[int] = set()
+        longest = 0
         for s in secrets:
             if len(s) >= MIN_ECHOED:
                 escaped = json.dumps(s)[1:-1]
                 forms.update((s.encode(), escaped.encode(), escaped.replace("/", "\\/").encode()))
                 patterns.append(_escaped_pattern(s))
                 any_escape = any_escape or any(c in _SHORT_ESCAPES for c in s)
+                spelled.update(s.encode())
+                longest = max(longest, _LONGEST_CHAR * len(s))
+        if patterns:  # the bytes an escaped spelling is made of: the keys', backslashes, u and hex, short escapes
+            spelled.update(b"\\u0123456789abcdefABCDEF")
+            spelled.update(v.encode()[0] for v in _SHORT_ESCAPES.values())
+        self._spelled = frozenset(spelled)
+        self._longest = longest
         self.forms = tuple(sorted(forms, key=len, reverse=True))
         # The last byte of a read that could be the start of a key split over two reads.
         self._tails: frozenset[int] = frozenset(b for f in self.forms for b in f[:-1])
@@ -80,13 +96,16 @@ class Echoes:
                 data = data.replace(f, REDACTED)
         if self._patterns and (b"\\u" in data or (self._any_escape and b"\\" in data)):
             for p in self._patterns:
-                data = p.sub(REDACTED, data)
+                data = p.sub(_MASKED, data)
         return data
 
     def held(self, data: bytes) -> int:
         """How many bytes at the end of `data` could begin a key (0 almost always)."""
-        if not data or data[-1] not in self._tails:
+        if not data:
             return 0
+        escaped = self._escaped_tail(data)
+        if data[-1] not in self._tails:
+            return escaped
         size = len(data)
         longest = 0
         for f in self.forms:
@@ -99,11 +118,25 @@ class Echoes:
                     longest = size - i
                     break
                 i = data.find(first, i + 1)
-        return longest
+        return max(longest, escaped)
+
+    def _escaped_tail(self, data: bytes) -> int:
+        """The bytes at the end of `data` that could begin an escaped spelling of a key: the run of
+        bytes such a spelling is made of, when it holds a backslash (without one, a spelling's start
+        is a start of the plain key, which `held` looks for), at most the longest spelling."""
+        spelled = self._spelled
+        if not self._patterns or data[-1] not in spelled:
+            return 0
+        size = len(data)
+        stop = max(0, size - self._longest)
+        i = size
+        while i > stop and data[i - 1] in spelled:
+            i -= 1
+        return size - i if data.find(b"\\", i) != -1 else 0
 
     def settle(self, data: bytes, cut: int) -> int:
         """`cut`, moved past any key that begins before it and ends after it (a key whose end is
-        also the start of a key, as in "sk-…s", ends a read with a possible start)."""
+        also the start of a key, as in "sk-…s", ends a read with a possible start), in any spelling."""
         moved = True
         while moved:
             moved = False
@@ -112,6 +145,11 @@ class Echoes:
                 if p != -1 and p < cut:
                     cut = p + len(f)
                     moved = True
+            for pat in self._patterns:
+                for m in pat.finditer(data, max(0, cut - self._longest)):
+                    if m.start() < cut < m.end():
+                        cut = m.end()
+                        moved = True
         return cut
 
 

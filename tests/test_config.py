@@ -221,7 +221,7 @@ def test_a_url_is_shown_with_its_password_masked_however_a_library_reads_it(url:
     assert safe_url(url) == shown and "PW" not in safe_url(url)
 
 
-@pytest.mark.parametrize("value", ["*Xk9-live-SECRET-7781ab", "!Xk9-live-SECRET-7781ab"])
+@pytest.mark.parametrize("value", ["*Xk9-live-SECRET-7781ab", "!Xk9-live-SECRET-7781ab", "!Xk9-live-SECRET-7781ab'q"])
 def test_a_yaml_error_does_not_quote_a_value_that_may_be_a_secret(tmp_path, value):
     # Unquoted, a key beginning with `*` is read as an alias and one with `!` as a tag: YAML's
     # message quoted it whole, and a file that does not parse has no keys to mask by.

@@ -464,7 +464,8 @@ def test_channel_tests_report_status_latency_and_ttft(admin_stack: tuple[Stack, 
         # answering, too slowly to finish in time: a timeout, with the status and TTFT it did measure
         res = c.post("/admin/channels/slow/test", params={"timeout": "0.5"}, headers=ADMIN).json()
         assert not res["ok"] and res["error_kind"] == "timeout" and res["status"] == 200, res
-        assert 0 < res["ttft"] < 0.5 <= res["latency"] and res["reply"], res
+        # (the timeout counts from the loop's cached time, a little before the attempt's start)
+        assert 0 < res["ttft"] < 0.45 < res["latency"] and res["reply"], res
         assert c.post("/admin/channels/nope/test", headers=ADMIN).status_code == 404
         everything = c.post("/admin/test", headers=ADMIN).json()["results"]
         assert {x["channel"]: x["ok"] for x in everything if x["channel"] != "slow"} == {

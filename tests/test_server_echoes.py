@@ -98,3 +98,24 @@ def test_a_key_with_quotes_and_backslashes_is_caught_escaped_twice() -> None:
     # an answer without escapes of the key is left alone, escapes of other text included
     plain = b'{"content": "line\\none \\"quoted\\" \\u00e9"}'
     assert Echoes([KEY]).clean(plain) == plain and Echoes([key]).clean(plain) == plain
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.booleans(), min_size=len(KEY), max_size=len(KEY)), st.integers(0, 10_000))
+def test_an_escaped_key_split_over_two_reads_is_caught(escape: list[bool], where: int) -> None:
+    """The network decides where a read ends, inside an escaped spelling too: the stream must give
+    what cleaning the whole answer gives."""
+    spelled = "".join(f"\\u{ord(c):04x}" if e else c for c, e in zip(KEY, escape, strict=True))
+    event = ('data: {"choices": [{"delta": {"content": "Your key: ' + spelled + ' ok"}}]}\n\n').encode()
+    cut = where % (len(event) + 1)
+    s = StreamEchoes(Echoes([KEY]))
+    out = s.feed(event[:cut]) + s.feed(event[cut:]) + s.close()
+    assert out == Echoes([KEY]).clean(event)
+    assert json.loads(out[6:])["choices"][0]["delta"]["content"] == "Your key: [redacted] ok"
+
+
+def test_masking_an_escaped_key_after_an_escaped_backslash_leaves_valid_json() -> None:
+    spelled = "".join(f"\\u{ord(c):04x}" for c in KEY)
+    for prefix in ("C:\\\\", "C:\\\\\\\\", "C:"):  # one escaped backslash, two, none
+        answer = ('{"content": "dir ' + prefix + spelled + '"}').encode()
+        assert json.loads(Echoes([KEY]).clean(answer))["content"] == "dir " + json.loads(f'"{prefix}"') + "[redacted]"

@@ -167,6 +167,8 @@ def test_unserved_routes_answer_in_their_familys_shape(client: httpx.Client, met
     if status == 405:  # HTTP requires a 405 to name the methods the path does serve
         allowed = {m.strip() for m in r.headers.get("allow", "").split(",") if m.strip()}
         assert allowed and method not in allowed, r.headers
+        if family == "gemini":  # a model method: POST is what it serves, not the model-info GET
+            assert allowed == {"POST"}, r.headers
     body = r.json()
     if family == "anthropic":
         assert body["type"] == "error" and body["error"]["message"] and body["error"]["type"]

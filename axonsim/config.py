@@ -284,6 +284,9 @@ class Gateway(_Strict):
     # full) before it closes the connection, as nginx's send_timeout: the request is then the client's
     # cancel (499), and its upstream call is abandoned without counting against the channel.
     send_timeout: float = Field(60.0, gt=0)
+    # Seconds the gateway waits for more of a request whose head or body stopped arriving before it
+    # answers 408 and closes the connection, as nginx's client_header_timeout/client_body_timeout.
+    read_timeout: float = Field(60.0, gt=0)
 
     @field_validator("admin_keys")
     @classmethod

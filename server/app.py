@@ -50,7 +50,7 @@ from axonsim.formats import FormatError
 from axonsim.formats.parsed import Parsed
 from axonsim.unified import Error, ErrorKind, Request, Usage
 from server.driver import CLIENT_CLOSED, Exchange, LiveStream
-from server.http_protocol import BAD_FRAMING
+from server.http_protocol import BAD_FRAMING, READ_TIMED_OUT
 from server.ids import THREAD, TRACE, derived_id, new_request_id
 from server.proxy import (
     BODY_HANDED,
@@ -208,6 +208,11 @@ class GatewayApp:
     def send_timeout(self) -> float:
         """gateway.send_timeout of the config in force, for the HTTP protocol (server/http_protocol.py)."""
         return self.proxy.config.gateway.send_timeout
+
+    @property
+    def read_timeout(self) -> float:
+        """gateway.read_timeout of the config in force, for the HTTP protocol."""
+        return self.proxy.config.gateway.read_timeout
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # A plain function handing back the handler's coroutine, rather than a coroutine awaiting it:
@@ -556,29 +561,34 @@ async def _send_plain_500(send: Send, rid_b: bytes) -> None:
 # framing (an invalid chunk): uvicorn has answered 400 and closed the connection.
 _BAD_FRAMING_ERROR = Error(kind=ErrorKind.INVALID_REQUEST, status=400,
                            message="the request body is not valid HTTP (its chunked framing is broken)")
+_READ_TIMEOUT_ERROR = Error(kind=ErrorKind.INVALID_REQUEST, status=408,
+                            message="the request body stopped arriving (gateway.read_timeout)")
 
 
 async def admit(receive: Receive, send: Send, scope: Scope, rt: Runtime, fmt: ModuleType, rid_b: bytes,
                 ids: list[tuple[bytes, bytes]], elapsed: float,
                 w: _Watch) -> tuple[bytes | None, Any, Error | None, int]:
-    """Read the body and check the client's key: (body, key, None, 500) to go on; otherwise the
-    answer has been sent (or the client left) and (None/body, None, error, status) say what happened.
-    Shared by every client-API handler."""
+    """Check the client's key, then read the body: (body, key, None, 500) to go on; otherwise the
+    answer has been sent (or the client left) and (None, key/None, error, status) say what happened.
+    The key comes first: a client without one is not let send, nor have the gateway hold, a body of
+    up to MAX_BODY bytes (the server reads what it sent and drops it). Shared by every client-API
+    handler."""
+    key = rt.auth.authenticate(scope["headers"], scope["query_string"])
+    if key is None:
+        error = _auth_error(scope)
+        return None, None, error, await _send_error(send, fmt, error, rid_b, 0, _tail(ids, elapsed, None))
     try:
         body = await _read_body(receive)
     except FormatError as exc:  # too large
         error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message)
-        return None, None, error, await _send_error(send, fmt, error, rid_b, 0, _tail(ids, elapsed, None))
+        return None, key, error, await _send_error(send, fmt, error, rid_b, 0, _tail(ids, elapsed, None))
     if body is None:  # the client left while sending it: its cancel is its key's (usage by project)
-        key = rt.auth.authenticate(scope["headers"], scope["query_string"])
         if scope.get(BAD_FRAMING):  # not a client that left: a body HTTP could not read, answered 400
             return None, key, _BAD_FRAMING_ERROR, 400
+        if scope.get(READ_TIMED_OUT):  # a body that stopped arriving, answered 408 (server/http_protocol.py)
+            return None, key, _READ_TIMEOUT_ERROR, 408
         w.gone = True
         return None, key, None, CLIENT_CLOSED
-    key = rt.auth.authenticate(scope["headers"], scope["query_string"])
-    if key is None:
-        error = _auth_error(scope)
-        return body, None, error, await _send_error(send, fmt, error, rid_b, 0, _tail(ids, elapsed, None))
     return body, key, None, 500
 
 

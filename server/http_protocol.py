@@ -18,6 +18,15 @@ the app's `send_timeout` seconds (gateway.send_timeout: the bytes still to send,
 buffer and the socket's queue, did not shrink at all) is closed, which the app hears as the client
 leaving. A client that
 reads slowly but steadily (a large answer on a slow link) is not cut off.
+
+Reads have their limits too, as nginx's `large_client_header_buffers`, `client_header_timeout` and
+`client_body_timeout`. httptools sets no bound on a request's head, and builds a long header value
+by appending each read to it: one 150 MB header line took the event loop for seconds at a time and
+every other request with it. A head that goes on past MAX_HEAD bytes is answered 431 and its
+connection closed. A head or a body that stops arriving for the app's `read_timeout` seconds
+(gateway.read_timeout) is answered 408 and closed: such connections, a slowloris's, were held for
+ever, with their slot, their file descriptor and whatever body had come. The common request, whose
+head and body come in one read, arms no timer.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ import asyncio
 import logging
 import struct
 from typing import Any
+
+import orjson
 
 try:  # POSIX: a socket's send queue, for send_timeout's progress (elsewhere the transport's buffer alone)
     import fcntl
@@ -89,6 +100,21 @@ DRAIN_GRACE = 1.0
 # gateway.send_timeout's default, for an app that does not say (uvicorn may wrap the app).
 SEND_TIMEOUT = 60.0
 BAD_FRAMING = "axonsim.bad_framing"  # a scope key: this request's body broke HTTP's framing (answered 400)
+READ_TIMED_OUT = "axonsim.read_timed_out"  # a scope key: this request's body stopped arriving (answered 408)
+# Bytes of a request's head (request line and headers) past the read it began in: nginx's default
+# large_client_header_buffers hold 4 × 8 KiB; a head that begins in one read may take that read whole.
+MAX_HEAD = 64 * 1024
+# gateway.read_timeout's default, for an app that does not say.
+READ_TIMEOUT = 60.0
+
+
+def _error_response(status: bytes, message: str, code: str) -> bytes:
+    """A whole response, closing its connection, in the OpenAI error shape (the request's path, and so
+    its API family, is not known yet when its head is at fault)."""
+    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                   "code": code}})
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
 _OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if termios is not None else None  # unsent bytes (Linux)
 
 
@@ -105,6 +131,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._open: list[Any] = []
         self._stall: asyncio.TimerHandle | None = None  # armed while the writes are paused
         self._unsent = 0  # the bytes still to send (_pending) when the timer was armed
+        self._head_seen = -1  # bytes of a head under way since the read it began in; -1: none is
+        self._reading: asyncio.TimerHandle | None = None  # armed while a head or a body is under way
         super().connection_made(HeadHoldingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
 
     def pause_writing(self) -> None:
@@ -146,6 +174,61 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             log.info("a client read nothing of its answer for %g s (gateway.send_timeout): connection closed", timeout)
             self.transport.abort()  # connection_lost follows: the request hears its client left
 
+    def data_received(self, data: bytes) -> None:
+        seen = self._head_seen
+        if seen >= 0:  # a head that did not end in the read it began in
+            seen += len(data)
+            if seen > MAX_HEAD:
+                self._refuse(b"431 Request Header Fields Too Large", f"the request's head (request line and "
+                             f"headers) exceeds {MAX_HEAD // 1024} KiB", "request_header_fields_too_large")
+                return
+            self._head_seen = seen
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        scope = getattr(self, "scope", None)
+        if scope is not None and "method" not in scope:  # a head under way (on_headers_complete sets it)
+            if self._head_seen < 0:
+                self._head_seen = 0
+            self._await_more()
+            return
+        self._head_seen = -1
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            self._await_more()  # a body under way
+        elif self._reading is not None:
+            self._reading.cancel()
+            self._reading = None
+
+    def _await_more(self) -> None:
+        """(Re)arm the read timer: the rest of a head or a body must come within read_timeout."""
+        if self._reading is not None:
+            self._reading.cancel()
+        timeout = getattr(self.app, "read_timeout", READ_TIMEOUT)
+        self._reading = self.loop.call_later(timeout, self._read_timed_out, timeout)
+
+    def _read_timed_out(self, timeout: float) -> None:
+        self._reading = None
+        if self.transport.is_closing():
+            return
+        message = f"the request did not arrive within {timeout:g} s of its last bytes (gateway.read_timeout)"
+        cycle = self.cycle
+        head = self._head_seen >= 0
+        if not head and cycle is not None:
+            # The app waits on this body: it hears a disconnect, and this says what it was.
+            cycle.scope[READ_TIMED_OUT] = True  # type: ignore[literal-required]
+        log.info("a client sent nothing more of its request for %g s (gateway.read_timeout): 408, closed", timeout)
+        self._refuse(b"408 Request Timeout", message, "request_timeout", head)
+
+    def _refuse(self, status: bytes, message: str, code: str, head: bool = True) -> None:
+        """Answer the request being read with `status` and close the connection; without a word if
+        an answer is already under way on it (an earlier request's, pipelined; or this one's)."""
+        cycle = self.cycle
+        self._head_seen = -1
+        if cycle is None or cycle.response_complete or not (head or cycle.response_started):
+            self.transport.write(_error_response(status, message, code))
+        self.transport.close()
+
     def send_400_response(self, msg: str) -> None:
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
@@ -158,6 +241,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
+        if self._reading is not None:
+            self._reading.cancel()
+            self._reading = None
         for cycle in self._open:
             if not cycle.response_complete:
                 cycle.disconnected = True

@@ -1446,3 +1446,72 @@ def test_a_channel_test_cut_by_the_shutdown_deadline_answers_in_the_admin_shape(
     finally:
         for p in procs:
             _stop(p)
+
+
+def _answer(s: socket.socket, wait: float = 10.0) -> bytes:
+    """Everything the gateway sends on `s` until it closes the connection (or `wait` passes)."""
+    s.settimeout(wait)
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data
+
+
+def test_a_head_too_large_is_431_and_stalled_heads_and_bodies_are_408(tmp_path: Path) -> None:
+    """nginx's large_client_header_buffers, client_header_timeout and client_body_timeout: a head
+    without bound held the event loop for seconds (httptools appends each read to a header value),
+    and a request that stopped arriving held its connection, its slot and its body for ever."""
+    db, _, procs, port = _gateway(tmp_path, "{ttft: 0.01, output_tokens: 3}", read_timeout=0.5)
+    try:
+        # a header line that never ends, sent in many reads: refused once past the bound
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nx-long: ")
+        try:
+            for _ in range(400):
+                s.sendall(b"a" * 4096)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed on us
+        answer = _answer(s)
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_header_fields_too_large"
+        s.close()
+        # a head that stops arriving
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n")
+        started = time.monotonic()
+        answer = _answer(s)
+        assert answer.startswith(b"HTTP/1.1 408 ") and time.monotonic() - started < 5, answer[:200]
+        s.close()
+        # a body that stops arriving: 408, and recorded as such
+        body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(_raw_post(port, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "stalled-body-0001")
+                  [:-len(body) + 5])
+        answer = _answer(s)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"gateway.read_timeout" in answer, answer[:300]
+        s.close()
+        # a body that comes slowly but steadily (each gap shorter than read_timeout) is served
+        s = socket.create_connection(("127.0.0.1", port))
+        raw = _raw_post(port, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "slow-body-0001")
+        head_end = raw.index(b"\r\n\r\n") + 4
+        s.sendall(raw[:head_end])
+        for i in range(head_end, len(raw), 10):
+            time.sleep(0.1)
+            s.sendall(raw[i:i + 10])
+        s.settimeout(10)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+        s.close()
+        # and the gateway is as it was
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"authorization": f"Bearer {GW_KEY}"},
+                       json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        assert r.status_code == 200
+        out, err = _stop(procs[1], sig=signal.SIGTERM)
+        assert "Traceback" not in err, err
+        assert _outcomes(db, "stalled-body-0001") == [(408, "failed")]
+        assert _outcomes(db, "slow-body-0001") == [(200, "completed")]
+    finally:
+        for p in procs:
+            _stop(p)

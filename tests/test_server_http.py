@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -632,3 +634,16 @@ def test_a_long_stream_keeps_only_what_the_store_stores_of_its_body() -> None:
         kept.add(piece)
     assert BODY_HANDED <= kept.size < BODY_HANDED + len(piece)
     assert b"".join(kept.parts) == piece * len(kept.parts)
+
+
+def test_a_request_without_a_valid_key_is_refused_before_its_body_is_read(gw: GatewayServer) -> None:
+    # The head announces 10 MB that never come: the 401 must not wait for them (a client without a
+    # key neither sends nor has the gateway hold a body of up to 32 MiB).
+    u = urlsplit(gw.url)
+    with socket.create_connection((u.hostname, u.port)) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer wrong-key-123\r\n"
+                  b"content-type: application/json\r\ncontent-length: 10000000\r\n\r\n{\"model\"")
+        s.settimeout(5)
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    assert b"invalid_api_key" in answer or b"authentication" in answer, answer

@@ -413,8 +413,11 @@ class GatewayApp:
                     sent_status = None
                 status = sent_status if sent_status is not None else status if started else 503
         except Exception as exc:
-            self._log_exception(rt, rid, exc)
-            error = Error(kind=ErrorKind.SERVER_ERROR, status=500, message=f"internal gateway error (request {rid})")
+            if not started and too_deep(exc):
+                error = _TOO_DEEP_ERROR  # the client's JSON, not the gateway's fault: no traceback
+            else:
+                self._log_exception(rt, rid, exc)
+                error = Error(kind=ErrorKind.SERVER_ERROR, status=500, message=f"internal gateway error (request {rid})")
             if stream is not None:
                 stream.abort(clock.now())  # the gateway's own failure: not held against the channel
             w.done = True
@@ -561,6 +564,19 @@ async def _send_plain_500(send: Send, rid_b: bytes) -> None:
 # framing (an invalid chunk): uvicorn has answered 400 and closed the connection.
 _BAD_FRAMING_ERROR = Error(kind=ErrorKind.INVALID_REQUEST, status=400,
                            message="the request body is not valid HTTP (its chunked framing is broken)")
+# orjson reads 1024 levels of nesting but writes 255, and Python's repr stops near 1000: a request
+# nested deeper than the gateway can write again (a tool schema, converted for another channel type)
+# failed inside it, a 500 with a traceback. It is the client's input: a 400.
+_TOO_DEEP_ERROR = Error(kind=ErrorKind.INVALID_REQUEST, status=400,
+                        message="the request's JSON is nested too deeply for the gateway to convert "
+                                "(at most 255 levels)")
+
+
+def too_deep(exc: BaseException) -> bool:
+    """Whether `exc` is a request's JSON too deep to write again (orjson's or Python's limit)."""
+    return isinstance(exc, RecursionError) or (isinstance(exc, TypeError) and str(exc) == "Recursion limit reached")
+
+
 _READ_TIMEOUT_ERROR = Error(kind=ErrorKind.INVALID_REQUEST, status=408,
                             message="the request body stopped arriving (gateway.read_timeout)")
 

@@ -647,3 +647,18 @@ def test_a_request_without_a_valid_key_is_refused_before_its_body_is_read(gw: Ga
         answer = s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
     assert b"invalid_api_key" in answer or b"authentication" in answer, answer
+
+
+@pytest.mark.parametrize(("path", "model", "depth"), [
+    ("/v1/chat/completions", "vendor/gem-x", 300),  # converted for a Gemini channel: orjson writes 255 levels
+    ("/v1/chat/completions", "ok-model", 1000),  # forwarded as it came, but still read whole
+])
+def test_json_nested_deeper_than_the_gateway_can_convert_is_a_400(client: httpx.Client, gw: GatewayServer,
+                                                                  path: str, model: str, depth: int) -> None:
+    nested = "[" * depth + "]" * depth
+    body = (b'{"model": "' + model.encode() + b'", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": '
+            b'"function", "function": {"name": "f", "parameters": {"type": "object", "x": ' + nested.encode() + b'}}}]}')
+    r = client.post(path, content=body, headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "nested too deeply" in openai_error(r)["message"]
+    assert record(gw, r)["status"] == 400

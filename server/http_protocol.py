@@ -99,6 +99,7 @@ class HeadHoldingTransport:
 DRAIN_GRACE = 1.0
 # gateway.send_timeout's default, for an app that does not say (uvicorn may wrap the app).
 SEND_TIMEOUT = 60.0
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if termios is not None else None  # unsent bytes (Linux)
 BAD_FRAMING = "axonsim.bad_framing"  # a scope key: this request's body broke HTTP's framing (answered 400)
 READ_TIMED_OUT = "axonsim.read_timed_out"  # a scope key: this request's body stopped arriving (answered 408)
 # Bytes of a request's head (request line and headers) past the read it began in: nginx's default
@@ -115,7 +116,6 @@ def _error_response(status: bytes, message: str, code: str) -> bytes:
                                    "code": code}})
     return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
             + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
-_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if termios is not None else None  # unsent bytes (Linux)
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
@@ -180,7 +180,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             seen += len(data)
             if seen > MAX_HEAD:
                 self._refuse(b"431 Request Header Fields Too Large", f"the request's head (request line and "
-                             f"headers) exceeds {MAX_HEAD // 1024} KiB", "request_header_fields_too_large")
+                             f"headers) exceeds {MAX_HEAD // 1024} KiB", "request_header_fields_too_large",
+                             self._answer_free())
                 return
             self._head_seen = seen
         super().data_received(data)
@@ -194,8 +195,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         self._head_seen = -1
         cycle = self.cycle
-        if cycle is not None and cycle.more_body and not cycle.response_complete:
-            self._await_more()  # a body under way
+        if cycle is not None and cycle.more_body:
+            self._await_more()  # a body under way (or one still coming after its early answer, dropped)
         elif self._reading is not None:
             self._reading.cancel()
             self._reading = None
@@ -213,19 +214,27 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         message = f"the request did not arrive within {timeout:g} s of its last bytes (gateway.read_timeout)"
         cycle = self.cycle
-        head = self._head_seen >= 0
-        if not head and cycle is not None:
-            # The app waits on this body: it hears a disconnect, and this says what it was.
-            cycle.scope[READ_TIMED_OUT] = True  # type: ignore[literal-required]
+        if self._head_seen >= 0:
+            answer = self._answer_free()
+        else:  # a body: answered unless the app has begun (or given) its answer already
+            answer = cycle is not None and not cycle.response_started
+            if cycle is not None and not cycle.response_complete:
+                # The app waits on this body: it hears a disconnect, and this says what it was.
+                cycle.scope[READ_TIMED_OUT] = True  # type: ignore[literal-required]
         log.info("a client sent nothing more of its request for %g s (gateway.read_timeout): 408, closed", timeout)
-        self._refuse(b"408 Request Timeout", message, "request_timeout", head)
+        self._refuse(b"408 Request Timeout", message, "request_timeout", answer)
 
-    def _refuse(self, status: bytes, message: str, code: str, head: bool = True) -> None:
-        """Answer the request being read with `status` and close the connection; without a word if
-        an answer is already under way on it (an earlier request's, pipelined; or this one's)."""
+    def _answer_free(self) -> bool:
+        """Whether a new request's head may be answered: no earlier answer is under way on this
+        connection (pipelining)."""
         cycle = self.cycle
+        return cycle is None or cycle.response_complete
+
+    def _refuse(self, status: bytes, message: str, code: str, answer: bool) -> None:
+        """Close the connection, after answering `status` if `answer` (else an answer is under way
+        on it that this one would break into)."""
         self._head_seen = -1
-        if cycle is None or cycle.response_complete or not (head or cycle.response_started):
+        if answer:
             self.transport.write(_error_response(status, message, code))
         self.transport.close()
 

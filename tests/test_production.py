@@ -1493,6 +1493,15 @@ def test_a_head_too_large_is_431_and_stalled_heads_and_bodies_are_408(tmp_path: 
         answer = _answer(s)
         assert answer.startswith(b"HTTP/1.1 408 ") and b"gateway.read_timeout" in answer, answer[:300]
         s.close()
+        # a keyless client is answered 401 at once; a body it then stops sending does not hold the connection
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer nope-nope-nope\r\n"
+                  b"content-length: 100000\r\n\r\n" + b"x" * 100)
+        started = time.monotonic()
+        answer = _answer(s)
+        assert answer.startswith(b"HTTP/1.1 401 ") and b"HTTP/1.1 408" not in answer, answer[:300]
+        assert time.monotonic() - started < 5  # closed, not held
+        s.close()
         # a body that comes slowly but steadily (each gap shorter than read_timeout) is served
         s = socket.create_connection(("127.0.0.1", port))
         raw = _raw_post(port, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "slow-body-0001")

@@ -247,9 +247,18 @@ class Result:
         return {"decisions": self.decisions or [], "attempts": [a.as_dict() for a in self.attempts]}
 
 
+# Characters of a model name an error message quotes: a client may send any name (10 MB of one was
+# echoed whole, and stored with the record even without stored bodies).
+QUOTED_MODEL = 200
+
+
+def _quoted(model: str) -> str:
+    return repr(model) if len(model) <= QUOTED_MODEL else repr(model[:QUOTED_MODEL]) + f"… ({len(model)} characters)"
+
+
 def no_channel(model: str, reasons: dict[str, str] | None = None, retry_after: float | None = None) -> Error:
     why = ", ".join(f"{k}: {v}" for k, v in (reasons or {}).items())
-    msg = f"no channel is available for model {model!r}" + (f" ({why})" if why else "")
+    msg = f"no channel is available for model {_quoted(model)}" + (f" ({why})" if why else "")
     if retry_after is not None:
         return Error(kind=ErrorKind.RATE_LIMITED, status=429, message=msg, retry_after=retry_after,
                      code="rate_limited")
@@ -257,7 +266,7 @@ def no_channel(model: str, reasons: dict[str, str] | None = None, retry_after: f
 
 
 def unknown_model(model: str) -> Error:
-    return Error(kind=ErrorKind.NOT_FOUND, status=404, message=f"the model {model!r} does not exist",
+    return Error(kind=ErrorKind.NOT_FOUND, status=404, message=f"the model {_quoted(model)} does not exist",
                  param="model", code="model_not_found")
 
 

@@ -662,3 +662,12 @@ def test_json_nested_deeper_than_the_gateway_can_convert_is_a_400(client: httpx.
     assert r.status_code == 400, r.text
     assert "nested too deeply" in openai_error(r)["message"]
     assert record(gw, r)["status"] == 400
+
+
+def test_a_very_long_model_name_is_quoted_short(client: httpx.Client, gw: GatewayServer) -> None:
+    # a client may name any model: 10 MB of one was echoed in the 404 and stored whole with the record
+    r = client.post("/v1/chat/completions", json={"model": "m" * 100_000, "messages": [{"role": "user", "content": "hi"}]},
+                    headers=AUTH)
+    assert r.status_code == 404 and len(r.content) < 1000, len(r.content)
+    assert "100000 characters" in openai_error(r)["message"]
+    assert len(record(gw, r)["error"]) < 1000

@@ -49,6 +49,7 @@ from axonsim.execution import Result
 from axonsim.formats import FormatError
 from axonsim.formats.parsed import Parsed
 from axonsim.unified import Error, ErrorKind, Request, Usage
+from server import content_coding
 from server.driver import CLIENT_CLOSED, Exchange, LiveStream
 from server.http_protocol import BAD_FRAMING, READ_TIMED_OUT
 from server.ids import THREAD, TRACE, derived_id, new_request_id
@@ -76,6 +77,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY = 32 * 1024 * 1024  # beyond this a request is refused with 413 before it is parsed
+# Compressed bodies larger than this are decoded in a thread (server/content_coding.py).
+_DECODE_IN_A_THREAD = 256 * 1024
 MAX_ID = 200  # bytes of a client's trace/thread id kept (and echoed)
 MAX_EXPLAIN = 8000  # bytes of the x-axonsim-explain header; a longer trace is left to /admin/requests/{id}
 
@@ -584,7 +587,8 @@ _READ_TIMEOUT_ERROR = Error(kind=ErrorKind.INVALID_REQUEST, status=408,
 async def admit(receive: Receive, send: Send, scope: Scope, rt: Runtime, fmt: ModuleType, rid_b: bytes,
                 ids: list[tuple[bytes, bytes]], elapsed: float,
                 w: _Watch) -> tuple[bytes | None, Any, Error | None, int]:
-    """Check the client's key, then read the body: (body, key, None, 500) to go on; otherwise the
+    """Check the client's key, then read the body (decoded, if the client compressed it:
+    server/content_coding.py): (body, key, None, 500) to go on; otherwise the
     answer has been sent (or the client left) and (None, key/None, error, status) say what happened.
     The key comes first: a client without one is not let send, nor have the gateway hold, a body of
     up to MAX_BODY bytes (the server reads what it sent and drops it). Shared by every client-API
@@ -605,6 +609,22 @@ async def admit(receive: Receive, send: Send, scope: Scope, rt: Runtime, fmt: Mo
             return None, key, _READ_TIMEOUT_ERROR, 408
         w.gone = True
         return None, key, None, CLIENT_CLOSED
+    coding: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"content-encoding":
+            coding = value if coding is None else coding + b"," + value
+    if coding is not None:
+        try:
+            if len(body) > _DECODE_IN_A_THREAD:  # zlib lets go of the GIL: the loop goes on meanwhile
+                body = await asyncio.to_thread(content_coding.decode, body, coding, MAX_BODY)
+            else:
+                body = content_coding.decode(body, coding, MAX_BODY)
+        except content_coding.CodingError as exc:
+            error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message)
+            tail = _tail(ids, elapsed, None)
+            if exc.status == 415:
+                tail.append((b"accept-encoding", content_coding.ACCEPTED))
+            return None, key, error, await _send_error(send, fmt, error, rid_b, 0, tail)
     return body, key, None, 500
 
 

@@ -675,3 +675,76 @@ def test_a_very_long_model_name_is_quoted_short(client: httpx.Client, gw: Gatewa
     assert r.status_code == 404 and len(r.content) < 1000, len(r.content)
     assert "100000 characters" in openai_error(r)["message"]
     assert len(record(gw, r)["error"]) < 1000
+
+
+# -- compressed request bodies (Content-Encoding) ---------------------------------------------------
+
+FAMILY_CALLS = {  # path, body: one small request of each client family, for the ok-model channel
+    "openai": ("/v1/chat/completions", {"model": "ok-model", "messages": [{"role": "user", "content": "hi"}]}),
+    "responses": ("/v1/responses", {"model": "ok-model", "input": "hi"}),
+    "anthropic": ("/v1/messages", {"model": "ok-model", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}),
+    "gemini": ("/v1beta/models/ok-model:generateContent", GEMINI_BODY),
+}
+
+
+def family_error(family: str, r: httpx.Response) -> str:
+    body = r.json()
+    if family == "anthropic":
+        assert body["type"] == "error" and body["error"]["type"], body
+        return str(body["error"]["message"])
+    if family == "gemini":
+        assert body["error"]["code"] == r.status_code and body["error"]["status"], body
+        return str(body["error"]["message"])
+    return str(openai_error(r)["message"])
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CALLS))
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "gzip, identity"])
+def test_a_compressed_body_is_decoded_and_served(client: httpx.Client, gw: GatewayServer, family: str,
+                                                 coding: str) -> None:
+    # Each upstream gets JSON it can read: the gateway converts the request or forwards its bytes
+    # (ok-model is an OpenAI channel: an OpenAI Chat client's body goes as it came, decoded).
+    import gzip
+    import zlib
+
+    path, body = FAMILY_CALLS[family]
+    raw = orjson.dumps(body)
+    packed = gzip.compress(raw) if coding.startswith("gzip") else zlib.compress(raw)
+    r = client.post(path, content=packed, headers={**AUTH, "content-type": "application/json",
+                                                   "content-encoding": coding})
+    assert r.status_code == 200, r.text
+    rec = record(gw, r)
+    assert rec["status"] == 200 and rec["model"] == "ok-model"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CALLS))
+def test_a_coding_the_gateway_cannot_read_is_a_415_in_the_clients_shape(client: httpx.Client, gw: GatewayServer,
+                                                                       family: str) -> None:
+    path, body = FAMILY_CALLS[family]
+    r = client.post(path, content=orjson.dumps(body), headers={**AUTH, "content-type": "application/json",
+                                                                "content-encoding": "br"})
+    assert r.status_code == 415, r.text
+    assert r.headers["accept-encoding"] == "gzip, deflate"  # what would have been accepted (RFC 9110 §15.5.16)
+    assert "'br' is not supported" in family_error(family, r)
+    assert record(gw, r)["status"] == 415
+
+
+@pytest.mark.parametrize(("packed", "status", "words"), [
+    (orjson.dumps(FAMILY_CALLS["openai"][1]), 400, "not valid gzip"),  # says gzip, is plain JSON (it used to be served)
+    (b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"\xff" * 20, 400, "not valid gzip"),  # a gzip header, then no deflate data
+    (None, 413, "exceeds"),  # a bomb: a few KiB that inflate past the body limit
+])
+def test_a_compressed_body_that_cannot_be_decoded_is_refused(client: httpx.Client, gw: GatewayServer,
+                                                             packed: bytes | None, status: int, words: str) -> None:
+    import gzip
+
+    from server.app import MAX_BODY
+
+    if packed is None:
+        packed = gzip.compress(b" " * (MAX_BODY + 1), compresslevel=1)
+        assert len(packed) < MAX_BODY // 100
+    r = client.post("/v1/chat/completions", content=packed, headers={**AUTH, "content-type": "application/json",
+                                                                     "content-encoding": "gzip"})
+    assert r.status_code == status, r.text
+    assert words in openai_error(r)["message"]
+    assert record(gw, r)["status"] == status

@@ -269,6 +269,51 @@ class Timeouts(_Strict):
     total: float = Field(600.0, gt=0)
 
 
+class Cors(_Strict):
+    """Browsers calling the gateway from pages of other origins (CORS). Off unless configured; the
+    proxy answers preflights and marks answers as Starlette's CORSMiddleware does. Credentials
+    (cookies) are never allowed: a client sends its key in a header, which the preflight admits."""
+
+    allow_origins: list[str] = Field(default_factory=list, description='"https://app.example.com"; "*" for any')
+    allow_origin_regex: str | None = Field(None, description="origins matching this regex (whole) are allowed too")
+    allow_headers: list[str] = Field(default_factory=lambda: ["*"],
+                                     description="request headers a page may send; * for whatever it asks")
+    max_age: int = Field(600, ge=0, description="seconds a browser may keep a preflight's answer")
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for o in v:
+            # An origin is scheme://host[:port], as browsers send it: a path or a trailing slash never matches.
+            if o != "*" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+", o):
+                raise ValueError(f"{o[:100]!r} is not an origin (scheme://host[:port], no path) nor *")
+        return v
+
+    @field_validator("allow_origin_regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return v
+
+    @field_validator("allow_headers")
+    @classmethod
+    def _headers(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if h != "*" and not _HEADER_NAME.fullmatch(h):
+                raise ValueError(f"{h[:100]!r} is not an HTTP header name")
+        return v
+
+    @model_validator(mode="after")
+    def _some_origin(self) -> Cors:
+        if not self.allow_origins and self.allow_origin_regex is None:
+            raise ValueError("name the allowed origins (allow_origins, or allow_origin_regex)")
+        return self
+
+
 class Gateway(_Strict):
     api_keys: list[GatewayKey] = Field(default_factory=list)
     timeouts: Timeouts = Field(default_factory=Timeouts)
@@ -287,6 +332,8 @@ class Gateway(_Strict):
     # Seconds the gateway waits for more of a request whose head or body stopped arriving before it
     # answers 408 and closes the connection, as nginx's client_header_timeout/client_body_timeout.
     read_timeout: float = Field(60.0, gt=0)
+    # Web pages of other origins calling the gateway from a browser; None: no CORS headers at all.
+    cors: Cors | None = None
 
     @field_validator("admin_keys")
     @classmethod

@@ -206,6 +206,7 @@ class GatewayApp:
             fallback = build_api(lambda: self.proxy)
         self.fallback = fallback
         self.tune_gc = tune_gc  # the server process's own app (axonsim serve): see _tune_gc
+        self._cors: tuple[Runtime, ASGIApp] | None = None  # the CORS layer of the config in force, once built
 
     @property
     def send_timeout(self) -> float:
@@ -223,18 +224,45 @@ class GatewayApp:
         # (uvicorn's interface="asgi3"), since they guess the version from `async def __call__`.
         t = scope["type"]
         if t == "http":
-            if scope["method"] == "POST":
-                proxy = self.proxy
-                rt = proxy.rt
-                route = rt.routes.match(scope["path"])
-                if route is not None:
-                    if route.handler is not None:  # a non-chat API (embeddings) brings its own handler
-                        return route.handler(proxy, scope, receive, send, route)
-                    return self._api(proxy, rt, scope, receive, send, route)
-            return self.fallback(scope, receive, send)
+            rt = self.proxy.rt
+            if rt.cors is not None:
+                return self._cors_app(rt)(scope, receive, send)
+            return self._http(scope, receive, send)
         if t == "lifespan":
             return self._lifespan(receive, send)
         return self.fallback(scope, receive, send)
+
+    def _http(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """An HTTP request, past CORS (`__call__` without it)."""
+        proxy = self.proxy
+        if scope["method"] == "POST":
+            rt = proxy.rt
+            route = rt.routes.match(scope["path"])
+            if route is not None:
+                if route.handler is not None:  # a non-chat API (embeddings) brings its own handler
+                    return route.handler(proxy, scope, receive, send, route)
+                return self._api(proxy, rt, scope, receive, send, route)
+        return self.fallback(scope, receive, send)
+
+    def _cors_app(self, rt: Runtime) -> ASGIApp:
+        """Starlette's CORSMiddleware in front of `_http`, for the config in force (built once per
+        config: a reload brings a new one)."""
+        made = self._cors
+        if made is not None and made[0] is rt:
+            return made[1]
+        from starlette.middleware.cors import CORSMiddleware
+
+        c = rt.cors
+        assert c is not None
+        # What a page's script may read of an answer besides the basic headers: ids, the gateway's
+        # figures, and when to retry.
+        exposed = ["x-request-id", "request-id", rt.trace_name.decode("latin-1"), rt.thread_name.decode("latin-1"),
+                   "x-axonsim-overhead-ms", "x-axonsim-attempts", "x-axonsim-explain", "retry-after"]
+        app = CORSMiddleware(self._http, allow_origins=c.allow_origins, allow_origin_regex=c.allow_origin_regex,
+                             allow_methods=["GET", "POST"], allow_headers=c.allow_headers, allow_credentials=False,
+                             expose_headers=exposed, max_age=c.max_age)
+        self._cors = (rt, app)
+        return app
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

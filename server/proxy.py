@@ -120,6 +120,7 @@ class Runtime:
         g = config.gateway
         self.trace_name = _lower(g.trace_header)
         self.thread_name = _lower(g.thread_header)
+        self.cors = g.cors  # None: no CORS (server/app.py builds its layer from this)
         # AxonHub's names first, so configured names that happen to be the same win.
         self.header_kinds: dict[bytes, int] = {AH_TRACE: H_AH_TRACE, AH_THREAD: H_AH_THREAD, EXPLAIN_HEADER: H_EXPLAIN,
                                                self.trace_name: H_TRACE, self.thread_name: H_THREAD}

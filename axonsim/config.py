@@ -283,11 +283,20 @@ class Cors(_Strict):
     @field_validator("allow_origins")
     @classmethod
     def _origins(cls, v: list[str]) -> list[str]:
+        out = []
         for o in v:
             # An origin is scheme://host[:port], as browsers send it: a path or a trailing slash never matches.
             if o != "*" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+", o):
                 raise ValueError(f"{o[:100]!r} is not an origin (scheme://host[:port], no path) nor *")
-        return v
+            # Compared as strings with what a browser sends: scheme and host in lower case, and no
+            # port where it is the scheme's default.
+            o = o.lower()
+            if o.startswith("https://") and o.endswith(":443"):
+                o = o[:-4]
+            elif o.startswith("http://") and o.endswith(":80"):
+                o = o[:-3]
+            out.append(o)
+        return out
 
     @field_validator("allow_origin_regex")
     @classmethod

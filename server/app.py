@@ -77,8 +77,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY = 32 * 1024 * 1024  # beyond this a request is refused with 413 before it is parsed
-# Compressed bodies larger than this are decoded in a thread (server/content_coding.py).
-_DECODE_IN_A_THREAD = 256 * 1024
 MAX_ID = 200  # bytes of a client's trace/thread id kept (and echoed)
 MAX_EXPLAIN = 8000  # bytes of the x-axonsim-explain header; a longer trace is left to /admin/requests/{id}
 
@@ -643,10 +641,7 @@ async def admit(receive: Receive, send: Send, scope: Scope, rt: Runtime, fmt: Mo
             coding = value if coding is None else coding + b"," + value
     if coding is not None:
         try:
-            if len(body) > _DECODE_IN_A_THREAD:  # zlib lets go of the GIL: the loop goes on meanwhile
-                body = await asyncio.to_thread(content_coding.decode, body, coding, MAX_BODY)
-            else:
-                body = content_coding.decode(body, coding, MAX_BODY)
+            body = await content_coding.decode_body(body, coding, MAX_BODY)
         except content_coding.CodingError as exc:
             error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message)
             tail = _tail(ids, elapsed, None)

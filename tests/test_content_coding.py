@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.content_coding import CodingError, decode
+from server.content_coding import MAX_CODINGS, MAX_MEMBERS, ON_THE_LOOP, CodingError, decode
 
 
 def raw_deflate(data: bytes) -> bytes:
@@ -83,3 +83,44 @@ def test_a_coding_the_gateway_cannot_read_is_a_415(header: bytes) -> None:
         decode(gzip.compress(b"{}"), header, 1000)
     assert e.value.status == 415 and "not supported" in e.value.message
     assert len(e.value.message) < 200  # a long header is not quoted whole
+
+
+def test_many_members_or_codings_are_refused_not_read_one_by_one() -> None:
+    # a body of 300k empty gzip members took time quadratic in its size (each member copied the rest)
+    assert decode(gzip.compress(b"") * MAX_MEMBERS, b"gzip", 100) == b""
+    with pytest.raises(CodingError) as e:
+        decode(gzip.compress(b"") * 300_000, b"gzip", 100)
+    assert e.value.status == 400 and "gzip members" in e.value.message
+    body = b"{}"
+    for _ in range(MAX_CODINGS):
+        body = gzip.compress(body)
+    assert decode(body, b", ".join([b"gzip"] * MAX_CODINGS), 1000) == b"{}"
+    with pytest.raises(CodingError) as e:
+        decode(gzip.compress(body), b", ".join([b"gzip"] * (MAX_CODINGS + 1)), 1000)
+    assert e.value.status == 400 and "content codings" in e.value.message
+
+
+@pytest.mark.parametrize(("size", "threads"), [(1000, 0), (ON_THE_LOOP + 1, 1), (8 * ON_THE_LOOP, 1)])
+def test_a_body_that_inflates_large_is_decoded_in_a_thread(monkeypatch: pytest.MonkeyPatch, size: int,
+                                                           threads: int) -> None:
+    # What decides is the output, not the size sent: gzip inside gzip puts 8 MiB in a few hundred bytes.
+    import asyncio
+    import threading
+
+    from server import content_coding
+
+    calls: list[tuple[int, bool]] = []
+    real = content_coding.decode
+
+    def watched(body: bytes, header: bytes, limit: int) -> bytes:
+        calls.append((limit, threading.current_thread() is threading.main_thread()))
+        return real(body, header, limit)
+
+    monkeypatch.setattr(content_coding, "decode", watched)
+    packed = gzip.compress(gzip.compress(b" " * size))
+    assert len(packed) < 20_000
+    out = asyncio.run(content_coding.decode_body(packed, b"gzip, gzip", 32 << 20))
+    assert out == b" " * size
+    on_loop = [c for c in calls if c[1]]
+    assert on_loop == [(ON_THE_LOOP, True)]  # the loop decodes at most ON_THE_LOOP bytes a stage
+    assert [c for c in calls if not c[1]] == [(32 << 20, False)] * threads

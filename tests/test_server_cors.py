@@ -133,6 +133,16 @@ def test_without_cors_nothing_changes_and_a_reload_turns_it_on_and_off() -> None
             assert preflight(c, "/v1/chat/completions", APP).status_code == 405
 
 
+def test_origins_are_compared_as_browsers_send_them() -> None:
+    # Browsers send scheme and host in lower case and leave a default port out; Starlette compares strings.
+    data = {"gateway": gateway_section({"allow_origins": ["HTTPS://App.Example.com:443", "http://LOCALHOST:80",
+                                                         "http://localhost:8080"]}),
+            "channels": [{**CHANNEL, "base_url": "http://x"}]}
+    cors = parse_config(data, "<test>").gateway.cors
+    assert cors is not None
+    assert cors.allow_origins == ["https://app.example.com", "http://localhost", "http://localhost:8080"]
+
+
 @pytest.mark.parametrize(("cors", "words"), [
     ({}, "name the allowed origins"),
     ({"allow_origins": ["https://app.example.com/"]}, "is not an origin"),

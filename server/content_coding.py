@@ -110,7 +110,7 @@ def _run(d: zlib._Decompress, data: bytes, room: int, name: str) -> bytes:
         part = d.decompress(data, room + 1)  # one byte more than room: over it means too large
     except zlib.error:
         raise CodingError(400, f"the request body is not valid {name} data (Content-Encoding: {name})") from None
-    if len(part) > room or d.unconsumed_tail:
+    if len(part) > room:  # (zlib keeps input back, unconsumed_tail, only when it stopped at room + 1)
         raise CodingError(413, "the request body exceeds the gateway's limit once decoded")
     if not d.eof:
         raise CodingError(400, f"the request body ends before its {name} data does (Content-Encoding: {name})")

@@ -590,7 +590,7 @@ async def _send_plain_500(send: Send, rid_b: bytes) -> None:
 
 
 # Set in a request's scope by the HTTP protocol (server/http_protocol.py) when its body broke HTTP's
-# framing (an invalid chunk): uvicorn has answered 400 and closed the connection.
+# framing (an invalid chunk): the protocol has answered 400 and closed the connection.
 _BAD_FRAMING_ERROR = Error(kind=ErrorKind.INVALID_REQUEST, status=400,
                            message="the request body is not valid HTTP (its chunked framing is broken)")
 # orjson reads 1024 levels of nesting but writes 255, and Python's repr stops near 1000: a request

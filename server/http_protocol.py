@@ -23,10 +23,13 @@ Reads have their limits too, as nginx's `large_client_header_buffers`, `client_h
 `client_body_timeout`. httptools sets no bound on a request's head, and builds a long header value
 by appending each read to it: one 150 MB header line took the event loop for seconds at a time and
 every other request with it. A head that goes on past MAX_HEAD bytes is answered 431 and its
-connection closed. A head or a body that stops arriving for the app's `read_timeout` seconds
-(gateway.read_timeout) is answered 408 and closed: such connections, a slowloris's, were held for
-ever, with their slot, their file descriptor and whatever body had come. The common request, whose
-head and body come in one read, arms no timer.
+connection closed. What httptools cannot parse (a request line, a header, a chunked body) is
+answered 400 in the same JSON shape, where uvicorn wrote plain text, and written into another
+request's answer under way on a pipelined connection (now such a connection is closed unanswered).
+A head or a body that stops arriving for the app's `read_timeout` seconds (gateway.read_timeout)
+is answered 408 and closed: such connections, a slowloris's, were held for ever, with their slot,
+their file descriptor and whatever body had come. The common request, whose head and body come in
+one read, arms no timer.
 """
 
 from __future__ import annotations
@@ -222,7 +225,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._head_seen >= 0:
             answer = self._answer_free()
         else:  # a body: answered unless the app has begun (or given) its answer already
-            answer = cycle is not None and not cycle.response_started
+            answer = cycle is not None and not cycle.response_started and not self._earlier_open(cycle)
             if cycle is not None and not cycle.response_complete:
                 # The app waits on this body: it hears a disconnect, and this says what it was.
                 cycle.scope[READ_TIMED_OUT] = True  # type: ignore[literal-required]
@@ -235,6 +238,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         return cycle is None or cycle.response_complete
 
+    def _earlier_open(self, cycle: Any) -> bool:
+        """Whether a request pipelined ahead of `cycle` is still unanswered (its answer comes first)."""
+        return any(c is not cycle and not c.response_complete for c in self._open)
+
     def _refuse(self, status: bytes, message: str, code: str, answer: bool) -> None:
         """Close the connection, after answering `status` if `answer` (else an answer is under way
         on it that this one would break into)."""
@@ -244,12 +251,19 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
+        # httptools could not parse what came (the request line, a header, a chunked body). uvicorn
+        # answers in plain text, at once, whatever it is writing meanwhile; this answers as the other
+        # refusals do (JSON, the connection closed), and never into an answer under way.
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            # The body of the request under way broke HTTP's framing: uvicorn answers 400 and closes.
-            # The app, waiting on that body, hears a disconnect; this tells it what it was.
-            cycle.scope[BAD_FRAMING] = True  # type: ignore[literal-required]
-        super().send_400_response(msg)
+        if cycle is not None and cycle.more_body:  # the body of the request under way
+            if not cycle.response_complete:
+                # The app, waiting on that body, hears a disconnect; this tells it what it was.
+                cycle.scope[BAD_FRAMING] = True  # type: ignore[literal-required]
+            answer = not cycle.response_started and not self._earlier_open(cycle)
+        else:  # a head: after whole requests, whose answers it must not break into
+            answer = self._answer_free()
+        self._refuse(b"400 Bad Request", "the request is not valid HTTP/1.1 (its request line, a header or its "
+                     "chunked body could not be parsed)", "invalid_http", answer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._stall is not None:

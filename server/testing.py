@@ -78,6 +78,9 @@ async def start_gateway(proxy: Proxy) -> GatewayServer:
     # shutdown deadline is the config's, capped so a test's teardown never waits long.
     config = uvicorn.Config(GatewayApp(proxy), lifespan="on", log_config=None, access_log=False,
                             http=CoalescingHttpToolsProtocol, interface="asgi3", server_header=False,
+                            # as `axonsim serve`: the protocol finds the app's read/send timeouts on it
+                            # (uvicorn's X-Forwarded-* middleware, wrapped around it, hid them)
+                            proxy_headers=False,
                             # uvicorn annotates int but passes it to asyncio.wait_for: seconds as a float work
                             timeout_graceful_shutdown=min(proxy.config.gateway.shutdown_timeout, 5.0))  # type: ignore[arg-type]
     server = uvicorn.Server(config)

@@ -229,3 +229,79 @@ def test_the_protocol_loads_where_there_is_no_fcntl_or_termios() -> None:
             "import server.http_protocol as h; assert h._OUTQ is None; import server.main")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+# -- what HTTP cannot parse ---------------------------------------------------------------------
+
+
+def _until_closed(s: socket.socket) -> bytes:
+    s.settimeout(10)
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except ConnectionResetError:
+        pass
+    return out
+
+
+BROKEN = {
+    "request line": b"NOT-HTTP AT ALL\r\n\r\n",
+    "header": b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nno colon in this header\r\n\r\n",
+    "chunked body": (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + GW_KEY.encode()
+                     + b"\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"5\r\n{\"mod\r\nzz-not-a-size\r\n"),
+}
+
+
+@pytest.mark.parametrize("part", list(BROKEN))
+def test_what_http_cannot_parse_is_answered_400_in_json_and_the_connection_closed(gw: GatewayServer, part: str) -> None:
+    """uvicorn answered these in plain text ("Invalid HTTP request received."); a client's SDK reads
+    a gateway's errors as JSON, as for the 431 and 408 the protocol sends."""
+    port = int(gw.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(BROKEN[part])
+        answer = _until_closed(s)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer[:300]
+    assert b"content-type: application/json" in head and b"connection: close" in head
+    err = orjson.loads(body)["error"]
+    assert err["code"] == "invalid_http" and err["type"] == "invalid_request_error" and "HTTP/1.1" in err["message"]
+    with httpx.Client(base_url=gw.url, timeout=10) as c:  # and the gateway is as it was
+        assert c.post("/v1/chat/completions", json={"model": "pm", "messages": [{"role": "user", "content": "x"}]},
+                      headers=AUTH).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def slow_gw() -> Iterator[GatewayServer]:
+    with Stack() as st:
+        yield st.serve([{"name": "m", "type": "openai", "api_keys": ["upstream-secret-proto"], "models": ["slow"],
+                         "behavior": {"ttft": 0.6, "tokens_per_second": 5000, "output_tokens": 3}}],
+                       gateway={"api_keys": [{"key": GW_KEY, "project": "p"}], "read_timeout": 0.2})
+
+
+def _pipelined(slow_gw: GatewayServer, after: bytes) -> bytes:
+    """A whole request the upstream takes 0.6 s to answer, then `after` on the same connection."""
+    port = int(slow_gw.url.rsplit(":", 1)[1])
+    data = orjson.dumps({"model": "slow", "messages": [{"role": "user", "content": "hi"}]})
+    first = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {GW_KEY}\r\n"
+             f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n").encode() + data
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(first + after)
+        return _until_closed(s)
+
+
+def test_a_refusal_never_breaks_into_the_answer_of_a_request_pipelined_ahead(slow_gw: GatewayServer) -> None:
+    """uvicorn wrote its 400 at once, which the client took for the first request's answer. A 400
+    for what follows, or a 408 for a pipelined body that stopped arriving (gateway.read_timeout
+    0.2 s, while the first answer takes 0.6 s), is not written while an earlier answer is under way:
+    the connection closes, and no answer is misread as another's."""
+    assert _pipelined(slow_gw, b"NOT-HTTP AT ALL\r\n\r\n") == b""
+    stalled = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {GW_KEY}\r\n"
+               "content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\"").encode()
+    assert _pipelined(slow_gw, stalled) == b""
+    # without a request ahead, the same are answered
+    port = int(slow_gw.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(stalled)
+        assert _until_closed(s).startswith(b"HTTP/1.1 408 ")

@@ -124,5 +124,7 @@ def test_hot_path_micro_times_every_layer(tmp_path):
     for name in ("LiveDriver.execute non-stream (memory upstream; parse_response included)",
                  "LiveDriver.execute stream + drain (memory upstream, 22 frames)",
                  "GatewayApp handler, non-stream (all of AxonSim's work but HTTP)",
-                 "GatewayApp handler, stream (22 frames)"):
+                 "GatewayApp handler, stream (22 frames)",
+                 "GatewayApp stream, to the first byte, back to back",
+                 "GatewayApp stream, to the first byte, after 5 ms idle"):
         assert figures[name] > 0, name

@@ -296,6 +296,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.cycle.keep_alive = False
 
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete:
+            # uvicorn skips a request answered before its body ended (a 401 sent at once): its body
+            # would stay "under way" for good, and what comes next on the connection, taken for it.
+            cycle.more_body = False
+
     def on_headers_complete(self) -> None:
         before = self.cycle
         super().on_headers_complete()

@@ -295,8 +295,9 @@ async def async_parts(n: int) -> dict[str, float]:
 
     # The paced stream probe of proxy_overhead.py meets the gateway after a pause (its mock waits
     # 5 ms before its second frame): on a shared VM, code run after the CPU sat idle ran several
-    # times slower than the same code run back to back (caches refilled from memory), and the more
-    # code a request runs before its first byte, the more that costs. Both figures, side by side.
+    # times slower than the same code run back to back (a tight loop only ~20 % slower: most likely
+    # caches refilled from memory), so the more code a request runs before its first byte, the more
+    # that costs. Both figures, side by side.
     out["GatewayApp stream, to the first byte, back to back"] = await to_first_byte(0.0, max(50, n // 20))
     out["GatewayApp stream, to the first byte, after 5 ms idle"] = await to_first_byte(IDLE, max(50, n // 100))
     if statuses != {200}:  # a handler failing fast would time its error path

@@ -24,8 +24,8 @@ Reads have their limits too, as nginx's `large_client_header_buffers`, `client_h
 by appending each read to it: one 150 MB header line took the event loop for seconds at a time and
 every other request with it. A head that goes on past MAX_HEAD bytes is answered 431 and its
 connection closed. What httptools cannot parse (a request line, a header, a chunked body) is
-answered 400 in the same JSON shape, where uvicorn wrote plain text, and written into another
-request's answer under way on a pipelined connection (now such a connection is closed unanswered).
+answered 400 in the same JSON shape. (uvicorn wrote plain text, even into the answer of another
+request under way on a pipelined connection; such a connection is now closed unanswered.)
 A head or a body that stops arriving for the app's `read_timeout` seconds (gateway.read_timeout)
 is answered 408 and closed: such connections, a slowloris's, were held for ever, with their slot,
 their file descriptor and whatever body had come. The common request, whose head and body come in

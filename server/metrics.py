@@ -3,7 +3,8 @@
 Two kinds of metric live here:
 
 - **Observed** (counters, histograms): the proxy reports each finished client request once, with
-  `Metrics.observe_request(...)`, and brackets it with `inflight_inc()` / `inflight_dec()`.
+  `Metrics.observe_request(...)` and its usage with `observe_usage(...)`, and brackets it with
+  `inflight_inc()` / `inflight_dec()`.
 - **Read at scrape time** (gauges): channel state (in-flight, available, open breakers, cooldown,
   EWMAs) comes from whatever Router is current when Prometheus scrapes — a config reload swaps the
   Router and nothing has to be re-registered — and the store's queue depth / written / dropped /
@@ -20,7 +21,13 @@ see each other's numbers, and the global default registry is left alone.
 
 Label cardinality is bounded on purpose: a model label is a model the current config serves (any
 other name a client sends becomes "other", so a flood of made-up names cannot grow the series
-count), channel labels come from the config, and attempt outcomes are the core's error kinds.
+count), channel and project labels come from the config (a project is a gateway key's), and
+attempt outcomes are the core's error kinds.
+
+Tokens and cost (`observe_usage`) are the figures teams chart and alert on per project and model
+(what LiteLLM's token and spend metrics are to its users): the usage the upstream reported for each
+client request, and its cost from the configured prices. The admin API answers the same questions
+over any time range from the store; these are the running totals a dashboard rates.
 """
 
 from __future__ import annotations
@@ -54,6 +61,12 @@ OVERHEAD_BUCKETS: tuple[float, ...] = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 
 
 OTHER_MODEL = "other"  # label for model names the config does not serve
 NO_MODEL = "none"  # label when the request ended before a model was known (auth failure, bad body)
+NO_PROJECT = "none"  # project label of a request no gateway key was found for
+# Token counts of an answer's usage (axonsim.unified.Usage), in OpenAI's convention: cached and
+# cache_write are part of prompt, reasoning is part of completion. (field, `type` label)
+TOKEN_TYPES: tuple[tuple[str, str], ...] = (("prompt_tokens", "prompt"), ("completion_tokens", "completion"),
+                                            ("cached_tokens", "cached"), ("cache_write_tokens", "cache_write"),
+                                            ("reasoning_tokens", "reasoning"))
 MAX_MODELS = 500  # distinct model labels at most, even if a config serves more
 
 # Attempt outcomes: "success", "cancelled" (hedge lost, client gone), or an ErrorKind value.
@@ -129,6 +142,9 @@ class Metrics:
         self._ttft: dict[tuple[str, str], _Hist] = {}
         self._overhead = _Hist(len(OVERHEAD_BUCKETS))
         self._attempts: dict[tuple[str, str], list[int]] = {}
+        # (project, model label) -> tokens per TOKEN_TYPES; (project, model label) -> [USD]
+        self._tokens: dict[tuple[str, str], list[int]] = {}
+        self._cost: dict[tuple[str, str], list[float]] = {}
         # The fast path: the cells one raw (format, model, status) touches, found with one lookup.
         self._fast: dict[tuple[str, str | None, int], _Children] = {}
         self._models: set[str] = set()
@@ -174,6 +190,25 @@ class Metrics:
                     c = cells[akey] = [0]
                 c[0] += 1
 
+    def observe_usage(self, project: str | None, model: str | None, usage: Mapping[str, int] | None,
+                      cost: float | None) -> None:
+        """Add one finished client request's tokens (a Usage.as_dict(); None: none reported) and its
+        cost in USD (None: unpriced, which adds nothing) to its project's and model's totals."""
+        if usage is None and cost is None:
+            return
+        key = (project if project is not None else NO_PROJECT, self._model_label(model))
+        if usage is not None:
+            cell = self._tokens.get(key)
+            if cell is None:
+                cell = self._tokens[key] = [0] * len(TOKEN_TYPES)
+            for i, (field, _) in enumerate(TOKEN_TYPES):
+                cell[i] += usage.get(field, 0)
+        if cost is not None:
+            spent = self._cost.get(key)
+            if spent is None:
+                spent = self._cost[key] = [0.0]
+            spent[0] += cost
+
     def _children(self, client_format: str, model: str | None, status: int) -> _Children:
         label = self._model_label(model)
         rkey = (client_format, label, str(status))
@@ -218,6 +253,9 @@ class Metrics:
             "ttft": [[*k, h.counts, h.total] for k, h in list(self._ttft.items())],
             "overhead": [self._overhead.counts, self._overhead.total],
             "attempts": [[*k, c[0]] for k, c in list(self._attempts.items())],
+            "tokens": [[*k, label, c[i]] for k, c in list(self._tokens.items())
+                       for i, (_, label) in enumerate(TOKEN_TYPES)],
+            "cost": [[*k, c[0]] for k, c in list(self._cost.items())],
             "inflight": 0 if final else self.inflight,
             "store": None if store is None else {
                 "written": int(getattr(store, "written", 0)), "dropped": int(getattr(store, "dropped", 0)),
@@ -278,8 +316,13 @@ class _Collector:
             {k: (list(h.counts), h.total) for k, h in list(series.items())} for series in (m._latency, m._ttft)]
         over = (list(m._overhead.counts), m._overhead.total)
         atts: dict[tuple[str, ...], float] = {k: float(c[0]) for k, c in list(m._attempts.items())}
+        tokens: dict[tuple[str, ...], float] = {(*k, label): float(c[i]) for k, c in list(m._tokens.items())
+                                                for i, (_, label) in enumerate(TOKEN_TYPES)}
+        cost: dict[tuple[str, ...], float] = {k: c[0] for k, c in list(m._cost.items())}
         n_inflight = float(m.inflight)
         for peer in self._peer_figures:
+            _add_counts(tokens, peer.get("tokens", ()))  # (absent from an earlier version's last file)
+            _add_counts(cost, peer.get("cost", ()))
             _add_counts(reqs, peer["requests"])
             for merged, rows in zip(hists, (peer["latency"], peer["ttft"]), strict=True):
                 _add_hists(merged, rows, len(LATENCY_BUCKETS) + 1)
@@ -308,7 +351,17 @@ class _Collector:
         for akey, n in atts.items():
             attempts.add_metric(list(akey), n)
         inflight = GaugeMetricFamily(f"{ns}_requests_inflight", "Client requests being served now", value=n_inflight)
-        return [requests, latency, ttft, overhead, attempts, inflight]
+        used = CounterMetricFamily(f"{ns}_tokens", "Tokens of client requests by project, model and type, as the "
+                                   "upstreams reported them (cached and cache_write are part of prompt, reasoning "
+                                   "of completion)", labels=["project", "model", "type"])
+        for tkey, n in tokens.items():
+            used.add_metric(list(tkey), n)
+        spent = CounterMetricFamily(f"{ns}_cost_usd", "Cost of client requests in USD by project and model, from "
+                                    "the configured prices (a request of an unpriced model adds nothing)",
+                                    labels=["project", "model"])
+        for ckey, usd in cost.items():
+            spent.add_metric(list(ckey), usd)
+        return [requests, latency, ttft, overhead, attempts, inflight, used, spent]
 
     def _channels(self) -> list[Metric]:
         router = self.m._router()

@@ -338,8 +338,10 @@ class Proxy:
         record["attempt_rows"] = rows
         self.recent.append(record)
         try:
-            self.metrics.observe_request(record["client_format"], record["model"], record["status"],
-                                         record["latency"], record["ttft"], record.get("overhead"), record["attempts"])
+            metrics = self.metrics
+            metrics.observe_request(record["client_format"], record["model"], record["status"],
+                                    record["latency"], record["ttft"], record.get("overhead"), record["attempts"])
+            metrics.observe_usage(record["project"], record["model"], record["usage"], record["cost"])
         except Exception:
             log.exception("metrics: observing a request failed")
         hook = self.on_request_done

@@ -475,3 +475,55 @@ def test_histogram_sums_stay_finite() -> None:
     fams = scrape(m)
     assert math.isfinite(value(fams, "axonsim_gateway_overhead_seconds", "axonsim_gateway_overhead_seconds_sum"))
     assert value(fams, "axonsim_gateway_overhead_seconds", "axonsim_gateway_overhead_seconds_bucket", le="5e-05") == 1
+
+
+# Usage as the proxy reports it (project, model, Usage.as_dict() or None, cost or None).
+USAGE = [
+    ("acme", "m1", {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150, "cached_tokens": 100,
+                    "cache_write_tokens": 0, "reasoning_tokens": 10, "tool_prompt_tokens": 0}, 0.0021),
+    ("acme", "m1", {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12, "cached_tokens": 0,
+                    "cache_write_tokens": 4, "reasoning_tokens": 0, "tool_prompt_tokens": 0}, None),  # unpriced
+    ("beta-team", "m2", {"prompt_tokens": 1, "completion_tokens": 2}, 0.5),
+    ("acme", None, None, None),  # a failed request: nothing to add
+    (None, "made-up", {"prompt_tokens": 3, "completion_tokens": 0}, 0.25),
+]
+
+
+def test_tokens_and_cost_by_project_model_and_type() -> None:
+    m = Metrics(Router(config()), process=False)
+    for u in USAGE:
+        m.observe_usage(*u)
+    fams = scrape(m)
+    tokens = samples(fams, "axonsim_tokens", "axonsim_tokens_total")
+    want = {("acme", "m1"): (127, 35, 100, 4, 10), ("beta-team", "m2"): (1, 2, 0, 0, 0),
+            ("none", "other"): (3, 0, 0, 0, 0)}  # no key found: project "none"; an unserved model: "other"
+    assert tokens == {(("model", model), ("project", project), ("type", kind)): float(n)
+                      for (project, model), counts in want.items()
+                      for kind, n in zip(("prompt", "completion", "cached", "cache_write", "reasoning"), counts,
+                                         strict=True)}
+    assert samples(fams, "axonsim_cost_usd", "axonsim_cost_usd_total") == pytest.approx({
+        (("model", "m1"), ("project", "acme")): 0.0021, (("model", "m2"), ("project", "beta-team")): 0.5,
+        (("model", "other"), ("project", "none")): 0.25})
+
+
+async def test_tokens_and_cost_of_several_workers_add_up(tmp_path: Path) -> None:
+    from server.worker_metrics import WorkerFigures
+
+    one = Metrics(process=False)
+    for u in USAGE:
+        one.observe_usage(*u)
+    workers = [Metrics(process=False) for _ in range(2)]
+    figures = [WorkerFigures(tmp_path, m, pid=pid) for m, pid in zip(workers, [os.getpid(), os.getppid()],
+                                                                        strict=True)]
+    for i, u in enumerate(USAGE):
+        workers[i % 2].observe_usage(*u)
+    for f in figures:
+        f.publish()
+    # the last file of a worker from before these counters existed: read without them
+    (tmp_path / "1.json").write_text('{"requests": [], "latency": [], "ttft": [], "overhead": [[], 0.0], '
+                                     '"attempts": [], "inflight": 0, "store": null, "shared": null}')
+    want = {k: v for k, v in _all_samples(one).items() if k[0] in ("axonsim_tokens_total", "axonsim_cost_usd_total")}
+    assert len(want) == 3 * 5 + 3
+    for m in workers:
+        got = {k: v for k, v in _all_samples(m).items() if k[0] in ("axonsim_tokens_total", "axonsim_cost_usd_total")}
+        assert got == pytest.approx(want, rel=1e-12)

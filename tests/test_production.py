@@ -365,6 +365,23 @@ def test_metrics_count_the_traffic_sent(tmp_path: Path) -> None:
     assert sample(fams, "axonsim_requests_inflight") == 0
     assert sample(fams, "axonsim_channel_enabled", channel="good") == 1
     assert "axonsim_store_queue_depth" in fams
+    # Tokens and cost by project and model: what the store's records add up to (drained at the stop)
+    rows = d.rows("SELECT project, model, sum(prompt_tokens) AS prompt, sum(completion_tokens) AS completion, "
+                  "sum(cached_tokens) AS cached, sum(reasoning_tokens) AS reasoning, sum(cost) AS cost "
+                  "FROM requests WHERE status = 200 GROUP BY project, model")
+    assert {(r["project"], r["model"]) for r in rows} == {("acme", "ok"), ("acme", "fo")}
+    for r in rows:
+        labels = {"project": r["project"], "model": r["model"]}
+        for kind in ("prompt", "completion", "cached", "reasoning"):
+            assert sample(fams, "axonsim_tokens_total", **labels, type=kind) == r[kind], (labels, kind)
+        if r["cost"] is None:  # "fo" has no price: its requests add to no cost series
+            assert not [s for s in fams["axonsim_cost_usd"].samples if s.labels["model"] == r["model"]]
+        else:
+            assert sample(fams, "axonsim_cost_usd_total", **labels) == pytest.approx(r["cost"], rel=1e-9)
+    assert all(r["prompt"] > 0 and r["completion"] > 0 for r in rows)
+    assert sample(fams, "axonsim_cost_usd_total", project="acme", model="ok") > 0
+    # failed requests reported no usage: no series of their own
+    assert not [s for s in fams["axonsim_tokens"].samples if s.labels["model"] in ("fail", "none")]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ over any time range from the store; these are the running totals a dashboard rat
 from __future__ import annotations
 
 import logging
+import math
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -64,6 +65,10 @@ NO_MODEL = "none"  # label when the request ended before a model was known (auth
 NO_PROJECT = "none"  # project label of a request no gateway key was found for
 # Token counts of an answer's usage (axonsim.unified.Usage), in OpenAI's convention: cached and
 # cache_write are part of prompt, reasoning is part of completion. (field, `type` label)
+# Tokens one request may add of each type at most. An upstream's usage is its own say: a bogus count
+# (negative, 1e20) is clamped rather than let a counter go down, or grow past what a float or a
+# worker's figures file (64-bit integers) holds, which took every request series off the scrape.
+MAX_TOKENS = 10**9
 TOKEN_TYPES: tuple[tuple[str, str], ...] = (("prompt_tokens", "prompt"), ("completion_tokens", "completion"),
                                             ("cached_tokens", "cached"), ("cache_write_tokens", "cache_write"),
                                             ("reasoning_tokens", "reasoning"))
@@ -202,8 +207,10 @@ class Metrics:
             if cell is None:
                 cell = self._tokens[key] = [0] * len(TOKEN_TYPES)
             for i, (field, _) in enumerate(TOKEN_TYPES):
-                cell[i] += usage.get(field, 0)
-        if cost is not None:
+                n = usage.get(field, 0)
+                if n > 0:
+                    cell[i] += n if n < MAX_TOKENS else MAX_TOKENS
+        if cost is not None and 0.0 <= cost < math.inf:  # (the same bogus usage priced: not a figure to add)
             spent = self._cost.get(key)
             if spent is None:
                 spent = self._cost[key] = [0.0]
@@ -287,7 +294,7 @@ class _Collector:
 
     def collect(self) -> Iterable[Metric]:
         self._peer_figures = self._peers()  # read once per scrape: _observed and _store both add them
-        for part in (self._observed, self._channels, self._store, self._shared):
+        for part in (self._observed, self._usage, self._channels, self._store, self._shared):
             try:
                 families = part()
             except Exception:
@@ -316,13 +323,8 @@ class _Collector:
             {k: (list(h.counts), h.total) for k, h in list(series.items())} for series in (m._latency, m._ttft)]
         over = (list(m._overhead.counts), m._overhead.total)
         atts: dict[tuple[str, ...], float] = {k: float(c[0]) for k, c in list(m._attempts.items())}
-        tokens: dict[tuple[str, ...], float] = {(*k, label): float(c[i]) for k, c in list(m._tokens.items())
-                                                for i, (_, label) in enumerate(TOKEN_TYPES)}
-        cost: dict[tuple[str, ...], float] = {k: c[0] for k, c in list(m._cost.items())}
         n_inflight = float(m.inflight)
         for peer in self._peer_figures:
-            _add_counts(tokens, peer.get("tokens", ()))  # (absent from an earlier version's last file)
-            _add_counts(cost, peer.get("cost", ()))
             _add_counts(reqs, peer["requests"])
             for merged, rows in zip(hists, (peer["latency"], peer["ttft"]), strict=True):
                 _add_hists(merged, rows, len(LATENCY_BUCKETS) + 1)
@@ -351,6 +353,17 @@ class _Collector:
         for akey, n in atts.items():
             attempts.add_metric(list(akey), n)
         inflight = GaugeMetricFamily(f"{ns}_requests_inflight", "Client requests being served now", value=n_inflight)
+        return [requests, latency, ttft, overhead, attempts, inflight]
+
+    def _usage(self) -> list[Metric]:
+        m = self.m
+        ns = self.ns
+        tokens: dict[tuple[str, ...], float] = {(*k, label): float(c[i]) for k, c in list(m._tokens.items())
+                                                for i, (_, label) in enumerate(TOKEN_TYPES)}
+        cost: dict[tuple[str, ...], float] = {k: c[0] for k, c in list(m._cost.items())}
+        for peer in self._peer_figures:
+            _add_counts(tokens, peer.get("tokens", ()))  # (absent from an earlier version's last file)
+            _add_counts(cost, peer.get("cost", ()))
         used = CounterMetricFamily(f"{ns}_tokens", "Tokens of client requests by project, model and type, as the "
                                    "upstreams reported them (cached and cache_write are part of prompt, reasoning "
                                    "of completion)", labels=["project", "model", "type"])
@@ -361,7 +374,7 @@ class _Collector:
                                     labels=["project", "model"])
         for ckey, usd in cost.items():
             spent.add_metric(list(ckey), usd)
-        return [requests, latency, ttft, overhead, attempts, inflight, used, spent]
+        return [used, spent]
 
     def _channels(self) -> list[Metric]:
         router = self.m._router()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import prometheus_client
 import pytest
 from fastapi import FastAPI
@@ -527,3 +528,34 @@ async def test_tokens_and_cost_of_several_workers_add_up(tmp_path: Path) -> None
     for m in workers:
         got = {k: v for k, v in _all_samples(m).items() if k[0] in ("axonsim_tokens_total", "axonsim_cost_usd_total")}
         assert got == pytest.approx(want, rel=1e-12)
+
+
+async def test_bogus_usage_from_an_upstream_keeps_the_counters_sane(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """An upstream's usage is its own say: a negative count made the counter go down (a reset, to
+    Prometheus), and one of 1e20 took every request series off the scrape (a float overflow) and
+    stopped the worker's figures file (orjson writes 64-bit integers at most)."""
+    from server.metrics import MAX_TOKENS
+    from server.worker_metrics import WorkerFigures
+
+    m = Metrics(process=False)
+    m.observe_request("openai_chat", "m1", 200, 0.3, 0.05, 0.0002, [OK])
+    m.observe_usage("acme", "m1", {"prompt_tokens": 100, "completion_tokens": 5}, 0.001)
+    m.observe_usage("acme", "m1", {"prompt_tokens": -90, "completion_tokens": 10**400}, -1.0)
+    m.observe_usage("acme", "m1", {"prompt_tokens": 1}, math.inf)
+    m.observe_usage("acme", "m1", {"prompt_tokens": 1}, math.nan)
+    fams = scrape(m)
+    assert value(fams, "axonsim_tokens", "axonsim_tokens_total", project="acme", model="m1", type="prompt") == 102
+    assert value(fams, "axonsim_tokens", "axonsim_tokens_total", project="acme", model="m1",
+                 type="completion") == 5 + MAX_TOKENS
+    assert value(fams, "axonsim_cost_usd", "axonsim_cost_usd_total", project="acme", model="m1") == 0.001
+    assert value(fams, "axonsim_requests", "axonsim_requests_total", client_format="openai_chat", model="m1",
+                 status="200") == 1
+    WorkerFigures(tmp_path, m, pid=os.getpid()).publish()  # writes, as with any other figures
+    assert orjson.loads((tmp_path / f"{os.getpid()}.json").read_bytes())["tokens"]
+
+    # and should the usage figures ever fail to read, they cost only their own families
+    m._tokens[("acme", "m2")] = [object()] * 5  # type: ignore[list-item]
+    with caplog.at_level("ERROR", logger="axonsim.server.metrics"):
+        fams = scrape(m)
+    assert "axonsim_tokens" not in fams and "axonsim_requests" in fams and "axonsim_request_duration_seconds" in fams

@@ -199,7 +199,7 @@ class Metrics:
                       cost: float | None) -> None:
         """Add one finished client request's tokens (a Usage.as_dict(); None: none reported) and its
         cost in USD (None: unpriced, which adds nothing) to its project's and model's totals."""
-        if usage is None and cost is None:
+        if usage is None and not cost:  # (a refused request, priced at 0: no series of its own)
             return
         key = (project if project is not None else NO_PROJECT, self._model_label(model))
         if usage is not None:

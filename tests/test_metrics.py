@@ -486,6 +486,7 @@ USAGE = [
                     "cache_write_tokens": 4, "reasoning_tokens": 0, "tool_prompt_tokens": 0}, None),  # unpriced
     ("beta-team", "m2", {"prompt_tokens": 1, "completion_tokens": 2}, 0.5),
     ("acme", None, None, None),  # a failed request: nothing to add
+    (None, None, None, 0.0),  # a request refused before it was priced: nothing either
     (None, "made-up", {"prompt_tokens": 3, "completion_tokens": 0}, 0.25),
 ]
 

@@ -63,12 +63,12 @@ OVERHEAD_BUCKETS: tuple[float, ...] = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 
 OTHER_MODEL = "other"  # label for model names the config does not serve
 NO_MODEL = "none"  # label when the request ended before a model was known (auth failure, bad body)
 NO_PROJECT = "none"  # project label of a request no gateway key was found for
-# Token counts of an answer's usage (axonsim.unified.Usage), in OpenAI's convention: cached and
-# cache_write are part of prompt, reasoning is part of completion. (field, `type` label)
 # Tokens one request may add of each type at most. An upstream's usage is its own say: a bogus count
 # (negative, 1e20) is clamped rather than let a counter go down, or grow past what a float or a
 # worker's figures file (64-bit integers) holds, which took every request series off the scrape.
 MAX_TOKENS = 10**9
+# Token counts of an answer's usage (axonsim.unified.Usage), in OpenAI's convention: cached and
+# cache_write are part of prompt, reasoning is part of completion. (field, `type` label)
 TOKEN_TYPES: tuple[tuple[str, str], ...] = (("prompt_tokens", "prompt"), ("completion_tokens", "completion"),
                                             ("cached_tokens", "cached"), ("cache_write_tokens", "cache_write"),
                                             ("reasoning_tokens", "reasoning"))
@@ -293,7 +293,7 @@ class _Collector:
         return ()  # the families depend on the config at scrape time; nothing to check at registration
 
     def collect(self) -> Iterable[Metric]:
-        self._peer_figures = self._peers()  # read once per scrape: _observed and _store both add them
+        self._peer_figures = self._peers()  # read once per scrape: _observed, _usage and _store add them
         for part in (self._observed, self._usage, self._channels, self._store, self._shared):
             try:
                 families = part()

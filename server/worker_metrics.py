@@ -4,8 +4,9 @@ With several worker processes behind one listening socket, Prometheus cannot cho
 answers a scrape. Each one's own counters would come back in turn, and the series would jump
 between them and look like counter resets. So every worker writes its observed figures
 (Metrics.figures: request, latency, TTFT, overhead, attempt, token and cost counts, in-flight
-requests, the store's counters) to `<dir>/<pid>.json` once per `interval` and when it stops, and the worker that
-answers a scrape publishes its own figures, then adds the other workers' latest files to them.
+requests, the store's counters) to `<dir>/<pid>.json` once per `interval` and when it stops, and
+the worker that answers a scrape publishes its own figures, then adds the other workers' latest
+files to them.
 Other workers' figures are thus at most `interval` old, and yet counters never go back between two
 scrapes answered by different workers; nothing is added to the request path.
 

@@ -129,7 +129,7 @@ class ChannelState:
         "cooldown_default", "cooldown_max", "breakers", "breaker_cfg", "_ejection", "outlier",
         "_disabled_until", "auto", "limiter", "quota", "selections", "selections_at",
         "peak_ewma", "peak_at", "price", "slow", "gate", "has_limits", "track", "outlier_on", "switched_off",
-        "config_enabled",
+        "config_enabled", "successor",
     )
 
     def __init__(self, channel: Channel, index: int, routing: Routing,
@@ -139,6 +139,10 @@ class ChannelState:
         # switch is what processes share (server.shared_state) and what an operator's enable ends.
         self.switched_off = False
         self.config_enabled = channel.enabled  # what the config says, which an operator's enable restores
+        # The state that took this one's place in a reload (server/proxy.py carry_over): attempts
+        # begun before it, still running on the old Router, report there, so that the channel's
+        # in-flight count, health and figures stay one.
+        self.successor: ChannelState | None = None
         self.name = channel.name
         self.weight = float(channel.weight)
         self.priority = channel.priority
@@ -242,6 +246,8 @@ class ChannelState:
     def started(self, now: float, key: int | None = None, model: str | None = None, tokens: int = 0) -> int:
         """Returns which breakers counted the attempt as a half-open probe (PROBE_CHANNEL,
         PROBE_KEY): its end is reported with them (`probes`)."""
+        if self.successor is not None:
+            return self.successor.started(now, key, model, tokens)
         probes = 0
         self.inflight += 1
         self.requests += 1
@@ -268,6 +274,9 @@ class ChannelState:
     def charge(self, now: float, key: int | None, tokens: int) -> None:
         """`tokens` an attempt used beyond what was counted at its start (its usage, once known, over
         the estimate): local TPM limits and quotas count what was used, not only what was guessed."""
+        if self.successor is not None:
+            self.successor.charge(now, key, tokens)
+            return
         if tokens <= 0:
             return
         if self.track:
@@ -281,11 +290,17 @@ class ChannelState:
                     k.limiter.window.add(now, 0, tokens)
 
     def first_token(self, now: float, ttft: float) -> None:
+        if self.successor is not None:
+            self.successor.first_token(now, ttft)
+            return
         e = self.ewma_ttft
         self.ewma_ttft = ttft if e is None else e + self.alpha * (ttft - e)
 
     def succeeded(self, now: float, latency: float, key: int | None = None, model: str | None = None,
                   output_tokens: int = 0, ttft: float | None = None, probes: int = PROBE_ANY) -> None:
+        if self.successor is not None:
+            self.successor.succeeded(now, latency, key, model, output_tokens, ttft, probes)
+            return
         self.inflight -= 1
         self.consecutive_failures = 0
         self.last_success = now
@@ -319,12 +334,18 @@ class ChannelState:
     def answered(self, now: float, latency: float, key: int | None = None, model: str | None = None,
                  output_tokens: int = 0, probes: int = PROBE_ANY) -> None:
         """first_token then succeeded, for an answer whose first event is its end (TTFT = latency)."""
+        if self.successor is not None:
+            self.successor.answered(now, latency, key, model, output_tokens, probes)
+            return
         e = self.ewma_ttft
         self.ewma_ttft = latency if e is None else e + self.alpha * (latency - e)
         self.succeeded(now, latency, key, model, output_tokens, latency, probes)
 
     def failed(self, now: float, outcome: Outcome, model: str | None = None, elapsed: float | None = None,
                probes: int = PROBE_ANY) -> None:
+        if self.successor is not None:
+            self.successor.failed(now, outcome, model, elapsed, probes)
+            return
         self._failed(now, outcome, model, elapsed, probes)
         self.refresh(now)
 

@@ -700,7 +700,11 @@ def test_reload_keeps_in_flight_requests_and_swaps_the_config(tmp_path: Path) ->
         with httpx.Client(base_url=gw.url, timeout=10) as c:
             r = c.post("/admin/reload", headers=ADMIN)
             assert r.status_code == 200, r.text
-            assert old_router.by_name["long"].inflight > 0  # reloaded while the old requests still run (3 s each)
+            # Reloaded while the old requests still run (3 s each): the unchanged channel's new
+            # state counts them in flight (least-busy routing and /admin/channels see them).
+            assert proxy.router.by_name["long"].inflight == 10
+            listed = {x["name"]: x for x in c.get("/admin/channels", headers=ADMIN).json()["channels"]}
+            assert listed["long"]["inflight"] == 10 and listed["fresh"]["inflight"] == 0
             assert r.json()["changes"]["channels_added"] == ["fresh"]
             assert proxy.router is not old_router
             assert chat(c, "new-model").status_code == 200  # the new config serves at once
@@ -710,7 +714,7 @@ def test_reload_keeps_in_flight_requests_and_swaps_the_config(tmp_path: Path) ->
             for status, text in results:
                 assert status == 200
                 assert text.rstrip().endswith("data: [DONE]") or json.loads(text)["usage"]["completion_tokens"] == 120
-            assert old_router.by_name["long"].inflight == 0
+            assert proxy.router.by_name["long"].inflight == 0  # their ends were counted where they were seen
             # The unchanged channel kept its figures; the new one starts fresh.
             assert proxy.router.by_name["long"].requests == 10 and proxy.router.by_name["long"].ewma_ttft is not None
             assert proxy.router.by_name["fresh"].requests == 1
@@ -738,11 +742,33 @@ def test_carry_over_keeps_the_state_of_unchanged_channels_only() -> None:
     new = Router(parse_config(changed))
     assert carry_over(old, new, 10.0) == ["a"]
     na, nb = new.by_name["a"], new.by_name["b"]
-    assert (na.cooldown_until, na.ewma_latency, na.keys[0].disabled, na.inflight) == (1000.0, 0.5, True, 0)
+    assert (na.cooldown_until, na.ewma_latency, na.keys[0].disabled, na.inflight) == (1000.0, 0.5, True, 1)
     assert na.limiter is a.limiter  # shared: the old attempt's end is counted where the new one looks
-    assert nb.cooldown_until != 1000.0
+    assert nb.cooldown_until != 1000.0 and nb.inflight == 0
+    # The old attempt's end (and a retry it starts, on the old Router) reach the new state.
     a.failed(1.0, Outcome(False, 1.0, 0, ErrorKind.CONNECTION, key=0), "m")
-    assert a.inflight == 0 and na.inflight == 0
+    assert na.inflight == 0 and na.consecutive_failures == 1 and na.failures == 1
+    a.started(2.0, 0, "m")
+    assert na.inflight == 1 and na.requests == 2
+    a.succeeded(3.0, 0.25, 0, "m")
+    assert na.inflight == 0 and na.consecutive_failures == 0 and na.ewma_latency != 0.5
+    # With the health config changed, the old attempts' ends would reach breakers that never saw
+    # them begin: the new state counts only its own (and the old one goes on counting its own).
+    na.started(4.0, 0, "m")
+    sick = Router(parse_config({**changed, "routing": {"health": {"breaker": {"failure_threshold": 1}}}}))
+    assert carry_over(new, sick, 5.0) == ["a", "b"]
+    sa = sick.by_name["a"]
+    assert sa.inflight == 0 and na.successor is None
+    carried = sa.ewma_latency
+    na.succeeded(6.0, 5.0, 0, "m")
+    assert na.inflight == 0 and sa.inflight == 0 and sa.ewma_latency == carried != na.ewma_latency
+    # So too when the routing starts tracking rates (usage-based): the limiter never counted their starts.
+    na.started(7.0, 0, "m")
+    busy = Router(parse_config({**changed, "routing": {"strategy": "usage-based"}}))
+    assert carry_over(new, busy, 8.0) == ["a", "b"]
+    assert busy.by_name["a"].inflight == 0 and na.successor is None
+    na.succeeded(9.0, 0.1, 0, "m")
+    assert busy.by_name["a"].inflight == 0 and busy.by_name["a"].limiter.inflight == 0
     # An operator's switch is not a change of the channel: its state stays, the switch ends.
     na.channel.enabled, na.switched_off = False, True  # the admin API's disable
     na.ewma_latency = 0.7

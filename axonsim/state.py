@@ -139,9 +139,10 @@ class ChannelState:
         # switch is what processes share (server.shared_state) and what an operator's enable ends.
         self.switched_off = False
         self.config_enabled = channel.enabled  # what the config says, which an operator's enable restores
-        # The state that took this one's place in a reload (server/proxy.py carry_over): attempts
-        # begun before it, still running on the old Router, report there, so that the channel's
-        # in-flight count, health and figures stay one.
+        # The state that took this one's place in a reload (server/proxy.py carry_over). Attempts
+        # still running on the old Router report here, as before, and this state goes on steering
+        # that Router's retries; their count in flight is the successor's too, so that what the new
+        # Router balances by and /admin/channels shows include them.
         self.successor: ChannelState | None = None
         self.name = channel.name
         self.weight = float(channel.weight)
@@ -246,8 +247,6 @@ class ChannelState:
     def started(self, now: float, key: int | None = None, model: str | None = None, tokens: int = 0) -> int:
         """Returns which breakers counted the attempt as a half-open probe (PROBE_CHANNEL,
         PROBE_KEY): its end is reported with them (`probes`)."""
-        if self.successor is not None:
-            return self.successor.started(now, key, model, tokens)
         probes = 0
         self.inflight += 1
         self.requests += 1
@@ -269,14 +268,13 @@ class ChannelState:
                 kb = k.breakers.get(model) if model is not None else None
                 if kb is not None and kb.state != CLOSED and kb.on_start(now):
                     probes |= PROBE_KEY
+        if self.successor is not None:
+            self._successors(now, 1)
         return probes
 
     def charge(self, now: float, key: int | None, tokens: int) -> None:
         """`tokens` an attempt used beyond what was counted at its start (its usage, once known, over
         the estimate): local TPM limits and quotas count what was used, not only what was guessed."""
-        if self.successor is not None:
-            self.successor.charge(now, key, tokens)
-            return
         if tokens <= 0:
             return
         if self.track:
@@ -290,17 +288,11 @@ class ChannelState:
                     k.limiter.window.add(now, 0, tokens)
 
     def first_token(self, now: float, ttft: float) -> None:
-        if self.successor is not None:
-            self.successor.first_token(now, ttft)
-            return
         e = self.ewma_ttft
         self.ewma_ttft = ttft if e is None else e + self.alpha * (ttft - e)
 
     def succeeded(self, now: float, latency: float, key: int | None = None, model: str | None = None,
                   output_tokens: int = 0, ttft: float | None = None, probes: int = PROBE_ANY) -> None:
-        if self.successor is not None:
-            self.successor.succeeded(now, latency, key, model, output_tokens, ttft, probes)
-            return
         self.inflight -= 1
         self.consecutive_failures = 0
         self.last_success = now
@@ -315,6 +307,8 @@ class ChannelState:
             self.ewma_tps = tps if t is None else t + self.alpha * (tps - t)
         self._peak(now, ttft if ttft is not None else latency)
         if not self.slow:  # nothing else to tell (a key with limits makes the state slow)
+            if self.successor is not None:
+                self._successors(now, -1)
             return
         self.auto.on_success()
         if self.outlier_on:
@@ -330,24 +324,22 @@ class ChannelState:
             if kb is not None:  # (none yet: closed with no failures, nothing to record)
                 kb.on_success(now, bool(probes & PROBE_KEY))
         self.refresh(now)
+        if self.successor is not None:
+            self._successors(now, -1)
 
     def answered(self, now: float, latency: float, key: int | None = None, model: str | None = None,
                  output_tokens: int = 0, probes: int = PROBE_ANY) -> None:
         """first_token then succeeded, for an answer whose first event is its end (TTFT = latency)."""
-        if self.successor is not None:
-            self.successor.answered(now, latency, key, model, output_tokens, probes)
-            return
         e = self.ewma_ttft
         self.ewma_ttft = latency if e is None else e + self.alpha * (latency - e)
         self.succeeded(now, latency, key, model, output_tokens, latency, probes)
 
     def failed(self, now: float, outcome: Outcome, model: str | None = None, elapsed: float | None = None,
                probes: int = PROBE_ANY) -> None:
-        if self.successor is not None:
-            self.successor.failed(now, outcome, model, elapsed, probes)
-            return
         self._failed(now, outcome, model, elapsed, probes)
         self.refresh(now)
+        if self.successor is not None:
+            self._successors(now, -1)
 
     def _failed(self, now: float, outcome: Outcome, model: str | None, elapsed: float | None, probes: int) -> None:
         ch_probe = bool(probes & PROBE_CHANNEL)
@@ -437,6 +429,16 @@ class ChannelState:
             w = math.exp((at - now) / 10.0) if now > at else 1.0  # exactly exp(−(now − at)/10), as in select
             self.peak_ewma = p * w + sample * (1.0 - w)
         self.peak_at = now
+
+    def _successors(self, now: float, inflight: int) -> None:
+        """An attempt of this (reloaded) state begins or ends: its successors count it in flight.
+        Breakers, auto-disable and ejection may be shared with them (an unchanged health config):
+        they look again at what this attempt may have changed there."""
+        s = self.successor
+        while s is not None:
+            s.inflight += inflight
+            s.refresh(now)
+            s = s.successor
 
     def refresh(self, now: float) -> None:
         """Recompute the fast-path flag (and `gate`) after health changed outside the driver API."""

@@ -501,13 +501,12 @@ def carry_over(old: Router, new: Router, now: float) -> list[str]:
     What moves: health and performance figures (cooldown, auto-disable, EWMAs, counters, the
     round-robin position), per-key disables, and — shared by reference, so attempts still running
     on the old Router keep them right — the limiters and quota counters; breakers, outlier
-    ejection and auto-disable streaks too when the health config is unchanged. Then the in-flight
-    count too, and the old state forwards what attempts still running on the old Router report
-    (their ends, and the attempts a retry of theirs starts) to the new one (ChannelState.successor):
-    least-busy routing and /admin/channels count them, and their failures and latencies feed the
-    channel's health. Not when the health config or the channel's rate tracking changed: the
-    reports would go to breakers or limiter counts that never saw those attempts begin, so the new
-    state counts only its own. Nothing of a changed or new channel moves."""
+    ejection and auto-disable streaks too when the health config is unchanged. The attempts in
+    flight are counted on the new state too, as long as they run (ChannelState.successor): least-
+    busy routing and /admin/channels see them. Attempts still running on the old Router report to
+    the old state, which goes on steering that Router's retries and failovers; their figures
+    (EWMAs, cooldowns) stay there, and their effects on the breakers the two states share are seen
+    by the new one at once. Nothing of a changed or new channel moves."""
     kept: list[str] = []
     same_health = old.config.routing.health == new.config.routing.health
     for st in new.states:
@@ -551,9 +550,8 @@ def _carry_channel(prev: ChannelState, st: ChannelState, same_health: bool, new:
         st.ejection = prev.ejection
         if prev.ejection.until > now:
             new.outlier.ejected[st.name] = prev.ejection.until
-        if prev.track == st.track:
-            st.inflight = prev.inflight
-            prev.successor = st
+    st.inflight = prev.inflight
+    prev.successor = st
     st.refresh(now)  # the core's fast path must see the health carried over (open breakers, disabled keys)
 
 

@@ -38,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from axonsim.behavior import BehaviorModel
 from axonsim.config import Behavior, Channel, load_config, parse_config
-from axonsim.execution import Outcome, Router
+from axonsim.execution import Outcome, Router, Wait
 from axonsim.unified import ErrorKind
 from server.mock_provider import MockProvider
 from server.proxy import Proxy, carry_over
@@ -745,30 +745,24 @@ def test_carry_over_keeps_the_state_of_unchanged_channels_only() -> None:
     assert (na.cooldown_until, na.ewma_latency, na.keys[0].disabled, na.inflight) == (1000.0, 0.5, True, 1)
     assert na.limiter is a.limiter  # shared: the old attempt's end is counted where the new one looks
     assert nb.cooldown_until != 1000.0 and nb.inflight == 0
-    # The old attempt's end (and a retry it starts, on the old Router) reach the new state.
+    # The old attempt's end, and a retry it starts on the old Router, are counted on the new state
+    # too; their figures stay with the old one, which steers the old Router's retries.
     a.failed(1.0, Outcome(False, 1.0, 0, ErrorKind.CONNECTION, key=0), "m")
-    assert na.inflight == 0 and na.consecutive_failures == 1 and na.failures == 1
+    assert (a.inflight, na.inflight, a.consecutive_failures, na.consecutive_failures) == (0, 0, 1, 0)
     a.started(2.0, 0, "m")
-    assert na.inflight == 1 and na.requests == 2
+    assert (a.inflight, na.inflight) == (1, 1)
     a.succeeded(3.0, 0.25, 0, "m")
-    assert na.inflight == 0 and na.consecutive_failures == 0 and na.ewma_latency != 0.5
-    # With the health config changed, the old attempts' ends would reach breakers that never saw
-    # them begin: the new state counts only its own (and the old one goes on counting its own).
-    na.started(4.0, 0, "m")
-    sick = Router(parse_config({**changed, "routing": {"health": {"breaker": {"failure_threshold": 1}}}}))
+    assert (a.inflight, na.inflight, na.ewma_latency) == (0, 0, 0.5)
+    # Through several reloads, whatever changed meanwhile (the health config, rate tracking): the
+    # count is all the limiter and the states see, each attempt's start and end on the same state.
+    a.started(4.0, 0, "m")
+    sick = Router(parse_config({**changed, "routing": {"strategy": "usage-based",
+                                                      "health": {"breaker": {"failure_threshold": 1}}}}))
     assert carry_over(new, sick, 5.0) == ["a", "b"]
     sa = sick.by_name["a"]
-    assert sa.inflight == 0 and na.successor is None
-    carried = sa.ewma_latency
-    na.succeeded(6.0, 5.0, 0, "m")
-    assert na.inflight == 0 and sa.inflight == 0 and sa.ewma_latency == carried != na.ewma_latency
-    # So too when the routing starts tracking rates (usage-based): the limiter never counted their starts.
-    na.started(7.0, 0, "m")
-    busy = Router(parse_config({**changed, "routing": {"strategy": "usage-based"}}))
-    assert carry_over(new, busy, 8.0) == ["a", "b"]
-    assert busy.by_name["a"].inflight == 0 and na.successor is None
-    na.succeeded(9.0, 0.1, 0, "m")
-    assert busy.by_name["a"].inflight == 0 and busy.by_name["a"].limiter.inflight == 0
+    assert (a.inflight, na.inflight, sa.inflight) == (1, 1, 1)
+    a.succeeded(6.0, 0.1, 0, "m")
+    assert (a.inflight, na.inflight, sa.inflight, sa.limiter.inflight) == (0, 0, 0, 0)
     # An operator's switch is not a change of the channel: its state stays, the switch ends.
     na.channel.enabled, na.switched_off = False, True  # the admin API's disable
     na.ewma_latency = 0.7
@@ -776,6 +770,67 @@ def test_carry_over_keeps_the_state_of_unchanged_channels_only() -> None:
     assert carry_over(new, again, 20.0) == ["a", "b"]
     assert again.by_name["a"].ewma_latency == 0.7 and again.by_name["a"].channel.enabled
     assert not again.by_name["a"].switched_off
+
+
+def _next_effect(gen: Any, outcome: Outcome, now: float) -> Any:
+    """Send a Router.execute generator its attempt's outcome; its next Call, or its Result."""
+    try:
+        eff = gen.send(outcome)
+        while isinstance(eff, Wait):
+            eff = gen.send(now)
+        return eff
+    except StopIteration as stop:
+        return stop.value
+
+
+def test_after_a_reload_the_old_router_still_steers_its_retries_by_what_its_attempts_met() -> None:
+    # A request begun before a reload fails after it: its key switch and its failover are the old
+    # Router's, which must still see that a key was just rate-limited and a channel asked to wait.
+    pool = {"channels": [{"name": "a", "api_keys": ["k0", "k1"], "key_strategy": "least_used", "models": ["m"]}]}
+    old = Router(parse_config(pool))
+    gen = old.execute("m", 0.0, random.Random(0))
+    call = next(gen)
+    call.started(0.0)
+    carry_over(old, Router(parse_config(pool)), 0.5)
+    limited = Outcome(False, 1.0, 429, ErrorKind.RATE_LIMITED, retry_after=30.0, key=call.key)
+    call.failed(1.0, limited)
+    again = _next_effect(gen, limited, 1.2)
+    assert again.state.name == "a" and again.key != call.key
+    two = {"channels": [{"name": "a", "models": ["m"]}, {"name": "b", "models": ["m"]}],
+           "routing": {"strategy": "round_robin", "retry": {"max_same_channel": 0}}}
+    old = Router(parse_config(two))
+    rng = random.Random(0)
+    gen_a, gen_b = old.execute("m", 0.0, rng), old.execute("m", 0.0, rng)
+    on_a, on_b = next(gen_a), next(gen_b)
+    assert (on_a.state.name, on_b.state.name) == ("a", "b")
+    on_a.started(0.0)
+    on_b.started(0.0)
+    carry_over(old, Router(parse_config(two)), 0.5)
+    on_a.failed(1.0, Outcome(False, 1.0, 429, ErrorKind.RATE_LIMITED, retry_after=60.0))
+    broken = Outcome(False, 2.0, 500, ErrorKind.SERVER_ERROR)
+    on_b.failed(2.0, broken)
+    assert getattr(getattr(_next_effect(gen_b, broken, 2.1), "state", None), "name", None) != "a"
+
+
+def test_a_breaker_an_old_attempt_opens_after_a_reload_keeps_the_new_router_away() -> None:
+    # The breakers are shared when the health config is unchanged; the new state's fast path must
+    # hear at once that one of them opened, or the new Router sends traffic through it.
+    cfg = {"channels": [{"name": "a", "models": ["m"]}, {"name": "b", "models": ["m"]}],
+           "routing": {"strategy": "round_robin", "health": {"breaker": {"failure_threshold": 1, "open_time": 100}}}}
+    old = Router(parse_config(cfg))
+    call = next(old.execute("m", 0.0, random.Random(0)))
+    call.started(0.0)
+    new = Router(parse_config(cfg))
+    carry_over(old, new, 0.5)
+    assert new.by_name[call.state.name].inflight == 1
+    call.failed(1.0, Outcome(False, 1.0, 500, ErrorKind.SERVER_ERROR))
+    assert new.by_name[call.state.name].inflight == 0
+    picked = set()
+    for i in range(6):
+        gen = new.execute("m", 2.0 + i, random.Random(i))
+        picked.add(next(gen).state.name)
+        gen.close()
+    assert picked == {"b" if call.state.name == "a" else "a"}
 
 
 def test_health_carried_over_by_a_reload_is_seen_by_the_next_pick() -> None:

@@ -140,9 +140,9 @@ class ChannelState:
         self.switched_off = False
         self.config_enabled = channel.enabled  # what the config says, which an operator's enable restores
         # The state that took this one's place in a reload (server/proxy.py carry_over). Attempts
-        # still running on the old Router report here, as before, and this state goes on steering
-        # that Router's retries; their count in flight is the successor's too, so that what the new
-        # Router balances by and /admin/channels shows include them.
+        # still running on the old Router report here, and this state goes on steering that
+        # Router's retries; they count in flight on the successor too (what the new Router
+        # balances by, what /admin/channels shows), and their verdicts hold there (failed).
         self.successor: ChannelState | None = None
         self.name = channel.name
         self.weight = float(channel.weight)
@@ -336,10 +336,18 @@ class ChannelState:
 
     def failed(self, now: float, outcome: Outcome, model: str | None = None, elapsed: float | None = None,
                probes: int = PROBE_ANY) -> None:
+        if self.successor is None:
+            self._failed(now, outcome, model, elapsed, probes)
+            self.refresh(now)
+            return
+        # A reloaded state: what the attempt finds out (a cooldown, a disabled key or channel, an
+        # ejection) holds for the channel, so for the states that took this one's place too.
+        before = (self._cooldown_until, self._disabled_until, self._ejection.until,
+                  [(k.disabled, k.disabled_until) for k in self.keys])
         self._failed(now, outcome, model, elapsed, probes)
         self.refresh(now)
-        if self.successor is not None:
-            self._successors(now, -1)
+        self._pass_on(before)
+        self._successors(now, -1)
 
     def _failed(self, now: float, outcome: Outcome, model: str | None, elapsed: float | None, probes: int) -> None:
         ch_probe = bool(probes & PROBE_CHANNEL)
@@ -429,6 +437,28 @@ class ChannelState:
             w = math.exp((at - now) / 10.0) if now > at else 1.0  # exactly exp(−(now − at)/10), as in select
             self.peak_ewma = p * w + sample * (1.0 - w)
         self.peak_at = now
+
+    def _pass_on(self, before: tuple[float, float, float, list[tuple[bool, float]]]) -> None:
+        """Give the successors the verdicts reached since `before` (see failed). The operator's
+        word (held keys, switches) is not among them: it is made on the state in force."""
+        cool, off_until, ejected_until, keys = before
+        ej = self._ejection
+        s = self.successor
+        while s is not None:
+            if self._cooldown_until > cool:
+                s.cooldown_until = max(s._cooldown_until, self._cooldown_until)
+            if self._disabled_until > off_until:
+                s.disabled_until = max(s._disabled_until, self._disabled_until)
+            for (was_off, was_until), k, kn in zip(keys, self.keys, s.keys, strict=True):
+                if k.disabled and not was_off:
+                    kn.disabled = True
+                if k.disabled_until > was_until:
+                    kn.disabled_until = max(kn.disabled_until, k.disabled_until)
+            if ej.until > ejected_until and s._ejection is ej and s.outlier is not None:
+                # Shared (an unchanged health config): the successor's detector counts it against
+                # its cap, or it would eject past max_ejection_percent.
+                s.outlier.ejected[s.name] = ej.until
+            s = s.successor
 
     def _successors(self, now: float, inflight: int) -> None:
         """An attempt of this (reloaded) state begins or ends: its successors count it in flight.

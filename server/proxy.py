@@ -504,9 +504,10 @@ def carry_over(old: Router, new: Router, now: float) -> list[str]:
     ejection and auto-disable streaks too when the health config is unchanged. The attempts in
     flight are counted on the new state too, as long as they run (ChannelState.successor): least-
     busy routing and /admin/channels see them. Attempts still running on the old Router report to
-    the old state, which goes on steering that Router's retries and failovers; their figures
-    (EWMAs, cooldowns) stay there, and their effects on the breakers the two states share are seen
-    by the new one at once. Nothing of a changed or new channel moves."""
+    the old state, which goes on steering that Router's retries and failovers; their figures (EWMAs,
+    counters) stay there, while what they find out about the channel (a cooldown, a disabled key or
+    channel, an ejection, a breaker they open) holds for the new state at once. Nothing of a changed
+    or new channel moves."""
     kept: list[str] = []
     same_health = old.config.routing.health == new.config.routing.health
     for st in new.states:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -831,6 +832,66 @@ def test_a_breaker_an_old_attempt_opens_after_a_reload_keeps_the_new_router_away
         picked.add(next(gen).state.name)
         gen.close()
     assert picked == {"b" if call.state.name == "a" else "a"}
+
+
+def _first_pick(router: Router, now: float) -> str:
+    gen = router.execute("m", now, random.Random(0))
+    name: str = next(gen).state.name
+    gen.close()
+    return name
+
+
+def _reloaded_with_one_attempt_on_a(cfg: dict[str, Any]) -> tuple[Any, Router]:
+    """A Router with an attempt on channel `a` in flight, and the Router a reload then put in its place."""
+    old = Router(parse_config(cfg))
+    call = next(old.execute("m", 0.0, random.Random(0)))
+    assert call.state.name == "a"
+    call.started(0.0)
+    new = Router(parse_config(cfg))
+    carry_over(old, new, 0.5)
+    return call, new
+
+
+def test_what_an_attempt_begun_before_a_reload_finds_out_holds_for_the_new_router() -> None:
+    pair = {"channels": [{"name": "a", "models": ["m"], "priority": 0}, {"name": "b", "models": ["m"], "priority": 1}]}
+    # A 401 (the default rules: the channel's key is bad for good).
+    call, new = _reloaded_with_one_attempt_on_a(pair)
+    call.failed(1.0, Outcome(False, 1.0, 401, ErrorKind.AUTHENTICATION))
+    assert new.by_name["a"].disabled_until == math.inf and _first_pick(new, 2.0) == "b"
+    # The third 503 in a row, two of them the new Router's: the streak is shared, and so is the verdict.
+    call, new = _reloaded_with_one_attempt_on_a(pair)
+    na = new.by_name["a"]
+    for t in (1.0, 1.1):
+        na.started(t)
+        na.failed(t, Outcome(False, t, 503, ErrorKind.SERVER_ERROR))
+    assert _first_pick(new, 1.5) == "a"
+    call.failed(2.0, Outcome(False, 2.0, 503, ErrorKind.SERVER_ERROR))
+    assert na.disabled_until > 3.0 and _first_pick(new, 3.0) == "b"
+    # A 429 with Retry-After: the channel cools down for both Routers.
+    call, new = _reloaded_with_one_attempt_on_a(pair)
+    call.failed(1.0, Outcome(False, 1.0, 429, ErrorKind.RATE_LIMITED, retry_after=60.0))
+    assert new.by_name["a"].cooldown_until == 61.0 and _first_pick(new, 2.0) == "b"
+    # A key of a pool rejected: that key, not the channel, is out for the new Router.
+    pool = {"channels": [{"name": "a", "api_keys": ["k0", "k1"], "key_strategy": "least_used", "models": ["m"]}]}
+    call, new = _reloaded_with_one_attempt_on_a(pool)
+    call.failed(1.0, Outcome(False, 1.0, 401, ErrorKind.AUTHENTICATION, key=call.key))
+    na = new.by_name["a"]
+    assert na.keys[call.key].disabled and not na.keys[1 - call.key].disabled
+    assert na.next_key(2.0, random.Random(0), 0, "m") == 1 - call.key
+    call, new = _reloaded_with_one_attempt_on_a(pool)  # a key's rate limit: that key waits
+    call.failed(1.0, Outcome(False, 1.0, 429, ErrorKind.RATE_LIMITED, retry_after=60.0, key=call.key))
+    assert new.by_name["a"].keys[call.key].disabled_until == 61.0
+    assert new.by_name["a"].next_key(2.0, random.Random(0), 0, "m") == 1 - call.key
+    # An ejection the old Router's detector made counts against the new one's cap (50 % of two: one).
+    ejecting = {**pair, "routing": {"health": {"outlier": {"enabled": True, "consecutive_failures": 1,
+                                                           "max_ejection_percent": 50},
+                                               "breaker": {"enabled": False}}}}
+    call, new = _reloaded_with_one_attempt_on_a(ejecting)
+    call.failed(1.0, Outcome(False, 1.0, 500, ErrorKind.SERVER_ERROR))
+    nb = new.by_name["b"]
+    nb.started(1.5)
+    nb.failed(1.5, Outcome(False, 1.5, 500, ErrorKind.SERVER_ERROR))
+    assert new.by_name["a"].ejection.until > 2.0 and nb.ejection.until < 2.0
 
 
 def test_health_carried_over_by_a_reload_is_seen_by_the_next_pick() -> None:

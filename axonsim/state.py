@@ -346,8 +346,7 @@ class ChannelState:
                   [(k.disabled, k.disabled_until) for k in self.keys])
         self._failed(now, outcome, model, elapsed, probes)
         self.refresh(now)
-        self._pass_on(before)
-        self._successors(now, -1)
+        self._successors(now, -1, before)
 
     def _failed(self, now: float, outcome: Outcome, model: str | None, elapsed: float | None, probes: int) -> None:
         ch_probe = bool(probes & PROBE_CHANNEL)
@@ -438,37 +437,38 @@ class ChannelState:
             self.peak_ewma = p * w + sample * (1.0 - w)
         self.peak_at = now
 
-    def _pass_on(self, before: tuple[float, float, float, list[tuple[bool, float]]]) -> None:
-        """Give the successors the verdicts reached since `before` (see failed). The operator's
-        word (held keys, switches) is not among them: it is made on the state in force."""
-        cool, off_until, ejected_until, keys = before
-        ej = self._ejection
-        s = self.successor
-        while s is not None:
-            if self._cooldown_until > cool:
-                s.cooldown_until = max(s._cooldown_until, self._cooldown_until)
-            if self._disabled_until > off_until:
-                s.disabled_until = max(s._disabled_until, self._disabled_until)
-            for (was_off, was_until), k, kn in zip(keys, self.keys, s.keys, strict=True):
-                if k.disabled and not was_off:
-                    kn.disabled = True
-                if k.disabled_until > was_until:
-                    kn.disabled_until = max(kn.disabled_until, k.disabled_until)
-            if ej.until > ejected_until and s._ejection is ej and s.outlier is not None:
-                # Shared (an unchanged health config): the successor's detector counts it against
-                # its cap, or it would eject past max_ejection_percent.
-                s.outlier.ejected[s.name] = ej.until
-            s = s.successor
-
-    def _successors(self, now: float, inflight: int) -> None:
+    def _successors(self, now: float, inflight: int,
+                    before: tuple[float, float, float, list[tuple[bool, float]]] | None = None) -> None:
         """An attempt of this (reloaded) state begins or ends: its successors count it in flight.
         Breakers, auto-disable and ejection may be shared with them (an unchanged health config):
-        they look again at what this attempt may have changed there."""
+        they look again at what this attempt may have changed there. With `before` (see failed),
+        they also take the verdicts reached since; the operator's word (held keys, switches) is not
+        among them: it is made on the state in force."""
         s = self.successor
         while s is not None:
             s.inflight += inflight
+            if before is not None:
+                self._pass_on(s, before)
             s.refresh(now)
             s = s.successor
+
+    def _pass_on(self, s: ChannelState, before: tuple[float, float, float, list[tuple[bool, float]]]) -> None:
+        """Give successor `s` the verdicts this state reached since `before`."""
+        cool, off_until, ejected_until, keys = before
+        ej = self._ejection
+        if self._cooldown_until > cool:
+            s.cooldown_until = max(s._cooldown_until, self._cooldown_until)
+        if self._disabled_until > off_until:
+            s.disabled_until = max(s._disabled_until, self._disabled_until)
+        for (was_off, was_until), k, kn in zip(keys, self.keys, s.keys, strict=True):
+            if k.disabled and not was_off:
+                kn.disabled = True
+            if k.disabled_until > was_until:
+                kn.disabled_until = max(kn.disabled_until, k.disabled_until)
+        if ej.until > ejected_until and s._ejection is ej and s.outlier is not None:
+            # Shared (an unchanged health config): the successor's detector counts it against
+            # its cap, or it would eject past max_ejection_percent.
+            s.outlier.ejected[s.name] = ej.until
 
     def refresh(self, now: float) -> None:
         """Recompute the fast-path flag (and `gate`) after health changed outside the driver API."""

@@ -813,27 +813,6 @@ def test_after_a_reload_the_old_router_still_steers_its_retries_by_what_its_atte
     assert getattr(getattr(_next_effect(gen_b, broken, 2.1), "state", None), "name", None) != "a"
 
 
-def test_a_breaker_an_old_attempt_opens_after_a_reload_keeps_the_new_router_away() -> None:
-    # The breakers are shared when the health config is unchanged; the new state's fast path must
-    # hear at once that one of them opened, or the new Router sends traffic through it.
-    cfg = {"channels": [{"name": "a", "models": ["m"]}, {"name": "b", "models": ["m"]}],
-           "routing": {"strategy": "round_robin", "health": {"breaker": {"failure_threshold": 1, "open_time": 100}}}}
-    old = Router(parse_config(cfg))
-    call = next(old.execute("m", 0.0, random.Random(0)))
-    call.started(0.0)
-    new = Router(parse_config(cfg))
-    carry_over(old, new, 0.5)
-    assert new.by_name[call.state.name].inflight == 1
-    call.failed(1.0, Outcome(False, 1.0, 500, ErrorKind.SERVER_ERROR))
-    assert new.by_name[call.state.name].inflight == 0
-    picked = set()
-    for i in range(6):
-        gen = new.execute("m", 2.0 + i, random.Random(i))
-        picked.add(next(gen).state.name)
-        gen.close()
-    assert picked == {"b" if call.state.name == "a" else "a"}
-
-
 def _first_pick(router: Router, now: float) -> str:
     gen = router.execute("m", now, random.Random(0))
     name: str = next(gen).state.name
@@ -850,6 +829,23 @@ def _reloaded_with_one_attempt_on_a(cfg: dict[str, Any]) -> tuple[Any, Router]:
     new = Router(parse_config(cfg))
     carry_over(old, new, 0.5)
     return call, new
+
+
+def test_a_breaker_an_old_attempt_opens_after_a_reload_keeps_the_new_router_away() -> None:
+    # The breakers are shared when the health config is unchanged; the new state's fast path must
+    # hear at once that one of them opened, or the new Router sends traffic through it.
+    cfg = {"channels": [{"name": "a", "models": ["m"]}, {"name": "b", "models": ["m"]}],
+           "routing": {"strategy": "round_robin", "health": {"breaker": {"failure_threshold": 1, "open_time": 100}}}}
+    call, new = _reloaded_with_one_attempt_on_a(cfg)
+    assert new.by_name["a"].inflight == 1
+    call.failed(1.0, Outcome(False, 1.0, 500, ErrorKind.SERVER_ERROR))
+    assert new.by_name["a"].inflight == 0
+    picked = set()
+    for i in range(6):
+        gen = new.execute("m", 2.0 + i, random.Random(i))
+        picked.add(next(gen).state.name)
+        gen.close()
+    assert picked == {"b"}
 
 
 def test_what_an_attempt_begun_before_a_reload_finds_out_holds_for_the_new_router() -> None:

@@ -116,16 +116,24 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return seen
 
 
+def _until_closed(s: socket.socket) -> bytes:
+    s.settimeout(10)
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except ConnectionResetError:
+        pass
+    return out
+
+
 def _post(port: int, body: dict[str, Any], headers: dict[str, str] = AUTH) -> bytes:
     data = orjson.dumps(body)
     head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "content-type": "application/json",
                                                 "content-length": str(len(data)), "connection": "close"}.items())
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n{head}\r\n".encode() + data)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-    return out
+        return _until_closed(s)
 
 
 def test_a_chat_answer_leaves_in_one_write(gw: GatewayServer, writes: list[bytes]) -> None:
@@ -232,17 +240,6 @@ def test_the_protocol_loads_where_there_is_no_fcntl_or_termios() -> None:
 
 
 # -- what HTTP cannot parse ---------------------------------------------------------------------
-
-
-def _until_closed(s: socket.socket) -> bytes:
-    s.settimeout(10)
-    out = b""
-    try:
-        while chunk := s.recv(65536):
-            out += chunk
-    except ConnectionResetError:
-        pass
-    return out
 
 
 BROKEN = {

@@ -240,7 +240,10 @@ _RESERVED_HEADERS = frozenset({
     "host", "date", "server", "cache-control", "retry-after", "retry-after-ms", "x-request-id", "x-accel-buffering",
     "content-encoding", "vary", "set-cookie", "location", "www-authenticate",
     "x-axonsim-attempts", "x-axonsim-overhead-ms", "x-axonsim-explain", "authorization", "x-api-key",
-    "x-goog-api-key"})
+    "x-goog-api-key", "accept-encoding",
+    "request-id"})  # Anthropic's name for the request id, on every /v1/messages answer
+# ... and every header under this prefix: CORS answers' (gateway.cors).
+_RESERVED_PREFIX = "access-control-"
 
 
 class GatewayKey(_Strict):
@@ -358,7 +361,7 @@ class Gateway(_Strict):
         # one the gateway sends itself (content-length, say) made answers contradict themselves.
         if not _HEADER_NAME.fullmatch(v):
             raise ValueError("not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)")
-        if v.lower() in _RESERVED_HEADERS:
+        if v.lower() in _RESERVED_HEADERS or v.lower().startswith(_RESERVED_PREFIX):
             raise ValueError(f"{v!r} is a header the gateway or HTTP itself uses; choose another name")
         return v
 

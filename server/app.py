@@ -52,7 +52,7 @@ from axonsim.unified import Error, ErrorKind, Request, Usage
 from server import content_coding
 from server.driver import CLIENT_CLOSED, Exchange, LiveStream
 from server.http_protocol import BAD_FRAMING, READ_TIMED_OUT
-from server.ids import THREAD, TRACE, derived_id, new_request_id
+from server.ids import THREAD, TRACE, client_id, derived_id, id_text, new_request_id
 from server.proxy import (
     BODY_HANDED,
     H_AH_THREAD,
@@ -77,7 +77,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY = 32 * 1024 * 1024  # beyond this a request is refused with 413 before it is parsed
-MAX_ID = 200  # bytes of a client's trace/thread id kept (and echoed)
 MAX_EXPLAIN = 8000  # bytes of the x-axonsim-explain header; a longer trace is left to /admin/requests/{id}
 
 _JSON = (b"content-type", b"application/json")
@@ -526,7 +525,7 @@ class GatewayApp:
             "cost": request_cost(rt, usage, attempts, model, answered),
             "channel": result.attempts[-1].channel if answered else None,  # type: ignore[union-attr]
             "channels": channels, "attempts": attempts,
-            "trace_id": trace_b.decode("latin-1"), "thread_id": thread_b.decode("latin-1"),
+            "trace_id": id_text(trace_b), "thread_id": id_text(thread_b),
             "decisions": result.decisions if result is not None else None,
         }, rt, ex, request_body, response_body)
 
@@ -668,9 +667,9 @@ def request_ids(scope: Scope, rt: Runtime, rid_b: bytes) -> tuple[list[tuple[byt
             if not value:  # an empty id is none: one is made up, and it is no sticky key
                 continue
             if k == H_TRACE or (k == H_AH_TRACE and trace_b is None):
-                trace_b = value[:MAX_ID]
+                trace_b = client_id(value)
             elif k == H_THREAD or (k == H_AH_THREAD and thread_b is None):
-                thread_b = value[:MAX_ID]
+                thread_b = client_id(value)
         elif k == H_EXPLAIN:
             explain = value.strip().lower() in (b"1", b"true", b"yes")
     # Only a client's own id is a sticky key: a generated one is never seen again, and

@@ -41,6 +41,7 @@ from axonsim.execution import Call, Outcome, Result
 from axonsim.formats import FormatError
 from axonsim.unified import Error, ErrorKind, Usage
 from server.driver import CLIENT_CLOSED, MALFORMED_RESPONSE, ChannelRuntime, Exchange, LiveDriver, transport_error
+from server.ids import id_text
 from server.upstream import UpstreamError, UpstreamRequest
 
 if TYPE_CHECKING:
@@ -659,6 +660,6 @@ def _record(proxy: Proxy, rt: Runtime, scope: Scope, route: Route, rid: str, t0:
         "cost": request_cost(rt, usage, attempts, model, answered),
         "channel": result.attempts[-1].channel if answered else None,  # type: ignore[union-attr]
         "channels": channels, "attempts": attempts,
-        "trace_id": trace_b.decode("latin-1"), "thread_id": thread_b.decode("latin-1"),
+        "trace_id": id_text(trace_b), "thread_id": id_text(thread_b),
         "decisions": result.decisions if result is not None else None,
     }, rt, ex, request_body, response_body)

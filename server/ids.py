@@ -1,4 +1,4 @@
-"""Ids the gateway makes up: request ids, and trace/thread ids for requests that bring none.
+"""Ids the gateway makes up (request ids, and trace/thread ids for requests that bring none), and how it keeps a client's own.
 
 Request ids are a per-process random prefix and a counter: unique across workers and restarts
 without a syscall per request. A forked child draws a new prefix (os.register_at_fork), so workers
@@ -13,6 +13,10 @@ A trace or thread id the gateway has to make up is derived from the request's id
 digits and 8 saying which of the two it is. That is 32 hex digits, like a W3C trace id, unique as
 request ids are, and it names the request that began the trace; deriving it is two byte
 operations where drawing a fresh id cost each request ~4k instructions.
+
+A client's own trace or thread id is kept as it came (cut to MAX_CLIENT_ID bytes, on a character
+boundary) and stored as UTF-8 text, which is how clients send ids that are not ASCII and how the
+admin API's filters read them back.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ _REQUEST_MARK = 1 << 96  # 12 hex digits of milliseconds, 6 of the prefix, 6 of 
 
 TRACE = b"00000001"  # the last 8 digits of a derived trace id
 THREAD = b"00000002"  # ... of a derived thread id
+MAX_CLIENT_ID = 200  # bytes of a client's trace/thread id kept (and echoed)
 
 
 def _reseed() -> None:
@@ -51,3 +56,24 @@ def new_request_id() -> str:
 def derived_id(request_id: bytes, kind: bytes) -> bytes:
     """The trace (kind TRACE) or thread (THREAD) id of a request that brought none, from its request id."""
     return request_id[4:] + kind
+
+
+def client_id(value: bytes) -> bytes:
+    """A client's trace or thread id as kept and echoed: at most MAX_CLIENT_ID bytes, never ending in
+    part of a UTF-8 character (a cut one made the echoed header and the stored id invalid text)."""
+    if len(value) <= MAX_CLIENT_ID:
+        return value
+    end = MAX_CLIENT_ID
+    # Back over at most three continuation bytes (10xxxxxx) to the start of the character cut.
+    while end > MAX_CLIENT_ID - 3 and value[end] & 0xC0 == 0x80:
+        end -= 1
+    return value[:end]
+
+
+def id_text(value: bytes) -> str:
+    """An id header's bytes as stored: UTF-8, as clients send ids that are not ASCII and as the admin
+    API's filters read them; bytes that are not UTF-8 one character each (latin-1), as HTTP reads them."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("latin-1")

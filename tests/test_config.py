@@ -143,12 +143,18 @@ def test_trace_and_thread_header_names_must_be_http_tokens(name: str) -> None:
     ({"thread_header": "authorization"}, "gateway.thread_header"),  # the client's key echoed as a thread id
     ({"trace_header": "x-request-id"}, "gateway.trace_header"),
     ({"trace_header": "Retry-After-Ms"}, "gateway.trace_header"),  # an Anthropic 429 carried two
+    ({"trace_header": "Request-Id"}, "gateway.trace_header"),  # every /v1/messages answer carried two
+    ({"thread_header": "X-AxonSim-Explain"}, "gateway.thread_header"),
+    ({"trace_header": "Access-Control-Max-Age"}, "gateway.trace_header"),  # CORS answers' own
     ({"trace_header": "x-ids", "thread_header": "X-IDS"}, "must be different"),
 ])
 def test_trace_and_thread_headers_may_not_be_the_gateways_own(gateway, says) -> None:
     with pytest.raises(ConfigError, match=says):
         parse_config({"gateway": gateway, "channels": [{"name": "a", "models": ["m"]}]})
     assert parse_config({"gateway": {"trace_header": "AH-Trace-Id"}, "channels": [{"name": "a", "models": ["m"]}]})
+    # the defaults, written out as the README shows them
+    assert parse_config({"gateway": {"trace_header": "x-axonsim-trace-id", "thread_header": "x-axonsim-thread-id"},
+                         "channels": [{"name": "a", "models": ["m"]}]})
 
 
 def test_two_keys_of_one_channel_may_not_share_a_name() -> None:

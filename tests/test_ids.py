@@ -53,3 +53,21 @@ def test_a_forked_worker_draws_its_own_prefix() -> None:
     os.waitpid(pid, 0)
     assert REQUEST_ID.fullmatch(child)
     assert child[16:22] != ids.new_request_id()[16:22]  # 1 in 16.7 million that a child draws the same
+
+
+def test_a_clients_long_id_is_cut_on_a_character_boundary() -> None:
+    assert ids.client_id(b"x" * 300) == b"x" * ids.MAX_CLIENT_ID
+    assert ids.client_id(b"short") == b"short"
+    for ch in ("é", "日", "😀"):  # 2, 3 and 4 bytes, cut at every offset
+        for pad in range(ids.MAX_CLIENT_ID - 4, ids.MAX_CLIENT_ID + 1):
+            raw = ("a" * pad + ch * 3).encode()
+            cut = ids.client_id(raw)
+            assert len(cut) <= ids.MAX_CLIENT_ID and raw.startswith(cut)
+            text = cut.decode()  # whole characters only
+            assert len(cut) > ids.MAX_CLIENT_ID - len(ch.encode()), text  # and no more cut than needed
+
+
+def test_an_id_is_text_as_utf8_and_other_bytes_one_character_each() -> None:
+    assert ids.id_text("trace-é-日本".encode()) == "trace-é-日本"
+    assert ids.id_text(b"caf\xe9") == "café"
+    assert ids.id_text(b"plain-1") == "plain-1"

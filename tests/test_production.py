@@ -593,6 +593,27 @@ def test_trace_and_thread_ids_are_echoed_recorded_and_never_forwarded() -> None:
         assert GW_KEY not in str(req.headers) and b"trace" not in req.body
 
 
+def test_ids_that_are_not_ascii_are_kept_as_the_client_wrote_them() -> None:
+    """UTF-8 ids were stored as latin-1 text (an admin filter with the id sent found nothing), and a
+    long one was cut inside a character: the echo and the record ended in half of one."""
+    proxy, _ = scripted()
+    long = "a" * 199 + "é"  # the 200-byte cut falls inside é
+    with Stack() as st:
+        gw = st.gateway(proxy)
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            r = chat(c, "m", headers={**AUTH, "X-AxonSim-Trace-Id": "trace-é-日本".encode(),
+                                      "X-AxonSim-Thread-Id": long.encode()})
+            echoed = {k.decode(): v for k, v in r.headers.raw}
+            assert echoed["x-axonsim-trace-id"].decode() == "trace-é-日本"
+            assert echoed["x-axonsim-thread-id"].decode() == "a" * 199  # whole characters only
+            rec = proxy.find(r.headers["x-request-id"])
+            assert rec is not None and (rec["trace_id"], rec["thread_id"]) == ("trace-é-日本", "a" * 199)
+            # bytes that are not UTF-8 are kept one character each, as HTTP reads them
+            r = chat(c, "m", headers={**AUTH, "X-AxonSim-Trace-Id": b"caf\xe9"})
+            assert {k.decode(): v for k, v in r.headers.raw}["x-axonsim-trace-id"] == b"caf\xe9"
+            assert proxy.find(r.headers["x-request-id"])["trace_id"] == "café"  # type: ignore[index]
+
+
 def test_configured_header_names_and_sticky_traces() -> None:
     proxy, up = scripted(routing={"sticky": "trace"}, gateway={"trace_header": "X-Request-Trace",
                                                                "thread_header": "X-Conversation"})

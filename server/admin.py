@@ -374,9 +374,14 @@ def _validation_error(exc: RequestValidationError) -> AdminError:
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 409: "conflict", 500: "server_error", 501: "not_supported", 503: "unavailable"}
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+_ERRORS: dict[int | str, dict[str, Any]] = {  # every admin endpoint's
+    400: {"model": ErrorBody, "description": "A query parameter the endpoint does not take, or one given twice; "
+                                             "`error.param` names it"},
     401: {"model": ErrorBody, "description": "No admin key, or an unknown one"},
     403: {"model": ErrorBody, "description": "A gateway client key, which is not an admin key"},
+    # Also what keeps FastAPI from documenting its 422, which the admin API never sends (AdminRoute
+    # answers a parameter FastAPI refuses with a 400 naming it).
+    "4XX": {"model": ErrorBody, "description": "Any client error, in this shape"},
 }
 BAD_PARAM: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody, "description": "A bad parameter; `error.param` names it"}}
 _STORE_DOWN: dict[int | str, dict[str, Any]] = {503: {"model": ErrorBody, "description": "No store is configured, or its database is unavailable"}}

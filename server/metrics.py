@@ -276,8 +276,14 @@ class Metrics:
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition body and its content type for GET /metrics (OpenMetrics if `accept` asks)."""
         if accept:
-            encoder, content_type = choose_encoder(accept)
-            return encoder(self.registry), content_type
+            try:
+                encoder, content_type = choose_encoder(accept)
+            except (TypeError, ValueError):
+                # An OpenMetrics version it cannot read ("version=abc") raised from prometheus-client:
+                # a 500 and a traceback for any caller. The text format, as for no preference.
+                pass
+            else:
+                return encoder(self.registry), content_type
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

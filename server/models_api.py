@@ -107,7 +107,10 @@ def _openai_model(p: Proxy, request: Request, model: str) -> Response:
 def models_router(current: Callable[[], Proxy]) -> APIRouter:
     """GET routes for Gemini's model list and model resource, and /v1/models/{model} for both families.
     (GET /v1/models itself stays in server.api, which asks `is_gemini_client` first.)"""
-    router = APIRouter(tags=["models"])
+    # Errors come in the client's API shape (OpenAI's, or Google's for Gemini clients); declaring them
+    # also keeps FastAPI from documenting its 422, which a path of any text never gets.
+    router = APIRouter(tags=["models"], responses={"4XX": {"description": "An error in the client's API shape "
+                                                                          "(OpenAI's, or Google's for Gemini clients)"}})
 
     async def list_models(request: Request) -> Response:
         return gemini_model_list(current(), request)

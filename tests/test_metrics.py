@@ -459,6 +459,12 @@ def test_metrics_route_serves_both_formats() -> None:
         assert om.headers["content-type"].startswith("application/openmetrics-text")
         assert om.text.rstrip().endswith("# EOF")
         assert "/metrics" in client.get("/openapi.json").json()["paths"]
+        # an OpenMetrics version prometheus-client cannot read: the text format, not a 500
+        for accept in ("application/openmetrics-text; version=abc", "application/openmetrics-text; version=1.x"):
+            bad = client.get("/metrics", headers={"Accept": accept})
+            assert bad.status_code == 200 and bad.headers["content-type"].startswith("text/plain;")
+            assert value({f.name: f for f in text_string_to_metric_families(bad.text)}, "axonsim_requests",
+                         "axonsim_requests_total", client_format="openai_chat", model="m1", status="200") == 1
 
 
 def test_no_secret_in_the_exposition() -> None:

@@ -121,6 +121,8 @@ def test_openapi_lists_the_client_api(client: httpx.Client) -> None:
     assert "stream" not in paths["/v1/embeddings"]["post"]["summary"]  # embeddings do not stream
     for method in ("generateContent", "streamGenerateContent", "embedContent", "batchEmbedContents"):
         assert paths[f"/v1beta/models/{{model}}:{method}"]["post"]["summary"].startswith("Client API, Gemini")
+    # FastAPI's 422 is never sent: no operation documents it (the admin API's are checked in test_admin)
+    assert [(p, m) for p, ops in paths.items() for m, op in ops.items() if "422" in op.get("responses", {})] == []
 
 
 def test_models_list_needs_the_key(client: httpx.Client) -> None:

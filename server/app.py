@@ -37,8 +37,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
 from types import ModuleType
 from typing import Any
 
@@ -51,7 +53,7 @@ from axonsim.formats.parsed import Parsed
 from axonsim.unified import Error, ErrorKind, Request, Usage
 from server import content_coding
 from server.driver import CLIENT_CLOSED, Exchange, LiveStream
-from server.http_protocol import BAD_FRAMING, READ_TIMED_OUT
+from server.http_protocol import ANSWER, BAD_FRAMING, READ_TIMED_OUT
 from server.ids import THREAD, TRACE, client_id, derived_id, id_text, new_request_id
 from server.proxy import (
     BODY_HANDED,
@@ -128,13 +130,17 @@ WATCH_AFTER = 0.05
 
 
 class _Watch:
-    """Shared between a request and its disconnect watcher (started lazily, see WATCH_AFTER)."""
+    """Shared between a request, its body's reader and its disconnect watcher (started lazily, see
+    WATCH_AFTER)."""
 
-    __slots__ = ("done", "gone", "_handle", "_task")
+    __slots__ = ("done", "gone", "waited", "_handle", "_task")
 
     def __init__(self) -> None:
         self.done = False  # the response is complete (or about to be): a disconnect now means nothing
         self.gone = False  # the client disconnected first and the request was cancelled
+        # Seconds spent waiting for the rest of a body the client sent in parts: the client's time,
+        # not the gateway's, so not overhead (a slow upload counted seconds as the gateway's own).
+        self.waited = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
 
@@ -167,8 +173,9 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], w: _Watch
             return
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body; None if the client went away; raises FormatError(413) past MAX_BODY."""
+async def _read_body(receive: Receive, w: _Watch) -> bytes | None:
+    """The whole request body; None if the client went away; raises FormatError(413) past MAX_BODY.
+    The time spent waiting for the parts after the first goes to `w.waited`."""
     msg = await receive()
     if msg["type"] != "http.request":
         return None
@@ -177,17 +184,21 @@ async def _read_body(receive: Receive) -> bytes | None:
         return body
     parts = [body]
     size = len(body)
-    while True:
-        msg = await receive()
-        if msg["type"] != "http.request":
-            return None
-        chunk = msg.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise FormatError(f"the request body exceeds {MAX_BODY} bytes", status=413)
-        parts.append(chunk)
-        if not msg.get("more_body", False):
-            return b"".join(parts)
+    t = time.monotonic()  # (the Exchange's clock for its waits)
+    try:
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return None
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise FormatError(f"the request body exceeds {MAX_BODY} bytes", status=413)
+            parts.append(chunk)
+            if not msg.get("more_body", False):
+                return b"".join(parts)
+    finally:
+        w.waited = time.monotonic() - t
 
 
 class GatewayApp:
@@ -343,11 +354,12 @@ class GatewayApp:
             except FormatError as bad:
                 error = Error(kind=ErrorKind.INVALID_REQUEST, status=bad.status, message=bad.message, param=bad.param,
                               details=bad.details)
-                status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock.now() - t0, None))
+                status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock.now() - t0 - w.waited, None))
                 return
             needs = needs_of(req) if req is not None else NO_NEEDS  # req is built exactly when checked
             w.start(loop, receive, task)
             ex = Exchange(parsed, body, fmt)
+            ex.waited = w.waited  # the client's upload: not the gateway's time either
             # A model served by channels of several types: one type's format may be unable to
             # express what another's can, or forward as the client's bytes (LiveDriver.fit).
             mixed = rt.driver.mixed.get(model) if rt.driver.mixed else None
@@ -460,8 +472,8 @@ class GatewayApp:
             if stream is not None and w.gone:
                 stream.abort(clock.now())
             latency = clock.now() - t0
-            waited = 0.0
-            if ex is not None:
+            waited = w.waited
+            if ex is not None:  # (its waits include w's)
                 waited = ex.waited + (stream.waited if stream is not None else 0.0)
             resp_body = None
             if sent is not None:
@@ -588,10 +600,10 @@ async def _send_plain_500(send: Send, rid_b: bytes) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-# Set in a request's scope by the HTTP protocol (server/http_protocol.py) when its body broke HTTP's
-# framing (an invalid chunk): the protocol has answered 400 and closed the connection.
-_BAD_FRAMING_ERROR = Error(kind=ErrorKind.INVALID_REQUEST, status=400,
-                           message="the request body is not valid HTTP (its chunked framing is broken)")
+# What a request's body the HTTP protocol (server/http_protocol.py) refused is answered: its framing
+# broke (an invalid chunk), or it stopped arriving.
+_BAD_FRAMING_ERROR = Error(kind=ErrorKind.INVALID_REQUEST, status=400, code="invalid_http",
+                           message="the request body is not valid HTTP/1.1 (its chunked framing is broken)")
 # orjson reads 1024 levels of nesting but writes 255, and Python's repr stops near 1000: a request
 # nested deeper than the gateway can write again (a tool schema, converted for another channel type)
 # failed inside it, a 500 with a traceback. It is the client's input: a 400.
@@ -605,7 +617,7 @@ def too_deep(exc: BaseException) -> bool:
     return isinstance(exc, RecursionError) or (isinstance(exc, TypeError) and str(exc) == "Recursion limit reached")
 
 
-_READ_TIMEOUT_ERROR = Error(kind=ErrorKind.INVALID_REQUEST, status=408,
+_READ_TIMEOUT_ERROR = Error(kind=ErrorKind.INVALID_REQUEST, status=408, code="request_timeout",
                             message="the request body stopped arriving (gateway.read_timeout)")
 
 
@@ -623,15 +635,18 @@ async def admit(receive: Receive, send: Send, scope: Scope, rt: Runtime, fmt: Mo
         error = _auth_error(scope)
         return None, None, error, await _send_error(send, fmt, error, rid_b, 0, _tail(ids, elapsed, None))
     try:
-        body = await _read_body(receive)
+        body = await _read_body(receive, w)
     except FormatError as exc:  # too large
         error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message)
         return None, key, error, await _send_error(send, fmt, error, rid_b, 0, _tail(ids, elapsed, None))
     if body is None:  # the client left while sending it: its cancel is its key's (usage by project)
-        if scope.get(BAD_FRAMING):  # not a client that left: a body HTTP could not read, answered 400
-            return None, key, _BAD_FRAMING_ERROR, 400
-        if scope.get(READ_TIMED_OUT):  # a body that stopped arriving, answered 408 (server/http_protocol.py)
-            return None, key, _READ_TIMEOUT_ERROR, 408
+        # Not a client that left: a body HTTP could not read, or one that stopped arriving.
+        if scope.get(BAD_FRAMING):
+            return None, key, _BAD_FRAMING_ERROR, _answer_refused_body(
+                scope, fmt, _BAD_FRAMING_ERROR, rid_b, _tail(ids, elapsed, None))
+        if scope.get(READ_TIMED_OUT):
+            return None, key, _READ_TIMEOUT_ERROR, _answer_refused_body(
+                scope, fmt, _READ_TIMEOUT_ERROR, rid_b, _tail(ids, elapsed, None))
         w.gone = True
         return None, key, None, CLIENT_CLOSED
     coding: bytes | None = None
@@ -715,9 +730,10 @@ async def _send_failure(send: Send, fmt: ModuleType, error: Error, rid_b: bytes,
     return None
 
 
-async def _send_error(send: Send, fmt: ModuleType, err: Error, rid_b: bytes, attempts: int,
-                      extra: list[tuple[bytes, bytes]] | None = None) -> int:
-    """The error in the client's format. `extra`: headers that replace the bare x-request-id (see _tail)."""
+def _error_answer(fmt: ModuleType, err: Error, rid_b: bytes, attempts: int,
+                  extra: list[tuple[bytes, bytes]] | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The error in the client's format: status, headers and body. `extra`: headers that replace the
+    bare x-request-id (see _tail)."""
     status: int = fmt.error_status(err)
     body: bytes = fmt.render_error(err)
     headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-axonsim-attempts", _attempts_value(attempts))]
@@ -727,6 +743,27 @@ async def _send_error(send: Send, fmt: ModuleType, err: Error, rid_b: bytes, att
         headers.extend(extra)
     for k, v in fmt.error_headers(err).items():
         headers.append((k.lower().encode("latin-1"), str(v).encode("latin-1")))
+    return status, headers, body
+
+
+async def _send_error(send: Send, fmt: ModuleType, err: Error, rid_b: bytes, attempts: int,
+                      extra: list[tuple[bytes, bytes]] | None = None) -> int:
+    """The error in the client's format, sent."""
+    status, headers, body = _error_answer(fmt, err, rid_b, attempts, extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+    return status
+
+
+def _answer_refused_body(scope: Scope, fmt: ModuleType, err: Error, rid_b: bytes,
+                         extra: list[tuple[bytes, bytes]]) -> int:
+    """The answer to a body the HTTP protocol refused (err: broken framing, or one that stopped
+    arriving), in the client's format and with the request's ids, handed to the protocol to write
+    before it closes the connection (server/http_protocol.py ANSWER). Without that call in the scope
+    (another server), the protocol answered on its own."""
+    status, headers, body = _error_answer(fmt, err, rid_b, 0, extra)
+    write = scope.get(ANSWER)
+    if write is not None:
+        head = b"HTTP/1.1 %d %s\r\nconnection: close\r\n" % (status, HTTPStatus(status).phrase.encode())
+        write(head + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n" + body)
     return status

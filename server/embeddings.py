@@ -559,11 +559,12 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
             req = parse_request(family, body, route.model, route.action)
         except FormatError as exc:
             error = Error(kind=ErrorKind.INVALID_REQUEST, status=exc.status, message=exc.message, param=exc.param)
-            status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0, None))
+            status = await _send_error(send, fmt, error, rid_b, 0, _tail(ids, clock() - t0 - w.waited, None))
             return
         model = req.model
         w.start(loop, receive, task)
         ex = EmbedExchange(req, body)
+        ex.waited = w.waited  # the client's upload: not the gateway's time either
         sticky = sticky_b.decode("latin-1") if sticky_b is not None else None
         driver = EmbeddingsDriver.of(rt.driver)
         result = await driver.execute(ex, req.estimated_tokens(), sticky, needs_of(req),
@@ -600,7 +601,7 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
                 try:
                     async with asyncio.timeout(LAST_WORDS):
                         status = await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0,
-                                                   _tail(ids, clock() - t0 - (ex.waited if ex else 0.0), None))
+                                                   _tail(ids, clock() - t0 - (ex.waited if ex else w.waited), None))
                 except Exception:
                     pass
     except Exception as exc:
@@ -610,7 +611,7 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
         if status != 200:  # nothing sent yet
             try:
                 status = await _send_error(send, fmt, error, rid_b, len(result.attempts) if result else 0,
-                                           _tail(ids, clock() - t0 - (ex.waited if ex else 0.0), None))
+                                           _tail(ids, clock() - t0 - (ex.waited if ex else w.waited), None))
             except Exception:
                 pass
     finally:
@@ -620,7 +621,7 @@ async def serve(proxy: Proxy, scope: Scope, receive: Receive, send: Send, route:
         latency = clock() - t0
         keep = proxy.store is not None and proxy.store.store_bodies
         try:
-            _record(proxy, rt, scope, route, rid, t0, latency, latency - (ex.waited if ex else 0.0), ttfb, key,
+            _record(proxy, rt, scope, route, rid, t0, latency, latency - (ex.waited if ex else w.waited), ttfb, key,
                     model, status, error, usage, result, ex, w.gone, trace_b, thread_b, body if keep else None,
                     out if keep else None)
         finally:

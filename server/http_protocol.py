@@ -29,7 +29,8 @@ request under way on a pipelined connection; such a connection is now closed una
 A head or a body that stops arriving for the app's `read_timeout` seconds (gateway.read_timeout)
 is answered 408 and closed: such connections, a slowloris's, were held for ever, with their slot,
 their file descriptor and whatever body had come. The common request, whose head and body come in
-one read, arms no timer.
+one read, arms no timer. A body refused while the app waits on it (400, 408) is answered by the app,
+in its client's API format and with the request's ids (ANSWER); the protocol answers the rest itself.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ SEND_TIMEOUT = 60.0
 _OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if termios is not None else None  # unsent bytes (Linux)
 BAD_FRAMING = "axonsim.bad_framing"  # a scope key: this request's body broke HTTP's framing (answered 400)
 READ_TIMED_OUT = "axonsim.read_timed_out"  # a scope key: this request's body stopped arriving (answered 408)
+# A scope key set with either of those two: a callable that takes the app's whole answer (bytes of a
+# response, which it writes before closing the connection); with None, the protocol's own answer.
+ANSWER = "axonsim.answer"
 # Bytes of a request's head (request line and headers) past the read it began in: nginx's default
 # large_client_header_buffers hold 4 × 8 KiB; a head that begins in one read may take that read whole.
 MAX_HEAD = 64 * 1024
@@ -131,6 +135,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     draining idle keep-alive connections at shutdown (DRAIN_GRACE) rather than cutting them."""
 
     _draining = False
+    _refused = False  # a request's body was refused: nothing more is read or parsed on this connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # The cycles of this connection that pipelining left behind `self.cycle`: uvicorn points it
@@ -183,6 +188,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.transport.abort()  # connection_lost follows: the request hears its client left
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         seen = self._head_seen
         if seen >= 0:  # a head that did not end in the read it began in
             seen += len(data)
@@ -193,7 +200,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
                 return
             self._head_seen = seen
         super().data_received(data)
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._refused:
             return
         scope = getattr(self, "scope", None)
         if scope is not None and "method" not in scope:  # a head under way (on_headers_complete sets it)
@@ -218,9 +225,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def _read_timed_out(self, timeout: float) -> None:
         self._reading = None
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._refused:
             return
         message = f"the request did not arrive within {timeout:g} s of its last bytes (gateway.read_timeout)"
+        log.info("a client sent nothing more of its request for %g s (gateway.read_timeout): 408, closed", timeout)
         cycle = self.cycle
         if self._head_seen >= 0:
             answer = self._answer_free()
@@ -229,7 +237,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             if cycle is not None and not cycle.response_complete:
                 # The app waits on this body: it hears a disconnect, and this says what it was.
                 cycle.scope[READ_TIMED_OUT] = True  # type: ignore[literal-required]
-        log.info("a client sent nothing more of its request for %g s (gateway.read_timeout): 408, closed", timeout)
+                if answer:
+                    self._app_answers(cycle, b"408 Request Timeout", message, "request_timeout")
+                    return
         self._refuse(b"408 Request Timeout", message, "request_timeout", answer)
 
     def _answer_free(self) -> bool:
@@ -254,16 +264,50 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # httptools could not parse what came (the request line, a header, a chunked body). uvicorn
         # answers in plain text, at once, whatever it is writing meanwhile; this answers as the other
         # refusals do (JSON, the connection closed), and never into an answer under way.
+        message = "the request is not valid HTTP/1.1 (its request line, a header or its chunked body could not be parsed)"
         cycle = self.cycle
         if cycle is not None and cycle.more_body:  # the body of the request under way
+            answer = not cycle.response_started and not self._earlier_open(cycle)
             if not cycle.response_complete:
                 # The app, waiting on that body, hears a disconnect; this tells it what it was.
                 cycle.scope[BAD_FRAMING] = True  # type: ignore[literal-required]
-            answer = not cycle.response_started and not self._earlier_open(cycle)
+                if answer:
+                    self._app_answers(cycle, b"400 Bad Request", message, "invalid_http")
+                    return
         else:  # a head: after whole requests, whose answers it must not break into
             answer = self._answer_free()
-        self._refuse(b"400 Bad Request", "the request is not valid HTTP/1.1 (its request line, a header or its "
-                     "chunked body could not be parsed)", "invalid_http", answer)
+        self._refuse(b"400 Bad Request", message, "invalid_http", answer)
+
+    def _app_answers(self, cycle: Any, status: bytes, message: str, code: str) -> None:
+        """Refuse the body of `cycle`, whose app has not answered yet, letting the app write the answer:
+        it knows the request's API family and ids, which its client needs to find the request's
+        record (the gateway's client-API handler: `admit` in server/app.py). The app hears a
+        disconnect, as from a client that left, and finds in the scope (ANSWER) the call that writes
+        its whole answer and closes the connection. An app that makes no such call in the same turn
+        of the event loop (the admin API, say) gets the protocol's own answer, written just after."""
+        self._head_seen = -1
+        self._refused = True
+        self.transport.pause_reading()
+        if self._reading is not None:
+            self._reading.cancel()
+            self._reading = None
+        answered = False
+
+        def write(data: bytes | None) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            if not self.transport.is_closing():
+                self.transport.write(data if data is not None else _error_response(status, message, code))
+                self.transport.close()
+
+        cycle.scope[ANSWER] = write
+        cycle.disconnected = True  # what the app's receive() reads, and its send() then drops
+        cycle.message_event.set()
+        # After the app's turn: setting the event scheduled its task's wake-up (or the task has yet to
+        # take its first step), and this comes later in the same queue.
+        self.loop.call_soon(write, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._stall is not None:

@@ -640,6 +640,39 @@ def test_configured_header_names_and_sticky_traces() -> None:
     assert len(proxy.router.sticky) == 2  # generated ids are not remembered (t1, ah-1)
 
 
+def test_a_body_sent_in_parts_is_the_clients_time_not_the_gateways_overhead() -> None:
+    """Overhead is the gateway's own time: the waits for the parts of a slow upload counted as its
+    own (seconds in the header, the record and the histogram), as did a client leaving mid-upload."""
+    proxy, _ = scripted()
+    data = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {GW_KEY}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n").encode()
+    with Stack() as st:
+        gw = st.gateway(proxy)
+        port = int(gw.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(head + data[:10])
+            for i in (10, 20):
+                time.sleep(0.3)
+                s.sendall(data[i:i + 10] if i == 10 else data[i:])
+            answer = s.recv(65536)
+        h = dict(line.split(b": ", 1) for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:])
+        assert answer.startswith(b"HTTP/1.1 200 ") and float(h[b"x-axonsim-overhead-ms"]) < 250, answer[:400]
+        rec = proxy.find(h[b"x-request-id"].decode())
+        assert rec is not None and rec["latency"] > 0.6 and rec["overhead"] < 0.25
+        for path in (b"/v1/chat/completions", b"/v1/embeddings"):  # gone mid-upload
+            n = len(proxy.recent)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(head.replace(b"/v1/chat/completions", path) + data[:10])
+                time.sleep(0.6)
+            deadline = time.monotonic() + 10
+            while len(proxy.recent) == n and time.monotonic() < deadline:
+                time.sleep(0.02)
+            rec = proxy.recent[-1]
+            assert rec["path"] == path.decode()
+            assert rec["status"] == 499 and rec["latency"] > 0.5 and rec["overhead"] < 0.25, rec
+
+
 def test_explain_header_and_overhead_header() -> None:
     proxy, _ = scripted()
     with Stack() as st:

@@ -326,3 +326,58 @@ def test_after_an_answer_given_before_its_body_came_a_broken_head_is_still_answe
         answer = _until_closed(s)
     assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer[:300]
     assert orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "invalid_http"
+
+
+# -- a refused body is answered by the request's own handler ---------------------------------------
+
+FAMILIES = {  # path, and how each family's error names the fault
+    "openai": ("/v1/chat/completions", lambda e: e["error"]["code"]),
+    "responses": ("/v1/responses", lambda e: e["error"]["code"]),
+    "anthropic": ("/v1/messages", lambda e: e["error"]["type"]),
+    "gemini": ("/v1beta/models/slow:generateContent", lambda e: e["error"]["code"]),
+}
+FAULTS = {  # what follows the head, and what each family then says (openai, anthropic, gemini)
+    "broken chunk": (b"transfer-encoding: chunked\r\n\r\n5\r\n{\"mod\r\nzz-not-a-size\r\n",
+                     400, ("invalid_http", "invalid_request_error", 400)),
+    "stalled body": (b"content-length: 100\r\n\r\n{\"model\"", 408, ("request_timeout", "timeout_error", 408)),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_refused_body_is_answered_in_the_clients_format_with_the_requests_ids(slow_gw: GatewayServer, family: str,
+                                                                                fault: str) -> None:
+    """The protocol answered these itself, in OpenAI's shape and without the request's ids, so a
+    client could not find the record the gateway keeps of its request."""
+    path, says = FAMILIES[family]
+    tail, status, said = FAULTS[fault]
+    port = int(slow_gw.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {GW_KEY}\r\n"
+                  f"content-type: application/json\r\nx-axonsim-trace-id: tr-{family}-{status}\r\n".encode() + tail)
+        answer = _until_closed(s)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0].startswith(b"HTTP/1.1 %d " % status), answer[:300]
+    headers = dict(line.split(b": ", 1) for line in lines[1:])
+    assert headers[b"connection"] == b"close" and headers[b"content-type"] == b"application/json"
+    assert int(headers[b"content-length"]) == len(body)
+    assert headers[b"x-axonsim-trace-id"] == f"tr-{family}-{status}".encode()
+    expected = said[{"openai": 0, "responses": 0, "anthropic": 1, "gemini": 2}[family]]
+    assert says(orjson.loads(body)) == expected, body
+    if family == "anthropic":
+        assert headers[b"request-id"] == headers[b"x-request-id"]
+    rec = slow_gw.proxy.find(headers[b"x-request-id"].decode())
+    assert rec is not None and rec["status"] == status and rec["trace_id"] == f"tr-{family}-{status}"
+
+
+def test_a_refused_body_of_a_request_no_handler_answers_gets_the_protocols_own_answer(gw: GatewayServer) -> None:
+    """The admin API and health checks answer without reading a body: a broken one that came with
+    the head leaves them nothing to answer (their answer is dropped), and the protocol answers."""
+    port = int(gw.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /admin/reload HTTP/1.1\r\nhost: x\r\n" + FAULTS["broken chunk"][0])
+        answer = _until_closed(s)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer[:300]
+    assert orjson.loads(body)["error"]["code"] == "invalid_http"  # one answer: nothing after it

@@ -1135,8 +1135,10 @@ def _status_pair(err: Error) -> tuple[int, str]:
         # Execution's verdict on an upstream failure (502: its answer was unusable, or it refused our
         # credentials): not this gateway's own fault, which is what a 500 would tell the client.
         status, name = err.status, ("UNIMPLEMENTED" if err.status == 501 else "UNAVAILABLE")
-    elif err.kind is ErrorKind.INVALID_REQUEST and err.status in (413, 415):
-        status = err.status  # a body over the gateway's limit, or in a coding it cannot read, as the other formats answer it
+    elif err.kind is ErrorKind.INVALID_REQUEST and err.status in (408, 413, 415):
+        # a body that stopped arriving, over the gateway's limit, or in a coding it cannot read, as the
+        # other formats answer it
+        status = err.status
     if err.code in _GOOGLE_HTTP and _GOOGLE_HTTP[err.code] == status:
         name = err.code
     return status, name

@@ -749,7 +749,7 @@ class StreamRenderer:
 # Inbound: errors
 
 # Statuses an INVALID_REQUEST keeps as they are; any other becomes 400.
-_CLIENT_STATUSES = frozenset((400, 404, 405, 409, 413, 415, 422))
+_CLIENT_STATUSES = frozenset((400, 404, 405, 408, 409, 413, 415, 422))  # 408: a body that stopped arriving
 
 _KIND_STATUS: dict[ErrorKind, int] = {
     ErrorKind.AUTHENTICATION: 401,

@@ -24,7 +24,7 @@ Response headers on every client-API answer: x-request-id; the trace and thread 
 the request — gateway.trace_header / thread_header, or AxonHub's AH-Trace-Id / AH-Thread-Id — or
 derived from the request id, server/ids.py — and echoed under the configured names);
 x-axonsim-attempts; x-axonsim-overhead-ms (the gateway's own time so far: elapsed minus upstream
-waits; for a stream, up to its first byte); and,
+waits and the client's upload; for a stream, up to its first byte); and,
 when the request carried `X-AxonSim-Explain: 1`, x-axonsim-explain: the decision trace as compact
 JSON (channels and keys by name only).
 

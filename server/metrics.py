@@ -351,7 +351,7 @@ class _Collector:
             for hkey, (counts, total) in merged.items():
                 fam.add_metric(list(hkey), _cumulative(LATENCY_BUCKETS, counts), total)
         overhead = HistogramMetricFamily(f"{ns}_gateway_overhead_seconds",
-                                         "Time the gateway itself spent on a request: total minus upstream wait",
+                                         "Time the gateway itself spent on a request: total minus upstream and upload waits",
                                          labels=[])
         overhead.add_metric([], _cumulative(OVERHEAD_BUCKETS, over[0]), over[1])
         attempts = CounterMetricFamily(f"{ns}_upstream_attempts", "Upstream attempts by channel and outcome "

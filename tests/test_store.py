@@ -130,9 +130,16 @@ class Forwarder:
         self.writers: set[asyncio.StreamWriter] = set()
         self.flowing = asyncio.Event()  # cleared by stall(): connections stay open, nothing goes through
         self.flowing.set()
+        self.open: list[asyncio.Event] = []  # each open connection's own flow
 
     def stall(self) -> None:
         self.flowing.clear()
+
+    def lose_open(self) -> None:
+        """The connections open now carry nothing more, for good (a NAT that forgot them); new
+        ones flow."""
+        for ev in self.open:
+            ev.clear()
 
     def resume(self) -> None:
         self.flowing.set()
@@ -158,11 +165,15 @@ class Forwarder:
             writer.transport.abort()
             return
         self.writers |= {writer, uw}
+        own = asyncio.Event()
+        own.set()
+        self.open.append(own)
 
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             try:
                 while data := await r.read(65536):
                     await self.flowing.wait()
+                    await own.wait()
                     w.write(data)
                     await w.drain()
             except (OSError, asyncio.IncompleteReadError):
@@ -1246,6 +1257,109 @@ async def test_an_idle_store_finds_out_that_its_database_went_away(pg: Any) -> N
         await until(lambda: store.db_up, "and noticing it is back")
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("sqlstate, fault", [
+    ("25006", "down"),  # read-only: a hot standby, or a primary that failed over
+    ("55P03", "down"),  # a lock timeout (VACUUM FULL, ALTER TABLE holding the table)
+    ("53100", "down"),  # disk full
+    ("23514", "record"),  # a check constraint: this record's data
+])
+async def test_what_a_postgresql_error_blames_is_told_by_its_sqlstate(pg: Any, sqlstate: str, fault: str) -> None:
+    """SQLAlchemy's asyncpg adapter names most PostgreSQL errors plain "Error"; the writer then asked
+    `SELECT 1`, which a read-only database answers, and dropped every record as if each were at
+    fault, with db_up saying 1 throughout."""
+    db = pg
+    store = make_store(db, queue_size=100, batch_size=5, flush_interval=0.01)
+    await store.start()
+    conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": db.schema})
+    try:
+        await conn.execute(f"""
+            CREATE FUNCTION refuse() RETURNS trigger AS $$
+            BEGIN RAISE EXCEPTION 'refused for the test' USING ERRCODE = '{sqlstate}'; END $$ LANGUAGE plpgsql;
+            CREATE TRIGGER refuse BEFORE INSERT ON requests FOR EACH ROW EXECUTE FUNCTION refuse();""")
+        records = [rec(i) for i in range(12)]
+        for r in records:
+            assert store.submit(r)
+        if fault == "down":
+            await until(lambda: not store.db_up, "the store seeing the database refuse writes")
+            failures = store._failures
+            await until(lambda: store._failures >= failures + 2, "a few retries")
+            assert (store.written, store.dropped, store.queued) == (0, 0, 12)
+            await conn.execute("DROP TRIGGER refuse ON requests")
+            assert await store.flush(WAIT)
+            assert store.db_up and (store.written, store.dropped) == (12, 0)
+            assert await ids_in(db) == sorted(r.id for r in records)
+        else:
+            assert await store.flush(WAIT)
+            assert store.db_up and (store.written, store.dropped) == (0, 12)  # each dropped alone
+    finally:
+        await conn.close()
+        await store.close(timeout=5)
+
+
+async def test_a_degraded_start_on_tables_the_store_cannot_use_keeps_the_records(pg: Any,
+                                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """AxonSim's tables without a migration version: StoreUnusable at every try. The records were
+    dropped one by one as rejected ("... is back", db_up 1); they wait, within the bound, until an
+    operator mends the database."""
+    caplog.set_level(logging.INFO, logger="axonsim.store")
+    db = pg
+    conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": db.schema})
+    store = Store(StoreSettings(url=db.url, on_unreachable="degraded", flush_interval=0.01), schema=db.schema,
+                  connect_timeout=1.0, retry_base=0.02, retry_cap=0.2)
+    try:
+        await conn.execute("CREATE TABLE requests (id text PRIMARY KEY)")
+        await store.start()
+        assert not store.db_up and "alembic_version" in (store.last_error or "")
+        records = [rec(i) for i in range(10)]
+        for r in records:
+            assert store.submit(r)
+        failures = store._failures
+        await until(lambda: store._failures >= failures + 3, "several retries")
+        assert (store.written, store.dropped, store.queued, store.db_up) == (0, 0, 10, False)
+        assert not any("is back" in m for m in caplog.messages)
+        await conn.execute("DROP TABLE requests")  # the operator's mend
+        assert await store.flush(WAIT)
+        assert store.db_up and (store.written, store.dropped) == (10, 0)
+        assert await ids_in(db) == sorted(r.id for r in records)
+    finally:
+        await conn.close()
+        await store.close(timeout=5)
+
+
+async def test_pooled_connections_the_network_lost_cost_one_timeout_not_one_each(pg: Any) -> None:
+    """Connections a NAT or firewall forgot answer nothing, while new ones reach the database. The
+    pool pings each on checkout without a deadline, so every stale connection cost a whole write
+    timeout in turn (reviewed: ~150 s with a full pool). After the first timeout the pool is
+    replaced and the next try writes."""
+    db = pg
+    store = Store(StoreSettings(url=db.url, flush_interval=0.01), schema=db.schema, secrets=SECRETS,
+                  connect_timeout=1.0, write_timeout=1.0, retry_base=0.02, retry_cap=0.05)
+    await store.start()
+    timeouts = 0
+    write = store._write
+
+    async def counted(batch: Any) -> None:
+        nonlocal timeouts
+        try:
+            await write(batch)
+        except TimeoutError:
+            timeouts += 1
+            raise
+
+    store._write = counted  # type: ignore[method-assign]
+    try:
+        async def hold() -> None:
+            async with store.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT pg_sleep(0.2)"))
+        await asyncio.gather(*(hold() for _ in range(5)))  # five connections in the pool
+        db.fwd.lose_open()
+        store.submit(rec(0))
+        assert await store.flush(WAIT)
+        assert store.written == 1 and timeouts == 1
+    finally:
+        await store.close(timeout=5)
 
 
 async def test_an_admin_read_of_a_database_that_stopped_answering_is_a_prompt_503(

@@ -59,9 +59,32 @@ if TYPE_CHECKING:
 log = logging.getLogger("axonsim.store")
 
 
+# SQLSTATE classes of errors that are the data's fault: a data exception (22), an integrity
+# constraint (23), a program limit such as a value too large for an index (54). Any other means the
+# database cannot take writes now (read-only after a failover: 25006; a lock or statement timeout:
+# 55P03, 57014; a full disk: 53100; tables gone: 42P01), whatever name the driver gives the error.
+_DATA_SQLSTATES = ("22", "23", "54")
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE a PostgreSQL error carries (SQLAlchemy's asyncpg adapter sets it on `orig`)."""
+    for e in (getattr(exc, "orig", None), exc):
+        code = getattr(e, "sqlstate", None)
+        if isinstance(code, str) and len(code) == 5:
+            return code
+    return None
+
+
 def _classify(exc: BaseException) -> str:
     """"record" when the data itself was refused, "down" when the database is unavailable, and
     "unknown" when only asking the database whether it still answers can tell the two apart."""
+    if isinstance(exc, StoreUnusable):
+        return "down"  # tables the store cannot write (a degraded start): kept until an operator mends them
+    code = _sqlstate(exc)
+    if code is not None:
+        # Asking would not tell: a database that refuses every INSERT still answers SELECT 1, and
+        # its records were then dropped one by one as if each were at fault.
+        return "record" if code[:2] in _DATA_SQLSTATES else "down"
     if isinstance(exc, (sa_exc.IntegrityError, sa_exc.DataError, TypeError, ValueError, ArithmeticError)):
         return "record"
     if isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError):
@@ -449,7 +472,7 @@ class Store:
         except Exception as exc:
             self._settle_committed()
             if not await self._record_at_fault(exc):
-                self._mark_down(exc)
+                await self._went_down(exc)
                 return False
             return await self._write_one_by_one()
         self._inflight = []
@@ -463,7 +486,7 @@ class Store:
                 await self._write([item])
             except Exception as exc:
                 if not await self._record_at_fault(exc):
-                    self._mark_down(exc)
+                    await self._went_down(exc)
                     return False
                 log.error("store: the database rejected record %s (%s); dropped", item[0][ID], self._describe(exc))
                 self._inflight.pop(0)
@@ -542,7 +565,7 @@ class Store:
             async with asyncio.timeout(self._connect_timeout + 1.0), self.engine.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
         except Exception as exc:
-            self._mark_down(exc)
+            await self._went_down(exc)
 
     async def _probe(self) -> None:
         try:
@@ -551,7 +574,7 @@ class Store:
             self._ready = True
         except Exception as exc:
             self._failures += 1
-            self._mark_down(exc)
+            await self._went_down(exc)
             return
         self._failures = 0
         self._mark_up()
@@ -577,6 +600,19 @@ class Store:
             log.warning("store buffer has room again; %d records were dropped while it was full",
                         self._dropped_in_episode)
             self._dropped_in_episode = 0
+
+    async def _went_down(self, exc: BaseException) -> None:
+        """`exc` says the database is unavailable. One that did not answer in time (a write, a check)
+        most likely met a pooled connection the network lost without a word (a NAT or firewall that
+        forgot it, a failover that moved the address): the pool's ping on checkout has no deadline
+        of its own, so each such connection cost a whole timeout in turn (five in the pool: minutes
+        without a write while the database took new connections). The pool is replaced, so the
+        next try opens a fresh connection; the old one's connections are let go without the
+        goodbye a close would wait on for ever (asyncpg terminates them when they are collected).
+        SQLite's connections are files, never lost that way."""
+        if isinstance(exc, TimeoutError) and self.engine.url.get_backend_name() != "sqlite":
+            await self.engine.dispose(close=False)
+        self._mark_down(exc)
 
     def _mark_down(self, exc: BaseException) -> None:
         self._ready = False  # re-check the schema on reconnection (it may be a new, empty database)

@@ -40,7 +40,6 @@ import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
-from http import HTTPStatus
 from types import ModuleType
 from typing import Any
 
@@ -175,17 +174,18 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], w: _Watch
 
 async def _read_body(receive: Receive, w: _Watch) -> bytes | None:
     """The whole request body; None if the client went away; raises FormatError(413) past MAX_BODY.
-    The time spent waiting for the parts after the first goes to `w.waited`."""
-    msg = await receive()
-    if msg["type"] != "http.request":
-        return None
-    body: bytes = msg.get("body", b"")
-    if not msg.get("more_body", False):
-        return body
-    parts = [body]
-    size = len(body)
+    The time until it has come is the client's (`w.waited`): mostly the head's read brought it, but
+    a client may send it later, or in parts."""
     t = time.monotonic()  # (the Exchange's clock for its waits)
     try:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            return None
+        body: bytes = msg.get("body", b"")
+        if not msg.get("more_body", False):
+            return body
+        parts = [body]
+        size = len(body)
         while True:
             msg = await receive()
             if msg["type"] != "http.request":
@@ -448,7 +448,7 @@ class GatewayApp:
                 try:
                     async with asyncio.timeout(LAST_WORDS):  # the server is going away: not a moment longer
                         sent_status = await _send_failure(send, fmt, error, rid_b, started, result, ex, renderer, ids,
-                                                          clock.now() - t0 - (ex.waited if ex else 0.0))
+                                                          clock.now() - t0 - (ex.waited if ex else w.waited))
                 except TimeoutError:
                     sent_status = None
                 status = sent_status if sent_status is not None else status if started else 503
@@ -462,7 +462,7 @@ class GatewayApp:
                 stream.abort(clock.now())  # the gateway's own failure: not held against the channel
             w.done = True
             sent_status = await _send_failure(send, fmt, error, rid_b, started, result, ex, renderer, ids,
-                                              clock.now() - t0 - (ex.waited if ex else 0.0))
+                                              clock.now() - t0 - (ex.waited if ex else w.waited))
             if sent_status is not None:
                 status = sent_status
         finally:
@@ -642,11 +642,11 @@ async def admit(receive: Receive, send: Send, scope: Scope, rt: Runtime, fmt: Mo
     if body is None:  # the client left while sending it: its cancel is its key's (usage by project)
         # Not a client that left: a body HTTP could not read, or one that stopped arriving.
         if scope.get(BAD_FRAMING):
-            return None, key, _BAD_FRAMING_ERROR, _answer_refused_body(
-                scope, fmt, _BAD_FRAMING_ERROR, rid_b, _tail(ids, elapsed, None))
+            return None, key, _BAD_FRAMING_ERROR, await _answer_refused_body(
+                scope, send, fmt, _BAD_FRAMING_ERROR, rid_b, _tail(ids, elapsed, None))
         if scope.get(READ_TIMED_OUT):
-            return None, key, _READ_TIMEOUT_ERROR, _answer_refused_body(
-                scope, fmt, _READ_TIMEOUT_ERROR, rid_b, _tail(ids, elapsed, None))
+            return None, key, _READ_TIMEOUT_ERROR, await _answer_refused_body(
+                scope, send, fmt, _READ_TIMEOUT_ERROR, rid_b, _tail(ids, elapsed, None))
         w.gone = True
         return None, key, None, CLIENT_CLOSED
     coding: bytes | None = None
@@ -730,10 +730,9 @@ async def _send_failure(send: Send, fmt: ModuleType, error: Error, rid_b: bytes,
     return None
 
 
-def _error_answer(fmt: ModuleType, err: Error, rid_b: bytes, attempts: int,
-                  extra: list[tuple[bytes, bytes]] | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """The error in the client's format: status, headers and body. `extra`: headers that replace the
-    bare x-request-id (see _tail)."""
+async def _send_error(send: Send, fmt: ModuleType, err: Error, rid_b: bytes, attempts: int,
+                      extra: list[tuple[bytes, bytes]] | None = None) -> int:
+    """The error in the client's format. `extra`: headers that replace the bare x-request-id (see _tail)."""
     status: int = fmt.error_status(err)
     body: bytes = fmt.render_error(err)
     headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-axonsim-attempts", _attempts_value(attempts))]
@@ -743,27 +742,18 @@ def _error_answer(fmt: ModuleType, err: Error, rid_b: bytes, attempts: int,
         headers.extend(extra)
     for k, v in fmt.error_headers(err).items():
         headers.append((k.lower().encode("latin-1"), str(v).encode("latin-1")))
-    return status, headers, body
-
-
-async def _send_error(send: Send, fmt: ModuleType, err: Error, rid_b: bytes, attempts: int,
-                      extra: list[tuple[bytes, bytes]] | None = None) -> int:
-    """The error in the client's format, sent."""
-    status, headers, body = _error_answer(fmt, err, rid_b, attempts, extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
     return status
 
 
-def _answer_refused_body(scope: Scope, fmt: ModuleType, err: Error, rid_b: bytes,
-                         extra: list[tuple[bytes, bytes]]) -> int:
-    """The answer to a body the HTTP protocol refused (err: broken framing, or one that stopped
-    arriving), in the client's format and with the request's ids, handed to the protocol to write
-    before it closes the connection (server/http_protocol.py ANSWER). Without that call in the scope
-    (another server), the protocol answered on its own."""
-    status, headers, body = _error_answer(fmt, err, rid_b, 0, extra)
-    write = scope.get(ANSWER)
-    if write is not None:
-        head = b"HTTP/1.1 %d %s\r\nconnection: close\r\n" % (status, HTTPStatus(status).phrase.encode())
-        write(head + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n" + body)
-    return status
+async def _answer_refused_body(scope: Scope, send: Send, fmt: ModuleType, err: Error, rid_b: bytes,
+                               extra: list[tuple[bytes, bytes]]) -> int:
+    """Answer a body the HTTP protocol refused (err: broken framing, or one that stopped arriving) in
+    the client's format, with the request's ids (and CORS headers: it goes through `send`), as the
+    last answer on its connection: the protocol's ANSWER call (server/http_protocol.py) lets `send`
+    write again. Without that call in the scope (another server), the protocol answered on its own."""
+    answer = scope.get(ANSWER)
+    if answer is None or not answer():
+        return int(fmt.error_status(err))
+    return await _send_error(send, fmt, err, rid_b, 0, extra)

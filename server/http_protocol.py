@@ -111,8 +111,8 @@ SEND_TIMEOUT = 60.0
 _OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if termios is not None else None  # unsent bytes (Linux)
 BAD_FRAMING = "axonsim.bad_framing"  # a scope key: this request's body broke HTTP's framing (answered 400)
 READ_TIMED_OUT = "axonsim.read_timed_out"  # a scope key: this request's body stopped arriving (answered 408)
-# A scope key set with either of those two: a callable that takes the app's whole answer (bytes of a
-# response, which it writes before closing the connection); with None, the protocol's own answer.
+# A scope key set with either of those two: a callable that lets the app's send() write its answer
+# (True; the connection then closes), for an app that answers such a request itself.
 ANSWER = "axonsim.answer"
 # Bytes of a request's head (request line and headers) past the read it began in: nginx's default
 # large_client_header_buffers hold 4 × 8 KiB; a head that begins in one read may take that read whole.
@@ -279,12 +279,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(b"400 Bad Request", message, "invalid_http", answer)
 
     def _app_answers(self, cycle: Any, status: bytes, message: str, code: str) -> None:
-        """Refuse the body of `cycle`, whose app has not answered yet, letting the app write the answer:
-        it knows the request's API family and ids, which its client needs to find the request's
-        record (the gateway's client-API handler: `admit` in server/app.py). The app hears a
-        disconnect, as from a client that left, and finds in the scope (ANSWER) the call that writes
-        its whole answer and closes the connection. An app that makes no such call in the same turn
-        of the event loop (the admin API, say) gets the protocol's own answer, written just after."""
+        """Refuse the body of `cycle`, whose app has not answered yet, letting the app answer: it knows
+        the request's API family and ids, which its client needs to find the request's record (the
+        gateway's client-API handler: `admit` in server/app.py). The app hears a disconnect, as from
+        a client that left, and finds in the scope (ANSWER) the call that lets its `send` write again
+        (True), for an answer after which the connection closes. An app that makes no such call in
+        the same turn of the event loop (the admin API, say) gets the protocol's own answer, written
+        just after."""
         self._head_seen = -1
         self._refused = True
         self.transport.pause_reading()
@@ -293,21 +294,27 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._reading = None
         answered = False
 
-        def write(data: bytes | None) -> None:
+        def answer() -> bool:
             nonlocal answered
-            if answered:
-                return
+            if answered or self.transport.is_closing():
+                return False
             answered = True
-            if not self.transport.is_closing():
-                self.transport.write(data if data is not None else _error_response(status, message, code))
-                self.transport.close()
+            cycle.disconnected = False  # its send() writes again ...
+            cycle.keep_alive = False  # ... one answer, then uvicorn closes the connection
+            return True
 
-        cycle.scope[ANSWER] = write
+        def otherwise() -> None:
+            nonlocal answered
+            if not answered and not self.transport.is_closing():
+                answered = True
+                self._refuse(status, message, code, True)
+
+        cycle.scope[ANSWER] = answer
         cycle.disconnected = True  # what the app's receive() reads, and its send() then drops
         cycle.message_event.set()
         # After the app's turn: setting the event scheduled its task's wake-up (or the task has yet to
         # take its first step), and this comes later in the same queue.
-        self.loop.call_soon(write, None)
+        self.loop.call_soon(otherwise)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._stall is not None:

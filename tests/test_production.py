@@ -640,30 +640,36 @@ def test_configured_header_names_and_sticky_traces() -> None:
     assert len(proxy.router.sticky) == 2  # generated ids are not remembered (t1, ah-1)
 
 
-def test_a_body_sent_in_parts_is_the_clients_time_not_the_gateways_overhead() -> None:
-    """Overhead is the gateway's own time: the waits for the parts of a slow upload counted as its
-    own (seconds in the header, the record and the histogram), as did a client leaving mid-upload."""
-    proxy, _ = scripted()
+def _headers(answer: bytes) -> dict[bytes, bytes]:
+    return dict(line.split(b": ", 1) for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:])
+
+
+@pytest.mark.parametrize("how", ["in parts", "after its head"])
+def test_the_wait_for_a_clients_body_is_its_time_not_the_gateways_overhead(how: str) -> None:
+    """Overhead is the gateway's own time: the wait for a slow upload counted as its own (seconds in
+    the header, the record and the histogram), as did a client leaving mid-upload and the 503 of a
+    shutdown that came meanwhile."""
+    proxy, _ = scripted(gateway={"shutdown_timeout": 0.5})
     data = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {GW_KEY}\r\n"
             f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n").encode()
+    first = data[:10] if how == "in parts" else b""
     with Stack() as st:
         gw = st.gateway(proxy)
         port = int(gw.url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(head + data[:10])
-            for i in (10, 20):
-                time.sleep(0.3)
-                s.sendall(data[i:i + 10] if i == 10 else data[i:])
+            s.sendall(head + first)
+            time.sleep(0.6)
+            s.sendall(data[len(first):])
             answer = s.recv(65536)
-        h = dict(line.split(b": ", 1) for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:])
+        h = _headers(answer)
         assert answer.startswith(b"HTTP/1.1 200 ") and float(h[b"x-axonsim-overhead-ms"]) < 250, answer[:400]
         rec = proxy.find(h[b"x-request-id"].decode())
-        assert rec is not None and rec["latency"] > 0.6 and rec["overhead"] < 0.25
+        assert rec is not None and rec["latency"] > 0.5 and rec["overhead"] < 0.25
         for path in (b"/v1/chat/completions", b"/v1/embeddings"):  # gone mid-upload
             n = len(proxy.recent)
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(head.replace(b"/v1/chat/completions", path) + data[:10])
+                s.sendall(head.replace(b"/v1/chat/completions", path) + first)
                 time.sleep(0.6)
             deadline = time.monotonic() + 10
             while len(proxy.recent) == n and time.monotonic() < deadline:
@@ -671,6 +677,14 @@ def test_a_body_sent_in_parts_is_the_clients_time_not_the_gateways_overhead() ->
             rec = proxy.recent[-1]
             assert rec["path"] == path.decode()
             assert rec["status"] == 499 and rec["latency"] > 0.5 and rec["overhead"] < 0.25, rec
+        # a shutdown while the body is awaited: the 503 at its deadline (0.5 s)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(head + first)
+            time.sleep(0.2)
+            st.call(gw.stop())
+            answer = s.recv(65536)
+        h = _headers(answer)
+        assert answer.startswith(b"HTTP/1.1 503 ") and float(h[b"x-axonsim-overhead-ms"]) < 250, answer[:400]
 
 
 def test_explain_header_and_overhead_header() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,6 +100,24 @@ def test_a_stream_and_an_error_are_marked_too(client: httpx.Client) -> None:
         r = client.post("/v1/chat/completions", json=body, headers=headers)
         assert r.status_code == status and r.headers["access-control-allow-origin"] == APP
         assert r.json()["error"]["message"]
+
+
+def test_a_refused_body_is_marked_too(gw: GatewayServer) -> None:
+    """A body HTTP cannot read (a broken chunk) is answered by the request's handler: through the CORS
+    layer, so a page can read the answer and the request id it carries."""
+    port = int(gw.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\norigin: {APP}\r\nauthorization: Bearer {GW_KEY}"
+                  "\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                  "5\r\n{\"mod\r\nzz-not-a-size\r\n".encode())
+        s.settimeout(10)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 400 "), answer[:300]
+    assert f"access-control-allow-origin: {APP}".encode() in head and b"x-request-id: req_" in head
+    assert b"x-request-id" in head.split(b"access-control-expose-headers: ", 1)[1].split(b"\r\n")[0]
 
 
 def test_answers_to_other_origins_and_to_non_browser_clients_carry_no_grant(client: httpx.Client) -> None:

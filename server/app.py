@@ -633,6 +633,9 @@ async def admit(receive: Receive, send: Send, scope: Scope, rt: Runtime, fmt: Mo
     key = rt.auth.authenticate(scope["headers"], scope["query_string"])
     if key is None:
         error = _auth_error(scope)
+        answer = scope.get(ANSWER)
+        if answer is not None:  # its body, come in the same read as its head, was refused already
+            answer()  # this answer, the first fault, is then the connection's last
         return None, None, error, await _send_error(send, fmt, error, rid_b, 0, _tail(ids, elapsed, None))
     try:
         body = await _read_body(receive, w)

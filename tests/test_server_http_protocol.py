@@ -371,6 +371,22 @@ def test_a_refused_body_is_answered_in_the_clients_format_with_the_requests_ids(
     assert rec is not None and rec["status"] == status and rec["trace_id"] == f"tr-{family}-{status}"
 
 
+def test_a_keyless_request_with_a_refused_body_is_answered_401_as_it_is_recorded(slow_gw: GatewayServer) -> None:
+    """The broken chunk came in the head's read: the body was refused before the handler ran, whose
+    401 was then dropped; the client got the protocol's 400 while the record said 401."""
+    port = int(slow_gw.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer wrong-key-123\r\n"
+                  b"content-type: application/json\r\n" + FAULTS["broken chunk"][0])
+        answer = _until_closed(s)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 ") and b"connection: close" in head, answer[:300]
+    assert orjson.loads(body)["error"]["code"] == "invalid_api_key"
+    rid = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])[b"x-request-id"].decode()
+    rec = slow_gw.proxy.find(rid)
+    assert rec is not None and rec["status"] == 401
+
+
 def test_a_refused_body_of_a_request_no_handler_answers_gets_the_protocols_own_answer(gw: GatewayServer) -> None:
     """The admin API and health checks answer without reading a body: a broken one that came with
     the head leaves them nothing to answer (their answer is dropped), and the protocol answers."""

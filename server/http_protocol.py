@@ -25,7 +25,8 @@ by appending each read to it: one 150 MB header line took the event loop for sec
 every other request with it. A head that goes on past MAX_HEAD bytes is answered 431 and its
 connection closed. What httptools cannot parse (a request line, a header, a chunked body) is
 answered 400 in the same JSON shape. (uvicorn wrote plain text, even into the answer of another
-request under way on a pipelined connection; such a connection is now closed unanswered.)
+request under way on a pipelined connection.) A refused head that follows whole requests on a
+pipelined connection is answered after their answers, as nginx does; nothing more is read meanwhile.
 A head or a body that stops arriving for the app's `read_timeout` seconds (gateway.read_timeout)
 is answered 408 and closed: such connections, a slowloris's, were held for ever, with their slot,
 their file descriptor and whatever body had come. The common request, whose head and body come in
@@ -135,7 +136,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     draining idle keep-alive connections at shutdown (DRAIN_GRACE) rather than cutting them."""
 
     _draining = False
-    _refused = False  # a request's body was refused: nothing more is read or parsed on this connection
+    _refused = False  # a request (its head or body) was refused: nothing more is read or parsed on this connection
+    _deferred: tuple[bytes, str, str] | None = None  # a head's refusal, due once the answers ahead are complete
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # The cycles of this connection that pipelining left behind `self.cycle`: uvicorn points it
@@ -194,9 +196,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if seen >= 0:  # a head that did not end in the read it began in
             seen += len(data)
             if seen > MAX_HEAD:
-                self._refuse(b"431 Request Header Fields Too Large", f"the request's head (request line and "
-                             f"headers) exceeds {MAX_HEAD // 1024} KiB", "request_header_fields_too_large",
-                             self._answer_free())
+                self._refuse_head(b"431 Request Header Fields Too Large", f"the request's head (request line "
+                                  f"and headers) exceeds {MAX_HEAD // 1024} KiB", "request_header_fields_too_large")
                 return
             self._head_seen = seen
         super().data_received(data)
@@ -231,7 +232,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         log.info("a client sent nothing more of its request for %g s (gateway.read_timeout): 408, closed", timeout)
         cycle = self.cycle
         if self._head_seen >= 0:
-            answer = self._answer_free()
+            self._refuse_head(b"408 Request Timeout", message, "request_timeout")
+            return
         else:  # a body: answered unless the app has begun (or given) its answer already
             answer = cycle is not None and not cycle.response_started and not self._earlier_open(cycle)
             if cycle is not None and not cycle.response_complete:
@@ -251,6 +253,25 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def _earlier_open(self, cycle: Any) -> bool:
         """Whether a request pipelined ahead of `cycle` is still unanswered (its answer comes first)."""
         return any(c is not cycle and not c.response_complete for c in self._open)
+
+    def _refuse_head(self, status: bytes, message: str, code: str) -> None:
+        """Refuse a request's head: at once, or, while the answers of whole requests pipelined ahead of
+        it are under way, once they are complete (as nginx does). Nothing more is read meanwhile. It
+        was closed at once, unanswered: the requests ahead were cut off as if their client had left."""
+        if self._answer_free():
+            self._refuse(status, message, code, True)
+            return
+        self._head_seen = -1
+        self._refused = True
+        self.transport.pause_reading()
+        self._deferred = (status, message, code)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        deferred = self._deferred
+        if deferred is not None and self._answer_free() and not self.transport.is_closing():
+            self._deferred = None
+            self._refuse(*deferred, True)
 
     def _refuse(self, status: bytes, message: str, code: str, answer: bool) -> None:
         """Close the connection, after answering `status` if `answer` (else an answer is under way
@@ -275,7 +296,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
                     self._app_answers(cycle, b"400 Bad Request", message, "invalid_http")
                     return
         else:  # a head: after whole requests, whose answers it must not break into
-            answer = self._answer_free()
+            self._refuse_head(b"400 Bad Request", message, "invalid_http")
+            return
         self._refuse(b"400 Bad Request", message, "invalid_http", answer)
 
     def _app_answers(self, cycle: Any, status: bytes, message: str, code: str) -> None:

@@ -17,8 +17,13 @@ Rules:
    Permanent states (rejected credentials) live `PERMANENT_TTL` and are refreshed by every process
    that still holds them, so they last as long as some process does, as in one process.
 5. Rate-limit counters (RPM/TPM per channel and key, and quotas) are shared as per-window counts:
-   each process adds its local increments with HINCRBY on the window's key and adopts the totals,
-   so a limit holds across processes (it can overshoot by what the fleet admits within one interval).
+   each process writes its own count (what it admitted itself) under a field of its own in the
+   window's hash, and adopts the sum of all of them, so a limit holds across processes (it can
+   overshoot by what the fleet admits within one interval). Writing a count, not adding an
+   increment, makes a push idempotent: one whose reply was lost (a slow Redis, a reload while it
+   was under way) is sent again without being counted twice. A total never falls within its
+   window: one that does (Redis lost its data) is not adopted, and the processes' next pushes fill
+   it again.
 6. Round robin (best effort): the selection counter and each channel's last pick live in Redis,
    so a process does not restart the rotation from the first channel; between syncs each process
    rotates on its own, so two processes may pick the same channel within one interval.
@@ -39,8 +44,9 @@ Redis keys (prefix `state.key_prefix`; `<ch>` is the channel's name plus a finge
 base URL and keys, so a channel whose endpoint or credentials change in the config starts clean):
     <prefix>:ch:<ch>         hash: field -> "a:<until>[:<extra>]" (active) | "l:<until>:<lifted at>"
     <prefix>:ver             counter bumped by every change to a channel hash (cheap change detection)
-    <prefix>:rl:<minute>     hash: "<ch>|c|r" / "<ch>|k<i>|t" -> requests / tokens in that minute
-    <prefix>:q:<ch>:<window> hash: r, t -> a quota window's requests / tokens
+    <prefix>:rl:<minute>     hash: "<ch>|c|r|<proc>" / "<ch>|k<i>|t|<proc>" -> a process's requests / tokens
+                             in that minute (<proc>: a random id per process)
+    <prefix>:q:<ch>:<window> hash: "r|<proc>", "t|<proc>" -> a process's requests / tokens in a quota window
     <prefix>:rr:seq, <prefix>:rr:last   the shared selection counter and each channel's last pick
 """
 
@@ -50,6 +56,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -173,17 +180,6 @@ def _keys_of(args: tuple[Any, ...]) -> list[str]:
         n = int(args[2])
         return [str(k) for k in args[3:3 + n]]
     return [str(args[1])] if len(args) > 1 else []
-
-
-# Raise hash fields to at least the given values: counts a Redis lost, refilled from a process's own
-# (several processes refilling at once leave the largest, not the sum). ARGV: field, value pairs.
-_RAISE = """
-for i = 1, #ARGV, 2 do
-  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') or 0
-  if tonumber(ARGV[i + 1]) > cur then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
-return 1
-"""
 
 
 def channel_id(st: ChannelState) -> str:
@@ -439,8 +435,40 @@ class _Chan:
 
 # (limiter id, limiter, minute, its counts for that minute and the one before, at the snapshot)
 _RateSnap = tuple[str, Limiter, int, tuple[int, int], tuple[int, int]]
-# (channel, quota window, requests, tokens at the snapshot, its first reply's place in the quota slice)
+# (channel, quota window, requests, tokens at the snapshot, its reply's place in the quota slice)
 _QuotaSnap = tuple[_Chan, int, int, int, int]
+
+
+@dataclass
+class _Count:
+    """One shared window's counts as this process keeps them (a limiter's minute, or a quota window)."""
+
+    own: list[int] = field(default_factory=lambda: [0, 0])  # requests, tokens this process admitted itself
+    mark: tuple[int, int] = (0, 0)  # the local count all of whose increments are in `own`
+    total: tuple[int, int] = (0, 0)  # the largest shared total seen (it never falls within a window)
+
+    def take(self, local: tuple[int, int]) -> None:
+        """Add what the local count gained since the mark to this process's own count."""
+        self.own[0] += max(0, local[0] - self.mark[0])
+        self.own[1] += max(0, local[1] - self.mark[1])
+        self.mark = local
+
+    def adopt(self, summed: tuple[int, int]) -> tuple[int, int]:
+        """The shared total to adopt: `summed` (every process's own counts), unless it fell."""
+        self.total = (max(summed[0], self.total[0]), max(summed[1], self.total[1]))
+        self.mark = self.total
+        return self.total
+
+
+def _summed(fields: dict[str, str], req: str, tok: str) -> tuple[int, int]:
+    """Every process's counts under the field prefixes `req` and `tok`, added up."""
+    r = t = 0
+    for k, v in fields.items():
+        if k.startswith(req):
+            r += max(0, _int(v))
+        elif k.startswith(tok):
+            t += max(0, _int(v))
+    return r, t
 
 
 class _RouterSync:
@@ -457,12 +485,8 @@ class _RouterSync:
                 if _limited(k.limiter):
                     self.limiters.append((f"{c.cid}|k{i}", k.limiter))
         self.quotas = [c for c in self.chans if c.st.quota is not None]
-        self.rate_base: dict[str, dict[int, tuple[int, int]]] = {}  # limiter id -> minute -> shared totals
-        self.quota_base: dict[str, tuple[int, int, int]] = {}  # channel id -> (window, requests, tokens)
-        # Counts Redis lost (its totals fell below what was shared before): raised back to this
-        # process's own at the next push, instead of this process adopting the loss.
-        self.rate_refill: set[tuple[str, int]] = set()  # (limiter id, minute)
-        self.quota_refill: set[str] = set()  # channel ids
+        self.rates: dict[str, dict[int, _Count]] = {}  # limiter id -> minute -> its counts
+        self.quota_counts: dict[str, tuple[int, _Count]] = {}  # channel id -> (quota window, its counts)
         self.rr_base = router.balancer.seq  # local selections up to here are in the shared counter already
         self.rr_total = -1  # the shared counter last seen; a drop means Redis lost it
         self.version: str | None = None
@@ -470,16 +494,17 @@ class _RouterSync:
 
     def inherit(self, old: _RouterSync) -> None:
         """After a reload: the counters a new Router took over from the old one (server.proxy.carry_over
-        hands unchanged channels' limiters and quotas to it) keep their shared bases, or the next push
-        would send their whole local count, others' adopted counts included, as new increments."""
+        hands unchanged channels' limiters and quotas to it) keep what this process counted of them,
+        or the next push would count their whole local count, others' adopted counts included, as
+        this process's own."""
         old_limiters = dict(old.limiters)
         for lid, lim in self.limiters:
-            if old_limiters.get(lid) is lim and lid in old.rate_base:
-                self.rate_base[lid] = old.rate_base[lid]
+            if old_limiters.get(lid) is lim and lid in old.rates:
+                self.rates[lid] = old.rates[lid]
         old_quotas = {c.cid: c.st.quota for c in old.quotas}
         for c in self.quotas:
-            if old_quotas.get(c.cid) is c.st.quota and c.cid in old.quota_base:
-                self.quota_base[c.cid] = old.quota_base[c.cid]
+            if old_quotas.get(c.cid) is c.st.quota and c.cid in old.quota_counts:
+                self.quota_counts[c.cid] = old.quota_counts[c.cid]
         # A permanent state still held keeps the stamp it was shared with: re-stamped, it would pass
         # for a new incident, newer than an operator's enable made since.
         old_chans = {c.cid: c for c in old.chans}
@@ -518,6 +543,7 @@ class SharedState:
         self._sync: _RouterSync | None = None
         self._lifts: dict[str, dict[str, float]] = {}  # channel id -> field -> an operator lift's stamp
         self._stamps: dict[str, dict[str, float]] = {}  # channel id -> field -> an operator disable's stamp
+        self._me = os.urandom(4).hex()  # this process's fields in the shared counts
         self._lock = asyncio.Lock()  # close() may sync while the loop's last sync is still running
         self._was_up: bool | None = None  # None before the first attempt, whose outcome is logged either way
         self._force_full = True
@@ -542,7 +568,6 @@ class SharedState:
                                      socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0))
         self._merge = self._redis.register_script(_MERGE)
         self._rr = self._redis.register_script(_ROUND_ROBIN)
-        self._raise = self._redis.register_script(_RAISE)
         await self.sync_once()
         self._task = asyncio.create_task(self._run(), name="axonsim-shared-state")
 
@@ -819,25 +844,24 @@ class SharedState:
         w = int(now // WINDOW)
         snaps: list[_RateSnap] = []
         wrote: set[int] = set()
+        me = self._me
         for lid, lim in s.limiters:
             rw = lim.window
             rw.usage(now)  # rolls the window to `now`
             cur = _window_counts(rw, w) or (0, 0)
             prev = _window_counts(rw, w - 1) or (0, 0)
-            base = s.rate_base.get(lid, {})
-            for win, (req, tok) in ((w, cur), (w - 1, prev)):
-                b = base.get(win, (0, 0))
-                key = f"{self._prefix}:rl:{win}"
-                if (lid, win) in s.rate_refill:
-                    s.rate_refill.discard((lid, win))
-                    await self._raise(keys=[key], args=[f"{lid}|r", req, f"{lid}|t", tok], client=pipe)
-                    wrote.add(win)
-                    continue
-                if req > b[0]:
-                    pipe.hincrby(key, f"{lid}|r", req - b[0])
-                    wrote.add(win)
-                if tok > b[1]:
-                    pipe.hincrby(key, f"{lid}|t", tok - b[1])
+            counts = s.rates.setdefault(lid, {})
+            for win in list(counts):
+                if win < w - 1:
+                    del counts[win]  # a minute no longer read
+            for win, local in ((w, cur), (w - 1, prev)):
+                n = counts.get(win)
+                if n is None:
+                    n = counts[win] = _Count()
+                n.take(local)
+                if n.own[0] or n.own[1]:
+                    # Every time, changed or not: a Redis that lost its data is filled again.
+                    pipe.hset(f"{self._prefix}:rl:{win}", mapping={f"{lid}|r|{me}": n.own[0], f"{lid}|t|{me}": n.own[1]})
                     wrote.add(win)
             snaps.append((lid, lim, w, cur, prev))
         for win in sorted(wrote):
@@ -849,64 +873,54 @@ class SharedState:
     def _rate_pull(self, s: _RouterSync, snaps: list[_RateSnap], res: list[Any], now: float) -> None:
         if not snaps:
             return
-        totals = {snaps[0][2]: res[-2] or {}, snaps[0][2] - 1: res[-1] or {}}
+        fields = {snaps[0][2]: _pairs(res[-2]), snaps[0][2] - 1: _pairs(res[-1])}
         for lid, lim, w, cur, prev in snaps:
             rw = lim.window
             rw.usage(now)
-            base: dict[int, tuple[int, int]] = {}
-            before = s.rate_base.get(lid, {})
+            counts = s.rates.get(lid, {})
             for win, snap in ((w, cur), (w - 1, prev)):
-                t = totals[win]
-                total = (_int(t.get(f"{lid}|r")), _int(t.get(f"{lid}|t")))
-                base[win] = total
-                held = _window_counts(rw, win)
-                was = before.get(win)
-                if was is not None and (total[0] < was[0] or total[1] < was[1]):
-                    # Shared totals never fall: Redis lost them. Keep this process's count and
-                    # refill Redis with it (rule 7), rather than adopt the loss.
-                    s.rate_refill.add((lid, win))
+                n = counts.get(win)
+                if n is None:
                     continue
+                total = n.adopt(_summed(fields[win], f"{lid}|r|", f"{lid}|t|"))
+                held = _window_counts(rw, win)
                 if held is not None:
-                    # Shared totals (which include what was pushed) plus what arrived here meanwhile.
+                    # Shared totals (which include what was pushed) plus what arrived here meanwhile,
+                    # which the next push takes into this process's own count.
                     _window_set(rw, win, total[0] + max(0, held[0] - snap[0]), total[1] + max(0, held[1] - snap[1]))
-            s.rate_base[lid] = base
 
     # -- quotas ----------------------------------------------------------------------------------
 
     async def _quota_push(self, s: _RouterSync, pipe: Any, now: float) -> list[_QuotaSnap]:
         snaps: list[_QuotaSnap] = []
         start = len(pipe)
+        me = self._me
         for c in s.quotas:
             q = c.st.quota
             assert q is not None
             q.allows(now, 0)  # rolls the window to `now`
             win, req, tok = q.window, q.requests, q.tokens
-            bwin, breq, btok = s.quota_base.get(c.cid, (win, 0, 0))
-            if bwin != win:
-                breq = btok = 0
+            kept = s.quota_counts.get(c.cid)
+            n = kept[1] if kept is not None and kept[0] == win else _Count()
+            s.quota_counts[c.cid] = (win, n)
+            n.take((req, tok))
             key = f"{self._prefix}:q:{c.cid}:{q.cfg.period:g}:{win}"
-            if c.cid in s.quota_refill:
-                s.quota_refill.discard(c.cid)
-                await self._raise(keys=[key], args=["r", req, "t", tok], client=pipe)
-                breq, btok = req, tok  # raised to our counts: the increments below read the totals back
-            pos = len(pipe) - start
-            pipe.hincrby(key, "r", max(0, req - breq))
-            pipe.hincrby(key, "t", max(0, tok - btok))
-            pipe.expire(key, int(q.cfg.period) + RATE_TTL)
-            snaps.append((c, win, req, tok, pos))
+            if n.own[0] or n.own[1]:
+                pipe.hset(key, mapping={f"r|{me}": n.own[0], f"t|{me}": n.own[1]})
+                pipe.expire(key, int(q.cfg.period) + RATE_TTL)
+            snaps.append((c, win, req, tok, len(pipe) - start))
+            pipe.hgetall(key)
         return snaps
 
     def _quota_pull(self, s: _RouterSync, snaps: list[_QuotaSnap], res: list[Any], now: float) -> None:
         for c, win, req, tok, pos in snaps:
-            total_r, total_t = _int(res[pos]), _int(res[pos + 1])
-            bwin, breq, btok = s.quota_base.get(c.cid, (win, 0, 0))
-            s.quota_base[c.cid] = (win, total_r, total_t)
+            kept = s.quota_counts.get(c.cid)
+            if kept is None or kept[0] != win:
+                continue
+            total_r, total_t = kept[1].adopt(_summed(_pairs(res[pos]), "r|", "t|"))
             q = c.st.quota
             assert q is not None
             q.allows(now, 0)
-            if bwin == win and (total_r < breq or total_t < btok):
-                s.quota_refill.add(c.cid)  # Redis lost the window's counts: keep ours, refill it (as above)
-                continue
             if q.window == win:
                 q.requests = total_r + max(0, q.requests - req)
                 q.tokens = total_t + max(0, q.tokens - tok)

@@ -129,7 +129,7 @@ class ChannelState:
         "cooldown_default", "cooldown_max", "breakers", "breaker_cfg", "_ejection", "outlier",
         "_disabled_until", "auto", "limiter", "quota", "selections", "selections_at",
         "peak_ewma", "peak_at", "price", "slow", "gate", "has_limits", "track", "outlier_on", "switched_off",
-        "config_enabled", "successor",
+        "config_enabled", "successor", "_probe_rr",
     )
 
     def __init__(self, channel: Channel, index: int, routing: Routing,
@@ -157,6 +157,7 @@ class ChannelState:
                               AutoDisable(health.auto_disable))
                      for i, k in enumerate(channel.api_keys)]
         self._key_rr = 0
+        self._probe_rr = 0  # the key periodic probes take next (probe_due)
         self.key_strategy = channel.key_strategy
         self.rr_keys = bool(self.keys) and self.key_strategy == "round_robin"  # next_key's fast path applies
         self.inflight = 0
@@ -406,8 +407,10 @@ class ChannelState:
                     if kb is not None:
                         kb.on_failure(now, key_probe)
             fired = k.auto.on_status(status, outcome.retry_after)
-            if fired is not None and (bad_key or len(self.keys) > 1):
-                # With several keys the key is at fault; a lone key's overload is the channel's.
+            if fired is not None and (bad_key or self._pooled(k)):
+                # With several keys the key is at fault; a lone key's overload is the channel's, and
+                # so is that of a pool's last key in service (the others switched off or rejected):
+                # a key disabled, nothing brought it back before its time (probes lift the channel's).
                 self._disable(k, fired, now)
                 return
         fired = self.auto.on_status(status, outcome.retry_after)
@@ -417,6 +420,10 @@ class ChannelState:
             else:
                 action, seconds = fired
                 self.disabled_until = math.inf if action == "permanent" else max(self.disabled_until, now + seconds)
+
+    def _pooled(self, k: KeyState) -> bool:
+        """Whether another key of the channel is in service (not switched off, nor rejected for its credentials)."""
+        return any(o is not k and not o.held and not o.disabled for o in self.keys)
 
     @staticmethod
     def _disable(k: KeyState, fired: tuple[str, float], now: float) -> None:
@@ -613,9 +620,8 @@ class ChannelState:
         return bool(self.keys) and all(k.held for k in self.keys)
 
     def probe_due(self, now: float) -> tuple[bool, int | None]:
-        """Whether a periodic probe may go to this channel now, and the key it uses (probe_key, chosen
-        here once: choosing again would move the key rotation a second step, and send the probe on
-        another key than the one checked). Due: not switched off (by the config or an
+        """Whether a periodic probe may go to this channel now, and the key it uses (chosen here once:
+        each key in turn, and the prober sends on the one checked). Due: not switched off (by the config or an
         operator), not cooling down after a 429 (a probe would only spend the provider's rate limit),
         with a key it may use (_probe_may_use), and with room at its local limits and quota, where a probe
         counts as real traffic does. While the channel serves clients, a probe may not take what they
@@ -632,7 +638,19 @@ class ChannelState:
             return False, None
         if not self.keys:
             return True, None
-        key = self.probe_key(now, self.probe_model())
+        model = self.probe_model()
+        keys = self.keys
+        n = len(keys)
+        # Each key in turn: one the channel could send on, or one rejected for its credentials (a
+        # probe is how it is found to work again: taking only a key the channel would use, probes
+        # never tried the others once one worked).
+        for j in range(n):
+            i = (self._probe_rr + j) % n
+            k = keys[i]
+            if not k.held and (k.disabled or k.available(now, 0, model)) and self._probe_may_use(k, now, serving):
+                self._probe_rr = i + 1
+                return True, i
+        key = self.probe_key(now, model)  # none: the first an operator has not switched off (held back by health)
         return key is not None and self._probe_may_use(self.keys[key], now, serving), key
 
     def probe_model(self) -> str | None:

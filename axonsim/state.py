@@ -39,8 +39,8 @@ CLIENT_FAULTS = frozenset({ErrorKind.INVALID_REQUEST, ErrorKind.NOT_FOUND})
 
 
 class KeyState:
-    __slots__ = ("name", "secret", "disabled", "held", "disabled_until", "failures", "uses", "limiter",
-                 "breaker_cfg", "breakers", "auto", "has_limits")
+    __slots__ = ("name", "secret", "disabled", "held", "disabled_until", "auto_until", "failures", "uses",
+                 "limiter", "breaker_cfg", "breakers", "auto", "has_limits")
 
     def __init__(self, name: str, secret: str, limiter: Limiter, breaker_cfg: BreakerConfig | None,
                  auto: AutoDisable) -> None:
@@ -51,6 +51,9 @@ class KeyState:
         # successful probe, which lifts an automatic disable, leaves it alone and does not use the key.
         self.held = False
         self.disabled_until = NEVER  # temporarily
+        # The disabled_until an auto-disable rule set (one it no longer equals is a 429's cooldown,
+        # or was lifted): a pool's key out by a rule is probed when no key serves (ChannelState.probe_due).
+        self.auto_until = NEVER
         self.failures = 0
         self.uses = 0
         self.limiter = limiter
@@ -362,8 +365,12 @@ class ChannelState:
         if k is not None and k.has_limits:
             k.limiter.on_end()
         kind = outcome.kind
-        if kind is None or kind in CLIENT_FAULTS:
-            # the client's fault, or an abandoned attempt: says nothing about the channel's health
+        if kind is None or kind in CLIENT_FAULTS or (
+                k is not None and k.disabled and (kind is ErrorKind.AUTHENTICATION or kind is ErrorKind.PERMISSION)):
+            # The client's fault, or an abandoned attempt: says nothing about the channel's health.
+            # Nor does a key already rejected for its credentials rejected again (a probe testing it:
+            # traffic never uses it); counted, probes of a pool's rejected keys opened the breaker
+            # of a channel that served well on its other keys.
             if model is not None and self.breaker_cfg is not None:
                 self.breaker(model).on_abandon(ch_probe)
             kb = k.breakers.get(model) if k is not None and model is not None else None
@@ -407,10 +414,8 @@ class ChannelState:
                     if kb is not None:
                         kb.on_failure(now, key_probe)
             fired = k.auto.on_status(status, outcome.retry_after)
-            if fired is not None and (bad_key or self._pooled(k)):
-                # With several keys the key is at fault; a lone key's overload is the channel's, and
-                # so is that of a pool's last key in service (the others switched off or rejected):
-                # a key disabled, nothing brought it back before its time (probes lift the channel's).
+            if fired is not None and (bad_key or len(self.keys) > 1):
+                # With several keys the key is at fault; a lone key's overload is the channel's.
                 self._disable(k, fired, now)
                 return
         fired = self.auto.on_status(status, outcome.retry_after)
@@ -421,10 +426,6 @@ class ChannelState:
                 action, seconds = fired
                 self.disabled_until = math.inf if action == "permanent" else max(self.disabled_until, now + seconds)
 
-    def _pooled(self, k: KeyState) -> bool:
-        """Whether another key of the channel is in service (not switched off, nor rejected for its credentials)."""
-        return any(o is not k and not o.held and not o.disabled for o in self.keys)
-
     @staticmethod
     def _disable(k: KeyState, fired: tuple[str, float], now: float) -> None:
         action, seconds = fired
@@ -432,6 +433,7 @@ class ChannelState:
             k.disabled = True
         else:
             k.disabled_until = max(k.disabled_until, now + seconds)
+            k.auto_until = k.disabled_until
 
     def _peak(self, now: float, sample: float) -> None:
         # Finagle's peak-EWMA: jump to a worse sample at once, decay towards better ones over time.
@@ -650,6 +652,17 @@ class ChannelState:
             if not k.held and (k.disabled or k.available(now, 0, model)) and self._probe_may_use(k, now, serving):
                 self._probe_rr = i + 1
                 return True, i
+        if not serving:
+            # No key serves: one an auto-disable rule took out is tried too, as a lone key's channel
+            # is when the rule's disable is the channel's. Else nothing brought the pool back before
+            # the rule's minutes were up. (One cooling down after a 429 alone is left to come back.)
+            for j in range(n):
+                i = (self._probe_rr + j) % n
+                k = keys[i]
+                if (not k.held and k.disabled_until > now and k.auto_until == k.disabled_until
+                        and self._probe_may_use(k, now, False, True)):
+                    self._probe_rr = i + 1
+                    return True, i
         key = self.probe_key(now, model)  # none: the first an operator has not switched off (held back by health)
         return key is not None and self._probe_may_use(self.keys[key], now, serving), key
 
@@ -658,12 +671,12 @@ class ChannelState:
         models = self.channel.models
         return models[0] if models else None
 
-    def _probe_may_use(self, k: KeyState, now: float, serving: bool) -> bool:
+    def _probe_may_use(self, k: KeyState, now: float, serving: bool, out_ok: bool = False) -> bool:
         """Whether a probe may use key `k` now: not cooling down (a 429, a temporary disable: it
-        comes back by itself), and within its own limits as the channel's are reckoned (room to
-        spare while the channel serves clients). A key disabled for its credentials is one a probe
-        tests: that is how it is found to work again."""
-        if k.held or k.disabled_until > now:
+        comes back by itself; `out_ok`: may be, out by an auto-disable rule), and within its own limits as
+        the channel's are reckoned (room to spare while the channel serves clients). A key disabled
+        for its credentials is one a probe tests: that is how it is found to work again."""
+        if k.held or (k.disabled_until > now and not out_ok):
             return False
         if k.disabled or not k.has_limits:
             return True

@@ -435,8 +435,6 @@ class _Chan:
 
 # (limiter id, limiter, minute, its counts for that minute and the one before, at the snapshot)
 _RateSnap = tuple[str, Limiter, int, tuple[int, int], tuple[int, int]]
-# (channel, quota window, requests, tokens at the snapshot, its reply's place in the quota slice)
-_QuotaSnap = tuple[_Chan, int, int, int, int]
 
 
 @dataclass
@@ -453,11 +451,20 @@ class _Count:
         self.own[1] += max(0, local[1] - self.mark[1])
         self.mark = local
 
+    def anew(self) -> _Count:
+        """The counts for a new local counter (from 0) of the same shared window."""
+        return _Count(own=list(self.own), mark=(0, 0), total=self.total)
+
     def adopt(self, summed: tuple[int, int]) -> tuple[int, int]:
         """The shared total to adopt: `summed` (every process's own counts), unless it fell."""
         self.total = (max(summed[0], self.total[0]), max(summed[1], self.total[1]))
         self.mark = self.total
         return self.total
+
+
+# (channel, its quota window's counts, the window, requests, tokens at the snapshot, its reply's place
+# in the quota slice)
+_QuotaSnap = tuple[_Chan, _Count, int, int, int, int]
 
 
 def _summed(fields: dict[str, str], req: str, tok: str) -> tuple[int, int]:
@@ -486,25 +493,37 @@ class _RouterSync:
                     self.limiters.append((f"{c.cid}|k{i}", k.limiter))
         self.quotas = [c for c in self.chans if c.st.quota is not None]
         self.rates: dict[str, dict[int, _Count]] = {}  # limiter id -> minute -> its counts
-        self.quota_counts: dict[str, tuple[int, _Count]] = {}  # channel id -> (quota window, its counts)
+        self.quota_counts: dict[str, tuple[str, _Count]] = {}  # channel id -> (its quota window's key, its counts)
         self.rr_base = router.balancer.seq  # local selections up to here are in the shared counter already
         self.rr_total = -1  # the shared counter last seen; a drop means Redis lost it
         self.version: str | None = None
         self.last_full = -math.inf
 
     def inherit(self, old: _RouterSync) -> None:
-        """After a reload: the counters a new Router took over from the old one (server.proxy.carry_over
-        hands unchanged channels' limiters and quotas to it) keep what this process counted of them,
-        or the next push would count their whole local count, others' adopted counts included, as
-        this process's own."""
+        """After a reload: a counter the new Router took over from the old one (server.proxy.carry_over
+        hands unchanged channels' limiters and quotas to it) keeps its counts whole, or the next push
+        would count its whole local count, others' adopted counts included, as this process's own.
+        A changed channel of the same upstream (same fields in Redis: a new limit, say) gets a new
+        counter, counting from 0 here: it keeps what this process admitted in the window, which
+        its next push would otherwise overwrite with what it admits from now on."""
         old_limiters = dict(old.limiters)
         for lid, lim in self.limiters:
-            if old_limiters.get(lid) is lim and lid in old.rates:
-                self.rates[lid] = old.rates[lid]
+            counts = old.rates.get(lid)
+            if counts is None:
+                continue
+            if old_limiters.get(lid) is lim:
+                self.rates[lid] = counts
+            else:
+                self.rates[lid] = {w: n.anew() for w, n in counts.items()}
         old_quotas = {c.cid: c.st.quota for c in old.quotas}
         for c in self.quotas:
-            if old_quotas.get(c.cid) is c.st.quota and c.cid in old.quota_counts:
-                self.quota_counts[c.cid] = old.quota_counts[c.cid]
+            kept = old.quota_counts.get(c.cid)
+            if kept is None:
+                continue
+            if old_quotas.get(c.cid) is c.st.quota:
+                self.quota_counts[c.cid] = kept
+            else:
+                self.quota_counts[c.cid] = (kept[0], kept[1].anew())
         # A permanent state still held keeps the stamp it was shared with: re-stamped, it would pass
         # for a new incident, newer than an operator's enable made since.
         old_chans = {c.cid: c for c in old.chans}
@@ -900,24 +919,21 @@ class SharedState:
             assert q is not None
             q.allows(now, 0)  # rolls the window to `now`
             win, req, tok = q.window, q.requests, q.tokens
-            kept = s.quota_counts.get(c.cid)
-            n = kept[1] if kept is not None and kept[0] == win else _Count()
-            s.quota_counts[c.cid] = (win, n)
-            n.take((req, tok))
             key = f"{self._prefix}:q:{c.cid}:{q.cfg.period:g}:{win}"
+            kept = s.quota_counts.get(c.cid)
+            n = kept[1] if kept is not None and kept[0] == key else _Count()
+            s.quota_counts[c.cid] = (key, n)
+            n.take((req, tok))
             if n.own[0] or n.own[1]:
                 pipe.hset(key, mapping={f"r|{me}": n.own[0], f"t|{me}": n.own[1]})
                 pipe.expire(key, int(q.cfg.period) + RATE_TTL)
-            snaps.append((c, win, req, tok, len(pipe) - start))
+            snaps.append((c, n, win, req, tok, len(pipe) - start))
             pipe.hgetall(key)
         return snaps
 
     def _quota_pull(self, s: _RouterSync, snaps: list[_QuotaSnap], res: list[Any], now: float) -> None:
-        for c, win, req, tok, pos in snaps:
-            kept = s.quota_counts.get(c.cid)
-            if kept is None or kept[0] != win:
-                continue
-            total_r, total_t = kept[1].adopt(_summed(_pairs(res[pos]), "r|", "t|"))
+        for c, n, win, req, tok, pos in snaps:
+            total_r, total_t = n.adopt(_summed(_pairs(res[pos]), "r|", "t|"))
             q = c.st.quota
             assert q is not None
             q.allows(now, 0)

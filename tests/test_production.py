@@ -1060,9 +1060,9 @@ def test_probes_bring_back_every_key_of_a_pool_its_provider_rejected() -> None:
 
 def test_probes_bring_back_a_pool_whose_last_key_in_service_was_overloaded() -> None:
     """An operator switched one key of two off; the other then met the auto-disable rule (three
-    503s). It was disabled as a key of a pool, which probes do not lift (a key cooling down comes
-    back by itself): the channel stayed out for the rule's whole 300 s. It is the channel's
-    overload, as a lone key's, and the probe that finds it well again brings it back."""
+    503s), which disables a key of a pool. Probes never tried a key out for a while (a 429's
+    cooldown comes back by itself): the channel stayed out for the rule's whole 300 s. With no key
+    left in service, such a key is probed too, and the probe that finds it well brings it back."""
     sick = {"faults": {"overloaded": 1.0}}
     routing = {"retry": {"max_same_channel": 0, "backoff": {"base": 0.001, "cap": 0.01}},
                "health": {"breaker": {"enabled": False}, "key_breaker": {"enabled": False},
@@ -1076,14 +1076,34 @@ def test_probes_bring_back_a_pool_whose_last_key_in_service_was_overloaded() -> 
             assert c.post("/admin/channels/duo/keys/duo%231/disable", headers=ADMIN).status_code == 200
             for _ in range(3):
                 assert chat(c, "m").status_code == 200  # the backup serves
-            until(lambda: duo.disabled_until > time.time(), "the auto-disable, the channel's")
-            assert duo.keys[0].disabled_until < time.time()
+            until(lambda: duo.keys[0].disabled_until > time.time() + 100, "the auto-disable of the key in service")
             provider = st.by_name["duo"].provider
             provider.model = BehaviorModel(Behavior.model_validate(FAST), 1)  # the provider recovers
-            until(lambda: duo.disabled_until < time.time(), "a probe to lift the auto-disable", 10)
+            until(lambda: duo.keys[0].disabled_until < time.time(), "a probe to lift the key's auto-disable", 10)
             r = chat(c, "m")
             assert r.status_code == 200 and gw.proxy.find(r.headers["x-request-id"])["channel"] == "duo"  # type: ignore[index]
         assert duo.keys[1].held  # the operator's switch stays
+
+
+def test_probes_of_rejected_keys_leave_the_channels_health_alone() -> None:
+    """Probes try each rejected key of a pool again; its 401s counted against the channel (with five
+    rejected keys in a row its breaker opened, and reopened, its open time doubling, while its one
+    good key served well). A key rejected again says nothing new about the channel."""
+    keys = [{"key": secret("mix") + f"-{i}", "name": f"mix#{i}"} for i in range(3)]
+    with Stack() as st:
+        gw = st.serve([ch("mix", "m", probe={"interval": 0.02}, api_keys=keys), ch("backup", "m", priority=1)],
+                      gateway=GATEWAY)
+        mix = gw.proxy.router.by_name["mix"]
+        provider = st.by_name["mix"].provider
+        provider.keys = frozenset({keys[0]["key"]})  # one key of three works
+        until(lambda: sum(k.disabled for k in mix.keys) == 2, "probes find two keys rejected", 10)
+        failures, seen = mix.failures, provider.stats["unauthorized"]
+        until(lambda: provider.stats["unauthorized"] >= seen + 10, "probes try them again, and again", 10)
+        assert mix.failures == failures and all(b.trips == 0 for b in mix.breakers.values())
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            for _ in range(3):
+                r = chat(c, "m")
+                assert gw.proxy.find(r.headers["x-request-id"])["channel"] == "mix"  # type: ignore[index]
 
 
 def test_probes_and_tests_neither_use_nor_lift_a_key_an_operator_disabled() -> None:

@@ -585,6 +585,36 @@ async def test_a_reload_while_a_sync_is_under_way_counts_nothing_twice(redis_url
 
 
 @pytest.mark.parametrize("kind", ["rpm", "quota"])
+async def test_a_reload_that_changes_a_limit_keeps_what_this_process_admitted(redis_url: str, prefix: str,
+                                                                              clock: Callable[[], float],
+                                                                              kind: str) -> None:
+    """A changed channel gets a new counter, from 0; its next push wrote this process's count for the
+    window as the admissions since the reload, losing the ones before (reviewed: 11 admitted
+    against a limit raised from 5 to 6)."""
+    cfg = make_config(redis_url, prefix, channels=[_limited_channel(kind), {"name": "b", "models": ["m"], "priority": 1}])
+    async with pair(cfg, clock) as (ra, rb, sa, _):
+        current = [ra]
+        sa._get_router = lambda: current[0]
+        for _ in range(5):
+            assert calls(ra, clock) == [("a", None)]
+        await eventually(lambda: _counted(rb, clock, kind) == 5, "B counts A's five")
+        raised = cfg.model_copy(deep=True)
+        if kind == "rpm":
+            raised.channels[0].limits.rpm = 12
+        else:
+            raised.channels[0].quota.requests = 12  # type: ignore[union-attr]
+        new = Router(raised)
+        assert carry_over(ra, new, clock()) == ["b"]  # `a` changed: a new counter
+        current[0] = new
+        await eventually(lambda: _counted(new, clock, kind) == 5, "the new counter adopts the fleet's five")
+        for _ in range(7):
+            assert calls(new, clock) == [("a", None)]  # the seven left of twelve
+        await asyncio.sleep(10 * INTERVAL)
+        assert _counted(new, clock, kind) == 12 and _counted(rb, clock, kind) == 12
+        assert calls(new, clock) == [("b", None)]
+
+
+@pytest.mark.parametrize("kind", ["rpm", "quota"])
 async def test_a_shared_count_that_fell_is_not_adopted_before_the_others_fill_it_again(
         redis_url: str, prefix: str, rdb: redis.Redis, clock: Callable[[], float], kind: str) -> None:
     """Redis lost the counts (flushed, failed over to an empty replica): the first process to sync

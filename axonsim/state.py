@@ -673,7 +673,7 @@ class ChannelState:
 
     def _probe_may_use(self, k: KeyState, now: float, serving: bool, out_ok: bool = False) -> bool:
         """Whether a probe may use key `k` now: not cooling down (a 429, a temporary disable: it
-        comes back by itself; `out_ok`: may be, out by an auto-disable rule), and within its own limits as
+        comes back by itself; with `out_ok` it may be out by an auto-disable rule), and within its own limits as
         the channel's are reckoned (room to spare while the channel serves clients). A key disabled
         for its credentials is one a probe tests: that is how it is found to work again."""
         if k.held or (k.disabled_until > now and not out_ok):

@@ -137,8 +137,8 @@ class _Watch:
     def __init__(self) -> None:
         self.done = False  # the response is complete (or about to be): a disconnect now means nothing
         self.gone = False  # the client disconnected first and the request was cancelled
-        # Seconds spent waiting for the rest of a body the client sent in parts: the client's time,
-        # not the gateway's, so not overhead (a slow upload counted seconds as the gateway's own).
+        # Seconds spent waiting for the request's body (sent after its head, or in parts): the
+        # client's time, not the gateway's, so not overhead (a slow upload counted as the gateway's).
         self.waited = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None

@@ -39,8 +39,8 @@ CLIENT_FAULTS = frozenset({ErrorKind.INVALID_REQUEST, ErrorKind.NOT_FOUND})
 
 
 class KeyState:
-    __slots__ = ("name", "secret", "disabled", "held", "disabled_until", "auto_until", "failures", "uses",
-                 "limiter", "breaker_cfg", "breakers", "auto", "has_limits")
+    __slots__ = ("name", "secret", "disabled", "held", "disabled_until", "failures", "uses", "limiter",
+                 "breaker_cfg", "breakers", "auto", "has_limits")
 
     def __init__(self, name: str, secret: str, limiter: Limiter, breaker_cfg: BreakerConfig | None,
                  auto: AutoDisable) -> None:
@@ -51,9 +51,6 @@ class KeyState:
         # successful probe, which lifts an automatic disable, leaves it alone and does not use the key.
         self.held = False
         self.disabled_until = NEVER  # temporarily
-        # The disabled_until an auto-disable rule set (one it no longer equals is a 429's cooldown,
-        # or was lifted): a pool's key out by a rule is probed when no key serves (ChannelState.probe_due).
-        self.auto_until = NEVER
         self.failures = 0
         self.uses = 0
         self.limiter = limiter
@@ -414,8 +411,11 @@ class ChannelState:
                     if kb is not None:
                         kb.on_failure(now, key_probe)
             fired = k.auto.on_status(status, outcome.retry_after)
-            if fired is not None and (bad_key or len(self.keys) > 1):
-                # With several keys the key is at fault; a lone key's overload is the channel's.
+            if fired is not None and (bad_key or self._pooled(k)):
+                # With several keys the key is at fault; a lone key's overload is the channel's, and
+                # so is that of a pool's last key in service (the others switched off or rejected):
+                # its channel's disable is shared, carried over and lifted as a lone key's is (a
+                # probe ends it); a key's left the pool out for the rule's whole time.
                 self._disable(k, fired, now)
                 return
         fired = self.auto.on_status(status, outcome.retry_after)
@@ -426,6 +426,11 @@ class ChannelState:
                 action, seconds = fired
                 self.disabled_until = math.inf if action == "permanent" else max(self.disabled_until, now + seconds)
 
+    def _pooled(self, k: KeyState) -> bool:
+        """Whether another key of the channel is in service (not switched off, nor rejected for its
+        credentials)."""
+        return any(o is not k and not o.disabled for o in self.keys)
+
     @staticmethod
     def _disable(k: KeyState, fired: tuple[str, float], now: float) -> None:
         action, seconds = fired
@@ -433,7 +438,6 @@ class ChannelState:
             k.disabled = True
         else:
             k.disabled_until = max(k.disabled_until, now + seconds)
-            k.auto_until = k.disabled_until
 
     def _peak(self, now: float, sample: float) -> None:
         # Finagle's peak-EWMA: jump to a worse sample at once, decay towards better ones over time.
@@ -652,17 +656,6 @@ class ChannelState:
             if not k.held and (k.disabled or k.available(now, 0, model)) and self._probe_may_use(k, now, serving):
                 self._probe_rr = i + 1
                 return True, i
-        if not serving:
-            # No key serves: one an auto-disable rule took out is tried too, as a lone key's channel
-            # is when the rule's disable is the channel's. Else nothing brought the pool back before
-            # the rule's minutes were up. (One cooling down after a 429 alone is left to come back.)
-            for j in range(n):
-                i = (self._probe_rr + j) % n
-                k = keys[i]
-                if (not k.held and k.disabled_until > now and k.auto_until == k.disabled_until
-                        and self._probe_may_use(k, now, False, True)):
-                    self._probe_rr = i + 1
-                    return True, i
         key = self.probe_key(now, model)  # none: the first an operator has not switched off (held back by health)
         return key is not None and self._probe_may_use(self.keys[key], now, serving), key
 
@@ -671,12 +664,12 @@ class ChannelState:
         models = self.channel.models
         return models[0] if models else None
 
-    def _probe_may_use(self, k: KeyState, now: float, serving: bool, out_ok: bool = False) -> bool:
+    def _probe_may_use(self, k: KeyState, now: float, serving: bool) -> bool:
         """Whether a probe may use key `k` now: not cooling down (a 429, a temporary disable: it
-        comes back by itself; with `out_ok` it may be out by an auto-disable rule), and within its own limits as
-        the channel's are reckoned (room to spare while the channel serves clients). A key disabled
-        for its credentials is one a probe tests: that is how it is found to work again."""
-        if k.held or (k.disabled_until > now and not out_ok):
+        comes back by itself), and within its own limits as the channel's are reckoned (room to
+        spare while the channel serves clients). A key disabled for its credentials is one a probe
+        tests: that is how it is found to work again."""
+        if k.held or k.disabled_until > now:
             return False
         if k.disabled or not k.has_limits:
             return True

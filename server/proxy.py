@@ -489,7 +489,7 @@ def store_record(rec: Mapping[str, Any], rt: Runtime, ex: Exchange | None, reque
 _VALUES = ("requests", "failures", "consecutive_failures", "last_failure", "last_success", "cooldown_until",
            "ewma_latency", "ewma_ttft", "ewma_tps", "last_pick", "disabled_until", "selections", "selections_at",
            "peak_ewma", "peak_at", "_key_rr")
-_KEY_VALUES = ("disabled", "held", "disabled_until", "auto_until", "failures", "uses")
+_KEY_VALUES = ("disabled", "held", "disabled_until", "failures", "uses")
 
 
 def carry_over(old: Router, new: Router, now: float) -> list[str]:

@@ -504,26 +504,33 @@ class _RouterSync:
         hands unchanged channels' limiters and quotas to it) keeps its counts whole, or the next push
         would count its whole local count, others' adopted counts included, as this process's own.
         A changed channel of the same upstream (same fields in Redis: a new limit, say) gets a new
-        counter, counting from 0 here: it keeps what this process admitted in the window, which
-        its next push would otherwise overwrite with what it admits from now on."""
+        counter, counting from 0 here: it keeps what this process admitted in the window (pushed or
+        not yet), which its next push would otherwise overwrite with what it admits from now on."""
         old_limiters = dict(old.limiters)
         for lid, lim in self.limiters:
             counts = old.rates.get(lid)
             if counts is None:
                 continue
-            if old_limiters.get(lid) is lim:
+            was = old_limiters.get(lid)
+            if was is lim:
                 self.rates[lid] = counts
-            else:
-                self.rates[lid] = {w: n.anew() for w, n in counts.items()}
+                continue
+            for w, n in counts.items():
+                if was is not None and (held := _window_counts(was.window, w)) is not None:
+                    n.take(held)  # admitted since the last push
+            self.rates[lid] = {w: n.anew() for w, n in counts.items()}
         old_quotas = {c.cid: c.st.quota for c in old.quotas}
         for c in self.quotas:
             kept = old.quota_counts.get(c.cid)
             if kept is None:
                 continue
-            if old_quotas.get(c.cid) is c.st.quota:
+            q = old_quotas.get(c.cid)
+            if q is c.st.quota:
                 self.quota_counts[c.cid] = kept
-            else:
-                self.quota_counts[c.cid] = (kept[0], kept[1].anew())
+                continue
+            if q is not None and kept[0].endswith(f":{q.window}"):
+                kept[1].take((q.requests, q.tokens))  # admitted since the last push
+            self.quota_counts[c.cid] = (kept[0], kept[1].anew())
         # A permanent state still held keeps the stamp it was shared with: re-stamped, it would pass
         # for a new incident, newer than an operator's enable made since.
         old_chans = {c.cid: c for c in old.chans}

@@ -595,9 +595,18 @@ async def test_a_reload_that_changes_a_limit_keeps_what_this_process_admitted(re
     async with pair(cfg, clock) as (ra, rb, sa, _):
         current = [ra]
         sa._get_router = lambda: current[0]
-        for _ in range(5):
+        for _ in range(3):
             assert calls(ra, clock) == [("a", None)]
-        await eventually(lambda: _counted(rb, clock, kind) == 5, "B counts A's five")
+        await eventually(lambda: _counted(rb, clock, kind) == 3, "B counts A's three")
+        sync_a = sa.sync_once
+
+        async def paused() -> bool:
+            return True
+
+        sa.sync_once = paused  # type: ignore[method-assign]
+        await asyncio.sleep(3 * INTERVAL)  # A's sync under way, if any, is done
+        for _ in range(2):  # admitted after A's last push, before the reload
+            assert calls(ra, clock) == [("a", None)]
         raised = cfg.model_copy(deep=True)
         if kind == "rpm":
             raised.channels[0].limits.rpm = 12
@@ -606,7 +615,9 @@ async def test_a_reload_that_changes_a_limit_keeps_what_this_process_admitted(re
         new = Router(raised)
         assert carry_over(ra, new, clock()) == ["b"]  # `a` changed: a new counter
         current[0] = new
+        sa.sync_once = sync_a  # type: ignore[method-assign]
         await eventually(lambda: _counted(new, clock, kind) == 5, "the new counter adopts the fleet's five")
+        await eventually(lambda: _counted(rb, clock, kind) == 5, "B counts A's five")
         for _ in range(7):
             assert calls(new, clock) == [("a", None)]  # the seven left of twelve
         await asyncio.sleep(10 * INTERVAL)

@@ -561,20 +561,27 @@ def test_probes_leave_a_channels_limits_and_quota_to_its_clients():
     assert served >= 2 * 2 and res.requests.ok.all()  # ~2 minutes of traffic: at least half its limit a minute
 
 
-def test_with_no_key_in_service_a_probe_tries_a_key_a_rule_took_out_but_not_one_cooling_after_a_429():
+def test_an_overload_rule_on_a_pools_last_key_in_service_disables_the_channel_as_a_lone_keys():
+    """Its channel's disable is what probes lift (and what Redis shares and a reload carries over);
+    as a key's, the pool stayed out for the rule's whole 300 s. With another key in service, the
+    key alone is out, as before."""
     from axonsim.execution import Outcome, Router
     from axonsim.unified import ErrorKind
 
-    cfg = parse_config({"channels": [{"name": "a", "models": ["m"], "api_keys": ["sk-a", "sk-b"]}]})
+    def overloaded(st: Any, key: int) -> None:
+        for t in (1.0, 2.0, 3.0):  # three 503s: the default rule
+            st.started(t, key, "m")
+            st.failed(t, Outcome(False, t, 503, ErrorKind.OVERLOADED, key=key), "m")
+
+    cfg = parse_config({"channels": [{"name": "a", "models": ["m"], "api_keys": ["sk-a", "sk-b", "sk-c"]}]})
     st = Router(cfg).by_name["a"]
     st.keys[1].held = st.keys[1].disabled = True  # switched off by an operator
-    for t in (1.0, 2.0, 3.0):  # three 503s on the key in service: the rule takes it out for 300 s
-        st.started(t, 0, "m")
-        st.failed(t, Outcome(False, t, 503, ErrorKind.OVERLOADED, key=0), "m")
-    assert st.keys[0].disabled_until == 303.0 and st.overall_reason(4.0) is not None
-    assert st.probe_due(4.0) == (True, 0)
+    st.keys[2].disabled = True  # rejected for its credentials
+    overloaded(st, 0)
+    assert st.disabled_until == 303.0 and st.keys[0].disabled_until < 4.0
+    assert st.probe_due(4.0)[0]
     assert st.lift_automatic(4.0, 0) and st.overall_reason(4.0) is None
-    st.started(5.0, 0, "m")  # then a 429 alone: it comes back by itself
-    st.failed(5.0, Outcome(False, 5.0, 429, ErrorKind.RATE_LIMITED, retry_after=30.0, key=0), "m")
-    assert st.keys[0].disabled_until == 35.0 and st.probe_due(6.0)[0] is False
-    assert st.probe_due(36.0) == (True, 0)
+    st = Router(cfg).by_name["a"]
+    st.keys[1].held = st.keys[1].disabled = True
+    overloaded(st, 0)  # key 2 still serves
+    assert st.keys[0].disabled_until == 303.0 and st.disabled_until < 4.0 and st.overall_reason(4.0) is None

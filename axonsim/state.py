@@ -411,11 +411,8 @@ class ChannelState:
                     if kb is not None:
                         kb.on_failure(now, key_probe)
             fired = k.auto.on_status(status, outcome.retry_after)
-            if fired is not None and (bad_key or self._pooled(k)):
-                # With several keys the key is at fault; a lone key's overload is the channel's, and
-                # so is that of a pool's last key in service (the others switched off or rejected):
-                # its channel's disable is shared, carried over and lifted as a lone key's is (a
-                # probe ends it); a key's left the pool out for the rule's whole time.
+            if fired is not None and (bad_key or len(self.keys) > 1):
+                # With several keys the key is at fault; a lone key's overload is the channel's.
                 self._disable(k, fired, now)
                 return
         fired = self.auto.on_status(status, outcome.retry_after)
@@ -425,11 +422,6 @@ class ChannelState:
             else:
                 action, seconds = fired
                 self.disabled_until = math.inf if action == "permanent" else max(self.disabled_until, now + seconds)
-
-    def _pooled(self, k: KeyState) -> bool:
-        """Whether another key of the channel is in service (not switched off, nor rejected for its
-        credentials)."""
-        return any(o is not k and not o.disabled for o in self.keys)
 
     @staticmethod
     def _disable(k: KeyState, fired: tuple[str, float], now: float) -> None:

@@ -1058,34 +1058,6 @@ def test_probes_bring_back_every_key_of_a_pool_its_provider_rejected() -> None:
         until(lambda: not any(k.disabled for k in rej.keys), "probes find every key working again", 10)
 
 
-def test_probes_bring_back_a_pool_whose_last_key_in_service_was_overloaded() -> None:
-    """An operator switched one key of two off; the other then met the auto-disable rule (three
-    503s). It was disabled as a key of a pool, which probes do not try (a key cooling down comes
-    back by itself): the channel stayed out for the rule's whole 300 s. It is the channel's
-    overload, as a lone key's, and the probe that finds it well again brings it back."""
-    sick = {"faults": {"overloaded": 1.0}}
-    routing = {"retry": {"max_same_channel": 0, "backoff": {"base": 0.001, "cap": 0.01}},
-               "health": {"breaker": {"enabled": False}, "key_breaker": {"enabled": False},
-                          "outlier": {"enabled": False}}}
-    keys = [{"key": secret("duo"), "name": "duo#0"}, {"key": secret("duo") + "-2", "name": "duo#1"}]
-    with Stack() as st:
-        gw = st.serve([ch("duo", "m", sick, priority=0, probe={"interval": 0.3}, api_keys=keys),
-                       ch("backup", "m", priority=1)], gateway=GATEWAY, routing=routing)
-        duo = gw.proxy.router.by_name["duo"]
-        with httpx.Client(base_url=gw.url, timeout=10) as c:
-            assert c.post("/admin/channels/duo/keys/duo%231/disable", headers=ADMIN).status_code == 200
-            for _ in range(3):
-                assert chat(c, "m").status_code == 200  # the backup serves
-            until(lambda: duo.disabled_until > time.time(), "the auto-disable, the channel's")
-            assert duo.keys[0].disabled_until < time.time()
-            provider = st.by_name["duo"].provider
-            provider.model = BehaviorModel(Behavior.model_validate(FAST), 1)  # the provider recovers
-            until(lambda: duo.disabled_until < time.time(), "a probe to lift the auto-disable", 10)
-            r = chat(c, "m")
-            assert r.status_code == 200 and gw.proxy.find(r.headers["x-request-id"])["channel"] == "duo"  # type: ignore[index]
-        assert duo.keys[1].held  # the operator's switch stays
-
-
 def test_probes_of_rejected_keys_leave_the_channels_health_alone() -> None:
     """Probes try each rejected key of a pool again; its 401s counted against the channel (with five
     rejected keys in a row its breaker opened, and reopened, its open time doubling, while its one

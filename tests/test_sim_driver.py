@@ -560,28 +560,3 @@ def test_probes_leave_a_channels_limits_and_quota_to_its_clients():
     served = int(((res.attempts.channel == "A") & (res.attempts.status == 200)).sum())
     assert served >= 2 * 2 and res.requests.ok.all()  # ~2 minutes of traffic: at least half its limit a minute
 
-
-def test_an_overload_rule_on_a_pools_last_key_in_service_disables_the_channel_as_a_lone_keys():
-    """Its channel's disable is what probes lift (and what Redis shares and a reload carries over);
-    as a key's, the pool stayed out for the rule's whole 300 s. With another key in service, the
-    key alone is out, as before."""
-    from axonsim.execution import Outcome, Router
-    from axonsim.unified import ErrorKind
-
-    def overloaded(st: Any, key: int) -> None:
-        for t in (1.0, 2.0, 3.0):  # three 503s: the default rule
-            st.started(t, key, "m")
-            st.failed(t, Outcome(False, t, 503, ErrorKind.OVERLOADED, key=key), "m")
-
-    cfg = parse_config({"channels": [{"name": "a", "models": ["m"], "api_keys": ["sk-a", "sk-b", "sk-c"]}]})
-    st = Router(cfg).by_name["a"]
-    st.keys[1].held = st.keys[1].disabled = True  # switched off by an operator
-    st.keys[2].disabled = True  # rejected for its credentials
-    overloaded(st, 0)
-    assert st.disabled_until == 303.0 and st.keys[0].disabled_until < 4.0
-    assert st.probe_due(4.0)[0]
-    assert st.lift_automatic(4.0, 0) and st.overall_reason(4.0) is None
-    st = Router(cfg).by_name["a"]
-    st.keys[1].held = st.keys[1].disabled = True
-    overloaded(st, 0)  # key 2 still serves
-    assert st.keys[0].disabled_until == 303.0 and st.disabled_until < 4.0 and st.overall_reason(4.0) is None

@@ -559,4 +559,3 @@ def test_probes_leave_a_channels_limits_and_quota_to_its_clients():
     res = simulate(cfg, seed=2)
     served = int(((res.attempts.channel == "A") & (res.attempts.status == 200)).sum())
     assert served >= 2 * 2 and res.requests.ok.all()  # ~2 minutes of traffic: at least half its limit a minute
-

@@ -252,11 +252,16 @@ class GatewayProcess(Process):  # type: ignore[misc]
         # app had installed its handler (a start-up hook) ended the worker: SIGHUP's default. The
         # worker is spawned with SIGHUP ignored (an ignored signal stays ignored across exec) until
         # `target` remembers it instead; it has not read the file yet before then.
+        # A terminal's Ctrl-C (every process of the group) that came while a worker was still
+        # importing interrupted it there, with a traceback: the worker is spawned with SIGINT ignored
+        # too, until its server installs its own handlers; the parent ends it meanwhile (SIGTERM).
         previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             super().start()
         finally:
             signal.signal(signal.SIGHUP, previous)
+            signal.signal(signal.SIGINT, previous_int)
 
     def target(self, sockets: Any = None) -> None:  # pragma: no cover - runs in the worker process
         # From here on (before the app reads its config) a SIGHUP is remembered, not lost: the

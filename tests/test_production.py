@@ -1444,6 +1444,32 @@ def test_requests_past_the_shutdown_deadline_are_cancelled_and_recorded(tmp_path
     assert gw.proxy.router.by_name["slow"].inflight == 0
 
 
+def test_a_ctrl_c_while_the_workers_start_ends_them_without_a_traceback(tmp_path: Path) -> None:
+    """The terminal's Ctrl-C reaches every process of the group; a worker still importing was
+    interrupted there (KeyboardInterrupt, a traceback per worker), as CI once caught when the
+    workers took long to start."""
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text('channels:\n  - {name: c, base_url: "http://127.0.0.1:9/v1", models: [m]}\n'
+                   f'store: {{url: "sqlite+aiosqlite:///{tmp_path / "gw.db"}"}}\n')
+    proc = subprocess.Popen([sys.executable, "-m", "axonsim", "serve", "--config", str(cfg), "--port",
+                             str(free_port()), "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, start_new_session=True)
+    try:
+        assert proc.stderr is not None
+        seen = ""
+        while "Started parent process" not in seen:
+            line = proc.stderr.readline()
+            assert line, seen
+            seen += line
+        time.sleep(0.2)  # the workers are being spawned: importing
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _stop(proc)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert proc.returncode == 0, err
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_second_ctrl_c_cuts_the_requests_still_running_and_records_them(tmp_path: Path, workers: str) -> None:
     """The first Ctrl-C waits for requests (up to shutdown_timeout); a second cuts them at once: each

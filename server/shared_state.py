@@ -493,7 +493,8 @@ class _RouterSync:
                     self.limiters.append((f"{c.cid}|k{i}", k.limiter))
         self.quotas = [c for c in self.chans if c.st.quota is not None]
         self.rates: dict[str, dict[int, _Count]] = {}  # limiter id -> minute -> its counts
-        self.quota_counts: dict[str, tuple[str, _Count]] = {}  # channel id -> (its quota window's key, its counts)
+        # channel id -> ((quota period, window), its counts)
+        self.quota_counts: dict[str, tuple[tuple[float, int], _Count]] = {}
         self.rr_base = router.balancer.seq  # local selections up to here are in the shared counter already
         self.rr_total = -1  # the shared counter last seen; a drop means Redis lost it
         self.version: str | None = None
@@ -528,7 +529,7 @@ class _RouterSync:
             if q is c.st.quota:
                 self.quota_counts[c.cid] = kept
                 continue
-            if q is not None and kept[0].endswith(f":{q.window}"):
+            if q is not None and kept[0] == (q.cfg.period, q.window):
                 kept[1].take((q.requests, q.tokens))  # admitted since the last push
             self.quota_counts[c.cid] = (kept[0], kept[1].anew())
         # A permanent state still held keeps the stamp it was shared with: re-stamped, it would pass
@@ -928,8 +929,9 @@ class SharedState:
             win, req, tok = q.window, q.requests, q.tokens
             key = f"{self._prefix}:q:{c.cid}:{q.cfg.period:g}:{win}"
             kept = s.quota_counts.get(c.cid)
-            n = kept[1] if kept is not None and kept[0] == key else _Count()
-            s.quota_counts[c.cid] = (key, n)
+            window = (q.cfg.period, win)
+            n = kept[1] if kept is not None and kept[0] == window else _Count()
+            s.quota_counts[c.cid] = (window, n)
             n.take((req, tok))
             if n.own[0] or n.own[1]:
                 pipe.hset(key, mapping={f"r|{me}": n.own[0], f"t|{me}": n.own[1]})

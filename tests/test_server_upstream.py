@@ -72,10 +72,15 @@ async def server() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[AiohttpUpstream]:
+@pytest.fixture(params=["direct", "session"])
+async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[AiohttpUpstream]:
+    """Both ways a request leaves: AiohttpUpstream._post (the usual one) and session.post (its
+    fallback: an aiohttp whose internals differ, a URL with credentials)."""
     up = AiohttpUpstream()
     await up.start()
+    assert up._params is not None  # the installed aiohttp is the one _post was written against
+    if request.param == "session":
+        up._params = None
     yield up
     await up.aclose()
 
@@ -355,3 +360,43 @@ async def test_a_channels_headers_reach_the_upstream_as_set_once_each() -> None:
         assert h["user-agent"] == f"axonsim/{__version__}"
         assert h["x-api-key"] == key and "authorization" not in h
         assert h["content-type"] == "application/json" and h["anthropic-version"]
+
+
+async def test_requests_take_the_direct_way_and_urls_are_parsed_once(server: str, upstream: AiohttpUpstream) -> None:
+    direct = upstream._params is not None
+    for _ in range(2):
+        r = await upstream.send(req(server + "/plain", False))
+        assert r.status == 200 and await r.read() == b'{"ok": true}'
+    assert list(upstream._urls) == ([server + "/plain"] if direct else [])
+
+
+async def test_a_urls_credentials_become_basic_auth(upstream: AiohttpUpstream) -> None:
+    """As session.post does it: a base_url's user:password is sent as a Basic Authorization header."""
+    seen: list[str | None] = []
+
+    async def capture(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("authorization"))
+        return web.json_response({"ok": True})
+
+    runner, base = await _site("/v1/chat", capture)
+    try:
+        url = base.replace("http://", "http://user:secret@") + "/v1/chat"
+        r = await upstream.send(req(url, False))
+        assert r.status == 200
+    finally:
+        await runner.cleanup()
+    assert seen == ["Basic dXNlcjpzZWNyZXQ="]
+
+
+@pytest.mark.parametrize("url", ["http:///v1/chat", "ftp://127.0.0.1:1/v1/chat", "http://[::1/x", "not a url"])
+async def test_a_url_that_cannot_be_sent_to_is_a_connection_error(upstream: AiohttpUpstream, url: str) -> None:
+    with pytest.raises(UpstreamConnectionError):
+        await upstream.send(req(url, False))
+
+
+async def test_the_parsed_urls_kept_are_bounded(upstream: AiohttpUpstream) -> None:
+    from server.upstream import _URLS_KEPT
+
+    for i in range(_URLS_KEPT + 10):
+        assert upstream._url(f"http://127.0.0.1:1/v1/models/m{i}:generateContent") is not None
+    assert 0 < len(upstream._urls) <= _URLS_KEPT

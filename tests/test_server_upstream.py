@@ -400,3 +400,49 @@ async def test_the_parsed_urls_kept_are_bounded(upstream: AiohttpUpstream) -> No
     for i in range(_URLS_KEPT + 10):
         assert upstream._url(f"http://127.0.0.1:1/v1/models/m{i}:generateContent") is not None
     assert 0 < len(upstream._urls) <= _URLS_KEPT
+
+
+async def test_no_connection_is_left_acquired_by_failures_and_cancels(upstream: AiohttpUpstream) -> None:
+    """Whatever ends an attempt (a deadline, an outside cancel at any point, a reset, an answer that
+    is not HTTP), its connection goes back to the pool or is closed: the connector's limit is never
+    eaten up by attempts that are over."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readuntil(b"\r\n\r\n")
+            mode = line.split(b" ", 2)[1]
+            await reader.readexactly(2)  # the body, b"{}"
+            if mode == b"/reset":
+                writer.transport.abort()
+                return
+            if mode == b"/garbage":
+                writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+            elif mode == b"/ok":
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            await asyncio.sleep(3)  # /hang: never answers
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    try:
+        with pytest.raises(UpstreamTimeout):
+            await upstream.send(req(base + "/hang", False, total=0.1))
+        for path in ("/reset", "/garbage"):
+            with pytest.raises(UpstreamConnectionError):
+                await upstream.send(req(base + path, False))
+        for delay in (0, 0.0005, 0.002, 0.01, 0.05):  # an outside cancel while connecting, sending, waiting
+            task = asyncio.ensure_future(upstream.send(req(base + "/hang", False)))
+            await asyncio.sleep(delay)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        resp = await upstream.send(req(base + "/ok", False))
+        assert resp.status == 200 and await resp.read() == b"ok"
+        connector = upstream._session.connector  # type: ignore[union-attr]
+        assert connector is not None
+        assert len(connector._acquired) == 0
+    finally:
+        srv.close()

@@ -418,6 +418,37 @@ class Probe(_Strict):
     interval: float = Field(gt=0, description="seconds between two probes")
 
 
+def base_url_problem(url: str) -> str | None:
+    """What is wrong with a channel's base_url for the proxy (None: nothing): an http(s) URL with a
+    host, to which the provider's paths are appended, and no credentials (the channel's api_keys
+    are sent in the provider's own header; a URL's user:password would go out as an Authorization
+    header of its own, which OpenAI's key uses)."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "contains a space or a control character"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "is not a URL the proxy can read (a bracketed address not closed, a port that is not a number 0-65535?)"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "must begin with http:// or https://"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold credentials (user:password@): the channel's api_keys are what the proxy sends"
+    host = parts.hostname
+    if not host:
+        return "has no host"
+    if port == 0:
+        return "has port 0"
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        return "must not have a query string or a fragment: the provider's paths are appended to it"
+    if ":" not in host:  # not an IPv6 address: each label of a name 1-63 characters, as DNS allows
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            return "has a host name that is not valid (an empty label, as in a..b, or one over 63 characters?)"
+    return None
+
+
 class Channel(_Strict):
     name: str = Field(min_length=1)
     type: ChannelType = "openai"
@@ -443,6 +474,16 @@ class Channel(_Strict):
     def _keys(cls, v: Any) -> Any:
         if isinstance(v, list):
             return [{"key": k} if isinstance(k, str) else k for k in v]
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _sendable(cls, v: str) -> str:
+        # Said at load (and at a reload, which keeps the old config): a URL the proxy cannot send to
+        # failed every request of the channel instead, some with an error no client could act on.
+        problem = base_url_problem(v) if v else None
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")

@@ -332,8 +332,8 @@ class AiohttpUpstream:
 
 
     def _url(self, s: str) -> URL | None:
-        """The parsed URL _post can send to (channels' URLs repeat: parsed once); None for one that
-        session.post refuses (InvalidUrlClientError, NonHttpUrlClientError), which it is left to."""
+        """The parsed URL _post can send to (channels' URLs repeat: parsed once); None for one left to
+        session.post: one it refuses (InvalidUrlClientError, NonHttpUrlClientError), or with credentials."""
         url = self._urls.get(s, _UNSEEN)
         if url is not _UNSEEN:
             return url  # type: ignore[return-value]
@@ -343,7 +343,9 @@ class AiohttpUpstream:
         except ValueError:
             pass  # session.post raises InvalidUrlClientError for it
         else:
-            if u.scheme in ("http", "https") and u.raw_host:
+            # Credentials (which the config refuses in a base_url): session.post's way, which turns
+            # them into an Authorization header only where no other is set, is kept for them.
+            if u.scheme in ("http", "https") and u.raw_host and u.raw_user is None and u.raw_password is None:
                 parsed = u
         if len(self._urls) >= _URLS_KEPT:  # a bound: Gemini's URLs name the model, any number of them
             self._urls.clear()

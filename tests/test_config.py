@@ -166,6 +166,34 @@ def test_two_keys_of_one_channel_may_not_share_a_name() -> None:
         parse_config({"channels": [{"name": "a", "models": ["m"], "api_keys": ["sk-1", {"key": "sk-2", "name": "a#0"}]}]})
 
 
+@pytest.mark.parametrize("url, says", [
+    ("ftp://h/v1", "http:// or https://"),
+    ("http://user:hunter2-secret@h/v1", "credentials"),
+    ("http:///v1", "no host"),
+    ("http://a..b/v1", "host name"),
+    ("http://h:99999/v1", "port"),
+    ("http://[::1/v1", "not a URL"),
+    ("http://h:0/v1", "port 0"),
+    ("http://h/v1?key=x", "query string"),
+    ("http://h/v1#part", "fragment"),
+    ("http://h/v1 ", "space"),
+    ("api.openai.com/v1", "http:// or https://"),
+])
+def test_a_base_url_the_proxy_cannot_send_to_is_refused_at_load(url: str, says: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config({"channels": [{"name": "a", "base_url": url, "api_keys": ["sk-one-key"], "models": ["m"]}]})
+    assert "channels[0].base_url" in str(e.value) and says in str(e.value)
+    assert "hunter2" not in str(e.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9101/v1", "https://api.openai.com/v1/", "http://[::1]:8080",
+                                 "http://my_proxy.internal:4000/openai", "HTTPS://Generativelanguage.googleapis.com",
+                                 "http://bücher.example/v1", ""])
+def test_base_urls_the_proxy_can_send_to_load(url: str) -> None:
+    cfg = parse_config({"channels": [{"name": "a", "base_url": url, "api_keys": ["sk-one-key"], "models": ["m"]}]})
+    assert cfg.channels[0].base_url == url
+
+
 def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path) -> None:
     p = tmp_path / "bin.yaml"
     p.write_bytes(b"channels:\n  - {name: a, models: [m]}\n# \xff\xfe\n")

@@ -370,8 +370,10 @@ async def test_requests_take_the_direct_way_and_urls_are_parsed_once(server: str
     assert list(upstream._urls) == ([server + "/plain"] if direct else [])
 
 
-async def test_a_urls_credentials_become_basic_auth(upstream: AiohttpUpstream) -> None:
-    """As session.post does it: a base_url's user:password is sent as a Basic Authorization header."""
+async def test_a_url_with_credentials_takes_session_posts_way(upstream: AiohttpUpstream) -> None:
+    """The config refuses credentials in a base_url; a URL that has them all the same is left to
+    session.post, which never lets them replace an Authorization header the request sets (a channel's
+    OpenAI key; _post's ClientRequest would have)."""
     seen: list[str | None] = []
 
     async def capture(request: web.Request) -> web.Response:
@@ -386,6 +388,7 @@ async def test_a_urls_credentials_become_basic_auth(upstream: AiohttpUpstream) -
     finally:
         await runner.cleanup()
     assert seen == ["Basic dXNlcjpzZWNyZXQ="]
+    assert upstream._url(url) is None
 
 
 @pytest.mark.parametrize("url", ["http:///v1/chat", "ftp://127.0.0.1:1/v1/chat", "http://[::1/x", "not a url"])

@@ -145,11 +145,19 @@ class Runtime:
         return None
 
 
+# Records kept in memory (`recent`): for the admin API's look-up of a request the store has not
+# written yet (or cannot reach), and the decision trace of an explained one. A ring of 1,000 kept
+# megabytes of dicts cycling through the caches: 100 took ~13 µs (6 %) off the proxy's CPU per
+# request at 64 concurrent requests (paired runs; 0 saved no more). At a few requests a second it
+# still covers minutes; at thousands a second, the store's flush interval was never covered anyway.
+RECENT = 100
+
+
 class Proxy:
     """The gateway's process-wide state; `rt` is the current Runtime (see the module docstring)."""
 
     def __init__(self, config: Config, upstream: Upstream | None = None, *, seed: int | None = None,
-                 recent: int = 1000, passthrough: bool = True, explain: bool = False, store: Store | None = None,
+                 recent: int = RECENT, passthrough: bool = True, explain: bool = False, store: Store | None = None,
                  config_path: str | Path | None = None, metrics: Metrics | None = None) -> None:
         self.upstream: Upstream = upstream if upstream is not None else AiohttpUpstream()
         # One seeded generator for jitter and strategy draws; the OS seeds it when the config has no seed.

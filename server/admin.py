@@ -29,6 +29,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
+from urllib.parse import unquote_to_bytes
 
 import sqlalchemy.exc as sa_exc
 from fastapi import APIRouter, Depends, Query, Request, Response, Security
@@ -337,18 +338,30 @@ class AdminError(Exception):
 
 
 def query_params(request: Request, allowed: Sequence[str]) -> dict[str, str]:
-    """The request's query parameters; AdminError 400 for one the endpoint does not take, or one
-    given twice. Every admin endpoint refuses those alike."""
-    params = request.query_params
+    """The request's query parameters; AdminError 400 for one the endpoint does not take, one given
+    twice, or one whose percent-encoded bytes are not UTF-8. Every admin endpoint refuses those alike.
+
+    Read from the raw query string: Starlette's parameters turn bytes that are not UTF-8 into U+FFFD,
+    so `project=%FF` was a filter that quietly matched nothing."""
     values: dict[str, str] = {}
-    for k in params:
+    for part in request.scope.get("query_string", b"").split(b"&"):
+        if not part:
+            continue
+        raw_name, _, raw_value = part.partition(b"=")
+        try:
+            k = unquote_to_bytes(raw_name.replace(b"+", b" ")).decode()
+        except UnicodeDecodeError:
+            raise AdminError(400, "a query parameter's name is not UTF-8 text") from None
         if k not in allowed:
             takes = f"this endpoint takes: {', '.join(allowed)}" if allowed else "this endpoint takes none"
             raise AdminError(400, f"unknown parameter {k!r}; {takes}", k)
-        got = params.getlist(k)
-        if len(got) > 1:
-            raise AdminError(400, f"{k} is given {len(got)} times; give it once", k)
-        values[k] = got[0]
+        if k in values:
+            n = len(request.query_params.getlist(k))
+            raise AdminError(400, f"{k} is given {n} times; give it once", k)
+        try:
+            values[k] = unquote_to_bytes(raw_value.replace(b"+", b" ")).decode()
+        except UnicodeDecodeError:
+            raise AdminError(400, f"{k} is not UTF-8 text (its percent-encoded bytes)", k) from None
     return values
 
 
@@ -809,6 +822,7 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
             for k in ("requests", "completed", "failed", "cancelled", "prompt_tokens", "completion_tokens",
                       "cached_tokens", "reasoning_tokens", "cost", "unpriced"):
                 setattr(total, k, getattr(total, k) + getattr(r, k))
+        total.cost = Q.usd(total.cost)
         return admin.reply({"group_by": by, "since": f.since, "until": f.until,
                             "data": [r.as_dict() for r in rows], "total": total.model_dump()})
 

@@ -258,6 +258,11 @@ async def test_request_rows_carry_the_record(client: httpx.AsyncClient) -> None:
     ("/admin/attempts?channel=a%00", "channel"),
     ("/admin/usage?project=%00", "project"),
     ("/admin/usage/attempts?key_name=%00", "key_name"),
+    # Percent-encoded bytes that are not UTF-8: they used to become U+FFFD, a filter matching nothing.
+    ("/admin/requests?project=%FF", "project"),
+    ("/admin/attempts?channel=%FF%FE", "channel"),
+    ("/admin/usage?model=%C3%28", "model"),
+    ("/admin/usage/attempts?trace_id=%ED%A0%80", "trace_id"),
 ])
 async def test_bad_filters_are_400_naming_the_parameter(client: httpx.AsyncClient, path: str, param: str) -> None:
     r = await client.get(path, headers=ADMIN)
@@ -351,6 +356,17 @@ async def test_attempt_filters(client: httpx.AsyncClient) -> None:
     assert await q("limit=2&offset=1") == [("r4", 1), ("r3", 1)]
     a = (await client.get("/admin/attempts?channel=beta", headers=ADMIN)).json()["data"][0]
     assert a["project"] == "acme" and a["model"] == "m1" and a["upstream_model"] == "m1"
+
+
+async def test_query_parameters_are_read_as_utf8_text(client: httpx.AsyncClient) -> None:
+    r = await client.get("/admin/requests?%FF=1", headers=ADMIN)
+    assert r.status_code == 400 and "not UTF-8" in r.json()["error"]["message"]
+    r = await client.get("/admin/requests", params={"project": "été", "limit": "5"}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["data"] == [], r.text
+    r = await client.get("/admin/requests?project=acme&limit=1&offset=1", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["limit"] == 1 and r.json()["offset"] == 1 and len(r.json()["data"]) == 1
+    r = await client.get("/admin/requests?project=ac%6De&limit=", headers=ADMIN)  # an empty limit is no number
+    assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
 
 
 async def test_usage_by_project_model_channel(client: httpx.AsyncClient) -> None:

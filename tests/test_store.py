@@ -955,6 +955,35 @@ async def test_queries_filter_and_group(db: Any) -> None:
         await store.close()
 
 
+async def test_usage_groups_and_costs_read_the_same_on_every_database(db: Any) -> None:
+    """Groups of equal cost in code point order (as SQLite sorts text) however the database collates
+    (PostgreSQL under en-US puts `alpha` before `Team-A`); cost sums rounded, since each database adds
+    the same floats in an order of its own and their last digits differed."""
+    t0 = 1_700_000_000.0
+    costs = [0.1, 0.2, 0.3]  # 0.1 + 0.2 + 0.3 == 0.6000000000000001: what a database's sum returns
+    records = [rec(0, project=p, model="m", created_at=t0 + i, cost=c, channel=p,
+                   attempts=[AttemptRow(n=1, channel=p, upstream_model="m", status=200, latency=1.0, cost=c)])
+               for i, (p, c) in enumerate([("alpha", 0.5), ("Team-A", 0.5), ("team-b", 0.5)])]
+    records += [rec(0, project="sums", model="m", created_at=t0 + 10 + i, cost=c, attempts=[])
+                for i, c in enumerate(costs * 3)]
+    store = make_store(db)
+    await store.start()
+    try:
+        if db.kind == "postgresql":
+            await db.fetch('ALTER TABLE requests ALTER COLUMN project TYPE varchar COLLATE "en-US-x-icu"')
+            await db.fetch('ALTER TABLE attempts ALTER COLUMN channel TYPE varchar COLLATE "en-US-x-icu"')
+        for r in records:
+            store.submit(r)
+        assert await store.flush(WAIT)
+        rows = await Q.usage(store.engine, Q.Filter(), by=["project"])
+        assert [(u.group["project"], u.cost) for u in rows] == [
+            ("sums", 1.8), ("Team-A", 0.5), ("alpha", 0.5), ("team-b", 0.5)]
+        assert [u.group["channel"] for u in await Q.attempt_usage(store.engine, Q.Filter(), by=["channel"])] == [
+            "Team-A", "alpha", "team-b"]
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize(("params", "bad"), [
     ({"limit": "many"}, "limit"), ({"limit": "0"}, "limit"), ({"since": "yesterday"}, "since"),
     ({"outcome": "exploded"}, "outcome"), ({"colour": "red"}, "colour"), ({"offset": "-1"}, "offset"),

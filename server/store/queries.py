@@ -281,21 +281,34 @@ async def usage(engine: AsyncEngine, f: Filter, by: Sequence[str] = ("project", 
         sa.func.coalesce(sa.func.sum(R.c.reasoning_tokens), 0).label("reasoning_tokens"),
         total_cost.label("cost"),
         sa.func.coalesce(sa.func.sum(sa.case((R.c.cost.is_(None), 1), else_=0)), 0).label("unpriced"),
-    ).where(*w).group_by(*cols).order_by(total_cost.desc(), *_nulls_last(cols)))
+    ).where(*w).group_by(*cols))
     async with engine.connect() as conn:
         rows = (await conn.execute(q)).mappings().all()
     names = [c.name for c in cols]
-    return [UsageRow(group={k: r[k] for k in names}, requests=int(r["requests"]), completed=int(r["completed"]),
-                     failed=int(r["failed"]), cancelled=int(r["cancelled"]), prompt_tokens=int(r["prompt_tokens"]),
-                     completion_tokens=int(r["completion_tokens"]), cached_tokens=int(r["cached_tokens"]),
-                     reasoning_tokens=int(r["reasoning_tokens"]), cost=float(r["cost"]), unpriced=int(r["unpriced"]))
-            for r in rows]
+    out = [UsageRow(group={k: r[k] for k in names}, requests=int(r["requests"]), completed=int(r["completed"]),
+                    failed=int(r["failed"]), cancelled=int(r["cancelled"]), prompt_tokens=int(r["prompt_tokens"]),
+                    completion_tokens=int(r["completion_tokens"]), cached_tokens=int(r["cached_tokens"]),
+                    reasoning_tokens=int(r["reasoning_tokens"]), cost=usd(r["cost"]), unpriced=int(r["unpriced"]))
+           for r in rows]
+    out.sort(key=lambda u: (-u.cost, _group_order(u.group, names)))
+    return out
 
 
-def _nulls_last(cols: Sequence[sa.ColumnElement[Any]]) -> list[Any]:
-    """Group columns in ascending order, a group without a value (NULL) after the rest on every
-    database: SQLite puts NULLs first by default, PostgreSQL last."""
-    return [c.asc().nulls_last() for c in cols]
+# Sums of costs are rounded to this many decimals (a ten-billionth of a dollar): each database adds
+# the same floats in its own order, and the last digits differed (0.0036344999999999776 on SQLite,
+# 0.0036345000000000014 on PostgreSQL, for the same rows), which also swapped groups of equal cost.
+COST_DIGITS = 10
+
+
+def usd(total: Any) -> float:
+    return round(float(total), COST_DIGITS)
+
+
+def _group_order(group: dict[str, Any], names: Sequence[str]) -> tuple[Any, ...]:
+    """Groups in ascending order of their values, column by column, code point by code point (SQLite's
+    order; PostgreSQL sorts text by its database's collation, `alpha` before `Team-A` under en-US),
+    a group without a value (NULL) after the rest: the same order on every database."""
+    return tuple((group[k] is None, group[k] if group[k] is not None else 0) for k in names)
 
 
 @dataclass(slots=True)
@@ -336,12 +349,14 @@ async def attempt_usage(engine: AsyncEngine, f: Filter, by: Sequence[str] = ("ch
     q = (sa.select(*cols, sa.func.count().label("attempts"), failures.label("failures"),
                    sa.func.coalesce(sa.func.sum(A.c.cost), 0.0).label("cost"),
                    sa.func.avg(A.c.latency).label("mean_latency"), sa.func.avg(A.c.ttft).label("mean_ttft"))
-         .select_from(A.join(R, R.c.id == A.c.request_id)).where(*w).group_by(*cols).order_by(*_nulls_last(cols)))
+         .select_from(A.join(R, R.c.id == A.c.request_id)).where(*w).group_by(*cols))
     async with engine.connect() as conn:
         rows = (await conn.execute(q)).mappings().all()
     names = [c.name for c in cols]
-    return [AttemptUsageRow(group={k: r[k] for k in names}, attempts=int(r["attempts"]), failures=int(r["failures"]),
-                            cost=float(r["cost"]),
-                            mean_latency=None if r["mean_latency"] is None else float(r["mean_latency"]),
-                            mean_ttft=None if r["mean_ttft"] is None else float(r["mean_ttft"]))
-            for r in rows]
+    out = [AttemptUsageRow(group={k: r[k] for k in names}, attempts=int(r["attempts"]), failures=int(r["failures"]),
+                           cost=usd(r["cost"]),
+                           mean_latency=None if r["mean_latency"] is None else float(r["mean_latency"]),
+                           mean_ttft=None if r["mean_ttft"] is None else float(r["mean_ttft"]))
+           for r in rows]
+    out.sort(key=lambda u: _group_order(u.group, names))
+    return out

@@ -192,17 +192,23 @@ class RequestDetail(RequestOut):
     source: str = Field(description="store | recent (the proxy's in-memory log, not yet in the store)")
 
 
+_NEXT_DOC = ("give it as `cursor` for the rows after this page's last one, however many were written since "
+             "(null: this page is the last)")
+
+
 class RequestPage(BaseModel):
     data: list[RequestOut]
-    total: int = Field(description="requests matching the filters, ignoring limit/offset")
+    total: int = Field(description="requests matching the filters, ignoring limit/offset/cursor")
     limit: int
     offset: int
+    next_cursor: str | None = Field(None, description=_NEXT_DOC)
 
 
 class AttemptPage(BaseModel):
     data: list[AttemptItem]
     limit: int
     offset: int
+    next_cursor: str | None = Field(None, description=_NEXT_DOC)
 
 
 class UsageGroup(BaseModel):
@@ -405,7 +411,7 @@ _SWITCH: dict[int | str, dict[str, Any]] = {
 
 # Query parameters each listing accepts (anything else is refused, naming it).
 LIST_PARAMS = ("since", "until", "project", "model", "channel", "status", "outcome", "key_name", "trace_id",
-               "thread_id", "limit", "offset")
+               "thread_id", "limit", "offset", "cursor")
 USAGE_PARAMS = ("since", "until", "project", "model", "channel", "status", "outcome", "key_name", "group_by")
 
 _TIME_DOC = "unix seconds or ISO 8601 (UTC unless it says otherwise)"
@@ -423,7 +429,11 @@ def _list_params(
     trace_id: str | None = Query(None),
     thread_id: str | None = Query(None),
     limit: str | None = Query(None, description=f"at most {Q.MAX_LIMIT}; default 100"),
-    offset: str | None = Query(None, description="rows to skip, newest first"),
+    offset: str | None = Query(None, description="rows to skip, newest first (rows written meanwhile shift them: "
+                               "page with cursor instead)"),
+    cursor: str | None = Query(None, description="a page's next_cursor: the rows after that page's last one. A "
+                               "request is listed once it has ended, at the time it arrived: one that ends while you "
+                               "page may land among rows already read (bound `until` to before it began)"),
 ) -> None:
     """Declares the listing filters for the OpenAPI document; values are parsed by the handler so a
     bad one becomes our 400 naming it, not FastAPI's 422."""
@@ -762,8 +772,10 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
         engine = admin.engine()
         rows = await _query(Q.list_requests(engine, f))
         total = await _query(Q.count_requests(engine, f))
+        last = rows[-1] if len(rows) == f.limit else None
         return admin.reply({"data": [_request_out(r) for r in rows], "total": total, "limit": f.limit,
-                            "offset": f.offset})
+                            "offset": f.offset,
+                            "next_cursor": Q.cursor_of(last.created_at, last.id) if last is not None else None})
 
     @router.get("/requests/{request_id}", response_model=RequestDetail, responses={**NOT_FOUND, **_STORE_DOWN}, dependencies=NO_PARAMS,
                 summary="One request with its attempts and, when kept, its routing decision trace")
@@ -805,7 +817,10 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
     async def list_attempts(request: Request) -> Response:
         f = admin.filter(request, LIST_PARAMS)
         rows = await _query(Q.list_attempts(admin.engine(), f))
-        return admin.reply({"data": [v.as_dict() for v in rows], "limit": f.limit, "offset": f.offset})
+        last = rows[-1] if len(rows) == f.limit else None
+        return admin.reply({"data": [v.as_dict() for v in rows], "limit": f.limit, "offset": f.offset,
+                            "next_cursor": Q.cursor_of(last.created_at, last.request_id, last.attempt.n)
+                            if last is not None else None})
 
     # -- usage -------------------------------------------------------------------------------------
 

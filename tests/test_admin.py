@@ -215,6 +215,32 @@ async def test_request_filters(client: httpx.AsyncClient) -> None:
     assert await q("limit=1000") == ["r5", "r4", "r3", "r2", "r1"]
 
 
+async def test_pages_follow_next_cursor(client: httpx.AsyncClient) -> None:
+    for path, key, everything in (
+        ("/admin/requests", "id", ["r5", "r4", "r3", "r2", "r1"]),
+        ("/admin/attempts", "request_id", ["r5", "r4", "r3", "r2", "r2", "r1"]),
+    ):
+        seen: list[str] = []
+        r = await client.get(f"{path}?limit=2", headers=ADMIN)
+        while True:
+            assert r.status_code == 200, r.text
+            body = r.json()
+            seen += [row[key] for row in body["data"]]
+            if body["next_cursor"] is None:
+                break
+            assert len(body["data"]) == 2
+            r = await client.get(path, params={"limit": "2", "cursor": body["next_cursor"]}, headers=ADMIN)
+        assert seen == everything
+    r = await client.get("/admin/requests?limit=1000", headers=ADMIN)
+    assert r.json()["next_cursor"] is None  # a short page is the last
+    for query, says in (("cursor=abc", "is not a next_cursor"), ("cursor=WzEsIngiXQ&offset=2", "not both")):
+        r = await client.get(f"/admin/attempts?{query}", headers=ADMIN)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "cursor" and says in r.json()["error"]["message"]
+    first = (await client.get("/admin/requests?limit=1", headers=ADMIN)).json()["next_cursor"]
+    r = await client.get("/admin/attempts", params={"cursor": first}, headers=ADMIN)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "cursor"  # a requests cursor for attempts
+
+
 async def test_request_rows_carry_the_record(client: httpx.AsyncClient) -> None:
     row = (await client.get("/admin/requests?project=acme&limit=1", headers=ADMIN)).json()["data"][0]
     assert row["id"] == "r2"

@@ -955,6 +955,57 @@ async def test_queries_filter_and_group(db: Any) -> None:
         await store.close()
 
 
+async def test_a_cursor_pages_without_repeats_while_rows_are_written(db: Any) -> None:
+    """Paging newest first with next_cursor: each row once, ties in created_at included, however
+    many newer rows are written between pages (with offsets, each of them made a row come twice)."""
+    t0 = 1_700_000_000.0
+    old = [rec(0, created_at=t0 + i // 3, attempts=[AttemptRow(n=n, channel="c0", upstream_model="m", status=200)
+                                                     for n in (1, 2)]) for i in range(14)]  # 3 rows a second
+    store = make_store(db)
+    await store.start()
+    try:
+        for r in old:
+            store.submit(r)
+        assert await store.flush(WAIT)
+        e = store.engine
+        for kind, lister, key in (
+            ("requests", Q.list_requests, lambda r: r.id),
+            ("attempts", Q.list_attempts, lambda v: (v.request_id, v.attempt.n)),
+        ):
+            seen: list[Any] = []
+            cursor = None
+            for page in range(40):
+                rows = await lister(e, Q.Filter(limit=4, cursor=cursor, until=t0 + 100))
+                seen += [key(r) for r in rows]
+                store.submit(rec(0, created_at=t0 + 50 + len(seen) + page / 100))  # newer than all the old rows
+                assert await store.flush(WAIT)
+                if len(rows) < 4:
+                    break
+                last = rows[-1]
+                cursor = (Q.cursor_of(last.created_at, last.id) if kind == "requests"
+                          else Q.cursor_of(last.created_at, last.request_id, last.attempt.n))
+            assert len(seen) == len(set(seen)), kind
+            olds = [key(r) for r in await lister(e, Q.Filter(limit=1000, until=t0 + 50))]
+            assert [k for k in seen if k in set(olds)] == olds, kind  # the old rows, each once, newest first
+
+        with pytest.raises(Q.QueryError) as err:
+            await Q.list_attempts(e, Q.Filter(cursor=Q.cursor_of(t0, old[0].id)))  # a requests cursor
+        assert err.value.param == "cursor"
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("cursor", ["", "nope", "bnVsbA", "WzEsMl0", "WyJ4IiwieSJd", "WzFlOTk5LCJ4Il0",
+                                    "WzEsIngiLC0xXQ"])
+def test_a_cursor_the_api_did_not_give_is_refused(cursor: str) -> None:
+    with pytest.raises(Q.QueryError) as err:
+        Q.Filter.from_params({"cursor": cursor})
+    assert err.value.param == "cursor"
+    with pytest.raises(Q.QueryError) as err:
+        Q.Filter.from_params({"cursor": Q.cursor_of(1.5, "req_1"), "offset": "3"})
+    assert err.value.param == "cursor"
+
+
 async def test_usage_groups_and_costs_read_the_same_on_every_database(db: Any) -> None:
     """Groups of equal cost in code point order (as SQLite sorts text) however the database collates
     (PostgreSQL under en-US puts `alpha` before `Team-A`); cost sums rounded, since each database adds

@@ -7,6 +7,8 @@ turns into a 400. Time ranges are unix seconds, `since` inclusive and `until` ex
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -79,6 +81,7 @@ class Filter:
     thread_id: str | None = None
     limit: int = 100
     offset: int = 0
+    cursor: str | None = None  # a page's `next_cursor`: the rows after its last one (keyset paging)
 
     def check(self) -> Filter:
         if self.limit < 1 or self.limit > MAX_LIMIT:
@@ -93,6 +96,10 @@ class Filter:
             raise QueryError("outcome", f"must be one of {', '.join(OUTCOMES)}")
         if self.since is not None and self.until is not None and self.until < self.since:
             raise QueryError("until", "is before since")
+        if self.cursor is not None:
+            if self.offset:
+                raise QueryError("cursor", "give either cursor or offset, not both")
+            _position(self.cursor)  # a cursor that is not one of ours: refused before any query
         return self
 
     @classmethod
@@ -112,6 +119,38 @@ class Filter:
             else:
                 kw[k] = v
         return cls(**kw).check()
+
+
+# Keyset paging. An offset counts rows from the newest, so rows written while a client pages (new
+# requests, on top) shifted every later page: rows came twice. A cursor names the last row read,
+# (created_at, id) for requests, (created_at, request_id, n) for attempts, and the next page starts
+# after it whatever was written since. Opaque to clients: base64url of the row's position as JSON.
+
+
+def cursor_of(*position: float | str | int) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(position)).encode()).decode().rstrip("=")
+
+
+def _position(cursor: str) -> list[Any]:
+    try:
+        pos = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if (isinstance(pos, list) and len(pos) in (2, 3) and type(pos[0]) in (int, float) and math.isfinite(pos[0])
+                and isinstance(pos[1], str) and "\x00" not in pos[1]
+                and (len(pos) == 2 or (type(pos[2]) is int and 0 <= pos[2] <= MAX_OFFSET))):
+            return pos
+    except (ValueError, TypeError):  # binascii.Error and JSONDecodeError are ValueErrors
+        pass
+    raise QueryError("cursor", "is not a next_cursor this API gave")
+
+
+def _after(cursor: str, created: Any, ident: Any, n: Any = None) -> sa.ColumnElement[bool]:
+    """Rows after the cursor's in newest-first order."""
+    pos = _position(cursor)
+    if (len(pos) == 3) != (n is not None):
+        raise QueryError("cursor", "is a cursor of the other list (requests / attempts)")
+    t, i = float(pos[0]), pos[1]
+    later_key = ident < i if n is None else sa.or_(ident < i, sa.and_(ident == i, n < pos[2]))
+    return sa.or_(created < t, sa.and_(created == t, later_key))
 
 
 def _request_where(f: Filter, *, channel_any: bool) -> list[sa.ColumnElement[bool]]:
@@ -152,6 +191,8 @@ async def list_requests(engine: AsyncEngine, f: Filter, *, with_attempts: bool =
     w = _request_where(f, channel_any=True)
     if f.status is not None:
         w.append(R.c.status == f.status)
+    if f.cursor is not None:
+        w.append(_after(f.cursor, R.c.created_at, R.c.id))
     q = (sa.select(*_REQ_COLS).where(*w).order_by(R.c.created_at.desc(), R.c.id.desc())
          .limit(f.limit).offset(f.offset))
     async with engine.connect() as conn:
@@ -163,7 +204,7 @@ async def list_requests(engine: AsyncEngine, f: Filter, *, with_attempts: bool =
 
 
 async def count_requests(engine: AsyncEngine, f: Filter) -> int:
-    """How many requests match `f`, ignoring limit/offset (for pagination)."""
+    """How many requests match `f`, ignoring limit/offset and cursor (for pagination)."""
     f.check()
     w = _request_where(f, channel_any=True)
     if f.status is not None:
@@ -222,6 +263,8 @@ async def list_attempts(engine: AsyncEngine, f: Filter) -> list[AttemptView]:
         w.append(A.c.key_name == f.key_name)  # attempts carry the upstream key's name
     if f.status is not None:
         w.append(A.c.status == f.status)
+    if f.cursor is not None:
+        w.append(_after(f.cursor, A.c.created_at, A.c.request_id, A.c.n))
     q = (sa.select(A, R.c.project, R.c.model).join(R, R.c.id == A.c.request_id).where(*w)
          .order_by(A.c.created_at.desc(), A.c.request_id.desc(), A.c.n.desc()).limit(f.limit).offset(f.offset))
     async with engine.connect() as conn:

@@ -282,6 +282,20 @@ def make_store(db: Any, **settings: Any) -> Store:
                  retry_base=0.02, retry_cap=0.2)
 
 
+@asynccontextmanager
+async def written(db: Any, records: list[RequestRecord]) -> AsyncIterator[Store]:
+    """A started store on `db` with `records` written; closed afterwards."""
+    store = make_store(db)
+    await store.start()
+    try:
+        for r in records:
+            store.submit(r)
+        assert await store.flush(WAIT)
+        yield store
+    finally:
+        await store.close()
+
+
 async def until(cond: Callable[[], bool], what: str) -> None:
     try:
         async with asyncio.timeout(WAIT):
@@ -896,12 +910,7 @@ async def test_queries_filter_and_group(db: Any) -> None:
         rec(0, project="a", model="m1", created_at=t0 + day + 5, channel="c0", status=499, outcome="cancelled",
             cost=None, attempts=[att("c0", 200)]),
     ]
-    store = make_store(db)
-    await store.start()
-    try:
-        for r in records:
-            store.submit(r)
-        assert await store.flush(WAIT)
+    async with written(db, records) as store:
         e = store.engine
 
         async def ids(**kw: Any) -> list[str]:
@@ -951,8 +960,6 @@ async def test_queries_filter_and_group(db: Any) -> None:
         assert (per_channel["c0"].attempts, per_channel["c0"].failures, per_channel["c0"].cost) == (4, 2, 1.0)
         assert (per_channel["c1"].attempts, per_channel["c1"].failures, per_channel["c1"].cost) == (4, 1, 6.0)
         assert per_channel["c1"].mean_latency == pytest.approx(1.0)
-    finally:
-        await store.close()
 
 
 async def test_a_cursor_pages_without_repeats_while_rows_are_written(db: Any) -> None:
@@ -961,12 +968,7 @@ async def test_a_cursor_pages_without_repeats_while_rows_are_written(db: Any) ->
     t0 = 1_700_000_000.0
     old = [rec(0, created_at=t0 + i // 3, attempts=[AttemptRow(n=n, channel="c0", upstream_model="m", status=200)
                                                      for n in (1, 2)]) for i in range(14)]  # 3 rows a second
-    store = make_store(db)
-    await store.start()
-    try:
-        for r in old:
-            store.submit(r)
-        assert await store.flush(WAIT)
+    async with written(db, old) as store:
         e = store.engine
         for kind, lister, key in (
             ("requests", Q.list_requests, lambda r: r.id),
@@ -991,8 +993,6 @@ async def test_a_cursor_pages_without_repeats_while_rows_are_written(db: Any) ->
         with pytest.raises(Q.QueryError) as err:
             await Q.list_attempts(e, Q.Filter(cursor=Q.cursor_of(t0, old[0].id)))  # a requests cursor
         assert err.value.param == "cursor"
-    finally:
-        await store.close()
 
 
 @pytest.mark.parametrize("cursor", ["", "nope", "bnVsbA", "WzEsMl0", "WyJ4IiwieSJd", "WzFlOTk5LCJ4Il0",
@@ -1017,22 +1017,15 @@ async def test_usage_groups_and_costs_read_the_same_on_every_database(db: Any) -
                for i, (p, c) in enumerate([("alpha", 0.5), ("Team-A", 0.5), ("team-b", 0.5)])]
     records += [rec(0, project="sums", model="m", created_at=t0 + 10 + i, cost=c, attempts=[])
                 for i, c in enumerate(costs * 3)]
-    store = make_store(db)
-    await store.start()
-    try:
-        if db.kind == "postgresql":
+    async with written(db, records) as store:
+        if db.kind == "postgresql":  # collated as en-US from here on: the rows are sorted again
             await db.fetch('ALTER TABLE requests ALTER COLUMN project TYPE varchar COLLATE "en-US-x-icu"')
             await db.fetch('ALTER TABLE attempts ALTER COLUMN channel TYPE varchar COLLATE "en-US-x-icu"')
-        for r in records:
-            store.submit(r)
-        assert await store.flush(WAIT)
         rows = await Q.usage(store.engine, Q.Filter(), by=["project"])
         assert [(u.group["project"], u.cost) for u in rows] == [
             ("sums", 1.8), ("Team-A", 0.5), ("alpha", 0.5), ("team-b", 0.5)]
         assert [u.group["channel"] for u in await Q.attempt_usage(store.engine, Q.Filter(), by=["channel"])] == [
             "Team-A", "alpha", "team-b"]
-    finally:
-        await store.close()
 
 
 @pytest.mark.parametrize(("params", "bad"), [

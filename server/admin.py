@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field
 from axonsim.config import Config, ConfigError
 from axonsim.execution import Router
 from axonsim.state import NEVER, ChannelState
+from server.proxy import restart_only
 from server.store import queries as Q
 from server.store.engine import url_password
 from server.store.scrub import Scrubber, secrets_from_config
@@ -307,6 +308,9 @@ class ConfigChanges(BaseModel):
     state: list[str] = Field(default_factory=list,
                              description="shared-state (Redis) fields that differ (they need a restart to apply)")
     other: list[str]
+    restart_needed: list[str] = Field(default_factory=list,
+                                      description="fields that differ but apply only once the gateway restarts "
+                                      "(store.*, state.*, gateway.shutdown_timeout)")
 
 
 class ReloadOut(BaseModel):
@@ -516,7 +520,7 @@ def config_changes(old: Config, new: Config) -> ConfigChanges:
         channels_added=[n for n in nc if n not in oc], channels_removed=[n for n in oc if n not in nc],
         channels_changed=changed, routing=_fields_differ(old.routing, new.routing),
         gateway=_fields_differ(old.gateway, new.gateway), prices=prices, store=_fields_differ(old.store, new.store),
-        state=_fields_differ(old.state, new.state), other=other,
+        state=_fields_differ(old.state, new.state), other=other, restart_needed=restart_only(old, new),
     )
 
 

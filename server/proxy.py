@@ -145,6 +145,18 @@ class Runtime:
         return None
 
 
+def restart_only(old: Config, new: Config) -> list[str]:
+    """The fields that differ between two configs which a reload does not apply (the store and the
+    shared state are opened once; the shutdown deadline is set when serving starts): they wait for a
+    restart. The reload's log line and the admin API's answer say so."""
+    out = [f"{part}.{name}" for part in ("store", "state")
+           for name in type(getattr(new, part)).model_fields
+           if getattr(getattr(old, part), name) != getattr(getattr(new, part), name)]
+    if old.gateway.shutdown_timeout != new.gateway.shutdown_timeout:
+        out.append("gateway.shutdown_timeout")
+    return out
+
+
 # Records kept in memory (`recent`): for the admin API's look-up of a request the store has not
 # written yet (or cannot reach), and the decision trace of an explained one. A ring of 1,000 kept
 # megabytes of dicts cycling through the caches: 100 took ~13 µs (6 %) off the proxy's CPU per
@@ -311,13 +323,11 @@ class Proxy:
                 # The old keys too: a record of a request that ran on the old config may still quote one.
                 self.store.set_secrets([*store_secrets(config), *store_secrets(old.config)])
             self.probes.restart()
-            restart_only = [k for k in ("store", "state") if getattr(old.config, k) != getattr(config, k)]
-            if old.config.gateway.shutdown_timeout != config.gateway.shutdown_timeout:
-                restart_only.append("gateway.shutdown_timeout")
+            later = restart_only(old.config, config)
             log.info("configuration reloaded: %d channels (state kept for %d unchanged)", len(new.router.states),
                      len(kept))
-            if restart_only:
-                log.warning("configuration reloaded, but %s changes apply only after a restart", ", ".join(restart_only))
+            if later:
+                log.warning("configuration reloaded, but %s changes apply only after a restart", ", ".join(later))
 
     async def reload_all(self) -> None:
         """The admin API's reload: this process (so a bad file is refused before anything changes),

@@ -724,6 +724,12 @@ async def test_reload_swaps_the_router_and_says_what_changed(client: httpx.Async
     gw.next_config = {**new, "state": {"url": "redis://127.0.0.1:6379/9"}}
     third = (await client.post("/admin/reload", headers=ADMIN)).json()
     assert third["changed"] is True and third["changes"]["state"] == ["url"]
+    assert third["changes"]["restart_needed"] == ["state.url"]
+    assert ch["restart_needed"] == [] and again["changes"]["restart_needed"] == []
+    gw.next_config = {**new, "gateway": {**new["gateway"], "shutdown_timeout": 12},
+                      "store": {"store_bodies": True}}
+    fourth = (await client.post("/admin/reload", headers=ADMIN)).json()
+    assert fourth["changes"]["restart_needed"] == ["store.store_bodies", "state.url", "gateway.shutdown_timeout"]
 
 
 async def test_reload_rotates_admin_keys_out(client: httpx.AsyncClient, gw: Gateway) -> None:

@@ -608,3 +608,11 @@ def _run_loop(coro: Any) -> None:
         asyncio.run(coro)
     else:
         uvloop.run(coro)
+
+
+if __name__ == "__main__":  # `python -m server.mock_provider ...`: the same as `axonsim mock-provider ...`
+    import sys
+
+    from axonsim.cli import main
+
+    sys.exit(main(["mock-provider", *sys.argv[1:]]))

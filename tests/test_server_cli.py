@@ -174,3 +174,12 @@ def test_an_address_in_use_exits_1(tmp_path: Path, workers: str) -> None:
                     timeout=60)
     assert r.returncode == 1, (r.returncode, r.stderr[-500:])
     assert f"127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_mock_provider_module_runs_as_the_mock_provider_command() -> None:
+    r = subprocess.run([sys.executable, "-m", "server.mock_provider", "--help"], capture_output=True, text=True,
+                       timeout=30, cwd=ROOT)
+    assert r.returncode == 0 and "--port" in r.stdout and "--channel" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "server.mock_provider"], capture_output=True, text=True, timeout=30,
+                       cwd=ROOT)
+    assert r.returncode == 2 and "--port" in r.stderr  # not a silent exit 0 any more

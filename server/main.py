@@ -75,8 +75,10 @@ def build_proxy(config: Config, config_path: str | Path | None, demo: Any = None
     when state.url is set, a SIGHUP reload, the demo's mock providers when it is the demo."""
     from server.store import Store
 
+    global _SERVING
     store = Store(config.store, config_path=config_path, secrets=store_secrets(config))
     proxy = Proxy(config, store=store, config_path=config_path)
+    _SERVING = proxy
     if demo is not None:
         proxy.startup_hooks.append(demo.start)
         proxy.shutdown_hooks.append(demo.stop)
@@ -204,6 +206,7 @@ class GatewayServer(uvicorn.Server):  # type: ignore[misc]
 
     _loop: asyncio.AbstractEventLoop | None = None
     _cutting = False
+    forced = False  # a third Ctrl-C: uvicorn's forced exit, which skips the app's shutdown
 
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -216,12 +219,24 @@ class GatewayServer(uvicorn.Server):  # type: ignore[misc]
                         len(self.server_state.tasks))
             self._loop.call_soon_threadsafe(self._cut)
             return
+        if self._cutting and sig == signal.SIGINT and not self.forced and _SERVING is not None and _SERVING.ready:
+            # Before the app's shutdown: uvicorn quits without it, so the store is not flushed. What
+            # it holds is lost, which is said, and the exit code says it was no clean shutdown.
+            # (Once the app's shutdown has begun, uvicorn lets it finish: it is bounded.)
+            self.forced = True
+            store = _SERVING.store
+            queued = getattr(store, "queued", 0) if store is not None else 0
+            log.warning("third Ctrl-C: quitting without the shutdown; %d request record(s) not yet written are lost",
+                        queued)
         super().handle_exit(sig, frame)
 
     def _cut(self) -> None:
         for task in list(self.server_state.tasks):
             task.cancel()
 
+
+# The Proxy this process serves (build_proxy), for what the server's signal handling reports.
+_SERVING: Proxy | None = None
 
 # Set in a gateway process (one worker, or each of several) when a SIGHUP came after it began to
 # start and before its app installed the reload handler: it may have read the file before the
@@ -416,7 +431,7 @@ def serve(args: argparse.Namespace) -> int:
         server.run()
     except SystemExit as exc:
         if exc.code == 0:
-            return 0
+            return 130 if server.forced else 0
         if proxy.startup_error is None:
             # uvicorn could not start on its own side (its 3: the address in use, say; its log says
             # why): what our exit codes call any other failure to start.
@@ -436,4 +451,4 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     if not server.started:
         return 1
-    return 0
+    return 130 if server.forced else 0

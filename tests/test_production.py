@@ -1585,6 +1585,33 @@ def test_a_stream_whose_client_stopped_reading_is_recorded_at_the_shutdown_deadl
             _stop(p)
 
 
+def test_a_third_ctrl_c_quits_and_says_what_it_lost(tmp_path: Path) -> None:
+    """A third Ctrl-C before the shutdown has begun quits at once, without it: the records the store
+    had not written are lost. That is said in the log, and the exit code is not a clean one's. (The
+    stream's client reads nothing: cut by the second Ctrl-C, its last words wait on flow control for
+    up to a second, and the shutdown waits for them.)"""
+    db, _, procs, port = _gateway(tmp_path, "{ttft: 0.01, tokens_per_second: 400000, output_tokens: 1500000}",
+                                  shutdown_timeout=60)
+    try:
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers=AUTH, timeout=30, json={
+            "model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200  # its record waits for the store's flush (flush_interval: 60)
+        s = _reader_that_stalls(port, "stalled-client-0003")
+        time.sleep(2.0)  # the gateway's writes are now held back by the client's full window
+        for _ in range(3):
+            procs[1].send_signal(signal.SIGINT)
+            time.sleep(0.3)
+        _, err = procs[1].communicate(timeout=30)
+        s.close()
+    finally:
+        for p in procs:
+            _stop(p)
+    # The answered request's record (the stream's is made once its last words end: not yet).
+    assert "third Ctrl-C: quitting without the shutdown; 1 request record(s) not yet written are lost" in err, err
+    assert procs[1].returncode == 130, err
+    assert not db.exists() or _outcomes(db, "stalled-client-0003") == []
+
+
 def test_a_client_that_stops_reading_is_cut_off_after_send_timeout(tmp_path: Path) -> None:
     """The answer is larger than the socket buffers and the client stops reading: after
     gateway.send_timeout the connection is closed, the request is the client's cancel (499), and

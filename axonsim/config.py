@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
@@ -425,6 +426,8 @@ def base_url_problem(url: str) -> str | None:
     header of its own, which OpenAI's key uses)."""
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         return "contains a space or a control character"
+    if "\\" in url:
+        return "contains a backslash"
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -442,10 +445,17 @@ def base_url_problem(url: str) -> str | None:
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         return "must not have a query string or a fragment: the provider's paths are appended to it"
     if ":" not in host:  # not an IPv6 address: each label of a name 1-63 characters, as DNS allows
+        # Invisible characters (a zero-width space pasted in) and "xn--" labels that are not punycode
+        # name no host either.
         try:
-            host.encode("idna")
+            if any(unicodedata.category(c)[0] in "CZ" for c in host):
+                raise UnicodeError
+            for label in host.encode("idna").split(b"."):
+                if label.startswith(b"xn--"):
+                    label.decode("idna")
         except UnicodeError:
-            return "has a host name that is not valid (an empty label, as in a..b, or one over 63 characters?)"
+            return "has a host name that is not valid (an empty label, as in a..b, one over 63 characters, " \
+                   "an invisible character, punycode that does not decode?)"
     return None
 
 

@@ -77,14 +77,18 @@ class AdminContext:
             workers without shared state), or None when it reaches every one that routes.
     shared_state: optional; returns the process's server.shared_state.SharedState, or None (no
             state.url): told of each operator switch, so the last one wins in every process.
+    started_config: optional; returns the config the process started with (what a reload's
+            restart_needed is measured against; without it, the config before the reload).
     """
 
     def __init__(self, router: Callable[[], Router], store: Callable[[], Any] | None = None,
                  reload: Callable[[], Awaitable[Any]] | None = None, now: Callable[[], float] = time.time,
                  find: Callable[[str], Mapping[str, Any] | None] | None = None,
                  switches_local: Callable[[], str | None] | None = None,
-                 shared_state: Callable[[], Any] | None = None) -> None:
+                 shared_state: Callable[[], Any] | None = None,
+                 started_config: Callable[[], Config] | None = None) -> None:
         self._router = router
+        self.started_config = started_config
         self._shared_state = shared_state
         self._store = store
         self._reload = reload
@@ -504,8 +508,9 @@ def _fields_differ(a: BaseModel | None, b: BaseModel | None) -> list[str]:
     return [k for k in db if da.get(k) != db.get(k)]
 
 
-def config_changes(old: Config, new: Config) -> ConfigChanges:
-    """What differs between two configs, by name only (never a value: values may be secrets)."""
+def config_changes(old: Config, new: Config, started: Config | None = None) -> ConfigChanges:
+    """What differs between two configs, by name only (never a value: values may be secrets).
+    `started`: the config the process started with, which restart_needed is measured against."""
     oc = {c.name: c for c in old.channels}
     nc = {c.name: c for c in new.channels}
     changed = {}
@@ -520,7 +525,7 @@ def config_changes(old: Config, new: Config) -> ConfigChanges:
         channels_added=[n for n in nc if n not in oc], channels_removed=[n for n in oc if n not in nc],
         channels_changed=changed, routing=_fields_differ(old.routing, new.routing),
         gateway=_fields_differ(old.gateway, new.gateway), prices=prices, store=_fields_differ(old.store, new.store),
-        state=_fields_differ(old.state, new.state), other=other, restart_needed=restart_only(old, new),
+        state=_fields_differ(old.state, new.state), other=other, restart_needed=restart_only(started if started is not None else old, new),
     )
 
 
@@ -841,7 +846,6 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
             for k in ("requests", "completed", "failed", "cancelled", "prompt_tokens", "completion_tokens",
                       "cached_tokens", "reasoning_tokens", "cost", "unpriced"):
                 setattr(total, k, getattr(total, k) + getattr(r, k))
-        total.cost = Q.usd(total.cost)
         return admin.reply({"group_by": by, "since": f.since, "until": f.until,
                             "data": [r.as_dict() for r in rows], "total": total.model_dump()})
 
@@ -970,7 +974,8 @@ def admin_router(ctx: AdminContextLike) -> APIRouter:
                 # Whatever the proxy's reload raised, the operator gets its gist (scrubbed), not a bare 500.
                 raise AdminError(500, f"the reload failed: {type(exc).__name__}: {exc}", "config") from None
             new = ctx.router.config
-        changes = config_changes(old, new)
+        started = getattr(ctx, "started_config", None)
+        changes = config_changes(old, new, started() if started is not None else None)
         changed = any(bool(v) for v in changes.model_dump().values())
         # Scrub with the old config's secrets too: a rotated-out key must not appear either.
         return admin.reply(ReloadOut(reloaded=True, changed=changed, changes=changes),

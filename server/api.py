@@ -182,7 +182,8 @@ def build_api(proxy: Proxy | Callable[[], Proxy]) -> FastAPI:
                                       reload=lambda: current().reload_all(), now=lambda: current().clock.now(),
                                       find=lambda rid: current().find(rid),
                                       switches_local=lambda: current().switches_local,
-                                      shared_state=lambda: current().shared_state))
+                                      shared_state=lambda: current().shared_state,
+                                      started_config=lambda: current().started_config))
 
     def scrubbed(p: Proxy, body: BaseModel) -> JSONResponse:
         # The answer quotes upstream error messages: every configured secret is masked, as in the admin API.

@@ -274,7 +274,12 @@ class GatewayApp:
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
-            msg = await receive()
+            try:
+                msg = await receive()
+            except asyncio.CancelledError:
+                # A forced quit (a third Ctrl-C) ends the loop with this task still waiting for the
+                # shutdown message: nothing is left to do, and uvicorn would log it as a traceback.
+                return
             if msg["type"] == "lifespan.startup":
                 try:
                     await self.proxy.startup()

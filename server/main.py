@@ -226,8 +226,8 @@ class GatewayServer(uvicorn.Server):  # type: ignore[misc]
             self.forced = True
             store = _SERVING.store
             queued = getattr(store, "queued", 0) if store is not None else 0
-            log.warning("third Ctrl-C: quitting without the shutdown; %d request record(s) not yet written are lost",
-                        queued)
+            log.warning("third Ctrl-C: quitting without the shutdown; %d request record(s) not yet written are lost, "
+                        "and those of the %d request(s) still running", queued, len(self.server_state.tasks))
         super().handle_exit(sig, frame)
 
     def _cut(self) -> None:

@@ -145,14 +145,15 @@ class Runtime:
         return None
 
 
-def restart_only(old: Config, new: Config) -> list[str]:
-    """The fields that differ between two configs which a reload does not apply (the store and the
-    shared state are opened once; the shutdown deadline is set when serving starts): they wait for a
-    restart. The reload's log line and the admin API's answer say so."""
+def restart_only(started: Config, new: Config) -> list[str]:
+    """The fields of `new` that differ from the config the process started with and that a reload
+    does not apply (the store and the shared state are opened once; the shutdown deadline is set
+    when serving starts): they wait for a restart. The reload's log line and the admin API's answer
+    say so."""
     out = [f"{part}.{name}" for part in ("store", "state")
            for name in type(getattr(new, part)).model_fields
-           if getattr(getattr(old, part), name) != getattr(getattr(new, part), name)]
-    if old.gateway.shutdown_timeout != new.gateway.shutdown_timeout:
+           if getattr(getattr(started, part), name) != getattr(getattr(new, part), name)]
+    if started.gateway.shutdown_timeout != new.gateway.shutdown_timeout:
         out.append("gateway.shutdown_timeout")
     return out
 
@@ -179,6 +180,9 @@ class Proxy:
         self.explain = explain
         self.rt = Runtime(config, self.upstream, self.rng, self.clock, passthrough, explain)
         self.config_path = Path(config_path) if config_path is not None else None
+        # What the store, the shared state and the shutdown deadline were started with: a reload does
+        # not change them (restart_only), so later reloads are measured against this, not the last file.
+        self.started_config = config
         self.store = store
         self.metrics = metrics if metrics is not None else Metrics(router=lambda: self.rt.router,
                                                                    store=lambda: self.store, now=self.clock.now,
@@ -323,7 +327,7 @@ class Proxy:
                 # The old keys too: a record of a request that ran on the old config may still quote one.
                 self.store.set_secrets([*store_secrets(config), *store_secrets(old.config)])
             self.probes.restart()
-            later = restart_only(old.config, config)
+            later = restart_only(self.started_config, config)
             log.info("configuration reloaded: %d channels (state kept for %d unchanged)", len(new.router.states),
                      len(kept))
             if later:

@@ -178,6 +178,9 @@ def test_two_keys_of_one_channel_may_not_share_a_name() -> None:
     ("http://h/v1#part", "fragment"),
     ("http://h/v1 ", "space"),
     ("api.openai.com/v1", "http:// or https://"),
+    ("http://h\\x/v1", "backslash"),
+    ("http://a\u200b.com/v1", "host name"),
+    ("http://xn--zz.com/v1", "host name"),
 ])
 def test_a_base_url_the_proxy_cannot_send_to_is_refused_at_load(url: str, says: str) -> None:
     with pytest.raises(ConfigError) as e:

@@ -794,6 +794,28 @@ def test_reload_keeps_in_flight_requests_and_swaps_the_config(tmp_path: Path) ->
             assert chat(c, "new-model").status_code == 200
 
 
+def test_restart_needed_is_measured_against_the_config_the_gateway_started_with(tmp_path: Path) -> None:
+    """A restart-only change stays listed at every reload until the file is back to what runs; a
+    file put back to it lists nothing. (Measured against the file before each reload, it read the
+    other way round: empty at the second reload, and listed once the file matched again.)"""
+    cfg_path = tmp_path / "gateway.yaml"
+    data: dict[str, Any] = {"gateway": {**GATEWAY, "shutdown_timeout": 30}, "routing": ROUTING,
+                            "channels": [{**ch("c", "m"), "base_url": "http://127.0.0.1:9/v1"}]}
+    cfg_path.write_text(json.dumps(data))
+    with Stack() as st:
+        gw = st.gateway(st.call(_make_proxy(cfg_path)))
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            def reload(shutdown_timeout: float) -> list[str]:
+                cfg_path.write_text(json.dumps({**data, "gateway": {**GATEWAY, "shutdown_timeout": shutdown_timeout}}))
+                r = c.post("/admin/reload", headers=ADMIN)
+                assert r.status_code == 200, r.text
+                return list(r.json()["changes"]["restart_needed"])
+
+            assert reload(5) == ["gateway.shutdown_timeout"]
+            assert reload(5) == ["gateway.shutdown_timeout"]  # still not in force
+            assert reload(30) == []  # the file says what runs again
+
+
 async def _make_proxy(path: Path) -> Proxy:
     return Proxy(load_config(path), config_path=path, seed=1)
 
@@ -1607,8 +1629,10 @@ def test_a_third_ctrl_c_quits_and_says_what_it_lost(tmp_path: Path) -> None:
         for p in procs:
             _stop(p)
     # The answered request's record (the stream's is made once its last words end: not yet).
-    assert "third Ctrl-C: quitting without the shutdown; 1 request record(s) not yet written are lost" in err, err
+    assert ("third Ctrl-C: quitting without the shutdown; 1 request record(s) not yet written are lost, and those "
+            "of the 1 request(s) still running") in err, err
     assert procs[1].returncode == 130, err
+    assert "Exception in 'lifespan' protocol" not in err, err
     assert not db.exists() or _outcomes(db, "stalled-client-0003") == []
 
 

@@ -134,11 +134,14 @@ def cursor_of(*position: float | str | int) -> str:
 def _position(cursor: str) -> list[Any]:
     try:
         pos = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        # A request id the databases can take: UTF-8 (no lone surrogate), no NUL; a time as a float.
         if (isinstance(pos, list) and len(pos) in (2, 3) and type(pos[0]) in (int, float) and math.isfinite(pos[0])
-                and isinstance(pos[1], str) and "\x00" not in pos[1]
+                and isinstance(pos[1], str) and "\x00" not in pos[1] and pos[1].encode()
                 and (len(pos) == 2 or (type(pos[2]) is int and 0 <= pos[2] <= MAX_OFFSET))):
             return pos
-    except (ValueError, TypeError):  # binascii.Error and JSONDecodeError are ValueErrors
+    # binascii.Error, JSONDecodeError and UnicodeEncodeError are ValueErrors; a huge integer is an
+    # OverflowError as a float
+    except (ValueError, TypeError, OverflowError):
         pass
     raise QueryError("cursor", "is not a next_cursor this API gave")
 

@@ -357,26 +357,34 @@ def query_params(request: Request, allowed: Sequence[str]) -> dict[str, str]:
 
     Read from the raw query string: Starlette's parameters turn bytes that are not UTF-8 into U+FFFD,
     so `project=%FF` was a filter that quietly matched nothing."""
-    values: dict[str, str] = {}
+    given: dict[str, list[bytes]] = {}
     for part in request.scope.get("query_string", b"").split(b"&"):
         if not part:
             continue
         raw_name, _, raw_value = part.partition(b"=")
         try:
-            k = unquote_to_bytes(raw_name.replace(b"+", b" ")).decode()
+            k = _query_text(raw_name).decode()
         except UnicodeDecodeError:
             raise AdminError(400, "a query parameter's name is not UTF-8 text") from None
         if k not in allowed:
             takes = f"this endpoint takes: {', '.join(allowed)}" if allowed else "this endpoint takes none"
             raise AdminError(400, f"unknown parameter {k!r}; {takes}", k)
-        if k in values:
-            n = len(request.query_params.getlist(k))
-            raise AdminError(400, f"{k} is given {n} times; give it once", k)
+        given.setdefault(k, []).append(raw_value)
+    values: dict[str, str] = {}
+    for k, got in given.items():
+        if len(got) > 1:
+            raise AdminError(400, f"{k} is given {len(got)} times; give it once", k)
         try:
-            values[k] = unquote_to_bytes(raw_value.replace(b"+", b" ")).decode()
+            values[k] = _query_text(got[0]).decode()
         except UnicodeDecodeError:
             raise AdminError(400, f"{k} is not UTF-8 text (its percent-encoded bytes)", k) from None
     return values
+
+
+def _query_text(raw: bytes) -> bytes:
+    """A query string's name or value as bytes: `+` is a space, %XX a byte (urllib's parse_qsl
+    decodes to text first, so it cannot tell bytes that are not UTF-8)."""
+    return unquote_to_bytes(raw.replace(b"+", b" "))
 
 
 def _no_params(request: Request) -> None:

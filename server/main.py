@@ -191,6 +191,7 @@ def _banner(config: Config, config_path: Path, host: str, port: int, workers: in
 
 
 REPLACEMENT_READY = 60  # seconds a starting worker has before it must answer the parent's pings (GatewayProcess)
+FORCED_EXIT = 130  # a third Ctrl-C quit without the shutdown (what a shell reports for an interrupted command)
 
 
 def _stop_cleanly(signum: int, frame: Any) -> None:
@@ -282,7 +283,17 @@ class GatewayProcess(Process):  # type: ignore[misc]
         # From here on (before the app reads its config) a SIGHUP is remembered, not lost: the
         # worker reloads once its handler is in (build_proxy).
         signal.signal(signal.SIGHUP, _hup_while_starting)
-        super().target(sockets)
+        # The parent's SIGTERM, which uvicorn re-raises once its server has stopped, ends the worker
+        # with 0 (as `serve` does with one worker) rather than killing it, so that a worker quit by a
+        # third Ctrl-C gets to say so in its exit code, which `serve` passes on.
+        signal.signal(signal.SIGTERM, _stop_cleanly)
+        try:
+            super().target(sockets)
+        except SystemExit as exc:
+            if exc.code != 0:
+                raise
+        if self.server.forced:  # type: ignore[attr-defined]
+            sys.exit(FORCED_EXIT)
 
     def is_alive(self, timeout: float = 5) -> bool:
         # A worker answers the parent's pings from a thread it starts once its interpreter is up; on a
@@ -419,7 +430,8 @@ def serve(args: argparse.Namespace) -> int:
         if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
             print("axonsim serve: a worker failed to start (its log says why); stopped", file=sys.stderr)
             return 1
-        return 0
+        # A worker quit by a third Ctrl-C without its shutdown (its log says what it lost).
+        return FORCED_EXIT if any(p.exitcode == FORCED_EXIT for p in supervisor.processes) else 0
 
     proxy = build_proxy(config, config_path, demo)
     server = GatewayServer(uvicorn.Config(GatewayApp(proxy, tune_gc=True), **common))
@@ -431,7 +443,7 @@ def serve(args: argparse.Namespace) -> int:
         server.run()
     except SystemExit as exc:
         if exc.code == 0:
-            return 130 if server.forced else 0
+            return FORCED_EXIT if server.forced else 0
         if proxy.startup_error is None:
             # uvicorn could not start on its own side (its 3: the address in use, say; its log says
             # why): what our exit codes call any other failure to start.
@@ -451,4 +463,4 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     if not server.started:
         return 1
-    return 130 if server.forced else 0
+    return FORCED_EXIT if server.forced else 0

@@ -294,7 +294,9 @@ class Proxy:
             log.exception("closing the upstream session failed")
         if self.store is not None:
             try:
-                await self.store.close(timeout=max(self.config.gateway.shutdown_timeout, 1.0))
+                # The deadline serving started with (a reload's new shutdown_timeout waits for a
+                # restart, as uvicorn's does): a shorter one from a reload lost records it could write.
+                await self.store.close(timeout=max(self.started_config.gateway.shutdown_timeout, 1.0))
             except Exception:
                 log.exception("closing the store failed")
         for hook in reversed(self.shutdown_hooks):

@@ -21,10 +21,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(*args: str, cwd: Path = ROOT) -> subprocess.Popen[str]:
-    """`python -m axonsim ARGS` with its output captured (unbuffered, so logs arrive as written)."""
+def start(*args: str, cwd: Path = ROOT, group: bool = False) -> subprocess.Popen[str]:
+    """`python -m axonsim ARGS` with its output captured (unbuffered, so logs arrive as written);
+    `group`: in a process group of its own, which os.killpg signals as a terminal's Ctrl-C does."""
     return subprocess.Popen([sys.executable, "-m", "axonsim", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=group)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:

@@ -43,6 +43,7 @@ from axonsim.execution import Outcome, Router, Wait
 from axonsim.unified import ErrorKind
 from server.mock_provider import MockProvider
 from server.proxy import Proxy, carry_over
+from server.store import Store
 from server.testing import GatewayServer, Stack
 from server.upstream import MockReply, MockUpstream, UpstreamRequest
 
@@ -816,6 +817,33 @@ def test_restart_needed_is_measured_against_the_config_the_gateway_started_with(
             assert reload(30) == []  # the file says what runs again
 
 
+async def test_the_store_drains_for_the_shutdown_timeout_serving_started_with(tmp_path: Path) -> None:
+    """A reloaded shutdown_timeout waits for a restart, uvicorn's deadline as the store's drain: the
+    drain took the reloaded one (1 s where serving started with 30), and lost records a database slow
+    to come back could still have taken."""
+    class Timed(Store):
+        drained_for: float | None = None
+
+        async def close(self, timeout: float | None = 30.0) -> None:
+            self.drained_for = timeout
+            await super().close(timeout)
+
+    cfg_path = tmp_path / "gateway.yaml"
+    data: dict[str, Any] = {"gateway": {**GATEWAY, "shutdown_timeout": 30}, "routing": ROUTING,
+                            "channels": [{**ch("c", "m"), "base_url": "http://127.0.0.1:9/v1"}],
+                            "store": {"url": f"sqlite:///{tmp_path / 'log.db'}"}}
+    cfg_path.write_text(json.dumps(data))
+    config = load_config(cfg_path)
+    store = Timed(config.store)
+    proxy = Proxy(config, config_path=cfg_path, seed=1, store=store)
+    await proxy.startup()
+    cfg_path.write_text(json.dumps({**data, "gateway": {**GATEWAY, "shutdown_timeout": 1}}))
+    await proxy.reload()
+    assert proxy.config.gateway.shutdown_timeout == 1
+    await proxy.shutdown()
+    assert store.drained_for == 30
+
+
 async def _make_proxy(path: Path) -> Proxy:
     return Proxy(load_config(path), config_path=path, seed=1)
 
@@ -1570,8 +1598,10 @@ def _outcomes(db: Path, trace: str) -> list[tuple[int, str]]:
         return conn.execute("SELECT status, outcome FROM requests WHERE trace_id = ?", (trace,)).fetchall()
 
 
-def _gateway(tmp_path: Path, channel: str, **gateway: Any) -> tuple[Path, Path, list[subprocess.Popen[str]], int]:
-    """A mock provider and a gateway on `channel` (one model `m`), each its own process."""
+def _gateway(tmp_path: Path, channel: str, workers: int = 1,
+             **gateway: Any) -> tuple[Path, Path, list[subprocess.Popen[str]], int]:
+    """A mock provider and a gateway on `channel` (one model `m`), each its own process (the gateway
+    in a process group of its own, for a terminal's Ctrl-C)."""
     m, port = free_port(), free_port()
     db, cfg = tmp_path / "gw.db", tmp_path / "gw.yaml"
     gw = {"api_keys": [{"key": GW_KEY}], **gateway}
@@ -1583,7 +1613,7 @@ store: {{url: "sqlite+aiosqlite:///{db}", flush_interval: 60}}
 """)
     procs = [_start("mock-provider", "--config", str(cfg), "--port", str(m))]
     _wait_healthy(f"http://127.0.0.1:{m}", procs[0])
-    procs.append(_start("serve", "--config", str(cfg), "--port", str(port)))
+    procs.append(_start("serve", "--config", str(cfg), "--port", str(port), "--workers", str(workers), group=True))
     _wait_healthy(f"http://127.0.0.1:{port}", procs[1])
     return db, cfg, procs, port
 
@@ -1634,6 +1664,26 @@ def test_a_third_ctrl_c_quits_and_says_what_it_lost(tmp_path: Path) -> None:
     assert procs[1].returncode == 130, err
     assert "Exception in 'lifespan' protocol" not in err, err
     assert not db.exists() or _outcomes(db, "stalled-client-0003") == []
+
+
+def test_a_third_ctrl_c_to_several_workers_exits_as_one_workers_does(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C pressed three times reaches every worker: one whose shutdown it cut short
+    lost records, and `axonsim serve` exits 130 as with one worker (it exited 0)."""
+    _, _, procs, port = _gateway(tmp_path, "{ttft: 0.01, tokens_per_second: 400000, output_tokens: 1500000}",
+                                 workers=2, shutdown_timeout=60)
+    try:
+        s = _reader_that_stalls(port, "stalled-client-0004")
+        time.sleep(2.0)
+        for _ in range(3):
+            os.killpg(procs[1].pid, signal.SIGINT)
+            time.sleep(0.3)
+        _, err = procs[1].communicate(timeout=60)
+        s.close()
+    finally:
+        for p in procs:
+            _stop(p)
+    assert "third Ctrl-C: quitting without the shutdown" in err, err
+    assert procs[1].returncode == 130, err
 
 
 def test_a_client_that_stops_reading_is_cut_off_after_send_timeout(tmp_path: Path) -> None:

@@ -156,10 +156,10 @@ class Metrics:
         # Other worker processes' figures (server.worker_metrics), added to this process's own at
         # scrape time; None in a single process.
         self.peers: Callable[[], list[dict[str, Any]]] | None = None
+        # CPU seconds and RSS: what the overhead benchmark and a memory alert read. Not registered on
+        # its own: with several workers _Collector adds the other workers' figures to this one's.
+        self._process: ProcessCollector | None = ProcessCollector(registry=None) if process else None
         self.registry.register(_Collector(self))
-        if process:
-            # CPU seconds and RSS: what the overhead benchmark and a memory alert read.
-            ProcessCollector(registry=self.registry)
 
     # -- the per-request API -----------------------------------------------------------------------
 
@@ -269,7 +269,19 @@ class Metrics:
                 "queued": 0 if final else int(getattr(store, "queued", 0)),
                 "db_up": None if final else getattr(store, "db_up", None)},
             "shared": None if shared is None else {"syncs": int(shared.syncs), "errors": int(shared.errors)},
+            "process": self._process_figures(final),
         }
+
+    def _process_figures(self, final: bool) -> dict[str, dict[str, float]] | None:
+        """This process's CPU (counters) and memory and descriptors (gauges: none once it stops)."""
+        if self._process is None:
+            return None
+        counters: dict[str, float] = {}
+        gauges: dict[str, float] = {}
+        for fam in self._process.collect():
+            if fam.samples:
+                (counters if fam.type == "counter" else gauges)[fam.name] = float(fam.samples[0].value)
+        return {"counters": counters, "gauges": {} if final else gauges}
 
     # -- exposition --------------------------------------------------------------------------------
 
@@ -300,7 +312,7 @@ class _Collector:
 
     def collect(self) -> Iterable[Metric]:
         self._peer_figures = self._peers()  # read once per scrape: _observed, _usage and _store add them
-        for part in (self._observed, self._usage, self._channels, self._store, self._shared):
+        for part in (self._observed, self._usage, self._channels, self._store, self._shared, self._processes):
             try:
                 families = part()
             except Exception:
@@ -474,6 +486,37 @@ class _Collector:
             CounterMetricFamily(f"{ns}_shared_state_errors", "Failed synchronisations with Redis (every worker)",
                                 value=errors),
         ]
+
+
+    def _processes(self) -> list[Metric]:
+        """prometheus-client's process families: this process's, or with several workers (whose
+        answers to scrapes alternate) the gateway's: CPU seconds summed over every worker, ended ones
+        included, so the counter never goes back; memory and descriptors summed over the running
+        ones; the earliest start time among them; the descriptor limit this worker's."""
+        collector = self.m._process
+        if collector is None:
+            return []
+        families = list(collector.collect())
+        if self.m.peers is None:
+            return families
+        figures = [p.get("process") or {} for p in self._peer_figures]
+        out: list[Metric] = []
+        for fam in families:
+            if not fam.samples:
+                out.append(fam)
+                continue
+            name, value = fam.name, float(fam.samples[0].value)
+            if fam.type == "counter":
+                value += sum(float(f.get("counters", {}).get(name, 0.0)) for f in figures)
+                out.append(CounterMetricFamily(name, f"{fam.documentation} (every worker)", value=value))
+                continue
+            others = [float(f["gauges"][name]) for f in figures if name in f.get("gauges", {})]
+            if name.endswith("_start_time_seconds"):
+                value = min([value, *others])
+            elif not name.endswith("_max_fds"):
+                value += sum(others)
+            out.append(GaugeMetricFamily(name, f"{fam.documentation} (running workers)", value=value))
+        return out
 
 
 def _cumulative(bounds: Sequence[float], counts: Sequence[int | float]) -> list[tuple[str, float]]:

@@ -717,23 +717,26 @@ class SharedState:
         assert self._redis is not None
         s = self._current()
         now = self._clock()
-        pipe = self._redis.pipeline(transaction=False)
-        pushed: list[_Chan] = []
-        for c in s.chans:
-            ops = self._ops(c, now)
-            if ops:
-                await self._merge(keys=[c.hkey, self._ver_key],
-                                  args=[_num(now), _num(LIFT_KEEP), _num(PERMANENT_TTL), *ops], client=pipe)
-                pushed.append(c)
-        pipe.get(self._ver_key)
-        n0 = len(pipe)
-        rate = await self._rate_push(s, pipe, now)
-        n1 = len(pipe)
-        quota = await self._quota_push(s, pipe, now)
-        n2 = len(pipe)
-        s0 = s.router.balancer.seq
-        await self._rr_push(s, pipe, s0)
-        res = await self._execute(pipe)
+        # A pipeline holds a pooled connection from its first command sent at once (the script check
+        # before the batch) until reset: one that failed there (Redis gone) kept it, and said so later
+        # in an "Unclosed Pipeline client" warning. `async with` resets it however it ends.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pushed: list[_Chan] = []
+            for c in s.chans:
+                ops = self._ops(c, now)
+                if ops:
+                    await self._merge(keys=[c.hkey, self._ver_key],
+                                      args=[_num(now), _num(LIFT_KEEP), _num(PERMANENT_TTL), *ops], client=pipe)
+                    pushed.append(c)
+            pipe.get(self._ver_key)
+            n0 = len(pipe)
+            rate = await self._rate_push(s, pipe, now)
+            n1 = len(pipe)
+            quota = await self._quota_push(s, pipe, now)
+            n2 = len(pipe)
+            s0 = s.router.balancer.seq
+            await self._rr_push(s, pipe, s0)
+            res = await self._execute(pipe)
         if self._get_router() is not s.router:
             return  # swapped while we waited: the new Router adopts the shared state next time
         now = self._clock()
@@ -755,10 +758,10 @@ class SharedState:
         if self._force_full or version != s.version or now - s.last_full >= FULL_PULL_EVERY:
             rest = [c for c in s.chans if c not in pushed]
             if rest:
-                pipe = self._redis.pipeline(transaction=False)
-                for c in rest:
-                    pipe.hgetall(c.hkey)
-                got = await self._execute(pipe)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for c in rest:
+                        pipe.hgetall(c.hkey)
+                    got = await self._execute(pipe)
                 if self._get_router() is not s.router:
                     return
                 now = self._clock()

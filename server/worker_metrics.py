@@ -14,8 +14,10 @@ A worker that stops (a crash, a scaled-down pool) leaves its last file behind:
 its counters stay in the sums, so they never go backwards. Its gauges do not: a graceful stop
 writes them as 0, and a process that no longer exists has its gauges ignored.
 
-Channel-state gauges and process CPU/memory stay the answering worker's own (channel state is
-shared between workers only through Redis: `state.url`).
+prometheus-client's process families are the gateway's, not the answering worker's: CPU seconds
+summed over every worker (ended ones included, as for any counter), memory and descriptors over the
+running ones. Channel-state gauges stay the answering worker's own (channel state is shared between
+workers only through Redis: `state.url`).
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class WorkerFigures:
                 if fig.get("store"):
                     fig["store"]["queued"] = 0
                     fig["store"]["db_up"] = None  # a gauge of a process that is gone: no say any more
+                if fig.get("process"):
+                    fig["process"]["gauges"] = {}  # its memory is freed; its CPU seconds stay counted
             out.append(fig)
         return out
 

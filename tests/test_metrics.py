@@ -14,7 +14,9 @@ import prometheus_client
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.process_collector import ProcessCollector
 
 from axonsim.config import Store as StoreSettings
 from axonsim.config import parse_config
@@ -240,6 +242,55 @@ def test_shared_state_counters_add_up_over_workers(tmp_path: Path) -> None:
         assert got[("axonsim_shared_state_syncs_total", ())] == 17
         assert got[("axonsim_shared_state_errors_total", ())] == 5
         assert got[("axonsim_shared_state_up", ())] == up  # a gauge: the answering worker's own
+
+
+class FixedProcess(ProcessCollector):
+    """prometheus-client's process families with figures of a test's choosing (one process's)."""
+
+    def __init__(self, cpu: float, rss: float, start: float) -> None:
+        super().__init__(registry=None)
+        self.cpu, self.rss, self.start = cpu, rss, start
+
+    def collect(self) -> list[Metric]:
+        return [CounterMetricFamily("process_cpu_seconds", "Total user and system CPU time spent in seconds.",
+                                    value=self.cpu),
+                GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in bytes.", value=self.rss),
+                GaugeMetricFamily("process_start_time_seconds", "Start time of the process.", value=self.start),
+                GaugeMetricFamily("process_max_fds", "Maximum number of open file descriptors.", value=1024)]
+
+
+async def test_process_figures_are_the_gateways_whichever_worker_answers(tmp_path: Path) -> None:
+    """Scrapes land on one worker or another: each reported its own CPU seconds, a counter that then
+    went back at every other scrape. CPU seconds are summed over every worker (ended ones included),
+    memory over the running ones; the start time is the earliest running worker's."""
+    from server.worker_metrics import WorkerFigures
+
+    workers = [Metrics(process=True), Metrics(process=True)]
+    workers[0]._process = FixedProcess(2.0, 100e6, 1000.0)
+    workers[1]._process = FixedProcess(3.0, 80e6, 1010.0)
+    figures = [WorkerFigures(tmp_path, m, pid=pid) for m, pid in zip(workers, (os.getpid(), os.getppid()), strict=True)]
+    for f in figures:
+        f.publish()
+
+    def process(m: Metrics) -> tuple[float, float, float, float]:
+        got = _all_samples(m)
+        return (got[("process_cpu_seconds_total", ())], got[("process_resident_memory_bytes", ())],
+                got[("process_start_time_seconds", ())], got[("process_max_fds", ())])
+
+    for m in workers:
+        assert process(m) == (5.0, 180e6, 1000.0, 1024)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a worker whose process ended without a word
+    gone.wait()
+    dead = Metrics(process=True)
+    dead._process = FixedProcess(7.0, 50e6, 900.0)
+    WorkerFigures(tmp_path, dead, pid=gone.pid).publish()
+    assert process(workers[0]) == (12.0, 180e6, 1000.0, 1024)
+    workers[0]._process.cpu = 4.0  # type: ignore[union-attr]
+    await figures[0].stop()  # a worker that stops: its last CPU seconds stay, its memory goes
+    assert process(workers[1]) == (14.0, 80e6, 1010.0, 1024)
+    alone = Metrics(process=True)  # one process: prometheus-client's own figures, untouched
+    alone._process = FixedProcess(1.5, 10e6, 5.0)
+    assert process(alone) == (1.5, 10e6, 5.0, 1024)
 
 
 def test_a_worker_without_peers_scrapes_as_before(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 from mypy_extensions import mypyc_attr
 from yarl import URL
 
@@ -171,12 +172,33 @@ class _CancelTask(_Watch):
         return self.task.uncancel() <= self.cancelling
 
 
+class HTTPResponse(Protocol):
+    """What the upstream seam uses of an answer: aiohttp's ClientResponse, or a RawResponse."""
+
+    status: int
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> aiohttp.StreamReader: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def read(self) -> bytes: ...
+
+    def release(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
 class _CloseResponse(_Watch):
     """Closes a stream's connection, which wakes its pending read with an error."""
 
     __slots__ = ("resp",)
 
-    def __init__(self, at: float, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, at: float, resp: HTTPResponse) -> None:
         super().__init__(at)
         self.resp = resp
 
@@ -250,7 +272,8 @@ class AiohttpUpstream:
         self._deadlines: Deadlines | None = None
         self.drains: set[asyncio.Task[None]] = set()  # streams' waits for their body's end (finish)
         self._params: dict[str, Any] | None = None  # _post's response parameters; None: session.post only
-        self._urls: dict[str, URL | None] = {}
+        self._raw = True  # _send_raw for what it can send (tests turn it off to exercise _post)
+        self._urls: dict[str, _Target | None] = {}
 
     async def start(self) -> None:
         if self._session is not None:
@@ -300,9 +323,14 @@ class AiohttpUpstream:
         w = _CancelTask(total if not req.stream else min(start + lim.first_token, total), task)
         deadlines.add(w)
         try:
-            url = self._url(req.url) if self._params is not None else None
-            if url is not None:
-                resp = await self._post(session, url, req)
+            target = self._url(req.url) if self._params is not None else None
+            resp: HTTPResponse
+            if target is not None:
+                head = target.head(req.headers, len(req.body)) if self._raw else None
+                if head is not None:
+                    resp = await self._send_raw(session, target, head, req)
+                else:
+                    resp = await self._post(session, target.url, req)
             else:
                 resp = await session.post(req.url, data=req.body, headers=req.headers, timeout=lim.client_timeout,
                                           allow_redirects=False)
@@ -331,13 +359,14 @@ class AiohttpUpstream:
         return ReadResponse(resp.status, resp.headers, body)
 
 
-    def _url(self, s: str) -> URL | None:
-        """The parsed URL _post can send to (channels' URLs repeat: parsed once); None for one left to
-        session.post: one it refuses (InvalidUrlClientError, NonHttpUrlClientError), or with credentials."""
-        url = self._urls.get(s, _UNSEEN)
-        if url is not _UNSEEN:
-            return url  # type: ignore[return-value]
-        parsed: URL | None = None
+    def _url(self, s: str) -> _Target | None:
+        """The target _post and _send_raw can send to (channels' URLs repeat: prepared once); None for a
+        URL left to session.post: one it refuses (InvalidUrlClientError, NonHttpUrlClientError), or with
+        credentials."""
+        target = self._urls.get(s, _UNSEEN)
+        if target is not _UNSEEN:
+            return target  # type: ignore[return-value]
+        parsed: _Target | None = None
         try:
             u = URL(s)
         except ValueError:
@@ -346,11 +375,45 @@ class AiohttpUpstream:
             # Credentials (which the config refuses in a base_url): session.post's way, which turns
             # them into an Authorization header only where no other is set, is kept for them.
             if u.scheme in ("http", "https") and u.raw_host and u.raw_user is None and u.raw_password is None:
-                parsed = u
+                assert self._session is not None and self._loop is not None
+                parsed = _Target(u, self._session, self._loop)
         if len(self._urls) >= _URLS_KEPT:  # a bound: Gemini's URLs name the model, any number of them
             self._urls.clear()
         self._urls[s] = parsed
         return parsed
+
+    async def _send_raw(self, session: aiohttp.ClientSession, target: _Target, head: bytes,
+                        req: UpstreamRequest) -> RawResponse:
+        """The request written as bytes on a pooled connection of aiohttp's, its answer read by that
+        connection's own parser (aiohttp's, in C): aiohttp without its ClientRequest and ClientResponse.
+
+        Those two objects cost more than half of a proxied request's CPU in this process: at 64
+        concurrent requests the benchmark's bare pass-through proxy took 117 µs a request through
+        session.post and 54 µs this way (benchmarks/bare_proxy.py, --raw). What they do per request
+        that a gateway needs is done here, or once per URL (_Target): the head (request line, Host,
+        the headers aiohttp adds of its own, the request's, Content-Length); what it does not need
+        (cookies, redirects, auth from the URL, proxies, traces, a task to write the body) is left out.
+        The connection comes from aiohttp's pool and goes back to it by aiohttp's own rules."""
+        conn = await session.connector.connect(target.template, [], req.limits.client_timeout)  # type: ignore[union-attr]
+        try:
+            protocol = conn.protocol
+            transport = conn.transport
+            if protocol is None or transport is None or transport.is_closing():
+                raise aiohttp.ClientConnectionError("the connection closed before the request was sent")
+            protocol.set_response_params(**self._params)  # type: ignore[arg-type]
+            transport.writelines((head, req.body))  # one system call, the body not copied
+            while True:
+                message, payload = await protocol.read()
+                code = message.code
+                if code < 100 or code > 199 or code == 101:
+                    break  # (1xx interim answers are skipped, as ClientResponse.start does)
+        except HttpProcessingError as exc:  # no HTTP answer (ClientResponse.start raises a ClientError)
+            conn.close()
+            raise aiohttp.ClientConnectionError("the upstream's answer is not HTTP") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return RawResponse(conn, code, message.headers, payload)
 
     async def _post(self, session: aiohttp.ClientSession, url: URL, req: UpstreamRequest) -> aiohttp.ClientResponse:
         """session.post's own steps for a POST of bytes, without the ones a gateway never uses.
@@ -382,6 +445,101 @@ class AiohttpUpstream:
         return resp
 
 
+# Headers that change how the request is framed or routed: a request that sets one is left to _post,
+# whose ClientRequest knows what each means; a name or value with a line break (header injection) too,
+# which aiohttp refuses with its own error.
+_CLOSED = aiohttp.ClientConnectionError("Connection closed")
+_FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect", "upgrade"})
+_HEADS_KEPT = 64
+
+
+class _Target:
+    """A URL requests are posted to, prepared once: the template request aiohttp's pool finds and
+    opens connections by (its host, port, TLS), the request line with Host, the headers aiohttp adds
+    to a request that lacks them (Accept, Accept-Encoding, User-Agent, Content-Type), and, per set of
+    headers (a channel's per key, built once: server/driver.py), its serialized head."""
+
+    __slots__ = ("url", "template", "_line", "_auto", "_heads")
+
+    def __init__(self, url: URL, session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
+        self.url = url
+        self.template = aiohttp.ClientRequest("POST", url, headers={}, data=b"", loop=loop,
+                                              response_class=aiohttp.ClientResponse, session=session, traces=[])
+        auto = self.template.headers
+        self._line = f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {auto['Host']}\r\n"
+        self._auto = [(name.lower(), f"{name}: {value}\r\n") for name, value in auto.items()
+                      if name.lower() not in _FRAMING]
+        self._heads: dict[int, tuple[Mapping[str, str], bytes | None]] = {}
+
+    def head(self, headers: Mapping[str, str], length: int) -> bytes | None:
+        """The request's head, or None if _send_raw must leave it to _post."""
+        kept = self._heads.get(id(headers))
+        if kept is None or kept[0] is not headers:
+            kept = (headers, self._serialize(headers))
+            if len(self._heads) >= _HEADS_KEPT:
+                self._heads.clear()
+            self._heads[id(headers)] = kept  # (the mapping kept alive with it: its id cannot be reused)
+        block = kept[1]
+        return None if block is None else block + b"Content-Length: %d\r\n\r\n" % length
+
+    def _serialize(self, headers: Mapping[str, str]) -> bytes | None:
+        parts = [self._line]
+        names = set()
+        for name, value in headers.items():
+            low = name.lower()
+            if low in _FRAMING or any(c in name or c in value for c in "\r\n\x00"):
+                return None
+            names.add(low)
+            parts.append(f"{name}: {value}\r\n")
+        parts.extend(line for low, line in self._auto if low not in names)
+        return "".join(parts).encode("utf-8")  # as aiohttp encodes a head
+
+
+class RawResponse:
+    """An answer read from a connection by _send_raw: what the seam uses of a ClientResponse. The
+    connection goes back to aiohttp's pool on `release` when its protocol says it can be reused (the
+    body read to its end, no `Connection: close`), else it is closed."""
+
+    __slots__ = ("status", "headers", "content", "_conn")
+
+    def __init__(self, conn: Any, status: int, headers: Mapping[str, str], content: aiohttp.StreamReader) -> None:
+        self.status = status
+        self.headers = headers
+        self.content = content
+        self._conn = conn
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    async def read(self) -> bytes:
+        try:
+            return await self.content.read()
+        except BaseException:
+            self.close()
+            raise
+
+    def release(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            self._stop_reads()
+            conn.release()
+
+    def close(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            self._stop_reads()
+            conn.close()
+
+    def _stop_reads(self) -> None:
+        # A read still waiting (a deadline closes the response under it) ends with an error now, as
+        # ClientResponse ends it: the connection's own close would not reach this reader.
+        if self.content.exception() is None:
+            self.content.set_exception(_CLOSED)
+
+
 def _response_params(session: aiohttp.ClientSession) -> dict[str, Any] | None:
     """The response parser's parameters session.post would set, for _post; None when this aiohttp's
     internals are not the ones _post was written against (then every request takes session.post)."""
@@ -402,6 +560,10 @@ def _response_params(session: aiohttp.ClientSession) -> dict[str, Any] | None:
     except (ImportError, AttributeError, TypeError, ValueError):
         return None
     if names != {"self", *params} or not {"traces", "session", "timer", "loop", "response_class"} <= request:
+        return None
+    # What _send_raw uses besides: the protocol's queue of parsed answers, a connection's transport.
+    if not (inspect.iscoroutinefunction(getattr(ResponseHandler, "read", None))
+            and isinstance(getattr(aiohttp.connector.Connection, "transport", None), property)):
         return None
     return params
 
@@ -453,7 +615,7 @@ class _StreamResponse:
     __slots__ = ("_resp", "_loop", "_deadlines", "_watch", "_first", "_total", "_hard", "_idle", "_got_first",
                  "_eof", "_read_end", "_drain", "_drains", "status", "headers")
 
-    def __init__(self, resp: aiohttp.ClientResponse, loop: asyncio.AbstractEventLoop, deadlines: Deadlines,
+    def __init__(self, resp: HTTPResponse, loop: asyncio.AbstractEventLoop, deadlines: Deadlines,
                  first: float, total: float, idle: float, hard: float = math.inf,
                  drains: set[asyncio.Task[None]] | None = None) -> None:
         self._resp = resp

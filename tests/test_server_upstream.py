@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -72,14 +73,17 @@ async def server() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-@pytest.fixture(params=["direct", "session"])
+@pytest.fixture(params=["raw", "direct", "session"])
 async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[AiohttpUpstream]:
-    """Both ways a request leaves: AiohttpUpstream._post (the usual one) and session.post (its
-    fallback: an aiohttp whose internals differ, a URL with credentials)."""
+    """Every way a request leaves: AiohttpUpstream._send_raw (the usual one), _post (a request whose
+    headers _send_raw leaves to aiohttp) and session.post (the fallback: an aiohttp whose internals
+    differ, a URL with credentials)."""
     up = AiohttpUpstream()
     await up.start()
     assert up._params is not None  # the installed aiohttp is the one _post was written against
-    if request.param == "session":
+    if request.param == "direct":
+        up._raw = False
+    elif request.param == "session":
         up._params = None
     yield up
     await up.aclose()
@@ -449,3 +453,105 @@ async def test_no_connection_is_left_acquired_by_failures_and_cancels(upstream: 
         assert len(connector._acquired) == 0
     finally:
         srv.close()
+
+
+async def _raw_server(answer: Callable[[bytes], bytes]) -> tuple[asyncio.Server, str, list[bytes]]:
+    """A loopback server that answers each request (head and body read whole) with answer(head)'s
+    bytes; the heads it got, in order."""
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+                await reader.readexactly(length)
+                heads.append(head)
+                writer.write(answer(head))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return srv, f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}", heads
+
+
+def _header_set(head: bytes) -> list[tuple[str, str]]:
+    lines = head.decode().split("\r\n")[1:-2]
+    return sorted((k.lower(), v) for k, v in (line.split(": ", 1) for line in lines))
+
+
+async def test_the_raw_way_sends_the_head_aiohttp_would_and_reads_what_it_reads() -> None:
+    """_send_raw writes the request itself: the same request line and headers as aiohttp's
+    ClientRequest (its own Host, Accept, Accept-Encoding; the request's Content-Type and User-Agent
+    kept; Content-Length), and reads a chunked, gzip-encoded answer after a 100 Continue as
+    ClientResponse does."""
+    import gzip
+
+    body = gzip.compress(b'{"ok": true}')
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    srv, base, heads = await _raw_server(lambda head: b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n"
+                                         b"content-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n" + chunked)
+    raw, direct = AiohttpUpstream(), AiohttpUpstream()
+    await raw.start()
+    await direct.start()
+    direct._raw = False
+    try:
+        headers = {"content-type": "application/json", "user-agent": "axonsim/test", "x-api-key": "k-1",
+                   "anthropic-version": "2023-06-01"}
+        url = base + "/v1/messages?beta=true&q=a%20b"
+        for up in (raw, direct, raw):
+            r = await up.send(UpstreamRequest(url, headers, b'{"x": 1}', False, req(url, False).limits))
+            assert r.status == 201 and await r.read() == b'{"ok": true}'
+    finally:
+        await raw.aclose()
+        await direct.aclose()
+        srv.close()
+    assert heads[0].split(b"\r\n", 1)[0] == heads[1].split(b"\r\n", 1)[0] == b"POST /v1/messages?beta=true&q=a%20b HTTP/1.1"
+    assert _header_set(heads[0]) == _header_set(heads[1]) == _header_set(heads[2])
+    assert ("content-length", "8") in _header_set(heads[0]) and ("x-api-key", "k-1") in _header_set(heads[0])
+
+
+async def test_the_raw_way_pools_a_connection_only_when_http_lets_it() -> None:
+    """An answer with `Connection: close` is not reused; a keep-alive one read to its end is."""
+    closing = [True]
+
+    def answer(head: bytes) -> bytes:
+        extra = b"connection: close\r\n" if closing[0] else b""
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n" + extra + b"\r\nok"
+
+    srv, base, heads = await _raw_server(answer)
+    up = AiohttpUpstream()
+    await up.start()
+    try:
+        connector = up._session.connector  # type: ignore[union-attr]
+        assert connector is not None
+        r = await up.send(req(base + "/plain", False))
+        assert await r.read() == b"ok" and sum(len(v) for v in connector._conns.values()) == 0
+        closing[0] = False
+        for _ in range(3):
+            r = await up.send(req(base + "/plain", False))
+            assert await r.read() == b"ok"
+        assert sum(len(v) for v in connector._conns.values()) == 1 and len(connector._acquired) == 0
+    finally:
+        await up.aclose()
+        srv.close()
+    assert len(heads) == 4
+
+
+@pytest.mark.parametrize("headers", [{"x-bad": "a\r\nx-injected: 1"}, {"x-bad\n": "a"}, {"Host": "elsewhere"},
+                                     {"content-length": "5"}, {"transfer-encoding": "chunked"}])
+async def test_headers_the_raw_way_does_not_write_are_left_to_aiohttp(headers: dict[str, str]) -> None:
+    """A line break in a header (an injection), or a header that frames or routes the request, is
+    not written by _send_raw: the request goes through ClientRequest, which refuses or handles it."""
+    up = AiohttpUpstream()
+    await up.start()
+    try:
+        target = up._url("http://127.0.0.1:1/v1/chat")
+        assert target is not None
+        assert target.head({"content-type": "application/json", **headers}, 2) is None
+        assert target.head({"content-type": "application/json"}, 2) is not None
+    finally:
+        await up.aclose()

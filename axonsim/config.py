@@ -372,6 +372,22 @@ class Gateway(_Strict):
             raise ValueError("trace_header and thread_header must be different headers")
         return self
 
+    @model_validator(mode="after")
+    def _one_use_per_key(self) -> Gateway:
+        # A client key also listed as an admin key opened the admin API to that client, and a client
+        # key listed twice was booked to whichever project came last. (The key is never quoted.)
+        seen: dict[str, int] = {}
+        admin = set(self.admin_keys)
+        for i, k in enumerate(self.api_keys):
+            j = seen.setdefault(k.key, i)
+            if j != i:
+                raise ValueError(f"api_keys[{i}] has the key of api_keys[{j}]: a client key belongs to one "
+                                 "project and name")
+            if k.key in admin:
+                raise ValueError(f"api_keys[{i}] is also one of admin_keys: a client key must never open the "
+                                 "admin API")
+        return self
+
 
 class LimitsConfig(_Strict):
     """Local limits, enforced before a call is made (a channel or key at its limit is skipped)."""

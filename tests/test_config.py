@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -127,6 +128,20 @@ def test_client_and_admin_keys_must_travel_in_a_header_too(where: str) -> None:
     with pytest.raises(ConfigError, match="printable ASCII") as err:
         parse_config({"gateway": gw, "channels": [{"name": "a", "models": ["m"]}]})
     assert bad not in str(err.value)
+
+
+@pytest.mark.parametrize("gateway, says", [
+    # The client opened the admin API with it (a 200 where a gateway key must get 403).
+    ({"api_keys": [{"key": "sk-client-key-0001"}], "admin_keys": ["sk-admin-key-0001", "sk-client-key-0001"]},
+     r"api_keys\[0\] is also one of admin_keys"),
+    # Its traffic was booked to the last project listed, without a word.
+    ({"api_keys": [{"key": "sk-client-key-0001", "project": "a"}, {"key": "sk-client-key-0002", "project": "b"},
+                   {"key": "sk-client-key-0001", "project": "c"}]}, r"api_keys\[2\] has the key of api_keys\[0\]"),
+])
+def test_a_key_has_one_use(gateway: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigError, match=says) as err:
+        parse_config({"gateway": gateway, "channels": [{"name": "a", "models": ["m"]}]})
+    assert "sk-client-key-0001" not in str(err.value)
 
 
 @pytest.mark.parametrize("name", ["x-trace\nid", "x trace", "x-tr\u00e4ce", "x:trace", ""])

@@ -1036,10 +1036,30 @@ async def test_usage_groups_and_costs_read_the_same_on_every_database(db: Any) -
             "Team-A", "alpha", "team-b"]
 
 
+async def test_a_name_longer_than_an_index_row_is_found_by_its_whole_self(db: Any) -> None:
+    """Names past MAX_KEY_TEXT characters are stored cut; a filter with the whole name found nothing."""
+    from server.store.rows import MAX_KEY_TEXT
+
+    long_project, long_model, long_channel = "p" * (MAX_KEY_TEXT + 88), "m" * (MAX_KEY_TEXT + 1), "c" * 600
+    records = [rec(0, project=long_project, model=long_model, channel=long_channel,
+                   attempts=[AttemptRow(n=1, channel=long_channel, upstream_model="m", status=200)]),
+               rec(1, project="q" + long_project[1:], model="m", channel="c0")]  # (one cut alike would match too)
+    async with written(db, records) as store:
+        e = store.engine
+        for kw in ({"project": long_project}, {"model": long_model}, {"channel": long_channel}):
+            assert [r.id for r in await Q.list_requests(e, Q.Filter(**kw))] == [records[0].id], kw
+        assert [a.request_id for a in await Q.list_attempts(e, Q.Filter(channel=long_channel))] == [records[0].id]
+        [usage] = await Q.usage(e, Q.Filter(project=long_project), by=["project"])
+        assert usage.requests == 1
+
+
 @pytest.mark.parametrize(("params", "bad"), [
     ({"limit": "many"}, "limit"), ({"limit": "0"}, "limit"), ({"since": "yesterday"}, "since"),
     ({"outcome": "exploded"}, "outcome"), ({"colour": "red"}, "colour"), ({"offset": "-1"}, "offset"),
     ({"since": "200", "until": "100"}, "until"),
+    # int() and float() read other scripts' digits, and int() underscores and spaces too
+    ({"limit": "\uff15"}, "limit"), ({"status": "\u0664\u0660\u0660"}, "status"), ({"offset": "1_0"}, "offset"),
+    ({"limit": " 5"}, "limit"), ({"since": "\uff11\uff17"}, "since"),
 ])
 def test_bad_filters_name_the_parameter(params: dict[str, str], bad: str) -> None:
     with pytest.raises(Q.QueryError) as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from server.store.models import attempts_table as A
 from server.store.models import requests_table as R
 from server.store.records import CALLED_OFF, OUTCOMES, AttemptRow, RequestRecord
+from server.store.rows import key_text
 
 MAX_LIMIT = 1000
 MAX_OFFSET = 2**63 - 1
@@ -45,6 +47,8 @@ class QueryError(ValueError):
 
 
 def _time(param: str, v: str) -> float:
+    if not v.isascii():  # float() also reads other scripts' digits ("１７"): no time is written so
+        raise QueryError(param, "expected unix seconds or an ISO 8601 time")
     try:
         t = float(v)
     except ValueError:
@@ -61,10 +65,14 @@ def _time(param: str, v: str) -> float:
 
 
 def _int(param: str, v: str) -> int:
-    try:
-        return int(v)
-    except ValueError:
-        raise QueryError(param, "expected an integer") from None
+    # ASCII digits only: int() also takes "５", "٤٠٠", "1_000" and spaces around.
+    if not _INTEGER.fullmatch(v):
+        raise QueryError(param, "expected an integer")
+    return int(v)
+
+
+_INTEGER = re.compile(r"-?[0-9]+")
+_KEYED = ("project", "model", "channel", "key_name", "trace_id", "thread_id")  # columns stored as key_text
 
 
 @dataclass(slots=True)
@@ -100,6 +108,12 @@ class Filter:
             if self.offset:
                 raise QueryError("cursor", "give either cursor or offset, not both")
             _position(self.cursor)  # a cursor that is not one of ours: refused before any query
+        # A name longer than an index row holds is stored cut (server/store/rows.py): cut the same way,
+        # the name it came from finds it.
+        for name in _KEYED:
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, key_text(v))
         return self
 
     @classmethod

@@ -190,7 +190,7 @@ MAX_KEY_TEXT = 512
 MAX_INT = 2**31 - 1
 
 
-def _key(v: str | None) -> str | None:
+def key_text(v: str | None) -> str | None:
     """An indexed text, cut to what an index row holds."""
     if v is None or len(v) <= MAX_KEY_TEXT:
         return v
@@ -300,15 +300,15 @@ class RowBuilder:
         rid = str(r.id)
         bodies = self.store_bodies
         req = (
-            rid, created, self.day(created), _key(t(r.project)) or "", _key(t(r.key_name)),
-            _key(t(r.client_format)) or "", _key(t(r.model)) or "", bool(r.stream), _int(r.status), str(r.outcome),
+            rid, created, self.day(created), key_text(t(r.project)) or "", key_text(t(r.key_name)),
+            key_text(t(r.client_format)) or "", key_text(t(r.model)) or "", bool(r.stream), _int(r.status), str(r.outcome),
             t(r.error), _num(r.latency), _num(r.ttft), _num(r.overhead), _int(r.prompt_tokens),
             _int(r.completion_tokens), _int(r.cached_tokens), _int(r.reasoning_tokens), _num(r.cost),
-            _key(t(r.trace_id)), _key(t(r.thread_id)), _key(t(r.channel)),
+            key_text(t(r.trace_id)), key_text(t(r.thread_id)), key_text(t(r.channel)),
             self.body(r.request_body) if bodies else None, self.body(r.response_body) if bodies else None,
         )
         attempts = [(
-            rid, _int(a.n), created, _key(t(a.channel)) or "", _key(t(a.key_name)), _key(t(a.upstream_model)) or "",
+            rid, _int(a.n), created, key_text(t(a.channel)) or "", key_text(t(a.key_name)), key_text(t(a.upstream_model)) or "",
             _int(a.status),
             t(a.error), t(a.error_kind), _num(a.latency), _num(a.ttft), _num(a.cost),
             # As SQLAlchemy's JSON type would have written it (None as JSON null).

@@ -453,6 +453,19 @@ _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection
 _HEADS_KEPT = 64
 
 
+class _Template(aiohttp.ClientRequest):
+    """The request aiohttp's connector takes a connection for: its pool key computed once, not at
+    every connect (the property builds it anew each time)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._key = super().connection_key
+
+    @property
+    def connection_key(self) -> Any:
+        return self._key
+
+
 class _Target:
     """A URL requests are posted to, prepared once: the template request aiohttp's pool finds and
     opens connections by (its host, port, TLS), the request line with Host, the headers aiohttp adds
@@ -463,8 +476,8 @@ class _Target:
 
     def __init__(self, url: URL, session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
         self.url = url
-        self.template = aiohttp.ClientRequest("POST", url, headers={}, data=b"", loop=loop,
-                                              response_class=aiohttp.ClientResponse, session=session, traces=[])
+        self.template = _Template("POST", url, headers={}, data=b"", loop=loop,
+                                  response_class=aiohttp.ClientResponse, session=session, traces=[])
         auto = self.template.headers
         self._line = f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {auto['Host']}\r\n"
         self._auto = [(name.lower(), f"{name}: {value}\r\n") for name, value in auto.items()
@@ -535,9 +548,11 @@ class RawResponse:
 
     def _stop_reads(self) -> None:
         # A read still waiting (a deadline closes the response under it) ends with an error now, as
-        # ClientResponse ends it: the connection's own close would not reach this reader.
-        if self.content.exception() is None:
-            self.content.set_exception(_CLOSED)
+        # ClientResponse ends it: the connection's own close would not reach this reader. (At the
+        # body's end none can be waiting.)
+        content = self.content
+        if not content.is_eof() and content.exception() is None:
+            content.set_exception(_CLOSED)
 
 
 def _response_params(session: aiohttp.ClientSession) -> dict[str, Any] | None:

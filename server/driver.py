@@ -45,7 +45,7 @@ from axonsim import __version__
 from axonsim.capabilities import NO_NEEDS, Needs
 from axonsim.config import Timeouts
 from axonsim.execution import AttemptRecord, Call, Cancel, Launch, Outcome, Race, Result, Router, Wait
-from axonsim.formats import FormatError, UpstreamErrorBody, clip_message
+from axonsim.formats import FormatError, UpstreamErrorBody, clip_message, mask_key_shaped
 from axonsim.formats.parsed import Parsed
 from axonsim.state import ChannelState
 from axonsim.unified import Error, ErrorEvent, ErrorKind, Request, Response, StreamEvent, Usage, error_kind_for_status
@@ -622,7 +622,7 @@ class LiveDriver:
         changed: dict[str, Any] = {}
         for name, value in (("message", err.message), ("param", err.param), ("code", err.code)):
             if value:
-                clean = scrub(value)
+                clean = mask_key_shaped(scrub(value))
                 if name == "message":
                     clean = clip_message(clean)
                 if clean != value:

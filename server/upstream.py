@@ -262,7 +262,9 @@ class Deadlines:
 
 
 class AiohttpUpstream:
-    """One shared ClientSession for the whole process: pooled keep-alive connections, parsing in C."""
+    """One shared ClientSession for the whole process: pooled keep-alive connections, parsing in C.
+    A request leaves the cheapest way that can carry it: _send_raw (its head written on a pooled
+    connection), else _post (ClientRequest on a pooled connection), else session.post."""
 
     def __init__(self, limit: int = 512, keepalive_timeout: float = 30.0) -> None:
         self._limit = limit

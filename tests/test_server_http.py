@@ -517,6 +517,31 @@ def test_upstream_error_messages_are_scrubbed() -> None:
     assert len(up.requests) == 1
 
 
+@pytest.mark.parametrize("fmt", ["openai", "anthropic", "gemini"])
+def test_key_shaped_text_in_any_field_of_an_upstream_error_is_masked(fmt: str) -> None:
+    """Part of a key (not the configured one whole, which is masked exactly) quoted by an upstream
+    was masked in the message only; `param` and `code` brought it to the client."""
+    partial = "sk-echo-ZZZZZZZZ"
+    body = {"openai": {"error": {"message": f"bad key {partial}", "param": partial, "code": f"k {partial}",
+                                 "type": "invalid_request_error"}},
+            "anthropic": {"type": "error", "error": {"type": f"e {partial}", "message": f"bad key {partial}"}},
+            "gemini": {"error": {"code": 400, "message": f"bad key {partial}", "status": f"S {partial}"}}}[fmt]
+
+    def handler(req: Any) -> MockReply:
+        return MockReply(400, orjson.dumps(body))
+
+    from axonsim.config import parse_config
+
+    cfg = parse_config({"gateway": {"api_keys": [{"key": GW_KEY}]},
+                        "channels": [{"name": "x", "type": fmt, "base_url": "http://x.test/v1",
+                                      "api_keys": ["sk-echo-ZZZZZZZZZ"], "models": ["m"]}]})
+    with Stack() as st:
+        g = st.gateway(Proxy(cfg, MockUpstream(handler), seed=1))
+        with httpx.Client(base_url=g.url, timeout=10) as c:
+            r = chat(c, model="m")
+    assert r.status_code == 400 and "ZZZZ" not in r.text and "[redacted]" in r.text, r.text
+
+
 def test_internal_errors_are_500_without_a_trace(caplog: pytest.LogCaptureFixture) -> None:
     from axonsim.config import parse_config
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -150,6 +151,16 @@ MAX_ERROR_MESSAGE = 2000
 
 def clip_message(message: str) -> str:
     return message if len(message) <= MAX_ERROR_MESSAGE else message[:MAX_ERROR_MESSAGE] + "…"
+
+
+# Text shaped like a provider key (OpenAI's and Anthropic's sk-…, Google's AIza…, a bearer token):
+# masked in every text of an upstream error a client gets back, beyond the configured keys, which
+# the gateway masks exactly: an upstream may quote a key that is not configured, or part of one.
+_KEY_SHAPED = re.compile(r"\b(?:sk-[A-Za-z0-9_*\-]{6,}|AIza[0-9A-Za-z_\-]{20,})|Bearer\s+\S+")
+
+
+def mask_key_shaped(text: str) -> str:
+    return _KEY_SHAPED.sub("[redacted]", text)
 
 
 def status_message(status: int) -> str:

@@ -115,8 +115,9 @@ READ_TIMED_OUT = "axonsim.read_timed_out"  # a scope key: this request's body st
 # A scope key set with either of those two: a callable that lets the app's send() write its answer
 # (True; the connection then closes), for an app that answers such a request itself.
 ANSWER = "axonsim.answer"
-# Bytes of a request's head (request line and headers) past the read it began in: nginx's default
-# large_client_header_buffers hold 4 × 8 KiB; a head that begins in one read may take that read whole.
+# Bytes of a request's head (request line and headers), counted from the read it began in: nginx's
+# default large_client_header_buffers hold 4 × 8 KiB. (A head that begins and ends in one read is not
+# measured: a read holds what the socket had, 64 KiB on loopback.)
 MAX_HEAD = 64 * 1024
 # gateway.read_timeout's default, for an app that does not say.
 READ_TIMEOUT = 60.0
@@ -146,6 +147,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._open: list[Any] = []
         self._stall: asyncio.TimerHandle | None = None  # armed while the writes are paused
         self._unsent = 0  # the bytes still to send (_pending) when the timer was armed
+        self._heads_ended = 0  # heads that ended in the read under way
         self._head_seen = -1  # bytes of a head under way since the read it began in; -1: none is
         self._reading: asyncio.TimerHandle | None = None  # armed while a head or a body is under way
         super().connection_made(HeadHoldingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
@@ -196,17 +198,27 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if seen >= 0:  # a head that did not end in the read it began in
             seen += len(data)
             if seen > MAX_HEAD:
-                self._refuse_head(b"431 Request Header Fields Too Large", f"the request's head (request line "
-                                  f"and headers) exceeds {MAX_HEAD // 1024} KiB", "request_header_fields_too_large")
+                self._head_too_large()
                 return
             self._head_seen = seen
+        cycle = self.cycle
+        # Whether this read begins with a head (no body under way): then, until a head ends in it, all
+        # of its bytes are that head's.
+        head_first = seen < 0 and (cycle is None or not cycle.more_body)
+        if head_first and len(data) > MAX_HEAD and data.find(b"\r\n\r\n", 0, MAX_HEAD + 4) < 0:
+            self._head_too_large()  # refused before httptools builds it (it would take it whole)
+            return
+        self._heads_ended = 0
         super().data_received(data)
         if self.transport.is_closing() or self._refused:
             return
         scope = getattr(self, "scope", None)
         if scope is not None and "method" not in scope:  # a head under way (on_headers_complete sets it)
             if self._head_seen < 0:
-                self._head_seen = 0
+                # Counted from the read it began in when that read is all its own (a head of 65 KB came
+                # in two reads on loopback, and only the second was counted); after another request's
+                # bytes, from the next read on.
+                self._head_seen = len(data) if head_first and not self._heads_ended else 0
             self._await_more()
             return
         self._head_seen = -1
@@ -216,6 +228,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         elif self._reading is not None:
             self._reading.cancel()
             self._reading = None
+
+    def _head_too_large(self) -> None:
+        self._refuse_head(b"431 Request Header Fields Too Large",
+                          f"the request's head (request line and headers) exceeds {MAX_HEAD // 1024} KiB",
+                          "request_header_fields_too_large")
 
     def _await_more(self) -> None:
         """(Re)arm the read timer: the rest of a head or a body must come within read_timeout."""
@@ -378,6 +395,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             cycle.more_body = False
 
     def on_headers_complete(self) -> None:
+        self._heads_ended += 1
         before = self.cycle
         super().on_headers_complete()
         if before is not None and before is not self.cycle and not before.response_complete:

@@ -1864,6 +1864,30 @@ def test_a_head_too_large_is_431_and_stalled_heads_and_bodies_are_408(tmp_path: 
         assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
         assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_header_fields_too_large"
         s.close()
+        # past the bound by a little, in one write (one read on loopback, or two), a header or the
+        # request line: the bytes of the read the head began in count too
+        for head in (b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nx-long: " + b"a" * 70_000 + b"\r\n\r\n",
+                     b"GET /admin/requests/" + b"r" * 66_000 + b" HTTP/1.1\r\nhost: gw\r\n\r\n"):
+            s = socket.create_connection(("127.0.0.1", port))
+            try:
+                s.sendall(head)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            answer = _answer(s)
+            assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+            s.close()
+        # pipelined: a request with a large body and the start of the next one's head in one write;
+        # the rest of that head later. The first request's bytes are not the second head's.
+        big = _raw_post(port, {"model": "m", "messages": [{"role": "user", "content": "x" * 100_000}]}, "big-0001")
+        last = _raw_post(port, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "next-0001")
+        last = last.replace(b"content-type: application/json", b"connection: close\r\ncontent-type: application/json")
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(big + last[:20])
+        time.sleep(0.3)
+        s.sendall(last[20:])
+        answer = _answer(s)
+        assert answer.count(b"HTTP/1.1 200 ") == 2 and b" 431 " not in answer, answer[:300]
+        s.close()
         # a head that stops arriving
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n")

@@ -29,6 +29,7 @@ import asyncio
 import inspect
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -415,7 +416,9 @@ class AiohttpUpstream:
         except BaseException:
             conn.close()
             raise
-        return RawResponse(conn, code, message.headers, payload)
+        resp = RawResponse(conn, code, message.headers, payload)
+        payload.on_eof(resp.body_ended)
+        return resp
 
     async def _post(self, session: aiohttp.ClientSession, url: URL, req: UpstreamRequest) -> aiohttp.ClientResponse:
         """session.post's own steps for a POST of bytes, without the ones a gateway never uses.
@@ -448,9 +451,10 @@ class AiohttpUpstream:
 
 
 # Headers that change how the request is framed or routed: a request that sets one is left to _post,
-# whose ClientRequest knows what each means; a name or value with a line break (header injection) too,
-# which aiohttp refuses with its own error.
-_CLOSED = aiohttp.ClientConnectionError("Connection closed")
+# whose ClientRequest knows what each means; a name or value with a control character (a line break:
+# header injection) too, which aiohttp refuses with its own error.
+# What aiohttp refuses in a header name or value ("Forbidden control character"): left to it.
+_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect", "upgrade"})
 _HEADS_KEPT = 64
 
@@ -484,25 +488,26 @@ class _Target:
         self._line = f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {auto['Host']}\r\n"
         self._auto = [(name.lower(), f"{name}: {value}\r\n") for name, value in auto.items()
                       if name.lower() not in _FRAMING]
-        self._heads: dict[int, tuple[Mapping[str, str], bytes | None]] = {}
+        self._heads: dict[tuple[tuple[str, str], ...], bytes | None] = {}
 
     def head(self, headers: Mapping[str, str], length: int) -> bytes | None:
-        """The request's head, or None if _send_raw must leave it to _post."""
-        kept = self._heads.get(id(headers))
-        if kept is None or kept[0] is not headers:
-            kept = (headers, self._serialize(headers))
+        """The request's head, or None if _send_raw must leave it to _post. Kept per set of headers
+        (by their items: a mapping changed after use gets its own)."""
+        items = tuple(headers.items())
+        block = self._heads.get(items, _UNSEEN)
+        if block is _UNSEEN:
+            block = self._serialize(items)
             if len(self._heads) >= _HEADS_KEPT:
                 self._heads.clear()
-            self._heads[id(headers)] = kept  # (the mapping kept alive with it: its id cannot be reused)
-        block = kept[1]
-        return None if block is None else block + b"Content-Length: %d\r\n\r\n" % length
+            self._heads[items] = block
+        return None if block is None else block + b"Content-Length: %d\r\n\r\n" % length  # type: ignore[operator]
 
-    def _serialize(self, headers: Mapping[str, str]) -> bytes | None:
+    def _serialize(self, headers: tuple[tuple[str, str], ...]) -> bytes | None:
         parts = [self._line]
         names = set()
-        for name, value in headers.items():
+        for name, value in headers:
             low = name.lower()
-            if low in _FRAMING or any(c in name or c in value for c in "\r\n\x00"):
+            if low in _FRAMING or _FORBIDDEN.search(name) or _FORBIDDEN.search(value):
                 return None
             names.add(low)
             parts.append(f"{name}: {value}\r\n")
@@ -554,7 +559,17 @@ class RawResponse:
         # body's end none can be waiting.)
         content = self.content
         if not content.is_eof() and content.exception() is None:
-            content.set_exception(_CLOSED)
+            # (A new exception each time: one raised again and again grows its traceback each time.)
+            content.set_exception(aiohttp.ClientConnectionError("Connection closed"))
+
+    def body_ended(self) -> None:
+        """The body has arrived whole (the StreamReader's end): the connection goes back to the pool
+        now, as ClientResponse gives it back, not when the answer is released or closed, which may
+        be much later (a stream relayed to a slow client) or a close (an error answer read whole)."""
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            conn.release()
 
 
 def _response_params(session: aiohttp.ClientSession) -> dict[str, Any] | None:

@@ -461,6 +461,7 @@ async def _raw_server(answer: Callable[[bytes], bytes]) -> tuple[asyncio.Server,
     heads: list[bytes] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer.get_extra_info("peername"))
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -474,7 +475,9 @@ async def _raw_server(answer: Callable[[bytes], bytes]) -> tuple[asyncio.Server,
         finally:
             writer.close()
 
+    connections: list[Any] = []
     srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    srv.connections = connections  # type: ignore[attr-defined]
     return srv, f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}", heads
 
 
@@ -541,8 +544,46 @@ async def test_the_raw_way_pools_a_connection_only_when_http_lets_it() -> None:
     assert len(heads) == 4
 
 
+async def test_an_answer_whose_body_has_arrived_gives_its_connection_back() -> None:
+    """As ClientResponse does, at the body's end: a stream's error answer read whole and closed kept
+    no connection alive (each one cost a new connection, a TLS handshake for a real provider), and a
+    stream whose body had arrived held its pool slot until the client had been sent all of it."""
+    srv, base, _ = await _raw_server(lambda head: b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json"
+                                     b"\r\ncontent-length: 11\r\n\r\n{\"e\": \"rl\"}")
+    up = AiohttpUpstream(limit=1)
+    await up.start()
+    try:
+        for _ in range(5):
+            r = await up.send(req(base + "/v1", True))
+            assert r.status == 429 and await r.read() == b'{"e": "rl"}'
+        assert len(srv.connections) == 1  # type: ignore[attr-defined]
+        held = await up.send(req(base + "/v1", True))  # its body has arrived; not read yet
+        await asyncio.sleep(0.05)
+        r = await up.send(req(base + "/v1", False, total=1))  # the pool's one slot is free
+        assert await r.read() == b'{"e": "rl"}' and await held.next_chunk() == b'{"e": "rl"}'
+        assert len(srv.connections) == 1  # type: ignore[attr-defined]
+    finally:
+        await up.aclose()
+        srv.close()
+
+
+async def test_a_header_set_changed_after_use_is_written_as_it_now_is() -> None:
+    up = AiohttpUpstream()
+    await up.start()
+    try:
+        target = up._url("http://127.0.0.1:1/v1/chat")
+        assert target is not None
+        headers = {"authorization": "Bearer key-a"}
+        assert b"Bearer key-a" in (target.head(headers, 2) or b"")
+        headers["authorization"] = "Bearer key-b"
+        assert b"Bearer key-b" in (target.head(headers, 2) or b"")
+    finally:
+        await up.aclose()
+
+
 @pytest.mark.parametrize("headers", [{"x-bad": "a\r\nx-injected: 1"}, {"x-bad\n": "a"}, {"Host": "elsewhere"},
-                                     {"content-length": "5"}, {"transfer-encoding": "chunked"}])
+                                     {"content-length": "5"}, {"transfer-encoding": "chunked"},
+                                     {"x-bad": "a\x0bb"}, {"x-bad": "a\x7f"}])
 async def test_headers_the_raw_way_does_not_write_are_left_to_aiohttp(headers: dict[str, str]) -> None:
     """A line break in a header (an injection), or a header that frames or routes the request, is
     not written by _send_raw: the request goes through ClientRequest, which refuses or handles it."""

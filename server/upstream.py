@@ -451,9 +451,8 @@ class AiohttpUpstream:
 
 
 # Headers that change how the request is framed or routed: a request that sets one is left to _post,
-# whose ClientRequest knows what each means; a name or value with a control character (a line break:
-# header injection) too, which aiohttp refuses with its own error.
-# What aiohttp refuses in a header name or value ("Forbidden control character"): left to it.
+# whose ClientRequest knows what each means; a name or value with a control character aiohttp forbids
+# (a line break: header injection) too, which it refuses with its own error.
 _FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect", "upgrade"})
 _HEADS_KEPT = 64
@@ -517,8 +516,9 @@ class _Target:
 
 class RawResponse:
     """An answer read from a connection by _send_raw: what the seam uses of a ClientResponse. The
-    connection goes back to aiohttp's pool on `release` when its protocol says it can be reused (the
-    body read to its end, no `Connection: close`), else it is closed."""
+    connection goes back to aiohttp's pool once the body has arrived whole (body_ended), or on
+    `release`, where its protocol decides whether it can be reused (not with part of the body unread
+    or `Connection: close`); `close` closes it."""
 
     __slots__ = ("status", "headers", "content", "_conn")
 

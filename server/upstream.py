@@ -417,7 +417,10 @@ class AiohttpUpstream:
             conn.close()
             raise
         resp = RawResponse(conn, code, message.headers, payload)
-        payload.on_eof(resp.body_ended)
+        # The body arrived whole: the connection goes back to the pool then, as ClientResponse gives
+        # it back, not when the answer is released or closed, which may be much later (a stream
+        # relayed to a slow client) or a close (a stream's error answer, read whole).
+        payload.on_eof(resp.release)
         return resp
 
     async def _post(self, session: aiohttp.ClientSession, url: URL, req: UpstreamRequest) -> aiohttp.ClientResponse:
@@ -516,9 +519,9 @@ class _Target:
 
 class RawResponse:
     """An answer read from a connection by _send_raw: what the seam uses of a ClientResponse. The
-    connection goes back to aiohttp's pool once the body has arrived whole (body_ended), or on
-    `release`, where its protocol decides whether it can be reused (not with part of the body unread
-    or `Connection: close`); `close` closes it."""
+    connection goes back to aiohttp's pool on `release` (called too when the body has arrived whole),
+    where its protocol decides whether it can be reused (not with part of the body unread or
+    `Connection: close`); `close` closes it."""
 
     __slots__ = ("status", "headers", "content", "_conn")
 
@@ -540,36 +543,27 @@ class RawResponse:
             raise
 
     def release(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            self._conn = None
-            self._stop_reads()
-            conn.release()
+        self._let_go(reuse=True)
 
     def close(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            self._conn = None
-            self._stop_reads()
-            conn.close()
+        self._let_go(reuse=False)
 
-    def _stop_reads(self) -> None:
+    def _let_go(self, reuse: bool) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        self._conn = None
         # A read still waiting (a deadline closes the response under it) ends with an error now, as
         # ClientResponse ends it: the connection's own close would not reach this reader. (At the
-        # body's end none can be waiting.)
+        # body's end none can be waiting.) A new exception each time: one raised again and again
+        # grows its traceback each time.
         content = self.content
         if not content.is_eof() and content.exception() is None:
-            # (A new exception each time: one raised again and again grows its traceback each time.)
             content.set_exception(aiohttp.ClientConnectionError("Connection closed"))
-
-    def body_ended(self) -> None:
-        """The body has arrived whole (the StreamReader's end): the connection goes back to the pool
-        now, as ClientResponse gives it back, not when the answer is released or closed, which may
-        be much later (a stream relayed to a slow client) or a close (an error answer read whole)."""
-        conn = self._conn
-        if conn is not None:
-            self._conn = None
+        if reuse:
             conn.release()
+        else:
+            conn.close()
 
 
 def _response_params(session: aiohttp.ClientSession) -> dict[str, Any] | None:

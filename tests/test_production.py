@@ -1637,6 +1637,14 @@ def test_a_stream_whose_client_stopped_reading_is_recorded_at_the_shutdown_deadl
             _stop(p)
 
 
+def _ctrl_c_three_times(proc: subprocess.Popen[str]) -> str:
+    """A terminal's Ctrl-C (SIGINT to the process group) pressed three times, 0.3 s apart; the stderr."""
+    for _ in range(3):
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.3)
+    return proc.communicate(timeout=60)[1]
+
+
 def test_a_third_ctrl_c_quits_and_says_what_it_lost(tmp_path: Path) -> None:
     """A third Ctrl-C before the shutdown has begun quits at once, without it: the records the store
     had not written are lost. That is said in the log, and the exit code is not a clean one's. (The
@@ -1650,10 +1658,7 @@ def test_a_third_ctrl_c_quits_and_says_what_it_lost(tmp_path: Path) -> None:
         assert r.status_code == 200  # its record waits for the store's flush (flush_interval: 60)
         s = _reader_that_stalls(port, "stalled-client-0003")
         time.sleep(2.0)  # the gateway's writes are now held back by the client's full window
-        for _ in range(3):
-            procs[1].send_signal(signal.SIGINT)
-            time.sleep(0.3)
-        _, err = procs[1].communicate(timeout=30)
+        err = _ctrl_c_three_times(procs[1])
         s.close()
     finally:
         for p in procs:
@@ -1674,10 +1679,7 @@ def test_a_third_ctrl_c_to_several_workers_exits_as_one_workers_does(tmp_path: P
     try:
         s = _reader_that_stalls(port, "stalled-client-0004")
         time.sleep(2.0)
-        for _ in range(3):
-            os.killpg(procs[1].pid, signal.SIGINT)
-            time.sleep(0.3)
-        _, err = procs[1].communicate(timeout=60)
+        err = _ctrl_c_three_times(procs[1])
         s.close()
     finally:
         for p in procs:

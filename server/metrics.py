@@ -487,7 +487,6 @@ class _Collector:
                                 value=errors),
         ]
 
-
     def _processes(self) -> list[Metric]:
         """prometheus-client's process families: this process's, or with several workers (whose
         answers to scrapes alternate) the gateway's: CPU seconds summed over every worker, ended ones

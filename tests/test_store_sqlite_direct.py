@@ -126,6 +126,30 @@ async def test_a_batch_is_written_a_slice_at_a_time_with_the_loop_free_between_s
         await store.close()
 
 
+async def test_larger_slices_make_larger_transactions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind (records queued up), a turn of the loop takes more records, and a transaction still
+    holds SLICES_PER_GROUP slices: GROUP alone committed every other slice of 32 there."""
+    path = tmp_path / "x.db"
+    store = _store(path, batch_size=200, flush_interval=0.01)
+    await store.start()
+    assert store._direct is not None
+    store._direct.pace = lambda: 32
+    seen: list[tuple[int, int]] = []  # (rows in the slice's INSERT, rows in the file before it)
+
+    async def before(n: int, statements: list[tuple[str, Any]], commit: bool) -> None:
+        with sqlite3.connect(path) as conn:
+            seen.append((len(statements[0][1]) // 24, conn.execute("SELECT count(*) FROM requests").fetchone()[0]))
+
+    SliceHook(store, monkeypatch, before)
+    try:
+        for i in range(200):
+            store.submit(rec(i))
+        assert await store.flush(WAIT)
+        assert seen == [(32, 0)] * 4 + [(32, 128)] * 2 + [(8, 128)]
+    finally:
+        await store.close()
+
+
 async def busy_loop(store: Store, seconds: float = 3.0, connections: int = 64) -> int:
     """`connections` requests in flight for `seconds`, each five steps of ~60 µs of CPU with the
     loop's turn between them, then a record; the most records queued at once."""

@@ -14,8 +14,8 @@ fraction of a millisecond) and yields before the next slice, so a request waits 
 once records queue up, the store's `pace` makes the slices larger (at 64 concurrent requests each
 turn of the loop brings more records than SLICE a turn can take).
 
-A transaction holds GROUP records, a few slices (each commit writes the log's pages: it is the
-costly part of a small slice), not the whole batch, which keeps the write lock short: another worker
+A transaction holds a few slices (each commit writes the log's pages: it is the costly part of a
+small slice), not the whole batch, which keeps the write lock short: another worker
 writing to the same file gets its turn between transactions. A transaction is all-or-nothing; a
 batch that fails part way is retried whole by the writer, and its committed transactions change
 nothing the second time (INSERT … ON CONFLICT DO NOTHING). `committed` counts the records of the
@@ -62,9 +62,12 @@ from server.store.rows import REQUEST_BODY, RESPONSE_BODY, InsertSQL, Prepared
 # few turns of the loop, met several slices: one request in a hundred waited ~2 ms more at one
 # request at a time.
 SLICE = 16
-# Records per transaction. Each commit costs ~110 µs (its log pages written): benchmarks/
-# store_write.py measured 21, 18, 16 and 15 µs a record with 16, 32, 64 and 128 records a commit.
+# Records per transaction: SLICES_PER_GROUP slices, GROUP at least. Each commit costs ~110 µs (its log
+# pages written): benchmarks/store_write.py measured 21, 18, 16 and 15 µs a record with 16, 32, 64 and
+# 128 records a commit. Once records queue up the slices grow, and the transactions with them: with
+# GROUP alone at 64 concurrent requests, the proxy took ~3 µs more CPU a request (paired wrk runs).
 GROUP = 64
+SLICES_PER_GROUP = 4
 # Bytes of stored bodies that end a slice; a slice with this much is inserted from a thread.
 SLICE_BYTES = 256 * 1024
 # Sleeps between tries while another connection holds the write lock: short first (a commit holds it
@@ -231,7 +234,7 @@ class DirectSQLite:
                 if attempts:
                     statements += sql.attempts.statements(attempts)
                 self._thread_end = j
-                end = large or j == n or j - group >= GROUP
+                end = large or j == n or j - group >= max(GROUP, SLICES_PER_GROUP * most)
                 await self._run(statements, large, end, fresh=i == group)
                 if end:
                     group = j
@@ -324,4 +327,4 @@ class DirectSQLite:
                 raise sa_exc.DBAPIError.instance(statements[0][0][:200], None, exc, sqlite3.Error) from exc
 
 
-__all__ = ["CHECKPOINT_EVERY", "GROUP", "SLICE", "SLICE_BYTES", "DirectSQLite", "insert"]
+__all__ = ["CHECKPOINT_EVERY", "GROUP", "SLICE", "SLICES_PER_GROUP", "SLICE_BYTES", "DirectSQLite", "insert"]

@@ -39,6 +39,7 @@ from mypy_extensions import mypyc_attr
 from yarl import URL
 
 from axonsim.config import Timeouts
+from server.pool_request import PoolRequest
 
 log = logging.getLogger("axonsim.server.upstream")
 
@@ -461,19 +462,6 @@ _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection
 _HEADS_KEPT = 64
 
 
-class _Template(aiohttp.ClientRequest):
-    """The request aiohttp's connector takes a connection for: its pool key computed once, not at
-    every connect (the property builds it anew each time)."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self._key = super().connection_key
-
-    @property
-    def connection_key(self) -> Any:
-        return self._key
-
-
 class _Target:
     """A URL requests are posted to, prepared once: the template request aiohttp's pool finds and
     opens connections by (its host, port, TLS), the request line with Host, the headers aiohttp adds
@@ -484,7 +472,7 @@ class _Target:
 
     def __init__(self, url: URL, session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
         self.url = url
-        self.template = _Template("POST", url, headers={}, data=b"", loop=loop,
+        self.template = PoolRequest("POST", url, headers={}, data=b"", loop=loop,
                                   response_class=aiohttp.ClientResponse, session=session, traces=[])
         auto = self.template.headers
         self._line = f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {auto['Host']}\r\n"

@@ -116,3 +116,25 @@ def test_fields_lists_a_core_class_fields_in_either_build():
                                                      "error", "payload"])
     rec = AttemptRecord(1, "a", None, "m", 0.0, 1.0, 200, None, "done")
     assert {f: getattr(rec, f) for f in native.fields(AttemptRecord)}["next"] == "done"
+
+
+# Bases mypyc itself knows how to build on; a compiled class's base must be one of these or a class
+# of a compiled module.
+_KNOWN_BASES = {"object", "Exception", "ValueError", "Protocol", "NamedTuple", "StrEnum"}
+
+
+def test_no_compiled_class_is_built_on_a_python_library_class():
+    """mypyc lays a C struct over its classes; over a Python library's class it made one whose
+    instances crashed the interpreter at their first attribute store (SystemError, then a segfault)
+    when pip's isolated build compiled it (server/upstream.py's template request over aiohttp's
+    ClientRequest; `native_class=False` failed to compile there). Such a class lives in a module that
+    is not compiled (server/pool_request.py)."""
+    import ast
+
+    trees = {m: ast.parse(native.source_path(m).read_text()) for m in native.COMPILED}
+    ours = {n.name for t in trees.values() for n in ast.walk(t) if isinstance(n, ast.ClassDef)}
+    offenders = [f"{module}.{node.name}({ast.unparse(base)})"
+                 for module, tree in trees.items() for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+                 for base in node.bases
+                 if not (isinstance(base, ast.Name) and (base.id in ours or base.id in _KNOWN_BASES))]
+    assert offenders == []

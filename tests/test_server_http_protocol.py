@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.http_protocol import HeadHoldingTransport
 from server.testing import GatewayServer, Stack
@@ -79,6 +82,96 @@ async def test_close_writes_a_held_head_first_and_other_calls_reach_the_transpor
     t.write(b"HTTP/1.1 200 OK\r\n\r\n")
     await asyncio.sleep(0)
     assert len(rec.writes) == 1  # a head held past the connection's end is dropped, not written to it
+
+
+# -- the response head, checked once -------------------------------------------------------------
+
+
+def _cycle(cls: type, method: str = "POST", keep_alive: bool = True) -> tuple[Any, Recorder]:
+    from uvicorn.protocols.http.flow_control import FlowControl
+
+    rec = Recorder()
+    cycle = cls(scope={"type": "http", "method": method}, transport=rec, flow=FlowControl(rec),
+                logger=None, access_logger=None, access_log=False, default_headers=[(b"date", b"today")],
+                message_event=asyncio.Event(), expect_100_continue=False, keep_alive=keep_alive,
+                on_response=lambda: None)
+    return cycle, rec
+
+
+async def _start(cls: type, message: dict[str, Any], method: str = "POST", keep_alive: bool = True) -> tuple[Any, ...]:
+    """What sending `message` as a response's start does: the writes, the error, the cycle's state."""
+    cycle, rec = _cycle(cls, method, keep_alive)
+    try:
+        await cycle.send(message)
+        error = None
+    except RuntimeError as exc:
+        error = str(exc)
+    return (rec.writes, error, cycle.response_started, cycle.keep_alive, cycle.chunked_encoding,
+            cycle.expected_content_length)
+
+
+HEADS = {
+    "length": ({"status": 200, "headers": [(b"Content-Type", b"application/json"), (b"content-length", b"12")]}, "POST", True),
+    "chunked": ({"status": 200, "headers": [(b"transfer-encoding", b"Chunked")]}, "POST", True),
+    "neither": ({"status": 201, "headers": [(b"x-a", b"1")]}, "POST", True),
+    "head": ({"status": 200, "headers": []}, "HEAD", True),
+    "no content": ({"status": 204}, "POST", True),
+    "close asked": ({"status": 200, "headers": [(b"Connection", b"keep-alive, Close"), (b"content-length", b"0")]}, "POST", True),
+    "not kept alive": ({"status": 200, "headers": [(b"content-length", b"0")]}, "POST", False),
+    "two lengths": ({"status": 200, "headers": [(b"content-length", b"1"), (b"content-length", b"2")]}, "POST", True),
+    "bad name": ({"status": 200, "headers": [(b"x-ok", b"1"), (b"bad name", b"1")]}, "POST", True),
+    "bad value": ({"status": 200, "headers": [(b"x-ok", b"1"), (b"x-bad", b"a\r\nb")]}, "POST", True),
+}
+
+
+@pytest.mark.parametrize("case", list(HEADS))
+async def test_a_head_checked_once_is_what_uvicorn_writes_or_refuses(case: str) -> None:
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    from server.http_protocol import OneCheckCycle
+
+    message, method, keep_alive = HEADS[case]
+    message = {"type": "http.response.start", **message}
+    ours = await _start(OneCheckCycle, message, method, keep_alive)
+    assert ours == await _start(RequestResponseCycle, message, method, keep_alive)
+    assert (ours[1] is None) == (not case.startswith("bad"))
+
+
+@given(st.lists(st.tuples(st.binary(min_size=1, max_size=6), st.binary(max_size=6)), max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_any_header_bytes_are_written_or_refused_as_uvicorn_does(headers: list[tuple[bytes, bytes]]) -> None:
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    from server.http_protocol import OneCheckCycle
+
+    message = {"type": "http.response.start", "status": 200,
+               "headers": [(n, v) for n, v in headers if n.lower() not in (b"content-length", b"transfer-encoding")]}
+
+    async def both() -> None:
+        assert await _start(OneCheckCycle, message) == await _start(RequestResponseCycle, message)
+
+    asyncio.run(both())
+
+
+async def test_the_server_answers_through_the_head_checked_once(gw: GatewayServer, writes: list[bytes]) -> None:
+    from server.http_protocol import OneCheckCycle
+
+    seen: list[Any] = []
+    send = OneCheckCycle.send
+
+    def spy(self: Any, message: Any) -> Any:
+        seen.append(message["type"])
+        return send(self, message)
+
+    OneCheckCycle.send = spy  # type: ignore[method-assign]
+    try:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=10) as c:
+            r = await c.post("/v1/chat/completions", json={"model": "pm", "messages": [{"role": "user", "content": "x"}]},
+                             headers=AUTH)
+    finally:
+        OneCheckCycle.send = send  # type: ignore[method-assign]
+    assert r.status_code == 200 and r.headers["x-request-id"]
+    assert seen[:2] == ["http.response.start", "http.response.body"]
 
 
 # -- the real server ----------------------------------------------------------------------------
@@ -185,47 +278,95 @@ def _read_response(s: socket.socket) -> bytes:
     return out
 
 
-def test_an_idle_keep_alive_connection_is_drained_at_shutdown_not_cut() -> None:
-    """A worker shutting down (SIGTERM, a reload replacing it) closed idle keep-alive connections at
-    once: a request its client was sending then met a reset and was lost. Drained, the request is
-    served with `Connection: close`, and the connection ends after it."""
+async def _plain_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers "ok", after the seconds a `?sleep=` query asks for."""
+    if scope["type"] != "http":
+        return
+    query = scope["query_string"].decode()
+    if query.startswith("sleep="):
+        await asyncio.sleep(float(query[6:]))
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@contextlib.contextmanager
+def _plain_server(**config: Any) -> Iterator[tuple[Any, int]]:
+    """uvicorn serving _plain_app through the gateway's protocol, in a thread: (server, port)."""
     import threading
 
     import uvicorn
 
-    from server.http_protocol import DRAIN_GRACE, CoalescingHttpToolsProtocol
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
+    from server.http_protocol import CoalescingHttpToolsProtocol
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=CoalescingHttpToolsProtocol,
-                                           lifespan="off", log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(_plain_app, host="127.0.0.1", port=port, http=CoalescingHttpToolsProtocol,
+                                           lifespan="off", log_level="warning", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(request)
-        first = _read_response(s)
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        yield server, port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _get(s: socket.socket, query: str = "") -> bytes:
+    s.sendall(f"GET /{query} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+    return _read_response(s)
+
+
+def test_an_idle_keep_alive_connection_is_drained_at_shutdown_not_cut() -> None:
+    """A worker shutting down (SIGTERM, a reload replacing it) closed idle keep-alive connections at
+    once: a request its client was sending then met a reset and was lost. Drained, the request is
+    served with `Connection: close`, and the connection ends after it."""
+    from server.http_protocol import DRAIN_GRACE
+
+    with _plain_server() as (server, port), socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        first = _get(s)
         assert first.startswith(b"HTTP/1.1 200") and b"connection: close" not in first.lower()
         began = time.monotonic()
         server.should_exit = True
         time.sleep(0.3)  # shutdown has begun; the connection is idle
-        s.sendall(request)
-        second = _read_response(s)
+        second = _get(s)
         assert second.startswith(b"HTTP/1.1 200") and b"connection: close" in second.lower()
         assert s.recv(10) == b""  # then the server closes it
-    thread.join(10)
-    assert not thread.is_alive() and time.monotonic() - began < DRAIN_GRACE + 5
+    assert time.monotonic() - began < DRAIN_GRACE + 5
+
+
+KEEP_ALIVE = 0.6  # uvicorn's timeout_keep_alive for these tests
+
+
+def test_a_keep_alive_connection_idle_for_the_timeout_is_closed() -> None:
+    with _plain_server(timeout_keep_alive=KEEP_ALIVE) as (_, port), \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        assert _get(s).startswith(b"HTTP/1.1 200")
+        idle = time.monotonic()
+        assert s.recv(10) == b""  # closed by the server, unasked
+        assert time.monotonic() - idle >= KEEP_ALIVE * 0.8
+
+
+def test_the_keep_alive_timeout_counts_from_the_last_answer_and_never_during_a_request() -> None:
+    """One timer per connection, armed at an answer's end while none is: when it fires on a
+    connection that has served since, the connection gets the rest of its time from its last answer;
+    on a request under way, the request is not cut."""
+    with _plain_server(timeout_keep_alive=KEEP_ALIVE) as (_, port), \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        assert _get(s).startswith(b"HTTP/1.1 200")  # the timer is armed for KEEP_ALIVE from here
+        for _ in range(3):  # a request every 2/3 of the timeout: the connection outlives the first timer
+            time.sleep(KEEP_ALIVE * 2 / 3)
+            assert _get(s).startswith(b"HTTP/1.1 200")
+        # a request longer than the timeout, under way when the timer fires
+        assert _get(s, f"?sleep={KEEP_ALIVE * 1.5}").startswith(b"HTTP/1.1 200")
+        assert _get(s).startswith(b"HTTP/1.1 200")
+        idle = time.monotonic()
+        assert s.recv(10) == b""  # and idle again, closed after the timeout
+        assert time.monotonic() - idle >= KEEP_ALIVE * 0.8
 
 
 def test_the_protocol_loads_where_there_is_no_fcntl_or_termios() -> None:

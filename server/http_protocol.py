@@ -34,7 +34,8 @@ one read, arms no timer. A body refused while the app waits on it (400, 408) is 
 in its client's API format and with the request's ids (ANSWER); the protocol answers the rest itself.
 
 A response head's headers are checked in one pass over all names and one over all values
-(OneCheckCycle), where uvicorn searches each with a regular expression: the same outcome, cheaper.
+(OneCheckCycle), where uvicorn searches each with a regular expression: cheaper, and what is
+written or refused is uvicorn's.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -111,16 +113,6 @@ class HeadHoldingTransport:
         return getattr(self._transport, name)
 
 
-class _Done:
-    """An awaitable that has nothing to wait for: what OneCheckCycle.send returns for a head."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Any:
-        return iter(())
-
-
-_DONE = _Done()
 # The bytes uvicorn's expressions refuse in a header name and in a value (each matches one character),
 # for bytes.translate, which drops them at C speed: ~2 instructions a byte, where the expressions'
 # character classes took ~50.
@@ -132,25 +124,39 @@ class OneCheckCycle(RequestResponseCycle):
     """uvicorn's request-response cycle, whose response head is checked in two passes: one over all
     its header names joined, one over all its values. uvicorn searches each name and each value with
     a regular expression, two calls a header: with the gateway's eight headers, ~4 % of the proxy's
-    instructions a request (callgrind: 587k → 565k). uvicorn's expressions each match one character,
+    instructions a request (callgrind, paired runs: 584–585k → 568–579k). uvicorn's expressions each match one character,
     so the bytes they refuse are a set, and a pass over the joined names (or values) finds what a
     search of each would. A head that fails, an access log to write, a paused or closed connection,
     and every other message are left to uvicorn's own `send`, which writes or refuses them as it
-    always has.
+    always has. `send` returns a coroutine for every message, as uvicorn's does (a task may be made
+    of it), but is not itself a coroutine function."""
 
-    `send` is no coroutine function: it returns uvicorn's coroutine, or, for a head written at once,
-    an awaitable that is already done (the app awaits either)."""
-
-    def send(self, message: Any) -> Any:  # type: ignore[override]
+    def send(self, message: Any) -> Coroutine[Any, Any, None]:  # type: ignore[override]
+        # A coroutine either way, made as uvicorn's would be, one per message (an `async def` here
+        # wrapping uvicorn's made two for every body: ~10k instructions a request, callgrind).
         if (message["type"] != "http.response.start" or self.response_started or self.disconnected
                 or self.flow.write_paused or self.access_log):
             return RequestResponseCycle.send(self, message)
-        headers = self.default_headers + list(message.get("headers", []))
-        names = b"".join([name for name, _ in headers])
-        values = b"".join([value for _, value in headers])
-        if (len(names.translate(None, _BAD_NAME_BYTES)) != len(names)
-                or len(values.translate(None, _BAD_VALUE_BYTES)) != len(values)):
-            return RequestResponseCycle.send(self, message)  # which says which
+        return self._start(message)
+
+    async def _start(self, message: Any) -> None:
+        if self.response_started or self.disconnected or self.flow.write_paused:  # since send() was called
+            return await RequestResponseCycle.send(self, message)
+        try:
+            given = list(message.get("headers", []))
+        except TypeError:  # uvicorn's own error, raised where it raises it
+            return await RequestResponseCycle.send(self, message)
+        headers = self.default_headers + given
+        try:
+            names = b"".join([name for name, _ in headers])
+            values = b"".join([value for _, value in headers])
+            bad = (len(names.translate(None, _BAD_NAME_BYTES)) != len(names)
+                   or len(values.translate(None, _BAD_VALUE_BYTES)) != len(values))
+        except (TypeError, ValueError):  # not pairs of bytes
+            bad = True
+        if bad:
+            # uvicorn refuses it, saying why; given the headers as read here (an iterator is read once).
+            return await RequestResponseCycle.send(self, {**message, "headers": given})  # type: ignore[arg-type]
         # From here, uvicorn's own steps.
         self.response_started = True
         self.waiting_for_100_continue = False
@@ -177,7 +183,6 @@ class OneCheckCycle(RequestResponseCycle):
             content.append(b"transfer-encoding: chunked\r\n")
         content.append(b"\r\n")
         self.transport.write(b"".join(content))
-        return _DONE
 
 
 # Seconds an idle keep-alive connection stays open once shutdown begins. uvicorn closed it at once:
@@ -479,7 +484,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not before and type(cycle) is RequestResponseCycle:
             # uvicorn builds its own class by name; this one differs in `send` only, and its task has
-            # yet to take `send` (run_asgi reads it at the task's first step).
+            # yet to take `send` (run_asgi reads it at the task's first step; with an eager task
+            # factory the first request would keep uvicorn's, which is as good).
             cycle.__class__ = OneCheckCycle
         if before is not None and before is not self.cycle and not before.response_complete:
             # Pipelined: uvicorn's pointer moves on to the new request while `before` is still

@@ -1,8 +1,10 @@
 """The request aiohttp's connection pool is asked for connections by, its pool key computed once.
 
-A module of its own because it is not compiled (axonsim/native.py): mypyc cannot build a class on a
-Python library's class. Built by mypyc inside server/upstream.py, it crashed the interpreter at its
-instances' first attribute store when pip's isolated build compiled it.
+A module of its own because it is not compiled (axonsim/native.py). pip's isolated build environment
+holds only the build requirements, so mypyc does not see aiohttp there: it takes the base for `Any`
+and lays the class out as if it had no Python base. Compiled inside server/upstream.py, that class
+crashed the interpreter at its instances' first attribute store (a SystemError, then a segfault) on
+a fresh `pip install`.
 """
 
 from __future__ import annotations

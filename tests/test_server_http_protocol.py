@@ -104,8 +104,8 @@ async def _start(cls: type, message: dict[str, Any], method: str = "POST", keep_
     try:
         await cycle.send(message)
         error = None
-    except RuntimeError as exc:
-        error = str(exc)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
     return (rec.writes, error, cycle.response_started, cycle.keep_alive, cycle.chunked_encoding,
             cycle.expected_content_length)
 
@@ -121,6 +121,13 @@ HEADS = {
     "two lengths": ({"status": 200, "headers": [(b"content-length", b"1"), (b"content-length", b"2")]}, "POST", True),
     "bad name": ({"status": 200, "headers": [(b"x-ok", b"1"), (b"bad name", b"1")]}, "POST", True),
     "bad value": ({"status": 200, "headers": [(b"x-ok", b"1"), (b"x-bad", b"a\r\nb")]}, "POST", True),
+    "bad value, headers an iterator": ({"status": 200, "headers": iter([(b"content-length", b"2"), (b"x-bad", b"a\nb")])},
+                                       "POST", True),
+    "bad, headers None": ({"status": 200, "headers": None}, "POST", True),
+    "bad, a value a str": ({"status": 200, "headers": [(b"x-a", "1")]}, "POST", True),
+    "bad, a header of three": ({"status": 200, "headers": [(b"x-a", b"1", b"2")]}, "POST", True),
+    "bytearray and memoryview values": ({"status": 200, "headers": [(b"x-a", bytearray(b"1")), (b"content-length", b"0")]},
+                                        "POST", True),
 }
 
 
@@ -131,10 +138,33 @@ async def test_a_head_checked_once_is_what_uvicorn_writes_or_refuses(case: str) 
     from server.http_protocol import OneCheckCycle
 
     message, method, keep_alive = HEADS[case]
-    message = {"type": "http.response.start", **message}
-    ours = await _start(OneCheckCycle, message, method, keep_alive)
-    assert ours == await _start(RequestResponseCycle, message, method, keep_alive)
+    headers = message.get("headers")
+    if isinstance(headers, type(iter([]))):  # one iterator for each cycle
+        items = list(headers)
+        messages = [{"type": "http.response.start", **message, "headers": iter(items)} for _ in range(2)]
+    else:
+        messages = [{"type": "http.response.start", **message}] * 2
+    ours = await _start(OneCheckCycle, messages[0], method, keep_alive)
+    assert ours == await _start(RequestResponseCycle, messages[1], method, keep_alive)
     assert (ours[1] is None) == (not case.startswith("bad"))
+
+
+async def test_a_head_sent_from_a_task_of_its_own_is_written_as_uvicorn_writes_it() -> None:
+    """`send` returns a coroutine for a head too, as uvicorn's does: a task can be made of it (anyio's
+    start_soon and asyncio.create_task both require one), and nothing is written before it runs."""
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    from server.http_protocol import OneCheckCycle
+
+    message = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    out = []
+    for cls in (OneCheckCycle, RequestResponseCycle):
+        cycle, rec = _cycle(cls)
+        pending = cycle.send(message)
+        assert asyncio.iscoroutine(pending) and rec.writes == []
+        await asyncio.create_task(pending)
+        out.append(rec.writes)
+    assert out[0] == out[1] and out[0][0].startswith(b"HTTP/1.1 200 OK\r\n")
 
 
 @given(st.lists(st.tuples(st.binary(min_size=1, max_size=6), st.binary(max_size=6)), max_size=4))
@@ -153,25 +183,35 @@ def test_any_header_bytes_are_written_or_refused_as_uvicorn_does(headers: list[t
     asyncio.run(both())
 
 
-async def test_the_server_answers_through_the_head_checked_once(gw: GatewayServer, writes: list[bytes]) -> None:
+async def test_the_server_writes_its_heads_itself_and_leaves_bodies_to_uvicorn(gw: GatewayServer) -> None:
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
     from server.http_protocol import OneCheckCycle
 
-    seen: list[Any] = []
-    send = OneCheckCycle.send
+    ours: list[str] = []
+    uvicorns: list[str] = []
+    send, base = OneCheckCycle.send, RequestResponseCycle.send
 
-    def spy(self: Any, message: Any) -> Any:
-        seen.append(message["type"])
-        return send(self, message)
+    async def spy(self: Any, message: Any) -> None:
+        ours.append(message["type"])
+        await send(self, message)
+
+    async def base_spy(self: Any, message: Any) -> None:
+        uvicorns.append(message["type"])
+        await base(self, message)
 
     OneCheckCycle.send = spy  # type: ignore[method-assign]
+    RequestResponseCycle.send = base_spy  # type: ignore[method-assign]
     try:
         async with httpx.AsyncClient(base_url=gw.url, timeout=10) as c:
             r = await c.post("/v1/chat/completions", json={"model": "pm", "messages": [{"role": "user", "content": "x"}]},
                              headers=AUTH)
     finally:
         OneCheckCycle.send = send  # type: ignore[method-assign]
-    assert r.status_code == 200 and r.headers["x-request-id"]
-    assert seen[:2] == ["http.response.start", "http.response.body"]
+        RequestResponseCycle.send = base  # type: ignore[method-assign]
+    assert r.status_code == 200 and r.headers["x-request-id"] and r.json()["object"] == "chat.completion"
+    assert ours == ["http.response.start", "http.response.body"]
+    assert uvicorns == ["http.response.body"]  # the head never went through uvicorn's send
 
 
 # -- the real server ----------------------------------------------------------------------------
@@ -352,9 +392,8 @@ def test_a_keep_alive_connection_idle_for_the_timeout_is_closed() -> None:
 
 
 def test_the_keep_alive_timeout_counts_from_the_last_answer_and_never_during_a_request() -> None:
-    """One timer per connection, armed at an answer's end while none is: when it fires on a
-    connection that has served since, the connection gets the rest of its time from its last answer;
-    on a request under way, the request is not cut."""
+    """The timeout runs from the connection's last answer (requests closer together than it keep
+    the connection however long it lives) and never cuts a request under way."""
     with _plain_server(timeout_keep_alive=KEEP_ALIVE) as (_, port), \
             socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         assert _get(s).startswith(b"HTTP/1.1 200")  # the timer is armed for KEEP_ALIVE from here

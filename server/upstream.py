@@ -473,7 +473,7 @@ class _Target:
     def __init__(self, url: URL, session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
         self.url = url
         self.template = PoolRequest("POST", url, headers={}, data=b"", loop=loop,
-                                  response_class=aiohttp.ClientResponse, session=session, traces=[])
+                                    response_class=aiohttp.ClientResponse, session=session, traces=[])
         auto = self.template.headers
         self._line = f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {auto['Host']}\r\n"
         self._auto = [(name.lower(), f"{name}: {value}\r\n") for name, value in auto.items()

@@ -36,6 +36,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from axonsim import cli
 from axonsim.config import Config, load_config
+from server import log_output
 from server.app import GatewayApp
 from server.http_protocol import CoalescingHttpToolsProtocol
 from server.proxy import Proxy, check_servable, store_secrets
@@ -54,12 +55,13 @@ _UNUSABLE_HINT = ("  (the database answers but its tables cannot take AxonSim's 
 
 
 def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("axonsim")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    # This process is the gateway's own: its records may skip what the lines never show, and the
+    # access lines are written in batches (server.log_output says what that saves).
+    log_output.quiet_records()
+    flush_every, problem = log_output.flush_every_from(os.environ)
+    log_output.install(logging.getLogger("axonsim"), level, sys.stderr, flush_every)
+    if problem is not None:
+        log.warning("%s", problem)
 
 
 def _loop_name() -> str:
@@ -103,6 +105,13 @@ def build_proxy(config: Config, config_path: str | Path | None, demo: Any = None
             _reload_soon(proxy)
 
     proxy.startup_hooks.append(sighup)
+
+    async def flush_logs() -> None:
+        # The access lines still waiting go out before uvicorn's last lines ("Finished server process").
+        for handler in logging.getLogger("axonsim").handlers:
+            handler.flush()
+
+    proxy.shutdown_hooks.insert(0, flush_logs)  # hooks run last to first: this one after all the others
     return proxy
 
 
@@ -435,6 +444,9 @@ def serve(args: argparse.Namespace) -> int:
 
     proxy = build_proxy(config, config_path, demo)
     server = GatewayServer(uvicorn.Config(GatewayApp(proxy, tune_gc=True), **common))
+    # uvicorn's Config set up its own loggers with logging.config.dictConfig, which closes every
+    # handler there was, ours too (a closed one writes each line at once): ours again, after it.
+    _setup_logging(log_level)
     # uvicorn re-raises the signal that stopped it once it has shut down, with the handlers it found
     # when it started: by default that kills the process (-15, or 130 for Ctrl-C) after a clean
     # shutdown. With these, that last signal ends the process with 0, as `--workers` does.

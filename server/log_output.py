@@ -9,12 +9,12 @@ Here:
 - the time is formatted once per second (`LineFormatter`);
 - access lines wait in memory and leave together (`BatchingStreamHandler`), as nginx's
   `access_log ... buffer= flush=` does: when FLUSH_EVERY has passed (ENV_FLUSH sets it; 0 writes
-  each line at once), when BATCH_BYTES are waiting, before any other line, and at shutdown. Every
-  other line is written at once, after the access lines before it, so the lines keep the order of
-  their events.
+  each line at once), when BATCH_BYTES are waiting, and before any other line: every other line,
+  uvicorn's included (`flush_first`), is written at once, after the access lines before it, so the
+  lines keep the order of their events.
 
-A line's time is the time of its event, whenever it is written. Lost if the process is killed
-(SIGKILL): the access lines of the last FLUSH_EVERY, whose requests the usage log has too.
+A line's time is the time of its event, whenever it is written. What waits at the process's exit is
+written by logging.shutdown(); only a process killed (SIGKILL) loses it: up to FLUSH_EVERY of lines.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ BATCH_BYTES = 64 * 1024  # characters of waiting access lines that are written a
 
 def quiet_records() -> None:
     """Records stop computing the caller's file and line, the thread and the process: FORMAT shows
-    none of them, and finding the caller walks the stack on every call (a third of a record's cost)."""
+    none of them, and finding the caller walks the stack on every call (a third of a record's cost).
+    For the whole process: %(lineno)s, %(funcName)s, %(threadName)s and %(process)d show placeholders
+    in any format, and stack_info=True adds no stack (nothing of the gateway's uses them)."""
     logging._srcfile = None  # type: ignore[attr-defined]
     logging.logThreads = False
     logging.logProcesses = False
@@ -73,18 +75,20 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._wake = threading.Event()  # set while lines wait
         self._stop = threading.Event()
         self._stopped = False
+        self._writing = False
         self._flusher: threading.Thread | None = None
         _HANDLERS.add(self)
 
     def _after_fork(self) -> None:
         # A forked child has no flusher thread (threads do not survive a fork), and its events may
-        # hold a lock the parent's thread had: new ones, and a flusher started when lines wait.
+        # hold a lock the parent's thread had: new ones, and a flusher started by its first line.
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flusher = None
-        if self._lines:
-            self._wake.set()
-            self._start_flusher()
+        self._writing = False
+        # The lines waiting at the fork are the parent's: it writes them.
+        self._lines = []
+        self._size = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -92,12 +96,11 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             # Handler.handle holds the handler's lock around emit: the lines keep their order.
             if (record.name == ACCESS_LOGGER and record.levelno <= logging.INFO and self._flush_every > 0
                     and not self._stopped):
-                lines = self._lines
-                if not lines:
+                if not self._lines:
                     if self._flusher is None:
                         self._start_flusher()
                     self._wake.set()  # the first line waiting: the flusher's clock starts
-                lines.append(line)
+                self._lines.append(line)
                 self._size += len(line)
                 if self._size < self._batch_bytes:
                     return
@@ -121,19 +124,22 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().close()
 
     def _write(self, line: str) -> None:
-        """Write the waiting lines and then `line`, in one call, and flush (under the lock)."""
-        lines = self._lines
-        if lines:
-            if line:
-                lines.append(line)
-            line = "".join(lines)
-            lines.clear()
-            self._size = 0
-        stream = self.stream
+        """Write the waiting lines and then `line`, and flush (under the lock). A line logged by a
+        signal handler while this runs (same thread: the RLock lets it in) joins the waiting ones."""
         if line:
-            stream.write(line)
-        if stream and hasattr(stream, "flush"):
-            stream.flush()
+            self._lines.append(line)
+        if self._writing:
+            return  # the outer call writes it
+        self._writing = True
+        try:
+            stream = self.stream
+            while self._lines:
+                lines, self._lines, self._size = self._lines, [], 0
+                stream.write("".join(lines))
+            if stream and hasattr(stream, "flush"):
+                stream.flush()
+        finally:
+            self._writing = False
 
     def _start_flusher(self) -> None:
         # A thread rather than a timer on the event loop: lines come from any thread, and the loop
@@ -155,6 +161,27 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                     self._write("")
                 except Exception:  # the stream is gone (a closed stderr): the lines have nowhere to go
                     pass
+
+
+class FlushFirst(logging.Filter):
+    """On another handler writing to the same stream: `handler`'s waiting lines are written before
+    that handler's line. (Handler.handle runs its filters before it takes its own lock.)"""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.handler.flush()
+        return True
+
+
+def flush_first(logger: logging.Logger, handler: logging.Handler) -> None:
+    """Every handler of `logger` writes `handler`'s waiting lines before its own (a FlushFirst on
+    each, in place of one an earlier call put there)."""
+    for h in logger.handlers:
+        h.filters[:] = [f for f in h.filters if not isinstance(f, FlushFirst)]
+        h.addFilter(FlushFirst(handler))
 
 
 _HANDLERS: weakref.WeakSet[BatchingStreamHandler] = weakref.WeakSet()
@@ -194,5 +221,5 @@ def install(logger: logging.Logger, level: str, stream: TextIO, flush_every: flo
     return handler
 
 
-__all__ = ["ACCESS_LOGGER", "BATCH_BYTES", "ENV_FLUSH", "FLUSH_EVERY", "BatchingStreamHandler", "LineFormatter",
-           "flush_every_from", "install", "quiet_records"]
+__all__ = ["ACCESS_LOGGER", "BATCH_BYTES", "ENV_FLUSH", "FLUSH_EVERY", "BatchingStreamHandler", "FlushFirst",
+           "LineFormatter", "flush_every_from", "flush_first", "install", "quiet_records"]

@@ -54,13 +54,16 @@ _UNUSABLE_HINT = ("  (the database answers but its tables cannot take AxonSim's 
                   "database only AxonSim's migrations change, or give its role the right to write there)")
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, again: bool = False) -> None:
     # This process is the gateway's own: its records may skip what the lines never show, and the
     # access lines are written in batches (server.log_output says what that saves).
     log_output.quiet_records()
     flush_every, problem = log_output.flush_every_from(os.environ)
-    log_output.install(logging.getLogger("axonsim"), level, sys.stderr, flush_every)
-    if problem is not None:
+    handler = log_output.install(logging.getLogger("axonsim"), level, sys.stderr, flush_every)
+    # uvicorn's own lines ("Shutting down", its tracebacks) go through its handlers: the access
+    # lines before them go out first.
+    log_output.flush_first(logging.getLogger("uvicorn"), handler)
+    if problem is not None and not again:  # (said when first set up, not again after uvicorn's)
         log.warning("%s", problem)
 
 
@@ -105,13 +108,6 @@ def build_proxy(config: Config, config_path: str | Path | None, demo: Any = None
             _reload_soon(proxy)
 
     proxy.startup_hooks.append(sighup)
-
-    async def flush_logs() -> None:
-        # The access lines still waiting go out before uvicorn's last lines ("Finished server process").
-        for handler in logging.getLogger("axonsim").handlers:
-            handler.flush()
-
-    proxy.shutdown_hooks.insert(0, flush_logs)  # hooks run last to first: this one after all the others
     return proxy
 
 
@@ -446,7 +442,7 @@ def serve(args: argparse.Namespace) -> int:
     server = GatewayServer(uvicorn.Config(GatewayApp(proxy, tune_gc=True), **common))
     # uvicorn's Config set up its own loggers with logging.config.dictConfig, which closes every
     # handler there was, ours too (a closed one writes each line at once): ours again, after it.
-    _setup_logging(log_level)
+    _setup_logging(log_level, again=True)
     # uvicorn re-raises the signal that stopped it once it has shut down, with the handlers it found
     # when it started: by default that kills the process (-15, or 130 for Ctrl-C) after a clean
     # shutdown. With these, that last signal ends the process with 0, as `--workers` does.

@@ -259,6 +259,24 @@ def test_a_forked_child_writes_its_own_lines_and_only_those(tmp_path: Path, wait
     assert sorted(path.read_text().splitlines()) == ["child", "parent"]
 
 
+def test_installing_again_writes_what_the_replaced_handler_held() -> None:
+    out = Writes()
+    logger = logging.getLogger("axonsim-test-install")
+    try:
+        first = log_output.install(logger, "info", out, flush_every=60.0)  # type: ignore[arg-type]
+        first.handle(_record(ACCESS_LOGGER, logging.INFO, "held"))
+        flusher = first._flusher
+        second = log_output.install(logger, "info", out, flush_every=60.0)  # type: ignore[arg-type]
+        assert logger.handlers == [second] and "held" in out.text
+        assert flusher is not None
+        flusher.join(2)
+        assert not flusher.is_alive()
+    finally:
+        for h in logger.handlers:
+            h.close()
+        logger.handlers[:] = []
+
+
 def test_a_flush_interval_of_zero_writes_each_access_line_at_once() -> None:
     out = Writes()
     h = BatchingStreamHandler(out, flush_every=0.0)  # type: ignore[arg-type]

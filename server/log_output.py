@@ -10,9 +10,10 @@ second where line-by-line writes served 7.7k, paired runs):
 - the time is formatted once per second (`LineFormatter`);
 - access lines wait in memory and leave together (`BatchingStreamHandler`), as nginx's
   `access_log ... buffer= flush=` does: when FLUSH_EVERY has passed (ENV_FLUSH sets it; 0 writes
-  each line at once), when BATCH_BYTES are waiting, and before any other line: every other line,
-  uvicorn's included (`flush_first`), is written at once, after the access lines before it, so the
-  lines keep the order of their events.
+  each line at once), when BATCH_BYTES are waiting, and before any other log line: every other
+  line, uvicorn's and logging's last resort's included (`flush_first`), is written at once, after
+  the access lines before it, so the lines keep the order of their events. (Text written to stderr
+  outside logging, such as a `warnings` message, is not held back for.)
 
 A line's time is the time of its event, whenever it is written. What waits at the process's exit is
 written by logging.shutdown(); only a process killed (SIGKILL) loses it: up to FLUSH_EVERY of lines.
@@ -121,7 +122,10 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._stopped = True
             self._stop.set()
             self._wake.set()
-            self._write("")
+            try:
+                self._write("")
+            except Exception:  # a failing stream: what waits has nowhere to go
+                pass
         super().close()
 
     def _write(self, line: str) -> None:
@@ -173,14 +177,19 @@ class FlushFirst(logging.Filter):
         self.handler = handler
 
     def filter(self, record: logging.LogRecord) -> bool:
-        self.handler.flush()
+        try:
+            self.handler.flush()
+        except Exception:  # a failing stream: the other handler's own write reports it (a filter's error
+            pass  # would come out of the logging call itself: uvicorn's "Shutting down" ended its shutdown)
         return True
 
 
 def flush_first(logger: logging.Logger, handler: logging.Handler) -> None:
-    """Every handler of `logger` writes `handler`'s waiting lines before its own (a FlushFirst on
-    each, in place of one an earlier call put there)."""
-    for h in logger.handlers:
+    """Every handler of `logger`, and logging's last resort (a record no handler takes: asyncio's
+    "Task exception was never retrieved", say), writes `handler`'s waiting lines before its own (a
+    FlushFirst on each, in place of one an earlier call put there)."""
+    last = [logging.lastResort] if logging.lastResort is not None else []
+    for h in [*logger.handlers, *last]:
         h.filters[:] = [f for f in h.filters if not isinstance(f, FlushFirst)]
         h.addFilter(FlushFirst(handler))
 

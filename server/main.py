@@ -60,8 +60,8 @@ def _setup_logging(level: str, again: bool = False) -> None:
     log_output.quiet_records()
     flush_every, problem = log_output.flush_every_from(os.environ)
     handler = log_output.install(logging.getLogger("axonsim"), level, sys.stderr, flush_every)
-    # uvicorn's own lines ("Shutting down", its tracebacks) go through its handlers: the access
-    # lines before them go out first.
+    # uvicorn's own lines ("Shutting down", its tracebacks) go through its handlers, and a record
+    # no handler takes through logging's last resort: the access lines before them go out first.
     log_output.flush_first(logging.getLogger("uvicorn"), handler)
     if problem is not None and not again:  # (said when first set up, not again after uvicorn's)
         log.warning("%s", problem)
@@ -131,7 +131,7 @@ def worker_app() -> GatewayApp:
     from server.worker_metrics import ENV_DIR, WorkerFigures
 
     path = os.environ[ENV_CONFIG]
-    _setup_logging(os.environ.get(ENV_LOG_LEVEL, "info"))
+    _setup_logging(os.environ.get(ENV_LOG_LEVEL, "info"), again=True)  # (the parent said what was wrong)
     proxy = build_proxy(load_config(path), path)
     if os.environ.get(ENV_DIR):  # set by `axonsim serve --workers N`, whose process is our parent
         # /metrics answers for all the workers (server.worker_metrics). The final figures are
@@ -421,6 +421,7 @@ def serve(args: argparse.Namespace) -> int:
         figures_dir = tempfile.mkdtemp(prefix="axonsim-metrics-")  # where workers publish their figures
         os.environ[ENV_DIR] = figures_dir
         uv = uvicorn.Config("server.main:worker_app", factory=True, workers=workers, **common)
+        _setup_logging(log_level, again=True)  # after uvicorn's dictConfig, as for one process (below)
         try:
             sock = uv.bind_socket()
         except SystemExit:  # uvicorn's 3: the address in use, say (its log says why)

@@ -210,7 +210,17 @@ def test_a_line_logged_while_a_batch_is_written_comes_after_it_once(
         "axonsim.server second Ctrl-C", f"{ACCESS_LOGGER} req 3"]
 
 
-def test_a_handler_elsewhere_writes_the_waiting_lines_before_its_own() -> None:
+@pytest.fixture
+def last_resort() -> Iterator[logging.Handler]:
+    """logging's last resort, its filters restored after the test (flush_first puts one there)."""
+    last = logging.lastResort
+    assert last is not None
+    kept = last.filters[:]
+    yield last
+    last.filters[:] = kept
+
+
+def test_a_handler_elsewhere_writes_the_waiting_lines_before_its_own(last_resort: logging.Handler) -> None:
     stream = Writes()
     ours = BatchingStreamHandler(stream, flush_every=60.0)  # type: ignore[arg-type]
     ours.setFormatter(logging.Formatter("%(message)s"))
@@ -226,9 +236,34 @@ def test_a_handler_elsewhere_writes_the_waiting_lines_before_its_own() -> None:
         ours.handle(_record(ACCESS_LOGGER, logging.INFO, "req 1"))
         other.warning("Shutting down")
         assert stream.text == "req 1\nuvicorn: Shutting down\n"
+        # A record no handler takes ("Task exception was never retrieved"): the last resort's line.
+        ours.handle(_record(ACCESS_LOGGER, logging.INFO, "req 2"))
+        last_resort.handle(_record("asyncio", logging.ERROR, "Task exception was never retrieved"))
+        assert stream.text.endswith("uvicorn: Shutting down\nreq 2\n")
     finally:
         other.handlers[:] = []
         ours.close()
+
+
+def test_a_failing_stream_does_not_break_another_handler_s_logging_call(last_resort: logging.Handler) -> None:
+    # uvicorn's logger.info("Shutting down") raising ended its shutdown: the store was not drained.
+    class Broken(Writes):
+        def write(self, s: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    ours = BatchingStreamHandler(Broken(), flush_every=60.0)  # type: ignore[arg-type]
+    theirs = logging.StreamHandler(Writes())  # type: ignore[arg-type]
+    other = logging.getLogger("axonsim-test-flush-first-broken")
+    other.handlers[:] = [theirs]
+    other.propagate = False
+    try:
+        log_output.flush_first(other, ours)
+        ours.handle(_record(ACCESS_LOGGER, logging.INFO, "req 1"))
+        other.info("Shutting down")  # must not raise
+        ours.handle(_record(ACCESS_LOGGER, logging.INFO, "req 2"))
+    finally:
+        other.handlers[:] = []
+        ours.close()  # must not raise either, with a line waiting
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

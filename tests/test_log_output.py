@@ -8,7 +8,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -26,7 +26,6 @@ class Writes:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
-        self.flushes = 0
         self.lock = threading.Lock()
 
     def write(self, s: str) -> int:
@@ -35,7 +34,7 @@ class Writes:
         return len(s)
 
     def flush(self) -> None:
-        self.flushes += 1
+        pass
 
     @property
     def text(self) -> str:
@@ -60,9 +59,9 @@ def handler() -> Iterator[tuple[BatchingStreamHandler, Writes]]:
     h.close()
 
 
-def _wait_for(cond: object, timeout: float = 5.0) -> None:
+def _wait_for(cond: Callable[[], object], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
+    while not cond():
         assert time.monotonic() < deadline, "not written in time"
         time.sleep(0.01)
 
@@ -354,7 +353,7 @@ def test_quiet_records_skip_the_caller_thread_and_process(monkeypatch: pytest.Mo
 
 
 def _serve_and_log(monkeypatch: pytest.MonkeyPatch, flush: str | None,
-                   between: object = None) -> tuple[list[str], list[str]]:
+                   between: Callable[[list[str], list[str]], None] | None = None) -> tuple[list[str], list[str]]:
     """The demo at --log-level info, six requests, then SIGTERM: its stderr lines and the request ids.
     `between(seen, ids)` runs after the requests, while the gateway still serves."""
     if flush is not None:
@@ -372,7 +371,7 @@ def _serve_and_log(monkeypatch: pytest.MonkeyPatch, flush: str | None,
         with httpx.Client(base_url=url, headers=auth, timeout=30) as c:
             ids = [c.post("/v1/chat/completions", json=body).headers["x-request-id"] for _ in range(6)]
         if between is not None:
-            between(seen, ids)  # type: ignore[operator]
+            between(seen, ids)
         proc.send_signal(signal.SIGTERM)  # (stop() would read stderr too: the reader thread has it)
         proc.wait(40)
     finally:

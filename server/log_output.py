@@ -122,10 +122,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._stopped = True
             self._stop.set()
             self._wake.set()
-            try:
-                self._write("")
-            except Exception:  # a failing stream: what waits has nowhere to go
-                pass
+            self._write_waiting()
         super().close()
 
     def _write(self, line: str) -> None:
@@ -146,6 +143,14 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         finally:
             self._writing = False
 
+    def _write_waiting(self) -> None:
+        """The waiting lines written where no caller can hear of a failure (closing, the flusher):
+        a stream that fails (a closed stderr) leaves them nowhere to go."""
+        try:
+            self._write("")
+        except Exception:
+            pass
+
     def _start_flusher(self) -> None:
         # A thread rather than a timer on the event loop: lines come from any thread, and the loop
         # may not be running yet (start-up) or any more (shutdown). It sleeps while no line waits.
@@ -162,10 +167,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 if self._stopped:
                     return
                 self._wake.clear()
-                try:
-                    self._write("")
-                except Exception:  # the stream is gone (a closed stderr): the lines have nowhere to go
-                    pass
+                self._write_waiting()
 
 
 class FlushFirst(logging.Filter):
